@@ -1,0 +1,5 @@
+import sys
+
+from avgen.cli import main
+
+sys.exit(main())

@@ -1,0 +1,199 @@
+"""``AVDataModule``: the one datamodule every system trains and evaluates on.
+
+Reads ``<root>/{train,val,test}/`` shard folders written by ``python -m avgen prepare`` (see
+``avgen/data/shards.py``), checks their manifests against the requested clip geometry, and serves
+batches following the batch contract of DESIGN.md (after ``on_after_batch_transfer``):
+
+- ``video`` float (B, F, 3, H, W) in [-1, 1] (time = axis 1)
+- ``audio`` float (B, S) in [-1, 1] at ``clip.sample_rate``
+- ``caption``, ``label``, ``key``: list[str]; ``events``: list of float tensors (seconds)
+
+Epoch length: a training epoch is ``epoch_clips`` clips (default: the train manifest's clip count),
+cut into ``ceil(epoch_clips / (batch_size * world_size * workers))`` batches per worker, so all
+ranks run the same number of steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from avgen.data.decode import to_model_batch
+from avgen.data.geometry import ClipGeometry
+from avgen.data.shards import MANIFEST, Manifest
+from avgen.data.stream import EvalStream, Health, Shard, TrainStream
+
+log = logging.getLogger(__name__)
+STAGE_SPLIT = {"fit": "train", "validate": "val", "test": "test", "predict": "test"}
+
+
+class MissingShardsError(FileNotFoundError):
+    """A split folder or its manifest is missing; the message gives the prepare command."""
+
+
+class GeometryMismatchError(ValueError):
+    """The manifest's clip geometry cannot serve the requested one; the message lists both."""
+
+
+class AVDataModule(pl.LightningDataModule):
+    """WebDataset shards → batches of sounding clips.
+
+    Args:
+        name: dataset name (``data=<name>``), used in messages and the prepare hint.
+        root: folder holding ``train/ val/ test/`` shard folders.
+        clip: requested clip geometry (seconds, fps, height, width, sample_rate).
+        batch_size: clips per batch on each device.
+        num_workers: DataLoader worker processes (persistent).
+        shuffle_buffer: training shuffle buffer, in clips (raw bytes, decoded after the shuffle).
+        epoch_clips: clips per training epoch; ``None`` = the train manifest's clip count.
+        max_skip_fraction: stop the run when more than this fraction of clips cannot be used.
+        min_clips_for_check: clips a worker reads before it applies ``max_skip_fraction``.
+        seed: data seed; mixed with rank, worker, global step and worker epoch.
+        auto_prepare: run ``prepare`` when shards are missing (cheap synthetic data only).
+        prepare: partial callable ``prepare(root=..., clip=...)`` that writes the shards.
+        eval_batch_size: batch size for val/test (default ``batch_size``).
+        pin_memory: pin host memory (default: when CUDA is available).
+    """
+
+    def __init__(self, name: str, root: str, clip: Mapping[str, Any] | ClipGeometry, batch_size: int = 16,
+                 num_workers: int = 4, shuffle_buffer: int = 256, epoch_clips: int | None = None,
+                 max_skip_fraction: float = 0.05, min_clips_for_check: int = 64, seed: int = 0,
+                 auto_prepare: bool = False, prepare: Callable[..., Any] | None = None,
+                 eval_batch_size: int | None = None, pin_memory: bool | None = None, prefetch_factor: int = 2):
+        super().__init__()
+        self.name, self.root = name, Path(root).expanduser().absolute()
+        self.clip = ClipGeometry.from_config(clip)
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.shuffle_buffer = num_workers, shuffle_buffer
+        self.epoch_clips, self.seed = epoch_clips, seed
+        self.max_skip_fraction, self.min_clips_for_check = max_skip_fraction, min_clips_for_check
+        self.auto_prepare, self.prepare_fn = auto_prepare, prepare
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.prefetch_factor = prefetch_factor
+        self.manifests: dict[str, Manifest] = {}
+        self.health: dict[str, Health] = {}
+        self._stage: str | None = None
+
+    # ----------------------------------------------------------------------------------- shards
+    def prepare_command(self) -> str:
+        return f"python -m avgen prepare data={self.name} paths.data_dir={self.root.parent}"
+
+    def prepare_data(self) -> None:
+        """Create missing shards when ``auto_prepare`` (runs once per node, before ``setup``)."""
+        missing = [s for s in ("train", "val", "test") if not (self.root / s / MANIFEST).exists()]
+        if missing and self.auto_prepare:
+            if self.prepare_fn is None:
+                raise MissingShardsError(f"data.auto_prepare is true but data.prepare is not set for {self.name}")
+            log.info("preparing %s shards in %s (missing: %s)", self.name, self.root, missing)
+            self.prepare_fn(root=str(self.root), clip=self.clip.to_dict(), splits=missing)
+
+    def manifest(self, split: str) -> Manifest:
+        if split not in self.manifests:
+            folder = self.root / split
+            if not (folder / MANIFEST).exists():
+                raise MissingShardsError(
+                    f"no {split} shards for data={self.name}: {folder / MANIFEST} does not exist. "
+                    f"Create them with: {self.prepare_command()}  (or point paths.data_dir / "
+                    f"AVGEN_DATA_DIR at the folder holding {self.root.name}/)")
+            manifest = Manifest.load(folder)
+            problems = self.clip.incompatibilities(manifest.clip)
+            if problems:
+                raise GeometryMismatchError(
+                    f"{folder / MANIFEST} does not match the requested clip geometry (data.clip): "
+                    + "; ".join(problems)
+                    + f". Shards: {manifest.clip.to_dict()}; requested: {self.clip.to_dict()}. Re-run prepare "
+                      f"with the requested geometry or change data.clip.")
+            self.manifests[split] = manifest
+        return self.manifests[split]
+
+    def shards(self, split: str) -> list[Shard]:
+        manifest = self.manifest(split)
+        return [Shard(str(self.root / split / s.name), s.clips) for s in manifest.shards if s.clips > 0]
+
+    def setup(self, stage: str | None = None) -> None:
+        self._stage = stage
+        splits = {"fit": ("train", "val"), None: ("train", "val", "test")}.get(stage, (STAGE_SPLIT.get(stage),))
+        for split in splits:
+            if split == "val" and stage == "fit" and not (self.root / "val" / MANIFEST).exists():
+                continue  # validation is optional during fit
+            self.manifest(split)
+
+    # ----------------------------------------------------------------------------------- loaders
+    def _dist(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def batches_per_worker(self, world_size: int) -> int:
+        clips = self.epoch_clips or self.manifest("train").num_clips
+        return max(1, math.ceil(clips / (self.batch_size * world_size * max(1, self.num_workers))))
+
+    def _loader(self, dataset) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._dist()
+        step = self.trainer.global_step if self.trainer is not None else 0
+        dataset = TrainStream(
+            self.shards("train"), self.clip, self.batch_size, batches_per_worker=self.batches_per_worker(world),
+            shuffle_buffer=self.shuffle_buffer, seed=self.seed, start_step=step, rank=rank, world_size=world,
+            max_skip_fraction=self.max_skip_fraction, min_clips_for_check=self.min_clips_for_check,
+            num_workers=self.num_workers)
+        return self._loader(dataset)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        rank, world = self._dist()
+        dataset = EvalStream(self.shards(split), self.clip, self.eval_batch_size, rank=rank, world_size=world,
+                             max_skip_fraction=self.max_skip_fraction, min_clips_for_check=self.min_clips_for_check)
+        return self._loader(dataset)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self._stage == "fit" and not (self.root / "val" / MANIFEST).exists():
+            return []
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def expected_eval_clips(self, split: str, rank: int, world: int) -> int:
+        """Clips this rank should see in one pass over ``split`` (all its workers together)."""
+        workers = max(1, self.num_workers)
+        total = self.manifest(split).num_clips
+        return sum(len(range(rank * workers + w, total, world * workers)) for w in range(workers))
+
+    # ----------------------------------------------------------------------------------- batches
+    def _split_now(self) -> str:
+        trainer = self.trainer
+        if trainer is None or trainer.training:
+            return "train"
+        if trainer.testing:
+            return "test"
+        return "val"
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        stats = batch.pop("_health", None)
+        if stats is not None:
+            self.health.setdefault(self._split_now(), Health()).merge(stats)
+        return batch
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        return to_model_batch(batch)
+
+    def take_health(self, split: str) -> Health:
+        """The counts gathered since the last call, for ``split``; resets them."""
+        return self.health.pop(split, Health())

@@ -1,0 +1,182 @@
+"""The shard format: writing clips into WebDataset tar shards, and the per-split ``manifest.json``.
+
+One sample = one clip, with members (see DESIGN.md, "Shard format"):
+
+- ``__key__``: ``<dataset>/<source id>/<start ms>``
+- ``mp4``: the frames at the dataset's fixed fps, no audio stream
+- ``flac``: mono audio at the dataset's sample rate
+- ``json``: dataset, source id, start/end seconds, label, caption, split, fps, optional ``events``
+
+Every split folder ``<root>/<split>/`` holds ``shard-NNNNNN.tar`` files and a ``manifest.json``
+with the shard names, clips per shard, the clip geometry and the prepare command + config. A split
+is written into a temporary folder and renamed into place when complete, so an interrupted
+``prepare`` never leaves a folder that looks finished; an existing split is only replaced when the
+caller passes ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+
+from avgen.data.geometry import ClipGeometry
+from avgen.media import encode_flac, encode_mp4
+
+MANIFEST = "manifest.json"
+FORMAT = "avgen-shards/1"
+SPLITS = ("train", "val", "test")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+def clip_key(dataset: str, source_id: str, start_seconds: float) -> str:
+    """``<dataset>/<source id>/<start ms>``. Dots and slashes are replaced in ids: WebDataset splits
+    a member name at its first dot into key and extension."""
+    return f"{_UNSAFE.sub('_', dataset)}/{_UNSAFE.sub('_', source_id)}/{int(round(start_seconds * 1000))}"
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    clips: int
+
+
+@dataclass
+class Manifest:
+    dataset: str
+    split: str
+    clip: ClipGeometry
+    shards: list[ShardInfo]
+    prepare: dict[str, Any]
+    created: str = ""
+
+    @property
+    def num_clips(self) -> int:
+        return sum(s.clips for s in self.shards)
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "dataset": self.dataset,
+            "split": self.split,
+            "clip": self.clip.to_dict(),
+            "clips": self.num_clips,
+            "shards": [{"name": s.name, "clips": s.clips} for s in self.shards],
+            "prepare": self.prepare,
+            "created": self.created,
+        }
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Manifest":
+        path = Path(folder) / MANIFEST
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: unreadable manifest ({exc}); re-run the dataset's prepare command") from exc
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
+        return cls(dataset=data["dataset"], split=data["split"], clip=ClipGeometry.from_config(data["clip"]),
+                   shards=[ShardInfo(s["name"], int(s["clips"])) for s in data["shards"]],
+                   prepare=data.get("prepare", {}), created=data.get("created", ""))
+
+
+def encode_clip(geo: ClipGeometry, frames: np.ndarray, audio: np.ndarray, name: str = "clip") -> tuple[bytes, bytes]:
+    """Check a clip against the split geometry and encode it: (mp4 bytes without audio, flac bytes)."""
+    if frames.shape[0] != geo.num_frames or frames.shape[1:3] != (geo.height, geo.width):
+        raise ValueError(f"{name}: frames {frames.shape} do not match the split's geometry "
+                         f"({geo.num_frames}, {geo.height}, {geo.width}, 3)")
+    if audio.ndim != 1 or audio.shape[0] != geo.num_samples:
+        raise ValueError(f"{name}: audio {audio.shape} is not ({geo.num_samples},)")
+    return encode_mp4(frames, geo.fps), encode_flac(audio, geo.sample_rate)
+
+
+class ShardWriter:
+    """Write clips of one split into tar shards of ``clips_per_shard`` clips plus a manifest.
+
+    Use as a context manager; the split appears at ``<root>/<split>`` only when the block exits
+    without an exception::
+
+        with ShardWriter(root, "synthetic_hits", "train", geometry, clips_per_shard=16) as w:
+            w.write("clip0001", 0.0, frames, audio, {"label": ..., "caption": ...})
+    """
+
+    def __init__(self, root: str | Path, dataset: str, split: str, clip: ClipGeometry, *,
+                 clips_per_shard: int = 64, prepare: dict[str, Any] | None = None, overwrite: bool = False):
+        if clips_per_shard < 1:
+            raise ValueError(f"clips_per_shard must be >= 1, got {clips_per_shard}")
+        self.final = Path(root) / split
+        if self.final.exists() and not overwrite:
+            raise FileExistsError(
+                f"{self.final} already exists; pass overwrite=true (prepare ... overwrite=true) to replace it")
+        self.dataset, self.split, self.clip = dataset, split, clip
+        self.clips_per_shard = clips_per_shard
+        self.prepare = prepare or {}
+        self.overwrite = overwrite
+        self.tmp = self.final.with_name(f".{split}.tmp-{os.getpid()}")
+        self.shards: list[ShardInfo] = []
+        self._tar: wds.TarWriter | None = None
+        self._keys: set[str] = set()
+
+    def __enter__(self) -> "ShardWriter":
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        return self
+
+    def _rotate(self) -> wds.TarWriter:
+        if self._tar is None or self.shards[-1].clips >= self.clips_per_shard:
+            if self._tar is not None:
+                self._tar.close()
+            name = f"shard-{len(self.shards):06d}.tar"
+            self._tar = wds.TarWriter(str(self.tmp / name))
+            self.shards.append(ShardInfo(name, 0))
+        return self._tar
+
+    def write(self, source_id: str, start_seconds: float, frames: np.ndarray, audio: np.ndarray,
+              meta: dict[str, Any]) -> str:
+        """Encode one clip and append it. ``frames`` (F, H, W, 3) uint8, ``audio`` (S,) float mono."""
+        mp4, flac = encode_clip(self.clip, frames, audio, name=f"{source_id}@{start_seconds}s")
+        return self.write_encoded(source_id, start_seconds, mp4, flac, meta)
+
+    def write_encoded(self, source_id: str, start_seconds: float, mp4: bytes, flac: bytes,
+                      meta: dict[str, Any]) -> str:
+        """Append a clip already encoded by :func:`encode_clip` (e.g. in a worker process)."""
+        key = clip_key(self.dataset, source_id, start_seconds)
+        if key in self._keys:
+            raise ValueError(f"duplicate clip key {key}")
+        self._keys.add(key)
+        geo = self.clip
+        record = {
+            "dataset": self.dataset, "source_id": source_id, "start": float(start_seconds),
+            "end": float(start_seconds) + geo.seconds, "split": self.split, "fps": geo.fps,
+            "label": "", "caption": "", **meta,
+        }
+        self._rotate().write({"__key__": key, "mp4": mp4, "flac": flac, "json": json.dumps(record).encode()})
+        self.shards[-1].clips += 1
+        return key
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._tar is not None:
+            self._tar.close()
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        manifest = Manifest(self.dataset, self.split, self.clip, self.shards, self.prepare,
+                            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        (self.tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2))
+        if self.final.exists():
+            old = self.final.with_name(f".{self.split}.old-{os.getpid()}")
+            os.replace(self.final, old)
+            os.replace(self.tmp, self.final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.final)

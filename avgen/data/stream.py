@@ -1,0 +1,270 @@
+"""Shard streams: the resampled training stream and the deterministic evaluation stream.
+
+Both are ``IterableDataset`` s that batch inside the pipeline (the DataLoader runs with
+``batch_size=None``), decode in the workers, and account for every clip they could not use.
+
+Training (``TrainStream``): each worker draws shards with replacement from its own seeded RNG,
+shuffles samples in a buffer of raw bytes (decoding happens after the shuffle, so the buffer is
+cheap), and yields exactly ``batches_per_worker`` full batches per epoch. Every rank therefore
+yields the same number of batches whatever the shard sizes, and DDP never waits on a rank that
+ran dry. The seed mixes the data seed, rank, worker, the global step at which the loader was built
+(so a resumed run does not replay the first run's stream) and the worker's epoch counter (workers
+are persistent).
+
+Evaluation (``EvalStream``): every rank and worker reads the shards in manifest order and keeps
+the clips whose global index falls in its slot (``index % (world * workers) == slot``), so each
+clip is seen exactly once across all ranks and workers, ranks get equal shares up to one clip,
+and the order is deterministic. Batches may be partial.
+
+Clip accounting: a clip that fails to decode, and every clip a shard's manifest promises but the
+tar does not deliver (truncated or unreadable shard), is counted as skipped, with its shard. The
+counts travel with the next batch under ``"_health"`` and are summed in the main process
+(``AVDataModule.health``). If, after ``min_clips_for_check`` attempts, a worker has skipped more
+than ``max_skip_fraction`` of its clips, it stops the run with a ``DataHealthError`` naming the
+shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from avgen.data.decode import SampleError, collate, decode_sample
+from avgen.data.geometry import ClipGeometry
+
+
+class DataHealthError(RuntimeError):
+    """Too many clips could not be used; the message names the shards."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    url: str
+    clips: int
+
+
+@dataclass
+class Health:
+    """Clips seen (decoded) and skipped, with the shards the skipped ones came from."""
+
+    seen: int = 0
+    skipped: int = 0
+    shards: Counter = field(default_factory=Counter)
+    reasons: list[str] = field(default_factory=list)
+
+    def skip(self, shard: str, reason: str, n: int = 1) -> None:
+        self.skipped += n
+        self.shards[shard] += n
+        if len(self.reasons) < 10:
+            self.reasons.append(reason)
+
+    def merge(self, other: dict | "Health") -> None:
+        other = other if isinstance(other, Health) else Health.from_dict(other)
+        self.seen += other.seen
+        self.skipped += other.skipped
+        self.shards.update(other.shards)
+        self.reasons.extend(other.reasons[: max(0, 10 - len(self.reasons))])
+
+    @property
+    def fraction(self) -> float:
+        total = self.seen + self.skipped
+        return self.skipped / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        return {"seen": self.seen, "skipped": self.skipped, "shards": dict(self.shards), "reasons": list(self.reasons)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Health":
+        return cls(d["seen"], d["skipped"], Counter(d["shards"]), list(d["reasons"]))
+
+    def describe(self) -> str:
+        worst = ", ".join(f"{s} ({n})" for s, n in self.shards.most_common(8))
+        why = "; ".join(self.reasons[:3])
+        return (f"{self.skipped} of {self.seen + self.skipped} clips skipped ({self.fraction:.1%}); "
+                f"shards: {worst}; first reasons: {why}")
+
+
+def _record(errors: list):
+    def handler(exc: Exception) -> bool:
+        errors.append(exc)
+        return False  # stop reading this shard; the missing clips are counted from the manifest
+
+    return handler
+
+
+def iter_shard(shard: Shard, health: Health) -> Iterator[dict]:
+    """Yield the raw samples of one shard; clips it promises but cannot deliver are counted as skipped."""
+    errors: list[Exception] = []
+    handler = _record(errors)
+    produced = 0
+    opened = wds.tariterators.url_opener([{"url": shard.url}], handler=handler)
+    expanded = wds.tariterators.tar_file_expander(opened, handler=handler)
+    for sample in wds.tariterators.group_by_keys(expanded, handler=handler):
+        produced += 1
+        yield sample
+    missing = shard.clips - produced
+    if missing > 0:
+        reason = f"{shard.url}: {missing} clip(s) unreadable ({errors[0].args[0] if errors else 'shard ended early'})"
+        health.skip(shard.url, reason, missing)
+
+
+def _seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little")
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class _Stream(IterableDataset):
+    def __init__(self, shards: list[Shard], clip: ClipGeometry, batch_size: int, *, rank: int, world_size: int,
+                 max_skip_fraction: float, min_clips_for_check: int):
+        super().__init__()
+        if not shards:
+            raise ValueError("no shards to read")
+        self.shards, self.clip, self.batch_size = shards, clip, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.max_skip_fraction, self.min_clips_for_check = max_skip_fraction, min_clips_for_check
+        self._total = Health()
+
+    def _decode_all(self, samples: Iterator[dict], health: Health, rng) -> Iterator[dict]:
+        for sample in samples:
+            try:
+                clip = decode_sample(sample, self.clip, rng)
+            except SampleError as exc:
+                health.skip(sample.get("__url__", "?"), str(exc))
+                self._check(health)
+                continue
+            health.seen += 1
+            yield clip
+
+    def _check(self, health: Health) -> None:
+        total = self._total.seen + self._total.skipped + health.seen + health.skipped
+        if total < self.min_clips_for_check:
+            return
+        merged = Health()
+        merged.merge(self._total)
+        merged.merge(health)
+        if merged.fraction > self.max_skip_fraction:
+            raise DataHealthError(
+                f"too many unusable clips (data.max_skip_fraction={self.max_skip_fraction}): {merged.describe()}. "
+                f"Re-create the listed shards with the dataset's prepare command, or raise data.max_skip_fraction.")
+
+    def _take(self, health: Health) -> dict:
+        """Counts since the last batch; ``health`` is reset in place (the generators keep writing to it)."""
+        self._check(health)
+        out = health.to_dict()
+        self._total.merge(health)
+        health.seen, health.skipped = 0, 0
+        health.shards.clear()
+        health.reasons.clear()
+        return out
+
+    def _emit(self, clips: list[dict], health: Health) -> dict:
+        """Collate ``clips`` and attach the clip accounting since the previous batch."""
+        batch = collate(clips)
+        batch["_health"] = self._take(health)
+        return batch
+
+
+class TrainStream(_Stream):
+    """Infinite resampled stream cut into epochs of ``batches_per_worker`` full batches per worker."""
+
+    def __init__(self, shards: list[Shard], clip: ClipGeometry, batch_size: int, *, batches_per_worker: int,
+                 shuffle_buffer: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1,
+                 max_skip_fraction: float = 0.05, min_clips_for_check: int = 64, num_workers: int = 0):
+        super().__init__(shards, clip, batch_size, rank=rank, world_size=world_size,
+                         max_skip_fraction=max_skip_fraction, min_clips_for_check=min_clips_for_check)
+        self.batches_per_worker, self.shuffle_buffer = batches_per_worker, shuffle_buffer
+        self.seed, self.start_step, self.num_workers = seed, start_step, max(1, num_workers)
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        return self.batches_per_worker * self.num_workers
+
+    def seed_for(self, worker: int, epoch: int) -> int:
+        return _seed(self.seed, self.rank, worker, self.start_step, epoch)
+
+    def _samples(self, rng: random.Random, health: Health) -> Iterator[dict]:
+        while True:
+            shard = rng.choice(self.shards)
+            yield from iter_shard(shard, health)
+            self._check(health)
+
+    def _shuffled(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
+        buf: list[dict] = []
+        for sample in samples:
+            if len(buf) < self.shuffle_buffer:
+                buf.append(sample)
+                continue
+            i = rng.randrange(len(buf))
+            buf[i], sample = sample, buf[i]
+            yield sample
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, _ = _worker()
+        seed = self.seed_for(worker, self._epoch)
+        self._epoch += 1
+        rng, np_rng = random.Random(seed), np.random.default_rng(seed)
+        health = Health()
+        clips = self._decode_all(self._shuffled(self._samples(rng, health), rng), health, np_rng)
+        for _ in range(self.batches_per_worker):
+            yield self._emit([next(clips) for _ in range(self.batch_size)], health)
+
+
+class EvalStream(_Stream):
+    """Every clip once across ranks and workers, in manifest order, centre crops, partial last batch."""
+
+    def __init__(self, shards: list[Shard], clip: ClipGeometry, batch_size: int, *, rank: int = 0,
+                 world_size: int = 1, max_skip_fraction: float = 0.05, min_clips_for_check: int = 64):
+        super().__init__(shards, clip, batch_size, rank=rank, world_size=world_size,
+                         max_skip_fraction=max_skip_fraction, min_clips_for_check=min_clips_for_check)
+
+    def slot_clips(self, slot: int, slots: int) -> int:
+        """How many clips (per the manifests) the given slot owns."""
+        total = sum(s.clips for s in self.shards)
+        return len(range(slot, total, slots))
+
+    def _mine(self, slot: int, slots: int, health: Health) -> Iterator[dict]:
+        offset = 0
+        for shard in self.shards:
+            # a shard that delivers fewer clips than promised: only this slot's share is counted here
+            shard_health = Health()
+            produced = 0
+            for i, sample in enumerate(iter_shard(shard, shard_health)):
+                produced = i + 1
+                if (offset + i) % slots == slot:
+                    yield sample
+            missing = sum(1 for i in range(produced, shard.clips) if (offset + i) % slots == slot)
+            if missing:
+                health.skip(shard.url, shard_health.reasons[0] if shard_health.reasons else shard.url, missing)
+            offset += shard.clips
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, workers = _worker()
+        slot, slots = self.rank * workers + worker, self.world_size * workers
+        health = Health()
+        batch: list[dict] = []
+        pending = None  # held back one step so skips found after the last batch still travel with it
+        for clip in self._decode_all(self._mine(slot, slots, health), health, None):
+            batch.append(clip)
+            if len(batch) == self.batch_size:
+                if pending is not None:
+                    yield self._emit(*pending, health)
+                pending, batch = (batch,), []
+        if batch:
+            if pending is not None:
+                yield self._emit(*pending, health)
+            pending = (batch,)
+        if pending is not None:
+            yield self._emit(*pending, health)

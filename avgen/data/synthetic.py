@@ -1,0 +1,539 @@
+"""Synthetic sounding videos with exact ground truth: an object hitting a floor.
+
+This is the default data set of the project and the fixture of its tests. ``generate_clip(seed,
+geometry)`` draws one clip from ``np.random.default_rng(seed)`` alone (no global RNG, no file I/O,
+numpy only), so the same arguments always give bit-identical frames, audio and metadata.
+
+Scene
+-----
+A side view of one object (``SHAPES``: ball, cube, ring; one of the named ``COLOURS``) above a
+floor slab of a surface material (``SURFACES``: wood, metal, glass, stone). The background is a
+vertical gradient between two random colours whose luminance is kept far from the object's, so
+the object stands out in grayscale too; the floor slab is textured by its material (planks and
+grain, brushed metal, glass streaks, speckled stone). The camera is static and nothing but the
+object moves. The object is drawn with anti-aliased edges from a signed-distance function (soft
+coverage mask, evaluated only inside its bounding box) and simple shading.
+
+Events
+------
+1. Hit times are drawn first, on a 1e-4 s grid: ``n`` in ``[min_events, max_events]`` (capped at
+   what fits), uniformly among all placements with every gap ``>= min_event_gap(geometry)`` =
+   ``max(3 frame periods, 0.25 s)`` and every hit inside ``event_window(geometry)`` = ``[2/fps,
+   seconds - 2/fps]``.
+2. The height of the object's bottom above the floor is a chain of arcs between consecutive
+   hits (with one virtual hit before the clip and one after it, so the clip opens on a fall
+   toward the first hit and closes on a rise after the last). Each arc is a decelerating
+   parabolic rise to an apex, then an accelerating parabolic fall that reaches the floor exactly
+   at the hit time with the hit's impact speed; vertical velocity is zero at the apex only.
+   The fall takes at most a quarter of the gap and the rise the rest, so the object leaves the
+   floor at most a third (times the speed ratio of the two hits) as fast as it arrived. Hence
+   the frame-to-frame displacement grows monotonically up to the contact and shrinks
+   monotonically after it, with the largest displacement on a frame pair that touches the hit.
+   A symmetric (ballistic) bounce would not do: when a hit falls between two frames, the
+   down-and-up motion across that pair nearly cancels and the optical-flow magnitude shows two
+   peaks, one of them more than a frame after the hit.
+3. The impact speed is capped so the displacement per frame at contact stays below about 1.3
+   object radii, the range over which dense optical flow (Farneback) still grows with the
+   displacement; apex heights are capped so the object never leaves the frame.
+4. Horizontal motion is a slow constant drift chosen so that the object never reaches a side of
+   the frame: a wall bounce would be a visible impact without a sound.
+5. At contact the object is briefly squashed (flatter and wider, bottom on the floor).
+
+Sound
+-----
+Every hit is an impact sound that starts sample-exactly at the hit time: sample ``n`` carries
+the sound at time ``n / sample_rate - t`` for all ``n >= ceil(t * sample_rate)`` and nothing
+before. It is modal synthesis: a sum of exponentially damped sinusoids (starting at phase zero)
+whose frequencies, decays and gains come from the surface material (wood: low and short; stone:
+low, very short and noisy; metal: inharmonic and ringing; glass: high and ringing) and from the
+object (its own few modes, pitched by its size), jittered per clip and per hit, plus a short
+band-limited noise burst at the attack. The amplitude is proportional to the impact speed. Modes
+at or above 0.45 * sample_rate are dropped. A quiet coloured background noise, with a level drawn
+per clip (``meta["noise_db"]``, RMS relative to the peak), runs through the clip; the sum is
+peak-normalised to ``PEAK``.
+
+Ground-truth guarantees
+-----------------------
+* ``frames``: ``(num_frames, height, width, 3)`` uint8 RGB; frame ``f`` shows the scene at time
+  ``f / fps``. ``audio``: ``(num_samples,)`` float32 mono, ``max |audio| == PEAK < 1``.
+* ``meta["events"]``: the hit times in seconds, sorted, exact multiples of 1e-4 s (the values
+  the renderer used, not rounded afterwards), gaps ``>= min_event_gap``, inside ``event_window``,
+  ``min_events <= len(events) <= max_events``. ``meta["event_samples"]`` is the first audio
+  sample of each impact.
+* At each event the object is on the floor (``meta`` gives the floor row) and moving fastest;
+  the sound of the event starts at that instant; the audio before it holds only the background
+  noise and the decaying tails of earlier hits.
+* ``meta`` is JSON-serialisable (str, int, float, lists, dicts).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from avgen.data.geometry import ClipGeometry
+
+__all__ = [
+    "CLASS_NAMES",
+    "COLOURS",
+    "ClipGeometry",
+    "PEAK",
+    "SHAPES",
+    "SURFACES",
+    "SyntheticClip",
+    "event_window",
+    "generate_clip",
+    "max_events_that_fit",
+    "min_event_gap",
+]
+
+SHAPES: tuple[str, ...] = ("ball", "cube", "ring")
+SURFACES: tuple[str, ...] = ("wood", "metal", "glass", "stone")
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (214, 39, 40),
+    "orange": (250, 128, 20),
+    "yellow": (240, 215, 40),
+    "green": (44, 160, 44),
+    "blue": (35, 90, 220),
+    "purple": (148, 80, 189),
+    "white": (238, 238, 238),
+    "black": (28, 28, 28),
+}
+#: ``meta["label"]`` values, in a fixed order (``meta["class_index"]`` indexes this tuple).
+CLASS_NAMES: tuple[str, ...] = tuple(f"{s} hitting {m}" for s in SHAPES for m in SURFACES)
+PEAK = 0.9  # peak of every clip's audio
+
+TICK = 1e-4  # event times are multiples of this (seconds)
+MIN_GAP_FRAMES = 3
+MIN_GAP_SECONDS = 0.25
+EDGE_FRAMES = 2  # no event within this many frame periods of either end
+
+_ADJECTIVE = {"wood": "wooden", "metal": "metal", "glass": "glass", "stone": "stone"}
+_COUNT = {1: "once", 2: "twice"}
+
+# Motion.
+_FALL_FRACTION = 0.25   # the fall takes at most this fraction of the gap between two hits
+_CONTACT_STEP = 1.3     # max displacement per frame at contact, in object radii
+_MAX_SPEED = 2.5        # max impact speed, in frame heights per second
+_SQUASH = 0.22          # relative flattening at contact
+_SQUASH_SECONDS = 0.04  # half-width of the squash pulse (also capped at half a frame period)
+
+
+@dataclass
+class SyntheticClip:
+    frames: np.ndarray  # (F, H, W, 3) uint8 RGB, time is axis 0
+    audio: np.ndarray   # (S,) float32 mono in [-1, 1]
+    meta: dict          # JSON-serialisable ground truth (see module docstring)
+
+
+# --------------------------------------------------------------------------------------------
+# Event times
+
+
+def min_event_gap(geometry: ClipGeometry) -> float:
+    """Smallest gap between two hits, seconds: ``max(3 / fps, 0.25)``."""
+    return max(MIN_GAP_FRAMES / geometry.fps, MIN_GAP_SECONDS)
+
+
+def event_window(geometry: ClipGeometry) -> tuple[float, float]:
+    """``(first, last)``: every hit time lies in this closed interval (seconds)."""
+    edge = EDGE_FRAMES / geometry.fps
+    return edge, geometry.seconds - edge
+
+
+def _tick_bounds(geometry: ClipGeometry) -> tuple[int, int, int]:
+    lo, hi = event_window(geometry)
+    return (math.ceil(lo / TICK - 1e-6), math.floor(hi / TICK + 1e-6),
+            math.ceil(min_event_gap(geometry) / TICK - 1e-6))
+
+
+def max_events_that_fit(geometry: ClipGeometry) -> int:
+    """How many hits fit in ``event_window`` with gaps of at least ``min_event_gap``."""
+    lo, hi, gap = _tick_bounds(geometry)
+    return 0 if hi < lo else (hi - lo) // gap + 1
+
+
+def _sample_event_ticks(rng: np.random.Generator, geometry: ClipGeometry,
+                        min_events: int, max_events: int) -> np.ndarray:
+    if min_events < 1 or max_events < min_events:
+        raise ValueError(f"need 1 <= min_events <= max_events, got {min_events}, {max_events}")
+    fit = max_events_that_fit(geometry)
+    if fit < min_events:
+        raise ValueError(f"{geometry} fits at most {fit} hits (gap {min_event_gap(geometry):.3f} s, "
+                         f"window {event_window(geometry)}), min_events={min_events}")
+    n = int(rng.integers(min_events, min(max_events, fit) + 1))
+    lo, hi, gap = _tick_bounds(geometry)
+    slack = hi - lo - (n - 1) * gap  # >= 0 because n <= fit
+    # Uniform over all placements: sorted offsets in [0, slack], then spread by the minimum gap.
+    offsets = np.sort(rng.integers(0, slack + 1, size=n))
+    return lo + offsets + np.arange(n) * gap
+
+
+# --------------------------------------------------------------------------------------------
+# Colours and background
+
+
+def _luma(rgb: np.ndarray) -> float:
+    return float(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])
+
+
+def _with_luma(rgb: np.ndarray, target: float) -> np.ndarray:
+    """Mix ``rgb`` with black or white so its luma is ``target``."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    luma = _luma(rgb)
+    if target <= luma:
+        return rgb * (target / max(luma, 1e-6))
+    beta = (target - luma) / max(255.0 - luma, 1e-6)
+    return rgb + (255.0 - rgb) * beta
+
+
+def _contrasting_luma(rng: np.random.Generator, object_luma: float, distance: float = 85.0) -> float:
+    """A luma in [15, 240] at least ``distance`` away from ``object_luma``."""
+    below = (15.0, object_luma - distance)
+    above = (object_luma + distance, 240.0)
+    lengths = [max(0.0, b - a) for a, b in (below, above)]
+    u = rng.uniform(0.0, sum(lengths))
+    return below[0] + u if u < lengths[0] else above[0] + (u - lengths[0])
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    """Bilinearly upsampled random grid: blotchy noise in [0, 1] of shape (h, w)."""
+    gh, gw = max(2, round(cells * h / max(h, w)) + 1), max(2, cells + 1)
+    grid = rng.random((gh, gw))
+    ys = np.linspace(0, gh - 1, h)
+    xs = np.linspace(0, gw - 1, w)
+    y0 = np.minimum(ys.astype(int), gh - 2)
+    x0 = np.minimum(xs.astype(int), gw - 2)
+    fy = (ys - y0)[:, None]
+    fx = (xs - x0)[None, :]
+    a = grid[y0][:, x0]
+    b = grid[y0][:, x0 + 1]
+    c = grid[y0 + 1][:, x0]
+    d = grid[y0 + 1][:, x0 + 1]
+    return a * (1 - fy) * (1 - fx) + b * (1 - fy) * fx + c * fy * (1 - fx) + d * fy * fx
+
+
+def _floor_texture(rng: np.random.Generator, surface: str, h: int, w: int, scale: float,
+                   sky_bottom: np.ndarray) -> np.ndarray:
+    """(h, w, 3) float RGB texture of the floor slab. ``scale`` is the frame size in pixels."""
+    yy = np.arange(h, dtype=np.float64)[:, None]
+    xx = np.arange(w, dtype=np.float64)[None, :]
+    if surface == "wood":
+        base = np.array([(150, 100, 55), (120, 78, 40), (175, 125, 75), (95, 62, 35)][rng.integers(4)], float)
+        plank = max(2.0, scale * rng.uniform(0.025, 0.045))
+        row = np.floor(yy / plank)
+        tone = 1.0 + 0.10 * (_hash_rows(rng, row) - 0.5)
+        period = max(3.0, scale * rng.uniform(0.03, 0.06))
+        grain = 0.07 * np.sin(2 * np.pi * xx / period + 4.0 * np.sin(2 * np.pi * yy / (3.1 * plank)) + row * 1.7)
+        seam = np.where((yy % plank) < 1.0, 0.7, 1.0)
+        tex = base[None, None, :] * (tone * (1.0 + grain) * seam)[..., None]
+    elif surface == "metal":
+        g = rng.uniform(125, 175)
+        base = np.array([g, g * 1.02, g * 1.08])
+        streaks = rng.standard_normal((h, 1)) * 0.05 + rng.standard_normal((h, w)) * 0.015
+        sheen = 0.18 * np.exp(-((yy - 0.3 * h) / max(1.0, 0.35 * h)) ** 2)
+        tex = base[None, None, :] * (1.0 + streaks + sheen)[..., None]
+    elif surface == "glass":
+        base = 0.55 * np.array([175.0, 215.0, 230.0]) + 0.45 * sky_bottom
+        period = max(6.0, scale * rng.uniform(0.12, 0.2))
+        phase = (xx + 1.6 * yy) / period % 1.0
+        streak = 0.22 * np.exp(-((phase - 0.5) / 0.06) ** 2)
+        depth = 0.12 * (yy / max(1, h))
+        tex = base[None, None, :] * (1.0 + streak - depth)[..., None]
+    elif surface == "stone":
+        g = rng.uniform(115, 160)
+        base = np.array([g * 1.04, g, g * 0.93])
+        blotch = _smooth_noise(rng, h, w, cells=max(2, round(w / max(4.0, scale * 0.08))))
+        speckle = rng.standard_normal((h, w)) * 0.06
+        tex = base[None, None, :] * (0.85 + 0.3 * blotch + speckle)[..., None]
+    else:
+        raise ValueError(f"unknown surface {surface!r}; expected one of {SURFACES}")
+    tex[0] *= 1.25  # lit top edge of the slab
+    return tex
+
+
+def _hash_rows(rng: np.random.Generator, row: np.ndarray) -> np.ndarray:
+    values = rng.random(int(row.max()) + 1)
+    return values[row.astype(int)]
+
+
+# --------------------------------------------------------------------------------------------
+# Object rendering
+
+
+def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float) -> np.ndarray:
+    """Signed distance (pixels, negative inside) of a shape of outer radius ``radius``."""
+    if shape == "ball":
+        return np.sqrt(dx * dx + dy * dy) - radius
+    if shape == "cube":
+        half, corner = 0.86 * radius, 0.12 * radius
+        qx = np.abs(dx) - (half - corner)
+        qy = np.abs(dy) - (half - corner)
+        outside = np.sqrt(np.maximum(qx, 0.0) ** 2 + np.maximum(qy, 0.0) ** 2)
+        return outside + np.minimum(np.maximum(qx, qy), 0.0) - corner
+    if shape == "ring":
+        mid, half_width = 0.74 * radius, 0.26 * radius
+        return np.abs(np.sqrt(dx * dx + dy * dy) - mid) - half_width
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def _draw_object(frame: np.ndarray, shape: str, colour: np.ndarray, cx: float, cy: float,
+                 radius: float, sx: float, sy: float) -> None:
+    """Alpha-blend the object (centre ``cx, cy``, stretched ``sx, sy``) into ``frame`` in place."""
+    height, width = frame.shape[:2]
+    ex, ey = radius * sx + 2.0, radius * sy + 2.0
+    x0, x1 = max(0, int(math.floor(cx - ex))), min(width, int(math.ceil(cx + ex)) + 1)
+    y0, y1 = max(0, int(math.floor(cy - ey))), min(height, int(math.ceil(cy + ey)) + 1)
+    if x0 >= x1 or y0 >= y1:
+        return
+    # Pixel (i, j) covers [j, j+1) x [i, i+1); sample at its centre.
+    dx = (np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5 - cx) / sx
+    dy = (np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5 - cy) / sy
+    dist = _signed_distance(shape, dx, dy, radius) * min(sx, sy)
+    alpha = np.clip(0.5 - dist, 0.0, 1.0)
+    # Shading: lit from above (a vertical ramp only: quantised diagonal ramps on flat faces make
+    # optical flow jitter); the ball also gets a specular highlight.
+    shade = 1.0 + 0.22 * np.clip(-dy / radius, -1.0, 1.0)
+    rgb = colour[None, None, :] * shade[..., None]
+    if shape == "ball":
+        spot = np.exp(-((dx + 0.35 * radius) ** 2 + (dy + 0.4 * radius) ** 2) / (0.09 * radius * radius))
+        rgb = rgb + (255.0 - rgb) * (0.6 * spot)[..., None]
+    patch = frame[y0:y1, x0:x1].astype(np.float32)
+    alpha = alpha[..., None]
+    blended = patch + (np.clip(rgb, 0.0, 255.0) - patch) * alpha
+    frame[y0:y1, x0:x1] = (blended + 0.5).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Motion
+
+
+def _heights(times: np.ndarray, hits: np.ndarray, fall: np.ndarray, apex: np.ndarray) -> np.ndarray:
+    """Height of the object's bottom above the floor at ``times``.
+
+    ``hits`` (n+2,) are the hit times including one virtual hit before and one after the clip;
+    arc ``k`` joins ``hits[k]`` and ``hits[k+1]``: a parabolic rise to ``apex[k]`` then a
+    parabolic fall of duration ``fall[k]`` that lands at ``hits[k+1]``.
+    """
+    k = np.clip(np.searchsorted(hits, times, side="right") - 1, 0, len(hits) - 2)
+    s = times - hits[k]
+    rise = (hits[k + 1] - hits[k]) - fall[k]
+    u = np.where(s < rise, (rise - s) / rise, (s - rise) / fall[k])
+    return apex[k] * (1.0 - np.clip(u, 0.0, 1.0) ** 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Sound
+
+
+@dataclass(frozen=True)
+class _Modes:
+    freqs: tuple[float, ...]    # Hz
+    decays: tuple[float, ...]   # exponential time constants, seconds
+    gains: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class _Material:
+    modes: _Modes
+    noise_gain: float
+    noise_decay: float          # seconds
+    noise_band: tuple[float, float]  # Hz
+
+
+_MATERIALS: dict[str, _Material] = {
+    "wood": _Material(_Modes((165, 400, 730, 1140, 1650), (0.040, 0.028, 0.018, 0.012, 0.008),
+                             (1.0, 0.7, 0.45, 0.3, 0.2)), 0.7, 0.004, (80, 2500)),
+    "stone": _Material(_Modes((260, 610, 1180, 1900, 2800), (0.016, 0.011, 0.008, 0.006, 0.004),
+                              (1.0, 0.8, 0.6, 0.45, 0.3)), 1.2, 0.006, (100, 4000)),
+    # Inharmonic partials (ratios 1, 2.39, 4.02, 6.17, 8.54, 11.1), long decays.
+    "metal": _Material(_Modes((540, 1290, 2170, 3330, 4610, 5990), (0.18, 0.15, 0.12, 0.09, 0.07, 0.05),
+                              (1.0, 0.8, 0.7, 0.5, 0.35, 0.25)), 0.35, 0.0015, (1000, 7000)),
+    "glass": _Material(_Modes((1650, 2890, 4250, 5700), (0.12, 0.09, 0.07, 0.05),
+                              (1.0, 0.75, 0.55, 0.4)), 0.4, 0.0015, (2500, 7500)),
+}
+# The object's own modes, for an object of radius 0.08 * frame size (pitch scales as 1 / size).
+_OBJECT_MODES: dict[str, _Modes] = {
+    "ball": _Modes((300, 630), (0.03, 0.02), (0.35, 0.15)),
+    "cube": _Modes((420, 670, 1130, 1640), (0.04, 0.03, 0.02, 0.015), (0.3, 0.25, 0.18, 0.1)),
+    "ring": _Modes((700, 1930, 3780), (0.09, 0.07, 0.05), (0.3, 0.2, 0.12)),
+}
+
+
+def _band_noise(rng: np.random.Generator, n: int, band: tuple[float, float], sr: int) -> np.ndarray:
+    """``n`` samples of unit-RMS noise band-limited to ``band`` (FFT mask, numpy only)."""
+    size = max(16, 1 << (n - 1).bit_length())
+    spectrum = np.fft.rfft(rng.standard_normal(size))
+    freqs = np.fft.rfftfreq(size, 1.0 / sr)
+    spectrum[(freqs < band[0]) | (freqs > min(band[1], 0.48 * sr))] = 0.0
+    out = np.fft.irfft(spectrum, size)[:n]
+    return out / max(float(np.sqrt(np.mean(out * out))), 1e-12)
+
+
+def _impact(rng: np.random.Generator, modes: _Modes, material: _Material, t: float, amplitude: float,
+            num_samples: int, sr: int) -> tuple[int, np.ndarray]:
+    """One impact starting at time ``t``: ``(first sample, samples)``."""
+    start = math.ceil(t * sr - 1e-9)
+    longest = max(max(modes.decays), material.noise_decay)
+    length = min(num_samples - start, int(math.ceil(7.0 * longest * sr)))
+    if length <= 0:
+        return start, np.zeros(0)
+    tau = (start + np.arange(length)) / sr - t  # time since the hit, >= 0
+    out = np.zeros(length)
+    nyquist_guard = 0.45 * sr
+    for f, d, g in zip(modes.freqs, modes.decays, modes.gains):
+        f *= 1.0 + rng.uniform(-0.015, 0.015)
+        g *= rng.uniform(0.8, 1.2)
+        if f >= nyquist_guard:
+            continue
+        m = min(length, int(math.ceil(7.0 * d * sr)))
+        out[:m] += g * np.exp(-tau[:m] / d) * np.sin(2.0 * np.pi * f * tau[:m])
+    m = min(length, int(math.ceil(7.0 * material.noise_decay * sr)))
+    burst = _band_noise(rng, m, material.noise_band, sr) * np.exp(-tau[:m] / material.noise_decay)
+    out[:m] += material.noise_gain * burst
+    return start, amplitude * out
+
+
+def _clip_modes(rng: np.random.Generator, surface: str, shape: str, size_frac: float) -> _Modes:
+    """Surface modes plus object modes, detuned once per clip."""
+    surf = _MATERIALS[surface].modes
+    obj = _OBJECT_MODES[shape]
+    pitch = 0.08 / size_frac
+    freqs = [f * rng.uniform(0.95, 1.05) for f in surf.freqs] + \
+            [f * pitch * rng.uniform(0.95, 1.05) for f in obj.freqs]
+    decays = [d * rng.uniform(0.9, 1.1) for d in surf.decays + obj.decays]
+    return _Modes(tuple(freqs), tuple(decays), surf.gains + obj.gains)
+
+
+def _background_noise(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    """Unit-RMS coloured noise (1/f^alpha, alpha drawn in [0.5, 1.5]) below ~sr/2."""
+    size = max(16, 1 << (n - 1).bit_length())
+    spectrum = np.fft.rfft(rng.standard_normal(size))
+    freqs = np.fft.rfftfreq(size, 1.0 / sr)
+    alpha = rng.uniform(0.5, 1.5)
+    spectrum *= 1.0 / np.maximum(freqs, 40.0) ** (alpha / 2.0)
+    out = np.fft.irfft(spectrum, size)[:n]
+    return out / max(float(np.sqrt(np.mean(out * out))), 1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# The clip
+
+
+def generate_clip(seed: int, geometry: ClipGeometry, *, min_events: int = 1, max_events: int = 4,
+                  shape: str | None = None, colour: str | None = None,
+                  surface: str | None = None) -> SyntheticClip:
+    """One synthetic sounding video; bit-identical for identical arguments.
+
+    ``shape``, ``colour`` and ``surface`` override the drawn attribute; everything else (event
+    times, motion, background, noise) stays what ``seed`` gives, so clips that differ only in
+    one attribute can be compared. Raises ``ValueError`` when ``min_events`` hits cannot fit the
+    geometry (see ``max_events_that_fit``).
+    """
+    for name, value, allowed in (("shape", shape, SHAPES), ("colour", colour, tuple(COLOURS)),
+                                 ("surface", surface, SURFACES)):
+        if value is not None and value not in allowed:
+            raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
+    rng = np.random.default_rng(seed)
+    F, S = geometry.num_frames, geometry.num_samples
+    H, W, fps, sr = geometry.height, geometry.width, geometry.fps, geometry.sample_rate
+    if F < 1 or S < 1 or H < 8 or W < 8:
+        raise ValueError(f"geometry too small: {geometry}")
+
+    # Attributes (always drawn, so overrides do not shift the random stream).
+    drawn_shape = SHAPES[rng.integers(len(SHAPES))]
+    drawn_colour = tuple(COLOURS)[rng.integers(len(COLOURS))]
+    drawn_surface = SURFACES[rng.integers(len(SURFACES))]
+    shape, colour, surface = shape or drawn_shape, colour or drawn_colour, surface or drawn_surface
+    ticks = _sample_event_ticks(rng, geometry, min_events, max_events)
+    events = ticks * TICK
+    n = len(events)
+
+    # Layout (pixels).
+    scale = float(min(H, W))
+    size_frac = rng.uniform(0.06, 0.1)
+    radius = size_frac * scale
+    floor_y = int(round(H * rng.uniform(0.78, 0.86)))
+    headroom = max(1.0, floor_y - 2.0 * radius - 0.04 * H)  # highest the object's bottom may go
+
+    # Vertical motion: arcs between hits (plus virtual hits before and after the clip).
+    period = 1.0 / fps
+    pre = events[0] + rng.uniform(1.0, 2.0) * period
+    post = geometry.seconds - events[-1] + rng.uniform(1.0, 2.0) * period
+    hits = np.concatenate([[events[0] - pre], events, [events[-1] + post]])
+    gaps = np.diff(hits)
+    nominal_speed = min(_CONTACT_STEP * radius * fps, _MAX_SPEED * H)  # pixels per second
+    speed = nominal_speed * rng.uniform(0.75, 1.0, size=n + 1)  # speed at the end of each arc
+    fall = np.minimum(_FALL_FRACTION * gaps, 2.0 * headroom / speed)
+    apex = 0.5 * speed * fall  # a parabola from rest reaching `speed` after `fall` seconds
+
+    # Horizontal drift that stays clear of the side walls.
+    margin = min(radius * 1.3, 0.45 * W)
+    x_start = rng.uniform(margin, W - margin)
+    x_end = float(np.clip(x_start + rng.uniform(-0.4, 0.4) * (W - 2 * margin), margin, W - margin))
+
+    # Background: a vertical gradient contrasting with the object, then the floor slab.
+    obj_rgb = np.array(COLOURS[colour], dtype=np.float64)
+    obj_luma = _luma(obj_rgb)
+    sky = [_with_luma(rng.uniform(0, 255, 3), _contrasting_luma(rng, obj_luma)) for _ in range(2)]
+    ramp = np.linspace(0.0, 1.0, floor_y)[:, None]
+    background = np.empty((H, W, 3), dtype=np.float64)
+    background[:floor_y] = (sky[0] * (1 - ramp) + sky[1] * ramp)[:, None, :]
+    background[floor_y:] = _floor_texture(rng, surface, H - floor_y, W, scale, sky[1])
+    background = np.clip(background + 0.5, 0, 255).astype(np.uint8)
+
+    # Frames.
+    times = np.arange(F) / fps
+    lift = _heights(times, hits, fall, apex)
+    nearest = np.min(np.abs(times[:, None] - events[None, :]), axis=1)
+    pulse = np.clip(1.0 - nearest / min(_SQUASH_SECONDS, 0.5 * period), 0.0, 1.0) ** 2
+    sy = 1.0 - _SQUASH * pulse
+    sx = 1.0 + 0.6 * _SQUASH * pulse
+    cx = x_start + (x_end - x_start) * times / geometry.seconds
+    cy = floor_y - lift - radius * sy
+    obj_f32 = obj_rgb.astype(np.float32)
+    frames = np.repeat(background[None], F, axis=0)
+    for f in range(F):
+        _draw_object(frames[f], shape, obj_f32, float(cx[f]), float(cy[f]), radius, float(sx[f]), float(sy[f]))
+
+    # Audio.
+    material = _MATERIALS[surface]
+    modes = _clip_modes(rng, surface, shape, size_frac)
+    impact_speed = speed[:-1]  # speed[k] ends arc k, which lands on events[k]
+    amplitudes = impact_speed / nominal_speed
+    audio = np.zeros(S)
+    starts = []
+    for t, a in zip(events, amplitudes):
+        start, samples = _impact(rng, modes, material, float(t), float(a), S, sr)
+        starts.append(start)
+        audio[start:start + len(samples)] += samples
+    noise_db = float(rng.uniform(-52.0, -34.0))
+    peak = float(np.max(np.abs(audio)))
+    noise = _background_noise(rng, S, sr) * (peak * 10.0 ** (noise_db / 20.0))
+    audio += noise
+    audio *= PEAK / max(float(np.max(np.abs(audio))), 1e-12)
+
+    label = f"{shape} hitting {surface}"
+    count = _COUNT.get(n, f"{n} times")
+    meta: dict[str, Any] = {
+        "label": label,
+        "class_index": CLASS_NAMES.index(label),
+        "caption": f"a {colour} {shape} bouncing on a {_ADJECTIVE[surface]} floor, hitting it {count}",
+        "events": [round(float(t), 4) for t in events],
+        "event_samples": [int(s) for s in starts],
+        "impact_speeds": [round(float(v) / H, 4) for v in impact_speed],  # frame heights / second
+        "object": shape,
+        "colour": colour,
+        "surface": surface,
+        "background": {"top": [int(round(c)) for c in sky[0]], "bottom": [int(round(c)) for c in sky[1]]},
+        "object_radius": round(float(radius), 3),
+        "floor_y": floor_y,
+        "noise_db": round(noise_db, 2),
+        "seed": int(seed),
+        "geometry": {"seconds": float(geometry.seconds), "fps": int(fps), "height": int(H),
+                     "width": int(W), "sample_rate": int(sr)},
+    }
+    return SyntheticClip(frames=frames, audio=audio.astype(np.float32), meta=meta)

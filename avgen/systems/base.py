@@ -1,0 +1,166 @@
+"""``AVSystem``: what every avgen system does the same way.
+
+- frozen parts: registered with :meth:`AVSystem.freeze`, which sets ``requires_grad_(False)`` and
+  keeps them in eval mode even when Lightning calls ``train()``; they are excluded from the
+  optimizer and from checkpoints;
+- trainable parts: every parameter that still requires grad after the constructor;
+  :meth:`trainable_parameters` lists them, and a system may override it to be explicit;
+- optimizer and scheduler: partial callables from config (``model.optimizer``, ``model.scheduler``);
+- EMA of the trainable weights (``model.ema_decay``; ``None`` = off), swapped in for validation,
+  sampling and export with :meth:`ema_weights`;
+- classifier-free-guidance condition dropout (:meth:`drop_conditions`);
+- checkpoints: trainable (+EMA) weights, the resolved config and library versions
+  (see ``avgen/checkpoint.py``); loading re-creates the frozen parts from the config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from avgen._versions import library_versions
+from avgen.checkpoint import FORMAT
+
+
+class AVSystem(pl.LightningModule):
+    """Base class of the avgen systems (a LightningModule with the conventions above).
+
+    Args:
+        optimizer: partial optimizer factory, called with the trainable parameters.
+        scheduler: optional partial LR-scheduler factory, called with the optimizer
+            (stepped every optimizer step).
+        ema_decay: EMA decay of the trainable weights, or ``None`` for no EMA.
+        cond_drop_prob: probability of replacing a condition by its null value in training.
+    """
+
+    def __init__(self, optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+                 scheduler: Callable[..., Any] | None = None, ema_decay: float | None = None,
+                 cond_drop_prob: float = 0.1):
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.ema_decay = ema_decay
+        self.cond_drop_prob = cond_drop_prob
+        self._frozen: list[nn.Module] = []
+        self.ema_state: dict[str, torch.Tensor] | None = None
+        # the resolved run config; set by the command line before fit, stored in checkpoints
+        self.run_config: dict[str, Any] | None = None
+        # checkpoints hold only trainable weights: Lightning must accept partial state dicts
+        self.strict_loading = False
+
+    # ------------------------------------------------------------------------------ frozen parts
+    def freeze(self, *modules: nn.Module) -> None:
+        """Freeze ``modules``: no gradients, eval mode for good, excluded from checkpoints."""
+        for module in modules:
+            module.requires_grad_(False)
+            module.eval()
+            self._frozen.append(module)
+
+    def train(self, mode: bool = True) -> "AVSystem":
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        return self
+
+    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Trainable parameters plus the persistent buffers of modules that own trainable parameters."""
+        names = {n for n, _ in self.trainable_parameters()}
+        owners = {n.rpartition(".")[0] for n in names}
+        return {k: v for k, v in self.state_dict().items() if k in names or k.rpartition(".")[0] in owners}
+
+    # ------------------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise ValueError(f"{type(self).__name__}: model.optimizer is not set in the config")
+        params = [p for _, p in self.trainable_parameters()]
+        if not params:
+            raise ValueError(f"{type(self).__name__} has no trainable parameters; check which parts are frozen")
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+    def drop_conditions(self, conditions: Sequence[Any], null: Any, generator: torch.Generator | None = None
+                        ) -> tuple[list[Any], torch.Tensor]:
+        """Replace each condition by ``null`` with probability ``cond_drop_prob`` (training only).
+
+        Returns the new list and the boolean keep-mask (B,).
+        """
+        keep = torch.ones(len(conditions), dtype=torch.bool)
+        if self.training and self.cond_drop_prob > 0:
+            keep = torch.rand(len(conditions), generator=generator) >= self.cond_drop_prob
+        return [c if k else null for c, k in zip(conditions, keep.tolist())], keep
+
+    # ------------------------------------------------------------------------------ EMA
+    def on_fit_start(self) -> None:
+        if self.ema_decay is not None and self.ema_state is None:
+            self.ema_state = {k: v.detach().clone().float() for k, v in self.trainable_state_dict().items()}
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema_state is None:
+            return
+        decay = self.ema_decay
+        for k, v in self.trainable_state_dict().items():
+            ema = self.ema_state[k]
+            if ema.device != v.device:
+                ema = self.ema_state[k] = ema.to(v.device)
+            if v.is_floating_point():
+                ema.lerp_(v.detach().float(), 1.0 - decay)
+            else:
+                ema.copy_(v)
+
+    @contextlib.contextmanager
+    def ema_weights(self, enabled: bool = True):
+        """Temporarily load the EMA weights (no-op without EMA)."""
+        if not enabled or self.ema_state is None:
+            yield
+            return
+        backup = {k: v.detach().clone() for k, v in self.trainable_state_dict().items()}
+        self.load_state_dict({k: v.to(backup[k].dtype) for k, v in self.ema_state.items()}, strict=False)
+        try:
+            yield
+        finally:
+            self.load_state_dict(backup, strict=False)
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = self.trainable_state_dict()
+        checkpoint["state_dict"] = {k: v.detach().cpu() for k, v in trainable.items()}
+        checkpoint.pop("hyper_parameters", None)
+        checkpoint["avgen"] = {
+            "format": FORMAT,
+            "config": self.run_config,
+            "versions": library_versions(),
+            "trainable": sorted(trainable),
+            "ema": None if self.ema_state is None else {k: v.detach().cpu() for k, v in self.ema_state.items()},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_trainable_keys(checkpoint["state_dict"], source="checkpoint")
+        ema = (checkpoint.get("avgen") or {}).get("ema")
+        if ema is not None:
+            self.ema_state = {k: v.float() for k, v in ema.items()}
+
+    def check_trainable_keys(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """A checkpoint must hold every trainable weight and nothing that is not trainable."""
+        expected = set(self.trainable_state_dict())
+        missing, unexpected = expected - set(state), set(state) - expected
+        if missing or unexpected:
+            raise KeyError(f"{source} does not match {type(self).__name__}'s trainable weights: "
+                           f"missing {sorted(missing)[:5]}{'...' if len(missing) > 5 else ''}, "
+                           f"unexpected {sorted(unexpected)[:5]}{'...' if len(unexpected) > 5 else ''}. "
+                           f"Was it written with another model config?")
+
+    def load_trainable(self, checkpoint: dict[str, Any]) -> None:
+        """Load trainable (and EMA) weights from an avgen checkpoint dict (``init_from``, sampling)."""
+        self.on_load_checkpoint(checkpoint)
+        self.load_state_dict(checkpoint["state_dict"], strict=False)

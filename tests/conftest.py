@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny synthetic dataset (made once per session) and config composition."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_CONFIGS = REPO / "tests" / "configs"
+TINY_CLIP = {"seconds": 1.0, "fps": 8, "height": 32, "width": 32, "sample_rate": 16000}
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> Path:
+    """train 12 clips (3 shards), val 5, test 5 (2 shards each) of 1 s, 8 fps, 32×32."""
+    from avgen.data.synthetic_prepare import prepare_synthetic_hits
+
+    root = tmp_path_factory.mktemp("data") / "synthetic_hits"
+    prepare_synthetic_hits(str(root), TINY_CLIP, clips={"train": 12, "val": 5, "test": 5}, clips_per_shard=4,
+                           preview=0, workers=1)
+    return root
+
+
+def compose(overrides: list[str], tmp_path: Path, *, run_dir: Path | None = None):
+    """Compose the avgen config as the command line would, with outputs under ``tmp_path``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from avgen.cli import config_dir, register_resolvers
+
+    register_resolvers()
+    run_dir = run_dir or tmp_path / "run"
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=[f"hydra.searchpath=[file://{TEST_CONFIGS}]",
+                                                 f"hydra.run.dir={run_dir}",
+                                                 f"paths.data_dir={tmp_path / 'data'}",
+                                                 *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+        cfg.paths.root_dir = str(REPO)
+        del cfg["hydra"]
+    return cfg
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m avgen <args>`` in a subprocess (the way users and SLURM run it)."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    full_env.pop("AVGEN_RUN_ID", None)
+    return subprocess.run([sys.executable, "-m", "avgen", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,141 @@
+"""fit / validate / test / export through the generic commands, with the tiny test system."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from avgen.checkpoint import AtomicCheckpointIO, export_checkpoint, read_checkpoint
+from avgen.commands import run_command
+from tests.conftest import compose
+
+
+def fit_cfg(tmp_path, tiny_shards, *extra, run_dir=None):
+    return compose(["command=fit", "model=tiny_test", "scale=tiny", f"data.root={tiny_shards}",
+                    "data.auto_prepare=false", "trainer.max_steps=4",
+                    "callbacks.model_checkpoint.every_n_train_steps=2",
+                    f"model.record_dir={(run_dir or tmp_path / 'run')}/record", *extra], tmp_path, run_dir=run_dir)
+
+
+def record(run_dir: Path) -> dict:
+    return json.loads((run_dir / "record" / "rank0.json").read_text())
+
+
+def test_fit_writes_trainable_only_checkpoint(tmp_path, tiny_shards):
+    # 12 train clips / batch 2 = one 6-step epoch, then validation
+    cfg = fit_cfg(tmp_path, tiny_shards, "trainer.max_steps=6", "trainer.log_every_n_steps=1")
+    run_command(cfg)
+    run = tmp_path / "run"
+    ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 6
+    # head + norm (with its buffers), never the frozen backbone
+    assert set(ckpt["state_dict"]) == {"head.weight", "head.bias", "norm.weight", "norm.bias", "norm.running_mean",
+                                       "norm.running_var", "norm.num_batches_tracked"}
+    meta = ckpt["avgen"]
+    assert meta["config"]["model"]["_target_"] == "tests.helpers.TinySystem"
+    assert meta["config"]["data"]["clip"]["height"] == 32
+    assert meta["versions"]["torch"].startswith("2.")
+    assert meta["trainable"] == sorted(ckpt["state_dict"])
+    assert "hyper_parameters" not in ckpt
+    # every step saw a full batch of the configured size
+    rec = record(run)
+    assert rec["batches"] == 6 and len(rec["keys"]) == 6 * cfg.data.batch_size
+    metrics = (run / "logs" / "metrics.csv").read_text()
+    for column in ("train/loss", "val/loss", "data/train_skipped", "data/val_skipped"):
+        assert column in metrics
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "last.ckpt", "step_0000002.ckpt", "step_0000004.ckpt", "step_0000006.ckpt"]
+
+
+def test_resume_from_last_ckpt_continues_step(tmp_path, tiny_shards):
+    run_command(fit_cfg(tmp_path, tiny_shards))
+    first = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    # same run folder, longer schedule: resume=auto picks up last.ckpt
+    run_command(fit_cfg(tmp_path, tiny_shards, "trainer.max_steps=8"))
+    rec = record(tmp_path / "run")
+    assert rec["first_step"] == 4 and rec["global_step"] == 8 and rec["batches"] == 4
+    second = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert second["global_step"] == 8
+    assert not torch.equal(first["state_dict"]["head.weight"], second["state_dict"]["head.weight"])
+
+
+def test_resume_never_starts_over(tmp_path, tiny_shards):
+    run_command(fit_cfg(tmp_path, tiny_shards))
+    run_command(fit_cfg(tmp_path, tiny_shards, "resume=never"))
+    assert record(tmp_path / "run")["first_step"] == 0
+
+
+def test_init_from_starts_new_run_from_weights(tmp_path, tiny_shards):
+    run_command(fit_cfg(tmp_path, tiny_shards))
+    src = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    run2 = tmp_path / "run2"
+    cfg = fit_cfg(tmp_path, tiny_shards, f"init_from={src}", "trainer.max_steps=1", run_dir=run2)
+    from avgen.commands import build_model
+
+    run_command(cfg)
+    rec = record(run2)
+    assert rec["first_step"] == 0 and rec["global_step"] == 1
+    # the new run started from the source weights: one Adam step (lr 1e-2) moves each weight by <= ~1e-2
+    a = read_checkpoint(src)["state_dict"]["head.weight"]
+    b = read_checkpoint(run2 / "checkpoints" / "last.ckpt")["state_dict"]["head.weight"]
+    fresh = build_model(cfg).head.weight.detach()
+    assert (a - b).abs().max() < 0.02 < (fresh - a).abs().max()
+
+
+def test_checkpoint_write_is_atomic(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"x": torch.ones(3)}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("crash while saving")
+
+    with pytest.raises(RuntimeError, match="crash while saving"):
+        io.save_checkpoint({"x": torch.zeros(3), "boom": Boom()}, path)
+    assert torch.equal(torch.load(path)["x"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_ema_is_saved_and_exported(tmp_path, tiny_shards):
+    run_command(fit_cfg(tmp_path, tiny_shards, "model.ema_decay=0.5"))
+    ckpt_path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = read_checkpoint(ckpt_path)
+    ema = ckpt["avgen"]["ema"]
+    assert set(ema) == set(ckpt["state_dict"])
+    assert not torch.equal(ema["head.weight"], ckpt["state_dict"]["head.weight"])
+    from safetensors.torch import load_file
+
+    out = export_checkpoint(ckpt_path, tmp_path / "export")
+    weights = load_file(out / "model.safetensors")
+    assert set(weights) == set(ckpt["state_dict"])
+    assert torch.equal(weights["head.weight"], ema["head.weight"])
+    assert (out / "config.yaml").read_text().count("TinySystem") == 1
+    with pytest.raises(FileExistsError, match="export.overwrite"):
+        export_checkpoint(ckpt_path, tmp_path / "export")
+    raw = export_checkpoint(ckpt_path, tmp_path / "export", use_ema=False, overwrite=True)
+    assert torch.equal(load_file(raw / "model.safetensors")["head.weight"], ckpt["state_dict"]["head.weight"])
+
+
+def test_validate_and_test_from_checkpoint(tmp_path, tiny_shards):
+    run_command(fit_cfg(tmp_path, tiny_shards))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    for command, key in (("validate", "val/loss"), ("test", "test/loss")):
+        cfg = compose([f"command={command}", f"ckpt_path={ckpt}", "scale=tiny", f"data.root={tiny_shards}",
+                       "data.auto_prepare=false"], tmp_path, run_dir=tmp_path / command)
+        results = run_command(cfg)
+        assert key in results[0] and results[0]["data/" + ("val" if command == "validate" else "test") + "_skipped"] == 0
+
+
+def test_checkpoint_from_other_model_is_refused(tmp_path, tiny_shards):
+    run_command(fit_cfg(tmp_path, tiny_shards))
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    from tests.helpers import TinySystem
+
+    other = TinySystem(hidden=4)
+    del ckpt["state_dict"]["norm.running_var"]
+    with pytest.raises(KeyError, match="missing"):
+        other.load_trainable(ckpt)
