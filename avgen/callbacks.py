@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from avgen.data.datamodule import AVDataModule
-from avgen.data.stream import DataHealthError
+from avgen.errors import DataHealthError
 
 log = logging.getLogger(__name__)
 

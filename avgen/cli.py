@@ -22,6 +22,8 @@ COMMANDS = {
     "prepare": "write a dataset's WebDataset shards and manifests (data=<dataset>)",
 }
 # Groups shown by --help; hydra/launcher options also include those of installed Hydra plugins.
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                "--config-dir", "-cd", "--experimental-rerun"}
 HELP_GROUPS = ("model", "data", "trainer", "logger", "callbacks", "paths", "scale", "hydra/launcher")
 
 
@@ -64,16 +66,24 @@ def rewrite_argv(argv: list[str]) -> list[str] | int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(help_text())
         return 0 if argv else 2
-    flags = [a for a in argv if a.startswith("-") and "=" not in a]
-    words = [a for a in argv if a not in flags]
-    if words and words[0] in COMMANDS:
-        rest = list(argv)
-        rest.remove(words[0])
-        argv = [f"command={words[0]}"] + rest
-    elif any(w.startswith("command=") for w in words):
+    flags, words, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("-") and "=" not in arg:
+            flags.append(arg)
+            # Hydra flags that take a value: keep the value out of the command-word search
+            if arg in _VALUE_FLAGS and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                i += 1
+        else:
+            words.append((i, arg))
+        i += 1
+    if words and words[0][1] in COMMANDS:
+        argv = list(argv)
+        argv[words[0][0]] = f"command={words[0][1]}"
+    elif any(w.startswith("command=") for _, w in words):
         pass  # already rewritten: Lightning's DDP re-launch or an explicit override
     else:
-        bad = words[0] if words else " ".join(flags)
+        bad = words[0][1] if words else " ".join(flags)
         print(f"avgen: unknown command {bad!r}. Valid commands: {', '.join(COMMANDS)}.\n"
               f"Run `python -m avgen --help` for the experiments and config groups.", file=sys.stderr)
         return 2
@@ -103,6 +113,8 @@ def register_resolvers() -> None:
 
     if not OmegaConf.has_resolver("avgen_run_id"):
         OmegaConf.register_new_resolver("avgen_run_id", _run_id, use_cache=True)
+    if not OmegaConf.has_resolver("avgen_cwd"):
+        OmegaConf.register_new_resolver("avgen_cwd", os.getcwd)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,15 +15,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from avgen.errors import (CommandUnavailable, ConfigError, DataHealthError, GeometryMismatchError,
+                          MissingShardsError)
+
 log = logging.getLogger("avgen")
-
-
-class ConfigError(ValueError):
-    """The config asks for something that does not exist or does not fit; names the key."""
-
-
-class CommandUnavailable(RuntimeError):
-    """The command needs a part of avgen that is not built yet."""
 
 
 # ----------------------------------------------------------------------------------- building
@@ -180,20 +175,18 @@ def prepare(cfg: DictConfig):
 
 COMMANDS = {"fit": fit, "validate": validate, "test": test, "sample": sample, "evaluate": evaluate,
             "export": export, "prepare": prepare}
-USER_ERRORS = (ConfigError, CommandUnavailable, FileNotFoundError, FileExistsError)
+USER_ERRORS = (ConfigError, CommandUnavailable, MissingShardsError, GeometryMismatchError, DataHealthError,
+               FileNotFoundError, FileExistsError)
 
 
 def run_command(cfg: DictConfig):
     """Hydra task function: dispatch on ``cfg.command``; user errors end with a message and status 1."""
-    from avgen.data.datamodule import GeometryMismatchError
-    from avgen.data.stream import DataHealthError
-
     command = cfg.get("command")
     if command not in COMMANDS:
         print(f"avgen: unknown command {command!r}. Valid commands: {', '.join(COMMANDS)}.", file=sys.stderr)
         sys.exit(2)
     try:
         return COMMANDS[command](cfg)
-    except USER_ERRORS + (GeometryMismatchError, DataHealthError) as exc:
+    except USER_ERRORS as exc:
         print(f"avgen {command}: error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -139,3 +139,32 @@ def test_checkpoint_from_other_model_is_refused(tmp_path, tiny_shards):
     del ckpt["state_dict"]["norm.running_var"]
     with pytest.raises(KeyError, match="missing"):
         other.load_trainable(ckpt)
+
+
+from tests.test_datamodule import bad_shards, unequal_shards  # noqa: E402,F401  (fixtures)
+
+
+def test_fit_over_bad_shards_finishes_and_reports_skips(tmp_path, bad_shards, capsys):  # noqa: F811
+    """Train and val shards holding a truncated member, a zero-byte mp4 and a clip without audio."""
+    cfg = fit_cfg(tmp_path, bad_shards, "data.max_skip_fraction=0.5", "data.min_clips_for_check=1000",
+                  "trainer.max_steps=-1", "trainer.max_epochs=2", "data.epoch_clips=12")
+    run_command(cfg)
+    rows = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    col = lambda name: [float(r.split(",")[header.index(name)]) for r in rows[1:] if r.split(",")[header.index(name)]]
+    assert col("data/val_skipped") == [3.0, 3.0]  # exactly the three bad val clips, each epoch
+    assert len(col("data/train_skipped")) == 2 and sum(col("data/train_skipped")) > 0
+
+
+def test_fit_stops_when_skips_exceed_the_fraction(tmp_path, bad_shards):  # noqa: F811
+    from avgen.errors import DataHealthError
+
+    cfg = fit_cfg(tmp_path, bad_shards, "data.max_skip_fraction=0.1", "data.min_clips_for_check=1000",
+                  "trainer.max_steps=-1", "trainer.max_epochs=1")
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(cfg)  # the command line: a message and status 1
+    assert exit_info.value.code == 1
+    with pytest.raises(DataHealthError, match="shard-bad.tar"):
+        from avgen.commands import fit
+
+        fit(cfg)

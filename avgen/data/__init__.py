@@ -1,9 +1,21 @@
-"""Shared data pipeline: shard format, writer, decoding, the datamodule and the synthetic dataset."""
+"""Shared data pipeline: shard format, writer, decoding, the datamodule and the synthetic dataset.
 
-from avgen.data.datamodule import AVDataModule, GeometryMismatchError, MissingShardsError
-from avgen.data.geometry import ClipGeometry
-from avgen.data.shards import Manifest, ShardWriter
-from avgen.data.stream import DataHealthError
+Names are imported lazily so that light users (``prepare``, the CLI) do not pay for Lightning.
+"""
 
-__all__ = ["AVDataModule", "ClipGeometry", "DataHealthError", "GeometryMismatchError", "Manifest",
-           "MissingShardsError", "ShardWriter"]
+import importlib
+
+_EXPORTS = {
+    "AVDataModule": "avgen.data.datamodule",
+    "ClipGeometry": "avgen.data.geometry",
+    "Manifest": "avgen.data.shards",
+    "ShardWriter": "avgen.data.shards",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'avgen.data' has no attribute {name!r}")

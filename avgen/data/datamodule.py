@@ -28,17 +28,10 @@ from avgen.data.decode import to_model_batch
 from avgen.data.geometry import ClipGeometry
 from avgen.data.shards import MANIFEST, Manifest
 from avgen.data.stream import EvalStream, Health, Shard, TrainStream
+from avgen.errors import GeometryMismatchError, MissingShardsError
 
 log = logging.getLogger(__name__)
 STAGE_SPLIT = {"fit": "train", "validate": "val", "test": "test", "predict": "test"}
-
-
-class MissingShardsError(FileNotFoundError):
-    """A split folder or its manifest is missing; the message gives the prepare command."""
-
-
-class GeometryMismatchError(ValueError):
-    """The manifest's clip geometry cannot serve the requested one; the message lists both."""
 
 
 class AVDataModule(pl.LightningDataModule):
@@ -158,7 +151,8 @@ class AVDataModule(pl.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         rank, world = self._dist()
-        dataset = EvalStream(self.shards(split), self.clip, self.eval_batch_size, rank=rank, world_size=world,
+        dataset = EvalStream(self.shards(split), self.clip, self.eval_batch_size, split=split, rank=rank,
+                             world_size=world,
                              max_skip_fraction=self.max_skip_fraction, min_clips_for_check=self.min_clips_for_check)
         return self._loader(dataset)
 
@@ -177,18 +171,10 @@ class AVDataModule(pl.LightningDataModule):
         return sum(len(range(rank * workers + w, total, world * workers)) for w in range(workers))
 
     # ----------------------------------------------------------------------------------- batches
-    def _split_now(self) -> str:
-        trainer = self.trainer
-        if trainer is None or trainer.training:
-            return "train"
-        if trainer.testing:
-            return "test"
-        return "val"
-
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         stats = batch.pop("_health", None)
         if stats is not None:
-            self.health.setdefault(self._split_now(), Health()).merge(stats)
+            self.health.setdefault(stats["split"], Health()).merge(stats)
         return batch
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:

@@ -18,7 +18,7 @@ and the order is deterministic. Batches may be partial.
 
 Clip accounting: a clip that fails to decode, and every clip a shard's manifest promises but the
 tar does not deliver (truncated or unreadable shard), is counted as skipped, with its shard. The
-counts travel with the next batch under ``"_health"`` and are summed in the main process
+counts travel with the next batch under ``"_health"`` (tagged with the split) and are summed in the main process
 (``AVDataModule.health``). If, after ``min_clips_for_check`` attempts, a worker has skipped more
 than ``max_skip_fraction`` of its clips, it stops the run with a ``DataHealthError`` naming the
 shards.
@@ -40,10 +40,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from avgen.data.decode import SampleError, collate, decode_sample
 from avgen.data.geometry import ClipGeometry
-
-
-class DataHealthError(RuntimeError):
-    """Too many clips could not be used; the message names the shards."""
+from avgen.errors import DataHealthError
 
 
 @dataclass(frozen=True)
@@ -127,6 +124,8 @@ def _worker() -> tuple[int, int]:
 
 
 class _Stream(IterableDataset):
+    split = "train"
+
     def __init__(self, shards: list[Shard], clip: ClipGeometry, batch_size: int, *, rank: int, world_size: int,
                  max_skip_fraction: float, min_clips_for_check: int):
         super().__init__()
@@ -173,7 +172,7 @@ class _Stream(IterableDataset):
     def _emit(self, clips: list[dict], health: Health) -> dict:
         """Collate ``clips`` and attach the clip accounting since the previous batch."""
         batch = collate(clips)
-        batch["_health"] = self._take(health)
+        batch["_health"] = {"split": self.split, **self._take(health)}
         return batch
 
 
@@ -225,10 +224,11 @@ class TrainStream(_Stream):
 class EvalStream(_Stream):
     """Every clip once across ranks and workers, in manifest order, centre crops, partial last batch."""
 
-    def __init__(self, shards: list[Shard], clip: ClipGeometry, batch_size: int, *, rank: int = 0,
+    def __init__(self, shards: list[Shard], clip: ClipGeometry, batch_size: int, *, split: str = "val", rank: int = 0,
                  world_size: int = 1, max_skip_fraction: float = 0.05, min_clips_for_check: int = 64):
         super().__init__(shards, clip, batch_size, rank=rank, world_size=world_size,
                          max_skip_fraction=max_skip_fraction, min_clips_for_check=min_clips_for_check)
+        self.split = split
 
     def slot_clips(self, slot: int, slots: int) -> int:
         """How many clips (per the manifests) the given slot owns."""

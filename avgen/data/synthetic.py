@@ -115,11 +115,9 @@ _ADJECTIVE = {"wood": "wooden", "metal": "metal", "glass": "glass", "stone": "st
 _COUNT = {1: "once", 2: "twice"}
 
 # Motion.
-_FALL_FRACTION = 0.25   # the fall takes at most this fraction of the gap between two hits
-_CONTACT_STEP = 1.3     # max displacement per frame at contact, in object radii
-_MAX_SPEED = 2.5        # max impact speed, in frame heights per second
-_SQUASH = 0.22          # relative flattening at contact
-_SQUASH_SECONDS = 0.04  # half-width of the squash pulse (also capped at half a frame period)
+_CONTACT_STEP = 1.3     # max displacement per frame at landing, in object radii
+_MAX_SPEED = 2.5        # max landing speed, in frame heights per second
+_SEPARATION = 2.5       # min distance between two objects' centres, in radii
 
 
 @dataclass
@@ -216,48 +214,55 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
     return a * (1 - fy) * (1 - fx) + b * (1 - fy) * fx + c * fy * (1 - fx) + d * fy * fx
 
 
+def _streaks(rng: np.random.Generator, h: int, w: int, length: float) -> np.ndarray:
+    """Noise of unit variance smeared along x over ``length`` pixels (grain, brushing)."""
+    k = max(1, int(round(length)))
+    c = np.cumsum(rng.standard_normal((h, w + k)), axis=1)
+    return (c[:, k:] - c[:, :-k]) / math.sqrt(k)
+
+
 def _floor_texture(rng: np.random.Generator, surface: str, h: int, w: int, scale: float,
                    sky_bottom: np.ndarray) -> np.ndarray:
-    """(h, w, 3) float RGB texture of the floor slab. ``scale`` is the frame size in pixels."""
+    """(h, w, 3) float RGB texture of the floor slab; ``scale`` is the frame size in pixels.
+
+    All textures are aperiodic (noise based): on a periodic texture, dense optical flow can lock
+    onto a displacement of one whole period although the floor never moves.
+    """
     yy = np.arange(h, dtype=np.float64)[:, None]
-    xx = np.arange(w, dtype=np.float64)[None, :]
     if surface == "wood":
         base = np.array([(150, 100, 55), (120, 78, 40), (175, 125, 75), (95, 62, 35)][rng.integers(4)], float)
-        plank = max(2.0, scale * rng.uniform(0.025, 0.045))
-        row = np.floor(yy / plank)
-        tone = 1.0 + 0.10 * (_hash_rows(rng, row) - 0.5)
-        period = max(3.0, scale * rng.uniform(0.03, 0.06))
-        grain = 0.07 * np.sin(2 * np.pi * xx / period + 4.0 * np.sin(2 * np.pi * yy / (3.1 * plank)) + row * 1.7)
-        seam = np.where((yy % plank) < 1.0, 0.7, 1.0)
-        tex = base[None, None, :] * (tone * (1.0 + grain) * seam)[..., None]
+        # Planks of random heights, each with its own tone, separated by dark seams; streaky grain.
+        edges = np.cumsum(np.maximum(rng.uniform(0.025, 0.06, size=h) * scale, 2.0))
+        plank = np.searchsorted(edges, np.arange(h), side="right")
+        seam = np.isin(np.arange(h), np.floor(edges).astype(int))
+        tone = 1.0 + 0.10 * (rng.random(h + 1)[plank] - 0.5)
+        grain = 0.06 * _streaks(rng, h, w, scale * 0.08)
+        tex = base * ((tone[:, None] + grain) * np.where(seam, 0.7, 1.0)[:, None])[..., None]
     elif surface == "metal":
         g = rng.uniform(125, 175)
         base = np.array([g, g * 1.02, g * 1.08])
-        streaks = rng.standard_normal((h, 1)) * 0.05 + rng.standard_normal((h, w)) * 0.015
+        brushed = 0.03 * _streaks(rng, h, w, scale * 0.15) + 0.015 * rng.standard_normal((h, w))
         sheen = 0.18 * np.exp(-((yy - 0.3 * h) / max(1.0, 0.35 * h)) ** 2)
-        tex = base[None, None, :] * (1.0 + streaks + sheen)[..., None]
+        tex = base * (1.0 + brushed + sheen)[..., None]
     elif surface == "glass":
         base = 0.55 * np.array([175.0, 215.0, 230.0]) + 0.45 * sky_bottom
-        period = max(6.0, scale * rng.uniform(0.12, 0.2))
-        phase = (xx + 1.6 * yy) / period % 1.0
-        streak = 0.22 * np.exp(-((phase - 0.5) / 0.06) ** 2)
+        xx = np.arange(w, dtype=np.float64)[None, :]
+        shine = np.zeros((h, w))
+        for _ in range(int(rng.integers(2, 4))):  # a few diagonal reflections at random places
+            offset, width = rng.uniform(0, w + 1.6 * h), max(1.5, scale * rng.uniform(0.01, 0.03))
+            shine += 0.22 * np.exp(-(((xx + 1.6 * yy) - offset) / width) ** 2)
         depth = 0.12 * (yy / max(1, h))
-        tex = base[None, None, :] * (1.0 + streak - depth)[..., None]
+        tex = base * (1.0 + shine - depth + 0.012 * rng.standard_normal((h, w)))[..., None]
     elif surface == "stone":
         g = rng.uniform(115, 160)
         base = np.array([g * 1.04, g, g * 0.93])
         blotch = _smooth_noise(rng, h, w, cells=max(2, round(w / max(4.0, scale * 0.08))))
         speckle = rng.standard_normal((h, w)) * 0.06
-        tex = base[None, None, :] * (0.85 + 0.3 * blotch + speckle)[..., None]
+        tex = base * (0.85 + 0.3 * blotch + speckle)[..., None]
     else:
         raise ValueError(f"unknown surface {surface!r}; expected one of {SURFACES}")
     tex[0] *= 1.25  # lit top edge of the slab
     return tex
-
-
-def _hash_rows(rng: np.random.Generator, row: np.ndarray) -> np.ndarray:
-    values = rng.random(int(row.max()) + 1)
-    return values[row.astype(int)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,18 +316,12 @@ def _draw_object(frame: np.ndarray, shape: str, colour: np.ndarray, cx: float, c
 # Motion
 
 
-def _heights(times: np.ndarray, hits: np.ndarray, fall: np.ndarray, apex: np.ndarray) -> np.ndarray:
-    """Height of the object's bottom above the floor at ``times``.
-
-    ``hits`` (n+2,) are the hit times including one virtual hit before and one after the clip;
-    arc ``k`` joins ``hits[k]`` and ``hits[k+1]``: a parabolic rise to ``apex[k]`` then a
-    parabolic fall of duration ``fall[k]`` that lands at ``hits[k+1]``.
-    """
-    k = np.clip(np.searchsorted(hits, times, side="right") - 1, 0, len(hits) - 2)
-    s = times - hits[k]
-    rise = (hits[k + 1] - hits[k]) - fall[k]
-    u = np.where(s < rise, (rise - s) / rise, (s - rise) / fall[k])
-    return apex[k] * (1.0 - np.clip(u, 0.0, 1.0) ** 2)
+def _drop_heights(times: np.ndarray, hit: float, speed: float, start: float) -> np.ndarray:
+    """Height above the floor of an object's bottom, dropped from rest at height ``start`` so that
+    it lands at time ``hit`` with ``speed`` (constant acceleration), and resting after."""
+    duration = 2.0 * start / speed
+    s = np.clip(hit - times, 0.0, duration)  # time left before the landing
+    return speed * s - (0.5 * speed / duration) * s * s
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,28 +451,22 @@ def generate_clip(seed: int, geometry: ClipGeometry, *, min_events: int = 1, max
     events = ticks * TICK
     n = len(events)
 
-    # Layout (pixels).
+    # Layout (pixels). One object per hit, all alike; they must fit side by side on the floor.
     scale = float(min(H, W))
-    size_frac = rng.uniform(0.06, 0.1)
-    radius = size_frac * scale
+    size_frac = rng.uniform(0.06, 0.09)
+    radius = min(size_frac * scale, W / (2.6 + _SEPARATION * (n - 1)))
+    size_frac = radius / scale
     floor_y = int(round(H * rng.uniform(0.78, 0.86)))
-    headroom = max(1.0, floor_y - 2.0 * radius - 0.04 * H)  # highest the object's bottom may go
+    margin = 1.3 * radius
+    free = max(0.0, W - 2 * margin - _SEPARATION * radius * (n - 1))
+    xs = margin + np.sort(rng.uniform(0.0, free, size=n)) + _SEPARATION * radius * np.arange(n)
+    xs = xs[rng.permutation(n)]  # which object lands first
 
-    # Vertical motion: arcs between hits (plus virtual hits before and after the clip).
-    period = 1.0 / fps
-    pre = events[0] + rng.uniform(1.0, 2.0) * period
-    post = geometry.seconds - events[-1] + rng.uniform(1.0, 2.0) * period
-    hits = np.concatenate([[events[0] - pre], events, [events[-1] + post]])
-    gaps = np.diff(hits)
+    # Vertical motion: each object falls from rest above the top of the frame and lands dead at
+    # its hit time with its impact speed.
     nominal_speed = min(_CONTACT_STEP * radius * fps, _MAX_SPEED * H)  # pixels per second
-    speed = nominal_speed * rng.uniform(0.75, 1.0, size=n + 1)  # speed at the end of each arc
-    fall = np.minimum(_FALL_FRACTION * gaps, 2.0 * headroom / speed)
-    apex = 0.5 * speed * fall  # a parabola from rest reaching `speed` after `fall` seconds
-
-    # Horizontal drift that stays clear of the side walls.
-    margin = min(radius * 1.3, 0.45 * W)
-    x_start = rng.uniform(margin, W - margin)
-    x_end = float(np.clip(x_start + rng.uniform(-0.4, 0.4) * (W - 2 * margin), margin, W - margin))
+    speeds = nominal_speed * rng.uniform(0.75, 1.0, size=n)
+    drop_from = (floor_y + 2.0 * radius + 2.0) * rng.uniform(1.05, 1.5, size=n)
 
     # Background: a vertical gradient contrasting with the object, then the floor slab.
     obj_rgb = np.array(COLOURS[colour], dtype=np.float64)
@@ -485,25 +478,28 @@ def generate_clip(seed: int, geometry: ClipGeometry, *, min_events: int = 1, max
     background[floor_y:] = _floor_texture(rng, surface, H - floor_y, W, scale, sky[1])
     background = np.clip(background + 0.5, 0, 255).astype(np.uint8)
 
-    # Frames.
+    # Frames: landed objects are baked into the static layer once; falling ones drawn per frame.
     times = np.arange(F) / fps
-    lift = _heights(times, hits, fall, apex)
-    nearest = np.min(np.abs(times[:, None] - events[None, :]), axis=1)
-    pulse = np.clip(1.0 - nearest / min(_SQUASH_SECONDS, 0.5 * period), 0.0, 1.0) ** 2
-    sy = 1.0 - _SQUASH * pulse
-    sx = 1.0 + 0.6 * _SQUASH * pulse
-    cx = x_start + (x_end - x_start) * times / geometry.seconds
-    cy = floor_y - lift - radius * sy
+    lifts = np.stack([_drop_heights(times, events[k], speeds[k], drop_from[k]) for k in range(n)])
     obj_f32 = obj_rgb.astype(np.float32)
-    frames = np.repeat(background[None], F, axis=0)
+    static = background.copy()
+    landed = 0  # objects land in index order (events are sorted)
+    frames = np.empty((F, H, W, 3), dtype=np.uint8)
     for f in range(F):
-        _draw_object(frames[f], shape, obj_f32, float(cx[f]), float(cy[f]), radius, float(sx[f]), float(sy[f]))
+        while landed < n and events[landed] <= times[f]:
+            _draw_object(static, shape, obj_f32, float(xs[landed]), floor_y - radius, radius, 1.0, 1.0)
+            landed += 1
+        frames[f] = static
+        for k in range(landed, n):
+            cy = floor_y - lifts[k, f] - radius
+            if cy + radius > -1.0:  # visible
+                _draw_object(frames[f], shape, obj_f32, float(xs[k]), float(cy), radius, 1.0, 1.0)
 
     # Audio.
     material = _MATERIALS[surface]
     modes = _clip_modes(rng, surface, shape, size_frac)
-    impact_speed = speed[:-1]  # speed[k] ends arc k, which lands on events[k]
-    amplitudes = impact_speed / nominal_speed
+    impact_speed = speeds
+    amplitudes = speeds / nominal_speed
     audio = np.zeros(S)
     starts = []
     for t, a in zip(events, amplitudes):

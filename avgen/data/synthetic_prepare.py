@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from avgen.data.geometry import ClipGeometry
-from avgen.data.shards import SPLITS, ShardWriter, encode_clip
+from avgen.data.shards import MANIFEST, SPLITS, Manifest, ShardWriter, encode_clip
 from avgen.data.synthetic import SyntheticClip, generate_clip
 from avgen.media import write_bytes_atomic, write_mp4
 
@@ -71,6 +71,7 @@ def prepare_synthetic_hits(root: str, clip: Mapping[str, Any], *, clips: Mapping
                    "clips_per_shard": clips_per_shard, "clip": geo.to_dict()},
     }
     written: dict[str, int] = {}
+    todo = [s for s in todo if not _up_to_date(root_path / s, info["config"], overwrite)]
     pool = mp.get_context("fork" if sys.platform != "win32" else "spawn").Pool(workers) if workers > 1 else None
     try:
         for split in todo:
@@ -91,6 +92,19 @@ def prepare_synthetic_hits(root: str, clip: Mapping[str, Any], *, clips: Mapping
         write_preview(root_path / "preview", [generate_clip(seed_of(seed, split, i), geo)
                                               for i in range(min(preview, clips[split]))], geo, overwrite=overwrite)
     return written
+
+
+def _up_to_date(folder: Path, config: dict, overwrite: bool) -> bool:
+    """An existing split made with the same config is kept (prepare is idempotent); one made with
+    another config is only replaced when ``overwrite`` is set."""
+    if overwrite or not (folder / MANIFEST).exists():
+        return False
+    existing = Manifest.load(folder).prepare.get("config")
+    if existing == config:
+        log.info("%s is up to date", folder)
+        return True
+    raise FileExistsError(f"{folder} holds shards made with another config ({existing}); pass overwrite=true "
+                          f"to replace them, or choose another paths.data_dir")
 
 
 def contact_sheet(items: Sequence[SyntheticClip], geo: ClipGeometry, max_frames: int = 16,

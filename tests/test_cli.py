@@ -1,0 +1,94 @@
+"""The command line: help, errors, command rewriting, multirun, run folders (subprocesses, as users run it)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from avgen.cli import COMMANDS, group_options, rewrite_argv
+from tests.conftest import run_cli
+
+
+def test_rewrite_turns_command_word_into_override():
+    assert rewrite_argv(["fit", "experiment=x", "seed=3"]) == ["command=fit", "experiment=x", "seed=3"]
+    # -m before the word and --cfg's value are not mistaken for the command
+    assert rewrite_argv(["-m", "fit", "seed=1,2"]) == ["-m", "command=fit", "seed=1,2"]
+    assert rewrite_argv(["--cfg", "job", "prepare"]) == ["--cfg", "job", "command=prepare"]
+    # Lightning's DDP re-launch passes the already rewritten argv
+    assert rewrite_argv(["command=fit", "hydra.run.dir=x"]) == ["command=fit", "hydra.run.dir=x"]
+
+
+def test_unknown_command_exits_2_listing_valid_ones(tmp_path):
+    proc = run_cli("frobnicate", "x=1", cwd=tmp_path)
+    assert proc.returncode == 2
+    for command in COMMANDS:
+        assert command in proc.stderr
+    assert "frobnicate" in proc.stderr
+
+
+def test_help_lists_commands_experiments_and_groups(tmp_path, capsys):
+    assert rewrite_argv(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert f"  {command} " in out
+    for experiment in group_options("experiment"):
+        assert f"  {experiment}" in out
+    for group, option in (("trainer", "ddp_cpu"), ("scale", "tiny"), ("logger", "wandb"), ("data", "synthetic_hits"),
+                          ("hydra/launcher", "slurm")):
+        line = next(l for l in out.splitlines() if l.strip().startswith(f"{group}:"))
+        assert option in line
+    proc = run_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "experiments (experiment=<name>)" in proc.stdout
+
+
+def test_unknown_group_option_lists_valid_names(tmp_path):
+    proc = run_cli("fit", "trainer=nope", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Could not find 'trainer/nope'" in proc.stderr
+    for option in ("cpu", "ddp", "ddp_cpu", "gpu"):
+        assert option in proc.stderr
+
+
+def test_commands_that_need_missing_parts_fail_clearly(tmp_path):
+    proc = run_cli("fit", "scale=tiny", f"paths.data_dir={tmp_path}/data", cwd=tmp_path)
+    assert proc.returncode == 1 and "no model selected" in proc.stderr and "experiment=" in proc.stderr
+    proc = run_cli("evaluate", cwd=tmp_path)
+    assert proc.returncode == 1 and "evaluation suite" in proc.stderr and "not built yet" in proc.stderr
+    proc = run_cli("sample", cwd=tmp_path)
+    assert proc.returncode == 1 and "ckpt_path" in proc.stderr
+
+
+@pytest.mark.slow
+def test_multirun_and_slurm_run_folders(tmp_path):
+    """-m runs one job per value; under SLURM the run folder is named from the job and array ids."""
+    proc = run_cli("-m", "prepare", "scale=tiny", "data.prepare.seed=1,2", "data.prepare.clips={train:2,val:1,test:1}",
+                   "data.prepare.preview=0", "data.root=${paths.data_dir}/seed${data.prepare.seed}",
+                   f"paths.data_dir={tmp_path}/data", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    seeds = {}
+    for seed in (1, 2):
+        manifest = json.loads((tmp_path / "data" / f"seed{seed}" / "train" / "manifest.json").read_text())
+        seeds[seed] = manifest["prepare"]["config"]["seed"]
+    assert seeds == {1: 1, 2: 2}
+    assert len(list((tmp_path / "runs" / "default").glob("multirun-*/[01]"))) == 2
+
+    env = {"SLURM_JOB_ID": "991", "SLURM_ARRAY_JOB_ID": "990", "SLURM_ARRAY_TASK_ID": "3"}
+    proc = run_cli("prepare", "scale=tiny", "data.prepare.clips={train:2,val:1,test:1}", "data.prepare.preview=0",
+                   f"paths.data_dir={tmp_path}/data2", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "runs" / "default" / "slurm-990_3" / ".hydra" / "config.yaml").exists()
+
+
+def test_prepare_is_idempotent_and_refuses_to_overwrite(tmp_path):
+    args = ("prepare", "scale=tiny", "data.prepare.clips={train:2,val:1,test:1}", "data.prepare.preview=0",
+            f"paths.data_dir={tmp_path}/data")
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    manifest = next((tmp_path / "data").glob("synthetic_hits/*/train/manifest.json"))
+    before = manifest.read_text()
+    assert run_cli(*args, cwd=tmp_path).returncode == 0  # same config: kept as is
+    assert manifest.read_text() == before
+    proc = run_cli(*args, "data.prepare.seed=5", cwd=tmp_path)  # another config: refused
+    assert proc.returncode == 1 and "overwrite=true" in proc.stderr and manifest.read_text() == before
+    assert run_cli(*args, "data.prepare.seed=5", "overwrite=true", cwd=tmp_path).returncode == 0
+    assert '"seed": 5' in manifest.read_text()

@@ -1,0 +1,40 @@
+"""Two CPU processes under DDP (gloo), launched the way users launch it: `python -m avgen fit trainer=ddp_cpu`.
+
+Lightning re-launches the rank-1 child with the rewritten argv (`command=fit ...`); the shards have
+unequal sizes (7 and 2 clips), and both ranks must still run the same number of full batches.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import TEST_CONFIGS, run_cli
+from tests.test_datamodule import unequal_shards  # noqa: F401  (fixture)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_ddp_cpu_equal_batches_per_rank_and_no_hang(tmp_path, unequal_shards):  # noqa: F811
+    record = tmp_path / "record"
+    run_dir = tmp_path / "run"
+    proc = run_cli("fit", f"hydra.searchpath=[file://{TEST_CONFIGS}]", "model=tiny_test", "scale=tiny",
+                   "trainer=ddp_cpu", f"data.root={unequal_shards}", "data.auto_prepare=false", "data.num_workers=1",
+                   "trainer.max_steps=-1", "trainer.max_epochs=2", f"model.record_dir={record}",
+                   f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((record / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world"] == 2 for r in ranks)
+    assert ranks[0]["pid"] != ranks[1]["pid"]
+    # 9 clips / (batch 2 x 2 ranks x 1 worker) = 3 batches per epoch, 2 epochs, on every rank
+    assert [r["batches"] for r in ranks] == [6, 6]
+    assert all(r["global_step"] == 6 for r in ranks)
+    # ranks draw different streams (seed mixes the rank)
+    assert ranks[0]["keys"] != ranks[1]["keys"]
+    # both ranks wrote into the one run folder; validation counted every val clip once over both ranks
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    rows = (run_dir / "logs" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    skipped = [r.split(",")[header.index("data/val_skipped")] for r in rows[1:]]
+    assert [s for s in skipped if s] == ["0.0", "0.0"]

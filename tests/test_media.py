@@ -1,0 +1,70 @@
+"""avgen.media: mp4/flac/wav round trips, alignment, resizing and overwrite protection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avgen import media
+
+
+def _moving_square(f=8, h=48, w=64):
+    frames = np.zeros((f, h, w, 3), np.uint8)
+    for i in range(f):
+        frames[i, 10:26, 4 + 5 * i:20 + 5 * i] = (250, 30, 30)
+    return frames
+
+
+def test_mp4_round_trip_keeps_frames_and_fps():
+    frames = _moving_square()
+    decoded, fps = media.decode_video(media.encode_mp4(frames, 8))
+    assert decoded.shape == frames.shape and fps == 8
+    # visually lossless: mean error of a couple of grey levels
+    assert np.abs(decoded.astype(int) - frames).mean() < 3
+    part, _ = media.decode_video(media.encode_mp4(frames, 8), start_frame=2, max_frames=3)
+    assert np.abs(part.astype(int) - frames[2:5]).mean() < 3
+
+
+def test_decode_resize_covers_target_keeping_aspect():
+    assert media.cover_size((48, 64), (32, 32)) == (32, 43)
+    assert media.cover_size((64, 48), (32, 40)) == (53, 40)
+    decoded, _ = media.decode_video(media.encode_mp4(_moving_square(), 8), resize_to=(24, 24))
+    assert decoded.shape == (8, 24, 32, 3)
+
+
+def test_audio_in_mp4_is_sample_aligned():
+    sr = 16000
+    audio = np.zeros(2 * sr, np.float32)
+    audio[[4000, 20000]] = 0.9
+    data = media.encode_mp4(_moving_square(16), 8, audio=audio, sample_rate=sr)
+    decoded = media.decode_audio_stream(data, sr)
+    assert decoded.shape[0] >= audio.shape[0]
+    peaks = np.sort(np.argsort(-np.abs(decoded))[:2])
+    assert abs(peaks[0] - 4000) <= 4 and abs(peaks[1] - 20000) <= 4
+
+
+def test_flac_round_trip_is_16_bit_exact():
+    rng = np.random.default_rng(0)
+    audio = (rng.uniform(-1, 1, 8000) * 0.5).astype(np.float32)
+    decoded, sr = media.decode_flac(media.encode_flac(audio, 16000))
+    assert sr == 16000 and np.abs(decoded - audio).max() <= 1 / 32768 + 1e-7
+
+
+def test_undecodable_input_names_the_source(tmp_path):
+    with pytest.raises(media.MediaError, match="<0 bytes>"):
+        media.decode_video(b"")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(media.MediaError, match="bad.mp4"):
+        media.decode_video(bad)
+    with pytest.raises(media.MediaError, match="no audio stream"):
+        media.decode_audio_stream(media.encode_mp4(_moving_square(), 8), 16000)
+
+
+def test_writers_never_overwrite_unless_asked(tmp_path):
+    path = media.write_wav(tmp_path / "a.wav", np.zeros(160, np.float32), 16000)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        media.write_wav(path, np.ones(160, np.float32) * 0.5, 16000)
+    media.write_wav(path, np.ones(160, np.float32) * 0.5, 16000, overwrite=True)
+    assert media.decode_flac(path.read_bytes())[0].mean() == pytest.approx(0.5, abs=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
