@@ -11,6 +11,7 @@ unless ``overwrite=True`` is passed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from fractions import Fraction
@@ -34,8 +35,16 @@ def _source_name(source) -> str:
     return str(source) if isinstance(source, (str, Path)) else f"<{len(source)} bytes>"
 
 
-def _open_input(source):
-    return av.open(str(source) if isinstance(source, (str, Path)) else io.BytesIO(source), mode="r")
+@contextlib.contextmanager
+def _open_input(source, what: str):
+    """Open ``source`` (path or bytes) for reading; FFmpeg/IO failures become a ``MediaError`` naming it."""
+    try:
+        with av.open(str(source) if isinstance(source, (str, Path)) else io.BytesIO(source), mode="r") as container:
+            yield container
+    except MediaError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise MediaError(f"{_source_name(source)}: cannot decode {what} ({exc})") from exc
 
 
 def encode_mp4(
@@ -113,29 +122,24 @@ def decode_video(
     covers ``(h, w)`` (FFmpeg's swscale does resize and colour conversion in one pass); cropping
     is left to the caller. Decoding stops after ``start_frame + max_frames`` frames.
     """
-    try:
-        with _open_input(source) as container:
-            if not container.streams.video:
-                raise MediaError(f"{_source_name(source)}: no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "NONE"
-            fps = float(stream.average_rate or stream.base_rate or 0)
-            size = cover_size((stream.height, stream.width), resize_to) if resize_to else None
-            out, stop = [], None if max_frames is None else start_frame + max_frames
-            for i, frame in enumerate(container.decode(stream)):
-                if stop is not None and i >= stop:
-                    break
-                if i < start_frame:
-                    continue
-                if size is None:
-                    out.append(frame.to_ndarray(format="rgb24"))
-                else:
-                    out.append(frame.to_ndarray(format="rgb24", height=size[0], width=size[1],
-                                                interpolation="BILINEAR"))
-    except MediaError:
-        raise
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise MediaError(f"{_source_name(source)}: cannot decode video ({exc})") from exc
+    with _open_input(source, "video") as container:
+        if not container.streams.video:
+            raise MediaError(f"{_source_name(source)}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "NONE"
+        fps = float(stream.average_rate or stream.base_rate or 0)
+        size = cover_size((stream.height, stream.width), resize_to) if resize_to else None
+        out, stop = [], None if max_frames is None else start_frame + max_frames
+        for i, frame in enumerate(container.decode(stream)):
+            if stop is not None and i >= stop:
+                break
+            if i < start_frame:
+                continue
+            if size is None:
+                out.append(frame.to_ndarray(format="rgb24"))
+            else:
+                out.append(frame.to_ndarray(format="rgb24", height=size[0], width=size[1],
+                                            interpolation="BILINEAR"))
     if not out:
         raise MediaError(f"{_source_name(source)}: video stream has no frames")
     return np.stack(out), fps
@@ -148,22 +152,17 @@ def decode_audio_stream(source: bytes | str | Path, sample_rate: int) -> np.ndar
     list, so AAC priming samples are dropped and sample 0 is time 0; the encoder's trailing padding
     may add up to one codec frame at the end, so callers crop to the length they expect.
     """
-    try:
-        with _open_input(source) as container:
-            if not container.streams.audio:
-                raise MediaError(f"{_source_name(source)}: no audio stream")
-            stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-            chunks = []
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
+    with _open_input(source, "audio") as container:
+        if not container.streams.audio:
+            raise MediaError(f"{_source_name(source)}: no audio stream")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        chunks = []
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1))
-    except MediaError:
-        raise
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise MediaError(f"{_source_name(source)}: cannot decode audio ({exc})") from exc
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
     if not chunks:
         raise MediaError(f"{_source_name(source)}: audio stream has no samples")
     return np.concatenate(chunks).astype(np.float32, copy=False)
