@@ -16,6 +16,7 @@ import io
 import os
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import av
 import numpy as np
@@ -109,18 +110,27 @@ def cover_size(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[int, i
     return max(dh, round(sh * scale)), max(dw, round(sw * scale))
 
 
+def centre_origin(size: tuple[int, int], crop: tuple[int, int]) -> tuple[int, int]:
+    return (size[0] - crop[0]) // 2, (size[1] - crop[1]) // 2
+
+
 def decode_video(
     source: bytes | str | Path,
     *,
     max_frames: int | None = None,
     start_frame: int = 0,
-    resize_to: tuple[int, int] | None = None,
+    fit_to: tuple[int, int] | None = None,
+    crop_origin: Callable[[tuple[int, int], tuple[int, int]], tuple[int, int]] = centre_origin,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Decode an mp4's video stream to ``(F, H, W, 3)`` uint8 frames and its frame rate.
 
-    ``resize_to=(h, w)`` scales each frame, keeping the aspect ratio, to the smallest size that
-    covers ``(h, w)`` (FFmpeg's swscale does resize and colour conversion in one pass); cropping
-    is left to the caller. Decoding stops after ``start_frame + max_frames`` frames.
+    ``fit_to=(h, w)``: each frame is scaled, keeping the aspect ratio, to the smallest size that
+    covers ``(h, w)`` (swscale does the resize and the colour conversion in one pass), then cropped
+    to ``(h, w)`` at ``crop_origin(scaled_size, (h, w))`` (default: centred). Frames are written
+    into ``out`` when given (``(F, h, w, 3)`` uint8, e.g. a slot of a batch tensor), saving copies.
+    Decoding stops after ``start_frame + max_frames`` frames; fewer frames than ``out`` holds is
+    an error.
     """
     with _open_input(source, "video") as container:
         if not container.streams.video:
@@ -128,21 +138,31 @@ def decode_video(
         stream = container.streams.video[0]
         stream.thread_type = "NONE"
         fps = float(stream.average_rate or stream.base_rate or 0)
-        size = cover_size((stream.height, stream.width), resize_to) if resize_to else None
-        out, stop = [], None if max_frames is None else start_frame + max_frames
+        size = cover_size((stream.height, stream.width), fit_to) if fit_to else (stream.height, stream.width)
+        y, x = crop_origin(size, fit_to) if fit_to else (0, 0)
+        h, w = fit_to or size
+        stop = None if max_frames is None else start_frame + max_frames
+        frames, n = [], 0
         for i, frame in enumerate(container.decode(stream)):
-            if stop is not None and i >= stop:
+            if (stop is not None and i >= stop) or (out is not None and n >= len(out)):
                 break
             if i < start_frame:
                 continue
-            if size is None:
-                out.append(frame.to_ndarray(format="rgb24"))
+            # threads=1: PyAV otherwise starts a pool of swscale threads for every single frame
+            rgb = frame.to_ndarray(format="rgb24", height=size[0], width=size[1], interpolation="BILINEAR",
+                                   threads=1)[y:y + h, x:x + w]
+            if out is not None:
+                out[n] = rgb
             else:
-                out.append(frame.to_ndarray(format="rgb24", height=size[0], width=size[1],
-                                            interpolation="BILINEAR"))
-    if not out:
+                frames.append(rgb)
+            n += 1
+    if n == 0:
         raise MediaError(f"{_source_name(source)}: video stream has no frames")
-    return np.stack(out), fps
+    if out is None:
+        return np.stack(frames), fps
+    if n < len(out):
+        raise MediaError(f"{_source_name(source)}: {n} frames, need {len(out)}")
+    return out, fps
 
 
 def decode_audio_stream(source: bytes | str | Path, sample_rate: int) -> np.ndarray:

@@ -28,8 +28,22 @@ def test_mp4_round_trip_keeps_frames_and_fps():
 def test_decode_resize_covers_target_keeping_aspect():
     assert media.cover_size((48, 64), (32, 32)) == (32, 43)
     assert media.cover_size((64, 48), (32, 40)) == (53, 40)
-    decoded, _ = media.decode_video(media.encode_mp4(_moving_square(), 8), resize_to=(24, 24))
-    assert decoded.shape == (8, 24, 32, 3)
+    data = media.encode_mp4(_moving_square(), 8)
+    full, _ = media.decode_video(data)
+    centred, _ = media.decode_video(data, fit_to=(24, 24))
+    assert centred.shape == (8, 24, 24, 3)
+    # 48x64 -> 24x32 (aspect kept), then the centred 24x24 window: columns 4..27 of the half-size frame
+    import cv2
+
+    half = np.stack([cv2.resize(f, (32, 24), interpolation=cv2.INTER_LINEAR) for f in full])[:, :, 4:28]
+    assert np.abs(centred.astype(int) - half).mean() < 4
+    left, _ = media.decode_video(data, fit_to=(24, 24), crop_origin=lambda size, crop: (0, 0))
+    assert np.abs(left.astype(int) - np.stack([cv2.resize(f, (32, 24)) for f in full])[:, :, :24]).mean() < 4
+    out = np.zeros((3, 24, 24, 3), np.uint8)
+    frames, _ = media.decode_video(data, start_frame=1, max_frames=3, fit_to=(24, 24), out=out)
+    assert frames is out and np.array_equal(out, centred[1:4])
+    with pytest.raises(media.MediaError, match="8 frames, need 10"):
+        media.decode_video(data, fit_to=(24, 24), out=np.zeros((10, 24, 24, 3), np.uint8))
 
 
 def test_audio_in_mp4_is_sample_aligned():

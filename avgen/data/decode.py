@@ -14,18 +14,20 @@ import numpy as np
 import torch
 
 from avgen.data.geometry import ClipGeometry
-from avgen.media import MediaError, decode_flac, decode_video
+from avgen.media import MediaError, centre_origin, decode_flac, decode_video
 
 
 class SampleError(RuntimeError):
     """One clip cannot be used; the message names the clip key and the shard."""
 
 
-def decode_sample(sample: dict[str, Any], clip: ClipGeometry, rng: np.random.Generator | None) -> dict[str, Any]:
+def decode_sample(sample: dict[str, Any], clip: ClipGeometry, rng: np.random.Generator | None,
+                  out: np.ndarray | None = None) -> dict[str, Any]:
     """Decode a raw sample into a clip of geometry ``clip``.
 
     ``rng`` set (training): random temporal window and random spatial crop; ``rng=None``
-    (evaluation): the window starts at 0 and the crop is centred.
+    (evaluation): the window starts at 0 and the crop is centred. ``out``: a ``(F, H, W, 3)``
+    uint8 array (a slot of the batch) the frames are decoded into.
 
     Returns ``video`` (F, H, W, 3) uint8, ``audio`` (S,) float32, ``caption``, ``label``, ``key``,
     ``events`` (onset seconds relative to the window start, inside the window).
@@ -36,52 +38,52 @@ def decode_sample(sample: dict[str, Any], clip: ClipGeometry, rng: np.random.Gen
         raise SampleError(f"clip {key} in {url}: missing member(s) {missing}")
     try:
         meta = json.loads(sample["json"])
-        stored_frames = int(round((float(meta["end"]) - float(meta["start"])) * int(meta["fps"])))
         if int(meta["fps"]) != clip.fps:
             raise SampleError(f"clip {key} in {url}: stored at {meta['fps']} fps, config asks for {clip.fps}")
+        stored_frames = int(round((float(meta["end"]) - float(meta["start"])) * clip.fps))
         start = 0
         if rng is not None and stored_frames > clip.num_frames:
             start = int(rng.integers(0, stored_frames - clip.num_frames + 1))
-        frames, _ = decode_video(sample["mp4"], start_frame=start, max_frames=clip.num_frames,
-                                 resize_to=(clip.height, clip.width))
         audio, sr = decode_flac(sample["flac"])
+        if sr != clip.sample_rate:
+            raise SampleError(f"clip {key} in {url}: audio at {sr} Hz, config asks for {clip.sample_rate}")
+        if out is None:
+            out = np.empty((clip.num_frames, clip.height, clip.width, 3), np.uint8)
+        decode_video(sample["mp4"], start_frame=start, max_frames=clip.num_frames, fit_to=(clip.height, clip.width),
+                     crop_origin=_crop_origin(rng), out=out)
     except (MediaError, KeyError, ValueError, TypeError) as exc:
         raise SampleError(f"clip {key} in {url}: {exc}") from exc
-    if frames.shape[0] < clip.num_frames:
-        raise SampleError(f"clip {key} in {url}: {frames.shape[0]} frames, need {clip.num_frames}")
-    if sr != clip.sample_rate:
-        raise SampleError(f"clip {key} in {url}: audio at {sr} Hz, config asks for {clip.sample_rate}")
     offset_s = start / clip.fps
     a0 = int(round(offset_s * sr))
     audio = audio[a0:a0 + clip.num_samples]
     if audio.shape[0] < clip.num_samples:
-        # flac holds exactly seconds * sample_rate samples; tolerate a few samples of rounding.
+        # flac holds exactly seconds * sample_rate samples; tolerate up to one frame of rounding.
         if clip.num_samples - audio.shape[0] > sr // clip.fps:
             raise SampleError(f"clip {key} in {url}: {audio.shape[0]} audio samples, need {clip.num_samples}")
         audio = np.pad(audio, (0, clip.num_samples - audio.shape[0]))
-    frames = _crop(frames, clip.height, clip.width, rng)
     events = np.asarray(meta.get("events") or [], dtype=np.float32) - offset_s
     events = events[(events >= 0) & (events < clip.seconds)]
     return {
-        "video": frames, "audio": audio.astype(np.float32, copy=False),
+        "video": out, "audio": audio.astype(np.float32, copy=False),
         "caption": str(meta.get("caption", "")), "label": str(meta.get("label", "")),
         "key": key, "events": events,
     }
 
 
-def _crop(frames: np.ndarray, h: int, w: int, rng: np.random.Generator | None) -> np.ndarray:
-    fh, fw = frames.shape[1:3]
+def _crop_origin(rng: np.random.Generator | None):
     if rng is None:
-        y, x = (fh - h) // 2, (fw - w) // 2
-    else:
-        y, x = int(rng.integers(0, fh - h + 1)), int(rng.integers(0, fw - w + 1))
-    return np.ascontiguousarray(frames[:, y:y + h, x:x + w])
+        return centre_origin
+    return lambda size, crop: (int(rng.integers(0, size[0] - crop[0] + 1)), int(rng.integers(0, size[1] - crop[1] + 1)))
 
 
-def collate(clips: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack decoded clips: ``video`` (B, F, H, W, 3) uint8 (converted on the device), ``audio`` (B, S)."""
+def collate(clips: list[dict[str, Any]], video: torch.Tensor | None = None) -> dict[str, Any]:
+    """Batch decoded clips: ``video`` (B, F, H, W, 3) uint8 (converted on the device), ``audio`` (B, S).
+
+    ``video``: the batch tensor the clips were decoded into (see :func:`decode_sample`'s ``out``);
+    without it the frames are stacked.
+    """
     return {
-        "video": torch.from_numpy(np.stack([c["video"] for c in clips])),
+        "video": video if video is not None else torch.from_numpy(np.stack([c["video"] for c in clips])),
         "audio": torch.from_numpy(np.stack([c["audio"] for c in clips])),
         "caption": [c["caption"] for c in clips],
         "label": [c["label"] for c in clips],
@@ -95,5 +97,7 @@ def to_model_batch(batch: dict[str, Any]) -> dict[str, Any]:
     video = batch["video"]
     if video.dtype == torch.uint8:
         batch = dict(batch)
-        batch["video"] = video.permute(0, 1, 4, 2, 3).float().div_(127.5).sub_(1.0)
+        b, f, h, w, c = video.shape
+        out = torch.empty((b, f, c, h, w), dtype=torch.float32, device=video.device)
+        batch["video"] = out.copy_(video.permute(0, 1, 4, 2, 3)).mul_(1 / 127.5).sub_(1.0)
     return batch

@@ -136,16 +136,29 @@ class _Stream(IterableDataset):
         self.max_skip_fraction, self.min_clips_for_check = max_skip_fraction, min_clips_for_check
         self._total = Health()
 
-    def _decode_all(self, samples: Iterator[dict], health: Health, rng) -> Iterator[dict]:
-        for sample in samples:
-            try:
-                clip = decode_sample(sample, self.clip, rng)
-            except SampleError as exc:
-                health.skip(sample.get("__url__", "?"), str(exc))
-                self._check(health)
-                continue
-            health.seen += 1
-            yield clip
+    def _batches(self, samples: Iterator[dict], health: Health, rng, *, partial: bool
+                 ) -> Iterator[tuple[list[dict], torch.Tensor]]:
+        """Decode samples straight into batch tensors (no per-clip copies); an unusable clip is
+        counted and its slot reused. Yields (clips, video (B, F, H, W, 3) uint8)."""
+        geo = self.clip
+        while True:
+            video = torch.empty((self.batch_size, geo.num_frames, geo.height, geo.width, 3), dtype=torch.uint8)
+            clips: list[dict] = []
+            for sample in samples:
+                try:
+                    clips.append(decode_sample(sample, geo, rng, out=video[len(clips)].numpy()))
+                except SampleError as exc:
+                    health.skip(sample.get("__url__", "?"), str(exc))
+                    self._check(health)
+                    continue
+                health.seen += 1
+                if len(clips) == self.batch_size:
+                    break
+            if len(clips) < self.batch_size:  # the stream ended
+                if clips and partial:
+                    yield clips, video[:len(clips)]
+                return
+            yield clips, video
 
     def _check(self, health: Health) -> None:
         total = self._total.seen + self._total.skipped + health.seen + health.skipped
@@ -169,9 +182,9 @@ class _Stream(IterableDataset):
         health.reasons.clear()
         return out
 
-    def _emit(self, clips: list[dict], health: Health) -> dict:
+    def _emit(self, clips: list[dict], video: torch.Tensor, health: Health) -> dict:
         """Collate ``clips`` and attach the clip accounting since the previous batch."""
-        batch = collate(clips)
+        batch = collate(clips, video)
         batch["_health"] = {"split": self.split, **self._take(health)}
         return batch
 
@@ -216,9 +229,9 @@ class TrainStream(_Stream):
         self._epoch += 1
         rng, np_rng = random.Random(seed), np.random.default_rng(seed)
         health = Health()
-        clips = self._decode_all(self._shuffled(self._samples(rng, health), rng), health, np_rng)
+        batches = self._batches(self._shuffled(self._samples(rng, health), rng), health, np_rng, partial=False)
         for _ in range(self.batches_per_worker):
-            yield self._emit([next(clips) for _ in range(self.batch_size)], health)
+            yield self._emit(*next(batches), health)
 
 
 class EvalStream(_Stream):
@@ -254,17 +267,10 @@ class EvalStream(_Stream):
         worker, workers = _worker()
         slot, slots = self.rank * workers + worker, self.world_size * workers
         health = Health()
-        batch: list[dict] = []
         pending = None  # held back one step so skips found after the last batch still travel with it
-        for clip in self._decode_all(self._mine(slot, slots, health), health, None):
-            batch.append(clip)
-            if len(batch) == self.batch_size:
-                if pending is not None:
-                    yield self._emit(*pending, health)
-                pending, batch = (batch,), []
-        if batch:
+        for batch in self._batches(self._mine(slot, slots, health), health, None, partial=True):
             if pending is not None:
                 yield self._emit(*pending, health)
-            pending = (batch,)
+            pending = batch
         if pending is not None:
             yield self._emit(*pending, health)
