@@ -1,4 +1,4 @@
-"""Synthetic sounding videos with exact ground truth: an object hitting a floor.
+"""Synthetic sounding videos with exact ground truth: objects dropped onto a floor.
 
 This is the default data set of the project and the fixture of its tests. ``generate_clip(seed,
 geometry)`` draws one clip from ``np.random.default_rng(seed)`` alone (no global RNG, no file I/O,
@@ -6,64 +6,69 @@ numpy only), so the same arguments always give bit-identical frames, audio and m
 
 Scene
 -----
-A side view of one object (``SHAPES``: ball, cube, ring; one of the named ``COLOURS``) above a
-floor slab of a surface material (``SURFACES``: wood, metal, glass, stone). The background is a
-vertical gradient between two random colours whose luminance is kept far from the object's, so
-the object stands out in grayscale too; the floor slab is textured by its material (planks and
-grain, brushed metal, glass streaks, speckled stone). The camera is static and nothing but the
-object moves. The object is drawn with anti-aliased edges from a signed-distance function (soft
-coverage mask, evaluated only inside its bounding box) and simple shading.
+A static side view of a floor slab of one surface material (``SURFACES``: wood, metal, glass,
+stone) under a wall, and one object per hit, all of one class: a shape (``SHAPES``: ball, cube,
+ring), a named colour (``COLOURS``) and a size. The wall is a vertical gradient between two
+random colours whose luma stays at least 85 levels from the object's, so the object also stands
+out in grayscale; the floor is textured by its material (planks and grain, brushed metal, glass
+reflections, speckled stone). Objects are drawn with anti-aliased edges from a signed-distance
+function (soft coverage mask, evaluated only inside the object's bounding box) and shading.
 
-Events
-------
+Events and motion
+-----------------
 1. Hit times are drawn first, on a 1e-4 s grid: ``n`` in ``[min_events, max_events]`` (capped at
-   what fits), uniformly among all placements with every gap ``>= min_event_gap(geometry)`` =
-   ``max(3 frame periods, 0.25 s)`` and every hit inside ``event_window(geometry)`` = ``[2/fps,
-   seconds - 2/fps]``.
-2. The height of the object's bottom above the floor is a chain of arcs between consecutive
-   hits (with one virtual hit before the clip and one after it, so the clip opens on a fall
-   toward the first hit and closes on a rise after the last). Each arc is a decelerating
-   parabolic rise to an apex, then an accelerating parabolic fall that reaches the floor exactly
-   at the hit time with the hit's impact speed; vertical velocity is zero at the apex only.
-   The fall takes at most a quarter of the gap and the rise the rest, so the object leaves the
-   floor at most a third (times the speed ratio of the two hits) as fast as it arrived. Hence
-   the frame-to-frame displacement grows monotonically up to the contact and shrinks
-   monotonically after it, with the largest displacement on a frame pair that touches the hit.
-   A symmetric (ballistic) bounce would not do: when a hit falls between two frames, the
-   down-and-up motion across that pair nearly cancels and the optical-flow magnitude shows two
-   peaks, one of them more than a frame after the hit.
-3. The impact speed is capped so the displacement per frame at contact stays below about 1.3
-   object radii, the range over which dense optical flow (Farneback) still grows with the
-   displacement; apex heights are capped so the object never leaves the frame.
-4. Horizontal motion is a slow constant drift chosen so that the object never reaches a side of
-   the frame: a wall bounce would be a visible impact without a sound.
-5. At contact the object is briefly squashed (flatter and wider, bottom on the floor).
+   ``max_events_that_fit``), uniformly among all placements with every gap at least
+   ``min_event_gap(geometry) = max(3 / fps, 0.25 s)`` and every hit inside
+   ``event_window(geometry) = [2 / fps, seconds - 2 / fps]``.
+2. Object ``k`` hangs still above its own landing spot (spots at least 2.5 radii apart) until it
+   is released, falls with constant acceleration for 3 to 6 frame periods and lands dead (no
+   bounce) on the floor at ``events[k]``, where it stays. Its speed is therefore largest at the
+   hit, it is at rest before its release and after its hit, and the camera, the background and
+   every other object are still meanwhile. The object's frame-to-frame displacement grows over
+   the frame pairs up to the hit and is zero after it, so the mean optical-flow magnitude peaks
+   once per hit, on the last frame pair before the hit or on the pair that contains it (checked
+   with OpenCV Farneback on about 2,000 hits at 64x64 to 256x256, 4 to 30 fps; at 32x32 the
+   flow estimate itself is unreliable).
+3. Why not bouncing: across a frame pair that contains a bounce, the way down and the way up
+   cancel, and for some sub-frame phases of the hit the flow peak lands on the next pair, more
+   than a frame after the hit. Why short falls: over a long fall the displacement grows by only
+   a few percent per frame, less than the estimation noise of dense optical flow.
+4. The landing speed is capped at 0.7 object radii per frame period (and 2.5 frame heights per
+   second); beyond about one radius per frame Farneback optical flow stops growing with the
+   displacement near the floor. The drop height is capped so the object starts inside the frame.
+5. Choices that keep dense optical flow well posed on the static parts: floor and wall carry a
+   faint aperiodic isotropic grain (periodic or streaky texture lets the flow of a still floor
+   lock onto a wrong displacement); pixel values are soft-clipped to [2, 253] (no saturated flat
+   patches); the horizon's grayscale step is 20 to 40 levels (against a high-contrast straight
+   edge Farneback's per-pixel solve is near singular and returns spurious flow even between
+   identical frames); shading is vertical (quantised diagonal ramps on flat faces make flow
+   jitter), and the cube has well-rounded corners.
 
 Sound
 -----
-Every hit is an impact sound that starts sample-exactly at the hit time: sample ``n`` carries
-the sound at time ``n / sample_rate - t`` for all ``n >= ceil(t * sample_rate)`` and nothing
-before. It is modal synthesis: a sum of exponentially damped sinusoids (starting at phase zero)
-whose frequencies, decays and gains come from the surface material (wood: low and short; stone:
-low, very short and noisy; metal: inharmonic and ringing; glass: high and ringing) and from the
-object (its own few modes, pitched by its size), jittered per clip and per hit, plus a short
-band-limited noise burst at the attack. The amplitude is proportional to the impact speed. Modes
-at or above 0.45 * sample_rate are dropped. A quiet coloured background noise, with a level drawn
-per clip (``meta["noise_db"]``, RMS relative to the peak), runs through the clip; the sum is
-peak-normalised to ``PEAK``.
+Every hit is an impact sound that starts sample-exactly at the hit time ``t``: sample ``n``
+carries the sound at time ``n / sample_rate - t`` for every ``n >= ceil(t * sample_rate)``
+(``meta["event_samples"]``) and nothing before. It is modal synthesis: a sum of exponentially
+damped sinusoids starting at phase zero, whose frequencies, decays and gains come from the
+surface material (wood: low and short; stone: low, very short and noisy; metal: inharmonic and
+ringing; glass: high and ringing) and from the object (a few modes of its own, pitched by its
+size), jittered per clip and per hit, plus a short band-limited noise burst at the attack. The
+amplitude is proportional to the landing speed. Modes at or above 0.45 * sample_rate are
+dropped. A quiet coloured background noise (level drawn per clip, ``meta["noise_db"]``: its RMS
+relative to the impacts' peak) runs through the clip; the sum is peak-normalised to ``PEAK``.
 
 Ground-truth guarantees
 -----------------------
 * ``frames``: ``(num_frames, height, width, 3)`` uint8 RGB; frame ``f`` shows the scene at time
-  ``f / fps``. ``audio``: ``(num_samples,)`` float32 mono, ``max |audio| == PEAK < 1``.
-* ``meta["events"]``: the hit times in seconds, sorted, exact multiples of 1e-4 s (the values
-  the renderer used, not rounded afterwards), gaps ``>= min_event_gap``, inside ``event_window``,
-  ``min_events <= len(events) <= max_events``. ``meta["event_samples"]`` is the first audio
-  sample of each impact.
-* At each event the object is on the floor (``meta`` gives the floor row) and moving fastest;
-  the sound of the event starts at that instant; the audio before it holds only the background
-  noise and the decaying tails of earlier hits.
-* ``meta`` is JSON-serialisable (str, int, float, lists, dicts).
+  ``f / fps``. ``audio``: ``(num_samples,)`` float32 mono with ``max |audio| == PEAK < 1``.
+* ``meta["events"]``: the hit times in seconds, sorted, multiples of 1e-4 s that are exactly the
+  values the renderer used; gaps ``>= min_event_gap``; inside ``event_window``;
+  ``min_events <= len(events) <= max_events``.
+* At ``events[k]`` object ``k`` (centre ``meta["positions"][k]``, in pixels) touches the floor
+  (row ``meta["floor_y"]``) at its top speed (``meta["impact_speeds"][k]``, frame heights per
+  second) and its impact sound begins; before it the audio holds only the background noise and
+  the decaying tails of earlier impacts.
+* ``meta`` is JSON-serialisable (str, int, float, lists and dicts of them).
 """
 
 from __future__ import annotations
@@ -112,12 +117,13 @@ MIN_GAP_SECONDS = 0.25
 EDGE_FRAMES = 2  # no event within this many frame periods of either end
 
 _ADJECTIVE = {"wood": "wooden", "metal": "metal", "glass": "glass", "stone": "stone"}
-_COUNT = {1: "once", 2: "twice"}
+_NUMBER = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine"}
 
 # Motion.
-_CONTACT_STEP = 1.3     # max displacement per frame at landing, in object radii
+_CONTACT_STEP = 0.7     # max displacement per frame at landing, in object radii
 _MAX_SPEED = 2.5        # max landing speed, in frame heights per second
 _SEPARATION = 2.5       # min distance between two objects' centres, in radii
+_FALL_FRAMES = (3.0, 6.0)  # duration of a fall, in frame periods
 
 
 @dataclass
@@ -188,13 +194,33 @@ def _with_luma(rgb: np.ndarray, target: float) -> np.ndarray:
     return rgb + (255.0 - rgb) * beta
 
 
-def _contrasting_luma(rng: np.random.Generator, object_luma: float, distance: float = 85.0) -> float:
-    """A luma in [15, 240] at least ``distance`` away from ``object_luma``."""
+def _match_luma(image: np.ndarray, target: float) -> np.ndarray:
+    """Scale toward black, or mix toward white, so the mean luma of ``image`` becomes ``target``."""
+    luma = float(np.mean(image @ np.array([0.299, 0.587, 0.114])))
+    if target <= luma:
+        return image * (target / max(luma, 1e-6))
+    return image + (255.0 - image) * ((target - luma) / max(255.0 - luma, 1e-6))
+
+
+def _soft_clip(x: np.ndarray, lo: float = 12.0, hi: float = 243.0, knee: float = 10.0) -> np.ndarray:
+    """Squash values smoothly into ``(lo - knee, hi + knee)``: no saturated flat patches (on which
+    optical flow is undefined, and Farneback returns garbage even between identical frames)."""
+    x = x.copy()
+    high, low = x > hi, x < lo
+    x[high] = hi + knee * np.tanh((x[high] - hi) / knee)
+    x[low] = lo - knee * np.tanh((lo - x[low]) / knee)
+    return x
+
+
+def _contrasting_lumas(rng: np.random.Generator, object_luma: float, count: int,
+                       distance: float = 85.0) -> np.ndarray:
+    """``count`` lumas in [15, 240], all on the same side of ``object_luma`` and at least
+    ``distance`` away from it (so a gradient between them never crosses the object's luma)."""
     below = (15.0, object_luma - distance)
     above = (object_luma + distance, 240.0)
-    lengths = [max(0.0, b - a) for a, b in (below, above)]
-    u = rng.uniform(0.0, sum(lengths))
-    return below[0] + u if u < lengths[0] else above[0] + (u - lengths[0])
+    lengths = np.array([max(0.0, b - a) for a, b in (below, above)])
+    lo, hi = below if rng.uniform(0.0, lengths.sum()) < lengths[0] else above
+    return rng.uniform(lo, hi, size=count)
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
@@ -262,7 +288,9 @@ def _floor_texture(rng: np.random.Generator, surface: str, h: int, w: int, scale
     else:
         raise ValueError(f"unknown surface {surface!r}; expected one of {SURFACES}")
     tex[0] *= 1.25  # lit top edge of the slab
-    return tex
+    # Fine isotropic grain on every material: it pins the optical flow of the static floor to
+    # zero (streaky or flat texture alone leaves the flow along the streaks unconstrained).
+    return tex * (1.0 + 0.05 * rng.standard_normal((h, w)))[..., None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,7 +302,7 @@ def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float) 
     if shape == "ball":
         return np.sqrt(dx * dx + dy * dy) - radius
     if shape == "cube":
-        half, corner = 0.86 * radius, 0.12 * radius
+        half, corner = 0.86 * radius, 0.4 * radius  # well rounded: flat edges make flow jumpy
         qx = np.abs(dx) - (half - corner)
         qy = np.abs(dy) - (half - corner)
         outside = np.sqrt(np.maximum(qx, 0.0) ** 2 + np.maximum(qy, 0.0) ** 2)
@@ -286,19 +314,18 @@ def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float) 
 
 
 def _draw_object(frame: np.ndarray, shape: str, colour: np.ndarray, cx: float, cy: float,
-                 radius: float, sx: float, sy: float) -> None:
-    """Alpha-blend the object (centre ``cx, cy``, stretched ``sx, sy``) into ``frame`` in place."""
+                 radius: float) -> None:
+    """Alpha-blend the object centred at ``(cx, cy)`` (pixels) into ``frame`` in place."""
     height, width = frame.shape[:2]
-    ex, ey = radius * sx + 2.0, radius * sy + 2.0
-    x0, x1 = max(0, int(math.floor(cx - ex))), min(width, int(math.ceil(cx + ex)) + 1)
-    y0, y1 = max(0, int(math.floor(cy - ey))), min(height, int(math.ceil(cy + ey)) + 1)
+    reach = radius + 2.0
+    x0, x1 = max(0, int(math.floor(cx - reach))), min(width, int(math.ceil(cx + reach)) + 1)
+    y0, y1 = max(0, int(math.floor(cy - reach))), min(height, int(math.ceil(cy + reach)) + 1)
     if x0 >= x1 or y0 >= y1:
         return
     # Pixel (i, j) covers [j, j+1) x [i, i+1); sample at its centre.
-    dx = (np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5 - cx) / sx
-    dy = (np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5 - cy) / sy
-    dist = _signed_distance(shape, dx, dy, radius) * min(sx, sy)
-    alpha = np.clip(0.5 - dist, 0.0, 1.0)
+    dx = np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5 - cx
+    dy = np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5 - cy
+    alpha = np.clip(0.5 - _signed_distance(shape, dx, dy, radius), 0.0, 1.0)  # pixel coverage
     # Shading: lit from above (a vertical ramp only: quantised diagonal ramps on flat faces make
     # optical flow jitter); the ball also gets a specular highlight.
     shade = 1.0 + 0.22 * np.clip(-dy / radius, -1.0, 1.0)
@@ -462,43 +489,54 @@ def generate_clip(seed: int, geometry: ClipGeometry, *, min_events: int = 1, max
     xs = margin + np.sort(rng.uniform(0.0, free, size=n)) + _SEPARATION * radius * np.arange(n)
     xs = xs[rng.permutation(n)]  # which object lands first
 
-    # Vertical motion: each object falls from rest above the top of the frame and lands dead at
-    # its hit time with its impact speed.
+    # Vertical motion: each object hangs still at its drop height until it is released, falls
+    # with constant acceleration for 3 to 6 frame periods and lands dead at its hit time.
+    headroom = max(1.0, floor_y - 2.0 * radius - 0.04 * H)  # highest drop (object's bottom)
     nominal_speed = min(_CONTACT_STEP * radius * fps, _MAX_SPEED * H)  # pixels per second
-    speeds = nominal_speed * rng.uniform(0.75, 1.0, size=n)
-    drop_from = (floor_y + 2.0 * radius + 2.0) * rng.uniform(1.05, 1.5, size=n)
+    fall_time = rng.uniform(_FALL_FRAMES[0], _FALL_FRAMES[1], size=n) / fps
+    drop = np.minimum(0.5 * nominal_speed * rng.uniform(0.75, 1.0, size=n) * fall_time, headroom)
+    speeds = 2.0 * drop / fall_time  # landing speeds
 
     # Background: a vertical gradient contrasting with the object, then the floor slab.
     obj_rgb = np.array(COLOURS[colour], dtype=np.float64)
     obj_luma = _luma(obj_rgb)
-    sky = [_with_luma(rng.uniform(0, 255, 3), _contrasting_luma(rng, obj_luma)) for _ in range(2)]
+    sky = [_with_luma(rng.uniform(0, 255, 3), luma) for luma in _contrasting_lumas(rng, obj_luma, 2)]
     ramp = np.linspace(0.0, 1.0, floor_y)[:, None]
     background = np.empty((H, W, 3), dtype=np.float64)
     background[:floor_y] = (sky[0] * (1 - ramp) + sky[1] * ramp)[:, None, :]
-    background[floor_y:] = _floor_texture(rng, surface, H - floor_y, W, scale, sky[1])
-    background = np.clip(background + 0.5, 0, 255).astype(np.uint8)
+    # Faint wall grain, for the same reason as the floor grain (flat areas leave flow unpinned).
+    background[:floor_y] *= (1.0 + 0.03 * rng.standard_normal((floor_y, W)))[..., None]
+    floor = _floor_texture(rng, surface, H - floor_y, W, scale, sky[1])
+    # The horizon is a long straight edge; keep its grayscale contrast moderate (20 to 40 levels):
+    # against a high-contrast straight edge Farneback's per-pixel solve is near singular and
+    # returns large spurious flow even between identical frames.
+    sky_luma = _luma(sky[1])
+    step = rng.uniform(20.0, 40.0)
+    floor_luma = sky_luma - step if sky_luma - step >= 30.0 else sky_luma + step
+    background[floor_y:] = _match_luma(floor, floor_luma)
+    background = (_soft_clip(background) + 0.5).astype(np.uint8)
 
     # Frames: landed objects are baked into the static layer once; falling ones drawn per frame.
     times = np.arange(F) / fps
-    lifts = np.stack([_drop_heights(times, events[k], speeds[k], drop_from[k]) for k in range(n)])
+    lifts = np.stack([_drop_heights(times, events[k], speeds[k], drop[k]) for k in range(n)])
     obj_f32 = obj_rgb.astype(np.float32)
+    # First frame showing object k landed: ceil(events[k] * fps), in exact integer arithmetic.
+    land_frame = -((-ticks * fps) // round(1.0 / TICK))
     static = background.copy()
     landed = 0  # objects land in index order (events are sorted)
     frames = np.empty((F, H, W, 3), dtype=np.uint8)
     for f in range(F):
-        while landed < n and events[landed] <= times[f]:
-            _draw_object(static, shape, obj_f32, float(xs[landed]), floor_y - radius, radius, 1.0, 1.0)
+        while landed < n and land_frame[landed] <= f:
+            _draw_object(static, shape, obj_f32, float(xs[landed]), floor_y - radius, radius)
             landed += 1
         frames[f] = static
         for k in range(landed, n):
             cy = floor_y - lifts[k, f] - radius
-            if cy + radius > -1.0:  # visible
-                _draw_object(frames[f], shape, obj_f32, float(xs[k]), float(cy), radius, 1.0, 1.0)
+            _draw_object(frames[f], shape, obj_f32, float(xs[k]), float(cy), radius)
 
     # Audio.
     material = _MATERIALS[surface]
     modes = _clip_modes(rng, surface, shape, size_frac)
-    impact_speed = speeds
     amplitudes = speeds / nominal_speed
     audio = np.zeros(S)
     starts = []
@@ -513,14 +551,19 @@ def generate_clip(seed: int, geometry: ClipGeometry, *, min_events: int = 1, max
     audio *= PEAK / max(float(np.max(np.abs(audio))), 1e-12)
 
     label = f"{shape} hitting {surface}"
-    count = _COUNT.get(n, f"{n} times")
+    floor_name = f"{_ADJECTIVE[surface]} floor"
+    if n == 1:
+        caption = f"a {colour} {shape} dropping onto a {floor_name}"
+    else:
+        caption = f"{_NUMBER.get(n, str(n))} {colour} {shape}s dropping onto a {floor_name} one after another"
     meta: dict[str, Any] = {
         "label": label,
         "class_index": CLASS_NAMES.index(label),
-        "caption": f"a {colour} {shape} bouncing on a {_ADJECTIVE[surface]} floor, hitting it {count}",
+        "caption": caption,
         "events": [round(float(t), 4) for t in events],
         "event_samples": [int(s) for s in starts],
-        "impact_speeds": [round(float(v) / H, 4) for v in impact_speed],  # frame heights / second
+        "impact_speeds": [round(float(v) / H, 4) for v in speeds],  # frame heights per second
+        "positions": [[round(float(x), 3), round(floor_y - float(radius), 3)] for x in xs],  # landed (x, y)
         "object": shape,
         "colour": colour,
         "surface": surface,
