@@ -1,0 +1,1 @@
+"""LightningModules: one file per system, plus the shared base (``base.AVSystem``)."""
