@@ -68,3 +68,20 @@ def test_preview_shows_the_clips(tmp_path):
     assert abs(len(audio) - 32000) <= 1024  # same duration as the video (AAC pads the last frame)
     meta = json.loads(next(v for k, v in _members(root / "train" / "shard-000000.tar").items() if k.endswith("json")))
     assert meta["caption"] and meta["label"] and meta["events"] == sorted(meta["events"])
+
+
+def test_contact_sheet_marks_hits_where_the_waveform_rises():
+    from avgen.data.geometry import ClipGeometry
+    from avgen.data.synthetic import generate_clip
+    from avgen.data.synthetic_prepare import contact_sheet
+
+    geo = ClipGeometry(seconds=2.0, fps=8, height=64, width=64)
+    item = generate_clip(3, geo)
+    sheet = contact_sheet([item], geo, cell=64)
+    wave = sheet[18 + 64:18 + 64 + 48]  # below the caption strip and the frame strip
+    marked = np.where((wave[:, :, 0] == 255) & (wave[:, :, 1] == 0) & (wave[:, :, 2] == 0))[1]
+    loud = (wave[:, :, 0] < 100).sum(axis=0)
+    for t in item.meta["events"]:
+        x = int(t * geo.sample_rate * sheet.shape[1] / len(item.audio))
+        assert x in marked
+        assert loud[max(0, x - 12):x - 1].max() < 12 < loud[x + 1:x + 6].max()  # quiet before, loud after

@@ -131,14 +131,16 @@ def contact_sheet(items: Sequence[SyntheticClip], geo: ClipGeometry, max_frames:
         frames_img = np.concatenate(row, axis=1)
         wave = np.full((wave_h, width, 3), 255, np.uint8)
         audio = item.audio
-        cols = np.array_split(np.abs(audio), width)
-        peak = max(1e-6, float(np.abs(audio).max()))
+        # column x shows samples [x * S / width, (x + 1) * S / width): the same time axis as the markers
+        bounds = np.linspace(0, len(audio), width + 1).astype(int)
+        envelope = np.maximum.reduceat(np.abs(audio), bounds[:-1]) if len(audio) else np.zeros(width)
+        peak = max(1e-6, float(envelope.max()))
         mid = wave_h // 2
-        for x, chunk in enumerate(cols):
-            amp = int((chunk.max() if chunk.size else 0) / peak * (mid - 2))
+        for x, level in enumerate(envelope):
+            amp = int(level / peak * (mid - 2))
             wave[mid - amp:mid + amp + 1, x] = (40, 40, 40)
         for t in events:
-            x = int(round(t / geo.seconds * (width - 1)))
+            x = int(t * geo.sample_rate * width / len(audio))
             wave[:, max(0, x - 1):x + 1] = (255, 0, 0)
         text = np.full((text_h, width, 3), 255, np.uint8)
         cv2.putText(text, f"{item.meta.get('caption', '')}  events: {', '.join(f'{t:.2f}s' for t in events)}",
