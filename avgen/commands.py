@@ -8,6 +8,7 @@ shards; ``evaluate`` scores a folder of generated clips.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -143,9 +144,21 @@ def sample(cfg: DictConfig):
 
 
 def evaluate(cfg: DictConfig):
-    raise CommandUnavailable(
-        "the evaluation suite (AV-Align, FVD, FAD, CLIP/CLAP scores) is not built yet in this version of avgen; "
-        "`python -m avgen evaluate` will score folders of generated clips once it lands")
+    from avgen.evaluation import evaluate_folder
+
+    ev = cfg.evaluate
+    if not ev.get("pred_dir"):
+        raise ConfigError("evaluate needs evaluate.pred_dir=<folder of generated *.mp4 (with audio, or with "
+                          "<stem>.wav beside them)>")
+    plain = OmegaConf.to_container(ev, resolve=True)
+    result = evaluate_folder(ev.pred_dir, cfg.paths.output_dir, metrics=list(ev.metrics), workers=ev.workers,
+                             plots=ev.plots, av_align=plain["av_align"], ref_dir=ev.ref_dir, fvd=plain["fvd"],
+                             fad=plain["fad"], cache_dir=ev.cache_dir, device=ev.device, overwrite=ev.overwrite,
+                             config=plain)
+    print(json.dumps({"metrics": result["metrics"], "clips": result["clips"],
+                      "failures": len(result["failures"])}, indent=2))
+    print(f"metrics: {Path(cfg.paths.output_dir) / 'metrics.json'}")
+    return result
 
 
 def export(cfg: DictConfig):

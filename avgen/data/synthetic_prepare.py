@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import multiprocessing as mp
 import shlex
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from avgen.data.geometry import ClipGeometry
 from avgen.data.shards import MANIFEST, SPLITS, Manifest, ShardWriter, encode_clip
 from avgen.data.synthetic import SyntheticClip, generate_clip
 from avgen.media import write_bytes_atomic, write_mp4
+from avgen.parallel import worker_pool
 
 log = logging.getLogger(__name__)
 DATASET = "synthetic_hits"
@@ -72,7 +72,7 @@ def prepare_synthetic_hits(root: str, clip: Mapping[str, Any], *, clips: Mapping
     }
     written: dict[str, int] = {}
     todo = [s for s in todo if not _up_to_date(root_path / s, info["config"], overwrite)]
-    pool = mp.get_context("fork" if sys.platform != "win32" else "spawn").Pool(workers) if workers > 1 else None
+    pool = worker_pool(workers, initializer=None) if workers > 1 else None
     try:
         for split in todo:
             jobs = [(seed_of(seed, split, i), geo, f"{split}{i:06d}") for i in range(clips[split])]

@@ -1,0 +1,259 @@
+"""``python -m avgen evaluate``: score a folder of generated sounding videos.
+
+Inputs: ``evaluate.pred_dir`` holds ``*.mp4`` files with an audio stream, or silent mp4s with a
+``<stem>.wav`` beside them. Clips are scored in parallel worker processes; a clip that cannot be
+read is reported with its reason and never stops the run. Outputs in the run folder:
+
+- ``metrics.json``: value per metric and variant, number of clips scored, failures with reasons,
+  extractor weight hashes, library versions and the evaluate config;
+- ``per_clip.csv``: one row per clip (scores, onset and peak counts, or the error);
+- ``plots/<stem>.png`` for the first ``evaluate.plots`` clips (frames, flow magnitude with peaks,
+  waveform with onsets, matches).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from avgen.errors import CommandUnavailable, ConfigError
+from avgen.parallel import worker_pool
+
+log = logging.getLogger(__name__)
+
+# Metrics the evaluate command can compute; the others named in configs are not built yet.
+AVAILABLE = ("av_align", "fvd", "fad")
+DISTRIBUTION = ("fvd", "fad")
+PLANNED = ("clipsim", "clap", "is", "kl", "imagebind")
+
+
+def find_clips(pred_dir: str | Path) -> list[Path]:
+    folder = Path(pred_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"evaluate.pred_dir={pred_dir} is not a folder of generated clips (*.mp4)")
+    clips = sorted(folder.glob("*.mp4"))
+    if not clips:
+        raise ConfigError(f"evaluate.pred_dir={pred_dir} holds no *.mp4 files")
+    return clips
+
+
+def _score_clip(job: tuple[str, dict, str | None]) -> dict[str, Any]:
+    """Worker: AV-Align of one clip; errors become a row with the reason."""
+    from avgen.metrics.av_align import AVAlignConfig, align_clip, load_av, plot_alignment
+
+    path, cfg_dict, plot_path = job
+    row: dict[str, Any] = {"clip": Path(path).name}
+    try:
+        frames, fps, audio, sr = load_av(path)
+        cfg = AVAlignConfig(**cfg_dict)
+        result = align_clip(frames, fps, audio, sr, cfg)
+        row.update({f"av_align_{k}": float(v) for k, v in result.scores.items()})
+        row.update(onsets=len(result.onsets), frames=int(frames.shape[0]), fps=float(fps))
+        row.update({f"peaks_{k}": len(v) for k, v in result.peaks.items()})
+        if plot_path:
+            plot_alignment(plot_path, frames, fps, audio, sr, result)
+    except Exception as exc:  # one unreadable clip never stops an evaluation
+        row["error"] = f"{type(exc).__name__}: {exc}"
+    return row
+
+
+def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[str], workers: int = 2,
+                    plots: int = 0, av_align: dict | None = None, ref_dir: str | Path | None = None,
+                    fvd: dict | None = None, fad: dict | None = None, cache_dir: str | Path | None = None,
+                    device: str = "auto", overwrite: bool = False, config: dict | None = None) -> dict[str, Any]:
+    """Score every clip of ``pred_dir``; write ``metrics.json`` and ``per_clip.csv`` to ``out_dir``.
+
+    ``fvd`` / ``fad`` (Fréchet distances) compare ``pred_dir`` with ``ref_dir`` (a folder of clips or a
+    shard split folder with ``manifest.json``); reference statistics are cached in ``cache_dir``.
+    """
+    from avgen._versions import library_versions
+    from avgen.media import write_bytes_atomic
+
+    unknown = [m for m in metrics if m not in AVAILABLE + PLANNED]
+    if unknown:
+        raise ConfigError(f"evaluate.metrics: unknown {unknown}; known: {list(AVAILABLE + PLANNED)}")
+    planned = [m for m in metrics if m in PLANNED]
+    if planned:
+        raise CommandUnavailable(f"evaluate.metrics {planned} are not built yet; available now: {list(AVAILABLE)}")
+    wanted = [m for m in metrics if m in DISTRIBUTION]
+    if wanted and not ref_dir:
+        raise ConfigError(f"evaluate.metrics {wanted} compare with reference clips: set evaluate.ref_dir=<folder of "
+                          f"clips or a shard split folder>")
+    out = Path(out_dir)
+    if (out / "metrics.json").exists() and not overwrite:
+        raise FileExistsError(f"{out / 'metrics.json'} exists; pass evaluate.overwrite=true or another run folder")
+    clips = find_clips(pred_dir)
+    from avgen.metrics.av_align import AVAlignConfig
+
+    cfg = asdict(AVAlignConfig(**(av_align or {})))
+    rows = _run([(str(p), cfg, None) for p in clips], workers) if "av_align" in metrics else \
+        [{"clip": p.name} for p in clips]
+    ok = [r for r in rows if "error" not in r]
+    if plots:  # the first readable clips; plotting re-runs their alignment, cheap for a few clips
+        plot_dir = out / "plots"
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        chosen = [Path(pred_dir) / r["clip"] for r in ok[:plots]]
+        _run([(str(p), cfg, str(plot_dir / f"{p.stem}.png")) for p in chosen], workers)
+    failures = [{"clip": r["clip"], "reason": r["error"]} for r in rows if "error" in r]
+    variants = sorted({k for r in ok for k in r if k.startswith("av_align_")})
+    values: dict[str, Any] = {}
+    if variants and ok:
+        values["av_align"] = {k.removeprefix("av_align_"): sum(r[k] for r in ok) / len(ok) for k in variants}
+    extractors: dict[str, Any] = {}
+    bad = {f["clip"] for f in failures}
+    for name in wanted:
+        options = {"fvd": fvd, "fad": fad}[name] or {}
+        value, info, more = frechet_metric(name, [p for p in clips if p.name not in bad], ref_dir, options,
+                                           cache_dir=cache_dir or out / "refstats", device=device)
+        values[name] = value
+        extractors[name] = info
+        failures += more
+    reasons: dict[str, list[str]] = {}
+    for f in failures:  # one entry per clip, every metric's reason
+        if f["reason"] not in reasons.setdefault(f["clip"], []):
+            reasons[f["clip"]].append(f["reason"])
+    result = {
+        "pred_dir": str(Path(pred_dir).absolute()),
+        "ref_dir": str(Path(ref_dir).absolute()) if ref_dir else None,
+        "metrics": values,
+        "clips": len(clips) - len(reasons),
+        "failures": [{"clip": c, "reason": "; ".join(r)} for c, r in reasons.items()],
+        "extractors": extractors,
+        "av_align_config": cfg,
+        "versions": library_versions(),
+        "config": config or {},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out / "metrics.json", json.dumps(result, indent=2).encode(), overwrite=True)
+    _write_csv(out / "per_clip.csv", rows)
+    return result
+
+
+def _run(jobs: list, workers: int) -> list[dict]:
+    from tqdm import tqdm
+
+    progress = dict(total=len(jobs), desc="evaluate", unit="clip", file=sys.stderr, disable=None)
+    if workers <= 1 or len(jobs) == 1:
+        return [_score_clip(j) for j in tqdm(jobs, **progress)]
+    with worker_pool(workers) as pool:
+        return list(tqdm(pool.imap(_score_clip, jobs, chunksize=1), **progress))
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    fields = ["clip"] + sorted({k for r in rows for k in r} - {"clip", "error"}) + ["error"]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(r)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------ Fréchet distances
+def _reference_clips(ref_dir: str | Path) -> Iterator[tuple[str, np.ndarray, float, np.ndarray, int]]:
+    """(name, frames (F, H, W, 3) uint8, fps, audio, sample rate) of each reference clip: a shard split
+    folder (``manifest.json``) or a folder of clips."""
+    from avgen.data.shards import MANIFEST, Manifest
+
+    folder = Path(ref_dir)
+    if (folder / MANIFEST).exists():
+        from avgen.data.stream import EvalStream, Shard
+
+        manifest = Manifest.load(folder)
+        stream = EvalStream([Shard(str(folder / s.name), s.clips) for s in manifest.shards], manifest.clip, 1,
+                            split=manifest.split, max_skip_fraction=1.0)
+        for batch in stream:
+            yield (batch["key"][0], batch["video"][0].numpy(), float(manifest.clip.fps), batch["audio"][0].numpy(),
+                   manifest.clip.sample_rate)
+        return
+    yield from _load_clips(find_clips(folder), [])
+
+
+def _load_clips(paths: list[Path], failures: list[dict]) -> Iterator[tuple[str, np.ndarray, float, np.ndarray, int]]:
+    from avgen.metrics.av_align import load_av
+
+    for path in paths:
+        try:
+            frames, fps, audio, sr = load_av(path)
+        except Exception as exc:  # reported, not fatal
+            failures.append({"clip": path.name, "reason": f"{type(exc).__name__}: {exc}"})
+            continue
+        yield path.name, frames, fps, audio, sr
+
+
+def _reference_identity(ref_dir: str | Path) -> dict[str, Any]:
+    """What the reference statistics depend on besides the extractor: the split manifest's hash, or
+    the listing (names, sizes, mtimes) of a folder of clips."""
+    from avgen.data.shards import MANIFEST
+    from avgen.metrics.extractors import sha256_file
+
+    folder = Path(ref_dir).absolute()
+    if (folder / MANIFEST).exists():
+        return {"manifest_sha256": sha256_file(folder / MANIFEST)}
+    listing = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()]
+    return {"folder": str(folder), "listing_sha256": hashlib.sha256(json.dumps(listing).encode()).hexdigest()}
+
+
+def frechet_metric(name: str, pred: list[Path], ref_dir: str | Path, options: dict, *, cache_dir: str | Path,
+                   device: str = "auto") -> tuple[float, dict, list[dict]]:
+    """FVD (I3D on video) or FAD (VGGish on 16 kHz audio) of ``pred`` clips against ``ref_dir``.
+
+    Returns (value, extractor description with weight hashes, failures)."""
+    import torch
+
+    from avgen.metrics.extractors import build_extractor
+    from avgen.metrics.frechet import FrechetDistance, ReferenceStats, cached_reference_stats
+
+    options = dict(options)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    if name == "fvd":
+        extractor = build_extractor("i3d", options.pop("i3d_path", None), config_key="evaluate.fvd.i3d_path",
+                                    **options)
+    else:
+        sample_rate = int(options.pop("sample_rate", 16000))
+        extractor = build_extractor("vggish", options.pop("vggish_path", None), config_key="evaluate.fad.vggish_path",
+                                    pca_config_key="evaluate.fad.vggish_pca_path",
+                                    pca_path=options.pop("vggish_pca_path", None), **options)
+    extractor = extractor.to(dev)
+
+    def model_input(frames: np.ndarray, audio: np.ndarray, sr: int) -> torch.Tensor:
+        if name == "fvd":
+            video = torch.from_numpy(np.ascontiguousarray(frames)).to(dev)
+            return video.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)[None]
+        wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(dev)
+        if sr != sample_rate:
+            import torchaudio
+
+            wave = torchaudio.functional.resample(wave, sr, sample_rate)
+        return wave[None]
+
+    def feed(metric: FrechetDistance, clips, real: bool, failures: list[dict]) -> None:
+        for clip_name, frames, _, audio, sr in clips:
+            try:
+                metric.update(model_input(frames, audio, sr), real=real)
+            except ValueError as exc:  # too short for the extractor, wrong shape: reported per clip
+                failures.append({"clip": clip_name, "reason": f"{name}: {exc}"})
+
+    failures: list[dict] = []
+
+    def reference() -> ReferenceStats:
+        metric = FrechetDistance(extractor).to(dev)
+        feed(metric, _reference_clips(ref_dir), True, [])
+        return metric.stats(real=True)
+
+    key = {"metric": name, "extractor": extractor.identity(), **_reference_identity(ref_dir)}
+    ref = cached_reference_stats(cache_dir, key, reference)
+    metric = FrechetDistance(extractor, reference=ref).to(dev)
+    feed(metric, _load_clips(pred, failures), False, failures)
+    return float(metric.compute()), {**extractor.describe(), "reference_clips": int(ref.count)}, failures

@@ -1,0 +1,128 @@
+"""``python -m avgen evaluate``: a folder of sounding clips → metrics.json, per-clip CSV, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avgen.data.geometry import ClipGeometry
+from avgen.data.synthetic import generate_clip
+from avgen.errors import CommandUnavailable, ConfigError
+from avgen.evaluation import evaluate_folder
+from avgen.media import write_mp4, write_wav
+from tests.conftest import run_cli
+
+GEO = ClipGeometry(seconds=3.0, fps=8, height=128, width=128)
+
+
+@pytest.fixture(scope="module")
+def pred_dir(tmp_path_factory) -> Path:
+    """3 sounding mp4s, 1 silent mp4 + wav pair, 1 zero-byte mp4, 1 clip whose audio is 3 frames late."""
+    folder = tmp_path_factory.mktemp("pred")
+    for i in range(3):
+        clip = generate_clip(40 + i, GEO)
+        write_mp4(folder / f"ok{i}.mp4", clip.frames, GEO.fps, audio=clip.audio, sample_rate=GEO.sample_rate)
+    clip = generate_clip(50, GEO)
+    write_mp4(folder / "pair.mp4", clip.frames, GEO.fps)
+    write_wav(folder / "pair.wav", clip.audio, GEO.sample_rate)
+    (folder / "broken.mp4").write_bytes(b"")
+    late = np.roll(clip.audio, 3 * GEO.sample_rate // GEO.fps)
+    write_mp4(folder / "shifted.mp4", clip.frames, GEO.fps, audio=late, sample_rate=GEO.sample_rate)
+    return folder
+
+
+def test_evaluate_folder_writes_metrics_csv_and_plots(tmp_path, pred_dir):
+    result = evaluate_folder(pred_dir, tmp_path / "out", metrics=["av_align"], workers=2, plots=2)
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["clips"] == result["clips"] == 5
+    assert saved["failures"] == [{"clip": "broken.mp4", "reason": saved["failures"][0]["reason"]}]
+    assert "broken.mp4" in saved["failures"][0]["reason"]
+    assert set(saved["metrics"]["av_align"]) == {"official", "paper", "pr"}
+    assert saved["versions"]["torch"].startswith("2.")
+    with open(tmp_path / "out" / "per_clip.csv") as f:
+        rows = {r["clip"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"ok0.mp4", "ok1.mp4", "ok2.mp4", "pair.mp4", "broken.mp4", "shifted.mp4"}
+    assert rows["broken.mp4"]["error"] and not rows["ok0.mp4"]["error"]
+    pr = {k: float(r["av_align_pr"]) for k, r in rows.items() if not r["error"]}
+    # librosa reports an onset ~0.07 s into any noisy audio (see avgen/metrics/av_align.py), so a clip with n
+    # hits scores about n/(n+1) at best
+    assert min(pr[k] for k in ("ok0.mp4", "ok1.mp4", "ok2.mp4", "pair.mp4")) >= 0.5
+    assert pr["shifted.mp4"] < pr["pair.mp4"] / 2  # same clip, audio 3 frames late
+    # the mean in metrics.json is the mean of the rows
+    assert saved["metrics"]["av_align"]["pr"] == pytest.approx(np.mean(list(pr.values())))
+    plots = sorted(p.name for p in (tmp_path / "out" / "plots").iterdir())
+    assert len(plots) == 2 and all(p.endswith(".png") for p in plots)
+
+
+def test_evaluate_refuses_unknown_or_unbuilt_metrics_and_bad_folders(tmp_path, pred_dir):
+    with pytest.raises(ConfigError, match="unknown"):
+        evaluate_folder(pred_dir, tmp_path, metrics=["nope"])
+    with pytest.raises(CommandUnavailable, match="clipsim"):
+        evaluate_folder(pred_dir, tmp_path, metrics=["av_align", "clipsim"])
+    with pytest.raises(ConfigError, match="no \\*.mp4"):
+        evaluate_folder(tmp_path, tmp_path / "out", metrics=["av_align"])
+
+
+@pytest.mark.slow
+def test_evaluate_command(tmp_path, pred_dir):
+    proc = run_cli("evaluate", f"evaluate.pred_dir={pred_dir}", "evaluate.plots=1", f"hydra.run.dir={tmp_path}/run",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["clips"] == 5 and saved["config"]["plots"] == 1
+    assert '"pr"' in proc.stdout and "metrics.json" in proc.stdout
+
+
+def test_fvd_and_fad_against_a_reference_folder_with_cached_stats(tmp_path, pred_dir):
+    """Tiny random I3D (TorchScript) and VGGish saved to files, loaded through the real loaders."""
+    import shutil
+
+    import torch
+
+    from avgen.metrics.extractors import VGGishFeatures, sha256_file
+    from tests.test_frechet import TinyI3D
+
+    i3d = tmp_path / "i3d_torchscript.pt"
+    torch.jit.script(TinyI3D()).save(str(i3d))
+    vggish = tmp_path / "vggish.pth"
+    torch.manual_seed(0)
+    torch.save(VGGishFeatures.tiny().state_dict(), vggish)
+    options = dict(fvd={"i3d_path": str(i3d), "num_frames": 16, "feature_dim": 18},
+                   fad={"vggish_path": str(vggish), **{k: v for k, v in __import__("avgen.metrics.extractors",
+                                                                                    fromlist=["TINY_VGGISH"]).TINY_VGGISH.items()}})
+    same = tmp_path / "same"
+    shutil.copytree(pred_dir, same)
+    cache = tmp_path / "cache"
+    result = evaluate_folder(pred_dir, tmp_path / "a", metrics=["fvd", "fad"], ref_dir=same, cache_dir=cache, **options)
+    assert result["metrics"]["fvd"] == pytest.approx(0, abs=1e-6) and result["metrics"]["fad"] == pytest.approx(0, abs=1e-6)
+    assert result["extractors"]["fvd"]["sha256"]["i3d"] == sha256_file(i3d)
+    assert result["extractors"]["fvd"]["reference_clips"] == 5  # the broken clip is reported, not counted
+    assert [f["clip"] for f in result["failures"]] == ["broken.mp4"]
+    assert len(list(cache.iterdir())) == 2  # one reference-statistics file per metric
+    # a different reference set: clearly > 0; the cache gains its own entries
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(3):
+        clip = generate_clip(90 + i, ClipGeometry(seconds=3.0, fps=8, height=128, width=128))
+        write_mp4(other / f"o{i}.mp4", 255 - clip.frames, 8, audio=clip.audio * 0.2, sample_rate=16000)
+    result = evaluate_folder(pred_dir, tmp_path / "b", metrics=["fvd", "fad"], ref_dir=other, cache_dir=cache, **options)
+    assert result["metrics"]["fvd"] > 1e-3 and result["metrics"]["fad"] > 1e-6
+    assert len(list(cache.iterdir())) == 4
+    # the cached statistics are reused, not recomputed: the same numbers without the reference folder's media
+    for p in other.iterdir():
+        p.write_bytes(p.read_bytes())  # same content, new mtime: a new listing key -> recomputed, still equal
+    again = evaluate_folder(pred_dir, tmp_path / "c", metrics=["fvd"], ref_dir=other, cache_dir=cache, **options)
+    assert again["metrics"]["fvd"] == pytest.approx(result["metrics"]["fvd"], rel=1e-6)
+
+
+def test_missing_extractor_weights_name_the_config_key(tmp_path, pred_dir):
+    from avgen.metrics.extractors import ExtractorWeightsMissing
+
+    with pytest.raises(ExtractorWeightsMissing, match="evaluate.fvd.i3d_path"):
+        evaluate_folder(pred_dir, tmp_path, metrics=["fvd"], ref_dir=pred_dir, fvd={"i3d_path": None})
+    with pytest.raises(ConfigError, match="evaluate.ref_dir"):
+        evaluate_folder(pred_dir, tmp_path, metrics=["fad"])
