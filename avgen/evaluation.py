@@ -31,9 +31,10 @@ from avgen.parallel import worker_pool
 log = logging.getLogger(__name__)
 
 # Metrics the evaluate command can compute; the others named in configs are not built yet.
-AVAILABLE = ("av_align", "fvd", "fad")
+AVAILABLE = ("av_align", "fvd", "fad", "clipsim", "clap")
 DISTRIBUTION = ("fvd", "fad")
-PLANNED = ("clipsim", "clap", "is", "kl", "imagebind")
+SEMANTIC = ("clipsim", "clap")
+PLANNED = ("is", "kl", "imagebind")
 
 
 def find_clips(pred_dir: str | Path) -> list[Path]:
@@ -68,12 +69,15 @@ def _score_clip(job: tuple[str, dict, str | None]) -> dict[str, Any]:
 
 def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[str], workers: int = 2,
                     plots: int = 0, av_align: dict | None = None, ref_dir: str | Path | None = None,
-                    fvd: dict | None = None, fad: dict | None = None, cache_dir: str | Path | None = None,
+                    fvd: dict | None = None, fad: dict | None = None, clipsim: dict | None = None,
+                    clap: dict | None = None, prompt: str | None = None, cache_dir: str | Path | None = None,
                     device: str = "auto", overwrite: bool = False, config: dict | None = None) -> dict[str, Any]:
     """Score every clip of ``pred_dir``; write ``metrics.json`` and ``per_clip.csv`` to ``out_dir``.
 
     ``fvd`` / ``fad`` (Fréchet distances) compare ``pred_dir`` with ``ref_dir`` (a folder of clips or a
     shard split folder with ``manifest.json``); reference statistics are cached in ``cache_dir``.
+    ``clipsim`` / ``clap`` score each clip against its prompt: ``<stem>.txt`` beside the clip, else
+    ``prompt``.
     """
     from avgen._versions import library_versions
     from avgen.media import write_bytes_atomic
@@ -117,6 +121,13 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
         values[name] = value
         extractors[name] = info
         failures += more
+    for name in [m for m in metrics if m in SEMANTIC]:
+        options = {"clipsim": clipsim, "clap": clap}[name] or {}
+        value, info, more = semantic_metric(name, [p for p in clips if p.name not in bad], options, prompt=prompt,
+                                            device=device)
+        values[name] = value
+        extractors[name] = info
+        failures += more
     reasons: dict[str, list[str]] = {}
     for f in failures:  # one entry per clip, every metric's reason
         if f["reason"] not in reasons.setdefault(f["clip"], []):
@@ -144,7 +155,7 @@ def _run(jobs: list, workers: int) -> list[dict]:
     progress = dict(total=len(jobs), desc="evaluate", unit="clip", file=sys.stderr, disable=None)
     if workers <= 1 or len(jobs) == 1:
         return [_score_clip(j) for j in tqdm(jobs, **progress)]
-    with worker_pool(workers) as pool:
+    with worker_pool(workers, preload=("avgen.evaluation", "avgen.metrics.av_align")) as pool:
         return list(tqdm(pool.imap(_score_clip, jobs, chunksize=1), **progress))
 
 
@@ -204,6 +215,48 @@ def _reference_identity(ref_dir: str | Path) -> dict[str, Any]:
     return {"folder": str(folder), "listing_sha256": hashlib.sha256(json.dumps(listing).encode()).hexdigest()}
 
 
+def _device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def clip_prompt(path: Path, default: str | None) -> str | None:
+    """The prompt a clip was generated from: ``<stem>.txt`` beside it, else ``default``."""
+    txt = path.with_suffix(".txt")
+    return txt.read_text().strip() if txt.is_file() else default
+
+
+def semantic_metric(name: str, pred: list[Path], options: dict, *, prompt: str | None = None,
+                    device: str = "auto") -> tuple[float | None, dict, list[dict]]:
+    """CLIPSIM (frames vs prompt) or CLAP score (audio vs prompt), mean over clips with a prompt."""
+    from avgen.metrics.semantic import CLAPScore, CLIPSim
+
+    options = dict(options)
+    dev = _device(device)
+    model_id = options.pop("model", None)
+    metric = (CLIPSim if name == "clipsim" else CLAPScore).from_pretrained(
+        model_id, config_key=f"evaluate.{name}.model", **options).to(dev)
+    failures: list[dict] = []
+    paths = {p.name: p for p in pred}
+    for clip_name, frames, _, audio, sr in _load_clips(pred, failures):
+        text = clip_prompt(paths[clip_name], prompt)
+        if not text:
+            failures.append({"clip": clip_name, "reason": f"{name}: no prompt ({Path(clip_name).stem}.txt or "
+                                                          f"evaluate.prompt)"})
+            continue
+        if name == "clipsim":
+            metric.update([frames], [text])
+        else:
+            metric.sample_rate = sr  # the metric resamples to the model's rate
+            metric.update([np.ascontiguousarray(audio, dtype=np.float32)], [text])
+    scored = int(metric.count) if hasattr(metric, "count") else None
+    value = float(metric.compute()) if scored else None
+    return value, {**metric.describe(), "clips": scored}, failures
+
+
 def frechet_metric(name: str, pred: list[Path], ref_dir: str | Path, options: dict, *, cache_dir: str | Path,
                    device: str = "auto") -> tuple[float, dict, list[dict]]:
     """FVD (I3D on video) or FAD (VGGish on 16 kHz audio) of ``pred`` clips against ``ref_dir``.
@@ -215,8 +268,7 @@ def frechet_metric(name: str, pred: list[Path], ref_dir: str | Path, options: di
     from avgen.metrics.frechet import FrechetDistance, ReferenceStats, cached_reference_stats
 
     options = dict(options)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = _device(device)
     if name == "fvd":
         extractor = build_extractor("i3d", options.pop("i3d_path", None), config_key="evaluate.fvd.i3d_path",
                                     **options)

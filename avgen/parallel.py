@@ -22,7 +22,12 @@ def single_threaded() -> None:
     torch.set_num_threads(1)
 
 
-def worker_pool(workers: int, initializer: Callable[[], None] | None = single_threaded):
+def worker_pool(workers: int, initializer: Callable[[], None] | None = single_threaded,
+                preload: tuple[str, ...] = ()):
+    """A pool of ``workers`` processes; ``preload`` modules are imported once by the fork server, so
+    the workers forked from it start with them loaded."""
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if preload and "forkserver" in methods:
+        ctx.set_forkserver_preload(list(preload))
     return ctx.Pool(workers, initializer=initializer)

@@ -15,7 +15,7 @@ from avgen.data.datamodule import AVDataModule
 from avgen.data.decode import decode_sample
 from avgen.data.geometry import ClipGeometry
 from avgen.data.shards import MANIFEST, Manifest, ShardInfo, ShardWriter
-from avgen.data.stream import EvalStream, Health, Shard, TrainStream
+from avgen.data.stream import EvalStream, Health, TrainStream
 from avgen.data.synthetic import generate_clip
 from avgen.errors import DataHealthError, GeometryMismatchError, MissingShardsError
 from tests.conftest import TINY_CLIP

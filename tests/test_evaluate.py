@@ -15,6 +15,7 @@ from avgen.errors import CommandUnavailable, ConfigError
 from avgen.evaluation import evaluate_folder
 from avgen.media import write_mp4, write_wav
 from tests.conftest import run_cli
+from tests.test_semantic import clap_dir, clip_dir  # noqa: F401  (fixtures)
 
 GEO = ClipGeometry(seconds=3.0, fps=8, height=128, width=128)
 
@@ -61,8 +62,8 @@ def test_evaluate_folder_writes_metrics_csv_and_plots(tmp_path, pred_dir):
 def test_evaluate_refuses_unknown_or_unbuilt_metrics_and_bad_folders(tmp_path, pred_dir):
     with pytest.raises(ConfigError, match="unknown"):
         evaluate_folder(pred_dir, tmp_path, metrics=["nope"])
-    with pytest.raises(CommandUnavailable, match="clipsim"):
-        evaluate_folder(pred_dir, tmp_path, metrics=["av_align", "clipsim"])
+    with pytest.raises(CommandUnavailable, match="is"):
+        evaluate_folder(pred_dir, tmp_path, metrics=["av_align", "is"])
     with pytest.raises(ConfigError, match="no \\*.mp4"):
         evaluate_folder(tmp_path, tmp_path / "out", metrics=["av_align"])
 
@@ -126,3 +127,33 @@ def test_missing_extractor_weights_name_the_config_key(tmp_path, pred_dir):
         evaluate_folder(pred_dir, tmp_path, metrics=["fvd"], ref_dir=pred_dir, fvd={"i3d_path": None})
     with pytest.raises(ConfigError, match="evaluate.ref_dir"):
         evaluate_folder(pred_dir, tmp_path, metrics=["fad"])
+
+
+def test_clipsim_and_clap_use_prompts_beside_the_clips(tmp_path, pred_dir, clip_dir, clap_dir):  # noqa: F811
+    """Tiny random CLIP / CLAP saved with save_pretrained and loaded through the real loader."""
+    import shutil
+
+    from avgen.metrics.semantic import CLAPScore, CLIPSim
+    from avgen.metrics.av_align import load_av
+
+    folder = tmp_path / "pred"
+    shutil.copytree(pred_dir, folder)
+    (folder / "ok0.txt").write_text("a red ball dropping onto a wooden floor")
+    options = dict(clipsim={"model": str(clip_dir)}, clap={"model": str(clap_dir)})
+    result = evaluate_folder(folder, tmp_path / "out", metrics=["clipsim", "clap"], prompt="objects hitting a floor",
+                             **options)
+    # the same numbers computed directly, clip by clip, with each clip's prompt
+    clipsim, clap = CLIPSim.from_pretrained(str(clip_dir)), CLAPScore.from_pretrained(str(clap_dir))
+    for name in ("ok0.mp4", "ok1.mp4", "ok2.mp4", "pair.mp4", "shifted.mp4"):
+        frames, _, audio, sr = load_av(folder / name)
+        text = "a red ball dropping onto a wooden floor" if name == "ok0.mp4" else "objects hitting a floor"
+        clipsim.update([frames], [text])
+        clap.sample_rate = sr
+        clap.update([audio], [text])
+    assert result["metrics"]["clipsim"] == pytest.approx(float(clipsim.compute()), abs=1e-5)
+    assert result["metrics"]["clap"] == pytest.approx(float(clap.compute()), abs=1e-5)
+    assert result["extractors"]["clipsim"]["clips"] == 5 and [f["clip"] for f in result["failures"]] == ["broken.mp4"]
+    # without a prompt, clips are reported, not scored
+    result = evaluate_folder(folder, tmp_path / "out2", metrics=["clipsim"], **options)
+    assert result["extractors"]["clipsim"]["clips"] == 1
+    assert sum("no prompt" in f["reason"] for f in result["failures"]) == 4

@@ -1,0 +1,339 @@
+"""Text alignment scores: CLIPSIM (prompt ↔ video frames) and CLAP score (prompt ↔ audio).
+
+Both are the mean over clips of a cosine similarity between L2-normalised embeddings of a pretrained
+two-tower model:
+
+- CLIPSIM (Wu et al. 2021, GODIVA; used by CogVideo and the text-to-video literature that follows):
+  per clip, the mean over its frames of cos(CLIP image embedding of the frame, CLIP text embedding of
+  the prompt). The default model is ``openai/clip-vit-base-patch32`` (ViT-B/32), the model of
+  GODIVA's and CogVideo's CLIPSIM; ViT-L/14 gives different, not comparable, numbers.
+- CLAP score: per clip, cos(CLAP audio embedding, CLAP text embedding of the prompt), with
+  ``laion/clap-htsat-unfused`` (HTSAT audio tower, RoBERTa text tower, 48 kHz input).
+
+Scale: both report the raw cosine in [-1, 1]. Papers that print CLIPSIM as e.g. 30.1 multiply by 100;
+divide their numbers by 100 before comparing.
+
+Weights are never downloaded: :func:`load_pretrained` reads a local folder or the local Hugging Face
+hub cache only and stops with :class:`PretrainedModelMissing` otherwise. The SHA-256 of the folder's
+config and weight files goes into :meth:`describe` (and so into ``metrics.json``).
+
+States are the sum of per-clip scores and the clip count, float64 with ``dist_reduce_fx="sum"``, so
+the value does not depend on how clips are split across DDP ranks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchaudio
+from torchmetrics import Metric
+
+from avgen.metrics.extractors import sha256_file
+
+# The config key that names each model, and the hub id of the original it stands for.
+PRETRAINED_ORIGINS: dict[str, str] = {
+    "evaluate.clipsim.model": "openai/clip-vit-base-patch32",
+    "evaluate.clap.model": "laion/clap-htsat-unfused",
+}
+
+# OpenAI CLIP's image normalisation (CLIPImageProcessor's image_mean / image_std for every OpenAI CLIP).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Files whose bytes decide the embeddings; their hashes are recorded.
+_HASHED_SUFFIXES = (".safetensors", ".bin")
+_HASHED_NAMES = ("config.json", "preprocessor_config.json")
+
+
+class PretrainedModelMissing(FileNotFoundError):
+    """A pretrained model for a metric is neither a local folder nor in the local hub cache."""
+
+    def __init__(self, name_or_path: str | os.PathLike | None, config_key: str, reason: str = ""):
+        hub_id = PRETRAINED_ORIGINS.get(config_key, "<the model's hub id>")
+        what = "no model is set" if name_or_path is None else f"cannot load {name_or_path!s} from local files"
+        super().__init__(
+            f"{what} (config key {config_key}){f': {reason}' if reason else ''}. Expected a folder written by "
+            f"save_pretrained, or a hub id in the local Hugging Face cache; the original is {hub_id} on the "
+            f"Hugging Face hub. avgen never downloads weights: on a machine with internet run "
+            f"`huggingface-cli download {hub_id}`, copy its cache folder (~/.cache/huggingface/hub/"
+            f"models--{hub_id.replace('/', '--')}) to this machine's cache or copy the snapshot folder anywhere "
+            f"and set {config_key}=/path/to/folder.")
+        self.name_or_path, self.config_key, self.hub_id = name_or_path, config_key, hub_id
+
+
+def load_pretrained(cls: Any, name_or_path: str | os.PathLike | None, config_key: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(name_or_path, local_files_only=True, **kwargs)``, or
+    :class:`PretrainedModelMissing` naming ``config_key`` and the original's hub id."""
+    if name_or_path is None:
+        raise PretrainedModelMissing(None, config_key)
+    try:
+        return cls.from_pretrained(str(name_or_path), local_files_only=True, **kwargs)
+    except (OSError, ValueError) as err:
+        raise PretrainedModelMissing(name_or_path, config_key, f"{type(err).__name__}: {err}") from err
+
+
+def local_folder(name_or_path: str | os.PathLike) -> Path | None:
+    """The folder holding ``name_or_path``'s files: itself, or its snapshot in the local hub cache."""
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name_or_path), local_files_only=True))
+    except Exception:  # not a cached repo id: nothing to hash
+        return None
+
+
+def folder_hashes(folder: str | os.PathLike | None) -> dict[str, str]:
+    """``{file name: sha256}`` of the config and weight files (``*.safetensors``, ``*.bin``) in ``folder``."""
+    if folder is None:
+        return {}
+    files = sorted(p for p in Path(folder).iterdir()
+                   if p.is_file() and (p.name in _HASHED_NAMES or p.name.endswith(_HASHED_SUFFIXES)))
+    return {p.name: sha256_file(p) for p in files}
+
+
+def _pooled(out: Any) -> torch.Tensor:
+    # transformers 5 returns a ModelOutput whose pooler_output is the projected embedding; 4.x a tensor.
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+class _TextAlignment(Metric):
+    """Mean over clips of a per-clip cosine score; states are the score sum and the clip count."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+    name = ""
+    _position_offset = 0  # position ids the text tower reserves (RoBERTa: padding_idx + 1 = 2)
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, name_or_path: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.model = model.requires_grad_(False).eval()
+        self.tokenizer = tokenizer
+        self.name_or_path = name_or_path if name_or_path is not None else getattr(model, "name_or_path", None)
+        # Hand-made or old tokenizers may not know the text tower's length; prompts are cut to it.
+        positions = int(model.config.text_config.max_position_embeddings)
+        self.max_text_length = min(int(getattr(tokenizer, "model_max_length", positions)),
+                                   positions - self._position_offset)
+        self.add_state("score_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def train(self, mode: bool = True) -> _TextAlignment:
+        # A parent's .train() must not switch the pretrained model to dropout.
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised text embeddings (B, D) float32."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"{type(self).__name__}.update expects texts as a list of strings, one per clip")
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_text_length,
+                                return_tensors="pt")
+        tokens = {k: v.to(self.device) for k, v in tokens.items()}
+        return F.normalize(_pooled(self.model.get_text_features(**tokens)).float(), dim=-1)
+
+    def _add(self, scores: torch.Tensor) -> None:
+        self.score_sum = self.score_sum + scores.to(self.score_sum).sum()
+        self.count = self.count + scores.numel()
+
+    def compute(self) -> torch.Tensor:
+        """Mean per-clip cosine (raw, in [-1, 1]); a 0-dim float64 tensor."""
+        if self.count.item() == 0:
+            raise ValueError(f"{type(self).__name__} has no clips: call update(...) before compute()")
+        return self.score_sum / self.count
+
+    def _describe(self, **config: Any) -> dict[str, Any]:
+        folder = None if self.name_or_path is None else local_folder(self.name_or_path)
+        return {"name": self.name, "model": None if self.name_or_path is None else str(self.name_or_path),
+                "sha256": folder_hashes(folder), "scale": "raw cosine", "config": config}
+
+
+class CLIPSim(_TextAlignment):
+    """CLIPSIM: mean over clips of the mean over frames of cos(CLIP(frame), CLIP(prompt)).
+
+    Frames are preprocessed in torch the way CLIPImageProcessor does, without PIL: values to [0, 1],
+    bicubic resize (antialiased) of the shorter side to the model's ``image_size``, centre crop to
+    ``image_size``², clamp to [0, 1], then ``(x − mean) / std``. CLIPImageProcessor resizes uint8
+    images with PIL, so pixels differ from it by resampling rounding (well under 1/255 on average).
+
+    Args:
+        model: a ``transformers.CLIPModel`` (``get_image_features`` / ``get_text_features``).
+        tokenizer: its tokenizer (``CLIPTokenizer``); prompts longer than the text tower are truncated.
+        image_mean, image_std: normalisation, OpenAI CLIP's by default.
+        frame_batch: frames per forward pass of the image tower (memory only; the score is the same).
+        name_or_path: where the model came from, for :meth:`describe`.
+        **kwargs: torchmetrics ``Metric`` options.
+    """
+
+    name = "clipsim"
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, image_mean: Sequence[float] = CLIP_MEAN,
+                 image_std: Sequence[float] = CLIP_STD, frame_batch: int = 64, name_or_path: str | None = None,
+                 **kwargs: Any):
+        super().__init__(model, tokenizer, name_or_path, **kwargs)
+        self.image_size = int(model.config.vision_config.image_size)
+        self.frame_batch = int(frame_batch)
+        self.register_buffer("image_mean", torch.tensor(image_mean, dtype=torch.float32).view(3, 1, 1),
+                             persistent=False)
+        self.register_buffer("image_std", torch.tensor(image_std, dtype=torch.float32).view(3, 1, 1),
+                             persistent=False)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike | None, config_key: str = "evaluate.clipsim.model",
+                        **kwargs: Any) -> CLIPSim:
+        """CLIPModel and tokenizer from a local folder or the local hub cache (see :func:`load_pretrained`)."""
+        from transformers import AutoTokenizer, CLIPModel
+
+        model = load_pretrained(CLIPModel, name_or_path, config_key)
+        tokenizer = load_pretrained(AutoTokenizer, name_or_path, config_key)
+        return cls(model, tokenizer, name_or_path=str(name_or_path), **kwargs)
+
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (N, 3, H, W) float in [0, 1] → CLIP pixel values (N, 3, S, S), S = ``image_size``."""
+        h, w = frames.shape[-2:]
+        s = self.image_size
+        scale = s / min(h, w)
+        size = (max(s, round(h * scale)), max(s, round(w * scale)))
+        x = F.interpolate(frames, size=size, mode="bicubic", align_corners=False, antialias=True)
+        top, left = (size[0] - s) // 2, (size[1] - s) // 2
+        x = x[..., top:top + s, left:left + s].clamp(0, 1)
+        return (x - self.image_mean) / self.image_std
+
+    def _clips(self, frames: torch.Tensor | Sequence[Any]) -> list[torch.Tensor]:
+        """Each clip as (F, 3, H, W) float32 in [0, 1] on the metric's device."""
+        if isinstance(frames, torch.Tensor):
+            if frames.ndim != 5 or frames.shape[2] != 3 or not frames.is_floating_point():
+                raise ValueError(f"CLIPSim.update expects frames (B, F, 3, H, W) float in [-1, 1] (axis 1 is "
+                                 f"time), got {tuple(frames.shape)} {frames.dtype}")
+            return list(((frames.to(self.device, torch.float32) + 1) / 2).unbind(0))
+        clips = []
+        for clip in frames:
+            clip = torch.as_tensor(np.asarray(clip) if not isinstance(clip, torch.Tensor) else clip)
+            if clip.ndim != 4 or clip.shape[-1] != 3 or clip.dtype != torch.uint8:
+                raise ValueError(f"CLIPSim.update expects a list of clips (F, H, W, 3) uint8, got "
+                                 f"{tuple(clip.shape)} {clip.dtype}")
+            clips.append(clip.to(self.device).permute(0, 3, 1, 2).float() / 255)
+        return clips
+
+    def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
+        """CLIP pixel values (N, 3, S, S) → L2-normalised image embeddings (N, D) float32."""
+        embs = [_pooled(self.model.get_image_features(pixel_values=chunk)).float()
+                for chunk in pixels.split(self.frame_batch)]
+        return F.normalize(torch.cat(embs), dim=-1)
+
+    def clip_scores(self, frames: torch.Tensor | Sequence[Any], texts: Sequence[str]) -> torch.Tensor:
+        """Per-clip CLIPSIM (B,) float64; same inputs as :meth:`update`."""
+        clips = self._clips(frames)
+        if len(clips) != len(texts):
+            raise ValueError(f"CLIPSim.update got {len(clips)} clips and {len(texts)} prompts; "
+                             f"give one prompt per clip")
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
+            images = self.image_embeddings(torch.cat([self.preprocess(clip) for clip in clips]))
+            text = self.text_embeddings(texts)
+        per_frame = images.double() @ text.double().T  # (ΣF, B): frame i against every prompt
+        scores, start = [], 0
+        for b, clip in enumerate(clips):
+            scores.append(per_frame[start:start + clip.shape[0], b].mean())
+            start += clip.shape[0]
+        return torch.stack(scores)
+
+    def update(self, frames: torch.Tensor | Sequence[Any], texts: Sequence[str]) -> None:
+        """Add a batch: ``frames`` (B, F, 3, H, W) float in [-1, 1], or a list of B clips (F, H, W, 3)
+        uint8 (F, H and W may differ between clips); ``texts`` one prompt per clip."""
+        self._add(self.clip_scores(frames, texts))
+
+    def describe(self) -> dict[str, Any]:
+        """Model, file hashes, scale and preprocessing, for ``metrics.json``."""
+        return self._describe(image_size=self.image_size, image_mean=self.image_mean.flatten().tolist(),
+                              image_std=self.image_std.flatten().tolist(), resize="bicubic shorter side + centre crop")
+
+
+class CLAPScore(_TextAlignment):
+    """CLAP score: mean over clips of cos(CLAP(audio), CLAP(prompt)).
+
+    Audio at ``sample_rate`` is resampled with ``torchaudio.functional.resample`` (windowed sinc, its
+    defaults) to the feature extractor's rate (48 kHz for LAION CLAP) and turned into log-mel
+    features by the ``ClapFeatureExtractor``. Clips longer than its ``max_length_s`` (10 s) are cut to
+    their first ``max_length_s`` seconds here unless the extractor fuses crops (``truncation="fusion"``),
+    because its ``"rand_trunc"`` would crop at a random position and make the score random.
+
+    Args:
+        model: a ``transformers.ClapModel`` (``get_audio_features`` / ``get_text_features``).
+        tokenizer: its tokenizer (RoBERTa).
+        feature_extractor: its ``ClapFeatureExtractor``.
+        sample_rate: rate of the audio given to :meth:`update` (``data.clip.sample_rate``).
+        name_or_path: where the model came from, for :meth:`describe`.
+        **kwargs: torchmetrics ``Metric`` options.
+    """
+
+    name = "clap"
+    _position_offset = 2
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, feature_extractor: Any, sample_rate: int = 16_000,
+                 name_or_path: str | None = None, **kwargs: Any):
+        super().__init__(model, tokenizer, name_or_path, **kwargs)
+        self.feature_extractor = feature_extractor
+        self.sample_rate = int(sample_rate)
+        self.model_rate = int(feature_extractor.sampling_rate)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike | None, config_key: str = "evaluate.clap.model",
+                        **kwargs: Any) -> CLAPScore:
+        """ClapModel, tokenizer and feature extractor from a local folder or the local hub cache."""
+        from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
+
+        model = load_pretrained(ClapModel, name_or_path, config_key)
+        tokenizer = load_pretrained(AutoTokenizer, name_or_path, config_key)
+        feature_extractor = load_pretrained(ClapFeatureExtractor, name_or_path, config_key)
+        return cls(model, tokenizer, feature_extractor, name_or_path=str(name_or_path), **kwargs)
+
+    def _waveforms(self, audio: torch.Tensor | Sequence[Any]) -> list[np.ndarray]:
+        """Each clip resampled to the model's rate and cut as described, as float32 numpy (S',)."""
+        clips = list(audio.unbind(0)) if isinstance(audio, torch.Tensor) and audio.ndim == 2 else list(audio)
+        out = []
+        for clip in clips:
+            wav = torch.as_tensor(clip, dtype=torch.float32).cpu()
+            if wav.ndim != 1:
+                raise ValueError(f"CLAPScore.update expects audio (B, S) or a list of (S,) mono waveforms at "
+                                 f"{self.sample_rate} Hz, got a clip of shape {tuple(wav.shape)}")
+            if self.sample_rate != self.model_rate:
+                wav = torchaudio.functional.resample(wav, self.sample_rate, self.model_rate)
+            limit = int(self.feature_extractor.nb_max_samples)
+            if self.feature_extractor.truncation != "fusion" and wav.shape[0] > limit:
+                wav = wav[:limit]
+            out.append(wav.numpy())
+        return out
+
+    def audio_embeddings(self, audio: torch.Tensor | Sequence[Any]) -> torch.Tensor:
+        """L2-normalised CLAP audio embeddings (B, D) float32; same inputs as :meth:`update`."""
+        feats = self.feature_extractor(self._waveforms(audio), sampling_rate=self.model_rate, return_tensors="pt")
+        feats = {k: v.to(self.device) for k, v in feats.items()}
+        return F.normalize(_pooled(self.model.get_audio_features(**feats)).float(), dim=-1)
+
+    def clip_scores(self, audio: torch.Tensor | Sequence[Any], texts: Sequence[str]) -> torch.Tensor:
+        """Per-clip CLAP score (B,) float64; same inputs as :meth:`update`."""
+        n = audio.shape[0] if isinstance(audio, torch.Tensor) else len(audio)
+        if n != len(texts):
+            raise ValueError(f"CLAPScore.update got {n} clips and {len(texts)} prompts; give one prompt per clip")
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
+            sound = self.audio_embeddings(audio)
+            text = self.text_embeddings(texts)
+        return (sound.double() * text.double()).sum(-1)
+
+    def update(self, audio: torch.Tensor | Sequence[Any], texts: Sequence[str]) -> None:
+        """Add a batch: ``audio`` (B, S) float at ``sample_rate`` (or a list of (S,)); one prompt per clip."""
+        self._add(self.clip_scores(audio, texts))
+
+    def describe(self) -> dict[str, Any]:
+        """Model, file hashes, scale and audio settings, for ``metrics.json``."""
+        fe = self.feature_extractor
+        return self._describe(input_rate=self.sample_rate, model_rate=self.model_rate,
+                              resampler="torchaudio.functional.resample (sinc, defaults)",
+                              max_length_s=fe.max_length_s, truncation=fe.truncation, padding=fe.padding)
