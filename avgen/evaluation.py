@@ -155,7 +155,8 @@ def _run(jobs: list, workers: int) -> list[dict]:
     progress = dict(total=len(jobs), desc="evaluate", unit="clip", file=sys.stderr, disable=None)
     if workers <= 1 or len(jobs) == 1:
         return [_score_clip(j) for j in tqdm(jobs, **progress)]
-    with worker_pool(workers, preload=("avgen.evaluation", "avgen.metrics.av_align")) as pool:
+    # imported once by the fork server, not by every worker
+    with worker_pool(workers, preload=("avgen.evaluation", "avgen.metrics.av_align", "librosa.onset")) as pool:
         return list(tqdm(pool.imap(_score_clip, jobs, chunksize=1), **progress))
 
 

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 from typing import Callable
 
 
 def single_threaded() -> None:
-    """Pool initializer: one process per core, so keep OpenCV and torch from starting thread pools."""
+    """Pool initializer: one process per core, so keep OpenCV and torch from starting thread pools
+    (torch only if the worker already has it: importing it costs seconds)."""
     os.environ["OMP_NUM_THREADS"] = "1"
     import cv2
-    import torch
 
     cv2.setNumThreads(1)
-    torch.set_num_threads(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def worker_pool(workers: int, initializer: Callable[[], None] | None = single_threaded,
