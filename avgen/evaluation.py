@@ -112,22 +112,13 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
     values: dict[str, Any] = {}
     if variants and ok:
         values["av_align"] = {k.removeprefix("av_align_"): sum(r[k] for r in ok) / len(ok) for k in variants}
-    extractors: dict[str, Any] = {}
     bad = {f["clip"] for f in failures}
-    for name in wanted:
-        options = {"fvd": fvd, "fad": fad}[name] or {}
-        value, info, more = frechet_metric(name, [p for p in clips if p.name not in bad], ref_dir, options,
-                                           cache_dir=cache_dir or out / "refstats", device=device)
-        values[name] = value
-        extractors[name] = info
-        failures += more
-    for name in [m for m in metrics if m in SEMANTIC]:
-        options = {"clipsim": clipsim, "clap": clap}[name] or {}
-        value, info, more = semantic_metric(name, [p for p in clips if p.name not in bad], options, prompt=prompt,
-                                            device=device)
-        values[name] = value
-        extractors[name] = info
-        failures += more
+    more_values, extractors, more = score_in_main_process(
+        [m for m in metrics if m in DISTRIBUTION + SEMANTIC], [p for p in clips if p.name not in bad],
+        ref_dir=ref_dir, options={"fvd": fvd, "fad": fad, "clipsim": clipsim, "clap": clap}, prompt=prompt,
+        cache_dir=cache_dir or out / "refstats", device=device)
+    values.update(more_values)
+    failures += more
     reasons: dict[str, list[str]] = {}
     for f in failures:  # one entry per clip, every metric's reason
         if f["reason"] not in reasons.setdefault(f["clip"], []):
@@ -230,83 +221,141 @@ def clip_prompt(path: Path, default: str | None) -> str | None:
     return txt.read_text().strip() if txt.is_file() else default
 
 
-def semantic_metric(name: str, pred: list[Path], options: dict, *, prompt: str | None = None,
-                    device: str = "auto") -> tuple[float | None, dict, list[dict]]:
-    """CLIPSIM (frames vs prompt) or CLAP score (audio vs prompt), mean over clips with a prompt."""
-    from avgen.metrics.semantic import CLAPScore, CLIPSim
+class _Scorer:
+    """One main-process metric fed clip by clip: ``update`` raises ``ValueError`` for a clip it
+    cannot score (reported per clip), ``result`` gives (value, description for metrics.json)."""
 
-    options = dict(options)
+    name: str
+
+    def update(self, path: Path, frames: np.ndarray, audio: np.ndarray, sr: int) -> None:
+        raise NotImplementedError
+
+    def result(self) -> tuple[float | None, dict]:
+        raise NotImplementedError
+
+
+class _SemanticScorer(_Scorer):
+    """CLIPSIM (frames vs prompt) or CLAP score (audio vs prompt); the prompt is ``<stem>.txt``
+    beside the clip, else ``evaluate.prompt``."""
+
+    def __init__(self, name: str, options: dict, prompt: str | None, dev):
+        from avgen.metrics.semantic import CLAPScore, CLIPSim
+
+        options = dict(options)
+        model_id = options.pop("model", None)
+        self.name, self.prompt = name, prompt
+        self.metric = (CLIPSim if name == "clipsim" else CLAPScore).from_pretrained(
+            model_id, config_key=f"evaluate.{name}.model", **options).to(dev)
+
+    def update(self, path, frames, audio, sr):
+        text = clip_prompt(path, self.prompt)
+        if not text:
+            raise ValueError(f"no prompt ({path.stem}.txt beside the clip, or evaluate.prompt)")
+        if self.name == "clipsim":
+            self.metric.update([frames], [text])
+        else:
+            self.metric.sample_rate = sr  # the metric resamples to the model's rate
+            self.metric.update([np.ascontiguousarray(audio, dtype=np.float32)], [text])
+
+    def result(self):
+        scored = int(self.metric.count)
+        return (float(self.metric.compute()) if scored else None), {**self.metric.describe(), "clips": scored}
+
+
+class _FrechetScorer(_Scorer):
+    """FVD (I3D on video) or FAD (VGGish on 16 kHz audio) against reference statistics."""
+
+    def __init__(self, name: str, options: dict, dev):
+        import torch
+
+        from avgen.metrics.extractors import build_extractor
+        from avgen.metrics.frechet import FrechetDistance
+
+        options = dict(options)
+        self.name, self.dev, self.torch = name, dev, torch
+        if name == "fvd":
+            extractor = build_extractor("i3d", options.pop("i3d_path", None), config_key="evaluate.fvd.i3d_path",
+                                        **options)
+        else:
+            self.sample_rate = int(options.pop("sample_rate", 16000))
+            extractor = build_extractor("vggish", options.pop("vggish_path", None),
+                                        config_key="evaluate.fad.vggish_path",
+                                        pca_config_key="evaluate.fad.vggish_pca_path",
+                                        pca_path=options.pop("vggish_pca_path", None), **options)
+        self.extractor = extractor.to(dev)
+        self.reference_metric = FrechetDistance(self.extractor).to(dev)
+        self.metric = None
+        self.reference = None
+
+    def model_input(self, frames: np.ndarray, audio: np.ndarray, sr: int):
+        torch = self.torch
+        if self.name == "fvd":
+            video = torch.from_numpy(np.ascontiguousarray(frames)).to(self.dev)
+            return video.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)[None]
+        wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.dev)
+        if sr != self.sample_rate:
+            import torchaudio
+
+            wave = torchaudio.functional.resample(wave, sr, self.sample_rate)
+        return wave[None]
+
+    def key(self, ref_dir) -> dict:
+        return {"metric": self.name, "extractor": self.extractor.identity(), **_reference_identity(ref_dir)}
+
+    def update_reference(self, frames, audio, sr) -> None:
+        self.reference_metric.update(self.model_input(frames, audio, sr), real=True)
+
+    def set_reference(self, stats) -> None:
+        from avgen.metrics.frechet import FrechetDistance
+
+        self.reference = stats
+        self.metric = FrechetDistance(self.extractor, reference=stats).to(self.dev)
+
+    def update(self, path, frames, audio, sr):
+        self.metric.update(self.model_input(frames, audio, sr), real=False)
+
+    def result(self):
+        return float(self.metric.compute()), {**self.extractor.describe(), "reference_clips": int(self.reference.count)}
+
+
+def _set_references(scorers: list[_FrechetScorer], ref_dir, cache_dir) -> None:
+    """Reference statistics from the cache, or from one shared pass over the reference clips."""
+    from avgen.metrics.frechet import cached_reference_stats, reference_stats_path
+
+    missing = [s for s in scorers if not reference_stats_path(cache_dir, s.key(ref_dir)).is_file()]
+    if missing:
+        for _, frames, _, audio, sr in _reference_clips(ref_dir):
+            for scorer in missing:
+                try:
+                    scorer.update_reference(frames, audio, sr)
+                except ValueError as exc:  # a reference clip the extractor cannot take: skipped, logged
+                    log.warning("%s reference clip skipped: %s", scorer.name, exc)
+    for scorer in scorers:
+        scorer.set_reference(cached_reference_stats(cache_dir, scorer.key(ref_dir),
+                                                    lambda s=scorer: s.reference_metric.stats(real=True)))
+
+
+def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, options: dict[str, dict],
+                          prompt: str | None, cache_dir, device: str) -> tuple[dict, dict, list[dict]]:
+    """FVD, FAD, CLIPSIM and CLAP over one decoding pass of ``pred``. Returns (values, extractor
+    descriptions, failures)."""
     dev = _device(device)
-    model_id = options.pop("model", None)
-    metric = (CLIPSim if name == "clipsim" else CLAPScore).from_pretrained(
-        model_id, config_key=f"evaluate.{name}.model", **options).to(dev)
+    frechet = [_FrechetScorer(m, options.get(m) or {}, dev) for m in metrics if m in DISTRIBUTION]
+    scorers: list[_Scorer] = frechet + [_SemanticScorer(m, options.get(m) or {}, prompt, dev)
+                                        for m in metrics if m in SEMANTIC]
+    if not scorers:
+        return {}, {}, []
+    if frechet:
+        _set_references(frechet, ref_dir, cache_dir)
     failures: list[dict] = []
     paths = {p.name: p for p in pred}
     for clip_name, frames, _, audio, sr in _load_clips(pred, failures):
-        text = clip_prompt(paths[clip_name], prompt)
-        if not text:
-            failures.append({"clip": clip_name, "reason": f"{name}: no prompt ({Path(clip_name).stem}.txt or "
-                                                          f"evaluate.prompt)"})
-            continue
-        if name == "clipsim":
-            metric.update([frames], [text])
-        else:
-            metric.sample_rate = sr  # the metric resamples to the model's rate
-            metric.update([np.ascontiguousarray(audio, dtype=np.float32)], [text])
-    scored = int(metric.count) if hasattr(metric, "count") else None
-    value = float(metric.compute()) if scored else None
-    return value, {**metric.describe(), "clips": scored}, failures
-
-
-def frechet_metric(name: str, pred: list[Path], ref_dir: str | Path, options: dict, *, cache_dir: str | Path,
-                   device: str = "auto") -> tuple[float, dict, list[dict]]:
-    """FVD (I3D on video) or FAD (VGGish on 16 kHz audio) of ``pred`` clips against ``ref_dir``.
-
-    Returns (value, extractor description with weight hashes, failures)."""
-    import torch
-
-    from avgen.metrics.extractors import build_extractor
-    from avgen.metrics.frechet import FrechetDistance, ReferenceStats, cached_reference_stats
-
-    options = dict(options)
-    dev = _device(device)
-    if name == "fvd":
-        extractor = build_extractor("i3d", options.pop("i3d_path", None), config_key="evaluate.fvd.i3d_path",
-                                    **options)
-    else:
-        sample_rate = int(options.pop("sample_rate", 16000))
-        extractor = build_extractor("vggish", options.pop("vggish_path", None), config_key="evaluate.fad.vggish_path",
-                                    pca_config_key="evaluate.fad.vggish_pca_path",
-                                    pca_path=options.pop("vggish_pca_path", None), **options)
-    extractor = extractor.to(dev)
-
-    def model_input(frames: np.ndarray, audio: np.ndarray, sr: int) -> torch.Tensor:
-        if name == "fvd":
-            video = torch.from_numpy(np.ascontiguousarray(frames)).to(dev)
-            return video.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)[None]
-        wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(dev)
-        if sr != sample_rate:
-            import torchaudio
-
-            wave = torchaudio.functional.resample(wave, sr, sample_rate)
-        return wave[None]
-
-    def feed(metric: FrechetDistance, clips, real: bool, failures: list[dict]) -> None:
-        for clip_name, frames, _, audio, sr in clips:
+        for scorer in scorers:
             try:
-                metric.update(model_input(frames, audio, sr), real=real)
-            except ValueError as exc:  # too short for the extractor, wrong shape: reported per clip
-                failures.append({"clip": clip_name, "reason": f"{name}: {exc}"})
-
-    failures: list[dict] = []
-
-    def reference() -> ReferenceStats:
-        metric = FrechetDistance(extractor).to(dev)
-        feed(metric, _reference_clips(ref_dir), True, [])
-        return metric.stats(real=True)
-
-    key = {"metric": name, "extractor": extractor.identity(), **_reference_identity(ref_dir)}
-    ref = cached_reference_stats(cache_dir, key, reference)
-    metric = FrechetDistance(extractor, reference=ref).to(dev)
-    feed(metric, _load_clips(pred, failures), False, failures)
-    return float(metric.compute()), {**extractor.describe(), "reference_clips": int(ref.count)}, failures
+                scorer.update(paths[clip_name], frames, audio, sr)
+            except ValueError as exc:  # too short for the extractor, no prompt, ...: reported per clip
+                failures.append({"clip": clip_name, "reason": f"{scorer.name}: {exc}"})
+    values, info = {}, {}
+    for scorer in scorers:
+        values[scorer.name], info[scorer.name] = scorer.result()
+    return values, info, failures
