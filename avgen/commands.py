@@ -88,11 +88,30 @@ def resolve_resume(cfg: DictConfig) -> str | None:
 
 
 # ----------------------------------------------------------------------------------- commands
+def check_multirun_ddp(cfg: DictConfig) -> None:
+    """Lightning's DDP re-launches the command line in each rank; inside a local (sequential) multirun
+    that would start the whole sweep again in every rank."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    strategy = cfg.trainer.get("strategy")
+    strategy = str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else str(strategy or "")
+    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
+    if "BasicLauncher" in launcher and "ddp" in strategy.lower() and (devices not in (1, "1") or nodes != 1):
+        raise ConfigError(
+            f"trainer.strategy={strategy} with trainer.devices={devices} inside a local multirun (-m) would re-run the "
+            f"whole sweep in every rank. Use hydra/launcher=slurm (one job per run), or launch the runs one by one.")
+
+
 def fit(cfg: DictConfig) -> dict[str, Any]:
     import lightning.pytorch as pl
 
     from avgen.checkpoint import read_checkpoint
 
+    check_multirun_ddp(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg)

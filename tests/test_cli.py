@@ -94,3 +94,9 @@ def test_prepare_is_idempotent_and_refuses_to_overwrite(tmp_path):
     assert proc.returncode == 1 and "overwrite=true" in proc.stderr and manifest.read_text() == before
     assert run_cli(*args, "data.prepare.seed=5", "overwrite=true", cwd=tmp_path).returncode == 0
     assert '"seed": 5' in manifest.read_text()
+
+
+def test_local_multirun_with_ddp_is_refused(tmp_path):
+    proc = run_cli("-m", "fit", "trainer=ddp_cpu", "scale=tiny", "seed=1,2", f"paths.data_dir={tmp_path}/data",
+                   cwd=tmp_path)
+    assert proc.returncode == 1 and "hydra/launcher=slurm" in proc.stderr and "every rank" in proc.stderr
