@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -31,6 +32,9 @@ from avgen.data.stream import EvalStream, Health, Shard, TrainStream
 from avgen.errors import GeometryMismatchError, MissingShardsError
 
 log = logging.getLogger(__name__)
+# Lightning warns that an IterableDataset's __len__ may be wrong with several workers; the shard
+# streams split themselves per worker and their __len__ is exact by construction.
+warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
 STAGE_SPLIT = {"fit": "train", "validate": "val", "test": "test", "predict": "test"}
 
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Callable, Iterator, Sequence
 
 import lightning.pytorch as pl
@@ -24,6 +25,10 @@ from torch import nn
 
 from avgen._versions import library_versions
 from avgen.checkpoint import FORMAT
+
+# Frozen parts stay in eval mode on purpose (AVSystem.freeze); Lightning warns about any module in
+# eval mode at the start of training.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 class AVSystem(pl.LightningModule):
