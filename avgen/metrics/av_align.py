@@ -435,7 +435,6 @@ def plot_alignment(path: str | Path, frames: np.ndarray, fps: float, audio: np.n
 
 
 __all__ = [
-    "AVAlign",
     "AVAlignConfig",
     "ClipAlignment",
     "Matching",
