@@ -99,7 +99,11 @@ class AVDataModule(pl.LightningDataModule):
                 raise MissingShardsError(
                     f"no {split} shards for data={self.name}: {folder / MANIFEST} does not exist. "
                     f"Create them with: {self.prepare_command()}  (or point paths.data_dir / "
-                    f"AVGEN_DATA_DIR at the folder holding {self.root.name}/)")
+                    f"AVGEN_DATA_DIR at the folder holding {self.root.name}/)"
+                    + ("" if self.prepare_fn is not None else
+                       f". If {self.name} has no prepare step yet, write its shards in the format of DESIGN.md "
+                       f"(avgen.data.shards.ShardWriter) into {self.root}/<split>, or run with scale=tiny "
+                       f"(synthetic data)"))
             manifest = Manifest.load(folder)
             problems = self.clip.incompatibilities(manifest.clip)
             if problems:

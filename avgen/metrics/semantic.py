@@ -33,13 +33,12 @@ import torch.nn.functional as F
 import torchaudio
 from torchmetrics import Metric
 
+# PretrainedModelMissing is re-exported: callers of the metrics catch it from here.
+from avgen.backbones.loader import ORIGINS, PretrainedModelMissing, load_pretrained  # noqa: F401
 from avgen.metrics.extractors import sha256_file
 
-# The config key that names each model, and the hub id of the original it stands for.
-PRETRAINED_ORIGINS: dict[str, str] = {
-    "evaluate.clipsim.model": "openai/clip-vit-base-patch32",
-    "evaluate.clap.model": "laion/clap-htsat-unfused",
-}
+# The metric models' entries of the config key → original hub id registry.
+PRETRAINED_ORIGINS: dict[str, str] = {key: ORIGINS[key] for key in ("evaluate.clipsim.model", "evaluate.clap.model")}
 
 # OpenAI CLIP's image normalisation (CLIPImageProcessor's image_mean / image_std for every OpenAI CLIP).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -48,33 +47,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Files whose bytes decide the embeddings; their hashes are recorded.
 _HASHED_SUFFIXES = (".safetensors", ".bin")
 _HASHED_NAMES = ("config.json", "preprocessor_config.json")
-
-
-class PretrainedModelMissing(FileNotFoundError):
-    """A pretrained model for a metric is neither a local folder nor in the local hub cache."""
-
-    def __init__(self, name_or_path: str | os.PathLike | None, config_key: str, reason: str = ""):
-        hub_id = PRETRAINED_ORIGINS.get(config_key, "<the model's hub id>")
-        what = "no model is set" if name_or_path is None else f"cannot load {name_or_path!s} from local files"
-        super().__init__(
-            f"{what} (config key {config_key}){f': {reason}' if reason else ''}. Expected a folder written by "
-            f"save_pretrained, or a hub id in the local Hugging Face cache; the original is {hub_id} on the "
-            f"Hugging Face hub. avgen never downloads weights: on a machine with internet run "
-            f"`huggingface-cli download {hub_id}`, copy its cache folder (~/.cache/huggingface/hub/"
-            f"models--{hub_id.replace('/', '--')}) to this machine's cache or copy the snapshot folder anywhere "
-            f"and set {config_key}=/path/to/folder.")
-        self.name_or_path, self.config_key, self.hub_id = name_or_path, config_key, hub_id
-
-
-def load_pretrained(cls: Any, name_or_path: str | os.PathLike | None, config_key: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained(name_or_path, local_files_only=True, **kwargs)``, or
-    :class:`PretrainedModelMissing` naming ``config_key`` and the original's hub id."""
-    if name_or_path is None:
-        raise PretrainedModelMissing(None, config_key)
-    try:
-        return cls.from_pretrained(str(name_or_path), local_files_only=True, **kwargs)
-    except (OSError, ValueError) as err:
-        raise PretrainedModelMissing(name_or_path, config_key, f"{type(err).__name__}: {err}") from err
 
 
 def local_folder(name_or_path: str | os.PathLike) -> Path | None:

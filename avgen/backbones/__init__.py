@@ -1,0 +1,10 @@
+"""Frozen pretrained parts of the systems and their tiny random twins.
+
+- :mod:`avgen.backbones.loader`: offline loading (:func:`~avgen.backbones.loader.load_pretrained`), the
+  registry of published originals, ``tiny:<name>`` sources.
+- :mod:`avgen.backbones.animatediff`: the video base model (SD1.5 UNet + AnimateDiff motion modules).
+- :mod:`avgen.backbones.audioldm`: the audio base model (AudioLDM) and its mel front end.
+- :mod:`avgen.backbones.tiny`: tiny random-initialised twins of both, written with ``save_pretrained``.
+
+Importing this package imports nothing heavy; each submodule imports what it needs.
+"""

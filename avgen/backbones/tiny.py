@@ -1,0 +1,205 @@
+"""Tiny random-initialised twins of the backbones, written with ``save_pretrained``.
+
+Each twin has the classes, the folder layout and the block structure of the published original
+(the connector positions of the joint model depend on the block layout), with a few channels, so
+``scale=tiny`` runs every code path on a CPU in seconds and loads through the same
+``from_pretrained`` calls as the paper scale. Weights are seeded: a folder written twice holds the
+same bytes, because avgen checkpoints leave out frozen weights and rebuild them from the config.
+
+Tokenizers are made here too, without downloads: byte-level BPE vocabularies with every one of the
+256 byte symbols and no merges, so any text (any script, emoji) tokenises to ids within the vocab.
+
+:func:`materialize` writes a twin once into ``<root>/<name>-v<TINY_VERSION>``; bump
+``TINY_VERSION`` whenever a builder's output changes, so stale folders are not reused.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+from tokenizers import pre_tokenizers
+from transformers import (
+    ClapTextConfig,
+    ClapTextModelWithProjection,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    RobertaTokenizer,
+    SpeechT5HifiGan,
+    SpeechT5HifiGanConfig,
+)
+
+from avgen.backbones.loader import quiet_loading
+
+TINY_VERSION = 1
+SEED = 0
+
+# The 256 printable symbols byte-level BPE uses for the bytes 0-255, in a fixed order.
+BYTE_SYMBOLS = sorted(pre_tokenizers.ByteLevel.alphabet())
+
+# Shared by the video twin's UNets and motion modules: channel counts per block, and a GroupNorm
+# group count dividing all of them.
+VIDEO_CHANNELS = (32, 32, 64, 64)
+AUDIO_CHANNELS = (32, 32, 64, 64)
+NORM_GROUPS = 8
+CLIP_DIM = 32   # CLIP text hidden size = the video UNet's cross-attention width
+CLAP_DIM = 32   # CLAP text projection = the audio UNet's class-embedding input
+CLAP_MAX_LENGTH = 32
+
+
+def clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
+    """Byte-level BPE CLIPTokenizer: ``<|startoftext|>`` 0, ``<|endoftext|>`` 1 (also padding), then the
+    256 byte symbols and their end-of-word (``</w>``) forms; no merges."""
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        vocab.update({symbol + suffix: len(vocab) + i for i, symbol in enumerate(BYTE_SYMBOLS)})
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+
+
+def roberta_tokenizer(model_max_length: int = CLAP_MAX_LENGTH) -> RobertaTokenizer:
+    """Byte-level BPE RobertaTokenizer: RoBERTa's special tokens ``<s> <pad> </s> <unk> <mask>`` (ids 0-4),
+    then the 256 byte symbols; no merges."""
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
+    vocab.update({symbol: len(vocab) + i for i, symbol in enumerate(BYTE_SYMBOLS)})
+    return RobertaTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+
+
+def save_tiny_animatediff(folder: str | os.PathLike, channels: tuple[int, ...] = VIDEO_CHANNELS,
+                          layers_per_block: int = 1, heads: int = 2) -> None:
+    """An SD1.5-layout folder (unet, vae, text_encoder, tokenizer, scheduler) plus ``motion_adapter/``.
+
+    UNet: SD1.5's blocks (3 cross-attention down blocks + a plain one, mirrored up) with
+    ``channels`` (default ``VIDEO_CHANNELS``), ``layers_per_block`` and ``heads`` (also the motion
+    adapter's), 32-wide cross-attention. VAE: 2 blocks, so
+    frames are downsampled 2× (32×32 → 16×16 latents), 4 latent channels, SD's scaling factor.
+    Scheduler: AnimateDiff's DDIM settings.
+    """
+    folder = Path(folder)
+    torch.manual_seed(SEED)
+    UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=channels, layers_per_block=layers_per_block, attention_head_dim=heads,
+        cross_attention_dim=CLIP_DIM, norm_num_groups=NORM_GROUPS,
+    ).save_pretrained(folder / "unet")
+    torch.manual_seed(SEED)
+    # motion_layers_per_block must equal the UNet's layers_per_block for from_unet2d.
+    MotionAdapter(
+        block_out_channels=channels, motion_layers_per_block=layers_per_block, motion_num_attention_heads=heads,
+        motion_norm_num_groups=NORM_GROUPS, motion_max_seq_length=32, use_motion_mid_block=True,
+    ).save_pretrained(folder / "motion_adapter")
+    torch.manual_seed(SEED)
+    AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=NORM_GROUPS, sample_size=32,
+        scaling_factor=0.18215,
+    ).save_pretrained(folder / "vae")
+    tokenizer = clip_tokenizer()
+    torch.manual_seed(SEED)
+    CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=CLIP_DIM, intermediate_size=2 * CLIP_DIM, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, projection_dim=CLIP_DIM,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )).save_pretrained(folder / "text_encoder")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1, timestep_spacing="linspace", prediction_type="epsilon",
+    ).save_pretrained(folder / "scheduler")
+
+
+def save_tiny_audioldm(folder: str | os.PathLike, channels: tuple[int, ...] = AUDIO_CHANNELS,
+                       layers_per_block: int = 1, heads: int = 2) -> None:
+    """A ``cvssp/audioldm-m-full``-layout folder (unet, vae, text_encoder, tokenizer, vocoder, scheduler).
+
+    UNet (``channels``, ``layers_per_block``, ``heads`` as for the video twin): AudioLDM's blocks as
+    its diffusers conversion builds them (attention at the 2×, 4× and 8×
+    downsampled levels: a plain down block then 3 attention blocks, mirrored up), self-attention only
+    (``cross_attention_dim`` = the block widths, run with ``encoder_hidden_states=None``), conditioned
+    on the CLAP text embedding through a projected class embedding concatenated to the time
+    embedding. VAE: 1 → 8 latent channels, 3 blocks (4× down: 64 mel bins → 16). Vocoder: HiFi-GAN
+    with AudioLDM's upsampling (5·4·2·2·2 = 160 = the mel hop) and a few channels.
+    """
+    folder = Path(folder)
+    torch.manual_seed(SEED)
+    UNet2DConditionModel(
+        sample_size=32, in_channels=8, out_channels=8,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3,
+        up_block_types=("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",),
+        block_out_channels=channels, layers_per_block=layers_per_block, attention_head_dim=heads,
+        cross_attention_dim=channels, norm_num_groups=NORM_GROUPS,
+        class_embed_type="simple_projection", projection_class_embeddings_input_dim=CLAP_DIM,
+        class_embeddings_concat=True,
+    ).save_pretrained(folder / "unet")
+    torch.manual_seed(SEED)
+    AutoencoderKL(
+        in_channels=1, out_channels=1, latent_channels=8,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=NORM_GROUPS, sample_size=64,
+        scaling_factor=0.9,
+    ).save_pretrained(folder / "vae")
+    tokenizer = roberta_tokenizer()
+    torch.manual_seed(SEED)
+    # RoBERTa positions start after padding_idx (1), so the table holds max_length + 2 rows.
+    ClapTextModelWithProjection(ClapTextConfig(
+        vocab_size=len(tokenizer), hidden_size=CLAP_DIM, intermediate_size=2 * CLAP_DIM, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=CLAP_MAX_LENGTH + 2, projection_dim=CLAP_DIM,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1,
+    )).save_pretrained(folder / "text_encoder")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    torch.manual_seed(SEED)
+    SpeechT5HifiGan(SpeechT5HifiGanConfig(
+        model_in_dim=64, sampling_rate=16_000, upsample_initial_channel=64, upsample_rates=[5, 4, 2, 2, 2],
+        upsample_kernel_sizes=[16, 16, 8, 4, 4], resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]],
+        normalize_before=False,
+    )).save_pretrained(folder / "vocoder")
+    DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear",
+        prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    ).save_pretrained(folder / "scheduler")
+
+
+# Wider twins for benchmarks that need the U-Nets to dominate the cost, as at paper scale.
+SMALL = {"channels": (64, 128, 256, 256), "layers_per_block": 2, "heads": 8}
+
+# tiny:<name> sources and the builder that writes each.
+TINY_BUILDERS: dict[str, Callable[[str | os.PathLike], None]] = {
+    "animatediff": save_tiny_animatediff,
+    "audioldm": save_tiny_audioldm,
+    "animatediff_small": functools.partial(save_tiny_animatediff, **SMALL),
+    "audioldm_small": functools.partial(save_tiny_audioldm, **SMALL),
+}
+
+
+def materialize(name: str, root: str | os.PathLike) -> Path:
+    """``<root>/<name>-v<TINY_VERSION>``, written by ``TINY_BUILDERS[name]`` unless it already exists.
+
+    The folder is built in a temporary folder beside it and renamed into place, so concurrent DDP
+    ranks and an interrupted write never leave a half-written folder; an existing one is reused.
+    """
+    final = Path(root) / f"{name}-v{TINY_VERSION}"
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.parent / f".{final.name}.partial-{uuid.uuid4().hex}"
+    partial.mkdir()
+    try:
+        with quiet_loading():
+            TINY_BUILDERS[name](partial)
+        os.rename(partial, final)
+    except OSError:
+        # Another process renamed its copy into place first; it holds the same bytes.
+        if not final.is_dir():
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return final

@@ -1,0 +1,94 @@
+"""Diffusion helpers shared by the systems: training targets, x̂0 estimates, and a DDIM step between
+two arbitrary timesteps.
+
+The noise schedules come from diffusers schedulers (their ``alphas_cumprod`` and config); only the
+joint model needs its own step, because with timestep adjustment (Eq. 9 of the SVG baseline paper)
+consecutive local timesteps are not evenly spaced, and diffusers' ``DDIMScheduler.step`` derives the
+previous timestep from the step count.
+
+DDIM (Song et al. 2021, Eq. 12 with σ = 0), for ᾱ_t = ``alphas_cumprod[t]``:
+
+    x̂0 = (x_t − sqrt(1 − ᾱ_t) ε̂) / sqrt(ᾱ_t)
+    x_prev = sqrt(ᾱ_prev) x̂0 + sqrt(1 − ᾱ_prev) ε̂
+
+with ᾱ_prev = ``alphas_cumprod[t_prev]``, or the scheduler's final value (1, or ᾱ_0 when
+``set_alpha_to_one`` is false) after the last step (t_prev < 0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _expand(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return a.to(like.dtype).reshape(a.shape + (1,) * (like.dim() - a.dim()))
+
+
+def alpha_bar(alphas_cumprod: torch.Tensor, t: torch.Tensor, final: float) -> torch.Tensor:
+    """ᾱ at timesteps ``t`` (any shape, long); ``final`` where t < 0."""
+    t = torch.as_tensor(t, device=alphas_cumprod.device).long()
+    values = alphas_cumprod[t.clamp(min=0)]
+    return torch.where(t >= 0, values, torch.full_like(values, final))
+
+
+def training_target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor,
+                    t: torch.Tensor) -> torch.Tensor:
+    """What the network regresses: ε, v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) x0, or x0 itself."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "v_prediction":
+        a = _expand(alpha_bar(alphas_cumprod, t, 1.0), x0)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(ᾱ_t) x0 + sqrt(1 − ᾱ_t) ε, with per-sample timesteps ``t`` (B,)."""
+    a = _expand(alpha_bar(alphas_cumprod, t, 1.0), x0)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def split_prediction(prediction_type: str, x_t: torch.Tensor, output: torch.Tensor, alphas_cumprod: torch.Tensor,
+                     t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̂0, ε̂) from the network ``output`` at timesteps ``t`` (scalar or (B,))."""
+    a = alpha_bar(alphas_cumprod, t, 1.0)
+    a = _expand(a.expand(x_t.shape[0]) if a.dim() == 0 else a, x_t)
+    if prediction_type == "epsilon":
+        eps = output
+        x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+    elif prediction_type == "v_prediction":
+        x0 = a.sqrt() * x_t - (1 - a).sqrt() * output
+        eps = a.sqrt() * output + (1 - a).sqrt() * x_t
+    elif prediction_type == "sample":
+        x0 = output
+        eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+    else:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+    return x0, eps
+
+
+def ddim_step(prediction_type: str, x_t: torch.Tensor, output: torch.Tensor, alphas_cumprod: torch.Tensor,
+              t: int, t_prev: int, final_alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One deterministic DDIM step from timestep ``t`` to ``t_prev`` (``t_prev`` < 0: to the data).
+
+    Returns (x_{t_prev}, x̂0).
+    """
+    x0, eps = split_prediction(prediction_type, x_t, output, alphas_cumprod, torch.tensor(t))
+    a_prev = alpha_bar(alphas_cumprod, torch.tensor(t_prev), final_alpha).to(x_t.dtype)
+    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps, x0
+
+
+def final_alpha_cumprod(scheduler) -> float:
+    """ᾱ after the last step: 1 with ``set_alpha_to_one``, else ᾱ_0 (diffusers' DDIM convention)."""
+    if scheduler.config.get("set_alpha_to_one", True):
+        return 1.0
+    return float(scheduler.alphas_cumprod[0])
+
+
+def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """uncond + s · (cond − uncond); s = 1 is the conditional prediction."""
+    return uncond + scale * (cond - uncond)

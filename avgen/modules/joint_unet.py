@@ -1,0 +1,165 @@
+"""Two frozen base U-Nets joined into one joint audio+video denoiser (SVG baseline, Sec. III-A, Fig. 1).
+
+Each modality gets a connector that turns its current noisy latent (and the self-conditioning
+estimate x̂0) into a feature sequence along its time axis; the other modality's U-Net receives those
+features through cross-modal blocks (CMC-PE, or the CoDi-style cross-attention baseline) inserted
+after chosen blocks — by default after the last two down blocks and the first two up blocks of each
+U-Net (paper Sec. III-E), four per modality.
+
+The blocks are inserted with forward hooks on the diffusers blocks, so the base U-Nets' own code
+runs unchanged: called outside :meth:`JointUNet.forward` (no cross-modal context set), a base
+U-Net computes exactly what it computed before. The cross-modal blocks are zero-initialised, so at
+initialisation the joint model's outputs equal the two base U-Nets' outputs.
+
+Layouts: video latents (B, C, F, H, W) (AnimateDiff's ``UNetMotionModel``, frames folded into the
+batch inside it: (B·F, C, h, w)); audio latents (B, C, T, M) (AudioLDM, time on axis 2). The
+cross-modal blocks see the time view (B, C, T, S) of a U-Net feature map.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from avgen.modules.cmcpe import CMCPE
+from avgen.modules.connector import Connector
+from avgen.modules.cross_modal_attention import CrossModalAttention
+
+CROSS_MODAL = {"cmcpe": CMCPE, "cross_attention": CrossModalAttention}
+DEFAULT_POSITIONS = ("down.2", "down.3", "up.0", "up.1")
+
+
+def parse_position(position: str, unet: nn.Module, config_key: str) -> tuple[str, int, int]:
+    """``"down.2"`` → ("down", 2, output channels of that block)."""
+    kind, _, index = str(position).partition(".")
+    channels = list(unet.config.block_out_channels)
+    count = len(channels)
+    if kind not in ("down", "up") or not index.isdigit() or not 0 <= int(index) < count:
+        raise ValueError(f"{config_key}: position {position!r} is not one of down.0 … down.{count - 1}, "
+                         f"up.0 … up.{count - 1}")
+    i = int(index)
+    return kind, i, channels[i] if kind == "down" else channels[::-1][i]
+
+
+class JointUNet(nn.Module):
+    """The joint denoiser ε_θ(x_v, x_a, t_v, t_a) of the SVG baseline.
+
+    Args:
+        video_unet: AnimateDiff ``UNetMotionModel`` (frozen by the caller; its motion modules may train).
+        audio_unet: AudioLDM ``UNet2DConditionModel`` (frozen by the caller).
+        cross_modal: ``cmcpe`` (paper) or ``cross_attention`` (CoDi-style baseline, Table I).
+        video_positions, audio_positions: blocks after which a cross-modal block is inserted.
+        connector: keyword arguments of both :class:`Connector` s (``out_dim``, ``channels``, ...).
+        block: keyword arguments of the cross-modal blocks (``head_dim``, ``norm_groups``, ...).
+        video_connector_attention: spatio-temporal attention in the video connector (CoDi's design).
+        gradient_checkpointing: recompute connectors and cross-modal blocks in the backward pass.
+    """
+
+    def __init__(self, video_unet: nn.Module, audio_unet: nn.Module, *, cross_modal: str = "cmcpe",
+                 video_positions: Sequence[str] = DEFAULT_POSITIONS, audio_positions: Sequence[str] = DEFAULT_POSITIONS,
+                 connector: Mapping[str, Any] | None = None, block: Mapping[str, Any] | None = None,
+                 video_connector_attention: bool = True, gradient_checkpointing: bool = False):
+        super().__init__()
+        if cross_modal not in CROSS_MODAL:
+            raise ValueError(f"model.cross_modal={cross_modal!r}: expected one of {sorted(CROSS_MODAL)}")
+        connector = dict(connector or {})
+        block = dict(block or {})
+        if cross_modal != "cmcpe":
+            block.pop("interpolation", None)  # a CMC-PE setting; the pooled cross-attention has no time axis
+        self.video_unet = video_unet
+        self.audio_unet = audio_unet
+        self.cross_modal = cross_modal
+        self.gradient_checkpointing = gradient_checkpointing
+        out_dim = connector.get("out_dim", 1280)
+        self.video_connector = Connector(video_unet.config.in_channels, spatial_dims=2,
+                                         attention=video_connector_attention, **connector)
+        self.audio_connector = Connector(audio_unet.config.in_channels, spatial_dims=1, attention=False, **connector)
+        self.video_blocks = nn.ModuleDict()
+        self.audio_blocks = nn.ModuleDict()
+        self._context: dict[str, Any] | None = None
+        self._hooks = []
+        for modality, unet, positions, blocks in (("video", video_unet, video_positions, self.video_blocks),
+                                                  ("audio", audio_unet, audio_positions, self.audio_blocks)):
+            for position in positions:
+                kind, index, channels = parse_position(position, unet, f"model.positions.{modality}")
+                name = f"{kind}_{index}"
+                if name in blocks:
+                    raise ValueError(f"model.positions.{modality}: {position!r} is listed twice")
+                blocks[name] = CROSS_MODAL[cross_modal](channels, cond_dim=out_dim, **block)
+                target = (unet.down_blocks if kind == "down" else unet.up_blocks)[index]
+                self._hooks.append(target.register_forward_hook(self._make_hook(modality, kind, name)))
+
+    # ------------------------------------------------------------------------------ hooks
+    def _make_hook(self, modality: str, kind: str, name: str):
+        def hook(block, args, output):
+            ctx = self._context
+            if ctx is None:  # a plain base-model call: leave the block's output alone
+                return None
+            module = (self.video_blocks if modality == "video" else self.audio_blocks)[name]
+            cond = ctx["audio_features" if modality == "video" else "video_features"]
+            hidden = output[0] if kind == "down" else output
+            new = self._condition(module, hidden, cond, modality, ctx["frames"])
+            if kind == "up":
+                return new
+            states = output[1]
+            # diffusers down blocks return their final hidden state as the last skip connection too;
+            # the skip must carry the conditioned features (CoDi appends after the cross-modal block).
+            if not states or states[-1] is not hidden:
+                raise RuntimeError(f"{type(block).__name__} does not return its output as the last skip "
+                                   f"state; cannot insert a cross-modal block after {kind}.{name}")
+            return new, states[:-1] + (new,)
+        return hook
+
+    def _condition(self, module: nn.Module, hidden: torch.Tensor, cond: torch.Tensor, modality: str,
+               frames: int) -> torch.Tensor:
+        if modality == "video":  # (B·F, C, h, w) → time view (B, C, F, h·w)
+            bf, c, h, w = hidden.shape
+            view = hidden.reshape(bf // frames, frames, c, h * w).permute(0, 2, 1, 3)
+        else:  # (B, C, T, M) is already a time view
+            view = hidden
+        out = self._call(module, view, cond.to(view.dtype))
+        if modality == "video":
+            out = out.permute(0, 2, 1, 3).reshape(bf, c, h, w)
+        return out
+
+    def _call(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
+
+    # ------------------------------------------------------------------------------ forward
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, video_t: torch.Tensor, audio_t: torch.Tensor,
+                video_text: torch.Tensor, audio_text: torch.Tensor, video_x0: torch.Tensor | None = None,
+                audio_x0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict both modalities' noise (or v / x0, whatever the base models predict).
+
+        Args:
+            video: noisy video latents x_v (B, C_v, F, h, w) at local timesteps ``video_t`` (B,).
+            audio: noisy audio latents x_a (B, C_a, T, M) at local timesteps ``audio_t`` (B,).
+            video_text: CLIP text states (B, L, D), one per clip (repeated per frame here).
+            audio_text: CLAP text embeddings (B, P), AudioLDM's class condition.
+            video_x0, audio_x0: self-conditioning estimates x̂0 (zeros when ``None``).
+        Returns:
+            (video output (B, C_v, F, h, w), audio output (B, C_a, T, M)).
+        """
+        frames = video.shape[2]
+        video_x0 = torch.zeros_like(video) if video_x0 is None else video_x0
+        audio_x0 = torch.zeros_like(audio) if audio_x0 is None else audio_x0
+        video_features = self._call(self.video_connector, video, video_x0, video_t)
+        audio_features = self._call(self.audio_connector, audio, audio_x0, audio_t)
+        self._context = {"video_features": video_features, "audio_features": audio_features, "frames": frames}
+        try:
+            video_out = self.video_unet(video, video_t,
+                                        encoder_hidden_states=video_text.repeat_interleave(frames, dim=0)).sample
+            audio_out = self.audio_unet(audio, audio_t, encoder_hidden_states=None, class_labels=audio_text).sample
+        finally:
+            self._context = None
+        return video_out, audio_out
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """The modules this class adds (all trainable): connectors and cross-modal blocks."""
+        return {"video_connector": self.video_connector, "audio_connector": self.audio_connector,
+                "video_blocks": self.video_blocks, "audio_blocks": self.audio_blocks}

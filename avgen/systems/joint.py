@@ -1,0 +1,414 @@
+"""Joint sounding-video generation: AnimateDiff + AudioLDM joined by connectors and CMC-PE, with
+per-modality timestep adjustment (Ishii et al., "A Simple but Strong Baseline for Sounding Video
+Generation", arXiv 2409.17550 — ``papers/004``).
+
+Training (Sec. III-D): loss = ‖ε̂_v − ε_v‖² + ‖ε̂_a − ε_a‖² with the two local timesteps drawn
+independently (``timesteps.train=independent``; the public code's shared draw is ``shared``), the
+self-conditioning estimate x̂0 from a no-grad pass fed to the connectors with probability
+``self_condition_prob`` (zeros otherwise), and the text dropped to "" with probability
+``cond_drop_prob`` for classifier-free guidance. Trainable: connectors, cross-modal blocks and
+(``train_motion_modules``) AnimateDiff's motion modules; everything else is frozen in eval mode.
+
+Sampling (Algorithm 1): DDIM over ``steps`` global timesteps t; the video and audio latents are
+denoised at their local timesteps m(t), n(t) (Eq. 9, ``gamma``), each with its own classifier-free
+guidance scale, the conditional and unconditional passes batched into one joint call per step;
+x̂0 of the previous step self-conditions the connectors (zeros at the first step).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tarfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from avgen.backbones.animatediff import decode_video, encode_video, load_animatediff
+from avgen.backbones.animatediff import encode_prompts as encode_video_prompts
+from avgen.backbones.audioldm import decode_audio, encode_audio, latent_frames, load_audioldm
+from avgen.backbones.audioldm import encode_prompts as encode_audio_prompts
+from avgen.diffusion import (
+    add_noise,
+    classifier_free_guidance,
+    ddim_step,
+    final_alpha_cumprod,
+    split_prediction,
+    training_target,
+)
+from avgen.modules.joint_unet import DEFAULT_POSITIONS, JointUNet
+from avgen.modules.timestep_adjust import adjust_timesteps, sample_training_timesteps
+from avgen.systems.base import AVSystem
+
+log = logging.getLogger("avgen")
+
+SAMPLING_DEFAULTS = {"steps": 25, "gamma": 1.5, "guidance_video": 7.5, "guidance_audio": 2.5,
+                     "negative_prompt": None, "batch_size": 4}
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else copy.deepcopy(value)
+
+
+def _merge(base: dict, override: Mapping) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+    return out
+
+
+class JointAudioVideo(AVSystem):
+    """The SVG baseline as a LightningModule.
+
+    Args:
+        video: ``{base, motion_adapter, vae, scheduler}`` — AnimateDiff sources (hub ids or folders;
+            ``tiny:animatediff`` builds the tiny twin) and DDIM config overrides.
+        audio: ``{base, scheduler}`` — AudioLDM source (``tiny:audioldm`` for the tiny twin).
+        clip: training clip geometry ``{seconds, fps, height, width, sample_rate}`` (the data's);
+            sampling produces clips of this geometry.
+        scale: ``paper`` or ``tiny``; with ``tiny`` the ``tiny`` mapping is merged over these arguments.
+        tiny: argument overrides for ``scale=tiny`` (tiny backbones and module sizes).
+        tiny_dir: where tiny backbones are materialised.
+        cross_modal: ``cmcpe`` (paper) or ``cross_attention`` (CoDi-style baseline, Table I).
+        positions: ``{video: [...], audio: [...]}`` blocks after which cross-modal blocks go.
+        connector, block: keyword arguments of the connectors and cross-modal blocks.
+        train_motion_modules: fine-tune AnimateDiff's motion modules (paper Sec. III-E).
+        timesteps: ``{train: independent|shared}``.
+        self_condition_prob: probability of feeding the no-grad x̂0 to the connectors in training.
+        gradient_checkpointing: checkpoint both U-Nets, the connectors and the cross-modal blocks.
+        sampling: defaults of :meth:`generate` (steps, gamma, guidance_video, guidance_audio, ...).
+        validation: ``{samples, steps, av_align}``: sounding videos sampled and logged after each
+            validation, and whether their AV-Align is computed.
+    """
+
+    def __init__(self, video: Mapping, audio: Mapping, clip: Mapping, *, scale: str = "paper",
+                 tiny: Mapping | None = None, tiny_dir: str | None = None, cross_modal: str = "cmcpe",
+                 positions: Mapping | None = None, connector: Mapping | None = None, block: Mapping | None = None,
+                 video_connector_attention: bool = True, train_motion_modules: bool = True,
+                 timesteps: Mapping | None = None, self_condition_prob: float = 0.5,
+                 gradient_checkpointing: bool = False, sampling: Mapping | None = None,
+                 validation: Mapping | None = None, optimizer=None, scheduler=None, ema_decay: float | None = None,
+                 cond_drop_prob: float = 0.1):
+        super().__init__(optimizer=optimizer, scheduler=scheduler, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob)
+        args = {"video": _plain(video), "audio": _plain(audio), "connector": _plain(connector or {}),
+                "block": _plain(block or {}), "positions": _plain(positions or {}),
+                "video_connector_attention": video_connector_attention,
+                "sampling": {**SAMPLING_DEFAULTS, **_plain(sampling or {})},
+                "validation": {"samples": 2, "steps": 25, "av_align": True, **_plain(validation or {})}}
+        if scale == "tiny":
+            args = _merge(args, _plain(tiny or {}))
+        elif scale != "paper":
+            raise ValueError(f"model.scale={scale!r}: expected paper or tiny")
+        self.clip = dict(_plain(clip))
+        self.cross_modal = cross_modal
+        self.train_motion_modules = train_motion_modules
+        self.timestep_mode = dict(_plain(timesteps or {})).get("train", "independent")
+        self.self_condition_prob = self_condition_prob
+        self.sampling = args["sampling"]
+        self.validation_cfg = args["validation"]
+
+        v, a = args["video"], args["audio"]
+        self.video = load_animatediff(v["base"], v["motion_adapter"], v.get("vae"), tiny_dir=tiny_dir,
+                                      scheduler_overrides=v.get("scheduler"))
+        self.audio = load_audioldm(a["base"], tiny_dir=tiny_dir, scheduler_overrides=a.get("scheduler"))
+        positions = args["positions"]
+        self.denoiser = JointUNet(self.video.unet, self.audio.unet, cross_modal=cross_modal,
+                                  video_positions=positions.get("video", DEFAULT_POSITIONS),
+                                  audio_positions=positions.get("audio", DEFAULT_POSITIONS),
+                                  connector=args["connector"], block=args["block"],
+                                  video_connector_attention=args["video_connector_attention"],
+                                  gradient_checkpointing=gradient_checkpointing)
+        # frozen parts as submodules, so they follow the system across devices and dtypes
+        self.video_vae, self.video_text_encoder = self.video.vae, self.video.text_encoder
+        self.audio_vae, self.audio_text_encoder = self.audio.vae, self.audio.text_encoder
+        self.vocoder, self.mel = self.audio.vocoder, self.audio.mel
+        self.freeze(self.video_vae, self.video_text_encoder, self.audio_vae, self.audio_text_encoder, self.vocoder,
+                    self.mel, self.video.unet, self.audio.unet)
+        if train_motion_modules:
+            for name, param in self.video.unet.named_parameters():
+                if "motion_modules" in name:
+                    param.requires_grad_(True)
+        if gradient_checkpointing:
+            self.video.unet.enable_gradient_checkpointing()
+            self.audio.unet.enable_gradient_checkpointing()
+        self.register_buffer("video_alphas", self.video.scheduler.alphas_cumprod.clone().float(), persistent=False)
+        self.register_buffer("audio_alphas", self.audio.scheduler.alphas_cumprod.clone().float(), persistent=False)
+
+    # ------------------------------------------------------------------------------ geometry
+    @property
+    def num_frames(self) -> int:
+        return round(self.clip["seconds"] * self.clip["fps"])
+
+    @property
+    def num_samples(self) -> int:
+        return round(self.clip["seconds"] * self.clip["sample_rate"])
+
+    def latent_shapes(self, batch: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shapes of the video (B, C, F, h, w) and audio (B, C, T, M) latents of one clip geometry."""
+        factor = 2 ** (len(self.video_vae.config.block_out_channels) - 1)
+        video = (batch, self.video.unet.config.in_channels, self.num_frames,
+                 self.clip["height"] // factor, self.clip["width"] // factor)
+        frames, bins = latent_frames(self.audio, self.num_samples)
+        return video, (batch, self.audio.unet.config.in_channels, frames, bins)
+
+    # ------------------------------------------------------------------------------ conditions
+    def encode_text(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Video (B, L, D) CLIP states and audio (B, P) CLAP embeddings of the same prompts."""
+        return encode_video_prompts(self.video, list(prompts)), encode_audio_prompts(self.audio, list(prompts))
+
+    def encode_batch(self, batch: Mapping[str, Any], generator: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch video (B, F, 3, H, W) and audio (B, S) → latents (B, C, F, h, w), (B, C, T, M)
+        (samples of the VAE posteriors, drawn with ``generator``)."""
+        with torch.no_grad():
+            return (encode_video(self.video, batch["video"], generator=generator),
+                    encode_audio(self.audio, batch["audio"], generator=generator))
+
+    # ------------------------------------------------------------------------------ training
+    def diffusion_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None
+                       ) -> dict[str, torch.Tensor]:
+        z_v, z_a = self.encode_batch(batch, generator)
+        prompts, _ = self.drop_conditions(list(batch["caption"]), "", generator=generator)
+        text_v, text_a = self.encode_text(prompts)
+        b, device = z_v.shape[0], z_v.device
+        t_v, t_a = sample_training_timesteps(b, len(self.video_alphas), len(self.audio_alphas), self.timestep_mode,
+                                             generator=generator, device=device)
+        noise_v, noise_a = (torch.randn_like(z) if generator is None else torch.randn(z.shape, generator=generator).to(z)
+                            for z in (z_v, z_a))
+        x_v = add_noise(z_v, noise_v, self.video_alphas, t_v)
+        x_a = add_noise(z_a, noise_a, self.audio_alphas, t_a)
+        x0_v = x0_a = None
+        if self.self_condition_prob > 0 and torch.rand((), generator=generator).item() < self.self_condition_prob:
+            with torch.no_grad():
+                out_v, out_a = self.denoiser(x_v, x_a, t_v, t_a, text_v, text_a)
+                x0_v = split_prediction(self._prediction("video"), x_v, out_v, self.video_alphas, t_v)[0]
+                x0_a = split_prediction(self._prediction("audio"), x_a, out_a, self.audio_alphas, t_a)[0]
+        out_v, out_a = self.denoiser(x_v, x_a, t_v, t_a, text_v, text_a, x0_v, x0_a)
+        target_v = training_target(self._prediction("video"), z_v, noise_v, self.video_alphas, t_v)
+        target_a = training_target(self._prediction("audio"), z_a, noise_a, self.audio_alphas, t_a)
+        loss_v = F.mse_loss(out_v.float(), target_v.float())
+        loss_a = F.mse_loss(out_a.float(), target_a.float())
+        return {"loss": loss_v + loss_a, "loss_video": loss_v, "loss_audio": loss_a}
+
+    def _prediction(self, modality: str) -> str:
+        scheduler = self.video.scheduler if modality == "video" else self.audio.scheduler
+        return scheduler.config.prediction_type
+
+    def training_step(self, batch, batch_idx):
+        losses = self.diffusion_loss(batch)
+        b = len(batch["key"])
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=b)
+        self.log("train/loss_video", losses["loss_video"], batch_size=b)
+        self.log("train/loss_audio", losses["loss_audio"], batch_size=b)
+        return losses["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        # fixed noise, timesteps and condition dropout per batch, so validation losses are comparable
+        generator = torch.Generator().manual_seed(10_000 + batch_idx)
+        losses = self.diffusion_loss(batch, generator=generator)
+        b = len(batch["key"])
+        for name, value in losses.items():
+            self.log(f"val/{name}", value, batch_size=b, sync_dist=True)
+        if batch_idx == 0:
+            self._val_prompts = list(batch["caption"])
+
+    def test_step(self, batch, batch_idx):
+        generator = torch.Generator().manual_seed(20_000 + batch_idx)
+        losses = self.diffusion_loss(batch, generator=generator)
+        for name, value in losses.items():
+            self.log(f"test/{name}", value, batch_size=len(batch["key"]), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        count = int(self.validation_cfg.get("samples") or 0)
+        prompts = getattr(self, "_val_prompts", None)
+        if count <= 0 or not prompts or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        prompts = [prompts[i % len(prompts)] for i in range(count)]
+        with self.ema_weights():
+            video, audio = self.generate(prompts, steps=self.validation_cfg["steps"], seed=0)
+        out_dir = Path(self.trainer.default_root_dir) / "val_samples" / f"step_{self.global_step:07d}"
+        paths = self._write(out_dir, prompts, video, audio, overwrite=True)
+        log_sounding_videos(self.loggers, paths, self.clip, self.global_step)
+        if self.validation_cfg.get("av_align", True):
+            scores = av_align_scores(video, audio, self.clip)
+            for name, value in scores.items():
+                self.log(f"val/av_align_{name}", value, rank_zero_only=True, batch_size=count)
+
+    # ------------------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], *, steps: int | None = None, gamma: float | None = None,
+                 guidance_video: float | None = None, guidance_audio: float | None = None,
+                 negative_prompt: str | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample sounding videos for ``prompts`` (Algorithm 1 with DDIM and per-modality CFG).
+
+        Sample i starts from noise seeded with ``seed + i``, so a clip does not depend on the batch
+        it was generated in. Returns video (B, F, 3, H, W) in [-1, 1] and audio (B, S) in [-1, 1].
+        """
+        cfg = self.sampling
+        steps = int(steps or cfg["steps"])
+        gamma = float(cfg["gamma"] if gamma is None else gamma)
+        g_v = float(cfg["guidance_video"] if guidance_video is None else guidance_video)
+        g_a = float(cfg["guidance_audio"] if guidance_audio is None else guidance_audio)
+        negative = cfg.get("negative_prompt") if negative_prompt is None else negative_prompt
+        b, device = len(prompts), self.video_alphas.device
+        shape_v, shape_a = self.latent_shapes(b)
+        noise = [self._noise(shape_v[1:], shape_a[1:], seed + i) for i in range(b)]
+        x_v = torch.stack([n[0] for n in noise]).to(device, self.dtype)
+        x_a = torch.stack([n[1] for n in noise]).to(device, self.dtype)
+        text_v, text_a = self.encode_text(prompts)
+        guided = g_v != 1.0 or g_a != 1.0
+        if guided:
+            null_v, null_a = self.encode_text([negative or ""] * b)
+            text_v, text_a = torch.cat([null_v, text_v]), torch.cat([null_a, text_a])
+
+        scheduler = copy.deepcopy(self.video.scheduler)
+        scheduler.set_timesteps(steps)
+        grid = [int(t) for t in scheduler.timesteps]
+        total = int(scheduler.config.num_train_timesteps)
+        final_v, final_a = final_alpha_cumprod(self.video.scheduler), final_alpha_cumprod(self.audio.scheduler)
+        pred_v, pred_a = self._prediction("video"), self._prediction("audio")
+        x0_v, x0_a = torch.zeros_like(x_v), torch.zeros_like(x_a)
+        for k, t in enumerate(grid):
+            m, n = (int(x) for x in adjust_timesteps(t, gamma, total, len(self.video_alphas), len(self.audio_alphas)))
+            if k + 1 < len(grid):
+                m_prev, n_prev = (int(x) for x in adjust_timesteps(grid[k + 1], gamma, total, len(self.video_alphas),
+                                                                   len(self.audio_alphas)))
+            else:
+                m_prev = n_prev = -1
+            reps = 2 if guided else 1
+            t_v = torch.full((b * reps,), m, device=device, dtype=torch.long)
+            t_a = torch.full((b * reps,), n, device=device, dtype=torch.long)
+            out_v, out_a = self.denoiser(x_v.repeat(reps, 1, 1, 1, 1), x_a.repeat(reps, 1, 1, 1), t_v, t_a,
+                                         text_v, text_a, x0_v.repeat(reps, 1, 1, 1, 1), x0_a.repeat(reps, 1, 1, 1))
+            if guided:
+                out_v = classifier_free_guidance(*out_v.chunk(2), g_v)
+                out_a = classifier_free_guidance(*out_a.chunk(2), g_a)
+            x_v, x0_v = ddim_step(pred_v, x_v, out_v, self.video_alphas, m, m_prev, final_v)
+            x_a, x0_a = ddim_step(pred_a, x_a, out_a, self.audio_alphas, n, n_prev, final_a)
+        video = decode_video(self.video, x_v)
+        audio = decode_audio(self.audio, x_a, self.num_samples)
+        return video.float().clamp(-1, 1), audio.float().clamp(-1, 1)
+
+    @staticmethod
+    def _noise(shape_v, shape_a, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(int(seed))
+        return torch.randn(shape_v, generator=generator), torch.randn(shape_a, generator=generator)
+
+    def sample_to_files(self, out_dir: str | Path, n: int = 4, prompt: str | Sequence[str] | None = None,
+                        steps: int | None = None, gamma: float | None = None, guidance_video: float | None = None,
+                        guidance_audio: float | None = None, negative_prompt: str | None = None, seed: int = 0,
+                        batch_size: int | None = None, device: str = "auto", overwrite: bool = False,
+                        **unused: Any) -> list[Path]:
+        """``python -m avgen sample``: ``n`` sounding mp4s (+ wav and the prompt as txt) in ``out_dir``."""
+        if unused:
+            log.warning("sample options not used by %s: %s", type(self).__name__, sorted(unused))
+        prompts = self._prompts(prompt, int(n))
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.to(device).eval()
+        batch_size = int(batch_size or self.sampling["batch_size"])
+        out_dir = Path(out_dir)
+        paths: list[Path] = []
+        with self.ema_weights():
+            for start in range(0, len(prompts), batch_size):
+                chunk = prompts[start:start + batch_size]
+                video, audio = self.generate(chunk, steps=steps, gamma=gamma, guidance_video=guidance_video,
+                                             guidance_audio=guidance_audio, negative_prompt=negative_prompt,
+                                             seed=seed + start)
+                paths += self._write(out_dir, chunk, video, audio, overwrite=overwrite, first=start)
+                log.info("sampled %d/%d", min(start + batch_size, len(prompts)), len(prompts))
+        print(f"wrote {len(paths)} sounding videos to {out_dir}")
+        return paths
+
+    def _prompts(self, prompt: str | Sequence[str] | None, n: int) -> list[str]:
+        if prompt is None:
+            captions = split_captions(((self.run_config or {}).get("data") or {}).get("root"), n)
+            if not captions:
+                raise ValueError("sample.prompt is not set and the training data's captions cannot be read; "
+                                 "pass sample.prompt=\"...\" (or a list: 'sample.prompt=[a,b]')")
+            prompts = captions
+        else:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        return [prompts[i % len(prompts)] for i in range(n)]
+
+    def _write(self, out_dir: Path, prompts: Sequence[str], video: torch.Tensor, audio: torch.Tensor, *,
+               overwrite: bool, first: int = 0) -> list[Path]:
+        from avgen.media import write_bytes_atomic, write_mp4, write_wav
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        frames = ((video.cpu().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        frames = frames.permute(0, 1, 3, 4, 2).numpy()  # (B, F, H, W, 3)
+        waves = audio.cpu().float().numpy()
+        paths = []
+        for i, text in enumerate(prompts):
+            stem = out_dir / f"sample_{first + i:04d}"
+            path = write_mp4(stem.with_suffix(".mp4"), frames[i], self.clip["fps"], audio=waves[i],
+                             sample_rate=self.clip["sample_rate"], overwrite=overwrite)
+            write_wav(stem.with_suffix(".wav"), waves[i], self.clip["sample_rate"], overwrite=overwrite)
+            write_bytes_atomic(stem.with_suffix(".txt"), text.encode(), overwrite=overwrite)
+            paths.append(path)
+        return paths
+
+
+# ---------------------------------------------------------------------------------- helpers
+def split_captions(root: str | None, n: int, splits: Sequence[str] = ("test", "val", "train")) -> list[str]:
+    """The first ``n`` captions of a prepared dataset (first split found), read from the shards' json."""
+    import json
+
+    if not root:
+        return []
+    for split in splits:
+        folder = Path(root) / split
+        if not folder.is_dir():
+            continue
+        captions: list[str] = []
+        for shard in sorted(folder.glob("*.tar")):
+            with tarfile.open(shard) as tar:
+                for member in tar:
+                    if member.name.endswith(".json"):
+                        meta = json.loads(tar.extractfile(member).read())
+                        captions.append(meta.get("caption") or meta.get("label") or "")
+                        if len(captions) >= n:
+                            return captions
+        if captions:
+            return captions
+    return []
+
+
+def av_align_scores(video: torch.Tensor, audio: torch.Tensor, clip: Mapping[str, Any]) -> dict[str, float]:
+    """Mean AV-Align (official and pr variants) of generated clips; video (B, F, 3, H, W) in [-1, 1]."""
+    from avgen.metrics.av_align import align_clip
+
+    frames = ((video.cpu().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+    waves = audio.cpu().float().numpy()
+    totals: dict[str, list[float]] = {}
+    for f, w in zip(frames, waves):
+        result = align_clip(f, clip["fps"], w, clip["sample_rate"])
+        for variant, value in result.scores.items():
+            totals.setdefault(variant, []).append(value)
+    return {k: float(np.mean(v)) for k, v in totals.items()}
+
+
+def log_sounding_videos(loggers: Sequence[Any], paths: Sequence[Path], clip: Mapping[str, Any], step: int) -> None:
+    """Send validation samples to the loggers that can show media (TensorBoard audio, wandb video)."""
+    from avgen.metrics.av_align import load_av
+
+    for logger in loggers:
+        name = type(logger).__name__
+        try:
+            if name == "WandbLogger":
+                logger.log_video("val/samples", videos=[str(p) for p in paths], step=step)
+            elif name == "TensorBoardLogger":
+                for i, path in enumerate(paths):
+                    frames, fps, audio, rate = load_av(path)
+                    logger.experiment.add_audio(f"val/sample_{i}", torch.from_numpy(audio)[None], step, rate)
+                    video = torch.from_numpy(frames).permute(0, 3, 1, 2)[None]
+                    logger.experiment.add_video(f"val/sample_{i}", video, step, fps=int(fps))
+        except Exception as exc:  # media logging is a convenience; the mp4s are on disk regardless
+            log.warning("could not log validation samples to %s (%s); they are in %s", name, exc,
+                        Path(paths[0]).parent if paths else "?")
+
