@@ -23,14 +23,25 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# The main job. Until the joint model lands, it prepares the synthetic sounding-video dataset
-# (idempotent) and writes its preview: a contact sheet and sounding mp4s.
+# The main job: the joint audio+video model at scale=tiny (tiny random backbones, synthetic data,
+# CPU, about five minutes): train, sample two sounding videos, score their AV-Align. Re-running
+# continues the same run folder (resume=auto).
+DEMO_DIR ?= runs/demo
+DEMO_STEPS ?= 240
 demo: setup
-	$(PY) -m avgen prepare data=synthetic_hits
-	@echo "preview (contact sheet + sounding mp4s): $$(ls -d data/synthetic_hits/*/preview | head -n 1)"
+	$(PY) -m avgen fit experiment=joint_cmcpe scale=tiny trainer.max_steps=$(DEMO_STEPS) \
+		trainer.check_val_every_n_epoch=10 hydra.run.dir=$(DEMO_DIR)/fit
+	$(PY) -m avgen sample ckpt_path=$(DEMO_DIR)/fit/checkpoints/last.ckpt sample.n=2 sample.overwrite=true \
+		hydra.run.dir=$(DEMO_DIR)/sample
+	$(PY) -m avgen evaluate evaluate.pred_dir=$(DEMO_DIR)/sample/samples evaluate.plots=2 evaluate.overwrite=true \
+		hydra.run.dir=$(DEMO_DIR)/evaluate
+	@echo "run folder:      $(DEMO_DIR)/fit  (checkpoints/, logs/metrics.csv, val_samples/)"
+	@echo "sounding videos: $$(ls $(DEMO_DIR)/sample/samples/*.mp4 | tr '\n' ' ')"
+	@echo "AV-Align:        $(DEMO_DIR)/evaluate/metrics.json (plots in $(DEMO_DIR)/evaluate/plots/)"
 
 bench: setup
 	$(PY) benchmarks/data_throughput.py
+	$(PY) benchmarks/joint_costs.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -131,9 +131,20 @@ class JointUNet(nn.Module):
         return module(*args)
 
     # ------------------------------------------------------------------------------ forward
+    def connect(self, video: torch.Tensor, audio: torch.Tensor, video_t: torch.Tensor, audio_t: torch.Tensor,
+                video_x0: torch.Tensor | None = None, audio_x0: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The connectors: video features (B, F', D) and audio features (B, T', D) from the noisy
+        latents and the self-conditioning estimates (zeros when ``None``)."""
+        video_x0 = torch.zeros_like(video) if video_x0 is None else video_x0
+        audio_x0 = torch.zeros_like(audio) if audio_x0 is None else audio_x0
+        return (self._call(self.video_connector, video, video_x0, video_t),
+                self._call(self.audio_connector, audio, audio_x0, audio_t))
+
     def forward(self, video: torch.Tensor, audio: torch.Tensor, video_t: torch.Tensor, audio_t: torch.Tensor,
                 video_text: torch.Tensor, audio_text: torch.Tensor, video_x0: torch.Tensor | None = None,
-                audio_x0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                audio_x0: torch.Tensor | None = None, features: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict both modalities' noise (or v / x0, whatever the base models predict).
 
         Args:
@@ -142,18 +153,19 @@ class JointUNet(nn.Module):
             video_text: CLIP text states (B, L, D), one per clip (repeated per frame here).
             audio_text: CLAP text embeddings (B, P), AudioLDM's class condition.
             video_x0, audio_x0: self-conditioning estimates x̂0 (zeros when ``None``).
+            features: the connectors' outputs from :meth:`connect`, when already computed (the
+                sampler's conditional and unconditional rows share latents, so it runs the
+                connectors once per step for both); ``video_x0``/``audio_x0`` are then unused.
         Returns:
             (video output (B, C_v, F, h, w), audio output (B, C_a, T, M)).
         """
-        frames = video.shape[2]
-        video_x0 = torch.zeros_like(video) if video_x0 is None else video_x0
-        audio_x0 = torch.zeros_like(audio) if audio_x0 is None else audio_x0
-        video_features = self._call(self.video_connector, video, video_x0, video_t)
-        audio_features = self._call(self.audio_connector, audio, audio_x0, audio_t)
-        self._context = {"video_features": video_features, "audio_features": audio_features, "frames": frames}
+        if features is None:
+            features = self.connect(video, audio, video_t, audio_t, video_x0, audio_x0)
+        self._context = {"video_features": features[0], "audio_features": features[1], "frames": video.shape[2]}
         try:
             video_out = self.video_unet(video, video_t,
-                                        encoder_hidden_states=video_text.repeat_interleave(frames, dim=0)).sample
+                                        encoder_hidden_states=video_text.repeat_interleave(video.shape[2], dim=0)
+                                        ).sample
             audio_out = self.audio_unet(audio, audio_t, encoder_hidden_states=None, class_labels=audio_text).sample
         finally:
             self._context = None

@@ -280,10 +280,13 @@ class JointAudioVideo(AVSystem):
             else:
                 m_prev = n_prev = -1
             reps = 2 if guided else 1
-            t_v = torch.full((b * reps,), m, device=device, dtype=torch.long)
-            t_a = torch.full((b * reps,), n, device=device, dtype=torch.long)
-            out_v, out_a = self.denoiser(x_v.repeat(reps, 1, 1, 1, 1), x_a.repeat(reps, 1, 1, 1), t_v, t_a,
-                                         text_v, text_a, x0_v.repeat(reps, 1, 1, 1, 1), x0_a.repeat(reps, 1, 1, 1))
+            t_v = torch.full((b,), m, device=device, dtype=torch.long)
+            t_a = torch.full((b,), n, device=device, dtype=torch.long)
+            # the unconditional and conditional rows share latents, so they share the connectors' output
+            feat_v, feat_a = self.denoiser.connect(x_v, x_a, t_v, t_a, x0_v, x0_a)
+            out_v, out_a = self.denoiser(x_v.repeat(reps, 1, 1, 1, 1), x_a.repeat(reps, 1, 1, 1), t_v.repeat(reps),
+                                         t_a.repeat(reps), text_v, text_a,
+                                         features=(feat_v.repeat(reps, 1, 1), feat_a.repeat(reps, 1, 1)))
             if guided:
                 out_v = classifier_free_guidance(*out_v.chunk(2), g_v)
                 out_a = classifier_free_guidance(*out_a.chunk(2), g_a)
@@ -312,6 +315,10 @@ class JointAudioVideo(AVSystem):
         self.to(device).eval()
         batch_size = int(batch_size or self.sampling["batch_size"])
         out_dir = Path(out_dir)
+        existing = [p for i in range(len(prompts)) for p in out_dir.glob(f"sample_{i:04d}.*")]
+        if existing and not overwrite:
+            raise FileExistsError(f"{out_dir} already holds samples ({existing[0].name}, ...); pass "
+                                  f"sample.overwrite=true to replace them, or choose another run folder")
         paths: list[Path] = []
         with self.ema_weights():
             for start in range(0, len(prompts), batch_size):
