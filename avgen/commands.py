@@ -172,8 +172,9 @@ def evaluate(cfg: DictConfig):
     plain = OmegaConf.to_container(ev, resolve=True)
     result = evaluate_folder(ev.pred_dir, cfg.paths.output_dir, metrics=list(ev.metrics), workers=ev.workers,
                              plots=ev.plots, av_align=plain["av_align"], ref_dir=ev.ref_dir, fvd=plain["fvd"],
-                             fad=plain["fad"], clipsim=plain["clipsim"], clap=plain["clap"], prompt=ev.prompt,
-                             cache_dir=ev.cache_dir, device=ev.device, overwrite=ev.overwrite, config=plain)
+                             fad=plain["fad"], clipsim=plain["clipsim"], clap=plain["clap"], panns=plain["panns"],
+                             prompt=ev.prompt, cache_dir=ev.cache_dir, device=ev.device, overwrite=ev.overwrite,
+                             config=plain)
     print(json.dumps({"metrics": result["metrics"], "clips": result["clips"],
                       "failures": len(result["failures"])}, indent=2))
     print(f"metrics: {Path(cfg.paths.output_dir) / 'metrics.json'}")

@@ -31,10 +31,12 @@ from avgen.parallel import worker_pool
 log = logging.getLogger(__name__)
 
 # Metrics the evaluate command can compute; the others named in configs are not built yet.
-AVAILABLE = ("av_align", "fvd", "fad", "clipsim", "clap")
+AVAILABLE = ("av_align", "fvd", "fad", "clipsim", "clap", "is", "kl")
 DISTRIBUTION = ("fvd", "fad")
 SEMANTIC = ("clipsim", "clap")
-PLANNED = ("is", "kl", "imagebind")
+CLASSIFIER = ("is", "kl")
+NEEDS_REFERENCE = DISTRIBUTION + ("kl",)
+PLANNED = ("imagebind",)
 
 
 def find_clips(pred_dir: str | Path) -> list[Path]:
@@ -70,14 +72,16 @@ def _score_clip(job: tuple[str, dict, str | None]) -> dict[str, Any]:
 def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[str], workers: int = 2,
                     plots: int = 0, av_align: dict | None = None, ref_dir: str | Path | None = None,
                     fvd: dict | None = None, fad: dict | None = None, clipsim: dict | None = None,
-                    clap: dict | None = None, prompt: str | None = None, cache_dir: str | Path | None = None,
-                    device: str = "auto", overwrite: bool = False, config: dict | None = None) -> dict[str, Any]:
+                    clap: dict | None = None, panns: dict | None = None, prompt: str | None = None,
+                    cache_dir: str | Path | None = None, device: str = "auto", overwrite: bool = False,
+                    config: dict | None = None) -> dict[str, Any]:
     """Score every clip of ``pred_dir``; write ``metrics.json`` and ``per_clip.csv`` to ``out_dir``.
 
     ``fvd`` / ``fad`` (Fréchet distances) compare ``pred_dir`` with ``ref_dir`` (a folder of clips or a
     shard split folder with ``manifest.json``); reference statistics are cached in ``cache_dir``.
     ``clipsim`` / ``clap`` score each clip against its prompt: ``<stem>.txt`` beside the clip, else
-    ``prompt``.
+    ``prompt``. ``is`` (Inception Score) and ``kl`` (mean KL to the reference clip of the same stem
+    in the folder ``ref_dir``) use the PANNs CNN14 of ``panns`` (``path``, ``splits``).
     """
     from avgen._versions import library_versions
     from avgen.media import write_bytes_atomic
@@ -88,10 +92,10 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
     planned = [m for m in metrics if m in PLANNED]
     if planned:
         raise CommandUnavailable(f"evaluate.metrics {planned} are not built yet; available now: {list(AVAILABLE)}")
-    wanted = [m for m in metrics if m in DISTRIBUTION]
+    wanted = [m for m in metrics if m in NEEDS_REFERENCE]
     if wanted and not ref_dir:
         raise ConfigError(f"evaluate.metrics {wanted} compare with reference clips: set evaluate.ref_dir=<folder of "
-                          f"clips or a shard split folder>")
+                          f"clips or a shard split folder> (kl: a folder with clips of the same stems)")
     out = Path(out_dir)
     if (out / "metrics.json").exists() and not overwrite:
         raise FileExistsError(f"{out / 'metrics.json'} exists; pass evaluate.overwrite=true or another run folder")
@@ -114,9 +118,9 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
         values["av_align"] = {k.removeprefix("av_align_"): sum(r[k] for r in ok) / len(ok) for k in variants}
     bad = {f["clip"] for f in failures}
     more_values, extractors, more = score_in_main_process(
-        [m for m in metrics if m in DISTRIBUTION + SEMANTIC], [p for p in clips if p.name not in bad],
-        ref_dir=ref_dir, options={"fvd": fvd, "fad": fad, "clipsim": clipsim, "clap": clap}, prompt=prompt,
-        cache_dir=cache_dir or out / "refstats", device=device)
+        [m for m in metrics if m in DISTRIBUTION + SEMANTIC + CLASSIFIER], [p for p in clips if p.name not in bad],
+        ref_dir=ref_dir, options={"fvd": fvd, "fad": fad, "clipsim": clipsim, "clap": clap, "panns": panns},
+        prompt=prompt, cache_dir=cache_dir or out / "refstats", device=device)
     values.update(more_values)
     failures += more
     reasons: dict[str, list[str]] = {}
@@ -335,14 +339,137 @@ def _set_references(scorers: list[_FrechetScorer], ref_dir, cache_dir) -> None:
                                                     lambda s=scorer: s.reference_metric.stats(real=True)))
 
 
+# ------------------------------------------------------------------------------ classifier scores
+class _PannsLogits:
+    """The PANNs CNN14 shared by ``is`` and ``kl``: clips go in as audioldm_eval prepares them
+    (:class:`~avgen.metrics.classifier_scores.ClassifierInput`), and the logits of the last generated
+    clip are kept, so both metrics use one forward pass per clip. ``evaluate.panns`` holds ``path``,
+    ``splits`` (for ``is``) and, for tests, :class:`~avgen.metrics.panns.Cnn14` arguments (``channels``, ...)."""
+
+    def __init__(self, options: dict, dev):
+        import inspect
+
+        from avgen.metrics.classifier_scores import ClassifierInput
+        from avgen.metrics.panns import Cnn14, load_cnn14
+
+        architecture = {k: v for k, v in options.items() if k not in ("path", "splits")}
+        known = list(inspect.signature(Cnn14).parameters)
+        unknown = sorted(set(architecture) - set(known))
+        if unknown:
+            raise ConfigError(f"evaluate.panns: unknown keys {unknown}; known: path, splits, {', '.join(known)}")
+        self.model = load_cnn14(options.get("path"), config_key="evaluate.panns.path", **architecture).to(dev)
+        self.prepare = ClassifierInput(sample_rate=self.model.sample_rate)
+        self.dev = dev
+        self._last: tuple[str, Any] | None = None
+
+    def classify(self, audio: np.ndarray, sr: int):
+        """Logits (1, classes) of one clip."""
+        import torch
+
+        with torch.no_grad():
+            return self.model(self.prepare(audio, sr).to(self.dev)[None])["logits"]
+
+    def generated(self, path: Path, audio: np.ndarray, sr: int):
+        """Logits (1, classes) of a generated clip, computed once whichever metric asks first."""
+        if self._last is None or self._last[0] != str(path):
+            self._last = (str(path), self.classify(audio, sr))
+        return self._last[1]
+
+    def describe(self) -> dict:
+        return {**self.model.describe(), "input": self.prepare.describe(), "output": "logits (fc_audioset, pre-sigmoid)"}
+
+
+class _InceptionScorer(_Scorer):
+    """Inception Score of the generated clips (audioldm_eval's splits and shuffle), clips ordered by file name."""
+
+    name = "is"
+
+    def __init__(self, classifier: _PannsLogits, options: dict, pred: list[Path]):
+        import torch
+
+        from avgen.metrics.classifier_scores import InceptionScore
+
+        self.metric = InceptionScore(**{k: options[k] for k in ("splits",) if k in options})
+        if len(pred) < self.metric.splits:
+            raise ConfigError(f"evaluate.metrics 'is' with evaluate.panns.splits={self.metric.splits} needs at least "
+                              f"{self.metric.splits} clips; evaluate.pred_dir holds {len(pred)}: lower "
+                              f"evaluate.panns.splits (audioldm_eval uses 10) or score more clips")
+        self.classifier, self.torch = classifier, torch
+        self.position = {p.name: i for i, p in enumerate(sorted(pred))}
+
+    def update(self, path, frames, audio, sr):
+        self.metric.update(self.classifier.generated(path, audio, sr), self.torch.tensor([self.position[path.name]]))
+
+    def result(self):
+        info = {**self.classifier.describe(), "splits": self.metric.splits, "shuffle_seed": self.metric.shuffle_seed,
+                "posterior": "softmax over the logits", "clips": self.metric.num_clips()}
+        try:
+            values = self.metric.compute()
+        except ValueError as exc:  # fewer readable clips than splits: the run's other metrics still count
+            return None, {**info, "error": str(exc)}
+        return {k: float(v) for k, v in values.items()}, info
+
+
+class _KLScorer(_Scorer):
+    """Mean KL(reference || generated) of CNN14 outputs, each generated clip paired with ``<stem>.mp4``
+    (or ``<stem>.wav``) in the folder ``evaluate.ref_dir``; a clip without its reference is reported."""
+
+    name = "kl"
+
+    def __init__(self, classifier: _PannsLogits, ref_dir):
+        from avgen.data.shards import MANIFEST
+        from avgen.metrics.classifier_scores import MeanKL
+
+        self.folder = Path(ref_dir)
+        if (self.folder / MANIFEST).exists():
+            raise ConfigError(f"evaluate.metrics 'kl' pairs each generated clip with the reference clip of the same "
+                              f"stem, but evaluate.ref_dir={ref_dir} is a shard split whose clips are named by keys "
+                              f"(<dataset>/<source id>/<start ms>), not file stems; set evaluate.ref_dir to a folder "
+                              f"of <stem>.mp4 or <stem>.wav references")
+        if not self.folder.is_dir():
+            raise ConfigError(f"evaluate.ref_dir={ref_dir} is not a folder of reference clips for 'kl'")
+        self.classifier, self.metric = classifier, MeanKL()
+
+    def reference_audio(self, stem: str) -> tuple[np.ndarray, int]:
+        """Audio of the reference ``<stem>.mp4`` (its stream, or a wav beside it), else ``<stem>.wav``."""
+        from avgen.media import decode_flac
+        from avgen.metrics.av_align import load_av
+
+        mp4, wav = self.folder / f"{stem}.mp4", self.folder / f"{stem}.wav"
+        if not mp4.is_file() and not wav.is_file():
+            raise ValueError(f"no reference {mp4.name} or {wav.name} in evaluate.ref_dir={self.folder}")
+        try:
+            if mp4.is_file():
+                _, _, audio, sr = load_av(mp4)
+                return audio, sr
+            return decode_flac(wav.read_bytes())
+        except Exception as exc:  # an unreadable reference fails its pair only
+            raise ValueError(f"reference {stem}: {type(exc).__name__}: {exc}") from exc
+
+    def update(self, path, frames, audio, sr):
+        reference = self.classifier.classify(*self.reference_audio(path.stem))
+        self.metric.update(self.classifier.generated(path, audio, sr), reference)
+
+    def result(self):
+        pairs = int(self.metric.count)
+        info = {**self.classifier.describe(), "pairs": pairs, "eps": self.metric.eps,
+                "direction": "KL(reference || generated)", "ref_dir": str(self.folder.absolute())}
+        return ({k: float(v) for k, v in self.metric.compute().items()} if pairs else None), info
+
+
 def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, options: dict[str, dict],
                           prompt: str | None, cache_dir, device: str) -> tuple[dict, dict, list[dict]]:
-    """FVD, FAD, CLIPSIM and CLAP over one decoding pass of ``pred``. Returns (values, extractor
+    """FVD, FAD, CLIPSIM, CLAP, IS and KL over one decoding pass of ``pred``. Returns (values, extractor
     descriptions, failures)."""
     dev = _device(device)
     frechet = [_FrechetScorer(m, options.get(m) or {}, dev) for m in metrics if m in DISTRIBUTION]
     scorers: list[_Scorer] = frechet + [_SemanticScorer(m, options.get(m) or {}, prompt, dev)
                                         for m in metrics if m in SEMANTIC]
+    if any(m in CLASSIFIER for m in metrics):
+        panns = options.get("panns") or {}
+        classifier = _PannsLogits(panns, dev)
+        scorers += [_InceptionScorer(classifier, panns, pred) if m == "is" else _KLScorer(classifier, ref_dir)
+                    for m in metrics if m in CLASSIFIER]
     if not scorers:
         return {}, {}, []
     if frechet:

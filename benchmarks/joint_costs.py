@@ -15,6 +15,7 @@ layers per block — at 16 frames of 64×64 and 2 s of audio), where the U-Nets 
 scale.
 
     .venv/bin/python benchmarks/joint_costs.py [--scale small] [--steps 10] [--repeats 3] [--only sampling]
+                                               [--attention-span full|frame]
 """
 
 from __future__ import annotations
@@ -49,13 +50,13 @@ SCALES = {
 PROMPTS = ["a red ball drops onto a wooden floor", "a metal cube falls onto glass"]
 
 
-def build(scale: str, tiny_dir: str, **kwargs):
+def build(scale: str, tiny_dir: str, attention_span: str = "full", **kwargs):
     from avgen.systems.joint import JointAudioVideo
 
     s = SCALES[scale]
     return JointAudioVideo(video={"base": s["video"], "motion_adapter": s["video"], "vae": None},
                            audio={"base": s["audio"]}, clip=s["clip"], tiny_dir=tiny_dir,
-                           connector=s["connector"], block=s["block"],
+                           connector=s["connector"], block={**s["block"], "attention_span": attention_span},
                            optimizer=functools.partial(torch.optim.Adam, lr=1e-5), **kwargs)
 
 
@@ -115,8 +116,8 @@ def timed(fn, *args, **kwargs) -> float:
     return time.perf_counter() - start
 
 
-def bench_sampling(scale: str, tiny_dir: str, steps: int, repeats: int) -> dict:
-    system = build(scale, tiny_dir).eval()
+def bench_sampling(scale: str, tiny_dir: str, steps: int, repeats: int, attention_span: str = "full") -> dict:
+    system = build(scale, tiny_dir, attention_span).eval()
     params = {k: sum(p.numel() for p in m.parameters()) for k, m in system.denoiser.trainable_modules().items()}
     base_params = sum(p.numel() for p in system.video.unet.parameters()) + sum(
         p.numel() for p in system.audio.unet.parameters())
@@ -130,7 +131,7 @@ def bench_sampling(scale: str, tiny_dir: str, steps: int, repeats: int) -> dict:
         ratios.append(t_joint / t_base)
         loop_ratios.append((t_joint - t_dec) / (t_base - t_dec))
         rows.append({"joint_s": t_joint, "base_s": t_base, "decode_s": t_dec})
-    return {"scale": scale, "steps": steps, "batch": len(PROMPTS), "ratio": statistics.median(ratios),
+    return {"scale": scale, "steps": steps, "batch": len(PROMPTS), "attention_span": attention_span, "ratio": statistics.median(ratios),
             "loop_ratio": statistics.median(loop_ratios), "samples": rows, "added_params": params,
             "base_unet_params": base_params}
 
@@ -236,6 +237,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", choices=["sampling", "memory", "checkpoint"], default=None)
     parser.add_argument("--tiny-dir", default=None)
+    parser.add_argument("--attention-span", choices=["full", "frame"], default="full",
+                        help="model.block.attention_span of the sampled model")
     parser.add_argument("--json", default=None)
     parser.add_argument("--child-memory", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
@@ -248,8 +251,9 @@ def main() -> int:
         tiny_dir = args.tiny_dir or str(Path(tmp) / "tiny")
         report = {}
         if args.only in (None, "sampling"):
-            r = report["sampling"] = bench_sampling(args.scale, tiny_dir, args.steps, args.repeats)
-            print(f"sampling overhead ({r['scale']}, {r['steps']} steps, batch {r['batch']}, CFG): joint/base = "
+            r = report["sampling"] = bench_sampling(args.scale, tiny_dir, args.steps, args.repeats,
+                                                          args.attention_span)
+            print(f"sampling overhead ({r['scale']}, attention_span={r['attention_span']}, {r['steps']} steps, batch {r['batch']}, CFG): joint/base = "
                   f"{r['ratio']:.3f} (denoising loops only {r['loop_ratio']:.3f}), target <= 1.15: "
                   f"{'PASS' if r['ratio'] <= 1.15 else 'MISS'}")
             print(f"  added modules: {r['added_params']}; base U-Nets: {r['base_unet_params']:,} parameters")

@@ -55,8 +55,8 @@ def test_commands_that_need_missing_parts_fail_clearly(tmp_path):
     assert proc.returncode == 1 and "no model selected" in proc.stderr and "experiment=" in proc.stderr
     proc = run_cli("evaluate", cwd=tmp_path)
     assert proc.returncode == 1 and "evaluate.pred_dir" in proc.stderr
-    proc = run_cli("evaluate", f"evaluate.pred_dir={tmp_path}", "evaluate.metrics=[av_align,kl]", cwd=tmp_path)
-    assert proc.returncode == 1 and "['kl'] are not built yet" in proc.stderr
+    proc = run_cli("evaluate", f"evaluate.pred_dir={tmp_path}", "evaluate.metrics=[av_align,imagebind]", cwd=tmp_path)
+    assert proc.returncode == 1 and "['imagebind'] are not built yet" in proc.stderr
     proc = run_cli("sample", cwd=tmp_path)
     assert proc.returncode == 1 and "ckpt_path" in proc.stderr
 

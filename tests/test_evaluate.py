@@ -62,8 +62,8 @@ def test_evaluate_folder_writes_metrics_csv_and_plots(tmp_path, pred_dir):
 def test_evaluate_refuses_unknown_or_unbuilt_metrics_and_bad_folders(tmp_path, pred_dir):
     with pytest.raises(ConfigError, match="unknown"):
         evaluate_folder(pred_dir, tmp_path, metrics=["nope"])
-    with pytest.raises(CommandUnavailable, match="is"):
-        evaluate_folder(pred_dir, tmp_path, metrics=["av_align", "is"])
+    with pytest.raises(CommandUnavailable, match="imagebind"):
+        evaluate_folder(pred_dir, tmp_path, metrics=["av_align", "imagebind"])
     with pytest.raises(ConfigError, match="no \\*.mp4"):
         evaluate_folder(tmp_path, tmp_path / "out", metrics=["av_align"])
 

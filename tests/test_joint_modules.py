@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from avgen.errors import ConfigError
 from avgen.modules.cmcpe import CMCPE, interpolate_time
@@ -233,3 +234,29 @@ def test_video_connector_temporal_attention_mixes_frames(video_connector):
     changed[:, :, 3] = torch.randn(2, 4, 8, 8)
     diff = (video_connector(x, x, 5) - video_connector(changed, changed, 5)).abs().amax(dim=(0, 2))
     assert diff[0] > 1e-4
+
+
+@pytest.mark.parametrize("cls", [CMCPE, CrossModalAttention])
+def test_frame_attention_span_keeps_time_steps_apart(cls):
+    """``attention_span="frame"``: apart from the input GroupNorm's clip-wide statistics, a time step's
+    output depends only on its own features (and the condition), unlike ``full``; both are
+    identities at initialisation."""
+    torch.manual_seed(0)
+    x, cond = torch.randn(2, 32, 5, 6), torch.randn(2, 5, 32)
+    outs = {}
+    for span in ("full", "frame"):
+        torch.manual_seed(1)
+        block = cls(32, cond_dim=32, head_dim=16, norm_groups=8, attention_span=span).eval()
+        assert torch.equal(block(x, cond), x)
+        nn.init.normal_(block.proj_out.weight, std=0.5)
+        block.norm = nn.Identity()  # the input GroupNorm pools statistics over the whole clip by design
+        changed = x.clone()
+        changed[:, :, 4] += 3.0  # perturb the last time step only
+        with torch.no_grad():
+            outs[span] = (block(x, cond), block(changed, cond))
+    frame_a, frame_b = outs["frame"]
+    assert torch.allclose(frame_a[:, :, :4], frame_b[:, :, :4], atol=1e-6)
+    full_a, full_b = outs["full"]
+    assert not torch.allclose(full_a[:, :, :4], full_b[:, :, :4], atol=1e-4)
+    with pytest.raises(ValueError, match="attention_span"):
+        cls(32, cond_dim=32, head_dim=16, norm_groups=8, attention_span="time")

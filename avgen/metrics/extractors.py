@@ -70,6 +70,12 @@ ORIGINS: dict[str, WeightsOrigin] = {
         what="the PCA/whitening parameters of Google's AudioSet VGGish embedding release "
              "(arrays pca_eigen_vectors, pca_means)",
         where="https://storage.googleapis.com/audioset/vggish_pca_params.npz"),
+    "panns": WeightsOrigin(
+        file="Cnn14_16k_mAP=0.438.pth", config_key="evaluate.panns.path",
+        metric="is' and 'kl",  # both metrics use it; the message quotes this as 'is' and 'kl'
+        what="the PANNs CNN14 AudioSet tagger trained on 16 kHz audio (Kong et al. 2020), the classifier of "
+             "audioldm_eval's Inception Score and KL",
+        where="https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth (Zenodo record 3987831)"),
 }
 
 

@@ -144,6 +144,9 @@ class GEGLUFeedForward(nn.Module):
         return self.proj_out(self.dropout(value * F.gelu(gate)))
 
 
+ATTENTION_SPANS = ("full", "frame")
+
+
 class CrossModalTransformer(nn.Module):
     """One Transformer decoder block on U-Net features, with a cross-modal second sublayer.
 
@@ -155,6 +158,7 @@ class CrossModalTransformer(nn.Module):
         h = proj_in(GroupNorm(x))                          tokens (B, T·S, C), time-major
         h = h + SelfAttn(LN_1(h))
         h = h + Attn(queries, context)                     (queries, context) = attention_inputs(LN_2(h), cond, T)
+        (both attentions over all T·S tokens, or with ``attention_span="frame"`` within each time step)
         h = h + FF(LN_3(h))
         out = x + proj_out(h)
 
@@ -169,11 +173,18 @@ class CrossModalTransformer(nn.Module):
         norm_groups: groups of the input GroupNorm.
         dropout: dropout in the attentions and the feed-forward.
         context_dim: channels of the second attention's context; ``None`` makes it a self-attention.
+        attention_span: ``full``: the attentions run over all T·S tokens of a clip (the public code's
+            SpatialTransformer on the (T, S) map); ``frame``: within each time step over its S tokens
+            (cost S² instead of (T·S)² per time step; time then mixes only through the U-Net's own
+            temporal layers and the time-aligned condition).
     """
 
     def __init__(self, channels: int, cond_dim: int, head_dim: int, norm_groups: int, dropout: float,
-                 context_dim: int | None):
+                 context_dim: int | None, attention_span: str = "full"):
         super().__init__()
+        if attention_span not in ATTENTION_SPANS:
+            raise ConfigError(f"model.block.attention_span={attention_span!r}: expected one of {ATTENTION_SPANS}")
+        self.attention_span = attention_span
         heads = heads_for(channels, head_dim)
         self.channels = channels
         self.cond_dim = cond_dim
@@ -197,6 +208,14 @@ class CrossModalTransformer(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} must define attention_inputs")
 
+    def _attend(self, attn: nn.Module, queries: Tensor, context: Tensor | None, time_frames: int) -> Tensor:
+        if self.attention_span == "full":
+            return attn(queries, context)
+        b, n, c = queries.shape
+        per_step = queries.reshape(b * time_frames, n // time_frames, c)
+        context = None if context is None else context.repeat_interleave(time_frames, dim=0)
+        return attn(per_step, context).reshape(b, n, c)
+
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         """Condition U-Net features on the other modality.
 
@@ -217,7 +236,7 @@ class CrossModalTransformer(nn.Module):
                              f"got {tuple(cond.shape)}.")
         b, c, t, s = x.shape
         h = self.proj_in(self.norm(x).permute(0, 2, 3, 1).reshape(b, t * s, c))
-        h = h + self.attn1(self.norm1(h))
-        h = h + self.attn2(*self.attention_inputs(self.norm2(h), cond, t))
+        h = h + self._attend(self.attn1, self.norm1(h), None, t)
+        h = h + self._attend(self.attn2, *self.attention_inputs(self.norm2(h), cond, t), t)
         h = h + self.ff(self.norm3(h))
         return x + self.proj_out(h).view(b, t, s, c).permute(0, 3, 1, 2)

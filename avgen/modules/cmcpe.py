@@ -70,12 +70,15 @@ class CMCPE(CrossModalTransformer):
         norm_groups: groups of the input GroupNorm.
         interpolation: time resampling of the condition, ``"nearest"`` (public code) or ``"linear"``.
         dropout: dropout in the attentions and the feed-forwards.
+        attention_span: ``full`` (all T·S tokens, public code) or ``frame`` (within each time step);
+            see ``CrossModalTransformer``.
     """
 
     def __init__(self, channels: int, cond_dim: int = 1280, head_dim: int = 64, norm_groups: int = 32,
-                 interpolation: str = "nearest", dropout: float = 0.0):
+                 interpolation: str = "nearest", dropout: float = 0.0, attention_span: str = "full"):
         _check_mode(interpolation)
-        super().__init__(channels, cond_dim, head_dim, norm_groups, dropout, context_dim=None)
+        super().__init__(channels, cond_dim, head_dim, norm_groups, dropout, context_dim=None,
+                         attention_span=attention_span)
         self.interpolation = interpolation
         self.cond_ff = GEGLUFeedForward(cond_dim, channels, dropout=dropout)
         self.cond_norm = nn.LayerNorm(channels)

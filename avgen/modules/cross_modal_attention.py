@@ -27,11 +27,14 @@ class CrossModalAttention(CrossModalTransformer):
         head_dim: channels per attention head.
         norm_groups: groups of the input GroupNorm.
         dropout: dropout in the attentions and the feed-forward.
+        attention_span: ``full`` (all T·S tokens, public code) or ``frame`` (within each time step);
+            see ``CrossModalTransformer``.
     """
 
     def __init__(self, channels: int, cond_dim: int = 1280, head_dim: int = 64, norm_groups: int = 32,
-                 dropout: float = 0.0):
-        super().__init__(channels, cond_dim, head_dim, norm_groups, dropout, context_dim=cond_dim)
+                 dropout: float = 0.0, attention_span: str = "full"):
+        super().__init__(channels, cond_dim, head_dim, norm_groups, dropout, context_dim=cond_dim,
+                         attention_span=attention_span)
 
     def attention_inputs(self, h: Tensor, cond: Tensor, time_frames: int) -> tuple[Tensor, Tensor]:
         return h, F.normalize(cond.mean(dim=1, keepdim=True), dim=-1)
