@@ -218,8 +218,16 @@ def run_command(cfg: DictConfig):
     if command not in COMMANDS:
         print(f"avgen: unknown command {command!r}. Valid commands: {', '.join(COMMANDS)}.", file=sys.stderr)
         sys.exit(2)
+    from hydra.errors import InstantiationException
+
     try:
         return COMMANDS[command](cfg)
     except USER_ERRORS as exc:
         print(f"avgen {command}: error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except InstantiationException as exc:
+        # a user error raised while building a part from the config (a missing weight file, a bad key)
+        if isinstance(exc.__cause__, USER_ERRORS):
+            print(f"avgen {command}: error: {exc.__cause__}", file=sys.stderr)
+            sys.exit(1)
+        raise

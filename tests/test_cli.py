@@ -100,3 +100,10 @@ def test_local_multirun_with_ddp_is_refused(tmp_path):
     proc = run_cli("-m", "fit", "trainer=ddp_cpu", "scale=tiny", "seed=1,2", f"paths.data_dir={tmp_path}/data",
                    cwd=tmp_path)
     assert proc.returncode == 1 and "hydra/launcher=slurm" in proc.stderr and "every rank" in proc.stderr
+
+
+@pytest.mark.parametrize("experiment, key", [("joint_cmcpe", "model.video.base"), ("tempotokens_vggsound", "model.t2v.base")])
+def test_missing_pretrained_weights_stop_with_the_key_and_the_tiny_hint(tmp_path, experiment, key):
+    proc = run_cli("fit", f"experiment={experiment}", f"paths.data_dir={tmp_path}/data", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert key in proc.stderr and "scale=tiny" in proc.stderr and "huggingface-cli download" in proc.stderr

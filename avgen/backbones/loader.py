@@ -32,6 +32,8 @@ ORIGINS: dict[str, str] = {
     # The public AnimateDiff code pairs the noVAE checkpoint with the fine-tuned SD VAE.
     "model.video.vae": "stabilityai/sd-vae-ft-mse",
     "model.audio.base": "cvssp/audioldm-m-full",
+    # TempoTokens' text-to-video base (its code names damo-vilab/text-to-video-ms-1.7b as the alternative).
+    "model.t2v.base": "cerspense/zeroscope_v2_576w",
 }
 
 TINY_PREFIX = "tiny:"

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNet3DConditionModel
+from diffusers.models.resnet import TemporalConvLayer
 from tokenizers import pre_tokenizers
 from transformers import (
     ClapTextConfig,
@@ -71,6 +72,32 @@ def roberta_tokenizer(model_max_length: int = CLAP_MAX_LENGTH) -> RobertaTokeniz
     return RobertaTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
 
 
+def save_tiny_sd_vae(folder: str | os.PathLike) -> None:
+    """The Stable Diffusion VAE's classes and latent format, small: RGB → 4 latent channels, 2 blocks (frames
+    downsampled 2×: 32×32 → 16×16 latents), SD's scaling factor 0.18215."""
+    torch.manual_seed(SEED)
+    AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=NORM_GROUPS, sample_size=32,
+        scaling_factor=0.18215,
+    ).save_pretrained(folder)
+
+
+def save_tiny_clip_text(folder: str | os.PathLike) -> None:
+    """``text_encoder/`` (a 2-layer CLIP text model, hidden size ``CLIP_DIM``) and ``tokenizer/``
+    (:func:`clip_tokenizer`) under ``folder``."""
+    folder = Path(folder)
+    tokenizer = clip_tokenizer()
+    torch.manual_seed(SEED)
+    CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=CLIP_DIM, intermediate_size=2 * CLIP_DIM, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, projection_dim=CLIP_DIM,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )).save_pretrained(folder / "text_encoder")
+    tokenizer.save_pretrained(folder / "tokenizer")
+
+
 def save_tiny_animatediff(folder: str | os.PathLike, channels: tuple[int, ...] = VIDEO_CHANNELS,
                           layers_per_block: int = 1, heads: int = 2) -> None:
     """An SD1.5-layout folder (unet, vae, text_encoder, tokenizer, scheduler) plus ``motion_adapter/``.
@@ -96,21 +123,8 @@ def save_tiny_animatediff(folder: str | os.PathLike, channels: tuple[int, ...] =
         block_out_channels=channels, motion_layers_per_block=layers_per_block, motion_num_attention_heads=heads,
         motion_norm_num_groups=NORM_GROUPS, motion_max_seq_length=32, use_motion_mid_block=True,
     ).save_pretrained(folder / "motion_adapter")
-    torch.manual_seed(SEED)
-    AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=NORM_GROUPS, sample_size=32,
-        scaling_factor=0.18215,
-    ).save_pretrained(folder / "vae")
-    tokenizer = clip_tokenizer()
-    torch.manual_seed(SEED)
-    CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=CLIP_DIM, intermediate_size=2 * CLIP_DIM, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, projection_dim=CLIP_DIM,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )).save_pretrained(folder / "text_encoder")
-    tokenizer.save_pretrained(folder / "tokenizer")
+    save_tiny_sd_vae(folder / "vae")
+    save_tiny_clip_text(folder)
     DDIMScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False,
         set_alpha_to_one=False, steps_offset=1, timestep_spacing="linspace", prediction_type="epsilon",
@@ -168,15 +182,61 @@ def save_tiny_audioldm(folder: str | os.PathLike, channels: tuple[int, ...] = AU
     ).save_pretrained(folder / "scheduler")
 
 
+def save_tiny_zeroscope(folder: str | os.PathLike, channels: tuple[int, ...] = VIDEO_CHANNELS,
+                        layers_per_block: int = 1, head_dim: int = 8) -> None:
+    """A ``cerspense/zeroscope_v2_576w``-layout folder (unet, vae, text_encoder, tokenizer, scheduler).
+
+    UNet: ``UNet3DConditionModel`` with zeroscope's blocks (3 cross-attention down blocks + a plain
+    one, mirrored up, a cross-attention mid block) at ``channels``, ``layers_per_block``,
+    ``head_dim`` channels per spatial attention head (UNet3D's ``attention_head_dim``), 32-wide
+    cross-attention. ``TemporalConvLayer`` zero-initialises its last convolution (an identity at
+    init); a trained model's is not, and the tests need every temporal layer to mix frames, so it
+    gets PyTorch's default init here. VAE and text encoder as the AnimateDiff twin's (zeroscope's are
+    SD2's VAE and OpenCLIP text tower, the same classes). Scheduler: zeroscope's stored config, a
+    ``DDIMScheduler`` with SD's scaled-linear betas 0.00085–0.012, ε-prediction, no clipping,
+    ``set_alpha_to_one`` False, ``steps_offset`` 1.
+    """
+    folder = Path(folder)
+    torch.manual_seed(SEED)
+    unet = UNet3DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
+        up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3,
+        block_out_channels=channels, layers_per_block=layers_per_block, attention_head_dim=head_dim,
+        cross_attention_dim=CLIP_DIM, norm_num_groups=NORM_GROUPS,
+    )
+    for module in unet.modules():
+        if isinstance(module, TemporalConvLayer):
+            module.conv4[-1].reset_parameters()
+    unet.save_pretrained(folder / "unet")
+    save_tiny_sd_vae(folder / "vae")
+    save_tiny_clip_text(folder)
+    DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    ).save_pretrained(folder / "scheduler")
+
+
 # Wider twins for benchmarks that need the U-Nets to dominate the cost, as at paper scale.
 SMALL = {"channels": (64, 128, 256, 256), "layers_per_block": 2, "heads": 8}
 
 # tiny:<name> sources and the builder that writes each.
+def save_tiny_beats(folder: str | os.PathLike) -> None:
+    """``BEATs_tiny.pt``: a 2-layer, 32-wide BEATs (``BEATsConfig.tiny()``) in the official checkpoint
+    format, read by the same loader as ``BEATs_iter3_plus_AS2M*.pt``."""
+    from avgen.encoders.beats import BEATs, BEATsConfig, save_official_format
+
+    torch.manual_seed(SEED)
+    save_official_format(BEATs(BEATsConfig.tiny()), Path(folder) / "BEATs_tiny.pt")
+
+
 TINY_BUILDERS: dict[str, Callable[[str | os.PathLike], None]] = {
     "animatediff": save_tiny_animatediff,
     "audioldm": save_tiny_audioldm,
     "animatediff_small": functools.partial(save_tiny_animatediff, **SMALL),
     "audioldm_small": functools.partial(save_tiny_audioldm, **SMALL),
+    "zeroscope": save_tiny_zeroscope,
+    "beats": save_tiny_beats,
 }
 
 

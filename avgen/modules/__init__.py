@@ -12,6 +12,9 @@ features in their time view (B, C, T, S); connector features (B, T_c, D). T is a
   the ``CrossModalTransformer`` skeleton of the two blocks).
 * ``joint_unet.JointUNet``: the two base U-Nets joined by connectors and cross-modal blocks.
 * ``timestep_adjust``: the per-modality local timesteps of Sec. III-B (Eq. 9).
+* ``audio_mapper``: TempoTokens' ``pool_to_frames`` (encoder patches -> frames by time) and ``AudioMapper`` (Eq. 1).
+* ``context_windows``: TempoTokens' ``window_means`` around every frame (Eqs. 2-3) and Table 3's ``resolutions``.
+* ``attentive_pooling.AttentivePooling``: TempoTokens' clip token from the frame tokens (Eqs. 4-6).
 
 Import from the submodules; this package imports nothing so that ``import avgen.modules`` stays cheap.
 """

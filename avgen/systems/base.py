@@ -16,8 +16,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -29,6 +30,41 @@ from avgen.checkpoint import FORMAT
 # Frozen parts stay in eval mode on purpose (AVSystem.freeze); Lightning warns about any module in
 # eval mode at the start of training.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+
+
+def plain_config(value: Any) -> Any:
+    """A config node as plain Python (resolved); other values deep-copied."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return copy.deepcopy(value)
+
+
+def merge_config(base: dict, override: Mapping) -> dict:
+    """``base`` with ``override`` merged in recursively (used for the ``scale=tiny`` argument overrides)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = (merge_config(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+                    else value)
+    return out
+
+
+VALIDATION_DEFAULTS = {"samples": 2, "steps": 25, "av_align": True}
+
+
+def system_arguments(scale: str, tiny: Mapping | None, sampling_defaults: Mapping, **parts: Any) -> dict[str, Any]:
+    """A system's constructor arguments as plain Python, with the ``tiny`` overrides merged in at
+    ``scale=tiny``. ``sampling`` and ``validation`` (in ``parts``) get their defaults filled in;
+    a ``None`` part becomes ``{}``."""
+    args = {name: plain_config({} if value is None else value) for name, value in parts.items()}
+    args["sampling"] = {**sampling_defaults, **args.get("sampling", {})}
+    args["validation"] = {**VALIDATION_DEFAULTS, **args.get("validation", {})}
+    if scale == "tiny":
+        return merge_config(args, plain_config(tiny or {}))
+    if scale != "paper":
+        raise ValueError(f"model.scale={scale!r}: expected paper or tiny")
+    return args
 
 
 class AVSystem(pl.LightningModule):
@@ -169,3 +205,39 @@ class AVSystem(pl.LightningModule):
         """Load trainable (and EMA) weights from an avgen checkpoint dict (``init_from``, sampling)."""
         self.on_load_checkpoint(checkpoint)
         self.load_state_dict(checkpoint["state_dict"], strict=False)
+
+
+class DiffusionSystem(AVSystem):
+    """A system whose every step is one loss dictionary, :meth:`diffusion_loss` (``"loss"`` is optimised,
+    the other entries are logged): training, validation and test steps log ``<split>/<name>``.
+
+    Validation and test draw their noise, timesteps and condition dropout from a generator seeded by
+    the batch index, so their losses are comparable across evaluations. The first validation batch's
+    audio and captions are kept (``self.validation_batch``) for the samples a system generates and
+    logs at the end of validation.
+    """
+
+    validation_batch: dict[str, Any] | None = None
+
+    def diffusion_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None
+                       ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must define diffusion_loss")
+
+    def training_step(self, batch, batch_idx):
+        losses = self.diffusion_loss(batch)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=len(batch["key"]))
+        return losses["loss"]
+
+    def _evaluation_step(self, split: str, seed: int, batch, batch_idx: int) -> None:
+        losses = self.diffusion_loss(batch, generator=torch.Generator().manual_seed(seed + batch_idx))
+        for name, value in losses.items():
+            self.log(f"{split}/{name}", value, batch_size=len(batch["key"]), sync_dist=True)
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluation_step("val", 10_000, batch, batch_idx)
+        if batch_idx == 0:
+            self.validation_batch = {"audio": batch["audio"].detach(), "caption": list(batch["caption"])}
+
+    def test_step(self, batch, batch_idx):
+        self._evaluation_step("test", 20_000, batch, batch_idx)

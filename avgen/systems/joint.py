@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import copy
 import logging
-import tarfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 
 from avgen.backbones.animatediff import decode_video, encode_video, load_animatediff
 from avgen.backbones.animatediff import encode_prompts as encode_video_prompts
@@ -42,7 +39,14 @@ from avgen.diffusion import (
 )
 from avgen.modules.joint_unet import DEFAULT_POSITIONS, JointUNet
 from avgen.modules.timestep_adjust import adjust_timesteps, sample_training_timesteps
-from avgen.systems.base import AVSystem
+from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
+from avgen.systems.common import (
+    av_align_scores,
+    log_sounding_videos,
+    refuse_existing,
+    split_captions,
+    write_sounding_videos,
+)
 
 log = logging.getLogger("avgen")
 
@@ -50,18 +54,7 @@ SAMPLING_DEFAULTS = {"steps": 25, "gamma": 1.5, "guidance_video": 7.5, "guidance
                      "negative_prompt": None, "batch_size": 4}
 
 
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else copy.deepcopy(value)
-
-
-def _merge(base: dict, override: Mapping) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
-    return out
-
-
-class JointAudioVideo(AVSystem):
+class JointAudioVideo(DiffusionSystem):
     """The SVG baseline as a LightningModule.
 
     Args:
@@ -94,19 +87,13 @@ class JointAudioVideo(AVSystem):
                  validation: Mapping | None = None, optimizer=None, scheduler=None, ema_decay: float | None = None,
                  cond_drop_prob: float = 0.1):
         super().__init__(optimizer=optimizer, scheduler=scheduler, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob)
-        args = {"video": _plain(video), "audio": _plain(audio), "connector": _plain(connector or {}),
-                "block": _plain(block or {}), "positions": _plain(positions or {}),
-                "video_connector_attention": video_connector_attention,
-                "sampling": {**SAMPLING_DEFAULTS, **_plain(sampling or {})},
-                "validation": {"samples": 2, "steps": 25, "av_align": True, **_plain(validation or {})}}
-        if scale == "tiny":
-            args = _merge(args, _plain(tiny or {}))
-        elif scale != "paper":
-            raise ValueError(f"model.scale={scale!r}: expected paper or tiny")
-        self.clip = dict(_plain(clip))
+        args = system_arguments(scale, tiny, SAMPLING_DEFAULTS, video=video, audio=audio, connector=connector,
+                                block=block, positions=positions, video_connector_attention=video_connector_attention,
+                                sampling=sampling, validation=validation)
+        self.clip = dict(plain_config(clip))
         self.cross_modal = cross_modal
         self.train_motion_modules = train_motion_modules
-        self.timestep_mode = dict(_plain(timesteps or {})).get("train", "independent")
+        self.timestep_mode = dict(plain_config(timesteps or {})).get("train", "independent")
         self.self_condition_prob = self_condition_prob
         self.sampling = args["sampling"]
         self.validation_cfg = args["validation"]
@@ -177,8 +164,8 @@ class JointAudioVideo(AVSystem):
         b, device = z_v.shape[0], z_v.device
         t_v, t_a = sample_training_timesteps(b, len(self.video_alphas), len(self.audio_alphas), self.timestep_mode,
                                              generator=generator, device=device)
-        noise_v, noise_a = (torch.randn_like(z) if generator is None else torch.randn(z.shape, generator=generator).to(z)
-                            for z in (z_v, z_a))
+        noise_v, noise_a = (torch.randn_like(z) if generator is None
+                            else torch.randn(z.shape, generator=generator).to(z) for z in (z_v, z_a))
         x_v = add_noise(z_v, noise_v, self.video_alphas, t_v)
         x_a = add_noise(z_a, noise_a, self.audio_alphas, t_a)
         x0_v = x0_a = None
@@ -198,40 +185,16 @@ class JointAudioVideo(AVSystem):
         scheduler = self.video.scheduler if modality == "video" else self.audio.scheduler
         return scheduler.config.prediction_type
 
-    def training_step(self, batch, batch_idx):
-        losses = self.diffusion_loss(batch)
-        b = len(batch["key"])
-        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=b)
-        self.log("train/loss_video", losses["loss_video"], batch_size=b)
-        self.log("train/loss_audio", losses["loss_audio"], batch_size=b)
-        return losses["loss"]
-
-    def validation_step(self, batch, batch_idx):
-        # fixed noise, timesteps and condition dropout per batch, so validation losses are comparable
-        generator = torch.Generator().manual_seed(10_000 + batch_idx)
-        losses = self.diffusion_loss(batch, generator=generator)
-        b = len(batch["key"])
-        for name, value in losses.items():
-            self.log(f"val/{name}", value, batch_size=b, sync_dist=True)
-        if batch_idx == 0:
-            self._val_prompts = list(batch["caption"])
-
-    def test_step(self, batch, batch_idx):
-        generator = torch.Generator().manual_seed(20_000 + batch_idx)
-        losses = self.diffusion_loss(batch, generator=generator)
-        for name, value in losses.items():
-            self.log(f"test/{name}", value, batch_size=len(batch["key"]), sync_dist=True)
-
     def on_validation_epoch_end(self) -> None:
         count = int(self.validation_cfg.get("samples") or 0)
-        prompts = getattr(self, "_val_prompts", None)
+        prompts = (self.validation_batch or {}).get("caption")
         if count <= 0 or not prompts or self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
         prompts = [prompts[i % len(prompts)] for i in range(count)]
         with self.ema_weights():
             video, audio = self.generate(prompts, steps=self.validation_cfg["steps"], seed=0)
         out_dir = Path(self.trainer.default_root_dir) / "val_samples" / f"step_{self.global_step:07d}"
-        paths = self._write(out_dir, prompts, video, audio, overwrite=True)
+        paths = write_sounding_videos(out_dir, prompts, video, audio, self.clip, overwrite=True)
         log_sounding_videos(self.loggers, paths, self.clip, self.global_step)
         if self.validation_cfg.get("av_align", True):
             scores = av_align_scores(video, audio, self.clip)
@@ -307,18 +270,16 @@ class JointAudioVideo(AVSystem):
                         batch_size: int | None = None, device: str = "auto", overwrite: bool = False,
                         **unused: Any) -> list[Path]:
         """``python -m avgen sample``: ``n`` sounding mp4s (+ wav and the prompt as txt) in ``out_dir``."""
-        if unused:
-            log.warning("sample options not used by %s: %s", type(self).__name__, sorted(unused))
+        ignored = sorted(k for k, v in unused.items() if v is not None)
+        if ignored:
+            log.warning("sample options not used by %s: %s", type(self).__name__, ignored)
         prompts = self._prompts(prompt, int(n))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.to(device).eval()
         batch_size = int(batch_size or self.sampling["batch_size"])
         out_dir = Path(out_dir)
-        existing = [p for i in range(len(prompts)) for p in out_dir.glob(f"sample_{i:04d}.*")]
-        if existing and not overwrite:
-            raise FileExistsError(f"{out_dir} already holds samples ({existing[0].name}, ...); pass "
-                                  f"sample.overwrite=true to replace them, or choose another run folder")
+        refuse_existing(out_dir, len(prompts), overwrite)
         paths: list[Path] = []
         with self.ema_weights():
             for start in range(0, len(prompts), batch_size):
@@ -326,7 +287,8 @@ class JointAudioVideo(AVSystem):
                 video, audio = self.generate(chunk, steps=steps, gamma=gamma, guidance_video=guidance_video,
                                              guidance_audio=guidance_audio, negative_prompt=negative_prompt,
                                              seed=seed + start)
-                paths += self._write(out_dir, chunk, video, audio, overwrite=overwrite, first=start)
+                paths += write_sounding_videos(out_dir, chunk, video, audio, self.clip, overwrite=overwrite,
+                                               first=start)
                 log.info("sampled %d/%d", min(start + batch_size, len(prompts)), len(prompts))
         print(f"wrote {len(paths)} sounding videos to {out_dir}")
         return paths
@@ -341,81 +303,3 @@ class JointAudioVideo(AVSystem):
         else:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         return [prompts[i % len(prompts)] for i in range(n)]
-
-    def _write(self, out_dir: Path, prompts: Sequence[str], video: torch.Tensor, audio: torch.Tensor, *,
-               overwrite: bool, first: int = 0) -> list[Path]:
-        from avgen.media import write_bytes_atomic, write_mp4, write_wav
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        frames = ((video.cpu().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        frames = frames.permute(0, 1, 3, 4, 2).numpy()  # (B, F, H, W, 3)
-        waves = audio.cpu().float().numpy()
-        paths = []
-        for i, text in enumerate(prompts):
-            stem = out_dir / f"sample_{first + i:04d}"
-            path = write_mp4(stem.with_suffix(".mp4"), frames[i], self.clip["fps"], audio=waves[i],
-                             sample_rate=self.clip["sample_rate"], overwrite=overwrite)
-            write_wav(stem.with_suffix(".wav"), waves[i], self.clip["sample_rate"], overwrite=overwrite)
-            write_bytes_atomic(stem.with_suffix(".txt"), text.encode(), overwrite=overwrite)
-            paths.append(path)
-        return paths
-
-
-# ---------------------------------------------------------------------------------- helpers
-def split_captions(root: str | None, n: int, splits: Sequence[str] = ("test", "val", "train")) -> list[str]:
-    """The first ``n`` captions of a prepared dataset (first split found), read from the shards' json."""
-    import json
-
-    if not root:
-        return []
-    for split in splits:
-        folder = Path(root) / split
-        if not folder.is_dir():
-            continue
-        captions: list[str] = []
-        for shard in sorted(folder.glob("*.tar")):
-            with tarfile.open(shard) as tar:
-                for member in tar:
-                    if member.name.endswith(".json"):
-                        meta = json.loads(tar.extractfile(member).read())
-                        captions.append(meta.get("caption") or meta.get("label") or "")
-                        if len(captions) >= n:
-                            return captions
-        if captions:
-            return captions
-    return []
-
-
-def av_align_scores(video: torch.Tensor, audio: torch.Tensor, clip: Mapping[str, Any]) -> dict[str, float]:
-    """Mean AV-Align (official and pr variants) of generated clips; video (B, F, 3, H, W) in [-1, 1]."""
-    from avgen.metrics.av_align import align_clip
-
-    frames = ((video.cpu().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
-    waves = audio.cpu().float().numpy()
-    totals: dict[str, list[float]] = {}
-    for f, w in zip(frames, waves):
-        result = align_clip(f, clip["fps"], w, clip["sample_rate"])
-        for variant, value in result.scores.items():
-            totals.setdefault(variant, []).append(value)
-    return {k: float(np.mean(v)) for k, v in totals.items()}
-
-
-def log_sounding_videos(loggers: Sequence[Any], paths: Sequence[Path], clip: Mapping[str, Any], step: int) -> None:
-    """Send validation samples to the loggers that can show media (TensorBoard audio, wandb video)."""
-    from avgen.metrics.av_align import load_av
-
-    for logger in loggers:
-        name = type(logger).__name__
-        try:
-            if name == "WandbLogger":
-                logger.log_video("val/samples", videos=[str(p) for p in paths], step=step)
-            elif name == "TensorBoardLogger":
-                for i, path in enumerate(paths):
-                    frames, fps, audio, rate = load_av(path)
-                    logger.experiment.add_audio(f"val/sample_{i}", torch.from_numpy(audio)[None], step, rate)
-                    video = torch.from_numpy(frames).permute(0, 3, 1, 2)[None]
-                    logger.experiment.add_video(f"val/sample_{i}", video, step, fps=int(fps))
-        except Exception as exc:  # media logging is a convenience; the mp4s are on disk regardless
-            log.warning("could not log validation samples to %s (%s); they are in %s", name, exc,
-                        Path(paths[0]).parent if paths else "?")
-

@@ -1,0 +1,7 @@
+"""Frozen pretrained encoders that turn a condition (audio, video) into features for a system.
+
+- :mod:`avgen.encoders.beats`: BEATs (Chen et al. 2022), the audio encoder of TempoTokens, with
+  parameter names equal to the official checkpoints' so that ``BEATs_iter3_plus_AS2M*.pt`` loads as is.
+
+Importing this package imports nothing heavy; each submodule imports what it needs.
+"""

@@ -1,0 +1,109 @@
+"""What the generating systems share: prompts from a prepared dataset, AV-Align of generated clips,
+sending sounding videos to the loggers, and writing them to files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger("avgen")
+
+
+def split_captions(root: str | None, n: int, splits: Sequence[str] = ("test", "val", "train")) -> list[str]:
+    """The first ``n`` captions of a prepared dataset (first split found), read from the shards' json."""
+    if not root:
+        return []
+    for split in splits:
+        folder = Path(root) / split
+        if not folder.is_dir():
+            continue
+        captions: list[str] = []
+        for shard in sorted(folder.glob("*.tar")):
+            with tarfile.open(shard) as tar:
+                for member in tar:
+                    if member.name.endswith(".json"):
+                        meta = json.loads(tar.extractfile(member).read())
+                        captions.append(meta.get("caption") or meta.get("label") or "")
+                        if len(captions) >= n:
+                            return captions
+        if captions:
+            return captions
+    return []
+
+
+def av_align_scores(video: torch.Tensor, audio: torch.Tensor, clip: Mapping[str, Any]) -> dict[str, float]:
+    """Mean AV-Align (official and pr variants) of generated clips; video (B, F, 3, H, W) in [-1, 1]."""
+    from avgen.metrics.av_align import align_clip
+
+    frames = to_uint8_frames(video)
+    waves = audio.detach().cpu().float().numpy()
+    totals: dict[str, list[float]] = {}
+    for f, w in zip(frames, waves):
+        result = align_clip(f, clip["fps"], w, clip["sample_rate"])
+        for variant, value in result.scores.items():
+            totals.setdefault(variant, []).append(value)
+    return {k: float(np.mean(v)) for k, v in totals.items()}
+
+
+def log_sounding_videos(loggers: Sequence[Any], paths: Sequence[Path], clip: Mapping[str, Any], step: int) -> None:
+    """Send validation samples to the loggers that can show media (TensorBoard audio, wandb video)."""
+    from avgen.metrics.av_align import load_av
+
+    for logger in loggers:
+        name = type(logger).__name__
+        try:
+            if name == "WandbLogger":
+                logger.log_video("val/samples", videos=[str(p) for p in paths], step=step)
+            elif name == "TensorBoardLogger":
+                for i, path in enumerate(paths):
+                    frames, fps, audio, rate = load_av(path)
+                    logger.experiment.add_audio(f"val/sample_{i}", torch.from_numpy(audio)[None], step, rate)
+                    video = torch.from_numpy(frames).permute(0, 3, 1, 2)[None]
+                    logger.experiment.add_video(f"val/sample_{i}", video, step, fps=int(fps))
+        except Exception as exc:  # media logging is a convenience; the mp4s are on disk regardless
+            log.warning("could not log validation samples to %s (%s); they are in %s", name, exc,
+                        Path(paths[0]).parent if paths else "?")
+
+
+
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """(B, F, 3, H, W) in [-1, 1] → uint8 (B, F, H, W, 3)."""
+    frames = ((video.detach().cpu().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return frames.permute(0, 1, 3, 4, 2).numpy()
+
+
+def write_sounding_videos(out_dir: Path, prompts: Sequence[str], video: torch.Tensor, audio: torch.Tensor,
+                          clip: Mapping[str, Any], *, overwrite: bool, first: int = 0) -> list[Path]:
+    """``sample_NNNN.mp4`` (video + audio), ``.wav`` and ``.txt`` (the prompt) per clip.
+
+    video (B, F, 3, H, W) and audio (B, S) in [-1, 1], at ``clip["fps"]`` and ``clip["sample_rate"]``.
+    """
+    from avgen.media import write_bytes_atomic, write_mp4, write_wav
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames = to_uint8_frames(video)
+    waves = audio.detach().cpu().float().numpy()
+    paths = []
+    for i, text in enumerate(prompts):
+        stem = out_dir / f"sample_{first + i:04d}"
+        paths.append(write_mp4(stem.with_suffix(".mp4"), frames[i], clip["fps"], audio=waves[i],
+                               sample_rate=clip["sample_rate"], overwrite=overwrite))
+        write_wav(stem.with_suffix(".wav"), waves[i], clip["sample_rate"], overwrite=overwrite)
+        write_bytes_atomic(stem.with_suffix(".txt"), text.encode(), overwrite=overwrite)
+    return paths
+
+
+def refuse_existing(out_dir: Path, count: int, overwrite: bool) -> None:
+    """Stop before generating when ``out_dir`` already holds ``sample_NNNN.*`` files that would be replaced."""
+    existing = [p for i in range(count) for p in Path(out_dir).glob(f"sample_{i:04d}.*")]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds samples ({existing[0].name}, ...); pass "
+                              f"sample.overwrite=true to replace them, or choose another run folder")

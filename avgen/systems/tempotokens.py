@@ -1,0 +1,339 @@
+"""TempoTokens: audio-to-video generation by adapting a frozen text-to-video model (Yariv et al.,
+"Diverse and Aligned Audio-to-Video Generation via Text-to-Video Model Adaptation", ``papers/000``).
+
+Audio (16 kHz) → frozen BEATs → the outputs of H layers, pooled per video frame over the patches
+whose time span covers that frame (``pool_to_frames``) → AudioMapper g (Eq. 1) → one temporal token
+per frame (B, L, d_t); context-window means around every frame (Eqs. 2–3) and an attentive-pooling
+class token (Eqs. 4–6). The tokens fill the placeholders of a prompt template, one CLIP text
+sequence per frame, and each frame of the frozen text-to-video UNet3D attends to its own sequence
+(Eq. 7).
+
+Training: only the mapper and the pooling (and the course-project variant's self-attention) train;
+loss = ε-MSE of the video latents + λ · mean|temporal tokens| (Eq. 8). The audio given to the
+encoder spans exactly the frames being denoised: the clip, in training, validation and sampling.
+Sampling: DPM-Solver++ (25 steps) with classifier-free guidance against the empty prompt.
+
+Prompt templates (``model.prompt``, Table 2): ``{audio}`` expands to the audio placeholders of the
+window setting — ``<temp> <local1> … <localK> <class>`` — and ``{caption}`` to the clip's text:
+``"{audio}"`` (audio only, the paper's model), ``"{caption}"`` (text only), ``"A video of {audio}"``
+or ``"{caption} {audio}"`` (text + audio).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from avgen.backbones.text2video import PerFrameUNet3D, decode_video, encode_video, load_text2video
+from avgen.backbones.unet3d_checkpointing import enable_unet3d_checkpointing
+from avgen.diffusion import classifier_free_guidance, training_target
+from avgen.encoders.beats import BEATs, load_beats
+from avgen.errors import ConfigError
+from avgen.modules.attentive_pooling import AttentivePooling
+from avgen.modules.audio_mapper import AudioMapper, pool_to_frames
+from avgen.modules.context_windows import resolutions, window_means
+from avgen.modules.placeholder_prompt import PlaceholderPrompt
+from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
+from avgen.systems.common import av_align_scores, log_sounding_videos, refuse_existing, write_sounding_videos
+
+log = logging.getLogger("avgen")
+
+SAMPLING_DEFAULTS = {"steps": 25, "guidance": 9.0, "negative_prompt": "", "batch_size": 4}
+
+
+class TempoTokens(DiffusionSystem):
+    """TempoTokens as a LightningModule.
+
+    Args:
+        t2v: ``{base, scheduler, scheduler_overrides}`` — the text-to-video model (zeroscope /
+            ModelScope layout; ``tiny:zeroscope`` for the tiny twin) and its sampler.
+        encoder: ``{name: beats, path, layers}`` — the frozen audio encoder (a BEATs checkpoint in
+            the official format, ``tiny:beats`` for the tiny twin) and the layers whose outputs are
+            concatenated (``null``: all).
+        clip: the clip geometry ``{seconds, fps, height, width, sample_rate}`` (the data's).
+        scale, tiny, tiny_dir: as in the joint system: ``scale=tiny`` merges ``tiny`` over these
+            arguments; tiny backbones are written to ``tiny_dir``.
+        prompt: the prompt template (see the module docstring).
+        windows: ``{resolutions, sizes, mode}`` — Table 3's setting: ``resolutions`` 0 (``vec.``: the
+            class token only), 1 (the frame's own token), … 5 (windows of 1, 2, 4, 8, 16 frames; the
+            paper's model); or explicit window ``sizes`` (the course-project variant: [1, 2, 4, 8]);
+            ``mode`` ``centered`` (Eq. 2) or ``left`` (the public code's windows).
+        mapper: AudioMapper arguments (``depth``, ``hidden_dims``, ``self_attention``, ...).
+        pooling: AttentivePooling arguments (``dropout``, ...).
+        l1_weight: λ of Eq. 8 (public code 0.01).
+        gradient_checkpointing: recompute the frozen UNet3D's layers in the backward pass.
+        sampling: defaults of :meth:`generate` (steps, guidance, negative_prompt, batch_size).
+        validation: ``{samples, steps, av_align}`` — clips generated from validation audio and logged.
+    """
+
+    def __init__(self, t2v: Mapping, encoder: Mapping, clip: Mapping, *, scale: str = "paper",
+                 tiny: Mapping | None = None, tiny_dir: str | None = None, prompt: str = "{audio}",
+                 windows: Mapping | None = None, mapper: Mapping | None = None, pooling: Mapping | None = None,
+                 l1_weight: float = 0.01, gradient_checkpointing: bool = False, sampling: Mapping | None = None,
+                 validation: Mapping | None = None, optimizer=None, scheduler=None, ema_decay: float | None = None,
+                 cond_drop_prob: float = 0.0):
+        super().__init__(optimizer=optimizer, scheduler=scheduler, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob)
+        args = system_arguments(scale, tiny, SAMPLING_DEFAULTS, t2v=t2v, encoder=encoder, mapper=mapper,
+                                pooling=pooling, windows=windows, sampling=sampling, validation=validation)
+        self.clip = dict(plain_config(clip))
+        self.sampling, self.validation_cfg = args["sampling"], args["validation"]
+        self.l1_weight = l1_weight
+
+        t2v_args = args["t2v"]
+        self.t2v = load_text2video(t2v_args["base"], tiny_dir=tiny_dir,
+                                   scheduler=t2v_args.get("scheduler", "dpm_solver"),
+                                   scheduler_overrides=t2v_args.get("scheduler_overrides"))
+        self.encoder = build_encoder(args["encoder"], tiny_dir)
+        self.encoder_layers = args["encoder"].get("layers")
+        self.unet = PerFrameUNet3D(self.t2v.unet)
+        self.vae, self.text_encoder = self.t2v.vae, self.t2v.text_encoder
+        self.freeze(self.encoder, self.unet, self.vae, self.text_encoder)
+        if gradient_checkpointing:
+            enable_unet3d_checkpointing(self.t2v.unet)
+
+        windows_cfg = args["windows"]
+        self.window_mode = windows_cfg.get("mode", "centered")
+        sizes = windows_cfg.get("sizes")
+        self.vector_only = sizes is None and int(windows_cfg.get("resolutions", 5)) == 0
+        sizes = list(resolutions(int(windows_cfg.get("resolutions", 5)))) if sizes is None else list(sizes)
+        # the 1-frame window is the frame's own token, <temp>; the others are <local1>, <local2>, ...
+        self.window_sizes = [s for s in sizes if s != 1]
+        layers = self.encoder_layers or list(range(1, self.encoder.config.encoder_layers + 1))
+        width = self.text_encoder.get_input_embeddings().embedding_dim
+        self.mapper = AudioMapper(len(layers) * self.encoder.config.encoder_embed_dim, width, **args["mapper"])
+        self.pooling = AttentivePooling(width, **args["pooling"])
+        self.prompt = PlaceholderPrompt(self.t2v.tokenizer, self.text_encoder, expand_prompt(prompt, self))
+        if self.prompt.windows > len(self.window_sizes):
+            raise ConfigError(f"model.prompt uses <local{self.prompt.windows}> but model.windows gives only "
+                              f"{len(self.window_sizes)} windows besides the frame's own token")
+        self.register_buffer("alphas", self.t2v.noise_scheduler.alphas_cumprod.clone().float(), persistent=False)
+
+    # ------------------------------------------------------------------------------ conditioning
+    @property
+    def num_frames(self) -> int:
+        return round(self.clip["seconds"] * self.clip["fps"])
+
+    def audio_tokens(self, audio: torch.Tensor, frames: int) -> dict[str, torch.Tensor]:
+        """Audio (B, S) at 16 kHz spanning exactly ``frames`` video frames → the tokens of the prompt:
+        ``temp`` (B, F, d_t), ``local`` (B, F, K, d_t), ``class`` (B, d_t)."""
+        with torch.no_grad():
+            out = self.encoder(audio, layers=self.encoder_layers)
+        features = pool_to_frames(out.hidden, frames, time_patches=out.time_patches)  # (B, F, H·d)
+        temporal = self.mapper(features)
+        if self.vector_only:
+            temporal = temporal.mean(dim=1, keepdim=True).expand_as(temporal)
+        class_token, _ = self.pooling(temporal)
+        tokens = {"temp": temporal, "class": class_token}
+        if self.window_sizes:
+            tokens["local"] = window_means(temporal, self.window_sizes, self.window_mode)
+        return tokens
+
+    def contexts(self, captions: Sequence[str], tokens: Mapping[str, torch.Tensor], frames: int) -> torch.Tensor:
+        """Per-frame text states (B, F, L, D)."""
+        return self.prompt.encode(list(captions), tokens, frames)
+
+    def null_contexts(self, batch: int, frames: int, text: str = "") -> torch.Tensor:
+        """The unconditional contexts: ``text`` (default the empty prompt) in every frame, (B, F, L, D)."""
+        enc = self.t2v.tokenizer([text], padding="max_length", max_length=self.t2v.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            states = self.text_encoder(enc.input_ids.to(self.alphas.device)).last_hidden_state
+        return states[:, None].expand(batch, frames, *states.shape[1:])
+
+    # ------------------------------------------------------------------------------ training
+    def diffusion_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None
+                       ) -> dict[str, torch.Tensor]:
+        video, audio = batch["video"], batch["audio"]
+        frames = video.shape[1]
+        with torch.no_grad():
+            latents = encode_video(self.t2v, video, generator=generator)
+        tokens = self.audio_tokens(audio, frames)
+        contexts = self.contexts(batch["caption"], tokens, frames)
+        b = latents.shape[0]
+        if self.training and self.cond_drop_prob > 0:
+            keep = torch.rand(b, generator=generator) >= self.cond_drop_prob
+            null = self.null_contexts(b, frames)
+            contexts = torch.where(keep.to(contexts.device)[:, None, None, None], contexts, null)
+        t = torch.randint(0, len(self.alphas), (b,), generator=generator).to(latents.device)
+        noise = (torch.randn_like(latents) if generator is None
+                 else torch.randn(latents.shape, generator=generator).to(latents))
+        a = self.alphas[t].reshape(b, 1, 1, 1, 1)
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        out = self.unet(noisy, t, contexts)
+        target = training_target(self.t2v.noise_scheduler.config.prediction_type, latents, noise, self.alphas, t)
+        mse = F.mse_loss(out.float(), target.float())
+        l1 = tokens["temp"].abs().mean()
+        return {"loss": mse + self.l1_weight * l1, "mse": mse, "l1": l1}
+
+    def on_validation_epoch_end(self) -> None:
+        count = int(self.validation_cfg.get("samples") or 0)
+        held = self.validation_batch
+        if count <= 0 or held is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        audio, captions = held["audio"][:count], held["caption"][:count]
+        with self.ema_weights():
+            video = self.generate(audio, captions, steps=self.validation_cfg["steps"], seed=0)
+        out_dir = Path(self.trainer.default_root_dir) / "val_samples" / f"step_{self.global_step:07d}"
+        paths = write_sounding_videos(out_dir, captions, video, audio, self.clip, overwrite=True)
+        log_sounding_videos(self.loggers, paths, self.clip, self.global_step)
+        if self.validation_cfg.get("av_align", True):
+            for name, value in av_align_scores(video, audio, self.clip).items():
+                self.log(f"val/av_align_{name}", value, rank_zero_only=True, batch_size=len(captions))
+
+    # ------------------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate(self, audio: torch.Tensor, captions: Sequence[str] | None = None, *, steps: int | None = None,
+                 guidance: float | None = None, negative_prompt: str | None = None, seed: int = 0) -> torch.Tensor:
+        """Videos (B, F, 3, H, W) in [-1, 1] for audio (B, S) at 16 kHz, F = round(S / sr · fps) frames
+        covering exactly the audio's duration. Clip i starts from noise seeded with ``seed + i``."""
+        steps = int(steps or self.sampling["steps"])
+        guidance = float(self.sampling["guidance"] if guidance is None else guidance)
+        negative = self.sampling.get("negative_prompt") or "" if negative_prompt is None else negative_prompt
+        b = audio.shape[0]
+        frames = max(1, round(audio.shape[1] / self.clip["sample_rate"] * self.clip["fps"]))
+        captions = list(captions) if captions is not None else [""] * b
+        device = self.alphas.device
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        shape = (self.t2v.unet.config.in_channels, frames, self.clip["height"] // factor,
+                 self.clip["width"] // factor)
+        x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(b)])
+        x = x.to(device, self.dtype)
+        contexts = self.contexts(captions, self.audio_tokens(audio.to(device), frames), frames)
+        guided = guidance != 1.0
+        if guided:
+            contexts = torch.cat([self.null_contexts(b, frames, negative), contexts])
+        scheduler = copy.deepcopy(self.t2v.scheduler)
+        scheduler.set_timesteps(steps, device=device)
+        x = x * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            model_in = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
+            out = self.unet(model_in, t, contexts)
+            if guided:
+                out = classifier_free_guidance(*out.chunk(2), guidance)
+            x = scheduler.step(out, t, x).prev_sample
+        return decode_video(self.t2v, x).float().clamp(-1, 1)
+
+    def sample_to_files(self, out_dir: str | Path, n: int = 4, audio: str | None = None, prompt: str | None = None,
+                        steps: int | None = None, guidance: float | None = None, negative_prompt: str | None = None,
+                        seed: int = 0, batch_size: int | None = None, device: str = "auto", overwrite: bool = False,
+                        **unused: Any) -> list[Path]:
+        """``python -m avgen sample``: a video per input audio (a wav/flac/mp4 file or a folder of them;
+        default: the first ``n`` clips of the training data's test split), the input audio muxed in."""
+        ignored = sorted(k for k, v in unused.items() if v is not None)
+        if ignored:
+            log.warning("sample options not used by %s: %s", type(self).__name__, ignored)
+        inputs = self._inputs(audio, int(n))
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.to(device).eval()
+        out_dir = Path(out_dir)
+        refuse_existing(out_dir, len(inputs), overwrite)
+        batch_size = int(batch_size or self.sampling["batch_size"])
+        rate = self.clip["sample_rate"]
+        paths: list[Path] = []
+        # clips of one length are generated together; every clip gets frames for exactly its duration
+        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i][1]))
+        with self.ema_weights():
+            for start in range(0, len(order), batch_size):
+                group = order[start:start + batch_size]
+                for length in sorted({len(inputs[i][1]) for i in group}):
+                    same = [i for i in group if len(inputs[i][1]) == length]
+                    wave = torch.from_numpy(np.stack([inputs[i][1] for i in same])).float()
+                    texts = [prompt or inputs[i][2] for i in same]
+                    video = self.generate(wave, texts, steps=steps, guidance=guidance,
+                                          negative_prompt=negative_prompt, seed=seed + same[0])
+                    for j, i in enumerate(same):
+                        paths += write_sounding_videos(out_dir, [texts[j]], video[j:j + 1], wave[j:j + 1],
+                                                       self.clip, overwrite=overwrite, first=i)
+        log.info("wrote %d videos (%d audio inputs, %d Hz)", len(paths), len(inputs), rate)
+        print(f"wrote {len(paths)} videos with their audio to {out_dir}")
+        return sorted(paths)
+
+    def _inputs(self, audio: str | None, n: int) -> list[tuple[str, np.ndarray, str]]:
+        """(name, waveform at the model's rate, caption) of every input."""
+        from avgen.media import decode_audio_stream
+
+        rate = self.clip["sample_rate"]
+        if audio is None:
+            clips = split_audio(((self.run_config or {}).get("data") or {}).get("root"), n, rate)
+            if not clips:
+                raise ConfigError("sample.audio is not set and the training data's test clips cannot be read; pass "
+                                  "sample.audio=<wav, flac or mp4 file, or a folder of them>")
+            return clips
+        source = Path(audio)
+        if source.is_dir():
+            files = sorted(p for p in source.iterdir() if p.suffix.lower() in (".wav", ".flac", ".mp4", ".mp3"))
+        elif source.is_file():
+            files = [source]
+        else:
+            raise ConfigError(f"sample.audio={audio}: no such file or folder")
+        if not files:
+            raise ConfigError(f"sample.audio={audio}: the folder holds no .wav, .flac, .mp4 or .mp3 files")
+        return [(p.stem, decode_audio_stream(str(p), rate), "") for p in files]
+
+
+# ---------------------------------------------------------------------------------- helpers
+def build_encoder(cfg: Mapping[str, Any], tiny_dir: str | None) -> BEATs:
+    """The frozen audio encoder named by ``model.encoder``."""
+    from avgen.backbones.loader import resolve_source
+
+    name = cfg.get("name", "beats")
+    if name != "beats":
+        raise ConfigError(f"model.encoder.name={name!r}: only beats is built so far (the CAVP encoder is not)")
+    path = cfg.get("path")
+    if path is None:
+        return load_beats(None, config_key="model.encoder.path")
+    source = resolve_source(str(path), tiny_dir, "model.encoder.path")
+    if Path(source).is_dir():
+        source = str(next(Path(source).glob("*.pt")))
+    return load_beats(source, config_key="model.encoder.path")
+
+
+def expand_prompt(template: str, system: TempoTokens) -> str:
+    """``{audio}`` → the audio placeholders of the window setting."""
+    if system.vector_only:
+        audio = "<class>"
+    else:
+        audio = " ".join(["<temp>", *(f"<local{k + 1}>" for k in range(len(system.window_sizes))), "<class>"])
+    return template.replace("{audio}", audio)
+
+
+def split_audio(root: str | None, n: int, rate: int, splits: Sequence[str] = ("test", "val", "train")
+                ) -> list[tuple[str, np.ndarray, str]]:
+    """The first ``n`` clips' (key, audio, caption) of a prepared dataset, read from the shards."""
+    import json
+    import tarfile
+
+    from avgen.media import decode_flac
+
+    if not root:
+        return []
+    for split in splits:
+        folder = Path(root) / split
+        clips: list[tuple[str, np.ndarray, str]] = []
+        for shard in sorted(folder.glob("*.tar")) if folder.is_dir() else []:
+            members: dict[str, dict[str, bytes]] = {}
+            with tarfile.open(shard) as tar:
+                for member in tar:
+                    key, _, ext = member.name.rpartition(".")
+                    members.setdefault(key, {})[ext] = tar.extractfile(member).read()
+            for key, parts in members.items():
+                if "flac" not in parts:
+                    continue
+                audio, sr = decode_flac(parts["flac"])
+                if sr != rate:
+                    continue
+                meta = json.loads(parts.get("json", b"{}"))
+                clips.append((key, audio.astype(np.float32), meta.get("caption") or meta.get("label") or ""))
+                if len(clips) >= n:
+                    return clips
+        if clips:
+            return clips
+    return []
