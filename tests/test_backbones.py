@@ -329,3 +329,15 @@ def test_roberta_tokenizer_decodes_any_text_exactly():
     tokenizer = tiny.roberta_tokenizer()
     for text in TEXTS:
         assert tokenizer.decode(tokenizer(text).input_ids, skip_special_tokens=True) == text
+
+
+def test_materialize_leaves_the_global_random_state_alone(tmp_path):
+    """Writing a tiny folder seeds its own weights; the caller's random state (which initialises its
+    trainable modules) must not depend on whether the folder already existed."""
+    from avgen.backbones.tiny import materialize
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    materialize("beats", tmp_path)
+    assert torch.equal(torch.rand(3), expected)

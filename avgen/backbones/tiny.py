@@ -236,6 +236,8 @@ TINY_BUILDERS: dict[str, Callable[[str | os.PathLike], None]] = {
     "animatediff_small": functools.partial(save_tiny_animatediff, **SMALL),
     "audioldm_small": functools.partial(save_tiny_audioldm, **SMALL),
     "zeroscope": save_tiny_zeroscope,
+    "zeroscope_small": functools.partial(save_tiny_zeroscope, channels=SMALL["channels"],
+                                         layers_per_block=SMALL["layers_per_block"]),
     "beats": save_tiny_beats,
 }
 
@@ -253,7 +255,9 @@ def materialize(name: str, root: str | os.PathLike) -> Path:
     partial = final.parent / f".{final.name}.partial-{uuid.uuid4().hex}"
     partial.mkdir()
     try:
-        with quiet_loading():
+        # the builders seed torch's global generator; the caller's random state (which initialises
+        # its trainable modules) must not depend on whether the folder had to be written
+        with quiet_loading(), torch.random.fork_rng(devices=[]):
             TINY_BUILDERS[name](partial)
         os.rename(partial, final)
     except OSError:

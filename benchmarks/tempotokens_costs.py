@@ -1,0 +1,160 @@
+"""Costs of TempoTokens, as ratios measured in one command.
+
+1. Training memory: peak resident memory of one training step (forward + backward through the
+   frozen UNet3D to the mapper) with avgen's UNet3D gradient checkpointing vs without, each in a
+   fresh subprocess, at the ``small`` scale (UNet3D channels 64/128/256/256, two layers per block,
+   16 frames of 64×64). Target ≤ 0.6.
+2. Sampling: the share of ``TempoTokens.generate`` time spent outside the UNet3D (audio encoder,
+   mapper, windows, pooling, text encoder, VAE decoding), at the ``tiny`` and ``small`` scales.
+
+    .venv/bin/python benchmarks/tempotokens_costs.py [--steps 10] [--only memory|sampling]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SCALES = {
+    "tiny": {"t2v": "tiny:zeroscope", "clip": {"seconds": 1.0, "fps": 8, "height": 32, "width": 32,
+                                               "sample_rate": 16000}},
+    "small": {"t2v": "tiny:zeroscope_small", "clip": {"seconds": 2.0, "fps": 8, "height": 64, "width": 64,
+                                                      "sample_rate": 16000}},
+}
+
+
+def build(scale: str, tiny_dir: str, checkpointing: bool = False):
+    from avgen.systems.tempotokens import TempoTokens
+
+    s = SCALES[scale]
+    return TempoTokens(t2v={"base": s["t2v"]}, encoder={"path": "tiny:beats"}, clip=s["clip"], tiny_dir=tiny_dir,
+                       mapper={"hidden_dims": [64, 64, 32]}, gradient_checkpointing=checkpointing,
+                       optimizer=functools.partial(torch.optim.AdamW, lr=1e-5))
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_child(scale: str, tiny_dir: str, checkpointing: bool) -> dict:
+    torch.manual_seed(0)
+    system = build(scale, tiny_dir, checkpointing).train()
+    clip = SCALES[scale]["clip"]
+    frames = round(clip["seconds"] * clip["fps"])
+    g = torch.Generator().manual_seed(0)
+    batch = {"video": torch.rand(1, frames, 3, clip["height"], clip["width"], generator=g) * 2 - 1,
+             "audio": torch.rand(1, round(clip["seconds"] * clip["sample_rate"]), generator=g) * 0.6 - 0.3,
+             "caption": ["a dog barks"], "key": ["a"]}
+    system.diffusion_loss(batch, generator=torch.Generator().manual_seed(1))["loss"].backward()  # warm-up
+    system.zero_grad(set_to_none=True)
+    import gc
+
+    gc.collect()
+    before = _rss()
+    peak = [before]
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    loss = system.diffusion_loss(batch, generator=torch.Generator().manual_seed(1))["loss"]
+    loss.backward()
+    seconds = time.perf_counter() - start
+    done.set()
+    thread.join()
+    grad = sum(float(p.grad.abs().sum()) for _, p in system.trainable_parameters())
+    return {"step_bytes": peak[0] - before, "seconds": seconds, "loss": float(loss), "grad_l1": grad}
+
+
+def bench_memory(scale: str, tiny_dir: str) -> dict:
+    out = {}
+    for checkpointing in (False, True):
+        proc = subprocess.run([sys.executable, __file__, "--child-memory", scale, "--tiny-dir", tiny_dir]
+                              + (["--checkpointing"] if checkpointing else []), capture_output=True, text=True,
+                              check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        out[checkpointing] = json.loads(proc.stdout.strip().splitlines()[-1])
+    plain, ckpt = out[False], out[True]
+    return {"ratio": ckpt["step_bytes"] / plain["step_bytes"], "time_ratio": ckpt["seconds"] / plain["seconds"],
+            "plain": plain, "checkpointed": ckpt,
+            "same_gradients": abs(plain["grad_l1"] - ckpt["grad_l1"]) <= 1e-5 * max(1.0, plain["grad_l1"])}
+
+
+def bench_sampling(scale: str, tiny_dir: str, steps: int) -> dict:
+    system = build(scale, tiny_dir).eval()
+    clip = SCALES[scale]["clip"]
+    audio = torch.rand(2, round(clip["seconds"] * clip["sample_rate"]), generator=torch.Generator().manual_seed(0))
+    spent = [0.0]
+    forward = system.unet.forward
+
+    def timed_forward(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    system.unet.forward = timed_forward
+    system.generate(audio, ["", ""], steps=2)  # warm-up
+    shares = []
+    for _ in range(3):
+        spent[0] = 0.0
+        start = time.perf_counter()
+        system.generate(audio, ["", ""], steps=steps)
+        total = time.perf_counter() - start
+        shares.append(1 - spent[0] / total)
+    shares.sort()
+    return {"scale": scale, "steps": steps, "outside_unet_share": shares[1], "samples": shares}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--only", choices=["memory", "sampling"], default=None)
+    parser.add_argument("--tiny-dir", default=None)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--child-memory", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_memory:
+        print(json.dumps(memory_child(args.child_memory, args.tiny_dir, args.checkpointing)))
+        return 0
+    report = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny_dir = args.tiny_dir or str(Path(tmp) / "tiny")
+        if args.only in (None, "memory"):
+            r = report["memory"] = bench_memory("small", tiny_dir)
+            print(f"training-step memory (small): checkpointed/plain = {r['ratio']:.3f} "
+                  f"({r['checkpointed']['step_bytes'] / 2**20:.0f} MiB vs {r['plain']['step_bytes'] / 2**20:.0f} MiB), "
+                  f"target <= 0.6: {'PASS' if r['ratio'] <= 0.6 else 'MISS'}; time ratio {r['time_ratio']:.2f}; "
+                  f"same gradients: {r['same_gradients']}")
+        if args.only in (None, "sampling"):
+            for scale in ("tiny", "small"):
+                r = report[f"sampling_{scale}"] = bench_sampling(scale, tiny_dir, args.steps)
+                print(f"sampling ({scale}, {args.steps} DPM-Solver++ steps, CFG, batch 2): share of time outside the "
+                      f"UNet3D = {r['outside_unet_share']:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
