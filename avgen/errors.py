@@ -22,3 +22,17 @@ class GeometryMismatchError(ValueError):
 
 class DataHealthError(RuntimeError):
     """Too many clips could not be used; the message names the shards."""
+
+
+class WeightsFileMissing(FileNotFoundError):
+    """A pretrained model's weight file is not where the config says; names the key, the expected file,
+    where the original is published, and ``scale=tiny`` as the way to run without it."""
+
+    def __init__(self, model: str, path, config_key: str, expected: str, description: str, origin: str):
+        where = "no path is set" if path is None else f"{path} does not exist"
+        super().__init__(
+            f"{model} weights missing: {where} (config key {config_key}). Expected {expected}, {description}; it is "
+            f"published in {origin}. avgen never downloads weights: download the file where there is network, copy "
+            f"it here and set {config_key}=/path/to/{expected}, or run with scale=tiny, which builds a tiny random "
+            f"{model} in code and needs no file.")
+        self.path, self.config_key = path, config_key

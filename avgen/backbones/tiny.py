@@ -230,6 +230,15 @@ def save_tiny_beats(folder: str | os.PathLike) -> None:
     save_official_format(BEATs(BEATsConfig.tiny()), Path(folder) / "BEATs_tiny.pt")
 
 
+def save_tiny_cavp(folder: str | os.PathLike) -> None:
+    """``cavp_tiny.ckpt``: CAVP's audio branch with ``TINY_CAVP`` widths and the real front end, in the layout
+    of ``cavp_epoch66.ckpt``, read by the same loader."""
+    from avgen.encoders.cavp import TINY_CAVP, CAVPAudio, save_tiny_format
+
+    torch.manual_seed(SEED)
+    save_tiny_format(CAVPAudio(**TINY_CAVP), Path(folder) / "cavp_tiny.ckpt")
+
+
 TINY_BUILDERS: dict[str, Callable[[str | os.PathLike], None]] = {
     "animatediff": save_tiny_animatediff,
     "audioldm": save_tiny_audioldm,
@@ -239,6 +248,7 @@ TINY_BUILDERS: dict[str, Callable[[str | os.PathLike], None]] = {
     "zeroscope_small": functools.partial(save_tiny_zeroscope, channels=SMALL["channels"],
                                          layers_per_block=SMALL["layers_per_block"]),
     "beats": save_tiny_beats,
+    "cavp": save_tiny_cavp,
 }
 
 

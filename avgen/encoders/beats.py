@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchaudio.compliance import kaldi
 
-from avgen.errors import ConfigError
+from avgen.checkpoint import load_weights_file
+from avgen.errors import ConfigError, WeightsFileMissing
 
 logger = logging.getLogger(__name__)
 
@@ -519,18 +520,13 @@ class BEATs(nn.Module):
                            patch_seconds=patch * FRAME_SHIFT_MS / 1000)
 
 
-class BEATsWeightsMissing(FileNotFoundError):
+class BEATsWeightsMissing(WeightsFileMissing):
     """The BEATs checkpoint is not where the config says."""
 
     def __init__(self, path: str | os.PathLike | None, config_key: str = "model.encoder.path"):
-        where = "no path is set" if path is None else f"{path} does not exist"
-        super().__init__(
-            f"BEATs weights missing: {where} (config key {config_key}). Expected {CHECKPOINT_FILE}, the BEATs iter3+ "
-            f"(AS2M) checkpoint fine-tuned on AudioSet-2M that TempoTokens uses; it is published in "
-            f"{CHECKPOINT_ORIGIN}. avgen never downloads weights: download the file where there is network, copy it "
-            f"here and set {config_key}=/path/to/{CHECKPOINT_FILE}, or run with scale=tiny, which builds a tiny "
-            f"random BEATs in code and needs no file.")
-        self.path, self.config_key = path, config_key
+        super().__init__("BEATs", path, config_key, CHECKPOINT_FILE,
+                         "the BEATs iter3+ (AS2M) checkpoint fine-tuned on AudioSet-2M that TempoTokens uses",
+                         CHECKPOINT_ORIGIN)
 
 
 class BEATsCheckpointError(ValueError):
@@ -577,18 +573,13 @@ def load_beats(path: str | os.PathLike | None, config_key: str = "model.encoder.
         BEATsCheckpointError: the file is unreadable with the safe loader, not in the official layout, or its
             weights do not fit its cfg.
     """
-    if path is None or not Path(path).is_file():
-        raise BEATsWeightsMissing(path, config_key)
+    checkpoint = load_weights_file(
+        path, config_key, BEATsWeightsMissing, BEATsCheckpointError,
+        f"Official BEATs checkpoints hold only tensors and plain values and load this way; expected "
+        f"{CHECKPOINT_FILE} from {CHECKPOINT_ORIGIN}. A file you trust that holds other objects can be converted "
+        f"once: in a separate session read it with torch.load(weights_only=False), load its 'model' into "
+        f"BEATs(BEATsConfig.from_official(its 'cfg')) and write that with save_official_format.")
     where = f"{path} (config key {config_key})"
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise BEATsCheckpointError(
-            f"{where} cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {exc}). Official BEATs "
-            f"checkpoints hold only tensors and plain values and load this way; expected {CHECKPOINT_FILE} from "
-            f"{CHECKPOINT_ORIGIN}. A file you trust that holds other objects can be converted once: in a separate session "
-            f"read it with torch.load(weights_only=False), load its 'model' into BEATs(BEATsConfig.from_official("
-            f"its 'cfg')) and write that with save_official_format.") from exc
     if not (isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("cfg"), Mapping)
             and isinstance(checkpoint.get("model"), Mapping)):
         found = sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__

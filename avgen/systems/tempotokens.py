@@ -35,6 +35,7 @@ from avgen.backbones.text2video import PerFrameUNet3D, decode_video, encode_vide
 from avgen.backbones.unet3d_checkpointing import enable_unet3d_checkpointing
 from avgen.diffusion import classifier_free_guidance, training_target
 from avgen.encoders.beats import BEATs, load_beats
+from avgen.encoders.cavp import CAVPAudio, load_cavp
 from avgen.errors import ConfigError
 from avgen.modules.attentive_pooling import AttentivePooling
 from avgen.modules.audio_mapper import AudioMapper, pool_to_frames
@@ -280,20 +281,23 @@ class TempoTokens(DiffusionSystem):
 
 
 # ---------------------------------------------------------------------------------- helpers
-def build_encoder(cfg: Mapping[str, Any], tiny_dir: str | None) -> BEATs:
-    """The frozen audio encoder named by ``model.encoder``."""
+def build_encoder(cfg: Mapping[str, Any], tiny_dir: str | None) -> BEATs | CAVPAudio:
+    """The frozen audio encoder named by ``model.encoder``: ``beats`` (the paper) or ``cavp`` (the
+    course-project variant, Diff-Foley's CAVP audio branch)."""
     from avgen.backbones.loader import resolve_source
 
+    loaders = {"beats": (load_beats, "*.pt"), "cavp": (load_cavp, "*.ckpt")}
     name = cfg.get("name", "beats")
-    if name != "beats":
-        raise ConfigError(f"model.encoder.name={name!r}: only beats is built so far (the CAVP encoder is not)")
+    if name not in loaders:
+        raise ConfigError(f"model.encoder.name={name!r}: expected one of {', '.join(loaders)}")
+    load, pattern = loaders[name]
     path = cfg.get("path")
     if path is None:
-        return load_beats(None, config_key="model.encoder.path")
+        return load(None, config_key="model.encoder.path")
     source = resolve_source(str(path), tiny_dir, "model.encoder.path")
     if Path(source).is_dir():
-        source = str(next(Path(source).glob("*.pt")))
-    return load_beats(source, config_key="model.encoder.path")
+        source = str(next(Path(source).glob(pattern), Path(source) / pattern))
+    return load(source, config_key="model.encoder.path")
 
 
 def expand_prompt(template: str, system: TempoTokens) -> str:
