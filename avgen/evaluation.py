@@ -267,7 +267,8 @@ class _SemanticScorer(_Scorer):
 
 
 class _FrechetScorer(_Scorer):
-    """FVD (I3D on video) or FAD (VGGish on 16 kHz audio) against reference statistics."""
+    """FVD (I3D on video) or FAD (VGGish, or PANNs CNN14's embedding, on 16 kHz audio) against reference
+    statistics."""
 
     def __init__(self, name: str, options: dict, dev):
         import torch
@@ -282,10 +283,21 @@ class _FrechetScorer(_Scorer):
                                         **options)
         else:
             self.sample_rate = int(options.pop("sample_rate", 16000))
-            extractor = build_extractor("vggish", options.pop("vggish_path", None),
-                                        config_key="evaluate.fad.vggish_path",
-                                        pca_config_key="evaluate.fad.vggish_pca_path",
-                                        pca_path=options.pop("vggish_pca_path", None), **options)
+            kind = options.pop("extractor", "vggish")
+            panns_path = options.pop("panns_path", None)
+            if kind == "panns":
+                from avgen.metrics.panns import Cnn14Embedding, load_cnn14
+
+                options.pop("vggish_path", None)
+                options.pop("vggish_pca_path", None)
+                extractor = Cnn14Embedding(load_cnn14(panns_path, config_key="evaluate.fad.panns_path", **options))
+            elif kind == "vggish":
+                extractor = build_extractor("vggish", options.pop("vggish_path", None),
+                                            config_key="evaluate.fad.vggish_path",
+                                            pca_config_key="evaluate.fad.vggish_pca_path",
+                                            pca_path=options.pop("vggish_pca_path", None), **options)
+            else:
+                raise ConfigError(f"evaluate.fad.extractor={kind!r}: expected vggish or panns")
         self.extractor = extractor.to(dev)
         self.reference_metric = FrechetDistance(self.extractor).to(dev)
         self.metric = None

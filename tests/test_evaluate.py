@@ -157,3 +157,36 @@ def test_clipsim_and_clap_use_prompts_beside_the_clips(tmp_path, pred_dir, clip_
     result = evaluate_folder(folder, tmp_path / "out2", metrics=["clipsim"], **options)
     assert result["extractors"]["clipsim"]["clips"] == 1
     assert sum("no prompt" in f["reason"] for f in result["failures"]) == 4
+
+
+def test_fad_with_the_panns_embedding(tmp_path, pred_dir):
+    """evaluate.fad.extractor=panns: the Fréchet distance over CNN14's embedding (audioldm_eval's FD),
+    0 against the same clips, > 0 against others, the weight hash recorded."""
+    import shutil
+
+    import torch
+
+    from avgen.metrics.extractors import sha256_file
+    from avgen.metrics.panns import TINY_CNN14, Cnn14
+
+    weights = tmp_path / "cnn14.pth"
+    torch.manual_seed(0)
+    torch.save({"model": Cnn14.tiny().state_dict()}, weights)
+    fad = {"extractor": "panns", "panns_path": str(weights), **TINY_CNN14}
+    same = tmp_path / "same"
+    shutil.copytree(pred_dir, same)
+    result = evaluate_folder(pred_dir, tmp_path / "a", metrics=["fad"], ref_dir=same, cache_dir=tmp_path / "c", fad=fad)
+    identical = result["metrics"]["fad"]
+    assert identical == pytest.approx(0, abs=1e-9)
+    assert result["extractors"]["fad"]["sha256"] == {"panns": sha256_file(weights)}
+    assert result["extractors"]["fad"]["name"] == "panns_cnn14_embedding"
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(3):
+        clip = generate_clip(70 + i, ClipGeometry(seconds=3.0, fps=8, height=64, width=64))
+        noise = np.random.default_rng(i).uniform(-0.9, 0.9, clip.audio.shape).astype(np.float32)
+        write_mp4(other / f"o{i}.mp4", clip.frames, 8, audio=noise, sample_rate=16000)
+    result = evaluate_folder(pred_dir, tmp_path / "b", metrics=["fad"], ref_dir=other, cache_dir=tmp_path / "c", fad=fad)
+    assert result["metrics"]["fad"] > 1e3 * max(identical, 1e-12)
+    with pytest.raises(ConfigError, match="evaluate.fad.extractor"):
+        evaluate_folder(pred_dir, tmp_path / "d", metrics=["fad"], ref_dir=same, fad={"extractor": "clap"})

@@ -266,3 +266,27 @@ def load_cnn14(path: str | os.PathLike | None, config_key: str = "evaluate.panns
                          f"{exc}") from exc
     model._record("panns", file)
     return model
+
+
+class Cnn14Embedding(FeatureExtractor):
+    """CNN14's 2048-d embedding (the ``fc1`` output) as a Fréchet-distance feature: FAD with PANNs,
+    as audioldm_eval's ``frechet_distance`` computes it. audio (B, S) at 16 kHz → (B, 2048).
+
+    Args:
+        cnn14: a loaded :class:`Cnn14` (its weight hash is carried over).
+    """
+
+    name = "panns_cnn14_embedding"
+
+    def __init__(self, cnn14: Cnn14):
+        super().__init__()
+        self.cnn14 = cnn14
+        self.num_features = cnn14.num_features
+        self.weights = dict(cnn14.weights)
+        self._freeze()
+
+    def config(self) -> dict[str, Any]:
+        return {**self.cnn14.config(), "output": "embedding"}
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.cnn14(audio)["embedding"]
