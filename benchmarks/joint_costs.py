@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -36,6 +35,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from step_memory import measure_training_step  # noqa: E402
 
 SCALES = {
     "tiny": {"video": "tiny:animatediff", "audio": "tiny:audioldm",
@@ -137,11 +139,6 @@ def bench_sampling(scale: str, tiny_dir: str, steps: int, repeats: int, attentio
 
 
 # ---------------------------------------------------------------------------------- 2. memory
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def memory_child(scale: str, tiny_dir: str, checkpointing: bool) -> dict:
     torch.manual_seed(0)
     system = build(scale, tiny_dir, gradient_checkpointing=checkpointing).train()
@@ -152,31 +149,7 @@ def memory_child(scale: str, tiny_dir: str, checkpointing: bool) -> dict:
              "audio": torch.rand(2, round(clip["seconds"] * clip["sample_rate"]), generator=g) * 0.6 - 0.3,
              "caption": PROMPTS, "key": ["a", "b"]}
     system.self_condition_prob = 0.0  # the same single pass in both runs
-    # warm-up step: allocator pools, lazy inits
-    system.diffusion_loss(batch, generator=torch.Generator().manual_seed(1))["loss"].backward()
-    system.zero_grad(set_to_none=True)
-    import gc
-
-    gc.collect()
-    before = _rss_bytes()
-    peak = [before]
-    done = threading.Event()
-
-    def watch():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    start = time.perf_counter()
-    loss = system.diffusion_loss(batch, generator=torch.Generator().manual_seed(1))["loss"]
-    loss.backward()
-    seconds = time.perf_counter() - start
-    done.set()
-    thread.join()
-    return {"checkpointing": checkpointing, "before": before, "peak": peak[0], "step_bytes": peak[0] - before,
-            "seconds": seconds, "loss": float(loss)}
+    return {"checkpointing": checkpointing, **measure_training_step(system, batch)}
 
 
 def bench_memory(scale: str, tiny_dir: str) -> dict:

@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +26,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from step_memory import measure_training_step  # noqa: E402
 
 SCALES = {
     "tiny": {"t2v": "tiny:zeroscope", "clip": {"seconds": 1.0, "fps": 8, "height": 32, "width": 32,
@@ -45,11 +47,6 @@ def build(scale: str, tiny_dir: str, checkpointing: bool = False):
                        optimizer=functools.partial(torch.optim.AdamW, lr=1e-5))
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def memory_child(scale: str, tiny_dir: str, checkpointing: bool) -> dict:
     torch.manual_seed(0)
     system = build(scale, tiny_dir, checkpointing).train()
@@ -59,30 +56,7 @@ def memory_child(scale: str, tiny_dir: str, checkpointing: bool) -> dict:
     batch = {"video": torch.rand(1, frames, 3, clip["height"], clip["width"], generator=g) * 2 - 1,
              "audio": torch.rand(1, round(clip["seconds"] * clip["sample_rate"]), generator=g) * 0.6 - 0.3,
              "caption": ["a dog barks"], "key": ["a"]}
-    system.diffusion_loss(batch, generator=torch.Generator().manual_seed(1))["loss"].backward()  # warm-up
-    system.zero_grad(set_to_none=True)
-    import gc
-
-    gc.collect()
-    before = _rss()
-    peak = [before]
-    done = threading.Event()
-
-    def watch():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    start = time.perf_counter()
-    loss = system.diffusion_loss(batch, generator=torch.Generator().manual_seed(1))["loss"]
-    loss.backward()
-    seconds = time.perf_counter() - start
-    done.set()
-    thread.join()
-    grad = sum(float(p.grad.abs().sum()) for _, p in system.trainable_parameters())
-    return {"step_bytes": peak[0] - before, "seconds": seconds, "loss": float(loss), "grad_l1": grad}
+    return measure_training_step(system, batch)
 
 
 def bench_memory(scale: str, tiny_dir: str) -> dict:
