@@ -122,3 +122,9 @@ def test_sample_command_muxes_the_input_audio(tiny_root, tmp_path):
     assert frames.shape[0] == 12 and fps == 8  # 1.5 s at 8 fps
     assert abs(len(audio) - 24000) < 1600
     assert np.corrcoef(audio[:20000], 0.3 * np.sin(2 * np.pi * 440 * t[:20000]))[0, 1] > 0.9
+    # without sample.audio: the first clips of the data's test split, with their captions as prompts
+    cfg = compose(["command=sample", f"ckpt_path={tmp_path / 'fit' / 'checkpoints' / 'last.ckpt'}", "sample.n=2",
+                   "sample.steps=2"], tmp_path, run_dir=tmp_path / "from_data")
+    paths = run_command(cfg)
+    assert len(paths) == 2 and all(decode_video(str(p))[0].shape[0] == 8 for p in paths)
+    assert all(p.with_suffix(".txt").read_text() for p in paths)

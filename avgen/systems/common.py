@@ -16,26 +16,36 @@ import torch
 log = logging.getLogger("avgen")
 
 
-def split_captions(root: str | None, n: int, splits: Sequence[str] = ("test", "val", "train")) -> list[str]:
-    """The first ``n`` captions of a prepared dataset (first split found), read from the shards' json."""
+def split_samples(root: str | None, n: int, splits: Sequence[str] = ("test", "val", "train")
+                  ) -> list[tuple[str, dict[str, bytes]]]:
+    """The first ``n`` samples (key, {extension: bytes}) of a prepared dataset, from the first split of
+    ``splits`` that has shards; read straight from the tar files (no decoding pipeline needed)."""
     if not root:
         return []
     for split in splits:
         folder = Path(root) / split
-        if not folder.is_dir():
-            continue
-        captions: list[str] = []
-        for shard in sorted(folder.glob("*.tar")):
+        samples: dict[str, dict[str, bytes]] = {}
+        for shard in sorted(folder.glob("*.tar")) if folder.is_dir() else []:
             with tarfile.open(shard) as tar:
                 for member in tar:
-                    if member.name.endswith(".json"):
-                        meta = json.loads(tar.extractfile(member).read())
-                        captions.append(meta.get("caption") or meta.get("label") or "")
-                        if len(captions) >= n:
-                            return captions
-        if captions:
-            return captions
+                    key, _, ext = member.name.rpartition(".")
+                    if key not in samples and len(samples) >= n:
+                        return list(samples.items())
+                    samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+        if samples:
+            return list(samples.items())[:n]
     return []
+
+
+def clip_caption(parts: Mapping[str, bytes]) -> str:
+    """A sample's caption (or label) from its json."""
+    meta = json.loads(parts.get("json", b"{}"))
+    return meta.get("caption") or meta.get("label") or ""
+
+
+def split_captions(root: str | None, n: int) -> list[str]:
+    """The first ``n`` captions of a prepared dataset (test, else val, else train split)."""
+    return [clip_caption(parts) for _, parts in split_samples(root, n)]
 
 
 def av_align_scores(video: torch.Tensor, audio: torch.Tensor, clip: Mapping[str, Any]) -> dict[str, float]:

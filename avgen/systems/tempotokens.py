@@ -11,7 +11,8 @@ sequence per frame, and each frame of the frozen text-to-video UNet3D attends to
 Training: only the mapper and the pooling (and the course-project variant's self-attention) train;
 loss = ε-MSE of the video latents + λ · mean|temporal tokens| (Eq. 8). The audio given to the
 encoder spans exactly the frames being denoised: the clip, in training, validation and sampling.
-Sampling: DPM-Solver++ (25 steps) with classifier-free guidance against the empty prompt.
+Sampling: DPM-Solver++ (25 steps) with classifier-free guidance (scale 25, as the public code) against
+the empty prompt.
 
 Prompt templates (``model.prompt``, Table 2): ``{audio}`` expands to the audio placeholders of the
 window setting — ``<temp> <local1> … <localK> <class>`` — and ``{caption}`` to the clip's text:
@@ -42,11 +43,18 @@ from avgen.modules.audio_mapper import AudioMapper, pool_to_frames
 from avgen.modules.context_windows import resolutions, window_means
 from avgen.modules.placeholder_prompt import PlaceholderPrompt
 from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
-from avgen.systems.common import av_align_scores, log_sounding_videos, refuse_existing, write_sounding_videos
+from avgen.systems.common import (
+    av_align_scores,
+    clip_caption,
+    log_sounding_videos,
+    refuse_existing,
+    split_samples,
+    write_sounding_videos,
+)
 
 log = logging.getLogger("avgen")
 
-SAMPLING_DEFAULTS = {"steps": 25, "guidance": 9.0, "negative_prompt": "", "batch_size": 4}
+SAMPLING_DEFAULTS = {"steps": 25, "guidance": 25.0, "negative_prompt": "", "batch_size": 4}
 
 
 class TempoTokens(DiffusionSystem):
@@ -309,35 +317,15 @@ def expand_prompt(template: str, system: TempoTokens) -> str:
     return template.replace("{audio}", audio)
 
 
-def split_audio(root: str | None, n: int, rate: int, splits: Sequence[str] = ("test", "val", "train")
-                ) -> list[tuple[str, np.ndarray, str]]:
-    """The first ``n`` clips' (key, audio, caption) of a prepared dataset, read from the shards."""
-    import json
-    import tarfile
-
+def split_audio(root: str | None, n: int, rate: int) -> list[tuple[str, np.ndarray, str]]:
+    """The first ``n`` clips' (key, audio at ``rate``, caption) of a prepared dataset's test (or val, train) split."""
     from avgen.media import decode_flac
 
-    if not root:
-        return []
-    for split in splits:
-        folder = Path(root) / split
-        clips: list[tuple[str, np.ndarray, str]] = []
-        for shard in sorted(folder.glob("*.tar")) if folder.is_dir() else []:
-            members: dict[str, dict[str, bytes]] = {}
-            with tarfile.open(shard) as tar:
-                for member in tar:
-                    key, _, ext = member.name.rpartition(".")
-                    members.setdefault(key, {})[ext] = tar.extractfile(member).read()
-            for key, parts in members.items():
-                if "flac" not in parts:
-                    continue
-                audio, sr = decode_flac(parts["flac"])
-                if sr != rate:
-                    continue
-                meta = json.loads(parts.get("json", b"{}"))
-                clips.append((key, audio.astype(np.float32), meta.get("caption") or meta.get("label") or ""))
-                if len(clips) >= n:
-                    return clips
-        if clips:
-            return clips
-    return []
+    clips = []
+    for key, parts in split_samples(root, n):
+        if "flac" not in parts:
+            continue
+        audio, sr = decode_flac(parts["flac"])
+        if sr == rate:
+            clips.append((key, audio.astype(np.float32), clip_caption(parts)))
+    return clips
