@@ -173,6 +173,7 @@ def evaluate(cfg: DictConfig):
     result = evaluate_folder(ev.pred_dir, cfg.paths.output_dir, metrics=list(ev.metrics), workers=ev.workers,
                              plots=ev.plots, av_align=plain["av_align"], ref_dir=ev.ref_dir, fvd=plain["fvd"],
                              fad=plain["fad"], clipsim=plain["clipsim"], clap=plain["clap"], panns=plain["panns"],
+                             is_video=plain.get("is_video"), imagebind=plain.get("imagebind"),
                              prompt=ev.prompt, cache_dir=ev.cache_dir, device=ev.device, overwrite=ev.overwrite,
                              config=plain)
     print(json.dumps({"metrics": result["metrics"], "clips": result["clips"],

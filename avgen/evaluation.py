@@ -31,10 +31,11 @@ from avgen.parallel import worker_pool
 log = logging.getLogger(__name__)
 
 # Metrics the evaluate command can compute; the others named in configs are not built yet.
-AVAILABLE = ("av_align", "fvd", "fad", "clipsim", "clap", "is", "kl")
+AVAILABLE = ("av_align", "fvd", "fad", "clipsim", "clap", "is", "kl", "is_video")
 DISTRIBUTION = ("fvd", "fad")
 SEMANTIC = ("clipsim", "clap")
-CLASSIFIER = ("is", "kl")
+CLASSIFIER = ("is", "kl")  # audio classifier (PANNs CNN14)
+VIDEO_CLASSIFIER = ("is_video",)  # video classifier (UCF-101 C3D)
 NEEDS_REFERENCE = DISTRIBUTION + ("kl",)
 PLANNED = ("imagebind",)
 
@@ -72,7 +73,8 @@ def _score_clip(job: tuple[str, dict, str | None]) -> dict[str, Any]:
 def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[str], workers: int = 2,
                     plots: int = 0, av_align: dict | None = None, ref_dir: str | Path | None = None,
                     fvd: dict | None = None, fad: dict | None = None, clipsim: dict | None = None,
-                    clap: dict | None = None, panns: dict | None = None, prompt: str | None = None,
+                    clap: dict | None = None, panns: dict | None = None, is_video: dict | None = None,
+                    imagebind: dict | None = None, prompt: str | None = None,
                     cache_dir: str | Path | None = None, device: str = "auto", overwrite: bool = False,
                     config: dict | None = None) -> dict[str, Any]:
     """Score every clip of ``pred_dir``; write ``metrics.json`` and ``per_clip.csv`` to ``out_dir``.
@@ -118,8 +120,10 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
         values["av_align"] = {k.removeprefix("av_align_"): sum(r[k] for r in ok) / len(ok) for k in variants}
     bad = {f["clip"] for f in failures}
     more_values, extractors, more = score_in_main_process(
-        [m for m in metrics if m in DISTRIBUTION + SEMANTIC + CLASSIFIER], [p for p in clips if p.name not in bad],
-        ref_dir=ref_dir, options={"fvd": fvd, "fad": fad, "clipsim": clipsim, "clap": clap, "panns": panns},
+        [m for m in metrics if m in DISTRIBUTION + SEMANTIC + CLASSIFIER + VIDEO_CLASSIFIER],
+        [p for p in clips if p.name not in bad], ref_dir=ref_dir,
+        options={"fvd": fvd, "fad": fad, "clipsim": clipsim, "clap": clap, "panns": panns, "is_video": is_video,
+                 "imagebind": imagebind},
         prompt=prompt, cache_dir=cache_dir or out / "refstats", device=device)
     values.update(more_values)
     failures += more
@@ -219,6 +223,15 @@ def _device(device: str):
     return torch.device(device)
 
 
+def video_tensor(frames: np.ndarray, dev):
+    """Decoded frames (F, H, W, 3) uint8 → (1, F, 3, H, W) float in [-1, 1] on ``dev`` (an extractor's
+    uint8 quantisation ``(x * 127.5 + 128)`` gives the decoded bytes back exactly)."""
+    import torch
+
+    video = torch.from_numpy(np.ascontiguousarray(frames)).to(dev)
+    return video.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)[None]
+
+
 def clip_prompt(path: Path, default: str | None) -> str | None:
     """The prompt a clip was generated from: ``<stem>.txt`` beside it, else ``default``."""
     txt = path.with_suffix(".txt")
@@ -267,8 +280,8 @@ class _SemanticScorer(_Scorer):
 
 
 class _FrechetScorer(_Scorer):
-    """FVD (I3D on video) or FAD (VGGish, or PANNs CNN14's embedding, on 16 kHz audio) against reference
-    statistics."""
+    """FVD (I3D on video) or FAD (VGGish or PANNs CNN14's embedding on 16 kHz audio, or CLAP's embedding
+    on 48 kHz audio) against reference statistics."""
 
     def __init__(self, name: str, options: dict, dev):
         import torch
@@ -285,7 +298,15 @@ class _FrechetScorer(_Scorer):
             self.sample_rate = int(options.pop("sample_rate", 16000))
             kind = options.pop("extractor", "vggish")
             panns_path = options.pop("panns_path", None)
-            if kind == "panns":
+            clap_model = options.pop("clap_model", None)
+            if kind == "clap":
+                from avgen.metrics.semantic import ClapEmbedding, CLAPScore
+
+                clap_options = {k: options.pop(k) for k in list(options) if k not in ("vggish_path", "vggish_pca_path")}
+                extractor = ClapEmbedding(CLAPScore.from_pretrained(clap_model, config_key="evaluate.fad.clap_model",
+                                                                    **clap_options))
+                self.sample_rate = extractor.sample_rate  # one resampling, straight to CLAP's rate
+            elif kind == "panns":
                 from avgen.metrics.panns import Cnn14Embedding, load_cnn14
 
                 options.pop("vggish_path", None)
@@ -297,7 +318,7 @@ class _FrechetScorer(_Scorer):
                                             pca_config_key="evaluate.fad.vggish_pca_path",
                                             pca_path=options.pop("vggish_pca_path", None), **options)
             else:
-                raise ConfigError(f"evaluate.fad.extractor={kind!r}: expected vggish or panns")
+                raise ConfigError(f"evaluate.fad.extractor={kind!r}: expected vggish, panns or clap")
         self.extractor = extractor.to(dev)
         self.reference_metric = FrechetDistance(self.extractor).to(dev)
         self.metric = None
@@ -306,8 +327,7 @@ class _FrechetScorer(_Scorer):
     def model_input(self, frames: np.ndarray, audio: np.ndarray, sr: int):
         torch = self.torch
         if self.name == "fvd":
-            video = torch.from_numpy(np.ascontiguousarray(frames)).to(self.dev)
-            return video.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)[None]
+            return video_tensor(frames, self.dev)
         wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.dev)
         if sr != self.sample_rate:
             import torchaudio
@@ -415,38 +435,68 @@ class _InceptionScorer(_Scorer):
     def result(self):
         info = {**self.classifier.describe(), "splits": self.metric.splits, "shuffle_seed": self.metric.shuffle_seed,
                 "posterior": "softmax over the logits", "clips": self.metric.num_clips()}
-        try:
-            values = self.metric.compute()
-        except ValueError as exc:  # fewer readable clips than splits: the run's other metrics still count
-            return None, {**info, "error": str(exc)}
-        return {k: float(v) for k, v in values.items()}, info
+        if info["clips"] < self.metric.splits:  # fewer readable clips than splits: the other metrics still count
+            return None, {**info, "error": f"{info['clips']} clips scored, fewer than splits={self.metric.splits}"}
+        return {k: float(v) for k, v in self.metric.compute().items()}, info
 
 
 class _KLScorer(_Scorer):
-    """Mean KL(reference || generated) of CNN14 outputs, each generated clip paired with ``<stem>.mp4``
-    (or ``<stem>.wav``) in the folder ``evaluate.ref_dir``; a clip without its reference is reported."""
+    """Mean KL(reference || generated) of CNN14 outputs, each generated clip paired with its reference:
+
+    - ``evaluate.ref_dir`` a folder: ``<stem>.mp4`` (or ``<stem>.wav``) of the same stem;
+    - ``evaluate.ref_dir`` a shard split (``manifest.json``): the clip whose key the ``sample`` command
+      recorded as ``source`` in ``<stem>.json`` beside the generated clip (the data clip whose caption
+      or audio it was made from), read in one pass over the split.
+
+    A clip without its reference is reported, not fatal."""
 
     name = "kl"
 
-    def __init__(self, classifier: _PannsLogits, ref_dir):
+    def __init__(self, classifier: _PannsLogits, ref_dir, pred: list[Path]):
         from avgen.data.shards import MANIFEST
         from avgen.metrics.classifier_scores import MeanKL
 
         self.folder = Path(ref_dir)
-        if (self.folder / MANIFEST).exists():
-            raise ConfigError(f"evaluate.metrics 'kl' pairs each generated clip with the reference clip of the same "
-                              f"stem, but evaluate.ref_dir={ref_dir} is a shard split whose clips are named by keys "
-                              f"(<dataset>/<source id>/<start ms>), not file stems; set evaluate.ref_dir to a folder "
-                              f"of <stem>.mp4 or <stem>.wav references")
         if not self.folder.is_dir():
-            raise ConfigError(f"evaluate.ref_dir={ref_dir} is not a folder of reference clips for 'kl'")
+            raise ConfigError(f"evaluate.ref_dir={ref_dir} is not a folder of reference clips or a shard split "
+                              f"for 'kl'")
         self.classifier, self.metric = classifier, MeanKL()
+        self.split_audio: dict[str, tuple[np.ndarray, int]] | None = None
+        if (self.folder / MANIFEST).exists():
+            self.split_audio = self._read_split(pred)
 
-    def reference_audio(self, stem: str) -> tuple[np.ndarray, int]:
-        """Audio of the reference ``<stem>.mp4`` (its stream, or a wav beside it), else ``<stem>.wav``."""
+    def _read_split(self, pred: list[Path]) -> dict[str, tuple[np.ndarray, int]]:
+        """Audio of the split's clips whose keys the generated clips name as their source."""
+        from avgen.systems.common import sample_source
+
+        wanted = {s for s in (sample_source(p) for p in pred) if s}
+        if not wanted:
+            raise ConfigError(f"evaluate.metrics 'kl' with the shard split evaluate.ref_dir={self.folder} pairs each "
+                              f"generated clip with the split's clip named as 'source' in <stem>.json beside it (the "
+                              f"sample command writes it), but no clip in evaluate.pred_dir has one; set "
+                              f"evaluate.ref_dir to a folder of <stem>.mp4 or <stem>.wav references instead")
+        found = {}
+        for key, _, _, audio, sr in _reference_clips(self.folder):
+            if key in wanted:
+                found[key] = (audio, sr)
+        return found
+
+    def reference_audio(self, path: Path) -> tuple[np.ndarray, int]:
+        """Audio of the reference of generated clip ``path`` (see the class docstring)."""
         from avgen.media import decode_flac
         from avgen.metrics.av_align import load_av
 
+        if self.split_audio is not None:
+            from avgen.systems.common import sample_source
+
+            key = sample_source(path)
+            if not key:
+                raise ValueError(f"no source key in {path.with_suffix('.json').name} to find its reference in the "
+                                 f"shard split evaluate.ref_dir={self.folder}")
+            if key not in self.split_audio:
+                raise ValueError(f"source {key} is not a clip of the shard split evaluate.ref_dir={self.folder}")
+            return self.split_audio[key]
+        stem = path.stem
         mp4, wav = self.folder / f"{stem}.mp4", self.folder / f"{stem}.wav"
         if not mp4.is_file() and not wav.is_file():
             raise ValueError(f"no reference {mp4.name} or {wav.name} in evaluate.ref_dir={self.folder}")
@@ -459,7 +509,7 @@ class _KLScorer(_Scorer):
             raise ValueError(f"reference {stem}: {type(exc).__name__}: {exc}") from exc
 
     def update(self, path, frames, audio, sr):
-        reference = self.classifier.classify(*self.reference_audio(path.stem))
+        reference = self.classifier.classify(*self.reference_audio(path))
         self.metric.update(self.classifier.generated(path, audio, sr), reference)
 
     def result(self):
@@ -467,6 +517,44 @@ class _KLScorer(_Scorer):
         info = {**self.classifier.describe(), "pairs": pairs, "eps": self.metric.eps,
                 "direction": "KL(reference || generated)", "ref_dir": str(self.folder.absolute())}
         return ({k: float(v) for k, v in self.metric.compute().items()} if pairs else None), info
+
+
+class _VideoInceptionScorer(_Scorer):
+    """Video Inception Score (TempoTokens' IS column): UCF-101 C3D posteriors of each clip's first 16
+    frames, StyleGAN-V's 10 splits after ``RandomState(42)`` shuffling, clips ordered by file name."""
+
+    name = "is_video"
+
+    def __init__(self, options: dict, pred: list[Path], dev):
+        import torch
+
+        from avgen.metrics.classifier_scores import InceptionScore
+        from avgen.metrics.extractors import build_extractor
+
+        options = dict(options)
+        splits, seed = int(options.pop("splits", 10)), options.pop("shuffle_seed", 42)
+        if len(pred) < splits:
+            raise ConfigError(f"evaluate.metrics 'is_video' with evaluate.is_video.splits={splits} needs at least "
+                              f"{splits} clips; evaluate.pred_dir holds {len(pred)}: lower evaluate.is_video.splits "
+                              f"(StyleGAN-V uses 10) or score more clips")
+        self.extractor = build_extractor("c3d", options.pop("c3d_path", None), config_key="evaluate.is_video.c3d_path",
+                                         **options).to(dev)
+        self.metric = InceptionScore(splits=splits, shuffle_seed=seed)
+        self.position = {p.name: i for i, p in enumerate(sorted(pred))}
+        self.dev, self.torch = dev, torch
+
+    def update(self, path, frames, audio, sr):
+        with self.torch.no_grad():
+            probs = self.extractor(video_tensor(frames, self.dev))
+        # log-probabilities as logits: the metric's softmax gives the C3D posteriors back
+        self.metric.update(probs.log(), self.torch.tensor([self.position[path.name]]))
+
+    def result(self):
+        info = {**self.extractor.describe(), "splits": self.metric.splits, "shuffle_seed": self.metric.shuffle_seed,
+                "clips": self.metric.num_clips()}
+        if info["clips"] < self.metric.splits:  # fewer readable clips than splits: the other metrics still count
+            return None, {**info, "error": f"{info['clips']} clips scored, fewer than splits={self.metric.splits}"}
+        return {k: float(v) for k, v in self.metric.compute().items()}, info
 
 
 def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, options: dict[str, dict],
@@ -480,8 +568,10 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
     if any(m in CLASSIFIER for m in metrics):
         panns = options.get("panns") or {}
         classifier = _PannsLogits(panns, dev)
-        scorers += [_InceptionScorer(classifier, panns, pred) if m == "is" else _KLScorer(classifier, ref_dir)
+        scorers += [_InceptionScorer(classifier, panns, pred) if m == "is" else _KLScorer(classifier, ref_dir, pred)
                     for m in metrics if m in CLASSIFIER]
+    if "is_video" in metrics:
+        scorers.append(_VideoInceptionScorer(options.get("is_video") or {}, pred, dev))
     if not scorers:
         return {}, {}, []
     if frechet:

@@ -387,3 +387,41 @@ def test_evaluate_is_and_kl_configuration_errors(tmp_path, clips, tiny_weights):
     (shards / "manifest.json").write_text("{}")
     with pytest.raises(ConfigError, match="shard split"):
         evaluate_folder(pred, tmp_path / "e", metrics=["kl"], ref_dir=shards, panns=panns)
+
+
+def test_kl_pairs_samples_with_shard_split_clips_by_their_recorded_source(tmp_path, tiny_shards, tiny_weights):
+    """evaluate.ref_dir=<shard split>: each generated clip is paired with the split clip named as 'source' in
+    <stem>.json (what the sample command writes); the clips' own audio gives KL ~0, a clip without a
+    source or with an unknown one is reported."""
+    from avgen.evaluation import _reference_clips
+    from avgen.media import write_wav
+    from avgen.systems.common import sample_source
+
+    split = tiny_shards / "test"
+    refs = [(key, audio, sr) for key, _, _, audio, sr in _reference_clips(split)]
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    frames = np.zeros((8, 32, 32, 3), np.uint8)
+    for i, (key, audio, sr) in enumerate(refs[:3]):
+        write_mp4(pred / f"sample_{i:04d}.mp4", frames, 8)
+        write_wav(pred / f"sample_{i:04d}.wav", audio, sr)  # the reference's own audio
+        (pred / f"sample_{i:04d}.json").write_text(json.dumps({"prompt": "", "source": key}))
+    write_mp4(pred / "sample_0003.mp4", frames, 8)
+    write_wav(pred / "sample_0003.wav", refs[3][1], refs[3][2])  # no json: no source
+    write_mp4(pred / "sample_0004.mp4", frames, 8)
+    write_wav(pred / "sample_0004.wav", refs[4][1][::-1].copy(), refs[4][2])
+    (pred / "sample_0004.json").write_text(json.dumps({"prompt": "", "source": "synthetic_hits/none/0"}))
+    assert sample_source(pred / "sample_0000.mp4") == refs[0][0] and sample_source(pred / "sample_0003.mp4") is None
+
+    panns = {"path": str(tiny_weights), "splits": 2, **TINY_CNN14}
+    result = evaluate_folder(pred, tmp_path / "out", metrics=["kl"], ref_dir=split, panns=panns)
+    assert result["extractors"]["kl"]["pairs"] == 3
+    assert all(-527e-6 < v <= 1e-9 for v in result["metrics"]["kl"].values())  # identical audio in every pair
+    reasons = {f["clip"]: f["reason"] for f in result["failures"]}
+    assert "no source key" in reasons["sample_0003.mp4"]
+    assert "not a clip of the shard split" in reasons["sample_0004.mp4"]
+    # pairing by source matters: the same samples against the wrong clips give a clearly positive KL
+    for i in range(3):
+        (pred / f"sample_{i:04d}.json").write_text(json.dumps({"prompt": "", "source": refs[(i + 1) % 3][0]}))
+    shuffled = evaluate_folder(pred, tmp_path / "out2", metrics=["kl"], ref_dir=split, panns=panns)
+    assert shuffled["metrics"]["kl"]["softmax"] > 1e-4

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from avgen.data.geometry import ClipGeometry
 from avgen.data.synthetic import generate_clip
@@ -133,8 +134,8 @@ def test_clipsim_and_clap_use_prompts_beside_the_clips(tmp_path, pred_dir, clip_
     """Tiny random CLIP / CLAP saved with save_pretrained and loaded through the real loader."""
     import shutil
 
-    from avgen.metrics.semantic import CLAPScore, CLIPSim
     from avgen.metrics.av_align import load_av
+    from avgen.metrics.semantic import CLAPScore, CLIPSim
 
     folder = tmp_path / "pred"
     shutil.copytree(pred_dir, folder)
@@ -189,4 +190,95 @@ def test_fad_with_the_panns_embedding(tmp_path, pred_dir):
     result = evaluate_folder(pred_dir, tmp_path / "b", metrics=["fad"], ref_dir=other, cache_dir=tmp_path / "c", fad=fad)
     assert result["metrics"]["fad"] > 1e3 * max(identical, 1e-12)
     with pytest.raises(ConfigError, match="evaluate.fad.extractor"):
-        evaluate_folder(pred_dir, tmp_path / "d", metrics=["fad"], ref_dir=same, fad={"extractor": "clap"})
+        evaluate_folder(pred_dir, tmp_path / "d", metrics=["fad"], ref_dir=same, fad={"extractor": "openl3"})
+
+
+def test_fad_with_the_clap_embedding(tmp_path, pred_dir, clap_dir):  # noqa: F811
+    """evaluate.fad.extractor=clap: CLAP audio embeddings (resampled once, to CLAP's 48 kHz) as FAD features."""
+    import shutil
+
+    import torch
+
+    from avgen.metrics.av_align import load_av
+    from avgen.metrics.semantic import ClapEmbedding, CLAPScore, folder_hashes
+
+    fad = {"extractor": "clap", "clap_model": str(clap_dir)}
+    same = tmp_path / "same"
+    shutil.copytree(pred_dir, same)
+    result = evaluate_folder(pred_dir, tmp_path / "a", metrics=["fad"], ref_dir=same, cache_dir=tmp_path / "c", fad=fad)
+    assert result["metrics"]["fad"] == pytest.approx(0, abs=1e-6)
+    info = result["extractors"]["fad"]
+    assert info["name"] == "clap_audio_embedding" and info["config"]["sample_rate"] == 48_000
+    assert info["sha256"] == folder_hashes(clap_dir) and info["sha256"]
+    # the features are CLAPScore's normalised audio embeddings of the clip resampled straight to 48 kHz
+    extractor = ClapEmbedding(CLAPScore.from_pretrained(str(clap_dir)))
+    _, _, audio, sr = load_av(pred_dir / "ok0.mp4")
+    import torchaudio
+
+    wave = torchaudio.functional.resample(torch.from_numpy(audio).float(), sr, 48_000)[None]
+    direct = CLAPScore.from_pretrained(str(clap_dir))
+    direct.sample_rate = sr
+    assert torch.allclose(extractor(wave), direct.audio_embeddings([audio]), atol=1e-4)
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(3):
+        noise = np.random.default_rng(i).uniform(-0.9, 0.9, 3 * 16000).astype(np.float32)
+        write_mp4(other / f"o{i}.mp4", generate_clip(70 + i, GEO).frames, 8, audio=noise, sample_rate=16000)
+    result = evaluate_folder(pred_dir, tmp_path / "b", metrics=["fad"], ref_dir=other, cache_dir=tmp_path / "c",
+                             fad=fad)
+    assert result["metrics"]["fad"] > 1e-4
+
+
+class TinyC3D(torch.nn.Module):
+    """StyleGAN-V's C3D TorchScript call convention: uint8 (B, 3, T, H, W) in, softmax over classes out.
+    The class scores depend on the mean colour of each of the first frames, so clips differ."""
+
+    def __init__(self, classes: int = 5, logits: bool = False):
+        super().__init__()
+        self.proj = torch.nn.Linear(3 * 4, classes)
+        self.logits = logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.dtype == torch.uint8
+        colour = x[:, :, :4].float().mean(dim=[3, 4]).flatten(1) / 255.0 * 8.0 - 4.0
+        out = self.proj(colour)
+        return out if self.logits else out.softmax(dim=1)
+
+
+def test_video_inception_score_with_a_c3d_torchscript(tmp_path, pred_dir):
+    """is_video equals StyleGAN-V's compute_isv written out: C3D posteriors of the first 16 frames (uint8),
+    RandomState(42).shuffle, parts i*N//splits, exp(mean KL(p(y|x) || p(y)))."""
+    from avgen.metrics.av_align import load_av
+    from avgen.metrics.extractors import ExtractorWeightsMissing, sha256_file
+
+    torch.manual_seed(3)
+    module = TinyC3D()
+    c3d = tmp_path / "c3d_ucf101.pt"
+    torch.jit.script(module).save(str(c3d))
+    options = {"c3d_path": str(c3d), "splits": 2, "num_classes": 5}
+    result = evaluate_folder(pred_dir, tmp_path / "a", metrics=["is_video"], is_video=options)
+    names = sorted(["ok0.mp4", "ok1.mp4", "ok2.mp4", "pair.mp4", "shifted.mp4"])
+    with torch.no_grad():
+        probs = np.concatenate([module(torch.from_numpy(load_av(pred_dir / n)[0][:16]).permute(3, 0, 1, 2)[None])
+                                .double().numpy() for n in names])
+    np.random.RandomState(42).shuffle(probs)
+    scores = []
+    for i in range(2):
+        part = probs[i * 5 // 2:(i + 1) * 5 // 2]
+        kl = part * (np.log(part) - np.log(part.mean(axis=0, keepdims=True)))
+        scores.append(np.exp(kl.sum(axis=1).mean()))
+    assert result["metrics"]["is_video"]["mean"] == pytest.approx(np.mean(scores), rel=1e-6)
+    assert result["metrics"]["is_video"]["std"] == pytest.approx(np.std(scores), rel=1e-5, abs=1e-9)
+    assert result["metrics"]["is_video"]["mean"] > 1.0001  # the clips get different posteriors
+    info = result["extractors"]["is_video"]
+    assert info["sha256"] == {"c3d": sha256_file(c3d)} and info["shuffle_seed"] == 42 and info["clips"] == 5
+    # a file that returns logits, not probabilities: every clip is reported, the run still finishes
+    torch.jit.script(TinyC3D(logits=True)).save(str(tmp_path / "logits.pt"))
+    bad = evaluate_folder(pred_dir, tmp_path / "b", metrics=["is_video"],
+                          is_video={**options, "c3d_path": str(tmp_path / "logits.pt")})
+    assert bad["metrics"]["is_video"] is None
+    assert sum("not probabilities" in f["reason"] for f in bad["failures"]) == 5
+    with pytest.raises(ExtractorWeightsMissing, match="evaluate.is_video.c3d_path"):
+        evaluate_folder(pred_dir, tmp_path / "c", metrics=["is_video"], is_video={"c3d_path": None, "splits": 2})
+    with pytest.raises(ConfigError, match="evaluate.is_video.splits"):
+        evaluate_folder(pred_dir, tmp_path / "d", metrics=["is_video"], is_video={**options, "splits": 10})

@@ -60,6 +60,12 @@ ORIGINS: dict[str, WeightsOrigin] = {
              "that the original FVD (google-research frechet_video_distance) uses",
         where="https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1, linked from "
               "universome/stylegan-v src/metrics/frechet_video_distance.py"),
+    "c3d": WeightsOrigin(
+        file="c3d_ucf101.pt", config_key="evaluate.is_video.c3d_path", metric="is_video",
+        what="the UCF-101-finetuned C3D as TorchScript: StyleGAN-V's exact port of TGANv2's chainer C3D, "
+             "the classifier of the video Inception Score (TGAN, TGANv2, StyleGAN-V, TempoTokens' IS column)",
+        where="https://www.dropbox.com/s/jxpu7avzdc9n97q/c3d_ucf101.pt?dl=1, linked from "
+              "universome/stylegan-v src/metrics/video_inception_score.py"),
     "vggish": WeightsOrigin(
         file="vggish-10086976.pth", config_key="evaluate.fad.vggish_path", metric="fad",
         what="Google's AudioSet VGGish converted to a PyTorch state dict by torchvggish "
@@ -76,6 +82,12 @@ ORIGINS: dict[str, WeightsOrigin] = {
         what="the PANNs CNN14 AudioSet tagger trained on 16 kHz audio (Kong et al. 2020), the classifier of "
              "audioldm_eval's Inception Score and KL",
         where="https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth (Zenodo record 3987831)"),
+    "imagebind": WeightsOrigin(
+        file="imagebind_huge.pth", config_key="evaluate.imagebind.path", metric="imagebind",
+        what="Meta's ImageBind-Huge state dict (Girdhar et al. 2023, facebookresearch/ImageBind); only its vision "
+             "and audio towers are used",
+        where="https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth, linked from facebookresearch/ImageBind "
+              "imagebind/models/imagebind_model.py"),
 }
 
 
@@ -182,15 +194,7 @@ class I3DFeatures(FeatureExtractor):
             raise ConfigError(f"I3D frame_sampling={frame_sampling!r}: expected 'uniform' or 'first'")
         if input_mode not in ("uint8", "float"):
             raise ConfigError(f"I3D input_mode={input_mode!r}: expected 'uint8' (StyleGAN-V) or 'float'")
-        file = _require_file("i3d", path, config_key)
-        try:
-            with warnings.catch_warnings():
-                # TorchScript is deprecated in torch, but it is the format these weights are published in.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                self.detector = torch.jit.load(str(file), map_location="cpu")
-        except RuntimeError as exc:
-            raise ValueError(f"{file} is not a TorchScript module ({exc}); expected {ORIGINS['i3d'].file} "
-                             f"from {ORIGINS['i3d'].where}") from exc
+        file, self.detector = _load_torchscript("i3d", path, config_key)
         self._record("i3d", file)
         self.num_frames, self.frame_sampling = num_frames, frame_sampling
         self.input_mode, self.resolution = input_mode, resolution
@@ -203,12 +207,7 @@ class I3DFeatures(FeatureExtractor):
 
     def frame_indices(self, total: int) -> torch.Tensor:
         """Indices of the frames fed to I3D out of ``total`` frames."""
-        if total < self.num_frames:
-            raise ValueError(f"I3D features need clips of at least num_frames={self.num_frames} frames, got "
-                             f"{total}; generate longer clips or lower num_frames (FVD convention: 16)")
-        if self.frame_sampling == "first":
-            return torch.arange(self.num_frames)
-        return torch.linspace(0, total - 1, self.num_frames).round().long()
+        return _frame_indices(total, self.num_frames, self.frame_sampling, "I3D features")
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """video (B, F, 3, H, W) float in [-1, 1], axis 1 is time → features (B, feature_dim) float32."""
@@ -216,8 +215,7 @@ class I3DFeatures(FeatureExtractor):
             raise ValueError(f"I3D expects video (B, F, 3, H, W), got {tuple(video.shape)}")
         clip = video[:, self.frame_indices(video.shape[1]).to(video.device)].float()
         if self.input_mode == "uint8":
-            x = (clip * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 1, 3, 4).contiguous()
-            feats = self.detector(x, rescale=True, resize=True, return_features=True)
+            feats = self.detector(_to_uint8_cthw(clip), rescale=True, resize=True, return_features=True)
         else:
             b, t = clip.shape[:2]
             frames = F.interpolate(clip.flatten(0, 1), size=(self.resolution, self.resolution), mode="bilinear",
@@ -228,6 +226,90 @@ class I3DFeatures(FeatureExtractor):
             raise ValueError(f"I3D detector returned {tuple(feats.shape)}, expected ({video.shape[0]}, "
                              f"{self.num_features}); check feature_dim and that the file is {ORIGINS['i3d'].file}")
         return feats.float()
+
+
+def _load_torchscript(role: str, path: str | os.PathLike | None, config_key: str | None) -> tuple[Path, nn.Module]:
+    file = _require_file(role, path, config_key)
+    try:
+        with warnings.catch_warnings():
+            # TorchScript is deprecated in torch, but it is the format these weights are published in.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return file, torch.jit.load(str(file), map_location="cpu")
+    except RuntimeError as exc:
+        raise ValueError(f"{file} is not a TorchScript module ({exc}); expected {ORIGINS[role].file} "
+                         f"from {ORIGINS[role].where}") from exc
+
+
+def _frame_indices(total: int, num_frames: int, sampling: str, who: str) -> torch.Tensor:
+    """``num_frames`` indices out of ``total`` frames: ``"uniform"`` over the whole clip or the ``"first"`` ones."""
+    if total < num_frames:
+        raise ValueError(f"{who}: clips need at least num_frames={num_frames} frames, got {total}; generate "
+                         f"longer clips or lower num_frames (convention: 16)")
+    if sampling == "first":
+        return torch.arange(num_frames)
+    return torch.linspace(0, total - 1, num_frames).round().long()
+
+
+def _to_uint8_cthw(clip: torch.Tensor) -> torch.Tensor:
+    """(B, T, 3, H, W) float in [-1, 1] → (B, 3, T, H, W) uint8, StyleGAN-V's generator-side quantisation."""
+    return (clip.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 1, 3, 4).contiguous()
+
+
+# --------------------------------------------------------------------------------------------- C3D
+
+
+class C3DProbabilities(FeatureExtractor):
+    """Class posteriors of the UCF-101 C3D (``c3d_ucf101.pt``) for the video Inception Score.
+
+    This is StyleGAN-V's ``compute_isv`` input side: ``num_frames`` (16) consecutive frames from the
+    start of each clip (its dataset loader: ``load_n_consecutive=16``, no random offset), quantised
+    to uint8 ``(B, 3, T, H, W)`` as its generator path does, and passed to the TorchScript with no
+    arguments; the TorchScript resizes, crops and normalises internally (TGANv2's C3D preprocessing)
+    and returns the softmax over the 101 UCF-101 classes, ``(B, 101)``. The score itself is
+    :class:`avgen.metrics.classifier_scores.InceptionScore` on ``log`` of these probabilities with
+    ``shuffle_seed=42`` (StyleGAN-V's ``RandomState(42).shuffle``) and 10 splits.
+
+    The output is checked to be a probability vector per clip, so a file that returns logits or
+    features is refused rather than silently scored.
+
+    Args:
+        path: local ``c3d_ucf101.pt``.
+        num_frames: frames per clip (16).
+        frame_sampling: ``"first"`` (StyleGAN-V) or ``"uniform"`` over the clip.
+        num_classes: width of the detector's output (101).
+        config_key: config key named in the error when the file is missing.
+    """
+
+    name = "c3d_ucf101"
+
+    def __init__(self, path: str | os.PathLike | None, num_frames: int = 16, frame_sampling: str = "first",
+                 num_classes: int = 101, config_key: str | None = None):
+        super().__init__()
+        if frame_sampling not in ("uniform", "first"):
+            raise ConfigError(f"C3D frame_sampling={frame_sampling!r}: expected 'first' (StyleGAN-V) or 'uniform'")
+        file, self.detector = _load_torchscript("c3d", path, config_key)
+        self._record("c3d", file)
+        self.num_frames, self.frame_sampling = int(num_frames), frame_sampling
+        self.num_features = int(num_classes)
+        self._freeze()
+
+    def config(self) -> dict[str, Any]:
+        return {"num_frames": self.num_frames, "frame_sampling": self.frame_sampling, "num_classes": self.num_features,
+                "input": "uint8 (B, 3, T, H, W), (x * 127.5 + 128).clamp(0, 255)", "output": "softmax probabilities"}
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """video (B, F, 3, H, W) float in [-1, 1] → class probabilities (B, num_classes) float64."""
+        if video.ndim != 5 or video.shape[2] != 3:
+            raise ValueError(f"C3D expects video (B, F, 3, H, W), got {tuple(video.shape)}")
+        index = _frame_indices(video.shape[1], self.num_frames, self.frame_sampling, "C3D (video IS)")
+        probs = self.detector(_to_uint8_cthw(video[:, index.to(video.device)])).double()
+        if probs.shape != (video.shape[0], self.num_features):
+            raise ValueError(f"C3D detector returned {tuple(probs.shape)}, expected ({video.shape[0]}, "
+                             f"{self.num_features}); check num_classes and that the file is {ORIGINS['c3d'].file}")
+        if probs.min() < 0 or not torch.allclose(probs.sum(-1), torch.ones_like(probs[:, 0]), atol=1e-3):
+            raise ValueError(f"C3D detector output rows are not probabilities (min {float(probs.min()):.3g}, row sums "
+                             f"{probs.sum(-1).tolist()[:4]}); {ORIGINS['c3d'].file} returns a softmax")
+        return probs
 
 
 # ------------------------------------------------------------------------------------------ VGGish
@@ -442,11 +524,12 @@ class VGGishFeatures(FeatureExtractor):
         return emb if self.per_example else emb.view(b, e, -1).mean(dim=1)
 
 
-EXTRACTORS: dict[str, type[FeatureExtractor]] = {"i3d": I3DFeatures, "vggish": VGGishFeatures}
+EXTRACTORS: dict[str, type[FeatureExtractor]] = {"i3d": I3DFeatures, "c3d": C3DProbabilities, "vggish": VGGishFeatures}
 
 
 def build_extractor(name: str, path: str | os.PathLike | None, **kwargs: Any) -> FeatureExtractor:
-    """A pinned extractor by name (``i3d``, ``vggish``) from a local weight file; ``kwargs`` go to its class."""
+    """A pinned extractor by name (``i3d``, ``c3d``, ``vggish``) from a local weight file; ``kwargs`` go to
+    its class."""
     if name not in EXTRACTORS:
         raise ConfigError(f"unknown feature extractor {name!r}; available: {sorted(EXTRACTORS)}")
     if path is None:

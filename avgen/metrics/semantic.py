@@ -35,7 +35,7 @@ from torchmetrics import Metric
 
 # PretrainedModelMissing is re-exported: callers of the metrics catch it from here.
 from avgen.backbones.loader import ORIGINS, PretrainedModelMissing, load_pretrained  # noqa: F401
-from avgen.metrics.extractors import sha256_file
+from avgen.metrics.extractors import FeatureExtractor, sha256_file
 
 # The metric models' entries of the config key → original hub id registry.
 PRETRAINED_ORIGINS: dict[str, str] = {key: ORIGINS[key] for key in ("evaluate.clipsim.model", "evaluate.clap.model")}
@@ -309,3 +309,38 @@ class CLAPScore(_TextAlignment):
         return self._describe(input_rate=self.sample_rate, model_rate=self.model_rate,
                               resampler="torchaudio.functional.resample (sinc, defaults)",
                               max_length_s=fe.max_length_s, truncation=fe.truncation, padding=fe.padding)
+
+
+class ClapEmbedding(FeatureExtractor):
+    """CLAP audio embeddings as a Fréchet-distance feature (FAD with CLAP, as fadtk's ``clap-laion-audio``):
+    audio (B, S) at :attr:`sample_rate` → L2-normalised embeddings (B, D), one per clip, computed exactly
+    as :class:`CLAPScore` computes them (first ``max_length_s`` seconds, the feature extractor's padding).
+
+    Args:
+        clap: a loaded :class:`CLAPScore`; its model, feature extractor and folder hashes are used.
+    """
+
+    name = "clap_audio_embedding"
+
+    def __init__(self, clap: CLAPScore):
+        super().__init__()
+        self.clap = clap
+        self.num_features = int(clap.model.config.projection_dim)
+        folder = None if clap.name_or_path is None else local_folder(clap.name_or_path)
+        self.weights = {name: (str(folder / name), sha) for name, sha in folder_hashes(folder).items()}
+        self._freeze()
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate audio must have: the CLAP feature extractor's (48 kHz for LAION CLAP), so it is resampled once."""
+        return self.clap.model_rate
+
+    def config(self) -> dict[str, Any]:
+        fe = self.clap.feature_extractor
+        return {"model": self.clap.name_or_path, "sample_rate": self.clap.model_rate, "max_length_s": fe.max_length_s,
+                "truncation": fe.truncation, "padding": fe.padding, "normalised": True}
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        self.clap.sample_rate = self.clap.model_rate
+        with torch.autocast(device_type=audio.device.type, enabled=False):
+            return self.clap.audio_embeddings(audio)

@@ -43,9 +43,9 @@ def clip_caption(parts: Mapping[str, bytes]) -> str:
     return meta.get("caption") or meta.get("label") or ""
 
 
-def split_captions(root: str | None, n: int) -> list[str]:
-    """The first ``n`` captions of a prepared dataset (test, else val, else train split)."""
-    return [clip_caption(parts) for _, parts in split_samples(root, n)]
+def split_captions(root: str | None, n: int) -> list[tuple[str, str]]:
+    """The first ``n`` (key, caption) of a prepared dataset (test, else val, else train split)."""
+    return [(key, clip_caption(parts)) for key, parts in split_samples(root, n)]
 
 
 def av_align_scores(video: torch.Tensor, audio: torch.Tensor, clip: Mapping[str, Any]) -> dict[str, float]:
@@ -90,10 +90,14 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
 
 
 def write_sounding_videos(out_dir: Path, prompts: Sequence[str], video: torch.Tensor, audio: torch.Tensor,
-                          clip: Mapping[str, Any], *, overwrite: bool, first: int = 0) -> list[Path]:
-    """``sample_NNNN.mp4`` (video + audio), ``.wav`` and ``.txt`` (the prompt) per clip.
+                          clip: Mapping[str, Any], *, overwrite: bool, first: int = 0,
+                          sources: Sequence[str | None] | None = None) -> list[Path]:
+    """``sample_NNNN.mp4`` (video + audio), ``.wav``, ``.txt`` (the prompt) and ``.json`` per clip.
 
     video (B, F, 3, H, W) and audio (B, S) in [-1, 1], at ``clip["fps"]`` and ``clip["sample_rate"]``.
+    The json holds the prompt and ``source``: the key of the data clip the sample was made from (its
+    caption or its audio), or the input file, or null. ``evaluate`` pairs a sample with its reference
+    clip in a shard split by that key (``kl``).
     """
     from avgen.media import write_bytes_atomic, write_mp4, write_wav
 
@@ -108,7 +112,20 @@ def write_sounding_videos(out_dir: Path, prompts: Sequence[str], video: torch.Te
                                sample_rate=clip["sample_rate"], overwrite=overwrite))
         write_wav(stem.with_suffix(".wav"), waves[i], clip["sample_rate"], overwrite=overwrite)
         write_bytes_atomic(stem.with_suffix(".txt"), text.encode(), overwrite=overwrite)
+        meta = {"prompt": text, "source": sources[i] if sources else None}
+        write_bytes_atomic(stem.with_suffix(".json"), json.dumps(meta, indent=1).encode(), overwrite=overwrite)
     return paths
+
+
+def sample_source(path: Path) -> str | None:
+    """The ``source`` recorded in ``<stem>.json`` beside a sample written by :func:`write_sounding_videos`."""
+    meta = Path(path).with_suffix(".json")
+    if not meta.is_file():
+        return None
+    try:
+        return json.loads(meta.read_text()).get("source")
+    except (ValueError, AttributeError):
+        return None
 
 
 def refuse_existing(out_dir: Path, count: int, overwrite: bool) -> None:

@@ -273,7 +273,7 @@ class JointAudioVideo(DiffusionSystem):
         ignored = sorted(k for k, v in unused.items() if v is not None)
         if ignored:
             log.warning("sample options not used by %s: %s", type(self).__name__, ignored)
-        prompts = self._prompts(prompt, int(n))
+        prompts, sources = self._prompts(prompt, int(n))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.to(device).eval()
@@ -288,18 +288,20 @@ class JointAudioVideo(DiffusionSystem):
                                              guidance_audio=guidance_audio, negative_prompt=negative_prompt,
                                              seed=seed + start)
                 paths += write_sounding_videos(out_dir, chunk, video, audio, self.clip, overwrite=overwrite,
-                                               first=start)
+                                               first=start, sources=sources[start:start + batch_size])
                 log.info("sampled %d/%d", min(start + batch_size, len(prompts)), len(prompts))
         print(f"wrote {len(paths)} sounding videos to {out_dir}")
         return paths
 
-    def _prompts(self, prompt: str | Sequence[str] | None, n: int) -> list[str]:
+    def _prompts(self, prompt: str | Sequence[str] | None, n: int) -> tuple[list[str], list[str | None]]:
+        """``n`` prompts and, for captions of the data, the key of their clip (else None)."""
         if prompt is None:
             captions = split_captions(((self.run_config or {}).get("data") or {}).get("root"), n)
             if not captions:
                 raise ValueError("sample.prompt is not set and the training data's captions cannot be read; "
                                  "pass sample.prompt=\"...\" (or a list: 'sample.prompt=[a,b]')")
-            prompts = captions
+            sources, prompts = [k for k, _ in captions], [c for _, c in captions]
         else:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        return [prompts[i % len(prompts)] for i in range(n)]
+            sources = [None] * len(prompts)
+        return [prompts[i % len(prompts)] for i in range(n)], [sources[i % len(sources)] for i in range(n)]

@@ -260,13 +260,14 @@ class TempoTokens(DiffusionSystem):
                                           negative_prompt=negative_prompt, seed=seed + same[0])
                     for j, i in enumerate(same):
                         paths += write_sounding_videos(out_dir, [texts[j]], video[j:j + 1], wave[j:j + 1],
-                                                       self.clip, overwrite=overwrite, first=i)
+                                                       self.clip, overwrite=overwrite, first=i,
+                                                       sources=[inputs[i][0]])
         log.info("wrote %d videos (%d audio inputs, %d Hz)", len(paths), len(inputs), rate)
         print(f"wrote {len(paths)} videos with their audio to {out_dir}")
         return sorted(paths)
 
     def _inputs(self, audio: str | None, n: int) -> list[tuple[str, np.ndarray, str]]:
-        """(name, waveform at the model's rate, caption) of every input."""
+        """(source: data key or file path, waveform at the model's rate, caption) of every input."""
         from avgen.media import decode_audio_stream
 
         rate = self.clip["sample_rate"]
@@ -285,7 +286,7 @@ class TempoTokens(DiffusionSystem):
             raise ConfigError(f"sample.audio={audio}: no such file or folder")
         if not files:
             raise ConfigError(f"sample.audio={audio}: the folder holds no .wav, .flac, .mp4 or .mp3 files")
-        return [(p.stem, decode_audio_stream(str(p), rate), "") for p in files]
+        return [(str(p.absolute()), decode_audio_stream(str(p), rate), "") for p in files]
 
 
 # ---------------------------------------------------------------------------------- helpers
