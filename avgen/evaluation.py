@@ -119,7 +119,7 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
     if variants and ok:
         values["av_align"] = {k.removeprefix("av_align_"): sum(r[k] for r in ok) / len(ok) for k in variants}
     bad = {f["clip"] for f in failures}
-    more_values, extractors, more = score_in_main_process(
+    more_values, extractors, more, per_clip = score_in_main_process(
         [m for m in metrics if m in DISTRIBUTION + SEMANTIC + CLASSIFIER + VIDEO_CLASSIFIER],
         [p for p in clips if p.name not in bad], ref_dir=ref_dir,
         options={"fvd": fvd, "fad": fad, "clipsim": clipsim, "clap": clap, "panns": panns, "is_video": is_video,
@@ -127,10 +127,15 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
         prompt=prompt, cache_dir=cache_dir or out / "refstats", device=device)
     values.update(more_values)
     failures += more
+    for row in rows:  # per-clip scores of the main-process metrics (clipsim, clap, imagebind, kl) join the CSV
+        row.update(per_clip.get(row["clip"], {}))
     reasons: dict[str, list[str]] = {}
     for f in failures:  # one entry per clip, every metric's reason
         if f["reason"] not in reasons.setdefault(f["clip"], []):
             reasons[f["clip"]].append(f["reason"])
+    for row in rows:  # the CSV's error column carries every metric's reason too
+        if row["clip"] in reasons:
+            row["error"] = "; ".join(reasons[row["clip"]])
     result = {
         "pred_dir": str(Path(pred_dir).absolute()),
         "ref_dir": str(Path(ref_dir).absolute()) if ref_dir else None,
@@ -239,12 +244,13 @@ def clip_prompt(path: Path, default: str | None) -> str | None:
 
 
 class _Scorer:
-    """One main-process metric fed clip by clip: ``update`` raises ``ValueError`` for a clip it
-    cannot score (reported per clip), ``result`` gives (value, description for metrics.json)."""
+    """One main-process metric fed clip by clip: ``update`` returns the clip's own scores for the per-clip
+    CSV (``{column: value}``, or None for set-level metrics) and raises ``ValueError`` for a clip it
+    cannot score (reported per clip); ``result`` gives (value, description for metrics.json)."""
 
     name: str
 
-    def update(self, path: Path, frames: np.ndarray, audio: np.ndarray, sr: int) -> None:
+    def update(self, path: Path, frames: np.ndarray, audio: np.ndarray, sr: int) -> dict[str, float] | None:
         raise NotImplementedError
 
     def result(self) -> tuple[float | None, dict]:
@@ -269,10 +275,12 @@ class _SemanticScorer(_Scorer):
         if not text:
             raise ValueError(f"no prompt ({path.stem}.txt beside the clip, or evaluate.prompt)")
         if self.name == "clipsim":
-            self.metric.update([frames], [text])
+            scores = self.metric.clip_scores([frames], [text])
         else:
             self.metric.sample_rate = sr  # the metric resamples to the model's rate
-            self.metric.update([np.ascontiguousarray(audio, dtype=np.float32)], [text])
+            scores = self.metric.clip_scores([np.ascontiguousarray(audio, dtype=np.float32)], [text])
+        self.metric.add_scores(scores)
+        return {self.name: float(scores[0])}
 
     def result(self):
         scored = int(self.metric.count)
@@ -510,7 +518,9 @@ class _KLScorer(_Scorer):
 
     def update(self, path, frames, audio, sr):
         reference = self.classifier.classify(*self.reference_audio(path))
-        self.metric.update(self.classifier.generated(path, audio, sr), reference)
+        pair = self.metric.pair_divergences(self.classifier.generated(path, audio, sr), reference)
+        self.metric.add_pairs(pair)
+        return {f"kl_{variant}": float(value[0]) for variant, value in pair.items()}
 
     def result(self):
         pairs = int(self.metric.count)
@@ -558,9 +568,9 @@ class _VideoInceptionScorer(_Scorer):
 
 
 def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, options: dict[str, dict],
-                          prompt: str | None, cache_dir, device: str) -> tuple[dict, dict, list[dict]]:
-    """FVD, FAD, CLIPSIM, CLAP, IS and KL over one decoding pass of ``pred``. Returns (values, extractor
-    descriptions, failures)."""
+                          prompt: str | None, cache_dir, device: str) -> tuple[dict, dict, list[dict], dict]:
+    """FVD, FAD, CLIPSIM, CLAP, ImageBind, IS, KL and video IS over one decoding pass of ``pred``. Returns
+    (values, extractor descriptions, failures, per-clip scores ``{clip name: {column: value}}``)."""
     dev = _device(device)
     frechet = [_FrechetScorer(m, options.get(m) or {}, dev) for m in metrics if m in DISTRIBUTION]
     scorers: list[_Scorer] = frechet + [_SemanticScorer(m, options.get(m) or {}, prompt, dev)
@@ -573,18 +583,19 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
     if "is_video" in metrics:
         scorers.append(_VideoInceptionScorer(options.get("is_video") or {}, pred, dev))
     if not scorers:
-        return {}, {}, []
+        return {}, {}, [], {}
     if frechet:
         _set_references(frechet, ref_dir, cache_dir)
     failures: list[dict] = []
+    per_clip: dict[str, dict[str, float]] = {}
     paths = {p.name: p for p in pred}
     for clip_name, frames, _, audio, sr in _load_clips(pred, failures):
         for scorer in scorers:
             try:
-                scorer.update(paths[clip_name], frames, audio, sr)
+                per_clip.setdefault(clip_name, {}).update(scorer.update(paths[clip_name], frames, audio, sr) or {})
             except ValueError as exc:  # too short for the extractor, no prompt, ...: reported per clip
                 failures.append({"clip": clip_name, "reason": f"{scorer.name}: {exc}"})
     values, info = {}, {}
     for scorer in scorers:
         values[scorer.name], info[scorer.name] = scorer.result()
-    return values, info, failures
+    return values, info, failures, per_clip

@@ -416,6 +416,11 @@ def test_kl_pairs_samples_with_shard_split_clips_by_their_recorded_source(tmp_pa
     panns = {"path": str(tiny_weights), "splits": 2, **TINY_CNN14}
     result = evaluate_folder(pred, tmp_path / "out", metrics=["kl"], ref_dir=split, panns=panns)
     assert result["extractors"]["kl"]["pairs"] == 3
+    import csv
+
+    with open(tmp_path / "out" / "per_clip.csv") as f:
+        rows = {r["clip"]: r for r in csv.DictReader(f)}
+    assert [bool(rows[f"sample_{i:04d}.mp4"]["kl_softmax"]) for i in range(5)] == [True, True, True, False, False]
     assert all(-527e-6 < v <= 1e-9 for v in result["metrics"]["kl"].values())  # identical audio in every pair
     reasons = {f["clip"]: f["reason"] for f in result["failures"]}
     assert "no source key" in reasons["sample_0003.mp4"]

@@ -153,6 +153,16 @@ def test_clipsim_and_clap_use_prompts_beside_the_clips(tmp_path, pred_dir, clip_
         clap.update([audio], [text])
     assert result["metrics"]["clipsim"] == pytest.approx(float(clipsim.compute()), abs=1e-5)
     assert result["metrics"]["clap"] == pytest.approx(float(clap.compute()), abs=1e-5)
+    # per-clip scores land in the CSV; their mean is the metric
+    with open(tmp_path / "out" / "per_clip.csv") as f:
+        rows = {r["clip"]: r for r in csv.DictReader(f)}
+    frames, _, audio, sr = load_av(folder / "ok0.mp4")
+    direct = CLIPSim.from_pretrained(str(clip_dir)).clip_scores([frames], ["a red ball dropping onto a wooden floor"])
+    assert float(rows["ok0.mp4"]["clipsim"]) == pytest.approx(float(direct[0]), abs=1e-5)
+    for name in ("clipsim", "clap"):
+        assert np.mean([float(r[name]) for r in rows.values() if r[name]]) == pytest.approx(result["metrics"][name],
+                                                                                             abs=1e-6)
+    assert rows["broken.mp4"]["error"] and not rows["broken.mp4"]["clipsim"]
     assert result["extractors"]["clipsim"]["clips"] == 5 and [f["clip"] for f in result["failures"]] == ["broken.mp4"]
     # without a prompt, clips are reported, not scored
     result = evaluate_folder(folder, tmp_path / "out2", metrics=["clipsim"], **options)

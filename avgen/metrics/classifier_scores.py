@@ -193,7 +193,10 @@ class MeanKL(Metric):
 
     def update(self, generated: torch.Tensor, reference: torch.Tensor) -> None:
         """Add N pairs: logits of the generated clips (N, C) and of their reference clips (N, C)."""
-        divergences = self.pair_divergences(generated, reference)
+        self.add_pairs(self.pair_divergences(generated, reference))
+
+    def add_pairs(self, divergences: dict[str, torch.Tensor]) -> None:
+        """Add per-pair divergences computed by :meth:`pair_divergences` (so a caller can keep them per clip)."""
         for variant, values in divergences.items():
             setattr(self, f"{variant}_sum", getattr(self, f"{variant}_sum") + values.sum())
         self.count = self.count + divergences["softmax"].shape[0]

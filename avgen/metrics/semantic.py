@@ -111,7 +111,8 @@ class _TextAlignment(Metric):
         tokens = {k: v.to(self.device) for k, v in tokens.items()}
         return F.normalize(_pooled(self.model.get_text_features(**tokens)).float(), dim=-1)
 
-    def _add(self, scores: torch.Tensor) -> None:
+    def add_scores(self, scores: torch.Tensor) -> None:
+        """Add per-clip scores computed by ``clip_scores`` (so a caller can keep them per clip)."""
         self.score_sum = self.score_sum + scores.to(self.score_sum).sum()
         self.count = self.count + scores.numel()
 
@@ -219,7 +220,7 @@ class CLIPSim(_TextAlignment):
     def update(self, frames: torch.Tensor | Sequence[Any], texts: Sequence[str]) -> None:
         """Add a batch: ``frames`` (B, F, 3, H, W) float in [-1, 1], or a list of B clips (F, H, W, 3)
         uint8 (F, H and W may differ between clips); ``texts`` one prompt per clip."""
-        self._add(self.clip_scores(frames, texts))
+        self.add_scores(self.clip_scores(frames, texts))
 
     def describe(self) -> dict[str, Any]:
         """Model, file hashes, scale and preprocessing, for ``metrics.json``."""
@@ -301,7 +302,7 @@ class CLAPScore(_TextAlignment):
 
     def update(self, audio: torch.Tensor | Sequence[Any], texts: Sequence[str]) -> None:
         """Add a batch: ``audio`` (B, S) float at ``sample_rate`` (or a list of (S,)); one prompt per clip."""
-        self._add(self.clip_scores(audio, texts))
+        self.add_scores(self.clip_scores(audio, texts))
 
     def describe(self) -> dict[str, Any]:
         """Model, file hashes, scale and audio settings, for ``metrics.json``."""
