@@ -55,8 +55,13 @@ def test_commands_that_need_missing_parts_fail_clearly(tmp_path):
     assert proc.returncode == 1 and "no model selected" in proc.stderr and "experiment=" in proc.stderr
     proc = run_cli("evaluate", cwd=tmp_path)
     assert proc.returncode == 1 and "evaluate.pred_dir" in proc.stderr
-    proc = run_cli("evaluate", f"evaluate.pred_dir={tmp_path}", "evaluate.metrics=[av_align,imagebind]", cwd=tmp_path)
-    assert proc.returncode == 1 and "['imagebind'] are not built yet" in proc.stderr
+    proc = run_cli("evaluate", f"evaluate.pred_dir={tmp_path}", "evaluate.metrics=[av_align,isv]", cwd=tmp_path)
+    assert proc.returncode == 1 and "unknown ['isv']" in proc.stderr
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    proc = run_cli("evaluate", f"evaluate.pred_dir={tmp_path}", "evaluate.metrics=[imagebind]", cwd=tmp_path,
+                   env={"AVGEN_IMAGEBIND_PATH": str(tmp_path / "imagebind_huge.pth")})
+    assert proc.returncode == 1 and "evaluate.imagebind.path" in proc.stderr and "Traceback" not in proc.stderr
+    assert "dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth" in proc.stderr
     proc = run_cli("sample", cwd=tmp_path)
     assert proc.returncode == 1 and "ckpt_path" in proc.stderr
 

@@ -12,7 +12,7 @@ import torch
 
 from avgen.data.geometry import ClipGeometry
 from avgen.data.synthetic import generate_clip
-from avgen.errors import CommandUnavailable, ConfigError
+from avgen.errors import ConfigError
 from avgen.evaluation import evaluate_folder
 from avgen.media import write_mp4, write_wav
 from tests.conftest import run_cli
@@ -63,8 +63,8 @@ def test_evaluate_folder_writes_metrics_csv_and_plots(tmp_path, pred_dir):
 def test_evaluate_refuses_unknown_or_unbuilt_metrics_and_bad_folders(tmp_path, pred_dir):
     with pytest.raises(ConfigError, match="unknown"):
         evaluate_folder(pred_dir, tmp_path, metrics=["nope"])
-    with pytest.raises(CommandUnavailable, match="imagebind"):
-        evaluate_folder(pred_dir, tmp_path, metrics=["av_align", "imagebind"])
+    with pytest.raises(ConfigError, match="unknown \\['isv'\\]"):
+        evaluate_folder(pred_dir, tmp_path, metrics=["av_align", "isv"])
     with pytest.raises(ConfigError, match="no \\*.mp4"):
         evaluate_folder(tmp_path, tmp_path / "out", metrics=["av_align"])
 
@@ -197,7 +197,8 @@ def test_fad_with_the_panns_embedding(tmp_path, pred_dir):
         clip = generate_clip(70 + i, ClipGeometry(seconds=3.0, fps=8, height=64, width=64))
         noise = np.random.default_rng(i).uniform(-0.9, 0.9, clip.audio.shape).astype(np.float32)
         write_mp4(other / f"o{i}.mp4", clip.frames, 8, audio=noise, sample_rate=16000)
-    result = evaluate_folder(pred_dir, tmp_path / "b", metrics=["fad"], ref_dir=other, cache_dir=tmp_path / "c", fad=fad)
+    result = evaluate_folder(pred_dir, tmp_path / "b", metrics=["fad"], ref_dir=other, cache_dir=tmp_path / "c",
+                             fad=fad)
     assert result["metrics"]["fad"] > 1e3 * max(identical, 1e-12)
     with pytest.raises(ConfigError, match="evaluate.fad.extractor"):
         evaluate_folder(pred_dir, tmp_path / "d", metrics=["fad"], ref_dir=same, fad={"extractor": "openl3"})
@@ -292,3 +293,50 @@ def test_video_inception_score_with_a_c3d_torchscript(tmp_path, pred_dir):
         evaluate_folder(pred_dir, tmp_path / "c", metrics=["is_video"], is_video={"c3d_path": None, "splits": 2})
     with pytest.raises(ConfigError, match="evaluate.is_video.splits"):
         evaluate_folder(pred_dir, tmp_path / "d", metrics=["is_video"], is_video={**options, "splits": 10})
+
+
+def test_imagebind_score_from_an_official_format_file(tmp_path, pred_dir):
+    """evaluate.metrics=[imagebind]: a tiny ImageBind written in the official checkpoint layout, loaded through
+    load_imagebind; each clip's score equals ImageBindScore on the decoded clip at its own frame rate."""
+    from avgen.metrics.av_align import load_av
+    from avgen.metrics.extractors import ExtractorWeightsMissing, sha256_file
+    from avgen.metrics.imagebind import TINY_IMAGEBIND, ImageBindAV, ImageBindScore, save_official_format
+
+    torch.manual_seed(0)
+    weights = tmp_path / "imagebind_huge.pth"
+    save_official_format(ImageBindAV.tiny(), weights)
+    options = {"path": str(weights), **TINY_IMAGEBIND}
+    result = evaluate_folder(pred_dir, tmp_path / "out", metrics=["imagebind"], imagebind=options)
+    direct = ImageBindScore.from_file(weights, sizes=TINY_IMAGEBIND)
+    with open(tmp_path / "out" / "per_clip.csv") as f:
+        rows = {r["clip"]: r for r in csv.DictReader(f)}
+    for name in ("ok0.mp4", "pair.mp4", "shifted.mp4"):
+        frames, fps, audio, sr = load_av(pred_dir / name)
+        expected = direct.clip_scores([frames], [audio], sample_rate=sr, fps=fps)
+        assert float(rows[name]["imagebind"]) == pytest.approx(float(expected[0]), abs=1e-5)
+    assert result["metrics"]["imagebind"] == pytest.approx(
+        np.mean([float(r["imagebind"]) for r in rows.values() if r["imagebind"]]), abs=1e-9)
+    info = result["extractors"]["imagebind"]
+    assert info["sha256"] == {"imagebind": sha256_file(weights)} and info["clips"] == 5
+    assert [f["clip"] for f in result["failures"]] == ["broken.mp4"]
+    with pytest.raises(ExtractorWeightsMissing, match="evaluate.imagebind.path"):
+        evaluate_folder(pred_dir, tmp_path / "b", metrics=["imagebind"], imagebind={"path": None})
+
+
+def test_overlapped_alignment_and_feature_pass_give_the_sequential_results(tmp_path, pred_dir, monkeypatch):
+    """With cores to spare, AV-Align runs in the workers while the main process scores the other metrics;
+    metrics.json and per_clip.csv are the same as when the two passes run one after the other."""
+    import avgen.evaluation as evaluation
+    from tests.test_frechet import TinyI3D
+
+    i3d = tmp_path / "i3d_torchscript.pt"
+    torch.jit.script(TinyI3D()).save(str(i3d))
+    kwargs = dict(metrics=["av_align", "fvd"], workers=2, ref_dir=pred_dir, cache_dir=tmp_path / "cache",
+                  fvd={"i3d_path": str(i3d), "num_frames": 16, "feature_dim": 18})
+    results = {}
+    for overlap in (False, True):
+        monkeypatch.setattr(evaluation._AlignmentPool, "spare_cores", lambda self, on=overlap: on)
+        results[overlap] = evaluate_folder(pred_dir, tmp_path / str(overlap), **kwargs)
+    assert results[True]["metrics"] == results[False]["metrics"]
+    assert results[True]["failures"] == results[False]["failures"]
+    assert (tmp_path / "True" / "per_clip.csv").read_text() == (tmp_path / "False" / "per_clip.csv").read_text()

@@ -112,6 +112,26 @@ def _require_file(role: str, path: str | os.PathLike | None, config_key: str | N
     return Path(path)
 
 
+def unit_range_clips(frames: torch.Tensor | Sequence[Any], device: torch.device | str, who: str,
+                     clamp: bool = False) -> list[torch.Tensor]:
+    """Video clips as a list of (F, 3, H, W) float32 in [0, 1] on ``device``, from either input form of the
+    frame-based metrics: a batch (B, F, 3, H, W) float in [-1, 1] (axis 1 is time; ``clamp`` clips values
+    outside it) or a list of decoded clips (F, H, W, 3) uint8. ``who`` names the caller in errors."""
+    if isinstance(frames, torch.Tensor):
+        if frames.ndim != 5 or frames.shape[2] != 3 or not frames.is_floating_point():
+            raise ValueError(f"{who} expects frames (B, F, 3, H, W) float in [-1, 1] (axis 1 is time) or a list of "
+                             f"(F, H, W, 3) uint8 clips, got {tuple(frames.shape)} {frames.dtype}")
+        x = frames.to(device, torch.float32)
+        return list((((x.clamp(-1, 1) if clamp else x) + 1) / 2).unbind(0))
+    clips = []
+    for clip in frames:
+        clip = torch.as_tensor(np.asarray(clip) if not isinstance(clip, torch.Tensor) else clip)
+        if clip.ndim != 4 or clip.shape[-1] != 3 or clip.dtype != torch.uint8:
+            raise ValueError(f"{who} expects a list of clips (F, H, W, 3) uint8, got {tuple(clip.shape)} {clip.dtype}")
+        clips.append(clip.to(device).permute(0, 3, 1, 2).float() / 255)
+    return clips
+
+
 class FeatureExtractor(nn.Module):
     """Base of the pinned extractors: frozen, always in eval mode, with recorded weight hashes.
 

@@ -35,7 +35,7 @@ from torchmetrics import Metric
 
 # PretrainedModelMissing is re-exported: callers of the metrics catch it from here.
 from avgen.backbones.loader import ORIGINS, PretrainedModelMissing, load_pretrained  # noqa: F401
-from avgen.metrics.extractors import FeatureExtractor, sha256_file
+from avgen.metrics.extractors import FeatureExtractor, sha256_file, unit_range_clips
 
 # The metric models' entries of the config key → original hub id registry.
 PRETRAINED_ORIGINS: dict[str, str] = {key: ORIGINS[key] for key in ("evaluate.clipsim.model", "evaluate.clap.model")}
@@ -181,19 +181,7 @@ class CLIPSim(_TextAlignment):
 
     def _clips(self, frames: torch.Tensor | Sequence[Any]) -> list[torch.Tensor]:
         """Each clip as (F, 3, H, W) float32 in [0, 1] on the metric's device."""
-        if isinstance(frames, torch.Tensor):
-            if frames.ndim != 5 or frames.shape[2] != 3 or not frames.is_floating_point():
-                raise ValueError(f"CLIPSim.update expects frames (B, F, 3, H, W) float in [-1, 1] (axis 1 is "
-                                 f"time), got {tuple(frames.shape)} {frames.dtype}")
-            return list(((frames.to(self.device, torch.float32) + 1) / 2).unbind(0))
-        clips = []
-        for clip in frames:
-            clip = torch.as_tensor(np.asarray(clip) if not isinstance(clip, torch.Tensor) else clip)
-            if clip.ndim != 4 or clip.shape[-1] != 3 or clip.dtype != torch.uint8:
-                raise ValueError(f"CLIPSim.update expects a list of clips (F, H, W, 3) uint8, got "
-                                 f"{tuple(clip.shape)} {clip.dtype}")
-            clips.append(clip.to(self.device).permute(0, 3, 1, 2).float() / 255)
-        return clips
+        return unit_range_clips(frames, self.device, "CLIPSim.update")
 
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
         """CLIP pixel values (N, 3, S, S) → L2-normalised image embeddings (N, D) float32."""
