@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -109,27 +110,33 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
 
     cfg = asdict(AVAlignConfig(**(av_align or {})))
     main_metrics = [m for m in metrics if m in DISTRIBUTION + SEMANTIC + AUDIO_VISUAL + CLASSIFIER + VIDEO_CLASSIFIER]
-    with _AlignmentPool(workers if "av_align" in metrics else 0) as pool:
-        pending = pool.submit([(str(p), cfg, None) for p in clips]) if "av_align" in metrics else None
-        # With cores to spare, AV-Align runs in the worker processes while the main process decodes the
-        # clips again for the feature-based metrics (on a GPU when there is one). Without (2 cores and 2
-        # workers), overlapping only oversubscribes: measured 8.7-9.2 s vs 8.1 s sequential for 24 clips.
-        rows = None
-        if pending is not None and not (main_metrics and pool.spare_cores()):
-            rows = pool.collect(pending)
-        more_values, extractors, more, per_clip = score_in_main_process(
-            main_metrics, clips, ref_dir=ref_dir,
-            options={"fvd": fvd, "fad": fad, "clipsim": clipsim, "clap": clap, "panns": panns,
-                     "is_video": is_video, "imagebind": imagebind},
-            prompt=prompt, cache_dir=cache_dir or out / "refstats", device=device)
-        if rows is None:
-            rows = pool.collect(pending) if pending is not None else [{"clip": p.name} for p in clips]
-        ok = [r for r in rows if "error" not in r]
-        if plots:  # the first readable clips; plotting re-runs their alignment, cheap for a few clips
-            plot_dir = out / "plots"
-            plot_dir.mkdir(parents=True, exist_ok=True)
-            chosen = [Path(pred_dir) / r["clip"] for r in ok[:plots]]
-            pool.collect(pool.submit([(str(p), cfg, str(plot_dir / f"{p.stem}.png")) for p in chosen]), "plots")
+    procs = _Processes(device)
+    try:
+        mine = clips[procs.rank::procs.world]  # this process's share (all of them without torchrun)
+        with _AlignmentPool(workers if "av_align" in metrics else 0) as pool:
+            pending = pool.submit([(str(p), cfg, None) for p in mine]) if "av_align" in metrics else None
+            # With cores to spare, AV-Align runs in the worker processes while the main process decodes the
+            # clips again for the feature-based metrics (on a GPU when there is one). Without (2 cores and 2
+            # workers), overlapping only oversubscribes: measured 8.7-9.2 s vs 8.1 s sequential for 24 clips.
+            rows = None
+            if pending is not None and not (main_metrics and pool.spare_cores()):
+                rows = pool.collect(pending)
+            more_values, extractors, more, per_clip = score_in_main_process(
+                main_metrics, mine, ref_dir=ref_dir,
+                options={"fvd": fvd, "fad": fad, "clipsim": clipsim, "clap": clap, "panns": panns,
+                         "is_video": is_video, "imagebind": imagebind},
+                prompt=prompt, cache_dir=cache_dir or out / "refstats", device=device, procs=procs, all_clips=clips)
+            if rows is None:
+                rows = pool.collect(pending) if pending is not None else [{"clip": p.name} for p in mine]
+            rows = sorted((r for part in procs.gather(rows) for r in part), key=lambda r: r["clip"])
+            ok = [r for r in rows if "error" not in r]
+            if plots and procs.rank == 0:  # the first readable clips; plotting re-runs their alignment
+                plot_dir = out / "plots"
+                plot_dir.mkdir(parents=True, exist_ok=True)
+                chosen = [Path(pred_dir) / r["clip"] for r in ok[:plots]]
+                pool.collect(pool.submit([(str(p), cfg, str(plot_dir / f"{p.stem}.png")) for p in chosen]), "plots")
+    finally:
+        procs.close()
     failures = [{"clip": r["clip"], "reason": r["error"]} for r in rows if "error" in r]
     variants = sorted({k for r in ok for k in r if k.startswith("av_align_")})
     values: dict[str, Any] = {}
@@ -140,7 +147,7 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
     for row in rows:  # per-clip scores of the main-process metrics (clipsim, clap, imagebind, kl) join the CSV
         row.update(per_clip.get(row["clip"], {}))
     reasons: dict[str, list[str]] = {}
-    for f in failures:  # one entry per clip, every metric's reason
+    for f in sorted(failures, key=lambda f: f["clip"]):  # one entry per clip, every metric's reason
         if f["reason"] not in reasons.setdefault(f["clip"], []):
             reasons[f["clip"]].append(f["reason"])
     for row in rows:  # the CSV's error column carries every metric's reason too
@@ -151,16 +158,83 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
         "ref_dir": str(Path(ref_dir).absolute()) if ref_dir else None,
         "metrics": values,
         "clips": len(clips) - len(reasons),
+        "processes": procs.world,
         "failures": [{"clip": c, "reason": "; ".join(r)} for c, r in reasons.items()],
         "extractors": extractors,
         "av_align_config": cfg,
         "versions": library_versions(),
         "config": config or {},
     }
-    out.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out / "metrics.json", json.dumps(result, indent=2).encode(), overwrite=True)
-    _write_csv(out / "per_clip.csv", rows)
+    if procs.rank == 0:  # every process holds the same result; the first writes it
+        out.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(out / "metrics.json", json.dumps(result, indent=2).encode(), overwrite=True)
+        _write_csv(out / "per_clip.csv", rows)
     return result
+
+
+def _not_distributed() -> bool:
+    return False
+
+
+class _Processes:
+    """The processes of one ``evaluate`` run. Started by torchrun (``WORLD_SIZE`` > 1, with ``RANK``,
+    ``LOCAL_RANK`` and the rendezvous variables), they form a process group (NCCL on GPUs, else gloo):
+    process ``r`` scores clips ``r, r + W, ...`` of the sorted list and its share of the reference clips,
+    metric states are summed (tensors) or concatenated (lists) across processes, per-clip rows and
+    failures are gathered, and every process ends with the same result, which process 0 writes.
+    Without torchrun this is one process and every call is local."""
+
+    def __init__(self, device: str = "auto"):
+        import torch
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.started = False
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+                if cuda:
+                    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+                dist.init_process_group("nccl" if cuda else "gloo")
+                self.started = True
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def gather(self, obj: Any) -> list[Any]:
+        """``obj`` of every process, in rank order (picklable objects)."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def reduce(self, metric) -> None:
+        """Replace a metric's states by their sum (tensor states) or concatenation in rank order (list
+        states) over the processes, in place (every avgen metric reduces that way). Its ``compute`` is then
+        told that it runs alone (``distributed_available_fn``), so torchmetrics does not reduce again."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        metric.distributed_available_fn = _not_distributed
+
+        for name, value in metric.metric_state.items():
+            if isinstance(value, list):
+                parts = self.gather([t.detach().cpu() for t in value])
+                setattr(metric, name, [t.to(metric.device) for part in parts for t in part])
+            else:
+                total = value.detach().clone()
+                dist.all_reduce(total)
+                setattr(metric, name, total)
+
+    def close(self) -> None:
+        if self.started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 class _AlignmentPool:
@@ -214,9 +288,10 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------------------ Fréchet distances
-def _reference_clips(ref_dir: str | Path) -> Iterator[tuple[str, np.ndarray, float, np.ndarray, int]]:
-    """(name, frames (F, H, W, 3) uint8, fps, audio, sample rate) of each reference clip: a shard split
-    folder (``manifest.json``) or a folder of clips."""
+def _reference_clips(ref_dir: str | Path, rank: int = 0, world: int = 1
+                     ) -> Iterator[tuple[str, np.ndarray, float, np.ndarray, int]]:
+    """(name, frames (F, H, W, 3) uint8, fps, audio, sample rate) of each reference clip (process
+    ``rank``'s share of them out of ``world``): a shard split folder (``manifest.json``) or a folder of clips."""
     from avgen.data.shards import MANIFEST, Manifest
 
     folder = Path(ref_dir)
@@ -225,12 +300,12 @@ def _reference_clips(ref_dir: str | Path) -> Iterator[tuple[str, np.ndarray, flo
 
         manifest = Manifest.load(folder)
         stream = EvalStream([Shard(str(folder / s.name), s.clips) for s in manifest.shards], manifest.clip, 1,
-                            split=manifest.split, max_skip_fraction=1.0)
+                            split=manifest.split, max_skip_fraction=1.0, rank=rank, world_size=world)
         for batch in stream:
             yield (batch["key"][0], batch["video"][0].numpy(), float(manifest.clip.fps), batch["audio"][0].numpy(),
                    manifest.clip.sample_rate)
         return
-    yield from _load_clips(find_clips(folder), [])
+    yield from _load_clips(find_clips(folder)[rank::world], [])
 
 
 def _load_clips(paths: list[Path], failures: list[dict]) -> Iterator[tuple[str, np.ndarray, float, np.ndarray, int]]:
@@ -261,8 +336,8 @@ def _reference_identity(ref_dir: str | Path) -> dict[str, Any]:
 def _device(device: str):
     import torch
 
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "auto":  # under torchrun, cuda is this process's GPU (LOCAL_RANK, set by _Processes)
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return torch.device(device)
 
 
@@ -291,6 +366,10 @@ class _Scorer:
     def update(self, path: Path, frames: np.ndarray, audio: np.ndarray, sr: int,
                fps: float | None = None) -> dict[str, float] | None:
         raise NotImplementedError
+
+    def states(self) -> list:
+        """The torchmetrics metrics whose states the processes of a distributed run reduce."""
+        return [self.metric]
 
     def result(self) -> tuple[float | None, dict]:
         raise NotImplementedError
@@ -426,21 +505,38 @@ class _FrechetScorer(_Scorer):
         return float(self.metric.compute()), {**self.extractor.describe(), "reference_clips": int(self.reference.count)}
 
 
-def _set_references(scorers: list[_FrechetScorer], ref_dir, cache_dir) -> None:
-    """Reference statistics from the cache, or from one shared pass over the reference clips."""
+def _set_references(scorers: list[_FrechetScorer], ref_dir, cache_dir, procs: _Processes) -> None:
+    """Reference statistics from the cache, or from one shared pass over the reference clips (each
+    process its share, the sums then reduced)."""
     from avgen.metrics.frechet import cached_reference_stats, reference_stats_path
 
-    missing = [s for s in scorers if not reference_stats_path(cache_dir, s.key(ref_dir)).is_file()]
+    cached = [reference_stats_path(cache_dir, s.key(ref_dir)).is_file() for s in scorers]
+    # one decision for all processes: a file another process writes meanwhile must not split them
+    cached = [all(flags) for flags in zip(*procs.gather(cached))]
+    missing = [s for s, hit in zip(scorers, cached) if not hit]
     if missing:
-        for _, frames, _, audio, sr in _reference_clips(ref_dir):
+        for _, frames, _, audio, sr in _reference_clips(ref_dir, procs.rank, procs.world):
             for scorer in missing:
                 try:
                     scorer.update_reference(frames, audio, sr)
                 except ValueError as exc:  # a reference clip the extractor cannot take: skipped, logged
                     log.warning("%s reference clip skipped: %s", scorer.name, exc)
-    for scorer in scorers:
-        scorer.set_reference(cached_reference_stats(cache_dir, scorer.key(ref_dir),
-                                                    lambda s=scorer: s.reference_metric.stats(real=True)))
+        for scorer in missing:
+            procs.reduce(scorer.reference_metric)
+    for scorer, hit in zip(scorers, cached):
+        key = scorer.key(ref_dir)
+        if hit or procs.rank == 0:  # computed by this run: every process holds the same sums; the first writes
+            stats = cached_reference_stats(cache_dir, key, partial(scorer.reference_metric.stats, real=True))
+        else:
+            stats = _stats_with_key(scorer.reference_metric.stats(real=True), key)
+        scorer.set_reference(stats)
+
+
+def _stats_with_key(stats, key: dict):
+    from avgen.metrics.frechet import canonical_json
+
+    stats.key = json.loads(canonical_json(key))
+    return stats
 
 
 # ------------------------------------------------------------------------------ classifier scores
@@ -632,9 +728,15 @@ class _VideoInceptionScorer(_Scorer):
 
 
 def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, options: dict[str, dict],
-                          prompt: str | None, cache_dir, device: str) -> tuple[dict, dict, list[dict], dict]:
+                          prompt: str | None, cache_dir, device: str, procs: _Processes | None = None,
+                          all_clips: list[Path] | None = None) -> tuple[dict, dict, list[dict], dict]:
     """FVD, FAD, CLIPSIM, CLAP, ImageBind, IS, KL and video IS over one decoding pass of ``pred``. Returns
-    (values, extractor descriptions, failures, per-clip scores ``{clip name: {column: value}}``)."""
+    (values, extractor descriptions, failures, per-clip scores ``{clip name: {column: value}}``).
+
+    In a distributed run ``pred`` is this process's share of ``all_clips``; the values, failures and
+    per-clip scores returned are those of all processes."""
+    procs = procs or _Processes()
+    all_clips = pred if all_clips is None else all_clips
     dev = _device(device)
     frechet = [_FrechetScorer(m, options.get(m) or {}, dev) for m in metrics if m in DISTRIBUTION]
     scorers: list[_Scorer] = frechet + [_SemanticScorer(m, options.get(m) or {}, prompt, dev)
@@ -644,14 +746,14 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
     if any(m in CLASSIFIER for m in metrics):
         panns = options.get("panns") or {}
         classifier = _PannsLogits(panns, dev)
-        scorers += [_InceptionScorer(classifier, panns, pred) if m == "is" else _KLScorer(classifier, ref_dir, pred)
-                    for m in metrics if m in CLASSIFIER]
+        scorers += [_InceptionScorer(classifier, panns, all_clips) if m == "is" else
+                    _KLScorer(classifier, ref_dir, pred) for m in metrics if m in CLASSIFIER]
     if "is_video" in metrics:
-        scorers.append(_VideoInceptionScorer(options.get("is_video") or {}, pred, dev))
+        scorers.append(_VideoInceptionScorer(options.get("is_video") or {}, all_clips, dev))
     if not scorers:
         return {}, {}, [], {}
     if frechet:
-        _set_references(frechet, ref_dir, cache_dir)
+        _set_references(frechet, ref_dir, cache_dir, procs)
     failures: list[dict] = []
     per_clip: dict[str, dict[str, float]] = {}
     paths = {p.name: p for p in pred}
@@ -665,6 +767,11 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
                 per_clip.setdefault(clip_name, {}).update(scores or {})
             except ValueError as exc:  # too short for the extractor, no prompt, ...: reported per clip
                 failures.append({"clip": clip_name, "reason": f"{scorer.name}: {exc}"})
+    for scorer in scorers:
+        for metric in scorer.states():
+            procs.reduce(metric)
+    failures = [f for part in procs.gather(failures) for f in part]
+    per_clip = {name: scores for part in procs.gather(per_clip) for name, scores in part.items()}
     values, info = {}, {}
     for scorer in scorers:
         values[scorer.name], info[scorer.name] = scorer.result()

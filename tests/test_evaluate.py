@@ -340,3 +340,67 @@ def test_overlapped_alignment_and_feature_pass_give_the_sequential_results(tmp_p
     assert results[True]["metrics"] == results[False]["metrics"]
     assert results[True]["failures"] == results[False]["failures"]
     assert (tmp_path / "True" / "per_clip.csv").read_text() == (tmp_path / "False" / "per_clip.csv").read_text()
+
+
+@pytest.mark.slow
+def test_torchrun_evaluate_splits_clips_and_matches_one_process(tmp_path, pred_dir, clip_dir):  # noqa: F811
+    """``torchrun --nproc_per_node 2 -m avgen evaluate``: each process scores half the clips and half the
+    reference clips; summed / concatenated states give the single-process metrics.json and per_clip.csv."""
+    import subprocess
+    import sys
+
+    from avgen.metrics.extractors import TINY_VGGISH, VGGishFeatures
+    from tests.conftest import REPO
+    from tests.test_frechet import TinyI3D
+
+    i3d, c3d, vggish = tmp_path / "i3d.pt", tmp_path / "c3d.pt", tmp_path / "vggish.pth"
+    torch.jit.script(TinyI3D()).save(str(i3d))
+    torch.manual_seed(3)
+    torch.jit.script(TinyC3D()).save(str(c3d))
+    torch.manual_seed(0)
+    torch.save(VGGishFeatures.tiny().state_dict(), vggish)
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for i in range(3):
+        clip = generate_clip(90 + i, GEO)
+        write_mp4(ref / f"r{i}.mp4", 255 - clip.frames, 8, audio=clip.audio * 0.2, sample_rate=16000)
+    metrics = ["av_align", "fvd", "fad", "is_video", "clipsim"]
+    layers = "[" + ",".join(str(v) for v in TINY_VGGISH["layers"]) + "]"
+    overrides = [f"evaluate.pred_dir={pred_dir}", f"evaluate.ref_dir={ref}", f"evaluate.metrics=[{','.join(metrics)}]",
+                 f"evaluate.fvd.i3d_path={i3d}", "+evaluate.fvd.feature_dim=18", f"evaluate.fad.vggish_path={vggish}",
+                 f"+evaluate.fad.layers={layers}", f"+evaluate.fad.hidden={TINY_VGGISH['hidden']}",
+                 f"+evaluate.fad.embedding_dim={TINY_VGGISH['embedding_dim']}", f"evaluate.is_video.c3d_path={c3d}",
+                 "evaluate.is_video.splits=2", "+evaluate.is_video.num_classes=5", f"evaluate.clipsim.model={clip_dir}",
+                 "evaluate.prompt=objects hitting a floor", "evaluate.workers=1", "evaluate.device=cpu"]
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("AVGEN_RUN_ID", None)
+    runs = {}
+    for name, launcher in (("one", [sys.executable, "-m", "avgen"]),
+                           ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                    "-m", "avgen"])):
+        proc = subprocess.run([*launcher, "evaluate", *overrides, f"hydra.run.dir={tmp_path / name}",
+                               f"evaluate.cache_dir={tmp_path / name / 'cache'}"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    one, two = runs["one"], runs["two"]
+    assert set(one["metrics"]) == set(metrics)
+    for metric in metrics:
+        a, b = one["metrics"][metric], two["metrics"][metric]
+        if isinstance(a, dict):
+            assert b == pytest.approx(a, rel=1e-6, abs=1e-9), metric
+        else:
+            assert b == pytest.approx(a, rel=1e-6, abs=1e-9), metric
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert two["clips"] == one["clips"] == 5 and two["failures"] == one["failures"]
+    assert two["extractors"]["fvd"]["reference_clips"] == 3 and two["extractors"]["is_video"]["clips"] == 5
+    with open(tmp_path / "one" / "per_clip.csv") as f1, open(tmp_path / "two" / "per_clip.csv") as f2:
+        rows1, rows2 = list(csv.DictReader(f1)), list(csv.DictReader(f2))
+    assert [r["clip"] for r in rows2] == [r["clip"] for r in rows1]
+    for r1, r2 in zip(rows1, rows2):
+        assert r1.keys() == r2.keys()
+        for k in r1:
+            if r1[k] and k not in ("clip", "error"):
+                assert float(r2[k]) == pytest.approx(float(r1[k]), rel=1e-6, abs=1e-9), (r1["clip"], k)
+            else:
+                assert r2[k] == r1[k]
