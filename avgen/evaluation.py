@@ -515,14 +515,25 @@ def _set_references(scorers: list[_FrechetScorer], ref_dir, cache_dir, procs: _P
     cached = [all(flags) for flags in zip(*procs.gather(cached))]
     missing = [s for s, hit in zip(scorers, cached) if not hit]
     if missing:
-        for _, frames, _, audio, sr in _reference_clips(ref_dir, procs.rank, procs.world):
+        used = {s.name: 0 for s in missing}
+        skipped: dict[str, list[str]] = {s.name: [] for s in missing}
+        for name, frames, _, audio, sr in _reference_clips(ref_dir, procs.rank, procs.world):
             for scorer in missing:
                 try:
                     scorer.update_reference(frames, audio, sr)
+                    used[scorer.name] += 1
                 except ValueError as exc:  # a reference clip the extractor cannot take: skipped, logged
-                    log.warning("%s reference clip skipped: %s", scorer.name, exc)
+                    log.warning("%s reference clip %s skipped: %s", scorer.name, name, exc)
+                    skipped[scorer.name].append(f"{name}: {exc}")
         for scorer in missing:
             procs.reduce(scorer.reference_metric)
+        for scorer in missing:  # fewer than 2 usable reference clips: say why, not "no covariance"
+            total = sum(part[scorer.name] for part in procs.gather(used))
+            reasons = [r for part in procs.gather(skipped) for r in part[scorer.name]]
+            if total < 2:
+                why = f"; the first skipped: {reasons[0]}" if reasons else ""
+                raise ConfigError(f"{scorer.name}: {total} usable reference clips in evaluate.ref_dir={ref_dir} "
+                                  f"({len(reasons)} skipped), at least 2 are needed{why}")
     for scorer, hit in zip(scorers, cached):
         key = scorer.key(ref_dir)
         if hit or procs.rank == 0:  # computed by this run: every process holds the same sums; the first writes

@@ -404,3 +404,38 @@ def test_torchrun_evaluate_splits_clips_and_matches_one_process(tmp_path, pred_d
                 assert float(r2[k]) == pytest.approx(float(r1[k]), rel=1e-6, abs=1e-9), (r1["clip"], k)
             else:
                 assert r2[k] == r1[k]
+
+
+def test_fvd_against_a_shard_split_reference(tmp_path, tiny_shards):
+    """evaluate.ref_dir=<shard split>: the reference statistics come from the split's clips (decoded by the
+    evaluation stream, every clip once) and are cached under the manifest's hash."""
+    from avgen.evaluation import _reference_clips, video_tensor
+    from avgen.metrics.av_align import load_av
+    from avgen.metrics.extractors import I3DFeatures, sha256_file
+    from avgen.metrics.frechet import FrechetDistance
+    from tests.test_frechet import TinyI3D
+
+    i3d = tmp_path / "i3d_torchscript.pt"
+    torch.jit.script(TinyI3D()).save(str(i3d))
+    split = tiny_shards / "test"
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    refs = list(_reference_clips(split))
+    assert len(refs) == 5 and all(frames.shape == (8, 32, 32, 3) for _, frames, *_ in refs)
+    for key, frames, fps, audio, sr in refs[:3]:  # three of the split's own clips as "generated" ones
+        write_mp4(pred / f"{key.replace('/', '_')}.mp4", frames, fps, audio=audio, sample_rate=sr)
+    fvd = {"i3d_path": str(i3d), "num_frames": 8, "feature_dim": 10}  # TinyI3D: a mean per frame + 2 sizes
+    with pytest.raises(ConfigError, match="0 usable reference clips .*5 skipped.*I3D detector returned"):
+        evaluate_folder(pred, tmp_path / "bad", metrics=["fvd"], ref_dir=split, cache_dir=tmp_path / "c",
+                        fvd={**fvd, "feature_dim": 18})
+    result = evaluate_folder(pred, tmp_path / "out", metrics=["fvd"], ref_dir=split, cache_dir=tmp_path / "c", fvd=fvd)
+    assert result["extractors"]["fvd"]["reference_clips"] == 5
+    [cached] = list((tmp_path / "c").iterdir())
+    assert sha256_file(split / "manifest.json") in cached.read_bytes().decode("latin-1")
+    # the same number computed directly from decoded clips
+    metric = FrechetDistance(I3DFeatures(i3d, num_frames=8, feature_dim=10))
+    for _, frames, *_ in refs:
+        metric.update(video_tensor(frames, "cpu"), real=True)
+    for path in sorted(pred.glob("*.mp4")):
+        metric.update(video_tensor(load_av(path)[0], "cpu"), real=False)
+    assert result["metrics"]["fvd"] == pytest.approx(float(metric.compute()), rel=1e-5, abs=1e-6)
