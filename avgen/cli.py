@@ -17,7 +17,8 @@ COMMANDS = {
     "validate": "run the validation loop of a checkpoint (ckpt_path=<ckpt>)",
     "test": "run the test loop of a checkpoint (ckpt_path=<ckpt>)",
     "sample": "generate sounding videos from a checkpoint (ckpt_path=<ckpt> sample.n=4)",
-    "evaluate": "score a folder of generated clips (evaluate.pred_dir=<folder>)",
+    "evaluate": "score a folder of generated clips (evaluate.pred_dir=<folder> evaluate.metrics=[av_align,fvd,fad,"
+                "clipsim,clap,imagebind,is,kl,is_video]; torchrun for several GPUs)",
     "export": "strip a checkpoint to safetensors weights + config (ckpt_path=<ckpt> export.dir=<folder>)",
     "prepare": "write a dataset's WebDataset shards and manifests (data=<dataset>)",
 }

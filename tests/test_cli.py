@@ -112,3 +112,11 @@ def test_missing_pretrained_weights_stop_with_the_key_and_the_tiny_hint(tmp_path
     proc = run_cli("fit", f"experiment={experiment}", f"paths.data_dir={tmp_path}/data", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert key in proc.stderr and "scale=tiny" in proc.stderr and "huggingface-cli download" in proc.stderr
+
+
+def test_help_lists_every_evaluate_metric():
+    from avgen.cli import help_text
+    from avgen.evaluation import AVAILABLE
+
+    line = next(line for line in help_text().splitlines() if line.strip().startswith("evaluate"))
+    assert line.split("evaluate.metrics=[")[1].split("]")[0].split(",") == list(AVAILABLE)
