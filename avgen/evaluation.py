@@ -42,10 +42,48 @@ VIDEO_CLASSIFIER = ("is_video",)  # video classifier (UCF-101 C3D)
 NEEDS_REFERENCE = DISTRIBUTION + ("kl",)
 
 
+def export_split_clips(split_dir: str | Path, out_dir: str | Path) -> Path:
+    """The clips of a prepared shard split as files ``evaluate`` reads, in manifest order: for each sample
+    ``<key with / as __>.mp4`` (the stored video bytes, not re-encoded), ``.wav`` (its flac audio,
+    lossless), ``.txt`` (its caption or label, the CLIPSIM/CLAP prompt) and ``.json`` (``source``: its
+    key, so ``kl`` against the same split pairs each clip with itself). Scoring the data itself gives the
+    top line a paper reports next to its models (e.g. TempoTokens' AV-Align of the original videos)."""
+    import tarfile
+
+    from avgen.data.shards import Manifest
+    from avgen.media import decode_flac, write_bytes_atomic, write_wav
+    from avgen.systems.common import clip_caption
+
+    manifest, out = Manifest.load(split_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for shard in manifest.shards:
+        samples: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(Path(split_dir) / shard.name) as tar:
+            for member in tar:
+                key, _, ext = member.name.rpartition(".")
+                if member.isfile():
+                    samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+        for key, parts in samples.items():
+            stem = out / key.replace("/", "__")
+            if "mp4" not in parts:
+                log.warning("split sample %s has no mp4; not exported", key)
+                continue
+            write_bytes_atomic(stem.with_suffix(".mp4"), parts["mp4"], overwrite=True)
+            if "flac" in parts:
+                audio, sr = decode_flac(parts["flac"])
+                write_wav(stem.with_suffix(".wav"), audio, sr, overwrite=True)
+            caption = clip_caption(parts)
+            write_bytes_atomic(stem.with_suffix(".txt"), caption.encode(), overwrite=True)
+            write_bytes_atomic(stem.with_suffix(".json"), json.dumps({"prompt": caption, "source": key}).encode(),
+                               overwrite=True)
+    return out
+
+
 def find_clips(pred_dir: str | Path) -> list[Path]:
     folder = Path(pred_dir)
     if not folder.is_dir():
-        raise ConfigError(f"evaluate.pred_dir={pred_dir} is not a folder of generated clips (*.mp4)")
+        raise ConfigError(f"evaluate.pred_dir={pred_dir} is not a folder of generated clips (*.mp4) or a prepared "
+                          f"shard split (manifest.json)")
     clips = sorted(folder.glob("*.mp4"))
     if not clips:
         raise ConfigError(f"evaluate.pred_dir={pred_dir} holds no *.mp4 files")
@@ -105,13 +143,20 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
     out = Path(out_dir)
     if (out / "metrics.json").exists() and not overwrite:
         raise FileExistsError(f"{out / 'metrics.json'} exists; pass evaluate.overwrite=true or another run folder")
-    clips = find_clips(pred_dir)
+    from avgen.data.shards import MANIFEST
     from avgen.metrics.av_align import AVAlignConfig
 
     cfg = asdict(AVAlignConfig(**(av_align or {})))
     main_metrics = [m for m in metrics if m in DISTRIBUTION + SEMANTIC + AUDIO_VISUAL + CLASSIFIER + VIDEO_CLASSIFIER]
     procs = _Processes(device)
     try:
+        requested = pred_dir
+        if (Path(pred_dir) / MANIFEST).is_file():  # a shard split: its clips (ground truth) as files first
+            if procs.rank == 0:
+                export_split_clips(pred_dir, out / "clips")
+            procs.gather(None)  # the others wait for the files
+            pred_dir = out / "clips"
+        clips = find_clips(pred_dir)
         mine = clips[procs.rank::procs.world]  # this process's share (all of them without torchrun)
         with _AlignmentPool(workers if "av_align" in metrics else 0) as pool:
             pending = pool.submit([(str(p), cfg, None) for p in mine]) if "av_align" in metrics else None
@@ -154,7 +199,8 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
         if row["clip"] in reasons:
             row["error"] = "; ".join(reasons[row["clip"]])
     result = {
-        "pred_dir": str(Path(pred_dir).absolute()),
+        "pred_dir": str(Path(requested).absolute()),
+        "clips_dir": str(Path(pred_dir).absolute()),
         "ref_dir": str(Path(ref_dir).absolute()) if ref_dir else None,
         "metrics": values,
         "clips": len(clips) - len(reasons),

@@ -439,3 +439,40 @@ def test_fvd_against_a_shard_split_reference(tmp_path, tiny_shards):
     for path in sorted(pred.glob("*.mp4")):
         metric.update(video_tensor(load_av(path)[0], "cpu"), real=False)
     assert result["metrics"]["fvd"] == pytest.approx(float(metric.compute()), rel=1e-5, abs=1e-6)
+
+
+def test_a_shard_split_as_pred_dir_scores_the_data_itself(tmp_path, tiny_shards):
+    """evaluate.pred_dir=<shard split>: its clips are exported (stored mp4 bytes, flac as wav, caption, source
+    key) and scored like generated ones: the data's own AV-Align and CLIPSIM, KL against itself ~0."""
+    import tarfile
+
+    from avgen.media import decode_flac
+    from avgen.metrics.av_align import load_av
+
+    split = tiny_shards / "test"
+    result = evaluate_folder(split, tmp_path / "out", metrics=["av_align"], plots=1)
+    clips = tmp_path / "out" / "clips"
+    assert result["pred_dir"] == str(split.absolute()) and result["clips_dir"] == str(clips.absolute())
+    assert result["clips"] == 5 and result["failures"] == []
+    with tarfile.open(sorted(split.glob("*.tar"))[0]) as tar:
+        first = {m.name.rpartition(".")[2]: tar.extractfile(m).read() for m in tar.getmembers()[:3]}
+        key = tar.getmembers()[0].name.rpartition(".")[0]
+    stem = clips / key.replace("/", "__")
+    assert stem.with_suffix(".mp4").read_bytes() == first["mp4"]  # not re-encoded
+    audio, sr = decode_flac(first["flac"])
+    np.testing.assert_allclose(load_av(stem.with_suffix(".mp4"))[2], audio, atol=1e-4)
+    assert stem.with_suffix(".txt").read_text() == json.loads(first["json"])["caption"]
+    assert json.loads(stem.with_suffix(".json").read_text())["source"] == key
+    with open(tmp_path / "out" / "per_clip.csv") as f:
+        assert sorted(r["clip"] for r in csv.DictReader(f)) == sorted(p.name for p in clips.glob("*.mp4"))
+    assert len(list((tmp_path / "out" / "plots").glob("*.png"))) == 1
+    # KL of the split against itself: every clip is paired with itself through its recorded key
+    from avgen.metrics.panns import TINY_CNN14, Cnn14
+
+    weights = tmp_path / "cnn14.pth"
+    torch.manual_seed(0)
+    torch.save({"model": Cnn14.tiny().state_dict()}, weights)
+    kl = evaluate_folder(split, tmp_path / "kl", metrics=["kl"], ref_dir=split,
+                         panns={"path": str(weights), "splits": 2, **TINY_CNN14})
+    assert kl["extractors"]["kl"]["pairs"] == 5
+    assert all(abs(v) < 1e-3 for v in kl["metrics"]["kl"].values())
