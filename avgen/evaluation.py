@@ -48,34 +48,25 @@ def export_split_clips(split_dir: str | Path, out_dir: str | Path) -> Path:
     lossless), ``.txt`` (its caption or label, the CLIPSIM/CLAP prompt) and ``.json`` (``source``: its
     key, so ``kl`` against the same split pairs each clip with itself). Scoring the data itself gives the
     top line a paper reports next to its models (e.g. TempoTokens' AV-Align of the original videos)."""
-    import tarfile
-
-    from avgen.data.shards import Manifest
+    from avgen.data.shards import read_split_samples
     from avgen.media import decode_flac, write_bytes_atomic, write_wav
     from avgen.systems.common import clip_caption
 
-    manifest, out = Manifest.load(split_dir), Path(out_dir)
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for shard in manifest.shards:
-        samples: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(Path(split_dir) / shard.name) as tar:
-            for member in tar:
-                key, _, ext = member.name.rpartition(".")
-                if member.isfile():
-                    samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
-        for key, parts in samples.items():
-            stem = out / key.replace("/", "__")
-            if "mp4" not in parts:
-                log.warning("split sample %s has no mp4; not exported", key)
-                continue
-            write_bytes_atomic(stem.with_suffix(".mp4"), parts["mp4"], overwrite=True)
-            if "flac" in parts:
-                audio, sr = decode_flac(parts["flac"])
-                write_wav(stem.with_suffix(".wav"), audio, sr, overwrite=True)
-            caption = clip_caption(parts)
-            write_bytes_atomic(stem.with_suffix(".txt"), caption.encode(), overwrite=True)
-            write_bytes_atomic(stem.with_suffix(".json"), json.dumps({"prompt": caption, "source": key}).encode(),
-                               overwrite=True)
+    for key, parts in read_split_samples(split_dir):
+        stem = out / key.replace("/", "__")
+        if "mp4" not in parts:
+            log.warning("split sample %s has no mp4; not exported", key)
+            continue
+        write_bytes_atomic(stem.with_suffix(".mp4"), parts["mp4"], overwrite=True)
+        if "flac" in parts:
+            audio, sr = decode_flac(parts["flac"])
+            write_wav(stem.with_suffix(".wav"), audio, sr, overwrite=True)
+        caption = clip_caption(parts)
+        write_bytes_atomic(stem.with_suffix(".txt"), caption.encode(), overwrite=True)
+        write_bytes_atomic(stem.with_suffix(".json"), json.dumps({"prompt": caption, "source": key}).encode(),
+                           overwrite=True)
     return out
 
 
@@ -700,11 +691,12 @@ class _KLScorer(_Scorer):
                               f"generated clip with the split's clip named as 'source' in <stem>.json beside it (the "
                               f"sample command writes it), but no clip in evaluate.pred_dir has one; set "
                               f"evaluate.ref_dir to a folder of <stem>.mp4 or <stem>.wav references instead")
-        found = {}
-        for key, _, _, audio, sr in _reference_clips(self.folder):
-            if key in wanted:
-                found[key] = (audio, sr)
-        return found
+        from avgen.data.shards import read_split_samples
+        from avgen.media import decode_flac
+
+        # the audio straight from the tar files: no video decoding for an audio metric
+        return {key: decode_flac(parts["flac"]) for key, parts in read_split_samples(self.folder, {"flac"})
+                if key in wanted and "flac" in parts}
 
     def reference_audio(self, path: Path) -> tuple[np.ndarray, int]:
         """Audio of the reference of generated clip ``path`` (see the class docstring)."""

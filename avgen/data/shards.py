@@ -23,7 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import webdataset as wds
@@ -180,3 +180,19 @@ class ShardWriter:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self.tmp, self.final)
+
+
+def read_split_samples(split_dir: str | Path, extensions: set[str] | None = None
+                       ) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) of every sample of a prepared split, in manifest order, read straight
+    from the tar files without decoding (only the members with ``extensions``, when given)."""
+    import tarfile
+
+    for shard in Manifest.load(split_dir).shards:
+        samples: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(Path(split_dir) / shard.name) as tar:
+            for member in tar:
+                key, _, ext = member.name.rpartition(".")
+                if member.isfile() and (extensions is None or ext in extensions):
+                    samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+        yield from samples.items()

@@ -3,9 +3,9 @@ sending sounding videos to the loggers, and writing them to files."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,20 +20,16 @@ def split_samples(root: str | None, n: int, splits: Sequence[str] = ("test", "va
                   ) -> list[tuple[str, dict[str, bytes]]]:
     """The first ``n`` samples (key, {extension: bytes}) of a prepared dataset, from the first split of
     ``splits`` that has shards; read straight from the tar files (no decoding pipeline needed)."""
+    from avgen.data.shards import MANIFEST, read_split_samples
+
     if not root:
         return []
     for split in splits:
         folder = Path(root) / split
-        samples: dict[str, dict[str, bytes]] = {}
-        for shard in sorted(folder.glob("*.tar")) if folder.is_dir() else []:
-            with tarfile.open(shard) as tar:
-                for member in tar:
-                    key, _, ext = member.name.rpartition(".")
-                    if key not in samples and len(samples) >= n:
-                        return list(samples.items())
-                    samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
-        if samples:
-            return list(samples.items())[:n]
+        if (folder / MANIFEST).is_file():
+            samples = list(itertools.islice(read_split_samples(folder), n))
+            if samples:
+                return samples
     return []
 
 
