@@ -70,6 +70,10 @@ def export_split_clips(split_dir: str | Path, out_dir: str | Path) -> Path:
     return out
 
 
+# Threads decoding clips ahead of the main process's feature extractors (see _load_clips).
+DECODE_THREADS = 2
+
+
 def find_clips(pred_dir: str | Path) -> list[Path]:
     folder = Path(pred_dir)
     if not folder.is_dir():
@@ -345,16 +349,44 @@ def _reference_clips(ref_dir: str | Path, rank: int = 0, world: int = 1
     yield from _load_clips(find_clips(folder)[rank::world], [])
 
 
-def _load_clips(paths: list[Path], failures: list[dict]) -> Iterator[tuple[str, np.ndarray, float, np.ndarray, int]]:
+def _load_clips(paths: list[Path], failures: list[dict], threads: int | None = None
+                ) -> Iterator[tuple[str, np.ndarray, float, np.ndarray, int]]:
+    """(name, frames, fps, audio, sample rate) of each clip in order; unreadable clips go to ``failures``.
+    ``threads`` decode ahead of the consumer (PyAV releases the GIL while decoding), so the feature
+    extractors do not wait on the decoder; at most ``2 * threads`` decoded clips are held."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from avgen.metrics.av_align import load_av
 
-    for path in paths:
+    threads = DECODE_THREADS if threads is None else threads
+
+    def load(path: Path):
         try:
-            frames, fps, audio, sr = load_av(path)
+            return load_av(path)
         except Exception as exc:  # reported, not fatal
-            failures.append({"clip": path.name, "reason": f"{type(exc).__name__}: {exc}"})
-            continue
-        yield path.name, frames, fps, audio, sr
+            return exc
+
+    def emit(path: Path, loaded):
+        if isinstance(loaded, Exception):
+            failures.append({"clip": path.name, "reason": f"{type(loaded).__name__}: {loaded}"})
+            return None
+        return (path.name, *loaded)
+
+    if threads <= 0:
+        for path in paths:
+            if (item := emit(path, load(path))) is not None:
+                yield item
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="avgen-decode") as pool:
+        pending = [(p, pool.submit(load, p)) for p in paths[:2 * threads]]
+        queued = len(pending)
+        while pending:
+            path, future = pending.pop(0)
+            if queued < len(paths):
+                pending.append((paths[queued], pool.submit(load, paths[queued])))
+                queued += 1
+            if (item := emit(path, future.result())) is not None:
+                yield item
 
 
 def _reference_identity(ref_dir: str | Path) -> dict[str, Any]:

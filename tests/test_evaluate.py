@@ -476,3 +476,18 @@ def test_a_shard_split_as_pred_dir_scores_the_data_itself(tmp_path, tiny_shards)
                          panns={"path": str(weights), "splits": 2, **TINY_CNN14})
     assert kl["extractors"]["kl"]["pairs"] == 5
     assert all(abs(v) < 1e-3 for v in kl["metrics"]["kl"].values())
+
+
+def test_decode_ahead_keeps_order_and_reports_the_same_failures(pred_dir):
+    from avgen.evaluation import _load_clips, find_clips
+
+    paths = find_clips(pred_dir)
+    results = {}
+    for threads in (0, 1, 3):
+        failures: list[dict] = []
+        items = list(_load_clips(paths, failures, threads=threads))
+        results[threads] = ([(name, frames.tobytes(), fps, audio.tobytes(), sr) for name, frames, fps, audio, sr
+                             in items], failures)
+    assert results[1] == results[0] and results[3] == results[0]
+    assert [name for name, *_ in results[0][0]] == [p.name for p in paths if p.name != "broken.mp4"]
+    assert [f["clip"] for f in results[0][1]] == ["broken.mp4"]
