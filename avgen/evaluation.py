@@ -444,7 +444,15 @@ class _Scorer:
         raise NotImplementedError
 
 
-class _SemanticScorer(_Scorer):
+class _CosineScorer(_Scorer):
+    """A :class:`~avgen.metrics.cosine.MeanCosine` metric: the mean of the clips it could score."""
+
+    def result(self):
+        scored = int(self.metric.count)
+        return (float(self.metric.compute()) if scored else None), {**self.metric.describe(), "clips": scored}
+
+
+class _SemanticScorer(_CosineScorer):
     """CLIPSIM (frames vs prompt) or CLAP score (audio vs prompt); the prompt is ``<stem>.txt``
     beside the clip, else ``evaluate.prompt``."""
 
@@ -469,12 +477,8 @@ class _SemanticScorer(_Scorer):
         self.metric.add_scores(scores)
         return {self.name: float(scores[0])}
 
-    def result(self):
-        scored = int(self.metric.count)
-        return (float(self.metric.compute()) if scored else None), {**self.metric.describe(), "clips": scored}
 
-
-class _ImageBindScorer(_Scorer):
+class _ImageBindScorer(_CosineScorer):
     """ImageBind audio-video score: cos(ImageBind audio embedding, vision embedding) per clip, at the
     clip's own frame rate (:mod:`avgen.metrics.imagebind`). ``evaluate.imagebind`` holds ``path`` and,
     for tests, :class:`~avgen.metrics.imagebind.ImageBindAV` sizes."""
@@ -493,10 +497,6 @@ class _ImageBindScorer(_Scorer):
                                          fps=fps)
         self.metric.add_scores(scores)
         return {self.name: float(scores[0])}
-
-    def result(self):
-        scored = int(self.metric.count)
-        return (float(self.metric.compute()) if scored else None), {**self.metric.describe(), "clips": scored}
 
 
 class _FrechetScorer(_Scorer):

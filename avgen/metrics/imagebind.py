@@ -58,8 +58,8 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 from torch import nn
-from torchmetrics import Metric
 
+from avgen.metrics.cosine import MeanCosine
 from avgen.metrics.extractors import ORIGINS, FeatureExtractor, _require_file, unit_range_clips
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -673,7 +673,7 @@ def av_cosine(audio_embedding: torch.Tensor, vision_embedding: torch.Tensor) -> 
     return (a * v).sum(dim=-1)
 
 
-class ImageBindScore(Metric):
+class ImageBindScore(MeanCosine):
     """Mean over clips of cos(ImageBind audio embedding, ImageBind vision embedding), raw in [-1, 1].
 
     States ``score_sum`` and ``count`` (float64, summed across processes). The model stays frozen and
@@ -684,28 +684,16 @@ class ImageBindScore(Metric):
         **kwargs: torchmetrics ``Metric`` options.
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
     name = "imagebind"
 
     def __init__(self, model: ImageBindAV, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.model = model.requires_grad_(False).eval()
-        self.add_state("score_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        super().__init__(model, **kwargs)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike | None, config_key: str = "evaluate.imagebind.path",
                   sizes: Mapping[str, Any] | None = None, **kwargs: Any) -> ImageBindScore:
         """The metric over :func:`load_imagebind` ``(path, config_key, **sizes)``."""
         return cls(load_imagebind(path, config_key, **dict(sizes or {})), **kwargs)
-
-    def train(self, mode: bool = True) -> ImageBindScore:
-        # A parent's .train() must not switch the pretrained model to training mode.
-        super().train(mode)
-        self.model.eval()
-        return self
 
     def clip_scores(self, frames: torch.Tensor | Sequence[Any], audio: torch.Tensor | Sequence[Any],
                     sample_rate: int = 16000, fps: float | Sequence[float] | None = None) -> torch.Tensor:
@@ -735,17 +723,6 @@ class ImageBindScore(Metric):
         ``fps`` one value or one per clip, by default ``frames / audio duration`` (the video spans the
         audio)."""
         self.add_scores(self.clip_scores(frames, audio, sample_rate, fps))
-
-    def add_scores(self, scores: torch.Tensor) -> None:
-        """Add per-clip cosines computed by :meth:`clip_scores` (so a caller can keep them per clip)."""
-        self.score_sum = self.score_sum + scores.to(self.score_sum).sum()
-        self.count = self.count + scores.numel()
-
-    def compute(self) -> torch.Tensor:
-        """Mean per-clip cosine (raw, in [-1, 1]); a 0-dim float64 tensor."""
-        if self.count.item() == 0:
-            raise ValueError("ImageBindScore has no clips: call update(...) before compute()")
-        return self.score_sum / self.count
 
     def describe(self) -> dict[str, Any]:
         """Name, weight hash, model and transform config and scale, for ``metrics.json``."""

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio
-from torchmetrics import Metric
 
 # PretrainedModelMissing is re-exported: callers of the metrics catch it from here.
 from avgen.backbones.loader import ORIGINS, PretrainedModelMissing, load_pretrained  # noqa: F401
+from avgen.metrics.cosine import MeanCosine
 from avgen.metrics.extractors import FeatureExtractor, sha256_file, unit_range_clips
 
 # The metric models' entries of the config key → original hub id registry.
@@ -75,32 +75,19 @@ def _pooled(out: Any) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-class _TextAlignment(Metric):
-    """Mean over clips of a per-clip cosine score; states are the score sum and the clip count."""
+class _TextAlignment(MeanCosine):
+    """A :class:`MeanCosine` against a prompt's embedding from the model's text tower."""
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-    name = ""
     _position_offset = 0  # position ids the text tower reserves (RoBERTa: padding_idx + 1 = 2)
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, name_or_path: str | None = None, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.model = model.requires_grad_(False).eval()
+        super().__init__(model, **kwargs)
         self.tokenizer = tokenizer
         self.name_or_path = name_or_path if name_or_path is not None else getattr(model, "name_or_path", None)
         # Hand-made or old tokenizers may not know the text tower's length; prompts are cut to it.
         positions = int(model.config.text_config.max_position_embeddings)
         self.max_text_length = min(int(getattr(tokenizer, "model_max_length", positions)),
                                    positions - self._position_offset)
-        self.add_state("score_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def train(self, mode: bool = True) -> _TextAlignment:
-        # A parent's .train() must not switch the pretrained model to dropout.
-        super().train(mode)
-        self.model.eval()
-        return self
 
     def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalised text embeddings (B, D) float32."""
@@ -110,17 +97,6 @@ class _TextAlignment(Metric):
                                 return_tensors="pt")
         tokens = {k: v.to(self.device) for k, v in tokens.items()}
         return F.normalize(_pooled(self.model.get_text_features(**tokens)).float(), dim=-1)
-
-    def add_scores(self, scores: torch.Tensor) -> None:
-        """Add per-clip scores computed by ``clip_scores`` (so a caller can keep them per clip)."""
-        self.score_sum = self.score_sum + scores.to(self.score_sum).sum()
-        self.count = self.count + scores.numel()
-
-    def compute(self) -> torch.Tensor:
-        """Mean per-clip cosine (raw, in [-1, 1]); a 0-dim float64 tensor."""
-        if self.count.item() == 0:
-            raise ValueError(f"{type(self).__name__} has no clips: call update(...) before compute()")
-        return self.score_sum / self.count
 
     def _describe(self, **config: Any) -> dict[str, Any]:
         folder = None if self.name_or_path is None else local_folder(self.name_or_path)
