@@ -174,8 +174,8 @@ def evaluate(cfg: DictConfig):
                              plots=ev.plots, av_align=plain["av_align"], ref_dir=ev.ref_dir, fvd=plain["fvd"],
                              fad=plain["fad"], clipsim=plain["clipsim"], clap=plain["clap"], panns=plain["panns"],
                              is_video=plain.get("is_video"), imagebind=plain.get("imagebind"),
-                             prompt=ev.prompt, cache_dir=ev.cache_dir, device=ev.device, overwrite=ev.overwrite,
-                             config=plain)
+                             prompt=ev.prompt, decode_threads=ev.decode_threads, cache_dir=ev.cache_dir,
+                             device=ev.device, overwrite=ev.overwrite, config=plain)
     print(json.dumps({"metrics": result["metrics"], "clips": result["clips"],
                       "failures": len(result["failures"])}, indent=2))
     print(f"metrics: {Path(cfg.paths.output_dir) / 'metrics.json'}")

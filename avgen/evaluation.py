@@ -70,10 +70,6 @@ def export_split_clips(split_dir: str | Path, out_dir: str | Path) -> Path:
     return out
 
 
-# Threads decoding clips ahead of the main process's feature extractors (see _load_clips).
-DECODE_THREADS = 2
-
-
 def find_clips(pred_dir: str | Path) -> list[Path]:
     folder = Path(pred_dir)
     if not folder.is_dir():
@@ -109,7 +105,7 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
                     plots: int = 0, av_align: dict | None = None, ref_dir: str | Path | None = None,
                     fvd: dict | None = None, fad: dict | None = None, clipsim: dict | None = None,
                     clap: dict | None = None, panns: dict | None = None, is_video: dict | None = None,
-                    imagebind: dict | None = None, prompt: str | None = None,
+                    imagebind: dict | None = None, prompt: str | None = None, decode_threads: int = 2,
                     cache_dir: str | Path | None = None, device: str = "auto", overwrite: bool = False,
                     config: dict | None = None) -> dict[str, Any]:
     """Score every clip of ``pred_dir``; write ``metrics.json`` and ``per_clip.csv`` to ``out_dir``.
@@ -165,7 +161,8 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
                 main_metrics, mine, ref_dir=ref_dir,
                 options={"fvd": fvd, "fad": fad, "clipsim": clipsim, "clap": clap, "panns": panns,
                          "is_video": is_video, "imagebind": imagebind},
-                prompt=prompt, cache_dir=cache_dir or out / "refstats", device=device, procs=procs, all_clips=clips)
+                prompt=prompt, cache_dir=cache_dir or out / "refstats", device=device, procs=procs, all_clips=clips,
+                decode_threads=decode_threads)
             if rows is None:
                 rows = pool.collect(pending) if pending is not None else [{"clip": p.name} for p in mine]
             rows = sorted((r for part in procs.gather(rows) for r in part), key=lambda r: r["clip"])
@@ -329,7 +326,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------------------ Fréchet distances
-def _reference_clips(ref_dir: str | Path, rank: int = 0, world: int = 1
+def _reference_clips(ref_dir: str | Path, rank: int = 0, world: int = 1, decode_threads: int = 0
                      ) -> Iterator[tuple[str, np.ndarray, float, np.ndarray, int]]:
     """(name, frames (F, H, W, 3) uint8, fps, audio, sample rate) of each reference clip (process
     ``rank``'s share of them out of ``world``): a shard split folder (``manifest.json``) or a folder of clips."""
@@ -346,10 +343,10 @@ def _reference_clips(ref_dir: str | Path, rank: int = 0, world: int = 1
             yield (batch["key"][0], batch["video"][0].numpy(), float(manifest.clip.fps), batch["audio"][0].numpy(),
                    manifest.clip.sample_rate)
         return
-    yield from _load_clips(find_clips(folder)[rank::world], [])
+    yield from _load_clips(find_clips(folder)[rank::world], [], decode_threads)
 
 
-def _load_clips(paths: list[Path], failures: list[dict], threads: int | None = None
+def _load_clips(paths: list[Path], failures: list[dict], threads: int = 0
                 ) -> Iterator[tuple[str, np.ndarray, float, np.ndarray, int]]:
     """(name, frames, fps, audio, sample rate) of each clip in order; unreadable clips go to ``failures``.
     ``threads`` decode ahead of the consumer (PyAV releases the GIL while decoding), so the feature
@@ -357,8 +354,6 @@ def _load_clips(paths: list[Path], failures: list[dict], threads: int | None = N
     from concurrent.futures import ThreadPoolExecutor
 
     from avgen.metrics.av_align import load_av
-
-    threads = DECODE_THREADS if threads is None else threads
 
     def load(path: Path):
         try:
@@ -574,7 +569,8 @@ class _FrechetScorer(_Scorer):
         return float(self.metric.compute()), {**self.extractor.describe(), "reference_clips": int(self.reference.count)}
 
 
-def _set_references(scorers: list[_FrechetScorer], ref_dir, cache_dir, procs: _Processes) -> None:
+def _set_references(scorers: list[_FrechetScorer], ref_dir, cache_dir, procs: _Processes,
+                    decode_threads: int = 0) -> None:
     """Reference statistics from the cache, or from one shared pass over the reference clips (each
     process its share, the sums then reduced)."""
     from avgen.metrics.frechet import cached_reference_stats, reference_stats_path
@@ -586,7 +582,7 @@ def _set_references(scorers: list[_FrechetScorer], ref_dir, cache_dir, procs: _P
     if missing:
         used = {s.name: 0 for s in missing}
         skipped: dict[str, list[str]] = {s.name: [] for s in missing}
-        for name, frames, _, audio, sr in _reference_clips(ref_dir, procs.rank, procs.world):
+        for name, frames, _, audio, sr in _reference_clips(ref_dir, procs.rank, procs.world, decode_threads):
             for scorer in missing:
                 try:
                     scorer.update_reference(frames, audio, sr)
@@ -596,9 +592,10 @@ def _set_references(scorers: list[_FrechetScorer], ref_dir, cache_dir, procs: _P
                     skipped[scorer.name].append(f"{name}: {exc}")
         for scorer in missing:
             procs.reduce(scorer.reference_metric)
+        parts = procs.gather((used, skipped))
         for scorer in missing:  # fewer than 2 usable reference clips: say why, not "no covariance"
-            total = sum(part[scorer.name] for part in procs.gather(used))
-            reasons = [r for part in procs.gather(skipped) for r in part[scorer.name]]
+            total = sum(u[scorer.name] for u, _ in parts)
+            reasons = [r for _, k in parts for r in k[scorer.name]]
             if total < 2:
                 why = f"; the first skipped: {reasons[0]}" if reasons else ""
                 raise ConfigError(f"{scorer.name}: {total} usable reference clips in evaluate.ref_dir={ref_dir} "
@@ -632,11 +629,12 @@ class _PannsLogits:
         from avgen.metrics.classifier_scores import ClassifierInput
         from avgen.metrics.panns import Cnn14, load_cnn14
 
-        architecture = {k: v for k, v in options.items() if k not in ("path", "splits")}
+        architecture = {k: v for k, v in options.items() if k not in ("path", "splits", "shuffle_seed")}
         known = list(inspect.signature(Cnn14).parameters)
         unknown = sorted(set(architecture) - set(known))
         if unknown:
-            raise ConfigError(f"evaluate.panns: unknown keys {unknown}; known: path, splits, {', '.join(known)}")
+            raise ConfigError(f"evaluate.panns: unknown keys {unknown}; known: path, splits, shuffle_seed, "
+                              f"{', '.join(known)}")
         self.model = load_cnn14(options.get("path"), config_key="evaluate.panns.path", **architecture).to(dev)
         self.prepare = ClassifierInput(sample_rate=self.model.sample_rate)
         self.dev = dev
@@ -659,33 +657,51 @@ class _PannsLogits:
         return {**self.model.describe(), "input": self.prepare.describe(), "output": "logits (fc_audioset, pre-sigmoid)"}
 
 
-class _InceptionScorer(_Scorer):
-    """Inception Score of the generated clips (audioldm_eval's splits and shuffle), clips ordered by file name."""
+class _SplitInceptionScorer(_Scorer):
+    """An Inception Score over the generated clips in file-name order (so the parts do not depend on how
+    clips were spread over processes): ``splits`` parts after a ``RandomState(shuffle_seed)`` shuffle."""
+
+    def __init__(self, splits: int, shuffle_seed: int | None, pred: list[Path], splits_key: str, convention: str):
+        from avgen.metrics.classifier_scores import InceptionScore
+
+        if len(pred) < int(splits):
+            raise ConfigError(f"evaluate.metrics '{self.name}' with {splits_key}={splits} needs at least {splits} "
+                              f"clips; evaluate.pred_dir holds {len(pred)}: lower {splits_key} ({convention} uses "
+                              f"10) or score more clips")
+        self.metric = InceptionScore(splits=int(splits), shuffle_seed=shuffle_seed)
+        self.position = {p.name: i for i, p in enumerate(sorted(pred))}
+
+    def add(self, path: Path, logits) -> None:
+        import torch
+
+        self.metric.update(logits, torch.tensor([self.position[path.name]]))
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+    def result(self):
+        info = {**self.describe(), "splits": self.metric.splits, "shuffle_seed": self.metric.shuffle_seed,
+                "clips": self.metric.num_clips()}
+        if info["clips"] < self.metric.splits:  # fewer readable clips than splits: the other metrics still count
+            return None, {**info, "error": f"{info['clips']} clips scored, fewer than splits={self.metric.splits}"}
+        return {k: float(v) for k, v in self.metric.compute().items()}, info
+
+
+class _InceptionScorer(_SplitInceptionScorer):
+    """Audio Inception Score (audioldm_eval: PANNs CNN14 softmax, 10 splits, shuffle seed 2020)."""
 
     name = "is"
 
     def __init__(self, classifier: _PannsLogits, options: dict, pred: list[Path]):
-        import torch
-
-        from avgen.metrics.classifier_scores import InceptionScore
-
-        self.metric = InceptionScore(**{k: options[k] for k in ("splits",) if k in options})
-        if len(pred) < self.metric.splits:
-            raise ConfigError(f"evaluate.metrics 'is' with evaluate.panns.splits={self.metric.splits} needs at least "
-                              f"{self.metric.splits} clips; evaluate.pred_dir holds {len(pred)}: lower "
-                              f"evaluate.panns.splits (audioldm_eval uses 10) or score more clips")
-        self.classifier, self.torch = classifier, torch
-        self.position = {p.name: i for i, p in enumerate(sorted(pred))}
+        super().__init__(options.get("splits", 10), options.get("shuffle_seed", 2020), pred,
+                         "evaluate.panns.splits", "audioldm_eval")
+        self.classifier = classifier
 
     def update(self, path, frames, audio, sr, fps=None):
-        self.metric.update(self.classifier.generated(path, audio, sr), self.torch.tensor([self.position[path.name]]))
+        self.add(path, self.classifier.generated(path, audio, sr))
 
-    def result(self):
-        info = {**self.classifier.describe(), "splits": self.metric.splits, "shuffle_seed": self.metric.shuffle_seed,
-                "posterior": "softmax over the logits", "clips": self.metric.num_clips()}
-        if info["clips"] < self.metric.splits:  # fewer readable clips than splits: the other metrics still count
-            return None, {**info, "error": f"{info['clips']} clips scored, fewer than splits={self.metric.splits}"}
-        return {k: float(v) for k, v in self.metric.compute().items()}, info
+    def describe(self) -> dict:
+        return {**self.classifier.describe(), "posterior": "softmax over the logits"}
 
 
 class _KLScorer(_Scorer):
@@ -770,47 +786,37 @@ class _KLScorer(_Scorer):
         return ({k: float(v) for k, v in self.metric.compute().items()} if pairs else None), info
 
 
-class _VideoInceptionScorer(_Scorer):
+class _VideoInceptionScorer(_SplitInceptionScorer):
     """Video Inception Score (TempoTokens' IS column): UCF-101 C3D posteriors of each clip's first 16
-    frames, StyleGAN-V's 10 splits after ``RandomState(42)`` shuffling, clips ordered by file name."""
+    frames, StyleGAN-V's 10 splits after ``RandomState(42)`` shuffling."""
 
     name = "is_video"
 
     def __init__(self, options: dict, pred: list[Path], dev):
-        import torch
-
-        from avgen.metrics.classifier_scores import InceptionScore
         from avgen.metrics.extractors import build_extractor
 
         options = dict(options)
-        splits, seed = int(options.pop("splits", 10)), options.pop("shuffle_seed", 42)
-        if len(pred) < splits:
-            raise ConfigError(f"evaluate.metrics 'is_video' with evaluate.is_video.splits={splits} needs at least "
-                              f"{splits} clips; evaluate.pred_dir holds {len(pred)}: lower evaluate.is_video.splits "
-                              f"(StyleGAN-V uses 10) or score more clips")
+        super().__init__(options.pop("splits", 10), options.pop("shuffle_seed", 42), pred,
+                         "evaluate.is_video.splits", "StyleGAN-V")
         self.extractor = build_extractor("c3d", options.pop("c3d_path", None), config_key="evaluate.is_video.c3d_path",
                                          **options).to(dev)
-        self.metric = InceptionScore(splits=splits, shuffle_seed=seed)
-        self.position = {p.name: i for i, p in enumerate(sorted(pred))}
-        self.dev, self.torch = dev, torch
+        self.dev = dev
 
     def update(self, path, frames, audio, sr, fps=None):
-        with self.torch.no_grad():
-            probs = self.extractor(video_tensor(frames, self.dev))
-        # log-probabilities as logits: the metric's softmax gives the C3D posteriors back
-        self.metric.update(probs.log(), self.torch.tensor([self.position[path.name]]))
+        import torch
 
-    def result(self):
-        info = {**self.extractor.describe(), "splits": self.metric.splits, "shuffle_seed": self.metric.shuffle_seed,
-                "clips": self.metric.num_clips()}
-        if info["clips"] < self.metric.splits:  # fewer readable clips than splits: the other metrics still count
-            return None, {**info, "error": f"{info['clips']} clips scored, fewer than splits={self.metric.splits}"}
-        return {k: float(v) for k, v in self.metric.compute().items()}, info
+        with torch.no_grad():
+            probs = self.extractor(video_tensor(frames, self.dev))
+        self.add(path, probs.log())  # log-probabilities as logits: the metric's softmax gives the posteriors back
+
+    def describe(self) -> dict:
+        return self.extractor.describe()
 
 
 def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, options: dict[str, dict],
                           prompt: str | None, cache_dir, device: str, procs: _Processes | None = None,
-                          all_clips: list[Path] | None = None) -> tuple[dict, dict, list[dict], dict]:
+                          all_clips: list[Path] | None = None, decode_threads: int = 0
+                          ) -> tuple[dict, dict, list[dict], dict]:
     """FVD, FAD, CLIPSIM, CLAP, ImageBind, IS, KL and video IS over one decoding pass of ``pred``. Returns
     (values, extractor descriptions, failures, per-clip scores ``{clip name: {column: value}}``).
 
@@ -834,14 +840,14 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
     if not scorers:
         return {}, {}, [], {}
     if frechet:
-        _set_references(frechet, ref_dir, cache_dir, procs)
+        _set_references(frechet, ref_dir, cache_dir, procs, decode_threads)
     failures: list[dict] = []
     per_clip: dict[str, dict[str, float]] = {}
     paths = {p.name: p for p in pred}
     from tqdm import tqdm
 
     progress = dict(total=len(pred), desc="+".join(s.name for s in scorers), unit="clip", file=sys.stderr, disable=None)
-    for clip_name, frames, fps, audio, sr in tqdm(_load_clips(pred, failures), **progress):
+    for clip_name, frames, fps, audio, sr in tqdm(_load_clips(pred, failures, decode_threads), **progress):
         for scorer in scorers:
             try:
                 scores = scorer.update(paths[clip_name], frames, audio, sr, fps=fps)

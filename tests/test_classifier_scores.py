@@ -430,3 +430,20 @@ def test_kl_pairs_samples_with_shard_split_clips_by_their_recorded_source(tmp_pa
         (pred / f"sample_{i:04d}.json").write_text(json.dumps({"prompt": "", "source": refs[(i + 1) % 3][0]}))
     shuffled = evaluate_folder(pred, tmp_path / "out2", metrics=["kl"], ref_dir=split, panns=panns)
     assert shuffled["metrics"]["kl"]["softmax"] > 1e-4
+
+
+def test_audio_is_shuffle_seed_comes_from_the_config(tmp_path, clips, tiny_weights):
+    """evaluate.panns.shuffle_seed (audioldm_eval: 2020) sets the permutation before splitting."""
+    from avgen.metrics.av_align import load_av
+
+    pred = clips[0]
+    model, prepare = load_cnn14(tiny_weights, **TINY_CNN14), ClassifierInput()
+    with torch.no_grad():
+        logits = torch.cat([model(prepare(*load_av(pred / f"a{i}.mp4")[2:])[None])["logits"] for i in range(4)])
+    for seed in (2020, None, 7):
+        result = evaluate_folder(pred, tmp_path / str(seed), metrics=["is"],
+                                 panns={"path": str(tiny_weights), "splits": 2, "shuffle_seed": seed, **TINY_CNN14})
+        expected = InceptionScore(splits=2, shuffle_seed=seed)
+        expected.update(logits)
+        assert result["extractors"]["is"]["shuffle_seed"] == seed
+        assert result["metrics"]["is"]["mean"] == pytest.approx(expected.compute()["mean"].item(), rel=1e-9)
