@@ -188,7 +188,7 @@ def test_ema_is_used_for_sampling(tiny_root):
 def test_sample_command_writes_sounding_videos(tiny_root, tmp_path, capsys):
     """fit → ``python -m avgen sample`` (as composed by the command line) → mp4 with video and audio of
     the same duration, a wav and the prompt; existing files are not replaced without sample.overwrite."""
-    from avgen.media import decode_audio_stream, decode_video
+    from avgen.media import decode_audio, decode_video
 
     fit_cfg = compose(["command=fit", "experiment=joint_cmcpe", "scale=tiny", "trainer.max_steps=1",
                        "trainer.limit_val_batches=0", "logger=csv", f"paths.data_dir={tiny_root}/data"],
@@ -202,7 +202,7 @@ def test_sample_command_writes_sounding_videos(tiny_root, tmp_path, capsys):
     assert [p.name for p in paths] == ["sample_0000.mp4", "sample_0001.mp4", "sample_0002.mp4"]
     for path in paths:
         frames, _ = decode_video(str(path))
-        audio = decode_audio_stream(str(path), 16000)
+        audio = decode_audio(str(path), 16000)
         assert frames.shape == (8, 32, 32, 3)
         assert abs(len(audio) / 16000 - frames.shape[0] / 8) < 0.05  # same duration, 1 s
         assert path.with_suffix(".wav").is_file() and path.with_suffix(".txt").read_text()

@@ -56,14 +56,14 @@ def test_decoded_shards_keep_events_on_motion_peaks_and_onsets(tmp_path):
 def test_preview_shows_the_clips(tmp_path):
     import cv2
 
-    from avgen.media import decode_audio_stream, decode_video
+    from avgen.media import decode_audio, decode_video
 
     root = tmp_path / "synthetic_hits"
     prepare_synthetic_hits(str(root), CLIP, clips={"train": 3}, preview=2, workers=1)
     sheet = cv2.imread(str(root / "preview" / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[1] >= 16 * 64
     frames, fps = decode_video(root / "preview" / "clip_0.mp4")
-    audio = decode_audio_stream(root / "preview" / "clip_0.mp4", 16000)
+    audio = decode_audio(root / "preview" / "clip_0.mp4", 16000)
     assert frames.shape == (16, 64, 64, 3) and fps == 8
     assert abs(len(audio) - 32000) <= 1024  # same duration as the video (AAC pads the last frame)
     meta = json.loads(next(v for k, v in _members(root / "train" / "shard-000000.tar").items() if k.endswith("json")))

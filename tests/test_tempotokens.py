@@ -107,7 +107,7 @@ def test_generation_is_seeded_and_covers_the_audio(system):
 def test_sample_command_muxes_the_input_audio(tiny_root, tmp_path):
     import numpy as np
 
-    from avgen.media import decode_audio_stream, decode_video, write_wav
+    from avgen.media import decode_audio, decode_video, write_wav
 
     fit = compose(["command=fit", "experiment=tempotokens_vggsound", "scale=tiny", "trainer.max_steps=1",
                    "trainer.limit_val_batches=0", f"paths.data_dir={tiny_root}/data"], tmp_path, run_dir=tmp_path / "fit")
@@ -118,7 +118,7 @@ def test_sample_command_muxes_the_input_audio(tiny_root, tmp_path):
                    f"sample.audio={tmp_path / 'input'}", "sample.steps=2"], tmp_path, run_dir=tmp_path / "sample")
     [path] = run_command(cfg)
     frames, fps = decode_video(str(path))
-    audio = decode_audio_stream(str(path), 16000)
+    audio = decode_audio(str(path), 16000)
     assert frames.shape[0] == 12 and fps == 8  # 1.5 s at 8 fps
     assert abs(len(audio) - 24000) < 1600
     assert np.corrcoef(audio[:20000], 0.3 * np.sin(2 * np.pi * 440 * t[:20000]))[0, 1] > 0.9

@@ -49,7 +49,7 @@ def decode_sample(sample: dict[str, Any], clip: ClipGeometry, rng: np.random.Gen
             raise SampleError(f"clip {key} in {url}: audio at {sr} Hz, config asks for {clip.sample_rate}")
         if out is None:
             out = np.empty((clip.num_frames, clip.height, clip.width, 3), np.uint8)
-        decode_video(sample["mp4"], start_frame=start, max_frames=clip.num_frames, fit_to=(clip.height, clip.width),
+        decode_video(sample["mp4"], fps=clip.fps, start=start / clip.fps, fit_to=(clip.height, clip.width),
                      crop_origin=_crop_origin(rng), out=out)
     except (MediaError, KeyError, ValueError, TypeError) as exc:
         raise SampleError(f"clip {key} in {url}: {exc}") from exc

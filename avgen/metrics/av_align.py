@@ -83,7 +83,7 @@ import librosa
 import numpy as np
 
 from avgen.errors import ConfigError
-from avgen.media import MediaError, _open_input, decode_audio_stream, decode_flac, decode_video, write_bytes_atomic
+from avgen.media import read_clip, write_bytes_atomic
 
 VARIANTS: tuple[str, ...] = ("official", "paper", "pr")
 NO_EVENTS_SCORE = 0.0
@@ -308,41 +308,17 @@ def align_clip(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: i
 # Files
 
 
-def _audio_stream_rate(path: Path) -> int | None:
-    """Native sample rate of the first audio stream, None when the file has none."""
-    with _open_input(path, "audio") as container:
-        if not container.streams.audio:
-            return None
-        stream = container.streams.audio[0]
-        return int(stream.rate or stream.codec_context.sample_rate)
+def load_av(path: str | Path, wav: str | Path | None = None, *, fps=None) -> tuple[np.ndarray, float, np.ndarray, int]:
+    """``(frames (F, H, W, 3) uint8 RGB upright, fps, audio (S,) float32 mono, sample_rate)`` of a clip.
 
-
-def _read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise MediaError(f"{path}: cannot read audio ({exc})") from exc
-    return decode_flac(data)  # soundfile; reads wav as well, channels averaged
-
-
-def load_av(path: str | Path, wav: str | Path | None = None) -> tuple[np.ndarray, float, np.ndarray, int]:
-    """``(frames (F, H, W, 3) uint8 RGB, fps, audio (S,) float32 mono, sample_rate)`` of a clip.
-
-    Audio comes from ``wav`` when given, else from the mp4's own audio stream (at its native
-    rate), else from ``<stem>.wav`` beside a silent mp4 (the layout the official script reads).
+    Frames are placed by their timestamps at a constant rate (``fps``, default the file's nominal
+    rate), so a variable-frame-rate clip is scored on its real time axis; audio comes from ``wav``
+    when given, else from the file's own audio stream (native rate, aligned to the video's start),
+    else from the audio file of the same stem beside a silent video (the layout the official
+    script reads). See :func:`avgen.media.read_clip`; raises :class:`~avgen.media.MediaError`.
     """
-    path = Path(path)
-    frames, fps = decode_video(path)
-    if wav is not None:
-        audio, sr = _read_wav(wav)
-    elif (rate := _audio_stream_rate(path)) is not None:
-        audio, sr = decode_audio_stream(path, rate), rate
-    elif path.with_suffix(".wav").exists():
-        audio, sr = _read_wav(path.with_suffix(".wav"))
-    else:
-        raise MediaError(f"{path}: no audio stream and no {path.with_suffix('.wav').name} beside it; "
-                         "give an mp4 with sound, or an mp4 + wav pair with the same stem")
-    return frames, fps, audio, sr
+    clip = read_clip(path, fps=fps, audio=wav)
+    return clip.frames, float(clip.fps), clip.audio, clip.sample_rate
 
 
 # ------------------------------------------------------------------------------------------

@@ -268,7 +268,7 @@ class TempoTokens(DiffusionSystem):
 
     def _inputs(self, audio: str | None, n: int) -> list[tuple[str, np.ndarray, str]]:
         """(source: data key or file path, waveform at the model's rate, caption) of every input."""
-        from avgen.media import decode_audio_stream
+        from avgen.media import decode_audio
 
         rate = self.clip["sample_rate"]
         if audio is None:
@@ -286,7 +286,7 @@ class TempoTokens(DiffusionSystem):
             raise ConfigError(f"sample.audio={audio}: no such file or folder")
         if not files:
             raise ConfigError(f"sample.audio={audio}: the folder holds no .wav, .flac, .mp4 or .mp3 files")
-        return [(str(p.absolute()), decode_audio_stream(str(p), rate), "") for p in files]
+        return [(str(p.absolute()), decode_audio(str(p), rate), "") for p in files]
 
 
 # ---------------------------------------------------------------------------------- helpers
