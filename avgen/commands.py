@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from avgen.errors import (CommandUnavailable, ConfigError, DataHealthError, GeometryMismatchError,
-                          MissingShardsError)
+                          MissingShardsError, NothingProduced)
 
 log = logging.getLogger("avgen")
 
@@ -210,7 +210,7 @@ def prepare(cfg: DictConfig):
 COMMANDS = {"fit": fit, "validate": validate, "test": test, "sample": sample, "evaluate": evaluate,
             "export": export, "prepare": prepare}
 USER_ERRORS = (ConfigError, CommandUnavailable, MissingShardsError, GeometryMismatchError, DataHealthError,
-               FileNotFoundError, FileExistsError)
+               NothingProduced, FileNotFoundError, FileExistsError)
 
 
 def run_command(cfg: DictConfig):

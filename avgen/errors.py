@@ -36,3 +36,9 @@ class WeightsFileMissing(FileNotFoundError):
             f"it here and set {config_key}=/path/to/{expected}, or run with scale=tiny, which builds a tiny random "
             f"{model} in code and needs no file.")
         self.path, self.config_key = path, config_key
+
+
+class NothingProduced(RuntimeError):
+    """A command finished without producing anything it was asked for (0 clips scored, 0 samples written);
+    the message says why (every input refused, every output failed) and where the reasons are listed.
+    The command line exits with status 1 on it."""
