@@ -166,12 +166,11 @@ class MediaInfo:
     fps: Fraction | None = None    # nominal video rate
     sample_rate: int | None = None
     duration: float | None = None  # seconds, as the container reports it
-    audio_offset: float = 0.0      # audio start minus video start, seconds (> 0: audio starts later)
 
 
 def probe(source: bytes | str | Path) -> MediaInfo:
-    """Streams, display size, rotation, frame rate and start offsets of a media file (headers only,
-    plus the first video frame when the rotation is only carried by frames).
+    """Streams, display size, rotation and frame rate of a media file (headers, and the first video
+    frame, which carries the display rotation).
 
     Raises:
         MediaError: FFmpeg cannot open the file.
@@ -189,8 +188,6 @@ def probe(source: bytes | str | Path) -> MediaInfo:
             w, h = video.codec_context.width, video.codec_context.height
             info.update(width=h if rotation % 180 else w, height=w if rotation % 180 else h, rotation=rotation,
                         fps=_stream_rate(video))
-            if audio is not None and _stream_start(audio) is not None and _stream_start(video) is not None:
-                info["audio_offset"] = float(_stream_start(audio) - _stream_start(video))
     return MediaInfo(**info)
 
 
