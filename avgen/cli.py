@@ -116,6 +116,11 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("avgen_run_id", _run_id, use_cache=True)
     if not OmegaConf.has_resolver("avgen_cwd"):
         OmegaConf.register_new_resolver("avgen_cwd", os.getcwd)
+    if not OmegaConf.has_resolver("avgen_fps_label"):
+        from avgen.media import fps_label
+
+        # folder names show a rate as a decimal (29.97), never as num/den: a "/" would nest folders
+        OmegaConf.register_new_resolver("avgen_fps_label", fps_label)
 
 
 def main(argv: list[str] | None = None) -> int:

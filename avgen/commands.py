@@ -152,14 +152,39 @@ def test(cfg: DictConfig):
     return _evaluate_loop(cfg, "test")
 
 
-def sample(cfg: DictConfig):
+def sample(cfg: DictConfig) -> list[Path]:
+    """Generate into ``<output_dir>/samples`` and write the run's ``<output_dir>/samples.json``
+    (``written`` sample names, ``refused`` inputs and ``failed`` samples with their reasons; see
+    :class:`avgen.systems.common.SampleReport`). Each refused input and failed sample is printed.
+    Returns the written mp4s.
+
+    Raises:
+        NothingProduced: no sample was written (the message gives the counts and the first reason).
+    """
+    from avgen.media import write_bytes_atomic
+
     if not cfg.get("ckpt_path"):
         raise ConfigError("sample needs ckpt_path=<checkpoint written by fit>")
     model, _ = load_system(cfg.ckpt_path)
     if not hasattr(model, "sample_to_files"):
         raise CommandUnavailable(f"{type(model).__name__} does not implement sampling (sample_to_files)")
     out_dir = Path(cfg.paths.output_dir) / "samples"
-    return model.sample_to_files(out_dir, **OmegaConf.to_container(cfg.get("sample") or {}, resolve=True))
+    report = model.sample_to_files(out_dir, **OmegaConf.to_container(cfg.get("sample") or {}, resolve=True))
+    run_json = Path(cfg.paths.output_dir) / "samples.json"
+    write_bytes_atomic(run_json, json.dumps(report.to_json(), indent=1, ensure_ascii=False).encode(), overwrite=True)
+    for entry in report.refused:
+        print(f"refused input {entry['file']}: {entry['reason']}")
+    for entry in report.failed:
+        print(f"not written: {entry['sample']}: {entry['reason']}")
+    if not report.written:
+        reasons = [(e["file"], e["reason"]) for e in report.refused] + [(e["sample"], e["reason"])
+                                                                        for e in report.failed]
+        # one line, whatever a decoder's message held
+        first = f", first: {reasons[0][0]}: {' '.join(reasons[0][1].split())}" if reasons else ""
+        raise NothingProduced(f"0 samples written: {len(report.refused)} inputs refused, {len(report.failed)} "
+                              f"samples failed (reasons in {run_json}){first}")
+    print(f"run summary: {run_json}")
+    return report.written
 
 
 def evaluate(cfg: DictConfig):
@@ -167,8 +192,8 @@ def evaluate(cfg: DictConfig):
 
     ev = cfg.evaluate
     if not ev.get("pred_dir"):
-        raise ConfigError("evaluate needs evaluate.pred_dir=<folder of generated *.mp4 (with audio, or with "
-                          "<stem>.wav beside them)>")
+        raise ConfigError("evaluate needs evaluate.pred_dir=<folder of generated videos (with sound, or with "
+                          "<stem>.wav beside them; any container)>")
     plain = OmegaConf.to_container(ev, resolve=True)
     result = evaluate_folder(ev.pred_dir, cfg.paths.output_dir, metrics=list(ev.metrics), workers=ev.workers,
                              plots=ev.plots, av_align=plain["av_align"], ref_dir=ev.ref_dir, fvd=plain["fvd"],
@@ -176,9 +201,18 @@ def evaluate(cfg: DictConfig):
                              is_video=plain.get("is_video"), imagebind=plain.get("imagebind"),
                              prompt=ev.prompt, decode_threads=ev.decode_threads, cache_dir=ev.cache_dir,
                              device=ev.device, overwrite=ev.overwrite, config=plain)
+    metrics_json = Path(cfg.paths.output_dir) / "metrics.json"
+    for key, folder in (("skipped", "evaluate.pred_dir"), ("ref_skipped", "evaluate.ref_dir")):
+        for entry in result.get(key, []):
+            print(f"skipped in {folder}: {entry['file']}: {entry['reason']}")
+    if result["clips"] == 0:  # metrics.json and per_clip.csv are written: the reasons are on disk
+        first = result["failures"][0]
+        reason = " ".join(first["reason"].split())  # one line, whatever the decoder's message held
+        raise NothingProduced(f"0 of {len(result['failures'])} clips scored; every clip failed (reasons in "
+                              f"{metrics_json}), first: {first['clip']}: {reason}")
     print(json.dumps({"metrics": result["metrics"], "clips": result["clips"],
                       "failures": len(result["failures"])}, indent=2))
-    print(f"metrics: {Path(cfg.paths.output_dir) / 'metrics.json'}")
+    print(f"metrics: {metrics_json}")
     return result
 
 

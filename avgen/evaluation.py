@@ -1,13 +1,16 @@
 """``python -m avgen evaluate``: score a folder of generated sounding videos.
 
-Inputs: ``evaluate.pred_dir`` holds ``*.mp4`` files with an audio stream, or silent mp4s with a
-``<stem>.wav`` beside them. Clips are scored in parallel worker processes; a clip that cannot be
-read is reported with its reason and never stops the run. Outputs in the run folder:
+Inputs: ``evaluate.pred_dir`` holds videos with an audio stream, or silent videos with a
+``<stem>.wav`` (``.flac``, ...) beside them: any container and codec FFmpeg reads, any extension
+case, any file name (:func:`avgen.media.scan_media`). Every other file is skipped and named with its
+reason. Clips are scored in parallel worker processes; a clip that cannot be read is reported with
+its reason and never stops the run. Outputs in the run folder:
 
 - ``metrics.json``: value per metric and variant, number of clips scored, failures with reasons,
-  extractor weight hashes, library versions and the evaluate config;
+  skipped files with reasons, extractor weight hashes, library versions and the evaluate config;
 - ``per_clip.csv``: one row per clip (AV-Align, CLIPSIM, CLAP, ImageBind and KL scores, onset and peak
-  counts, and every metric's error for the clip);
+  counts, video and audio durations in seconds with a note when they differ by more than one
+  frame, and every metric's error for the clip);
 - ``plots/<stem>.png`` for the first ``evaluate.plots`` clips (frames, flow magnitude with peaks,
   waveform with onsets, matches).
 """
@@ -23,12 +26,15 @@ import sys
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from avgen.errors import ConfigError
 from avgen.parallel import worker_pool
+
+if TYPE_CHECKING:
+    from avgen.media import Clip, MediaFolder
 
 log = logging.getLogger(__name__)
 
@@ -70,35 +76,57 @@ def export_split_clips(split_dir: str | Path, out_dir: str | Path) -> Path:
     return out
 
 
-def find_clips(pred_dir: str | Path) -> list[Path]:
-    folder = Path(pred_dir)
-    if not folder.is_dir():
-        raise ConfigError(f"evaluate.pred_dir={pred_dir} is not a folder of generated clips (*.mp4) or a prepared "
-                          f"shard split (manifest.json)")
-    clips = sorted(folder.glob("*.mp4"))
-    if not clips:
-        raise ConfigError(f"evaluate.pred_dir={pred_dir} holds no *.mp4 files")
-    return clips
+def find_clips(folder: str | Path, config_key: str = "evaluate.pred_dir") -> MediaFolder:
+    """The clips of ``folder`` (:func:`avgen.media.scan_media`): every file with a video stream, whatever
+    its container, extension case or name, in name order; ``skipped`` names every other file with its
+    reason (sidecar ``.txt``/``.json`` files and the audio of a silent video are not listed).
+
+    Raises:
+        ConfigError: ``folder`` (the value of ``config_key``) is not a folder or holds no clip.
+    """
+    from avgen.media import scan_media
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise ConfigError(f"{config_key}={folder} is not a folder of clips (videos with sound, or silent videos with "
+                          f"<stem>.wav beside them) or a prepared shard split (manifest.json)")
+    found = scan_media(path, "video")
+    if not found.files:
+        skipped = "; ".join(f"{p.name}: {reason}" for p, reason in found.skipped)
+        raise ConfigError(f"{config_key}={folder} holds no clip (a file with a video stream, any container)"
+                          + (f"; skipped: {skipped}" if skipped else "; the folder is empty")
+                          + f". Point {config_key} at a folder of videos")
+    return found
 
 
 def _score_clip(job: tuple[str, dict, str | None]) -> dict[str, Any]:
-    """Worker: AV-Align of one clip; errors become a row with the reason."""
-    from avgen.metrics.av_align import AVAlignConfig, align_clip, load_av, plot_alignment
+    """Worker: AV-Align of one clip (at its own frame rate) and its durations; errors become a row with
+    the reason."""
+    from avgen.media import read_clip
+    from avgen.metrics.av_align import AVAlignConfig, align_clip, plot_alignment
 
     path, cfg_dict, plot_path = job
     row: dict[str, Any] = {"clip": Path(path).name}
     try:
-        frames, fps, audio, sr = load_av(path)
-        cfg = AVAlignConfig(**cfg_dict)
-        result = align_clip(frames, fps, audio, sr, cfg)
+        clip = read_clip(path)
+        fps = float(clip.fps)
+        result = align_clip(clip.frames, fps, clip.audio, clip.sample_rate, AVAlignConfig(**cfg_dict))
         row.update({f"av_align_{k}": float(v) for k, v in result.scores.items()})
-        row.update(onsets=len(result.onsets), frames=int(frames.shape[0]), fps=float(fps))
+        row.update(onsets=len(result.onsets), frames=int(clip.frames.shape[0]), fps=fps, **clip_durations(clip))
         row.update({f"peaks_{k}": len(v) for k, v in result.peaks.items()})
         if plot_path:
-            plot_alignment(plot_path, frames, fps, audio, sr, result)
+            plot_alignment(plot_path, clip.frames, fps, clip.audio, clip.sample_rate, result)
     except Exception as exc:  # one unreadable clip never stops an evaluation
         row["error"] = f"{type(exc).__name__}: {exc}"
     return row
+
+
+def clip_durations(clip: Clip) -> dict[str, Any]:
+    """The per-clip CSV's duration columns: ``video_seconds`` (frames / fps), ``audio_seconds`` (samples /
+    rate) and ``duration_note``, empty unless the two differ by more than one frame. AV-Align keeps its
+    official definition over whatever each stream holds; the note says when they do not cover the same time."""
+    return {"video_seconds": round(clip.video_seconds, 6), "audio_seconds": round(clip.audio_seconds, 6),
+            "duration_note": clip.duration_mismatch() or ""}
 
 
 def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[str], workers: int = 2,
@@ -147,7 +175,16 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
                 export_split_clips(pred_dir, out / "clips")
             procs.gather(None)  # the others wait for the files
             pred_dir = out / "clips"
-        clips = find_clips(pred_dir)
+        found = find_clips(pred_dir)
+        clips = found.files
+        skipped = {"skipped": found.skipped_json()}
+        if ref_dir and any(m in DISTRIBUTION for m in metrics) and not (Path(ref_dir) / MANIFEST).is_file():
+            skipped["ref_skipped"] = find_clips(ref_dir, "evaluate.ref_dir").skipped_json()
+        folders = {"skipped": "evaluate.pred_dir", "ref_skipped": "evaluate.ref_dir"}
+        for key, entries in skipped.items():  # the command prints each reason; scripts get this and metrics.json
+            if entries and procs.rank == 0:
+                log.warning("%d files in %s skipped (reasons in metrics.json '%s'): %s", len(entries), folders[key],
+                            key, ", ".join(e["file"] for e in entries))
         mine = clips[procs.rank::procs.world]  # this process's share (all of them without torchrun)
         with _AlignmentPool(workers if "av_align" in metrics else 0) as pool:
             pending = pool.submit([(str(p), cfg, None) for p in mine]) if "av_align" in metrics else None
@@ -181,7 +218,8 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
         values["av_align"] = {k.removeprefix("av_align_"): sum(r[k] for r in ok) / len(ok) for k in variants}
     values.update(more_values)
     failures += more
-    for row in rows:  # per-clip scores of the main-process metrics (clipsim, clap, imagebind, kl) join the CSV
+    # per-clip scores of the main-process metrics (clipsim, clap, imagebind, kl) and the durations join the CSV
+    for row in rows:
         row.update(per_clip.get(row["clip"], {}))
     reasons: dict[str, list[str]] = {}
     for f in sorted(failures, key=lambda f: f["clip"]):  # one entry per clip, every metric's reason
@@ -198,6 +236,7 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
         "clips": len(clips) - len(reasons),
         "processes": procs.world,
         "failures": [{"clip": c, "reason": "; ".join(r)} for c, r in reasons.items()],
+        **skipped,
         "extractors": extractors,
         "av_align_config": cfg,
         "versions": library_versions(),
@@ -343,21 +382,27 @@ def _reference_clips(ref_dir: str | Path, rank: int = 0, world: int = 1, decode_
             yield (batch["key"][0], batch["video"][0].numpy(), float(manifest.clip.fps), batch["audio"][0].numpy(),
                    manifest.clip.sample_rate)
         return
-    yield from _load_clips(find_clips(folder)[rank::world], [], decode_threads)
+    unreadable: list[dict] = []
+    for name, clip in _load_clips(find_clips(folder, "evaluate.ref_dir").files[rank::world], unreadable,
+                                  decode_threads):
+        yield name, clip.frames, float(clip.fps), clip.audio, clip.sample_rate
+    for failure in unreadable:  # not counted, but never dropped without a word
+        log.warning("evaluate.ref_dir: reference clip %s skipped: %s", failure["clip"], failure["reason"])
 
 
-def _load_clips(paths: list[Path], failures: list[dict], threads: int = 0
-                ) -> Iterator[tuple[str, np.ndarray, float, np.ndarray, int]]:
-    """(name, frames, fps, audio, sample rate) of each clip in order; unreadable clips go to ``failures``.
-    ``threads`` decode ahead of the consumer (PyAV releases the GIL while decoding), so the feature
-    extractors do not wait on the decoder; at most ``2 * threads`` decoded clips are held."""
+def _load_clips(paths: list[Path], failures: list[dict], threads: int = 0) -> Iterator[tuple[str, Clip]]:
+    """(file name, :class:`~avgen.media.Clip`) of each clip in order, decoded as everywhere in avgen
+    (:func:`avgen.media.read_clip`: frames upright, placed by their timestamps at the clip's own rate);
+    unreadable clips go to ``failures``. ``threads`` decode ahead of the consumer (PyAV releases the GIL
+    while decoding), so the feature extractors do not wait on the decoder; at most ``2 * threads`` decoded
+    clips are held."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from avgen.metrics.av_align import load_av
+    from avgen.media import read_clip
 
     def load(path: Path):
         try:
-            return load_av(path)
+            return read_clip(path)
         except Exception as exc:  # reported, not fatal
             return exc
 
@@ -365,7 +410,7 @@ def _load_clips(paths: list[Path], failures: list[dict], threads: int = 0
         if isinstance(loaded, Exception):
             failures.append({"clip": path.name, "reason": f"{type(loaded).__name__}: {loaded}"})
             return None
-        return (path.name, *loaded)
+        return path.name, loaded
 
     if threads <= 0:
         for path in paths:
@@ -707,7 +752,9 @@ class _InceptionScorer(_SplitInceptionScorer):
 class _KLScorer(_Scorer):
     """Mean KL(reference || generated) of CNN14 outputs, each generated clip paired with its reference:
 
-    - ``evaluate.ref_dir`` a folder: ``<stem>.mp4`` (or ``<stem>.wav``) of the same stem;
+    - ``evaluate.ref_dir`` a folder: the file of the same stem, any video or audio extension in any case
+      (``<stem>.mp4``, ``.MOV``, ``.wav``, ...); a video's sound is read as for a generated clip (its audio
+      stream, else the audio file of its stem), and a video is taken before an audio file of the same stem;
     - ``evaluate.ref_dir`` a shard split (``manifest.json``): the clip whose key the ``sample`` command
       recorded as ``source`` in ``<stem>.json`` beside the generated clip (the data clip whose caption
       or audio it was made from), read in one pass over the split.
@@ -728,6 +775,19 @@ class _KLScorer(_Scorer):
         self.split_audio: dict[str, tuple[np.ndarray, int]] | None = None
         if (self.folder / MANIFEST).exists():
             self.split_audio = self._read_split(pred)
+        else:
+            self.by_stem = self._index_folder()
+
+    def _index_folder(self) -> dict[str, Path]:
+        """The reference file of each stem in the folder (one listing, not one per generated clip)."""
+        from avgen.media import AUDIO_SUFFIXES, VIDEO_SUFFIXES
+
+        media = [p for p in self.folder.iterdir()
+                 if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES | AUDIO_SUFFIXES]
+        by_stem: dict[str, Path] = {}
+        for p in sorted(media, key=lambda p: (p.suffix.lower() not in VIDEO_SUFFIXES, p.name)):
+            by_stem.setdefault(p.stem, p)
+        return by_stem
 
     def _read_split(self, pred: list[Path]) -> dict[str, tuple[np.ndarray, int]]:
         """Audio of the split's clips whose keys the generated clips name as their source."""
@@ -738,7 +798,7 @@ class _KLScorer(_Scorer):
             raise ConfigError(f"evaluate.metrics 'kl' with the shard split evaluate.ref_dir={self.folder} pairs each "
                               f"generated clip with the split's clip named as 'source' in <stem>.json beside it (the "
                               f"sample command writes it), but no clip in evaluate.pred_dir has one; set "
-                              f"evaluate.ref_dir to a folder of <stem>.mp4 or <stem>.wav references instead")
+                              f"evaluate.ref_dir to a folder of references with the stems of the clips instead")
         from avgen.data.shards import read_split_samples
         from avgen.media import decode_flac
 
@@ -748,8 +808,7 @@ class _KLScorer(_Scorer):
 
     def reference_audio(self, path: Path) -> tuple[np.ndarray, int]:
         """Audio of the reference of generated clip ``path`` (see the class docstring)."""
-        from avgen.media import decode_flac
-        from avgen.metrics.av_align import load_av
+        from avgen.media import VIDEO_SUFFIXES, check_finite, read_audio, read_clip
 
         if self.split_audio is not None:
             from avgen.systems.common import sample_source
@@ -761,17 +820,19 @@ class _KLScorer(_Scorer):
             if key not in self.split_audio:
                 raise ValueError(f"source {key} is not a clip of the shard split evaluate.ref_dir={self.folder}")
             return self.split_audio[key]
-        stem = path.stem
-        mp4, wav = self.folder / f"{stem}.mp4", self.folder / f"{stem}.wav"
-        if not mp4.is_file() and not wav.is_file():
-            raise ValueError(f"no reference {mp4.name} or {wav.name} in evaluate.ref_dir={self.folder}")
+        reference = self.by_stem.get(path.stem)
+        if reference is None:
+            raise ValueError(f"no reference {path.stem}.mp4 or {path.stem}.wav (or another video or audio file of that "
+                             f"stem) in evaluate.ref_dir={self.folder}")
         try:
-            if mp4.is_file():
-                _, _, audio, sr = load_av(mp4)
-                return audio, sr
-            return decode_flac(wav.read_bytes())
+            if reference.suffix.lower() in VIDEO_SUFFIXES:
+                clip = read_clip(reference)
+                return clip.audio, clip.sample_rate
+            audio, sr = read_audio(reference)
+            check_finite(audio, str(reference))
+            return audio, sr
         except Exception as exc:  # an unreadable reference fails its pair only
-            raise ValueError(f"reference {stem}: {type(exc).__name__}: {exc}") from exc
+            raise ValueError(f"reference {reference.name}: {type(exc).__name__}: {exc}") from exc
 
     def update(self, path, frames, audio, sr, fps=None):
         reference = self.classifier.classify(*self.reference_audio(path))
@@ -818,7 +879,8 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
                           all_clips: list[Path] | None = None, decode_threads: int = 0
                           ) -> tuple[dict, dict, list[dict], dict]:
     """FVD, FAD, CLIPSIM, CLAP, ImageBind, IS, KL and video IS over one decoding pass of ``pred``. Returns
-    (values, extractor descriptions, failures, per-clip scores ``{clip name: {column: value}}``).
+    (values, extractor descriptions, failures, per-clip scores and durations (:func:`clip_durations`)
+    ``{clip name: {column: value}}``).
 
     In a distributed run ``pred`` is this process's share of ``all_clips``; the values, failures and
     per-clip scores returned are those of all processes."""
@@ -847,11 +909,13 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
     from tqdm import tqdm
 
     progress = dict(total=len(pred), desc="+".join(s.name for s in scorers), unit="clip", file=sys.stderr, disable=None)
-    for clip_name, frames, fps, audio, sr in tqdm(_load_clips(pred, failures, decode_threads), **progress):
+    for clip_name, clip in tqdm(_load_clips(pred, failures, decode_threads), **progress):
+        per_clip[clip_name] = clip_durations(clip)
         for scorer in scorers:
             try:
-                scores = scorer.update(paths[clip_name], frames, audio, sr, fps=fps)
-                per_clip.setdefault(clip_name, {}).update(scores or {})
+                scores = scorer.update(paths[clip_name], clip.frames, clip.audio, clip.sample_rate,
+                                       fps=float(clip.fps))
+                per_clip[clip_name].update(scores or {})
             except ValueError as exc:  # too short for the extractor, no prompt, ...: reported per clip
                 failures.append({"clip": clip_name, "reason": f"{scorer.name}: {exc}"})
     for scorer in scorers:

@@ -78,7 +78,7 @@ from avgen.data import AVDataModule, ClipGeometry
 from avgen.data.shards import MANIFEST, Manifest
 from avgen.data.synthetic import generate_clip
 from avgen.data.synthetic_prepare import prepare_synthetic_hits, seed_of
-from avgen.media import write_mp4, write_wav
+from avgen.media import frame_count, write_mp4, write_wav
 
 TARGET_A = 0.8  # datamodule clips/s ÷ (a) clips/s
 TARGET_B = 2.0  # datamodule clips/s ÷ (b) clips/s
@@ -146,7 +146,7 @@ def ensure_sources(folder: Path, geo: ClipGeometry, n: int, seconds: float, size
         paths = [_make_source(j) for j in jobs]
     rng = np.random.default_rng(seed)
     # start frame in clip-fps units (start time = start / geo.fps)
-    starts = rng.integers(0, int(round(seconds * geo.fps)) - geo.num_frames + 1, size=n)
+    starts = rng.integers(0, frame_count(seconds, geo.fps) - geo.num_frames + 1, size=n)
     items = [(mp4, wav, int(s)) for (mp4, wav), s in zip(paths, starts)]
     index.write_text(json.dumps({"spec": spec, "items": items}))
     return items

@@ -142,8 +142,10 @@ def bench_sampling(scale: str, tiny_dir: str, steps: int, repeats: int, attentio
 def memory_child(scale: str, tiny_dir: str, checkpointing: bool) -> dict:
     torch.manual_seed(0)
     system = build(scale, tiny_dir, gradient_checkpointing=checkpointing).train()
+    from avgen.media import frame_count
+
     clip = SCALES[scale]["clip"]
-    frames = round(clip["seconds"] * clip["fps"])
+    frames = frame_count(clip["seconds"], clip["fps"])
     g = torch.Generator().manual_seed(0)
     batch = {"video": torch.rand(2, frames, 3, clip["height"], clip["width"], generator=g) * 2 - 1,
              "audio": torch.rand(2, round(clip["seconds"] * clip["sample_rate"]), generator=g) * 0.6 - 0.3,

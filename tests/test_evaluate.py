@@ -40,7 +40,7 @@ def pred_dir(tmp_path_factory) -> Path:
 def test_evaluate_folder_writes_metrics_csv_and_plots(tmp_path, pred_dir):
     result = evaluate_folder(pred_dir, tmp_path / "out", metrics=["av_align"], workers=2, plots=2)
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert saved["clips"] == result["clips"] == 5
+    assert saved["clips"] == result["clips"] == 5 and saved["skipped"] == []  # pair.wav is pair.mp4's sound
     assert saved["failures"] == [{"clip": "broken.mp4", "reason": saved["failures"][0]["reason"]}]
     assert "broken.mp4" in saved["failures"][0]["reason"]
     assert set(saved["metrics"]["av_align"]) == {"official", "paper", "pr"}
@@ -65,7 +65,7 @@ def test_evaluate_refuses_unknown_or_unbuilt_metrics_and_bad_folders(tmp_path, p
         evaluate_folder(pred_dir, tmp_path, metrics=["nope"])
     with pytest.raises(ConfigError, match="unknown \\['isv'\\]"):
         evaluate_folder(pred_dir, tmp_path, metrics=["av_align", "isv"])
-    with pytest.raises(ConfigError, match="no \\*.mp4"):
+    with pytest.raises(ConfigError, match="evaluate.pred_dir=.* holds no clip .*the folder is empty"):
         evaluate_folder(tmp_path, tmp_path / "out", metrics=["av_align"])
 
 
@@ -105,14 +105,20 @@ def test_fvd_and_fad_against_a_reference_folder_with_cached_stats(tmp_path, pred
     assert result["extractors"]["fvd"]["reference_clips"] == 5  # the broken clip is reported, not counted
     assert [f["clip"] for f in result["failures"]] == ["broken.mp4"]
     assert len(list(cache.iterdir())) == 2  # one reference-statistics file per metric
+    with open(tmp_path / "a" / "per_clip.csv") as f:  # durations come from the feature pass when AV-Align is off
+        row = next(r for r in csv.DictReader(f) if r["clip"] == "ok0.mp4")
+    assert float(row["video_seconds"]) == 3.0 and row["duration_note"] == ""
     # a different reference set: clearly > 0; the cache gains its own entries
     other = tmp_path / "other"
     other.mkdir()
     for i in range(3):
         clip = generate_clip(90 + i, ClipGeometry(seconds=3.0, fps=8, height=128, width=128))
         write_mp4(other / f"o{i}.mp4", 255 - clip.frames, 8, audio=clip.audio * 0.2, sample_rate=16000)
+    (other / "cover.jpg").write_bytes(b"")
     result = evaluate_folder(pred_dir, tmp_path / "b", metrics=["fvd", "fad"], ref_dir=other, cache_dir=cache, **options)
     assert result["metrics"]["fvd"] > 1e-3 and result["metrics"]["fad"] > 1e-6
+    assert result["extractors"]["fvd"]["reference_clips"] == 3
+    assert result["ref_skipped"] == [{"file": "cover.jpg", "reason": "an image or document, not a clip"}]
     assert len(list(cache.iterdir())) == 4
     # the cached statistics are reused, not recomputed: the same numbers without the reference folder's media
     for p in other.iterdir():
@@ -481,12 +487,12 @@ def test_a_shard_split_as_pred_dir_scores_the_data_itself(tmp_path, tiny_shards)
 def test_decode_ahead_keeps_order_and_reports_the_same_failures(pred_dir):
     from avgen.evaluation import _load_clips, find_clips
 
-    paths = find_clips(pred_dir)
+    paths = find_clips(pred_dir).files
     results = {}
     for threads in (0, 1, 3):
         failures: list[dict] = []
         items = list(_load_clips(paths, failures, threads=threads))
-        results[threads] = ([(name, frames.tobytes(), fps, audio.tobytes(), sr) for name, frames, fps, audio, sr
+        results[threads] = ([(name, c.frames.tobytes(), c.fps, c.audio.tobytes(), c.sample_rate) for name, c
                              in items], failures)
     assert results[1] == results[0] and results[3] == results[0]
     assert [name for name, *_ in results[0][0]] == [p.name for p in paths if p.name != "broken.mp4"]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from avgen.data.geometry import ClipGeometry
-from avgen.media import MediaError, centre_origin, decode_flac, decode_video
+from avgen.media import MediaError, as_fps, centre_origin, decode_flac, decode_video, fps_text, frame_count
 
 
 class SampleError(RuntimeError):
@@ -25,7 +25,8 @@ def decode_sample(sample: dict[str, Any], clip: ClipGeometry, rng: np.random.Gen
                   out: np.ndarray | None = None) -> dict[str, Any]:
     """Decode a raw sample into a clip of geometry ``clip``.
 
-    ``rng`` set (training): random temporal window and random spatial crop; ``rng=None``
+    ``rng`` set (training): random temporal window, starting a whole number ``k`` of frames into
+    the stored clip (``k / fps`` s, exact rational), and random spatial crop; ``rng=None``
     (evaluation): the window starts at 0 and the crop is centred. ``out``: a ``(F, H, W, 3)``
     uint8 array (a slot of the batch) the frames are decoded into.
 
@@ -38,9 +39,10 @@ def decode_sample(sample: dict[str, Any], clip: ClipGeometry, rng: np.random.Gen
         raise SampleError(f"clip {key} in {url}: missing member(s) {missing}")
     try:
         meta = json.loads(sample["json"])
-        if int(meta["fps"]) != clip.fps:
-            raise SampleError(f"clip {key} in {url}: stored at {meta['fps']} fps, config asks for {clip.fps}")
-        stored_frames = int(round((float(meta["end"]) - float(meta["start"])) * clip.fps))
+        if as_fps(meta["fps"]) != clip.fps:
+            raise SampleError(f"clip {key} in {url}: stored at {meta['fps']} fps, data.clip.fps asks for "
+                              f"{fps_text(clip.fps)}; re-run prepare at this rate or set data.clip.fps={meta['fps']}")
+        stored_frames = frame_count(float(meta["end"]) - float(meta["start"]), clip.fps)
         start = 0
         if rng is not None and stored_frames > clip.num_frames:
             start = int(rng.integers(0, stored_frames - clip.num_frames + 1))
@@ -53,15 +55,15 @@ def decode_sample(sample: dict[str, Any], clip: ClipGeometry, rng: np.random.Gen
                      crop_origin=_crop_origin(rng), out=out)
     except (MediaError, KeyError, ValueError, TypeError) as exc:
         raise SampleError(f"clip {key} in {url}: {exc}") from exc
-    offset_s = start / clip.fps
-    a0 = int(round(offset_s * sr))
+    offset_s = start / clip.fps  # exact: a Fraction of a second
+    a0 = round(offset_s * sr)
     audio = audio[a0:a0 + clip.num_samples]
     if audio.shape[0] < clip.num_samples:
         # flac holds exactly seconds * sample_rate samples; tolerate up to one frame of rounding.
         if clip.num_samples - audio.shape[0] > sr // clip.fps:
             raise SampleError(f"clip {key} in {url}: {audio.shape[0]} audio samples, need {clip.num_samples}")
         audio = np.pad(audio, (0, clip.num_samples - audio.shape[0]))
-    events = np.asarray(meta.get("events") or [], dtype=np.float32) - offset_s
+    events = np.asarray(meta.get("events") or [], dtype=np.float32) - float(offset_s)
     events = events[(events >= 0) & (events < clip.seconds)]
     return {
         "video": out, "audio": audio.astype(np.float32, copy=False),

@@ -8,7 +8,9 @@ One sample = one clip, with members (see DESIGN.md, "Shard format"):
 - ``json``: dataset, source id, start/end seconds, label, caption, split, fps, optional ``events``
 
 Every split folder ``<root>/<split>/`` holds ``shard-NNNNNN.tar`` files and a ``manifest.json``
-with the shard names, clips per shard, the clip geometry and the prepare command + config. A split
+with the shard names, clips per shard, the clip geometry and the prepare command + config. Frame
+rates are exact: a whole rate is stored as a number (``8``), any other as ``"num/den"`` text
+(``"30000/1001"`` for 29.97), never as a truncated or rounded decimal. A split
 is written into a temporary folder and renamed into place when complete, so an interrupted
 ``prepare`` never leaves a folder that looks finished; an existing split is only replaced when the
 caller passes ``overwrite=True``.
@@ -28,7 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 import webdataset as wds
 
-from avgen.data.geometry import ClipGeometry
+from avgen.data.geometry import ClipGeometry, fps_json
 from avgen.media import encode_flac, encode_mp4
 
 MANIFEST = "manifest.json"
@@ -157,7 +159,7 @@ class ShardWriter:
         geo = self.clip
         record = {
             "dataset": self.dataset, "source_id": source_id, "start": float(start_seconds),
-            "end": float(start_seconds) + geo.seconds, "split": self.split, "fps": geo.fps,
+            "end": float(start_seconds) + geo.seconds, "split": self.split, "fps": fps_json(geo.fps),
             "label": "", "caption": "", **meta,
         }
         self._rotate().write({"__key__": key, "mp4": mp4, "flac": flac, "json": json.dumps(record).encode()})

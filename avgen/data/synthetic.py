@@ -60,7 +60,9 @@ relative to the impacts' peak) runs through the clip; the sum is peak-normalised
 Ground-truth guarantees
 -----------------------
 * ``frames``: ``(num_frames, height, width, 3)`` uint8 RGB; frame ``f`` shows the scene at time
-  ``f / fps``. ``audio``: ``(num_samples,)`` float32 mono with ``max |audio| == PEAK < 1``.
+  ``f / fps`` (any rational rate: 29.97 fps is 30000/1001, 30 frames per second of clip); object
+  ``k`` is drawn landed from frame ``ceil(events[k] · fps)`` on, computed exactly.
+  ``audio``: ``(num_samples,)`` float32 mono with ``max |audio| == PEAK < 1``.
 * ``meta["events"]``: the hit times in seconds, sorted, multiples of 1e-4 s that are exactly the
   values the renderer used; gaps ``>= min_event_gap``; inside ``event_window``;
   ``min_events <= len(events) <= max_events``.
@@ -79,7 +81,7 @@ from typing import Any
 
 import numpy as np
 
-from avgen.data.geometry import ClipGeometry
+from avgen.data.geometry import ClipGeometry, fps_json
 
 __all__ = [
     "CLASS_NAMES",
@@ -139,12 +141,12 @@ class SyntheticClip:
 
 def min_event_gap(geometry: ClipGeometry) -> float:
     """Smallest gap between two hits, seconds: ``max(3 / fps, 0.25)``."""
-    return max(MIN_GAP_FRAMES / geometry.fps, MIN_GAP_SECONDS)
+    return max(MIN_GAP_FRAMES / float(geometry.fps), MIN_GAP_SECONDS)
 
 
 def event_window(geometry: ClipGeometry) -> tuple[float, float]:
     """``(first, last)``: every hit time lies in this closed interval (seconds)."""
-    edge = EDGE_FRAMES / geometry.fps
+    edge = EDGE_FRAMES / float(geometry.fps)
     return edge, geometry.seconds - edge
 
 
@@ -465,7 +467,7 @@ def generate_clip(seed: int, geometry: ClipGeometry, *, min_events: int = 1, max
             raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
     rng = np.random.default_rng(seed)
     F, S = geometry.num_frames, geometry.num_samples
-    H, W, fps, sr = geometry.height, geometry.width, geometry.fps, geometry.sample_rate
+    H, W, fps, sr = geometry.height, geometry.width, float(geometry.fps), geometry.sample_rate
     if F < 1 or S < 1 or H < 8 or W < 8:
         raise ValueError(f"geometry too small: {geometry}")
 
@@ -520,8 +522,10 @@ def generate_clip(seed: int, geometry: ClipGeometry, *, min_events: int = 1, max
     times = np.arange(F) / fps
     lifts = np.stack([_drop_heights(times, events[k], speeds[k], drop[k]) for k in range(n)])
     obj_f32 = obj_rgb.astype(np.float32)
-    # First frame showing object k landed: ceil(events[k] * fps), in exact integer arithmetic.
-    land_frame = -((-ticks * fps) // round(1.0 / TICK))
+    # First frame showing object k landed: ceil(events[k] * fps), in exact integer arithmetic
+    # (events[k] = ticks[k] / ticks_per_second, fps = numerator / denominator).
+    rate = geometry.fps
+    land_frame = -((-ticks * rate.numerator) // (round(1.0 / TICK) * rate.denominator))
     static = background.copy()
     landed = 0  # objects land in index order (events are sorted)
     frames = np.empty((F, H, W, 3), dtype=np.uint8)
@@ -572,7 +576,7 @@ def generate_clip(seed: int, geometry: ClipGeometry, *, min_events: int = 1, max
         "floor_y": floor_y,
         "noise_db": round(noise_db, 2),
         "seed": int(seed),
-        "geometry": {"seconds": float(geometry.seconds), "fps": int(fps), "height": int(H),
+        "geometry": {"seconds": float(geometry.seconds), "fps": fps_json(geometry.fps), "height": int(H),
                      "width": int(W), "sample_rate": int(sr)},
     }
     return SyntheticClip(frames=frames, audio=audio.astype(np.float32), meta=meta)

@@ -120,7 +120,7 @@ def contact_sheet(items: Sequence[SyntheticClip], geo: ClipGeometry, max_frames:
     bands = []
     for item in items:
         events = np.asarray(item.meta.get("events", []), dtype=float)
-        hit_frames = {int(np.rint(t * geo.fps)) for t in events}
+        hit_frames = {int(np.rint(t * float(geo.fps))) for t in events}
         row = []
         for f in shown:
             img = np.kron(item.frames[f], np.ones((scale, scale, 1), dtype=np.uint8))

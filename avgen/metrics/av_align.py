@@ -345,6 +345,7 @@ def plot_alignment(path: str | Path, frames: np.ndarray, fps: float, audio: np.n
     atomically; an existing file is replaced unless ``overwrite=False``.
     """
     frames = np.asarray(frames)
+    fps = float(fps)  # an exact Fraction rate cannot be formatted with :.2f
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     variant = variant or ("official" if "official" in alignment.scores else next(iter(alignment.scores)))
     if variant not in alignment.matches:

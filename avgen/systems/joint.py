@@ -37,10 +37,12 @@ from avgen.diffusion import (
     split_prediction,
     training_target,
 )
+from avgen.media import frame_count
 from avgen.modules.joint_unet import DEFAULT_POSITIONS, JointUNet
 from avgen.modules.timestep_adjust import adjust_timesteps, sample_training_timesteps
 from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
 from avgen.systems.common import (
+    SampleReport,
     av_align_scores,
     log_sounding_videos,
     refuse_existing,
@@ -128,7 +130,7 @@ class JointAudioVideo(DiffusionSystem):
     # ------------------------------------------------------------------------------ geometry
     @property
     def num_frames(self) -> int:
-        return round(self.clip["seconds"] * self.clip["fps"])
+        return frame_count(self.clip["seconds"], self.clip["fps"])
 
     @property
     def num_samples(self) -> int:
@@ -194,7 +196,7 @@ class JointAudioVideo(DiffusionSystem):
         with self.ema_weights():
             video, audio = self.generate(prompts, steps=self.validation_cfg["steps"], seed=0)
         out_dir = Path(self.trainer.default_root_dir) / "val_samples" / f"step_{self.global_step:07d}"
-        paths = write_sounding_videos(out_dir, prompts, video, audio, self.clip, overwrite=True)
+        paths = write_sounding_videos(out_dir, prompts, video, audio, self.clip, overwrite=True).written
         log_sounding_videos(self.loggers, paths, self.clip, self.global_step)
         if self.validation_cfg.get("av_align", True):
             scores = av_align_scores(video, audio, self.clip)
@@ -268,8 +270,11 @@ class JointAudioVideo(DiffusionSystem):
                         steps: int | None = None, gamma: float | None = None, guidance_video: float | None = None,
                         guidance_audio: float | None = None, negative_prompt: str | None = None, seed: int = 0,
                         batch_size: int | None = None, device: str = "auto", overwrite: bool = False,
-                        **unused: Any) -> list[Path]:
-        """``python -m avgen sample``: ``n`` sounding mp4s (+ wav and the prompt as txt) in ``out_dir``."""
+                        **unused: Any) -> SampleReport:
+        """``python -m avgen sample``: ``n`` sounding mp4s (+ wav and the prompt as txt) in ``out_dir``.
+
+        A sample whose output holds NaN/inf, or that cannot be written, is in the report's ``failed``
+        with its name and reason; the others are written (:func:`write_sounding_videos`)."""
         ignored = sorted(k for k, v in unused.items() if v is not None)
         if ignored:
             log.warning("sample options not used by %s: %s", type(self).__name__, ignored)
@@ -280,18 +285,18 @@ class JointAudioVideo(DiffusionSystem):
         batch_size = int(batch_size or self.sampling["batch_size"])
         out_dir = Path(out_dir)
         refuse_existing(out_dir, len(prompts), overwrite)
-        paths: list[Path] = []
+        report = SampleReport()
         with self.ema_weights():
             for start in range(0, len(prompts), batch_size):
                 chunk = prompts[start:start + batch_size]
                 video, audio = self.generate(chunk, steps=steps, gamma=gamma, guidance_video=guidance_video,
                                              guidance_audio=guidance_audio, negative_prompt=negative_prompt,
                                              seed=seed + start)
-                paths += write_sounding_videos(out_dir, chunk, video, audio, self.clip, overwrite=overwrite,
-                                               first=start, sources=sources[start:start + batch_size])
+                report.extend(write_sounding_videos(out_dir, chunk, video, audio, self.clip, overwrite=overwrite,
+                                                    first=start, sources=sources[start:start + batch_size]))
                 log.info("sampled %d/%d", min(start + batch_size, len(prompts)), len(prompts))
-        print(f"wrote {len(paths)} sounding videos to {out_dir}")
-        return paths
+        print(f"wrote {len(report.written)} sounding videos to {out_dir}")
+        return report
 
     def _prompts(self, prompt: str | Sequence[str] | None, n: int) -> tuple[list[str], list[str | None]]:
         """``n`` prompts and, for captions of the data, the key of their clip (else None)."""

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Mapping, Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +40,14 @@ from avgen.diffusion import classifier_free_guidance, training_target
 from avgen.encoders.beats import BEATs, load_beats
 from avgen.encoders.cavp import CAVPAudio, load_cavp
 from avgen.errors import ConfigError
+from avgen.media import frame_count
 from avgen.modules.attentive_pooling import AttentivePooling
 from avgen.modules.audio_mapper import AudioMapper, pool_to_frames
 from avgen.modules.context_windows import resolutions, window_means
 from avgen.modules.placeholder_prompt import PlaceholderPrompt
 from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
 from avgen.systems.common import (
+    SampleReport,
     av_align_scores,
     clip_caption,
     log_sounding_videos,
@@ -127,7 +131,7 @@ class TempoTokens(DiffusionSystem):
     # ------------------------------------------------------------------------------ conditioning
     @property
     def num_frames(self) -> int:
-        return round(self.clip["seconds"] * self.clip["fps"])
+        return frame_count(self.clip["seconds"], self.clip["fps"])
 
     def audio_tokens(self, audio: torch.Tensor, frames: int) -> dict[str, torch.Tensor]:
         """Audio (B, S) at 16 kHz spanning exactly ``frames`` video frames → the tokens of the prompt:
@@ -190,7 +194,7 @@ class TempoTokens(DiffusionSystem):
         with self.ema_weights():
             video = self.generate(audio, captions, steps=self.validation_cfg["steps"], seed=0)
         out_dir = Path(self.trainer.default_root_dir) / "val_samples" / f"step_{self.global_step:07d}"
-        paths = write_sounding_videos(out_dir, captions, video, audio, self.clip, overwrite=True)
+        paths = write_sounding_videos(out_dir, captions, video, audio, self.clip, overwrite=True).written
         log_sounding_videos(self.loggers, paths, self.clip, self.global_step)
         if self.validation_cfg.get("av_align", True):
             for name, value in av_align_scores(video, audio, self.clip).items():
@@ -206,7 +210,7 @@ class TempoTokens(DiffusionSystem):
         guidance = float(self.sampling["guidance"] if guidance is None else guidance)
         negative = self.sampling.get("negative_prompt") or "" if negative_prompt is None else negative_prompt
         b = audio.shape[0]
-        frames = max(1, round(audio.shape[1] / self.clip["sample_rate"] * self.clip["fps"]))
+        frames = max(1, frame_count(Fraction(audio.shape[1], self.clip["sample_rate"]), self.clip["fps"]))
         captions = list(captions) if captions is not None else [""] * b
         device = self.alphas.device
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -232,13 +236,25 @@ class TempoTokens(DiffusionSystem):
     def sample_to_files(self, out_dir: str | Path, n: int = 4, audio: str | None = None, prompt: str | None = None,
                         steps: int | None = None, guidance: float | None = None, negative_prompt: str | None = None,
                         seed: int = 0, batch_size: int | None = None, device: str = "auto", overwrite: bool = False,
-                        **unused: Any) -> list[Path]:
-        """``python -m avgen sample``: a video per input audio (a wav/flac/mp4 file or a folder of them;
-        default: the first ``n`` clips of the training data's test split), the input audio muxed in."""
+                        **unused: Any) -> SampleReport:
+        """``python -m avgen sample``: a video per input audio, the input audio muxed in.
+
+        Inputs: ``audio`` = a file of any container FFmpeg reads (audio, or video with sound) or a
+        folder of them; default: the first ``n`` clips of the training data's test split. Every input
+        is checked before the model runs (:meth:`_inputs`); refused ones are logged and listed in the
+        report's ``refused`` with the reason, and the others are generated. Sample i
+        (``sample_NNNN``) comes from the i-th usable input in name order; one that cannot be written
+        is in ``failed`` (:func:`write_sounding_videos`). Nothing is generated when every input is refused.
+        """
         ignored = sorted(k for k, v in unused.items() if v is not None)
         if ignored:
             log.warning("sample options not used by %s: %s", type(self).__name__, ignored)
-        inputs = self._inputs(audio, int(n))
+        inputs, refused = self._inputs(audio, int(n))
+        for entry in refused:
+            log.warning("input %s refused: %s", entry["file"], entry["reason"])
+        report = SampleReport(refused=refused)
+        if not inputs:
+            return report
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.to(device).eval()
@@ -246,7 +262,6 @@ class TempoTokens(DiffusionSystem):
         refuse_existing(out_dir, len(inputs), overwrite)
         batch_size = int(batch_size or self.sampling["batch_size"])
         rate = self.clip["sample_rate"]
-        paths: list[Path] = []
         # clips of one length are generated together; every clip gets frames for exactly its duration
         order = sorted(range(len(inputs)), key=lambda i: len(inputs[i][1]))
         with self.ema_weights():
@@ -259,34 +274,89 @@ class TempoTokens(DiffusionSystem):
                     video = self.generate(wave, texts, steps=steps, guidance=guidance,
                                           negative_prompt=negative_prompt, seed=seed + same[0])
                     for j, i in enumerate(same):
-                        paths += write_sounding_videos(out_dir, [texts[j]], video[j:j + 1], wave[j:j + 1],
-                                                       self.clip, overwrite=overwrite, first=i,
-                                                       sources=[inputs[i][0]])
-        log.info("wrote %d videos (%d audio inputs, %d Hz)", len(paths), len(inputs), rate)
-        print(f"wrote {len(paths)} videos with their audio to {out_dir}")
-        return sorted(paths)
+                        report.extend(write_sounding_videos(out_dir, [texts[j]], video[j:j + 1], wave[j:j + 1],
+                                                            self.clip, overwrite=overwrite, first=i,
+                                                            sources=[inputs[i][0]]))
+        report.written.sort()
+        report.failed.sort(key=lambda entry: entry["sample"])
+        log.info("wrote %d videos (%d audio inputs, %d Hz)", len(report.written), len(inputs), rate)
+        print(f"wrote {len(report.written)} videos with their audio to {out_dir}")
+        return report
 
-    def _inputs(self, audio: str | None, n: int) -> list[tuple[str, np.ndarray, str]]:
-        """(source: data key or file path, waveform at the model's rate, caption) of every input."""
-        from avgen.media import decode_audio
+    def _inputs(self, audio: str | None, n: int) -> tuple[list[tuple[str, np.ndarray, str]], list[dict[str, str]]]:
+        """Every input, checked before any model runs.
+
+        Returns the usable inputs as (source: data key or absolute file path, waveform (S,) float32
+        at the model's rate, caption), in the order given (a folder's: name order), and
+        ``{"file", "reason"}`` for each refused one, by file: not decodable or without audio, NaN/inf
+        samples, or too short (:meth:`_min_input_samples`).
+        A folder gives every file with an audio stream, whatever its container, codec, extension case
+        or name (:func:`avgen.media.scan_media`); its other files are refused with the reason.
+
+        Raises:
+            ConfigError: ``sample.audio`` names no file or folder, or an empty folder; or it is unset
+                and the data's test clips cannot be read.
+        """
+        from avgen.media import MediaError, check_finite, decode_audio, probe, scan_media
 
         rate = self.clip["sample_rate"]
+        decoded: list[tuple[str, str, np.ndarray, str]] = []  # (source, name in messages, waveform, caption)
         if audio is None:
-            clips = split_audio(((self.run_config or {}).get("data") or {}).get("root"), n, rate)
-            if not clips:
+            clips, refused = split_audio(((self.run_config or {}).get("data") or {}).get("root"), n, rate)
+            if not clips and not refused:
                 raise ConfigError("sample.audio is not set and the training data's test clips cannot be read; pass "
-                                  "sample.audio=<wav, flac or mp4 file, or a folder of them>")
-            return clips
-        source = Path(audio)
-        if source.is_dir():
-            files = sorted(p for p in source.iterdir() if p.suffix.lower() in (".wav", ".flac", ".mp4", ".mp3"))
-        elif source.is_file():
-            files = [source]
+                                  "sample.audio=<audio or video file (any container), or a folder of them>")
+            decoded = [(key, key, wave, caption) for key, wave, caption in clips]
         else:
-            raise ConfigError(f"sample.audio={audio}: no such file or folder")
-        if not files:
-            raise ConfigError(f"sample.audio={audio}: the folder holds no .wav, .flac, .mp4 or .mp3 files")
-        return [(str(p.absolute()), decode_audio(str(p), rate), "") for p in files]
+            source = Path(audio)
+            if source.is_dir():
+                found = scan_media(source, "audio")
+                files, refused = found.files, found.skipped_json()
+            elif source.is_file():
+                files, refused = [source], []
+            else:
+                raise ConfigError(f"sample.audio={audio}: no such file or folder")
+            if not files and not refused:
+                raise ConfigError(f"sample.audio={audio}: the folder is empty; put audio files (or videos with "
+                                  f"sound) in it, or pass one file")
+            for path in files:
+                try:
+                    wave = decode_audio(path, rate)
+                    duration = probe(path).duration
+                except MediaError as exc:
+                    refused.append({"file": path.name, "reason": str(exc).removeprefix(f"{path}: ")})
+                    continue
+                if duration:  # codecs pad their last frame (AAC: up to 1024 samples); the container has the length
+                    wave = wave[:max(1, round(duration * rate))]
+                decoded.append((str(path.absolute()), path.name, wave, ""))
+        need, why = self._min_input_samples()
+        usable = []
+        for source, name, wave, caption in decoded:
+            try:
+                check_finite(wave, name)
+            except MediaError as exc:
+                refused.append({"file": name, "reason": str(exc).removeprefix(f"{name}: ")})
+                continue
+            if len(wave) < need:
+                refused.append({"file": name, "reason": f"too short: {len(wave) / rate:.3f} s ({len(wave)} samples "
+                                                        f"at {rate} Hz); {why}"})
+                continue
+            usable.append((source, wave, caption))
+        return usable, sorted(refused, key=lambda entry: entry["file"])
+
+    def _min_input_samples(self) -> tuple[int, str]:
+        """The shortest usable input audio in samples at the model's rate, and why: the audio encoder's
+        minimum (BEATs: one row of fbank patches, a 25 ms window + 15 hops of 10 ms = 2800 samples;
+        CAVP: one 16-frame step, 3840) or one video frame (half a frame period rounds up to a frame),
+        whichever is longer."""
+        from avgen.media import as_fps, fps_label
+
+        rate, fps = self.clip["sample_rate"], as_fps(self.clip["fps"])
+        encoder, frame = self.encoder.min_samples, math.ceil(rate / (2 * fps))
+        if encoder >= frame:
+            return encoder, (f"the {type(self.encoder).__name__} audio encoder needs at least {encoder} samples "
+                             f"({encoder / rate:.3f} s) for one time step of its features")
+        return frame, f"one video frame at {fps_label(fps)} fps needs at least {frame} samples ({frame / rate:.3f} s)"
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -318,15 +388,20 @@ def expand_prompt(template: str, system: TempoTokens) -> str:
     return template.replace("{audio}", audio)
 
 
-def split_audio(root: str | None, n: int, rate: int) -> list[tuple[str, np.ndarray, str]]:
-    """The first ``n`` clips' (key, audio at ``rate``, caption) of a prepared dataset's test (or val, train) split."""
-    from avgen.media import decode_flac
+def split_audio(root: str | None, n: int, rate: int
+                ) -> tuple[list[tuple[str, np.ndarray, str]], list[dict[str, str]]]:
+    """The first ``n`` clips of a prepared dataset's test (or val, train) split: (key, audio (S,)
+    float32 resampled to ``rate``, caption) of each clip whose audio decodes, and ``{"file": key,
+    "reason"}`` of each other one."""
+    from avgen.media import MediaError, decode_audio
 
-    clips = []
+    clips, refused = [], []
     for key, parts in split_samples(root, n):
         if "flac" not in parts:
+            refused.append({"file": key, "reason": "the clip has no audio (no .flac in its shard sample)"})
             continue
-        audio, sr = decode_flac(parts["flac"])
-        if sr == rate:
-            clips.append((key, audio.astype(np.float32), clip_caption(parts)))
-    return clips
+        try:
+            clips.append((key, decode_audio(parts["flac"], rate), clip_caption(parts)))
+        except MediaError as exc:
+            refused.append({"file": key, "reason": str(exc)})
+    return clips, refused
