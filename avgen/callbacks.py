@@ -66,3 +66,34 @@ class DataHealthMonitor(pl.Callback):
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         self._eval_end(trainer, pl_module, "test", trainer.limit_test_batches)
+
+
+class InterruptCheckpoint(pl.Callback):
+    """Ctrl-C during ``fit``: save ``<dirpath>/last.ckpt`` (atomically, through the trainer's checkpoint IO)
+    and print the command that resumes the run from it.
+
+    Lightning catches the ``KeyboardInterrupt``, calls this hook, then exits with status 1. In a
+    multi-process run the other ranks may not have stopped at the same step, so no collective save
+    is attempted there: the run resumes from its last periodic checkpoint (the message says which).
+    The save happens wherever the interrupt landed in the step; the optimizer state is the one of the
+    last completed step.
+    """
+
+    def __init__(self, dirpath: str, resume_command: str):
+        self.dirpath, self.resume_command = dirpath, resume_command
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        from pathlib import Path
+
+        if not isinstance(exception, KeyboardInterrupt) or trainer.state.fn != "fit":
+            return
+        if trainer.world_size > 1:
+            if trainer.is_global_zero:
+                print(f"\ninterrupted at step {trainer.global_step}; {trainer.world_size} processes: no checkpoint "
+                      f"saved now, the run resumes from the newest one in {self.dirpath}\nresume with: "
+                      f"{self.resume_command}", flush=True)
+            return
+        path = Path(self.dirpath) / "last.ckpt"
+        trainer.save_checkpoint(path)
+        print(f"\ninterrupted at step {trainer.global_step}: saved {path}\nresume with: {self.resume_command}",
+              flush=True)

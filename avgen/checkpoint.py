@@ -14,7 +14,10 @@ swapped in when present), ``config.yaml`` and ``versions.json``.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +26,21 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 FORMAT = "avgen-ckpt/1"
+LAST = "last.ckpt"
+# a checkpoint being written: ``.<name>.tmp-<pid>`` beside its target
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
+# test-only: ``<file name>`` or ``<file name>@<global step>``; the process kills itself with SIGKILL right after
+# writing that checkpoint's temporary file, before the rename (a crash while saving, made deterministic)
+KILL_AFTER_TEMPORARY_ENV = "AVGEN_TEST_SIGKILL_AFTER_TEMPORARY"
+
+log = logging.getLogger("avgen")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes to ``<name>.tmp-<pid>`` in the same folder, fsyncs, then renames over the target.
+    """Writes to ``.<name>.tmp-<pid>`` in the same folder, fsyncs, then renames over the target.
 
-    A crash (or a SLURM pre-emption) during a save leaves the previous checkpoint intact.
+    A crash (or a SLURM pre-emption, or SIGKILL) during a save leaves the previous checkpoint intact
+    and at most a temporary file, which :func:`remove_stale_temporaries` deletes when the run restarts.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
@@ -42,10 +54,76 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
+            _test_kill_hook(path.name, checkpoint.get("global_step"))
             os.replace(tmp, path)
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+
+def _test_kill_hook(name: str, step: int | None) -> None:
+    target = os.environ.get(KILL_AFTER_TEMPORARY_ENV)
+    if target and target in (name, f"{name}@{step}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary checkpoint files (``.<name>.tmp-<pid>``) in ``folder`` left by processes that no
+    longer run on this machine (killed while saving); returns the files removed."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.iterdir()):
+        match = _TEMPORARY.match(path.name)
+        if match and path.is_file() and int(match["pid"]) != os.getpid() and not _pid_alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The ``global_step`` stored in a checkpoint, read without loading its tensors (memory-mapped).
+
+    Raises:
+        ValueError: the file is not a complete, readable checkpoint (e.g. truncated).
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["global_step"])
+    except Exception as exc:
+        raise ValueError(f"{path}: not a complete checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def newest_checkpoint(folder: str | Path) -> tuple[Path, int] | None:
+    """The complete checkpoint of ``folder`` with the highest global step, and that step: ``last.ckpt`` or a
+    newer ``*.ckpt`` (step checkpoints, or one a SLURM pre-timeout handler wrote); ``last.ckpt`` wins a tie.
+    Unreadable files are skipped with a warning. ``None`` when the folder holds no checkpoint."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    files = sorted(p for p in folder.glob("*.ckpt") if p.is_file() and not p.name.startswith("."))
+    files.sort(key=lambda p: p.name != LAST)  # last.ckpt first, so that it keeps a tie
+    best: tuple[Path, int] | None = None
+    for path in files:
+        try:
+            step = checkpoint_step(path)
+        except ValueError as exc:
+            log.warning("skipped for resuming: %s", exc)
+            continue
+        if best is None or step > best[1]:
+            best = (path, step)
+    return best
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

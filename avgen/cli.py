@@ -62,11 +62,8 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-def rewrite_argv(argv: list[str]) -> list[str] | int:
-    """Return Hydra's argv, or an exit status after printing help or an error."""
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(help_text())
-        return 0 if argv else 2
+def split_args(argv: list[str]) -> tuple[list[str], list[tuple[int, str]]]:
+    """Hydra's flags, and the other words (overrides, the command word) with their positions."""
     flags, words, i = [], [], 0
     while i < len(argv):
         arg = argv[i]
@@ -78,6 +75,15 @@ def rewrite_argv(argv: list[str]) -> list[str] | int:
         else:
             words.append((i, arg))
         i += 1
+    return flags, words
+
+
+def rewrite_argv(argv: list[str]) -> list[str] | int:
+    """Return Hydra's argv, or an exit status after printing help or an error."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(help_text())
+        return 0 if argv else 2
+    flags, words = split_args(argv)
     if words and words[0][1] in COMMANDS:
         argv = list(argv)
         argv[words[0][0]] = f"command={words[0][1]}"
@@ -92,6 +98,208 @@ def rewrite_argv(argv: list[str]) -> list[str] | int:
         print(help_text())
         return 0
     return argv
+
+
+# Blocks whose keys belong to a library (Lightning, Hydra, torch's optimizers and LR schedulers, diffusers'
+# schedulers) or to the machine: any key passes through. Every other block of the config is avgen's own
+# and closed: a key it does not have is a typo.
+OPEN_BLOCKS = ("trainer", "logger", "callbacks", "hydra", "paths", "local")
+# Hydra's flags that pick another config or do not compose one: the check leaves those runs to Hydra.
+_UNCHECKED_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                    "--experimental-rerun", "--info", "-i", "--shell-completion", "-sc"}
+_INSTANTIATE_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+_PASS = object()  # a key inside a block that belongs to a library
+
+
+def is_open(path: tuple[str, ...]) -> bool:
+    """Keys under ``path`` pass through to a library."""
+    return bool(path) and (path[0] in OPEN_BLOCKS or path[0] == "model" and (
+        "scheduler" in path[1:] or path[1:2] == ("optimizer",)))
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Refuse, before Hydra composes the run, an override that names a key avgen's blocks do not have, in
+    any form (``key=``, ``+key=``, ``++key=``, ``~key``, a dict value), an override with no value
+    (``key=``) and ``+key=`` on a key that has a value. Keys in :data:`OPEN_BLOCKS`, ``model.optimizer``
+    and ``model.*scheduler`` pass through; a block with a ``_target_`` also takes its target's keyword
+    arguments. A ``-m`` sweep over groups is checked for each combination of their options.
+
+    Composes the config once (groups only) when an override sets a key of avgen's blocks; Hydra's
+    composition errors (an unknown group option) come out as one line too.
+
+    Raises:
+        ConfigError: one line naming the key and the known keys of its block.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from avgen.errors import ConfigError
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            loader = GlobalHydra.instance().config_loader()
+            values = _value_overrides(loader, parsed)
+            if all(o.key_or_group == "command" or o.key_or_group.split(".")[0] in OPEN_BLOCKS for o in values):
+                return
+            hydra_lines = [o.input_line for o in values if o.is_hydra_override() and not o.is_sweep_override()]
+            from_checkpoint = any(o.key_or_group == "ckpt_path" for o in values)
+            for groups in _group_runs(loader, [o for o in parsed if o not in values]):
+                cfg = compose("config", overrides=groups + hydra_lines)
+                # without model=, a command run on a checkpoint takes the checkpoint's model block; its
+                # overrides are checked once the checkpoint is read (avgen.commands.checkpoint_config)
+                unchecked = ("model",) if from_checkpoint and "model" not in cfg else ()
+                for override in values:
+                    if override.key_or_group.split(".")[0] not in unchecked:
+                        _check_override(cfg, override)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_one_line(exc)) from exc
+
+
+def _value_overrides(loader, parsed: list) -> list:
+    """The overrides that set keys, as Hydra sorts them (a dict value sets keys even on a group's name)."""
+    from hydra.types import RunMode
+
+    if any(o.key_or_group == "hydra.searchpath" for o in parsed):  # the folders added may hold more groups
+        plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+        lines = {o.input_line for o in loader.compute_defaults_list("config", plain, RunMode.RUN).config_overrides}
+        return [o for o in parsed if o.input_line in lines
+                or o.is_sweep_override() and not loader.repository.group_exists(o.key_or_group)]
+    return [o for o in parsed if isinstance(o.value(), dict) or not loader.repository.group_exists(o.key_or_group)]
+
+
+def _group_runs(loader, groups: list) -> list[list[str]]:
+    """The group overrides of each run: one list, or one per combination of ``-m`` group sweeps."""
+    import itertools
+
+    from hydra.core.override_parser.types import Glob
+
+    choices = []
+    for o in groups:
+        if not o.is_sweep_override():
+            choices.append([o.input_line])
+            continue
+        value = o.value()
+        options = (value.filter(loader.get_group_options(o.key_or_group)) if isinstance(value, Glob)
+                   else list(o.sweep_string_iterator()))
+        choices.append([f"{o.get_key_element()}={option}" for option in options])
+    return [list(run) for run in itertools.product(*choices)]
+
+
+def _check_override(cfg, override) -> None:
+    from avgen.errors import ConfigError
+
+    parts = tuple(override.key_or_group.split("."))
+    value = _lookup(cfg, parts)
+    if value is _PASS or override.is_sweep_override():
+        return
+    key, line = ".".join(parts), override.input_line
+    new = override.value()
+    if line.endswith("=") and new == "":
+        raise ConfigError(f"no value for {key} ({line}): expected {_kind(value)}, e.g. {key}={_example(value)}")
+    if override.is_add() and value is not None and not isinstance(new, (dict, list)):
+        raise ConfigError(f"{line}: {key} already has a value; write {line[1:]} to change it")
+    if isinstance(new, dict):
+        _check_dict(cfg, parts, new)
+
+
+def _check_dict(cfg, parts: tuple[str, ...], value: dict) -> None:
+    for name, item in value.items():
+        if _lookup(cfg, (*parts, str(name))) is not _PASS and isinstance(item, dict):
+            _check_dict(cfg, (*parts, str(name)), item)
+
+
+def _lookup(cfg, parts: tuple[str, ...]):
+    """The config's value at ``parts`` (None for an interpolation that resolves only in the run), or
+    ``_PASS`` inside a library's block; raises ConfigError for a key avgen's blocks do not have."""
+    import difflib
+
+    from omegaconf import DictConfig
+
+    from avgen.errors import ConfigError
+
+    if parts[0] in OPEN_BLOCKS:  # present or not (hydra is composed apart, local is optional)
+        return _PASS
+    node = cfg
+    for i, name in enumerate(parts):
+        if is_open(parts[:i]) or not isinstance(node, DictConfig):
+            return _PASS
+        if name not in node.keys():
+            arguments = _target_arguments(node, ".".join(parts[:i]))
+            if arguments is None or name in arguments or "_target_" in node and name in _INSTANTIATE_KEYS:
+                return _PASS
+            key, block = ".".join(parts), ".".join(parts[:i])
+            if not block and group_options(name):
+                raise ConfigError(f"unknown key {key}: no {name} is selected; choose experiment=<name> or "
+                                  f"{name}=<{', '.join(group_options(name))}>")
+            known = sorted({k for k in node.keys() if not str(k).startswith("_")} | arguments)
+            close = difflib.get_close_matches(name, known, n=1)
+            raise ConfigError(f"unknown key {key}; known keys of {block or 'the root config'}: {', '.join(known)}"
+                              + (f"; did you mean {close[0]}?" if close else ""))
+        try:
+            node = node[name]
+        except Exception:  # ${hydra:...} or an unset environment variable: resolved in the run
+            node = None
+    return node
+
+
+# evaluate blocks whose extra keys are the feature extractor's constructor arguments (e.g. tiny test sizes)
+EXTRACTOR_BLOCKS = {
+    "evaluate.fvd": ("avgen.metrics.extractors.I3DFeatures",),
+    "evaluate.fad": ("avgen.metrics.extractors.VGGishFeatures", "avgen.metrics.panns.Cnn14"),
+    "evaluate.is_video": ("avgen.metrics.extractors.C3DProbabilities",),
+    "evaluate.panns": ("avgen.metrics.panns.Cnn14",),
+    "evaluate.imagebind": ("avgen.metrics.imagebind.ImageBindAV",),
+}
+
+
+def _target_arguments(node, block: str = "") -> set[str] | None:
+    """The keyword arguments of a block's ``_target_``, or of the extractor classes an evaluate block
+    configures (:data:`EXTRACTOR_BLOCKS`); empty for neither, None when a target takes any."""
+    import inspect
+
+    target = node.get("_target_") if "_target_" in node.keys() else None
+    targets = (target,) if isinstance(target, str) else EXTRACTOR_BLOCKS.get(block, ())
+    from hydra.utils import get_object
+
+    names: set[str] = set()
+    for target in targets:
+        try:
+            params = inspect.signature(get_object(target)).parameters.values()
+        except Exception:  # the target does not import: instantiating the run reports that
+            continue
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return None
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if "_target_" not in node.keys():  # an extractor block: its path and config key are set by evaluate itself
+        names -= {"path", "config_key"}
+    return names
+
+
+def _kind(value) -> str:
+    from omegaconf import DictConfig, ListConfig
+
+    kinds = ((bool, "true or false"), (int, "an int"), (float, "a number"), (str, "a string"),
+             (ListConfig, "a list"), (DictConfig, "a block of keys"))
+    return next((kind for cls, kind in kinds if isinstance(value, cls)), "a value")
+
+
+def _example(value) -> str:
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value) if isinstance(value, (int, float, str)) else "..."
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra's composition message (and its cause) on one line."""
+    texts = [str(exc)]
+    if exc.__cause__ is not None and str(exc.__cause__) not in texts[0]:
+        texts.append(str(exc.__cause__))
+    text = "\n".join(texts).split("Config search path:")[0]  # Hydra's list of config folders: noise here
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()).replace(":; ", ": ")
 
 
 def _run_id() -> str:
@@ -109,6 +317,11 @@ def _run_id() -> str:
     return rid
 
 
+def at_scale(scale: str, default, tiny):
+    """``${avgen_at_scale:${scale_name},<default>,<tiny>}``: ``tiny`` at ``scale=tiny``, else ``default``."""
+    return tiny if scale == "tiny" else default
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
@@ -116,11 +329,41 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("avgen_run_id", _run_id, use_cache=True)
     if not OmegaConf.has_resolver("avgen_cwd"):
         OmegaConf.register_new_resolver("avgen_cwd", os.getcwd)
+    if not OmegaConf.has_resolver("avgen_at_scale"):
+        # a default that differs at scale=tiny (fewer sampler steps) but that the command line still overrides
+        OmegaConf.register_new_resolver("avgen_at_scale", at_scale)
     if not OmegaConf.has_resolver("avgen_fps_label"):
         from avgen.media import fps_label
 
         # folder names show a rate as a decimal (29.97), never as num/den: a "/" would nest folders
         OmegaConf.register_new_resolver("avgen_fps_label", fps_label)
+
+
+def one_run_folder(argv: list[str], flags: list[str], words: list[str]) -> list[str]:
+    """``paths.output_dir=<dir>`` names the run folder: Hydra's own run folder (the composed config, the
+    overrides, the log) is put there too (``hydra.run.dir=<dir>``), so no second folder appears under
+    ``runs/``. Given both, they must agree; with ``-m`` each job needs its own folder, so
+    ``hydra.sweep.dir`` is the key to set.
+
+    Raises:
+        ConfigError: ``paths.output_dir`` with ``-m``, or different from ``hydra.run.dir``.
+    """
+    from avgen.errors import ConfigError
+
+    values = {key: value for key, _, value in (w.lstrip("+").partition("=") for w in words)}
+    output_dir = values.get("paths.output_dir")
+    if not output_dir:
+        return argv
+    if "-m" in flags or "--multirun" in flags:
+        raise ConfigError(f"paths.output_dir={output_dir} with -m would put every job of the sweep in one folder; "
+                          f"set hydra.sweep.dir=<folder> instead (each job gets <folder>/<job number>)")
+    run_dir = values.get("hydra.run.dir")
+    if run_dir is None:
+        return [*argv, f"hydra.run.dir={output_dir}"]
+    if Path(run_dir).absolute() != Path(output_dir).absolute():
+        raise ConfigError(f"paths.output_dir={output_dir} and hydra.run.dir={run_dir} name two run folders; give "
+                          f"one of them")
+    return argv
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,8 +373,18 @@ def main(argv: list[str] | None = None) -> int:
     import hydra
 
     from avgen.commands import run_command
+    from avgen.errors import ConfigError
 
     register_resolvers()
+    flags, words = split_args(rewritten)
+    try:
+        if not _UNCHECKED_FLAGS.intersection(flags):
+            check_overrides([word for _, word in words])
+        rewritten = one_run_folder(rewritten, flags, [word for _, word in words])
+    except ConfigError as exc:
+        command = next(word.partition("=")[2] for _, word in words if word.startswith("command="))
+        print(f"avgen {command}: error: {exc}", file=sys.stderr)
+        return 1
     sys.argv = [sys.argv[0]] + rewritten
     hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(run_command)()
     return 0

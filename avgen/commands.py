@@ -8,13 +8,14 @@ shards; ``evaluate`` scores a folder of generated clips.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from avgen.errors import (CommandUnavailable, ConfigError, DataHealthError, GeometryMismatchError,
                           MissingShardsError, NothingProduced)
@@ -45,49 +46,259 @@ def build_model(cfg: DictConfig):
     return model
 
 
-def build_trainer(cfg: DictConfig, datamodule=None):
+def build_trainer(cfg: DictConfig, datamodule=None, *, interrupt_checkpoint: bool = False):
+    """The Lightning trainer of ``cfg.trainer`` with the configured callbacks and loggers, plus
+    :class:`~avgen.callbacks.DataHealthMonitor` for avgen data and, for ``fit``
+    (``interrupt_checkpoint``), :class:`~avgen.callbacks.InterruptCheckpoint` (Ctrl-C saves and says
+    how to resume)."""
     from hydra.utils import instantiate
 
-    from avgen.callbacks import DataHealthMonitor
+    from avgen.callbacks import DataHealthMonitor, InterruptCheckpoint
     from avgen.data.datamodule import AVDataModule
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if isinstance(datamodule, AVDataModule) and not any(isinstance(c, DataHealthMonitor) for c in callbacks):
         callbacks.append(DataHealthMonitor())
+    if interrupt_checkpoint:
+        callbacks.append(InterruptCheckpoint(str(Path(cfg.paths.output_dir) / "checkpoints"), resume_command(cfg)))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
-def load_system(ckpt_path: str | Path, overrides: DictConfig | None = None):
-    """Rebuild a system from an avgen checkpoint: frozen parts from its config, trainable weights from it."""
+def load_system(ckpt_path: str | Path, run_cfg: DictConfig | None = None, overrides: list[str] = ()):
+    """Rebuild a system from an avgen checkpoint: frozen parts from its config, trainable weights from it.
+
+    Without ``run_cfg`` the system and config are the checkpoint's own; with it, the config is
+    :func:`checkpoint_config` of the checkpoint's, the command's ``run_cfg`` and the command line's
+    ``overrides``. Returns (system, the config it was built from).
+    """
     from hydra.utils import instantiate
 
     from avgen.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(ckpt_path)
     cfg = OmegaConf.create(ckpt["avgen"]["config"])
-    if overrides is not None:
-        cfg = OmegaConf.merge(cfg, overrides)
+    if run_cfg is not None:
+        cfg = checkpoint_config(cfg, run_cfg, overrides)
     model = instantiate(cfg.model)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     model.load_trainable(ckpt)
     return model, cfg
 
 
+def command_line_overrides() -> list[str]:
+    """The overrides the user gave (Hydra's ``overrides.task``); [] outside a Hydra run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+# model.* nodes a command that runs a checkpoint may change, besides the system's SAMPLER_CONFIG
+CHECKPOINT_FREE_MODEL_KEYS = ("sampling", "validation", "tiny_dir")
+_MISSING = object()
+
+
+def checkpoint_config(ckpt_cfg: DictConfig, run_cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The config ``validate`` / ``test`` / ``sample`` run a checkpoint with.
+
+    Rules:
+
+    - ``model``, ``scale_name`` and ``data`` (the dataset: name, root, clip geometry, loader settings)
+      are the checkpoint's; everything else (``trainer``, ``logger``, ``paths``, ``seed``, ``sample``,
+      ...) is the command's. An experiment or ``scale=`` on the command line does not replace them.
+    - The command line's ``overrides`` win: every ``data.*`` key (``data.batch_size``, ``data.root``;
+      a ``data.clip.*`` key also sets ``model.clip`` and the geometry folder of the checkpoint's root),
+      ``data=<name>`` (that dataset at the checkpoint's clip geometry), ``model.sampling.*`` (keys of
+      the system's ``sampling_defaults``), ``model.validation.*``, ``model.tiny_dir``, and the settings
+      under the system's ``SAMPLER_CONFIG`` that its ``sampler_override_refusal`` does not refuse.
+      At scale=tiny such an override also replaces the same key of ``model.tiny``, which the system
+      merges over its arguments (checkpoints written when TempoTokens' tiny block still held
+      ``sampling.steps``).
+    - Every other ``model.*`` key (trainable shapes, backbone ids, training setup), ``model=`` or
+      ``experiment=`` of another system, and ``scale=`` other than the checkpoint's are refused; an
+      override equal to the checkpoint's value is accepted.
+
+    With ``sample``, an explicit ``sample.<k>`` still beats ``model.sampling.<k>`` (it is passed to
+    ``sample_to_files``, which falls back to ``model.sampling``).
+
+    Raises:
+        ConfigError: an override that cannot apply, naming the key, the reason and what to do.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.utils import get_class
+    from omegaconf import open_dict
+
+    ckpt = ckpt_cfg if isinstance(ckpt_cfg, DictConfig) else OmegaConf.create(ckpt_cfg)
+    parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides))
+              if not o.key_or_group.startswith("hydra")]
+    given = {o.key_or_group: o for o in parsed}
+    scale = ckpt.get("scale_name") or ckpt.model.get("scale", "paper")
+    if "scale" in given and run_cfg.get("scale_name") != scale:
+        raise ConfigError(f"scale={run_cfg.get('scale_name')}: the checkpoint was trained at scale={scale}, and its "
+                          f"model and data geometry come with it; drop scale= (or pass scale={scale})")
+    cls = get_class(ckpt.model._target_)
+    for group in ("model", "experiment"):
+        target = OmegaConf.select(run_cfg, "model._target_")
+        if group in given and target is not None and target != ckpt.model._target_:
+            raise ConfigError(f"{group}={given[group].value()}: its model is {target}, but the checkpoint holds a "
+                              f"{ckpt.model._target_}; drop {group}= (the checkpoint's model is used)")
+
+    cfg = copy.deepcopy(run_cfg)
+    with open_dict(cfg):
+        cfg.scale_name = scale
+        cfg.model = ckpt.model
+        if "data" in given:
+            cfg.data.clip = ckpt.data.clip
+        else:
+            cfg.data = ckpt.data
+        for key, override in given.items():
+            if key.startswith(("data.", "model.")) and override.is_delete():
+                raise ConfigError(f"~{key}: a checkpoint's settings cannot be deleted; set the key to a value instead")
+            if key.startswith("data."):
+                OmegaConf.update(cfg, key, _plain(OmegaConf.select(run_cfg, key)), merge=False, force_add=True)
+            elif key.startswith("model."):
+                _apply_model_override(cfg, ckpt, cls, key, OmegaConf.select(run_cfg, key))
+        if any(key.startswith("data.clip") for key in given):
+            if "data.root" not in given and "data" not in given:
+                cfg.data.root = _regeometry(ckpt.data.root, ckpt.data.clip, cfg.data.clip)
+            cfg.model.clip = _plain(cfg.data.clip)
+    return cfg
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def _leaves(key: str, value: Any) -> list[tuple[str, Any]]:
+    if isinstance(value, DictConfig):
+        return [leaf for k in value for leaf in _leaves(f"{key}.{k}", value[k])]
+    return [(key, _plain(value))]
+
+
+def _apply_model_override(cfg: DictConfig, ckpt: DictConfig, cls: type, key: str, value: Any) -> None:
+    """Set ``key`` (``model.…``) to the command line's ``value`` in ``cfg``, or refuse it (:func:`checkpoint_config`)."""
+    for leaf, leaf_value in _leaves(key, value):
+        current = _plain(OmegaConf.select(ckpt, leaf))
+        if leaf_value == current:
+            continue
+        reason = model_override_refusal(cls, leaf.removeprefix("model."))
+        if reason:
+            raise ConfigError(f"{leaf}={leaf_value}: {reason} (the checkpoint has {current!r})")
+        OmegaConf.update(cfg, leaf, leaf_value, merge=False, force_add=True)
+        # at scale=tiny the model's `tiny` block is merged over its arguments: a key it sets would win
+        tiny_leaf = "model.tiny." + leaf.removeprefix("model.")
+        if cfg.model.get("scale") == "tiny" and OmegaConf.select(cfg, tiny_leaf, default=_MISSING) is not _MISSING:
+            OmegaConf.update(cfg, tiny_leaf, leaf_value, merge=False)
+
+
+def model_override_refusal(cls: type, key: str) -> str | None:
+    """Why ``model.<key>`` of a trained ``cls`` checkpoint cannot change on the command line; None when it may."""
+    head, _, rest = key.partition(".")
+    if head == "sampling":
+        known = getattr(cls, "sampling_defaults", None)
+        name = rest.partition(".")[0]
+        if known is not None and name not in known:
+            return f"{cls.__name__} has no sampling setting {name!r}; expected one of: {', '.join(known)}"
+        return None
+    if head in CHECKPOINT_FREE_MODEL_KEYS:
+        return None
+    for node in getattr(cls, "SAMPLER_CONFIG", ()):
+        if key == node or key.startswith(node + "."):
+            refusal = getattr(cls, "sampler_override_refusal", None)
+            return refusal(key) if refusal else None
+    return ("the checkpoint's weights belong to its model settings (trainable shapes, backbone ids, training setup), "
+            "so it cannot change here; drop the override, or train a model with it (fit). Sampling settings are "
+            "model.sampling.*")
+
+
+def _regeometry(root: str, old_clip: Any, new_clip: Any) -> str:
+    """A dataset root whose last folder names ``old_clip``'s geometry (every data config's convention)
+    moved to ``new_clip``'s folder; any other root unchanged."""
+    from avgen.media import fps_label
+
+    def label(c):
+        return f"{c.height}x{c.width}_{fps_label(c.fps)}fps_{c.seconds}s_{c.sample_rate}hz"
+
+    path = Path(str(root))
+    return str(path.with_name(label(new_clip))) if path.name == label(old_clip) else str(root)
+
+
 def resolve_resume(cfg: DictConfig) -> str | None:
-    """``resume=auto``: ``<output_dir>/checkpoints/last.ckpt`` if it exists; ``resume=never``; or a path."""
+    """The checkpoint ``fit`` continues from, said aloud.
+
+    ``resume=auto``: the newest complete checkpoint in ``<output_dir>/checkpoints/`` (``last.ckpt`` or a newer
+    ``step_*.ckpt``, e.g. when a process was killed while writing ``last.ckpt``; see
+    :func:`avgen.checkpoint.newest_checkpoint`), else none; ``resume=never``: none; else the given path.
+    Temporary files left by a process killed while saving are removed first, whatever ``resume`` says.
+
+    Raises:
+        ConfigError: ``resume`` names a file that does not exist.
+    """
+    from avgen.checkpoint import newest_checkpoint, remove_stale_temporaries
+
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    for stale in remove_stale_temporaries(folder):
+        print(f"removed {stale}: a temporary checkpoint left by a process killed while saving")
     resume = cfg.get("resume", "auto")
     if resume in (None, False, "never", "none"):
         return None
     if resume == "auto":
-        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
+        newest = newest_checkpoint(folder)
+        if newest is None:
+            return None
+        path, step = newest
+        print(f"resuming from {path} (step {step}, the newest complete checkpoint in {folder})")
+        return str(path)
     if not Path(resume).is_file():
         raise ConfigError(f"resume={resume}: no such checkpoint (use resume=auto, resume=never or a .ckpt path)")
+    print(f"resuming from {resume}")
     return str(resume)
 
 
 # ----------------------------------------------------------------------------------- commands
+def resume_command(cfg: DictConfig) -> str:
+    """The command line that continues this fit: the user's overrides, with the run folder pinned."""
+    import shlex
+
+    overrides = [o for o in command_line_overrides()
+                 if not o.startswith(("hydra.run.dir=", "paths.output_dir=", "command="))]
+    return " ".join(["python -m avgen fit", *map(shlex.quote, overrides),
+                     shlex.quote(f"hydra.run.dir={cfg.paths.output_dir}")])
+
+
+def experiment_dataset(cfg: DictConfig) -> str | None:
+    """The dataset the chosen experiment file selects (``override /data: <name>``), None without one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from avgen.cli import config_dir
+
+    if not HydraConfig.initialized():
+        return None
+    name = HydraConfig.get().runtime.choices.get("experiment")
+    path = config_dir() / "experiment" / f"{name}.yaml"
+    if not name or not path.is_file():
+        return None
+    for entry in OmegaConf.load(path).get("defaults") or []:
+        if isinstance(entry, DictConfig) and "override /data" in entry:
+            return str(entry["override /data"])
+    return None
+
+
+def announce(cfg: DictConfig, command: str) -> None:
+    """What a command prints first: its run folder, the dataset it reads (and whether ``scale=tiny`` swapped
+    the experiment's dataset for the synthetic one), and for ``fit`` the command that resumes it."""
+    print(f"avgen {command}: run folder {cfg.paths.output_dir}")
+    data = cfg.get("data")
+    if command in ("fit", "validate", "test", "prepare") and data is not None and data.get("name"):
+        # validate / test announce the checkpoint's data (their cfg is already checkpoint_config's)
+        wanted = experiment_dataset(cfg)
+        swapped = (f" (scale={cfg.get('scale_name')} replaced the experiment's dataset {wanted})"
+                   if wanted and wanted != data.name else "")
+        print(f"avgen {command}: data {data.name} in {data.get('root')}{swapped}")
+    if command == "fit":
+        print(f"avgen fit: resume with: {resume_command(cfg)}")
+
+
 def check_multirun_ddp(cfg: DictConfig) -> None:
     """Lightning's DDP re-launches the command line in each rank; inside a local (sequential) multirun
     that would start the whole sweep again in every rank."""
@@ -112,13 +323,13 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     from avgen.checkpoint import read_checkpoint
 
     check_multirun_ddp(cfg)
+    announce(cfg, "fit")
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg)
-    trainer = build_trainer(cfg, datamodule)
+    trainer = build_trainer(cfg, datamodule, interrupt_checkpoint=True)
     ckpt_path = resolve_resume(cfg)
     if ckpt_path:
-        log.info("resuming from %s", ckpt_path)
         if cfg.get("init_from"):
             log.warning("init_from=%s ignored: the run resumes from %s", cfg.init_from, ckpt_path)
     elif cfg.get("init_from"):
@@ -131,15 +342,18 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _evaluate_loop(cfg: DictConfig, which: str) -> list[dict[str, float]]:
+    """``trainer.<which>`` of a checkpoint's system on its data: the config is :func:`checkpoint_config`
+    (model, scale and data geometry from the checkpoint; the command line's overrides on top)."""
     import lightning.pytorch as pl
 
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg)
     if cfg.get("ckpt_path"):
-        model, _ = load_system(cfg.ckpt_path, overrides=OmegaConf.create({"model": cfg.model}) if cfg.get("model") else None)
+        model, cfg = load_system(cfg.ckpt_path, cfg, command_line_overrides())
     else:
         log.warning("%s without ckpt_path: the trainable parts keep their initial weights", which)
         model = build_model(cfg)
+    announce(cfg, which)
+    datamodule = build_datamodule(cfg)
     trainer = build_trainer(cfg, datamodule)
     return getattr(trainer, which)(model, datamodule=datamodule)
 
@@ -158,14 +372,20 @@ def sample(cfg: DictConfig) -> list[Path]:
     :class:`avgen.systems.common.SampleReport`). Each refused input and failed sample is printed.
     Returns the written mp4s.
 
+    The system is the checkpoint's, with the command line's overrides applied by
+    :func:`checkpoint_config`. A sampling setting comes from, first to last: ``sample.<k>`` when not
+    null, ``model.sampling.<k>`` on the command line, the checkpoint's ``model.sampling.<k>``.
+
     Raises:
+        ConfigError: no ``ckpt_path``, or an override that cannot apply to the checkpoint.
         NothingProduced: no sample was written (the message gives the counts and the first reason).
     """
     from avgen.media import write_bytes_atomic
 
     if not cfg.get("ckpt_path"):
         raise ConfigError("sample needs ckpt_path=<checkpoint written by fit>")
-    model, _ = load_system(cfg.ckpt_path)
+    announce(cfg, "sample")
+    model, _ = load_system(cfg.ckpt_path, cfg, command_line_overrides())
     if not hasattr(model, "sample_to_files"):
         raise CommandUnavailable(f"{type(model).__name__} does not implement sampling (sample_to_files)")
     out_dir = Path(cfg.paths.output_dir) / "samples"
@@ -181,15 +401,20 @@ def sample(cfg: DictConfig) -> list[Path]:
                                                                         for e in report.failed]
         # one line, whatever a decoder's message held
         first = f", first: {reasons[0][0]}: {' '.join(reasons[0][1].split())}" if reasons else ""
-        raise NothingProduced(f"0 samples written: {len(report.refused)} inputs refused, {len(report.failed)} "
-                              f"samples failed (reasons in {run_json}){first}")
+        raise NothingProduced(f"0 samples written: {_count(len(report.refused), 'input')} refused, "
+                              f"{_count(len(report.failed), 'sample')} failed (reasons in {run_json}){first}")
     print(f"run summary: {run_json}")
     return report.written
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def evaluate(cfg: DictConfig):
     from avgen.evaluation import evaluate_folder
 
+    announce(cfg, "evaluate")
     ev = cfg.evaluate
     if not ev.get("pred_dir"):
         raise ConfigError("evaluate needs evaluate.pred_dir=<folder of generated videos (with sound, or with "
@@ -205,6 +430,8 @@ def evaluate(cfg: DictConfig):
     for key, folder in (("skipped", "evaluate.pred_dir"), ("ref_skipped", "evaluate.ref_dir")):
         for entry in result.get(key, []):
             print(f"skipped in {folder}: {entry['file']}: {entry['reason']}")
+    for failure in result["failures"]:
+        print(f"failed: {failure['clip']}: {' '.join(failure['reason'].split())}")
     if result["clips"] == 0:  # metrics.json and per_clip.csv are written: the reasons are on disk
         first = result["failures"][0]
         reason = " ".join(first["reason"].split())  # one line, whatever the decoder's message held
@@ -221,6 +448,7 @@ def export(cfg: DictConfig):
 
     if not cfg.get("ckpt_path"):
         raise ConfigError("export needs ckpt_path=<checkpoint written by fit>")
+    announce(cfg, "export")
     out = cfg.export.dir or str(Path(cfg.paths.output_dir) / "export")
     path = export_checkpoint(cfg.ckpt_path, out, use_ema=cfg.export.ema, overwrite=cfg.export.overwrite)
     log.info("exported %s -> %s", cfg.ckpt_path, path)
@@ -234,6 +462,7 @@ def prepare(cfg: DictConfig):
     data = cfg.get("data")
     if data is None or data.get("prepare") is None:
         raise CommandUnavailable(f"data={data.get('name') if data else None} has no prepare step (data.prepare)")
+    announce(cfg, "prepare")
     fn = instantiate(data.prepare)
     result = fn(root=data.root, clip=OmegaConf.to_container(data.clip, resolve=True),
                 overwrite=bool(cfg.get("overwrite", False)))
@@ -256,6 +485,10 @@ def run_command(cfg: DictConfig):
     from hydra.errors import InstantiationException
 
     try:
+        if command == "sample" and (cfg.get("sample") or {}).get("gamma") is not None:
+            from avgen.modules.timestep_adjust import check_gamma
+
+            check_gamma(cfg.sample.gamma, "sample.gamma")  # before the checkpoint's models load
         return COMMANDS[command](cfg)
     except USER_ERRORS as exc:
         print(f"avgen {command}: error: {exc}", file=sys.stderr)

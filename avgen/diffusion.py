@@ -4,7 +4,9 @@ two arbitrary timesteps.
 The noise schedules come from diffusers schedulers (their ``alphas_cumprod`` and config); only the
 joint model needs its own step, because with timestep adjustment (Eq. 9 of the SVG baseline paper)
 consecutive local timesteps are not evenly spaced, and diffusers' ``DDIMScheduler.step`` derives the
-previous timestep from the step count.
+previous timestep from the step count: t − ``num_train_timesteps // num_inference_steps``, which is
+the next grid point on every ``leading`` grid but not in general (see
+:meth:`avgen.systems.joint.JointAudioVideo.generate`).
 
 DDIM (Song et al. 2021, Eq. 12 with σ = 0), for ᾱ_t = ``alphas_cumprod[t]``:
 

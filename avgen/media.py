@@ -552,12 +552,13 @@ def scan_media(folder: str | Path, kind: Literal["video", "audio"]) -> MediaFold
     stream (audio files, and videos with sound). Files with a known media extension are taken on
     their name (a broken one then fails, with its reason, when it is decoded); files with another
     extension are probed with FFmpeg. ``.txt``/``.json`` sidecars are ignored; everything else not
-    taken is in ``skipped`` with the reason (hidden files, images, audio-only or silent files,
-    files FFmpeg cannot open).
+    taken is in ``skipped`` with the reason (sub-folders, hidden files, images, audio-only or silent
+    files, files FFmpeg cannot open).
     """
     folder = Path(folder)
+    found = MediaFolder(skipped=[(p, "a folder: sub-folders are not searched") for p in sorted(folder.iterdir())
+                                 if p.is_dir()])
     entries = sorted(p for p in folder.iterdir() if p.is_file())
-    found = MediaFolder()
     video_stems = {p.stem for p in entries if p.suffix.lower() in VIDEO_SUFFIXES}
     for path in entries:
         suffix = path.suffix.lower()

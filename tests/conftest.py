@@ -27,6 +27,18 @@ def tiny_shards(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module's tests: the test machine's two cores are shared with the
+    decoding workers, and one thread per process is several times faster there."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def compose(overrides: list[str], tmp_path: Path, *, run_dir: Path | None = None):
     """Compose the avgen config as the command line would, with outputs under ``tmp_path``."""
     from hydra import compose as hydra_compose

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,3 +63,14 @@ class TinySystem(AVSystem):
                       "first_step": self.first_step, "global_step": self.global_step, "pid": os.getpid(),
                       "keys": self.keys}
             (Path(self.record_dir) / f"rank{self.global_rank}.json").write_text(json.dumps(record))
+
+
+class KeyboardInterruptAt(pl.Callback):
+    """Raises ``KeyboardInterrupt`` (what Ctrl-C does) at the end of training step ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt

@@ -266,11 +266,14 @@ def test_scan_media_takes_every_container_and_names_every_skipped_file(tmp_path)
     for name, data in (("notes.txt", b"x"), ("meta.json", b"{}"), (".DS_Store", b"\0"), ("plot.png", b"\x89PNG"),
                        ("junk.dat", b"not media")):
         (tmp_path / name).write_bytes(data)
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "inner.mp4").write_bytes(clip)
     videos = media.scan_media(tmp_path, "video")
     assert [p.name for p in videos.files] == ["GOPR0001.MP4", "clip one.mov", "clíp_音.mkv", "silent.mp4", "stream.bin"]
     reasons = {p.name: r for p, r in videos.skipped}
-    assert set(reasons) == {".DS_Store", "junk.dat", "orphan.wav", "plot.png"}
+    assert set(reasons) == {".DS_Store", "junk.dat", "orphan.wav", "plot.png", "more"}
     assert "audio only" in reasons["orphan.wav"] and "FFmpeg" in reasons["junk.dat"]
+    assert reasons["more"] == "a folder: sub-folders are not searched"
     assert media.audio_companion(tmp_path / "silent.mp4").name == "silent.WAV"
     sounds = media.scan_media(tmp_path, "audio")
     assert [p.name for p in sounds.files] == ["GOPR0001.MP4", "clip one.mov", "clíp_音.mkv", "orphan.wav",

@@ -29,7 +29,7 @@ from avgen.data.decode import to_model_batch
 from avgen.data.geometry import ClipGeometry
 from avgen.data.shards import MANIFEST, Manifest
 from avgen.data.stream import EvalStream, Health, Shard, TrainStream
-from avgen.errors import GeometryMismatchError, MissingShardsError
+from avgen.errors import ConfigError, GeometryMismatchError, MissingShardsError
 
 log = logging.getLogger(__name__)
 # Lightning warns that an IterableDataset's __len__ may be wrong with several workers; the shard
@@ -67,7 +67,7 @@ class AVDataModule(pl.LightningDataModule):
         self.name, self.root = name, Path(root).expanduser().absolute()
         self.clip = ClipGeometry.from_config(clip)
         if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"data.batch_size={batch_size}: expected an int >= 1")
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.shuffle_buffer = num_workers, shuffle_buffer
         self.epoch_clips, self.seed = epoch_clips, seed

@@ -20,6 +20,7 @@ import numpy as np
 from avgen.data.geometry import ClipGeometry
 from avgen.data.shards import MANIFEST, SPLITS, Manifest, ShardWriter, encode_clip
 from avgen.data.synthetic import SyntheticClip, generate_clip
+from avgen.errors import ConfigError
 from avgen.media import write_bytes_atomic, write_mp4
 from avgen.parallel import worker_pool
 
@@ -61,7 +62,7 @@ def prepare_synthetic_hits(root: str, clip: Mapping[str, Any], *, clips: Mapping
     clips = dict(clips or {"train": 96, "val": 16, "test": 16})
     unknown = set(clips) - set(SPLITS)
     if unknown:
-        raise ValueError(f"data.prepare.clips has unknown splits {sorted(unknown)}; use {SPLITS}")
+        raise ConfigError(f"data.prepare.clips has unknown splits {sorted(unknown)}; use {SPLITS}")
     todo = [s for s in (splits or clips) if clips.get(s)]
     root_path = Path(root)
     info = {

@@ -1,6 +1,6 @@
 """The audio branch of CAVP, Diff-Foley's contrastive audio-visual encoder (Luo et al. 2023, "Diff-Foley:
 Synchronized Video-to-Audio Synthesis with Latent Diffusion Models"), as the TempoTokens course-project variant
-(``papers/003``) uses it in place of BEATs.
+("AudioVisGen: Video Generation using Audio", a UPenn course project; no arXiv) uses it in place of BEATs.
 
 Shapes for B clips of S samples at 16 kHz (4 s: T = 251 frames, T' = 15 steps)::
 
@@ -51,7 +51,7 @@ import torchaudio
 from torch import Tensor, nn
 
 from avgen.checkpoint import load_weights_file
-from avgen.errors import WeightsFileMissing
+from avgen.errors import ConfigError, WeightsFileMissing
 from avgen.metrics.panns import CNN14_CHANNELS, ConvBlock
 
 SAMPLE_RATE = 16000
@@ -200,7 +200,7 @@ class CAVPAudio(nn.Module):
             :class:`CAVPOutput` with ``hidden`` (B, T', 1, D), T' = (1 + S // 256) // 16.
         """
         if layers is not None and tuple(int(i) for i in layers) != (1,):
-            raise ValueError(f"model.encoder.layers={list(layers)}: CAVP has one output layer; set it to null "
+            raise ConfigError(f"model.encoder.layers={list(layers)}: CAVP has one output layer; set it to null "
                              f"or [1] with model.encoder.name=cavp")
         if waveform.dim() != 2 or waveform.shape[1] < self.min_samples:
             raise ValueError(f"CAVP expects mono audio (B, S) at {SAMPLE_RATE} Hz with S >= {self.min_samples} "

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from avgen.errors import ConfigError
 from avgen.modules.cmcpe import CMCPE
 from avgen.modules.connector import Connector
 from avgen.modules.cross_modal_attention import CrossModalAttention
@@ -38,7 +39,7 @@ def parse_position(position: str, unet: nn.Module, config_key: str) -> tuple[str
     channels = list(unet.config.block_out_channels)
     count = len(channels)
     if kind not in ("down", "up") or not index.isdigit() or not 0 <= int(index) < count:
-        raise ValueError(f"{config_key}: position {position!r} is not one of down.0 … down.{count - 1}, "
+        raise ConfigError(f"{config_key}: position {position!r} is not one of down.0 … down.{count - 1}, "
                          f"up.0 … up.{count - 1}")
     i = int(index)
     return kind, i, channels[i] if kind == "down" else channels[::-1][i]
@@ -64,7 +65,7 @@ class JointUNet(nn.Module):
                  video_connector_attention: bool = True, gradient_checkpointing: bool = False):
         super().__init__()
         if cross_modal not in CROSS_MODAL:
-            raise ValueError(f"model.cross_modal={cross_modal!r}: expected one of {sorted(CROSS_MODAL)}")
+            raise ConfigError(f"model.cross_modal={cross_modal!r}: expected one of {sorted(CROSS_MODAL)}")
         connector = dict(connector or {})
         block = dict(block or {})
         if cross_modal != "cmcpe":
@@ -87,7 +88,7 @@ class JointUNet(nn.Module):
                 kind, index, channels = parse_position(position, unet, f"model.positions.{modality}")
                 name = f"{kind}_{index}"
                 if name in blocks:
-                    raise ValueError(f"model.positions.{modality}: {position!r} is listed twice")
+                    raise ConfigError(f"model.positions.{modality}: {position!r} is listed twice")
                 blocks[name] = CROSS_MODAL[cross_modal](channels, cond_dim=out_dim, **block)
                 target = (unet.down_blocks if kind == "down" else unet.up_blocks)[index]
                 self._hooks.append(target.register_forward_hook(self._make_hook(modality, kind, name)))

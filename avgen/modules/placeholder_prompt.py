@@ -28,6 +28,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from avgen.errors import ConfigError
+
 PLACEHOLDER = re.compile(r"<(temp|class|local(\d+))>")
 
 
@@ -47,7 +49,7 @@ class PlaceholderPrompt:
         for name in self.names:
             match = PLACEHOLDER.fullmatch(name)
             if match.group(2) is not None and int(match.group(2)) < 1:
-                raise ValueError(f"model.prompt: {name} — window placeholders are <local1>, <local2>, ...")
+                raise ConfigError(f"model.prompt: {name} — window placeholders are <local1>, <local2>, ...")
         if self.names:
             tokenizer.add_tokens(self.names, special_tokens=True)
         self.ids = {name: tokenizer.convert_tokens_to_ids(name) for name in self.names}
@@ -120,7 +122,7 @@ class PlaceholderPrompt:
         if key == "local":
             k = int(name[6:-1])
             if k > value.shape[2]:
-                raise ValueError(f"model.prompt uses {name}, but only {value.shape[2]} context windows are computed "
+                raise ConfigError(f"model.prompt uses {name}, but only {value.shape[2]} context windows are computed "
                                  f"(model.windows)")
             return value[:, :, k - 1]
         if key == "class":

@@ -24,7 +24,18 @@ import math
 
 import torch
 
+from avgen.errors import ConfigError
+
 TRAIN_MODES = ("independent", "shared")
+
+
+def check_gamma(gamma: float, key: str = "gamma") -> float:
+    """γ as a float; raises :class:`ConfigError` naming ``key`` (``model.sampling.gamma``, ``sample.gamma``)
+    unless γ > 0, the range where (t / T) ** sqrt(γ) is defined."""
+    if gamma is None or isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0:
+        raise ConfigError(f"{key}={gamma!r}: timestep adjustment γ must be > 0 (Eq. 9; 1 = no adjustment, "
+                          f"paper 1.5); set {key}=1.5")
+    return float(gamma)
 
 
 def local_timesteps(t: torch.Tensor | int | float, gamma: float, total: int, local_total: int,
@@ -34,8 +45,6 @@ def local_timesteps(t: torch.Tensor | int | float, gamma: float, total: int, loc
     ``exponent_sign`` = +1 gives the video map m(t), −1 the audio map n(t). Returns a long tensor of
     ``t``'s shape.
     """
-    if gamma <= 0:
-        raise ValueError(f"timestep adjustment gamma must be > 0 (model.timesteps.gamma / sample.gamma), got {gamma}")
     t = torch.as_tensor(t, dtype=torch.float64)
     power = math.sqrt(gamma) ** exponent_sign
     local = torch.round(local_total * (t.clamp(min=0) / total) ** power)
@@ -52,6 +61,7 @@ def adjust_timesteps(t: torch.Tensor | int | float, gamma: float, total: int = 1
         total: T, the global timestep range.
         video_total, audio_total: T_v and T_a, the base models' ``num_train_timesteps`` (default T).
     """
+    gamma = check_gamma(gamma)
     video_total = total if video_total is None else video_total
     audio_total = total if audio_total is None else audio_total
     return (local_timesteps(t, gamma, total, video_total, +1),
@@ -68,7 +78,7 @@ def sample_training_timesteps(batch: int, video_total: int, audio_total: int, mo
     t ~ U{0, min(T_v, T_a) − 1} for both.
     """
     if mode not in TRAIN_MODES:
-        raise ValueError(f"model.timesteps.train={mode!r}: expected one of {TRAIN_MODES}")
+        raise ConfigError(f"model.timesteps.train={mode!r}: expected one of {TRAIN_MODES}")
     if mode == "shared":
         t = torch.randint(0, min(video_total, audio_total), (batch,), generator=generator)
         return t.to(device), t.clone().to(device)

@@ -26,6 +26,7 @@ from torch import nn
 
 from avgen._versions import library_versions
 from avgen.checkpoint import FORMAT
+from avgen.errors import ConfigError
 
 # Frozen parts stay in eval mode on purpose (AVSystem.freeze); Lightning warns about any module in
 # eval mode at the start of training.
@@ -59,11 +60,15 @@ def system_arguments(scale: str, tiny: Mapping | None, sampling_defaults: Mappin
     a ``None`` part becomes ``{}``."""
     args = {name: plain_config({} if value is None else value) for name, value in parts.items()}
     args["sampling"] = {**sampling_defaults, **args.get("sampling", {})}
+    unknown = sorted(set(args["sampling"]) - set(sampling_defaults))
+    if unknown:
+        raise ConfigError(f"model.sampling.{unknown[0]}: not a sampling setting; expected one of: "
+                          f"{', '.join(sampling_defaults)}")
     args["validation"] = {**VALIDATION_DEFAULTS, **args.get("validation", {})}
     if scale == "tiny":
         return merge_config(args, plain_config(tiny or {}))
     if scale != "paper":
-        raise ValueError(f"model.scale={scale!r}: expected paper or tiny")
+        raise ConfigError(f"model.scale={scale!r}: expected paper or tiny")
     return args
 
 
@@ -119,7 +124,7 @@ class AVSystem(pl.LightningModule):
     # ------------------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         if self.optimizer_factory is None:
-            raise ValueError(f"{type(self).__name__}: model.optimizer is not set in the config")
+            raise ConfigError(f"{type(self).__name__}: model.optimizer is not set in the config")
         params = [p for _, p in self.trainable_parameters()]
         if not params:
             raise ValueError(f"{type(self).__name__} has no trainable parameters; check which parts are frozen")

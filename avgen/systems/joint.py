@@ -1,6 +1,6 @@
 """Joint sounding-video generation: AnimateDiff + AudioLDM joined by connectors and CMC-PE, with
-per-modality timestep adjustment (Ishii et al., "A Simple but Strong Baseline for Sounding Video
-Generation", arXiv 2409.17550 — ``papers/004``).
+per-modality timestep adjustment (Hayakawa et al., "A Simple but Strong Baseline for Sounding Video
+Generation", arXiv 2409.17550).
 
 Training (Sec. III-D): loss = ‖ε̂_v − ε_v‖² + ‖ε̂_a − ε_a‖² with the two local timesteps drawn
 independently (``timesteps.train=independent``; the public code's shared draw is ``shared``), the
@@ -37,9 +37,10 @@ from avgen.diffusion import (
     split_prediction,
     training_target,
 )
+from avgen.errors import ConfigError
 from avgen.media import frame_count
 from avgen.modules.joint_unet import DEFAULT_POSITIONS, JointUNet
-from avgen.modules.timestep_adjust import adjust_timesteps, sample_training_timesteps
+from avgen.modules.timestep_adjust import adjust_timesteps, check_gamma, sample_training_timesteps
 from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
 from avgen.systems.common import (
     SampleReport,
@@ -54,6 +55,37 @@ log = logging.getLogger("avgen")
 
 SAMPLING_DEFAULTS = {"steps": 25, "gamma": 1.5, "guidance_video": 7.5, "guidance_audio": 2.5,
                      "negative_prompt": None, "batch_size": 4}
+
+# What the DDIMScheduler settings of model.{video,audio}.scheduler do here. The sampler (generate)
+# steps on ONE global grid, the video scheduler's, maps it to each modality's local timesteps by Eq. 9
+# and takes its own DDIM step (avgen/diffusion.py::ddim_step); training reads each scheduler's
+# noise schedule (alphas_cumprod, prediction_type).
+_GRID = ("the joint sampler steps on one global grid, the video scheduler's (model.video.scheduler."
+         "timestep_spacing / steps_offset), mapped to the audio's local timesteps by Eq. 9 (model.sampling.gamma); "
+         "the audio scheduler never sets timesteps")
+_NO_CLIP = "the joint sampler's DDIM step (avgen/diffusion.py::ddim_step) never clips or thresholds x̂0"
+SCHEDULER_NO_EFFECT = {"audio": {"timestep_spacing": _GRID, "steps_offset": _GRID},
+                       "both": dict.fromkeys(("clip_sample", "clip_sample_range", "thresholding",
+                                              "dynamic_thresholding_ratio", "sample_max_value"), _NO_CLIP)}
+# the settings that act at sampling only, so a trained checkpoint may change them
+SCHEDULER_SAMPLING_ONLY = {"video": ("timestep_spacing", "steps_offset", "set_alpha_to_one"),
+                           "audio": ("set_alpha_to_one",)}
+
+
+def scheduler_setting_refusal(modality: str, name: str, *, trained: bool) -> str | None:
+    """Why ``model.<modality>.scheduler.<name>`` is refused, or None when it takes effect.
+
+    Refused always: settings with no effect (:data:`SCHEDULER_NO_EFFECT`). Refused on a trained
+    checkpoint (``trained``): the noise-schedule settings its weights were fit to (beta schedule,
+    ``num_train_timesteps``, ``prediction_type``, ...); only :data:`SCHEDULER_SAMPLING_ONLY` may change.
+    """
+    no_effect = {**SCHEDULER_NO_EFFECT["both"], **SCHEDULER_NO_EFFECT.get(modality, {})}
+    if name in no_effect:
+        return f"has no effect: {no_effect[name]}"
+    if trained and name not in SCHEDULER_SAMPLING_ONLY[modality]:
+        return (f"sets the {modality} noise schedule the checkpoint's weights were trained with; it can change only at "
+                f"fit (sampling-only settings: {', '.join(SCHEDULER_SAMPLING_ONLY[modality])})")
+    return None
 
 
 class JointAudioVideo(DiffusionSystem):
@@ -80,6 +112,18 @@ class JointAudioVideo(DiffusionSystem):
             validation, and whether their AV-Align is computed.
     """
 
+    # the sampling settings (model.sampling) and the config nodes of the sampler, for the commands
+    # that run a checkpoint (avgen.commands.checkpoint_config)
+    sampling_defaults = SAMPLING_DEFAULTS
+    SAMPLER_CONFIG = ("video.scheduler", "audio.scheduler")
+
+    @staticmethod
+    def sampler_override_refusal(key: str) -> str | None:
+        """Why ``model.<key>`` (under :attr:`SAMPLER_CONFIG`) cannot change on a trained checkpoint;
+        None when it may (see :func:`scheduler_setting_refusal`)."""
+        modality, _, name = key.partition(".scheduler.")
+        return scheduler_setting_refusal(modality, name, trained=True) if name else None
+
     def __init__(self, video: Mapping, audio: Mapping, clip: Mapping, *, scale: str = "paper",
                  tiny: Mapping | None = None, tiny_dir: str | None = None, cross_modal: str = "cmcpe",
                  positions: Mapping | None = None, connector: Mapping | None = None, block: Mapping | None = None,
@@ -98,9 +142,15 @@ class JointAudioVideo(DiffusionSystem):
         self.timestep_mode = dict(plain_config(timesteps or {})).get("train", "independent")
         self.self_condition_prob = self_condition_prob
         self.sampling = args["sampling"]
+        check_gamma(self.sampling["gamma"], "model.sampling.gamma")  # before any backbone loads
         self.validation_cfg = args["validation"]
 
         v, a = args["video"], args["audio"]
+        for modality, part in (("video", v), ("audio", a)):
+            for name in part.get("scheduler") or {}:
+                reason = scheduler_setting_refusal(modality, name, trained=False)
+                if reason:
+                    raise ConfigError(f"model.{modality}.scheduler.{name} {reason}; remove it")
         self.video = load_animatediff(v["base"], v["motion_adapter"], v.get("vae"), tiny_dir=tiny_dir,
                                       scheduler_overrides=v.get("scheduler"))
         self.audio = load_audioldm(a["base"], tiny_dir=tiny_dir, scheduler_overrides=a.get("scheduler"))
@@ -212,10 +262,27 @@ class JointAudioVideo(DiffusionSystem):
 
         Sample i starts from noise seeded with ``seed + i``, so a clip does not depend on the batch
         it was generated in. Returns video (B, F, 3, H, W) in [-1, 1] and audio (B, S) in [-1, 1].
+
+        Timesteps: the video scheduler's ``set_timesteps(steps)`` gives one global grid
+        t_1 > … > t_N (``model.video.scheduler.timestep_spacing`` and ``steps_offset``; the audio
+        scheduler's grid settings are not used). Step k denoises the video at m(t_k) and the audio at
+        n(t_k) (Eq. 9) and takes the deterministic DDIM step (Song et al. 2021, Eq. 12 with σ = 0, on
+        the subsequence of Sec. 4.2) to the next grid point, m(t_{k+1}) and n(t_{k+1}); after t_N to
+        each scheduler's final ᾱ (:func:`~avgen.diffusion.ddim_step`). diffusers'
+        ``DDIMScheduler.step`` steps from t to t − ⌊T/N⌋ instead (T = ``num_train_timesteps``),
+        wherever the next grid point is. The two agree on ``leading`` grids
+        (t_k = (N − k)·⌊T/N⌋ + ``steps_offset``, with ``steps_offset`` < ⌊T/N⌋), on ``trailing``
+        grids only when N divides T, and on ``linspace`` grids (AnimateDiff's) only for N = 1 or T:
+        at N = 25 the joint sampler steps 999 → 957, diffusers 999 → 959 and then evaluates its
+        U-Net at 957. So with γ = 1, zero-initialised cross-modal blocks, a ``leading`` grid and
+        guidance scales > 1 (diffusers skips guidance at ≤ 1, this sampler does not), the final
+        latents are those of diffusers' ``AnimateDiffPipeline`` and ``AudioLDMPipeline`` from the same
+        initial latents, steps, scales and negative prompt (``tests/test_joint_vs_diffusers.py``).
         """
         cfg = self.sampling
         steps = int(steps or cfg["steps"])
-        gamma = float(cfg["gamma"] if gamma is None else gamma)
+        gamma = (check_gamma(cfg["gamma"], "model.sampling.gamma") if gamma is None
+                 else check_gamma(gamma, "sample.gamma"))
         g_v = float(cfg["guidance_video"] if guidance_video is None else guidance_video)
         g_a = float(cfg["guidance_audio"] if guidance_audio is None else guidance_audio)
         negative = cfg.get("negative_prompt") if negative_prompt is None else negative_prompt
@@ -303,7 +370,7 @@ class JointAudioVideo(DiffusionSystem):
         if prompt is None:
             captions = split_captions(((self.run_config or {}).get("data") or {}).get("root"), n)
             if not captions:
-                raise ValueError("sample.prompt is not set and the training data's captions cannot be read; "
+                raise ConfigError("sample.prompt is not set and the training data's captions cannot be read; "
                                  "pass sample.prompt=\"...\" (or a list: 'sample.prompt=[a,b]')")
             sources, prompts = [k for k, _ in captions], [c for _, c in captions]
         else:

@@ -1,5 +1,5 @@
 """TempoTokens: audio-to-video generation by adapting a frozen text-to-video model (Yariv et al.,
-"Diverse and Aligned Audio-to-Video Generation via Text-to-Video Model Adaptation", ``papers/000``).
+"Diverse and Aligned Audio-to-Video Generation via Text-to-Video Model Adaptation", arXiv 2309.16429).
 
 Audio (16 kHz) → frozen BEATs → the outputs of H layers, pooled per video frame over the patches
 whose time span covers that frame (``pool_to_frames``) → AudioMapper g (Eq. 1) → one temporal token
@@ -85,6 +85,12 @@ class TempoTokens(DiffusionSystem):
         sampling: defaults of :meth:`generate` (steps, guidance, negative_prompt, batch_size).
         validation: ``{samples, steps, av_align}`` — clips generated from validation audio and logged.
     """
+
+    # the sampling settings (model.sampling) and the config nodes of the sampler, for the commands
+    # that run a checkpoint (avgen.commands.checkpoint_config): training reads the folder's DDPM
+    # schedule (t2v.noise_scheduler), never the sampler, so every sampler setting may change
+    sampling_defaults = SAMPLING_DEFAULTS
+    SAMPLER_CONFIG = ("t2v.scheduler", "t2v.scheduler_overrides")
 
     def __init__(self, t2v: Mapping, encoder: Mapping, clip: Mapping, *, scale: str = "paper",
                  tiny: Mapping | None = None, tiny_dir: str | None = None, prompt: str = "{audio}",
