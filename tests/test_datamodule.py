@@ -81,11 +81,11 @@ def test_missing_shards_name_path_and_prepare_command(tmp_path):
 
 
 def test_manifest_geometry_mismatch_lists_both(tiny_shards):
-    dm = datamodule(tiny_shards, clip={**TINY_CLIP, "fps": 4})
+    dm = datamodule(tiny_shards, clip={**TINY_CLIP, "fps": 16})  # a lower rate is served, a higher one is not
     with pytest.raises(GeometryMismatchError) as err:
         dm.setup("fit")
     msg = str(err.value)
-    assert "fps: shards have 8, config asks for 4" in msg and "'fps': 8" in msg and "'fps': 4" in msg
+    assert "fps: shards have 8, config asks for 16" in msg and "'fps': 8" in msg and "'fps': 16" in msg
     with pytest.raises(GeometryMismatchError, match="seconds"):
         datamodule(tiny_shards, clip={**TINY_CLIP, "seconds": 2.0}).setup("fit")
     # a different frame size is served by resizing

@@ -55,7 +55,9 @@ def test_clip_geometry_json_and_mismatch_messages():
     assert ClipGeometry.from_config(TINY_CLIP).to_dict()["fps"] == 8  # whole rates stay JSON numbers
     assert ClipGeometry.from_config({**TINY_CLIP, "fps": "30000/1001"}) == ClipGeometry.from_config(CLIP_2997)
     problems = ClipGeometry.from_config({**TINY_CLIP, "fps": 30}).incompatibilities(ClipGeometry.from_config(CLIP_2997))
-    assert problems == ["fps: shards have 29.97 (30000/1001), config asks for 30"]
+    assert problems == ["fps: shards have 29.97 (30000/1001), config asks for 30 (a rate up to the stored one can "
+                        "be served)"]
+    assert ClipGeometry.from_config({**TINY_CLIP, "fps": 15}).incompatibilities(ClipGeometry.from_config(CLIP_2997)) == []
     for bad in (0, -8, "fast", "1/0"):
         with pytest.raises(ValueError, match=r"data\.clip\.fps"):
             ClipGeometry.from_config({**TINY_CLIP, "fps": bad})
@@ -118,6 +120,22 @@ def test_decode_refuses_a_clip_stored_at_another_rate(shards_2997):
     sample = first_sample(shards_2997 / "train")
     with pytest.raises(SampleError, match=r"stored at 30000/1001 fps, data\.clip\.fps asks for 30;"):
         decode_sample(sample, ClipGeometry.from_config({**TINY_CLIP, "fps": 30}), None)
+
+
+def test_a_lower_rate_is_served_from_the_stored_frames_by_timestamp(tiny_shards):
+    """8 fps shards served at 4 fps: slot j (t = j/4 s) shows stored frame 2j (frames 2j-1 and 2j round to
+    slot j; the later wins), the same audio; 16 fps cannot be served."""
+    sample = first_sample(tiny_shards / "val")
+    full = decode_sample(sample, ClipGeometry.from_config(TINY_CLIP), None)
+    half = decode_sample(sample, ClipGeometry.from_config({**TINY_CLIP, "fps": 4}), None)
+    assert half["video"].shape == (4, 32, 32, 3) and np.array_equal(half["video"], full["video"][::2])
+    assert np.array_equal(half["audio"], full["audio"]) and np.array_equal(half["events"], full["events"])
+    dm = AVDataModule(name="synthetic_hits", root=str(tiny_shards), clip={**TINY_CLIP, "fps": 4}, batch_size=2,
+                      num_workers=0)
+    dm.setup("validate")
+    assert next(iter(dm.val_dataloader()))["video"].shape[:2] == (2, 4)
+    with pytest.raises(SampleError, match=r"data\.clip\.fps <= 8"):
+        decode_sample(sample, ClipGeometry.from_config({**TINY_CLIP, "fps": 16}), None)
 
 
 def test_old_manifests_with_integer_fps_still_load(tiny_shards):

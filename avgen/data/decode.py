@@ -39,9 +39,9 @@ def decode_sample(sample: dict[str, Any], clip: ClipGeometry, rng: np.random.Gen
         raise SampleError(f"clip {key} in {url}: missing member(s) {missing}")
     try:
         meta = json.loads(sample["json"])
-        if as_fps(meta["fps"]) != clip.fps:
+        if clip.fps > as_fps(meta["fps"]):  # a lower rate is served by timestamp; a higher one cannot be
             raise SampleError(f"clip {key} in {url}: stored at {meta['fps']} fps, data.clip.fps asks for "
-                              f"{fps_text(clip.fps)}; re-run prepare at this rate or set data.clip.fps={meta['fps']}")
+                              f"{fps_text(clip.fps)}; re-run prepare at this rate or set data.clip.fps <= {meta['fps']}")
         stored_frames = frame_count(float(meta["end"]) - float(meta["start"]), clip.fps)
         start = 0
         if rng is not None and stored_frames > clip.num_frames:

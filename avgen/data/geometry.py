@@ -72,16 +72,18 @@ class ClipGeometry:
     def incompatibilities(self, stored: "ClipGeometry") -> list[str]:
         """Why clips stored with geometry ``stored`` cannot serve this (requested) geometry.
 
-        Frame rate (exactly, as rationals) and sample rate must be equal (the loader never resamples
-        in time: that is the job of ``prepare``); the requested duration must fit inside the stored one (a shorter
-        window is cut from it). Frame size may differ: frames are resized keeping the aspect
-        ratio, then cropped.
+        The requested frame rate may be the stored one or lower (frames are then taken by timestamp,
+        as FFmpeg's ``fps`` filter does: :func:`avgen.media.decode_video`); the sample rate must be
+        equal (audio is never resampled by the loader); the requested duration must fit inside the
+        stored one (a shorter window is cut from it). Frame size may differ: frames are resized
+        keeping the aspect ratio, then cropped.
         """
         problems = []
-        if stored.fps != self.fps:
-            problems.append(f"fps: shards have {_shown(stored.fps)}, config asks for {_shown(self.fps)}")
+        if self.fps > stored.fps:
+            problems.append(f"fps: shards have {_shown(stored.fps)}, config asks for {_shown(self.fps)} (a rate up to "
+                            f"the stored one can be served)")
         if stored.sample_rate != self.sample_rate:
             problems.append(f"sample_rate: shards have {stored.sample_rate}, config asks for {self.sample_rate}")
-        if self.num_frames > stored.num_frames:
+        if Fraction(self.num_frames) / self.fps > Fraction(stored.num_frames) / stored.fps:
             problems.append(f"seconds: shards hold {stored.seconds} s clips, config asks for {self.seconds} s")
         return problems
