@@ -337,6 +337,29 @@ def register_resolvers() -> None:
 
         # folder names show a rate as a decimal (29.97), never as num/den: a "/" would nest folders
         OmegaConf.register_new_resolver("avgen_fps_label", fps_label)
+    if not OmegaConf.has_resolver("avgen_store_folder"):
+        OmegaConf.register_new_resolver("avgen_store_folder", store_folder)
+    if not OmegaConf.has_resolver("avgen_folder_name"):
+        OmegaConf.register_new_resolver("avgen_folder_name", folder_name)
+
+
+def store_folder(store) -> str:
+    """``${avgen_store_folder:${.store}}``: the folder a stored geometry's shards live in
+    (:meth:`avgen.data.geometry.StoreGeometry.folder_name`, e.g. ``short256_25fps_10.0s_16000hz``)."""
+    from omegaconf import OmegaConf
+
+    from avgen.data.geometry import StoreGeometry
+
+    plain = OmegaConf.to_container(store, resolve=True) if OmegaConf.is_config(store) else dict(store)
+    return StoreGeometry.from_config(plain).folder_name()
+
+
+def folder_name(source) -> str:
+    """``${avgen_folder_name:${.source}}``: the last folder name of ``data.source`` (``my_videos`` for
+    ``~/clips/my_videos/``), or ``unnamed`` when no source is set (``data=folder`` then asks for one)."""
+    if not source:
+        return "unnamed"
+    return Path(os.path.expanduser(str(source))).resolve().name or "unnamed"
 
 
 def one_run_folder(argv: list[str], flags: list[str], words: list[str]) -> list[str]:

@@ -107,7 +107,8 @@ def checkpoint_config(ckpt_cfg: DictConfig, run_cfg: DictConfig, overrides: list
       are the checkpoint's; everything else (``trainer``, ``logger``, ``paths``, ``seed``, ``sample``,
       ...) is the command's. An experiment or ``scale=`` on the command line does not replace them.
     - The command line's ``overrides`` win: every ``data.*`` key (``data.batch_size``, ``data.root``;
-      a ``data.clip.*`` key also sets ``model.clip`` and the geometry folder of the checkpoint's root),
+      a ``data.clip.*`` key also sets ``model.clip``; a ``data.store.*`` key moves the root to that
+      stored geometry's folder),
       ``data=<name>`` (that dataset at the checkpoint's clip geometry), ``model.sampling.*`` (keys of
       the system's ``sampling_defaults``), ``model.validation.*``, ``model.tiny_dir``, and the settings
       under the system's ``SAMPLER_CONFIG`` that its ``sampler_override_refusal`` does not refuse.
@@ -159,9 +160,13 @@ def checkpoint_config(ckpt_cfg: DictConfig, run_cfg: DictConfig, overrides: list
             elif key.startswith("model."):
                 _apply_model_override(cfg, ckpt, cls, key, OmegaConf.select(run_cfg, key))
         if any(key.startswith("data.clip") for key in given):
-            if "data.root" not in given and "data" not in given:
+            if "data.root" not in given and "data" not in given and ckpt.data.get("store") is None:
+                # a checkpoint from before data.store: its root names the clip geometry
                 cfg.data.root = _regeometry(ckpt.data.root, ckpt.data.clip, cfg.data.clip)
             cfg.model.clip = _plain(cfg.data.clip)
+        if any(key.startswith("data.store") for key in given) and ckpt.data.get("store") is not None \
+                and "data.root" not in given and "data" not in given:
+            cfg.data.root = _restore_folder(ckpt.data.root, ckpt.data.store, cfg.data.store)
     return cfg
 
 
@@ -209,6 +214,16 @@ def model_override_refusal(cls: type, key: str) -> str | None:
     return ("the checkpoint's weights belong to its model settings (trainable shapes, backbone ids, training setup), "
             "so it cannot change here; drop the override, or train a model with it (fit). Sampling settings are "
             "model.sampling.*")
+
+
+def _restore_folder(root: str, old_store: Any, new_store: Any) -> str:
+    """A dataset root whose last folder names ``old_store`` (every data config's convention) moved to
+    ``new_store``'s folder; any other root unchanged."""
+    from avgen.data.geometry import StoreGeometry
+
+    old, new = (StoreGeometry.from_config(_plain(s)).folder_name() for s in (old_store, new_store))
+    path = Path(str(root))
+    return str(path.with_name(new)) if path.name == old else str(root)
 
 
 def _regeometry(root: str, old_clip: Any, new_clip: Any) -> str:
@@ -463,9 +478,17 @@ def prepare(cfg: DictConfig):
     if data is None or data.get("prepare") is None:
         raise CommandUnavailable(f"data={data.get('name') if data else None} has no prepare step (data.prepare)")
     announce(cfg, "prepare")
+    if data.get("store") is None:
+        raise ConfigError(f"data={data.get('group') or data.name} has no data.store (the geometry prepare writes); "
+                          f"add one, e.g. data.store='{{seconds: 10.0, fps: 25, short_side: 256, sample_rate: 16000}}'")
     fn = instantiate(data.prepare)
-    result = fn(root=data.root, clip=OmegaConf.to_container(data.clip, resolve=True),
-                overwrite=bool(cfg.get("overwrite", False)))
+    store = OmegaConf.to_container(data.store, resolve=True)
+    result = fn(root=data.root, store=store, overwrite=bool(cfg.get("overwrite", False)))
+    if isinstance(result, dict) and "splits" in result:
+        for split, counts in result["splits"].items():
+            reasons = ", ".join(f"{k} {n}" for k, n in counts["skipped_by_reason"].items())
+            print(f"{split}: {counts['clips']} clips" + (f", {counts['skipped']} left out ({reasons})" if reasons else ""))
+        print(f"report: {Path(data.root) / 'prepare_report.json'}")
     print(f"prepared {data.name} in {data.root}")
     return result
 

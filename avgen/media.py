@@ -225,6 +225,8 @@ class _FrameConverter:
     def __init__(self, stored_hw: tuple[int, int], rotation: int, fit_to, crop_origin):
         self.k = rotation // 90
         shown = (stored_hw[1], stored_hw[0]) if self.k % 2 else stored_hw
+        if callable(fit_to):
+            fit_to = tuple(fit_to(shown))
         self.size = cover_size(shown, fit_to) if fit_to else shown
         self.crop = fit_to or self.size
         self.y, self.x = crop_origin(self.size, fit_to) if fit_to else (0, 0)
@@ -268,7 +270,9 @@ def decode_video(
             timestamp plus its duration).
         fit_to: ``(h, w)``: each upright frame is scaled, keeping the aspect ratio, to the smallest
             size that covers ``(h, w)`` (swscale resizes and converts colours in one pass), then
-            cropped to ``(h, w)`` at ``crop_origin(scaled_size, (h, w))`` (default: centred).
+            cropped to ``(h, w)`` at ``crop_origin(scaled_size, (h, w))`` (default: centred). Or a
+            callable that maps the upright source size ``(h, w)`` to that ``(h, w)`` (e.g.
+            :meth:`avgen.data.geometry.StoreGeometry.frame_size`: short side to a fixed length).
         out: ``(F, h, w, 3)`` uint8 array to decode into (e.g. a slot of a batch tensor); ``F`` is
             then the number of frames.
 

@@ -32,8 +32,9 @@ def test_scale_tiny_wins_over_experiment_and_group_defaults(tmp_path):
     assert cfg.scale_name == "tiny" and cfg.data.name == "synthetic_hits"
     assert cfg.data.clip.height == 32 and cfg.data.clip.fps == 4  # command line beats the scale file
     assert cfg.trainer.accelerator == "cpu"
-    # each geometry of the synthetic dataset gets its own folder
-    assert cfg.data.root.endswith("synthetic_hits/32x32_4fps_1.0s_16000hz")
+    # data.store names the folder: a lower clip rate is served from the same shards
+    assert cfg.data.root.endswith("synthetic_hits/32x32_8fps_1.0s_16000hz")
+    assert compose(["scale=tiny", "data.store.fps=16"], tmp_path).data.root.endswith("32x32_16fps_1.0s_16000hz")
 
 
 def test_slurm_launcher_composes(tmp_path):

@@ -79,7 +79,7 @@ def test_generator_at_2997_has_30_frames_and_lands_objects_on_the_exact_frame():
 
 def test_manifest_and_clip_records_store_the_exact_rate(shards_2997):
     text = (shards_2997 / "train" / MANIFEST).read_text()
-    assert json.loads(text)["clip"]["fps"] == "30000/1001"
+    assert json.loads(text)["store"]["fps"] == "30000/1001"
     manifest = Manifest.load(shards_2997 / "train")
     assert manifest.clip.fps == NTSC and manifest.clip == ClipGeometry.from_config(CLIP_2997)
     sample = first_sample(shards_2997 / "train")
@@ -138,14 +138,23 @@ def test_a_lower_rate_is_served_from_the_stored_frames_by_timestamp(tiny_shards)
         decode_sample(sample, ClipGeometry.from_config({**TINY_CLIP, "fps": 16}), None)
 
 
-def test_old_manifests_with_integer_fps_still_load(tiny_shards):
-    assert json.loads((tiny_shards / "train" / MANIFEST).read_text())["clip"]["fps"] == 8
+def test_old_manifests_with_integer_fps_still_load(tiny_shards, tmp_path):
+    assert json.loads((tiny_shards / "train" / MANIFEST).read_text())["store"]["fps"] == 8
     assert Manifest.load(tiny_shards / "train").clip.fps == 8
+    # an avgen-shards/1 manifest (a fixed clip geometry, before data.store) still loads
+    old = json.loads((tiny_shards / "train" / MANIFEST).read_text())
+    old["format"] = "avgen-shards/1"
+    old["clip"] = {"seconds": 1.0, "fps": 8, "height": 32, "width": 48, "sample_rate": 16000}
+    del old["store"]
+    (tmp_path / MANIFEST).write_text(json.dumps(old))
+    loaded = Manifest.load(tmp_path)
+    assert loaded.clip == ClipGeometry(1.0, 8, 32, 48, 16000)
+    assert loaded.store.short_side == 32 and not loaded.store.square
 
 
 @pytest.mark.parametrize("fps", ["29.97", "30000/1001"])
 def test_dataset_folder_names_show_the_rate_as_a_decimal(fps, tmp_path):
-    cfg = compose(["command=prepare", "scale=tiny", f"data.clip.fps={fps}"], tmp_path)
+    cfg = compose(["command=prepare", "scale=tiny", f"data.store.fps={fps}", f"data.clip.fps={fps}"], tmp_path)
     folder = Path(cfg.data.root).relative_to(tmp_path / "data" / "synthetic_hits")
     assert folder == Path("32x32_29.97fps_1.0s_16000hz")
     assert ClipGeometry.from_config(cfg.data.clip).fps == NTSC
@@ -153,12 +162,12 @@ def test_dataset_folder_names_show_the_rate_as_a_decimal(fps, tmp_path):
 
 @pytest.mark.slow
 def test_prepare_command_at_2997_writes_an_exact_manifest(tmp_path):
-    out = run_cli("prepare", "data=synthetic_hits", "scale=tiny", "data.clip.fps=29.97",
+    out = run_cli("prepare", "data=synthetic_hits", "scale=tiny", "data.store.fps=29.97", "data.clip.fps=29.97",
                   f"paths.data_dir={tmp_path / 'data'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     root = tmp_path / "data" / "synthetic_hits" / "32x32_29.97fps_1.0s_16000hz"
     manifest = json.loads((root / "train" / MANIFEST).read_text())
-    assert manifest["clip"]["fps"] == "30000/1001" and manifest["clips"] == 16
+    assert manifest["store"]["fps"] == "30000/1001" and manifest["clips"] == 16
     frames, rate = decode_video(root / "preview" / "clip_0.mp4")
     assert rate == NTSC and frames.shape[0] == 30
 

@@ -1,8 +1,12 @@
 """``AVDataModule``: the one datamodule every system trains and evaluates on.
 
 Reads ``<root>/{train,val,test}/`` shard folders written by ``python -m avgen prepare`` (see
-``avgen/data/shards.py``), checks their manifests against the requested clip geometry, and serves
-batches following the batch contract of DESIGN.md (after ``on_after_batch_transfer``):
+``avgen/data/shards.py``) at the stored geometry ``data.store``, checks their manifests against it,
+and serves clips at the geometry ``data.clip`` a system consumes: a rate up to the stored one (frames
+taken by timestamp), a duration up to the stored one (a random window in training, the start in
+evaluation), any frame size (resize keeping the aspect ratio, then a random crop in training, the
+centre crop in evaluation). Batches follow the batch contract of DESIGN.md (after
+``on_after_batch_transfer``):
 
 - ``video`` float (B, F, 3, H, W) in [-1, 1] (time = axis 1)
 - ``audio`` float (B, S) in [-1, 1] at ``clip.sample_rate``
@@ -26,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from avgen.data.decode import to_model_batch
-from avgen.data.geometry import ClipGeometry
+from avgen.data.geometry import ClipGeometry, StoreGeometry
 from avgen.data.shards import MANIFEST, Manifest
 from avgen.data.stream import EvalStream, Health, Shard, TrainStream
 from avgen.errors import ConfigError, GeometryMismatchError, MissingShardsError
@@ -44,7 +48,9 @@ class AVDataModule(pl.LightningDataModule):
     Args:
         name: dataset name (``data=<name>``), used in messages and the prepare hint.
         root: folder holding ``train/ val/ test/`` shard folders.
-        clip: requested clip geometry (seconds, fps, height, width, sample_rate).
+        clip: requested clip geometry (``data.clip``: seconds, fps, height, width, sample_rate).
+        store: the stored geometry the shards must have (``data.store``: seconds, fps, short_side,
+            sample_rate, square); ``None``: any stored geometry that can serve ``clip``.
         batch_size: clips per batch on each device.
         num_workers: DataLoader worker processes (persistent).
         shuffle_buffer: training shuffle buffer, in clips (raw bytes, decoded after the shuffle).
@@ -53,19 +59,35 @@ class AVDataModule(pl.LightningDataModule):
         min_clips_for_check: clips a worker reads before it applies ``max_skip_fraction``.
         seed: data seed; mixed with rank, worker, global step and worker epoch.
         auto_prepare: run ``prepare`` when shards are missing (cheap synthetic data only).
-        prepare: partial callable ``prepare(root=..., clip=...)`` that writes the shards.
+        prepare: partial callable ``prepare(root=..., store=..., splits=...)`` that writes the shards.
         eval_batch_size: batch size for val/test (default ``batch_size``).
         pin_memory: pin host memory (default: when CUDA is available).
+        group: the ``data=<group>`` option this dataset comes from (prepare hints; default ``name``).
+        source: ``data.source``, the folder ``prepare`` reads (prepare hints).
+        split_file: ``data.split_file`` (read by ``prepare`` only).
     """
 
     def __init__(self, name: str, root: str, clip: Mapping[str, Any] | ClipGeometry, batch_size: int = 16,
                  num_workers: int = 4, shuffle_buffer: int = 256, epoch_clips: int | None = None,
                  max_skip_fraction: float = 0.05, min_clips_for_check: int = 64, seed: int = 0,
                  auto_prepare: bool = False, prepare: Callable[..., Any] | None = None,
-                 eval_batch_size: int | None = None, pin_memory: bool | None = None, prefetch_factor: int = 2):
+                 eval_batch_size: int | None = None, pin_memory: bool | None = None, prefetch_factor: int = 2,
+                 store: Mapping[str, Any] | StoreGeometry | None = None, group: str | None = None,
+                 source: str | None = None, split_file: Any = None):
         super().__init__()
         self.name, self.root = name, Path(root).expanduser().absolute()
-        self.clip = ClipGeometry.from_config(clip)
+        self.group, self.source, self.split_file = group or name, source, split_file
+        try:
+            self.clip = ClipGeometry.from_config(clip)
+            self.store = None if store is None else StoreGeometry.from_config(store)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if self.store is not None:
+            problems = self.clip.incompatibilities(self.store)
+            if problems:
+                raise ConfigError(f"data.clip cannot be served from data.store ({self.name}): " + "; ".join(problems)
+                                  + f". data.store = {self.store.to_dict()}; lower data.clip or raise data.store "
+                                    f"(and prepare the dataset at that stored geometry)")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size}: expected an int >= 1")
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
@@ -81,7 +103,9 @@ class AVDataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------------------------------- shards
     def prepare_command(self) -> str:
-        return f"python -m avgen prepare data={self.name} paths.data_dir={self.root.parent}"
+        source = f" data.source={self.source}" if self.source else (
+            " data.source=<folder>" if self.group in ("folder", "greatest_hits") else "")
+        return f"python -m avgen prepare data={self.group}{source} paths.data_dir={self.root.parent.parent}"
 
     def prepare_data(self) -> None:
         """Create missing shards when ``auto_prepare`` (runs once per node, before ``setup``)."""
@@ -90,7 +114,8 @@ class AVDataModule(pl.LightningDataModule):
             if self.prepare_fn is None:
                 raise MissingShardsError(f"data.auto_prepare is true but data.prepare is not set for {self.name}")
             log.info("preparing %s shards in %s (missing: %s)", self.name, self.root, missing)
-            self.prepare_fn(root=str(self.root), clip=self.clip.to_dict(), splits=missing)
+            store = self.store or StoreGeometry.from_config(self.clip)
+            self.prepare_fn(root=str(self.root), store=store.to_dict(), splits=missing)
 
     def manifest(self, split: str) -> Manifest:
         if split not in self.manifests:
@@ -105,13 +130,26 @@ class AVDataModule(pl.LightningDataModule):
                        f"(avgen.data.shards.ShardWriter) into {self.root}/<split>, or run with scale=tiny "
                        f"(synthetic data)"))
             manifest = Manifest.load(folder)
-            problems = self.clip.incompatibilities(manifest.clip)
+            if self.store is not None and manifest.store != self.store:
+                raise GeometryMismatchError(
+                    f"{folder / MANIFEST} holds shards of another stored geometry than data.store: "
+                    + ", ".join(self.store.differences(manifest.store))
+                    + f". Set those data.store keys to the shards' values, or re-run prepare (it writes data.store "
+                      f"into its own folder)")
+            stored = manifest.store if manifest._clip is None else manifest.clip
+            problems = self.clip.incompatibilities(stored)
             if problems:
                 raise GeometryMismatchError(
-                    f"{folder / MANIFEST} does not match the requested clip geometry (data.clip): "
+                    f"{folder / MANIFEST} cannot serve the requested clip geometry (data.clip): "
                     + "; ".join(problems)
-                    + f". Shards: {manifest.clip.to_dict()}; requested: {self.clip.to_dict()}. Re-run prepare "
-                      f"with the requested geometry or change data.clip.")
+                    + f". Shards: {stored.to_dict()}; requested: {self.clip.to_dict()}. Re-run prepare "
+                      f"with a larger data.store or change data.clip.")
+            if manifest.num_clips == 0:
+                report = self.root / "prepare_report.json"
+                raise MissingShardsError(
+                    f"{folder / MANIFEST}: the {split} split holds no clip"
+                    + (f"; why each source was left out is in {report}" if report.exists() else "")
+                    + ". Add videos to that split (data.split_file or data.prepare.split_ratios) and prepare again")
             self.manifests[split] = manifest
         return self.manifests[split]
 

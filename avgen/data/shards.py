@@ -3,12 +3,17 @@
 One sample = one clip, with members (see DESIGN.md, "Shard format"):
 
 - ``__key__``: ``<dataset>/<source id>/<start ms>``
-- ``mp4``: the frames at the dataset's fixed fps, no audio stream
-- ``flac``: mono audio at the dataset's sample rate
-- ``json``: dataset, source id, start/end seconds, label, caption, split, fps, optional ``events``
+- ``mp4``: the frames at the stored rate and size (``data.store``: short side ``short_side``, or a
+  ``short_side``² centre crop), no audio stream
+- ``flac``: mono audio at the stored sample rate
+- ``json``: dataset, source id, start/end seconds (in the source), label, caption, split, fps,
+  height, width, optional ``events`` (onset seconds relative to the clip start) and source-specific
+  fields (e.g. Greatest Hits' ``materials`` / ``actions`` per event)
 
 Every split folder ``<root>/<split>/`` holds ``shard-NNNNNN.tar`` files and a ``manifest.json``
-with the shard names, clips per shard, the clip geometry and the prepare command + config. Frame
+with the shard names, clips per shard, the stored geometry (``store``) and the prepare command +
+config (format ``avgen-shards/2``; ``avgen-shards/1`` manifests, which hold a fixed ``clip``
+geometry instead, are still read). Frame
 rates are exact: a whole rate is stored as a number (``8``), any other as ``"num/den"`` text
 (``"30000/1001"`` for 29.97), never as a truncated or rounded decimal. A split
 is written into a temporary folder and renamed into place when complete, so an interrupted
@@ -28,15 +33,51 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import webdataset as wds
 
-from avgen.data.geometry import ClipGeometry, fps_json
+from avgen.data.geometry import ClipGeometry, StoreGeometry, fps_json
 from avgen.media import encode_flac, encode_mp4
 
 MANIFEST = "manifest.json"
-FORMAT = "avgen-shards/1"
+FORMAT = "avgen-shards/2"
+READABLE_FORMATS = ("avgen-shards/1", FORMAT)
 SPLITS = ("train", "val", "test")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+class TarShardWriter:
+    """Write samples into one tar shard as WebDataset reads them: a member ``<key>.<ext>`` per field,
+    in the order given. Members carry a fixed mtime (0) and mode, so a shard's bytes depend only on
+    its samples (no webdataset/torch import: prepare workers start fast).
+
+    Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: str | Path):
+        import tarfile
+
+        self._tarfile = tarfile
+        self.path = Path(path)
+        self._tar = tarfile.open(self.path, "w", format=tarfile.USTAR_FORMAT)
+
+    def write(self, sample: dict[str, Any]) -> None:
+        """``sample``: ``__key__`` and ``{extension: bytes}`` members."""
+        import io
+
+        key = sample["__key__"]
+        for ext, data in sample.items():
+            if ext.startswith("__"):
+                continue
+            info = self._tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
+            self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        self._tar.close()
+
+    def __enter__(self) -> "TarShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def clip_key(dataset: str, source_id: str, start_seconds: float) -> str:
@@ -53,12 +94,25 @@ class ShardInfo:
 
 @dataclass
 class Manifest:
+    """One split's ``manifest.json``. ``store``: the stored geometry (a :class:`ClipGeometry` given
+    here, as by shards written before ``data.store`` existed, is kept as :attr:`clip` and converted)."""
+
     dataset: str
     split: str
-    clip: ClipGeometry
+    store: StoreGeometry | ClipGeometry
     shards: list[ShardInfo]
     prepare: dict[str, Any]
     created: str = ""
+
+    def __post_init__(self) -> None:
+        self._clip = self.store if isinstance(self.store, ClipGeometry) else None
+        self.store = StoreGeometry.from_config(self.store)
+
+    @property
+    def clip(self) -> ClipGeometry:
+        """The clip geometry a reader without one of its own decodes these shards at: the fixed frames
+        of an ``avgen-shards/1`` split, else :meth:`StoreGeometry.default_clip`."""
+        return self._clip or self.store.default_clip()
 
     @property
     def num_clips(self) -> int:
@@ -69,7 +123,7 @@ class Manifest:
             "format": FORMAT,
             "dataset": self.dataset,
             "split": self.split,
-            "clip": self.clip.to_dict(),
+            "store": self.store.to_dict(),
             "clips": self.num_clips,
             "shards": [{"name": s.name, "clips": s.clips} for s in self.shards],
             "prepare": self.prepare,
@@ -85,18 +139,36 @@ class Manifest:
             raise
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: unreadable manifest ({exc}); re-run the dataset's prepare command") from exc
-        if data.get("format") != FORMAT:
-            raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
-        return cls(dataset=data["dataset"], split=data["split"], clip=ClipGeometry.from_config(data["clip"]),
+        if data.get("format") not in READABLE_FORMATS:
+            raise ValueError(f"{path}: format {data.get('format')!r}, expected one of {READABLE_FORMATS}")
+        geometry = (StoreGeometry.from_config(data["store"]) if "store" in data
+                    else ClipGeometry.from_config(data["clip"]))
+        return cls(dataset=data["dataset"], split=data["split"], store=geometry,
                    shards=[ShardInfo(s["name"], int(s["clips"])) for s in data["shards"]],
                    prepare=data.get("prepare", {}), created=data.get("created", ""))
 
 
-def encode_clip(geo: ClipGeometry, frames: np.ndarray, audio: np.ndarray, name: str = "clip") -> tuple[bytes, bytes]:
-    """Check a clip against the split geometry and encode it: (mp4 bytes without audio, flac bytes)."""
-    if frames.shape[0] != geo.num_frames or frames.shape[1:3] != (geo.height, geo.width):
-        raise ValueError(f"{name}: frames {frames.shape} do not match the split's geometry "
-                         f"({geo.num_frames}, {geo.height}, {geo.width}, 3)")
+def encode_clip(geo: ClipGeometry | StoreGeometry, frames: np.ndarray, audio: np.ndarray, name: str = "clip"
+                ) -> tuple[bytes, bytes]:
+    """Check a clip against the split geometry and encode it: (mp4 bytes without audio, flac bytes).
+
+    ``frames`` (F, H, W, 3) uint8: ``F = geo.num_frames``; ``(H, W)`` = the clip geometry's size, or
+    for a :class:`StoreGeometry` a size whose short side is ``short_side`` (square when ``square``),
+    both even. ``audio`` (S,) float mono, ``S = geo.num_samples``.
+
+    Raises:
+        ValueError: a shape that does not match, naming ``name``.
+    """
+    if isinstance(geo, StoreGeometry):
+        h, w = frames.shape[1:3]
+        ok = (frames.shape[0] == geo.num_frames and min(h, w) == geo.short_side and h % 2 == 0 and w % 2 == 0
+              and (h == w or not geo.square))
+        expected = f"({geo.num_frames}, H, W, 3) with min(H, W) = {geo.short_side}, even" + (", H = W" if geo.square else "")
+    else:
+        ok = frames.shape[0] == geo.num_frames and frames.shape[1:3] == (geo.height, geo.width)
+        expected = f"({geo.num_frames}, {geo.height}, {geo.width}, 3)"
+    if not ok:
+        raise ValueError(f"{name}: frames {frames.shape} do not match the split's geometry {expected}")
     if audio.ndim != 1 or audio.shape[0] != geo.num_samples:
         raise ValueError(f"{name}: audio {audio.shape} is not ({geo.num_samples},)")
     return encode_mp4(frames, geo.fps), encode_flac(audio, geo.sample_rate)
@@ -112,7 +184,7 @@ class ShardWriter:
             w.write("clip0001", 0.0, frames, audio, {"label": ..., "caption": ...})
     """
 
-    def __init__(self, root: str | Path, dataset: str, split: str, clip: ClipGeometry, *,
+    def __init__(self, root: str | Path, dataset: str, split: str, clip: ClipGeometry | StoreGeometry, *,
                  clips_per_shard: int = 64, prepare: dict[str, Any] | None = None, overwrite: bool = False):
         if clips_per_shard < 1:
             raise ValueError(f"clips_per_shard must be >= 1, got {clips_per_shard}")
@@ -126,7 +198,7 @@ class ShardWriter:
         self.overwrite = overwrite
         self.tmp = self.final.with_name(f".{split}.tmp-{os.getpid()}")
         self.shards: list[ShardInfo] = []
-        self._tar: wds.TarWriter | None = None
+        self._tar: TarShardWriter | None = None
         self._keys: set[str] = set()
 
     def __enter__(self) -> "ShardWriter":
@@ -134,12 +206,12 @@ class ShardWriter:
         self.tmp.mkdir(parents=True)
         return self
 
-    def _rotate(self) -> wds.TarWriter:
+    def _rotate(self) -> TarShardWriter:
         if self._tar is None or self.shards[-1].clips >= self.clips_per_shard:
             if self._tar is not None:
                 self._tar.close()
             name = f"shard-{len(self.shards):06d}.tar"
-            self._tar = wds.TarWriter(str(self.tmp / name))
+            self._tar = TarShardWriter(self.tmp / name)
             self.shards.append(ShardInfo(name, 0))
         return self._tar
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from avgen.data.geometry import ClipGeometry
+from avgen.data.geometry import ClipGeometry, StoreGeometry
 from avgen.data.shards import MANIFEST, SPLITS, Manifest, ShardWriter, encode_clip
 from avgen.data.synthetic import SyntheticClip, generate_clip
 from avgen.errors import ConfigError
@@ -40,14 +40,18 @@ def _make(args: tuple[int, ClipGeometry, str]) -> tuple[str, bytes, bytes, dict]
     return name, mp4, flac, {**clip.meta, "seed": clip_seed}
 
 
-def prepare_synthetic_hits(root: str, clip: Mapping[str, Any], *, clips: Mapping[str, int] | None = None,
-                           clips_per_shard: int = 16, seed: int = 0, preview: int = 4, workers: int = 2,
-                           splits: Sequence[str] | None = None, overwrite: bool = False) -> dict[str, int]:
+def prepare_synthetic_hits(root: str, store: Mapping[str, Any] | None = None, *,
+                           clips: Mapping[str, int] | None = None, clips_per_shard: int = 16, seed: int = 0,
+                           preview: int = 4, workers: int = 2, splits: Sequence[str] | None = None,
+                           overwrite: bool = False, clip: Mapping[str, Any] | None = None) -> dict[str, int]:
     """Write ``<root>/{train,val,test}/`` shards of synthetic clips (and ``<root>/preview/``).
 
     Args:
         root: dataset folder.
-        clip: clip geometry (seconds, fps, height, width, sample_rate).
+        store: the stored geometry (``data.store``: seconds, fps, short_side, sample_rate): clips are
+            generated with ``short_side × short_side`` frames. A clip geometry mapping (seconds, fps,
+            height, width, sample_rate) is also taken: clips are then generated at exactly that size.
+        clip: the same as ``store`` given as a clip geometry (the keyword of earlier versions).
         clips: clips per split, e.g. ``{"train": 96, "val": 16, "test": 16}``.
         clips_per_shard: target clip count per shard.
         seed: dataset seed.
@@ -58,7 +62,8 @@ def prepare_synthetic_hits(root: str, clip: Mapping[str, Any], *, clips: Mapping
     Returns:
         clips written per split.
     """
-    geo = ClipGeometry.from_config(clip)
+    geo = generator_geometry(store if store is not None else clip)
+    stored = StoreGeometry.from_config(geo)
     clips = dict(clips or {"train": 96, "val": 16, "test": 16})
     unknown = set(clips) - set(SPLITS)
     if unknown:
@@ -78,7 +83,7 @@ def prepare_synthetic_hits(root: str, clip: Mapping[str, Any], *, clips: Mapping
         for split in todo:
             jobs = [(seed_of(seed, split, i), geo, f"{split}{i:06d}") for i in range(clips[split])]
             results = pool.imap(_make, jobs, chunksize=4) if pool else map(_make, jobs)
-            with ShardWriter(root_path, DATASET, split, geo, clips_per_shard=clips_per_shard, prepare=info,
+            with ShardWriter(root_path, DATASET, split, stored, clips_per_shard=clips_per_shard, prepare=info,
                              overwrite=overwrite) as writer:
                 for name, mp4, flac, meta in results:
                     writer.write_encoded(name, 0.0, mp4, flac, meta)
@@ -93,6 +98,24 @@ def prepare_synthetic_hits(root: str, clip: Mapping[str, Any], *, clips: Mapping
         write_preview(root_path / "preview", [generate_clip(seed_of(seed, split, i), geo)
                                               for i in range(min(preview, clips[split]))], geo, overwrite=overwrite)
     return written
+
+
+def generator_geometry(geometry: Mapping[str, Any] | ClipGeometry | StoreGeometry | None) -> ClipGeometry:
+    """The clip geometry the generator renders: a store's ``short_side`` gives square frames; a clip
+    geometry is taken as it is.
+
+    Raises:
+        ValueError: no geometry, or a mapping that is neither a store nor a clip geometry.
+    """
+    if geometry is None:
+        raise ValueError("prepare_synthetic_hits needs store= (data.store)")
+    if isinstance(geometry, ClipGeometry):
+        return geometry
+    if isinstance(geometry, StoreGeometry) or "short_side" in geometry:
+        st = StoreGeometry.from_config(geometry)
+        return ClipGeometry(seconds=st.seconds, fps=st.fps, height=st.short_side, width=st.short_side,
+                            sample_rate=st.sample_rate)
+    return ClipGeometry.from_config(geometry)
 
 
 def _up_to_date(folder: Path, config: dict, overwrite: bool) -> bool:

@@ -1,0 +1,655 @@
+"""The prepare engine: source videos → WebDataset shards at the stored geometry (``data.store``).
+
+A dataset source (``avgen/data/folder.py``, ``avgen/data/greatest_hits.py``) makes a :class:`Plan`:
+the source videos of each split, in a fixed order, with their label, caption, the windows to cut
+and any annotated events, plus the files it already leaves out (duplicate ids, files a split file
+does not list). :func:`run_plan` then cuts every video into clips of ``store.seconds`` seconds
+(window ``k`` starts at ``k · store.seconds`` in the video), decodes them at the stored rate and
+size (:func:`avgen.media.decode_video`: frames by timestamp, short side ``store.short_side``) and
+the audio at the stored sample rate (FFmpeg's swresample, mono), and writes the shards.
+
+Guarantees:
+
+- **Parallel**: ``workers`` processes decode and encode whole source videos; the main process
+  writes the shards in plan order, so the shards do not depend on the worker count.
+- **Resumable**: a split is built in ``<root>/.<split>.partial/``. A shard is renamed into place
+  when complete and a record beside it (``shard-NNNNNN.json``) says where in the plan the next
+  shard starts and which clips were left out before it. A prepare killed at any point and started
+  again keeps the finished shards, redoes the partial one and continues; the result has the same
+  keys, frames and audio as an uninterrupted run. The split appears at ``<root>/<split>/`` (with
+  its ``manifest.json``) only when complete.
+- **Accountable**: every source clip left out is listed with its reason in
+  ``<root>/prepare_report.json`` (and per split in ``<root>/<split>/prepare_report.json``), with
+  counts per split, reason and label.
+- **Idempotent**: a split already made with the same config is kept; one made with another config
+  is only replaced with ``overwrite=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from avgen.data.geometry import StoreGeometry, fps_json
+from avgen.data.shards import MANIFEST, SPLITS, Manifest, ShardInfo, TarShardWriter, clip_key, encode_clip
+from avgen.media import MediaError, audio_companion, decode_audio, decode_video, probe
+
+log = logging.getLogger(__name__)
+
+REPORT = "prepare_report.json"
+REPORT_FORMAT = "avgen-prepare-report/1"
+#: why a source clip is left out (the codes of ``prepare_report.json``)
+REASONS = {
+    "undecodable": "FFmpeg cannot read the file, its video stream or its audio",
+    "no_audio": "no audio stream (and no audio file of the same stem beside it)",
+    "too_short": "shorter than one stored clip (data.store.seconds), or the window runs past the video's end",
+    "silent": "digital silence: every sample is 0 at 16 bits",
+    "duplicate_id": "another file has the same source id (the same path without its extension)",
+    "not_in_split_file": "the split file does not list it",
+    "missing": "the split file lists it but no such file was found",
+    "bad_annotation": "its annotation file cannot be read",
+    "no_annotation": "no annotation file beside it",
+}
+#: environment hook for the kill-and-restart tests: ``<split>:<n>`` SIGKILLs the process after the
+#: n-th shard of ``split`` is complete and one clip of the next shard is written
+KILL_HOOK = "AVGEN_TEST_KILL_PREPARE"
+SILENCE = 2.0 ** -16  # below half a 16-bit step: every sample rounds to 0 in the flac
+
+
+@dataclass(frozen=True)
+class SourceVideo:
+    """One source video of a plan.
+
+    Args:
+        source_id: id unique in the dataset (e.g. the path relative to the source folder without its
+            extension); clip keys are ``<dataset>/<source_id>/<start ms>``.
+        path: the video file (any container FFmpeg reads).
+        split: ``train``, ``val`` or ``test``.
+        label: the clip label (class name); with ``label_key`` the window's most frequent annotation value.
+        caption: the caption; may hold ``{label}`` (filled with the clip's label).
+        windows: the window indices ``k`` to cut (start ``k · store.seconds`` s); ``None``: every whole
+            window of the video.
+        window_captions: captions for given windows (e.g. the SVG code's per-segment file lists).
+        events: annotated events, each a dict with ``time`` (seconds in the video) and labels
+            (e.g. ``material``, ``action``); a clip's json gets ``events`` (times relative to the
+            clip start, inside the clip) and ``event_labels`` (the other fields, aligned).
+        label_key: the event field whose most frequent value in a window (else in the whole video)
+            is the clip label.
+        audio: an audio file to take the sound from instead of the video's own stream.
+    """
+
+    source_id: str
+    path: str
+    split: str
+    label: str = ""
+    caption: str = ""
+    windows: tuple[int, ...] | None = None
+    window_captions: Mapping[int, str] | None = None
+    events: tuple[Mapping[str, Any], ...] = ()
+    label_key: str | None = None
+    audio: str | None = None
+
+
+@dataclass
+class Skip:
+    """A source clip (``start`` set) or a whole source video (``start`` None) left out, and why."""
+
+    split: str
+    source_id: str
+    path: str
+    reason: str
+    detail: str = ""
+    start: float | None = None
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.reason not in REASONS:
+            raise ValueError(f"unknown skip reason {self.reason!r}; known: {sorted(REASONS)}")
+
+
+@dataclass
+class Plan:
+    """What a source hands to :func:`run_plan`.
+
+    ``sources``: per split, the videos in the order they are written. ``skipped``: files left out
+    while planning. ``config``: everything that defines the result (the source folder, options, the
+    list of files with their sizes); a split made with another config is not reused.
+    """
+
+    dataset: str
+    source: str
+    sources: dict[str, list[SourceVideo]]
+    skipped: list[Skip] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------ one source video
+@dataclass
+class _Clip:
+    window: int
+    start: float
+    mp4: bytes
+    flac: bytes
+    meta: dict[str, Any]
+
+
+def _majority(values: Iterable[Any], prefer: str = "") -> str:
+    """The most frequent value (``None``/empty ignored); a tie goes to ``prefer`` when it is tied, else
+    to the alphabetically first, so the result never depends on order."""
+    counts = Counter(str(v) for v in values if v not in (None, "", "None"))
+    if not counts:
+        return ""
+    best = max(counts.values())
+    tied = sorted(v for v, n in counts.items() if n == best)
+    return prefer if prefer in tied else tied[0]
+
+
+def cut_source(video: SourceVideo, store: StoreGeometry) -> list[_Clip | Skip]:
+    """Cut one source video into clips at the stored geometry, in window order (run in a worker).
+
+    Returns clips and skips ordered by window; a whole-source failure is one :class:`Skip` without
+    ``start``. Never raises for a bad file."""
+    def skip(reason: str, detail: str, start: float | None = None, label: str = "") -> Skip:
+        return Skip(video.split, video.source_id, video.path, reason, detail, start, label or video.label)
+
+    try:
+        info = probe(video.path)
+    except MediaError as exc:
+        return [skip("undecodable", str(exc.__cause__ or exc))]
+    if not info.has_video:
+        return [skip("undecodable", "no video stream")]
+    audio_path = video.audio
+    if audio_path is None and not info.has_audio:
+        companion = audio_companion(Path(video.path))
+        if companion is None:
+            return [skip("no_audio", "no audio stream")]
+        audio_path = str(companion)
+    duration = info.duration
+    if duration is None or duration <= 0:
+        duration = None
+    try:
+        audio = decode_audio(audio_path or video.path, store.sample_rate)
+    except MediaError as exc:
+        return [skip("undecodable", f"audio: {exc}")]
+    if duration is None:
+        duration = len(audio) / store.sample_rate
+    whole = int(np.floor(duration / store.seconds + 1e-9))
+    if whole < 1:
+        return [skip("too_short", f"{duration:.3f} s, a clip is {store.seconds} s")]
+    windows = range(whole) if video.windows is None else video.windows
+    out: list[_Clip | Skip] = []
+    video_label = _majority(e.get(video.label_key) for e in video.events) if video.label_key else video.label
+    for k in windows:
+        start = k * store.seconds
+        end = start + store.seconds
+        inside = [e for e in video.events if start <= float(e["time"]) < end]
+        label = ((_majority((e.get(video.label_key) for e in inside), video_label) or video_label)
+                 if video.label_key else video.label)
+        if k >= whole:
+            out.append(skip("too_short", f"window {start:g}-{end:g} s runs past the video's end ({duration:.3f} s)",
+                            start, label))
+            continue
+        try:
+            frames, _ = decode_video(video.path, fps=store.fps, start=start, num_frames=store.num_frames,
+                                     fit_to=store.frame_size)
+        except MediaError as exc:
+            reason = "too_short" if "need" in str(exc) else "undecodable"
+            out.append(skip(reason, f"window {start:g}-{end:g} s: {exc}", start, label))
+            continue
+        a0 = int(round(start * store.sample_rate))
+        wave = audio[a0:a0 + store.num_samples]
+        short = store.num_samples - wave.shape[0]
+        if short > 0:
+            if short > store.sample_rate / float(store.fps):  # more than one frame of audio missing
+                out.append(skip("too_short", f"window {start:g}-{end:g} s: the audio ends at "
+                                f"{len(audio) / store.sample_rate:.3f} s", start, label))
+                continue
+            wave = np.pad(wave, (0, short))
+        if not np.isfinite(wave).all():
+            out.append(skip("undecodable", f"window {start:g}-{end:g} s: audio has NaN or inf samples", start, label))
+            continue
+        if float(np.abs(wave).max(initial=0.0)) < SILENCE:
+            out.append(skip("silent", f"window {start:g}-{end:g} s", start, label))
+            continue
+        caption = (video.window_captions or {}).get(k, video.caption)
+        caption = caption.replace("{label}", label or "something") if "{label}" in caption else caption
+        meta: dict[str, Any] = {"label": label, "caption": caption, "height": int(frames.shape[1]),
+                                "width": int(frames.shape[2]), "source_path": video.path}
+        if video.events or video.label_key:
+            meta["events"] = [float(e["time"]) - start for e in inside]
+            meta["event_labels"] = [{k2: v for k2, v in e.items() if k2 != "time"} for e in inside]
+        mp4, flac = encode_clip(store, frames, wave.astype(np.float32), name=f"{video.source_id}@{start:g}s")
+        out.append(_Clip(k, start, mp4, flac, meta))
+    return out
+
+
+def _cut(job: tuple[SourceVideo, StoreGeometry]) -> list[_Clip | Skip]:
+    try:
+        return cut_source(*job)
+    except Exception as exc:  # a long prepare never dies on one file
+        video = job[0]
+        return [Skip(video.split, video.source_id, video.path, "undecodable", f"{type(exc).__name__}: {exc}",
+                     None, video.label)]
+
+
+# ------------------------------------------------------------------------------ writing a split
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _kill_hook(split: str, finished: int) -> bool:
+    spec = os.environ.get(KILL_HOOK, "")
+    if not spec:
+        return False
+    name, _, count = spec.partition(":")
+    return name == split and count.isdigit() and finished == int(count)
+
+
+class _SplitBuilder:
+    """Shards of one split in ``<root>/.<split>.partial/``, resumable at shard boundaries (see the module doc)."""
+
+    def __init__(self, root: Path, dataset: str, split: str, store: StoreGeometry, clips_per_shard: int,
+                 digest: dict[str, Any]):
+        self.root, self.dataset, self.split, self.store = root, dataset, split, store
+        self.clips_per_shard = clips_per_shard
+        self.folder = root / f".{split}.partial"
+        self.records: list[dict] = []
+        plan_file = self.folder / "plan.json"
+        if self.folder.exists():
+            try:
+                same = json.loads(plan_file.read_text()) == digest
+            except (OSError, json.JSONDecodeError):
+                same = False
+            if not same:
+                log.warning("%s: an interrupted prepare with another config; starting this split again", self.folder)
+                shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not plan_file.exists():
+            _write_json(plan_file, digest)
+        index = 0
+        while (self.folder / f"shard-{index:06d}.json").exists() and (self.folder / f"shard-{index:06d}.tar").exists():
+            self.records.append(json.loads((self.folder / f"shard-{index:06d}.json").read_text()))
+            index += 1
+        for stray in self.folder.iterdir():  # the partial shard, and anything after it
+            if stray.name == "plan.json" or stray.name in {f"shard-{i:06d}.{e}" for i in range(index)
+                                                            for e in ("tar", "json")}:
+                continue
+            stray.unlink() if stray.is_file() else shutil.rmtree(stray)
+        self.resumed = index
+        self.next = tuple(self.records[-1]["next"]) if self.records else (0, 0)
+        self._tar = None
+        self._keys: list[str] = []
+        self._labels: Counter = Counter()
+        self._skips: list[dict] = []
+
+    def _open(self):
+        if self._tar is None:
+            name = f"shard-{len(self.records):06d}.tar"
+            self._tar = TarShardWriter(self.folder / (name + ".tmp"))
+        return self._tar
+
+    def add_clip(self, video: SourceVideo, clip: _Clip, position: tuple[int, int]) -> None:
+        key = clip_key(self.dataset, video.source_id, clip.start)
+        record = {"dataset": self.dataset, "source_id": video.source_id, "start": float(clip.start),
+                  "end": float(clip.start) + self.store.seconds, "split": self.split, "fps": fps_json(self.store.fps),
+                  **clip.meta}
+        self._open().write({"__key__": key, "mp4": clip.mp4, "flac": clip.flac, "json": json.dumps(record).encode()})
+        self._keys.append(key)
+        self._labels[record.get("label", "")] += 1
+        if len(self._keys) == 1 and _kill_hook(self.split, len(self.records)):
+            self._tar.close()  # the partial shard reaches the disk, as after a real crash mid-shard
+            os.kill(os.getpid(), signal.SIGKILL)
+        if len(self._keys) >= self.clips_per_shard:
+            self.finish_shard((position[0], position[1] + 1))
+
+    def add_skip(self, skip: Skip) -> None:
+        self._skips.append(asdict(skip))
+
+    def finish_shard(self, next_position: tuple[int, int]) -> None:
+        """Close the open shard (if any) and record where the next one starts."""
+        name = f"shard-{len(self.records):06d}"
+        if self._tar is not None:
+            self._tar.close()
+            os.replace(self.folder / f"{name}.tar.tmp", self.folder / f"{name}.tar")
+        else:  # skipped clips after the last shard: an empty tar keeps the records contiguous
+            TarShardWriter(self.folder / f"{name}.tar").close()
+        record = {"clips": len(self._keys), "keys": self._keys, "labels": dict(self._labels),
+                  "skipped": self._skips, "next": list(next_position)}
+        _write_json(self.folder / f"{name}.json", record)
+        self.records.append(record)
+        self._tar, self._keys, self._labels, self._skips = None, [], Counter(), []
+        if _kill_hook(self.split, len(self.records)) and os.environ.get(KILL_HOOK + "_AT_BOUNDARY"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def close(self, end: tuple[int, int], prepare: dict[str, Any], plan_skips: list[Skip], overwrite: bool
+              ) -> dict[str, Any]:
+        """Finish the split: manifest, per-split report, rename into place. Returns the split's report."""
+        if self._tar is not None or self._skips:
+            self.finish_shard(end)
+        shards = [ShardInfo(f"shard-{i:06d}.tar", r["clips"]) for i, r in enumerate(self.records)]
+        kept = [s for s in shards if s.clips > 0]
+        for s in shards:
+            if s.clips == 0:
+                (self.folder / s.name).unlink()
+        skipped = [s for r in self.records for s in r["skipped"]] + [asdict(s) for s in plan_skips]
+        labels: Counter = Counter()
+        for r in self.records:
+            labels.update(r["labels"])
+        report = split_report(self.split, sum(s.clips for s in kept), labels, skipped)
+        manifest = Manifest(self.dataset, self.split, self.store, kept, prepare,
+                            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        for extra in self.folder.glob("shard-*.json"):
+            extra.unlink()
+        (self.folder / "plan.json").unlink()
+        _write_json(self.folder / REPORT, report)
+        _write_json(self.folder / MANIFEST, manifest.to_json())
+        final = self.root / self.split
+        if final.exists():
+            if not overwrite:  # checked before any work; a folder that appeared meanwhile is not replaced
+                raise FileExistsError(f"{final} appeared while preparing; the new split is kept in {self.folder}")
+            old = self.root / f".{self.split}.old-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(self.folder, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.folder, final)
+        return report
+
+
+def split_report(split: str, clips: int, labels: Mapping[str, int], skipped: list[dict]) -> dict[str, Any]:
+    """Counts of one split: clips written per label, clips / whole sources left out per reason and label."""
+    by_reason = Counter(s["reason"] for s in skipped)
+    by_label = Counter(s.get("label", "") for s in skipped)
+    return {"split": split, "clips": clips, "clips_by_label": dict(sorted(labels.items())),
+            "skipped": len(skipped), "skipped_sources": sum(1 for s in skipped if s.get("start") is None),
+            "skipped_by_reason": dict(sorted(by_reason.items())), "skipped_by_label": dict(sorted(by_label.items())),
+            "skipped_items": skipped}
+
+
+# ------------------------------------------------------------------------------ the whole run
+def command_line() -> str:
+    """The prepare command as typed (its ``key=value`` arguments), for manifests and reports."""
+    return " ".join(["python -m avgen prepare"] + [shlex.quote(a) for a in sys.argv[1:]
+                                                    if "=" in a and not a.startswith("command=")])
+
+
+def run_plan(plan: Plan, root: str | Path, store: Mapping[str, Any] | StoreGeometry, *, clips_per_shard: int = 64,
+             workers: int = 2, splits: Sequence[str] | None = None, overwrite: bool = False,
+             progress: bool | None = None) -> dict[str, Any]:
+    """Write the shards of ``plan`` under ``root`` and return the report (also ``<root>/prepare_report.json``).
+
+    Args:
+        plan: the source videos per split (from a dataset source).
+        root: the dataset folder at this stored geometry (``data.root``).
+        store: the stored geometry (``data.store``).
+        clips_per_shard: clips per tar shard (the last one of a split may hold fewer).
+        workers: processes cutting source videos (1: in this process).
+        splits: only these splits (default: every split of the plan).
+        overwrite: replace splits made with another config (otherwise that is an error, raised before any work).
+        progress: show a progress bar (default: when stderr is a terminal).
+
+    Raises:
+        FileExistsError: a split exists with another config and ``overwrite`` is false.
+        ValueError: ``clips_per_shard`` < 1 or ``workers`` < 1.
+    """
+    from avgen.errors import NothingProduced
+
+    store = StoreGeometry.from_config(store)
+    if clips_per_shard < 1:
+        raise ValueError(f"data.prepare.clips_per_shard={clips_per_shard}: expected >= 1")
+    if workers < 1:
+        raise ValueError(f"data.prepare.workers={workers}: expected >= 1")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    config = {**plan.config, "store": store.to_dict(), "clips_per_shard": clips_per_shard}
+    prepare = {"command": command_line(), "config": config}
+    wanted = [s for s in SPLITS if s in plan.sources and (splits is None or s in splits)]
+    todo = []
+    for split in wanted:
+        manifest_path = root / split / MANIFEST
+        if manifest_path.exists():
+            existing = Manifest.load(root / split).prepare.get("config")
+            if existing == json.loads(json.dumps(config)):
+                log.info("%s is up to date", root / split)
+                continue
+            if not overwrite:
+                raise FileExistsError(f"{root / split} holds shards made with another config; pass overwrite=true to "
+                                      f"replace them, or choose another paths.data_dir")
+        todo.append(split)
+    plan_skips: dict[str, list[Skip]] = {}
+    for s in plan.skipped:
+        plan_skips.setdefault(s.split, []).append(s)
+    for note in plan.notes:
+        log.info("%s", note)
+    total = sum(len(plan.sources[s]) for s in todo)
+    bar = _progress(total, progress)
+    pool = None
+    if workers > 1 and total:
+        from avgen.parallel import worker_pool
+
+        pool = worker_pool(workers)
+    try:
+        for split in todo:
+            videos = plan.sources[split]
+            digest = {"config": json.loads(json.dumps(config)), "sources": [v.source_id for v in videos]}
+            builder = _SplitBuilder(root, plan.dataset, split, store, clips_per_shard, digest)
+            first, first_window = builder.next
+            if builder.resumed:
+                log.info("%s: resuming after %d finished shard(s), at source %d of %d", split, builder.resumed,
+                         first, len(videos))
+            bar.update(first)
+            jobs = [(v, store) for v in videos[first:]]
+            results = pool.imap(_cut, jobs, chunksize=1) if pool is not None else map(_cut, jobs)
+            for index, result in enumerate(results, start=first):
+                video = videos[index]
+                for item in result:
+                    if isinstance(item, Skip):
+                        if index == first and item.start is not None and round(item.start / store.seconds) < first_window:
+                            continue
+                        if index == first and item.start is None and first_window > 0:
+                            continue
+                        builder.add_skip(item)
+                        bar.skipped += 1
+                    else:
+                        if index == first and item.window < first_window:
+                            continue
+                        builder.add_clip(video, item, (index, item.window))
+                        bar.clips += 1
+                bar.update(1)
+            report = builder.close((len(videos), 0), prepare, plan_skips.get(split, []), overwrite)
+            log.info("%s/%s: %d clips, %d left out (%s)", root, split, report["clips"], report["skipped"],
+                     ", ".join(f"{k}: {n}" for k, n in report["skipped_by_reason"].items()) or "none")
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    report = write_report(root, plan, store, config)
+    if not any(report["splits"].get(s, {}).get("clips") for s in wanted):
+        raise NothingProduced(f"prepare {plan.dataset}: no clip could be made from {plan.source}; the reasons are in "
+                              f"{root / REPORT}")
+    return report
+
+
+def write_report(root: Path, plan: Plan, store: StoreGeometry, config: dict[str, Any]) -> dict[str, Any]:
+    """``<root>/prepare_report.json``: every split's counts and left-out clips (from the split folders)."""
+    splits = {}
+    for split in SPLITS:
+        path = root / split / REPORT
+        if path.exists():
+            splits[split] = json.loads(path.read_text())
+    skipped = [item for s in splits.values() for item in s["skipped_items"]]
+    report = {
+        "format": REPORT_FORMAT, "dataset": plan.dataset, "source": plan.source, "store": store.to_dict(),
+        "command": command_line(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "clips": sum(s["clips"] for s in splits.values()), "skipped": len(skipped),
+        "skipped_by_reason": dict(sorted(Counter(s["reason"] for s in skipped).items())),
+        "reasons": REASONS,
+        "splits": {k: {kk: vv for kk, vv in v.items() if kk != "skipped_items"} for k, v in splits.items()},
+        "skipped_items": skipped, "notes": plan.notes, "config": config,
+    }
+    _write_json(root / REPORT, report)
+    return report
+
+
+class _Bar:
+    """tqdm over source videos with the clips written and left out; silent when disabled."""
+
+    def __init__(self, total: int, enabled: bool | None):
+        from tqdm import tqdm
+
+        self.clips = self.skipped = 0
+        self._bar = tqdm(total=total, unit="video", desc="prepare", file=sys.stderr, disable=enabled is False or
+                         (enabled is None and not sys.stderr.isatty()), dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        if n:
+            self._bar.set_postfix(clips=self.clips, left_out=self.skipped, refresh=False)
+            self._bar.update(n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _progress(total: int, enabled: bool | None) -> _Bar:
+    return _Bar(total, enabled)
+
+
+# ------------------------------------------------------------------------------ split files
+@dataclass(frozen=True)
+class SplitEntry:
+    """One line of a split file: a name (id, stem, relative path or segment file), its split, an optional caption."""
+
+    name: str
+    split: str
+    caption: str | None = None
+
+
+_HEADER_NAMES = {"file", "path", "id", "name", "video", "filename", "ytid", "youtube_id"}
+
+
+def read_split_file(spec: str | Mapping[str, str]) -> list[SplitEntry]:
+    """Read split lists.
+
+    ``spec`` is either one file listing ``<name> <split>`` per line (whitespace- or comma-separated;
+    a CSV may have a header row with columns ``file``/``id`` and ``split``, optional ``caption``), or a
+    mapping ``{split: file}`` of per-split lists: one name per line, optionally followed by a comma
+    and a caption (CSV quoting; the SVG code's ``flist_train.txt``), or a JSON list of names.
+
+    Raises:
+        FileNotFoundError: a listed file does not exist (the message names the ``data.split_file`` key).
+        ValueError: an unknown split name or a line without a split, naming the file and line.
+    """
+    import csv
+
+    def rows(path: Path) -> Iterator[tuple[int, str, list[str]]]:
+        text = path.read_text(encoding="utf-8-sig")
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            cols = [c.strip() for c in next(csv.reader([line]))] if "," in line else line.split()
+            yield n, line.strip(), cols
+
+    def existing(path: str, key: str) -> Path:
+        p = Path(os.path.expanduser(str(path)))
+        if not p.is_file():
+            raise FileNotFoundError(f"{key}={path}: no such file")
+        return p
+
+    entries: list[SplitEntry] = []
+    if isinstance(spec, Mapping):
+        for split, path in spec.items():
+            if split not in SPLITS:
+                raise ValueError(f"data.split_file.{split}: unknown split; use {SPLITS}")
+            p = existing(path, f"data.split_file.{split}")
+            if p.suffix.lower() == ".json":
+                names = json.loads(p.read_text())
+                if not isinstance(names, list):
+                    raise ValueError(f"{p}: expected a JSON list of names")
+                entries += [SplitEntry(str(n), split) for n in names]
+                continue
+            for n, line, cols in rows(p):
+                if n == 1 and cols and cols[0].lower() in _HEADER_NAMES:
+                    continue
+                if "," in line:  # name,caption (the caption may hold commas, quoted or not)
+                    entries.append(SplitEntry(cols[0], split, ",".join(cols[1:]).strip() or None))
+                else:  # the whole line is the name (file names may hold spaces)
+                    entries.append(SplitEntry(line, split))
+        return entries
+    p = existing(spec, "data.split_file")
+    header: list[str] | None = None
+    for n, _, cols in rows(p):
+        if header is None and n == 1 and cols and cols[0].lower() in _HEADER_NAMES:
+            header = [c.lower() for c in cols]
+            continue
+        if header is not None:
+            row = dict(zip(header, cols))
+            name = next((row[h] for h in header if h in _HEADER_NAMES), "")
+            split, caption = row.get("split", ""), row.get("caption") or None
+        else:
+            if len(cols) < 2:
+                raise ValueError(f"{p}:{n}: expected '<name> <split>', got {' '.join(cols)!r}")
+            name, split, caption = cols[0], cols[1], (" ".join(cols[2:]) or None)
+        split = {"valid": "val", "validation": "val", "training": "train"}.get(split.lower(), split.lower())
+        if split not in SPLITS:
+            raise ValueError(f"{p}:{n}: unknown split {split!r}; use {SPLITS}")
+        entries.append(SplitEntry(name, split, caption))
+    return entries
+
+
+def seeded_split(ids: Sequence[str], ratios: Mapping[str, float], seed: int) -> dict[str, str]:
+    """Assign ``ids`` to splits with exact counts: a seeded permutation of the sorted ids, cut at
+    ``round(ratio · n)`` (halves up; at least 1 when the ratio is positive and n ≥ 3) for ``val`` and
+    ``test`` (train takes the rest). The same ids and seed always
+    give the same split, whatever their order.
+
+    Raises:
+        ValueError: unknown split names, negative ratios, or ratios that do not sum to 1 (±1e-6).
+    """
+    unknown = set(ratios) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"data.prepare.split_ratios has unknown splits {sorted(unknown)}; use {SPLITS}")
+    if any(r < 0 for r in ratios.values()) or abs(sum(ratios.values()) - 1) > 1e-6:
+        raise ValueError(f"data.prepare.split_ratios={dict(ratios)}: expected non-negative ratios summing to 1")
+    ordered = sorted(ids)
+    rng = np.random.default_rng(seed)
+    order = [ordered[i] for i in rng.permutation(len(ordered))]
+    n = len(order)
+    # halves round up; a split with a positive ratio gets at least one video when there are three or more
+    counts = {s: int(np.floor(ratios.get(s, 0.0) * n + 0.5)) for s in ("val", "test")}
+    for s in ("val", "test"):
+        if ratios.get(s, 0.0) > 0 and counts[s] == 0 and n >= 3:
+            counts[s] = 1
+    if counts["val"] + counts["test"] > n:
+        counts["test"] = n - counts["val"]
+    out = {}
+    for i, name in enumerate(order):
+        out[name] = "val" if i < counts["val"] else "test" if i < counts["val"] + counts["test"] else "train"
+    return out
+
+
+def files_digest(paths: Iterable[Path], base: Path) -> list[list]:
+    """``[relative path, size]`` of each file: the part of a prepare config that changes when the source does."""
+    out = []
+    for p in sorted(paths):
+        try:
+            size = p.stat().st_size
+        except OSError:
+            size = -1
+        out.append([p.relative_to(base).as_posix(), size])
+    return out
