@@ -42,6 +42,7 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/data_throughput.py
 	$(PY) benchmarks/decode_timestamps.py
+	$(PY) benchmarks/prepare_throughput.py
 	$(PY) benchmarks/joint_costs.py
 	$(PY) benchmarks/tempotokens_costs.py
 

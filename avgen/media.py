@@ -615,8 +615,12 @@ def encode_mp4(
     audio: np.ndarray | None = None,
     sample_rate: int | None = None,
     crf: int = VIDEO_CRF,
+    threads: int = 0,
 ) -> bytes:
     """Encode ``(F, H, W, 3)`` uint8 frames (and optional mono float audio) as mp4 bytes.
+
+    ``threads``: x264 threads (0: x264's own choice, from the core count). Dataset preparation passes
+    1: its worker processes already use every core, and the bytes then do not depend on the machine.
 
     Video is h264 yuv420p at the constant rate ``fps`` (exact: ``"30000/1001"``, 29.97, 8; see
     :func:`as_fps`); odd sizes are padded by one pixel row/column (h264 needs even dimensions) and
@@ -643,6 +647,8 @@ def encode_mp4(
         vs = container.add_stream(VIDEO_CODEC, rate=as_fps(fps))
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         vs.options = {"crf": str(crf), "preset": "fast"}
+        if threads:
+            vs.codec_context.thread_count = int(threads)
         astream = None
         if audio is not None:
             astream = container.add_stream(AUDIO_CODEC_MP4, rate=int(sample_rate))

@@ -13,7 +13,7 @@ mp4; the audio as 16-bit flac):
 - **ffmpeg CLI, sequential**: how such datasets are usually prepared: for every video and every
   window, one ``ffmpeg`` process that seeks before opening the input (``-ss S -t T -i src``),
   resamples (``-vf fps=F,scale=-2:SHORT``) and writes both outputs of the clip (``clip.mp4`` and
-  ``-map 0:a -ac 1 -ar SR clip.flac``); one process at a time, with ffmpeg's default threading
+  ``-map 0:a -ac 1 -ar SR -sample_fmt s16 clip.flac``); one process at a time, with ffmpeg's default threading
   (decoder and libx264 threads on auto, i.e. it may use every core by itself). The outputs are
   checked to exist and not be empty.
 
@@ -29,10 +29,18 @@ ratio is the median of the per-repeat ratios (avgen clips/s ÷ ffmpeg CLI clips/
 the ratio of one run, not absolute numbers across runs. The ffmpeg row also shows its CPU seconds
 per wall second (how many cores the CLI used by itself).
 
+The sequential CLI uses about one core, so another program busy on the machine barely slows it,
+while avgen's two workers lose whatever the other program takes: on a shared machine the wall-clock
+ratio understates avgen. The [info] rows (``--no-info`` drops them) are steadier: one sample of
+avgen with ``workers=1`` (cutting in this process, no pool) and the CPU work per clip of both paths
+(avgen: CPU time of that process, all its threads; ffmpeg: CPU time of its processes), whose ratio
+is what two workers could at most add to on two idle cores.
+
 Usage::
 
-    .venv/bin/python benchmarks/prepare_throughput.py            # defaults, about 2 minutes on 2 cores
-    .venv/bin/python benchmarks/prepare_throughput.py --quick    # smoke test (about 15 s)
+    .venv/bin/python benchmarks/prepare_throughput.py            # defaults, about 2.5 minutes on 2 cores
+    .venv/bin/python benchmarks/prepare_throughput.py --quick    # smoke test (about 20 s)
+    .venv/bin/python benchmarks/prepare_throughput.py --profile  # + worker start-up, cProfile of cut_source
 
 Needs the ``ffmpeg`` executable (``apt-get install -y ffmpeg``); exits 2 without it. Exit status is
 0 whether or not the target is met (``--strict`` makes a missed target exit 1).
@@ -42,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -91,19 +100,20 @@ def make_sources(folder: Path, videos: int, seconds: float, size: tuple[int, int
 
 
 # ------------------------------------------------------------------------------ the two paths
-def run_avgen(src: Path, out: Path, store: dict, workers: int) -> tuple[int, float]:
-    """(clips written, wall seconds) of one prepare of ``src`` into the fresh folder ``out``."""
+def run_avgen(src: Path, out: Path, store: dict, workers: int) -> tuple[int, float, float]:
+    """(clips written, wall seconds, CPU seconds of this process) of one prepare of ``src`` into the fresh
+    folder ``out``. The CPU time covers all the work only with ``workers=1`` (cutting in this process)."""
     from avgen.data.folder import prepare_folder
 
     if out.exists():
         shutil.rmtree(out)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     report = prepare_folder(str(out), store, source=str(src), workers=workers, clips_per_shard=64, progress=False)
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
     if report["skipped"]:
         raise RuntimeError(f"avgen left {report['skipped']} clips out: {report['skipped_by_reason']}")
     shutil.rmtree(out)
-    return int(report["clips"]), wall
+    return int(report["clips"]), wall, cpu
 
 
 def ffmpeg_command(src: Path, start: float, store, source_hw: tuple[int, int], mp4: Path,
@@ -119,7 +129,8 @@ def ffmpeg_command(src: Path, start: float, store, source_hw: tuple[int, int], m
     cmd += ["-ss", f"{start:g}", "-t", f"{store.seconds:g}", "-i", str(src),
             "-map", "0:v:0", "-vf", f"fps={store.fps},{scale}", "-c:v", "libx264", "-crf", str(VIDEO_CRF),
             "-preset", "fast", "-pix_fmt", "yuv420p", "-an", str(mp4),
-            "-map", "0:a:0", "-ac", "1", "-ar", str(store.sample_rate), "-c:a", "flac", str(flac)]
+            "-map", "0:a:0", "-ac", "1", "-ar", str(store.sample_rate), "-c:a", "flac", "-sample_fmt", "s16",
+            str(flac)]
     return cmd
 
 
@@ -130,7 +141,7 @@ def ffmpeg_jobs(sources: list[Path], store) -> list[tuple[Path, float, tuple[int
     jobs = []
     for src in sources:
         info = probe(src)
-        whole = int(info.duration // store.seconds + 1e-9)
+        whole = int(math.floor(info.duration / store.seconds + 1e-9))  # as avgen.data.prepare.cut_source
         jobs += [(src, k * store.seconds, (info.height, info.width)) for k in range(whole)]
     return jobs
 
@@ -177,10 +188,53 @@ def check_ffmpeg_clip(jobs, out: Path, store, threads: int | None) -> str:
             f"{store.num_samples} samples)")
 
 
+# ------------------------------------------------------------------------------ --profile
+def _import_engine(_: int) -> float:
+    t = time.perf_counter()
+    import avgen.data.prepare  # noqa: F401  (what a worker imports to run the engine's cut function)
+
+    took = time.perf_counter() - t
+    time.sleep(0.5)  # hold this worker so the next task goes to another one
+    return took
+
+
+def profile_avgen(src: Path, store, workers: int) -> None:
+    """Where avgen's time goes: the fixed start-up of the worker pool, and cutting one source in-process."""
+    import cProfile
+    import io
+    import pstats
+
+    from avgen.data.prepare import SourceVideo, cut_source
+    from avgen.parallel import worker_pool
+
+    t = time.perf_counter()
+    pool = worker_pool(workers)
+    imports = pool.map(_import_engine, range(workers), chunksize=1)
+    startup = time.perf_counter() - t - 0.5
+    pool.close()
+    pool.join()
+    print(f"[profile] worker pool of {workers}: ready to cut after {startup:.2f} s (importing avgen.data.prepare "
+          f"in each worker: {', '.join(f'{x:.2f}' for x in imports)} s); every prepare pays this once")
+    video = SourceVideo(src.stem, str(src), "train")
+    cut_source(video, store)  # warm
+    t, c = time.perf_counter(), time.process_time()
+    clips = cut_source(video, store)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    print(f"[profile] cut_source on one source in this process: {len(clips)} clips in {wall:.2f} s "
+          f"({cpu:.2f} s CPU, all threads)")
+    prof = cProfile.Profile()
+    prof.enable()
+    cut_source(video, store)
+    prof.disable()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(14)
+    print("\n".join(line for line in text.getvalue().splitlines()[6:] if line.strip()))
+
+
 # ------------------------------------------------------------------------------ main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", type=int, default=24, help="source videos (default 24)")
+    parser.add_argument("--videos", type=int, default=12, help="source videos (default 12)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each source video (default 10)")
     parser.add_argument("--size", default="360x640", help="source frame size HxW (default 360x640)")
     parser.add_argument("--store-seconds", type=float, default=2.0)
@@ -193,6 +247,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smoke test: 4 videos of 4 s at 180x320, 2 repeats")
     parser.add_argument("--data-dir", default=None, help="keep the source videos here and reuse them")
+    parser.add_argument("--no-info", action="store_true", help="skip the [info] run of avgen with workers=1")
+    parser.add_argument("--profile", action="store_true",
+                        help="also: the worker pool's start-up and a cProfile of cut_source on one source video")
     parser.add_argument("--json", default=None, help="write every sample to this file")
     parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
     args = parser.parse_args()
@@ -235,6 +292,7 @@ def main() -> None:
     warm = base / "warm-src"
     warm.mkdir()
     os.symlink(sources[0], warm / sources[0].name)
+    run_avgen(warm, base / "warm-out", store_cfg, 1)
     run_avgen(warm, base / "warm-out", store_cfg, args.workers)
     run_ffmpeg(jobs[:1], base / "warm-ff", store, args.ffmpeg_threads)
 
@@ -244,7 +302,7 @@ def main() -> None:
         order = ("avgen", "ffmpeg") if r % 2 == 0 else ("ffmpeg", "avgen")
         for path in order:
             if path == "avgen":
-                clips, wall = run_avgen(data, base / "avgen-out", store_cfg, args.workers)
+                clips, wall, _ = run_avgen(data, base / "avgen-out", store_cfg, args.workers)
                 sample["avgen"] = {"clips": clips, "seconds": wall}
             else:
                 clips, wall, cpu = run_ffmpeg(jobs, base / "ffmpeg-out", store, args.ffmpeg_threads)
@@ -268,12 +326,26 @@ def main() -> None:
     ok = ratio >= TARGET
     threads = "default threads" if args.ffmpeg_threads is None else f"-threads {args.ffmpeg_threads}"
     print(f"medians over {args.repeats} repeats, {samples[0]['avgen']['clips']} clips each:")
-    print(f"  avgen prepare_folder, {args.workers} workers     {median_rate('avgen'):7.2f} clips/s")
-    print(f"  ffmpeg CLI, sequential ({threads})  {median_rate('ffmpeg'):7.2f} clips/s")
-    print(f"  ratio avgen / ffmpeg CLI               {ratio:7.2f}   target >= {TARGET:g}: {'PASS' if ok else 'MISS'}"
-          f"   per repeat: {per_repeat}")
+    rows = [(f"avgen prepare_folder, {args.workers} workers", f"{median_rate('avgen'):7.2f} clips/s"),
+            (f"ffmpeg CLI, sequential ({threads})", f"{median_rate('ffmpeg'):7.2f} clips/s"),
+            ("ratio avgen / ffmpeg CLI", f"{ratio:7.2f}   target >= {TARGET:g}: {'PASS' if ok else 'MISS'}   "
+                                         f"per repeat: {per_repeat}")]
+    ff_cpu = statistics.median(s["ffmpeg"]["cpu_seconds"] / s["ffmpeg"]["clips"] for s in samples)
+    one = None
+    if not args.no_info:  # one sample: avgen in this process (no pool), CPU time of all its threads
+        clips, wall, cpu = run_avgen(data, base / "avgen-out", store_cfg, 1)
+        one = {"clips": clips, "seconds": wall, "cpu_seconds": cpu}
+        rows += [("[info] avgen, workers=1 (one sample)", f"{clips / wall:7.2f} clips/s"),
+                 ("[info] CPU ms per clip: ffmpeg CLI | avgen", f"{1000 * ff_cpu:7.0f} | {1000 * cpu / clips:.0f}   "
+                                                                  f"ratio {ff_cpu / (cpu / clips):.2f}")]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+    if args.profile:
+        profile_avgen(sources[0], store, args.workers)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "samples": samples, "ratio": ratio}, indent=1))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "samples": samples, "ratio": ratio,
+                                              "avgen_workers_1": one}, indent=1))
     tmp.cleanup()
     if args.strict and not ok:
         sys.exit(1)

@@ -141,20 +141,20 @@ def test_two_workers_and_a_killed_then_restarted_prepare_give_the_same_clips(pre
     two = tmp_path / "w2"
     prepare_folder(str(two), STORE, source=str(videos), workers=2, clips_per_shard=3, progress=False)
     assert_same(reference, samples(two))
-    # killed twice while writing a shard of train, then completed
     killed = tmp_path / "killed"
     code = (f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
             "from avgen.data.folder import prepare_folder\n"
             "if __name__ == '__main__':\n"
             f"    prepare_folder({str(killed)!r}, {STORE!r}, source={str(videos)!r}, workers=2, clips_per_shard=3,"
             " progress=False)\n")
-    for after in (1, 2):
-        proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, KILL_HOOK: f"train:{after}"},
+    for split, after in (("train", 1), ("train", 2), ("val", 0)):  # killed three times while writing a shard
+        proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, KILL_HOOK: f"{split}:{after}"},
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == -9, proc.stderr[-2000:]
-        partial = killed / ".train.partial"
-        assert (partial / f"shard-{after - 1:06d}.tar").exists() and (partial / f"shard-{after:06d}.tar.tmp").exists()
-        assert not (killed / "train").exists()
+        partial = killed / f".{split}.partial"
+        assert (partial / f"shard-{after:06d}.tar.tmp").exists() and not (killed / split).exists()
+        assert after == 0 or (partial / f"shard-{after - 1:06d}.tar").exists()
+    assert (killed / "train" / MANIFEST).exists()  # finished before the kill in val
     prepare_folder(str(killed), STORE, source=str(videos), workers=1, clips_per_shard=3, progress=False)
     assert_same(reference, samples(killed))
     assert not (killed / ".train.partial").exists()
@@ -312,3 +312,28 @@ def test_seeded_split_has_exact_counts_and_ignores_order():
     assert sorted(small.values()) == ["test", "train", "val"]
     with pytest.raises(ValueError, match="summing to 1"):
         seeded_split(ids, {"train": 0.8, "val": 0.1}, seed=0)
+
+
+# ------------------------------------------------------------------------------ the README recipe
+@pytest.mark.slow
+def test_three_command_recipe_on_your_own_videos(tmp_path):
+    """prepare → fit → sample on a folder of videos, as the README says (at scale=tiny)."""
+    from tests.conftest import run_cli
+
+    for i in range(6):
+        write_video(tmp_path / "my_videos" / f"take{i}.mp4", 2.0, seed=i)
+    prep = run_cli("prepare", "data=folder", "data.source=my_videos", "scale=tiny", cwd=tmp_path)
+    assert prep.returncode == 0, prep.stderr[-3000:]
+    assert "train: 8 clips" in prep.stdout and "report:" in prep.stdout
+    root = tmp_path / "data" / "folder_my_videos" / "short32_8fps_1.0s_16000hz"
+    assert (root / "train" / MANIFEST).exists() and (root / REPORT).exists()
+    fit = run_cli("fit", "experiment=joint_cmcpe", "data=folder", "data.source=my_videos", "scale=tiny",
+                  "trainer.max_steps=2", "paths.output_dir=run", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    sample = run_cli("sample", "ckpt_path=run/checkpoints/last.ckpt", "sample.n=1", "paths.output_dir=samples",
+                     cwd=tmp_path)
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    assert len(list((tmp_path / "samples" / "samples").glob("*.mp4"))) == 1
+    # a folder that was never prepared: the error says how to prepare it
+    missing = run_cli("fit", "experiment=joint_cmcpe", "data=folder", "data.source=elsewhere", "scale=tiny", cwd=tmp_path)
+    assert missing.returncode == 1 and "prepare data=folder data.source=elsewhere" in missing.stderr

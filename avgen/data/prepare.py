@@ -37,6 +37,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -190,6 +191,7 @@ def cut_source(video: SourceVideo, store: StoreGeometry) -> list[_Clip | Skip]:
     if whole < 1:
         return [skip("too_short", f"{duration:.3f} s, a clip is {store.seconds} s")]
     windows = range(whole) if video.windows is None else video.windows
+    every = _decode_whole(video, store, whole, info)
     out: list[_Clip | Skip] = []
     video_label = _majority(e.get(video.label_key) for e in video.events) if video.label_key else video.label
     for k in windows:
@@ -203,8 +205,11 @@ def cut_source(video: SourceVideo, store: StoreGeometry) -> list[_Clip | Skip]:
                             start, label))
             continue
         try:
-            frames, _ = decode_video(video.path, fps=store.fps, start=start, num_frames=store.num_frames,
-                                     fit_to=store.frame_size)
+            if every is not None:
+                frames = every[k * store.num_frames:(k + 1) * store.num_frames]
+            else:
+                frames, _ = decode_video(video.path, fps=store.fps, start=start, num_frames=store.num_frames,
+                                         fit_to=store.frame_size)
         except MediaError as exc:
             reason = "too_short" if "need" in str(exc) else "undecodable"
             out.append(skip(reason, f"window {start:g}-{end:g} s: {exc}", start, label))
@@ -234,6 +239,32 @@ def cut_source(video: SourceVideo, store: StoreGeometry) -> list[_Clip | Skip]:
         mp4, flac = encode_clip(store, frames, wave.astype(np.float32), name=f"{video.source_id}@{start:g}s")
         out.append(_Clip(k, start, mp4, flac, meta))
     return out
+
+
+WHOLE_DECODE_BYTES = 512 << 20  # decode a source in one pass when its stored frames fit in this
+
+
+def _decode_whole(video: SourceVideo, store: StoreGeometry, whole: int, info) -> np.ndarray | None:
+    """Every window of ``video`` decoded in one pass (``(whole · F, H, W, 3)`` uint8), or None to
+    decode window by window.
+
+    One pass gives the same frames as one decode per window when the windows tile the stored frame
+    grid (``seconds · fps`` a whole number of frames, windows 0, 1, 2, … from the start): frame ``j``
+    of window ``k`` is then slot ``k·F + j`` of the whole video, placed by the same timestamp rule.
+    It saves the seek back to the key frame before each window. Used when the frames fit in
+    :data:`WHOLE_DECODE_BYTES`; a decode error falls back to per-window decoding, which then names
+    the window that failed."""
+    if video.windows is not None or Fraction(str(store.seconds)) * store.fps != store.num_frames or whole < 2:
+        return None
+    h, w = store.frame_size((info.height, info.width)) if info.height and info.width else (0, 0)
+    if not h or whole * store.num_frames * h * w * 3 > WHOLE_DECODE_BYTES:
+        return None
+    try:
+        frames, _ = decode_video(video.path, fps=store.fps, num_frames=whole * store.num_frames,
+                                 fit_to=store.frame_size)
+    except MediaError:
+        return None
+    return frames
 
 
 def _cut(job: tuple[SourceVideo, StoreGeometry]) -> list[_Clip | Skip]:
@@ -291,7 +322,8 @@ class _SplitBuilder:
                 continue
             stray.unlink() if stray.is_file() else shutil.rmtree(stray)
         self.resumed = index
-        self.next = tuple(self.records[-1]["next"]) if self.records else (0, 0)
+        # where this run starts: (source index, window) after the last finished shard
+        self.resume_at = tuple(self.records[-1]["next"]) if self.records else (0, 0)
         self._tar = None
         self._keys: list[str] = []
         self._labels: Counter = Counter()
@@ -333,8 +365,6 @@ class _SplitBuilder:
         _write_json(self.folder / f"{name}.json", record)
         self.records.append(record)
         self._tar, self._keys, self._labels, self._skips = None, [], Counter(), []
-        if _kill_hook(self.split, len(self.records)) and os.environ.get(KILL_HOOK + "_AT_BOUNDARY"):
-            os.kill(os.getpid(), signal.SIGKILL)
 
     def close(self, end: tuple[int, int], prepare: dict[str, Any], plan_skips: list[Skip], overwrite: bool
               ) -> dict[str, Any]:
@@ -444,36 +474,44 @@ def run_plan(plan: Plan, root: str | Path, store: Mapping[str, Any] | StoreGeome
 
         pool = worker_pool(workers)
     try:
-        for split in todo:
+        builders: dict[str, _SplitBuilder] = {}
+        jobs: list[tuple[str, int]] = []  # (split, source index): one job queue for every split,
+        for split in todo:                 # so no worker idles at a split boundary
             videos = plan.sources[split]
             digest = {"config": json.loads(json.dumps(config)), "sources": [v.source_id for v in videos]}
-            builder = _SplitBuilder(root, plan.dataset, split, store, clips_per_shard, digest)
-            first, first_window = builder.next
+            builders[split] = builder = _SplitBuilder(root, plan.dataset, split, store, clips_per_shard, digest)
+            first = builder.resume_at[0]
             if builder.resumed:
                 log.info("%s: resuming after %d finished shard(s), at source %d of %d", split, builder.resumed,
                          first, len(videos))
             bar.update(first)
-            jobs = [(v, store) for v in videos[first:]]
-            results = pool.imap(_cut, jobs, chunksize=1) if pool is not None else map(_cut, jobs)
-            for index, result in enumerate(results, start=first):
-                video = videos[index]
-                for item in result:
-                    if isinstance(item, Skip):
-                        if index == first and item.start is not None and round(item.start / store.seconds) < first_window:
-                            continue
-                        if index == first and item.start is None and first_window > 0:
-                            continue
-                        builder.add_skip(item)
-                        bar.skipped += 1
-                    else:
-                        if index == first and item.window < first_window:
-                            continue
-                        builder.add_clip(video, item, (index, item.window))
-                        bar.clips += 1
-                bar.update(1)
-            report = builder.close((len(videos), 0), prepare, plan_skips.get(split, []), overwrite)
-            log.info("%s/%s: %d clips, %d left out (%s)", root, split, report["clips"], report["skipped"],
-                     ", ".join(f"{k}: {n}" for k, n in report["skipped_by_reason"].items()) or "none")
+            jobs += [(split, i) for i in range(first, len(videos))]
+        left = Counter(split for split, _ in jobs)
+        for split in todo:
+            if not left[split]:
+                _close_split(builders[split], plan, plan_skips, prepare, overwrite, root)
+        cut_jobs = [(plan.sources[split][i], store) for split, i in jobs]
+        results = pool.imap(_cut, cut_jobs, chunksize=1) if pool is not None else map(_cut, cut_jobs)
+        for (split, index), result in zip(jobs, results):
+            builder = builders[split]
+            first, first_window = builder.resume_at
+            video = plan.sources[split][index]
+            for item in result:
+                resumed_source = index == first and first_window > 0
+                if isinstance(item, Skip):
+                    if resumed_source and (item.start is None or round(item.start / store.seconds) < first_window):
+                        continue  # reported before the interruption
+                    builder.add_skip(item)
+                    bar.skipped += 1
+                else:
+                    if resumed_source and item.window < first_window:
+                        continue  # written before the interruption
+                    builder.add_clip(video, item, (index, item.window))
+                    bar.clips += 1
+            bar.update(1)
+            left[split] -= 1
+            if not left[split]:
+                _close_split(builder, plan, plan_skips, prepare, overwrite, root)
     finally:
         bar.close()
         if pool is not None:
@@ -484,6 +522,14 @@ def run_plan(plan: Plan, root: str | Path, store: Mapping[str, Any] | StoreGeome
         raise NothingProduced(f"prepare {plan.dataset}: no clip could be made from {plan.source}; the reasons are in "
                               f"{root / REPORT}")
     return report
+
+
+def _close_split(builder: "_SplitBuilder", plan: Plan, plan_skips: dict[str, list[Skip]], prepare: dict[str, Any],
+                 overwrite: bool, root: Path) -> None:
+    report = builder.close((len(plan.sources[builder.split]), 0), prepare, plan_skips.get(builder.split, []),
+                           overwrite)
+    log.info("%s/%s: %d clips, %d left out (%s)", root, builder.split, report["clips"], report["skipped"],
+             ", ".join(f"{k}: {n}" for k, n in report["skipped_by_reason"].items()) or "none")
 
 
 def write_report(root: Path, plan: Plan, store: StoreGeometry, config: dict[str, Any]) -> dict[str, Any]:

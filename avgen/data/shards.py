@@ -156,6 +156,9 @@ def encode_clip(geo: ClipGeometry | StoreGeometry, frames: np.ndarray, audio: np
     for a :class:`StoreGeometry` a size whose short side is ``short_side`` (square when ``square``),
     both even. ``audio`` (S,) float mono, ``S = geo.num_samples``.
 
+    The video is encoded with one x264 thread (prepare runs one process per core; the bytes are the
+    same on every machine).
+
     Raises:
         ValueError: a shape that does not match, naming ``name``.
     """
@@ -171,7 +174,7 @@ def encode_clip(geo: ClipGeometry | StoreGeometry, frames: np.ndarray, audio: np
         raise ValueError(f"{name}: frames {frames.shape} do not match the split's geometry {expected}")
     if audio.ndim != 1 or audio.shape[0] != geo.num_samples:
         raise ValueError(f"{name}: audio {audio.shape} is not ({geo.num_samples},)")
-    return encode_mp4(frames, geo.fps), encode_flac(audio, geo.sample_rate)
+    return encode_mp4(frames, geo.fps, threads=1), encode_flac(audio, geo.sample_rate)
 
 
 class ShardWriter:
