@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from avgen.errors import (CommandUnavailable, ConfigError, DataHealthError, GeometryMismatchError,
+from avgen.errors import (CommandUnavailable, ConfigError, DataHealthError, GeometryMismatchError, PrepareError,
                           MissingShardsError, NothingProduced)
 
 log = logging.getLogger("avgen")
@@ -481,8 +481,14 @@ def prepare(cfg: DictConfig):
     if data.get("store") is None:
         raise ConfigError(f"data={data.get('group') or data.name} has no data.store (the geometry prepare writes); "
                           f"add one, e.g. data.store='{{seconds: 10.0, fps: 25, short_side: 256, sample_rate: 16000}}'")
-    fn = instantiate(data.prepare)
+    from avgen.data.geometry import StoreGeometry
+
     store = OmegaConf.to_container(data.store, resolve=True)
+    try:
+        StoreGeometry.from_config(store)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    fn = instantiate(data.prepare)
     result = fn(root=data.root, store=store, overwrite=bool(cfg.get("overwrite", False)))
     if isinstance(result, dict) and "splits" in result:
         for split, counts in result["splits"].items():
@@ -496,7 +502,7 @@ def prepare(cfg: DictConfig):
 COMMANDS = {"fit": fit, "validate": validate, "test": test, "sample": sample, "evaluate": evaluate,
             "export": export, "prepare": prepare}
 USER_ERRORS = (ConfigError, CommandUnavailable, MissingShardsError, GeometryMismatchError, DataHealthError,
-               NothingProduced, FileNotFoundError, FileExistsError)
+               NothingProduced, FileNotFoundError, FileExistsError, PrepareError)
 
 
 def run_command(cfg: DictConfig):

@@ -42,3 +42,7 @@ class NothingProduced(RuntimeError):
     """A command finished without producing anything it was asked for (0 clips scored, 0 samples written);
     the message says why (every input refused, every output failed) and where the reasons are listed.
     The command line exits with status 1 on it."""
+
+
+class PrepareError(RuntimeError):
+    """``prepare`` stopped part-way (e.g. a worker process was killed); the message says how to resume."""

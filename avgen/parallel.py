@@ -33,3 +33,68 @@ def worker_pool(workers: int, initializer: Callable[[], None] | None = single_th
     if preload and "forkserver" in methods:
         ctx.set_forkserver_preload(list(preload))
     return ctx.Pool(workers, initializer=initializer)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _exit_with_caller(caller: int, initializer: Callable[[], None] | None) -> None:
+    """Worker initializer: run ``initializer``, then watch the calling process and exit when it is gone
+    (a ``ProcessPoolExecutor`` worker whose caller was SIGKILLed would otherwise wait forever on its
+    queue, holding the caller's stdout/stderr open)."""
+    import threading
+    import time
+
+    if initializer is not None:
+        initializer()
+
+    def watch() -> None:
+        while _alive(caller):
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="avgen-caller-watch", daemon=True).start()
+
+
+def ordered_map(fn: Callable, jobs, workers: int, initializer: Callable[[], None] | None = single_threaded,
+                ahead: int = 2):
+    """``fn(job)`` for each of ``jobs``, yielded in order, computed by ``workers`` processes with at most
+    ``ahead · workers`` jobs in flight (a slow consumer never piles up results).
+
+    Unlike ``Pool.imap``, a worker that dies (SIGKILL, the out-of-memory killer) does not hang the
+    caller: :class:`concurrent.futures.process.BrokenProcessPool` is raised.
+    """
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_exit_with_caller,
+                                   initargs=(os.getpid(), initializer))
+    try:
+        it = iter(jobs)
+        pending = deque()
+        for job in it:
+            pending.append(executor.submit(fn, job))
+            if len(pending) >= ahead * workers:
+                break
+        while pending:
+            result = pending.popleft().result()
+            for job in it:
+                pending.append(executor.submit(fn, job))
+                break
+            yield result
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)

@@ -22,7 +22,7 @@ from avgen.data.folder import prepare_folder
 from avgen.data.geometry import StoreGeometry
 from avgen.data.greatest_hits import prepare_greatest_hits, read_hits
 from avgen.data.prepare import KILL_HOOK, REPORT, read_split_file, seeded_split
-from avgen.data.shards import MANIFEST, Manifest, read_split_samples
+from avgen.data.shards import MANIFEST, Manifest, clip_key, read_split_samples
 from avgen.errors import ConfigError, GeometryMismatchError
 from avgen.media import decode_flac, decode_video
 from tests.sources import write_video
@@ -116,7 +116,7 @@ def test_folder_clips_keep_aspect_labels_captions_and_the_stored_geometry(prepar
         assert clip["frames"].shape == (8, 32, 42, 3), key  # 48x64 sources: short side 32, long side 42.67 -> 42
         assert clip["audio"].shape == (16000,) and clip["json"]["fps"] == 8
         assert (clip["json"]["height"], clip["json"]["width"]) == (32, 42)
-        assert key == f"my_videos/{clip['json']['source_id'].replace('/', '_')}/{round(clip['json']['start'] * 1000)}"
+        assert key == clip_key("my_videos", clip["json"]["source_id"], clip["json"]["start"])
     meta = {c["json"]["source_id"]: c["json"] for c in clips.values()}
     assert meta["dogs/a"]["label"] == "dogs" and meta["dogs/a"]["caption"] == "dogs"
     assert meta["rain/c"]["label"] == "rain"
@@ -337,3 +337,16 @@ def test_three_command_recipe_on_your_own_videos(tmp_path):
     # a folder that was never prepared: the error says how to prepare it
     missing = run_cli("fit", "experiment=joint_cmcpe", "data=folder", "data.source=elsewhere", "scale=tiny", cwd=tmp_path)
     assert missing.returncode == 1 and "prepare data=folder data.source=elsewhere" in missing.stderr
+
+
+def test_a_worker_that_dies_stops_prepare_with_how_to_resume():
+    from concurrent.futures.process import BrokenProcessPool
+
+    from avgen.data.prepare import _guard
+    from avgen.errors import PrepareError
+    from avgen.parallel import ordered_map
+
+    with pytest.raises(PrepareError, match="run the same command again to resume"):
+        list(_guard(ordered_map(os._exit, [3, 3, 3], 2)))  # the workers die like the out-of-memory killer's victims
+    assert list(ordered_map(abs, [-3, 2, -1, 5, -8], 2)) == [3, 2, 1, 5, 8]  # order kept
+    assert BrokenProcessPool is not None

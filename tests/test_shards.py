@@ -35,7 +35,10 @@ def test_writer_rotates_shards_and_writes_manifest(tmp_path):
 
 def test_keys_are_sanitised_for_webdataset():
     # WebDataset splits member names at the first dot: ids must not contain dots or slashes
-    assert clip_key("vgg.sound", "a.b/c", 0.25) == "vgg_sound/a_b_c/250"
+    assert clip_key("vgg.sound", "a.b/c", 0.25) == "vgg%2Esound/a%2Eb%2Fc/250"
+    ids = ["a.b", "a_b", "a b", "a/b", "犬", "猫", "café", "cafè"]
+    assert len({clip_key("d", i, 0) for i in ids}) == len(ids)  # different ids never share a key
+    assert all("." not in clip_key("d", i, 0) for i in ids)
 
 
 def test_failed_prepare_leaves_no_split_and_existing_split_is_kept(tmp_path):

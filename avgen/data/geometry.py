@@ -137,6 +137,9 @@ class StoreGeometry:
                              f"(h264 4:2:0 needs even frame sizes)")
         if self.sample_rate < 1:
             raise ValueError(f"data.store.sample_rate={self.sample_rate}: expected a rate in Hz >= 1")
+        if self.num_frames < 1:
+            raise ValueError(f"data.store.seconds={self.seconds} at data.store.fps={fps_label(rate)} holds no whole "
+                             f"frame; store clips of at least one frame ({float(1 / rate):.3f} s)")
 
     @property
     def num_frames(self) -> int:

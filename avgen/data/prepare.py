@@ -45,6 +45,7 @@ import numpy as np
 
 from avgen.data.geometry import StoreGeometry, fps_json
 from avgen.data.shards import MANIFEST, SPLITS, Manifest, ShardInfo, TarShardWriter, clip_key, encode_clip
+from avgen.errors import ConfigError, NothingProduced, PrepareError
 from avgen.media import MediaError, audio_companion, decode_audio, decode_video, probe
 
 log = logging.getLogger(__name__)
@@ -434,22 +435,41 @@ def run_plan(plan: Plan, root: str | Path, store: Mapping[str, Any] | StoreGeome
         progress: show a progress bar (default: when stderr is a terminal).
 
     Raises:
-        FileExistsError: a split exists with another config and ``overwrite`` is false.
-        ValueError: ``clips_per_shard`` < 1 or ``workers`` < 1.
+        FileExistsError: a split exists with another config (or a split folder without a manifest) and
+            ``overwrite`` is false; with ``overwrite`` such splits are replaced, and those this config does
+            not make are removed, only after the new splits are complete.
+        ConfigError: a bad ``store``, ``clips_per_shard`` < 1 or ``workers`` < 1.
+        PrepareError: a worker process died (e.g. out of memory); running the command again resumes.
     """
-    from avgen.errors import NothingProduced
 
-    store = StoreGeometry.from_config(store)
+    try:
+        store = StoreGeometry.from_config(store)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     if clips_per_shard < 1:
-        raise ValueError(f"data.prepare.clips_per_shard={clips_per_shard}: expected >= 1")
+        raise ConfigError(f"data.prepare.clips_per_shard={clips_per_shard}: expected >= 1")
     if workers < 1:
-        raise ValueError(f"data.prepare.workers={workers}: expected >= 1")
+        raise ConfigError(f"data.prepare.workers={workers}: expected >= 1")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     config = {**plan.config, "store": store.to_dict(), "clips_per_shard": clips_per_shard}
     prepare = {"command": command_line(), "config": config}
     wanted = [s for s in SPLITS if s in plan.sources and (splits is None or s in splits)]
-    todo = []
+    todo: list[str] = []
+    stale: list[str] = []
+    for split in SPLITS:
+        folder = root / split
+        if folder.exists() and not (folder / MANIFEST).exists() and not overwrite:
+            raise FileExistsError(f"{folder} exists but holds no {MANIFEST} (not made by prepare); move it away, or "
+                                  f"pass overwrite=true to replace it")
+        if split in plan.sources or (splits is not None and split not in splits) or not (folder / MANIFEST).exists():
+            continue
+        # a split this config does not make: left over from another config (e.g. an earlier seeded split)
+        if Manifest.load(folder).prepare.get("config") != json.loads(json.dumps(config)):
+            if not overwrite:
+                raise FileExistsError(f"{folder} holds shards made with another config, and this config makes no "
+                                      f"{split} split; pass overwrite=true to remove it, or choose another paths.data_dir")
+            stale.append(split)
     for split in wanted:
         manifest_path = root / split / MANIFEST
         if manifest_path.exists():
@@ -468,11 +488,6 @@ def run_plan(plan: Plan, root: str | Path, store: Mapping[str, Any] | StoreGeome
         log.info("%s", note)
     total = sum(len(plan.sources[s]) for s in todo)
     bar = _progress(total, progress)
-    pool = None
-    if workers > 1 and total:
-        from avgen.parallel import worker_pool
-
-        pool = worker_pool(workers)
     try:
         builders: dict[str, _SplitBuilder] = {}
         jobs: list[tuple[str, int]] = []  # (split, source index): one job queue for every split,
@@ -491,8 +506,13 @@ def run_plan(plan: Plan, root: str | Path, store: Mapping[str, Any] | StoreGeome
             if not left[split]:
                 _close_split(builders[split], plan, plan_skips, prepare, overwrite, root)
         cut_jobs = [(plan.sources[split][i], store) for split, i in jobs]
-        results = pool.imap(_cut, cut_jobs, chunksize=1) if pool is not None else map(_cut, cut_jobs)
-        for (split, index), result in zip(jobs, results):
+        if workers > 1 and len(cut_jobs) > 1:
+            from avgen.parallel import ordered_map
+
+            results = ordered_map(_cut, cut_jobs, workers)
+        else:
+            results = map(_cut, cut_jobs)
+        for (split, index), result in zip(jobs, _guard(results)):
             builder = builders[split]
             first, first_window = builder.resume_at
             video = plan.sources[split][index]
@@ -514,14 +534,27 @@ def run_plan(plan: Plan, root: str | Path, store: Mapping[str, Any] | StoreGeome
                 _close_split(builder, plan, plan_skips, prepare, overwrite, root)
     finally:
         bar.close()
-        if pool is not None:
-            pool.close()
-            pool.join()
+    for split in stale:
+        old = root / f".{split}.old-{os.getpid()}"
+        os.replace(root / split, old)
+        shutil.rmtree(old, ignore_errors=True)
+        log.info("%s: removed (made with another config, which had a %s split)", root / split, split)
     report = write_report(root, plan, store, config)
     if not any(report["splits"].get(s, {}).get("clips") for s in wanted):
         raise NothingProduced(f"prepare {plan.dataset}: no clip could be made from {plan.source}; the reasons are in "
                               f"{root / REPORT}")
     return report
+
+
+def _guard(results: Iterator) -> Iterator:
+    """Results of the worker processes; a worker that died becomes a :class:`PrepareError` saying how to resume."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        yield from results
+    except BrokenProcessPool as exc:
+        raise PrepareError("a prepare worker process died (killed, or out of memory: lower data.prepare.workers or "
+                           "data.store); the finished shards are kept: run the same command again to resume") from exc
 
 
 def _close_split(builder: "_SplitBuilder", plan: Plan, plan_skips: dict[str, list[Skip]], prepare: dict[str, Any],

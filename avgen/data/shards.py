@@ -2,13 +2,13 @@
 
 One sample = one clip, with members (see DESIGN.md, "Shard format"):
 
-- ``__key__``: ``<dataset>/<source id>/<start ms>``
+- ``__key__``: ``<dataset>/<source id>/<start ms>`` (parts percent-encoded: :func:`key_part`)
 - ``mp4``: the frames at the stored rate and size (``data.store``: short side ``short_side``, or a
   ``short_side``² centre crop), no audio stream
 - ``flac``: mono audio at the stored sample rate
 - ``json``: dataset, source id, start/end seconds (in the source), label, caption, split, fps,
   height, width, optional ``events`` (onset seconds relative to the clip start) and source-specific
-  fields (e.g. Greatest Hits' ``materials`` / ``actions`` per event)
+  fields (e.g. Greatest Hits' ``event_labels``: material, action, reaction per event)
 
 Every split folder ``<root>/<split>/`` holds ``shard-NNNNNN.tar`` files and a ``manifest.json``
 with the shard names, clips per shard, the stored geometry (``store``) and the prepare command +
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -41,7 +40,6 @@ MANIFEST = "manifest.json"
 FORMAT = "avgen-shards/2"
 READABLE_FORMATS = ("avgen-shards/1", FORMAT)
 SPLITS = ("train", "val", "test")
-_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 
 
 class TarShardWriter:
@@ -56,7 +54,7 @@ class TarShardWriter:
 
         self._tarfile = tarfile
         self.path = Path(path)
-        self._tar = tarfile.open(self.path, "w", format=tarfile.USTAR_FORMAT)
+        self._tar = tarfile.open(self.path, "w", format=tarfile.PAX_FORMAT)  # PAX: member names of any length
 
     def write(self, sample: dict[str, Any]) -> None:
         """``sample``: ``__key__`` and ``{extension: bytes}`` members."""
@@ -80,10 +78,19 @@ class TarShardWriter:
         self.close()
 
 
+def key_part(text: str) -> str:
+    """``text`` as one part of a sample key: percent-encoded (UTF-8) except letters, digits, ``_``, ``-``
+    and ``~``, so ``.`` (WebDataset splits a member name at its first dot into key and extension) and
+    ``/`` never appear, and different ids never share a key (``a.b`` → ``a%2Eb``, ``a_b`` stays,
+    ``犬`` → ``%E7%8A%AC``)."""
+    from urllib.parse import quote
+
+    return quote(text, safe="").replace(".", "%2E")
+
+
 def clip_key(dataset: str, source_id: str, start_seconds: float) -> str:
-    """``<dataset>/<source id>/<start ms>``. Dots and slashes are replaced in ids: WebDataset splits
-    a member name at its first dot into key and extension."""
-    return f"{_UNSAFE.sub('_', dataset)}/{_UNSAFE.sub('_', source_id)}/{int(round(start_seconds * 1000))}"
+    """``<dataset>/<source id>/<start ms>``, each part encoded by :func:`key_part`."""
+    return f"{key_part(dataset)}/{key_part(source_id)}/{int(round(start_seconds * 1000))}"
 
 
 @dataclass
