@@ -179,6 +179,29 @@ def test_prepare_is_idempotent_and_never_replaces_other_shards_unasked(videos, t
     assert Manifest.load(root / "train").num_clips == 6
 
 
+def test_reprepare_notices_edited_texts_and_removes_splits_of_another_config_only_when_asked(tmp_path):
+    src = tmp_path / "src"
+    for name in ("犬", "猫", "my video", "my_video"):  # different names never collapse into one id
+        write_video(src / f"{name}.mp4", 1.0, seed=len(name))
+    (src / "犬.txt").write_text("a dog")
+    root = tmp_path / "out"
+    first = prepare_folder(str(root), STORE, source=str(src), workers=1, progress=False)
+    assert first["clips"] == 4 and first["skipped"] == 0
+    assert {s: c["clips"] for s, c in first["splits"].items()} == {"train": 2, "val": 1, "test": 1}
+    (src / "犬.txt").write_text("a big dog")  # an edited caption is a new config
+    with pytest.raises(FileExistsError, match="overwrite=true"):
+        prepare_folder(str(root), STORE, source=str(src), workers=1, progress=False)
+    split_file = tmp_path / "split.txt"
+    split_file.write_text("犬.mp4 train\n猫.mp4 train\nmy video.mp4 train\nmy_video test\n")
+    with pytest.raises(FileExistsError, match="makes no val split"):  # the old val would leak into training
+        prepare_folder(str(root), STORE, source=str(src), split_file=str(split_file), workers=1, progress=False)
+    report = prepare_folder(str(root), STORE, source=str(src), split_file=str(split_file), workers=1, overwrite=True,
+                            progress=False)
+    assert not (root / "val").exists() and sorted(report["splits"]) == ["test", "train"]
+    captions = {c["json"]["source_id"]: c["json"]["caption"] for c in samples(root).values()}
+    assert captions["犬"] == "a big dog"
+
+
 def test_split_file_assigns_videos_and_lists_the_unlisted(videos, tmp_path):
     split_file = tmp_path / "split.txt"
     split_file.write_text("# name split\ndogs/a.mp4 train\nrain/c val\ne.mov test\nmissing.mp4 train\n")
@@ -295,6 +318,15 @@ def test_split_files_in_every_format_people_have(tmp_path):
     entries = read_split_file({"train": str(ids), "test": str(js)})
     assert [(e.name, e.split) for e in entries] == [("2015-02-16-16-49-06", "train"), ("my clip with spaces.mp4", "train"),
                                                    ("x", "test"), ("y", "test")]
+    spaced = tmp_path / "spaced.txt"
+    spaced.write_text("my video.mp4 train\nb.mp4 testing\n")
+    assert [(e.name, e.split) for e in read_split_file(str(spaced))] == [("my video.mp4", "train"), ("b.mp4", "test")]
+    swapped = tmp_path / "swapped.csv"
+    swapped.write_text("split,file\nval,a.mp4\n")
+    assert [(e.name, e.split) for e in read_split_file(str(swapped))] == [("a.mp4", "val")]
+    flist = tmp_path / "flist.txt"
+    flist.write_text("seg-001.mp4,hitting wood, gently\n")
+    assert read_split_file({"train": str(flist)})[0].caption == "hitting wood, gently"
     with pytest.raises(ValueError, match=r"splits.txt:2: unknown split 'dev'"):
         (tmp_path / "splits.txt").write_text("a train\nb dev\n")
         read_split_file(str(tmp_path / "splits.txt"))
@@ -336,7 +368,7 @@ def test_three_command_recipe_on_your_own_videos(tmp_path):
     assert len(list((tmp_path / "samples" / "samples").glob("*.mp4"))) == 1
     # a folder that was never prepared: the error says how to prepare it
     missing = run_cli("fit", "experiment=joint_cmcpe", "data=folder", "data.source=elsewhere", "scale=tiny", cwd=tmp_path)
-    assert missing.returncode == 1 and "prepare data=folder data.source=elsewhere" in missing.stderr
+    assert missing.returncode == 1 and "prepare data=folder data.source=elsewhere scale=tiny" in missing.stderr
 
 
 def test_a_worker_that_dies_stops_prepare_with_how_to_resume():

@@ -65,6 +65,7 @@ class AVDataModule(pl.LightningDataModule):
         group: the ``data=<group>`` option this dataset comes from (prepare hints; default ``name``).
         source: ``data.source``, the folder ``prepare`` reads (prepare hints).
         split_file: ``data.split_file`` (read by ``prepare`` only).
+        scale: the run's ``scale`` (prepare hints: ``scale=tiny`` shrinks ``data.store``).
     """
 
     def __init__(self, name: str, root: str, clip: Mapping[str, Any] | ClipGeometry, batch_size: int = 16,
@@ -73,10 +74,10 @@ class AVDataModule(pl.LightningDataModule):
                  auto_prepare: bool = False, prepare: Callable[..., Any] | None = None,
                  eval_batch_size: int | None = None, pin_memory: bool | None = None, prefetch_factor: int = 2,
                  store: Mapping[str, Any] | StoreGeometry | None = None, group: str | None = None,
-                 source: str | None = None, split_file: Any = None):
+                 source: str | None = None, split_file: Any = None, scale: str | None = None):
         super().__init__()
         self.name, self.root = name, Path(root).expanduser().absolute()
-        self.group, self.source, self.split_file = group or name, source, split_file
+        self.group, self.source, self.split_file, self.scale = group or name, source, split_file, scale
         try:
             self.clip = ClipGeometry.from_config(clip)
             self.store = None if store is None else StoreGeometry.from_config(store)
@@ -105,7 +106,8 @@ class AVDataModule(pl.LightningDataModule):
     def prepare_command(self) -> str:
         source = f" data.source={self.source}" if self.source else (
             " data.source=<folder>" if self.group in ("folder", "greatest_hits") else "")
-        return f"python -m avgen prepare data={self.group}{source} paths.data_dir={self.root.parent.parent}"
+        scale = f" scale={self.scale}" if self.scale and self.scale != "paper" else ""
+        return f"python -m avgen prepare data={self.group}{source}{scale} paths.data_dir={self.root.parent.parent}"
 
     def prepare_data(self) -> None:
         """Create missing shards when ``auto_prepare`` (runs once per node, before ``setup``)."""
@@ -124,7 +126,7 @@ class AVDataModule(pl.LightningDataModule):
                 raise MissingShardsError(
                     f"no {split} shards for data={self.name}: {folder / MANIFEST} does not exist. "
                     f"Create them with: {self.prepare_command()}  (or point paths.data_dir / "
-                    f"AVGEN_DATA_DIR at the folder holding {self.root.name}/)"
+                    f"AVGEN_DATA_DIR at the folder holding {self.root.parent.name}/{self.root.name}/)"
                     + ("" if self.prepare_fn is not None else
                        f". If {self.name} has no prepare step yet, write its shards in the format of DESIGN.md "
                        f"(avgen.data.shards.ShardWriter) into {self.root}/<split>, or run with scale=tiny "
@@ -157,11 +159,21 @@ class AVDataModule(pl.LightningDataModule):
         manifest = self.manifest(split)
         return [Shard(str(self.root / split / s.name), s.clips) for s in manifest.shards if s.clips > 0]
 
+    def _has_val(self) -> bool:
+        """Whether fit validates: a val split with at least one clip (validation is optional during fit)."""
+        if not (self.root / "val" / MANIFEST).exists():
+            return False
+        if "val" not in self.manifests and Manifest.load(self.root / "val").num_clips == 0:
+            log.warning("%s holds no clip (every val video was left out; see prepare_report.json): training "
+                        "without validation", self.root / "val")
+            return False
+        return True
+
     def setup(self, stage: str | None = None) -> None:
         self._stage = stage
         splits = {"fit": ("train", "val"), None: ("train", "val", "test")}.get(stage, (STAGE_SPLIT.get(stage),))
         for split in splits:
-            if split == "val" and stage == "fit" and not (self.root / "val" / MANIFEST).exists():
+            if split == "val" and stage == "fit" and not self._has_val():
                 continue  # validation is optional during fit
             self.manifest(split)
 
@@ -203,7 +215,7 @@ class AVDataModule(pl.LightningDataModule):
         return self._loader(dataset)
 
     def val_dataloader(self) -> DataLoader | list:
-        if self._stage == "fit" and not (self.root / "val" / MANIFEST).exists():
+        if self._stage == "fit" and not self._has_val():
             return []
         return self._eval_loader("val")
 

@@ -26,7 +26,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from avgen.data.prepare import Plan, SourceVideo, Skip, files_digest, read_split_file, run_plan, seeded_split
+from avgen.data.prepare import (Plan, SourceVideo, Skip, files_digest, read_split_file, run_plan, seeded_split,
+                                 text_digest)
 from avgen.data.shards import clip_key
 from avgen.errors import ConfigError
 from avgen.media import VIDEO_SUFFIXES
@@ -38,7 +39,7 @@ DEFAULT_RATIOS = {"train": 0.8, "val": 0.1, "test": 0.1}
 def find_videos(source: Path) -> list[Path]:
     """Video files under ``source`` (recursive, sorted; hidden files and folders skipped)."""
     found = []
-    for folder, dirs, files in os.walk(source):
+    for folder, dirs, files in os.walk(source, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith(".") and Path(name).suffix.lower() in VIDEO_SUFFIXES:
@@ -63,6 +64,19 @@ def _read_captions(path: str | None) -> dict[str, dict[str, str]]:
             row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
             out[row["file"]] = row
     return out
+
+
+def _relative(name: str, base: Path) -> str:
+    """A name from a split or caption file as a path relative to the source folder when it is one
+    (``./a.mp4`` → ``a.mp4``; an absolute path inside ``base`` → its relative path)."""
+    name = name.strip()
+    path = Path(os.path.expanduser(name))
+    if path.is_absolute():
+        try:
+            return path.resolve().relative_to(base).as_posix()
+        except ValueError:
+            return name
+    return path.as_posix() if name.startswith("./") else name
 
 
 def _lookup(table: Mapping[str, Any], rel: str, source_id: str, path: Path) -> Any:
@@ -90,7 +104,7 @@ def plan_folder(source: str, *, name: str | None = None, split_file: str | Mappi
         raise ConfigError(f"data.source={source}: no video file found (searched recursively for "
                           f"{', '.join(sorted(VIDEO_SUFFIXES))})")
     dataset = name or base.name
-    table = _read_captions(captions)
+    table = {_relative(k, base): v for k, v in _read_captions(captions).items()}
     skipped: list[Skip] = []
     seen: dict[str, Path] = {}
     kept: list[tuple[str, str, Path]] = []
@@ -108,16 +122,18 @@ def plan_folder(source: str, *, name: str | None = None, split_file: str | Mappi
     captions_from_split: dict[str, str] = {}
     if split_file:
         entries = read_split_file(split_file)
-        index = {}
+        index: dict[str, set[str]] = {}
         for rel, source_id, path in kept:
             for n in (rel, source_id, path.name, path.stem):
-                index.setdefault(n, rel)
+                index.setdefault(n, set()).add(rel)
         for entry in entries:
-            rel = index.get(entry.name) or index.get(Path(entry.name).name) or index.get(Path(entry.name).stem)
-            if rel is None:
-                skipped.append(Skip(entry.split, entry.name, str(base / entry.name), "missing",
-                                    f"listed in {split_file}"))
+            name = _relative(entry.name, base)
+            found = index.get(name) or index.get(Path(name).name) or index.get(Path(name).stem) or set()
+            if len(found) != 1:
+                skipped.append(Skip(entry.split, entry.name, str(base / name), "ambiguous" if found else "missing",
+                                    f"listed in {split_file}" + (f"; matches {', '.join(sorted(found))}" if found else "")))
                 continue
+            rel = next(iter(found))
             assignment[rel] = entry.split
             if entry.caption:
                 captions_from_split[rel] = entry.caption
@@ -126,23 +142,31 @@ def plan_folder(source: str, *, name: str | None = None, split_file: str | Mappi
     for i, s in enumerate(skipped):  # a duplicate belongs to the split its first copy is in
         if s.reason == "duplicate_id":
             first = seen[clip_key(dataset, s.source_id, 0)].relative_to(base).as_posix()
-            skipped[i] = Skip(assignment.get(first, "train"), s.source_id, s.path, s.reason, s.detail)
+            skipped[i] = Skip(assignment.get(first, ""), s.source_id, s.path, s.reason, s.detail)
     sources: dict[str, list[SourceVideo]] = {"train": [], "val": [], "test": []}
     for rel, source_id, path in kept:
         row = _lookup(table, rel, source_id, path) or {}
         folder_label = Path(rel).parent.name if "/" in rel else ""
         label = row.get("label") or folder_label
         txt = path.with_suffix(".txt")
-        caption = (txt.read_text(encoding="utf-8").strip() if txt.is_file() else "") \
+        caption = (txt.read_text(encoding="utf-8", errors="replace").strip() if txt.is_file() else "") \
             or captions_from_split.get(rel) or row.get("caption") or label
         split = assignment.get(rel)
         if split is None:
-            skipped.append(Skip("train", source_id, str(path), "not_in_split_file", f"not in {split_file}", None, label))
+            skipped.append(Skip("", source_id, str(path), "not_in_split_file", f"not in {split_file}", None, label))
             continue
         sources[split].append(SourceVideo(source_id, str(path), split, label=label, caption=caption))
+    matched = {k for rel, source_id, path in kept for k in (rel, source_id, path.name, path.stem) if k in table}
+    unmatched = sorted(set(table) - matched)
+    if unmatched:
+        log.warning("data.prepare.captions: %d row(s) match no video under %s, e.g. %s", len(unmatched), base,
+                    ", ".join(unmatched[:3]))
     config = {"source": "folder", "folder": str(base), "name": dataset, "split_file": _plain(split_file),
               "captions": captions, "split_ratios": None if split_file else dict(split_ratios or DEFAULT_RATIOS),
-              "seed": seed, "files": files_digest(videos, base)}
+              "seed": seed, "files": files_digest(videos, base),
+              "text": {"split_file": text_digest(split_file), "captions": text_digest(captions),
+                       "caption_files": text_digest([v.with_suffix(".txt") for v in videos
+                                                     if v.with_suffix(".txt").is_file()], base)}}
     notes = [f"{len(videos)} videos in {base}: " + ", ".join(f"{s} {len(v)}" for s, v in sources.items())]
     return Plan(dataset, str(base), {s: v for s, v in sources.items() if v or s == "train"}, skipped, config, notes)
 

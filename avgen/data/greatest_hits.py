@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from avgen.data.folder import _plain, _read_captions
-from avgen.data.prepare import Plan, SourceVideo, Skip, files_digest, read_split_file, run_plan, seeded_split
+from avgen.data.prepare import (Plan, SourceVideo, Skip, files_digest, read_split_file, run_plan, seeded_split,
+                                 text_digest)
 from avgen.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def plan_greatest_hits(source: str, *, split_file: str | Mapping[str, str] | Non
     for rid, path in recordings.items():
         split = assignment.get(rid)
         if split is None:
-            skipped.append(Skip("train", rid, str(path), "not_in_split_file", f"not in {used}"))
+            skipped.append(Skip("", rid, str(path), "not_in_split_file", f"not in {used}"))
             continue
         times = path.with_name(f"{rid}_times.txt")
         if not times.is_file():
@@ -155,7 +156,9 @@ def plan_greatest_hits(source: str, *, split_file: str | Mapping[str, str] | Non
     config = {"source": DATASET, "folder": str(base), "split_file": _plain(used),
               "caption_template": caption_template, "captions": captions,
               "split_ratios": None if used else dict(split_ratios or DEFAULT_RATIOS), "seed": seed,
-              "files": files_digest([*recordings.values(), *base.rglob("*_times.txt")], base)}
+              "files": files_digest(list(recordings.values()), base),
+              "text": {"split_file": text_digest(used), "captions": text_digest(captions),
+                       "annotations": text_digest(list(base.rglob("*_times.txt")), base)}}
     notes = [f"{len(recordings)} recordings in {base}: " + ", ".join(f"{s} {len(v)}" for s, v in sources.items())
              + (f"; split from {used}" if used else "; seeded split")]
     return Plan(DATASET, str(base), {s: v for s, v in sources.items() if v or s == "train"}, skipped, config, notes)

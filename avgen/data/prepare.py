@@ -61,6 +61,7 @@ REASONS = {
     "duplicate_id": "another file has the same source id (the same path without its extension)",
     "not_in_split_file": "the split file does not list it",
     "missing": "the split file lists it but no such file was found",
+    "ambiguous": "the split file's name matches several files (give the path relative to data.source)",
     "bad_annotation": "its annotation file cannot be read",
     "no_annotation": "no annotation file beside it",
 }
@@ -566,13 +567,16 @@ def _close_split(builder: "_SplitBuilder", plan: Plan, plan_skips: dict[str, lis
 
 
 def write_report(root: Path, plan: Plan, store: StoreGeometry, config: dict[str, Any]) -> dict[str, Any]:
-    """``<root>/prepare_report.json``: every split's counts and left-out clips (from the split folders)."""
+    """``<root>/prepare_report.json``: every split's counts and left-out clips (from the split folders), and
+    the files left out while planning that belong to no split made (``split`` empty when unknown)."""
     splits = {}
     for split in SPLITS:
         path = root / split / REPORT
         if path.exists():
             splits[split] = json.loads(path.read_text())
     skipped = [item for s in splits.values() for item in s["skipped_items"]]
+    # left out while planning, in no split made here (unlisted files, split-file entries of a split without videos)
+    skipped += [asdict(s) for s in plan.skipped if s.split not in splits]
     report = {
         "format": REPORT_FORMAT, "dataset": plan.dataset, "source": plan.source, "store": store.to_dict(),
         "command": command_line(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -632,7 +636,7 @@ def read_split_file(spec: str | Mapping[str, str]) -> list[SplitEntry]:
 
     Raises:
         FileNotFoundError: a listed file does not exist (the message names the ``data.split_file`` key).
-        ValueError: an unknown split name or a line without a split, naming the file and line.
+        ConfigError: an unknown split name or a line without a split, naming the file and line.
     """
     import csv
 
@@ -644,6 +648,10 @@ def read_split_file(spec: str | Mapping[str, str]) -> list[SplitEntry]:
             cols = [c.strip() for c in next(csv.reader([line]))] if "," in line else line.split()
             yield n, line.strip(), cols
 
+    def split_name(text: str) -> str:
+        return {"valid": "val", "validation": "val", "training": "train", "testing": "test"}.get(text.lower(),
+                                                                                            text.lower())
+
     def existing(path: str, key: str) -> Path:
         p = Path(os.path.expanduser(str(path)))
         if not p.is_file():
@@ -654,39 +662,45 @@ def read_split_file(spec: str | Mapping[str, str]) -> list[SplitEntry]:
     if isinstance(spec, Mapping):
         for split, path in spec.items():
             if split not in SPLITS:
-                raise ValueError(f"data.split_file.{split}: unknown split; use {SPLITS}")
+                raise ConfigError(f"data.split_file.{split}: unknown split; use {SPLITS}")
             p = existing(path, f"data.split_file.{split}")
             if p.suffix.lower() == ".json":
                 names = json.loads(p.read_text())
                 if not isinstance(names, list):
-                    raise ValueError(f"{p}: expected a JSON list of names")
+                    raise ConfigError(f"{p}: expected a JSON list of names")
                 entries += [SplitEntry(str(n), split) for n in names]
                 continue
             for n, line, cols in rows(p):
                 if n == 1 and cols and cols[0].lower() in _HEADER_NAMES:
                     continue
                 if "," in line:  # name,caption (the caption may hold commas, quoted or not)
-                    entries.append(SplitEntry(cols[0], split, ",".join(cols[1:]).strip() or None))
+                    if '"' in line:
+                        entries.append(SplitEntry(cols[0], split, ",".join(cols[1:]).strip() or None))
+                    else:
+                        name, _, caption = line.partition(",")
+                        entries.append(SplitEntry(name.strip(), split, caption.strip() or None))
                 else:  # the whole line is the name (file names may hold spaces)
                     entries.append(SplitEntry(line, split))
         return entries
     p = existing(spec, "data.split_file")
     header: list[str] | None = None
-    for n, _, cols in rows(p):
-        if header is None and n == 1 and cols and cols[0].lower() in _HEADER_NAMES:
+    for n, line, cols in rows(p):
+        if header is None and n == 1 and cols and any(c.lower() in _HEADER_NAMES | {"split"} for c in cols):
             header = [c.lower() for c in cols]
             continue
         if header is not None:
             row = dict(zip(header, cols))
             name = next((row[h] for h in header if h in _HEADER_NAMES), "")
             split, caption = row.get("split", ""), row.get("caption") or None
+        elif "," not in line and len(cols) >= 2 and split_name(cols[-1]) in SPLITS:
+            name, split, caption = line.rsplit(None, 1)[0].strip(), cols[-1], None  # names may hold spaces
         else:
             if len(cols) < 2:
-                raise ValueError(f"{p}:{n}: expected '<name> <split>', got {' '.join(cols)!r}")
+                raise ConfigError(f"{p}:{n}: expected '<name> <split>', got {line!r}")
             name, split, caption = cols[0], cols[1], (" ".join(cols[2:]) or None)
-        split = {"valid": "val", "validation": "val", "training": "train"}.get(split.lower(), split.lower())
+        split = split_name(split)
         if split not in SPLITS:
-            raise ValueError(f"{p}:{n}: unknown split {split!r}; use {SPLITS}")
+            raise ConfigError(f"{p}:{n}: unknown split {split!r}; use {SPLITS} (lines '<name> <split>')")
         entries.append(SplitEntry(name, split, caption))
     return entries
 
@@ -698,13 +712,13 @@ def seeded_split(ids: Sequence[str], ratios: Mapping[str, float], seed: int) -> 
     give the same split, whatever their order.
 
     Raises:
-        ValueError: unknown split names, negative ratios, or ratios that do not sum to 1 (±1e-6).
+        ConfigError: unknown split names, negative ratios, or ratios that do not sum to 1 (±1e-6).
     """
     unknown = set(ratios) - set(SPLITS)
     if unknown:
-        raise ValueError(f"data.prepare.split_ratios has unknown splits {sorted(unknown)}; use {SPLITS}")
+        raise ConfigError(f"data.prepare.split_ratios has unknown splits {sorted(unknown)}; use {SPLITS}")
     if any(r < 0 for r in ratios.values()) or abs(sum(ratios.values()) - 1) > 1e-6:
-        raise ValueError(f"data.prepare.split_ratios={dict(ratios)}: expected non-negative ratios summing to 1")
+        raise ConfigError(f"data.prepare.split_ratios={dict(ratios)}: expected non-negative ratios summing to 1")
     ordered = sorted(ids)
     rng = np.random.default_rng(seed)
     order = [ordered[i] for i in rng.permutation(len(ordered))]
@@ -720,6 +734,27 @@ def seeded_split(ids: Sequence[str], ratios: Mapping[str, float], seed: int) -> 
     for i, name in enumerate(order):
         out[name] = "val" if i < counts["val"] else "test" if i < counts["val"] + counts["test"] else "train"
     return out
+
+
+def text_digest(spec: str | Mapping[str, str] | Iterable[Path] | None, base: Path | None = None) -> Any:
+    """SHA-1 of small text inputs (split files, caption files, annotations): a prepare config that records
+    them changes when their content does, not only their name. ``spec``: a path, a mapping of paths, or
+    paths (listed relative to ``base``)."""
+    import hashlib
+
+    def one(path) -> str:
+        try:
+            return hashlib.sha1(Path(os.path.expanduser(str(path))).read_bytes()).hexdigest()
+        except OSError:
+            return "unreadable"
+
+    if spec is None:
+        return None
+    if isinstance(spec, (str, Path)):
+        return one(spec)
+    if isinstance(spec, Mapping):
+        return {str(k): one(v) for k, v in spec.items()}
+    return [[p.relative_to(base).as_posix() if base else str(p), one(p)] for p in sorted(spec)]
 
 
 def files_digest(paths: Iterable[Path], base: Path) -> list[list]:
