@@ -366,9 +366,16 @@ def test_three_command_recipe_on_your_own_videos(tmp_path):
                      cwd=tmp_path)
     assert sample.returncode == 0, sample.stderr[-3000:]
     assert len(list((tmp_path / "samples" / "samples").glob("*.mp4"))) == 1
-    # a folder that was never prepared: the error says how to prepare it
-    missing = run_cli("fit", "experiment=joint_cmcpe", "data=folder", "data.source=elsewhere", "scale=tiny", cwd=tmp_path)
-    assert missing.returncode == 1 and "prepare data=folder data.source=elsewhere scale=tiny" in missing.stderr
+
+
+def test_an_unprepared_folder_says_how_to_prepare_it(tmp_path):
+    from avgen.errors import MissingShardsError
+
+    dm = AVDataModule("elsewhere", str(tmp_path / "data" / "folder_elsewhere" / "short32_8fps_1.0s_16000hz"),
+                      {"seconds": 1.0, "fps": 8, "height": 32, "width": 32, "sample_rate": 16000}, store=STORE,
+                      group="folder", source="elsewhere", scale="tiny")
+    with pytest.raises(MissingShardsError, match=r"prepare data=folder data\.source=elsewhere scale=tiny paths\.data_dir="):
+        dm.setup("fit")
 
 
 def test_a_worker_that_dies_stops_prepare_with_how_to_resume():
