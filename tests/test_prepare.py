@@ -389,3 +389,41 @@ def test_a_worker_that_dies_stops_prepare_with_how_to_resume():
         list(_guard(ordered_map(os._exit, [3, 3, 3], 2)))  # the workers die like the out-of-memory killer's victims
     assert list(ordered_map(abs, [-3, 2, -1, 5, -8], 2)) == [3, 2, 1, 5, 8]  # order kept
     assert BrokenProcessPool is not None
+
+
+# ------------------------------------------------------------------------------ listed datasets (VGGSound, ...)
+def test_listed_dataset_matches_download_names_and_records_what_is_missing(tmp_path):
+    import pickle
+
+    from avgen.data.listed import prepare_listed
+
+    src = tmp_path / "downloads"
+    write_video(src / "video" / "AAAAAAAAAAA_000030.mp4", 1.5, sr=None, seed=1)  # TempoTokens layout: the wav
+    from avgen.media import write_wav                                             # in audio/ is the sound
+    (src / "audio").mkdir()
+    write_wav(src / "audio" / "AAAAAAAAAAA_000030.wav", np.random.default_rng(0).uniform(-.3, .3, 24000), 16000)
+    write_video(src / "BBBBBBBBBBB_10.mp4", 1.5, seed=2)
+    write_video(src / "clips" / "CCCCCCCCCCC_5_15.mp4", 1.5, seed=3)  # the VGGSound scripts' <id>_<start>_<end>
+    write_video(src / "DDDDDDDDDDD.mp4", 1.5, seed=4)                  # the id alone
+    write_video(src / "EEEEEEEEEEE_0.mp4", 1.5, seed=5)
+    write_video(src / "FFFFFFFFFFF_0.mp4", 1.5, seed=6)
+    (src / "vggsound.csv").write_text(
+        "AAAAAAAAAAA,30,dog barking,train\nBBBBBBBBBBB,10,dog barking,train\nCCCCCCCCCCC,5,rain,test\n"
+        "DDDDDDDDDDD,0,dog barking,test\nEEEEEEEEEEE,0,dog barking,train\nGONEGONEGON,0,dog barking,test\n"
+        "FFFFFFFFFFF,0,lonely class,train\n")
+    with (tmp_path / "unmatch.pkl").open("wb") as f:
+        pickle.dump(["EEEEEEEEEEE"], f)
+    report = prepare_listed(str(tmp_path / "out"), STORE, dataset="vggsound", source=str(src),
+                            exclude=str(tmp_path / "unmatch.pkl"), min_clips_per_class=2, workers=1, progress=False)
+    clips = {c["json"]["source_id"]: c["json"] for c in samples(tmp_path / "out").values()}
+    assert {k: v["split"] for k, v in clips.items()} == {"AAAAAAAAAAA_30": "train", "BBBBBBBBBBB_10": "train",
+                                                        "CCCCCCCCCCC_5": "test", "DDDDDDDDDDD_0": "test"}
+    assert clips["AAAAAAAAAAA_30"]["caption"] == "dog barking" and clips["CCCCCCCCCCC_5"]["label"] == "rain"
+    reasons = {i["source_id"]: i["reason"] for i in report["skipped_items"]}
+    assert reasons == {"EEEEEEEEEEE_0": "excluded", "GONEGONEGON_0": "missing", "FFFFFFFFFFF_0": "small_class"}
+    assert {s: (v["listed"], v["present"]) for s, v in report["lists"].items()} == {"train": (4, 2), "test": (3, 2)}
+    # an explicit test list replaces the CSV's test rows
+    (tmp_path / "test.txt").write_text("CCCCCCCCCCC_5\n")
+    again = prepare_listed(str(tmp_path / "out2"), STORE, dataset="vggsound", source=str(src), test_list=str(tmp_path / "test.txt"),
+                           workers=1, progress=False)
+    assert again["lists"]["test"]["listed"] == 1 and again["splits"]["test"]["clips"] == 1

@@ -64,6 +64,8 @@ REASONS = {
     "ambiguous": "the split file's name matches several files (give the path relative to data.source)",
     "bad_annotation": "its annotation file cannot be read",
     "no_annotation": "no annotation file beside it",
+    "excluded": "its id is in the exclusion list (data.prepare.exclude)",
+    "small_class": "its class has fewer train clips than data.prepare.min_clips_per_class",
 }
 #: environment hook for the kill-and-restart tests: ``<split>:<n>`` SIGKILLs the process after the
 #: n-th shard of ``split`` is complete and one clip of the next shard is written
@@ -137,6 +139,7 @@ class Plan:
     skipped: list[Skip] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    lists: dict[str, dict[str, Any]] = field(default_factory=dict)  # per split: listed, present, sha1 of the list
 
 
 # ------------------------------------------------------------------------------ one source video
@@ -586,6 +589,8 @@ def write_report(root: Path, plan: Plan, store: StoreGeometry, config: dict[str,
         "splits": {k: {kk: vv for kk, vv in v.items() if kk != "skipped_items"} for k, v in splits.items()},
         "skipped_items": skipped, "notes": plan.notes, "config": config,
     }
+    if plan.lists:
+        report["lists"] = plan.lists
     _write_json(root / REPORT, report)
     return report
 
