@@ -427,3 +427,27 @@ def test_listed_dataset_matches_download_names_and_records_what_is_missing(tmp_p
     again = prepare_listed(str(tmp_path / "out2"), STORE, dataset="vggsound", source=str(src), test_list=str(tmp_path / "test.txt"),
                            workers=1, progress=False)
     assert again["lists"]["test"]["listed"] == 1 and again["splits"]["test"]["clips"] == 1
+
+
+def test_landscape_class_folders_are_split_the_svg_codes_way(tmp_path):
+    from avgen.data.listed import prepare_listed
+    from avgen.data.prepare import shuffled_split
+
+    # the SVG code: np.random.seed(803); np.random.shuffle(lines); first int(0.9 n) train
+    lines = [f"./clips/{i:03d}.mp4\n" for i in range(50)]
+    reference = list(lines)
+    state = np.random.get_state()
+    np.random.seed(803)
+    np.random.shuffle(reference)
+    np.random.set_state(state)
+    split = shuffled_split(lines)
+    assert [line for line in reference[:45]] == [line for line in reference if split[line] == "train"]
+    assert sorted(line for line in reference[45:]) == sorted(line for line in lines if split[line] == "test")
+    src = tmp_path / "landscape"
+    for i, cls in enumerate(["explosion", "raining", "thunder", "wind noise"] * 3):
+        write_video(src / cls / f"clip{i:02d}.mp4", 1.0, seed=i)
+    report = prepare_listed(str(tmp_path / "out"), STORE, dataset="landscape", source=str(src), workers=1,
+                            progress=False)
+    assert {s: c["clips"] for s, c in report["splits"].items()} == {"train": 10, "test": 2}
+    labels = {c["json"]["label"] for c in samples(tmp_path / "out").values()}
+    assert labels == {"explosion", "raining", "thunder", "wind noise"}

@@ -129,7 +129,8 @@ def _sound(video: Path, source: Path) -> str | None:
 
 def plan_listed(source: str, *, dataset: str, csv_file: str | None = None, exclude: str | None = None,
                 min_clips_per_class: int = 0, test_list: str | None = None,
-                caption_template: str = "{label}") -> Plan:
+                caption_template: str = "{label}", file_list: str | None = None, seed: int = 803,
+                train_size: float = 0.9) -> Plan:
     """The :class:`~avgen.data.prepare.Plan` of a listed dataset (see the module doc).
 
     Raises:
@@ -142,6 +143,9 @@ def plan_listed(source: str, *, dataset: str, csv_file: str | None = None, exclu
         raise ConfigError(f"data.source={source}: not a folder")
     if csv_file is None:
         found = sorted(base.glob("*.csv"))
+        if not found and (file_list or any(p.is_dir() for p in base.iterdir())):
+            return plan_class_folders(base, dataset=dataset, file_list=file_list, seed=seed, train_size=train_size,
+                                      caption_template=caption_template)
         if len(found) != 1:
             raise ConfigError(f"data={dataset}: set data.prepare.csv=<the dataset's clip list> (found "
                               f"{len(found)} .csv files in {base})")
@@ -199,19 +203,67 @@ def plan_listed(source: str, *, dataset: str, csv_file: str | None = None, exclu
     return Plan(dataset, str(base), {s: v for s, v in sources.items() if v}, skipped, config, notes, lists)
 
 
+def plan_class_folders(base: Path, *, dataset: str, file_list: str | None = None, seed: int = 803,
+                       train_size: float = 0.9, caption_template: str = "{label}") -> Plan:
+    """Class folders without a clip list (Landscape as distributed: ``<class>/<clip>.mp4``), split the
+    SVG code's way (:func:`avgen.data.prepare.shuffled_split`: seed 803, 90 % train, 10 % test) over the
+    lines of ``file_list`` (their ``flist.txt``: one path per line, in its order) or, without one, the
+    videos' relative paths in sorted order. The label (and caption) is the class folder's name."""
+    from avgen.data.prepare import shuffled_split
+
+    videos = find_videos(base)
+    by_rel = {v.relative_to(base).as_posix(): v for v in videos}
+    by_name: dict[str, list[Path]] = {}
+    for v in videos:
+        by_name.setdefault(v.name, []).append(v)
+    skipped: list[Skip] = []
+    if file_list:
+        p = Path(os.path.expanduser(str(file_list)))
+        if not p.is_file():
+            raise FileNotFoundError(f"data.prepare.file_list={file_list}: no such file")
+        lines = [line.strip() for line in p.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    else:
+        lines = sorted(by_rel)
+    assignment = shuffled_split(lines, seed, train_size)
+    sources: dict[str, list[SourceVideo]] = {"train": [], "test": []}
+    for line in lines:
+        name = line.split(",")[0].strip()
+        path = by_rel.get(name.removeprefix("./")) or (by_name.get(Path(name).name) or [None])[0]
+        split = assignment[line]
+        if path is None:
+            skipped.append(Skip(split, Path(name).stem, name, "missing", f"listed in {file_list}"))
+            continue
+        label = path.parent.name if path.parent != base else ""
+        sources[split].append(SourceVideo(path.relative_to(base).with_suffix("").as_posix(), str(path), split,
+                                          label=label, caption=caption_template.replace("{label}", label),
+                                          windows=(0,), audio=_sound(path, base)))
+    lists = {split: {"listed": sum(1 for v in assignment.values() if v == split), "present": len(sources[split]),
+                     "sha1": hashlib.sha1("\n".join(sorted(n for n, s in assignment.items() if s == split)).encode()
+                                          ).hexdigest()} for split in ("train", "test")}
+    config = {"source": dataset, "folder": str(base), "file_list": file_list, "seed": seed, "train_size": train_size,
+              "caption_template": caption_template, "files": files_digest(videos, base),
+              "text": {"file_list": text_digest(file_list)}}
+    notes = [f"{dataset}: {len(lines)} clips in class folders under {base}, split {train_size:.0%}/{1 - train_size:.0%} "
+             f"with seed {seed} (the SVG code's split)"]
+    return Plan(dataset, str(base), {s: v for s, v in sources.items() if v}, skipped, config, notes, lists)
+
+
 def prepare_listed(root: str, store: Mapping[str, Any], *, dataset: str, source: str | None = None,
                    csv: str | None = None, exclude: str | None = None, min_clips_per_class: int = 0,
                    test_list: str | None = None, caption_template: str = "{label}", clips_per_shard: int = 64,
                    workers: int = 2, splits: Sequence[str] | None = None, overwrite: bool = False,
-                   progress: bool | None = None, split_file: Any = None) -> dict[str, Any]:
+                   progress: bool | None = None, split_file: Any = None, file_list: str | None = None,
+                   seed: int = 803, train_size: float = 0.9) -> dict[str, Any]:
     """Prepare a listed dataset (VGGSound, Landscape, AudioSet-Drums) into shards under ``root``.
 
     Args: see :func:`plan_listed` and :func:`avgen.data.prepare.run_plan`; ``split_file`` is not used
-    (the clip list holds the split; an explicit test list is ``test_list``).
+    (the clip list holds the split; an explicit test list is ``test_list``). Without a clip list, class
+    folders are split the SVG code's way (``file_list``, ``seed``, ``train_size``: :func:`plan_class_folders`).
     Returns: the prepare report, with ``lists``: per split, how many listed clips are present and the
     SHA-1 of the sorted list.
     """
     plan = plan_listed(source, dataset=dataset, csv_file=csv, exclude=exclude,
-                       min_clips_per_class=min_clips_per_class, test_list=test_list, caption_template=caption_template)
+                       min_clips_per_class=min_clips_per_class, test_list=test_list, caption_template=caption_template,
+                       file_list=file_list, seed=seed, train_size=train_size)
     return run_plan(plan, root, store, clips_per_shard=clips_per_shard, workers=workers, splits=splits,
                     overwrite=overwrite, progress=progress)

@@ -762,6 +762,19 @@ def text_digest(spec: str | Mapping[str, str] | Iterable[Path] | None, base: Pat
     return [[p.relative_to(base).as_posix() if base else str(p), one(p)] for p in sorted(spec)]
 
 
+def shuffled_split(names: Sequence[str], seed: int = 803, train_size: float = 0.9) -> dict[str, str]:
+    """The SVG code's Landscape split (``landscape/utils.py``, Hayakawa et al. 2024): the lines of the
+    file list in their order, shuffled by NumPy's legacy global generator seeded with ``seed``
+    (``np.random.seed(seed); np.random.shuffle(lines)``), the first ``int(n · train_size)`` train, the
+    rest test. Reproduced as a :class:`numpy.random.RandomState` permutation (the same draws).
+
+    Returns: ``{name: "train" | "test"}``.
+    """
+    order = np.random.RandomState(seed).permutation(len(names))
+    cut = int(len(names) * train_size)
+    return {names[i]: ("train" if rank < cut else "test") for rank, i in enumerate(order)}
+
+
 def files_digest(paths: Iterable[Path], base: Path) -> list[list]:
     """``[relative path, size]`` of each file: the part of a prepare config that changes when the source does."""
     out = []
