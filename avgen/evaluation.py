@@ -237,6 +237,8 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
         "processes": procs.world,
         "failures": [{"clip": c, "reason": "; ".join(r)} for c, r in reasons.items()],
         **skipped,
+        "splits": {key: info for key, info in (("pred_dir", split_list(requested)),
+                                               ("ref_dir", split_list(ref_dir) if ref_dir else None)) if info},
         "extractors": extractors,
         "av_align_config": cfg,
         "versions": library_versions(),
@@ -362,6 +364,19 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         for r in rows:
             writer.writerow(r)
     os.replace(tmp, path)
+
+
+def split_list(folder: str | Path) -> dict[str, Any] | None:
+    """What ``metrics.json`` records about a prepared shard split it scored (``None`` for a plain folder):
+    dataset, split, clips, and for datasets defined by a clip list how many listed clips were present and
+    the SHA-1 of the list, so two test sets can be compared at a glance."""
+    from avgen.data.shards import MANIFEST, Manifest
+
+    if not (Path(folder) / MANIFEST).is_file():
+        return None
+    manifest = Manifest.load(folder)
+    return {"dataset": manifest.dataset, "split": manifest.split, "clips": manifest.num_clips,
+            **({"list": manifest.prepare["list"]} if manifest.prepare.get("list") else {})}
 
 
 # ------------------------------------------------------------------------------ Fréchet distances

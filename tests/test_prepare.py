@@ -422,6 +422,10 @@ def test_listed_dataset_matches_download_names_and_records_what_is_missing(tmp_p
     reasons = {i["source_id"]: i["reason"] for i in report["skipped_items"]}
     assert reasons == {"EEEEEEEEEEE_0": "excluded", "GONEGONEGON_0": "missing", "FFFFFFFFFFF_0": "small_class"}
     assert {s: (v["listed"], v["present"]) for s, v in report["lists"].items()} == {"train": (4, 2), "test": (3, 2)}
+    from avgen.evaluation import split_list
+
+    recorded = split_list(tmp_path / "out" / "test")  # what metrics.json says about a scored split
+    assert recorded["clips"] == 2 and recorded["list"] == report["lists"]["test"]
     # an explicit test list replaces the CSV's test rows
     (tmp_path / "test.txt").write_text("CCCCCCCCCCC_5\n")
     again = prepare_listed(str(tmp_path / "out2"), STORE, dataset="vggsound", source=str(src), test_list=str(tmp_path / "test.txt"),

@@ -563,6 +563,8 @@ def _guard(results: Iterator) -> Iterator:
 
 def _close_split(builder: "_SplitBuilder", plan: Plan, plan_skips: dict[str, list[Skip]], prepare: dict[str, Any],
                  overwrite: bool, root: Path) -> None:
+    if builder.split in plan.lists:  # the split's list: how many of its clips are present, and its hash
+        prepare = {**prepare, "list": plan.lists[builder.split]}
     report = builder.close((len(plan.sources[builder.split]), 0), prepare, plan_skips.get(builder.split, []),
                            overwrite)
     log.info("%s/%s: %d clips, %d left out (%s)", root, builder.split, report["clips"], report["skipped"],
