@@ -455,3 +455,14 @@ def test_landscape_class_folders_are_split_the_svg_codes_way(tmp_path):
     assert {s: c["clips"] for s, c in report["splits"].items()} == {"train": 10, "test": 2}
     labels = {c["json"]["label"] for c in samples(tmp_path / "out").values()}
     assert labels == {"explosion", "raining", "thunder", "wind noise"}
+
+
+def test_a_download_one_frame_short_of_the_window_is_kept(tmp_path):
+    from avgen.data.prepare import SourceVideo, Skip, cut_source
+
+    store = StoreGeometry.from_config(STORE)  # 1-s windows at 8 fps: one frame is 0.125 s
+    for seconds, expected in ((1.92, 2), (1.8, 1), (0.9, 1), (0.8, 0)):
+        path = write_video(tmp_path / f"v{seconds}.mp4", seconds, fps=25, seed=1)
+        out = cut_source(SourceVideo("v", str(path), "train"), store)
+        clips = [c for c in out if not isinstance(c, Skip)]
+        assert len(clips) == expected, (seconds, out)

@@ -192,7 +192,10 @@ def cut_source(video: SourceVideo, store: StoreGeometry) -> list[_Clip | Skip]:
         return [skip("undecodable", f"audio: {exc}")]
     if duration is None:
         duration = len(audio) / store.sample_rate
-    whole = int(np.floor(duration / store.seconds + 1e-9))
+    # downloads are often a few ms short of their nominal length (a 10-s VGGSound clip of 9.98 s):
+    # a window may end up to one stored frame after the video, whose last frame is then repeated
+    tolerance = 1 / float(store.fps)
+    whole = int(np.floor((duration + tolerance) / store.seconds + 1e-9))
     if whole < 1:
         return [skip("too_short", f"{duration:.3f} s, a clip is {store.seconds} s")]
     windows = range(whole) if video.windows is None else video.windows
@@ -213,8 +216,7 @@ def cut_source(video: SourceVideo, store: StoreGeometry) -> list[_Clip | Skip]:
             if every is not None:
                 frames = every[k * store.num_frames:(k + 1) * store.num_frames]
             else:
-                frames, _ = decode_video(video.path, fps=store.fps, start=start, num_frames=store.num_frames,
-                                         fit_to=store.frame_size)
+                frames = _decode_window(video.path, store, start)
         except MediaError as exc:
             reason = "too_short" if "need" in str(exc) else "undecodable"
             out.append(skip(reason, f"window {start:g}-{end:g} s: {exc}", start, label))
@@ -244,6 +246,25 @@ def cut_source(video: SourceVideo, store: StoreGeometry) -> list[_Clip | Skip]:
         mp4, flac = encode_clip(store, frames, wave.astype(np.float32), name=f"{video.source_id}@{start:g}s")
         out.append(_Clip(k, start, mp4, flac, meta))
     return out
+
+
+def _decode_window(path: str, store: StoreGeometry, start: float) -> np.ndarray:
+    """The ``store.num_frames`` frames of the window at ``start`` s; a window one frame longer than the
+    video gets its last frame repeated (the tolerance of :func:`cut_source`).
+
+    Raises:
+        MediaError: undecodable, or more than one frame short (the message says ``need``).
+    """
+    try:
+        frames, _ = decode_video(path, fps=store.fps, start=start, num_frames=store.num_frames, fit_to=store.frame_size)
+        return frames
+    except MediaError as exc:
+        if "need" not in str(exc):
+            raise
+        frames, _ = decode_video(path, fps=store.fps, start=start, fit_to=store.frame_size)
+        if store.num_frames - len(frames) > 1:
+            raise
+        return np.concatenate([frames, np.repeat(frames[-1:], store.num_frames - len(frames), axis=0)])
 
 
 WHOLE_DECODE_BYTES = 512 << 20  # decode a source in one pass when its stored frames fit in this
