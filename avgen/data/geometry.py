@@ -31,8 +31,26 @@ def _shown(fps: Fraction) -> str:
     return label if label == text else f"{label} ({text})"
 
 
+class _Counts:
+    """Frame and sample counts of a geometry with ``seconds``, ``fps`` and ``sample_rate``."""
+
+    seconds: float
+    fps: Fraction
+    sample_rate: int
+
+    @property
+    def num_frames(self) -> int:
+        """``round(seconds · fps)`` frames (exact, halves up: :func:`avgen.media.frame_count`)."""
+        return frame_count(self.seconds, self.fps)
+
+    @property
+    def num_samples(self) -> int:
+        """``round(seconds · sample_rate)`` audio samples."""
+        return int(round(self.seconds * self.sample_rate))
+
+
 @dataclass(frozen=True)
-class ClipGeometry:
+class ClipGeometry(_Counts):
     """Geometry of one clip. Video ``(F, H, W)`` with ``F = frame_count(seconds, fps)`` (``round(seconds · fps)``,
     exact); audio ``S = round(seconds · sample_rate)`` samples.
 
@@ -52,14 +70,6 @@ class ClipGeometry:
         except ValueError as exc:
             raise ValueError(f"data.clip.fps: {exc}; give a positive rate such as 8, 29.97 or 30000/1001") from exc
         object.__setattr__(self, "fps", rate)
-
-    @property
-    def num_frames(self) -> int:
-        return frame_count(self.seconds, self.fps)
-
-    @property
-    def num_samples(self) -> int:
-        return int(round(self.seconds * self.sample_rate))
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | "ClipGeometry") -> "ClipGeometry":
@@ -105,7 +115,7 @@ def _even(x: float) -> int:
 
 
 @dataclass(frozen=True)
-class StoreGeometry:
+class StoreGeometry(_Counts):
     """Geometry of the clips ``prepare`` writes into a dataset's shards (``data.store``).
 
     Video: ``F = frame_count(seconds, fps)`` frames, each scaled keeping its aspect ratio so its short
@@ -140,14 +150,6 @@ class StoreGeometry:
         if self.num_frames < 1:
             raise ValueError(f"data.store.seconds={self.seconds} at data.store.fps={fps_label(rate)} holds no whole "
                              f"frame; store clips of at least one frame ({float(1 / rate):.3f} s)")
-
-    @property
-    def num_frames(self) -> int:
-        return frame_count(self.seconds, self.fps)
-
-    @property
-    def num_samples(self) -> int:
-        return int(round(self.seconds * self.sample_rate))
 
     def frame_size(self, source_hw: tuple[int, int]) -> tuple[int, int]:
         """Stored ``(height, width)`` of a source whose upright frames are ``source_hw``."""
