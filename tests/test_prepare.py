@@ -466,3 +466,29 @@ def test_a_download_one_frame_short_of_the_window_is_kept(tmp_path):
         out = cut_source(SourceVideo("v", str(path), "train"), store)
         clips = [c for c in out if not isinstance(c, Skip)]
         assert len(clips) == expected, (seconds, out)
+
+
+def test_shared_cases_prepare_upright_with_every_container_and_nan_windows_named(tmp_path):
+    """../shared/cases (copied in tests/data/cases): every container, the rotated phone video upright,
+    the VFR clip, and the NaN/inf audio windows left out as non_finite."""
+    import shutil
+
+    import soundfile as sf
+
+    cases = tmp_path / "cases"
+    shutil.copytree(Path(__file__).parent / "data" / "cases", cases)
+    write_video(cases / "nan_audio" / "nan_block.mp4", 2.0, sr=None, seed=3)  # a silent video + a float wav
+    wave = np.random.default_rng(0).uniform(-0.3, 0.3, 32000).astype(np.float32)  # whose 2nd second has NaN
+    wave[20000:21000] = np.nan
+    sf.write(cases / "nan_audio" / "nan_block.wav", wave, 16000, subtype="FLOAT")
+    report = prepare_folder(str(tmp_path / "out"), STORE, source=str(cases), workers=1, progress=False,
+                            split_ratios={"train": 1.0})
+    clips = {}
+    for c in samples(tmp_path / "out").values():
+        clips.setdefault(c["json"]["source_id"], []).append(c["frames"].shape)
+    assert all(shape == (8, 42, 32, 3) for shape in clips[next(k for k in clips if "portrait" in k)])
+    containers = {k for k in clips if k.startswith("containers/")}
+    assert len(containers) == len([p for p in (cases / "containers").iterdir() if p.suffix.lower() in
+                                   {".mp4", ".mov", ".mkv", ".webm"}])
+    nan = [(i["source_id"], i["start"], i["reason"]) for i in report["skipped_items"] if "nan_block" in i["path"]]
+    assert nan == [("nan_audio/nan_block", 1.0, "non_finite")] and len(clips["nan_audio/nan_block"]) == 1

@@ -58,6 +58,7 @@ REASONS = {
     "no_audio": "no audio stream (and no audio file of the same stem beside it)",
     "too_short": "shorter than one stored clip (data.store.seconds), or the window runs past the video's end",
     "silent": "digital silence: every sample is 0 at 16 bits",
+    "non_finite": "audio with NaN or inf samples (e.g. written by a diverged model)",
     "duplicate_id": "another file has the same source id (the same path without its extension)",
     "not_in_split_file": "the split file does not list it",
     "missing": "the split file lists it but no such file was found",
@@ -231,7 +232,7 @@ def cut_source(video: SourceVideo, store: StoreGeometry) -> list[_Clip | Skip]:
                 continue
             wave = np.pad(wave, (0, short))
         if not np.isfinite(wave).all():
-            out.append(skip("undecodable", f"window {start:g}-{end:g} s: audio has NaN or inf samples", start, label))
+            out.append(skip("non_finite", f"window {start:g}-{end:g} s: audio has NaN or inf samples", start, label))
             continue
         if float(np.abs(wave).max(initial=0.0)) < SILENCE:
             out.append(skip("silent", f"window {start:g}-{end:g} s", start, label))
