@@ -513,7 +513,7 @@ def run_plan(plan: Plan, root: str | Path, store: Mapping[str, Any] | StoreGeome
     for note in plan.notes:
         log.info("%s", note)
     total = sum(len(plan.sources[s]) for s in todo)
-    bar = _progress(total, progress)
+    bar = _Bar(total, progress)
     try:
         builders: dict[str, _SplitBuilder] = {}
         jobs: list[tuple[str, int]] = []  # (split, source index): one job queue for every split,
@@ -638,8 +638,6 @@ class _Bar:
         self._bar.close()
 
 
-def _progress(total: int, enabled: bool | None) -> _Bar:
-    return _Bar(total, enabled)
 
 
 # ------------------------------------------------------------------------------ split files
