@@ -43,6 +43,7 @@ bench: setup
 	$(PY) benchmarks/data_throughput.py
 	$(PY) benchmarks/decode_timestamps.py
 	$(PY) benchmarks/prepare_throughput.py
+	$(PY) benchmarks/filter_scoring.py
 	$(PY) benchmarks/joint_costs.py
 	$(PY) benchmarks/tempotokens_costs.py
 

@@ -21,6 +21,8 @@ COMMANDS = {
                 "clipsim,clap,imagebind,is,kl,is_video]; torchrun for several GPUs)",
     "export": "strip a checkpoint to safetensors weights + config (ckpt_path=<ckpt> export.dir=<folder>)",
     "prepare": "write a dataset's WebDataset shards and manifests (data=<dataset>)",
+    "filter": "keep the clips of a prepared dataset whose scores pass thresholds (filter.min_av_align=0.2 "
+              "filter.min_clap=0.3); train on them with data.subset=<name>",
 }
 # Groups shown by --help; hydra/launcher options also include those of installed Hydra plugins.
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",

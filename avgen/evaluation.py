@@ -55,12 +55,27 @@ def export_split_clips(split_dir: str | Path, out_dir: str | Path) -> Path:
     key, so ``kl`` against the same split pairs each clip with itself). Scoring the data itself gives the
     top line a paper reports next to its models (e.g. TempoTokens' AV-Align of the original videos)."""
     from avgen.data.shards import read_split_samples
+
+    export_samples(read_split_samples(split_dir), out_dir)
+    return Path(out_dir)
+
+
+def export_samples(samples: Iterator[tuple[str, dict[str, bytes]]], out_dir: str | Path, prompt: str = "caption"
+                   ) -> dict[str, Path]:
+    """Write shard samples (``(key, {extension: bytes})``, e.g. from
+    :func:`avgen.data.shards.read_shard_samples`) as clip files into ``out_dir`` (see
+    :func:`export_split_clips`). ``prompt``: what ``<stem>.txt`` holds, ``caption`` (the caption, else
+    the label) or ``label`` (the class label, else the caption). Returns ``{key: mp4 path}``; a sample
+    without an mp4 is logged and left out."""
+    if prompt not in ("caption", "label"):
+        raise ValueError(f"prompt must be 'caption' or 'label', got {prompt!r}")
     from avgen.media import decode_flac, write_bytes_atomic, write_wav
     from avgen.systems.common import clip_caption
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for key, parts in read_split_samples(split_dir):
+    written: dict[str, Path] = {}
+    for key, parts in samples:
         stem = out / key.replace("/", "__")
         if "mp4" not in parts:
             log.warning("split sample %s has no mp4; not exported", key)
@@ -70,10 +85,13 @@ def export_split_clips(split_dir: str | Path, out_dir: str | Path) -> Path:
             audio, sr = decode_flac(parts["flac"])
             write_wav(stem.with_suffix(".wav"), audio, sr, overwrite=True)
         caption = clip_caption(parts)
+        if prompt == "label":
+            caption = json.loads(parts.get("json", b"{}")).get("label") or caption
         write_bytes_atomic(stem.with_suffix(".txt"), caption.encode(), overwrite=True)
         write_bytes_atomic(stem.with_suffix(".json"), json.dumps({"prompt": caption, "source": key}).encode(),
                            overwrite=True)
-    return out
+        written[key] = stem.with_suffix(".mp4")
+    return written
 
 
 def find_clips(folder: str | Path, config_key: str = "evaluate.pred_dir") -> MediaFolder:
@@ -903,10 +921,7 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
     all_clips = pred if all_clips is None else all_clips
     dev = _device(device)
     frechet = [_FrechetScorer(m, options.get(m) or {}, dev) for m in metrics if m in DISTRIBUTION]
-    scorers: list[_Scorer] = frechet + [_SemanticScorer(m, options.get(m) or {}, prompt, dev)
-                                        for m in metrics if m in SEMANTIC]
-    if "imagebind" in metrics:
-        scorers.append(_ImageBindScorer(options.get("imagebind") or {}, dev))
+    scorers: list[_Scorer] = frechet + per_clip_scorers(metrics, options, prompt, dev)
     if any(m in CLASSIFIER for m in metrics):
         panns = options.get("panns") or {}
         classifier = _PannsLogits(panns, dev)
@@ -919,20 +934,7 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
     if frechet:
         _set_references(frechet, ref_dir, cache_dir, procs, decode_threads)
     failures: list[dict] = []
-    per_clip: dict[str, dict[str, float]] = {}
-    paths = {p.name: p for p in pred}
-    from tqdm import tqdm
-
-    progress = dict(total=len(pred), desc="+".join(s.name for s in scorers), unit="clip", file=sys.stderr, disable=None)
-    for clip_name, clip in tqdm(_load_clips(pred, failures, decode_threads), **progress):
-        per_clip[clip_name] = clip_durations(clip)
-        for scorer in scorers:
-            try:
-                scores = scorer.update(paths[clip_name], clip.frames, clip.audio, clip.sample_rate,
-                                       fps=float(clip.fps))
-                per_clip[clip_name].update(scores or {})
-            except ValueError as exc:  # too short for the extractor, no prompt, ...: reported per clip
-                failures.append({"clip": clip_name, "reason": f"{scorer.name}: {exc}"})
+    per_clip = feed_scorers(scorers, pred, failures, decode_threads)
     for scorer in scorers:
         for metric in scorer.states():
             procs.reduce(metric)
@@ -942,3 +944,120 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
     for scorer in scorers:
         values[scorer.name], info[scorer.name] = scorer.result()
     return values, info, failures, per_clip
+
+
+def per_clip_scorers(metrics: list[str], options: dict[str, dict], prompt: str | None, dev) -> list[_Scorer]:
+    """The scorers of the metrics in ``metrics`` that give each clip its own score: CLIPSIM and CLAP
+    (against ``<stem>.txt`` beside the clip, else ``prompt``) and ImageBind, built from ``options``
+    (``{metric: evaluate.<metric> block}``). AV-Align, the other per-clip metric, runs in worker
+    processes (:func:`_score_clip`)."""
+    scorers: list[_Scorer] = [_SemanticScorer(m, options.get(m) or {}, prompt, dev) for m in metrics if m in SEMANTIC]
+    if "imagebind" in metrics:
+        scorers.append(_ImageBindScorer(options.get("imagebind") or {}, dev))
+    return scorers
+
+
+def feed_scorers(scorers: list[_Scorer], paths: list[Path], failures: list[dict], decode_threads: int = 0
+                 ) -> dict[str, dict[str, Any]]:
+    """Decode each clip of ``paths`` once (:func:`_load_clips`) and update every scorer with it. Returns
+    ``{clip file name: {column: value}}``: the durations (:func:`clip_durations`) and each scorer's
+    per-clip scores. A clip a scorer cannot score (``ValueError``: too short, no prompt, ...) and an
+    unreadable clip are appended to ``failures`` as ``{"clip", "reason"}``, never raised."""
+    from tqdm import tqdm
+
+    per_clip: dict[str, dict[str, Any]] = {}
+    by_name = {p.name: p for p in paths}
+    progress = dict(total=len(paths), desc="+".join(s.name for s in scorers), unit="clip", file=sys.stderr,
+                    disable=None)
+    for clip_name, clip in tqdm(_load_clips(paths, failures, decode_threads), **progress):
+        per_clip[clip_name] = clip_durations(clip)
+        for scorer in scorers:
+            try:
+                scores = scorer.update(by_name[clip_name], clip.frames, clip.audio, clip.sample_rate,
+                                       fps=float(clip.fps))
+                per_clip[clip_name].update(scores or {})
+            except ValueError as exc:  # too short for the extractor, no prompt, ...: reported per clip
+                failures.append({"clip": clip_name, "reason": f"{scorer.name}: {exc}"})
+    return per_clip
+
+
+PER_CLIP = ("av_align",) + SEMANTIC + AUDIO_VISUAL  # metrics that give every clip its own score
+
+
+class ClipScorer:
+    """Per-clip scores of clip files through ``evaluate``'s own code: AV-Align by :func:`_score_clip` in
+    ``workers`` processes, CLIPSIM / CLAP / ImageBind by the scorers :func:`evaluate_folder` uses
+    (:func:`per_clip_scorers`, :func:`feed_scorers`), each model loaded once for every :meth:`score` call.
+    Used by ``python -m avgen filter`` so that a curation threshold and a reported metric are the same
+    number.
+
+    Args:
+        metrics: a subset of :data:`PER_CLIP`.
+        av_align: :class:`~avgen.metrics.av_align.AVAlignConfig` fields (``evaluate.av_align``).
+        options: ``{metric: evaluate.<metric> block}`` (``clap``: ``model``; ``imagebind``: ``path``).
+        prompt: the CLIPSIM/CLAP prompt of clips without a ``<stem>.txt``.
+        device: the feature extractors' device (``auto``: CUDA when available).
+        workers: AV-Align processes; decode_threads: clips decoded ahead of the extractors.
+
+    Use as a context manager (the AV-Align worker pool lives inside the ``with`` block).
+
+    Raises:
+        ConfigError: a metric outside :data:`PER_CLIP`.
+    """
+
+    def __init__(self, metrics: list[str], *, av_align: dict | None = None, options: dict[str, dict] | None = None,
+                 prompt: str | None = None, device: str = "auto", workers: int = 2, decode_threads: int = 2):
+        from avgen.metrics.av_align import AVAlignConfig
+
+        unknown = [m for m in metrics if m not in PER_CLIP]
+        if unknown:
+            raise ConfigError(f"{unknown}: not per-clip metrics; per-clip scores exist for {list(PER_CLIP)}")
+        self.metrics = list(metrics)
+        self.av_align = asdict(AVAlignConfig(**(av_align or {})))
+        self.scorers = per_clip_scorers(self.metrics, options or {}, prompt, _device(device))
+        self.workers, self.decode_threads = int(workers), int(decode_threads)
+        self._pool: _AlignmentPool | None = None
+
+    def __enter__(self) -> ClipScorer:
+        self._pool = _AlignmentPool(self.workers if "av_align" in self.metrics else 0).__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.__exit__(*exc)
+            self._pool = None
+
+    def describe(self) -> dict[str, Any]:
+        """``{metric: what scored it}``: the AV-Align config, each model's name, hashes and settings."""
+        info: dict[str, Any] = {"av_align": {"config": self.av_align}} if "av_align" in self.metrics else {}
+        for scorer in self.scorers:
+            info[scorer.name] = {k: v for k, v in scorer.metric.describe().items() if k != "clips"}
+        return info
+
+    def score(self, paths: list[Path], metrics: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """``{clip file name: {column: value, "error": reason}}`` for every clip of ``paths`` (a clip
+        that could not be scored has ``error`` and lacks that metric's column), for ``metrics`` (default:
+        all of this scorer's). Columns as in ``per_clip.csv``: ``av_align_<variant>``, ``clipsim``,
+        ``clap``, ``imagebind``, plus AV-Align's onset/peak counts and the durations."""
+        if self._pool is None:
+            raise RuntimeError("ClipScorer.score runs inside `with ClipScorer(...) as scorer:`")
+        wanted = self.metrics if metrics is None else [m for m in metrics if m in self.metrics]
+        rows: dict[str, dict[str, Any]] = {p.name: {} for p in paths}
+        errors: dict[str, list[str]] = {}
+        if "av_align" in wanted:
+            pool = self._pool
+            for row in pool.collect(pool.submit([(str(p), self.av_align, None) for p in paths])):
+                name = row.pop("clip")
+                if "error" in row:
+                    errors.setdefault(name, []).append(f"av_align: {row.pop('error')}")
+                rows[name].update(row)
+        scorers = [s for s in self.scorers if s.name in wanted]
+        if scorers:
+            failures: list[dict] = []
+            for name, scores in feed_scorers(scorers, paths, failures, self.decode_threads).items():
+                rows[name].update(scores)
+            for failure in failures:
+                errors.setdefault(failure["clip"], []).append(failure["reason"])
+        for name, reasons in errors.items():
+            rows[name]["error"] = "; ".join(" ".join(r.split()) for r in reasons)
+        return rows

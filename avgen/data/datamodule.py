@@ -12,9 +12,14 @@ centre crop in evaluation). Batches follow the batch contract of DESIGN.md (afte
 - ``audio`` float (B, S) in [-1, 1] at ``clip.sample_rate``
 - ``caption``, ``label``, ``key``: list[str]; ``events``: list of float tensors (seconds)
 
-Epoch length: a training epoch is ``epoch_clips`` clips (default: the train manifest's clip count),
+Epoch length: a training epoch is ``epoch_clips`` clips (default: the train split's clip count),
 cut into ``ceil(epoch_clips / (batch_size * world_size * workers))`` batches per worker, so all
 ranks run the same number of steps.
+
+Subsets: ``data.subset=<name>`` reads only the clips a ``python -m avgen filter`` run kept
+(``<root>/subsets/<name>/<split>.json``, :mod:`avgen.data.curation`) from the same shards, for each
+split the subset covers (the others in full); clip counts (epoch length, evaluation slots, expected
+clips) are those of the kept clips.
 """
 
 from __future__ import annotations
@@ -66,6 +71,12 @@ class AVDataModule(pl.LightningDataModule):
         source: ``data.source``, the folder ``prepare`` reads (prepare hints).
         split_file: ``data.split_file`` (read by ``prepare`` only).
         scale: the run's ``scale`` (prepare hints: ``scale=tiny`` shrinks ``data.store``).
+        subset: the name of a curated subset under ``<root>/subsets`` (``python -m avgen filter``);
+            ``None``: every clip.
+
+    Raises:
+        ConfigError: a ``clip`` the ``store`` cannot serve; (at setup) an unknown ``subset``, or one made
+            from another version of a split.
     """
 
     def __init__(self, name: str, root: str, clip: Mapping[str, Any] | ClipGeometry, batch_size: int = 16,
@@ -74,7 +85,8 @@ class AVDataModule(pl.LightningDataModule):
                  auto_prepare: bool = False, prepare: Callable[..., Any] | None = None,
                  eval_batch_size: int | None = None, pin_memory: bool | None = None, prefetch_factor: int = 2,
                  store: Mapping[str, Any] | StoreGeometry | None = None, group: str | None = None,
-                 source: str | None = None, split_file: Any = None, scale: str | None = None):
+                 source: str | None = None, split_file: Any = None, scale: str | None = None,
+                 subset: str | None = None):
         super().__init__()
         self.name, self.root = name, Path(root).expanduser().absolute()
         self.group, self.source, self.split_file, self.scale = group or name, source, split_file, scale
@@ -98,7 +110,9 @@ class AVDataModule(pl.LightningDataModule):
         self.auto_prepare, self.prepare_fn = auto_prepare, prepare
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.prefetch_factor = prefetch_factor
+        self.subset = subset or None
         self.manifests: dict[str, Manifest] = {}
+        self.subsets: dict[str, Any] = {}  # split -> avgen.data.curation.Subset (None: the whole split)
         self.health: dict[str, Health] = {}
         self._stage: str | None = None
 
@@ -155,9 +169,49 @@ class AVDataModule(pl.LightningDataModule):
             self.manifests[split] = manifest
         return self.manifests[split]
 
+    def subset_of(self, split: str):
+        """The :class:`~avgen.data.curation.Subset` of ``split`` read under ``data.subset``, or ``None``
+        (no subset, or one that does not cover this split: every clip).
+
+        Raises:
+            ConfigError: an unknown subset, one made from another version of the split's manifest, or one
+                that keeps no clip of the split.
+        """
+        if self.subset is None:
+            return None
+        if split not in self.subsets:
+            from avgen.data.curation import Subset, manifest_sha256
+
+            manifest = self.manifest(split)
+            subset = Subset.load(self.root, self.subset, split)
+            if subset is None:
+                log.info("data.subset=%s does not cover the %s split: reading all of its clips", self.subset, split)
+            elif subset.manifest_sha256 != manifest_sha256(self.root / split):
+                raise ConfigError(
+                    f"data.subset={self.subset}: {self.root / 'subsets' / self.subset / (split + '.json')} was made from "
+                    f"another version of {self.root / split} (prepared again since); run python -m avgen filter again "
+                    f"with filter.name={self.subset} filter.overwrite=true")
+            elif subset.clips == 0:
+                raise ConfigError(f"data.subset={self.subset} keeps no clip of the {split} split (of {subset.total}); "
+                                  f"lower its thresholds (report: {self.root / 'subsets' / self.subset / 'report.json'})")
+            elif subset.total != manifest.num_clips:
+                raise ConfigError(f"data.subset={self.subset}: {split}.json counts {subset.total} clips but "
+                                  f"{self.root / split / MANIFEST} holds {manifest.num_clips}; run filter again")
+            self.subsets[split] = subset
+        return self.subsets[split]
+
+    def num_clips(self, split: str) -> int:
+        """Clips of ``split`` this datamodule reads: the subset's kept clips under ``data.subset``, else all."""
+        subset = self.subset_of(split)
+        return subset.clips if subset is not None else self.manifest(split).num_clips
+
     def shards(self, split: str) -> list[Shard]:
         manifest = self.manifest(split)
-        return [Shard(str(self.root / split / s.name), s.clips) for s in manifest.shards if s.clips > 0]
+        subset = self.subset_of(split)
+        if subset is None:
+            return [Shard(str(self.root / split / s.name), s.clips) for s in manifest.shards if s.clips > 0]
+        return [Shard(str(self.root / split / s["name"]), int(s["clips"]), frozenset(s["keys"]))
+                for s in subset.shards if s["clips"] > 0]
 
     def _has_val(self) -> bool:
         """Whether fit validates: a val split with at least one clip (validation is optional during fit)."""
@@ -176,6 +230,7 @@ class AVDataModule(pl.LightningDataModule):
             if split == "val" and stage == "fit" and not self._has_val():
                 continue  # validation is optional during fit
             self.manifest(split)
+            self.subset_of(split)
 
     # ----------------------------------------------------------------------------------- loaders
     def _dist(self) -> tuple[int, int]:
@@ -187,7 +242,7 @@ class AVDataModule(pl.LightningDataModule):
         return 0, 1
 
     def batches_per_worker(self, world_size: int) -> int:
-        clips = self.epoch_clips or self.manifest("train").num_clips
+        clips = self.epoch_clips or self.num_clips("train")
         return max(1, math.ceil(clips / (self.batch_size * world_size * max(1, self.num_workers))))
 
     def _loader(self, dataset) -> DataLoader:
@@ -225,7 +280,7 @@ class AVDataModule(pl.LightningDataModule):
     def expected_eval_clips(self, split: str, rank: int, world: int) -> int:
         """Clips this rank should see in one pass over ``split`` (all its workers together)."""
         workers = max(1, self.num_workers)
-        total = self.manifest(split).num_clips
+        total = self.num_clips(split)
         return sum(len(range(rank * workers + w, total, world * workers)) for w in range(workers))
 
     # ----------------------------------------------------------------------------------- batches

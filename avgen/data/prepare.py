@@ -439,10 +439,10 @@ def split_report(split: str, clips: int, labels: Mapping[str, int], skipped: lis
 
 
 # ------------------------------------------------------------------------------ the whole run
-def command_line() -> str:
-    """The prepare command as typed (its ``key=value`` arguments), for manifests and reports."""
-    return " ".join(["python -m avgen prepare"] + [shlex.quote(a) for a in sys.argv[1:]
-                                                    if "=" in a and not a.startswith("command=")])
+def command_line(command: str = "prepare") -> str:
+    """The ``command`` as typed (its ``key=value`` arguments), for manifests and reports."""
+    return " ".join([f"python -m avgen {command}"] + [shlex.quote(a) for a in sys.argv[1:]
+                                                       if "=" in a and not a.startswith("command=")])
 
 
 def run_plan(plan: Plan, root: str | Path, store: Mapping[str, Any] | StoreGeometry, *, clips_per_shard: int = 64,

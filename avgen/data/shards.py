@@ -266,17 +266,23 @@ class ShardWriter:
             os.replace(self.tmp, self.final)
 
 
+def read_shard_samples(path: str | Path, extensions: set[str] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) of every sample of one tar shard, in tar order, without decoding (only
+    the members with ``extensions``, when given)."""
+    import tarfile
+
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            key, _, ext = member.name.rpartition(".")
+            if member.isfile() and (extensions is None or ext in extensions):
+                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    yield from samples.items()
+
+
 def read_split_samples(split_dir: str | Path, extensions: set[str] | None = None
                        ) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) of every sample of a prepared split, in manifest order, read straight
     from the tar files without decoding (only the members with ``extensions``, when given)."""
-    import tarfile
-
     for shard in Manifest.load(split_dir).shards:
-        samples: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(Path(split_dir) / shard.name) as tar:
-            for member in tar:
-                key, _, ext = member.name.rpartition(".")
-                if member.isfile() and (extensions is None or ext in extensions):
-                    samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
-        yield from samples.items()
+        yield from read_shard_samples(Path(split_dir) / shard.name, extensions)

@@ -16,8 +16,8 @@ the clips whose global index falls in its slot (``index % (world * workers) == s
 clip is seen exactly once across all ranks and workers, ranks get equal shares up to one clip,
 and the order is deterministic. Batches may be partial.
 
-Clip accounting: a clip that fails to decode, and every clip a shard's manifest promises but the
-tar does not deliver (truncated or unreadable shard), is counted as skipped, with its shard. The
+Clip accounting: a clip that fails to decode, and every clip a shard's manifest (or subset) promises
+but the tar does not deliver (truncated or unreadable shard), is counted as skipped, with its shard. The
 counts travel with the next batch under ``"_health"`` (tagged with the split) and are summed in the main process
 (``AVDataModule.health``). If, after ``min_clips_for_check`` attempts, a worker has skipped more
 than ``max_skip_fraction`` of its clips, it stops the run with a ``DataHealthError`` naming the
@@ -45,8 +45,13 @@ from avgen.errors import DataHealthError
 
 @dataclass(frozen=True)
 class Shard:
+    """One tar shard to read: ``clips`` it holds (or, with ``keys``, the clips of it to use). ``keys``: the
+    sample keys to use (a curated subset, :mod:`avgen.data.curation`); the shard's other samples are
+    passed over undecoded. ``None``: all of them."""
+
     url: str
     clips: int
+    keys: frozenset[str] | None = None
 
 
 @dataclass
@@ -106,6 +111,8 @@ def iter_shard(shard: Shard, health: Health) -> Iterator[dict]:
     opened = wds.tariterators.url_opener([{"url": shard.url}], handler=handler)
     expanded = wds.tariterators.tar_file_expander(opened, handler=handler)
     for sample in wds.tariterators.group_by_keys(expanded, handler=handler):
+        if shard.keys is not None and sample.get("__key__") not in shard.keys:
+            continue  # outside the subset
         produced += 1
         yield sample
     missing = shard.clips - produced
