@@ -502,33 +502,39 @@ def prepare(cfg: DictConfig):
 def filter_clips(cfg: DictConfig) -> dict[str, Any]:
     """``python -m avgen filter``: score the prepared clips of ``filter.splits`` with the evaluation code
     (``evaluate.*`` settings), keep those above the ``filter.min_*`` thresholds as the subset
-    ``filter.name`` (:func:`avgen.data.curation.filter_dataset`) and print what each threshold removed."""
-    from avgen.data.curation import Thresholds, filter_dataset
+    ``filter.name`` (:func:`avgen.curation.filter_dataset`) and print what each threshold removed.
+
+    Raises:
+        NothingProduced: a filtered split keeps no clip (the subset and its report are written)."""
+    from avgen.curation import Thresholds, filter_dataset
     from avgen.data.prepare import command_line
 
     data = cfg.get("data")
-    f = cfg.filter
-    thresholds = Thresholds.from_config(OmegaConf.to_container(f, resolve=True))
+    f = OmegaConf.to_container(cfg.filter, resolve=True)
+    thresholds = Thresholds.from_config(f)
     announce(cfg, "filter")
     evaluate = OmegaConf.to_container(cfg.evaluate, resolve=True)
-    report = filter_dataset(data.root, dataset=data.name, splits=list(f.splits), thresholds=thresholds,
-                            evaluate=evaluate, name=f.name, prompt=f.prompt, overwrite=bool(f.overwrite),
+    report = filter_dataset(data.root, dataset=data.name, splits=f["splits"], thresholds=thresholds,
+                            evaluate=evaluate, name=f["name"], prompt=f["prompt"], overwrite=f["overwrite"],
                             command=command_line("filter"))
     folder = Path(data.root) / "subsets" / report["name"]
-    for split in f.splits:
+    splits = [f["splits"]] if isinstance(f["splits"], str) else f["splits"]
+    for split in splits:
         counts = report["splits"][split]
         print(f"{split}: kept {counts['kept']} of {counts['clips']} clips ({counts['removed']} removed)")
-        for metric, c in counts["criteria"].items():
+        for c in counts["criteria"].values():
             q = c["quantiles"]
             spread = f"; scores p10 {q['p10']:.3f} / p50 {q['p50']:.3f} / p90 {q['p90']:.3f}" if q else ""
             print(f"  {c['column']} > {c['threshold']:g}: {c['below']} below, {c['unscored']} unscored, "
                   f"{c['only']} removed by it alone{spread}")
+    for split in report["removed_splits"]:
+        print(f"removed the subset's {split} split (made by another rule; filter.overwrite=true)")
     print(f"report: {folder / 'report.json'}")
+    empty = [s for s in splits if report["splits"][s]["kept"] == 0]
+    if empty:
+        raise NothingProduced(f"the subset {report['name']} keeps no clip of the {', '.join(empty)} split; lower the "
+                              f"thresholds (report: {folder / 'report.json'})")
     print(f"train on it: data={data.get('group') or data.name} data.subset={report['name']}")
-    kept = sum(report["splits"][s]["kept"] for s in f.splits)
-    if kept == 0:
-        raise NothingProduced(f"the subset {report['name']} keeps no clip; lower the thresholds (report: "
-                              f"{folder / 'report.json'})")
     return report
 
 

@@ -1035,29 +1035,35 @@ class ClipScorer:
         return info
 
     def score(self, paths: list[Path], metrics: list[str] | None = None) -> dict[str, dict[str, Any]]:
-        """``{clip file name: {column: value, "error": reason}}`` for every clip of ``paths`` (a clip
-        that could not be scored has ``error`` and lacks that metric's column), for ``metrics`` (default:
-        all of this scorer's). Columns as in ``per_clip.csv``: ``av_align_<variant>``, ``clipsim``,
-        ``clap``, ``imagebind``, plus AV-Align's onset/peak counts and the durations."""
+        """``{clip file name: {column: value, "error": reasons, "errors": {metric: reason}}}`` for every
+        clip of ``paths``, for ``metrics`` (default: all of this scorer's). A clip a metric could not score
+        lacks that metric's column and has its reason in ``errors`` (an unreadable clip: every metric);
+        ``error`` joins them, as in ``per_clip.csv``. Columns as in ``per_clip.csv``:
+        ``av_align_<variant>``, ``clipsim``, ``clap``, ``imagebind``, plus AV-Align's onset/peak counts
+        and the durations."""
         if self._pool is None:
             raise RuntimeError("ClipScorer.score runs inside `with ClipScorer(...) as scorer:`")
         wanted = self.metrics if metrics is None else [m for m in metrics if m in self.metrics]
         rows: dict[str, dict[str, Any]] = {p.name: {} for p in paths}
-        errors: dict[str, list[str]] = {}
+        errors: dict[str, dict[str, str]] = {}
         if "av_align" in wanted:
             pool = self._pool
             for row in pool.collect(pool.submit([(str(p), self.av_align, None) for p in paths])):
                 name = row.pop("clip")
                 if "error" in row:
-                    errors.setdefault(name, []).append(f"av_align: {row.pop('error')}")
+                    errors.setdefault(name, {})["av_align"] = " ".join(row.pop("error").split())
                 rows[name].update(row)
         scorers = [s for s in self.scorers if s.name in wanted]
         if scorers:
             failures: list[dict] = []
             for name, scores in feed_scorers(scorers, paths, failures, self.decode_threads).items():
                 rows[name].update(scores)
-            for failure in failures:
-                errors.setdefault(failure["clip"], []).append(failure["reason"])
+            for failure in failures:  # "<metric>: reason" from a scorer; an unreadable clip fails them all
+                reason = " ".join(failure["reason"].split())
+                owner = next((s.name for s in scorers if reason.startswith(f"{s.name}: ")), None)
+                for metric in [owner] if owner else [s.name for s in scorers]:
+                    errors.setdefault(failure["clip"], {})[metric] = reason.removeprefix(f"{metric}: ")
         for name, reasons in errors.items():
-            rows[name]["error"] = "; ".join(" ".join(r.split()) for r in reasons)
+            rows[name]["errors"] = reasons
+            rows[name]["error"] = "; ".join(f"{m}: {r}" for m, r in reasons.items())
         return rows

@@ -44,7 +44,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
 
-    from avgen.data.curation import SCORES, SUBSETS, Thresholds, filter_dataset
+    from avgen.curation import SCORES, Thresholds, filter_dataset
+    from avgen.data.subset import SUBSETS
     from avgen.data.synthetic_prepare import prepare_synthetic_hits
     from avgen.evaluation import evaluate_folder
 

@@ -14,11 +14,12 @@ import pytest
 import torch
 
 import avgen.evaluation as evaluation
-from avgen.data.curation import ScoreStore, Subset, Thresholds, filter_dataset
+from avgen.curation import Thresholds, filter_dataset
+from avgen.data.subset import Subset
 from avgen.data.datamodule import AVDataModule
 from avgen.data.shards import MANIFEST, Manifest, read_split_samples
 from avgen.data.stream import Health, Shard, iter_shard
-from avgen.errors import ConfigError, MissingShardsError, NothingProduced
+from avgen.errors import ConfigError, DataHealthError, MissingShardsError, NothingProduced
 from tests.conftest import TINY_CLIP, compose
 from tests.test_semantic import clap_dir  # noqa: F401  (fixture)
 
@@ -244,3 +245,104 @@ def test_filter_command_writes_the_subset_and_fails_when_it_keeps_nothing(tmp_pa
     assert sorted(p.name for p in Path(cfg.data.root).iterdir()) == sorted(
         [p.name for p in tiny_shards.iterdir()] + ["scores", "subsets"])
     assert Manifest.load(Path(cfg.data.root) / "train").num_clips == 12  # the shards are untouched
+
+
+def test_each_threshold_reads_its_own_metrics_scores(root, clap_dir):  # noqa: F811
+    """Changing the AV-Align settings rescores AV-Align only; the CLAP scores saved beside the old AV-Align
+    scores never stand in for the new ones (each store holds its own metric's columns)."""
+    evaluate = {**EVALUATE, "clap": {"model": str(clap_dir)}}
+    both = dict(min_av_align=0.55, min_clap=-1.0)
+    filter_dataset(root, dataset="synthetic_hits", splits=["val"], thresholds=Thresholds(**both), evaluate=evaluate)
+    clap_store = next((root / "scores" / "val").glob("clap-*"))
+    with open(clap_store / "shard-000000.csv", newline="") as f:
+        assert csv.DictReader(f).fieldnames == ["key", "clap", "error"]
+    retuned = {**evaluate, "av_align": {"onset_delta": 0.5}}
+    mixed = filter_dataset(root, dataset="synthetic_hits", splits=["val"], thresholds=Thresholds(**both),
+                           evaluate=retuned, name="retuned")
+    alone = filter_dataset(root, dataset="synthetic_hits", splits=["val"], thresholds=Thresholds(min_av_align=0.55),
+                           evaluate=retuned, name="alone")
+    assert mixed["splits"]["val"]["kept"] == alone["splits"]["val"]["kept"]
+    assert mixed["splits"]["val"]["criteria"]["av_align"] == alone["splits"]["val"]["criteria"]["av_align"]
+    # the same name and thresholds with other scoring settings is another subset: refused unless asked
+    with pytest.raises(FileExistsError, match="scoring settings"):
+        filter_dataset(root, dataset="synthetic_hits", splits=["val"], thresholds=Thresholds(min_av_align=0.55),
+                       evaluate=EVALUATE, name="alone")
+
+
+def test_broken_shards_stop_filter_with_the_shard_and_the_fix(root):
+    report = filter_dataset(root, dataset="synthetic_hits", splits=["val"], thresholds=Thresholds(min_av_align=0.3),
+                            evaluate=EVALUATE)
+    assert report["splits"]["val"]["clips"] == 5
+    store = next((root / "scores" / "val").glob("av_align-*"))
+    tar = root / "val" / "shard-000001.tar"
+    data = tar.read_bytes()
+    tar.write_bytes(data[: len(data) // 3])
+    (store / "shard-000001.csv").write_text("key,av_align_official,error\n")  # no row for its clip
+    # saved scores that do not cover the shard are scored again, and the short shard is named
+    with pytest.raises(DataHealthError, match=r"val/shard-000001.tar (holds \d clips, its manifest 1|is unreadable)"
+                                              r".*python -m avgen prepare"):
+        filter_dataset(root, dataset="synthetic_hits", splits=["val"], thresholds=Thresholds(min_av_align=0.2),
+                       evaluate=EVALUATE)
+    tar.write_bytes(data)
+    filter_dataset(root, dataset="synthetic_hits", splits=["val"], thresholds=Thresholds(min_av_align=0.2),
+                   evaluate=EVALUATE)
+    tar.unlink()  # scores all saved, a shard gone: still refused
+    with pytest.raises(DataHealthError, match="val/shard-000001.tar is missing"):
+        filter_dataset(root, dataset="synthetic_hits", splits=["val"], thresholds=Thresholds(min_av_align=0.1),
+                       evaluate=EVALUATE)
+
+
+def test_overwrite_keeps_the_splits_made_by_the_same_rule_and_bad_values_are_refused(root):
+    t = Thresholds(min_av_align=0.55)
+    filter_dataset(root, dataset="synthetic_hits", splits="train", thresholds=t, evaluate=EVALUATE, name="n")
+    filter_dataset(root, dataset="synthetic_hits", splits=["val"], thresholds=t, evaluate=EVALUATE, name="n")
+    again = filter_dataset(root, dataset="synthetic_hits", splits=["val"], thresholds=t, evaluate=EVALUATE, name="n",
+                           overwrite=True)
+    assert sorted(p.name for p in (root / "subsets" / "n").iterdir()) == [
+        "report.json", "train.json", "train.txt", "val.json", "val.txt"]
+    assert set(again["splits"]) == {"train", "val"} and again["removed_splits"] == []
+    other = filter_dataset(root, dataset="synthetic_hits", splits=["val"], thresholds=Thresholds(min_av_align=0.3),
+                           evaluate=EVALUATE, name="n", overwrite=True)
+    assert other["removed_splits"] == ["train"] and set(other["splits"]) == {"val"}
+    assert not (root / "subsets" / "n" / "train.json").exists()
+    with pytest.raises(ConfigError, match="filter.overwrite='no'"):
+        filter_dataset(root, dataset="synthetic_hits", splits=["val"], thresholds=t, evaluate=EVALUATE, overwrite="no")
+    with pytest.raises(ConfigError, match="filter.keep_unscored='maybe'"):
+        Thresholds(min_clap=0.3, keep_unscored="maybe")
+
+
+def test_non_finite_scores_count_as_unscored_and_the_report_is_strict_json(root):
+    filter_dataset(root, dataset="synthetic_hits", splits=["val"], thresholds=Thresholds(min_av_align=0.3),
+                   evaluate=EVALUATE)
+    store = next((root / "scores" / "val").glob("av_align-*"))
+    path = store / "shard-000000.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[0]["av_align_official"], rows[1]["av_align_official"] = "nan", "inf"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    report = filter_dataset(root, dataset="synthetic_hits", splits=["val"], thresholds=Thresholds(min_av_align=0.1),
+                            evaluate=EVALUATE, name="finite")
+    c = report["splits"]["val"]["criteria"]["av_align"]
+    assert c["unscored"] == 2 and c["below"] == 0 and report["splits"]["val"]["kept"] == 3
+    assert c["only"] == c["in_order"] == 2 and all(math.isfinite(v) for v in c["quantiles"].values())
+
+    def no_constants(name):
+        raise ValueError(name)
+
+    json.loads((root / "subsets" / "finite" / "report.json").read_text(), parse_constant=no_constants)
+    lenient = filter_dataset(root, dataset="synthetic_hits", splits=["val"], evaluate=EVALUATE,
+                             thresholds=Thresholds(min_av_align=0.1, keep_unscored=True))
+    assert lenient["splits"]["val"]["kept"] == 5
+
+
+def test_a_killed_runs_export_folder_is_removed(root, counted):
+    dead = root / "scores" / ".export-999999999-abc"
+    dead.mkdir(parents=True)
+    (dead / "clip.mp4").write_bytes(b"x")
+    filter_dataset(root, dataset="synthetic_hits", splits=["val"], thresholds=Thresholds(min_av_align=0.3),
+                   evaluate=EVALUATE)
+    assert not dead.exists() and len(counted) == 5
+    assert [p.name for p in (root / "scores").iterdir()] == ["val"]

@@ -17,7 +17,7 @@ cut into ``ceil(epoch_clips / (batch_size * world_size * workers))`` batches per
 ranks run the same number of steps.
 
 Subsets: ``data.subset=<name>`` reads only the clips a ``python -m avgen filter`` run kept
-(``<root>/subsets/<name>/<split>.json``, :mod:`avgen.data.curation`) from the same shards, for each
+(``<root>/subsets/<name>/<split>.json``, :mod:`avgen.data.subset`) from the same shards, for each
 split the subset covers (the others in full); clip counts (epoch length, evaluation slots, expected
 clips) are those of the kept clips.
 """
@@ -112,7 +112,7 @@ class AVDataModule(pl.LightningDataModule):
         self.prefetch_factor = prefetch_factor
         self.subset = subset or None
         self.manifests: dict[str, Manifest] = {}
-        self.subsets: dict[str, Any] = {}  # split -> avgen.data.curation.Subset (None: the whole split)
+        self.subsets: dict[str, Any] = {}  # split -> avgen.data.subset.Subset (None: the whole split)
         self.health: dict[str, Health] = {}
         self._stage: str | None = None
 
@@ -170,7 +170,7 @@ class AVDataModule(pl.LightningDataModule):
         return self.manifests[split]
 
     def subset_of(self, split: str):
-        """The :class:`~avgen.data.curation.Subset` of ``split`` read under ``data.subset``, or ``None``
+        """The :class:`~avgen.data.subset.Subset` of ``split`` read under ``data.subset``, or ``None``
         (no subset, or one that does not cover this split: every clip).
 
         Raises:
@@ -180,12 +180,13 @@ class AVDataModule(pl.LightningDataModule):
         if self.subset is None:
             return None
         if split not in self.subsets:
-            from avgen.data.curation import Subset, manifest_sha256
+            from avgen.data.subset import Subset, manifest_sha256
 
             manifest = self.manifest(split)
             subset = Subset.load(self.root, self.subset, split)
             if subset is None:
-                log.info("data.subset=%s does not cover the %s split: reading all of its clips", self.subset, split)
+                (log.warning if split == "train" else log.info)(
+                    "data.subset=%s does not cover the %s split: reading all of its clips", self.subset, split)
             elif subset.manifest_sha256 != manifest_sha256(self.root / split):
                 raise ConfigError(
                     f"data.subset={self.subset}: {self.root / 'subsets' / self.subset / (split + '.json')} was made from "

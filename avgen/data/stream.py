@@ -46,7 +46,7 @@ from avgen.errors import DataHealthError
 @dataclass(frozen=True)
 class Shard:
     """One tar shard to read: ``clips`` it holds (or, with ``keys``, the clips of it to use). ``keys``: the
-    sample keys to use (a curated subset, :mod:`avgen.data.curation`); the shard's other samples are
+    sample keys to use (a curated subset, :mod:`avgen.data.subset`); the shard's other samples are
     passed over undecoded. ``None``: all of them."""
 
     url: str

@@ -18,12 +18,9 @@ path with its files' sizes and modification times; the prompt field), so a secon
 thresholds reads the saved scores instead of scoring again, a changed setting scores into a new folder,
 and an interrupted run continues at the first shard without scores.
 
-The result is a *subset*, not a copy of the shards::
-
-    <data.root>/subsets/<name>/<split>.json    the kept keys per shard, the manifest's SHA-256, the thresholds
-    <data.root>/subsets/<name>/<split>.txt     the kept keys, one per line
-    <data.root>/subsets/<name>/report.json     per split and threshold: clips below it, unscored, removed
-
+The result is a *subset* (:mod:`avgen.data.subset`), not a copy of the shards: the kept keys per
+shard in ``<data.root>/subsets/<name>/<split>.json`` (and ``.txt``), and ``report.json`` with, per
+split and threshold, the clips below it, unscored, removed by it alone, and the score quantiles.
 ``data.subset=<name>`` makes :class:`~avgen.data.datamodule.AVDataModule` read only the kept clips of
 each split the subset covers (the others in full), with the epoch length and evaluation slots counted
 over the kept clips.
@@ -39,19 +36,20 @@ import math
 import os
 import re
 import shutil
+import tarfile
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from avgen.data.shards import MANIFEST, Manifest
-from avgen.errors import ConfigError, MissingShardsError
+from avgen.data.shards import MANIFEST, Manifest, ShardInfo
+from avgen.data.subset import SUBSETS, Subset, manifest_sha256
+from avgen.errors import ConfigError, DataHealthError, MissingShardsError
 
 log = logging.getLogger(__name__)
 
-SUBSET_FORMAT = "avgen-subset/1"
-SUBSETS, SCORES = "subsets", "scores"
+SCORES = "scores"
 # threshold key → the metric it reads, in the order the report lists them
 CRITERIA = {"min_av_align": "av_align", "min_clap": "clap", "min_clipsim": "clipsim", "min_imagebind": "imagebind"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
@@ -93,6 +91,8 @@ class Thresholds:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value)):
                 raise ConfigError(f"filter.{key}={value!r}: expected a number (or null for no threshold)")
+        if not isinstance(self.keep_unscored, bool):
+            raise ConfigError(f"filter.keep_unscored={self.keep_unscored!r}: expected true or false")
         if self.av_align_variant not in VARIANTS:
             raise ConfigError(f"filter.av_align_variant={self.av_align_variant!r}: expected one of {list(VARIANTS)}")
         if not self.metrics():
@@ -123,14 +123,15 @@ class Thresholds:
 
     def decide(self, scores: Mapping[str, Any]) -> list[str]:
         """Why a clip with per-clip ``scores`` (``{column: value}``) is removed: the thresholds it fails
-        (``min_clap``) and the metrics that could not score it (``unscored:clap``); empty: kept."""
+        (``min_clap``) and the metrics that could not score it (``unscored:clap``: no value, or not a
+        finite number); empty: kept."""
         reasons = []
         for metric in self.metrics():
-            value = scores.get(self.column(metric))
-            if value is None or value == "" or not math.isfinite(float(value)):
+            value = score_value(scores.get(self.column(metric)))
+            if value is None:
                 if not self.keep_unscored:
                     reasons.append(f"unscored:{metric}")
-            elif not float(value) > self.minimum(metric):
+            elif not value > self.minimum(metric):
                 reasons.append(f"min_{metric}")
         return reasons
 
@@ -138,9 +139,12 @@ class Thresholds:
         return asdict(self)
 
 
-def manifest_sha256(split_dir: str | Path) -> str:
-    """SHA-256 of a split's ``manifest.json`` (which names every shard and its clip count)."""
-    return hashlib.sha256((Path(split_dir) / MANIFEST).read_bytes()).hexdigest()
+def score_value(value: Any) -> float | None:
+    """A saved score as a float, or ``None`` when there is none (empty, missing, NaN or infinite)."""
+    if value is None or value == "":
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def _stamp(path: str | os.PathLike | None) -> Any:
@@ -176,27 +180,34 @@ def scoring_identity(metric: str, evaluate: Mapping[str, Any], prompt: str) -> d
 
 class ScoreStore:
     """The saved per-clip scores of one metric on one split: ``<root>/scores/<split>/<metric>-<id>/``
-    with ``info.json`` and one CSV per shard (``key``, score columns, ``error``)."""
+    with ``info.json`` and one CSV per shard (``key``, the metric's own columns, ``error``).
+
+    ``settings_id`` hashes the scoring settings alone (the same for every split); the folder's ``<id>``
+    also hashes the split's manifest."""
 
     def __init__(self, root: str | Path, split: str, metric: str, identity: Mapping[str, Any], manifest_sha: str):
         self.metric, self.split = metric, split
+        self.settings_id = _digest(identity)
         self.identity = {**identity, "manifest_sha256": manifest_sha}
-        digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        self.folder = Path(root) / SCORES / split / f"{metric}-{digest}"
+        self.folder = Path(root) / SCORES / split / f"{metric}-{_digest(self.identity)}"
 
     def path(self, shard: str) -> Path:
         return self.folder / f"{Path(shard).stem}.csv"
 
-    def has(self, shard: str) -> bool:
-        return self.path(shard).is_file()
+    def complete(self, shard: ShardInfo) -> bool:
+        """Whether the scores of every clip of ``shard`` are saved (a CSV with one row per clip)."""
+        if not self.path(shard.name).is_file():
+            return False
+        with open(self.path(shard.name), newline="") as f:
+            return sum(1 for _ in csv.reader(f)) - 1 == shard.clips
 
     def write(self, shard: str, rows: Mapping[str, Mapping[str, Any]], described: Mapping[str, Any]) -> None:
         """Save one shard's ``{key: {column: value}}`` (atomically: a killed run leaves no half file)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         info = self.folder / "info.json"
         if not info.exists():
-            info.write_text(json.dumps({"split": self.split, **self.identity, "scored_by": described,
-                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2, default=str))
+            _write_atomic(info, json.dumps({"split": self.split, **self.identity, "scored_by": described,
+                                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2, default=str))
         columns = sorted({c for r in rows.values() for c in r} - {"error"})
         tmp = self.path(shard).with_name(f".{self.path(shard).name}.tmp")
         with open(tmp, "w", newline="") as f:
@@ -211,78 +222,127 @@ class ScoreStore:
             return {row.pop("key"): row for row in csv.DictReader(f)}
 
 
-@dataclass
-class Subset:
-    """One split's kept clips (``<root>/subsets/<name>/<split>.json``): ``shards`` is
-    ``[{"name", "clips" (kept), "keys"}]`` in manifest order; ``manifest_sha256`` ties it to the split
-    it was made from."""
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
-    name: str
-    split: str
-    manifest_sha256: str
-    shards: list[dict[str, Any]]
-    total: int
-    thresholds: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def clips(self) -> int:
-        return sum(s["clips"] for s in self.shards)
+def own_columns(metric: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns of a :meth:`avgen.evaluation.ClipScorer.score` row that belong to ``metric``, with its
+    own error: AV-Align's scores, onset/peak counts and durations; the one score column of the others."""
+    if metric == "av_align":
+        own = {k: v for k, v in row.items() if k not in ("error", "errors", "clap", "clipsim", "imagebind")}
+    else:
+        own = {metric: row[metric]} if metric in row else {}
+    reason = (row.get("errors") or {}).get(metric)
+    return {**own, **({"error": reason} if reason else {})}
 
-    @classmethod
-    def load(cls, root: str | Path, name: str, split: str) -> Subset | None:
-        """The subset ``name`` of ``split``, or ``None`` when it does not cover that split.
 
-        Raises:
-            ConfigError: no subset ``name`` under ``root``, or an unreadable subset file.
-        """
-        folder = Path(root) / SUBSETS / name
-        if not folder.is_dir():
-            known = subset_names(root)
-            raise ConfigError(f"data.subset={name}: no subset of that name in {folder.parent} (known: "
-                              f"{', '.join(known) or 'none'}); create it with python -m avgen filter data=<dataset> "
-                              f"filter.name={name} filter.min_av_align=... (same data.store)")
-        path = folder / f"{split}.json"
-        if not path.is_file():
-            return None
+def _unreadable(split_dir: Path, shard: str, why: str) -> DataHealthError:
+    return DataHealthError(f"filter: {split_dir / shard} {why}; prepare the {split_dir.name} split again "
+                           f"(python -m avgen prepare data=... overwrite=true), then filter again")
+
+
+def _remove_dead_exports(folder: Path) -> None:
+    """Remove the export folders of filter runs that were killed (``.export-<pid>-*`` of a dead process)."""
+    for tmp in folder.glob(".export-*"):
         try:
-            data = json.loads(path.read_text())
-            if data.get("format") != SUBSET_FORMAT:
-                raise ValueError(f"format {data.get('format')!r}, expected {SUBSET_FORMAT}")
-            return cls(name=name, split=split, manifest_sha256=data["manifest_sha256"], shards=data["shards"],
-                       total=int(data["total"]), thresholds=data.get("thresholds", {}))
-        except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError(f"{path}: unreadable subset ({exc}); run python -m avgen filter again with "
-                              f"filter.name={name} filter.overwrite=true") from exc
-
-    def to_json(self, dataset: str, scores: Mapping[str, str], command: str | None) -> dict[str, Any]:
-        return {"format": SUBSET_FORMAT, "name": self.name, "dataset": dataset, "split": self.split,
-                "manifest_sha256": self.manifest_sha256, "thresholds": self.thresholds, "clips": self.clips,
-                "total": self.total, "scores": dict(scores), "shards": self.shards, "command": command,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            pid = int(tmp.name.split("-")[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
 
 
-def subset_names(root: str | Path) -> list[str]:
-    """The subsets written under a dataset root."""
-    folder = Path(root) / SUBSETS
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+def score_splits(root: str | Path, splits: list[str], metrics: list[str], evaluate: Mapping[str, Any], *,
+                 prompt: str = "label") -> dict[str, dict[str, ScoreStore]]:
+    """Score every clip of ``splits`` with ``metrics`` through :class:`avgen.evaluation.ClipScorer`, shard by
+    shard, skipping the shards whose scores are saved (:class:`ScoreStore`). Each shard's clips are
+    exported to a temporary folder beside the scores (:func:`avgen.evaluation.export_samples`, the CLAP /
+    CLIPSIM prompt = the clip's ``prompt`` field) and removed once scored. Returns ``{split: {metric: store}}``.
+
+    Raises:
+        DataHealthError: a shard that is missing, unreadable or holds fewer clips than its manifest says.
+    """
+    from avgen.data.shards import read_shard_samples
+
+    root = Path(root)
+    stores: dict[str, dict[str, ScoreStore]] = {}
+    todo: list[tuple[str, ShardInfo, list[str]]] = []  # (split, shard, metrics without scores)
+    for split in splits:
+        sha = manifest_sha256(root / split)
+        stores[split] = {m: ScoreStore(root, split, m, scoring_identity(m, evaluate, prompt), sha) for m in metrics}
+        for shard in Manifest.load(root / split).shards:
+            missing = [m for m, store in stores[split].items() if not store.complete(shard)]
+            if missing:
+                todo.append((split, shard, missing))
+    if not todo:
+        return stores
+    from tqdm import tqdm
+
+    from avgen.evaluation import ClipScorer, export_samples
+
+    (root / SCORES).mkdir(parents=True, exist_ok=True)
+    _remove_dead_exports(root / SCORES)
+    needed = sorted({m for _, _, ms in todo for m in ms}, key=metrics.index)
+    options = {m: dict(evaluate.get(m) or {}) for m in needed if m != "av_align"}
+    with ClipScorer(needed, av_align=evaluate.get("av_align"), options=options, prompt=None,
+                    device=evaluate.get("device", "auto"), workers=evaluate.get("workers", 2),
+                    decode_threads=evaluate.get("decode_threads", 2)) as scorer:
+        described = scorer.describe()
+        for split, shard, missing in tqdm(todo, desc="filter: scoring shards", unit="shard", disable=None):
+            with tempfile.TemporaryDirectory(prefix=f".export-{os.getpid()}-", dir=root / SCORES) as tmp:
+                try:
+                    samples = list(read_shard_samples(root / split / shard.name))
+                except FileNotFoundError:
+                    raise _unreadable(root / split, shard.name, "is missing") from None
+                except (OSError, EOFError, tarfile.TarError) as exc:
+                    raise _unreadable(root / split, shard.name, f"is unreadable ({exc})") from exc
+                if len(samples) != shard.clips:
+                    raise _unreadable(root / split, shard.name, f"holds {len(samples)} clips, its manifest "
+                                                                f"{shard.clips} (truncated?)")
+                files = export_samples(iter(samples), tmp, prompt=prompt)
+                scored = scorer.score(list(files.values()), missing)
+            for metric in missing:
+                rows = {}
+                for key, _ in samples:
+                    row = scored.get(files[key].name) if key in files else None
+                    rows[key] = {"error": "no mp4 member in the shard"} if row is None else own_columns(metric, row)
+                stores[split][metric].write(shard.name, rows, described.get(metric, {}))
+    return stores
 
 
-def _check_existing(folder: Path, thresholds: Thresholds, shas: dict[str, str], overwrite: bool) -> None:
-    """Refuse to add to or replace a subset of the same name made with other thresholds, or from another
-    version of a split being filtered, unless ``overwrite``."""
-    if overwrite or not folder.is_dir():
-        return
+def default_name(thresholds: Thresholds, prompt: str) -> str:
+    """The subset name when ``filter.name`` is not set: the thresholds (:meth:`Thresholds.name`), plus
+    ``_prompt-caption`` when a text metric scored against captions instead of labels."""
+    text = any(m in ("clap", "clipsim") for m in thresholds.metrics())
+    return thresholds.name() + (f"_prompt-{prompt}" if text and prompt != "label" else "")
+
+
+def _check_existing(folder: Path, made: Subset, shas: dict[str, str], overwrite: bool) -> list[str]:
+    """The splits of an existing subset of the same name that ``overwrite`` removes (made by another rule).
+    Without ``overwrite``, refuse to add to or replace a subset made by another rule (thresholds, scoring
+    settings, prompt), or from another version of a split being filtered."""
+    if not folder.is_dir():
+        return []
+    stale = []
     for path in sorted(folder.glob("*.json")):
         if path.name == "report.json":
             continue
         try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError):
-            old = {}
+            old = Subset.load(folder.parent.parent, folder.name, path.stem)
+        except ConfigError:
+            old = None
         split = path.stem
-        if old.get("thresholds") != thresholds.to_dict() or (split in shas and old.get("manifest_sha256") != shas[split]):
-            raise FileExistsError(f"{path} exists, made with other thresholds or from another version of the {split} "
-                                  f"split; pass filter.overwrite=true to replace the subset, or filter.name=<another name>")
+        if old is not None and old.same_making(made) and (split not in shas or old.manifest_sha256 == shas[split]):
+            continue
+        if not overwrite:
+            raise FileExistsError(f"{path} exists, made with other thresholds or scoring settings (evaluate.*, "
+                                  f"filter.prompt) or from another version of the {split} split; pass "
+                                  f"filter.overwrite=true to replace the subset, or filter.name=<another name>")
+        if split not in shas:
+            stale.append(split)
+    return stale
 
 
 def _quantiles(values: list[float]) -> dict[str, float]:
@@ -294,91 +354,56 @@ def _quantiles(values: list[float]) -> dict[str, float]:
     return {"p10": float(q[0]), "p25": float(q[1]), "p50": float(q[2]), "p75": float(q[3]), "p90": float(q[4])}
 
 
-def score_splits(root: str | Path, splits: list[str], metrics: list[str], evaluate: Mapping[str, Any], *,
-                 prompt: str = "label") -> dict[str, dict[str, ScoreStore]]:
-    """Score every clip of ``splits`` with ``metrics`` through :class:`avgen.evaluation.ClipScorer`, shard by
-    shard, skipping the shards whose scores are saved (:class:`ScoreStore`). Each shard's clips are
-    exported to a temporary folder beside the scores (:func:`avgen.evaluation.export_samples`, the CLAP /
-    CLIPSIM prompt = the clip's ``prompt`` field) and removed once scored. Returns ``{split: {metric: store}}``.
-    """
-    from avgen.data.shards import read_shard_samples
-
-    root = Path(root)
-    stores: dict[str, dict[str, ScoreStore]] = {}
-    todo: list[tuple[str, str, list[str]]] = []  # (split, shard, metrics without scores)
-    for split in splits:
-        sha = manifest_sha256(root / split)
-        stores[split] = {m: ScoreStore(root, split, m, scoring_identity(m, evaluate, prompt), sha) for m in metrics}
-        for shard in Manifest.load(root / split).shards:
-            missing = [m for m, store in stores[split].items() if not store.has(shard.name)]
-            if missing:
-                todo.append((split, shard.name, missing))
-    if not todo:
-        return stores
-    from tqdm import tqdm
-
-    from avgen.evaluation import ClipScorer, export_samples
-
-    needed = sorted({m for _, _, ms in todo for m in ms}, key=metrics.index)
-    options = {m: dict(evaluate.get(m) or {}) for m in needed if m != "av_align"}
-    with ClipScorer(needed, av_align=evaluate.get("av_align"), options=options, prompt=None,
-                    device=evaluate.get("device", "auto"), workers=evaluate.get("workers", 2),
-                    decode_threads=evaluate.get("decode_threads", 2)) as scorer:
-        described = scorer.describe()
-        for split, shard, missing in tqdm(todo, desc="filter: scoring shards", unit="shard", disable=None):
-            (root / SCORES).mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix=".export-", dir=root / SCORES) as tmp:
-                samples = list(read_shard_samples(root / split / shard))
-                files = export_samples(iter(samples), tmp, prompt=prompt)
-                scored = scorer.score(list(files.values()), missing)
-            for metric in missing:
-                rows = {}
-                for key, _ in samples:
-                    row = scored.get(files[key].name) if key in files else None
-                    rows[key] = {"error": "no mp4 member in the shard"} if row is None else row
-                stores[split][metric].write(shard, rows, described.get(metric, {}))
-    return stores
-
-
-def filter_dataset(root: str | Path, *, dataset: str, splits: list[str], thresholds: Thresholds,
+def filter_dataset(root: str | Path, *, dataset: str, splits: list[str] | str, thresholds: Thresholds,
                    evaluate: Mapping[str, Any], name: str | None = None, prompt: str = "label",
                    overwrite: bool = False, command: str | None = None) -> dict[str, Any]:
     """Score (or read the saved scores of) every clip of ``splits`` and write the subset of the clips that
     pass ``thresholds`` (see the module docstring for the files). Returns the report (also written to
     ``<root>/subsets/<name>/report.json``): per split the clips, kept, removed, and per threshold the
-    clips below it (``below``), not scored (``unscored``), removed by it alone (``only``) and removed by it
-    after the thresholds listed before it (``in_order``), with score quantiles.
+    clips below it (``below``), not scored (``unscored``: no score, or not a finite one), removed by it
+    alone (``only``) and removed by it after the thresholds listed before it (``in_order``), with the
+    quantiles of its finite scores.
+
+    With ``overwrite``, splits of an existing subset of that name made by another rule are removed (and
+    listed in the report's ``removed_splits``); splits made by the same rule stay.
 
     Raises:
         MissingShardsError: a split of ``splits`` is not prepared under ``root``.
-        ConfigError: a bad subset name or split list.
-        FileExistsError: a subset ``name`` made with other thresholds exists (``overwrite`` replaces it).
+        DataHealthError: a shard that is missing, unreadable or shorter than its manifest says.
+        ConfigError: a bad subset name, split list, prompt or ``overwrite`` value.
+        FileExistsError: a subset ``name`` made by another rule exists (``overwrite`` replaces it).
     """
     root = Path(root)
-    name = name or thresholds.name()
+    splits = [splits] if isinstance(splits, str) else list(splits)
+    if not splits or len(set(splits)) != len(splits) or not all(isinstance(s, str) and s for s in splits):
+        raise ConfigError(f"filter.splits={splits}: expected distinct split names, e.g. [train]")
+    if not isinstance(overwrite, bool):
+        raise ConfigError(f"filter.overwrite={overwrite!r}: expected true or false")
+    if prompt not in ("label", "caption"):
+        raise ConfigError(f"filter.prompt={prompt!r}: expected label or caption")
+    name = name or default_name(thresholds, prompt)
     if not _NAME.match(name):
         raise ConfigError(f"filter.name={name!r}: use letters, digits and . _ + = - (a folder name under "
                           f"{root / SUBSETS})")
-    if not splits or len(set(splits)) != len(splits):
-        raise ConfigError(f"filter.splits={splits}: expected distinct split names, e.g. [train]")
     for split in splits:
         if not (root / split / MANIFEST).is_file():
             raise MissingShardsError(f"filter: no {split} split in {root} ({root / split / MANIFEST} does not exist); "
                                      f"prepare the dataset first (python -m avgen prepare data=...), with the same "
                                      f"data.store")
-    if prompt not in ("label", "caption"):
-        raise ConfigError(f"filter.prompt={prompt!r}: expected label or caption")
-    shas = {split: manifest_sha256(root / split) for split in splits}
-    folder = root / SUBSETS / name
-    _check_existing(folder, thresholds, shas, overwrite)
     variants = (evaluate.get("av_align") or {}).get("variants")
     if "av_align" in thresholds.metrics() and variants is not None and thresholds.av_align_variant not in variants:
         raise ConfigError(f"filter.av_align_variant={thresholds.av_align_variant} is not among evaluate.av_align.variants="
                           f"{list(variants)}; add it there or pick one of those")
     metrics = thresholds.metrics()
+    shas = {split: manifest_sha256(root / split) for split in splits}
+    scoring = {m: ScoreStore(root, "", m, scoring_identity(m, evaluate, prompt), "").settings_id for m in metrics}
+    rule = Subset(name, "", "", [], 0, thresholds.to_dict(), scoring, prompt)
+    folder = root / SUBSETS / name
+    stale = _check_existing(folder, rule, shas, overwrite)
     stores = score_splits(root, splits, metrics, evaluate, prompt=prompt)
 
     report: dict[str, Any] = {"name": name, "dataset": dataset, "thresholds": thresholds.to_dict(), "prompt": prompt,
+                              "scoring": scoring,
                               "rule": "kept when every thresholded score is strictly above its minimum",
                               "splits": {}}
     subsets: dict[str, Subset] = {}
@@ -388,19 +413,22 @@ def filter_dataset(root: str | Path, *, dataset: str, splits: list[str], thresho
                         "unscored": 0, "only": 0, "in_order": 0} for m in metrics}
         values: dict[str, list[float]] = {m: [] for m in metrics}
         for shard in Manifest.load(root / split).shards:
+            if not (root / split / shard.name).is_file():
+                raise _unreadable(root / split, shard.name, "is missing")
             tables = {m: stores[split][m].read(shard.name) for m in metrics}
-            keys = list(next(iter(tables.values())))
+            keys = list(tables[metrics[0]])
             kept = []
             for key in keys:
-                scores = {c: v for table in tables.values() for c, v in table.get(key, {}).items() if c != "error"}
+                # each threshold reads its column from its own metric's scores only
+                scores = {thresholds.column(m): tables[m].get(key, {}).get(thresholds.column(m)) for m in metrics}
                 reasons = thresholds.decide(scores)
                 counts["clips"] += 1
                 for m in metrics:
-                    column = thresholds.column(m)
-                    if scores.get(column) not in (None, ""):
-                        values[m].append(float(scores[column]))
-                    else:
+                    value = score_value(scores[thresholds.column(m)])
+                    if value is None:
                         criteria[m]["unscored"] += 1
+                    else:
+                        values[m].append(value)
                     if f"min_{m}" in reasons:
                         criteria[m]["below"] += 1
                 failed = [m for m in metrics if f"min_{m}" in reasons or f"unscored:{m}" in reasons]
@@ -415,22 +443,28 @@ def filter_dataset(root: str | Path, *, dataset: str, splits: list[str], thresho
         for m in metrics:
             criteria[m]["quantiles"] = _quantiles(values[m])
         report["splits"][split] = {**counts, "removed": counts["clips"] - counts["kept"], "criteria": criteria,
-                                   "scores": {m: str(stores[split][m].folder) for m in metrics}}
-        subsets[split] = Subset(name, split, shas[split], shards, counts["clips"], thresholds.to_dict())
+                                   "scores": {m: os.path.relpath(stores[split][m].folder, root) for m in metrics}}
+        subsets[split] = Subset(name, split, shas[split], shards, counts["clips"], thresholds.to_dict(), scoring,
+                                prompt)
 
-    if folder.exists() and overwrite:
-        shutil.rmtree(folder)
-    elif (folder / "report.json").is_file():  # the splits filtered by earlier runs stay in the report
+    folder.mkdir(parents=True, exist_ok=True)
+    earlier: dict[str, Any] = {}
+    if (folder / "report.json").is_file():  # the splits filtered by earlier runs stay in the report
         try:
             earlier = json.loads((folder / "report.json").read_text()).get("splits", {})
         except (OSError, ValueError):
             earlier = {}
-        report["splits"] = {**{k: v for k, v in earlier.items() if k not in report["splits"]}, **report["splits"]}
-    folder.mkdir(parents=True, exist_ok=True)
+    for split in stale:  # made by another rule; overwrite was asked
+        for suffix in (".json", ".txt"):
+            (folder / f"{split}{suffix}").unlink(missing_ok=True)
+        earlier.pop(split, None)
+        log.warning("filter: removed the %s split of subset %s (made by another rule)", split, name)
+    report["splits"] = {**{k: v for k, v in earlier.items() if k not in report["splits"]}, **report["splits"]}
+    report["removed_splits"] = stale
     for split, subset in subsets.items():
-        scores = {m: os.path.relpath(stores[split][m].folder, root) for m in metrics}
-        _write_atomic(folder / f"{split}.json", json.dumps(subset.to_json(dataset, scores, command), indent=1))
-        _write_atomic(folder / f"{split}.txt", "".join(f"{k}\n" for s in subset.shards for k in s["keys"]))
+        _write_atomic(folder / f"{split}.json", json.dumps(subset.to_json(dataset, report["splits"][split]["scores"],
+                                                                          command), indent=1))
+        _write_atomic(folder / f"{split}.txt", "".join(f"{k}\n" for k in subset.keys))
     _write_atomic(folder / "report.json", json.dumps(report, indent=2))
     return report
 
