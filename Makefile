@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.avgen-setup
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo bench clean-venv
+.PHONY: setup test test-fast lint demo bench clean-venv
 
 setup: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# lint + import order (ruff; settings in pyproject.toml); CI runs it before the tests
+lint: setup
+	$(PY) -m ruff check avgen tests benchmarks
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

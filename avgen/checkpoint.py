@@ -166,19 +166,3 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, *, use_ema: bo
             "global_step": ckpt.get("global_step"), "parameters": int(sum(v.numel() for v in weights.values()))}
     (out / "versions.json").write_text(json.dumps(info, indent=2))
     return out
-
-
-def load_weights_file(path: str | os.PathLike | None, config_key: str, missing: type[Exception],
-                      unreadable: type[Exception], conversion: str) -> Any:
-    """A pretrained encoder's weight file read with ``torch.load(weights_only=True)`` (no code runs).
-
-    ``missing(path, config_key)`` is raised when there is no file; ``unreadable`` (with the reason and
-    ``conversion``, how to convert a trusted file once) when the safe loader refuses it.
-    """
-    if path is None or not Path(path).is_file():
-        raise missing(path, config_key)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise unreadable(f"{path} (config key {config_key}) cannot be read with torch.load(weights_only=True) "
-                         f"({type(exc).__name__}: {exc}). {conversion}") from exc

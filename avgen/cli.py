@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from avgen.config_files import config_dir, group_options
+
 COMMANDS = {
     "fit": "train a system (resumes <output_dir>/checkpoints/last.ckpt when present; init_from=<ckpt> starts from weights)",
     "validate": "run the validation loop of a checkpoint (ckpt_path=<ckpt>)",
@@ -28,17 +30,6 @@ COMMANDS = {
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                 "--config-dir", "-cd", "--experimental-rerun"}
 HELP_GROUPS = ("model", "data", "trainer", "logger", "callbacks", "paths", "scale", "hydra/launcher")
-
-
-def config_dir() -> Path:
-    """The ``configs/`` folder (repo root; ``AVGEN_CONFIG_DIR`` overrides it)."""
-    env = os.environ.get("AVGEN_CONFIG_DIR")
-    return Path(env).absolute() if env else Path(__file__).resolve().parent.parent / "configs"
-
-
-def group_options(group: str) -> list[str]:
-    folder = config_dir() / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 def help_text() -> str:
@@ -250,11 +241,11 @@ def _lookup(cfg, parts: tuple[str, ...]):
 
 # evaluate blocks whose extra keys are the feature extractor's constructor arguments (e.g. tiny test sizes)
 EXTRACTOR_BLOCKS = {
-    "evaluate.fvd": ("avgen.metrics.extractors.I3DFeatures",),
-    "evaluate.fad": ("avgen.metrics.extractors.VGGishFeatures", "avgen.metrics.panns.Cnn14"),
-    "evaluate.is_video": ("avgen.metrics.extractors.C3DProbabilities",),
-    "evaluate.panns": ("avgen.metrics.panns.Cnn14",),
-    "evaluate.imagebind": ("avgen.metrics.imagebind.ImageBindAV",),
+    "evaluate.fvd": ("avgen.encoders.video_classifiers.I3DFeatures",),
+    "evaluate.fad": ("avgen.encoders.vggish.VGGishFeatures", "avgen.encoders.panns.Cnn14"),
+    "evaluate.is_video": ("avgen.encoders.video_classifiers.C3DProbabilities",),
+    "evaluate.panns": ("avgen.encoders.panns.Cnn14",),
+    "evaluate.imagebind": ("avgen.encoders.imagebind.ImageBindAV",),
 }
 
 

@@ -17,8 +17,15 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from avgen.errors import (CommandUnavailable, ConfigError, DataHealthError, GeometryMismatchError, PrepareError,
-                          MissingShardsError, NothingProduced)
+from avgen.errors import (
+    CommandUnavailable,
+    ConfigError,
+    DataHealthError,
+    GeometryMismatchError,
+    MissingShardsError,
+    NothingProduced,
+    PrepareError,
+)
 
 log = logging.getLogger("avgen")
 
@@ -285,7 +292,7 @@ def experiment_dataset(cfg: DictConfig) -> str | None:
     """The dataset the chosen experiment file selects (``override /data: <name>``), None without one."""
     from hydra.core.hydra_config import HydraConfig
 
-    from avgen.cli import config_dir
+    from avgen.config_files import config_dir
 
     if not HydraConfig.initialized():
         return None
@@ -427,20 +434,11 @@ def _count(n: int, noun: str) -> str:
 
 
 def evaluate(cfg: DictConfig):
-    from avgen.evaluation import evaluate_folder
+    from avgen.evaluation import evaluate as evaluate_clips
 
     announce(cfg, "evaluate")
-    ev = cfg.evaluate
-    if not ev.get("pred_dir"):
-        raise ConfigError("evaluate needs evaluate.pred_dir=<folder of generated videos (with sound, or with "
-                          "<stem>.wav beside them; any container)>")
-    plain = OmegaConf.to_container(ev, resolve=True)
-    result = evaluate_folder(ev.pred_dir, cfg.paths.output_dir, metrics=list(ev.metrics), workers=ev.workers,
-                             plots=ev.plots, av_align=plain["av_align"], ref_dir=ev.ref_dir, fvd=plain["fvd"],
-                             fad=plain["fad"], clipsim=plain["clipsim"], clap=plain["clap"], panns=plain["panns"],
-                             is_video=plain.get("is_video"), imagebind=plain.get("imagebind"),
-                             prompt=ev.prompt, decode_threads=ev.decode_threads, cache_dir=ev.cache_dir,
-                             device=ev.device, overwrite=ev.overwrite, config=plain)
+    plain = OmegaConf.to_container(cfg.evaluate, resolve=True)
+    result = evaluate_clips(plain, cfg.paths.output_dir, config=plain).to_json()
     metrics_json = Path(cfg.paths.output_dir) / "metrics.json"
     for key, folder in (("skipped", "evaluate.pred_dir"), ("ref_skipped", "evaluate.ref_dir")):
         for entry in result.get(key, []):

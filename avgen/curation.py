@@ -280,7 +280,8 @@ def score_splits(root: str | Path, splits: list[str], metrics: list[str], evalua
         return stores
     from tqdm import tqdm
 
-    from avgen.evaluation import ClipScorer, export_samples
+    from avgen.evaluation import ClipScorer
+    from avgen.samples import export_samples
 
     (root / SCORES).mkdir(parents=True, exist_ok=True)
     _remove_dead_exports(root / SCORES)

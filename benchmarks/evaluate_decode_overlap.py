@@ -3,7 +3,7 @@
 The main process of ``python -m avgen evaluate`` decodes every clip and feeds it to the feature
 extractors (I3D, VGGish, CLIP, ...). On a GPU the extractor call mostly waits for the device without
 holding the GIL, so decoding the next clips meanwhile hides the decoder. This benchmark times
-``avgen.evaluation._load_clips`` over a folder of clips with a consumer that waits ``--consumer-ms``
+``avgen.samples.load_clips`` over a folder of clips with a consumer that waits ``--consumer-ms``
 per clip without holding the GIL (``time.sleep``, standing in for a GPU forward) and prints the time
 with 0 decode threads (decode, then wait, clip by clip) and with ``--threads`` (``evaluate.decode_threads``),
 and their ratio. It does not measure a real GPU: on a CPU-only run the extractors hold the cores and
@@ -22,13 +22,13 @@ from pathlib import Path
 
 from avgen.data.geometry import ClipGeometry
 from avgen.data.synthetic import generate_clip
-from avgen.evaluation import _load_clips
 from avgen.media import write_mp4
+from avgen.samples import load_clips
 
 
 def run(paths: list[Path], threads: int, consumer_s: float) -> float:
     start = time.perf_counter()
-    for _ in _load_clips(paths, [], threads=threads):
+    for _ in load_clips(paths, [], threads=threads):
         time.sleep(consumer_s)
     return time.perf_counter() - start
 

@@ -5,6 +5,7 @@ torchmetrics Metric under a DDP-style merge, and the figure."""
 from __future__ import annotations
 
 import functools
+
 import cv2
 import librosa
 import numpy as np
@@ -16,7 +17,6 @@ from avgen.errors import ConfigError
 from avgen.media import MediaError, write_mp4, write_wav
 from avgen.metrics.av_align import (
     NO_EVENTS_SCORE,
-    AVAlign,
     AVAlignConfig,
     align_clip,
     flow_magnitudes,
@@ -26,6 +26,7 @@ from avgen.metrics.av_align import (
     score,
     video_peaks,
 )
+from avgen.metrics.av_align_metric import AVAlign
 from tests.avsync import flow_magnitudes as reference_flow_magnitudes
 from tests.avsync import local_maxima
 

@@ -18,7 +18,7 @@ from avgen.checkpoint import read_checkpoint
 from avgen.commands import build_model, checkpoint_config, command_line_overrides, load_system, run_command
 from avgen.diffusion import classifier_free_guidance, ddim_step
 from avgen.errors import ConfigError
-from avgen.systems.common import SampleReport
+from avgen.samples import SampleReport
 from avgen.systems.joint import JointAudioVideo
 from avgen.systems.tempotokens import TempoTokens
 from tests.conftest import TINY_CLIP, compose, run_cli

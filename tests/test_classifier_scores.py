@@ -15,12 +15,12 @@ import torch
 
 from avgen.data.geometry import ClipGeometry
 from avgen.data.synthetic import generate_clip
+from avgen.encoders.panns import TINY_CNN14, Cnn14, load_cnn14
 from avgen.errors import ConfigError
 from avgen.evaluation import evaluate_folder
 from avgen.media import write_mp4, write_wav
 from avgen.metrics.classifier_scores import ClassifierInput, InceptionScore, MeanKL
-from avgen.metrics.extractors import ORIGINS, ExtractorWeightsMissing, sha256_file
-from avgen.metrics.panns import TINY_CNN14, Cnn14, load_cnn14
+from avgen.pretrained import ORIGINS, ExtractorWeightsMissing, sha256_file
 
 # ------------------------------------------------------------------------------------ Inception Score
 
@@ -393,12 +393,12 @@ def test_kl_pairs_samples_with_shard_split_clips_by_their_recorded_source(tmp_pa
     """evaluate.ref_dir=<shard split>: each generated clip is paired with the split clip named as 'source' in
     <stem>.json (what the sample command writes); the clips' own audio gives KL ~0, a clip without a
     source or with an unknown one is reported."""
-    from avgen.evaluation import _reference_clips
+    from avgen.evaluation.references import reference_clips
     from avgen.media import write_wav
-    from avgen.systems.common import sample_source
+    from avgen.samples import sample_source
 
     split = tiny_shards / "test"
-    refs = [(key, audio, sr) for key, _, _, audio, sr in _reference_clips(split)]
+    refs = [(key, audio, sr) for key, _, _, audio, sr in reference_clips(split)]
     pred = tmp_path / "pred"
     pred.mkdir()
     frames = np.zeros((8, 32, 32, 3), np.uint8)

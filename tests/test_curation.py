@@ -15,11 +15,12 @@ import torch
 
 import avgen.evaluation as evaluation
 from avgen.curation import Thresholds, filter_dataset
-from avgen.data.subset import Subset
 from avgen.data.datamodule import AVDataModule
 from avgen.data.shards import MANIFEST, Manifest, read_split_samples
 from avgen.data.stream import Health, Shard, iter_shard
+from avgen.data.subset import Subset
 from avgen.errors import ConfigError, DataHealthError, MissingShardsError, NothingProduced
+from avgen.samples import export_samples
 from tests.conftest import TINY_CLIP, compose
 from tests.test_semantic import clap_dir  # noqa: F401  (fixture)
 
@@ -37,15 +38,17 @@ def root(tmp_path, tiny_shards) -> Path:
 
 @pytest.fixture
 def counted(monkeypatch) -> list[str]:
-    """The clips AV-Align scores (evaluation._score_clip calls) in this process."""
+    """The clips AV-Align scores (avgen.evaluation.processes.score_clip calls) in this process."""
+    import avgen.evaluation.processes as processes
+
     calls: list[str] = []
-    original = evaluation._score_clip
+    original = processes.score_clip
 
     def spy(job):
         calls.append(Path(job[0]).name)
         return original(job)
 
-    monkeypatch.setattr(evaluation, "_score_clip", spy)
+    monkeypatch.setattr(processes, "score_clip", spy)
     return calls
 
 
@@ -151,8 +154,9 @@ def test_filter_scores_each_clip_once_through_evaluate_and_reuses_the_scores(tmp
 def test_clap_and_imagebind_thresholds_use_the_evaluation_scorers(root, clap_dir):  # noqa: F811
     """Tiny CLAP (save_pretrained folder) and ImageBind (official checkpoint layout) through the real loaders:
     the saved CLAP score is CLAPScore(audio, the clip's label); ImageBind's is ImageBindScore on the clip."""
+    from avgen.encoders.imagebind import TINY_IMAGEBIND, ImageBindAV, save_official_format
     from avgen.media import decode_flac, read_clip
-    from avgen.metrics.imagebind import TINY_IMAGEBIND, ImageBindAV, ImageBindScore, save_official_format
+    from avgen.metrics.imagebind import ImageBindScore
     from avgen.metrics.semantic import CLAPScore
 
     torch.manual_seed(0)
@@ -171,7 +175,7 @@ def test_clap_and_imagebind_thresholds_use_the_evaluation_scorers(root, clap_dir
         direct_clap.sample_rate = sr
         label = json.loads(parts["json"])["label"]
         assert float(clap[key]["clap"]) == pytest.approx(float(direct_clap.clip_scores([audio], [label])[0]), abs=1e-5)
-    exported = evaluation.export_samples(iter(samples[:1]), root.parent / "one")
+    exported = export_samples(iter(samples[:1]), root.parent / "one")
     clip = read_clip(exported[samples[0][0]])
     expected = direct_ib.clip_scores([clip.frames], [clip.audio], sample_rate=clip.sample_rate, fps=float(clip.fps))
     assert float(imagebind[samples[0][0]]["imagebind"]) == pytest.approx(float(expected[0]), abs=1e-5)

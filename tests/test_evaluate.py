@@ -85,7 +85,8 @@ def test_fvd_and_fad_against_a_reference_folder_with_cached_stats(tmp_path, pred
 
     import torch
 
-    from avgen.metrics.extractors import VGGishFeatures, sha256_file
+    from avgen.encoders.vggish import VGGishFeatures
+    from avgen.pretrained import sha256_file
     from tests.test_frechet import TinyI3D
 
     i3d = tmp_path / "i3d_torchscript.pt"
@@ -94,7 +95,7 @@ def test_fvd_and_fad_against_a_reference_folder_with_cached_stats(tmp_path, pred
     torch.manual_seed(0)
     torch.save(VGGishFeatures.tiny().state_dict(), vggish)
     options = dict(fvd={"i3d_path": str(i3d), "num_frames": 16, "feature_dim": 18},
-                   fad={"vggish_path": str(vggish), **{k: v for k, v in __import__("avgen.metrics.extractors",
+                   fad={"vggish_path": str(vggish), **{k: v for k, v in __import__("avgen.encoders.vggish",
                                                                                     fromlist=["TINY_VGGISH"]).TINY_VGGISH.items()}})
     same = tmp_path / "same"
     shutil.copytree(pred_dir, same)
@@ -128,7 +129,7 @@ def test_fvd_and_fad_against_a_reference_folder_with_cached_stats(tmp_path, pred
 
 
 def test_missing_extractor_weights_name_the_config_key(tmp_path, pred_dir):
-    from avgen.metrics.extractors import ExtractorWeightsMissing
+    from avgen.pretrained import ExtractorWeightsMissing
 
     with pytest.raises(ExtractorWeightsMissing, match="evaluate.fvd.i3d_path"):
         evaluate_folder(pred_dir, tmp_path, metrics=["fvd"], ref_dir=pred_dir, fvd={"i3d_path": None})
@@ -183,8 +184,8 @@ def test_fad_with_the_panns_embedding(tmp_path, pred_dir):
 
     import torch
 
-    from avgen.metrics.extractors import sha256_file
-    from avgen.metrics.panns import TINY_CNN14, Cnn14
+    from avgen.encoders.panns import TINY_CNN14, Cnn14
+    from avgen.pretrained import sha256_file
 
     weights = tmp_path / "cnn14.pth"
     torch.manual_seed(0)
@@ -266,7 +267,7 @@ def test_video_inception_score_with_a_c3d_torchscript(tmp_path, pred_dir):
     """is_video equals StyleGAN-V's compute_isv written out: C3D posteriors of the first 16 frames (uint8),
     RandomState(42).shuffle, parts i*N//splits, exp(mean KL(p(y|x) || p(y)))."""
     from avgen.metrics.av_align import load_av
-    from avgen.metrics.extractors import ExtractorWeightsMissing, sha256_file
+    from avgen.pretrained import ExtractorWeightsMissing, sha256_file
 
     torch.manual_seed(3)
     module = TinyC3D()
@@ -304,9 +305,10 @@ def test_video_inception_score_with_a_c3d_torchscript(tmp_path, pred_dir):
 def test_imagebind_score_from_an_official_format_file(tmp_path, pred_dir):
     """evaluate.metrics=[imagebind]: a tiny ImageBind written in the official checkpoint layout, loaded through
     load_imagebind; each clip's score equals ImageBindScore on the decoded clip at its own frame rate."""
+    from avgen.encoders.imagebind import TINY_IMAGEBIND, ImageBindAV, save_official_format
     from avgen.metrics.av_align import load_av
-    from avgen.metrics.extractors import ExtractorWeightsMissing, sha256_file
-    from avgen.metrics.imagebind import TINY_IMAGEBIND, ImageBindAV, ImageBindScore, save_official_format
+    from avgen.metrics.imagebind import ImageBindScore
+    from avgen.pretrained import ExtractorWeightsMissing, sha256_file
 
     torch.manual_seed(0)
     weights = tmp_path / "imagebind_huge.pth"
@@ -332,7 +334,7 @@ def test_imagebind_score_from_an_official_format_file(tmp_path, pred_dir):
 def test_overlapped_alignment_and_feature_pass_give_the_sequential_results(tmp_path, pred_dir, monkeypatch):
     """With cores to spare, AV-Align runs in the workers while the main process scores the other metrics;
     metrics.json and per_clip.csv are the same as when the two passes run one after the other."""
-    import avgen.evaluation as evaluation
+    import avgen.evaluation.processes as processes
     from tests.test_frechet import TinyI3D
 
     i3d = tmp_path / "i3d_torchscript.pt"
@@ -341,7 +343,7 @@ def test_overlapped_alignment_and_feature_pass_give_the_sequential_results(tmp_p
                   fvd={"i3d_path": str(i3d), "num_frames": 16, "feature_dim": 18})
     results = {}
     for overlap in (False, True):
-        monkeypatch.setattr(evaluation._AlignmentPool, "spare_cores", lambda self, on=overlap: on)
+        monkeypatch.setattr(processes.AlignmentPool, "spare_cores", lambda self, on=overlap: on)
         results[overlap] = evaluate_folder(pred_dir, tmp_path / str(overlap), **kwargs)
     assert results[True]["metrics"] == results[False]["metrics"]
     assert results[True]["failures"] == results[False]["failures"]
@@ -355,7 +357,7 @@ def test_torchrun_evaluate_splits_clips_and_matches_one_process(tmp_path, pred_d
     import subprocess
     import sys
 
-    from avgen.metrics.extractors import TINY_VGGISH, VGGishFeatures
+    from avgen.encoders.vggish import TINY_VGGISH, VGGishFeatures
     from tests.conftest import REPO
     from tests.test_frechet import TinyI3D
 
@@ -415,10 +417,12 @@ def test_torchrun_evaluate_splits_clips_and_matches_one_process(tmp_path, pred_d
 def test_fvd_against_a_shard_split_reference(tmp_path, tiny_shards):
     """evaluate.ref_dir=<shard split>: the reference statistics come from the split's clips (decoded by the
     evaluation stream, every clip once) and are cached under the manifest's hash."""
-    from avgen.evaluation import _reference_clips, video_tensor
+    from avgen.encoders.video_classifiers import I3DFeatures
+    from avgen.evaluation.references import reference_clips
+    from avgen.evaluation.scorers import video_tensor
     from avgen.metrics.av_align import load_av
-    from avgen.metrics.extractors import I3DFeatures, sha256_file
     from avgen.metrics.frechet import FrechetDistance
+    from avgen.pretrained import sha256_file
     from tests.test_frechet import TinyI3D
 
     i3d = tmp_path / "i3d_torchscript.pt"
@@ -426,7 +430,7 @@ def test_fvd_against_a_shard_split_reference(tmp_path, tiny_shards):
     split = tiny_shards / "test"
     pred = tmp_path / "pred"
     pred.mkdir()
-    refs = list(_reference_clips(split))
+    refs = list(reference_clips(split))
     assert len(refs) == 5 and all(frames.shape == (8, 32, 32, 3) for _, frames, *_ in refs)
     for key, frames, fps, audio, sr in refs[:3]:  # three of the split's own clips as "generated" ones
         write_mp4(pred / f"{key.replace('/', '_')}.mp4", frames, fps, audio=audio, sample_rate=sr)
@@ -473,7 +477,7 @@ def test_a_shard_split_as_pred_dir_scores_the_data_itself(tmp_path, tiny_shards)
         assert sorted(r["clip"] for r in csv.DictReader(f)) == sorted(p.name for p in clips.glob("*.mp4"))
     assert len(list((tmp_path / "out" / "plots").glob("*.png"))) == 1
     # KL of the split against itself: every clip is paired with itself through its recorded key
-    from avgen.metrics.panns import TINY_CNN14, Cnn14
+    from avgen.encoders.panns import TINY_CNN14, Cnn14
 
     weights = tmp_path / "cnn14.pth"
     torch.manual_seed(0)
@@ -485,13 +489,13 @@ def test_a_shard_split_as_pred_dir_scores_the_data_itself(tmp_path, tiny_shards)
 
 
 def test_decode_ahead_keeps_order_and_reports_the_same_failures(pred_dir):
-    from avgen.evaluation import _load_clips, find_clips
+    from avgen.samples import find_clips, load_clips
 
     paths = find_clips(pred_dir).files
     results = {}
     for threads in (0, 1, 3):
         failures: list[dict] = []
-        items = list(_load_clips(paths, failures, threads=threads))
+        items = list(load_clips(paths, failures, threads=threads))
         results[threads] = ([(name, c.frames.tobytes(), c.fps, c.audio.tobytes(), c.sample_rate) for name, c
                              in items], failures)
     assert results[1] == results[0] and results[3] == results[0]

@@ -16,7 +16,9 @@ import pytest
 import soundfile as sf
 
 from avgen.errors import ConfigError
-from avgen.evaluation import _load_clips, _reference_clips, evaluate_folder, find_clips
+from avgen.evaluation import evaluate_folder
+from avgen.evaluation.references import reference_clips
+from avgen.samples import find_clips, load_clips
 from tests.conftest import run_cli
 
 CASES = Path(__file__).parent / "data" / "cases"
@@ -62,8 +64,8 @@ def test_kl_finds_the_reference_of_the_same_stem_with_any_extension(tmp_path, co
     an audio file only (``web.WAV``); each pair's KL is ~0."""
     import torch
 
+    from avgen.encoders.panns import TINY_CNN14, Cnn14
     from avgen.media import read_clip, write_wav
-    from avgen.metrics.panns import TINY_CNN14, Cnn14
 
     ref = tmp_path / "ref"
     shutil.copytree(containers, ref)
@@ -104,9 +106,9 @@ def test_vfr_and_rotated_clips_and_audio_longer_than_the_video(tmp_path, monkeyp
     assert rows["vfr.mp4"]["fps"] == "24.0" and rows["vfr.mp4"]["frames"] == "72"  # 3 s at the nominal rate
     assert {v: float(rows["portrait.mp4"][f"av_align_{v}"]) for v in VARIANTS} == dict.fromkeys(VARIANTS, 1.0)
     assert plotted["portrait"] == (36, 64, 48, 3) and plotted["vfr"] == (72, 48, 64, 3)
-    [(_, clip)] = _load_clips([folder / "portrait.mp4"], [])
+    [(_, clip)] = load_clips([folder / "portrait.mp4"], [])
     assert clip.frames.shape == (36, 64, 48, 3)
-    refs = {name: frames.shape for name, frames, *_ in _reference_clips(folder)}
+    refs = {name: frames.shape for name, frames, *_ in reference_clips(folder)}
     assert refs["portrait.mp4"] == (36, 64, 48, 3)
     long = rows["long.mp4"]
     assert (float(long["video_seconds"]), float(long["audio_seconds"])) == (3.0, 3.5)

@@ -15,11 +15,19 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
+from avgen.encoders.registry import build_extractor
+from avgen.encoders.vggish import TINY_VGGISH, VGGishFeatures, vggish_mel_matrix
+from avgen.encoders.video_classifiers import I3DFeatures
 from avgen.metrics import frechet
-from avgen.metrics.extractors import (ORIGINS, TINY_VGGISH, ExtractorWeightsMissing, I3DFeatures, VGGishFeatures,
-                                      build_extractor, vggish_mel_matrix)
-from avgen.metrics.frechet import (FrechetDistance, ReferenceStats, cached_reference_stats, frechet_distance,
-                                   reference_key, reference_stats_path)
+from avgen.metrics.frechet import (
+    FrechetDistance,
+    ReferenceStats,
+    cached_reference_stats,
+    frechet_distance,
+    reference_key,
+    reference_stats_path,
+)
+from avgen.pretrained import ORIGINS, ExtractorWeightsMissing
 
 
 def scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:

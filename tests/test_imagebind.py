@@ -12,16 +12,13 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
-from avgen.metrics.extractors import ExtractorWeightsMissing
-from avgen.metrics.imagebind import (
+from avgen.encoders.imagebind import (
     CLIP_MEAN,
     CLIP_STD,
     TINY_IMAGEBIND,
     ImageBindAV,
-    ImageBindScore,
     audio_clip_bounds,
     audio_clips,
-    av_cosine,
     constant_clip_timepoints,
     load_imagebind,
     log_mel_fbank,
@@ -31,6 +28,8 @@ from avgen.metrics.imagebind import (
     video_clip_indices,
     video_clips,
 )
+from avgen.metrics.imagebind import ImageBindScore, av_cosine
+from avgen.pretrained import ExtractorWeightsMissing
 
 KALDI_ARGS = dict(htk_compat=True, sample_frequency=16000, use_energy=False, window_type="hanning", num_mel_bins=128,
                   dither=0.0, frame_length=25, frame_shift=10)  # imagebind/data.py waveform2melspec

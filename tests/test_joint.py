@@ -207,7 +207,7 @@ def test_sample_command_writes_sounding_videos(tiny_root, tmp_path, capsys):
         assert abs(len(audio) / 16000 - frames.shape[0] / 8) < 0.05  # same duration, 1 s
         assert path.with_suffix(".wav").is_file() and path.with_suffix(".txt").read_text()
     # the json names the data clip whose caption was the prompt (evaluate pairs references by it)
-    from avgen.systems.common import split_captions
+    from avgen.samples import split_captions
 
     captions = split_captions(str(tiny_root / "data" / "synthetic_hits" / "32x32_8fps_1.0s_16000hz"), 3)
     metas = [json.loads(p.with_suffix(".json").read_text()) for p in paths]

@@ -396,7 +396,7 @@ def test_listed_dataset_matches_download_names_and_records_what_is_missing(tmp_p
 
     src = tmp_path / "downloads"
     write_video(src / "video" / "AAAAAAAAAAA_000030.mp4", 1.5, sr=None, seed=1)  # TempoTokens layout: the wav
-    from avgen.media import write_wav                                             # in audio/ is the sound
+    from avgen.media import write_wav  # in audio/ is the sound
     (src / "audio").mkdir()
     write_wav(src / "audio" / "AAAAAAAAAAA_000030.wav", np.random.default_rng(0).uniform(-.3, .3, 24000), 16000)
     write_video(src / "BBBBBBBBBBB_10.mp4", 1.5, seed=2)
@@ -455,7 +455,7 @@ def test_landscape_class_folders_are_split_the_svg_codes_way(tmp_path):
 
 
 def test_a_download_one_frame_short_of_the_window_is_kept(tmp_path):
-    from avgen.data.prepare import SourceVideo, Skip, cut_source
+    from avgen.data.prepare import Skip, SourceVideo, cut_source
 
     store = StoreGeometry.from_config(STORE)  # 1-s windows at 8 fps: one frame is 0.125 s
     for seconds, expected in ((1.92, 2), (1.8, 1), (0.9, 1), (0.8, 0)):

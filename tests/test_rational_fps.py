@@ -177,7 +177,8 @@ def test_sampling_writes_and_scores_at_the_exact_rate(fps, tmp_path):
     """What a system samples at data.clip.fps=29.97 is written at 30000/1001 (not 29) and scored at it."""
     import torch
 
-    from avgen.systems.common import av_align_scores, write_sounding_videos
+    from avgen.samples import write_sounding_videos
+    from avgen.systems.common import av_align_scores
     from avgen.systems.joint import JointAudioVideo
     from avgen.systems.tempotokens import TempoTokens
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from avgen.checkpoint import (KILL_AFTER_TEMPORARY_ENV, checkpoint_step, newest_checkpoint,
-                              remove_stale_temporaries)
+from avgen.checkpoint import KILL_AFTER_TEMPORARY_ENV, checkpoint_step, newest_checkpoint, remove_stale_temporaries
 from tests.conftest import TEST_CONFIGS, run_cli
 
 
@@ -126,7 +125,7 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, tiny_
     run = tmp_path / "run"
     assert checkpoint_step(run / "checkpoints" / "last.ckpt") == 3
     assert f"interrupted at step 3: saved {run / 'checkpoints' / 'last.ckpt'}" in out
-    assert out.count(f"resume with: python -m avgen fit") == 2 and f"hydra.run.dir={run}" in out
+    assert out.count("resume with: python -m avgen fit") == 2 and f"hydra.run.dir={run}" in out
     assert f"avgen fit: run folder {run}" in out and f"avgen fit: data synthetic_hits in {tiny_shards}" in out
     run_command(fit_cfg(tmp_path, tiny_shards, "trainer.max_steps=6"))
     assert record(run)["first_step"] == 3 and record(run)["global_step"] == 6

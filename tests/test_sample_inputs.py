@@ -22,7 +22,7 @@ from avgen.commands import build_model, run_command
 from avgen.commands import sample as sample_command
 from avgen.errors import NothingProduced
 from avgen.media import decode_video, read_audio, write_wav
-from avgen.systems.common import SAMPLE_SUFFIXES
+from avgen.samples import SAMPLE_SUFFIXES
 from avgen.systems.tempotokens import TempoTokens
 from tests.conftest import compose, run_cli
 from tests.test_tempotokens import build, tiny_root  # noqa: F401  (tiny_root is a fixture)

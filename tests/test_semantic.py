@@ -11,9 +11,16 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
-from avgen.metrics.extractors import sha256_file
-from avgen.metrics.semantic import (CLIP_MEAN, CLIP_STD, PRETRAINED_ORIGINS, CLAPScore, CLIPSim,
-                                    PretrainedModelMissing, load_pretrained)
+from avgen.metrics.semantic import (
+    CLIP_MEAN,
+    CLIP_STD,
+    PRETRAINED_ORIGINS,
+    CLAPScore,
+    CLIPSim,
+    PretrainedModelMissing,
+    load_pretrained,
+)
+from avgen.pretrained import sha256_file
 
 PROMPTS = ["a dog barks", "rain on a roof", "the sound of a drum kit"]
 

@@ -16,7 +16,6 @@ import time
 import numpy as np
 import pytest
 
-from tests.avsync import flow_magnitudes, local_maxima, onset_times
 from avgen.data.synthetic import (
     CLASS_NAMES,
     COLOURS,
@@ -30,6 +29,7 @@ from avgen.data.synthetic import (
     max_events_that_fit,
     min_event_gap,
 )
+from tests.avsync import flow_magnitudes, local_maxima, onset_times
 
 DEFAULT = ClipGeometry()  # 4 s, 8 fps, 256 x 256, 16 kHz
 TINY = ClipGeometry(seconds=1.0, fps=8, height=32, width=32, sample_rate=16000)

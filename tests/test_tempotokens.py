@@ -130,7 +130,7 @@ def test_sample_command_muxes_the_input_audio(tiny_root, tmp_path):
     assert all(p.with_suffix(".txt").read_text() for p in paths)
     import json
 
-    from avgen.systems.common import sample_source, split_samples
+    from avgen.samples import sample_source, split_samples
 
     keys = [key for key, _ in split_samples(str(tiny_root / "data" / "synthetic_hits" / "32x32_8fps_1.0s_16000hz"), 2)]
     assert [sample_source(p) for p in paths] == keys  # the test clips whose audio the videos were made from

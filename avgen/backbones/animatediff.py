@@ -20,7 +20,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from avgen.backbones.loader import load_pretrained, load_scheduler, quiet_loading, resolve_source
+from avgen.backbones.loader import load_pretrained, load_scheduler, resolve_source
+from avgen.pretrained import freeze, quiet_loading
 
 BASE_KEY = "model.video.base"
 ADAPTER_KEY = "model.video.motion_adapter"
@@ -92,7 +93,7 @@ def load_animatediff(base: str, motion_adapter: str, vae: str | None = None, *, 
     tokenizer = load_pretrained(CLIPTokenizer, base, BASE_KEY, subfolder="tokenizer")
     text_encoder = load_pretrained(CLIPTextModel, base, BASE_KEY, subfolder="text_encoder")
     for module in (unet, autoencoder, text_encoder):
-        module.requires_grad_(False).eval()
+        freeze(module)
     return VideoBackbone(unet=unet, vae=autoencoder, tokenizer=tokenizer, text_encoder=text_encoder,
                          scheduler=scheduler)
 

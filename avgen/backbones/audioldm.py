@@ -27,6 +27,7 @@ from transformers import ClapTextModelWithProjection, RobertaTokenizer, SpeechT5
 
 from avgen.backbones.loader import load_pretrained, load_scheduler, resolve_source
 from avgen.errors import ConfigError
+from avgen.pretrained import freeze
 
 BASE_KEY = "model.audio.base"
 SCHEDULER_KEY = "model.audio.scheduler"
@@ -132,7 +133,7 @@ def load_audioldm(source: str, *, tiny_dir: str | Path | None = None,
                           f"has {mel.n_mels} bins at {mel.sample_rate} Hz with hop {mel.hop_length}; "
                           f"give an AudioLDM (v1) folder")
     for module in (unet, vae, text_encoder, vocoder, mel):
-        module.requires_grad_(False).eval()
+        freeze(module)
     return AudioBackbone(unet=unet, vae=vae, tokenizer=tokenizer, text_encoder=text_encoder, vocoder=vocoder,
                          scheduler=scheduler, mel=mel.to(unet.device))
 

@@ -15,12 +15,12 @@ Kept free of torch / diffusers imports at module level: :mod:`avgen.metrics.sema
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
-from typing import Any, Iterator
+from typing import Any
 
 from avgen.errors import ConfigError
+from avgen.pretrained import quiet_loading
 
 # The config key that names each pretrained model, and the hub id of the original it stands for.
 ORIGINS: dict[str, str] = {
@@ -73,26 +73,6 @@ def load_pretrained(cls: Any, name_or_path: str | os.PathLike | None, config_key
             return cls.from_pretrained(str(name_or_path), local_files_only=True, **kwargs)
     except (OSError, ValueError) as err:
         raise PretrainedModelMissing(name_or_path, config_key, f"{type(err).__name__}: {err}", subfolder) from err
-
-
-@contextlib.contextmanager
-def quiet_loading() -> Iterator[None]:
-    """Silence the libraries' per-load chatter: transformers 5's weight-loading progress bars and
-    diffusers' "modules that should be kept in float32: []" warning, which ``UNetMotionModel.from_unet2d``
-    triggers on every build (its own guard is always true in diffusers 0.42)."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    bars = transformers_logging.is_progress_bar_enabled()
-    level = diffusers_logging.get_verbosity()
-    transformers_logging.disable_progress_bar()
-    diffusers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(level)
-        if bars:
-            transformers_logging.enable_progress_bar()
 
 
 def load_scheduler(cls: Any, source: str | os.PathLike, config_key: str, settings: dict[str, Any],

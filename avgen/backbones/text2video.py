@@ -32,11 +32,13 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
-# Both backbones run an SD-family VAE frame by frame and read nothing but ``backbone.vae``: one
-# encode / decode recipe serves both.
 from avgen.backbones.animatediff import decode_video, encode_video
 from avgen.backbones.loader import load_pretrained, load_scheduler, resolve_source
 from avgen.errors import ConfigError
+
+# Both backbones run an SD-family VAE frame by frame and read nothing but ``backbone.vae``: one
+# encode / decode recipe serves both.
+from avgen.pretrained import freeze
 
 __all__ = ["BASE_KEY", "SAMPLERS", "FrameContextProcessor", "PerFrameUNet3D", "Text2VideoBackbone",
            "decode_video", "encode_video", "load_text2video"]
@@ -98,7 +100,7 @@ def load_text2video(base: str, *, tiny_dir: str | Path | None = None, scheduler:
     tokenizer = load_pretrained(CLIPTokenizer, base, BASE_KEY, subfolder="tokenizer")
     text_encoder = load_pretrained(CLIPTextModel, base, BASE_KEY, subfolder="text_encoder")
     for module in (unet, vae, text_encoder):
-        module.requires_grad_(False).eval()
+        freeze(module)
     return Text2VideoBackbone(unet=unet, vae=vae, tokenizer=tokenizer, text_encoder=text_encoder,
                               scheduler=sampler, noise_scheduler=noise_scheduler)
 

@@ -37,7 +37,7 @@ from transformers import (
     SpeechT5HifiGanConfig,
 )
 
-from avgen.backbones.loader import quiet_loading
+from avgen.pretrained import quiet_loading
 
 TINY_VERSION = 1
 SEED = 0

@@ -150,8 +150,8 @@ class AVDataModule(pl.LightningDataModule):
                 raise GeometryMismatchError(
                     f"{folder / MANIFEST} holds shards of another stored geometry than data.store: "
                     + ", ".join(self.store.differences(manifest.store))
-                    + f". Set those data.store keys to the shards' values, or re-run prepare (it writes data.store "
-                      f"into its own folder)")
+                    + ". Set those data.store keys to the shards' values, or re-run prepare (it writes data.store "
+                      "into its own folder)")
             stored = manifest.store if manifest._clip is None else manifest.clip
             problems = self.clip.incompatibilities(stored)
             if problems:

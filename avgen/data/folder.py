@@ -26,8 +26,16 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from avgen.data.prepare import (Plan, SourceVideo, Skip, files_digest, read_split_file, run_plan, seeded_split,
-                                 text_digest)
+from avgen.data.prepare import (
+    Plan,
+    Skip,
+    SourceVideo,
+    files_digest,
+    read_split_file,
+    run_plan,
+    seeded_split,
+    text_digest,
+)
 from avgen.data.shards import clip_key
 from avgen.errors import ConfigError
 from avgen.media import VIDEO_SUFFIXES

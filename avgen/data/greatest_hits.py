@@ -34,8 +34,16 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from avgen.data.folder import _plain, _read_captions
-from avgen.data.prepare import (Plan, SourceVideo, Skip, files_digest, read_split_file, run_plan, seeded_split,
-                                 text_digest)
+from avgen.data.prepare import (
+    Plan,
+    Skip,
+    SourceVideo,
+    files_digest,
+    read_split_file,
+    run_plan,
+    seeded_split,
+    text_digest,
+)
 from avgen.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from avgen.data.folder import find_videos
-from avgen.data.prepare import Plan, SourceVideo, Skip, files_digest, run_plan, text_digest
+from avgen.data.prepare import Plan, Skip, SourceVideo, files_digest, run_plan, text_digest
 from avgen.errors import ConfigError
 from avgen.media import AUDIO_SUFFIXES
 

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchaudio.compliance import kaldi
 
-from avgen.checkpoint import load_weights_file
 from avgen.errors import ConfigError, WeightsFileMissing
+from avgen.pretrained import freeze, load_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -596,8 +596,7 @@ def load_beats(path: str | os.PathLike | None, config_key: str = "model.encoder.
     for key in PREDICTOR_KEYS:
         state.pop(key, None)
     model.load_state_dict(state, strict=True)
-    model.requires_grad_(False)
-    return model.eval()
+    return freeze(model)
 
 
 def save_official_format(model: BEATs, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

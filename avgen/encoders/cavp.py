@@ -23,7 +23,7 @@ Official code (luosiallen/Diff-Foley, read for reference only):
 - model: ``inference/model/cavp_model.py`` ``CAVP_Inference`` with ``inference/config/Stage1_CAVP.yaml``
   (``spec_encode: cnn14_pool``, ``embed_dim: 512``): ``spec_encoder = Cnn14(embed_dim=512)`` from
   ``inference/model/cavp_modules.py`` and ``spec_project_head = nn.Identity()``; the 2048 → 512 projection is the
-  encoder's own ``final_project``. Its Cnn14 differs from the PANNs tagger (:mod:`avgen.metrics.panns`): the input
+  encoder's own ``final_project``. Its Cnn14 differs from the PANNs tagger (:mod:`avgen.encoders.panns`): the input
   BatchNorm is ``bn`` over 128 bins, block 5 pools mel only (time pooling 16, not 32), time is kept (max + mean
   pooling over a sliding window of 3 steps instead of over the clip) and ``fc1`` is applied twice.
 - per-step features: Diff-Foley ships no audio-feature extraction (issue #33); the recipe of Sony's
@@ -50,9 +50,9 @@ import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
 
-from avgen.checkpoint import load_weights_file
+from avgen.encoders.panns import CNN14_CHANNELS, ConvBlock
 from avgen.errors import ConfigError, WeightsFileMissing
-from avgen.metrics.panns import CNN14_CHANNELS, ConvBlock
+from avgen.pretrained import freeze, load_weights_file
 
 SAMPLE_RATE = 16000
 N_FFT = 1024
@@ -294,8 +294,7 @@ def load_cavp(path: str | os.PathLike | None, config_key: str = "model.encoder.p
     except RuntimeError as exc:
         raise CAVPCheckpointError(f"{where}: the {AUDIO_BRANCH}* weights do not fit CAVP's Cnn14 "
                                   f"(channels={list(model.channels)}, embed_dim={model.embed_dim}): {exc}") from exc
-    model.requires_grad_(False)
-    return model.eval()
+    return freeze(model)
 
 
 def save_tiny_format(model: CAVPAudio, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

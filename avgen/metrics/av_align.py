@@ -67,7 +67,8 @@ video. When exactly one side is empty nothing can agree and every variant gives 
 the fraction over the empty set is taken as 0).
 
 Entry points: ``align_clip`` (arrays in memory), ``load_av`` (an mp4 with sound, or an mp4 + wav
-pair), ``AVAlign`` (a torchmetrics ``Metric``: mean score per variant, DDP-safe) and
+pair), :class:`avgen.metrics.av_align_metric.AVAlign` (a torchmetrics ``Metric``: mean score per variant,
+DDP-safe) and
 ``plot_alignment`` (a figure like Fig. 4 of TempoTokens).
 """
 
@@ -456,13 +457,3 @@ __all__ = [
     "score",
     "video_peaks",
 ]
-
-
-def __getattr__(name: str):
-    # The torchmetrics Metric lives in av_align_metric.py: importing torchmetrics costs seconds, which
-    # every clip-parallel evaluation worker would pay for nothing.
-    if name == "AVAlign":
-        from avgen.metrics.av_align_metric import AVAlign
-
-        return AVAlign
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

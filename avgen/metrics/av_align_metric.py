@@ -15,6 +15,7 @@ from torchmetrics import Metric
 
 from avgen.metrics.av_align import AVAlignConfig, align_clip
 
+
 def _to_uint8_frames(video) -> np.ndarray:
     """(F, 3, H, W) float in [-1, 1] or (F, H, W, 3) uint8, tensor or array → (F, H, W, 3) uint8 numpy."""
     x = video.detach().cpu() if isinstance(video, torch.Tensor) else torch.as_tensor(np.asarray(video))

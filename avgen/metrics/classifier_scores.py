@@ -1,6 +1,6 @@
 """Inception Score and paired KL divergence over an audio classifier's outputs, audioldm_eval's way.
 
-Both take the classifier's logits (for the PANNs CNN14 of :mod:`avgen.metrics.panns`, the 527
+Both take the classifier's logits (for the PANNs CNN14 of :mod:`avgen.encoders.panns`, the 527
 pre-sigmoid AudioSet outputs, which audioldm_eval calls ``"logits"``); running the classifier is the
 caller's job, so one forward pass per clip feeds both metrics.
 

@@ -7,8 +7,10 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
+from avgen.pretrained import HoldsFrozen
 
-class MeanCosine(Metric):
+
+class MeanCosine(HoldsFrozen, Metric):
     """Mean over clips of a per-clip cosine score computed by a frozen pretrained ``model``; states are
     the score sum and the clip count (float64, summed across processes). Subclasses give
     ``clip_scores(...)`` and ``update`` = ``add_scores(clip_scores(...))``."""
@@ -20,15 +22,10 @@ class MeanCosine(Metric):
 
     def __init__(self, model: torch.nn.Module, **kwargs: Any):
         super().__init__(**kwargs)
-        self.model = model.requires_grad_(False).eval()
+        self.model = model
+        self.hold_frozen(model)
         self.add_state("score_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def train(self, mode: bool = True) -> MeanCosine:
-        # A parent's .train() must not switch the pretrained model to dropout.
-        super().train(mode)
-        self.model.eval()
-        return self
 
     def add_scores(self, scores: torch.Tensor) -> None:
         """Add per-clip scores computed by ``clip_scores`` (so a caller can keep them per clip)."""

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
-from avgen.metrics.extractors import FeatureExtractor, sha256_file
+from avgen.encoders.base import FeatureExtractor
+from avgen.pretrained import sha256_file
 
 STATS_FORMAT = "avgen-refstats/1"
 

@@ -34,8 +34,9 @@ import torchaudio
 
 # PretrainedModelMissing is re-exported: callers of the metrics catch it from here.
 from avgen.backbones.loader import ORIGINS, PretrainedModelMissing, load_pretrained  # noqa: F401
+from avgen.encoders.base import FeatureExtractor, unit_range_clips
 from avgen.metrics.cosine import MeanCosine
-from avgen.metrics.extractors import FeatureExtractor, sha256_file, unit_range_clips
+from avgen.pretrained import sha256_file
 
 # The metric models' entries of the config key → original hub id registry.
 PRETRAINED_ORIGINS: dict[str, str] = {key: ORIGINS[key] for key in ("evaluate.clipsim.model", "evaluate.clap.model")}

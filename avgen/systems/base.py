@@ -27,6 +27,7 @@ from torch import nn
 from avgen._versions import library_versions
 from avgen.checkpoint import FORMAT
 from avgen.errors import ConfigError
+from avgen.pretrained import HoldsFrozen
 
 # Frozen parts stay in eval mode on purpose (AVSystem.freeze); Lightning warns about any module in
 # eval mode at the start of training.
@@ -72,7 +73,7 @@ def system_arguments(scale: str, tiny: Mapping | None, sampling_defaults: Mappin
     return args
 
 
-class AVSystem(pl.LightningModule):
+class AVSystem(HoldsFrozen, pl.LightningModule):
     """Base class of the avgen systems (a LightningModule with the conventions above).
 
     Args:
@@ -91,7 +92,6 @@ class AVSystem(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.ema_decay = ema_decay
         self.cond_drop_prob = cond_drop_prob
-        self._frozen: list[nn.Module] = []
         self.ema_state: dict[str, torch.Tensor] | None = None
         # the resolved run config; set by the command line before fit, stored in checkpoints
         self.run_config: dict[str, Any] | None = None
@@ -100,17 +100,9 @@ class AVSystem(pl.LightningModule):
 
     # ------------------------------------------------------------------------------ frozen parts
     def freeze(self, *modules: nn.Module) -> None:
-        """Freeze ``modules``: no gradients, eval mode for good, excluded from checkpoints."""
-        for module in modules:
-            module.requires_grad_(False)
-            module.eval()
-            self._frozen.append(module)
-
-    def train(self, mode: bool = True) -> "AVSystem":
-        super().train(mode)
-        for module in self._frozen:
-            module.eval()
-        return self
+        """Freeze ``modules``: no gradients, eval mode for good (:class:`avgen.pretrained.HoldsFrozen`),
+        excluded from checkpoints."""
+        self.hold_frozen(*modules)
 
     def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         return ((n, p) for n, p in self.named_parameters() if p.requires_grad)

@@ -41,15 +41,9 @@ from avgen.errors import ConfigError
 from avgen.media import frame_count
 from avgen.modules.joint_unet import DEFAULT_POSITIONS, JointUNet
 from avgen.modules.timestep_adjust import adjust_timesteps, check_gamma, sample_training_timesteps
+from avgen.samples import SampleReport, refuse_existing, split_captions, write_sounding_videos
 from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
-from avgen.systems.common import (
-    SampleReport,
-    av_align_scores,
-    log_sounding_videos,
-    refuse_existing,
-    split_captions,
-    write_sounding_videos,
-)
+from avgen.systems.common import av_align_scores, log_sounding_videos
 
 log = logging.getLogger("avgen")
 

@@ -45,16 +45,9 @@ from avgen.modules.attentive_pooling import AttentivePooling
 from avgen.modules.audio_mapper import AudioMapper, pool_to_frames
 from avgen.modules.context_windows import resolutions, window_means
 from avgen.modules.placeholder_prompt import PlaceholderPrompt
+from avgen.samples import SampleReport, clip_caption, refuse_existing, split_samples, write_sounding_videos
 from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
-from avgen.systems.common import (
-    SampleReport,
-    av_align_scores,
-    clip_caption,
-    log_sounding_videos,
-    refuse_existing,
-    split_samples,
-    write_sounding_videos,
-)
+from avgen.systems.common import av_align_scores, log_sounding_videos
 
 log = logging.getLogger("avgen")
 

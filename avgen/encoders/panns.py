@@ -21,7 +21,7 @@ state-dict keys (``spectrogram_extractor.stft.conv_real.weight``, ``logmel_extra
 loads with ``strict=True`` and its own front-end weights are the ones used.
 
 The model is always in eval mode (dropout and SpecAugment of the training code never run), frozen,
-and records the SHA-256 of the file it was loaded from (:class:`avgen.metrics.extractors.FeatureExtractor`).
+and records the SHA-256 of the file it was loaded from (:class:`avgen.encoders.base.FeatureExtractor`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avgen.metrics.extractors import ORIGINS, FeatureExtractor, _require_file
+from avgen.encoders.base import FeatureExtractor
+from avgen.pretrained import ORIGINS, require_file
 
 CNN14_CHANNELS: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
 TINY_CNN14 = {"channels": (4, 8, 8, 16, 16, 32), "embedding_dim": 32}
@@ -243,9 +244,9 @@ def load_cnn14(path: str | os.PathLike | None, config_key: str = "evaluate.panns
     The file is read with ``torch.load(weights_only=True)``, allowing only numpy's array globals
     (see :func:`_numpy_pickle_globals`); its ``model`` entry must fit ``Cnn14(**kwargs)`` exactly
     (``strict=True``, front-end weights included). The file's SHA-256 is recorded under ``"panns"``.
-    A missing file raises :class:`~avgen.metrics.extractors.ExtractorWeightsMissing` naming ``config_key``.
+    A missing file raises :class:`~avgen.pretrained.ExtractorWeightsMissing` naming ``config_key``.
     """
-    file = _require_file("panns", path, config_key)
+    file = require_file("panns", path, config_key)
     origin = ORIGINS["panns"]
     try:
         with torch.serialization.safe_globals(_numpy_pickle_globals()):

@@ -1,0 +1,568 @@
+"""The metrics ``evaluate`` computes in its main process, one scorer class per metric, fed clip by clip.
+
+Each scorer wraps a torchmetrics ``Metric`` of :mod:`avgen.metrics` and the frozen network it needs
+(:mod:`avgen.encoders`); ``update`` returns the clip's own scores for ``per_clip.csv`` and raises
+``ValueError`` for a clip it cannot score; ``result`` gives the value and its description for
+``metrics.json``. AV-Align runs in worker processes instead (:func:`avgen.evaluation.processes.score_clip`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from avgen.errors import ConfigError
+from avgen.evaluation.processes import Processes, clip_durations, device_for
+from avgen.evaluation.references import reference_identity, set_references
+from avgen.samples import clip_prompt, load_clips, sample_source
+
+log = logging.getLogger(__name__)
+
+
+def video_tensor(frames: np.ndarray, dev):
+    """Decoded frames (F, H, W, 3) uint8 → (1, F, 3, H, W) float in [-1, 1] on ``dev`` (an extractor's
+    uint8 quantisation ``(x * 127.5 + 128)`` gives the decoded bytes back exactly)."""
+    import torch
+
+    video = torch.from_numpy(np.ascontiguousarray(frames)).to(dev)
+    return video.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)[None]
+
+
+@dataclass
+class BuildContext:
+    """What a scorer is built from: the ``evaluate`` option blocks (``{block: mapping}``), the default
+    prompt, the device, the reference (``evaluate.ref_dir``), this process's clips (``pred``) and all clips
+    (``all_clips``, sorted); ``shared`` holds parts several scorers use (the PANNs classifier of ``is`` and ``kl``)."""
+
+    options: Mapping[str, Mapping[str, Any]]
+    prompt: str | None
+    dev: Any
+    ref_dir: str | Path | None = None
+    pred: list[Path] = field(default_factory=list)
+    all_clips: list[Path] = field(default_factory=list)
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def block(self, name: str) -> dict[str, Any]:
+        return dict(self.options.get(name) or {})
+
+    def panns(self) -> PannsLogits:
+        """The PANNs CNN14 of ``evaluate.panns``, built once for ``is`` and ``kl``."""
+        if "panns" not in self.shared:
+            self.shared["panns"] = PannsLogits(self.block("panns"), self.dev)
+        return self.shared["panns"]
+
+
+class Scorer:
+    """One main-process metric fed clip by clip: ``update`` returns the clip's own scores for the per-clip
+    CSV (``{column: value}``, or None for set-level metrics) and raises ``ValueError`` for a clip it
+    cannot score (reported per clip); ``result`` gives (value, description for metrics.json).
+
+    Class attributes say what the metric needs: ``needs_reference`` (compares with ``evaluate.ref_dir``),
+    ``per_clip`` (each clip's score stands alone: ``filter`` can threshold it), ``block`` (its option
+    block under ``evaluate``). :meth:`build` makes one from a :class:`BuildContext`; :data:`SCORERS` is the
+    registry. Adding a metric: a subclass with ``name``, ``update``, ``result`` and ``build``, one line in
+    :data:`SCORERS`, and its block in ``configs/config.yaml``'s ``evaluate``.
+    """
+
+    name: str = ""
+    needs_reference: bool = False
+    per_clip: bool = False
+    block: str | None = None
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> Scorer:
+        raise NotImplementedError
+
+    name: str
+
+    def update(self, path: Path, frames: np.ndarray, audio: np.ndarray, sr: int,
+               fps: float | None = None) -> dict[str, float] | None:
+        raise NotImplementedError
+
+    def states(self) -> list:
+        """The torchmetrics metrics whose states the processes of a distributed run reduce."""
+        return [self.metric]
+
+    def result(self) -> tuple[float | None, dict]:
+        raise NotImplementedError
+
+
+class CosineScorer(Scorer):
+    """A :class:`~avgen.metrics.cosine.MeanCosine` metric: the mean of the clips it could score."""
+
+    def result(self):
+        scored = int(self.metric.count)
+        return (float(self.metric.compute()) if scored else None), {**self.metric.describe(), "clips": scored}
+
+
+class SemanticScorer(CosineScorer):
+    """CLIPSIM (frames vs prompt) or CLAP score (audio vs prompt); the prompt is ``<stem>.txt``
+    beside the clip, else ``evaluate.prompt``."""
+
+    per_clip = True
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> SemanticScorer:
+        return cls(cls.name, ctx.block(cls.name), ctx.prompt, ctx.dev)
+
+    def __init__(self, name: str, options: dict, prompt: str | None, dev):
+        from avgen.metrics.semantic import CLAPScore, CLIPSim
+
+        options = dict(options)
+        model_id = options.pop("model", None)
+        self.name, self.prompt = name, prompt
+        self.metric = (CLIPSim if name == "clipsim" else CLAPScore).from_pretrained(
+            model_id, config_key=f"evaluate.{name}.model", **options).to(dev)
+
+    def update(self, path, frames, audio, sr, fps=None):
+        text = clip_prompt(path, self.prompt)
+        if not text:
+            raise ValueError(f"no prompt ({path.stem}.txt beside the clip, or evaluate.prompt)")
+        if self.name == "clipsim":
+            scores = self.metric.clip_scores([frames], [text])
+        else:
+            self.metric.sample_rate = sr  # the metric resamples to the model's rate
+            scores = self.metric.clip_scores([np.ascontiguousarray(audio, dtype=np.float32)], [text])
+        self.metric.add_scores(scores)
+        return {self.name: float(scores[0])}
+
+
+class CLIPSimScorer(SemanticScorer):
+    """CLIPSIM: CLIP cosine of each frame with the prompt, averaged over the frames (``evaluate.clipsim``)."""
+
+    name = block = "clipsim"
+
+
+class CLAPScorer(SemanticScorer):
+    """CLAP score: CLAP cosine of the audio with the prompt (``evaluate.clap``)."""
+
+    name = block = "clap"
+
+
+class ImageBindScorer(CosineScorer):
+    """ImageBind audio-video score: cos(ImageBind audio embedding, vision embedding) per clip, at the
+    clip's own frame rate (:mod:`avgen.metrics.imagebind`). ``evaluate.imagebind`` holds ``path`` and,
+    for tests, :class:`~avgen.encoders.imagebind.ImageBindAV` sizes."""
+
+    name = block = "imagebind"
+    per_clip = True
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> ImageBindScorer:
+        return cls(ctx.block("imagebind"), ctx.dev)
+
+    def __init__(self, options: dict, dev):
+        from avgen.metrics.imagebind import ImageBindScore
+
+        options = dict(options)
+        self.metric = ImageBindScore.from_file(options.pop("path", None), config_key="evaluate.imagebind.path",
+                                               sizes=options).to(dev)
+
+    def update(self, path, frames, audio, sr, fps=None):
+        scores = self.metric.clip_scores([frames], [np.ascontiguousarray(audio, dtype=np.float32)], sample_rate=sr,
+                                         fps=fps)
+        self.metric.add_scores(scores)
+        return {self.name: float(scores[0])}
+
+
+class FrechetScorer(Scorer):
+    """FVD (I3D on video) or FAD (VGGish or PANNs CNN14's embedding on 16 kHz audio, or CLAP's embedding
+    on 48 kHz audio) against reference statistics."""
+
+    needs_reference = True
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> FrechetScorer:
+        return cls(cls.name, ctx.block(cls.name), ctx.dev)
+
+    def __init__(self, name: str, options: dict, dev):
+        import torch
+
+        from avgen.encoders.registry import build_extractor
+        from avgen.metrics.frechet import FrechetDistance
+
+        options = dict(options)
+        self.name, self.dev, self.torch = name, dev, torch
+        if name == "fvd":
+            extractor = build_extractor("i3d", options.pop("i3d_path", None), config_key="evaluate.fvd.i3d_path",
+                                        **options)
+        else:
+            self.sample_rate = int(options.pop("sample_rate", 16000))
+            kind = options.pop("extractor", "vggish")
+            panns_path = options.pop("panns_path", None)
+            clap_model = options.pop("clap_model", None)
+            if kind == "clap":
+                from avgen.metrics.semantic import ClapEmbedding, CLAPScore
+
+                clap_options = {k: options.pop(k) for k in list(options) if k not in ("vggish_path", "vggish_pca_path")}
+                extractor = ClapEmbedding(CLAPScore.from_pretrained(clap_model, config_key="evaluate.fad.clap_model",
+                                                                    **clap_options))
+                self.sample_rate = extractor.sample_rate  # one resampling, straight to CLAP's rate
+            elif kind == "panns":
+                from avgen.encoders.panns import Cnn14Embedding, load_cnn14
+
+                options.pop("vggish_path", None)
+                options.pop("vggish_pca_path", None)
+                extractor = Cnn14Embedding(load_cnn14(panns_path, config_key="evaluate.fad.panns_path", **options))
+            elif kind == "vggish":
+                extractor = build_extractor("vggish", options.pop("vggish_path", None),
+                                            config_key="evaluate.fad.vggish_path",
+                                            pca_config_key="evaluate.fad.vggish_pca_path",
+                                            pca_path=options.pop("vggish_pca_path", None), **options)
+            else:
+                raise ConfigError(f"evaluate.fad.extractor={kind!r}: expected vggish, panns or clap")
+        self.extractor = extractor.to(dev)
+        self.reference_metric = FrechetDistance(self.extractor).to(dev)
+        self.metric = None
+        self.reference = None
+
+    def model_input(self, frames: np.ndarray, audio: np.ndarray, sr: int):
+        torch = self.torch
+        if self.name == "fvd":
+            return video_tensor(frames, self.dev)
+        wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.dev)
+        if sr != self.sample_rate:
+            import torchaudio
+
+            wave = torchaudio.functional.resample(wave, sr, self.sample_rate)
+        return wave[None]
+
+    def key(self, ref_dir) -> dict:
+        return {"metric": self.name, "extractor": self.extractor.identity(), **reference_identity(ref_dir)}
+
+    def update_reference(self, frames, audio, sr) -> None:
+        self.reference_metric.update(self.model_input(frames, audio, sr), real=True)
+
+    def set_reference(self, stats) -> None:
+        from avgen.metrics.frechet import FrechetDistance
+
+        self.reference = stats
+        self.metric = FrechetDistance(self.extractor, reference=stats).to(self.dev)
+
+    def update(self, path, frames, audio, sr, fps=None):
+        self.metric.update(self.model_input(frames, audio, sr), real=False)
+
+    def result(self):
+        return float(self.metric.compute()), {**self.extractor.describe(), "reference_clips": int(self.reference.count)}
+
+
+# ------------------------------------------------------------------------------ classifier scores
+class FVDScorer(FrechetScorer):
+    """FVD: Fréchet distance of I3D features (``evaluate.fvd``)."""
+
+    name = block = "fvd"
+
+
+class FADScorer(FrechetScorer):
+    """FAD: Fréchet distance of VGGish, PANNs or CLAP audio embeddings (``evaluate.fad``)."""
+
+    name = block = "fad"
+
+
+class PannsLogits:
+    """The PANNs CNN14 shared by ``is`` and ``kl``: clips go in as audioldm_eval prepares them
+    (:class:`~avgen.metrics.classifier_scores.ClassifierInput`), and the logits of the last generated
+    clip are kept, so both metrics use one forward pass per clip. ``evaluate.panns`` holds ``path``,
+    ``splits`` (for ``is``) and, for tests, :class:`~avgen.encoders.panns.Cnn14` arguments (``channels``, ...)."""
+
+    def __init__(self, options: dict, dev):
+        import inspect
+
+        from avgen.encoders.panns import Cnn14, load_cnn14
+        from avgen.metrics.classifier_scores import ClassifierInput
+
+        architecture = {k: v for k, v in options.items() if k not in ("path", "splits", "shuffle_seed")}
+        known = list(inspect.signature(Cnn14).parameters)
+        unknown = sorted(set(architecture) - set(known))
+        if unknown:
+            raise ConfigError(f"evaluate.panns: unknown keys {unknown}; known: path, splits, shuffle_seed, "
+                              f"{', '.join(known)}")
+        self.model = load_cnn14(options.get("path"), config_key="evaluate.panns.path", **architecture).to(dev)
+        self.prepare = ClassifierInput(sample_rate=self.model.sample_rate)
+        self.dev = dev
+        self._last: tuple[str, Any] | None = None
+
+    def classify(self, audio: np.ndarray, sr: int):
+        """Logits (1, classes) of one clip."""
+        import torch
+
+        with torch.no_grad():
+            return self.model(self.prepare(audio, sr).to(self.dev)[None])["logits"]
+
+    def generated(self, path: Path, audio: np.ndarray, sr: int):
+        """Logits (1, classes) of a generated clip, computed once whichever metric asks first."""
+        if self._last is None or self._last[0] != str(path):
+            self._last = (str(path), self.classify(audio, sr))
+        return self._last[1]
+
+    def describe(self) -> dict:
+        return {**self.model.describe(), "input": self.prepare.describe(), "output": "logits (fc_audioset, pre-sigmoid)"}
+
+
+class SplitInceptionScorer(Scorer):
+    """An Inception Score over the generated clips in file-name order (so the parts do not depend on how
+    clips were spread over processes): ``splits`` parts after a ``RandomState(shuffle_seed)`` shuffle."""
+
+    def __init__(self, splits: int, shuffle_seed: int | None, pred: list[Path], splits_key: str, convention: str):
+        from avgen.metrics.classifier_scores import InceptionScore
+
+        if len(pred) < int(splits):
+            raise ConfigError(f"evaluate.metrics '{self.name}' with {splits_key}={splits} needs at least {splits} "
+                              f"clips; evaluate.pred_dir holds {len(pred)}: lower {splits_key} ({convention} uses "
+                              f"10) or score more clips")
+        self.metric = InceptionScore(splits=int(splits), shuffle_seed=shuffle_seed)
+        self.position = {p.name: i for i, p in enumerate(sorted(pred))}
+
+    def add(self, path: Path, logits) -> None:
+        import torch
+
+        self.metric.update(logits, torch.tensor([self.position[path.name]]))
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+    def result(self):
+        info = {**self.describe(), "splits": self.metric.splits, "shuffle_seed": self.metric.shuffle_seed,
+                "clips": self.metric.num_clips()}
+        if info["clips"] < self.metric.splits:  # fewer readable clips than splits: the other metrics still count
+            return None, {**info, "error": f"{info['clips']} clips scored, fewer than splits={self.metric.splits}"}
+        return {k: float(v) for k, v in self.metric.compute().items()}, info
+
+
+class InceptionScorer(SplitInceptionScorer):
+    """Audio Inception Score (audioldm_eval: PANNs CNN14 softmax, 10 splits, shuffle seed 2020)."""
+
+    name = "is"
+    block = "panns"
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> InceptionScorer:
+        return cls(ctx.panns(), ctx.block("panns"), ctx.all_clips)
+
+    def __init__(self, classifier: PannsLogits, options: dict, pred: list[Path]):
+        super().__init__(options.get("splits", 10), options.get("shuffle_seed", 2020), pred,
+                         "evaluate.panns.splits", "audioldm_eval")
+        self.classifier = classifier
+
+    def update(self, path, frames, audio, sr, fps=None):
+        self.add(path, self.classifier.generated(path, audio, sr))
+
+    def describe(self) -> dict:
+        return {**self.classifier.describe(), "posterior": "softmax over the logits"}
+
+
+class KLScorer(Scorer):
+    """Mean KL(reference || generated) of CNN14 outputs, each generated clip paired with its reference:
+
+    - ``evaluate.ref_dir`` a folder: the file of the same stem, any video or audio extension in any case
+      (``<stem>.mp4``, ``.MOV``, ``.wav``, ...); a video's sound is read as for a generated clip (its audio
+      stream, else the audio file of its stem), and a video is taken before an audio file of the same stem;
+    - ``evaluate.ref_dir`` a shard split (``manifest.json``): the clip whose key the ``sample`` command
+      recorded as ``source`` in ``<stem>.json`` beside the generated clip (the data clip whose caption
+      or audio it was made from), read in one pass over the split.
+
+    A clip without its reference is reported, not fatal."""
+
+    name = "kl"
+    block = "panns"
+    needs_reference = True
+    per_clip = True
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> KLScorer:
+        return cls(ctx.panns(), ctx.ref_dir, ctx.pred)
+
+    def __init__(self, classifier: PannsLogits, ref_dir, pred: list[Path]):
+        from avgen.data.shards import MANIFEST
+        from avgen.metrics.classifier_scores import MeanKL
+
+        self.folder = Path(ref_dir)
+        if not self.folder.is_dir():
+            raise ConfigError(f"evaluate.ref_dir={ref_dir} is not a folder of reference clips or a shard split "
+                              f"for 'kl'")
+        self.classifier, self.metric = classifier, MeanKL()
+        self.split_audio: dict[str, tuple[np.ndarray, int]] | None = None
+        if (self.folder / MANIFEST).exists():
+            self.split_audio = self._read_split(pred)
+        else:
+            self.by_stem = self._index_folder()
+
+    def _index_folder(self) -> dict[str, Path]:
+        """The reference file of each stem in the folder (one listing, not one per generated clip)."""
+        from avgen.media import AUDIO_SUFFIXES, VIDEO_SUFFIXES
+
+        media = [p for p in self.folder.iterdir()
+                 if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES | AUDIO_SUFFIXES]
+        by_stem: dict[str, Path] = {}
+        for p in sorted(media, key=lambda p: (p.suffix.lower() not in VIDEO_SUFFIXES, p.name)):
+            by_stem.setdefault(p.stem, p)
+        return by_stem
+
+    def _read_split(self, pred: list[Path]) -> dict[str, tuple[np.ndarray, int]]:
+        """Audio of the split's clips whose keys the generated clips name as their source."""
+
+        wanted = {s for s in (sample_source(p) for p in pred) if s}
+        if not wanted:
+            raise ConfigError(f"evaluate.metrics 'kl' with the shard split evaluate.ref_dir={self.folder} pairs each "
+                              f"generated clip with the split's clip named as 'source' in <stem>.json beside it (the "
+                              f"sample command writes it), but no clip in evaluate.pred_dir has one; set "
+                              f"evaluate.ref_dir to a folder of references with the stems of the clips instead")
+        from avgen.data.shards import read_split_samples
+        from avgen.media import decode_flac
+
+        # the audio straight from the tar files: no video decoding for an audio metric
+        return {key: decode_flac(parts["flac"]) for key, parts in read_split_samples(self.folder, {"flac"})
+                if key in wanted and "flac" in parts}
+
+    def reference_audio(self, path: Path) -> tuple[np.ndarray, int]:
+        """Audio of the reference of generated clip ``path`` (see the class docstring)."""
+        from avgen.media import VIDEO_SUFFIXES, check_finite, read_audio, read_clip
+
+        if self.split_audio is not None:
+    
+            key = sample_source(path)
+            if not key:
+                raise ValueError(f"no source key in {path.with_suffix('.json').name} to find its reference in the "
+                                 f"shard split evaluate.ref_dir={self.folder}")
+            if key not in self.split_audio:
+                raise ValueError(f"source {key} is not a clip of the shard split evaluate.ref_dir={self.folder}")
+            return self.split_audio[key]
+        reference = self.by_stem.get(path.stem)
+        if reference is None:
+            raise ValueError(f"no reference {path.stem}.mp4 or {path.stem}.wav (or another video or audio file of that "
+                             f"stem) in evaluate.ref_dir={self.folder}")
+        try:
+            if reference.suffix.lower() in VIDEO_SUFFIXES:
+                clip = read_clip(reference)
+                return clip.audio, clip.sample_rate
+            audio, sr = read_audio(reference)
+            check_finite(audio, str(reference))
+            return audio, sr
+        except Exception as exc:  # an unreadable reference fails its pair only
+            raise ValueError(f"reference {reference.name}: {type(exc).__name__}: {exc}") from exc
+
+    def update(self, path, frames, audio, sr, fps=None):
+        reference = self.classifier.classify(*self.reference_audio(path))
+        pair = self.metric.pair_divergences(self.classifier.generated(path, audio, sr), reference)
+        self.metric.add_pairs(pair)
+        return {f"kl_{variant}": float(value[0]) for variant, value in pair.items()}
+
+    def result(self):
+        pairs = int(self.metric.count)
+        info = {**self.classifier.describe(), "pairs": pairs, "eps": self.metric.eps,
+                "direction": "KL(reference || generated)", "ref_dir": str(self.folder.absolute())}
+        return ({k: float(v) for k, v in self.metric.compute().items()} if pairs else None), info
+
+
+class VideoInceptionScorer(SplitInceptionScorer):
+    """Video Inception Score (TempoTokens' IS column): UCF-101 C3D posteriors of each clip's first 16
+    frames, StyleGAN-V's 10 splits after ``RandomState(42)`` shuffling."""
+
+    name = block = "is_video"
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> VideoInceptionScorer:
+        return cls(ctx.block("is_video"), ctx.all_clips, ctx.dev)
+
+    def __init__(self, options: dict, pred: list[Path], dev):
+        from avgen.encoders.registry import build_extractor
+
+        options = dict(options)
+        super().__init__(options.pop("splits", 10), options.pop("shuffle_seed", 42), pred,
+                         "evaluate.is_video.splits", "StyleGAN-V")
+        self.extractor = build_extractor("c3d", options.pop("c3d_path", None), config_key="evaluate.is_video.c3d_path",
+                                         **options).to(dev)
+        self.dev = dev
+
+    def update(self, path, frames, audio, sr, fps=None):
+        import torch
+
+        with torch.no_grad():
+            probs = self.extractor(video_tensor(frames, self.dev))
+        self.add(path, probs.log())  # log-probabilities as logits: the metric's softmax gives the posteriors back
+
+    def describe(self) -> dict:
+        return self.extractor.describe()
+
+
+def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, options: dict[str, dict],
+                          prompt: str | None, cache_dir, device: str, procs: Processes | None = None,
+                          all_clips: list[Path] | None = None, decode_threads: int = 0
+                          ) -> tuple[dict, dict, list[dict], dict]:
+    """FVD, FAD, CLIPSIM, CLAP, ImageBind, IS, KL and video IS over one decoding pass of ``pred``. Returns
+    (values, extractor descriptions, failures, per-clip scores and durations (:func:`clip_durations`)
+    ``{clip name: {column: value}}``).
+
+    In a distributed run ``pred`` is this process's share of ``all_clips``; the values, failures and
+    per-clip scores returned are those of all processes."""
+    procs = procs or Processes()
+    ctx = BuildContext(options, prompt, device_for(device), ref_dir, pred, pred if all_clips is None else all_clips)
+    scorers = [cls.build(ctx) for name, cls in SCORERS.items() if name in metrics]
+    frechet = [s for s in scorers if isinstance(s, FrechetScorer)]
+    if not scorers:
+        return {}, {}, [], {}
+    if frechet:
+        set_references(frechet, ref_dir, cache_dir, procs, decode_threads)
+    failures: list[dict] = []
+    per_clip = feed_scorers(scorers, pred, failures, decode_threads)
+    for scorer in scorers:
+        for metric in scorer.states():
+            procs.reduce(metric)
+    failures = [f for part in procs.gather(failures) for f in part]
+    per_clip = {name: scores for part in procs.gather(per_clip) for name, scores in part.items()}
+    values, info = {}, {}
+    for scorer in scorers:
+        values[scorer.name], info[scorer.name] = scorer.result()
+    return values, info, failures, per_clip
+
+
+def per_clip_scorers(metrics: list[str], options: Mapping[str, Mapping[str, Any]], prompt: str | None, dev
+                     ) -> list[Scorer]:
+    """The scorers of the metrics in ``metrics`` whose per-clip scores stand alone (CLIPSIM and CLAP
+    against ``<stem>.txt`` beside the clip, else ``prompt``; ImageBind), built from ``options``
+    (``{block: evaluate.<block>}``), in :data:`SCORERS` order. AV-Align, the other one, runs in worker
+    processes (:func:`avgen.evaluation.processes.score_clip`)."""
+    ctx = BuildContext(options, prompt, dev)
+    return [cls.build(ctx) for name, cls in SCORERS.items()
+            if name in metrics and cls.per_clip and not cls.needs_reference]
+
+
+def feed_scorers(scorers: list[Scorer], paths: list[Path], failures: list[dict], decode_threads: int = 0
+                 ) -> dict[str, dict[str, Any]]:
+    """Decode each clip of ``paths`` once (:func:`load_clips`) and update every scorer with it. Returns
+    ``{clip file name: {column: value}}``: the durations (:func:`clip_durations`) and each scorer's
+    per-clip scores. A clip a scorer cannot score (``ValueError``: too short, no prompt, ...) and an
+    unreadable clip are appended to ``failures`` as ``{"clip", "reason"}``, never raised."""
+    from tqdm import tqdm
+
+    per_clip: dict[str, dict[str, Any]] = {}
+    by_name = {p.name: p for p in paths}
+    progress = dict(total=len(paths), desc="+".join(s.name for s in scorers), unit="clip", file=sys.stderr,
+                    disable=None)
+    for clip_name, clip in tqdm(load_clips(paths, failures, decode_threads), **progress):
+        per_clip[clip_name] = clip_durations(clip)
+        for scorer in scorers:
+            try:
+                scores = scorer.update(by_name[clip_name], clip.frames, clip.audio, clip.sample_rate,
+                                       fps=float(clip.fps))
+                per_clip[clip_name].update(scores or {})
+            except ValueError as exc:  # too short for the extractor, no prompt, ...: reported per clip
+                failures.append({"clip": clip_name, "reason": f"{scorer.name}: {exc}"})
+    return per_clip
+
+
+# The registry: every metric computed in the main process, in the order they are fed each clip.
+SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (
+    FVDScorer, FADScorer, CLIPSimScorer, CLAPScorer, ImageBindScorer, InceptionScorer, KLScorer, VideoInceptionScorer)}
+MAIN_PROCESS = tuple(SCORERS)
+AVAILABLE = ("av_align", *SCORERS)  # av_align runs in worker processes (avgen.evaluation.processes)
+NEEDS_REFERENCE = tuple(name for name, cls in SCORERS.items() if cls.needs_reference)
+# the metrics whose per-clip scores stand alone: what `filter` can threshold
+PER_CLIP = ("av_align", *(name for name, cls in SCORERS.items() if cls.per_clip and not cls.needs_reference))
+# the option blocks under `evaluate` (panns serves is and kl)
+OPTION_BLOCKS = tuple(dict.fromkeys(cls.block for cls in SCORERS.values() if cls.block))

@@ -1,0 +1,183 @@
+"""Pretrained weights: where every pinned file comes from, how avgen requires and reads it, and the
+frozen-module rule.
+
+avgen never downloads weights. A pretrained part is loaded from a local file (or a local folder / the
+local Hugging Face cache, :func:`avgen.backbones.loader.load_pretrained`) named by a config key; when
+it is absent the error names the key, the expected file, what the original is and where it is
+published (:data:`ORIGINS`). Files are read without running code (``torch.load(weights_only=True)``,
+:func:`load_weights_file`) and their SHA-256 (:func:`sha256_file`) goes into ``metrics.json`` and
+into cache keys. A pretrained module is frozen for good (:class:`FrozenModule`): no gradients, and a
+parent's ``train()`` never switches it out of eval mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, TypeVar
+
+import torch
+from torch import nn
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class WeightsOrigin:
+    """Where a pinned weight file comes from, for error messages and the README."""
+
+    file: str          # the published file name
+    config_key: str    # the avgen config key that points at the local copy
+    metric: str        # the metric in ``evaluate.metrics`` that needs it
+    what: str          # what the original is
+    where: str         # where it is published
+
+
+ORIGINS: dict[str, WeightsOrigin] = {
+    "i3d": WeightsOrigin(
+        file="i3d_torchscript.pt", config_key="evaluate.fvd.i3d_path", metric="fvd",
+        what="the Kinetics-400 I3D as TorchScript: StyleGAN-V's port of the tf.hub i3d-kinetics-400 model "
+             "that the original FVD (google-research frechet_video_distance) uses",
+        where="https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1, linked from "
+              "universome/stylegan-v src/metrics/frechet_video_distance.py"),
+    "c3d": WeightsOrigin(
+        file="c3d_ucf101.pt", config_key="evaluate.is_video.c3d_path", metric="is_video",
+        what="the UCF-101-finetuned C3D as TorchScript: StyleGAN-V's exact port of TGANv2's chainer C3D, "
+             "the classifier of the video Inception Score (TGAN, TGANv2, StyleGAN-V, TempoTokens' IS column)",
+        where="https://www.dropbox.com/s/jxpu7avzdc9n97q/c3d_ucf101.pt?dl=1, linked from "
+              "universome/stylegan-v src/metrics/video_inception_score.py"),
+    "vggish": WeightsOrigin(
+        file="vggish-10086976.pth", config_key="evaluate.fad.vggish_path", metric="fad",
+        what="Google's AudioSet VGGish converted to a PyTorch state dict by torchvggish "
+             "(torch.hub harritaylor/torchvggish)",
+        where="https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth"),
+    "vggish_pca": WeightsOrigin(
+        file="vggish_pca_params.npz", config_key="evaluate.fad.vggish_pca_path", metric="fad",
+        what="the PCA/whitening parameters of Google's AudioSet VGGish embedding release "
+             "(arrays pca_eigen_vectors, pca_means)",
+        where="https://storage.googleapis.com/audioset/vggish_pca_params.npz"),
+    "panns": WeightsOrigin(
+        file="Cnn14_16k_mAP=0.438.pth", config_key="evaluate.panns.path",
+        metric="is' and 'kl",  # both metrics use it; the message quotes this as 'is' and 'kl'
+        what="the PANNs CNN14 AudioSet tagger trained on 16 kHz audio (Kong et al. 2020), the classifier of "
+             "audioldm_eval's Inception Score and KL",
+        where="https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth (Zenodo record 3987831)"),
+    "imagebind": WeightsOrigin(
+        file="imagebind_huge.pth", config_key="evaluate.imagebind.path", metric="imagebind",
+        what="Meta's ImageBind-Huge state dict (Girdhar et al. 2023, facebookresearch/ImageBind); only its vision "
+             "and audio towers are used",
+        where="https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth, linked from facebookresearch/ImageBind "
+              "imagebind/models/imagebind_model.py"),
+}
+
+
+class ExtractorWeightsMissing(FileNotFoundError):
+    """A pinned extractor's weight file is not where the config says."""
+
+    def __init__(self, role: str, path: str | os.PathLike | None, config_key: str | None = None):
+        origin = ORIGINS[role]
+        key = config_key or origin.config_key
+        where = "no path is set" if path is None else f"{path} does not exist"
+        super().__init__(
+            f"{role} extractor weights missing: {where} (config key {key}). Expected {origin.file}, "
+            f"{origin.what}; published at {origin.where}. avgen loads extractor weights from local files "
+            f"only: download the file where there is network, copy it here and set {key}=/path/to/"
+            f"{origin.file}, or leave '{origin.metric}' out of evaluate.metrics.")
+        self.role, self.path, self.config_key = role, path, key
+
+
+def require_file(role: str, path: str | os.PathLike | None, config_key: str | None = None) -> Path:
+    """``path`` as a :class:`~pathlib.Path` when it is a file; else :class:`ExtractorWeightsMissing` for the
+    registered ``role`` (naming ``config_key``, default the registry's)."""
+    if path is None or not Path(path).is_file():
+        raise ExtractorWeightsMissing(role, path, config_key)
+    return Path(path)
+
+
+def load_weights_file(path: str | os.PathLike | None, config_key: str, missing: type[Exception],
+                      unreadable: type[Exception], conversion: str) -> Any:
+    """A pretrained encoder's weight file read with ``torch.load(weights_only=True)`` (no code runs).
+
+    ``missing(path, config_key)`` is raised when there is no file; ``unreadable`` (with the reason and
+    ``conversion``, how to convert a trusted file once) when the safe loader refuses it.
+    """
+    if path is None or not Path(path).is_file():
+        raise missing(path, config_key)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise unreadable(f"{path} (config key {config_key}) cannot be read with torch.load(weights_only=True) "
+                         f"({type(exc).__name__}: {exc}). {conversion}") from exc
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence the libraries' per-load chatter: transformers 5's weight-loading progress bars and
+    diffusers' "modules that should be kept in float32: []" warning, which ``UNetMotionModel.from_unet2d``
+    triggers on every build (its own guard is always true in diffusers 0.42)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    bars = transformers_logging.is_progress_bar_enabled()
+    level = diffusers_logging.get_verbosity()
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def freeze(module: M) -> M:
+    """The frozen-module rule for a pretrained part: no gradients, eval mode. Returns ``module``. A parent
+    keeps it in eval mode through its own ``train()`` with :class:`HoldsFrozen` (or the part is a
+    :class:`FrozenModule`)."""
+    module.requires_grad_(False)
+    module.eval()
+    return module
+
+
+class FrozenModule(nn.Module):
+    """A pretrained module of avgen's own that stays frozen: :meth:`freeze` applies :func:`freeze`, and
+    ``train()`` is a no-op, so a parent's ``.train()`` never switches it to batch statistics or dropout."""
+
+    def freeze(self) -> FrozenModule:
+        return freeze(self)
+
+    def train(self, mode: bool = True) -> FrozenModule:
+        return super().train(False)
+
+
+class HoldsFrozen(nn.Module):
+    """A module (a system, a metric) holding pretrained parts it does not train (a Hugging Face model, a
+    diffusers UNet): :meth:`hold_frozen` applies :func:`freeze` to them, and ``train(mode)`` puts them
+    back in eval mode after switching everything else."""
+
+    def hold_frozen(self, *modules: nn.Module) -> None:
+        held = self.__dict__.setdefault("_held_frozen", [])
+        for module in modules:
+            held.append(freeze(module))
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return list(self.__dict__.get("_held_frozen", []))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self.__dict__.get("_held_frozen", []):
+            module.eval()
+        return self

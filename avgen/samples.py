@@ -1,0 +1,282 @@
+"""The sample-folder format, in one place: what ``sample`` writes and ``evaluate`` / ``filter`` read.
+
+A folder of samples holds, per clip, ``<stem>.mp4`` (video with its sound, or silent with
+``<stem>.wav`` beside it), ``<stem>.wav``, ``<stem>.txt`` (the prompt, the CLIPSIM/CLAP text) and
+``<stem>.json`` (``prompt``, and ``source``: the key of the data clip it was made from, which ``kl``
+pairs it with). This module writes such folders (:func:`write_sounding_videos`), finds and reads
+their clips, prompts and source keys (:func:`find_clips`, :func:`load_clips`, :func:`clip_prompt`,
+:func:`sample_source`), exports a prepared shard split in the same format
+(:func:`export_split_clips`) and reads prompts from a prepared dataset (:func:`split_captions`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from avgen.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from avgen.media import Clip, MediaFolder
+
+log = logging.getLogger("avgen")
+
+
+def split_samples(root: str | None, n: int, splits: Sequence[str] = ("test", "val", "train")
+                  ) -> list[tuple[str, dict[str, bytes]]]:
+    """The first ``n`` samples (key, {extension: bytes}) of a prepared dataset, from the first split of
+    ``splits`` that has shards; read straight from the tar files (no decoding pipeline needed)."""
+    from avgen.data.shards import MANIFEST, read_split_samples
+
+    if not root:
+        return []
+    for split in splits:
+        folder = Path(root) / split
+        if (folder / MANIFEST).is_file():
+            samples = list(itertools.islice(read_split_samples(folder), n))
+            if samples:
+                return samples
+    return []
+
+
+def clip_caption(parts: Mapping[str, bytes]) -> str:
+    """A sample's caption (or label) from its json."""
+    meta = json.loads(parts.get("json", b"{}"))
+    return meta.get("caption") or meta.get("label") or ""
+
+
+def split_captions(root: str | None, n: int) -> list[tuple[str, str]]:
+    """The first ``n`` (key, caption) of a prepared dataset (test, else val, else train split)."""
+    return [(key, clip_caption(parts)) for key, parts in split_samples(root, n)]
+
+
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """(B, F, 3, H, W) in [-1, 1] → uint8 (B, F, H, W, 3)."""
+    import torch
+
+    frames = ((video.detach().cpu().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return frames.permute(0, 1, 3, 4, 2).numpy()
+
+
+def sample_name(index: int) -> str:
+    """The stem of the ``index``-th sample's files: ``sample_0003``."""
+    return f"sample_{index:04d}"
+
+
+# what write_sounding_videos writes per sample; the mp4 first, as the one file that stands for the sample
+SAMPLE_SUFFIXES = (".mp4", ".wav", ".txt", ".json")
+
+
+@dataclass
+class SampleReport:
+    """What a sampling run produced; the ``sample`` command writes it as the run's ``samples.json``.
+
+    ``written``: the mp4 of every sample written, in sample order; ``refused``: ``{"file", "reason"}``
+    for each input refused before any model ran (undecodable, NaN/inf, too short, not media);
+    ``failed``: ``{"sample", "reason"}`` for each generated sample that was not written (non-finite
+    model output, encoder or disk error). Every input and every sample is in exactly one list.
+    """
+
+    written: list[Path] = field(default_factory=list)
+    refused: list[dict[str, str]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+    def extend(self, other: SampleReport) -> None:
+        self.written += other.written
+        self.refused += other.refused
+        self.failed += other.failed
+
+    def to_json(self) -> dict[str, list]:
+        return {"written": [p.stem for p in self.written], "refused": self.refused, "failed": self.failed}
+
+
+def write_sounding_videos(out_dir: Path, prompts: Sequence[str], video: torch.Tensor, audio: torch.Tensor,
+                          clip: Mapping[str, Any], *, overwrite: bool, first: int = 0,
+                          sources: Sequence[str | None] | None = None) -> SampleReport:
+    """``sample_NNNN.mp4`` (video + audio), ``.wav``, ``.txt`` (the prompt) and ``.json`` per clip,
+    NNNN = ``first + i`` for clip i.
+
+    video (B, F, 3, H, W) and audio (B, S) in [-1, 1], at ``clip["fps"]`` and ``clip["sample_rate"]``.
+    The json holds the prompt and ``source``: the key of the data clip the sample was made from (its
+    caption or its audio), or the input file, or null. ``evaluate`` pairs a sample with its reference
+    clip in a shard split by that key (``kl``).
+
+    A sample is written whole or not at all, and one that fails never stops the others: its float
+    video and audio are checked for NaN/inf before any conversion (the uint8 cast would turn a NaN
+    video into arbitrary pixels), and a write error (:class:`~avgen.media.MediaError`, ``OSError``:
+    encoder, disk full) removes the files of that sample written so far (with ``overwrite``, also
+    the ones of an earlier run it was replacing). Returns the written mp4s and, in ``failed``, each
+    lost sample's name and reason (also logged as a warning).
+    """
+    from avgen.media import MediaError, check_finite, write_bytes_atomic, write_mp4, write_wav
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = SampleReport()
+    for i, text in enumerate(prompts):
+        name = sample_name(first + i)
+        mp4, wav, txt, meta = (out_dir / f"{name}{suffix}" for suffix in SAMPLE_SUFFIXES)
+        done: list[Path] = []
+        try:
+            frames = video[i].detach().cpu().float()
+            wave = audio[i].detach().cpu().float().numpy()
+            check_finite(frames.numpy(), name, what="video")
+            check_finite(wave, name)
+            done.append(write_mp4(mp4, to_uint8_frames(frames[None])[0], clip["fps"], audio=wave,
+                                  sample_rate=clip["sample_rate"], overwrite=overwrite))
+            done.append(write_wav(wav, wave, clip["sample_rate"], overwrite=overwrite))
+            done.append(write_bytes_atomic(txt, text.encode(), overwrite=overwrite))
+            info = {"prompt": text, "source": sources[i] if sources else None}
+            done.append(write_bytes_atomic(meta, json.dumps(info, indent=1).encode(), overwrite=overwrite))
+        except (MediaError, OSError) as exc:
+            for path in ((mp4, wav, txt, meta) if overwrite else done):
+                path.unlink(missing_ok=True)
+            reason = str(exc).removeprefix(f"{name}: ")
+            log.warning("%s not written: %s", name, reason)
+            report.failed.append({"sample": name, "reason": reason})
+        else:
+            report.written.append(mp4)
+    return report
+
+
+def sample_source(path: Path) -> str | None:
+    """The ``source`` recorded in ``<stem>.json`` beside a sample written by :func:`write_sounding_videos`."""
+    meta = Path(path).with_suffix(".json")
+    if not meta.is_file():
+        return None
+    try:
+        return json.loads(meta.read_text()).get("source")
+    except (ValueError, AttributeError):
+        return None
+
+
+def refuse_existing(out_dir: Path, count: int, overwrite: bool) -> None:
+    """Stop before generating when ``out_dir`` already holds ``sample_NNNN.*`` files that would be replaced."""
+    existing = [p for i in range(count) for p in Path(out_dir).glob(f"{sample_name(i)}.*")]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds samples ({existing[0].name}, ...); pass "
+                              f"sample.overwrite=true to replace them, or choose another run folder")
+
+
+
+def export_split_clips(split_dir: str | Path, out_dir: str | Path) -> Path:
+    """The clips of a prepared shard split as files ``evaluate`` reads, in manifest order: for each sample
+    ``<key with / as __>.mp4`` (the stored video bytes, not re-encoded), ``.wav`` (its flac audio,
+    lossless), ``.txt`` (its caption or label, the CLIPSIM/CLAP prompt) and ``.json`` (``source``: its
+    key, so ``kl`` against the same split pairs each clip with itself). Scoring the data itself gives the
+    top line a paper reports next to its models (e.g. TempoTokens' AV-Align of the original videos)."""
+    from avgen.data.shards import read_split_samples
+
+    export_samples(read_split_samples(split_dir), out_dir)
+    return Path(out_dir)
+
+
+def export_samples(samples: Iterator[tuple[str, dict[str, bytes]]], out_dir: str | Path, prompt: str = "caption"
+                   ) -> dict[str, Path]:
+    """Write shard samples (``(key, {extension: bytes})``, e.g. from
+    :func:`avgen.data.shards.read_shard_samples`) as clip files into ``out_dir`` (see
+    :func:`export_split_clips`). ``prompt``: what ``<stem>.txt`` holds, ``caption`` (the caption, else
+    the label) or ``label`` (the class label, else the caption). Returns ``{key: mp4 path}``; a sample
+    without an mp4 is logged and left out."""
+    if prompt not in ("caption", "label"):
+        raise ValueError(f"prompt must be 'caption' or 'label', got {prompt!r}")
+    from avgen.media import decode_flac, write_bytes_atomic, write_wav
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for key, parts in samples:
+        stem = out / key.replace("/", "__")
+        if "mp4" not in parts:
+            log.warning("split sample %s has no mp4; not exported", key)
+            continue
+        write_bytes_atomic(stem.with_suffix(".mp4"), parts["mp4"], overwrite=True)
+        if "flac" in parts:
+            audio, sr = decode_flac(parts["flac"])
+            write_wav(stem.with_suffix(".wav"), audio, sr, overwrite=True)
+        caption = clip_caption(parts)
+        if prompt == "label":
+            caption = json.loads(parts.get("json", b"{}")).get("label") or caption
+        write_bytes_atomic(stem.with_suffix(".txt"), caption.encode(), overwrite=True)
+        write_bytes_atomic(stem.with_suffix(".json"), json.dumps({"prompt": caption, "source": key}).encode(),
+                           overwrite=True)
+        written[key] = stem.with_suffix(".mp4")
+    return written
+
+
+def find_clips(folder: str | Path, config_key: str = "evaluate.pred_dir") -> MediaFolder:
+    """The clips of ``folder`` (:func:`avgen.media.scan_media`): every file with a video stream, whatever
+    its container, extension case or name, in name order; ``skipped`` names every other file with its
+    reason (sidecar ``.txt``/``.json`` files and the audio of a silent video are not listed).
+
+    Raises:
+        ConfigError: ``folder`` (the value of ``config_key``) is not a folder or holds no clip.
+    """
+    from avgen.media import scan_media
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise ConfigError(f"{config_key}={folder} is not a folder of clips (videos with sound, or silent videos with "
+                          f"<stem>.wav beside them) or a prepared shard split (manifest.json)")
+    found = scan_media(path, "video")
+    if not found.files:
+        skipped = "; ".join(f"{p.name}: {reason}" for p, reason in found.skipped)
+        raise ConfigError(f"{config_key}={folder} holds no clip (a file with a video stream, any container)"
+                          + (f"; skipped: {skipped}" if skipped else "; the folder is empty")
+                          + f". Point {config_key} at a folder of videos")
+    return found
+
+
+def load_clips(paths: list[Path], failures: list[dict], threads: int = 0) -> Iterator[tuple[str, Clip]]:
+    """(file name, :class:`~avgen.media.Clip`) of each clip in order, decoded as everywhere in avgen
+    (:func:`avgen.media.read_clip`: frames upright, placed by their timestamps at the clip's own rate);
+    unreadable clips go to ``failures``. ``threads`` decode ahead of the consumer (PyAV releases the GIL
+    while decoding), so the feature extractors do not wait on the decoder; at most ``2 * threads`` decoded
+    clips are held."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from avgen.media import read_clip
+
+    def load(path: Path):
+        try:
+            return read_clip(path)
+        except Exception as exc:  # reported, not fatal
+            return exc
+
+    def emit(path: Path, loaded):
+        if isinstance(loaded, Exception):
+            failures.append({"clip": path.name, "reason": f"{type(loaded).__name__}: {loaded}"})
+            return None
+        return path.name, loaded
+
+    if threads <= 0:
+        for path in paths:
+            if (item := emit(path, load(path))) is not None:
+                yield item
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="avgen-decode") as pool:
+        pending = [(p, pool.submit(load, p)) for p in paths[:2 * threads]]
+        queued = len(pending)
+        while pending:
+            path, future = pending.pop(0)
+            if queued < len(paths):
+                pending.append((paths[queued], pool.submit(load, paths[queued])))
+                queued += 1
+            if (item := emit(path, future.result())) is not None:
+                yield item
+
+
+def clip_prompt(path: Path, default: str | None) -> str | None:
+    """The prompt a clip was generated from: ``<stem>.txt`` beside it, else ``default``."""
+    txt = path.with_suffix(".txt")
+    return txt.read_text().strip() if txt.is_file() else default
+
