@@ -22,7 +22,7 @@ test: setup
 
 # lint + import order (ruff; settings in pyproject.toml); CI runs it before the tests
 lint: setup
-	$(PY) -m ruff check avgen tests benchmarks
+	$(PY) -m ruff check avgen tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

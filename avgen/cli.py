@@ -15,7 +15,8 @@ from pathlib import Path
 from avgen.config_files import config_dir, group_options
 
 COMMANDS = {
-    "fit": "train a system (resumes <output_dir>/checkpoints/last.ckpt when present; init_from=<ckpt> starts from weights)",
+    "fit": "train a system (resumes <output_dir>/checkpoints/last.ckpt when present; init_from=<ckpt> starts "
+           "from weights)",
     "validate": "run the validation loop of a checkpoint (ckpt_path=<ckpt>)",
     "test": "run the test loop of a checkpoint (ckpt_path=<ckpt>)",
     "sample": "generate sounding videos from a checkpoint (ckpt_path=<ckpt> sample.n=4)",

@@ -188,7 +188,8 @@ def _leaves(key: str, value: Any) -> list[tuple[str, Any]]:
 
 
 def _apply_model_override(cfg: DictConfig, ckpt: DictConfig, cls: type, key: str, value: Any) -> None:
-    """Set ``key`` (``model.…``) to the command line's ``value`` in ``cfg``, or refuse it (:func:`checkpoint_config`)."""
+    """Set ``key`` (``model.…``) to the command line's ``value`` in ``cfg``, or refuse it
+    (:func:`checkpoint_config`)."""
     for leaf, leaf_value in _leaves(key, value):
         current = _plain(OmegaConf.select(ckpt, leaf))
         if leaf_value == current:
@@ -491,7 +492,8 @@ def prepare(cfg: DictConfig):
     if isinstance(result, dict) and "splits" in result:
         for split, counts in result["splits"].items():
             reasons = ", ".join(f"{k} {n}" for k, n in counts["skipped_by_reason"].items())
-            print(f"{split}: {counts['clips']} clips" + (f", {counts['skipped']} left out ({reasons})" if reasons else ""))
+            left_out = f", {counts['skipped']} left out ({reasons})" if reasons else ""
+            print(f"{split}: {counts['clips']} clips{left_out}")
         print(f"report: {Path(data.root) / 'prepare_report.json'}")
     print(f"prepared {data.name} in {data.root}")
     return result

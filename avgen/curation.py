@@ -393,8 +393,8 @@ def filter_dataset(root: str | Path, *, dataset: str, splits: list[str] | str, t
                                      f"data.store")
     variants = (evaluate.get("av_align") or {}).get("variants")
     if "av_align" in thresholds.metrics() and variants is not None and thresholds.av_align_variant not in variants:
-        raise ConfigError(f"filter.av_align_variant={thresholds.av_align_variant} is not among evaluate.av_align.variants="
-                          f"{list(variants)}; add it there or pick one of those")
+        raise ConfigError(f"filter.av_align_variant={thresholds.av_align_variant} is not among "
+                          f"evaluate.av_align.variants={list(variants)}; add it there or pick one of those")
     metrics = thresholds.metrics()
     shas = {split: manifest_sha256(root / split) for split in splits}
     scoring = {m: ScoreStore(root, "", m, scoring_identity(m, evaluate, prompt), "").settings_id for m in metrics}

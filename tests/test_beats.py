@@ -152,7 +152,8 @@ def test_attention_equals_the_official_formula():
     bias = model.encoder.position_bias(48, x.device)
     position = torch.arange(48)
     table = attn.relative_attention_bias.weight
-    assert torch.equal(bias, table[relative_position_bucket(position[None] - position[:, None], 32, 64)].permute(2, 0, 1))
+    buckets = relative_position_bucket(position[None] - position[:, None], 32, 64)
+    assert torch.equal(bias, table[buckets].permute(2, 0, 1))
     with torch.no_grad():
         torch.testing.assert_close(attn(x, bias), official_attention(attn, x, bias), atol=1e-5, rtol=1e-5)
 
@@ -197,7 +198,8 @@ def test_default_config_has_the_official_iter3_keys_shapes_and_size():
     assert {k: shapes[k] for k in official} == official
     layer_keys = {k.split(".", 3)[3] for k in shapes if k.startswith("encoder.layers.")}
     assert layer_keys == set(OFFICIAL_LAYER)
-    assert set(shapes) == set(OFFICIAL_NON_LAYER) | {f"encoder.layers.{i}.{k}" for i in range(12) for k in OFFICIAL_LAYER}
+    layers = {f"encoder.layers.{i}.{k}" for i in range(12) for k in OFFICIAL_LAYER}
+    assert set(shapes) == set(OFFICIAL_NON_LAYER) | layers
     per_layer = 4 * (768 * 768 + 768) + (768 * 3072 + 3072) + (3072 * 768 + 768) + 4 * 768 + (64 * 8 + 8) + 12
     front = 512 * 256 + (512 * 768 + 768) + 2 * 512 + (768 * 48 * 128 + 128 + 768) + 2 * 768
     total = front + 12 * per_layer + 320 * 12  # the relative bias table is one tensor shared by all layers

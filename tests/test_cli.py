@@ -36,7 +36,7 @@ def test_help_lists_commands_experiments_and_groups(tmp_path, capsys):
         assert f"  {experiment}" in out
     for group, option in (("trainer", "ddp_cpu"), ("scale", "tiny"), ("logger", "wandb"), ("data", "synthetic_hits"),
                           ("hydra/launcher", "slurm")):
-        line = next(l for l in out.splitlines() if l.strip().startswith(f"{group}:"))
+        line = next(text for text in out.splitlines() if text.strip().startswith(f"{group}:"))
         assert option in line
     proc = run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0 and "experiments (experiment=<name>)" in proc.stdout
@@ -107,7 +107,8 @@ def test_local_multirun_with_ddp_is_refused(tmp_path):
     assert proc.returncode == 1 and "hydra/launcher=slurm" in proc.stderr and "every rank" in proc.stderr
 
 
-@pytest.mark.parametrize("experiment, key", [("joint_cmcpe", "model.video.base"), ("tempotokens_vggsound", "model.t2v.base")])
+@pytest.mark.parametrize("experiment, key", [("joint_cmcpe", "model.video.base"),
+                                             ("tempotokens_vggsound", "model.t2v.base")])
 def test_missing_pretrained_weights_stop_with_the_key_and_the_tiny_hint(tmp_path, experiment, key):
     proc = run_cli("fit", f"experiment={experiment}", f"paths.data_dir={tmp_path}/data", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

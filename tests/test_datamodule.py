@@ -1,4 +1,5 @@
-"""AVDataModule and the shard streams: batch contract, geometry, epochs under DDP, exactly-once eval, seeds, bad data."""
+"""AVDataModule and the shard streams: batch contract, geometry, epochs under DDP, exactly-once eval, seeds, bad
+data."""
 
 from __future__ import annotations
 

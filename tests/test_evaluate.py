@@ -101,7 +101,8 @@ def test_fvd_and_fad_against_a_reference_folder_with_cached_stats(tmp_path, pred
     shutil.copytree(pred_dir, same)
     cache = tmp_path / "cache"
     result = evaluate_folder(pred_dir, tmp_path / "a", metrics=["fvd", "fad"], ref_dir=same, cache_dir=cache, **options)
-    assert result["metrics"]["fvd"] == pytest.approx(0, abs=1e-6) and result["metrics"]["fad"] == pytest.approx(0, abs=1e-6)
+    assert result["metrics"]["fvd"] == pytest.approx(0, abs=1e-6)
+    assert result["metrics"]["fad"] == pytest.approx(0, abs=1e-6)
     assert result["extractors"]["fvd"]["sha256"]["i3d"] == sha256_file(i3d)
     assert result["extractors"]["fvd"]["reference_clips"] == 5  # the broken clip is reported, not counted
     assert [f["clip"] for f in result["failures"]] == ["broken.mp4"]
@@ -116,7 +117,8 @@ def test_fvd_and_fad_against_a_reference_folder_with_cached_stats(tmp_path, pred
         clip = generate_clip(90 + i, ClipGeometry(seconds=3.0, fps=8, height=128, width=128))
         write_mp4(other / f"o{i}.mp4", 255 - clip.frames, 8, audio=clip.audio * 0.2, sample_rate=16000)
     (other / "cover.jpg").write_bytes(b"")
-    result = evaluate_folder(pred_dir, tmp_path / "b", metrics=["fvd", "fad"], ref_dir=other, cache_dir=cache, **options)
+    result = evaluate_folder(pred_dir, tmp_path / "b", metrics=["fvd", "fad"], ref_dir=other, cache_dir=cache,
+                             **options)
     assert result["metrics"]["fvd"] > 1e-3 and result["metrics"]["fad"] > 1e-6
     assert result["extractors"]["fvd"]["reference_clips"] == 3
     assert result["ref_skipped"] == [{"file": "cover.jpg", "reason": "an image or document, not a clip"}]

@@ -165,7 +165,8 @@ def test_evaluate_command_lists_skipped_files_and_exits_1_when_nothing_scored(tm
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["skipped"] == [{"file": ".DS_Store", "reason": "hidden file"},
                                 {"file": "notes.pdf", "reason": "an image or document, not a clip"},
-                                {"file": "orphan.wav", "reason": "audio only: no video of the same stem to pair it with"}]
+                                {"file": "orphan.wav",
+                                 "reason": "audio only: no video of the same stem to pair it with"}]
     for entry in saved["skipped"]:
         assert f"skipped in evaluate.pred_dir: {entry['file']}: {entry['reason']}\n" in proc.stdout
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]

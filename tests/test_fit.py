@@ -127,7 +127,8 @@ def test_validate_and_test_from_checkpoint(tmp_path, tiny_shards):
         cfg = compose([f"command={command}", f"ckpt_path={ckpt}", "scale=tiny", f"data.root={tiny_shards}",
                        "data.auto_prepare=false"], tmp_path, run_dir=tmp_path / command)
         results = run_command(cfg)
-        assert key in results[0] and results[0]["data/" + ("val" if command == "validate" else "test") + "_skipped"] == 0
+        split = "val" if command == "validate" else "test"
+        assert key in results[0] and results[0][f"data/{split}_skipped"] == 0
 
 
 def test_checkpoint_from_other_model_is_refused(tmp_path, tiny_shards):
@@ -151,7 +152,8 @@ def test_fit_over_bad_shards_finishes_and_reports_skips(tmp_path, bad_shards, ca
     run_command(cfg)
     rows = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
-    col = lambda name: [float(r.split(",")[header.index(name)]) for r in rows[1:] if r.split(",")[header.index(name)]]
+    def col(name):
+        return [float(r.split(",")[header.index(name)]) for r in rows[1:] if r.split(",")[header.index(name)]]
     assert col("data/val_skipped") == [3.0, 3.0]  # exactly the three bad val clips, each epoch
     assert len(col("data/train_skipped")) == 2 and sum(col("data/train_skipped")) > 0
 

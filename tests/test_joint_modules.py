@@ -199,7 +199,8 @@ def test_audio_connector_halves_time_rounding_up(audio_connector, frames, expect
 
 @pytest.mark.parametrize("modality", ["video", "audio"])
 def test_connector_reads_timestep_and_self_conditioning(modality, video_connector, audio_connector):
-    connector, shape = {"video": (video_connector, (2, 4, 8, 16, 16)), "audio": (audio_connector, (2, 8, 32, 16))}[modality]
+    connector, shape = {"video": (video_connector, (2, 4, 8, 16, 16)),
+                        "audio": (audio_connector, (2, 8, 32, 16))}[modality]
     x, x0_hat = torch.randn(shape), torch.randn(shape)
     base = connector(x, x0_hat, torch.tensor([10, 900]))
     assert (base - connector(x, x0_hat, torch.tensor([500, 900]))).abs()[0].max() > 1e-3
@@ -210,7 +211,8 @@ def test_connector_reads_timestep_and_self_conditioning(modality, video_connecto
 
 @pytest.mark.parametrize("modality", ["video", "audio"])
 def test_gradients_reach_every_connector_parameter(modality, video_connector, audio_connector):
-    connector, shape = {"video": (video_connector, (1, 4, 4, 8, 8)), "audio": (audio_connector, (1, 8, 16, 8))}[modality]
+    connector, shape = {"video": (video_connector, (1, 4, 4, 8, 8)),
+                        "audio": (audio_connector, (1, 8, 16, 8))}[modality]
     connector.zero_grad()
     connector(torch.randn(shape), torch.randn(shape), torch.tensor([300])).square().sum().backward()
     missing = [name for name, p in connector.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]

@@ -59,7 +59,8 @@ def diffusers_latents(system, z_v: torch.Tensor, z_a: torch.Tensor) -> tuple[tor
                                      motion_adapter=None, scheduler=copy.deepcopy(v.scheduler))
     video_pipe.set_progress_bar_config(disable=True)
     video = video_pipe(PROMPTS, num_frames=z_v.shape[2], height=system.clip["height"], width=system.clip["width"],
-                       num_inference_steps=STEPS, guidance_scale=GUIDANCE_VIDEO, negative_prompt=[NEGATIVE] * len(PROMPTS),
+                       num_inference_steps=STEPS, guidance_scale=GUIDANCE_VIDEO,
+                       negative_prompt=[NEGATIVE] * len(PROMPTS),
                        latents=z_v.clone(), output_type="latent").frames
     audio_scheduler = DDIMScheduler.from_config(a.scheduler.config, timestep_spacing=grid.timestep_spacing,
                                                 steps_offset=grid.steps_offset)

@@ -278,7 +278,8 @@ def test_greatest_hits_events_are_the_annotated_times_in_clip_time(vis_data, tmp
     assert meta[f"{a}/0"]["label"] == "wood" and meta[f"{a}/0"]["caption"] == "hitting wood with a drumstick"
     assert meta[f"{b}/0"]["events"] == [0.1] and meta[f"{b}/0"]["label"] == "plastic"
     assert all(c["frames"].shape == (16, 32, 32, 3) for c in clips.values())  # centre crop 32 (256 at paper scale)
-    assert [(i["source_id"], i["reason"]) for i in report["skipped_items"]] == [("2015-04-01-10-00-00", "no_annotation")]
+    skipped = [(i["source_id"], i["reason"]) for i in report["skipped_items"]]
+    assert skipped == [("2015-04-01-10-00-00", "no_annotation")]
     # the loader serves them with the events relative to the window
     dm = AVDataModule("greatest_hits", str(tmp_path / "gh"), {"seconds": 2.0, "fps": 8, "height": 32, "width": 32,
                                                               "sample_rate": 16000}, batch_size=3, num_workers=0,
@@ -292,7 +293,8 @@ def test_greatest_hits_svg_file_lists_pick_segments_and_captions(vis_data, tmp_p
     lists = tmp_path / "lists"
     lists.mkdir()
     seg = "./src/va_core/dataset/greatesthits/vis-data-256-segment-8fps-crop"
-    (lists / "flist_train.txt").write_text(f'{seg}/2015-02-16-16-49-06_denoised_thumb-001.mp4,"A person hits wood, twice"\n')
+    (lists / "flist_train.txt").write_text(
+        f'{seg}/2015-02-16-16-49-06_denoised_thumb-001.mp4,"A person hits wood, twice"\n')
     (lists / "flist_val.txt").write_text(f"{seg}/2015-03-01-10-00-00-97_denoised_thumb-000.mp4,A stick on plastic\n")
     report = prepare_greatest_hits(str(tmp_path / "gh"), GH_STORE, source=str(vis_data), workers=1, progress=False,
                                    split_file={"train": str(lists / "flist_train.txt"),
@@ -316,8 +318,8 @@ def test_split_files_in_every_format_people_have(tmp_path):
     js = tmp_path / "test.json"
     js.write_text(json.dumps(["x", "y"]))
     entries = read_split_file({"train": str(ids), "test": str(js)})
-    assert [(e.name, e.split) for e in entries] == [("2015-02-16-16-49-06", "train"), ("my clip with spaces.mp4", "train"),
-                                                   ("x", "test"), ("y", "test")]
+    assert [(e.name, e.split) for e in entries] == [("2015-02-16-16-49-06", "train"),
+                                                   ("my clip with spaces.mp4", "train"), ("x", "test"), ("y", "test")]
     spaced = tmp_path / "spaced.txt"
     spaced.write_text("my video.mp4 train\nb.mp4 testing\n")
     assert [(e.name, e.split) for e in read_split_file(str(spaced))] == [("my video.mp4", "train"), ("b.mp4", "test")]
@@ -374,7 +376,8 @@ def test_an_unprepared_folder_says_how_to_prepare_it(tmp_path):
     dm = AVDataModule("elsewhere", str(tmp_path / "data" / "folder_elsewhere" / "short32_8fps_1.0s_16000hz"),
                       {"seconds": 1.0, "fps": 8, "height": 32, "width": 32, "sample_rate": 16000}, store=STORE,
                       group="folder", source="elsewhere", scale="tiny")
-    with pytest.raises(MissingShardsError, match=r"prepare data=folder data\.source=elsewhere scale=tiny paths\.data_dir="):
+    with pytest.raises(MissingShardsError,
+                       match=r"prepare data=folder data\.source=elsewhere scale=tiny paths\.data_dir="):
         dm.setup("fit")
 
 
@@ -425,8 +428,8 @@ def test_listed_dataset_matches_download_names_and_records_what_is_missing(tmp_p
     assert recorded["clips"] == 2 and recorded["list"] == report["lists"]["test"]
     # an explicit test list replaces the CSV's test rows
     (tmp_path / "test.txt").write_text("CCCCCCCCCCC_5\n")
-    again = prepare_listed(str(tmp_path / "out2"), STORE, dataset="vggsound", source=str(src), test_list=str(tmp_path / "test.txt"),
-                           workers=1, progress=False)
+    again = prepare_listed(str(tmp_path / "out2"), STORE, dataset="vggsound", source=str(src),
+                           test_list=str(tmp_path / "test.txt"), workers=1, progress=False)
     assert again["lists"]["test"]["listed"] == 1 and again["splits"]["test"]["clips"] == 1
 
 

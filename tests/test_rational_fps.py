@@ -57,7 +57,8 @@ def test_clip_geometry_json_and_mismatch_messages():
     problems = ClipGeometry.from_config({**TINY_CLIP, "fps": 30}).incompatibilities(ClipGeometry.from_config(CLIP_2997))
     assert problems == ["fps: shards have 29.97 (30000/1001), config asks for 30 (a rate up to the stored one can "
                         "be served)"]
-    assert ClipGeometry.from_config({**TINY_CLIP, "fps": 15}).incompatibilities(ClipGeometry.from_config(CLIP_2997)) == []
+    fifteen = ClipGeometry.from_config({**TINY_CLIP, "fps": 15})
+    assert fifteen.incompatibilities(ClipGeometry.from_config(CLIP_2997)) == []
     for bad in (0, -8, "fast", "1/0"):
         with pytest.raises(ValueError, match=r"data\.clip\.fps"):
             ClipGeometry.from_config({**TINY_CLIP, "fps": bad})

@@ -53,7 +53,8 @@ def test_paths_output_dir_is_the_run_folder():
     both = ["command=fit", "paths.output_dir=/r/a", "hydra.run.dir=/r/a"]
     assert one_run_folder(both, [], both) == both
     with pytest.raises(ConfigError, match="two run folders"):
-        one_run_folder(["paths.output_dir=/r/a", "hydra.run.dir=/r/b"], [], ["paths.output_dir=/r/a", "hydra.run.dir=/r/b"])
+        both = ["paths.output_dir=/r/a", "hydra.run.dir=/r/b"]
+        one_run_folder(both, [], both)
     with pytest.raises(ConfigError, match="hydra.sweep.dir"):
         one_run_folder(argv, ["-m"], argv)
     assert one_run_folder(["command=fit", "seed=2"], [], ["command=fit", "seed=2"]) == ["command=fit", "seed=2"]

@@ -110,7 +110,8 @@ def test_sample_command_muxes_the_input_audio(tiny_root, tmp_path):
     from avgen.media import decode_audio, decode_video, write_wav
 
     fit = compose(["command=fit", "experiment=tempotokens_vggsound", "scale=tiny", "trainer.max_steps=1",
-                   "trainer.limit_val_batches=0", f"paths.data_dir={tiny_root}/data"], tmp_path, run_dir=tmp_path / "fit")
+                   "trainer.limit_val_batches=0", f"paths.data_dir={tiny_root}/data"], tmp_path,
+                  run_dir=tmp_path / "fit")
     run_command(fit)
     t = np.arange(24000) / 16000
     write_wav(tmp_path / "input" / "tone.wav", 0.3 * np.sin(2 * np.pi * 440 * t).astype(np.float32), 16000)

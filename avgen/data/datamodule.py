@@ -5,7 +5,7 @@ Reads ``<root>/{train,val,test}/`` shard folders written by ``python -m avgen pr
 and serves clips at the geometry ``data.clip`` a system consumes: a rate up to the stored one (frames
 taken by timestamp), a duration up to the stored one (a random window in training, the start in
 evaluation), any frame size (resize keeping the aspect ratio, then a random crop in training, the
-centre crop in evaluation). Batches follow the batch contract of DESIGN.md (after
+centre crop in evaluation). Batches follow avgen's batch contract (after
 ``on_after_batch_transfer``):
 
 - ``video`` float (B, F, 3, H, W) in [-1, 1] (time = axis 1)
@@ -142,7 +142,7 @@ class AVDataModule(pl.LightningDataModule):
                     f"Create them with: {self.prepare_command()}  (or point paths.data_dir / "
                     f"AVGEN_DATA_DIR at the folder holding {self.root.parent.name}/{self.root.name}/)"
                     + ("" if self.prepare_fn is not None else
-                       f". If {self.name} has no prepare step yet, write its shards in the format of DESIGN.md "
+                       f". If {self.name} has no prepare step yet, write its shards in avgen's shard format "
                        f"(avgen.data.shards.ShardWriter) into {self.root}/<split>, or run with scale=tiny "
                        f"(synthetic data)"))
             manifest = Manifest.load(folder)

@@ -1,6 +1,6 @@
 """The shard format: writing clips into WebDataset tar shards, and the per-split ``manifest.json``.
 
-One sample = one clip, with members (see DESIGN.md, "Shard format"):
+One sample = one clip, with members (the README's "Shards and the batch contract"):
 
 - ``__key__``: ``<dataset>/<source id>/<start ms>`` (parts percent-encoded: :func:`key_part`)
 - ``mp4``: the frames at the stored rate and size (``data.store``: short side ``short_side``, or a

@@ -488,8 +488,9 @@ class BEATs(nn.Module):
             return tuple(range(1, depth + 1))
         selected = tuple(int(i) for i in layers)
         if not selected or not all(0 <= i <= depth for i in selected):
-            raise ConfigError(f"model.encoder.layers={list(selected)}: BEATs layers must be a non-empty list of indices "
-                              f"in 0..{depth} (0: encoder input; i: output of layer i), or None for all of 1..{depth}")
+            raise ConfigError(f"model.encoder.layers={list(selected)}: BEATs layers must be a non-empty list of "
+                              f"indices in 0..{depth} (0: encoder input; i: output of layer i), or None for all of "
+                              f"1..{depth}")
         return selected
 
     def forward(self, waveform: Tensor, layers: Sequence[int] | None = None) -> BEATsOutput:

@@ -209,7 +209,8 @@ class Cnn14(FeatureExtractor):
         if audio.ndim != 2:
             raise ValueError(f"Cnn14 expects mono audio (B, S) at {self.sample_rate} Hz, got {tuple(audio.shape)}")
         if audio.shape[1] < self.min_samples:
-            raise ValueError(f"Cnn14 needs at least {self.min_samples} samples ({self.min_samples / self.sample_rate:.2f}"
+            seconds = self.min_samples / self.sample_rate
+            raise ValueError(f"Cnn14 needs at least {self.min_samples} samples ({seconds:.2f}"
                              f" s at {self.sample_rate} Hz) per clip, got {audio.shape[1]}")
         x = self.log_mel(audio.to(self.fc1.weight.dtype))
         x = self.bn0(x.transpose(1, 3)).transpose(1, 3)  # normalise each mel bin: bins on the channel axis

@@ -86,8 +86,8 @@ class EvaluateSettings:
             raise ConfigError(f"evaluate.metrics: unknown {unknown}; known: {list(AVAILABLE)}")
         wanted = [m for m in self.metrics if m in NEEDS_REFERENCE]
         if wanted and not self.ref_dir:
-            raise ConfigError(f"evaluate.metrics {wanted} compare with reference clips: set evaluate.ref_dir=<folder of "
-                              f"clips or a shard split folder> (kl: a folder with clips of the same stems)")
+            raise ConfigError(f"evaluate.metrics {wanted} compare with reference clips: set evaluate.ref_dir=<folder "
+                              f"of clips or a shard split folder> (kl: a folder with clips of the same stems)")
 
 
 @dataclass
@@ -121,7 +121,8 @@ class EvaluationResult:
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(out / "metrics.json", json.dumps(self.to_json(), indent=2, default=str).encode(), overwrite=True)
+        text = json.dumps(self.to_json(), indent=2, default=str)
+        write_bytes_atomic(out / "metrics.json", text.encode(), overwrite=True)
         _write_csv(out / "per_clip.csv", self.rows)
 
 

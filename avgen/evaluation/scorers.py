@@ -301,7 +301,8 @@ class PannsLogits:
         return self._last[1]
 
     def describe(self) -> dict:
-        return {**self.model.describe(), "input": self.prepare.describe(), "output": "logits (fc_audioset, pre-sigmoid)"}
+        return {**self.model.describe(), "input": self.prepare.describe(),
+                "output": "logits (fc_audioset, pre-sigmoid)"}
 
 
 class SplitInceptionScorer(Scorer):
@@ -424,7 +425,7 @@ class KLScorer(Scorer):
         from avgen.media import VIDEO_SUFFIXES, check_finite, read_audio, read_clip
 
         if self.split_audio is not None:
-    
+
             key = sample_source(path)
             if not key:
                 raise ValueError(f"no source key in {path.with_suffix('.json').name} to find its reference in the "
