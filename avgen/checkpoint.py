@@ -18,12 +18,15 @@ import logging
 import os
 import re
 import signal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from avgen.media.files import atomic_write
 
 FORMAT = "avgen-ckpt/1"
 LAST = "last.ckpt"
@@ -47,18 +50,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         if get_filesystem(str(path)).protocol not in ("file", ("file", "local")):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            _test_kill_hook(path.name, checkpoint.get("global_step"))
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        hook = partial(_test_kill_hook, path.name, checkpoint.get("global_step"))
+        with atomic_write(path, "wb", overwrite=True, before_replace=hook) as f:
+            torch.save(checkpoint, f)
 
 
 def _test_kill_hook(name: str, step: int | None) -> None:

@@ -46,6 +46,7 @@ from typing import Any, Mapping
 from avgen.data.shards import MANIFEST, Manifest, ShardInfo
 from avgen.data.subset import SUBSETS, Subset, manifest_sha256
 from avgen.errors import ConfigError, DataHealthError, MissingShardsError
+from avgen.media import atomic_write, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -206,16 +207,14 @@ class ScoreStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         info = self.folder / "info.json"
         if not info.exists():
-            _write_atomic(info, json.dumps({"split": self.split, **self.identity, "scored_by": described,
+            write_text_atomic(info, json.dumps({"split": self.split, **self.identity, "scored_by": described,
                                             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2, default=str))
         columns = sorted({c for r in rows.values() for c in r} - {"error"})
-        tmp = self.path(shard).with_name(f".{self.path(shard).name}.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(self.path(shard), "w", overwrite=True) as f:
             writer = csv.DictWriter(f, fieldnames=["key", *columns, "error"])
             writer.writeheader()
             for key, row in rows.items():
                 writer.writerow({"key": key, **row})
-        os.replace(tmp, self.path(shard))
 
     def read(self, shard: str) -> dict[str, dict[str, str]]:
         with open(self.path(shard), newline="") as f:
@@ -463,14 +462,8 @@ def filter_dataset(root: str | Path, *, dataset: str, splits: list[str] | str, t
     report["splits"] = {**{k: v for k, v in earlier.items() if k not in report["splits"]}, **report["splits"]}
     report["removed_splits"] = stale
     for split, subset in subsets.items():
-        _write_atomic(folder / f"{split}.json", json.dumps(subset.to_json(dataset, report["splits"][split]["scores"],
-                                                                          command), indent=1))
-        _write_atomic(folder / f"{split}.txt", "".join(f"{k}\n" for k in subset.keys))
-    _write_atomic(folder / "report.json", json.dumps(report, indent=2))
+        made = subset.to_json(dataset, report["splits"][split]["scores"], command)
+        write_text_atomic(folder / f"{split}.json", json.dumps(made, indent=1))
+        write_text_atomic(folder / f"{split}.txt", "".join(f"{k}\n" for k in subset.keys))
+    write_text_atomic(folder / "report.json", json.dumps(report, indent=2))
     return report
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

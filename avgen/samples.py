@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from avgen.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -57,14 +55,6 @@ def clip_caption(parts: Mapping[str, bytes]) -> str:
 def split_captions(root: str | None, n: int) -> list[tuple[str, str]]:
     """The first ``n`` (key, caption) of a prepared dataset (test, else val, else train split)."""
     return [(key, clip_caption(parts)) for key, parts in split_samples(root, n)]
-
-
-def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
-    """(B, F, 3, H, W) in [-1, 1] → uint8 (B, F, H, W, 3)."""
-    import torch
-
-    frames = ((video.detach().cpu().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return frames.permute(0, 1, 3, 4, 2).numpy()
 
 
 def sample_name(index: int) -> str:
@@ -117,7 +107,7 @@ def write_sounding_videos(out_dir: Path, prompts: Sequence[str], video: torch.Te
     the ones of an earlier run it was replacing). Returns the written mp4s and, in ``failed``, each
     lost sample's name and reason (also logged as a warning).
     """
-    from avgen.media import MediaError, check_finite, write_bytes_atomic, write_mp4, write_wav
+    from avgen.media import MediaError, check_finite, unit_range_to_uint8, write_bytes_atomic, write_mp4, write_wav
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +121,7 @@ def write_sounding_videos(out_dir: Path, prompts: Sequence[str], video: torch.Te
             wave = audio[i].detach().cpu().float().numpy()
             check_finite(frames.numpy(), name, what="video")
             check_finite(wave, name)
-            done.append(write_mp4(mp4, to_uint8_frames(frames[None])[0], clip["fps"], audio=wave,
+            done.append(write_mp4(mp4, unit_range_to_uint8(frames), clip["fps"], audio=wave,
                                   sample_rate=clip["sample_rate"], overwrite=overwrite))
             done.append(write_wav(wav, wave, clip["sample_rate"], overwrite=overwrite))
             done.append(write_bytes_atomic(txt, text.encode(), overwrite=overwrite))
@@ -165,7 +155,6 @@ def refuse_existing(out_dir: Path, count: int, overwrite: bool) -> None:
     if existing and not overwrite:
         raise FileExistsError(f"{out_dir} already holds samples ({existing[0].name}, ...); pass "
                               f"sample.overwrite=true to replace them, or choose another run folder")
-
 
 
 def export_split_clips(split_dir: str | Path, out_dir: str | Path) -> Path:

@@ -421,7 +421,7 @@ def test_fvd_against_a_shard_split_reference(tmp_path, tiny_shards):
     evaluation stream, every clip once) and are cached under the manifest's hash."""
     from avgen.encoders.video_classifiers import I3DFeatures
     from avgen.evaluation.references import reference_clips
-    from avgen.evaluation.scorers import video_tensor
+    from avgen.media import uint8_to_unit_range
     from avgen.metrics.av_align import load_av
     from avgen.metrics.frechet import FrechetDistance
     from avgen.pretrained import sha256_file
@@ -447,9 +447,9 @@ def test_fvd_against_a_shard_split_reference(tmp_path, tiny_shards):
     # the same number computed directly from decoded clips
     metric = FrechetDistance(I3DFeatures(i3d, num_frames=8, feature_dim=10))
     for _, frames, *_ in refs:
-        metric.update(video_tensor(frames, "cpu"), real=True)
+        metric.update(uint8_to_unit_range(frames)[None], real=True)
     for path in sorted(pred.glob("*.mp4")):
-        metric.update(video_tensor(load_av(path)[0], "cpu"), real=False)
+        metric.update(uint8_to_unit_range(load_av(path)[0])[None], real=False)
     assert result["metrics"]["fvd"] == pytest.approx(float(metric.compute()), rel=1e-5, abs=1e-6)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from avgen import media
 
@@ -279,3 +280,37 @@ def test_scan_media_takes_every_container_and_names_every_skipped_file(tmp_path)
     assert [p.name for p in sounds.files] == ["GOPR0001.MP4", "clip one.mov", "clíp_音.mkv", "orphan.wav",
                                               "silent.WAV", "stream.bin"]
     assert dict((p.name, r) for p, r in sounds.skipped)["silent.mp4"] == "no audio stream"
+
+
+def test_frame_conversions_round_trip_decoded_bytes_exactly():
+    from avgen.media import frames_to_uint8, uint8_to_unit_range, unit_range_to_uint8
+
+    frames = np.arange(2 * 3 * 4 * 3, dtype=np.uint8).reshape(2, 3, 4, 3) * 2
+    unit = uint8_to_unit_range(frames)
+    assert unit.shape == (2, 3, 3, 4) and unit.dtype == torch.float32
+    assert float(unit.min()) == -1.0 and unit[0, 1, 0, 0].item() == pytest.approx(2 / 127.5 - 1)
+    assert np.array_equal(unit_range_to_uint8(unit), frames)
+    assert np.array_equal(unit_range_to_uint8(unit[None])[0], frames)  # leading batch axes
+    assert np.array_equal(frames_to_uint8(unit), frames) and np.array_equal(frames_to_uint8(frames), frames)
+    assert unit_range_to_uint8(torch.tensor([[[[2.0]], [[-3.0]], [[0.0]]]])).tolist() == [[[[255, 0, 128]]]]
+    with pytest.raises(ValueError, match=r"\(F, 3, H, W\) float"):
+        frames_to_uint8(np.zeros((2, 3, 4), np.uint8))
+
+
+def test_atomic_write_replaces_only_when_asked_and_leaves_nothing_half_written(tmp_path):
+    from avgen.media import atomic_write, write_text_atomic
+
+    target = tmp_path / "out" / "a.json"
+    write_text_atomic(target, "one")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        with atomic_write(target, "w"):
+            pass
+    seen = []
+    with atomic_write(target, "w", overwrite=True, before_replace=lambda: seen.append(target.read_text())) as f:
+        f.write("two")
+    assert seen == ["one"] and target.read_text() == "two"  # the rename comes after the hook
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, "w", overwrite=True) as f:
+            f.write("three")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "two" and sorted(p.name for p in target.parent.iterdir()) == ["a.json"]

@@ -21,8 +21,9 @@ from avgen.data.datamodule import AVDataModule
 from avgen.data.folder import prepare_folder
 from avgen.data.geometry import StoreGeometry
 from avgen.data.greatest_hits import prepare_greatest_hits, read_hits
-from avgen.data.prepare import KILL_HOOK, REPORT, read_split_file, seeded_split
+from avgen.data.prepare import KILL_HOOK, REPORT
 from avgen.data.shards import MANIFEST, Manifest, clip_key, read_split_samples
+from avgen.data.splits import read_split_file, seeded_split
 from avgen.errors import ConfigError, GeometryMismatchError
 from avgen.media import decode_flac, decode_video
 from tests.sources import write_video
@@ -435,7 +436,7 @@ def test_listed_dataset_matches_download_names_and_records_what_is_missing(tmp_p
 
 def test_landscape_class_folders_are_split_the_svg_codes_way(tmp_path):
     from avgen.data.listed import prepare_listed
-    from avgen.data.prepare import shuffled_split
+    from avgen.data.splits import shuffled_split
 
     # the SVG code: np.random.seed(803); np.random.shuffle(lines); first int(0.9 n) train
     lines = [f"./clips/{i:03d}.mp4\n" for i in range(50)]

@@ -188,13 +188,15 @@ class AVDataModule(pl.LightningDataModule):
                 (log.warning if split == "train" else log.info)(
                     "data.subset=%s does not cover the %s split: reading all of its clips", self.subset, split)
             elif subset.manifest_sha256 != manifest_sha256(self.root / split):
+                made = self.root / "subsets" / self.subset / f"{split}.json"
                 raise ConfigError(
-                    f"data.subset={self.subset}: {self.root / 'subsets' / self.subset / (split + '.json')} was made from "
+                    f"data.subset={self.subset}: {made} was made from "
                     f"another version of {self.root / split} (prepared again since); run python -m avgen filter again "
                     f"with filter.name={self.subset} filter.overwrite=true")
             elif subset.clips == 0:
+                report = self.root / "subsets" / self.subset / "report.json"
                 raise ConfigError(f"data.subset={self.subset} keeps no clip of the {split} split (of {subset.total}); "
-                                  f"lower its thresholds (report: {self.root / 'subsets' / self.subset / 'report.json'})")
+                                  f"lower its thresholds (report: {report})")
             elif subset.total != manifest.num_clips:
                 raise ConfigError(f"data.subset={self.subset}: {split}.json counts {subset.total} clips but "
                                   f"{self.root / split / MANIFEST} holds {manifest.num_clips}; run filter again")

@@ -41,7 +41,8 @@ def decode_sample(sample: dict[str, Any], clip: ClipGeometry, rng: np.random.Gen
         meta = json.loads(sample["json"])
         if clip.fps > as_fps(meta["fps"]):  # a lower rate is served by timestamp; a higher one cannot be
             raise SampleError(f"clip {key} in {url}: stored at {meta['fps']} fps, data.clip.fps asks for "
-                              f"{fps_text(clip.fps)}; re-run prepare at this rate or set data.clip.fps <= {meta['fps']}")
+                              f"{fps_text(clip.fps)}; re-run prepare at this rate or set data.clip.fps <= "
+                              f"{meta['fps']}")
         stored_frames = frame_count(float(meta["end"]) - float(meta["start"]), clip.fps)
         start = 0
         if rng is not None and stored_frames > clip.num_frames:

@@ -13,9 +13,9 @@ Labels and captions, first found wins:
 - label: the CSV's ``label`` column; else the name of the sub-folder the video is in (class
   folders: ``dog/…``, ``rain/…``); else empty.
 
-Splits: ``data.split_file`` (see :func:`avgen.data.prepare.read_split_file`; names may be relative
+Splits: ``data.split_file`` (see :func:`avgen.data.splits.read_split_file`; names may be relative
 paths, ids, file names or stems; a video it does not list is left out and reported), else a seeded
-split of the videos by ``data.prepare.split_ratios`` (exact counts; :func:`avgen.data.prepare.seeded_split`).
+split of the videos by ``data.prepare.split_ratios`` (exact counts; :func:`avgen.data.splits.seeded_split`).
 """
 
 from __future__ import annotations
@@ -26,17 +26,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from avgen.data.prepare import (
-    Plan,
-    Skip,
-    SourceVideo,
-    files_digest,
-    read_split_file,
-    run_plan,
-    seeded_split,
-    text_digest,
-)
+from avgen.data.prepare import Plan, Skip, SourceVideo, run_plan
 from avgen.data.shards import clip_key
+from avgen.data.splits import files_digest, read_split_file, seeded_split, text_digest
 from avgen.errors import ConfigError
 from avgen.media import VIDEO_SUFFIXES
 
@@ -138,8 +130,9 @@ def plan_folder(source: str, *, name: str | None = None, split_file: str | Mappi
             name = _relative(entry.name, base)
             found = index.get(name) or index.get(Path(name).name) or index.get(Path(name).stem) or set()
             if len(found) != 1:
+                matches = f"; matches {', '.join(sorted(found))}" if found else ""
                 skipped.append(Skip(entry.split, entry.name, str(base / name), "ambiguous" if found else "missing",
-                                    f"listed in {split_file}" + (f"; matches {', '.join(sorted(found))}" if found else "")))
+                                    f"listed in {split_file}{matches}"))
                 continue
             rel = next(iter(found))
             assignment[rel] = entry.split

@@ -34,16 +34,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from avgen.data.folder import _plain, _read_captions
-from avgen.data.prepare import (
-    Plan,
-    Skip,
-    SourceVideo,
-    files_digest,
-    read_split_file,
-    run_plan,
-    seeded_split,
-    text_digest,
-)
+from avgen.data.prepare import Plan, Skip, SourceVideo, run_plan
+from avgen.data.splits import files_digest, read_split_file, seeded_split, text_digest
 from avgen.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -110,7 +102,8 @@ def plan_greatest_hits(source: str, *, split_file: str | Mapping[str, str] | Non
         raise ConfigError(f"data.source={source}: not a folder")
     recordings = find_recordings(base)
     if not recordings:
-        raise ConfigError(f"data.source={source}: no *_denoised_thumb.mp4 or *_denoised.mp4 found (searched recursively)")
+        raise ConfigError(f"data.source={source}: no *_denoised_thumb.mp4 or *_denoised.mp4 found (searched "
+                          f"recursively)")
     skipped: list[Skip] = []
     windows: dict[str, set[int]] = {}
     window_captions: dict[str, dict[int, str]] = {}

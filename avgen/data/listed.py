@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from avgen.data.folder import find_videos
-from avgen.data.prepare import Plan, Skip, SourceVideo, files_digest, run_plan, text_digest
+from avgen.data.prepare import Plan, Skip, SourceVideo, run_plan
+from avgen.data.splits import files_digest, text_digest
 from avgen.errors import ConfigError
 from avgen.media import AUDIO_SUFFIXES
 
@@ -197,7 +198,8 @@ def plan_listed(source: str, *, dataset: str, csv_file: str | None = None, exclu
     config = {"source": dataset, "folder": str(base), "csv": str(csv_file), "exclude": exclude,
               "min_clips_per_class": min_clips_per_class, "test_list": test_list, "caption_template": caption_template,
               "files": files_digest([p for _, p in kept], base),
-              "text": {"csv": text_digest(csv_file), "exclude": text_digest(exclude), "test_list": text_digest(test_list)}}
+              "text": {"csv": text_digest(csv_file), "exclude": text_digest(exclude),
+                       "test_list": text_digest(test_list)}}
     notes = [f"{dataset}: {len(rows)} listed clips, {len(kept)} found in {base}: "
              + ", ".join(f"{s} {v['present']} of {v['listed']} (list sha1 {v['sha1'][:12]})" for s, v in lists.items())]
     return Plan(dataset, str(base), {s: v for s, v in sources.items() if v}, skipped, config, notes, lists)
@@ -206,10 +208,10 @@ def plan_listed(source: str, *, dataset: str, csv_file: str | None = None, exclu
 def plan_class_folders(base: Path, *, dataset: str, file_list: str | None = None, seed: int = 803,
                        train_size: float = 0.9, caption_template: str = "{label}") -> Plan:
     """Class folders without a clip list (Landscape as distributed: ``<class>/<clip>.mp4``), split the
-    SVG code's way (:func:`avgen.data.prepare.shuffled_split`: seed 803, 90 % train, 10 % test) over the
+    SVG code's way (:func:`avgen.data.splits.shuffled_split`: seed 803, 90 % train, 10 % test) over the
     lines of ``file_list`` (their ``flist.txt``: one path per line, in its order) or, without one, the
     videos' relative paths in sorted order. The label (and caption) is the class folder's name."""
-    from avgen.data.prepare import shuffled_split
+    from avgen.data.splits import shuffled_split
 
     videos = find_videos(base)
     by_rel = {v.relative_to(base).as_posix(): v for v in videos}
@@ -243,8 +245,8 @@ def plan_class_folders(base: Path, *, dataset: str, file_list: str | None = None
     config = {"source": dataset, "folder": str(base), "file_list": file_list, "seed": seed, "train_size": train_size,
               "caption_template": caption_template, "files": files_digest(videos, base),
               "text": {"file_list": text_digest(file_list)}}
-    notes = [f"{dataset}: {len(lines)} clips in class folders under {base}, split {train_size:.0%}/{1 - train_size:.0%} "
-             f"with seed {seed} (the SVG code's split)"]
+    notes = [f"{dataset}: {len(lines)} clips in class folders under {base}, split "
+             f"{train_size:.0%}/{1 - train_size:.0%} with seed {seed} (the SVG code's split)"]
     return Plan(dataset, str(base), {s: v for s, v in sources.items() if v}, skipped, config, notes, lists)
 
 

@@ -173,7 +173,8 @@ def encode_clip(geo: ClipGeometry | StoreGeometry, frames: np.ndarray, audio: np
         h, w = frames.shape[1:3]
         ok = (frames.shape[0] == geo.num_frames and min(h, w) == geo.short_side and h % 2 == 0 and w % 2 == 0
               and (h == w or not geo.square))
-        expected = f"({geo.num_frames}, H, W, 3) with min(H, W) = {geo.short_side}, even" + (", H = W" if geo.square else "")
+        expected = (f"({geo.num_frames}, H, W, 3) with min(H, W) = {geo.short_side}, even"
+                    + (", H = W" if geo.square else ""))
     else:
         ok = frames.shape[0] == geo.num_frames and frames.shape[1:3] == (geo.height, geo.width)
         expected = f"({geo.num_frames}, {geo.height}, {geo.width}, 3)"

@@ -35,7 +35,9 @@ def manifest_sha256(split_dir: str | Path) -> str:
 def subset_names(root: str | Path) -> list[str]:
     """The subsets written under a dataset root."""
     folder = Path(root) / SUBSETS
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 @dataclass

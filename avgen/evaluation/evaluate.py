@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -281,13 +280,13 @@ def _merge(s: EvaluateSettings, plan: _Plan, rows: list[dict], main: tuple, av_a
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     fields = ["clip"] + sorted({k for r in rows for k in r} - {"clip", "error"}) + ["error"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    from avgen.media import atomic_write
+
+    with atomic_write(path, "w", overwrite=True) as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in rows:
             writer.writerow(r)
-    os.replace(tmp, path)
 
 
 def split_list(folder: str | Path) -> dict[str, Any] | None:

@@ -19,18 +19,10 @@ import numpy as np
 from avgen.errors import ConfigError
 from avgen.evaluation.processes import Processes, clip_durations, device_for
 from avgen.evaluation.references import reference_identity, set_references
+from avgen.media import uint8_to_unit_range
 from avgen.samples import clip_prompt, load_clips, sample_source
 
 log = logging.getLogger(__name__)
-
-
-def video_tensor(frames: np.ndarray, dev):
-    """Decoded frames (F, H, W, 3) uint8 → (1, F, 3, H, W) float in [-1, 1] on ``dev`` (an extractor's
-    uint8 quantisation ``(x * 127.5 + 128)`` gives the decoded bytes back exactly)."""
-    import torch
-
-    video = torch.from_numpy(np.ascontiguousarray(frames)).to(dev)
-    return video.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)[None]
 
 
 @dataclass
@@ -224,7 +216,7 @@ class FrechetScorer(Scorer):
     def model_input(self, frames: np.ndarray, audio: np.ndarray, sr: int):
         torch = self.torch
         if self.name == "fvd":
-            return video_tensor(frames, self.dev)
+            return uint8_to_unit_range(frames, self.dev)[None]
         wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.dev)
         if sr != self.sample_rate:
             import torchaudio
@@ -484,7 +476,7 @@ class VideoInceptionScorer(SplitInceptionScorer):
         import torch
 
         with torch.no_grad():
-            probs = self.extractor(video_tensor(frames, self.dev))
+            probs = self.extractor(uint8_to_unit_range(frames, self.dev)[None])
         self.add(path, probs.log())  # log-probabilities as logits: the metric's softmax gives the posteriors back
 
     def describe(self) -> dict:

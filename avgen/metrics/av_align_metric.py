@@ -13,18 +13,8 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
+from avgen.media import frames_to_uint8
 from avgen.metrics.av_align import AVAlignConfig, align_clip
-
-
-def _to_uint8_frames(video) -> np.ndarray:
-    """(F, 3, H, W) float in [-1, 1] or (F, H, W, 3) uint8, tensor or array → (F, H, W, 3) uint8 numpy."""
-    x = video.detach().cpu() if isinstance(video, torch.Tensor) else torch.as_tensor(np.asarray(video))
-    if x.ndim == 4 and x.dtype == torch.uint8 and x.shape[-1] == 3:
-        return x.numpy()
-    if x.ndim == 4 and x.is_floating_point() and x.shape[1] == 3:
-        return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-    raise ValueError(f"video must be (F, 3, H, W) float in [-1, 1] or (F, H, W, 3) uint8, got {x.dtype} "
-                     f"{tuple(x.shape)}")
 
 
 def _to_audio(audio) -> np.ndarray:
@@ -73,7 +63,7 @@ class AVAlign(Metric):
         rates = _per_clip(fps, len(videos), "fps")
         srs = _per_clip(sample_rate, len(videos), "sample_rate")
         for video, track, f, sr in zip(videos, audios, rates, srs):
-            result = align_clip(_to_uint8_frames(video), f, _to_audio(track), int(sr), self.cfg)
+            result = align_clip(frames_to_uint8(video), f, _to_audio(track), int(sr), self.cfg)
             for v, s in result.scores.items():
                 state = getattr(self, f"score_sum_{v}")
                 setattr(self, f"score_sum_{v}", state + s)

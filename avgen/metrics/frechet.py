@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -90,19 +89,9 @@ class ReferenceStats:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path`` atomically: a temporary file in the same folder, fsync, then ``os.replace``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.to_bytes())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        from avgen.media import write_bytes_atomic
+
+        return write_bytes_atomic(path, self.to_bytes(), overwrite=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ReferenceStats:

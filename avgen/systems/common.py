@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from avgen.samples import to_uint8_frames
+from avgen.media import unit_range_to_uint8
 
 log = logging.getLogger("avgen")
 
@@ -21,7 +21,7 @@ def av_align_scores(video: torch.Tensor, audio: torch.Tensor, clip: Mapping[str,
     from avgen.media import as_fps
     from avgen.metrics.av_align import align_clip
 
-    frames = to_uint8_frames(video)
+    frames = unit_range_to_uint8(video)
     waves = audio.detach().cpu().float().numpy()
     totals: dict[str, list[float]] = {}
     for f, w in zip(frames, waves):

@@ -1,110 +1,20 @@
-"""Reading and writing media: any container FFmpeg reads; mp4 (video, optionally with audio), flac and wav out.
-
-Conventions used everywhere in avgen:
-- frames are ``uint8`` arrays ``(F, H, W, 3)`` RGB, time on axis 0, upright (the display rotation of
-  the file is applied, as players do);
-- audio is ``float32`` mono ``(S,)`` in [-1, 1];
-- frame rates are exact rationals (:class:`fractions.Fraction`): 29.97 fps is ``30000/1001``
-  (:func:`as_fps`), and a clip of ``seconds`` holds ``round(seconds · fps)`` frames (:func:`frame_count`);
-- one time axis per file, whose origin is the start of its video stream (of its audio stream when
-  it has no video). Frame ``k`` of a clip decoded at ``fps`` from ``start`` shows the file at
-  ``start + k / fps`` s: frames are placed by their presentation timestamps, never by index, so
-  variable-frame-rate files come out at a constant rate (:func:`decode_video`). Audio sample
-  ``n`` is at ``start + n / sample_rate`` s on the same axis: an audio stream that starts later
-  than the video is padded with silence, one that starts earlier loses its leading samples
-  (:func:`decode_audio`).
-
-Everything goes through PyAV (FFmpeg) and soundfile; nothing shells out to an ``ffmpeg`` binary.
-Files are written atomically (temporary name, then rename) and never replace an existing file
-unless ``overwrite=True`` is passed. Non-finite samples are refused before any encoder sees them.
-"""
+"""Decoding: probing files, frames by timestamp (:func:`decode_video`), audio on the video's time axis
+(:func:`decode_audio`), flac/wav bytes and files, and whole clips (:func:`read_clip`)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-import math
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import av
 import numpy as np
 import soundfile as sf
 
-VIDEO_CODEC = "h264"
-# crf 17 is visually lossless for h264; shards store clips once and decode them many times.
-VIDEO_CRF = 17
-AUDIO_CODEC_MP4 = "aac"
-# seeking costs a demuxer reset; below this start time decoding from the first frame is as cheap
-SEEK_AFTER_SECONDS = 2.0
-
-
-class MediaError(RuntimeError):
-    """A media file or buffer could not be decoded, or holds unusable samples (names the source and the reason)."""
-
-
-# ------------------------------------------------------------------------------------- frame rates
-def as_fps(value: int | float | str | Fraction) -> Fraction:
-    """A frame rate as an exact rational.
-
-    Accepts an int, a :class:`~fractions.Fraction`, a ``"num/den"`` string (``"30000/1001"``) or a
-    decimal (``29.97``, ``"23.976"``). A non-integer decimal within 0.01 of ``n · 1000 / 1001`` for
-    an integer ``n`` is the NTSC rate ``n·1000/1001`` (29.97 → 30000/1001, 23.976 → 24000/1001,
-    59.94 → 60000/1001); any other decimal is taken exactly as written (12.5 → 25/2).
-
-    Raises:
-        ValueError: not a positive finite rate.
-    """
-    if isinstance(value, Fraction):
-        rate = value
-    elif isinstance(value, bool):
-        raise ValueError(f"frame rate must be a number, got {value!r}")
-    elif isinstance(value, int):
-        rate = Fraction(value)
-    else:
-        text = str(value).strip()
-        try:
-            rate = Fraction(text)
-        except (ValueError, ZeroDivisionError) as exc:
-            raise ValueError(f"frame rate {value!r} is not a number or num/den") from exc
-        if "/" not in text and rate.denominator != 1:
-            n = round(rate * Fraction(1001, 1000))
-            if n > 0 and abs(rate - Fraction(n * 1000, 1001)) <= Fraction(1, 100):
-                rate = Fraction(n * 1000, 1001)
-    if not rate > 0:
-        raise ValueError(f"frame rate must be positive, got {value!r}")
-    return rate
-
-
-def fps_text(fps) -> str:
-    """Exact text of a rate, as manifests store it: ``"8"``, ``"30000/1001"``."""
-    rate = as_fps(fps)
-    return str(rate.numerator) if rate.denominator == 1 else f"{rate.numerator}/{rate.denominator}"
-
-
-def fps_label(fps) -> str:
-    """A rate as a decimal for folder and file names (never a ``/``): ``8``, ``29.97``, ``23.976``, ``12.5``."""
-    rate = as_fps(fps)
-    if rate.denominator == 1:
-        return str(rate.numerator)
-    return f"{float(rate):.3f}".rstrip("0").rstrip(".")
-
-
-def _exact(seconds) -> Fraction:
-    return seconds if isinstance(seconds, Fraction) else Fraction(repr(float(seconds)))
-
-
-def _round_half_up(x: Fraction) -> int:
-    return math.floor(x + Fraction(1, 2))
-
-
-def frame_count(seconds: float, fps) -> int:
-    """Frames in ``seconds`` of video at ``fps``: ``round(seconds · fps)`` in exact arithmetic, halves
-    rounded up (1 s at 29.97 fps → 30 frames; 4 s → 120). The one definition every part of avgen uses."""
-    return _round_half_up(_exact(seconds) * as_fps(fps))
+from avgen.media.core import AUDIO_SUFFIXES, SEEK_AFTER_SECONDS, MediaError, _exact, _round_half_up, as_fps, fps_label
 
 
 # ------------------------------------------------------------------------------------- opening files
@@ -409,18 +319,6 @@ def check_finite(array: np.ndarray, name: str, what: str = "audio") -> None:
     raise MediaError(f"{name}: {what} has non-finite values ({' and '.join(parts)} of {values.size})")
 
 
-def encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:
-    """Mono float audio in [-1, 1] → 16-bit flac bytes (lossless at that depth).
-
-    Raises:
-        MediaError: the audio holds NaN or inf.
-    """
-    audio = np.asarray(audio, dtype=np.float32)
-    check_finite(audio, "flac")
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(audio, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
-    return buf.getvalue()
-
 
 def decode_flac(data: bytes) -> tuple[np.ndarray, int]:
     """flac (or wav) bytes → (mono float32 audio, sample rate); channels are averaged."""
@@ -529,184 +427,3 @@ def read_clip(path: str | Path, *, fps=None, audio: str | Path | None = None) ->
     wave, sr = read_audio(source)
     check_finite(wave, str(source))
     return Clip(frames=frames, fps=rate, audio=wave, sample_rate=sr, audio_source=str(source))
-
-
-# ------------------------------------------------------------------------------------- folders
-VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
-                  ".flv", ".wmv", ".3gp", ".ogv"}
-AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".wma", ".aif", ".aiff",
-                  ".caf", ".ac3", ".amr"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".svg", ".pdf"}
-# what avgen writes beside a clip (prompt, sample metadata): not inputs, never reported as skipped
-SIDECAR_SUFFIXES = {".txt", ".json"}
-
-
-@dataclass
-class MediaFolder:
-    """The inputs found in a folder (:func:`scan_media`): ``files`` to process, in name order, and
-    ``skipped``: ``(path, reason)`` for every other file, so nothing disappears without a word."""
-
-    files: list[Path] = field(default_factory=list)
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
-
-    def skipped_json(self) -> list[dict[str, str]]:
-        return [{"file": p.name, "reason": r} for p, r in self.skipped]
-
-
-def scan_media(folder: str | Path, kind: Literal["video", "audio"]) -> MediaFolder:
-    """Every file of ``folder`` (not recursive) that holds a ``kind`` stream, whatever its container,
-    codec, extension case (``.MP4``) or name (spaces, non-ASCII letters).
-
-    ``kind="video"``: files with a video stream; an audio file with the stem of a video is that
-    video's sound (see :func:`read_clip`) and is not listed. ``kind="audio"``: files with an audio
-    stream (audio files, and videos with sound). Files with a known media extension are taken on
-    their name (a broken one then fails, with its reason, when it is decoded); files with another
-    extension are probed with FFmpeg. ``.txt``/``.json`` sidecars are ignored; everything else not
-    taken is in ``skipped`` with the reason (sub-folders, hidden files, images, audio-only or silent
-    files, files FFmpeg cannot open).
-    """
-    folder = Path(folder)
-    found = MediaFolder(skipped=[(p, "a folder: sub-folders are not searched") for p in sorted(folder.iterdir())
-                                 if p.is_dir()])
-    entries = sorted(p for p in folder.iterdir() if p.is_file())
-    video_stems = {p.stem for p in entries if p.suffix.lower() in VIDEO_SUFFIXES}
-    for path in entries:
-        suffix = path.suffix.lower()
-        if suffix in SIDECAR_SUFFIXES:
-            continue
-        if path.name.startswith("."):
-            found.skipped.append((path, "hidden file"))
-        elif suffix in IMAGE_SUFFIXES:
-            found.skipped.append((path, "an image or document, not a clip"))
-        elif kind == "video" and suffix in VIDEO_SUFFIXES:
-            found.files.append(path)
-        elif kind == "video" and suffix in AUDIO_SUFFIXES:
-            if path.stem not in video_stems:
-                found.skipped.append((path, "audio only: no video of the same stem to pair it with"))
-        elif kind == "audio" and suffix in AUDIO_SUFFIXES:
-            found.files.append(path)
-        else:
-            reason = _probe_reason(path, kind)
-            if reason is None:
-                found.files.append(path)
-            else:
-                found.skipped.append((path, reason))
-    return found
-
-
-def _probe_reason(path: Path, kind: str) -> str | None:
-    """Why ``path`` is not a ``kind`` input (None when it is one), from FFmpeg's view of the file."""
-    try:
-        info = probe(path)
-    except MediaError as exc:
-        return f"not a media file FFmpeg can read ({str(exc.__cause__ or exc)})"
-    if kind == "video" and not info.has_video:
-        return "no video stream" + (" (audio only)" if info.has_audio else "")
-    if kind == "audio" and not info.has_audio:
-        return "no audio stream"
-    return None
-
-
-# ------------------------------------------------------------------------------------- writing
-def encode_mp4(
-    frames: np.ndarray,
-    fps,
-    *,
-    audio: np.ndarray | None = None,
-    sample_rate: int | None = None,
-    crf: int = VIDEO_CRF,
-    threads: int = 0,
-) -> bytes:
-    """Encode ``(F, H, W, 3)`` uint8 frames (and optional mono float audio) as mp4 bytes.
-
-    ``threads``: x264 threads (0: x264's own choice, from the core count). Dataset preparation passes
-    1: its worker processes already use every core, and the bytes then do not depend on the machine.
-
-    Video is h264 yuv420p at the constant rate ``fps`` (exact: ``"30000/1001"``, 29.97, 8; see
-    :func:`as_fps`); odd sizes are padded by one pixel row/column (h264 needs even dimensions) and
-    the decoder crops nothing, so keep shard sizes even.
-
-    Raises:
-        ValueError: frames that are not uint8 (F, H, W, 3), or audio without ``sample_rate``.
-        MediaError: audio with NaN or inf samples (checked before the encoder sees them).
-    """
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {frames.shape}")
-    if audio is not None:
-        if not sample_rate:
-            raise ValueError("sample_rate is required when audio is given")
-        audio = np.asarray(audio, dtype=np.float32)
-        check_finite(audio, "mp4 audio")
-    f, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        h, w = frames.shape[1:3]
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        vs = container.add_stream(VIDEO_CODEC, rate=as_fps(fps))
-        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        vs.options = {"crf": str(crf), "preset": "fast"}
-        if threads:
-            vs.codec_context.thread_count = int(threads)
-        astream = None
-        if audio is not None:
-            astream = container.add_stream(AUDIO_CODEC_MP4, rate=int(sample_rate))
-            astream.layout = "mono"
-        for frame in frames:
-            for packet in vs.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in vs.encode():
-            container.mux(packet)
-        if astream is not None:
-            _encode_audio_stream(container, astream, audio, int(sample_rate))
-    return buf.getvalue()
-
-
-def _encode_audio_stream(container, stream, audio: np.ndarray, sample_rate: int) -> None:
-    frame_size = stream.codec_context.frame_size or 1024
-    pts = 0
-    for start in range(0, len(audio), frame_size):
-        chunk = np.ascontiguousarray(audio[start:start + frame_size], dtype=np.float32)[None, :]
-        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = sample_rate, pts
-        pts += chunk.shape[1]
-        for packet in stream.encode(frame):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-
-
-def write_bytes_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (or choose another output folder) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_mp4(path, frames, fps, *, audio=None, sample_rate=None, overwrite: bool = False) -> Path:
-    """Write a sounding (or silent) mp4; see :func:`encode_mp4`."""
-    return write_bytes_atomic(path, encode_mp4(frames, fps, audio=audio, sample_rate=sample_rate), overwrite=overwrite)
-
-
-def write_wav(path, audio: np.ndarray, sample_rate: int, *, overwrite: bool = False) -> Path:
-    """Write mono float audio as 16-bit PCM wav.
-
-    Raises:
-        MediaError: the audio holds NaN or inf.
-    """
-    audio = np.asarray(audio, dtype=np.float32)
-    check_finite(audio, str(path))
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(audio, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
-    return write_bytes_atomic(path, buf.getvalue(), overwrite=overwrite)
-
