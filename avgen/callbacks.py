@@ -59,7 +59,9 @@ class DataHealthMonitor(pl.Callback):
             if isinstance(trainer.datamodule, AVDataModule):
                 trainer.datamodule.take_health(split)
             return
-        self._report(trainer, pl_module, split, full_pass=limit in (1.0, None))
+        # a whole pass only when nothing limits it: ``limit_*_batches=1`` (an int) is one batch, not 100 %
+        whole = limit is None or (isinstance(limit, float) and limit == 1.0)
+        self._report(trainer, pl_module, split, full_pass=whole and not trainer.fast_dev_run)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         self._eval_end(trainer, pl_module, "val", trainer.limit_val_batches)

@@ -30,7 +30,8 @@ COMMANDS = {
 # Groups shown by --help; hydra/launcher options also include those of installed Hydra plugins.
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                 "--config-dir", "-cd", "--experimental-rerun"}
-HELP_GROUPS = ("model", "data", "trainer", "logger", "callbacks", "paths", "scale", "hydra/launcher")
+HELP_GROUPS = ("model", "data", "trainer", "evaluate", "debug", "logger", "callbacks", "paths", "scale",
+               "hydra/launcher")
 
 
 def help_text() -> str:

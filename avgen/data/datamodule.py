@@ -73,6 +73,7 @@ class AVDataModule(pl.LightningDataModule):
         scale: the run's ``scale`` (prepare hints: ``scale=tiny`` shrinks ``data.store``).
         subset: the name of a curated subset under ``<root>/subsets`` (``python -m avgen filter``);
             ``None``: every clip.
+        fixed_stream: every training epoch replays the first epoch's batches (``debug=overfit``).
 
     Raises:
         ConfigError: a ``clip`` the ``store`` cannot serve; (at setup) an unknown ``subset``, or one made
@@ -86,7 +87,7 @@ class AVDataModule(pl.LightningDataModule):
                  eval_batch_size: int | None = None, pin_memory: bool | None = None, prefetch_factor: int = 2,
                  store: Mapping[str, Any] | StoreGeometry | None = None, group: str | None = None,
                  source: str | None = None, split_file: Any = None, scale: str | None = None,
-                 subset: str | None = None):
+                 subset: str | None = None, fixed_stream: bool = False):
         super().__init__()
         self.name, self.root = name, Path(root).expanduser().absolute()
         self.group, self.source, self.split_file, self.scale = group or name, source, split_file, scale
@@ -111,6 +112,7 @@ class AVDataModule(pl.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.prefetch_factor = prefetch_factor
         self.subset = subset or None
+        self.fixed_stream = bool(fixed_stream)
         self.manifests: dict[str, Manifest] = {}
         self.subsets: dict[str, Any] = {}  # split -> avgen.data.subset.Subset (None: the whole split)
         self.health: dict[str, Health] = {}
@@ -262,7 +264,7 @@ class AVDataModule(pl.LightningDataModule):
             self.shards("train"), self.clip, self.batch_size, batches_per_worker=self.batches_per_worker(world),
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, start_step=step, rank=rank, world_size=world,
             max_skip_fraction=self.max_skip_fraction, min_clips_for_check=self.min_clips_for_check,
-            num_workers=self.num_workers)
+            num_workers=self.num_workers, fixed=self.fixed_stream)
         return self._loader(dataset)
 
     def _eval_loader(self, split: str) -> DataLoader:

@@ -215,11 +215,13 @@ class TrainStream(_Stream):
 
     def __init__(self, shards: list[Shard], clip: ClipGeometry, batch_size: int, *, batches_per_worker: int,
                  shuffle_buffer: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1,
-                 max_skip_fraction: float = 0.05, min_clips_for_check: int = 64, num_workers: int = 0):
+                 max_skip_fraction: float = 0.05, min_clips_for_check: int = 64, num_workers: int = 0,
+                 fixed: bool = False):
         super().__init__(shards, clip, batch_size, rank=rank, world_size=world_size,
                          max_skip_fraction=max_skip_fraction, min_clips_for_check=min_clips_for_check)
         self.batches_per_worker, self.shuffle_buffer = batches_per_worker, shuffle_buffer
         self.seed, self.start_step, self.num_workers = seed, start_step, max(1, num_workers)
+        self.fixed = fixed  # every epoch replays the first one (debug=overfit)
         self._epoch = 0
 
     def __len__(self) -> int:
@@ -246,7 +248,7 @@ class TrainStream(_Stream):
 
     def __iter__(self) -> Iterator[dict]:
         worker, _ = _worker()
-        seed = self.seed_for(worker, self._epoch)
+        seed = self.seed_for(worker, 0 if self.fixed else self._epoch)
         self._epoch += 1
         rng, np_rng = random.Random(seed), np.random.default_rng(seed)
         health = Health()
