@@ -11,6 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_CONFIGS = REPO / "tests" / "configs"
+CASES_DIR = REPO / "tests" / "data" / "cases"  # copies of ../shared/cases (real-world files)
 TINY_CLIP = {"seconds": 1.0, "fps": 8, "height": 32, "width": 32, "sample_rate": 16000}
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

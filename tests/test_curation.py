@@ -22,7 +22,7 @@ from avgen.data.subset import Subset
 from avgen.errors import ConfigError, DataHealthError, MissingShardsError, NothingProduced
 from avgen.samples import export_samples
 from tests.conftest import TINY_CLIP, compose
-from tests.test_semantic import clap_dir  # noqa: F401  (fixture)
+from tests.metrics.test_semantic import clap_dir  # noqa: F401  (fixture)
 
 # the evaluate block the tests score with: AV-Align in this process (workers=1), so it can be watched
 EVALUATE = {"av_align": {}, "workers": 1, "decode_threads": 0, "device": "cpu"}

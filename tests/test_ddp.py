@@ -11,7 +11,7 @@ import json
 import pytest
 
 from tests.conftest import TEST_CONFIGS, run_cli
-from tests.test_datamodule import unequal_shards  # noqa: F401  (fixture)
+from tests.data.test_datamodule import unequal_shards  # noqa: F401  (fixture)
 
 
 @pytest.mark.slow

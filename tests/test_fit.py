@@ -142,7 +142,7 @@ def test_checkpoint_from_other_model_is_refused(tmp_path, tiny_shards):
         other.load_trainable(ckpt)
 
 
-from tests.test_datamodule import bad_shards, unequal_shards  # noqa: E402,F401  (fixtures)
+from tests.data.test_datamodule import bad_shards, unequal_shards  # noqa: E402,F401  (fixtures)
 
 
 def test_fit_over_bad_shards_finishes_and_reports_skips(tmp_path, bad_shards, capsys):  # noqa: F811

@@ -24,10 +24,10 @@ from avgen.errors import NothingProduced
 from avgen.media import decode_video, read_audio, write_wav
 from avgen.samples import SAMPLE_SUFFIXES
 from avgen.systems.tempotokens import TempoTokens
-from tests.conftest import compose, run_cli
-from tests.test_tempotokens import build, tiny_root  # noqa: F401  (tiny_root is a fixture)
+from tests.conftest import CASES_DIR, compose, run_cli
+from tests.systems.test_tempotokens import build, tiny_root  # noqa: F401  (tiny_root is a fixture)
 
-CASES = Path(__file__).parent / "data" / "cases" / "audio_inputs"
+CASES = CASES_DIR / "audio_inputs"
 # the reasons the media library gives for the two bad files of the case
 NAN_REASON = "audio has non-finite values (100 NaN of 16000)"
 BROKEN_REASON = "cannot decode audio ([Errno 1094995529] Invalid data found when processing input"
@@ -170,7 +170,7 @@ def test_only_bad_inputs_produce_nothing_and_say_why(ckpt, tmp_path, monkeypatch
 
 def test_joint_non_finite_output_is_reported_and_the_others_written(tmp_path, monkeypatch):
     from avgen.systems.joint import JointAudioVideo
-    from tests.test_joint import build as build_joint
+    from tests.systems.test_joint import build as build_joint
 
     def generate(self, prompts, **kwargs):
         video, audio = torch.zeros(len(prompts), 8, 3, 32, 32), torch.zeros(len(prompts), 16000)

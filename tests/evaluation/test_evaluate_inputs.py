@@ -19,9 +19,9 @@ from avgen.errors import ConfigError
 from avgen.evaluation import evaluate_folder
 from avgen.evaluation.references import reference_clips
 from avgen.samples import find_clips, load_clips
-from tests.conftest import run_cli
+from tests.conftest import CASES_DIR, run_cli
 
-CASES = Path(__file__).parent / "data" / "cases"
+CASES = CASES_DIR
 VARIANTS = ("official", "paper", "pr")
 
 

@@ -16,7 +16,7 @@ from avgen.errors import ConfigError
 from avgen.evaluation import evaluate_folder
 from avgen.media import write_mp4, write_wav
 from tests.conftest import run_cli
-from tests.test_semantic import clap_dir, clip_dir  # noqa: F401  (fixtures)
+from tests.metrics.test_semantic import clap_dir, clip_dir  # noqa: F401  (fixtures)
 
 GEO = ClipGeometry(seconds=3.0, fps=8, height=128, width=128)
 
@@ -87,7 +87,7 @@ def test_fvd_and_fad_against_a_reference_folder_with_cached_stats(tmp_path, pred
 
     from avgen.encoders.vggish import VGGishFeatures
     from avgen.pretrained import sha256_file
-    from tests.test_frechet import TinyI3D
+    from tests.metrics.test_frechet import TinyI3D
 
     i3d = tmp_path / "i3d_torchscript.pt"
     torch.jit.script(TinyI3D()).save(str(i3d))
@@ -337,7 +337,7 @@ def test_overlapped_alignment_and_feature_pass_give_the_sequential_results(tmp_p
     """With cores to spare, AV-Align runs in the workers while the main process scores the other metrics;
     metrics.json and per_clip.csv are the same as when the two passes run one after the other."""
     import avgen.evaluation.processes as processes
-    from tests.test_frechet import TinyI3D
+    from tests.metrics.test_frechet import TinyI3D
 
     i3d = tmp_path / "i3d_torchscript.pt"
     torch.jit.script(TinyI3D()).save(str(i3d))
@@ -361,7 +361,7 @@ def test_torchrun_evaluate_splits_clips_and_matches_one_process(tmp_path, pred_d
 
     from avgen.encoders.vggish import TINY_VGGISH, VGGishFeatures
     from tests.conftest import REPO
-    from tests.test_frechet import TinyI3D
+    from tests.metrics.test_frechet import TinyI3D
 
     i3d, c3d, vggish = tmp_path / "i3d.pt", tmp_path / "c3d.pt", tmp_path / "vggish.pth"
     torch.jit.script(TinyI3D()).save(str(i3d))
@@ -425,7 +425,7 @@ def test_fvd_against_a_shard_split_reference(tmp_path, tiny_shards):
     from avgen.metrics.av_align import load_av
     from avgen.metrics.frechet import FrechetDistance
     from avgen.pretrained import sha256_file
-    from tests.test_frechet import TinyI3D
+    from tests.metrics.test_frechet import TinyI3D
 
     i3d = tmp_path / "i3d_torchscript.pt"
     torch.jit.script(TinyI3D()).save(str(i3d))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from avgen import media
+from tests.conftest import CASES_DIR
 
 
 def _moving_square(f=8, h=48, w=64):
@@ -91,7 +91,7 @@ def test_writers_never_overwrite_unless_asked(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ time axis
-CASES = Path(__file__).parent / "data" / "cases"  # copies of ../shared/cases (real-world files)
+CASES = CASES_DIR  # copies of ../shared/cases (real-world files)
 
 
 def _numbered(n: int, size: int = 32) -> np.ndarray:

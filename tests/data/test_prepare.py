@@ -26,9 +26,9 @@ from avgen.data.shards import MANIFEST, Manifest, clip_key, read_split_samples
 from avgen.data.splits import read_split_file, seeded_split
 from avgen.errors import ConfigError, GeometryMismatchError
 from avgen.media import decode_flac, decode_video
+from tests.conftest import CASES_DIR, REPO
 from tests.sources import write_video
 
-REPO = Path(__file__).resolve().parent.parent
 STORE = {"seconds": 1.0, "fps": 8, "short_side": 32, "sample_rate": 16000}
 PLANTED = {  # file -> the reason the report must give for it
     "broken.mp4": "undecodable", "noaud.mp4": "no_audio", "short.mp4": "too_short", "quiet.mp4": "silent",
@@ -477,7 +477,7 @@ def test_shared_cases_prepare_upright_with_every_container_and_nan_windows_named
     import soundfile as sf
 
     cases = tmp_path / "cases"
-    shutil.copytree(Path(__file__).parent / "data" / "cases", cases)
+    shutil.copytree(CASES_DIR, cases)
     write_video(cases / "nan_audio" / "nan_block.mp4", 2.0, sr=None, seed=3)  # a silent video + a float wav
     wave = np.random.default_rng(0).uniform(-0.3, 0.3, 32000).astype(np.float32)  # whose 2nd second has NaN
     wave[20000:21000] = np.nan
