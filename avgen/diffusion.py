@@ -19,6 +19,8 @@ with ᾱ_prev = ``alphas_cumprod[t_prev]``, or the scheduler's final value (1, o
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -94,3 +96,15 @@ def final_alpha_cumprod(scheduler) -> float:
 def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
     """uncond + s · (cond − uncond); s = 1 is the conditional prediction."""
     return uncond + scale * (cond - uncond)
+
+
+def seeded_noise(shapes: Sequence[Sequence[int]], batch: int, seed: int) -> list[torch.Tensor]:
+    """Starting noise for ``batch`` samples: sample ``i`` draws one standard normal tensor per shape in
+    ``shapes``, in that order, from a CPU generator seeded with ``seed + i``, so a sample does not depend
+    on the batch it is generated in (or on the device). Returns one float32 tensor ``(batch, *shape)`` per
+    shape, on the CPU."""
+    drawn = []
+    for i in range(batch):
+        generator = torch.Generator().manual_seed(int(seed) + i)
+        drawn.append([torch.randn(tuple(shape), generator=generator) for shape in shapes])
+    return [torch.stack([sample[k] for sample in drawn]) for k in range(len(shapes))]

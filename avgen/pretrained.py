@@ -41,6 +41,7 @@ class WeightsOrigin:
     metric: str        # the metric in ``evaluate.metrics`` that needs it
     what: str          # what the original is
     where: str         # where it is published
+    env: str | None = None  # the environment variable the config reads the path from
 
 
 ORIGINS: dict[str, WeightsOrigin] = {
@@ -49,18 +50,19 @@ ORIGINS: dict[str, WeightsOrigin] = {
         what="the Kinetics-400 I3D as TorchScript: StyleGAN-V's port of the tf.hub i3d-kinetics-400 model "
              "that the original FVD (google-research frechet_video_distance) uses",
         where="https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1, linked from "
-              "universome/stylegan-v src/metrics/frechet_video_distance.py"),
+              "universome/stylegan-v src/metrics/frechet_video_distance.py", env="AVGEN_I3D_PATH"),
     "c3d": WeightsOrigin(
         file="c3d_ucf101.pt", config_key="evaluate.is_video.c3d_path", metric="is_video",
         what="the UCF-101-finetuned C3D as TorchScript: StyleGAN-V's exact port of TGANv2's chainer C3D, "
              "the classifier of the video Inception Score (TGAN, TGANv2, StyleGAN-V, TempoTokens' IS column)",
         where="https://www.dropbox.com/s/jxpu7avzdc9n97q/c3d_ucf101.pt?dl=1, linked from "
-              "universome/stylegan-v src/metrics/video_inception_score.py"),
+              "universome/stylegan-v src/metrics/video_inception_score.py", env="AVGEN_C3D_PATH"),
     "vggish": WeightsOrigin(
         file="vggish-10086976.pth", config_key="evaluate.fad.vggish_path", metric="fad",
         what="Google's AudioSet VGGish converted to a PyTorch state dict by torchvggish "
              "(torch.hub harritaylor/torchvggish)",
-        where="https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth"),
+        where="https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth",
+        env="AVGEN_VGGISH_PATH"),
     "vggish_pca": WeightsOrigin(
         file="vggish_pca_params.npz", config_key="evaluate.fad.vggish_pca_path", metric="fad",
         what="the PCA/whitening parameters of Google's AudioSet VGGish embedding release "
@@ -71,13 +73,43 @@ ORIGINS: dict[str, WeightsOrigin] = {
         metric="is' and 'kl",  # both metrics use it; the message quotes this as 'is' and 'kl'
         what="the PANNs CNN14 AudioSet tagger trained on 16 kHz audio (Kong et al. 2020), the classifier of "
              "audioldm_eval's Inception Score and KL",
-        where="https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth (Zenodo record 3987831)"),
+        where="https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth (Zenodo record 3987831)",
+        env="AVGEN_PANNS_PATH"),
     "imagebind": WeightsOrigin(
         file="imagebind_huge.pth", config_key="evaluate.imagebind.path", metric="imagebind",
         what="Meta's ImageBind-Huge state dict (Girdhar et al. 2023, facebookresearch/ImageBind); only its vision "
              "and audio towers are used",
         where="https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth, linked from facebookresearch/ImageBind "
-              "imagebind/models/imagebind_model.py"),
+              "imagebind/models/imagebind_model.py", env="AVGEN_IMAGEBIND_PATH"),
+    # conditioning encoders of TempoTokens (model.encoder.path; a tiny twin at scale=tiny)
+    "beats": WeightsOrigin(
+        file="BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt", config_key="model.encoder.path", metric="",
+        what="the BEATs iter3+ (AS2M) checkpoint fine-tuned on AudioSet-2M that TempoTokens uses",
+        where="the download table of the microsoft/unilm repository's beats/README.md "
+              "(https://github.com/microsoft/unilm/tree/master/beats, row Iter3+ (AS2M), column 'AudioSet "
+              "Fine-Tuned Model 2'; the links point to Microsoft's OneDrive / Azure blob storage)",
+        env="AVGEN_BEATS_PATH"),
+    "cavp": WeightsOrigin(
+        file="cavp_epoch66.ckpt", config_key="model.encoder.path", metric="",
+        what="Diff-Foley's stage-1 CAVP checkpoint",
+        where="the Hugging Face model repository SimianLuo/Diff-Foley, folder diff_foley_ckpt "
+              "(https://huggingface.co/SimianLuo/Diff-Foley/tree/main/diff_foley_ckpt)",
+        env="AVGEN_CAVP_PATH"),
+}
+
+# Hugging Face models (a local folder or the local hub cache; avgen/backbones/loader.py loads them): the config
+# key that names each, and the hub id of the original it stands for.
+HUB_MODELS: dict[str, str] = {
+    "evaluate.clipsim.model": "openai/clip-vit-base-patch32",
+    "evaluate.clap.model": "laion/clap-htsat-unfused",
+    # The paper fine-tunes on any SD1.5 checkpoint; AnimateDiff's public examples use this one.
+    "model.video.base": "SG161222/Realistic_Vision_V5.1_noVAE",
+    "model.video.motion_adapter": "guoyww/animatediff-motion-adapter-v1-5-2",
+    # The public AnimateDiff code pairs the noVAE checkpoint with the fine-tuned SD VAE.
+    "model.video.vae": "stabilityai/sd-vae-ft-mse",
+    "model.audio.base": "cvssp/audioldm-m-full",
+    # TempoTokens' text-to-video base (its code names damo-vilab/text-to-video-ms-1.7b as the alternative).
+    "model.t2v.base": "cerspense/zeroscope_v2_576w",
 }
 
 

@@ -57,3 +57,16 @@ def test_guidance():
     u, c = torch.zeros(3), torch.ones(3)
     assert torch.equal(classifier_free_guidance(u, c, 1.0), c)
     assert torch.equal(classifier_free_guidance(u, c, 7.5), torch.full((3,), 7.5))
+
+
+def test_seeded_noise_does_not_depend_on_the_batch():
+    """Sample i's noise comes from seed + i, one shape after the other, whatever the batch it is in."""
+    from avgen.diffusion import seeded_noise
+
+    video, audio = seeded_noise([(2, 3), (4,)], 3, seed=7)
+    assert video.shape == (3, 2, 3) and audio.shape == (3, 4) and video.dtype == torch.float32
+    alone_v, alone_a = seeded_noise([(2, 3), (4,)], 1, seed=9)
+    assert torch.equal(alone_v[0], video[2]) and torch.equal(alone_a[0], audio[2])
+    generator = torch.Generator().manual_seed(8)
+    assert torch.equal(video[1], torch.randn((2, 3), generator=generator))
+    assert torch.equal(audio[1], torch.randn((4,), generator=generator))

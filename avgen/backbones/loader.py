@@ -20,21 +20,10 @@ import os
 from typing import Any
 
 from avgen.errors import ConfigError
-from avgen.pretrained import quiet_loading
+from avgen.pretrained import HUB_MODELS, quiet_loading
 
-# The config key that names each pretrained model, and the hub id of the original it stands for.
-ORIGINS: dict[str, str] = {
-    "evaluate.clipsim.model": "openai/clip-vit-base-patch32",
-    "evaluate.clap.model": "laion/clap-htsat-unfused",
-    # The paper fine-tunes on any SD1.5 checkpoint; AnimateDiff's public examples use this one.
-    "model.video.base": "SG161222/Realistic_Vision_V5.1_noVAE",
-    "model.video.motion_adapter": "guoyww/animatediff-motion-adapter-v1-5-2",
-    # The public AnimateDiff code pairs the noVAE checkpoint with the fine-tuned SD VAE.
-    "model.video.vae": "stabilityai/sd-vae-ft-mse",
-    "model.audio.base": "cvssp/audioldm-m-full",
-    # TempoTokens' text-to-video base (its code names damo-vilab/text-to-video-ms-1.7b as the alternative).
-    "model.t2v.base": "cerspense/zeroscope_v2_576w",
-}
+# The config key that names each pretrained model and the hub id of its original (avgen.pretrained).
+ORIGINS: dict[str, str] = HUB_MODELS
 
 TINY_PREFIX = "tiny:"
 

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torchaudio.compliance import kaldi
 
 from avgen.errors import ConfigError, WeightsFileMissing
-from avgen.pretrained import freeze, load_weights_file
+from avgen.pretrained import ORIGINS, freeze, load_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +51,8 @@ FBANK_STD = 6.55582
 # Kaldi's fbank expects 16-bit sample values; BEATs scales audio in [-1, 1] to that range.
 INT16_SCALE = 2 ** 15
 
-CHECKPOINT_FILE = "BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt"
-CHECKPOINT_ORIGIN = ("the download table of the microsoft/unilm repository's beats/README.md "
-                     "(https://github.com/microsoft/unilm/tree/master/beats, row Iter3+ (AS2M), column 'AudioSet "
-                     "Fine-Tuned Model 2'; the links point to Microsoft's OneDrive / Azure blob storage)")
+CHECKPOINT_FILE = ORIGINS["beats"].file
+CHECKPOINT_ORIGIN = ORIGINS["beats"].where
 # Keys of the AudioSet classifier that fine-tuned checkpoints add; TempoTokens discards it (predictor=None).
 PREDICTOR_KEYS = ("predictor.weight", "predictor.bias")
 
@@ -525,9 +523,7 @@ class BEATsWeightsMissing(WeightsFileMissing):
     """The BEATs checkpoint is not where the config says."""
 
     def __init__(self, path: str | os.PathLike | None, config_key: str = "model.encoder.path"):
-        super().__init__("BEATs", path, config_key, CHECKPOINT_FILE,
-                         "the BEATs iter3+ (AS2M) checkpoint fine-tuned on AudioSet-2M that TempoTokens uses",
-                         CHECKPOINT_ORIGIN)
+        super().__init__("BEATs", path, config_key, CHECKPOINT_FILE, ORIGINS["beats"].what, CHECKPOINT_ORIGIN)
 
 
 class BEATsCheckpointError(ValueError):

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from avgen.encoders.panns import CNN14_CHANNELS, ConvBlock
 from avgen.errors import ConfigError, WeightsFileMissing
-from avgen.pretrained import freeze, load_weights_file
+from avgen.pretrained import ORIGINS, freeze, load_weights_file
 
 SAMPLE_RATE = 16000
 N_FFT = 1024
@@ -67,9 +67,8 @@ TINY_CAVP = {"channels": (4, 8, 8, 16, 16, 32), "embed_dim": 16}
 POOL_SIZES: tuple[tuple[int, int], ...] = ((2, 2), (2, 2), (2, 2), (2, 2), (1, 2), (1, 1))
 TIME_POOLING = math.prod(t for t, _ in POOL_SIZES)
 
-CHECKPOINT_FILE = "cavp_epoch66.ckpt"
-CHECKPOINT_ORIGIN = ("the Hugging Face model repository SimianLuo/Diff-Foley, folder diff_foley_ckpt "
-                     "(https://huggingface.co/SimianLuo/Diff-Foley/tree/main/diff_foley_ckpt)")
+CHECKPOINT_FILE = ORIGINS["cavp"].file
+CHECKPOINT_ORIGIN = ORIGINS["cavp"].where
 AUDIO_BRANCH = "spec_encoder."
 # DistributedDataParallel's wrapper prefix; Diff-Foley's own loader removes it the same way.
 WRAPPER_PREFIX = "module."
@@ -215,8 +214,7 @@ class CAVPWeightsMissing(WeightsFileMissing):
     """The CAVP checkpoint is not where the config says."""
 
     def __init__(self, path: str | os.PathLike | None, config_key: str = "model.encoder.path"):
-        super().__init__("CAVP", path, config_key, CHECKPOINT_FILE, "Diff-Foley's stage-1 CAVP checkpoint",
-                         CHECKPOINT_ORIGIN)
+        super().__init__("CAVP", path, config_key, CHECKPOINT_FILE, ORIGINS["cavp"].what, CHECKPOINT_ORIGIN)
 
 
 class CAVPCheckpointError(ValueError):

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import lightning.pytorch as pl
@@ -28,6 +30,10 @@ from avgen._versions import library_versions
 from avgen.checkpoint import FORMAT
 from avgen.errors import ConfigError
 from avgen.pretrained import HoldsFrozen
+from avgen.samples import write_sounding_videos
+from avgen.systems.common import av_align_scores, log_sounding_videos
+
+log = logging.getLogger("avgen")
 
 # Frozen parts stay in eval mode on purpose (AVSystem.freeze); Lightning warns about any module in
 # eval mode at the start of training.
@@ -238,3 +244,38 @@ class DiffusionSystem(AVSystem):
 
     def test_step(self, batch, batch_idx):
         self._evaluation_step("test", 20_000, batch, batch_idx)
+
+    # ------------------------------------------------------------------------------ what every system shares
+    def validation_sample_count(self) -> int:
+        """How many sounding videos to sample after this validation (``model.validation.samples``): 0 during
+        the sanity check, off rank 0, or when no validation batch was held."""
+        count = int(self.validation_cfg.get("samples") or 0)
+        if (count <= 0 or self.validation_batch is None or self.trainer.sanity_checking
+                or not self.trainer.is_global_zero):
+            return 0
+        return count
+
+    def log_validation_samples(self, prompts: Sequence[str], video: torch.Tensor, audio: torch.Tensor) -> None:
+        """Write the validation samples (video (B, F, 3, H, W), audio (B, S), both in [-1, 1]) to
+        ``<run>/val_samples/step_NNNNNNN/``, send them to the loggers that show media, and log their mean
+        AV-Align (``val/av_align_<variant>``) unless ``model.validation.av_align`` is false."""
+        out_dir = Path(self.trainer.default_root_dir) / "val_samples" / f"step_{self.global_step:07d}"
+        paths = write_sounding_videos(out_dir, prompts, video, audio, self.clip, overwrite=True).written
+        log_sounding_videos(self.loggers, paths, self.clip, self.global_step)
+        if self.validation_cfg.get("av_align", True):
+            for name, value in av_align_scores(video, audio, self.clip).items():
+                self.log(f"val/av_align_{name}", value, rank_zero_only=True, batch_size=len(prompts))
+
+    def warn_unused_sample_options(self, unused: Mapping[str, Any]) -> None:
+        """``sample.*`` options set on the command line that this system does not take: logged, not fatal
+        (one ``sample`` block serves every system)."""
+        ignored = sorted(k for k, v in unused.items() if v is not None)
+        if ignored:
+            log.warning("sample options not used by %s: %s", type(self).__name__, ignored)
+
+    def to_sampling_device(self, device: str = "auto") -> str:
+        """Move the system to ``device`` (``auto``: CUDA when available) in eval mode; returns the device."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.to(device).eval()
+        return device

@@ -34,6 +34,7 @@ from avgen.diffusion import (
     classifier_free_guidance,
     ddim_step,
     final_alpha_cumprod,
+    seeded_noise,
     split_prediction,
     training_target,
 )
@@ -43,7 +44,6 @@ from avgen.modules.joint_unet import DEFAULT_POSITIONS, JointUNet
 from avgen.modules.timestep_adjust import adjust_timesteps, check_gamma, sample_training_timesteps
 from avgen.samples import SampleReport, refuse_existing, split_captions, write_sounding_videos
 from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
-from avgen.systems.common import av_align_scores, log_sounding_videos
 
 log = logging.getLogger("avgen")
 
@@ -232,20 +232,14 @@ class JointAudioVideo(DiffusionSystem):
         return scheduler.config.prediction_type
 
     def on_validation_epoch_end(self) -> None:
-        count = int(self.validation_cfg.get("samples") or 0)
+        count = self.validation_sample_count()
         prompts = (self.validation_batch or {}).get("caption")
-        if count <= 0 or not prompts or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+        if count <= 0 or not prompts:
             return
         prompts = [prompts[i % len(prompts)] for i in range(count)]
         with self.ema_weights():
             video, audio = self.generate(prompts, steps=self.validation_cfg["steps"], seed=0)
-        out_dir = Path(self.trainer.default_root_dir) / "val_samples" / f"step_{self.global_step:07d}"
-        paths = write_sounding_videos(out_dir, prompts, video, audio, self.clip, overwrite=True).written
-        log_sounding_videos(self.loggers, paths, self.clip, self.global_step)
-        if self.validation_cfg.get("av_align", True):
-            scores = av_align_scores(video, audio, self.clip)
-            for name, value in scores.items():
-                self.log(f"val/av_align_{name}", value, rank_zero_only=True, batch_size=count)
+        self.log_validation_samples(prompts, video, audio)
 
     # ------------------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -282,9 +276,8 @@ class JointAudioVideo(DiffusionSystem):
         negative = cfg.get("negative_prompt") if negative_prompt is None else negative_prompt
         b, device = len(prompts), self.video_alphas.device
         shape_v, shape_a = self.latent_shapes(b)
-        noise = [self._noise(shape_v[1:], shape_a[1:], seed + i) for i in range(b)]
-        x_v = torch.stack([n[0] for n in noise]).to(device, self.dtype)
-        x_a = torch.stack([n[1] for n in noise]).to(device, self.dtype)
+        noise_v, noise_a = seeded_noise([shape_v[1:], shape_a[1:]], b, seed)
+        x_v, x_a = noise_v.to(device, self.dtype), noise_a.to(device, self.dtype)
         text_v, text_a = self.encode_text(prompts)
         guided = g_v != 1.0 or g_a != 1.0
         if guided:
@@ -322,11 +315,6 @@ class JointAudioVideo(DiffusionSystem):
         audio = decode_audio(self.audio, x_a, self.num_samples)
         return video.float().clamp(-1, 1), audio.float().clamp(-1, 1)
 
-    @staticmethod
-    def _noise(shape_v, shape_a, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        generator = torch.Generator().manual_seed(int(seed))
-        return torch.randn(shape_v, generator=generator), torch.randn(shape_a, generator=generator)
-
     def sample_to_files(self, out_dir: str | Path, n: int = 4, prompt: str | Sequence[str] | None = None,
                         steps: int | None = None, gamma: float | None = None, guidance_video: float | None = None,
                         guidance_audio: float | None = None, negative_prompt: str | None = None, seed: int = 0,
@@ -336,13 +324,9 @@ class JointAudioVideo(DiffusionSystem):
 
         A sample whose output holds NaN/inf, or that cannot be written, is in the report's ``failed``
         with its name and reason; the others are written (:func:`write_sounding_videos`)."""
-        ignored = sorted(k for k, v in unused.items() if v is not None)
-        if ignored:
-            log.warning("sample options not used by %s: %s", type(self).__name__, ignored)
+        self.warn_unused_sample_options(unused)
         prompts, sources = self._prompts(prompt, int(n))
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.to(device).eval()
+        self.to_sampling_device(device)
         batch_size = int(batch_size or self.sampling["batch_size"])
         out_dir = Path(out_dir)
         refuse_existing(out_dir, len(prompts), overwrite)

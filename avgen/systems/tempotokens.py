@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from avgen.backbones.text2video import PerFrameUNet3D, decode_video, encode_video, load_text2video
 from avgen.backbones.unet3d_checkpointing import enable_unet3d_checkpointing
-from avgen.diffusion import classifier_free_guidance, training_target
+from avgen.diffusion import classifier_free_guidance, seeded_noise, training_target
 from avgen.encoders.beats import BEATs, load_beats
 from avgen.encoders.cavp import CAVPAudio, load_cavp
 from avgen.errors import ConfigError
@@ -47,7 +47,6 @@ from avgen.modules.context_windows import resolutions, window_means
 from avgen.modules.placeholder_prompt import PlaceholderPrompt
 from avgen.samples import SampleReport, clip_caption, refuse_existing, split_samples, write_sounding_videos
 from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
-from avgen.systems.common import av_align_scores, log_sounding_videos
 
 log = logging.getLogger("avgen")
 
@@ -185,19 +184,13 @@ class TempoTokens(DiffusionSystem):
         return {"loss": mse + self.l1_weight * l1, "mse": mse, "l1": l1}
 
     def on_validation_epoch_end(self) -> None:
-        count = int(self.validation_cfg.get("samples") or 0)
-        held = self.validation_batch
-        if count <= 0 or held is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+        count = self.validation_sample_count()
+        if count <= 0:
             return
-        audio, captions = held["audio"][:count], held["caption"][:count]
+        audio, captions = self.validation_batch["audio"][:count], self.validation_batch["caption"][:count]
         with self.ema_weights():
             video = self.generate(audio, captions, steps=self.validation_cfg["steps"], seed=0)
-        out_dir = Path(self.trainer.default_root_dir) / "val_samples" / f"step_{self.global_step:07d}"
-        paths = write_sounding_videos(out_dir, captions, video, audio, self.clip, overwrite=True).written
-        log_sounding_videos(self.loggers, paths, self.clip, self.global_step)
-        if self.validation_cfg.get("av_align", True):
-            for name, value in av_align_scores(video, audio, self.clip).items():
-                self.log(f"val/av_align_{name}", value, rank_zero_only=True, batch_size=len(captions))
+        self.log_validation_samples(captions, video, audio)
 
     # ------------------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -215,7 +208,7 @@ class TempoTokens(DiffusionSystem):
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         shape = (self.t2v.unet.config.in_channels, frames, self.clip["height"] // factor,
                  self.clip["width"] // factor)
-        x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(b)])
+        (x,) = seeded_noise([shape], b, seed)
         x = x.to(device, self.dtype)
         contexts = self.contexts(captions, self.audio_tokens(audio.to(device), frames), frames)
         guided = guidance != 1.0
@@ -245,18 +238,14 @@ class TempoTokens(DiffusionSystem):
         (``sample_NNNN``) comes from the i-th usable input in name order; one that cannot be written
         is in ``failed`` (:func:`write_sounding_videos`). Nothing is generated when every input is refused.
         """
-        ignored = sorted(k for k, v in unused.items() if v is not None)
-        if ignored:
-            log.warning("sample options not used by %s: %s", type(self).__name__, ignored)
+        self.warn_unused_sample_options(unused)
         inputs, refused = self._inputs(audio, int(n))
         for entry in refused:
             log.warning("input %s refused: %s", entry["file"], entry["reason"])
         report = SampleReport(refused=refused)
         if not inputs:
             return report
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.to(device).eval()
+        self.to_sampling_device(device)
         out_dir = Path(out_dir)
         refuse_existing(out_dir, len(inputs), overwrite)
         batch_size = int(batch_size or self.sampling["batch_size"])
