@@ -26,7 +26,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from avgen.media.files import atomic_write
+from avgen.media.files import atomic_write, write_bytes_atomic, write_text_atomic
 
 FORMAT = "avgen-ckpt/1"
 LAST = "last.ckpt"
@@ -138,7 +138,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, *, use_ema: bo
                       overwrite: bool = False) -> Path:
     """Write ``model.safetensors`` + ``config.yaml`` + ``versions.json`` for one checkpoint."""
     from omegaconf import OmegaConf
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_safetensors
 
     ckpt = read_checkpoint(ckpt_path)
     out = Path(out_dir)
@@ -152,11 +152,10 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, *, use_ema: bo
     if ema_used:
         weights.update(meta["ema"])
     weights = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
-    tmp = out / ".model.safetensors.tmp"
-    save_file(weights, str(tmp), metadata={"format": FORMAT, "ema": str(ema_used), "source": str(ckpt_path)})
-    os.replace(tmp, out / "model.safetensors")
-    OmegaConf.save(OmegaConf.create(meta["config"]), out / "config.yaml")
+    data = save_safetensors(weights, metadata={"format": FORMAT, "ema": str(ema_used), "source": str(ckpt_path)})
+    write_bytes_atomic(out / "model.safetensors", data, overwrite=True)
+    write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(meta["config"])))
     info = {"versions": meta["versions"], "ema": ema_used, "source": str(Path(ckpt_path).absolute()),
             "global_step": ckpt.get("global_step"), "parameters": int(sum(v.numel() for v in weights.values()))}
-    (out / "versions.json").write_text(json.dumps(info, indent=2))
+    write_text_atomic(out / "versions.json", json.dumps(info, indent=2))
     return out

@@ -392,7 +392,7 @@ def test(cfg: DictConfig):
 def sample(cfg: DictConfig) -> list[Path]:
     """Generate into ``<output_dir>/samples`` and write the run's ``<output_dir>/samples.json``
     (``written`` sample names, ``refused`` inputs and ``failed`` samples with their reasons; see
-    :class:`avgen.systems.common.SampleReport`). Each refused input and failed sample is printed.
+    :class:`avgen.samples.SampleReport`). Each refused input and failed sample is printed.
     Returns the written mp4s.
 
     The system is the checkpoint's, with the command line's overrides applied by

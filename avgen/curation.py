@@ -257,7 +257,7 @@ def score_splits(root: str | Path, splits: list[str], metrics: list[str], evalua
                  prompt: str = "label") -> dict[str, dict[str, ScoreStore]]:
     """Score every clip of ``splits`` with ``metrics`` through :class:`avgen.evaluation.ClipScorer`, shard by
     shard, skipping the shards whose scores are saved (:class:`ScoreStore`). Each shard's clips are
-    exported to a temporary folder beside the scores (:func:`avgen.evaluation.export_samples`, the CLAP /
+    exported to a temporary folder beside the scores (:func:`avgen.samples.export_samples`, the CLAP /
     CLIPSIM prompt = the clip's ``prompt`` field) and removed once scored. Returns ``{split: {metric: store}}``.
 
     Raises:

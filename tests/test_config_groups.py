@@ -63,3 +63,10 @@ def test_one_validation_batch_is_not_counted_as_skipped_clips(tmp_path, tiny_sha
     run = tmp_path / "one"
     run_command(fit_cfg(tmp_path, tiny_shards, "trainer.max_steps=6", "trainer.limit_val_batches=1", run_dir=run))
     assert record(run)["batches"] == 6
+
+
+def test_fixed_stream_must_be_a_bool(tiny_shards):
+    from avgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.fixed_stream='maybe'"):
+        AVDataModule("synthetic_hits", str(tiny_shards), TINY_CLIP, fixed_stream="maybe")

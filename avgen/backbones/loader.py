@@ -22,9 +22,6 @@ from typing import Any
 from avgen.errors import ConfigError
 from avgen.pretrained import HUB_MODELS, quiet_loading
 
-# The config key that names each pretrained model and the hub id of its original (avgen.pretrained).
-ORIGINS: dict[str, str] = HUB_MODELS
-
 TINY_PREFIX = "tiny:"
 
 
@@ -33,7 +30,7 @@ class PretrainedModelMissing(FileNotFoundError):
 
     def __init__(self, name_or_path: str | os.PathLike | None, config_key: str, reason: str = "",
                  subfolder: str | None = None):
-        hub_id = ORIGINS.get(config_key, "<the model's hub id>")
+        hub_id = HUB_MODELS.get(config_key, "<the model's hub id>")
         where = f"{name_or_path!s}" if subfolder is None else f"{name_or_path!s} (subfolder {subfolder})"
         what = "no model is set" if name_or_path is None else f"cannot load {where} from local files"
         # Backbones have tiny random twins built in code; metric models do not.

@@ -112,7 +112,9 @@ class AVDataModule(pl.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.prefetch_factor = prefetch_factor
         self.subset = subset or None
-        self.fixed_stream = bool(fixed_stream)
+        if not isinstance(fixed_stream, bool):
+            raise ConfigError(f"data.fixed_stream={fixed_stream!r}: expected true or false")
+        self.fixed_stream = fixed_stream
         self.manifests: dict[str, Manifest] = {}
         self.subsets: dict[str, Any] = {}  # split -> avgen.data.subset.Subset (None: the whole split)
         self.health: dict[str, Health] = {}

@@ -102,5 +102,6 @@ def to_model_batch(batch: dict[str, Any]) -> dict[str, Any]:
         batch = dict(batch)
         b, f, h, w, c = video.shape
         out = torch.empty((b, f, c, h, w), dtype=torch.float32, device=video.device)
-        batch["video"] = out.copy_(video.permute(0, 1, 4, 2, 3)).mul_(1 / 127.5).sub_(1.0)
+        # x / 127.5 - 1, as avgen.media.uint8_to_unit_range (the frames evaluate and sample see), in place
+        batch["video"] = out.copy_(video.permute(0, 1, 4, 2, 3)).div_(127.5).sub_(1.0)
     return batch

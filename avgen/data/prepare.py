@@ -46,7 +46,15 @@ import numpy as np
 from avgen.data.geometry import StoreGeometry, fps_json
 from avgen.data.shards import MANIFEST, SPLITS, Manifest, ShardInfo, TarShardWriter, clip_key, encode_clip
 from avgen.errors import ConfigError, NothingProduced, PrepareError
-from avgen.media import MediaError, audio_companion, decode_audio, decode_video, probe, write_text_atomic
+from avgen.media import (
+    MediaError,
+    audio_companion,
+    decode_audio,
+    decode_video,
+    probe,
+    replace_synced,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +390,7 @@ class _SplitBuilder:
         name = f"shard-{len(self.records):06d}"
         if self._tar is not None:
             self._tar.close()
-            os.replace(self.folder / f"{name}.tar.tmp", self.folder / f"{name}.tar")
+            replace_synced(self.folder / f"{name}.tar.tmp", self.folder / f"{name}.tar")
         else:  # skipped clips after the last shard: an empty tar keeps the records contiguous
             TarShardWriter(self.folder / f"{name}.tar").close()
         record = {"clips": len(self._keys), "keys": self._keys, "labels": dict(self._labels),

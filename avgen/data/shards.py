@@ -34,7 +34,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from avgen.data.geometry import ClipGeometry, StoreGeometry, fps_json
-from avgen.media import encode_flac, encode_mp4
+from avgen.media import encode_flac, encode_mp4, write_text_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "avgen-shards/2"
@@ -257,7 +257,7 @@ class ShardWriter:
             return
         manifest = Manifest(self.dataset, self.split, self.clip, self.shards, self.prepare,
                             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        (self.tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2))
+        write_text_atomic(self.tmp / MANIFEST, json.dumps(manifest.to_json(), indent=2))
         if self.final.exists():
             old = self.final.with_name(f".{self.split}.old-{os.getpid()}")
             os.replace(self.final, old)

@@ -12,9 +12,10 @@ from avgen.evaluation.scorers import PER_CLIP, feed_scorers, per_clip_scorers
 
 
 class ClipScorer:
-    """Per-clip scores of clip files through ``evaluate``'s own code: AV-Align by :func:`score_clip` in
-    ``workers`` processes, CLIPSIM / CLAP / ImageBind by the scorers :func:`evaluate_folder` uses
-    (:func:`per_clip_scorers`, :func:`feed_scorers`), each model loaded once for every :meth:`score` call.
+    """Per-clip scores of clip files through ``evaluate``'s own code: AV-Align by
+    :func:`~avgen.evaluation.processes.score_clip` in ``workers`` processes, CLIPSIM / CLAP / ImageBind by
+    the scorers :func:`~avgen.evaluation.evaluate.evaluate` uses (:func:`~avgen.evaluation.scorers.per_clip_scorers`,
+    :func:`~avgen.evaluation.scorers.feed_scorers`), each model loaded once for every :meth:`score` call.
     Used by ``python -m avgen filter`` so that a curation threshold and a reported metric are the same
     number.
 

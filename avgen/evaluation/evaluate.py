@@ -39,7 +39,7 @@ class EvaluateSettings:
     ``metrics``: names of :data:`avgen.evaluation.scorers.AVAILABLE`; ``options``: the per-metric
     blocks (``fvd``, ``fad``, ``clipsim``, ``clap``, ``panns``, ``is_video``, ``imagebind``);
     ``av_align``: :class:`~avgen.metrics.av_align.AVAlignConfig` fields. The other fields are the keys
-    of the same name in ``configs/config.yaml``'s ``evaluate`` block.
+    of the same name in ``configs/evaluate/default.yaml``.
     """
 
     pred_dir: str | Path | None = None
@@ -181,13 +181,14 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
                     clap: dict | None = None, panns: dict | None = None, is_video: dict | None = None,
                     imagebind: dict | None = None, prompt: str | None = None, decode_threads: int = 2,
                     cache_dir: str | Path | None = None, device: str = "auto", overwrite: bool = False,
-                    config: dict | None = None) -> dict[str, Any]:
-    """:func:`evaluate` with the ``evaluate`` block's keys as keyword arguments; returns ``metrics.json``'s
-    content (:meth:`EvaluationResult.to_json`)."""
+                    config: dict | None = None, **blocks: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`evaluate` with the ``evaluate`` block's keys as keyword arguments (``blocks``: the option
+    blocks of metrics added since, passed through); returns ``metrics.json``'s content
+    (:meth:`EvaluationResult.to_json`)."""
     block = dict(pred_dir=pred_dir, metrics=metrics, workers=workers, plots=plots, av_align=av_align, ref_dir=ref_dir,
                  fvd=fvd, fad=fad, clipsim=clipsim, clap=clap, panns=panns, is_video=is_video, imagebind=imagebind,
                  prompt=prompt, decode_threads=decode_threads, cache_dir=cache_dir, device=device,
-                 overwrite=overwrite)
+                 overwrite=overwrite, **blocks)
     return evaluate(block, out_dir, config=config or {}).to_json()
 
 

@@ -58,7 +58,7 @@ class Scorer:
     ``per_clip`` (each clip's score stands alone: ``filter`` can threshold it), ``block`` (its option
     block under ``evaluate``). :meth:`build` makes one from a :class:`BuildContext`; :data:`SCORERS` is the
     registry. Adding a metric: a subclass with ``name``, ``update``, ``result`` and ``build``, one line in
-    :data:`SCORERS`, and its block in ``configs/config.yaml``'s ``evaluate``.
+    :data:`SCORERS`, and its block in ``configs/evaluate/default.yaml``.
     """
 
     name: str = ""
@@ -69,8 +69,6 @@ class Scorer:
     @classmethod
     def build(cls, ctx: BuildContext) -> Scorer:
         raise NotImplementedError
-
-    name: str
 
     def update(self, path: Path, frames: np.ndarray, audio: np.ndarray, sr: int,
                fps: float | None = None) -> dict[str, float] | None:

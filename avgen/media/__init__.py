@@ -58,6 +58,7 @@ from avgen.media.files import (
     VIDEO_SUFFIXES,
     MediaFolder,
     atomic_write,
+    replace_synced,
     scan_media,
     write_bytes_atomic,
     write_text_atomic,
@@ -69,6 +70,6 @@ __all__ = [
     "VIDEO_CRF", "VIDEO_SUFFIXES", "Clip", "MediaError", "MediaFolder", "MediaInfo", "as_fps", "atomic_write",
     "audio_companion", "centre_origin", "check_finite", "cover_size", "decode_audio", "decode_flac", "decode_video",
     "encode_flac", "encode_mp4", "fps_label", "fps_text", "frame_count", "frames_to_uint8", "probe", "read_audio",
-    "read_clip", "scan_media", "uint8_to_unit_range", "unit_range_to_uint8", "write_bytes_atomic",
+    "read_clip", "replace_synced", "scan_media", "uint8_to_unit_range", "unit_range_to_uint8", "write_bytes_atomic",
     "write_mp4", "write_text_atomic", "write_wav",
 ]

@@ -43,6 +43,15 @@ def atomic_write(path: str | Path, mode: str = "wb", *, overwrite: bool = False,
         raise
 
 
+def replace_synced(tmp: str | Path, path: str | Path) -> Path:
+    """Rename a finished temporary file over ``path`` after flushing it to disk (``fsync``), so a crash
+    right after never leaves a truncated file under the final name."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return Path(path)
+
+
 def write_bytes_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
     with atomic_write(path, "wb", overwrite=overwrite) as f:
@@ -76,7 +85,7 @@ def scan_media(folder: str | Path, kind: Literal["video", "audio"]) -> MediaFold
     codec, extension case (``.MP4``) or name (spaces, non-ASCII letters).
 
     ``kind="video"``: files with a video stream; an audio file with the stem of a video is that
-    video's sound (see :func:`read_clip`) and is not listed. ``kind="audio"``: files with an audio
+    video's sound (see :func:`avgen.media.decode.read_clip`) and is not listed. ``kind="audio"``: files with an audio
     stream (audio files, and videos with sound). Files with a known media extension are taken on
     their name (a broken one then fails, with its reason, when it is decoded); files with another
     extension are probed with FFmpeg. ``.txt``/``.json`` sidecars are ignored; everything else not

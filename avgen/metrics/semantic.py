@@ -33,13 +33,12 @@ import torch.nn.functional as F
 import torchaudio
 
 # PretrainedModelMissing is re-exported: callers of the metrics catch it from here.
-from avgen.backbones.loader import ORIGINS, PretrainedModelMissing, load_pretrained  # noqa: F401
+from avgen.backbones.loader import PretrainedModelMissing, load_pretrained  # noqa: F401
 from avgen.encoders.base import FeatureExtractor, unit_range_clips
 from avgen.metrics.cosine import MeanCosine
 from avgen.pretrained import sha256_file
 
 # The metric models' entries of the config key → original hub id registry.
-PRETRAINED_ORIGINS: dict[str, str] = {key: ORIGINS[key] for key in ("evaluate.clipsim.model", "evaluate.clap.model")}
 
 # OpenAI CLIP's image normalisation (CLIPImageProcessor's image_mean / image_std for every OpenAI CLIP).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

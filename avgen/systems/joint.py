@@ -265,7 +265,7 @@ class JointAudioVideo(DiffusionSystem):
         U-Net at 957. So with γ = 1, zero-initialised cross-modal blocks, a ``leading`` grid and
         guidance scales > 1 (diffusers skips guidance at ≤ 1, this sampler does not), the final
         latents are those of diffusers' ``AnimateDiffPipeline`` and ``AudioLDMPipeline`` from the same
-        initial latents, steps, scales and negative prompt (``tests/test_joint_vs_diffusers.py``).
+        initial latents, steps, scales and negative prompt (``tests/systems/test_joint_vs_diffusers.py``).
         """
         cfg = self.sampling
         steps = int(steps or cfg["steps"])

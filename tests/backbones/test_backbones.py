@@ -12,8 +12,9 @@ import torch
 from diffusers import DDIMScheduler, MotionAdapter, PNDMScheduler
 
 from avgen.backbones import animatediff, audioldm, tiny
-from avgen.backbones.loader import ORIGINS, PretrainedModelMissing, load_pretrained, load_scheduler, resolve_source
+from avgen.backbones.loader import PretrainedModelMissing, load_pretrained, load_scheduler, resolve_source
 from avgen.errors import ConfigError
+from avgen.pretrained import HUB_MODELS
 
 TEXTS = ["a dog barks", "Rain on a tin roof!", "café — naïve 日本語 🎵", ""]
 
@@ -111,7 +112,7 @@ def test_missing_backbone_folder_names_key_origin_and_tiny_scale(tmp_path, load,
     with pytest.raises(PretrainedModelMissing) as err:
         load(missing)
     message = str(err.value)
-    for text in (missing, key, ORIGINS[key], f"huggingface-cli download {ORIGINS[key]}", "scale=tiny"):
+    for text in (missing, key, HUB_MODELS[key], f"huggingface-cli download {HUB_MODELS[key]}", "scale=tiny"):
         assert text in message
     assert err.value.config_key == key
 
@@ -128,8 +129,8 @@ def test_separate_motion_adapter_and_vae_name_their_own_keys(video, tiny_root, t
 def test_uncached_hub_id_is_not_downloaded(tmp_path):
     key = "model.video.motion_adapter"
     with pytest.raises(PretrainedModelMissing) as err:
-        load_pretrained(MotionAdapter, ORIGINS[key], key, cache_dir=tmp_path / "empty_cache")
-    assert key in str(err.value) and ORIGINS[key] in str(err.value) and "scale=tiny" in str(err.value)
+        load_pretrained(MotionAdapter, HUB_MODELS[key], key, cache_dir=tmp_path / "empty_cache")
+    assert key in str(err.value) and HUB_MODELS[key] in str(err.value) and "scale=tiny" in str(err.value)
     assert not any((tmp_path / "empty_cache").rglob("*.safetensors"))
 
 

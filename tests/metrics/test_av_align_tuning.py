@@ -85,8 +85,8 @@ def test_parse_grid_and_bad_inputs(tmp_path):
 
 
 def test_config_tree_lists_every_av_align_field_at_its_default(tmp_path):
-    """evaluate.av_align in configs/config.yaml holds every AVAlignConfig field (so any one can be overridden on
-    the command line) at the dataclass default (the official script's values)."""
+    """evaluate.av_align in configs/evaluate/default.yaml holds every AVAlignConfig field (so any one can be
+    overridden on the command line) at the dataclass default (the official script's values)."""
     from dataclasses import asdict
 
     cfg = compose(["command=evaluate"], tmp_path)

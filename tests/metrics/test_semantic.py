@@ -14,13 +14,12 @@ import torchaudio
 from avgen.metrics.semantic import (
     CLIP_MEAN,
     CLIP_STD,
-    PRETRAINED_ORIGINS,
     CLAPScore,
     CLIPSim,
     PretrainedModelMissing,
     load_pretrained,
 )
-from avgen.pretrained import sha256_file
+from avgen.pretrained import HUB_MODELS, sha256_file
 
 PROMPTS = ["a dog barks", "rain on a roof", "the sound of a drum kit"]
 
@@ -275,7 +274,7 @@ def test_missing_model_names_key_origin_and_fetch_command(tmp_path, metric_cls, 
     with pytest.raises(PretrainedModelMissing) as err:
         metric_cls.from_pretrained(missing)
     message = str(err.value)
-    hub_id = PRETRAINED_ORIGINS[key]
+    hub_id = HUB_MODELS[key]
     for text in (str(missing), key, hub_id, f"huggingface-cli download {hub_id}"):
         assert text in message
     assert isinstance(err.value, FileNotFoundError) and err.value.config_key == key
@@ -284,5 +283,5 @@ def test_missing_model_names_key_origin_and_fetch_command(tmp_path, metric_cls, 
 
 
 def test_hub_ids_are_the_published_originals():
-    assert PRETRAINED_ORIGINS == {"evaluate.clipsim.model": "openai/clip-vit-base-patch32",
-                                  "evaluate.clap.model": "laion/clap-htsat-unfused"}
+    assert HUB_MODELS["evaluate.clipsim.model"] == "openai/clip-vit-base-patch32"
+    assert HUB_MODELS["evaluate.clap.model"] == "laion/clap-htsat-unfused"

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 
 import avgen.systems.joint as joint
 from avgen.backbones.audioldm import vae_downsampling
-from avgen.diffusion import ddim_step, final_alpha_cumprod
+from avgen.diffusion import ddim_step, final_alpha_cumprod, seeded_noise
 from tests.conftest import compose
 
 PROMPTS = ["a red ball drops onto wood", "a cube hits glass"]
@@ -85,8 +85,7 @@ def test_joint_sampler_reproduces_the_diffusers_pipelines(system, monkeypatch):
     blocks = [*system.denoiser.video_blocks.values(), *system.denoiser.audio_blocks.values()]
     assert all(not p.any() for block in blocks for p in block.proj_out.parameters())
     shape_v, shape_a = system.latent_shapes(len(PROMPTS))
-    noise = [system._noise(shape_v[1:], shape_a[1:], SEED + i) for i in range(len(PROMPTS))]
-    z_v, z_a = torch.stack([n[0] for n in noise]), torch.stack([n[1] for n in noise])
+    z_v, z_a = seeded_noise([shape_v[1:], shape_a[1:]], len(PROMPTS), SEED)  # the sampler's own starting noise
 
     video, audio = joint_latents(system, monkeypatch)
     ref_video, ref_audio = diffusers_latents(system, z_v, z_a)
