@@ -28,7 +28,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # The main job: the joint audio+video model at scale=tiny (tiny random backbones, synthetic data,
-# CPU, about five minutes): train, sample two sounding videos, score their AV-Align. Re-running
+# CPU, about six minutes): train, sample two sounding videos, score their AV-Align. Re-running
 # continues the same run folder (resume=auto).
 DEMO_DIR ?= runs/demo
 DEMO_STEPS ?= 240

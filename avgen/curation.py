@@ -396,7 +396,7 @@ def filter_dataset(root: str | Path, *, dataset: str, splits: list[str] | str, t
                           f"evaluate.av_align.variants={list(variants)}; add it there or pick one of those")
     metrics = thresholds.metrics()
     shas = {split: manifest_sha256(root / split) for split in splits}
-    scoring = {m: ScoreStore(root, "", m, scoring_identity(m, evaluate, prompt), "").settings_id for m in metrics}
+    scoring = {m: _digest(scoring_identity(m, evaluate, prompt)) for m in metrics}  # = each ScoreStore's settings_id
     rule = Subset(name, "", "", [], 0, thresholds.to_dict(), scoring, prompt)
     folder = root / SUBSETS / name
     stale = _check_existing(folder, rule, shas, overwrite)
