@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from avgen.config_files import config_dir, group_options
+from avgen.config_files import config_dir, group_options, register_scale_resolver
 
 COMMANDS = {
     "fit": "train a system (resumes <output_dir>/checkpoints/last.ckpt when present; init_from=<ckpt> starts "
@@ -312,11 +312,6 @@ def _run_id() -> str:
     return rid
 
 
-def at_scale(scale: str, default, tiny):
-    """``${avgen_at_scale:${scale_name},<default>,<tiny>}``: ``tiny`` at ``scale=tiny``, else ``default``."""
-    return tiny if scale == "tiny" else default
-
-
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
@@ -324,9 +319,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("avgen_run_id", _run_id, use_cache=True)
     if not OmegaConf.has_resolver("avgen_cwd"):
         OmegaConf.register_new_resolver("avgen_cwd", os.getcwd)
-    if not OmegaConf.has_resolver("avgen_at_scale"):
-        # a default that differs at scale=tiny (fewer sampler steps) but that the command line still overrides
-        OmegaConf.register_new_resolver("avgen_at_scale", at_scale)
+    register_scale_resolver()
     if not OmegaConf.has_resolver("avgen_fps_label"):
         from avgen.media import fps_label
 

@@ -116,9 +116,10 @@ def checkpoint_config(ckpt_cfg: DictConfig, run_cfg: DictConfig, overrides: list
     - The command line's ``overrides`` win: every ``data.*`` key (``data.batch_size``, ``data.root``;
       a ``data.clip.*`` key also sets ``model.clip``; a ``data.store.*`` key moves the root to that
       stored geometry's folder),
-      ``data=<name>`` (that dataset at the checkpoint's clip geometry), ``model.sampling.*`` (keys of
-      the system's ``sampling_defaults``), ``model.validation.*``, ``model.tiny_dir``, and the settings
-      under the system's ``SAMPLER_CONFIG`` that its ``sampler_override_refusal`` does not refuse.
+      ``data=<name>`` (that dataset at the checkpoint's clip geometry), ``model.sampling.*`` (fields
+      of the system's ``sampling_settings``, checked when the system is built),
+      ``model.validation.*``, ``model.tiny_dir``, and the settings under the system's
+      ``SAMPLER_CONFIG`` that its ``sampler_override_refusal`` does not refuse.
       At scale=tiny such an override also replaces the same key of ``model.tiny``, which the system
       merges over its arguments (checkpoints written when TempoTokens' tiny block still held
       ``sampling.steps``).
@@ -208,7 +209,8 @@ def model_override_refusal(cls: type, key: str) -> str | None:
     """Why ``model.<key>`` of a trained ``cls`` checkpoint cannot change on the command line; None when it may."""
     head, _, rest = key.partition(".")
     if head == "sampling":
-        known = getattr(cls, "sampling_defaults", None)
+        settings = getattr(cls, "sampling_settings", None)
+        known = settings.names() if settings is not None else None
         name = rest.partition(".")[0]
         if known is not None and name not in known:
             return f"{cls.__name__} has no sampling setting {name!r}; expected one of: {', '.join(known)}"

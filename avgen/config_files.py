@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from pathlib import Path
+from typing import Any
+
+from avgen.errors import ConfigError
 
 
 def config_dir() -> Path:
@@ -15,3 +20,45 @@ def config_dir() -> Path:
 def group_options(group: str) -> list[str]:
     folder = config_dir() / group
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def at_scale(scale: str, default: Any, tiny: Any) -> Any:
+    """``${avgen_at_scale:${scale_name},<default>,<tiny>}``: ``tiny`` at ``scale=tiny``, else ``default``."""
+    return tiny if scale == "tiny" else default
+
+
+def register_scale_resolver() -> None:
+    """Register ``avgen_at_scale`` with OmegaConf (once): a default that differs at ``scale=tiny``
+    (fewer sampler steps) but that the command line still overrides."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("avgen_at_scale"):
+        OmegaConf.register_new_resolver("avgen_at_scale", at_scale)
+
+
+def model_config_node(name: str, node: str, *, scale: str) -> dict[str, Any]:
+    """The ``node`` block (``sampling``, ``validation``) of ``configs/model/<name>.yaml`` as plain Python,
+    its ``${avgen_at_scale:...}`` values resolved at ``scale`` (``paper`` or ``tiny``): the defaults a
+    system's typed settings take (:mod:`avgen.systems.settings`).
+
+    Raises:
+        ConfigError: the YAML file is missing (the message names it), or the block uses another interpolation.
+    """
+    return copy.deepcopy(_model_config_node(config_dir() / "model" / f"{name}.yaml", node, scale))
+
+
+@functools.lru_cache(maxsize=None)
+def _model_config_node(path: Path, node: str, scale: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: model config not found; it holds the defaults of model.{node} (set "
+                          f"AVGEN_CONFIG_DIR to avgen's configs/ folder)")
+    register_scale_resolver()
+    block = OmegaConf.load(path).get(node)
+    try:
+        return OmegaConf.to_container(OmegaConf.create({"scale_name": scale, "node": block or {}}).node, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{path}: model.{node} cannot be resolved on its own ({exc}); give its defaults as "
+                          f"values or ${{avgen_at_scale:...}}") from exc

@@ -17,13 +17,14 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from avgen.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
 
+    from avgen.data.geometry import ClipGeometry
     from avgen.media import Clip, MediaFolder
 
 log = logging.getLogger("avgen")
@@ -90,12 +91,13 @@ class SampleReport:
 
 
 def write_sounding_videos(out_dir: Path, prompts: Sequence[str], video: torch.Tensor, audio: torch.Tensor,
-                          clip: Mapping[str, Any], *, overwrite: bool, first: int = 0,
+                          clip: ClipGeometry, *, overwrite: bool, first: int = 0,
                           sources: Sequence[str | None] | None = None) -> SampleReport:
     """``sample_NNNN.mp4`` (video + audio), ``.wav``, ``.txt`` (the prompt) and ``.json`` per clip,
     NNNN = ``first + i`` for clip i.
 
-    video (B, F, 3, H, W) and audio (B, S) in [-1, 1], at ``clip["fps"]`` and ``clip["sample_rate"]``.
+    video (B, F, 3, H, W) and audio (B, S) in [-1, 1], at ``clip.fps`` and ``clip.sample_rate``
+    (a :class:`~avgen.data.geometry.ClipGeometry`).
     The json holds the prompt and ``source``: the key of the data clip the sample was made from (its
     caption or its audio), or the input file, or null. ``evaluate`` pairs a sample with its reference
     clip in a shard split by that key (``kl``).
@@ -121,9 +123,9 @@ def write_sounding_videos(out_dir: Path, prompts: Sequence[str], video: torch.Te
             wave = audio[i].detach().cpu().float().numpy()
             check_finite(frames.numpy(), name, what="video")
             check_finite(wave, name)
-            done.append(write_mp4(mp4, unit_range_to_uint8(frames), clip["fps"], audio=wave,
-                                  sample_rate=clip["sample_rate"], overwrite=overwrite))
-            done.append(write_wav(wav, wave, clip["sample_rate"], overwrite=overwrite))
+            done.append(write_mp4(mp4, unit_range_to_uint8(frames), clip.fps, audio=wave,
+                                  sample_rate=clip.sample_rate, overwrite=overwrite))
+            done.append(write_wav(wav, wave, clip.sample_rate, overwrite=overwrite))
             done.append(write_bytes_atomic(txt, text.encode(), overwrite=overwrite))
             info = {"prompt": text, "source": sources[i] if sources else None}
             done.append(write_bytes_atomic(meta, json.dumps(info, indent=1).encode(), overwrite=overwrite))

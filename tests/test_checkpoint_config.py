@@ -6,6 +6,7 @@ apply to a trained checkpoint are refused with the key and the reason."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -96,7 +97,7 @@ def test_overrides_that_would_change_the_trained_model_are_refused(joint, tmp_pa
                                           r"schedule the checkpoint's weights were trained with"):
         command_config(ckpt, tmp_path, "command=validate", "+model.audio.scheduler.beta_schedule=linear")
     with pytest.raises(ConfigError, match=r"model\.sampling\.guidance=3: JointAudioVideo has no sampling setting "
-                                          r"'guidance'; expected one of: steps, gamma"):
+                                          r"'guidance'; expected one of: steps, batch_size, gamma"):
         command_config(ckpt, tmp_path, "command=sample", "+model.sampling.guidance=3")
     # the video scheduler's grid settings act (they make the global grid); equal values are no change
     _, cfg = command_config(ckpt, tmp_path, "command=sample", "experiment=joint_cmcpe",
@@ -115,11 +116,11 @@ def test_every_sampling_override_reaches_the_system(request, tmp_path, cls):
     ckpt, _ = request.getfixturevalue("joint" if cls is JointAudioVideo else "tempotokens")
     values = {"steps": 7, "gamma": 2.0, "guidance_video": 3.0, "guidance_audio": 1.5, "guidance": 9.0,
               "negative_prompt": "bad quality", "batch_size": 3}
-    overrides = [f"+model.sampling.{k}={values[k]}" for k in cls.sampling_defaults]
+    overrides = [f"+model.sampling.{k}={values[k]}" for k in cls.sampling_settings.names()]
     system, cfg = load_system(ckpt, compose(["command=sample", f"ckpt_path={ckpt}", *overrides], tmp_path),
                               command_line_overrides())
-    assert system.sampling == {k: values[k] for k in cls.sampling_defaults}
-    assert system.run_config["model"]["sampling"] == system.sampling
+    assert system.sampling.to_dict() == {k: values[k] for k in cls.sampling_settings.names()}
+    assert system.run_config["model"]["sampling"] == system.sampling.to_dict()
 
 
 def test_sample_applies_model_sampling_gamma(joint, tmp_path, monkeypatch):
@@ -184,12 +185,12 @@ class Recorder:
 
 def with_sampling(system, **values):
     """A copy of ``system.sampling`` with ``values`` (what model.sampling.<k>=v gives)."""
-    return {**system.sampling, **values}
+    return {**system.sampling.to_dict(), **values}
 
 
 def joint_run(system, rec, sampling, **kwargs):
     saved = system.sampling
-    system.sampling = sampling
+    system.sampling = type(saved).from_values(sampling, key="model.sampling")
     try:
         rec.reset()
         system.generate(["a red ball drops onto wood"], seed=0, **kwargs)
@@ -228,7 +229,7 @@ def check_joint_key(system, key, monkeypatch, tmp_path):
         pairs = record_joint_timesteps(monkeypatch)
         joint_run(system, rec, {**base, "steps": 3, "gamma": 2.0})
         assert pairs == GAMMA_PAIRS[2.0] == [eq9(t, 2.0) for t in (999, 500, 0)]
-        assert GAMMA_PAIRS[2.0] != GAMMA_PAIRS[system.sampling["gamma"]]  # the default, 1.5
+        assert GAMMA_PAIRS[2.0] != GAMMA_PAIRS[system.sampling.gamma]  # the default, 1.5
         pairs.clear()
         joint_run(system, rec, {**base, "steps": 3, "gamma": 2.0}, gamma=3.0)  # sample.gamma beats model.sampling
         assert pairs == GAMMA_PAIRS[3.0] == [eq9(t, 3.0) for t in (999, 500, 0)]
@@ -266,7 +267,7 @@ def check_batch_size(system, monkeypatch, module, tmp_path, **kwargs):
     try:
         results = []
         for batch in (1, 3):
-            system.sampling = {**saved, "batch_size": batch}
+            system.sampling = dataclasses.replace(saved, batch_size=batch)
             sizes.clear()
             outputs.clear()
             system.sample_to_files(tmp_path / f"b{batch}", n=2, device="cpu", **kwargs)
@@ -277,16 +278,16 @@ def check_batch_size(system, monkeypatch, module, tmp_path, **kwargs):
     assert torch.allclose(results[0][1], results[1][1], atol=1e-4)
 
 
-@pytest.mark.parametrize("key", list(JointAudioVideo.sampling_defaults))
+@pytest.mark.parametrize("key", list(JointAudioVideo.sampling_settings.names()))
 def test_each_joint_sampling_key_changes_what_it_should(joint, key, monkeypatch, tmp_path):
     system = joint[1]
-    assert key in system.sampling
+    assert key in system.sampling.names()
     check_joint_key(system, key, monkeypatch, tmp_path)
 
 
 def tempotokens_run(system, rec, sampling, audio):
     saved = system.sampling
-    system.sampling = sampling
+    system.sampling = type(saved).from_values(sampling, key="model.sampling")
     try:
         rec.reset()
         system.generate(audio, seed=0)
@@ -295,10 +296,10 @@ def tempotokens_run(system, rec, sampling, audio):
         system.sampling = saved
 
 
-@pytest.mark.parametrize("key", list(TempoTokens.sampling_defaults))
+@pytest.mark.parametrize("key", list(TempoTokens.sampling_settings.names()))
 def test_each_tempotokens_sampling_key_changes_what_it_should(tempotokens, key, monkeypatch, tmp_path):
     system = tempotokens[1]
-    assert key in system.sampling
+    assert key in system.sampling.names()
     rec = Recorder(monkeypatch, system.unet, tempotokens_module, "decode_video")
     audio = (torch.rand(1, 16000, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 0.3
     base = with_sampling(system, steps=2)

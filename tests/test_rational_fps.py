@@ -178,12 +178,13 @@ def test_sampling_writes_and_scores_at_the_exact_rate(fps, tmp_path):
     """What a system samples at data.clip.fps=29.97 is written at 30000/1001 (not 29) and scored at it."""
     import torch
 
+    from avgen.data.geometry import ClipGeometry
     from avgen.samples import write_sounding_videos
     from avgen.systems.common import av_align_scores
     from avgen.systems.joint import JointAudioVideo
     from avgen.systems.tempotokens import TempoTokens
 
-    clip = {"seconds": 1.0, "fps": fps, "sample_rate": 16000}
+    clip = ClipGeometry(seconds=1.0, fps=fps, height=16, width=16, sample_rate=16000)
     for system in (JointAudioVideo, TempoTokens):  # the frame count every system samples
         assert system.num_frames.fget(type("S", (), {"clip": clip})()) == 30
     video = torch.linspace(-1, 1, 30).view(1, 30, 1, 1, 1).expand(1, 30, 3, 16, 16)

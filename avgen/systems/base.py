@@ -32,6 +32,7 @@ from avgen.errors import ConfigError
 from avgen.pretrained import HoldsFrozen
 from avgen.samples import write_sounding_videos
 from avgen.systems.common import av_align_scores, log_sounding_videos
+from avgen.systems.settings import SamplingSettings, ValidationSettings
 
 log = logging.getLogger("avgen")
 
@@ -58,20 +59,15 @@ def merge_config(base: dict, override: Mapping) -> dict:
     return out
 
 
-VALIDATION_DEFAULTS = {"samples": 2, "steps": 25, "av_align": True}
-
-
-def system_arguments(scale: str, tiny: Mapping | None, sampling_defaults: Mapping, **parts: Any) -> dict[str, Any]:
+def system_arguments(scale: str, tiny: Mapping | None, **parts: Any) -> dict[str, Any]:
     """A system's constructor arguments as plain Python, with the ``tiny`` overrides merged in at
-    ``scale=tiny``. ``sampling`` and ``validation`` (in ``parts``) get their defaults filled in;
-    a ``None`` part becomes ``{}``."""
+    ``scale=tiny``; a ``None`` part becomes ``{}``. The ``sampling`` and ``validation`` parts are
+    completed and checked by :meth:`DiffusionSystem.configure_settings`.
+
+    Raises:
+        ConfigError: ``model.scale`` is neither ``paper`` nor ``tiny``.
+    """
     args = {name: plain_config({} if value is None else value) for name, value in parts.items()}
-    args["sampling"] = {**sampling_defaults, **args.get("sampling", {})}
-    unknown = sorted(set(args["sampling"]) - set(sampling_defaults))
-    if unknown:
-        raise ConfigError(f"model.sampling.{unknown[0]}: not a sampling setting; expected one of: "
-                          f"{', '.join(sampling_defaults)}")
-    args["validation"] = {**VALIDATION_DEFAULTS, **args.get("validation", {})}
     if scale == "tiny":
         return merge_config(args, plain_config(tiny or {}))
     if scale != "paper":
@@ -221,6 +217,26 @@ class DiffusionSystem(AVSystem):
     """
 
     validation_batch: dict[str, Any] | None = None
+    #: the model YAML whose ``sampling`` and ``validation`` blocks hold this system's defaults
+    #: (``configs/model/<MODEL_CONFIG>.yaml``)
+    MODEL_CONFIG: str = ""
+    #: the typed ``model.sampling`` block of this system
+    sampling_settings: type[SamplingSettings] = SamplingSettings
+    sampling: SamplingSettings
+    validation_settings: ValidationSettings
+
+    def configure_settings(self, args: Mapping[str, Any], scale: str) -> None:
+        """Check and set :attr:`sampling` and :attr:`validation_settings` from ``args["sampling"]`` and
+        ``args["validation"]`` over the model YAML's defaults at ``scale`` (call it before any backbone
+        loads).
+
+        Raises:
+            ConfigError: an unknown key or a bad value, naming ``model.sampling.<key>`` / ``model.validation.<key>``.
+        """
+        self.sampling = self.sampling_settings.from_config(args.get("sampling"), model_config=self.MODEL_CONFIG,
+                                                           scale=scale)
+        self.validation_settings = ValidationSettings.from_config(args.get("validation"),
+                                                                  model_config=self.MODEL_CONFIG, scale=scale)
 
     def diffusion_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None
                        ) -> dict[str, torch.Tensor]:
@@ -249,7 +265,7 @@ class DiffusionSystem(AVSystem):
     def validation_sample_count(self) -> int:
         """How many sounding videos to sample after this validation (``model.validation.samples``): 0 during
         the sanity check, off rank 0, or when no validation batch was held."""
-        count = int(self.validation_cfg.get("samples") or 0)
+        count = self.validation_settings.samples
         if (count <= 0 or self.validation_batch is None or self.trainer.sanity_checking
                 or not self.trainer.is_global_zero):
             return 0
@@ -261,8 +277,8 @@ class DiffusionSystem(AVSystem):
         AV-Align (``val/av_align_<variant>``) unless ``model.validation.av_align`` is false."""
         out_dir = Path(self.trainer.default_root_dir) / "val_samples" / f"step_{self.global_step:07d}"
         paths = write_sounding_videos(out_dir, prompts, video, audio, self.clip, overwrite=True).written
-        log_sounding_videos(self.loggers, paths, self.clip, self.global_step)
-        if self.validation_cfg.get("av_align", True):
+        log_sounding_videos(self.loggers, paths, self.global_step)
+        if self.validation_settings.av_align:
             for name, value in av_align_scores(video, audio, self.clip).items():
                 self.log(f"val/av_align_{name}", value, rank_zero_only=True, batch_size=len(prompts))
 

@@ -4,35 +4,37 @@ loggers (sample files: :mod:`avgen.samples`)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from avgen.data.geometry import ClipGeometry
 from avgen.media import unit_range_to_uint8
 
 log = logging.getLogger("avgen")
 
 
-def av_align_scores(video: torch.Tensor, audio: torch.Tensor, clip: Mapping[str, Any]) -> dict[str, float]:
-    """Mean AV-Align (official and pr variants) of generated clips; video (B, F, 3, H, W) in [-1, 1]."""
-    from avgen.media import as_fps
+def av_align_scores(video: torch.Tensor, audio: torch.Tensor, clip: ClipGeometry) -> dict[str, float]:
+    """Mean AV-Align (every variant) of generated clips: video (B, F, 3, H, W) in [-1, 1] at ``clip.fps``,
+    audio (B, S) in [-1, 1] at ``clip.sample_rate``."""
     from avgen.metrics.av_align import align_clip
 
     frames = unit_range_to_uint8(video)
     waves = audio.detach().cpu().float().numpy()
     totals: dict[str, list[float]] = {}
     for f, w in zip(frames, waves):
-        result = align_clip(f, float(as_fps(clip["fps"])), w, clip["sample_rate"])
+        result = align_clip(f, float(clip.fps), w, clip.sample_rate)
         for variant, value in result.scores.items():
             totals.setdefault(variant, []).append(value)
     return {k: float(np.mean(v)) for k, v in totals.items()}
 
 
-def log_sounding_videos(loggers: Sequence[Any], paths: Sequence[Path], clip: Mapping[str, Any], step: int) -> None:
-    """Send validation samples to the loggers that can show media (TensorBoard audio, wandb video)."""
+def log_sounding_videos(loggers: Sequence[Any], paths: Sequence[Path], step: int) -> None:
+    """Send validation samples (mp4 files with sound) to the loggers that can show media (TensorBoard audio
+    and video, wandb video); a logger that fails is warned about, never fatal."""
     from avgen.metrics.av_align import load_av
 
     for logger in loggers:

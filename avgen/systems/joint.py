@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -29,6 +30,7 @@ from avgen.backbones.animatediff import decode_video, encode_video, load_animate
 from avgen.backbones.animatediff import encode_prompts as encode_video_prompts
 from avgen.backbones.audioldm import decode_audio, encode_audio, latent_frames, load_audioldm
 from avgen.backbones.audioldm import encode_prompts as encode_audio_prompts
+from avgen.data.geometry import ClipGeometry
 from avgen.diffusion import (
     add_noise,
     classifier_free_guidance,
@@ -39,16 +41,32 @@ from avgen.diffusion import (
     training_target,
 )
 from avgen.errors import ConfigError
-from avgen.media import frame_count
 from avgen.modules.joint_unet import DEFAULT_POSITIONS, JointUNet
 from avgen.modules.timestep_adjust import adjust_timesteps, check_gamma, sample_training_timesteps
 from avgen.samples import SampleReport, refuse_existing, split_captions, write_sounding_videos
 from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
+from avgen.systems.settings import SamplingSettings, guidance_scale, optional_text, setting
 
 log = logging.getLogger("avgen")
 
-SAMPLING_DEFAULTS = {"steps": 25, "gamma": 1.5, "guidance_video": 7.5, "guidance_audio": 2.5,
-                     "negative_prompt": None, "batch_size": 4}
+
+
+def timestep_gamma(key: str, value) -> float:
+    """γ of Eq. 9 (> 0; :func:`~avgen.modules.timestep_adjust.check_gamma`)."""
+    return check_gamma(value, key)
+
+
+@dataclass(frozen=True)
+class JointSampling(SamplingSettings):
+    """``model.sampling`` of the joint system (defaults: ``configs/model/joint.yaml``): DDIM ``steps``
+    (paper 25), the timestep adjustment ``gamma`` (Eq. 9; 1 = none), a classifier-free guidance scale
+    per modality, the ``negative_prompt`` of the unconditional pass (None: the empty prompt), and
+    ``batch_size``."""
+
+    gamma: float = setting(timestep_gamma, "timestep adjustment γ (Eq. 9)")
+    guidance_video: float = setting(guidance_scale, "video classifier-free guidance scale (1 = none)")
+    guidance_audio: float = setting(guidance_scale, "audio classifier-free guidance scale (1 = none)")
+    negative_prompt: str | None = setting(optional_text, "prompt of the unconditional pass (null: empty)")
 
 # What the DDIMScheduler settings of model.{video,audio}.scheduler do here. The sampler (generate)
 # steps on ONE global grid, the video scheduler's, maps it to each modality's local timesteps by Eq. 9
@@ -89,7 +107,8 @@ class JointAudioVideo(DiffusionSystem):
         video: ``{base, motion_adapter, vae, scheduler}`` — AnimateDiff sources (hub ids or folders;
             ``tiny:animatediff`` builds the tiny twin) and DDIM config overrides.
         audio: ``{base, scheduler}`` — AudioLDM source (``tiny:audioldm`` for the tiny twin).
-        clip: training clip geometry ``{seconds, fps, height, width, sample_rate}`` (the data's);
+        clip: training clip geometry ``{seconds, fps, height, width, sample_rate}`` (the data's
+            ``data.clip``), held as a :class:`~avgen.data.geometry.ClipGeometry` (``self.clip``);
             sampling produces clips of this geometry.
         scale: ``paper`` or ``tiny``; with ``tiny`` the ``tiny`` mapping is merged over these arguments.
         tiny: argument overrides for ``scale=tiny`` (tiny backbones and module sizes).
@@ -101,14 +120,20 @@ class JointAudioVideo(DiffusionSystem):
         timesteps: ``{train: independent|shared}``.
         self_condition_prob: probability of feeding the no-grad x̂0 to the connectors in training.
         gradient_checkpointing: checkpoint both U-Nets, the connectors and the cross-modal blocks.
-        sampling: defaults of :meth:`generate` (steps, gamma, guidance_video, guidance_audio, ...).
-        validation: ``{samples, steps, av_align}``: sounding videos sampled and logged after each
-            validation, and whether their AV-Align is computed.
+        sampling: ``model.sampling`` (:class:`JointSampling`): defaults of :meth:`generate` and ``sample``;
+            missing keys come from ``configs/model/joint.yaml`` at ``scale``.
+        validation: ``model.validation`` (:class:`~avgen.systems.settings.ValidationSettings`): sounding
+            videos sampled and logged after each validation, and whether their AV-Align is computed.
+
+    Raises:
+        ConfigError: a bad ``model.sampling`` / ``model.validation`` / ``data.clip`` value or a scheduler
+            setting that has no effect (before any backbone loads).
     """
 
     # the sampling settings (model.sampling) and the config nodes of the sampler, for the commands
     # that run a checkpoint (avgen.commands.checkpoint_config)
-    sampling_defaults = SAMPLING_DEFAULTS
+    MODEL_CONFIG = "joint"
+    sampling_settings = JointSampling
     SAMPLER_CONFIG = ("video.scheduler", "audio.scheduler")
 
     @staticmethod
@@ -127,17 +152,15 @@ class JointAudioVideo(DiffusionSystem):
                  validation: Mapping | None = None, optimizer=None, scheduler=None, ema_decay: float | None = None,
                  cond_drop_prob: float = 0.1):
         super().__init__(optimizer=optimizer, scheduler=scheduler, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob)
-        args = system_arguments(scale, tiny, SAMPLING_DEFAULTS, video=video, audio=audio, connector=connector,
+        args = system_arguments(scale, tiny, video=video, audio=audio, connector=connector,
                                 block=block, positions=positions, video_connector_attention=video_connector_attention,
                                 sampling=sampling, validation=validation)
-        self.clip = dict(plain_config(clip))
+        self.configure_settings(args, scale)  # before any backbone loads
+        self.clip = ClipGeometry.from_config(plain_config(clip))
         self.cross_modal = cross_modal
         self.train_motion_modules = train_motion_modules
         self.timestep_mode = dict(plain_config(timesteps or {})).get("train", "independent")
         self.self_condition_prob = self_condition_prob
-        self.sampling = args["sampling"]
-        check_gamma(self.sampling["gamma"], "model.sampling.gamma")  # before any backbone loads
-        self.validation_cfg = args["validation"]
 
         v, a = args["video"], args["audio"]
         for modality, part in (("video", v), ("audio", a)):
@@ -174,17 +197,17 @@ class JointAudioVideo(DiffusionSystem):
     # ------------------------------------------------------------------------------ geometry
     @property
     def num_frames(self) -> int:
-        return frame_count(self.clip["seconds"], self.clip["fps"])
+        return self.clip.num_frames
 
     @property
     def num_samples(self) -> int:
-        return round(self.clip["seconds"] * self.clip["sample_rate"])
+        return self.clip.num_samples
 
     def latent_shapes(self, batch: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Shapes of the video (B, C, F, h, w) and audio (B, C, T, M) latents of one clip geometry."""
         factor = 2 ** (len(self.video_vae.config.block_out_channels) - 1)
         video = (batch, self.video.unet.config.in_channels, self.num_frames,
-                 self.clip["height"] // factor, self.clip["width"] // factor)
+                 self.clip.height // factor, self.clip.width // factor)
         frames, bins = latent_frames(self.audio, self.num_samples)
         return video, (batch, self.audio.unet.config.in_channels, frames, bins)
 
@@ -238,7 +261,7 @@ class JointAudioVideo(DiffusionSystem):
             return
         prompts = [prompts[i % len(prompts)] for i in range(count)]
         with self.ema_weights():
-            video, audio = self.generate(prompts, steps=self.validation_cfg["steps"], seed=0)
+            video, audio = self.generate(prompts, steps=self.validation_settings.steps, seed=0)
         self.log_validation_samples(prompts, video, audio)
 
     # ------------------------------------------------------------------------------ sampling
@@ -267,13 +290,10 @@ class JointAudioVideo(DiffusionSystem):
         latents are those of diffusers' ``AnimateDiffPipeline`` and ``AudioLDMPipeline`` from the same
         initial latents, steps, scales and negative prompt (``tests/systems/test_joint_vs_diffusers.py``).
         """
-        cfg = self.sampling
-        steps = int(steps or cfg["steps"])
-        gamma = (check_gamma(cfg["gamma"], "model.sampling.gamma") if gamma is None
-                 else check_gamma(gamma, "sample.gamma"))
-        g_v = float(cfg["guidance_video"] if guidance_video is None else guidance_video)
-        g_a = float(cfg["guidance_audio"] if guidance_audio is None else guidance_audio)
-        negative = cfg.get("negative_prompt") if negative_prompt is None else negative_prompt
+        cfg = self.sampling.updated("sample", steps=steps, gamma=gamma, guidance_video=guidance_video,
+                                    guidance_audio=guidance_audio, negative_prompt=negative_prompt)
+        steps, gamma, g_v, g_a = cfg.steps, cfg.gamma, cfg.guidance_video, cfg.guidance_audio
+        negative = cfg.negative_prompt
         b, device = len(prompts), self.video_alphas.device
         shape_v, shape_a = self.latent_shapes(b)
         noise_v, noise_a = seeded_noise([shape_v[1:], shape_a[1:]], b, seed)
@@ -324,19 +344,23 @@ class JointAudioVideo(DiffusionSystem):
 
         A sample whose output holds NaN/inf, or that cannot be written, is in the report's ``failed``
         with its name and reason; the others are written (:func:`write_sounding_videos`)."""
+        settings = self.sampling.updated("sample", steps=steps, gamma=gamma, guidance_video=guidance_video,
+                                         guidance_audio=guidance_audio, negative_prompt=negative_prompt,
+                                         batch_size=batch_size)  # checked before any model runs
         self.warn_unused_sample_options(unused)
         prompts, sources = self._prompts(prompt, int(n))
         self.to_sampling_device(device)
-        batch_size = int(batch_size or self.sampling["batch_size"])
+        batch_size = settings.batch_size
         out_dir = Path(out_dir)
         refuse_existing(out_dir, len(prompts), overwrite)
         report = SampleReport()
         with self.ema_weights():
             for start in range(0, len(prompts), batch_size):
                 chunk = prompts[start:start + batch_size]
-                video, audio = self.generate(chunk, steps=steps, gamma=gamma, guidance_video=guidance_video,
-                                             guidance_audio=guidance_audio, negative_prompt=negative_prompt,
-                                             seed=seed + start)
+                video, audio = self.generate(chunk, steps=settings.steps, gamma=settings.gamma,
+                                             guidance_video=settings.guidance_video,
+                                             guidance_audio=settings.guidance_audio,
+                                             negative_prompt=settings.negative_prompt, seed=seed + start)
                 report.extend(write_sounding_videos(out_dir, chunk, video, audio, self.clip, overwrite=overwrite,
                                                     first=start, sources=sources[start:start + batch_size]))
                 log.info("sampled %d/%d", min(start + batch_size, len(prompts)), len(prompts))

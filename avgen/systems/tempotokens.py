@@ -26,6 +26,7 @@ import copy
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 
 from avgen.backbones.text2video import PerFrameUNet3D, decode_video, encode_video, load_text2video
 from avgen.backbones.unet3d_checkpointing import enable_unet3d_checkpointing
+from avgen.data.geometry import ClipGeometry
 from avgen.diffusion import classifier_free_guidance, seeded_noise, training_target
 from avgen.encoders.beats import BEATs, load_beats
 from avgen.encoders.cavp import CAVPAudio, load_cavp
@@ -47,10 +49,18 @@ from avgen.modules.context_windows import resolutions, window_means
 from avgen.modules.placeholder_prompt import PlaceholderPrompt
 from avgen.samples import SampleReport, clip_caption, refuse_existing, split_samples, write_sounding_videos
 from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
+from avgen.systems.settings import SamplingSettings, guidance_scale, setting, text
 
 log = logging.getLogger("avgen")
 
-SAMPLING_DEFAULTS = {"steps": 25, "guidance": 25.0, "negative_prompt": "", "batch_size": 4}
+@dataclass(frozen=True)
+class TempoTokensSampling(SamplingSettings):
+    """``model.sampling`` of TempoTokens (defaults: ``configs/model/tempotokens.yaml``): DPM-Solver++
+    ``steps``, the classifier-free guidance scale ``guidance`` (public code 25), the ``negative_prompt``
+    of the unconditional pass (``""``: the empty prompt), and ``batch_size``."""
+
+    guidance: float = setting(guidance_scale, "classifier-free guidance scale (1 = none)")
+    negative_prompt: str = setting(text, "prompt of the unconditional pass")
 
 
 class TempoTokens(DiffusionSystem):
@@ -62,7 +72,8 @@ class TempoTokens(DiffusionSystem):
         encoder: ``{name: beats, path, layers}`` — the frozen audio encoder (a BEATs checkpoint in
             the official format, ``tiny:beats`` for the tiny twin) and the layers whose outputs are
             concatenated (``null``: all).
-        clip: the clip geometry ``{seconds, fps, height, width, sample_rate}`` (the data's).
+        clip: the clip geometry ``{seconds, fps, height, width, sample_rate}`` (the data's ``data.clip``),
+            held as a :class:`~avgen.data.geometry.ClipGeometry` (``self.clip``).
         scale, tiny, tiny_dir: as in the joint system: ``scale=tiny`` merges ``tiny`` over these
             arguments; tiny backbones are written to ``tiny_dir``.
         prompt: the prompt template (see the module docstring).
@@ -74,14 +85,21 @@ class TempoTokens(DiffusionSystem):
         pooling: AttentivePooling arguments (``dropout``, ...).
         l1_weight: λ of Eq. 8 (public code 0.01).
         gradient_checkpointing: recompute the frozen UNet3D's layers in the backward pass.
-        sampling: defaults of :meth:`generate` (steps, guidance, negative_prompt, batch_size).
-        validation: ``{samples, steps, av_align}`` — clips generated from validation audio and logged.
+        sampling: ``model.sampling`` (:class:`TempoTokensSampling`): defaults of :meth:`generate` and
+            ``sample``; missing keys come from ``configs/model/tempotokens.yaml`` at ``scale``.
+        validation: ``model.validation`` (:class:`~avgen.systems.settings.ValidationSettings`): clips
+            generated from validation audio and logged.
+
+    Raises:
+        ConfigError: a bad ``model.sampling`` / ``model.validation`` / ``data.clip`` value (before any
+            backbone loads), or a prompt template that uses more windows than ``windows`` gives.
     """
 
     # the sampling settings (model.sampling) and the config nodes of the sampler, for the commands
     # that run a checkpoint (avgen.commands.checkpoint_config): training reads the folder's DDPM
     # schedule (t2v.noise_scheduler), never the sampler, so every sampler setting may change
-    sampling_defaults = SAMPLING_DEFAULTS
+    MODEL_CONFIG = "tempotokens"
+    sampling_settings = TempoTokensSampling
     SAMPLER_CONFIG = ("t2v.scheduler", "t2v.scheduler_overrides")
 
     def __init__(self, t2v: Mapping, encoder: Mapping, clip: Mapping, *, scale: str = "paper",
@@ -91,10 +109,10 @@ class TempoTokens(DiffusionSystem):
                  validation: Mapping | None = None, optimizer=None, scheduler=None, ema_decay: float | None = None,
                  cond_drop_prob: float = 0.0):
         super().__init__(optimizer=optimizer, scheduler=scheduler, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob)
-        args = system_arguments(scale, tiny, SAMPLING_DEFAULTS, t2v=t2v, encoder=encoder, mapper=mapper,
+        args = system_arguments(scale, tiny, t2v=t2v, encoder=encoder, mapper=mapper,
                                 pooling=pooling, windows=windows, sampling=sampling, validation=validation)
-        self.clip = dict(plain_config(clip))
-        self.sampling, self.validation_cfg = args["sampling"], args["validation"]
+        self.configure_settings(args, scale)  # before any backbone loads
+        self.clip = ClipGeometry.from_config(plain_config(clip))
         self.l1_weight = l1_weight
 
         t2v_args = args["t2v"]
@@ -129,7 +147,7 @@ class TempoTokens(DiffusionSystem):
     # ------------------------------------------------------------------------------ conditioning
     @property
     def num_frames(self) -> int:
-        return frame_count(self.clip["seconds"], self.clip["fps"])
+        return self.clip.num_frames
 
     def audio_tokens(self, audio: torch.Tensor, frames: int) -> dict[str, torch.Tensor]:
         """Audio (B, S) at 16 kHz spanning exactly ``frames`` video frames → the tokens of the prompt:
@@ -189,7 +207,7 @@ class TempoTokens(DiffusionSystem):
             return
         audio, captions = self.validation_batch["audio"][:count], self.validation_batch["caption"][:count]
         with self.ema_weights():
-            video = self.generate(audio, captions, steps=self.validation_cfg["steps"], seed=0)
+            video = self.generate(audio, captions, steps=self.validation_settings.steps, seed=0)
         self.log_validation_samples(captions, video, audio)
 
     # ------------------------------------------------------------------------------ sampling
@@ -198,16 +216,15 @@ class TempoTokens(DiffusionSystem):
                  guidance: float | None = None, negative_prompt: str | None = None, seed: int = 0) -> torch.Tensor:
         """Videos (B, F, 3, H, W) in [-1, 1] for audio (B, S) at 16 kHz, F = round(S / sr · fps) frames
         covering exactly the audio's duration. Clip i starts from noise seeded with ``seed + i``."""
-        steps = int(steps or self.sampling["steps"])
-        guidance = float(self.sampling["guidance"] if guidance is None else guidance)
-        negative = self.sampling.get("negative_prompt") or "" if negative_prompt is None else negative_prompt
+        settings = self.sampling.updated("sample", steps=steps, guidance=guidance, negative_prompt=negative_prompt)
+        steps, guidance, negative = settings.steps, settings.guidance, settings.negative_prompt
         b = audio.shape[0]
-        frames = max(1, frame_count(Fraction(audio.shape[1], self.clip["sample_rate"]), self.clip["fps"]))
+        frames = max(1, frame_count(Fraction(audio.shape[1], self.clip.sample_rate), self.clip.fps))
         captions = list(captions) if captions is not None else [""] * b
         device = self.alphas.device
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        shape = (self.t2v.unet.config.in_channels, frames, self.clip["height"] // factor,
-                 self.clip["width"] // factor)
+        shape = (self.t2v.unet.config.in_channels, frames, self.clip.height // factor,
+                 self.clip.width // factor)
         (x,) = seeded_noise([shape], b, seed)
         x = x.to(device, self.dtype)
         contexts = self.contexts(captions, self.audio_tokens(audio.to(device), frames), frames)
@@ -238,6 +255,8 @@ class TempoTokens(DiffusionSystem):
         (``sample_NNNN``) comes from the i-th usable input in name order; one that cannot be written
         is in ``failed`` (:func:`write_sounding_videos`). Nothing is generated when every input is refused.
         """
+        settings = self.sampling.updated("sample", steps=steps, guidance=guidance, negative_prompt=negative_prompt,
+                                         batch_size=batch_size)  # checked before any input is decoded
         self.warn_unused_sample_options(unused)
         inputs, refused = self._inputs(audio, int(n))
         for entry in refused:
@@ -248,8 +267,8 @@ class TempoTokens(DiffusionSystem):
         self.to_sampling_device(device)
         out_dir = Path(out_dir)
         refuse_existing(out_dir, len(inputs), overwrite)
-        batch_size = int(batch_size or self.sampling["batch_size"])
-        rate = self.clip["sample_rate"]
+        batch_size = settings.batch_size
+        rate = self.clip.sample_rate
         # clips of one length are generated together; every clip gets frames for exactly its duration
         order = sorted(range(len(inputs)), key=lambda i: len(inputs[i][1]))
         with self.ema_weights():
@@ -259,8 +278,8 @@ class TempoTokens(DiffusionSystem):
                     same = [i for i in group if len(inputs[i][1]) == length]
                     wave = torch.from_numpy(np.stack([inputs[i][1] for i in same])).float()
                     texts = [prompt or inputs[i][2] for i in same]
-                    video = self.generate(wave, texts, steps=steps, guidance=guidance,
-                                          negative_prompt=negative_prompt, seed=seed + same[0])
+                    video = self.generate(wave, texts, steps=settings.steps, guidance=settings.guidance,
+                                          negative_prompt=settings.negative_prompt, seed=seed + same[0])
                     for j, i in enumerate(same):
                         report.extend(write_sounding_videos(out_dir, [texts[j]], video[j:j + 1], wave[j:j + 1],
                                                             self.clip, overwrite=overwrite, first=i,
@@ -287,7 +306,7 @@ class TempoTokens(DiffusionSystem):
         """
         from avgen.media import MediaError, check_finite, decode_audio, probe, scan_media
 
-        rate = self.clip["sample_rate"]
+        rate = self.clip.sample_rate
         decoded: list[tuple[str, str, np.ndarray, str]] = []  # (source, name in messages, waveform, caption)
         if audio is None:
             clips, refused = split_audio(((self.run_config or {}).get("data") or {}).get("root"), n, rate)
@@ -337,9 +356,9 @@ class TempoTokens(DiffusionSystem):
         minimum (BEATs: one row of fbank patches, a 25 ms window + 15 hops of 10 ms = 2800 samples;
         CAVP: one 16-frame step, 3840) or one video frame (half a frame period rounds up to a frame),
         whichever is longer."""
-        from avgen.media import as_fps, fps_label
+        from avgen.media import fps_label
 
-        rate, fps = self.clip["sample_rate"], as_fps(self.clip["fps"])
+        rate, fps = self.clip.sample_rate, self.clip.fps
         encoder, frame = self.encoder.min_samples, math.ceil(rate / (2 * fps))
         if encoder >= frame:
             return encoder, (f"the {type(self.encoder).__name__} audio encoder needs at least {encoder} samples "

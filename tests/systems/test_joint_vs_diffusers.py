@@ -58,7 +58,7 @@ def diffusers_latents(system, z_v: torch.Tensor, z_a: torch.Tensor) -> tuple[tor
     video_pipe = AnimateDiffPipeline(vae=v.vae, text_encoder=v.text_encoder, tokenizer=v.tokenizer, unet=v.unet,
                                      motion_adapter=None, scheduler=copy.deepcopy(v.scheduler))
     video_pipe.set_progress_bar_config(disable=True)
-    video = video_pipe(PROMPTS, num_frames=z_v.shape[2], height=system.clip["height"], width=system.clip["width"],
+    video = video_pipe(PROMPTS, num_frames=z_v.shape[2], height=system.clip.height, width=system.clip.width,
                        num_inference_steps=STEPS, guidance_scale=GUIDANCE_VIDEO,
                        negative_prompt=[NEGATIVE] * len(PROMPTS),
                        latents=z_v.clone(), output_type="latent").frames
