@@ -50,6 +50,7 @@ bench: setup
 	$(PY) benchmarks/filter_scoring.py
 	$(PY) benchmarks/joint_costs.py
 	$(PY) benchmarks/tempotokens_costs.py
+	$(PY) benchmarks/vta_ldm_costs.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -108,3 +108,42 @@ def seeded_noise(shapes: Sequence[Sequence[int]], batch: int, seed: int) -> list
         generator = torch.Generator().manual_seed(int(seed) + i)
         drawn.append([torch.randn(tuple(shape), generator=generator) for shape in shapes])
     return [torch.stack([sample[k] for sample in drawn]) for k in range(len(shapes))]
+
+
+MIN_SNR_FORMS = ("target", "epsilon")
+
+
+def snr(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) at integer timesteps ``t`` (B,), float32 (B,)."""
+    a = alpha_bar(alphas_cumprod, t, 1.0).float()
+    return a / (1 - a)
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, prediction_type: str, gamma: float | None,
+                    form: str = "target") -> torch.Tensor:
+    """Per-sample loss weights (B,) float32 of Min-SNR-γ weighting (Hang et al. 2023, arXiv 2303.09556, Sec. 3.4).
+
+    The weight is written on the ε loss as min(SNR_t, γ) / SNR_t. With ``form="target"`` it is carried to
+    the regressed target: ``epsilon`` min(SNR, γ) / SNR; ``v_prediction`` min(SNR, γ) / (SNR + 1) (the v
+    loss is (SNR + 1) times the ε loss); ``sample`` min(SNR, γ). ``form="epsilon"`` applies
+    min(SNR, γ) / SNR whatever the target (VTA-LDM's public code on its v target). ``gamma=None``: all ones
+    (the plain MSE of DDPM, Ho et al. 2020 Eq. 14).
+
+    Raises:
+        ValueError: γ ≤ 0, an unknown ``form`` or ``prediction_type``.
+    """
+    if gamma is None:
+        return torch.ones(t.shape, dtype=torch.float32, device=t.device)
+    if not gamma > 0:
+        raise ValueError(f"min_snr_gamma={gamma}: expected a value > 0 (5 in Hang et al. 2023), or null for none")
+    if form not in MIN_SNR_FORMS:
+        raise ValueError(f"min-SNR form {form!r}: expected one of {MIN_SNR_FORMS}")
+    ratio = snr(alphas_cumprod, t).to(t.device)
+    clipped = torch.clamp(ratio, max=float(gamma))
+    if form == "epsilon" or prediction_type == "epsilon":
+        return clipped / ratio
+    if prediction_type == "v_prediction":
+        return clipped / (ratio + 1)
+    if prediction_type == "sample":
+        return clipped
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")

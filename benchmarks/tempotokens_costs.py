@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +26,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from step_memory import measure_training_step  # noqa: E402
+from step_memory import (  # noqa: E402
+    ForwardTimer,
+    checkpointing_line,
+    compare_checkpointing,
+    measure_training_step,
+)
 
 SCALES = {
     "tiny": {"t2v": "tiny:zeroscope", "clip": {"seconds": 1.0, "fps": 8, "height": 32, "width": 32,
@@ -61,42 +64,19 @@ def memory_child(scale: str, tiny_dir: str, checkpointing: bool) -> dict:
     return measure_training_step(system, batch)
 
 
-def bench_memory(scale: str, tiny_dir: str) -> dict:
-    out = {}
-    for checkpointing in (False, True):
-        proc = subprocess.run([sys.executable, __file__, "--child-memory", scale, "--tiny-dir", tiny_dir]
-                              + (["--checkpointing"] if checkpointing else []), capture_output=True, text=True,
-                              check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-        out[checkpointing] = json.loads(proc.stdout.strip().splitlines()[-1])
-    plain, ckpt = out[False], out[True]
-    return {"ratio": ckpt["step_bytes"] / plain["step_bytes"], "time_ratio": ckpt["seconds"] / plain["seconds"],
-            "plain": plain, "checkpointed": ckpt,
-            "same_gradients": abs(plain["grad_l1"] - ckpt["grad_l1"]) <= 1e-5 * max(1.0, plain["grad_l1"])}
-
-
 def bench_sampling(scale: str, tiny_dir: str, steps: int) -> dict:
     system = build(scale, tiny_dir).eval()
     clip = SCALES[scale]["clip"]
     audio = torch.rand(2, round(clip["seconds"] * clip["sample_rate"]), generator=torch.Generator().manual_seed(0))
-    spent = [0.0]
-    forward = system.unet.forward
-
-    def timed_forward(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return forward(*args, **kwargs)
-        finally:
-            spent[0] += time.perf_counter() - start
-
-    system.unet.forward = timed_forward
+    timer = ForwardTimer(system.unet)
     system.generate(audio, ["", ""], steps=2)  # warm-up
     shares = []
     for _ in range(3):
-        spent[0] = 0.0
+        timer.reset()
         start = time.perf_counter()
         system.generate(audio, ["", ""], steps=steps)
         total = time.perf_counter() - start
-        shares.append(1 - spent[0] / total)
+        shares.append(1 - timer.seconds / total)
     shares.sort()
     return {"scale": scale, "steps": steps, "outside_unet_share": shares[1], "samples": shares}
 
@@ -117,11 +97,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tiny_dir = args.tiny_dir or str(Path(tmp) / "tiny")
         if args.only in (None, "memory"):
-            r = report["memory"] = bench_memory("small", tiny_dir)
-            print(f"training-step memory (small): checkpointed/plain = {r['ratio']:.3f} "
-                  f"({r['checkpointed']['step_bytes'] / 2**20:.0f} MiB vs {r['plain']['step_bytes'] / 2**20:.0f} MiB), "
-                  f"target <= 0.6: {'PASS' if r['ratio'] <= 0.6 else 'MISS'}; time ratio {r['time_ratio']:.2f}; "
-                  f"same gradients: {r['same_gradients']}")
+            report["memory"] = compare_checkpointing(__file__, "small", tiny_dir)
+            print(checkpointing_line(report["memory"]))
         if args.only in (None, "sampling"):
             for scale in ("tiny", "small"):
                 r = report[f"sampling_{scale}"] = bench_sampling(scale, tiny_dir, args.steps)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from avgen.pretrained import HUB_MODELS, ORIGINS, FrozenModule, HoldsFrozen, freeze
+from avgen.pretrained import HUB_MODELS, ORIGINS, SYSTEM_HUB_MODELS, FrozenModule, HoldsFrozen, freeze
 from tests.conftest import compose
 
 # the experiment whose composed config holds each key (the default config holds evaluate.*)
@@ -34,6 +34,12 @@ def test_every_registered_file_is_read_from_its_config_key_and_environment_varia
 @pytest.mark.parametrize("key", sorted(HUB_MODELS))
 def test_every_hub_model_is_the_default_of_its_config_key(key, tmp_path):
     assert composed(key, tmp_path) == HUB_MODELS[key]
+
+
+@pytest.mark.parametrize("experiment, key", [(e, k) for e, keys in SYSTEM_HUB_MODELS.items() for k in keys])
+def test_every_system_hub_model_is_the_default_of_its_experiment(experiment, key, tmp_path):
+    cfg = compose(["command=fit", f"experiment={experiment}"], tmp_path)
+    assert OmegaConf.select(cfg, key) == SYSTEM_HUB_MODELS[experiment][key]
 
 
 def test_frozen_parts_stay_in_eval_mode_without_gradients():

@@ -91,17 +91,55 @@ class AudioLDMMel(nn.Module):
 
 
 @dataclass
-class AudioBackbone:
-    """The frozen parts of the audio model; every module is in eval mode with ``requires_grad=False``
-    (a system unfreezes what it trains)."""
+class AudioCodec:
+    """AudioLDM's mel front end, VAE and HiFi-GAN vocoder: waveform ↔ latents (:func:`encode_audio`,
+    :func:`decode_audio`). Every module is frozen (eval mode, ``requires_grad=False``)."""
+
+    vae: AutoencoderKL
+    vocoder: SpeechT5HifiGan
+    mel: AudioLDMMel
+
+
+@dataclass
+class AudioBackbone(AudioCodec):
+    """The frozen parts of the joint system's audio model: the codec plus AudioLDM's UNet, CLAP text
+    encoder and scheduler (a system unfreezes what it trains)."""
 
     unet: UNet2DConditionModel
-    vae: AutoencoderKL
     tokenizer: RobertaTokenizer
     text_encoder: ClapTextModelWithProjection
-    vocoder: SpeechT5HifiGan
     scheduler: DDIMScheduler
-    mel: AudioLDMMel
+
+
+def load_audio_codec(source: str, config_key: str = BASE_KEY, *, tiny_dir: str | Path | None = None) -> AudioCodec:
+    """AudioLDM's VAE and vocoder (subfolders ``vae`` and ``vocoder``) from a local folder or the local hub
+    cache (never downloads), with the mel front end they were trained on.
+
+    Args:
+        source: a folder or hub id in the diffusers layout of ``cvssp/audioldm-s-full-v2`` /
+            ``cvssp/audioldm-m-full`` (only ``vae`` and ``vocoder`` are read), or ``tiny:audioldm``.
+        config_key: the config key named in errors.
+        tiny_dir: where ``tiny:`` sources are written (see :func:`~avgen.backbones.loader.resolve_source`).
+
+    Raises:
+        ConfigError: a vocoder whose rate, mel bins or hop disagree with AudioLDM's mel front end.
+        PretrainedModelMissing: no such folder or cached hub model.
+    """
+    source = resolve_source(source, tiny_dir, config_key)
+    vae = load_pretrained(AutoencoderKL, source, config_key, subfolder="vae")
+    vocoder = load_pretrained(SpeechT5HifiGan, source, config_key, subfolder="vocoder")
+    mel = AudioLDMMel()
+    # The mel front end is fixed by the VAE's training; a vocoder that disagrees with it is another model.
+    vocoder_hop = math.prod(vocoder.config.upsample_rates)
+    if (vocoder.config.sampling_rate, vocoder.config.model_in_dim, vocoder_hop) != \
+            (mel.sample_rate, mel.n_mels, mel.hop_length):
+        raise ConfigError(f"{config_key}={source}: its vocoder expects {vocoder.config.model_in_dim} mel bins at "
+                          f"{vocoder.config.sampling_rate} Hz with hop {vocoder_hop}, but AudioLDM's mel front end "
+                          f"has {mel.n_mels} bins at {mel.sample_rate} Hz with hop {mel.hop_length}; "
+                          f"give an AudioLDM (v1) folder")
+    for module in (vae, vocoder, mel):
+        freeze(module)
+    return AudioCodec(vae=vae, vocoder=vocoder, mel=mel.to(vae.device))
 
 
 def load_audioldm(source: str, *, tiny_dir: str | Path | None = None,
@@ -118,24 +156,14 @@ def load_audioldm(source: str, *, tiny_dir: str | Path | None = None,
     source = resolve_source(source, tiny_dir, BASE_KEY)
     # First, so a wrong scheduler setting stops the run before any weights are read.
     scheduler = load_scheduler(DDIMScheduler, source, BASE_KEY, dict(scheduler_overrides or {}), SCHEDULER_KEY)
+    codec = load_audio_codec(source, BASE_KEY)
     unet = load_pretrained(UNet2DConditionModel, source, BASE_KEY, subfolder="unet")
-    vae = load_pretrained(AutoencoderKL, source, BASE_KEY, subfolder="vae")
     tokenizer = load_pretrained(RobertaTokenizer, source, BASE_KEY, subfolder="tokenizer")
     text_encoder = load_pretrained(ClapTextModelWithProjection, source, BASE_KEY, subfolder="text_encoder")
-    vocoder = load_pretrained(SpeechT5HifiGan, source, BASE_KEY, subfolder="vocoder")
-    mel = AudioLDMMel()
-    # The mel front end is fixed by the VAE's training; a vocoder that disagrees with it is another model.
-    vocoder_hop = math.prod(vocoder.config.upsample_rates)
-    if (vocoder.config.sampling_rate, vocoder.config.model_in_dim, vocoder_hop) != \
-            (mel.sample_rate, mel.n_mels, mel.hop_length):
-        raise ConfigError(f"{BASE_KEY}={source}: its vocoder expects {vocoder.config.model_in_dim} mel bins at "
-                          f"{vocoder.config.sampling_rate} Hz with hop {vocoder_hop}, but AudioLDM's mel front end "
-                          f"has {mel.n_mels} bins at {mel.sample_rate} Hz with hop {mel.hop_length}; "
-                          f"give an AudioLDM (v1) folder")
-    for module in (unet, vae, text_encoder, vocoder, mel):
+    for module in (unet, text_encoder):
         freeze(module)
-    return AudioBackbone(unet=unet, vae=vae, tokenizer=tokenizer, text_encoder=text_encoder, vocoder=vocoder,
-                         scheduler=scheduler, mel=mel.to(unet.device))
+    return AudioBackbone(vae=codec.vae, vocoder=codec.vocoder, mel=codec.mel.to(unet.device), unet=unet,
+                         tokenizer=tokenizer, text_encoder=text_encoder, scheduler=scheduler)
 
 
 @torch.no_grad()
@@ -164,7 +192,7 @@ def padded_frames(num_frames: int, time_multiple: int = 32) -> int:
     return -(-num_frames // time_multiple) * time_multiple
 
 
-def latent_frames(backbone: AudioBackbone, num_samples: int, time_multiple: int = 32) -> tuple[int, int]:
+def latent_frames(backbone: AudioCodec, num_samples: int, time_multiple: int = 32) -> tuple[int, int]:
     """(T', F'): latent frames and latent mel width of what :func:`encode_audio` makes from ``num_samples``
     samples, without running the VAE (the latents are (B, C, T', F'), C = ``vae.config.latent_channels``)."""
     factor = vae_downsampling(backbone.vae)
@@ -173,7 +201,7 @@ def latent_frames(backbone: AudioBackbone, num_samples: int, time_multiple: int 
 
 
 @torch.no_grad()
-def encode_audio(backbone: AudioBackbone, waveform: torch.Tensor, generator: torch.Generator | None = None,
+def encode_audio(backbone: AudioCodec, waveform: torch.Tensor, generator: torch.Generator | None = None,
                  time_multiple: int = 32) -> torch.Tensor:
     """Waveform (B, S) at the mel's rate → latents (B, C, T', F') (axis 2 is time), see :func:`latent_frames`.
 
@@ -190,7 +218,7 @@ def encode_audio(backbone: AudioBackbone, waveform: torch.Tensor, generator: tor
 
 
 @torch.no_grad()
-def decode_audio(backbone: AudioBackbone, latents: torch.Tensor, num_samples: int) -> torch.Tensor:
+def decode_audio(backbone: AudioCodec, latents: torch.Tensor, num_samples: int) -> torch.Tensor:
     """Latents (B, C, T', F') → waveform (B, num_samples) float32: VAE → log-mel (B, T, n_mels) → vocoder,
     cut (or zero-padded) to ``num_samples``."""
     vae = backbone.vae

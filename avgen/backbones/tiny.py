@@ -29,6 +29,8 @@ from tokenizers import pre_tokenizers
 from transformers import (
     ClapTextConfig,
     ClapTextModelWithProjection,
+    CLIPConfig,
+    CLIPModel,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTokenizer,
@@ -239,6 +241,21 @@ def save_tiny_cavp(folder: str | os.PathLike) -> None:
     save_tiny_format(CAVPAudio(**TINY_CAVP), Path(folder) / "cavp_tiny.ckpt")
 
 
+def save_tiny_clip_vision(folder: str | os.PathLike) -> None:
+    """``openai/clip-vit-large-patch14``'s layout, small: a ``CLIPModel`` (``config.json`` + ``model.safetensors``)
+    with both towers, as the hub repository holds them, so the CLIP4Clip loader's path from a full CLIP folder to
+    its vision tower runs. Vision: ViT-L/14's patch size 14 and image size 224 (so the real preprocessing runs),
+    2 layers 32 wide, projection 16 (≠ the width, as 768 ≠ 1024 in ViT-L/14); text: 2 layers 32 wide, never run."""
+    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "projection_dim": 16}
+    torch.manual_seed(SEED)
+    CLIPModel(CLIPConfig(
+        text_config={**tower, "vocab_size": 64, "max_position_embeddings": 77, "bos_token_id": 0,
+                     "eos_token_id": 1, "pad_token_id": 1},
+        vision_config={**tower, "image_size": 224, "patch_size": 14}, projection_dim=16,
+    )).save_pretrained(folder)
+
+
 TINY_BUILDERS: dict[str, Callable[[str | os.PathLike], None]] = {
     "animatediff": save_tiny_animatediff,
     "audioldm": save_tiny_audioldm,
@@ -249,6 +266,7 @@ TINY_BUILDERS: dict[str, Callable[[str | os.PathLike], None]] = {
                                          layers_per_block=SMALL["layers_per_block"]),
     "beats": save_tiny_beats,
     "cavp": save_tiny_cavp,
+    "clip4clip": save_tiny_clip_vision,
 }
 
 

@@ -50,6 +50,18 @@ from avgen.media.decode import (
     read_audio,
     read_clip,
 )
+from avgen.media.dub import (
+    AUDIO_LENGTH_SLACK,
+    DUB_VIDEO_CRF,
+    MP4_COPY_CODECS,
+    DubInfo,
+    crossfade_windows,
+    dub_video,
+    equal_power_crossfade,
+    equal_power_gains,
+    fit_audio_length,
+    video_stream_duration,
+)
 from avgen.media.encode import encode_flac, encode_mp4, write_mp4, write_wav
 from avgen.media.files import (
     AUDIO_SUFFIXES,
@@ -63,13 +75,16 @@ from avgen.media.files import (
     write_bytes_atomic,
     write_text_atomic,
 )
-from avgen.media.frames import frames_to_uint8, uint8_to_unit_range, unit_range_to_uint8
+from avgen.media.frames import frames_to_uint8, quantize_unit_range, uint8_to_unit_range, unit_range_to_uint8
 
 __all__ = [
-    "AUDIO_CODEC_MP4", "AUDIO_SUFFIXES", "IMAGE_SUFFIXES", "SEEK_AFTER_SECONDS", "SIDECAR_SUFFIXES", "VIDEO_CODEC",
+    "AUDIO_CODEC_MP4", "AUDIO_LENGTH_SLACK", "AUDIO_SUFFIXES", "DUB_VIDEO_CRF", "MP4_COPY_CODECS", "DubInfo",
+    "crossfade_windows", "dub_video", "equal_power_crossfade", "equal_power_gains", "fit_audio_length",
+    "video_stream_duration", "IMAGE_SUFFIXES", "SEEK_AFTER_SECONDS", "SIDECAR_SUFFIXES", "VIDEO_CODEC",
     "VIDEO_CRF", "VIDEO_SUFFIXES", "Clip", "MediaError", "MediaFolder", "MediaInfo", "as_fps", "atomic_write",
     "audio_companion", "centre_origin", "check_finite", "cover_size", "decode_audio", "decode_flac", "decode_video",
     "encode_flac", "encode_mp4", "fps_label", "fps_text", "frame_count", "frames_to_uint8", "probe", "read_audio",
-    "read_clip", "replace_synced", "scan_media", "uint8_to_unit_range", "unit_range_to_uint8", "write_bytes_atomic",
+    "quantize_unit_range", "read_clip", "replace_synced", "scan_media", "uint8_to_unit_range", "unit_range_to_uint8",
+    "write_bytes_atomic",
     "write_mp4", "write_text_atomic", "write_wav",
 ]

@@ -17,13 +17,18 @@ if TYPE_CHECKING:
     import torch
 
 
-def unit_range_to_uint8(video: torch.Tensor) -> np.ndarray:
-    """Model frames ``(..., F, 3, H, W)`` float in [-1, 1] (any leading batch axes) → ``(..., F, H, W, 3)``
-    uint8 numpy, ``round((x + 1) · 127.5)`` clamped to [0, 255]."""
+def quantize_unit_range(video: torch.Tensor) -> torch.Tensor:
+    """Model frames float in [-1, 1] (any shape) → uint8 of the same shape, on the same device,
+    ``round((x + 1) · 127.5)`` clamped to [0, 255] (what an encoder that takes uint8 pixels is given)."""
     import torch
 
-    frames = ((video.detach().cpu().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return frames.movedim(-3, -1).numpy()
+    return ((video.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def unit_range_to_uint8(video: torch.Tensor) -> np.ndarray:
+    """Model frames ``(..., F, 3, H, W)`` float in [-1, 1] (any leading batch axes) → ``(..., F, H, W, 3)``
+    uint8 numpy, ``round((x + 1) · 127.5)`` clamped to [0, 255] (:func:`quantize_unit_range`)."""
+    return quantize_unit_range(video.detach().cpu()).movedim(-3, -1).numpy()
 
 
 def uint8_to_unit_range(frames: np.ndarray | torch.Tensor, device: Any = None) -> torch.Tensor:
