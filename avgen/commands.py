@@ -39,7 +39,21 @@ def build_datamodule(cfg: DictConfig):
     return instantiate(cfg.data)
 
 
-def build_model(cfg: DictConfig):
+def without_init_only(model_cfg: DictConfig) -> DictConfig:
+    """``model_cfg`` with the keys its system lists in ``INIT_ONLY`` set to null: weights that only start a
+    new run (VTA-LDM's ``model.released``), not read when a checkpoint's weights replace them."""
+    from hydra.utils import get_class
+
+    built = copy.deepcopy(model_cfg)
+    for key in getattr(get_class(model_cfg._target_), "INIT_ONLY", ()):
+        if key in built:
+            built[key] = None
+    return built
+
+
+def build_model(cfg: DictConfig, *, fresh: bool = True):
+    """The system of ``cfg.model``; ``fresh=False`` when a checkpoint's weights will replace its trainable
+    weights (resume, ``init_from``): its ``INIT_ONLY`` keys are then not read (:func:`without_init_only`)."""
     from hydra.utils import instantiate
 
     from avgen.systems.base import AVSystem
@@ -47,7 +61,7 @@ def build_model(cfg: DictConfig):
     if cfg.get("model") is None:
         raise ConfigError("no model selected: choose experiment=<name> or model=<name> "
                           "(python -m avgen --help lists the experiments)")
-    model = instantiate(cfg.model)
+    model = instantiate(cfg.model if fresh else without_init_only(cfg.model))
     if isinstance(model, AVSystem):
         model.run_config = OmegaConf.to_container(cfg, resolve=True)
     return model
@@ -77,7 +91,9 @@ def load_system(ckpt_path: str | Path, run_cfg: DictConfig | None = None, overri
 
     Without ``run_cfg`` the system and config are the checkpoint's own; with it, the config is
     :func:`checkpoint_config` of the checkpoint's, the command's ``run_cfg`` and the command line's
-    ``overrides``. Returns (system, the config it was built from).
+    ``overrides``. The model keys a system lists in ``INIT_ONLY`` (weights that start a new run, e.g.
+    VTA-LDM's ``model.released``) are not read: the checkpoint's weights replace them. Returns
+    (system, the config it was built from).
     """
     from hydra.utils import instantiate
 
@@ -87,7 +103,7 @@ def load_system(ckpt_path: str | Path, run_cfg: DictConfig | None = None, overri
     cfg = OmegaConf.create(ckpt["avgen"]["config"])
     if run_cfg is not None:
         cfg = checkpoint_config(cfg, run_cfg, overrides)
-    model = instantiate(cfg.model)
+    model = instantiate(without_init_only(cfg.model))  # the checkpoint's weights replace INIT_ONLY ones
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     model.load_trainable(ckpt)
     return model, cfg
@@ -351,9 +367,9 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     announce(cfg, "fit")
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg)
-    trainer = build_trainer(cfg, datamodule, interrupt_checkpoint=True)
     ckpt_path = resolve_resume(cfg)
+    model = build_model(cfg, fresh=not (ckpt_path or cfg.get("init_from")))
+    trainer = build_trainer(cfg, datamodule, interrupt_checkpoint=True)
     if ckpt_path:
         if cfg.get("init_from"):
             log.warning("init_from=%s ignored: the run resumes from %s", cfg.init_from, ckpt_path)

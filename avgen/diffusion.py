@@ -27,7 +27,9 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def _expand(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return a.to(like.dtype).reshape(a.shape + (1,) * (like.dim() - a.dim()))
+    """ᾱ values as float32, shaped to broadcast against ``like`` (never in ``like``'s dtype: in bfloat16
+    ᾱ_0 = 0.99915 and ᾱ_1 = 0.9983 round to 1, and the noise of the first timesteps vanishes)."""
+    return a.float().reshape(a.shape + (1,) * (like.dim() - a.dim()))
 
 
 def alpha_bar(alphas_cumprod: torch.Tensor, t: torch.Tensor, final: float) -> torch.Tensor:
@@ -39,28 +41,33 @@ def alpha_bar(alphas_cumprod: torch.Tensor, t: torch.Tensor, final: float) -> to
 
 def training_target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor,
                     t: torch.Tensor) -> torch.Tensor:
-    """What the network regresses: ε, v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) x0, or x0 itself."""
+    """What the network regresses, float32 whatever the inputs' dtype: ε, v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) x0
+    (Salimans & Ho 2022), or x0 itself."""
     if prediction_type == "epsilon":
-        return noise
+        return noise.float()
     if prediction_type == "sample":
-        return x0
+        return x0.float()
     if prediction_type == "v_prediction":
         a = _expand(alpha_bar(alphas_cumprod, t, 1.0), x0)
-        return a.sqrt() * noise - (1 - a).sqrt() * x0
+        return a.sqrt() * noise.float() - (1 - a).sqrt() * x0.float()
     raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
 
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(ᾱ_t) x0 + sqrt(1 − ᾱ_t) ε, with per-sample timesteps ``t`` (B,)."""
+    """x_t = sqrt(ᾱ_t) x0 + sqrt(1 − ᾱ_t) ε, with per-sample timesteps ``t`` (B,); float32 whatever the
+    inputs' dtype (latents encoded under bf16 autocast must not set the noise level's precision)."""
     a = _expand(alpha_bar(alphas_cumprod, t, 1.0), x0)
-    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+    return a.sqrt() * x0.float() + (1 - a).sqrt() * noise.float()
 
 
 def split_prediction(prediction_type: str, x_t: torch.Tensor, output: torch.Tensor, alphas_cumprod: torch.Tensor,
                      t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x̂0, ε̂) from the network ``output`` at timesteps ``t`` (scalar or (B,))."""
+    """(x̂0, ε̂) from the network ``output`` at timesteps ``t`` (scalar or (B,)), computed in float32 and
+    returned in ``x_t``'s dtype."""
+    dtype = x_t.dtype
     a = alpha_bar(alphas_cumprod, t, 1.0)
     a = _expand(a.expand(x_t.shape[0]) if a.dim() == 0 else a, x_t)
+    x_t, output = x_t.float(), output.float()
     if prediction_type == "epsilon":
         eps = output
         x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
@@ -72,7 +79,7 @@ def split_prediction(prediction_type: str, x_t: torch.Tensor, output: torch.Tens
         eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
     else:
         raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
-    return x0, eps
+    return x0.to(dtype), eps.to(dtype)
 
 
 def ddim_step(prediction_type: str, x_t: torch.Tensor, output: torch.Tensor, alphas_cumprod: torch.Tensor,
@@ -82,8 +89,8 @@ def ddim_step(prediction_type: str, x_t: torch.Tensor, output: torch.Tensor, alp
     Returns (x_{t_prev}, x̂0).
     """
     x0, eps = split_prediction(prediction_type, x_t, output, alphas_cumprod, torch.tensor(t))
-    a_prev = alpha_bar(alphas_cumprod, torch.tensor(t_prev), final_alpha).to(x_t.dtype)
-    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps, x0
+    a_prev = alpha_bar(alphas_cumprod, torch.tensor(t_prev), final_alpha).float()
+    return (a_prev.sqrt() * x0.float() + (1 - a_prev).sqrt() * eps.float()).to(x_t.dtype), x0
 
 
 def final_alpha_cumprod(scheduler) -> float:

@@ -1,4 +1,5 @@
-"""The DDIM step between arbitrary timesteps equals diffusers' DDIMScheduler on its own grid."""
+"""avgen.diffusion: the DDIM step between arbitrary timesteps equals diffusers' DDIMScheduler on its own grid;
+Min-SNR weights; noising in float32."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from avgen.diffusion import (
     classifier_free_guidance,
     ddim_step,
     final_alpha_cumprod,
+    min_snr_weights,
     split_prediction,
     training_target,
 )
@@ -70,3 +72,37 @@ def test_seeded_noise_does_not_depend_on_the_batch():
     generator = torch.Generator().manual_seed(8)
     assert torch.equal(video[1], torch.randn((2, 3), generator=generator))
     assert torch.equal(audio[1], torch.randn((4,), generator=generator))
+
+
+def test_min_snr_weights_on_hand_cases():
+    """Hang et al. 2023 Sec. 3.4: min(SNR, γ)/SNR on ε, /(SNR + 1) on v, min(SNR, γ) on x0; VTA-LDM's public code
+    applies the ε form to its v target."""
+    alphas = torch.tensor([0.5, 0.9, 0.99])  # SNR = 1, 9, 99
+    t = torch.arange(3)
+    for form in ("target", "epsilon"):
+        assert torch.allclose(min_snr_weights(alphas, t, "epsilon", 5, form), torch.tensor([1.0, 5 / 9, 5 / 99]))
+    assert torch.allclose(min_snr_weights(alphas, t, "v_prediction", 5), torch.tensor([0.5, 0.5, 0.05]))
+    assert torch.allclose(min_snr_weights(alphas, t, "v_prediction", 5, "epsilon"), torch.tensor([1.0, 5 / 9, 5 / 99]))
+    assert torch.allclose(min_snr_weights(alphas, t, "sample", 5), torch.tensor([1.0, 5.0, 5.0]))
+    assert torch.equal(min_snr_weights(alphas, t, "v_prediction", None), torch.ones(3))
+    with pytest.raises(ValueError, match="min_snr_gamma=0"):
+        min_snr_weights(alphas, t, "epsilon", 0)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_noising_is_float32_whatever_the_latents_dtype(prediction_type):
+    """Latents encoded under bf16 autocast: ᾱ_0 = 0.99915 would round to 1 in bf16 and x_t would carry no noise."""
+    from diffusers import DDPMScheduler
+
+    alphas = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod
+    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 1])
+    x0_bf16 = x0.bfloat16()
+    noisy = add_noise(x0_bf16, noise, alphas, t)
+    assert noisy.dtype == torch.float32
+    a = alphas[t].reshape(2, 1, 1, 1)
+    assert torch.allclose(noisy, a.sqrt() * x0_bf16.float() + (1 - a).sqrt() * noise, atol=1e-6)
+    assert (noisy - x0_bf16.float()).abs().max() > 0.02  # the noise of t = 0, 1 is there
+    target = training_target(prediction_type, x0_bf16, noise, alphas, t)
+    assert target.dtype == torch.float32

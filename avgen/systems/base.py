@@ -242,6 +242,14 @@ class DiffusionSystem(AVSystem):
                        ) -> dict[str, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} must define diffusion_loss")
 
+    def on_train_start(self) -> None:
+        """Under DDP, give each rank its own random stream for the timesteps, noise and condition dropout
+        of :meth:`diffusion_loss` (``seed_everything`` seeds every rank alike, so without this each rank
+        would draw the same t and ε for its clips): torch's seed becomes ``initial seed + global rank``.
+        The model is built (and DDP has broadcast rank 0's weights) before this runs."""
+        if self.trainer.world_size > 1:
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
+
     def training_step(self, batch, batch_idx):
         losses = self.diffusion_loss(batch)
         for name, value in losses.items():

@@ -233,8 +233,9 @@ class JointAudioVideo(DiffusionSystem):
         b, device = z_v.shape[0], z_v.device
         t_v, t_a = sample_training_timesteps(b, len(self.video_alphas), len(self.audio_alphas), self.timestep_mode,
                                              generator=generator, device=device)
-        noise_v, noise_a = (torch.randn_like(z) if generator is None
-                            else torch.randn(z.shape, generator=generator).to(z) for z in (z_v, z_a))
+        # float32 noise and noising, whatever dtype the VAE encoded in (bf16 autocast)
+        noise_v, noise_a = (torch.randn_like(z, dtype=torch.float32) if generator is None
+                            else torch.randn(z.shape, generator=generator).to(z.device) for z in (z_v, z_a))
         x_v = add_noise(z_v, noise_v, self.video_alphas, t_v)
         x_a = add_noise(z_a, noise_a, self.audio_alphas, t_a)
         x0_v = x0_a = None

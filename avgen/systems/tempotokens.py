@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from avgen.backbones.text2video import PerFrameUNet3D, decode_video, encode_video, load_text2video
 from avgen.backbones.unet3d_checkpointing import enable_unet3d_checkpointing
 from avgen.data.geometry import ClipGeometry
-from avgen.diffusion import classifier_free_guidance, seeded_noise, training_target
+from avgen.diffusion import add_noise, classifier_free_guidance, seeded_noise, training_target
 from avgen.encoders.beats import BEATs, load_beats
 from avgen.encoders.cavp import CAVPAudio, load_cavp
 from avgen.errors import ConfigError
@@ -191,10 +191,10 @@ class TempoTokens(DiffusionSystem):
             null = self.null_contexts(b, frames)
             contexts = torch.where(keep.to(contexts.device)[:, None, None, None], contexts, null)
         t = torch.randint(0, len(self.alphas), (b,), generator=generator).to(latents.device)
-        noise = (torch.randn_like(latents) if generator is None
-                 else torch.randn(latents.shape, generator=generator).to(latents))
-        a = self.alphas[t].reshape(b, 1, 1, 1, 1)
-        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        # float32 noise and noising, whatever dtype the VAE encoded in (bf16 autocast rounds ᾱ_0, ᾱ_1 to 1)
+        noise = (torch.randn_like(latents, dtype=torch.float32) if generator is None
+                 else torch.randn(latents.shape, generator=generator).to(latents.device))
+        noisy = add_noise(latents, noise, self.alphas, t)
         out = self.unet(noisy, t, contexts)
         target = training_target(self.t2v.noise_scheduler.config.prediction_type, latents, noise, self.alphas, t)
         mse = F.mse_loss(out.float(), target.float())

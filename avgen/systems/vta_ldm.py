@@ -5,23 +5,25 @@ trained linear projection φ (768 → 2048) → the cross-attention context of a
 (diffusers ``UNet2DConditionModel``, 8 latent channels, trained from scratch) that denoises AudioLDM
 VAE latents of the clip's log-mel spectrogram (Sec. 3 and App. C–E of the paper):
 
-- audio: the clip's waveform zero-padded to ``model.audio_seconds`` (10.24 s = 163,840 samples at
+- audio: the clip's waveform zero-padded to ``model.audio.seconds`` (10.24 s = 163,840 samples at
   16 kHz for 10-s clips) → 1024 mel frames → latents (B, 8, 256, 16); the loss covers every latent
   frame; generated audio is cropped back to the clip;
-- objective: Eq. 1 with ``model.prediction_type`` ε (the paper) or v (the public code), optionally
+- objective: Eq. 1 with ``model.objective.prediction_type`` ε (the paper) or v (the public code), optionally
   Min-SNR-γ weighted (:func:`avgen.diffusion.min_snr_weights`);
 - classifier-free guidance (Eq. 2) against a trained null: the all-zero context after φ, of the same
   length, attention mask all true; in training the context is replaced by it with probability
   ``model.cond_drop_prob`` (0.1). The public code never drops the condition yet guides at inference;
   avgen does not reproduce that.
 
-Two departures from the public code are on purpose (``../shared/reference/official-code-notes.md``
-section 2): φ is trained (the public code leaves it out of the optimizer), and CLIP's mean/std
-normalisation is applied (``model.encoder.normalize=false`` reproduces the public code's skip).
+Departures from the public code, on purpose (``../shared/reference/official-code-notes.md`` section 2):
+φ is trained (the public code leaves it out of the optimizer); the null condition is trained (the
+public code never drops the condition, yet guides at inference); CLIP's mean/std normalisation is
+applied (``model.encoder.normalize=false`` reproduces the public code's skip).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -54,7 +56,15 @@ from avgen.diffusion import (
     training_target,
 )
 from avgen.errors import ConfigError
-from avgen.media import equal_power_crossfade, frame_count, quantize_unit_range, uint8_to_unit_range
+from avgen.media import (
+    MediaError,
+    as_fps,
+    equal_power_crossfade,
+    fps_text,
+    frame_count,
+    quantize_unit_range,
+    uint8_to_unit_range,
+)
 from avgen.pretrained import quiet_loading
 from avgen.samples import SampleReport, clip_caption, split_samples
 from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
@@ -85,99 +95,131 @@ class VTALDMSampling(SamplingSettings):
     sampler: str = setting(sampler_name, "ddpm | ddim | dpm_solver")
 
 
+@dataclass(frozen=True)
+class Objective:
+    """``model.objective``: what the U-Net regresses and how the per-clip errors are weighted.
+
+    ``prediction_type``: ``epsilon`` (paper Eq. 1) or ``v_prediction`` (public code, Stable Diffusion
+    2.1's scheduler). ``min_snr_gamma``: γ of Min-SNR weighting (``None``: the paper's plain MSE; 5: the
+    public code). ``min_snr_form``: ``target`` (min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR + 1) for v) or
+    ``epsilon`` (the public code: min(SNR, γ)/SNR on any target); see :func:`avgen.diffusion.min_snr_weights`.
+    """
+
+    prediction_type: str = "epsilon"
+    min_snr_gamma: float | None = None
+    min_snr_form: str = "target"
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "Objective":
+        """Checked ``model.objective``; raises ConfigError naming the key."""
+        unknown = sorted(set(cfg) - {"prediction_type", "min_snr_gamma", "min_snr_form"})
+        if unknown:
+            raise ConfigError(f"model.objective.{unknown[0]}: not an objective setting; expected prediction_type, "
+                              f"min_snr_gamma or min_snr_form")
+        out = cls(**cfg)
+        if out.prediction_type not in ("epsilon", "v_prediction"):
+            raise ConfigError(f"model.objective.prediction_type={out.prediction_type!r}: expected epsilon (paper) or "
+                              f"v_prediction (public code)")
+        gamma = out.min_snr_gamma
+        if gamma is not None and (isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0):
+            raise ConfigError(f"model.objective.min_snr_gamma={gamma!r}: expected a value > 0 (public code: 5) or "
+                              f"null (the paper's plain MSE)")
+        if out.min_snr_form not in MIN_SNR_FORMS:
+            raise ConfigError(f"model.objective.min_snr_form={out.min_snr_form!r}: expected one of "
+                              f"{', '.join(MIN_SNR_FORMS)}")
+        return out
+
+
 class VTALDM(DiffusionSystem):
     """VTA-LDM as a LightningModule (module docstring for the method).
 
     Args:
-        encoder: ``{name: clip4clip, path, normalize}``: the frozen frame encoder (a CLIP folder or hub
-            id, ``tiny:clip4clip`` for the tiny twin) and whether CLIP's mean/std normalisation is applied.
-            It embeds every frame of the clip, at ``data.clip.fps`` (the paper: 2 fps, experiment ``vta_ldm``).
-        audio: ``{base}``: AudioLDM's VAE and vocoder (a folder or hub id in diffusers' AudioLDM layout,
-            ``tiny:audioldm`` for the tiny twin).
+        encoder: ``{name: clip4clip, path, normalize, fps}``: the frozen frame encoder (a CLIP folder or hub
+            id, ``tiny:clip4clip`` for the tiny twin), whether CLIP's mean/std normalisation is applied, and
+            the rate it embeds frames at (the paper: 2); ``data.clip.fps`` must equal it.
+        audio: ``{base, seconds}``: AudioLDM's VAE and vocoder (a folder or hub id in diffusers' AudioLDM
+            layout, ``tiny:audioldm`` for the tiny twin) and the padded length every clip's audio is
+            diffused at (10.24 s for 10-s clips; its mel frames must divide by the VAE × U-Net downsampling).
         unet: ``UNet2DConditionModel`` arguments (the paper's large 2048 configuration by default);
             ``cross_attention_dim`` is the width of φ's output.
         noise_scheduler: ``DDPMScheduler`` arguments of the training noise schedule (Stable Diffusion
-            2.1's: scaled_linear β 0.00085–0.012, 1000 steps); ``prediction_type`` is set from ``prediction_type``.
+            2.1's: scaled_linear β 0.00085–0.012, 1000 steps); its ``prediction_type`` is the objective's.
         clip: the clip geometry (``data.clip``), held as a :class:`~avgen.data.geometry.ClipGeometry`.
-        audio_seconds: the padded audio length every clip is diffused at (10.24 s for 10-s clips); its
-            mel frames must divide by the VAE × U-Net downsampling.
-        prediction_type: ``epsilon`` (paper Eq. 1) or ``v_prediction`` (public code).
-        min_snr_gamma: γ of Min-SNR weighting (``None``: plain MSE, the paper; 5: the public code).
-        min_snr_form: ``target`` (weight carried to the target) or ``epsilon`` (public code:
-            min(SNR, γ)/SNR on any target).
-        released: path of the authors' released ``pytorch_model.bin`` to start from
-            (:func:`load_released`), or ``None``.
+        objective: :class:`Objective` (``prediction_type``, ``min_snr_gamma``, ``min_snr_form``).
+        released: path of the authors' released ``pytorch_model.bin`` to start a new run from
+            (:func:`load_released`), or ``None``; ignored when a checkpoint is restored (``INIT_ONLY``).
         gradient_checkpointing: recompute the U-Net's blocks in the backward pass.
         scale, tiny, tiny_dir: as the other systems (``scale=tiny`` merges ``tiny`` over the arguments).
         sampling, validation: typed blocks (:class:`VTALDMSampling`,
             :class:`~avgen.systems.settings.ValidationSettings`).
+        optimizer, scheduler, ema_decay: as :class:`~avgen.systems.base.AVSystem` (AdamW 6e-5, 300 warm-up
+            steps then linear decay: the released run's).
+        cond_drop_prob: probability of the null condition in training (0.1).
 
     Raises:
-        ConfigError: a bad setting (before any network loads), a clip longer than ``audio_seconds`` or an
-            ``audio_seconds`` the latents cannot tile, or an unsupported ``prediction_type``.
+        ConfigError: a bad setting, a frame rate other than the encoder's, a clip longer than
+            ``audio.seconds`` or a length the latents cannot tile: all before the frame encoder and the
+            U-Net load. ReleasedCheckpointError: ``released`` does not fit the U-Net or φ.
     """
 
     MODEL_CONFIG = "vta_ldm"
     sampling_settings = VTALDMSampling
     SAMPLER_CONFIG = ()
+    #: model keys that only initialise a new run: a restored checkpoint's weights replace them
+    INIT_ONLY = ("released",)
 
     def __init__(self, encoder: Mapping, audio: Mapping, unet: Mapping, noise_scheduler: Mapping, clip: Mapping, *,
-                 audio_seconds: float = 10.24, prediction_type: str = "epsilon", min_snr_gamma: float | None = None,
-                 min_snr_form: str = "target", released: str | None = None, scale: str = "paper",
+                 objective: Mapping | None = None, released: str | None = None, scale: str = "paper",
                  tiny: Mapping | None = None, tiny_dir: str | None = None, gradient_checkpointing: bool = False,
                  sampling: Mapping | None = None, validation: Mapping | None = None, optimizer=None, scheduler=None,
                  ema_decay: float | None = None, cond_drop_prob: float = 0.1):
         super().__init__(optimizer=optimizer, scheduler=scheduler, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob)
         args = system_arguments(scale, tiny, encoder=encoder, audio=audio, unet=unet, noise_scheduler=noise_scheduler,
-                                audio_seconds=audio_seconds, sampling=sampling, validation=validation)
-        audio_seconds = float(args["audio_seconds"])
-        self.configure_settings(args, scale)  # before any network loads
+                                objective=objective, sampling=sampling, validation=validation)
+        self.configure_settings(args, scale)
         self.clip = ClipGeometry.from_config(plain_config(clip))
-        if prediction_type not in ("epsilon", "v_prediction"):
-            raise ConfigError(f"model.prediction_type={prediction_type!r}: expected epsilon (paper) or v_prediction "
-                              f"(public code)")
-        if min_snr_gamma is not None and (isinstance(min_snr_gamma, bool) or not min_snr_gamma > 0):
-            raise ConfigError(f"model.min_snr_gamma={min_snr_gamma!r}: expected a value > 0 (public code: 5) or null "
-                              f"(the paper's plain MSE)")
-        if min_snr_form not in MIN_SNR_FORMS:
-            raise ConfigError(f"model.min_snr_form={min_snr_form!r}: expected one of {', '.join(MIN_SNR_FORMS)}")
-        self.prediction_type, self.min_snr_gamma, self.min_snr_form = prediction_type, min_snr_gamma, min_snr_form
+        self.objective = Objective.from_config(args["objective"])
         enc = args["encoder"]
         if enc.get("name", "clip4clip") != "clip4clip":
             raise ConfigError(f"model.encoder.name={enc.get('name')!r}: this version of VTA-LDM has the clip4clip "
                               f"encoder")
-        if not audio_seconds >= self.clip.seconds:
-            raise ConfigError(f"model.audio_seconds={audio_seconds}: shorter than the clip (data.clip.seconds="
+        if self.clip.fps != as_fps(enc.get("fps", 2)):
+            raise ConfigError(f"data.clip.fps={fps_text(self.clip.fps)}: VTA-LDM's encoder embeds frames at "
+                              f"{enc.get('fps', 2)} fps (model.encoder.fps); set data.clip.fps={enc.get('fps', 2)}")
+        seconds = float(args["audio"].get("seconds", 10.24))
+        if not seconds >= self.clip.seconds:
+            raise ConfigError(f"model.audio.seconds={seconds}: shorter than the clip (data.clip.seconds="
                               f"{self.clip.seconds}); the clip's audio is zero-padded to it")
-        self.audio_samples = int(round(audio_seconds * self.clip.sample_rate))
+        self.audio_samples = int(round(seconds * self.clip.sample_rate))
+        self.noise_scheduler = DDPMScheduler(**{**args["noise_scheduler"],
+                                                "prediction_type": self.objective.prediction_type})
 
-        self.noise_scheduler = DDPMScheduler(**{**args["noise_scheduler"], "prediction_type": prediction_type})
-        self.encoder = build_frame_encoder(enc, tiny_dir)
+        # the codec first (small): the clip's rate and padded length are checked before the big networks load
         self.codec = load_audio_codec(args["audio"]["base"], "model.audio.base", tiny_dir=tiny_dir)
-        if self.codec.mel.sample_rate != self.clip.sample_rate:
-            rate = self.codec.mel.sample_rate
+        self.vae, self.vocoder, self.mel = self.codec.vae, self.codec.vocoder, self.codec.mel
+        if self.mel.sample_rate != self.clip.sample_rate:
+            rate = self.mel.sample_rate
             raise ConfigError(f"data.clip.sample_rate={self.clip.sample_rate}: AudioLDM's codec works at {rate} Hz; "
                               f"set data.clip.sample_rate={rate}")
-        self.vae, self.vocoder, self.mel = self.codec.vae, self.codec.vocoder, self.codec.mel
-        unet_args = dict(args["unet"])
-        unet_args["in_channels"] = unet_args["out_channels"] = self.vae.config.latent_channels
-        with quiet_loading():
-            self.unet = UNet2DConditionModel(**unet_args)
-        self.time_multiple = vae_downsampling(self.vae) * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        unet_args = {**args["unet"], "in_channels": self.vae.config.latent_channels,
+                     "out_channels": self.vae.config.latent_channels}
+        self.time_multiple = vae_downsampling(self.vae) * 2 ** (len(unet_args.get("block_out_channels", (0,) * 4)) - 1)
         mel_frames = self.mel.num_frames(self.audio_samples)
         if mel_frames % self.time_multiple:
             good = math.ceil(mel_frames / self.time_multiple) * self.time_multiple * self.mel.hop_length
-            raise ConfigError(f"model.audio_seconds={audio_seconds}: {mel_frames} mel frames do not divide by the "
-                              f"VAE × U-Net downsampling ({self.time_multiple}); use {good / self.clip.sample_rate:g}")
+            raise ConfigError(f"model.audio.seconds={seconds}: {mel_frames} mel frames do not divide by the VAE × "
+                              f"U-Net downsampling ({self.time_multiple}); use {good / self.clip.sample_rate:g}")
+
+        self.encoder = build_frame_encoder(enc, tiny_dir)
+        with quiet_loading():
+            self.unet = UNet2DConditionModel(**unet_args)
         self.projection = nn.Linear(self.encoder.embed_dim, self.unet.config.cross_attention_dim)
         self.freeze(self.encoder, self.vae, self.vocoder, self.mel)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.register_buffer("alphas", self.noise_scheduler.alphas_cumprod.clone().float(), persistent=False)
         if released:
-            unet_state, projection_state = load_released(released)
-            self.unet.load_state_dict(unet_state)
-            self.projection.load_state_dict(projection_state)
+            load_released_into(released, self.unet, self.projection)
 
     # ------------------------------------------------------------------------------ geometry
     @property
@@ -227,13 +269,16 @@ class VTALDM(DiffusionSystem):
             context = torch.where(keep[:, None, None], context, torch.zeros_like(context))
             mask = torch.where(keep[:, None], mask, torch.ones_like(mask))
         t = torch.randint(0, len(self.alphas), (b,), generator=generator).to(latents.device)
-        noise = (torch.randn_like(latents) if generator is None
-                 else torch.randn(latents.shape, generator=generator).to(latents))
+        # float32 noise and noising, whatever dtype the VAE encoded in (bf16 autocast rounds ᾱ_0, ᾱ_1 to 1)
+        noise = (torch.randn_like(latents, dtype=torch.float32) if generator is None
+                 else torch.randn(latents.shape, generator=generator).to(latents.device))
         noisy = add_noise(latents, noise, self.alphas, t)
         out = self.denoise(noisy.to(self.unet.dtype), t, context.to(self.unet.dtype), mask)
-        target = training_target(self.prediction_type, latents, noise, self.alphas, t)
+        target = training_target(self.objective.prediction_type, latents, noise, self.alphas, t)
         per_sample = F.mse_loss(out.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        weights = min_snr_weights(self.alphas, t, self.prediction_type, self.min_snr_gamma, self.min_snr_form)
+        objective = self.objective
+        weights = min_snr_weights(self.alphas, t, objective.prediction_type, objective.min_snr_gamma,
+                                  objective.min_snr_form)
         loss = (weights * per_sample).mean()
         return {"loss": loss, "mse": per_sample.mean().detach()}
 
@@ -248,7 +293,8 @@ class VTALDM(DiffusionSystem):
             return
         video, captions = self.validation_batch["video"][:count], self.validation_batch["caption"][:count]
         with self.ema_weights():
-            audio = self.generate(video, steps=self.validation_settings.steps, seed=0)
+            # DDIM: the validation budget of steps is far below DDPM's 300
+            audio = self.generate(video, steps=self.validation_settings.steps, sampler="ddim", seed=0)
         self.log_validation_samples(captions, video, audio)
 
     # ------------------------------------------------------------------------------ sampling
@@ -275,12 +321,13 @@ class VTALDM(DiffusionSystem):
             null, null_mask = self.null_context(context)
             context, mask = torch.cat([null, context]), torch.cat([null_mask, mask])
         context = context.to(self.unet.dtype)
+        options = step_options(scheduler, generators)
         for t in scheduler.timesteps:
             model_in = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
             out = self.denoise(model_in, t, context, mask)
             if guided:
                 out = classifier_free_guidance(*out.chunk(2), guidance)
-            x = scheduler.step(out, t, x, **step_options(scheduler, generators)).prev_sample
+            x = scheduler.step(out, t, x, **options).prev_sample
         return x
 
     @torch.no_grad()
@@ -306,16 +353,18 @@ class VTALDM(DiffusionSystem):
         Inputs: ``video`` = a file or a folder of files of any container FFmpeg reads
         (:func:`avgen.media.scan_media`; other systems' sample folders too); default: the first ``n``
         clips of the training data's test split. Per input ``<stem>``: ``<stem>.wav`` (the generated
-        audio, 16 kHz), ``<stem>.mp4`` (the input's video stream, copied when its codec fits mp4, else
-        h264 CRF 18, with the generated audio: :func:`avgen.media.dub_video`), ``<stem>.txt`` (the
-        caption, data clips only) and ``<stem>.json`` (source, how the video was carried, the windows).
+        audio), ``<stem>.mp4`` (the input's video stream, copied when its codec fits mp4, else h264 CRF 18,
+        with the generated audio: :func:`avgen.media.dub_video`), ``<stem>.txt`` (the clip's caption; empty
+        for files) and ``<stem>.json`` (source, how the video was carried, the windows).
 
-        The audio covers the video stream's duration (last pts + frame duration − first pts). Frames are
-        taken at ``data.clip.fps``; an input longer than the clip is generated in clip-long windows
-        overlapping by 1 s (:func:`window_overlap`), joined with an equal-power crossfade
-        (:func:`avgen.media.crossfade_windows`, :func:`avgen.media.equal_power_crossfade`).
-        Window k (over every input, in order) starts from noise seeded with ``seed + k``. An input that
-        cannot be read is in the report's ``refused``; one that fails to write is in ``failed``.
+        The audio covers the video stream's duration (last pts + frame duration − first pts). An input
+        longer than the clip is generated in clip-long windows overlapping by 1 s (:func:`window_overlap`),
+        each conditioned on the frames shown during it (at ``data.clip.fps`` from the window's start), and
+        joined with an equal-power crossfade (:func:`avgen.media.crossfade_windows`,
+        :func:`avgen.media.equal_power_crossfade`). Window k (over every input, in order) starts from noise
+        seeded with ``seed + k``. Inputs are written one by one as they are done: one that cannot be read
+        is in the report's ``refused``, one whose generation or writing fails is in ``failed`` with the
+        reason, and the others are written.
 
         Raises:
             ConfigError: a bad ``sample.*`` value (before any input is read), or no input.
@@ -332,58 +381,72 @@ class VTALDM(DiffusionSystem):
             report = SampleReport(refused=refused)
             if not inputs:
                 return report
-            existing = [p for item in inputs for p in (out_dir / f"{item.stem}{sfx}" for sfx in (".mp4", ".wav"))
-                        if p.exists()]
+            existing = [p for item in inputs for p in item.outputs(out_dir) if p.exists()]
             if existing and not overwrite:
                 raise FileExistsError(f"{existing[0]} exists; pass sample.overwrite=true to replace the samples, "
                                       f"or choose another run folder")
             self.to_sampling_device(device)
             out_dir.mkdir(parents=True, exist_ok=True)
-            windows = [(i, start, end) for i, item in enumerate(inputs) for start, end in item.windows]
-            chunks: list[np.ndarray] = []
+            first_window = 0
             with self.ema_weights():
-                for first in range(0, len(windows), settings.batch_size):
-                    group = windows[first:first + settings.batch_size]
-                    frames = [inputs[i].window_frames(start, end, self.clip) for i, start, end in group]
-                    lengths = [len(f) for f in frames]
-                    h, w = frames[0].shape[1:3]
-                    video_batch = torch.zeros(len(group), max(lengths), 3, h, w)
-                    for j, f in enumerate(frames):
-                        video_batch[j, :len(f)] = uint8_to_unit_range(f)
-                    audio = self.generate(video_batch, lengths=lengths, steps=settings.steps,
-                                          guidance=settings.guidance, sampler=settings.sampler, seed=seed + first)
-                    chunks += [audio[j, :end - start].cpu().numpy() for j, (_, start, end) in enumerate(group)]
-            for i, item in enumerate(inputs):
-                mine = [(chunk, start) for chunk, (k, start, _) in zip(chunks, windows) if k == i]
-                wave = equal_power_crossfade([c for c, _ in mine], [s for _, s in mine], item.num_samples)
-                report.extend(self._write_dubbed(out_dir, item, wave, overwrite))
+                for item in inputs:
+                    try:
+                        wave = self._dub_audio(item, settings, seed + first_window)
+                    except (RuntimeError, ValueError, MediaError) as exc:  # e.g. out of memory: the next input runs
+                        reason = " ".join(str(exc).split())[:500]
+                        log.warning("%s not generated: %s", item.stem, reason)
+                        report.failed.append({"sample": item.stem, "reason": reason})
+                    else:
+                        report.extend(self._write_dubbed(out_dir, item, wave, overwrite))
+                    first_window += len(item.windows)
         report.written.sort()
         print(f"wrote {len(report.written)} dubbed videos to {out_dir}")
         return report
 
-    def _write_dubbed(self, out_dir: Path, item: VideoInput, wave: np.ndarray, overwrite: bool) -> SampleReport:
-        """``<stem>.mp4/.wav/.txt/.json`` of one input, whole or not at all."""
-        from avgen.media import MediaError, dub_video, write_bytes_atomic, write_wav
+    def _dub_audio(self, item: VideoInput, settings: VTALDMSampling, seed: int) -> np.ndarray:
+        """The audio (S,) float32 of one input: its windows generated ``settings.batch_size`` at a time
+        (window j from noise ``seed + j``), joined by the equal-power crossfade."""
+        chunks: list[np.ndarray] = []
+        for first in range(0, len(item.windows), settings.batch_size):
+            group = item.windows[first:first + settings.batch_size]
+            frames = [item.window_frames(start, end, self.clip) for start, end in group]
+            lengths = [len(f) for f in frames]
+            h, w = frames[0].shape[1:3]
+            video = torch.zeros(len(group), max(lengths), 3, h, w)
+            for j, f in enumerate(frames):
+                video[j, :len(f)] = uint8_to_unit_range(f)
+            audio = self.generate(video, lengths=lengths, steps=settings.steps, guidance=settings.guidance,
+                                  sampler=settings.sampler, seed=seed + first)
+            chunks += [audio[j, :end - start].cpu().numpy() for j, (start, end) in enumerate(group)]
+        return equal_power_crossfade(chunks, [start for start, _ in item.windows], item.num_samples)
 
-        paths = [out_dir / f"{item.stem}{sfx}" for sfx in (".mp4", ".wav", ".txt", ".json")]
+    def _write_dubbed(self, out_dir: Path, item: VideoInput, wave: np.ndarray, overwrite: bool) -> SampleReport:
+        """``<stem>.mp4/.wav/.txt/.json`` of one input, whole or not at all (a failure removes the files of
+        this input written so far, and with ``overwrite`` the earlier ones it was replacing)."""
+        from avgen.media import dub_video, write_bytes_atomic, write_wav
+
+        paths = item.outputs(out_dir)
+        done: list[Path] = []
         try:
             info = dub_video(item.path, wave, self.clip.sample_rate, paths[0], overwrite=overwrite)
-            write_wav(paths[1], wave, self.clip.sample_rate, overwrite=overwrite)
-            write_bytes_atomic(paths[2], item.caption.encode(), overwrite=overwrite)
+            done.append(paths[0])
+            done.append(write_wav(paths[1], wave, self.clip.sample_rate, overwrite=overwrite))
+            done.append(write_bytes_atomic(paths[2], item.caption.encode(), overwrite=overwrite))
             meta = {"source": item.source, "prompt": item.caption, "dub": {**info.to_json(), "path": paths[0].name},
                     "windows_s": [[s / self.clip.sample_rate, e / self.clip.sample_rate] for s, e in item.windows]}
-            write_bytes_atomic(paths[3], json.dumps(meta, indent=1).encode(), overwrite=overwrite)
+            done.append(write_bytes_atomic(paths[3], json.dumps(meta, indent=1).encode(), overwrite=overwrite))
         except (MediaError, OSError) as exc:
-            for path in paths:
+            for path in (paths if overwrite else done):
                 path.unlink(missing_ok=True)
-            log.warning("%s not written: %s", item.stem, exc)
-            return SampleReport(failed=[{"sample": item.stem, "reason": str(exc)}])
+            reason = " ".join(str(exc).split())
+            log.warning("%s not written: %s", item.stem, reason)
+            return SampleReport(failed=[{"sample": item.stem, "reason": reason}])
         return SampleReport(written=[paths[0]])
 
     def _video_inputs(self, video: str | None, n: int, scratch: Path) -> tuple[list[VideoInput], list[dict[str, str]]]:
         """Every input video, decoded at the clip's rate and size before any model runs; refused ones with
         the reason. Data clips (``video`` unset) are written to ``scratch`` first."""
-        from avgen.media import MediaError, scan_media
+        from avgen.media import scan_media
 
         if video is None:
             samples = split_samples(((self.run_config or {}).get("data") or {}).get("root"), n)
@@ -426,8 +489,8 @@ def window_overlap(clip: ClipGeometry) -> int:
 
 @dataclass
 class VideoInput:
-    """One input of :meth:`VTALDM.sample_to_files`: its frames (F, H, W, 3) uint8 at ``clip.fps`` over the
-    whole video stream, the audio length that covers the stream (samples), and the generation windows."""
+    """One input of :meth:`VTALDM.sample_to_files`: its frames (F, H, W, 3) uint8 at ``clip.fps`` from the
+    video stream's start, the audio length that covers the stream (samples), and the generation windows."""
 
     path: Path
     source: str
@@ -440,7 +503,7 @@ class VideoInput:
     @classmethod
     def read(cls, path: Path, source: str, caption: str, stem: str, clip: ClipGeometry) -> "VideoInput":
         """Decode ``path`` (raises :class:`~avgen.media.MediaError` when it cannot be read)."""
-        from avgen.media import MediaError, crossfade_windows, decode_video, frame_count, video_stream_duration
+        from avgen.media import crossfade_windows, decode_video, video_stream_duration
 
         duration = video_stream_duration(path)
         num_samples = frame_count(duration, clip.sample_rate)
@@ -451,12 +514,25 @@ class VideoInput:
         return cls(path=path, source=source, caption=caption, stem=stem, frames=frames, num_samples=num_samples,
                    windows=windows)
 
+    def outputs(self, out_dir: Path) -> list[Path]:
+        """``<stem>.mp4``, ``.wav``, ``.txt``, ``.json`` in ``out_dir``."""
+        return [out_dir / f"{self.stem}{suffix}" for suffix in (".mp4", ".wav", ".txt", ".json")]
+
     def window_frames(self, start: int, end: int, clip: ClipGeometry) -> np.ndarray:
-        """The frames (F_w, H, W, 3) uint8 shown during samples [start, end): slots ``round(start/sr · fps)``
-        up to ``round(end/sr · fps)`` (at least one frame)."""
-        first = min(frame_count(Fraction(start, clip.sample_rate), clip.fps), len(self.frames) - 1)
-        last = max(first + 1, min(frame_count(Fraction(end, clip.sample_rate), clip.fps), len(self.frames)))
-        return self.frames[first:last]
+        """The frames (F_w, H, W, 3) uint8 the window of samples [start, end) is conditioned on: at
+        ``clip.fps`` from the window's own start, ``frame_count((end − start) / sr, fps)`` of them (at least
+        one). A window that starts on the frame grid takes them from :attr:`frames`; any other (the
+        end-aligned last window) is decoded from its start, so its frames and its audio share one clock."""
+        from avgen.media import decode_video
+
+        want = max(1, frame_count(Fraction(end - start, clip.sample_rate), clip.fps))
+        slot = Fraction(start, clip.sample_rate) * clip.fps
+        if slot.denominator == 1:
+            first = min(int(slot), len(self.frames) - 1)
+            return self.frames[first:first + want]
+        frames, _ = decode_video(self.path, fps=clip.fps, start=start / clip.sample_rate,
+                                 fit_to=(clip.height, clip.width))
+        return frames[:want] if len(frames) else self.frames[-1:]
 
 
 # ------------------------------------------------------------------------------ parts
@@ -471,8 +547,6 @@ def step_generators(batch: int, seed: int) -> list[torch.Generator]:
 
 def step_options(scheduler: Any, generators: list[torch.Generator]) -> dict[str, Any]:
     """``generator=`` for a scheduler whose ``step`` draws noise (as diffusers' pipelines pass it), else nothing."""
-    import inspect
-
     return {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
 
@@ -481,12 +555,29 @@ def build_frame_encoder(cfg: Mapping[str, Any], tiny_dir: str | None) -> nn.Modu
     from avgen.encoders.clip4clip import HUB_ID, load_clip4clip
 
     return load_clip4clip(cfg.get("path") or HUB_ID, "model.encoder.path", tiny_dir=tiny_dir,
-                          normalize=cfg.get("normalize", True))
+                          normalize=cfg.get("normalize", True), fps=cfg.get("fps", 2))
 
 
 RELEASED_UNET = "unet."
 RELEASED_PROJECTION = "vid_fea_extractor.linear_layer."
 RELEASED_FROZEN = ("vid_fea_extractor.clip_vision.", "vid_fea_extractor.clip_text.")
+
+
+def load_released_into(path: str | Path, unet: nn.Module, projection: nn.Module) -> None:
+    """Load :func:`load_released`'s U-Net and φ weights (strict: every key, every shape).
+
+    Raises:
+        ReleasedCheckpointError: the file's U-Net or φ does not match ``model.unet.*`` / the encoder width.
+    """
+    unet_state, projection_state = load_released(path)
+    for name, module, state, key in (("U-Net", unet, unet_state, "model.unet.*"),
+                                     ("projection φ", projection, projection_state, "the encoder and model.unet")):
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as exc:
+            first = " ".join(str(exc).split())[:300]
+            raise ReleasedCheckpointError(f"{path} (model.released): its {name} does not fit the one {key} builds "
+                                          f"(use experiment=vta_ldm_public): {first}") from exc
 
 
 class ReleasedCheckpointError(ValueError):

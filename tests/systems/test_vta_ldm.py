@@ -10,7 +10,6 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from avgen.diffusion import min_snr_weights
 from avgen.errors import ConfigError
 from avgen.systems.vta_ldm import VTALDM, ReleasedCheckpointError, load_released, step_generators
 from tests.conftest import compose
@@ -41,22 +40,8 @@ def batch_of(system, b: int = 2, seed: int = 0) -> dict:
 
 
 # ------------------------------------------------------------------------------ the objective
-def test_min_snr_weights_on_hand_cases():
-    alphas = torch.tensor([0.5, 0.9, 0.99])  # SNR = 1, 9, 99
-    t = torch.arange(3)
-    for form in ("target", "epsilon"):
-        assert torch.allclose(min_snr_weights(alphas, t, "epsilon", 5, form), torch.tensor([1.0, 5 / 9, 5 / 99]))
-    assert torch.allclose(min_snr_weights(alphas, t, "v_prediction", 5), torch.tensor([0.5, 0.5, 0.05]))
-    # the public code's form: min(SNR, γ)/SNR on the v target
-    assert torch.allclose(min_snr_weights(alphas, t, "v_prediction", 5, "epsilon"), torch.tensor([1.0, 5 / 9, 5 / 99]))
-    assert torch.allclose(min_snr_weights(alphas, t, "sample", 5), torch.tensor([1.0, 5.0, 5.0]))
-    assert torch.equal(min_snr_weights(alphas, t, "v_prediction", None), torch.ones(3))
-    with pytest.raises(ValueError, match="min_snr_gamma=0"):
-        min_snr_weights(alphas, t, "epsilon", 0)
-
-
 def test_the_loss_is_the_weighted_mean_of_per_clip_errors(tiny_root, monkeypatch):
-    system = build(tiny_root, "model.prediction_type=v_prediction", "model.min_snr_gamma=5")
+    system = build(tiny_root, "model.objective.prediction_type=v_prediction", "model.objective.min_snr_gamma=5")
     seen = {}
     original = system.denoise
 
@@ -88,37 +73,58 @@ def test_the_loss_is_the_weighted_mean_of_per_clip_errors(tiny_root, monkeypatch
 
 
 # ------------------------------------------------------------------------------ what is trained
-def test_projection_is_trained_and_frozen_parts_are_not(system):
+def test_projection_is_trained_and_frozen_parts_are_not(tiny_root):
+    system = build(tiny_root, "model.cond_drop_prob=0.0")
     trainable = {n.split(".")[0] for n, _ in system.trainable_parameters()}
     assert trainable == {"unet", "projection"}
     system.train()
     assert not system.encoder.training and not system.vae.training
     before = system.projection.weight.detach().clone()
     optimizer = torch.optim.AdamW([p for _, p in system.trainable_parameters()], lr=1e-2)
-    system.cond_drop_prob = 0.0
     loss = system.diffusion_loss(batch_of(system), generator=torch.Generator().manual_seed(0))["loss"]
     loss.backward()
     assert system.projection.weight.grad is not None and system.projection.weight.grad.abs().sum() > 0
     optimizer.step()
     optimizer.zero_grad()
     assert not torch.equal(before, system.projection.weight)
-    system.cond_drop_prob = 0.1
 
 
 @pytest.mark.parametrize("drop", [0.0, 1.0])
-def test_condition_dropout_trains_the_null(system, drop, monkeypatch):
-    """p = 1: every context is the null (zeros, mask all true); p = 0: every context is φ(f_V)."""
+def test_condition_dropout_trains_the_null(tiny_root, drop, monkeypatch):
+    """p = 1: every context is the null (zeros, mask all true); p = 0: every context is φ(f_V) with its mask."""
+    system = build(tiny_root, f"model.cond_drop_prob={drop}")
     seen = {}
     monkeypatch.setattr(system, "denoise", lambda x, t, context, mask: seen.update(context=context, mask=mask) or x)
+    monkeypatch.setattr(system, "context", lambda video: (torch.ones(2, 3, 32), torch.tensor([[1, 1, 0], [1, 0, 0]],
+                                                                                              dtype=torch.bool)))
     system.train()
-    system.cond_drop_prob = drop
-    batch = batch_of(system)
-    system.diffusion_loss(batch, generator=torch.Generator().manual_seed(0))
-    system.cond_drop_prob = 0.1
-    assert seen["mask"].all()
-    with torch.no_grad():
-        expected = torch.zeros_like(seen["context"]) if drop else system.context(batch["video"])[0]
-    assert torch.allclose(seen["context"], expected)
+    system.diffusion_loss(batch_of(system), generator=torch.Generator().manual_seed(0))
+    if drop:
+        assert torch.equal(seen["context"], torch.zeros(2, 3, 32)) and seen["mask"].all()
+    else:
+        assert torch.equal(seen["context"], torch.ones(2, 3, 32))
+        assert seen["mask"].tolist() == [[True, True, False], [True, False, False]]
+
+
+def test_padded_frames_are_zero_and_masked(system):
+    video = batch_of(system)["video"]
+    context, mask = system.context(video, lengths=[3, 1])
+    assert mask.tolist() == [[True] * 3, [True, False, False]]  # as long as the longest clip
+    assert torch.equal(context[1, 1:], torch.zeros_like(context[1, 1:]))
+    alone, _ = system.context(video[1:, :1])
+    assert torch.allclose(context[1, :1], alone[0], atol=1e-6)
+
+
+def test_paper_geometry():
+    """10-s clips padded to 163,840 samples: 1024 mel frames → latents (8, 256, 16), tiled by VAE 4× · U-Net 8×."""
+    from avgen.backbones.audioldm import AudioLDMMel, padded_frames
+    from avgen.config_files import model_config_node
+
+    mel = AudioLDMMel()
+    audio = model_config_node("vta_ldm", "audio", scale="paper")
+    samples = round(audio["seconds"] * 16000)
+    assert samples == 163_840 and mel.num_frames(samples) == 1024 == padded_frames(1024, 32)
+    assert (mel.num_frames(samples) // 4, mel.n_mels // 4) == (256, 16)
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -168,6 +174,15 @@ def test_sampler_equals_stable_diffusion_pipeline(system, sampler):
     assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
 
 
+def test_a_clip_does_not_depend_on_its_batch(system):
+    """Windows of different lengths generated together give what each gives alone (padding is masked)."""
+    video = batch_of(system)["video"]
+    both = system.generate(video, lengths=[video.shape[1], 3], steps=2, sampler="ddpm", seed=4)
+    first = system.generate(video[:1], steps=2, sampler="ddpm", seed=4)
+    second = system.generate(video[1:, :3], steps=2, sampler="ddpm", seed=5)
+    assert torch.allclose(both[0], first[0], atol=1e-5) and torch.allclose(both[1], second[0], atol=1e-5)
+
+
 def test_generated_audio_covers_the_clip(system):
     audio = system.generate(batch_of(system, b=1)["video"], steps=2, sampler="ddim")
     assert audio.shape == (1, system.clip.num_samples) and audio.dtype == torch.float32
@@ -194,7 +209,11 @@ def test_released_checkpoint_layout_loads(system, tiny_root, tmp_path):
     for k, v in loaded.unet.state_dict().items():
         assert torch.equal(v, state[f"unet.{k}"])
     assert torch.equal(loaded.projection.weight, state["vid_fea_extractor.linear_layer.weight"])
-    assert loaded.prediction_type == "v_prediction" and loaded.min_snr_gamma == 5
+    assert (loaded.objective.prediction_type, loaded.objective.min_snr_gamma, loaded.objective.min_snr_form) == (
+        "v_prediction", 5, "epsilon")
+    assert loaded.encoder.normalize is False and loaded.noise_scheduler.config.prediction_type == "v_prediction"
+    with pytest.raises(Exception, match=r"its U-Net does not fit the one model\.unet\.\* builds"):
+        build(tiny_root, f"model.released={path}", "model.tiny.unet.layers_per_block=2")
 
 
 def test_released_checkpoint_errors(system, tmp_path):
@@ -212,16 +231,18 @@ def test_released_checkpoint_errors(system, tmp_path):
 
 # ------------------------------------------------------------------------------ settings and memory
 @pytest.mark.parametrize("override, message", [
-    ("model.prediction_type=sample", r"model\.prediction_type='sample'"),
-    ("model.min_snr_gamma=-1", r"model\.min_snr_gamma=-1"),
-    ("model.tiny.audio_seconds=0.5", r"model\.audio_seconds=0\.5: shorter than the clip"),
-    ("model.tiny.audio_seconds=1.1", r"do not divide by the VAE × U-Net downsampling \(8\); use 1\.12"),
+    ("model.objective.prediction_type=sample", r"model\.objective\.prediction_type='sample'"),
+    ("model.objective.min_snr_gamma=-1", r"model\.objective\.min_snr_gamma=-1"),
+    ("+model.objective.snr=1", r"model\.objective\.snr: not an objective setting"),
+    ("model.tiny.audio.seconds=0.5", r"model\.audio\.seconds=0\.5: shorter than the clip"),
+    ("model.tiny.audio.seconds=1.1", r"do not divide by the VAE × U-Net downsampling \(8\); use 1\.12"),
     ("model.sampling.sampler=euler", r"model\.sampling\.sampler='euler'"),
+    ("model.tiny.encoder.fps=2", r"data\.clip\.fps=8: VTA-LDM's encoder embeds frames at 2 fps"),
 ])
 def test_bad_settings_are_refused(tiny_root, override, message):
-    with pytest.raises(Exception) as info:
+    with pytest.raises(Exception) as info:  # Hydra wraps what the constructor raised
         build(tiny_root, override)
-    assert info.match(message)
+    assert info.match(message) and "ConfigError" in str(info.value)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_root):

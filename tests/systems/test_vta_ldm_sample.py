@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from fractions import Fraction
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -118,3 +119,72 @@ def test_chained_text_to_video_to_audio_baseline(system, tmp_path):
     for path in report.written:
         assert video_packets(path) == video_packets(tmp_path / "t2v" / path.name)
         assert video_stream_duration(path) == Fraction(joint.num_frames) / joint.clip.fps
+
+
+def test_sample_command_from_a_checkpoint_and_the_data(tmp_path):
+    """fit → ``python -m avgen sample`` without sample.video: the data's test clips, dubbed, with their keys."""
+    import torch
+
+    from avgen.commands import run_command
+    from avgen.samples import sample_source, split_samples
+
+    # a run started from the authors' released weights (their key layout), whose file is gone by sampling time
+    system = instantiate(compose(["experiment=vta_ldm_public", "scale=tiny"], tmp_path).model)
+    released = {f"unet.{k}": v for k, v in system.unet.state_dict().items()}
+    released.update({f"vid_fea_extractor.linear_layer.{k}": v for k, v in system.projection.state_dict().items()})
+    torch.save(released, tmp_path / "pytorch_model.bin")
+    fit = compose(["command=fit", "experiment=vta_ldm_public", "scale=tiny", "trainer.max_steps=1",
+                   "trainer.limit_val_batches=0", f"paths.data_dir={tmp_path}/data",
+                   f"model.released={tmp_path / 'pytorch_model.bin'}"], tmp_path, run_dir=tmp_path / "fit")
+    run_command(fit)
+    (tmp_path / "pytorch_model.bin").unlink()  # a checkpoint's weights replace model.released (INIT_ONLY)
+    cfg = compose(["command=sample", f"ckpt_path={tmp_path / 'fit' / 'checkpoints' / 'last.ckpt'}", "sample.n=2",
+                   "sample.steps=2", "sample.sampler=ddim", f"paths.data_dir={tmp_path}/data"], tmp_path,
+                  run_dir=tmp_path / "sample")
+    paths = run_command(cfg)
+    root = fit.data.root
+    keys = [key for key, _ in split_samples(root, 2)]
+    assert len(paths) == 2 and [sample_source(p) for p in paths] == keys
+    for path, (_, parts) in zip(paths, split_samples(root, 2)):
+        assert path.with_suffix(".txt").read_text()  # the clip's caption
+        assert video_packets(path) == video_packets_of_bytes(parts["mp4"], tmp_path / "ref.mp4")
+    assert json.loads((tmp_path / "sample" / "samples.json").read_text())["written"] == [p.stem for p in paths]
+
+
+def video_packets_of_bytes(data: bytes, scratch) -> list[bytes]:
+    scratch.write_bytes(data)
+    return video_packets(scratch)
+
+
+def test_each_window_is_conditioned_on_the_frames_shown_during_it(tmp_path):
+    """At 2 fps a window that starts off the frame grid (the end-aligned last one) takes its frames from its own
+    start, so frames and audio share one clock."""
+    from avgen.data.geometry import ClipGeometry
+    from avgen.media import decode_video
+    from avgen.systems.vta_ldm import VideoInput
+
+    clip = ClipGeometry(seconds=1.0, fps=2, height=32, width=48, sample_rate=16000)
+    write_mp4(tmp_path / "v.mp4", moving_frames(27), 8)  # 3.375 s
+    item = VideoInput.read(tmp_path / "v.mp4", "v", "", "v", clip)
+    assert item.num_samples == 54000
+    assert item.windows == [(0, 16000), (12000, 28000), (24000, 40000), (36000, 52000), (38000, 54000)]
+    for start, end in item.windows:
+        expected, _ = decode_video(tmp_path / "v.mp4", fps=2, start=start / 16000, fit_to=(32, 48))
+        assert np.array_equal(item.window_frames(start, end, clip), expected[:2]), start
+
+
+def test_ddp_ranks_draw_their_own_noise(system, monkeypatch):
+    """seed_everything seeds every rank alike; on_train_start mixes the rank into torch's seed."""
+    import torch
+
+    draws = []
+    for rank in (0, 1):
+        torch.manual_seed(1234)
+        monkeypatch.setattr(system, "_trainer", SimpleNamespace(world_size=2, global_rank=rank), raising=False)
+        system.on_train_start()
+        draws.append(torch.rand(4))
+    assert not torch.equal(draws[0], draws[1])
+    torch.manual_seed(1234)
+    monkeypatch.setattr(system, "_trainer", SimpleNamespace(world_size=1, global_rank=0), raising=False)
+    system.on_train_start()
+    assert torch.equal(torch.rand(4), draws[0])  # one process: the stream seed_everything set
