@@ -64,8 +64,9 @@ def build(scale: str, tiny_dir: str, checkpointing: bool = False):
     from avgen.systems.vta_ldm import VTALDM
 
     s = SCALES[scale]
-    return VTALDM(encoder={"path": "tiny:clip4clip"}, audio={"base": "tiny:audioldm"}, unet=s["unet"],
-                  noise_scheduler=NOISE_SCHEDULE, clip=s["clip"], audio_seconds=s["audio_seconds"], scale="tiny",
+    return VTALDM(encoder={"path": "tiny:clip4clip", "fps": 2}, audio={"base": "tiny:audioldm",
+                                                                      "seconds": s["audio_seconds"]},
+                  unet=s["unet"], noise_scheduler=NOISE_SCHEDULE, clip=s["clip"], scale="tiny",
                   tiny_dir=tiny_dir, gradient_checkpointing=checkpointing, cond_drop_prob=0.0,
                   optimizer=functools.partial(torch.optim.AdamW, lr=6e-5))
 
