@@ -8,11 +8,14 @@ it records the SHA-256 of every file it was loaded from (:mod:`avgen.pretrained`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from avgen.pretrained import FrozenModule, sha256_file
 
@@ -69,3 +72,31 @@ class FeatureExtractor(FrozenModule):
     def describe(self) -> dict[str, Any]:
         """:meth:`identity` plus the local paths, for ``metrics.json``."""
         return {**self.identity(), "paths": {role: path for role, (path, _) in self.weights.items()}}
+
+
+@dataclass
+class VideoTokens:
+    """Tokens of a batch of clips.
+
+    Attributes:
+        embeds: (B, T, D) float32, axis 1 is time; clips shorter than the longest are zero-padded at the end.
+        mask: (B, T) bool, True at real tokens (all True when every clip has T tokens).
+        seconds_per_token: the time axis: token k of a clip covers [k · s, (k + 1) · s) seconds from its start.
+    """
+
+    embeds: Tensor
+    mask: Tensor
+    seconds_per_token: Fraction
+
+
+class VideoTokenEncoder(Protocol):
+    """What a conditioning video encoder provides (a frozen ``nn.Module``)."""
+
+    #: the frame rate (frames per second) its input frames must be decoded at
+    fps: Fraction | int | float
+    #: D, the width of its tokens
+    embed_dim: int
+
+    def __call__(self, frames: Tensor | list[Tensor]) -> VideoTokens:
+        """frames: (B, F, 3, H, W) uint8, (F, 3, H, W), or a list of (F_b, 3, H_b, W_b) uint8 clips."""
+        ...

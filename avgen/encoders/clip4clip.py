@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +29,9 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.utils import logging as transformers_logging
 
 from avgen.backbones.loader import TINY_PREFIX, PretrainedModelMissing, load_pretrained, resolve_source
+from avgen.encoders.base import VideoTokens
 from avgen.errors import ConfigError
-from avgen.media import centre_origin
+from avgen.media import as_fps, centre_origin
 from avgen.pretrained import SYSTEM_HUB_MODELS, FrozenModule
 
 HUB_ID = SYSTEM_HUB_MODELS["vta_ldm"]["model.encoder.path"]
@@ -91,18 +92,8 @@ def preprocess(frames: Tensor, image_size: int = 224, normalize: bool = True) ->
     return x
 
 
-@dataclass
-class CLIP4ClipOutput:
-    """Per-frame embeddings of a batch of clips.
-
-    Attributes:
-        embeds: (B, F, D) float32, axis 1 is time (frame f of each clip, in order); ``D`` is the model's
-            ``projection_dim`` (768 for ViT-L/14). Clips shorter than the longest are padded with zeros at the end.
-        mask: (B, F) bool, True at real frames; all True when every clip has F frames.
-    """
-
-    embeds: Tensor
-    mask: Tensor
+#: the encoder's output (one token per frame); the name predates the shared :class:`VideoTokens`
+CLIP4ClipOutput = VideoTokens
 
 
 class CLIP4ClipEncoder(FrozenModule):
@@ -144,7 +135,8 @@ class CLIP4ClipEncoder(FrozenModule):
                 (F_b, 3, H_b, W_b) whose frame counts and sizes may differ. Axis F is time.
 
         Returns:
-            :class:`CLIP4ClipOutput`: ``embeds`` (B, max F_b, D) float32 in frame order, ``mask`` (B, max F_b) bool.
+            :class:`~avgen.encoders.video_tokens.VideoTokens`: ``embeds`` (B, max F_b, D) float32 in frame order,
+            ``mask`` (B, max F_b) bool, one token per frame (``seconds_per_token`` = 1 / fps).
         """
         clips = _clips(frames)
         lengths = [len(clip) for clip in clips]
@@ -155,7 +147,7 @@ class CLIP4ClipEncoder(FrozenModule):
         padded = torch.nn.utils.rnn.pad_sequence(list(embeds.split(lengths)), batch_first=True)
         frame_index = torch.arange(padded.shape[1], device=padded.device)
         mask = frame_index < torch.tensor(lengths, device=padded.device)[:, None]
-        return CLIP4ClipOutput(embeds=padded, mask=mask)
+        return VideoTokens(embeds=padded, mask=mask, seconds_per_token=Fraction(1) / as_fps(self.fps))
 
 
 def _clips(frames: Tensor | Sequence[Tensor]) -> list[Tensor]:

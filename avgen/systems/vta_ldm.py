@@ -55,6 +55,7 @@ from avgen.diffusion import (
     seeded_noise,
     training_target,
 )
+from avgen.encoders.video_tokens import VIDEO_ENCODERS, build_video_encoder
 from avgen.errors import ConfigError
 from avgen.media import (
     MediaError,
@@ -180,9 +181,9 @@ class VTALDM(DiffusionSystem):
         self.clip = ClipGeometry.from_config(plain_config(clip))
         self.objective = Objective.from_config(args["objective"])
         enc = args["encoder"]
-        if enc.get("name", "clip4clip") != "clip4clip":
-            raise ConfigError(f"model.encoder.name={enc.get('name')!r}: this version of VTA-LDM has the clip4clip "
-                              f"encoder")
+        if enc.get("name", "clip4clip") not in VIDEO_ENCODERS:
+            raise ConfigError(f"model.encoder.name={enc.get('name')!r}: not a video encoder; expected one of "
+                              f"{', '.join(VIDEO_ENCODERS)}")
         if self.clip.fps != as_fps(enc.get("fps", 2)):
             raise ConfigError(f"data.clip.fps={fps_text(self.clip.fps)}: VTA-LDM's encoder embeds frames at "
                               f"{enc.get('fps', 2)} fps (model.encoder.fps); set data.clip.fps={enc.get('fps', 2)}")
@@ -210,7 +211,7 @@ class VTALDM(DiffusionSystem):
             raise ConfigError(f"model.audio.seconds={seconds}: {mel_frames} mel frames do not divide by the VAE × "
                               f"U-Net downsampling ({self.time_multiple}); use {good / self.clip.sample_rate:g}")
 
-        self.encoder = build_frame_encoder(enc, tiny_dir)
+        self.encoder = build_video_encoder(enc, tiny_dir)
         with quiet_loading():
             self.unet = UNet2DConditionModel(**unet_args)
         self.projection = nn.Linear(self.encoder.embed_dim, self.unet.config.cross_attention_dim)
@@ -548,14 +549,6 @@ def step_generators(batch: int, seed: int) -> list[torch.Generator]:
 def step_options(scheduler: Any, generators: list[torch.Generator]) -> dict[str, Any]:
     """``generator=`` for a scheduler whose ``step`` draws noise (as diffusers' pipelines pass it), else nothing."""
     return {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
-
-
-def build_frame_encoder(cfg: Mapping[str, Any], tiny_dir: str | None) -> nn.Module:
-    """The frozen frame encoder of ``model.encoder`` (CLIP4Clip)."""
-    from avgen.encoders.clip4clip import HUB_ID, load_clip4clip
-
-    return load_clip4clip(cfg.get("path") or HUB_ID, "model.encoder.path", tiny_dir=tiny_dir,
-                          normalize=cfg.get("normalize", True), fps=cfg.get("fps", 2))
 
 
 RELEASED_UNET = "unet."

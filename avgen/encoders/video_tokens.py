@@ -1,0 +1,59 @@
+"""The registry of the conditioning video encoders of VTA-LDM (Xu et al. 2024, arXiv 2407.07464, Table 2).
+
+Every encoder takes a batch of clips of uint8 RGB frames, channels first, decoded at its own frame rate
+(:attr:`VideoTokenEncoder.fps`; ``data.clip.fps`` must equal it), and returns :class:`VideoTokens`: one
+``D``-dimensional token per time slot, in time order, with the time axis recorded (``seconds_per_token``). A
+per-frame image encoder (CLIP4Clip, ImageBind's vision tower, LanguageBind's image tower) gives one token per
+frame; a spatio-temporal one (ViViT, V-JEPA) one token per tubelet time slot, its patches pooled over space.
+
+The interface (:class:`~avgen.encoders.base.VideoTokens`, :class:`~avgen.encoders.base.VideoTokenEncoder`) is
+in :mod:`avgen.encoders.base`. ``model.encoder.name`` picks one from :data:`VIDEO_ENCODERS` (name → loader);
+:func:`build_video_encoder` builds it from the ``model.encoder`` block.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from avgen.encoders.base import VideoTokenEncoder, VideoTokens
+from avgen.errors import ConfigError
+from avgen.pretrained import SYSTEM_HUB_MODELS
+
+
+def _clip4clip(source: str | os.PathLike | None, config_key: str, **options: Any) -> VideoTokenEncoder:
+    from avgen.encoders.clip4clip import load_clip4clip
+
+    return load_clip4clip(source, config_key, **options)
+
+
+#: ``model.encoder.name`` → loader ``(source, config_key, *, tiny_dir, **options) -> encoder``
+VIDEO_ENCODERS: dict[str, Callable[..., VideoTokenEncoder]] = {
+    "clip4clip": _clip4clip,
+}
+#: the default source of each encoder (hub id), when ``model.encoder.path`` is null
+DEFAULT_SOURCES: dict[str, str] = {
+    "clip4clip": SYSTEM_HUB_MODELS["vta_ldm"]["model.encoder.path"],
+}
+
+
+def build_video_encoder(cfg: Mapping[str, Any], tiny_dir: str | os.PathLike | None,
+                        config_key: str = "model.encoder") -> VideoTokenEncoder:
+    """The frozen encoder of a ``model.encoder`` block: ``name`` (a key of :data:`VIDEO_ENCODERS`), ``path`` (a
+    folder, file or hub id; null: :data:`DEFAULT_SOURCES`), and the encoder's options (e.g. ``normalize``,
+    ``fps``).
+
+    Raises:
+        ConfigError: an unknown ``name`` (the message lists the known ones).
+    """
+    options = dict(cfg)
+    name = options.pop("name", "clip4clip")
+    if name not in VIDEO_ENCODERS:
+        raise ConfigError(f"{config_key}.name={name!r}: not a video encoder; expected one of "
+                          f"{', '.join(VIDEO_ENCODERS)}")
+    source = options.pop("path", None) or DEFAULT_SOURCES.get(name)
+    return VIDEO_ENCODERS[name](source, f"{config_key}.path", tiny_dir=tiny_dir, **options)
+
+
+__all__ = ["DEFAULT_SOURCES", "VIDEO_ENCODERS", "VideoTokenEncoder", "VideoTokens", "build_video_encoder"]
