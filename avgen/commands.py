@@ -375,11 +375,30 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
             log.warning("init_from=%s ignored: the run resumes from %s", cfg.init_from, ckpt_path)
     elif cfg.get("init_from"):
         log.info("initialising trainable weights from %s", cfg.init_from)
-        model.load_trainable(read_checkpoint(cfg.init_from))
+        try:
+            strict = bool(cfg.get("init_from_strict", True))
+            report = model.load_trainable(read_checkpoint(cfg.init_from), strict=strict)
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(f"init_from={cfg.init_from}: {exc.args[0] if exc.args else exc}") from exc
+        report_init_from(cfg.init_from, report)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
     log.info("run folder: %s; checkpoints: %s", cfg.paths.output_dir, ckpt_dir)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def report_init_from(path: str, report: dict[str, list[str]]) -> None:
+    """Print what ``init_from`` loaded and, with ``init_from_strict=false``, what it left (names, first five)."""
+    def names(keys: list[str]) -> str:
+        return ", ".join(keys[:5]) + (f", ... ({len(keys)})" if len(keys) > 5 else "")
+
+    left = [(report["missing"], "kept their initialisation (not in the checkpoint)"),
+            (report["unexpected"], "in the checkpoint only, not loaded"),
+            (report["mismatched"], "skipped: another shape in the checkpoint")]
+    print(f"init_from={path}: loaded {len(report['loaded'])} trainable tensors")
+    for keys, what in left:
+        if keys:
+            print(f"  {len(keys)} {what}: {names(keys)}")
 
 
 def _evaluate_loop(cfg: DictConfig, which: str) -> list[dict[str, float]]:

@@ -85,6 +85,33 @@ def test_init_from_starts_new_run_from_weights(tmp_path, tiny_shards):
     assert (a - b).abs().max() < 0.02 < (fresh - a).abs().max()
 
 
+def test_init_from_strict_false_loads_what_both_models_share(tmp_path, tiny_shards, capsys):
+    """A checkpoint of a model with other parts (VTA-LDM's pretraining rows): strict refuses it naming the way out;
+    init_from_strict=false loads the shared tensors and lists the rest."""
+    run_command(fit_cfg(tmp_path, tiny_shards))
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    names = sorted(ckpt["state_dict"])
+    assert len(names) >= 3
+    dropped, reshaped, kept = names[0], names[1], names[2:]
+    ckpt["state_dict"].pop(dropped)
+    ckpt["state_dict"][reshaped] = torch.zeros(7, 3)
+    ckpt["state_dict"]["extra.weight"] = torch.zeros(2)
+    other = tmp_path / "other.ckpt"
+    torch.save(ckpt, other)
+    with pytest.raises(SystemExit):  # a user error: one line, exit 1
+        run_command(fit_cfg(tmp_path, tiny_shards, f"init_from={other}", "trainer.max_steps=1", run_dir=tmp_path / "a"))
+    err = capsys.readouterr().err
+    assert "init_from=" in err and "missing ['" in err and "init_from_strict=false" in err
+    cfg = fit_cfg(tmp_path, tiny_shards, f"init_from={other}", "init_from_strict=false", "trainer.max_steps=1",
+                  run_dir=tmp_path / "b")
+    run_command(cfg)
+    out = capsys.readouterr().out
+    assert f"loaded {len(kept)} trainable tensors" in out
+    assert f"1 kept their initialisation (not in the checkpoint): {dropped}" in out
+    assert "1 in the checkpoint only, not loaded: extra.weight" in out
+    assert f"1 skipped: another shape in the checkpoint: {reshaped}" in out
+
+
 def test_checkpoint_write_is_atomic(tmp_path):
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"

@@ -198,12 +198,38 @@ class AVSystem(HoldsFrozen, pl.LightningModule):
             raise KeyError(f"{source} does not match {type(self).__name__}'s trainable weights: "
                            f"missing {sorted(missing)[:5]}{'...' if len(missing) > 5 else ''}, "
                            f"unexpected {sorted(unexpected)[:5]}{'...' if len(unexpected) > 5 else ''}. "
-                           f"Was it written with another model config?")
+                           f"Was it written with another model config? (init_from_strict=false starts a run from "
+                           f"the weights both share)")
 
-    def load_trainable(self, checkpoint: dict[str, Any]) -> None:
-        """Load trainable (and EMA) weights from an avgen checkpoint dict (``init_from``, sampling)."""
-        self.on_load_checkpoint(checkpoint)
-        self.load_state_dict(checkpoint["state_dict"], strict=False)
+    def load_trainable(self, checkpoint: dict[str, Any], strict: bool = True) -> dict[str, list[str]]:
+        """Load trainable (and EMA) weights from an avgen checkpoint dict (``init_from``, sampling).
+
+        ``strict=False`` (``init_from_strict=false``: a model pretrained with other conditions or parts, e.g.
+        VTA-LDM's Pretrain-Audio row): load the trainable tensors both share with the same shape, keep this
+        model's initialisation for the rest, and leave the EMA to start from the loaded weights.
+
+        Returns:
+            ``{"loaded", "missing" (kept initialised), "unexpected" (in the checkpoint only), "mismatched"
+            (same name, other shape)}``: sorted tensor names; with ``strict`` all but ``loaded`` are empty.
+
+        Raises:
+            KeyError: ``strict`` and the trainable names differ. ValueError: not ``strict`` and nothing is
+            shared.
+        """
+        state = checkpoint["state_dict"]
+        own = self.trainable_state_dict()
+        if strict:
+            self.on_load_checkpoint(checkpoint)
+            self.load_state_dict(state, strict=False)
+            return {"loaded": sorted(state), "missing": [], "unexpected": [], "mismatched": []}
+        mismatched = sorted(k for k in state if k in own and tuple(own[k].shape) != tuple(state[k].shape))
+        shared = {k: v for k, v in state.items() if k in own and k not in mismatched}
+        if not shared:
+            raise ValueError(f"the checkpoint shares no trainable weight with {type(self).__name__} "
+                             f"({len(state)} tensors, {len(mismatched)} of them with another shape)")
+        self.load_state_dict(shared, strict=False)
+        return {"loaded": sorted(shared), "missing": sorted(set(own) - set(state)),
+                "unexpected": sorted(set(state) - set(own)), "mismatched": mismatched}
 
 
 class DiffusionSystem(AVSystem):
