@@ -16,12 +16,15 @@ import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from avgen.errors import ConfigError
+from avgen.media.core import MediaError, frame_count
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from avgen.data.geometry import ClipGeometry
@@ -271,3 +274,101 @@ def clip_prompt(path: Path, default: str | None) -> str | None:
     txt = path.with_suffix(".txt")
     return txt.read_text().strip() if txt.is_file() else default
 
+
+# ------------------------------------------------------------------------------ video-to-audio inputs
+def read_video_inputs(video: str | None, n: int, scratch: Path, clip: ClipGeometry, data_root: str | None
+                      ) -> tuple[list[VideoInput], list[dict[str, str]]]:
+    """The inputs of a video-to-audio ``sample`` (``sample.video``: a file or a folder of files of any container;
+    unset: the first ``n`` clips of the prepared dataset at ``data_root``, written to ``scratch`` first), each
+    decoded at ``clip``'s rate and size before any model runs; refused ones as ``{"file", "reason"}``.
+
+    Raises:
+        ConfigError: no such file or folder, an empty folder, or no readable data clips; naming ``sample.video``.
+    """
+    from avgen.media import scan_media
+
+    if video is None:
+        samples = split_samples(data_root, n)
+        if not samples:
+            raise ConfigError("sample.video is not set and the training data's test clips cannot be read; pass "
+                              "sample.video=<video file (any container), or a folder of them>")
+        files = []
+        for key, parts in samples:
+            path = scratch / f"{key.replace('/', '__')}.mp4"
+            path.write_bytes(parts["mp4"])
+            files.append((path, key, clip_caption(parts)))
+        skipped: list[tuple[Path, str]] = []
+    else:
+        source = Path(video)
+        if source.is_dir():
+            found = scan_media(source, "video")
+            if not found.files and not found.skipped:
+                raise ConfigError(f"sample.video={video}: the folder is empty")
+            files = [(p, str(p.resolve()), "") for p in found.files]
+            skipped = found.skipped
+        elif source.is_file():
+            files, skipped = [(source, str(source.resolve()), "")], []
+        else:
+            raise ConfigError(f"sample.video={video}: no such file or folder")
+    stems = [p.stem for p, _, _ in files]
+    usable, refused = [], [{"file": p.name, "reason": r} for p, r in skipped]
+    for path, key, caption in files:
+        stem = path.stem if stems.count(path.stem) == 1 else path.name.replace(".", "_")
+        try:
+            usable.append(VideoInput.read(path, key, caption, stem, clip))
+        except MediaError as exc:
+            refused.append({"file": path.name, "reason": " ".join(str(exc).split())})
+    return usable, sorted(refused, key=lambda entry: entry["file"])
+
+
+def window_overlap(clip: ClipGeometry) -> int:
+    """Samples two generation windows share: 1 s (VTA-LDM's 10-s clips), at most a quarter of a clip."""
+    return min(clip.sample_rate, clip.num_samples // 4)
+
+
+@dataclass
+class VideoInput:
+    """One input of :meth:`VTALDM.sample_to_files`: its frames (F, H, W, 3) uint8 at ``clip.fps`` from the
+    video stream's start, the audio length that covers the stream (samples), and the generation windows."""
+
+    path: Path
+    source: str
+    caption: str
+    stem: str
+    frames: np.ndarray
+    num_samples: int
+    windows: list[tuple[int, int]]
+
+    @classmethod
+    def read(cls, path: Path, source: str, caption: str, stem: str, clip: ClipGeometry) -> "VideoInput":
+        """Decode ``path`` (raises :class:`~avgen.media.MediaError` when it cannot be read)."""
+        from avgen.media import crossfade_windows, decode_video, video_stream_duration
+
+        duration = video_stream_duration(path)
+        num_samples = frame_count(duration, clip.sample_rate)
+        if num_samples < 1:
+            raise MediaError(f"{path}: the video stream lasts {float(duration):.3f} s; nothing to generate")
+        frames, _ = decode_video(path, fps=clip.fps, fit_to=(clip.height, clip.width))
+        windows = crossfade_windows(num_samples, clip.num_samples, window_overlap(clip))
+        return cls(path=path, source=source, caption=caption, stem=stem, frames=frames, num_samples=num_samples,
+                   windows=windows)
+
+    def outputs(self, out_dir: Path) -> list[Path]:
+        """``<stem>.mp4``, ``.wav``, ``.txt``, ``.json`` in ``out_dir``."""
+        return [out_dir / f"{self.stem}{suffix}" for suffix in (".mp4", ".wav", ".txt", ".json")]
+
+    def window_frames(self, start: int, end: int, clip: ClipGeometry) -> np.ndarray:
+        """The frames (F_w, H, W, 3) uint8 the window of samples [start, end) is conditioned on: at
+        ``clip.fps`` from the window's own start, ``frame_count((end − start) / sr, fps)`` of them (at least
+        one). A window that starts on the frame grid takes them from :attr:`frames`; any other (the
+        end-aligned last window) is decoded from its start, so its frames and its audio share one clock."""
+        from avgen.media import decode_video
+
+        want = max(1, frame_count(Fraction(end - start, clip.sample_rate), clip.fps))
+        slot = Fraction(start, clip.sample_rate) * clip.fps
+        if slot.denominator == 1:
+            first = min(int(slot), len(self.frames) - 1)
+            return self.frames[first:first + want]
+        frames, _ = decode_video(self.path, fps=clip.fps, start=start / clip.sample_rate,
+                                 fit_to=(clip.height, clip.width))
+        return frames[:want] if len(frames) else self.frames[-1:]

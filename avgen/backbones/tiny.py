@@ -41,7 +41,7 @@ from transformers import (
 
 from avgen.pretrained import quiet_loading
 
-TINY_VERSION = 1
+TINY_VERSION = 2
 SEED = 0
 
 # The 256 printable symbols byte-level BPE uses for the bytes 0-255, in a fixed order.
@@ -245,15 +245,18 @@ def save_tiny_clip_vision(folder: str | os.PathLike) -> None:
     """``openai/clip-vit-large-patch14``'s layout, small: a ``CLIPModel`` (``config.json`` + ``model.safetensors``)
     with both towers, as the hub repository holds them, so the CLIP4Clip loader's path from a full CLIP folder to
     its vision tower runs. Vision: ViT-L/14's patch size 14 and image size 224 (so the real preprocessing runs),
-    2 layers 32 wide, projection 16 (≠ the width, as 768 ≠ 1024 in ViT-L/14); text: 2 layers 32 wide, never run."""
+    2 layers 32 wide, projection 16 (≠ the width, as 768 ≠ 1024 in ViT-L/14); text: 2 layers 32 wide, with its
+    tokenizer (:func:`clip_tokenizer`) beside it as in the hub repository (VTA-LDM's text condition)."""
     tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
              "projection_dim": 16}
+    tokenizer = clip_tokenizer()
     torch.manual_seed(SEED)
     CLIPModel(CLIPConfig(
-        text_config={**tower, "vocab_size": 64, "max_position_embeddings": 77, "bos_token_id": 0,
+        text_config={**tower, "vocab_size": len(tokenizer), "max_position_embeddings": 77, "bos_token_id": 0,
                      "eos_token_id": 1, "pad_token_id": 1},
         vision_config={**tower, "image_size": 224, "patch_size": 14}, projection_dim=16,
     )).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 TINY_BUILDERS: dict[str, Callable[[str | os.PathLike], None]] = {

@@ -30,7 +30,6 @@ import math
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -50,26 +49,27 @@ from avgen.data.geometry import ClipGeometry
 from avgen.diffusion import (
     MIN_SNR_FORMS,
     add_noise,
-    classifier_free_guidance,
     min_snr_weights,
     seeded_noise,
     training_target,
 )
-from avgen.encoders.video_tokens import VIDEO_ENCODERS, build_video_encoder
+from avgen.encoders.base import VideoTokens
+from avgen.encoders.clip_text import load_clip_text
+from avgen.encoders.video_tokens import DEFAULT_SOURCES, VIDEO_ENCODERS, build_video_encoder
 from avgen.errors import ConfigError
 from avgen.media import (
     MediaError,
     as_fps,
     equal_power_crossfade,
     fps_text,
-    frame_count,
     quantize_unit_range,
     uint8_to_unit_range,
 )
+from avgen.modules.vta_condition import VTACondition, check_conditions
 from avgen.pretrained import quiet_loading
-from avgen.samples import SampleReport, clip_caption, split_samples
+from avgen.samples import SampleReport, VideoInput, read_video_inputs
 from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
-from avgen.systems.settings import SamplingSettings, guidance_scale, setting
+from avgen.systems.settings import SamplingSettings, guidance_scale, setting, text
 
 log = logging.getLogger("avgen")
 
@@ -90,9 +90,12 @@ def sampler_name(key: str, value: Any) -> str:
 class VTALDMSampling(SamplingSettings):
     """``model.sampling`` of VTA-LDM (defaults: ``configs/model/vta_ldm.yaml``): the ``sampler``
     (``ddpm``, the paper's, with 300 ``steps``; ``ddim`` or ``dpm_solver`` with fewer), the classifier-free
-    guidance scale ``guidance`` (Eq. 2; paper 3), and ``batch_size``."""
+    guidance scales of the video (``guidance``, Eq. 2; paper 3) and text (``guidance_text``) conditions, the
+    ``negative_prompt`` (the text condition's null; ``""`` as in training), and ``batch_size``."""
 
-    guidance: float = setting(guidance_scale, "classifier-free guidance scale (Eq. 2; 1 = none)")
+    guidance: float = setting(guidance_scale, "video classifier-free guidance scale w_v (Eq. 2; 1 = none)")
+    guidance_text: float = setting(guidance_scale, "text guidance scale w_t (model.conditions with text)")
+    negative_prompt: str = setting(text, "the text condition's null at sampling")
     sampler: str = setting(sampler_name, "ddpm | ddim | dpm_solver")
 
 
@@ -147,6 +150,10 @@ class VTALDM(DiffusionSystem):
             2.1's: scaled_linear β 0.00085–0.012, 1000 steps); its ``prediction_type`` is the objective's.
         clip: the clip geometry (``data.clip``), held as a :class:`~avgen.data.geometry.ClipGeometry`.
         objective: :class:`Objective` (``prediction_type``, ``min_snr_gamma``, ``min_snr_form``).
+        conditions: ``model.conditions``, a subset of video, text, pe (Table 3;
+            :mod:`avgen.modules.vta_condition`); default ``[video]``.
+        text_encoder: ``{path}``: the CLIP text tower of the ``text`` condition (its width must be the video
+            encoder's: both go through φ); read only when ``text`` is a condition.
         released: path of the authors' released ``pytorch_model.bin`` to start a new run from
             (:func:`load_released`), or ``None``; ignored when a checkpoint is restored (``INIT_ONLY``).
         gradient_checkpointing: recompute the U-Net's blocks in the backward pass.
@@ -170,16 +177,22 @@ class VTALDM(DiffusionSystem):
     INIT_ONLY = ("released",)
 
     def __init__(self, encoder: Mapping, audio: Mapping, unet: Mapping, noise_scheduler: Mapping, clip: Mapping, *,
-                 objective: Mapping | None = None, released: str | None = None, scale: str = "paper",
+                 objective: Mapping | None = None, conditions: Sequence[str] = ("video",),
+                 text_encoder: Mapping | None = None, released: str | None = None, scale: str = "paper",
                  tiny: Mapping | None = None, tiny_dir: str | None = None, gradient_checkpointing: bool = False,
                  sampling: Mapping | None = None, validation: Mapping | None = None, optimizer=None, scheduler=None,
                  ema_decay: float | None = None, cond_drop_prob: float = 0.1):
         super().__init__(optimizer=optimizer, scheduler=scheduler, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob)
         args = system_arguments(scale, tiny, encoder=encoder, audio=audio, unet=unet, noise_scheduler=noise_scheduler,
-                                objective=objective, sampling=sampling, validation=validation)
+                                objective=objective, conditions=list(conditions), text_encoder=text_encoder,
+                                sampling=sampling, validation=validation)
         self.configure_settings(args, scale)
         self.clip = ClipGeometry.from_config(plain_config(clip))
         self.objective = Objective.from_config(args["objective"])
+        try:
+            self.conditions = check_conditions(args["conditions"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         enc = args["encoder"]
         if enc.get("name", "clip4clip") not in VIDEO_ENCODERS:
             raise ConfigError(f"model.encoder.name={enc.get('name')!r}: not a video encoder; expected one of "
@@ -211,16 +224,26 @@ class VTALDM(DiffusionSystem):
             raise ConfigError(f"model.audio.seconds={seconds}: {mel_frames} mel frames do not divide by the VAE × "
                               f"U-Net downsampling ({self.time_multiple}); use {good / self.clip.sample_rate:g}")
 
-        self.encoder = build_video_encoder(enc, tiny_dir)
+        self.encoder = build_video_encoder(enc, tiny_dir) if "video" in self.conditions else None
+        self.text_encoder = None
+        if "text" in self.conditions:
+            self.text_encoder = load_clip_text((args["text_encoder"] or {}).get("path") or DEFAULT_SOURCES["clip4clip"],
+                                               "model.text_encoder.path", tiny_dir=tiny_dir)
+        widths = {name: part.embed_dim for name, part in (("model.encoder", self.encoder),
+                                                          ("model.text_encoder", self.text_encoder)) if part}
+        if len(set(widths.values())) > 1:
+            raise ConfigError(f"model.conditions={list(self.conditions)}: the text and video tokens both go through φ "
+                              f"and must have one width; got {widths}")
         with quiet_loading():
             self.unet = UNet2DConditionModel(**unet_args)
-        self.projection = nn.Linear(self.encoder.embed_dim, self.unet.config.cross_attention_dim)
-        self.freeze(self.encoder, self.vae, self.vocoder, self.mel)
+        self.condition = VTACondition(next(iter(widths.values())), self.unet.config.cross_attention_dim,
+                                      self.conditions)
+        self.freeze(*(part for part in (self.encoder, self.text_encoder) if part), self.vae, self.vocoder, self.mel)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.register_buffer("alphas", self.noise_scheduler.alphas_cumprod.clone().float(), persistent=False)
         if released:
-            load_released_into(released, self.unet, self.projection)
+            load_released_into(released, self.unet, self.condition.projection)
 
     # ------------------------------------------------------------------------------ geometry
     @property
@@ -230,21 +253,61 @@ class VTALDM(DiffusionSystem):
         return self.vae.config.latent_channels, frames, width
 
     # ------------------------------------------------------------------------------ conditioning
-    def context(self, video: torch.Tensor, lengths: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """φ(f_V): video (B, F, 3, H, W) float in [-1, 1] at ``data.clip.fps`` → context (B, F, D_φ) and its
-        attention mask (B, F) bool: clip i has ``lengths[i]`` real frames (default all F); the context of
-        the padded frames is zero and masked out."""
+    def video_tokens(self, video: torch.Tensor, lengths: Sequence[int] | None = None) -> VideoTokens:
+        """The encoder's tokens of video (B, F, 3, H, W) float in [-1, 1] at ``data.clip.fps``; clip i has
+        ``lengths[i]`` real frames (default all F)."""
         pixels = quantize_unit_range(video)  # the uint8 frames the encoder takes (exact for decoded frames)
         clips = list(pixels.unbind(0)) if lengths is None else [pixels[i, :n] for i, n in enumerate(lengths)]
-        out = self.encoder(clips)  # embeds (B, F, 768) float32, zero past each clip's end
-        context = self.projection(out.embeds.to(self.projection.weight.dtype))
-        mask = out.mask.to(context.device)
-        return context * mask[..., None], mask
+        return self.encoder(clips)
 
-    @staticmethod
-    def null_context(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The trained null of Eq. 2: an all-zero context of the same shape, mask all true."""
-        return torch.zeros_like(context), torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+    def context(self, video: torch.Tensor, lengths: Sequence[int] | None = None,
+                captions: Sequence[str] | None = None, *, keep_video: torch.Tensor | None = None,
+                tokens: VideoTokens | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-attention context (B, T_c, D_φ) and mask (B, T_c) bool of :attr:`conditions`
+        (:class:`~avgen.modules.vta_condition.VTACondition`): φ(f_V) with padded frames zero and masked out, the
+        captions' text embeddings before it when ``text`` is a condition (``captions`` default: ``""``), the video
+        null where ``keep_video`` is False. ``tokens``: the video tokens when already computed."""
+        b = video.shape[0]
+        if "video" in self.conditions and tokens is None:
+            tokens = self.video_tokens(video, lengths)
+        text = None
+        if self.text_encoder is not None:
+            text = self.text_encoder(list(captions) if captions is not None else [""] * b)
+        slots = max(lengths) if lengths is not None else video.shape[1]
+        return self.condition(tokens.embeds if tokens is not None else None,
+                              tokens.mask if tokens is not None else None, text, num_slots=slots,
+                              keep_video=keep_video)
+
+    def guidance_branches(self, video: torch.Tensor, lengths: Sequence[int] | None, captions: Sequence[str] | None,
+                          negative_prompt: str, guidance: float, guidance_text: float
+                          ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[float]]:
+        """The contexts c_0 … c_K and weights w_1 … w_K of classifier-free guidance,
+        ε̂ = ε(c_0) + Σ_k w_k (ε(c_k) − ε(c_{k−1})):
+
+        - video: c = (∅, v), w = (w_v): Eq. 2;
+        - text: c = (neg, t), w = (w_t);
+        - text + video: c = ((∅, neg), (v, neg), (v, t)), w = (w_v, w_t): ε(∅, neg) + w_v[ε(v, neg) − ε(∅, neg)]
+          + w_t[ε(v, t) − ε(v, neg)].
+
+        With every weight 1 the sum telescopes to ε(c_K): one pass, no branches.
+        """
+        b = video.shape[0]
+        has_video, has_text = "video" in self.conditions, "text" in self.conditions
+        tokens = self.video_tokens(video, lengths) if has_video else None
+        negative = [negative_prompt] * b
+        full = self.context(video, lengths, captions, tokens=tokens)
+        weights = ([guidance] if has_video else []) + ([guidance_text] if has_text else [])
+        if all(w == 1.0 for w in weights):
+            return [full], []
+        off = torch.zeros(b, dtype=torch.bool)
+        if has_video and has_text:
+            branches = [self.context(video, lengths, negative, tokens=tokens, keep_video=off),
+                        self.context(video, lengths, negative, tokens=tokens), full]
+        elif has_video:
+            branches = [self.context(video, lengths, captions, tokens=tokens, keep_video=off), full]
+        else:
+            branches = [self.context(video, lengths, negative), full]
+        return branches, weights
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The U-Net's output (ε or v) for latents (B, C, T', F') at timesteps t (B,) or scalar."""
@@ -264,11 +327,13 @@ class VTALDM(DiffusionSystem):
         with torch.no_grad():
             latents = encode_audio(self.codec, self.padded_audio(audio.float()), generator=generator,
                                    time_multiple=self.time_multiple)
-        context, mask = self.context(video)
+        # the conditions are dropped independently (p = cond_drop_prob each): the video to its null, the text to ""
+        keep_video, captions = None, list(batch.get("caption") or [""] * b)
         if self.training and self.cond_drop_prob > 0:
-            keep = (torch.rand(b, generator=generator) >= self.cond_drop_prob).to(context.device)
-            context = torch.where(keep[:, None, None], context, torch.zeros_like(context))
-            mask = torch.where(keep[:, None], mask, torch.ones_like(mask))
+            keep_video = torch.rand(b, generator=generator) >= self.cond_drop_prob
+            keep_text = torch.rand(b, generator=generator) >= self.cond_drop_prob
+            captions = [c if k else "" for c, k in zip(captions, keep_text.tolist())]
+        context, mask = self.context(video, captions=captions, keep_video=keep_video)
         t = torch.randint(0, len(self.alphas), (b,), generator=generator).to(latents.device)
         # float32 noise and noising, whatever dtype the VAE encoded in (bf16 autocast rounds ᾱ_0, ᾱ_1 to 1)
         noise = (torch.randn_like(latents, dtype=torch.float32) if generator is None
@@ -295,7 +360,8 @@ class VTALDM(DiffusionSystem):
         video, captions = self.validation_batch["video"][:count], self.validation_batch["caption"][:count]
         with self.ema_weights():
             # DDIM: the validation budget of steps is far below DDPM's 300
-            audio = self.generate(video, steps=self.validation_settings.steps, sampler="ddim", seed=0)
+            audio = self.generate(video, captions=captions, steps=self.validation_settings.steps, sampler="ddim",
+                                  seed=0)
         self.log_validation_samples(captions, video, audio)
 
     # ------------------------------------------------------------------------------ sampling
@@ -304,49 +370,52 @@ class VTALDM(DiffusionSystem):
         return SAMPLERS[name].from_config({**self.noise_scheduler.config, **SAMPLER_OVERRIDES[name]})
 
     @torch.no_grad()
-    def generate_latents(self, context: torch.Tensor, mask: torch.Tensor, *, steps: int, guidance: float,
-                         sampler: str, seed: int = 0, latents: torch.Tensor | None = None) -> torch.Tensor:
-        """Denoised latents (B, C, T', F') for a context (B, F, D_φ) with mask (B, F): the ``sampler``'s
-        ``steps`` with classifier-free guidance (Eq. 2) against :meth:`null_context` unless ``guidance`` is 1.
+    def generate_latents(self, branches: Sequence[tuple[torch.Tensor, torch.Tensor]], weights: Sequence[float], *,
+                         steps: int, sampler: str, seed: int = 0, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Denoised latents (B, C, T', F'): the ``sampler``'s ``steps`` with classifier-free guidance over the
+        context ``branches`` (each (B, T_c, D_φ) with its mask) and ``weights`` of :meth:`guidance_branches`,
+        ε̂ = ε(c_0) + Σ_k w_k (ε(c_k) − ε(c_{k−1})), all branches in one U-Net batch; one branch: no guidance.
         Clip i starts from noise seeded with ``seed + i`` (or from ``latents``); a stochastic sampler (DDPM)
         draws clip i's step noise from :func:`step_generators` (``seed``), so a clip does not depend on its batch."""
-        b, device = context.shape[0], context.device
+        b, device = branches[0][0].shape[0], branches[0][0].device
         if latents is None:
             (latents,) = seeded_noise([self.latent_shape], b, seed)
-        generators = step_generators(b, seed)
         scheduler = self.sampler(sampler)
         scheduler.set_timesteps(steps, device=device)
         x = latents.to(device, self.unet.dtype) * scheduler.init_noise_sigma
-        guided = guidance != 1.0
-        if guided:
-            null, null_mask = self.null_context(context)
-            context, mask = torch.cat([null, context]), torch.cat([null_mask, mask])
-        context = context.to(self.unet.dtype)
-        options = step_options(scheduler, generators)
+        context = torch.cat([c for c, _ in branches]).to(self.unet.dtype)
+        mask = torch.cat([m for _, m in branches])
+        options = step_options(scheduler, step_generators(b, seed))
         for t in scheduler.timesteps:
-            model_in = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
-            out = self.denoise(model_in, t, context, mask)
-            if guided:
-                out = classifier_free_guidance(*out.chunk(2), guidance)
+            model_in = scheduler.scale_model_input(torch.cat([x] * len(branches)), t)
+            outs = self.denoise(model_in, t, context, mask).chunk(len(branches))
+            out = outs[0]
+            for k, w in enumerate(weights, start=1):
+                out = out + w * (outs[k] - outs[k - 1])
             x = scheduler.step(out, t, x, **options).prev_sample
         return x
 
     @torch.no_grad()
-    def generate(self, video: torch.Tensor, *, lengths: Sequence[int] | None = None, steps: int | None = None,
-                 guidance: float | None = None, sampler: str | None = None, seed: int = 0) -> torch.Tensor:
+    def generate(self, video: torch.Tensor, *, lengths: Sequence[int] | None = None,
+                 captions: Sequence[str] | None = None, steps: int | None = None, guidance: float | None = None,
+                 guidance_text: float | None = None, negative_prompt: str | None = None, sampler: str | None = None,
+                 seed: int = 0) -> torch.Tensor:
         """Audio (B, S) in [-1, 1] at ``clip.sample_rate`` for video (B, F, 3, H, W) in [-1, 1] at the
-        encoder's rate: S covers the clip (``data.clip.seconds``) of the padded length that was diffused."""
-        settings = self.sampling.updated("sample", steps=steps, guidance=guidance, sampler=sampler)
+        encoder's rate (and the ``captions`` of the text condition): S covers the clip (``data.clip.seconds``)
+        of the padded length that was diffused. Unset settings come from ``model.sampling``."""
+        settings = self.sampling.updated("sample", steps=steps, guidance=guidance, guidance_text=guidance_text,
+                                         negative_prompt=negative_prompt, sampler=sampler)
         device = self.alphas.device
-        context, mask = self.context(video.to(device), lengths)
-        latents = self.generate_latents(context, mask, steps=settings.steps, guidance=settings.guidance,
-                                        sampler=settings.sampler, seed=seed)
+        branches, weights = self.guidance_branches(video.to(device), lengths, captions, settings.negative_prompt,
+                                                   settings.guidance, settings.guidance_text)
+        latents = self.generate_latents(branches, weights, steps=settings.steps, sampler=settings.sampler, seed=seed)
         audio = decode_audio(self.codec, latents, self.audio_samples)
         return audio[:, :self.clip.num_samples].float().clamp(-1, 1)
 
     # ------------------------------------------------------------------------------ sample command
-    def sample_to_files(self, out_dir: str | Path, n: int = 4, video: str | None = None, steps: int | None = None,
-                        guidance: float | None = None, sampler: str | None = None, seed: int = 0,
+    def sample_to_files(self, out_dir: str | Path, n: int = 4, video: str | None = None, prompt: str | None = None,
+                        steps: int | None = None, guidance: float | None = None, guidance_text: float | None = None,
+                        negative_prompt: str | None = None, sampler: str | None = None, seed: int = 0,
                         batch_size: int | None = None, device: str = "auto", overwrite: bool = False,
                         **unused: Any) -> SampleReport:
         """``python -m avgen sample``: audio for every readable input video, dubbed onto it.
@@ -371,12 +440,17 @@ class VTALDM(DiffusionSystem):
             ConfigError: a bad ``sample.*`` value (before any input is read), or no input.
             FileExistsError: an output exists and ``overwrite`` is false (checked before generating).
         """
-        settings = self.sampling.updated("sample", steps=steps, guidance=guidance, sampler=sampler,
+        settings = self.sampling.updated("sample", steps=steps, guidance=guidance, guidance_text=guidance_text,
+                                         negative_prompt=negative_prompt, sampler=sampler,
                                          batch_size=batch_size)  # checked before any input is read
+        if prompt is not None and not isinstance(prompt, str):
+            raise ConfigError(f"sample.prompt={prompt!r}: VTA-LDM takes one caption for every input (the text "
+                              f"condition); data clips use their own captions when it is unset")
         self.warn_unused_sample_options(unused)
         out_dir = Path(out_dir)
         with tempfile.TemporaryDirectory(prefix="avgen-vta-inputs-") as scratch:
-            inputs, refused = self._video_inputs(video, int(n), Path(scratch))
+            data_root = ((self.run_config or {}).get("data") or {}).get("root")
+            inputs, refused = read_video_inputs(video, int(n), Path(scratch), self.clip, data_root)
             for entry in refused:
                 log.warning("input %s refused: %s", entry["file"], entry["reason"])
             report = SampleReport(refused=refused)
@@ -392,7 +466,8 @@ class VTALDM(DiffusionSystem):
             with self.ema_weights():
                 for item in inputs:
                     try:
-                        wave = self._dub_audio(item, settings, seed + first_window)
+                        wave = self._dub_audio(item, settings, seed + first_window,
+                                               item.caption if prompt is None else prompt)
                     except (RuntimeError, ValueError, MediaError) as exc:  # e.g. out of memory: the next input runs
                         reason = " ".join(str(exc).split())[:500]
                         log.warning("%s not generated: %s", item.stem, reason)
@@ -404,7 +479,7 @@ class VTALDM(DiffusionSystem):
         print(f"wrote {len(report.written)} dubbed videos to {out_dir}")
         return report
 
-    def _dub_audio(self, item: VideoInput, settings: VTALDMSampling, seed: int) -> np.ndarray:
+    def _dub_audio(self, item: VideoInput, settings: VTALDMSampling, seed: int, caption: str) -> np.ndarray:
         """The audio (S,) float32 of one input: its windows generated ``settings.batch_size`` at a time
         (window j from noise ``seed + j``), joined by the equal-power crossfade."""
         chunks: list[np.ndarray] = []
@@ -416,8 +491,10 @@ class VTALDM(DiffusionSystem):
             video = torch.zeros(len(group), max(lengths), 3, h, w)
             for j, f in enumerate(frames):
                 video[j, :len(f)] = uint8_to_unit_range(f)
-            audio = self.generate(video, lengths=lengths, steps=settings.steps, guidance=settings.guidance,
-                                  sampler=settings.sampler, seed=seed + first)
+            audio = self.generate(video, lengths=lengths, captions=[caption] * len(group), steps=settings.steps,
+                                  guidance=settings.guidance, guidance_text=settings.guidance_text,
+                                  negative_prompt=settings.negative_prompt, sampler=settings.sampler,
+                                  seed=seed + first)
             chunks += [audio[j, :end - start].cpu().numpy() for j, (start, end) in enumerate(group)]
         return equal_power_crossfade(chunks, [start for start, _ in item.windows], item.num_samples)
 
@@ -443,97 +520,6 @@ class VTALDM(DiffusionSystem):
             log.warning("%s not written: %s", item.stem, reason)
             return SampleReport(failed=[{"sample": item.stem, "reason": reason}])
         return SampleReport(written=[paths[0]])
-
-    def _video_inputs(self, video: str | None, n: int, scratch: Path) -> tuple[list[VideoInput], list[dict[str, str]]]:
-        """Every input video, decoded at the clip's rate and size before any model runs; refused ones with
-        the reason. Data clips (``video`` unset) are written to ``scratch`` first."""
-        from avgen.media import scan_media
-
-        if video is None:
-            samples = split_samples(((self.run_config or {}).get("data") or {}).get("root"), n)
-            if not samples:
-                raise ConfigError("sample.video is not set and the training data's test clips cannot be read; pass "
-                                  "sample.video=<video file (any container), or a folder of them>")
-            files = []
-            for key, parts in samples:
-                path = scratch / f"{key.replace('/', '__')}.mp4"
-                path.write_bytes(parts["mp4"])
-                files.append((path, key, clip_caption(parts)))
-            skipped: list[tuple[Path, str]] = []
-        else:
-            source = Path(video)
-            if source.is_dir():
-                found = scan_media(source, "video")
-                if not found.files and not found.skipped:
-                    raise ConfigError(f"sample.video={video}: the folder is empty")
-                files = [(p, str(p.resolve()), "") for p in found.files]
-                skipped = found.skipped
-            elif source.is_file():
-                files, skipped = [(source, str(source.resolve()), "")], []
-            else:
-                raise ConfigError(f"sample.video={video}: no such file or folder")
-        stems = [p.stem for p, _, _ in files]
-        usable, refused = [], [{"file": p.name, "reason": r} for p, r in skipped]
-        for path, key, caption in files:
-            stem = path.stem if stems.count(path.stem) == 1 else path.name.replace(".", "_")
-            try:
-                usable.append(VideoInput.read(path, key, caption, stem, self.clip))
-            except MediaError as exc:
-                refused.append({"file": path.name, "reason": " ".join(str(exc).split())})
-        return usable, sorted(refused, key=lambda entry: entry["file"])
-
-
-def window_overlap(clip: ClipGeometry) -> int:
-    """Samples two generation windows share: 1 s (VTA-LDM's 10-s clips), at most a quarter of a clip."""
-    return min(clip.sample_rate, clip.num_samples // 4)
-
-
-@dataclass
-class VideoInput:
-    """One input of :meth:`VTALDM.sample_to_files`: its frames (F, H, W, 3) uint8 at ``clip.fps`` from the
-    video stream's start, the audio length that covers the stream (samples), and the generation windows."""
-
-    path: Path
-    source: str
-    caption: str
-    stem: str
-    frames: np.ndarray
-    num_samples: int
-    windows: list[tuple[int, int]]
-
-    @classmethod
-    def read(cls, path: Path, source: str, caption: str, stem: str, clip: ClipGeometry) -> "VideoInput":
-        """Decode ``path`` (raises :class:`~avgen.media.MediaError` when it cannot be read)."""
-        from avgen.media import crossfade_windows, decode_video, video_stream_duration
-
-        duration = video_stream_duration(path)
-        num_samples = frame_count(duration, clip.sample_rate)
-        if num_samples < 1:
-            raise MediaError(f"{path}: the video stream lasts {float(duration):.3f} s; nothing to generate")
-        frames, _ = decode_video(path, fps=clip.fps, fit_to=(clip.height, clip.width))
-        windows = crossfade_windows(num_samples, clip.num_samples, window_overlap(clip))
-        return cls(path=path, source=source, caption=caption, stem=stem, frames=frames, num_samples=num_samples,
-                   windows=windows)
-
-    def outputs(self, out_dir: Path) -> list[Path]:
-        """``<stem>.mp4``, ``.wav``, ``.txt``, ``.json`` in ``out_dir``."""
-        return [out_dir / f"{self.stem}{suffix}" for suffix in (".mp4", ".wav", ".txt", ".json")]
-
-    def window_frames(self, start: int, end: int, clip: ClipGeometry) -> np.ndarray:
-        """The frames (F_w, H, W, 3) uint8 the window of samples [start, end) is conditioned on: at
-        ``clip.fps`` from the window's own start, ``frame_count((end − start) / sr, fps)`` of them (at least
-        one). A window that starts on the frame grid takes them from :attr:`frames`; any other (the
-        end-aligned last window) is decoded from its start, so its frames and its audio share one clock."""
-        from avgen.media import decode_video
-
-        want = max(1, frame_count(Fraction(end - start, clip.sample_rate), clip.fps))
-        slot = Fraction(start, clip.sample_rate) * clip.fps
-        if slot.denominator == 1:
-            first = min(int(slot), len(self.frames) - 1)
-            return self.frames[first:first + want]
-        frames, _ = decode_video(self.path, fps=clip.fps, start=start / clip.sample_rate,
-                                 fit_to=(clip.height, clip.width))
-        return frames[:want] if len(frames) else self.frames[-1:]
 
 
 # ------------------------------------------------------------------------------ parts

@@ -21,9 +21,14 @@ from avgen.errors import ConfigError
 from avgen.systems.joint import JointAudioVideo, JointSampling
 from avgen.systems.settings import ValidationSettings
 from avgen.systems.tempotokens import TempoTokens, TempoTokensSampling
+from avgen.systems.vta_ldm import VTALDM
 from tests.conftest import compose
 
-SYSTEMS = {"joint": (JointAudioVideo, "model=joint"), "tempotokens": (TempoTokens, "model=tempotokens")}
+SYSTEMS = {"joint": (JointAudioVideo, "model=joint"), "tempotokens": (TempoTokens, "model=tempotokens"),
+           "vta_ldm": (VTALDM, "model=vta_ldm")}
+# (sampling steps, validation steps) by scale
+STEPS = {"joint": {"paper": (25, 25), "tiny": (25, 4)}, "tempotokens": {"paper": (25, 25), "tiny": (4, 3)},
+         "vta_ldm": {"paper": (300, 50), "tiny": (4, 3)}}
 
 
 @pytest.mark.parametrize("name", list(SYSTEMS))
@@ -41,8 +46,7 @@ def test_the_model_yaml_is_the_one_source_of_defaults(name, scale, tmp_path):
     validation = OmegaConf.to_container(cfg.model.validation, resolve=True)
     assert ValidationSettings.from_config(None, model_config=name, scale=scale).to_dict() == validation
     # the scale-dependent defaults resolve at that scale
-    assert from_yaml["steps"] == (4 if scale == "tiny" and name == "tempotokens" else 25)
-    assert validation["steps"] == {"paper": 25, "tiny": {"joint": 4, "tempotokens": 3}[name]}[scale]
+    assert (from_yaml["steps"], validation["steps"]) == STEPS[name][scale]
 
 
 def test_partial_blocks_are_completed_from_the_yaml():

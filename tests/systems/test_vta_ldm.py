@@ -61,7 +61,7 @@ def test_the_loss_is_the_weighted_mean_of_per_clip_errors(tiny_root, monkeypatch
 
     latents = encode_audio(system.codec, system.padded_audio(batch["audio"]), generator=g,
                            time_multiple=system.time_multiple)
-    torch.rand(2, generator=g)  # the condition-dropout draw
+    torch.rand(2, generator=g), torch.rand(2, generator=g)  # the condition-dropout draws (video, text)
     t = torch.randint(0, len(system.alphas), (2,), generator=g)
     noise = torch.randn(latents.shape, generator=g)
     assert torch.equal(t, seen["t"])
@@ -76,34 +76,53 @@ def test_the_loss_is_the_weighted_mean_of_per_clip_errors(tiny_root, monkeypatch
 def test_projection_is_trained_and_frozen_parts_are_not(tiny_root):
     system = build(tiny_root, "model.cond_drop_prob=0.0")
     trainable = {n.split(".")[0] for n, _ in system.trainable_parameters()}
-    assert trainable == {"unet", "projection"}
+    assert trainable == {"unet", "condition"}
     system.train()
     assert not system.encoder.training and not system.vae.training
-    before = system.projection.weight.detach().clone()
+    before = system.condition.projection.weight.detach().clone()
     optimizer = torch.optim.AdamW([p for _, p in system.trainable_parameters()], lr=1e-2)
     loss = system.diffusion_loss(batch_of(system), generator=torch.Generator().manual_seed(0))["loss"]
     loss.backward()
-    assert system.projection.weight.grad is not None and system.projection.weight.grad.abs().sum() > 0
+    grad = system.condition.projection.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
     optimizer.step()
     optimizer.zero_grad()
-    assert not torch.equal(before, system.projection.weight)
+    assert not torch.equal(before, system.condition.projection.weight)
 
 
 @pytest.mark.parametrize("drop", [0.0, 1.0])
 def test_condition_dropout_trains_the_null(tiny_root, drop, monkeypatch):
-    """p = 1: every context is the null (zeros, mask all true); p = 0: every context is φ(f_V) with its mask."""
+    """p = 1: every context is the video null (zeros after φ, mask all true); p = 0: every context is φ(f_V)."""
     system = build(tiny_root, f"model.cond_drop_prob={drop}")
     seen = {}
     monkeypatch.setattr(system, "denoise", lambda x, t, context, mask: seen.update(context=context, mask=mask) or x)
-    monkeypatch.setattr(system, "context", lambda video: (torch.ones(2, 3, 32), torch.tensor([[1, 1, 0], [1, 0, 0]],
-                                                                                              dtype=torch.bool)))
     system.train()
-    system.diffusion_loss(batch_of(system), generator=torch.Generator().manual_seed(0))
-    if drop:
-        assert torch.equal(seen["context"], torch.zeros(2, 3, 32)) and seen["mask"].all()
-    else:
-        assert torch.equal(seen["context"], torch.ones(2, 3, 32))
-        assert seen["mask"].tolist() == [[True, True, False], [True, False, False]]
+    batch = batch_of(system)
+    system.diffusion_loss(batch, generator=torch.Generator().manual_seed(0))
+    assert seen["mask"].all()
+    with torch.no_grad():
+        expected = torch.zeros_like(seen["context"]) if drop else system.context(batch["video"])[0]
+    assert torch.allclose(seen["context"], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("drop", [0.0, 1.0])
+def test_text_and_video_are_dropped_independently(tiny_root, drop, monkeypatch):
+    """conditions [text, video]: text slots first; p = 1 drops both, the text to "" and the video to its null."""
+    system = build(tiny_root, "model.conditions=[text,video]", f"model.cond_drop_prob={drop}")
+    seen = {}
+    monkeypatch.setattr(system, "denoise", lambda x, t, context, mask: seen.update(context=context) or x)
+    system.train()
+    batch = {**batch_of(system), "caption": ["a dog barks", "rain on a roof"]}
+    system.diffusion_loss(batch, generator=torch.Generator().manual_seed(0))
+    slots = system.clip.num_frames
+    with torch.no_grad():
+        if drop:
+            empty, _ = system.context(batch["video"], captions=["", ""], keep_video=torch.zeros(2, dtype=torch.bool))
+            assert torch.equal(seen["context"][:, slots:], torch.zeros_like(seen["context"][:, slots:]))
+            assert torch.allclose(seen["context"], empty, atol=1e-6)
+        else:
+            full, _ = system.context(batch["video"], captions=batch["caption"])
+            assert torch.allclose(seen["context"], full, atol=1e-6)
 
 
 def test_padded_frames_are_zero_and_masked(system):
@@ -138,9 +157,11 @@ def test_guidance_is_equation_2_and_one_means_a_single_pass(system, monkeypatch)
         return out
 
     monkeypatch.setattr(system, "denoise", record)
-    context, mask = system.context(batch_of(system)["video"])
+    video = batch_of(system)["video"]
+    branches, weights = system.guidance_branches(video, None, None, "", 3.0, 1.0)
+    assert weights == [3.0] and len(branches) == 2
     latents = torch.randn(2, *system.latent_shape, generator=torch.Generator().manual_seed(1))
-    x3 = system.generate_latents(context, mask, steps=1, guidance=3.0, sampler="ddim", latents=latents)
+    x3 = system.generate_latents(branches, weights, steps=1, sampler="ddim", latents=latents)
     [(rows, ctx, out)] = calls
     assert rows == 4 and torch.equal(ctx[:2], torch.zeros_like(ctx[:2]))
     uncond, cond = out.chunk(2)
@@ -149,8 +170,73 @@ def test_guidance_is_equation_2_and_one_means_a_single_pass(system, monkeypatch)
     expected = scheduler.step(uncond + 3.0 * (cond - uncond), scheduler.timesteps[0], latents).prev_sample
     assert torch.allclose(x3, expected, atol=1e-6)
     calls.clear()
-    system.generate_latents(context, mask, steps=1, guidance=1.0, sampler="ddim", latents=latents)
-    assert [c[0] for c in calls] == [2]
+    branches, weights = system.guidance_branches(video, None, None, "", 1.0, 1.0)
+    system.generate_latents(branches, weights, steps=1, sampler="ddim", latents=latents)
+    assert [c[0] for c in calls] == [2] and weights == []
+
+
+def test_text_and_video_guidance_formula(tiny_root, monkeypatch):
+    """ε̂ = ε(∅, neg) + w_v[ε(v, neg) − ε(∅, neg)] + w_t[ε(v, t) − ε(v, neg)] on a hand case: the U-Net replaced by
+    a function whose output is a known value per branch."""
+    system = build(tiny_root, "model.conditions=[text,video]")
+    video = batch_of(system, b=1)["video"]
+    branches, weights = system.guidance_branches(video, None, ["a dog barks"], "bad quality", 3.0, 2.0)
+    slots = system.clip.num_frames
+    null_neg, video_neg, full = branches
+    assert torch.equal(null_neg[0][:, slots:], torch.zeros_like(null_neg[0][:, slots:])) and null_neg[1].all()
+    assert torch.equal(video_neg[0][:, slots:], full[0][:, slots:])  # same video, other text
+    assert torch.equal(null_neg[0][:, :slots], video_neg[0][:, :slots])  # both carry the negative prompt
+    assert not torch.allclose(video_neg[0][:, :slots], full[0][:, :slots])
+    values = {0: 1.0, 1: 5.0, 2: 6.0}  # ε(∅, neg), ε(v, neg), ε(v, t)
+
+    def fake(x, t, context, mask):
+        return torch.cat([torch.full_like(x[:1], values[i]) for i in range(x.shape[0])])
+
+    monkeypatch.setattr(system, "denoise", fake)
+    monkeypatch.setattr(system, "sampler", lambda name: _IdentityStep())
+    out = system.generate_latents(branches, weights, steps=1, sampler="ddim",
+                                  latents=torch.zeros(1, *system.latent_shape))
+    assert torch.allclose(out, torch.full_like(out, 1.0 + 3.0 * (5.0 - 1.0) + 2.0 * (6.0 - 5.0)))
+
+
+class _IdentityStep:
+    """A scheduler whose step returns the model output (to read the guided ε̂ directly)."""
+
+    init_noise_sigma = 1.0
+    timesteps = [0]
+
+    def set_timesteps(self, steps, device=None):
+        pass
+
+    def scale_model_input(self, x, t):
+        return x
+
+    def step(self, out, t, x):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(prev_sample=out)
+
+
+def test_conditions_change_the_context_as_documented(tiny_root):
+    video_only = build(tiny_root)
+    with_pe = build(tiny_root, "model.conditions=[video,pe]")
+    with_pe.load_state_dict(video_only.state_dict())
+    video = batch_of(video_only)["video"]
+    tokens = video_only.video_tokens(video)
+    from avgen.modules.vta_condition import sinusoidal_table
+
+    plain, _ = video_only.context(video)
+    shifted, _ = with_pe.context(video)
+    table = sinusoidal_table(tokens.embeds.shape[1], tokens.embeds.shape[2])
+    assert torch.allclose(shifted, with_pe.condition.projection(tokens.embeds + table), atol=1e-5)
+    assert not torch.allclose(plain, shifted)
+    text_only = build(tiny_root, "model.conditions=[text]")
+    context, mask = text_only.context(video, captions=["a", "b"])
+    assert context.shape[1] == video.shape[1] and mask.all()  # one text token per frame slot, no video
+    assert torch.allclose(context[0, 0], context[0, -1])
+    with pytest.raises(Exception, match=r"model\.conditions=\['flow'\]: unknown condition 'flow' \(optical flow is "
+                                        r"not built yet\)"):
+        build(tiny_root, "model.conditions=[flow]")
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm_solver"])
@@ -159,9 +245,11 @@ def test_sampler_equals_stable_diffusion_pipeline(system, sampler):
     StableDiffusionPipeline(prompt_embeds=φ(f_V), negative_prompt_embeds=0, output_type="latent")."""
     from diffusers import StableDiffusionPipeline
 
-    context, mask = system.context(batch_of(system)["video"])
+    branches, weights = system.guidance_branches(batch_of(system)["video"], None, None, "", 3.0, 1.0)
+    (_, null_mask), (context, mask) = branches
+    assert mask.all() and null_mask.all()  # what the pipeline assumes (it passes no mask)
     latents = torch.randn(2, *system.latent_shape, generator=torch.Generator().manual_seed(2))
-    ours = system.generate_latents(context, mask, steps=3, guidance=3.0, sampler=sampler, latents=latents, seed=5)
+    ours = system.generate_latents(branches, weights, steps=3, sampler=sampler, latents=latents, seed=5)
     pipe = StableDiffusionPipeline(vae=None, text_encoder=None, tokenizer=None, unet=system.unet,
                                    scheduler=system.sampler(sampler), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -195,8 +283,8 @@ def test_generated_audio_covers_the_clip(system):
 def released_layout(system) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(7)
     state = {f"unet.{k}": torch.randn(v.shape, generator=g) for k, v in system.unet.state_dict().items()}
-    state["vid_fea_extractor.linear_layer.weight"] = torch.randn(system.projection.weight.shape, generator=g)
-    state["vid_fea_extractor.linear_layer.bias"] = torch.randn(system.projection.bias.shape, generator=g)
+    state["vid_fea_extractor.linear_layer.weight"] = torch.randn(system.condition.projection.weight.shape, generator=g)
+    state["vid_fea_extractor.linear_layer.bias"] = torch.randn(system.condition.projection.bias.shape, generator=g)
     state["vid_fea_extractor.clip_vision.vision_model.post_layernorm.weight"] = torch.ones(4)
     return state
 
@@ -208,7 +296,7 @@ def test_released_checkpoint_layout_loads(system, tiny_root, tmp_path):
     loaded = build(tiny_root, "experiment=vta_ldm_public", f"model.released={path}")
     for k, v in loaded.unet.state_dict().items():
         assert torch.equal(v, state[f"unet.{k}"])
-    assert torch.equal(loaded.projection.weight, state["vid_fea_extractor.linear_layer.weight"])
+    assert torch.equal(loaded.condition.projection.weight, state["vid_fea_extractor.linear_layer.weight"])
     assert (loaded.objective.prediction_type, loaded.objective.min_snr_gamma, loaded.objective.min_snr_form) == (
         "v_prediction", 5, "epsilon")
     assert loaded.encoder.normalize is False and loaded.noise_scheduler.config.prediction_type == "v_prediction"

@@ -131,7 +131,8 @@ def test_sample_command_from_a_checkpoint_and_the_data(tmp_path):
     # a run started from the authors' released weights (their key layout), whose file is gone by sampling time
     system = instantiate(compose(["experiment=vta_ldm_public", "scale=tiny"], tmp_path).model)
     released = {f"unet.{k}": v for k, v in system.unet.state_dict().items()}
-    released.update({f"vid_fea_extractor.linear_layer.{k}": v for k, v in system.projection.state_dict().items()})
+    projection = system.condition.projection.state_dict()
+    released.update({f"vid_fea_extractor.linear_layer.{k}": v for k, v in projection.items()})
     torch.save(released, tmp_path / "pytorch_model.bin")
     fit = compose(["command=fit", "experiment=vta_ldm_public", "scale=tiny", "trainer.max_steps=1",
                    "trainer.limit_val_batches=0", f"paths.data_dir={tmp_path}/data",
@@ -161,7 +162,7 @@ def test_each_window_is_conditioned_on_the_frames_shown_during_it(tmp_path):
     start, so frames and audio share one clock."""
     from avgen.data.geometry import ClipGeometry
     from avgen.media import decode_video
-    from avgen.systems.vta_ldm import VideoInput
+    from avgen.samples import VideoInput
 
     clip = ClipGeometry(seconds=1.0, fps=2, height=32, width=48, sample_rate=16000)
     write_mp4(tmp_path / "v.mp4", moving_frames(27), 8)  # 3.375 s
