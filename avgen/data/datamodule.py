@@ -34,6 +34,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
+from avgen.data.concat import ConcatAugment
 from avgen.data.decode import to_model_batch
 from avgen.data.geometry import ClipGeometry, StoreGeometry
 from avgen.data.shards import MANIFEST, Manifest
@@ -74,6 +75,8 @@ class AVDataModule(pl.LightningDataModule):
         subset: the name of a curated subset under ``<root>/subsets`` (``python -m avgen filter``);
             ``None``: every clip.
         fixed_stream: every training epoch replays the first epoch's batches (``debug=overfit``).
+        concat: ``{p, cut}``: VTA-LDM's concat augmentation of training batches
+            (:class:`~avgen.data.concat.ConcatAugment`; ``p`` 0 or unset: off).
 
     Raises:
         ConfigError: a ``clip`` the ``store`` cannot serve; (at setup) an unknown ``subset``, or one made
@@ -87,7 +90,7 @@ class AVDataModule(pl.LightningDataModule):
                  eval_batch_size: int | None = None, pin_memory: bool | None = None, prefetch_factor: int = 2,
                  store: Mapping[str, Any] | StoreGeometry | None = None, group: str | None = None,
                  source: str | None = None, split_file: Any = None, scale: str | None = None,
-                 subset: str | None = None, fixed_stream: bool = False):
+                 subset: str | None = None, fixed_stream: bool = False, concat: Mapping[str, Any] | None = None):
         super().__init__()
         self.name, self.root = name, Path(root).expanduser().absolute()
         self.group, self.source, self.split_file, self.scale = group or name, source, split_file, scale
@@ -115,6 +118,8 @@ class AVDataModule(pl.LightningDataModule):
         if not isinstance(fixed_stream, bool):
             raise ConfigError(f"data.fixed_stream={fixed_stream!r}: expected true or false")
         self.fixed_stream = fixed_stream
+        concat_augment = ConcatAugment.from_config(concat)
+        self.concat = concat_augment if concat_augment.p > 0 else None
         self.manifests: dict[str, Manifest] = {}
         self.subsets: dict[str, Any] = {}  # split -> avgen.data.subset.Subset (None: the whole split)
         self.health: dict[str, Health] = {}
@@ -266,7 +271,7 @@ class AVDataModule(pl.LightningDataModule):
             self.shards("train"), self.clip, self.batch_size, batches_per_worker=self.batches_per_worker(world),
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, start_step=step, rank=rank, world_size=world,
             max_skip_fraction=self.max_skip_fraction, min_clips_for_check=self.min_clips_for_check,
-            num_workers=self.num_workers, fixed=self.fixed_stream)
+            num_workers=self.num_workers, fixed=self.fixed_stream, concat=self.concat)
         return self._loader(dataset)
 
     def _eval_loader(self, split: str) -> DataLoader:

@@ -38,6 +38,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from avgen.data.concat import ConcatAugment
 from avgen.data.decode import SampleError, collate, decode_sample
 from avgen.data.geometry import ClipGeometry
 from avgen.errors import DataHealthError
@@ -216,9 +217,10 @@ class TrainStream(_Stream):
     def __init__(self, shards: list[Shard], clip: ClipGeometry, batch_size: int, *, batches_per_worker: int,
                  shuffle_buffer: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1,
                  max_skip_fraction: float = 0.05, min_clips_for_check: int = 64, num_workers: int = 0,
-                 fixed: bool = False):
+                 fixed: bool = False, concat: ConcatAugment | None = None):
         super().__init__(shards, clip, batch_size, rank=rank, world_size=world_size,
                          max_skip_fraction=max_skip_fraction, min_clips_for_check=min_clips_for_check)
+        self.concat = concat  # VTA-LDM's concat augmentation (avgen.data.concat), applied per batch
         self.batches_per_worker, self.shuffle_buffer = batches_per_worker, shuffle_buffer
         self.seed, self.start_step, self.num_workers = seed, start_step, max(1, num_workers)
         self.fixed = fixed  # every epoch replays the first one (debug=overfit)
@@ -254,7 +256,10 @@ class TrainStream(_Stream):
         health = Health()
         batches = self._batches(self._shuffled(self._samples(rng, health), rng), health, np_rng, partial=False)
         for _ in range(self.batches_per_worker):
-            yield self._emit(*next(batches), health)
+            clips, video = next(batches)
+            if self.concat is not None:
+                self.concat.apply(clips, video, self.clip, np_rng)
+            yield self._emit(clips, video, health)
 
 
 class EvalStream(_Stream):
