@@ -113,12 +113,12 @@ HUB_MODELS: dict[str, str] = {
 }
 
 # Hugging Face models of one system whose config keys other systems give other defaults: by the experiment whose
-# composed config holds them (model.encoder.path also names BEATs and CAVP files; model.audio.base is
-# audioldm-m-full in the joint system).
+# composed config holds them (model.audio.base is audioldm-m-full in the joint system).
 SYSTEM_HUB_MODELS: dict[str, dict[str, str]] = {
     "vta_ldm": {
-        # VTA-LDM's CLIP4Clip frame encoder: the vision tower of CLIP ViT-L/14 (avgen/encoders/clip4clip.py).
-        "model.encoder.path": "openai/clip-vit-large-patch14",
+        # The text condition's CLIP text tower (avgen/encoders/clip_text.py). The video encoders' hub ids are
+        # by encoder name, in avgen.encoders.video_tokens.DEFAULT_SOURCES (model.encoder.path: null).
+        "model.text_encoder.path": "openai/clip-vit-large-patch14",
         # audioldm-s-full (Zenodo 7600541) converted to diffusers' layout: VTA-LDM's VAE and HiFi-GAN.
         "model.audio.base": "cvssp/audioldm",
     },

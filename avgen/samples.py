@@ -304,10 +304,10 @@ def read_video_inputs(video: str | None, n: int, scratch: Path, clip: ClipGeomet
             found = scan_media(source, "video")
             if not found.files and not found.skipped:
                 raise ConfigError(f"sample.video={video}: the folder is empty")
-            files = [(p, str(p.resolve()), "") for p in found.files]
+            files = [(p, str(p.resolve()), sidecar_caption(p)) for p in found.files]
             skipped = found.skipped
         elif source.is_file():
-            files, skipped = [(source, str(source.resolve()), "")], []
+            files, skipped = [(source, str(source.resolve()), sidecar_caption(source))], []
         else:
             raise ConfigError(f"sample.video={video}: no such file or folder")
     stems = [p.stem for p, _, _ in files]
@@ -319,6 +319,15 @@ def read_video_inputs(video: str | None, n: int, scratch: Path, clip: ClipGeomet
         except MediaError as exc:
             refused.append({"file": path.name, "reason": " ".join(str(exc).split())})
     return usable, sorted(refused, key=lambda entry: entry["file"])
+
+
+def sidecar_caption(path: Path) -> str:
+    """The caption in ``<stem>.txt`` beside a media file (another system's sample: its prompt), or ``""``."""
+    text = Path(path).with_suffix(".txt")
+    try:
+        return text.read_text(encoding="utf-8").strip() if text.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def window_overlap(clip: ClipGeometry) -> int:

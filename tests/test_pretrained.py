@@ -62,3 +62,12 @@ def test_frozen_parts_stay_in_eval_mode_without_gradients():
     assert parent.frozen_modules() == [parent.theirs]
     lone = freeze(torch.nn.BatchNorm1d(3))
     assert not lone.training and not any(p.requires_grad for p in lone.parameters())
+
+
+def test_video_encoder_defaults_are_their_modules_hub_ids():
+    from avgen.encoders import clip4clip, languagebind, vivit, vjepa
+    from avgen.encoders.video_tokens import DEFAULT_SOURCES, VIDEO_ENCODERS
+
+    modules = {"clip4clip": clip4clip, "languagebind": languagebind, "vivit": vivit, "vjepa": vjepa}
+    assert set(DEFAULT_SOURCES) == set(modules) and set(modules) < set(VIDEO_ENCODERS)
+    assert all(DEFAULT_SOURCES[name] == module.HUB_ID for name, module in modules.items())

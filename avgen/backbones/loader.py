@@ -30,7 +30,10 @@ class PretrainedModelMissing(FileNotFoundError):
 
     def __init__(self, name_or_path: str | os.PathLike | None, config_key: str, reason: str = "",
                  subfolder: str | None = None):
-        hub_id = HUB_MODELS.get(config_key, "<the model's hub id>")
+        # a hub id given on the key is the original; a local path: the key's registered default (HUB_MODELS)
+        given = str(name_or_path) if name_or_path is not None else ""
+        looks_like_hub_id = given.count("/") == 1 and not os.path.isabs(given) and not given.startswith(".")
+        hub_id = given if looks_like_hub_id else HUB_MODELS.get(config_key, "<the model's hub id>")
         where = f"{name_or_path!s}" if subfolder is None else f"{name_or_path!s} (subfolder {subfolder})"
         what = "no model is set" if name_or_path is None else f"cannot load {where} from local files"
         # Backbones have tiny random twins built in code; metric models do not.

@@ -259,6 +259,8 @@ def save_tiny_clip_vision(folder: str | os.PathLike) -> None:
     tokenizer.save_pretrained(folder)
 
 
+#: name → writer of the tiny twin; an encoder module whose twin is written by its own code registers it on import
+#: (``TINY_BUILDERS["vivit"] = save_tiny_vivit`` in avgen/encoders/vivit.py: this module never imports encoders)
 TINY_BUILDERS: dict[str, Callable[[str | os.PathLike], None]] = {
     "animatediff": save_tiny_animatediff,
     "audioldm": save_tiny_audioldm,

@@ -32,9 +32,9 @@ from avgen.backbones.loader import TINY_PREFIX, PretrainedModelMissing, load_pre
 from avgen.encoders.base import VideoTokens
 from avgen.errors import ConfigError
 from avgen.media import as_fps, centre_origin
-from avgen.pretrained import SYSTEM_HUB_MODELS, FrozenModule
+from avgen.pretrained import FrozenModule
 
-HUB_ID = SYSTEM_HUB_MODELS["vta_ldm"]["model.encoder.path"]
+HUB_ID = "openai/clip-vit-large-patch14"
 FPS = 2  # frames per second the encoder expects (VTA-LDM's frame rate)
 TINY_SOURCE = f"{TINY_PREFIX}clip4clip"
 

@@ -19,7 +19,6 @@ from typing import Any
 
 from avgen.encoders.base import VideoTokenEncoder, VideoTokens
 from avgen.errors import ConfigError
-from avgen.pretrained import SYSTEM_HUB_MODELS
 
 
 def _clip4clip(source: str | os.PathLike | None, config_key: str, **options: Any) -> VideoTokenEncoder:
@@ -28,21 +27,59 @@ def _clip4clip(source: str | os.PathLike | None, config_key: str, **options: Any
     return load_clip4clip(source, config_key, **options)
 
 
+def _vivit(source: str | os.PathLike | None, config_key: str, **options: Any) -> VideoTokenEncoder:
+    from avgen.encoders.vivit import load_vivit
+
+    return load_vivit(source, config_key, **options)
+
+
+def _vjepa(source: str | os.PathLike | None, config_key: str, *, normalize: bool = True,
+           **options: Any) -> VideoTokenEncoder:
+    from avgen.encoders.vjepa import load_vjepa
+
+    if normalize is not True:
+        raise ConfigError(f"{config_key.rpartition('.')[0]}.normalize={normalize!r}: V-JEPA 2's processor always "
+                          f"applies ImageNet's mean/std; remove the override")
+    return load_vjepa(source, config_key, **options)
+
+
+def _imagebind(source: str | os.PathLike | None, config_key: str, **options: Any) -> VideoTokenEncoder:
+    from avgen.encoders.imagebind_vision import load_imagebind_vision
+    from avgen.pretrained import ORIGINS
+
+    # no hub id: the official imagebind_huge.pth, from model.encoder.path or the metric's environment variable
+    source = source or os.environ.get(ORIGINS["imagebind"].env or "")
+    return load_imagebind_vision(source or None, config_key, **options)
+
+
+def _languagebind(source: str | os.PathLike | None, config_key: str, **options: Any) -> VideoTokenEncoder:
+    from avgen.encoders.languagebind import load_languagebind
+
+    return load_languagebind(source, config_key, **options)
+
+
 #: ``model.encoder.name`` → loader ``(source, config_key, *, tiny_dir, **options) -> encoder``
 VIDEO_ENCODERS: dict[str, Callable[..., VideoTokenEncoder]] = {
     "clip4clip": _clip4clip,
+    "imagebind": _imagebind,
+    "languagebind": _languagebind,
+    "vivit": _vivit,
+    "vjepa": _vjepa,
 }
 #: the default source of each encoder (hub id), when ``model.encoder.path`` is null
 DEFAULT_SOURCES: dict[str, str] = {
-    "clip4clip": SYSTEM_HUB_MODELS["vta_ldm"]["model.encoder.path"],
+    "clip4clip": "openai/clip-vit-large-patch14",  # ViT-L/14: image_embeds, 768-d
+    "languagebind": "LanguageBind/LanguageBind_Image",  # a CLIP ViT-L/14 layout
+    "vivit": "google/vivit-b-16x2-kinetics400",  # Kinetics-400: 32 frames per window, 16 time slots
+    "vjepa": "facebook/vjepa2-vitl-fpc64-256",  # V-JEPA 2 (the paper used V-JEPA 1, not in transformers)
 }
 
 
 def build_video_encoder(cfg: Mapping[str, Any], tiny_dir: str | os.PathLike | None,
                         config_key: str = "model.encoder") -> VideoTokenEncoder:
     """The frozen encoder of a ``model.encoder`` block: ``name`` (a key of :data:`VIDEO_ENCODERS`), ``path`` (a
-    folder, file or hub id; null: :data:`DEFAULT_SOURCES`), and the encoder's options (e.g. ``normalize``,
-    ``fps``).
+    folder, file or hub id; null: the encoder's hub id in :data:`DEFAULT_SOURCES`, or for ``imagebind`` the
+    official file named by ``AVGEN_IMAGEBIND_PATH``), and the encoder's options (e.g. ``normalize``, ``fps``).
 
     Raises:
         ConfigError: an unknown ``name`` (the message lists the known ones).

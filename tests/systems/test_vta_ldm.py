@@ -346,3 +346,22 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_root):
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
     assert math.isfinite(sum(float(g.abs().sum()) for g in grads[1].values()))
+
+
+@pytest.mark.parametrize("name", sorted(__import__("avgen.encoders.video_tokens", fromlist=["x"]).VIDEO_ENCODERS))
+def test_every_video_encoder_conditions_the_model(tiny_root, name):
+    """model.encoder.name=<each registered encoder> at scale=tiny: its tokens (B, T_v, d) on its own time axis go
+    through φ, and a training step and a sampling step run."""
+    system = build(tiny_root, f"model.encoder.name={name}")
+    video = batch_of(system)["video"]
+    tokens = system.video_tokens(video)
+    b, slots, width = tokens.embeds.shape
+    assert (b, width) == (2, system.encoder.embed_dim)
+    # the real tokens cover the clip on the encoder's time axis (a windowed encoder pads its last window)
+    assert tokens.mask.sum(1).tolist() == [math.ceil(system.clip.seconds / tokens.seconds_per_token)] * 2
+    context, mask = system.context(video)
+    assert context.shape == (2, slots, system.unet.config.cross_attention_dim)
+    loss = system.diffusion_loss(batch_of(system), generator=torch.Generator().manual_seed(0))["loss"]
+    assert torch.isfinite(loss)
+    audio = system.generate(video[:1], steps=1, sampler="ddim")
+    assert audio.shape == (1, system.clip.num_samples)

@@ -118,6 +118,7 @@ def test_chained_text_to_video_to_audio_baseline(system, tmp_path):
                                                                                    "sample_0001.mp4"]
     for path in report.written:
         assert video_packets(path) == video_packets(tmp_path / "t2v" / path.name)
+        assert path.with_suffix(".txt").read_text() == "a ball hits wood"  # the prompt comes along
         assert video_stream_duration(path) == Fraction(joint.num_frames) / joint.clip.fps
 
 

@@ -1,0 +1,373 @@
+"""ViViT, one of the spatio-temporal video encoders of VTA-LDM's encoder ablation (Xu et al. 2024, "Video-to-Audio
+Generation with Hidden Alignment", arXiv 2407.07464, Table 2 and appendix C, item 5: "the pre-trained ViViT trained
+on the kinetics400 dataset"), and the windowed token machinery it shares with V-JEPA (:mod:`avgen.encoders.vjepa`).
+
+ViViT-B/16x2 (Arnab et al. 2021, unfactorised "model 1"), transformers' ``VivitModel`` with the
+``google/vivit-b-16x2-kinetics400`` weights, embeds a window of 32 frames at 224 px with tubelets of 2 frames × 16 ×
+16 pixels: 16 time slots × 14 × 14 patches, plus a CLS token. One token per time slot is the mean over its 196 patches
+of ``last_hidden_state`` (the CLS token left out), 768-d. The paper does not say how it pooled ViViT's tokens, nor
+at what frame rate it decoded; avgen decodes at 8 fps (:data:`FPS`, ``model.encoder.fps``), so a window spans 4 s and
+a token 0.25 s (``seconds_per_token`` = tubelet frames / fps). Shapes for one clip of F frames::
+
+    frames (F, 3, H, W) uint8  ── preprocess ──>  (F, 3, 224, 224) float32
+                               ── pad to n = ⌈F / 32⌉ windows, repeating the last frame ──>  (n, 32, 3, 224, 224)
+                               ── VivitModel, drop CLS ──>  (n, 16 · 196, 768)  (patches in time, row, column order)
+                               ── mean over the 196 patches of each slot ──>  tokens (n · 16, 768)
+
+Axis 0 of the tokens is time; the first ⌈F / 2⌉ are real (a slot with at least one real frame), the rest masked.
+
+Preprocessing (:class:`VideoPreprocessing`) is ``VivitImageProcessor`` with the checkpoint's published
+``preprocessor_config.json``: bilinear resize of the short side to 224 (PIL, antialiased), centre crop 224,
+``x / 127.5 − 1`` (``rescale_factor`` 1/127.5 with ``offset``), then mean/std 0.5 (``do_normalize``), so the pixels
+lie in [−3, 1]. That double scaling departs from the original JAX ViViT, which feeds zero-centred [−1, 1] pixels
+without mean/std (transformers' ``convert_vivit_flax_to_pytorch.py``, citing scenic and dmvr); ``normalize=False``
+gives that input. The config values are those of the hub repository's ``preprocessor_config.json`` as copied into
+fine-tunes of it (e.g. huggingface.co/Arekku21/vivit-b-16x2-kinetics400-finetuned-MSL_8): ``shortest_edge`` 224,
+``crop_size`` 224×224, ``resample`` 2 (bilinear), ``rescale_factor`` 1/127.5, ``offset`` true, ``do_normalize``
+true, ``image_mean`` = ``image_std`` = 0.5.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import VivitConfig, VivitForVideoClassification, VivitModel
+from transformers.utils import logging as transformers_logging
+
+from avgen.backbones.loader import TINY_PREFIX, PretrainedModelMissing, load_pretrained, resolve_source
+from avgen.backbones.tiny import TINY_BUILDERS
+from avgen.encoders.base import VideoTokens
+from avgen.errors import ConfigError
+from avgen.media import as_fps, centre_origin
+from avgen.pretrained import FrozenModule
+
+HUB_ID = "google/vivit-b-16x2-kinetics400"
+FPS = 8  # avgen's choice (the paper is silent): a 32-frame window spans 4 s, a token 0.25 s
+TINY_SOURCE = f"{TINY_PREFIX}vivit"
+
+
+def resize_short_side(frames: Tensor, size: int) -> Tensor:
+    """Antialiased bilinear resize of 8-bit frames so that the short side becomes ``size`` and the long side
+    ``int(size · long / short)`` (transformers' ``get_resize_output_image_size``, as both processors compute it).
+
+    torchvision's rule, which ``VJEPA2VideoProcessor`` runs: on the CPU PyTorch's uint8 kernel (a port of PIL's
+    two-pass fixed-point filter, with 8-bit rounding between the passes), elsewhere a float pass rounded to 8 bits.
+    Against PIL's ``Image.resize(BILINEAR)`` (what ``VivitImageProcessor`` runs) the CPU kernel differs by at most
+    2 grey levels (measured, see tests/encoders/test_vivit.py).
+
+    Args:
+        frames: (N, 3, H, W) uint8.
+        size: the short side after resizing.
+
+    Returns:
+        (N, 3, H', W') uint8.
+    """
+    height, width = frames.shape[-2:]
+    new_h, new_w = (int(size * height / width), size) if height > width else (size, int(size * width / height))
+    if (new_h, new_w) == (height, width):
+        return frames
+    if frames.device.type == "cpu":
+        return F.interpolate(frames, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+    resized = F.interpolate(frames.float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class VideoPreprocessing:
+    """A transformers image / video processor's steps on tensors: :func:`resize_short_side` to ``resize``, centre
+    crop ``crop`` (offset ``(side − crop) // 2``), ``x · rescale_factor + offset``, then ``(x − mean) / std`` per
+    channel when ``mean`` is set."""
+
+    resize: int
+    crop: int
+    rescale_factor: float
+    offset: float = 0.0
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    def __call__(self, frames: Tensor) -> Tensor:
+        """frames: (N, 3, H, W) uint8 → (N, 3, crop, crop) float32, on the frames' device."""
+        x = resize_short_side(frames, self.resize)
+        top, left = centre_origin(tuple(x.shape[-2:]), (self.crop, self.crop))
+        x = x[..., top:top + self.crop, left:left + self.crop].float() * self.rescale_factor + self.offset
+        if self.mean is not None:
+            x = (x - x.new_tensor(self.mean).view(3, 1, 1)) / x.new_tensor(self.std).view(3, 1, 1)
+        return x
+
+
+def vivit_preprocessing(image_size: int = 224, normalize: bool = True) -> VideoPreprocessing:
+    """``VivitImageProcessor`` with ``google/vivit-b-16x2-kinetics400``'s settings (module docstring), for a model
+    of input side ``image_size`` (resize and crop both equal it, 224 in the checkpoint); ``normalize=False`` leaves
+    out the mean/std step (the original ViViT's [−1, 1] input)."""
+    half = (0.5, 0.5, 0.5)
+    return VideoPreprocessing(resize=image_size, crop=image_size, rescale_factor=1 / 127.5, offset=-1.0,
+                              mean=half if normalize else None, std=half if normalize else None)
+
+
+def check_clips(frames: Tensor | Sequence[Tensor], who: str) -> list[Tensor]:
+    """The clips of an encoder's input as a list of (F, 3, H, W) uint8 RGB, checked; ``who`` names the encoder."""
+    if isinstance(frames, Tensor):
+        if frames.ndim == 4:
+            frames = frames[None]
+        if frames.ndim != 5:
+            raise ValueError(f"{who} expects frames (B, F, 3, H, W) or (F, 3, H, W) uint8, or a list of "
+                             f"(F, 3, H, W) clips; got shape {tuple(frames.shape)}")
+        clips = list(frames.unbind(0))
+    else:
+        clips = list(frames)
+    if not clips:
+        raise ValueError(f"{who} got no clips; expected at least one (F, 3, H, W) uint8 clip")
+    for index, clip in enumerate(clips):
+        if not isinstance(clip, Tensor) or clip.ndim != 4 or clip.shape[1] != 3 or clip.dtype != torch.uint8:
+            what = f"{tuple(clip.shape)} {clip.dtype}" if isinstance(clip, Tensor) else type(clip).__name__
+            raise ValueError(f"{who} clip {index}: expected frames (F, 3, H, W) uint8 RGB, channels first, got "
+                             f"{what}; convert [-1, 1] float frames with avgen.media.quantize_unit_range")
+        if clip.shape[0] == 0 or clip.shape[-1] == 0 or clip.shape[-2] == 0:
+            raise ValueError(f"{who} clip {index} is empty: shape {tuple(clip.shape)}; every clip needs at least "
+                             f"one frame of at least 1×1 pixels")
+    return clips
+
+
+class WindowedVideoEncoder(FrozenModule):
+    """A frozen spatio-temporal video transformer run on consecutive fixed-length windows of a clip, one token per
+    tubelet time slot (its patches averaged over space).
+
+    A subclass sets :attr:`name` and implements :attr:`window_frames`, :attr:`tubelet_frames`, :attr:`embed_dim`
+    and :meth:`patch_tokens`; :attr:`preprocessing` maps frames to the model's pixels.
+
+    Args:
+        model: the transformers model, frozen here.
+        preprocessing: the model's pixel preprocessing.
+        fps: the frame rate the frames must be decoded at; the encoder does not resample, callers read it to decode.
+    """
+
+    name: str = ""
+
+    def __init__(self, model: torch.nn.Module, preprocessing: VideoPreprocessing, fps: float):
+        super().__init__()
+        self.model = model
+        self.preprocessing = preprocessing
+        self.fps = fps
+        self.freeze()
+
+    @property
+    def window_frames(self) -> int:
+        """Frames per window (the model's fixed input length)."""
+        raise NotImplementedError
+
+    @property
+    def tubelet_frames(self) -> int:
+        """Frames per tubelet, i.e. per time slot and token."""
+        raise NotImplementedError
+
+    @property
+    def embed_dim(self) -> int:
+        """D, the width of the tokens."""
+        raise NotImplementedError
+
+    def patch_tokens(self, pixels: Tensor) -> Tensor:
+        """pixels (N, window_frames, 3, S, S) in the model's dtype → (N, slots · patches, D), patches ordered by time
+        slot, then row, then column."""
+        raise NotImplementedError
+
+    @property
+    def seconds_per_token(self) -> Fraction:
+        """The time one token covers: tubelet frames / fps."""
+        return Fraction(self.tubelet_frames) / as_fps(self.fps)
+
+    def forward(self, frames: Tensor | Sequence[Tensor]) -> VideoTokens:
+        """Tokens of a batch of clips, window by window.
+
+        Args:
+            frames: frames already sampled at :attr:`fps`, uint8 RGB, channels first, on any device (moved to the
+                model's): a batch (B, F, 3, H, W), one clip (F, 3, H, W) (returned as B = 1), or a list of B clips
+                (F_b, 3, H_b, W_b) whose frame counts and sizes may differ. Axis F is time.
+
+        Returns:
+            :class:`~avgen.encoders.base.VideoTokens`: ``embeds`` (B, T, D) float32 in time order, T = slots per
+            window × the largest window count ⌈F_b / window_frames⌉; ``mask`` (B, T) True at the ⌈F_b /
+            tubelet_frames⌉ tokens that hold a real frame (the last window is padded by repeating the last frame);
+            embeds are zero where the mask is False.
+        """
+        clips = check_clips(frames, self.name)
+        device = self.model.device
+        length = self.window_frames
+        windows, counts = [], []
+        for clip in clips:
+            pixels = self.preprocessing(clip.to(device))
+            count = -(-len(clip) // length)
+            padding = pixels[-1:].expand(count * length - len(clip), *pixels.shape[1:])
+            windows.append(torch.cat([pixels, padding]).view(count, length, *pixels.shape[1:]))
+            counts.append(count)
+        with torch.no_grad():
+            patches = self.patch_tokens(torch.cat(windows).to(self.model.dtype))
+        slots = length // self.tubelet_frames
+        tokens = patches.view(patches.shape[0], slots, -1, patches.shape[-1]).mean(2).float()
+        per_clip = [window_tokens.flatten(0, 1) for window_tokens in tokens.split(counts)]
+        embeds = torch.nn.utils.rnn.pad_sequence(per_clip, batch_first=True)
+        real = torch.tensor([-(-len(clip) // self.tubelet_frames) for clip in clips], device=embeds.device)
+        mask = torch.arange(embeds.shape[1], device=embeds.device) < real[:, None]
+        return VideoTokens(embeds=embeds * mask[..., None], mask=mask, seconds_per_token=self.seconds_per_token)
+
+
+class ViViTEncoder(WindowedVideoEncoder):
+    """VTA-LDM's ViViT encoder: ``VivitModel`` ``last_hidden_state`` of 32-frame windows, averaged over space per
+    tubelet time slot (module docstring).
+
+    Args:
+        model: ``VivitModel`` (:func:`load_vivit` loads it); frozen here.
+        normalize: the checkpoint processor's mean/std step ([−3, 1] pixels); False feeds the original ViViT's
+            [−1, 1] pixels.
+        fps: the frame rate the frames must be decoded at (:data:`FPS`).
+    """
+
+    name = "ViViT"
+    fps: float = FPS  # the rate to decode at, readable before an encoder is loaded
+
+    def __init__(self, model: VivitModel, normalize: bool = True, fps: float = FPS):
+        super().__init__(model, vivit_preprocessing(model.config.image_size, normalize), fps)
+        self.normalize = normalize
+
+    @property
+    def window_frames(self) -> int:
+        return self.model.config.num_frames
+
+    @property
+    def tubelet_frames(self) -> int:
+        return self.model.config.tubelet_size[0]
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.config.hidden_size
+
+    def patch_tokens(self, pixels: Tensor) -> Tensor:
+        return self.model(pixel_values=pixels).last_hidden_state[:, 1:]  # CLS first
+
+
+class EncoderModelMissing(PretrainedModelMissing):
+    """A conditioning encoder's model is neither a local folder nor in the local hub cache. The message names the
+    encoder's own hub id (``model.encoder.path`` is shared by every conditioning encoder, so ``HUB_MODELS`` cannot
+    map it to one). A subclass sets ``what``, ``hub_id``, ``layout`` and ``tiny_source``."""
+
+    what = ""
+    hub_id = ""
+    layout = ""
+    tiny_source = ""
+
+    def __init__(self, name_or_path: str | os.PathLike | None, config_key: str, reason: str = ""):
+        hub_id, name = self.hub_id, self.what
+        what = f"no {name} model is set" if name_or_path is None else f"cannot load {name_or_path} from local files"
+        FileNotFoundError.__init__(
+            self,
+            f"{what} (config key {config_key}){f': {reason}' if reason else ''}. Expected a folder in transformers' "
+            f"layout ({self.layout}), or a hub id in the local Hugging Face cache; avgen's {name} encoder is "
+            f"{hub_id} on the Hugging Face hub. avgen never downloads weights: on a machine with internet run "
+            f"`huggingface-cli download {hub_id}`, copy its cache folder (~/.cache/huggingface/hub/"
+            f"models--{hub_id.replace('/', '--')}) to this machine's cache or copy the snapshot folder anywhere and "
+            f"set {config_key}=/path/to/folder. To try the code without weights, set {config_key}={self.tiny_source} "
+            f"(tiny random weights).")
+        self.name_or_path, self.subfolder, self.config_key = name_or_path, None, config_key
+
+
+class ViViTModelMissing(EncoderModelMissing):
+    """The ViViT model is neither a local folder nor in the local hub cache."""
+
+    what = "ViViT"
+    hub_id = HUB_ID
+    layout = ("config.json and model.safetensors or pytorch_model.bin of a VivitForVideoClassification, as the hub "
+              "repository holds them, or of a VivitModel")
+    tiny_source = TINY_SOURCE
+
+
+def check_fps(fps: Any, config_key: str, default: float) -> None:
+    """ConfigError naming ``<parent of config_key>.fps`` unless ``fps`` is a positive number."""
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)) or not fps > 0:
+        raise ConfigError(f"{config_key.rpartition('.')[0]}.fps={fps!r}: expected the positive frame rate the frames "
+                          f"are decoded at (avgen's default: {default})")
+
+
+def load_frozen_model(cls: Any, source: str | os.PathLike | None, config_key: str,
+                      tiny_dir: str | os.PathLike | None, missing: type[EncoderModelMissing],
+                      required_prefix: str = "", **kwargs: Any) -> Any:
+    """``cls`` from a local folder, the local hub cache or a ``tiny:`` source, checked.
+
+    Raises:
+        ``missing``: no such folder, nor the hub id in the local cache.
+        ConfigError: weights that do not fit the config, or weights missing under ``required_prefix`` (the part of
+            the model that is run).
+    """
+    if source is None:
+        raise missing(None, config_key)
+    folder = resolve_source(str(source), tiny_dir, config_key)
+    level = transformers_logging.get_verbosity()
+    # The load report lists the heads avgen does not run (a classifier, a predictor) on every load; the missing
+    # weights, the only ones that matter, are checked below.
+    transformers_logging.set_verbosity_error()
+    try:
+        model, info = load_pretrained(cls, folder, config_key, output_loading_info=True, **kwargs)
+    except PretrainedModelMissing as err:
+        cause = err.__cause__
+        raise missing(source, config_key, f"{type(cause).__name__}: {str(cause).splitlines()[0]}"
+                      if cause else "") from err
+    except RuntimeError as err:  # mis-shaped weights (transformers' load report)
+        raise ConfigError(f"{config_key}={source}: the weights do not fit a {cls.__name__} of their config.json "
+                          f"({str(err).splitlines()[0]}); expected a folder such as {missing.hub_id}") from err
+    finally:
+        transformers_logging.set_verbosity(level)
+    absent = sorted(key for key in info["missing_keys"] if key.startswith(required_prefix))
+    if absent:
+        raise ConfigError(f"{config_key}={source} lacks weights of the {missing.what} encoder "
+                          f"({', '.join(absent[:5])}, {len(absent)} in all); expected a folder such as "
+                          f"{missing.hub_id}")
+    return model
+
+
+def load_vivit(source: str | os.PathLike | None = HUB_ID, config_key: str = "model.encoder.path", *,
+               tiny_dir: str | os.PathLike | None = None, normalize: bool = True, fps: float = FPS) -> ViViTEncoder:
+    """The frozen :class:`ViViTEncoder` from local files only.
+
+    Args:
+        source: a hub id read from the local Hugging Face cache (default ``google/vivit-b-16x2-kinetics400``), a
+            local folder in transformers' layout (a ``VivitForVideoClassification``, as the hub repository, whose
+            classifier is left out, or a ``VivitModel``), or ``tiny:vivit`` (:func:`save_tiny_vivit`, written once
+            under ``tiny_dir``).
+        config_key: the config key ``source`` comes from, named in errors; ``normalize`` and ``fps`` are its
+            siblings (``model.encoder.normalize``, ``model.encoder.fps``).
+        tiny_dir: the folder for tiny weights (only with ``tiny:vivit``).
+        normalize, fps: see :class:`ViViTEncoder`.
+
+    Raises:
+        ViViTModelMissing: no such folder, nor the hub id in the local cache.
+        ConfigError: the folder lacks weights of ``VivitModel`` or holds mis-shaped ones, or ``fps`` / ``normalize``
+            are not a positive number / a bool.
+    """
+    check_fps(fps, config_key, FPS)
+    if not isinstance(normalize, bool):
+        raise ConfigError(f"{config_key.rpartition('.')[0]}.normalize={normalize!r}: expected true (the checkpoint "
+                          f"processor's mean/std 0.5, [-3, 1] pixels) or false (the original ViViT's [-1, 1] pixels)")
+    model = load_frozen_model(VivitModel, source, config_key, tiny_dir, ViViTModelMissing, add_pooling_layer=False)
+    return ViViTEncoder(model, normalize=normalize, fps=fps)
+
+
+def save_tiny_vivit(folder: str | os.PathLike) -> None:
+    """``google/vivit-b-16x2-kinetics400``'s layout, small: a ``VivitForVideoClassification`` (``config.json`` +
+    ``model.safetensors``, the encoder under ``vivit.`` beside a classifier, as the hub repository holds them), so
+    :func:`load_vivit` runs its path from the classification checkpoint to ``VivitModel``. ViViT-B's window (32
+    frames) and tubelet (2, 16, 16), at 32 px (2 × 2 patches per slot), 2 layers 32 wide, 4 classes."""
+    torch.manual_seed(0)
+    VivitForVideoClassification(VivitConfig(
+        image_size=32, num_frames=32, tubelet_size=[2, 16, 16], hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, num_labels=4,
+    )).save_pretrained(Path(folder))
+
+
+# ``tiny:vivit`` (scale=tiny): the twin is written by this module's own code
+TINY_BUILDERS["vivit"] = save_tiny_vivit
