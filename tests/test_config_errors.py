@@ -13,7 +13,8 @@ from avgen.errors import ConfigError
 from tests.conftest import compose, run_cli
 
 AV_ALIGN_KNOWN = "known keys of evaluate.av_align: audio_sample_rate, flow_flags, flow_iterations, flow_levels, "
-SAMPLE_KNOWN = "known keys of sample: audio, batch_size, device, gamma, guidance, guidance_audio, guidance_video, n, "
+SAMPLE_KNOWN = ("known keys of sample: audio, batch_size, device, gamma, guidance, guidance_audio, guidance_text, "
+                "guidance_video, n, ")
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -58,7 +59,7 @@ def test_group_and_append_errors_are_one_line():
     with pytest.raises(ConfigError, match=r"\+seed=3: seed already has a value; write seed=3"):
         check_overrides(["+seed=3"])
     with pytest.raises(ConfigError, match=r"unknown key model.optimizer.lr: no model is selected; choose "
-                                          r"experiment=<name> or model=<joint, tempotokens>"):
+                                          r"experiment=<name> or model=<joint, tempotokens, vta_ldm>"):
         check_overrides(["model.optimizer.lr=1e-4"])
     with pytest.raises(ConfigError, match=r"unknown key data.prepare.clip_per_shard; known keys of data.prepare: "
                                           r".*clips_per_shard"):

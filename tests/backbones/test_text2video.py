@@ -124,7 +124,12 @@ def test_missing_base_names_the_config_key_and_the_tiny_twin():
     with pytest.raises(PretrainedModelMissing) as info:
         load_text2video("no-such-user/no-such-model")
     message = str(info.value)
-    assert "model.t2v.base" in message and "scale=tiny" in message and "cerspense/zeroscope_v2_576w" in message
+    # a hub id on the key is the model to fetch; a missing local folder names the key's registered original
+    assert "model.t2v.base" in message and "scale=tiny" in message
+    assert "huggingface-cli download no-such-user/no-such-model" in message
+    with pytest.raises(PretrainedModelMissing) as info:
+        load_text2video("/no/such/folder")
+    assert "huggingface-cli download cerspense/zeroscope_v2_576w" in str(info.value)
 
 
 def test_encode_video_is_the_scaled_per_frame_posterior_sample_and_decode_inverts_shapes(backbone):
