@@ -18,7 +18,6 @@ commented out, so the model sees [0, 1] pixels; ``normalize=False`` reproduces t
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from fractions import Fraction
 
 import torch
@@ -26,13 +25,18 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import CLIPVisionModelWithProjection
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from transformers.utils import logging as transformers_logging
 
-from avgen.backbones.loader import TINY_PREFIX, PretrainedModelMissing, load_pretrained, resolve_source
+from avgen.backbones.loader import TINY_PREFIX
 from avgen.encoders.base import VideoTokens
-from avgen.errors import ConfigError
+from avgen.encoders.frames import (
+    EncoderModelMissing,
+    FrozenVideoEncoder,
+    check_fps,
+    check_normalize,
+    load_frozen_model,
+    padded_tokens,
+)
 from avgen.media import as_fps, centre_origin
-from avgen.pretrained import FrozenModule
 
 HUB_ID = "openai/clip-vit-large-patch14"
 FPS = 2  # frames per second the encoder expects (VTA-LDM's frame rate)
@@ -96,7 +100,45 @@ def preprocess(frames: Tensor, image_size: int = 224, normalize: bool = True) ->
 CLIP4ClipOutput = VideoTokens
 
 
-class CLIP4ClipEncoder(FrozenModule):
+class FrameEncoder(FrozenVideoEncoder):
+    """A frozen image model run on every frame of a clip after CLIP's preprocessing (:func:`preprocess`), one token
+    per frame in time order: the frame encoders of VTA-LDM's Table 2 (CLIP4Clip, ImageBind, LanguageBind).
+
+    A subclass sets :attr:`name` and :attr:`fps` and implements :attr:`embed_dim`, :attr:`image_size` and
+    :meth:`embed_frames`.
+
+    Args:
+        model: the image model; frozen here.
+        normalize: the model's mean/std on the pixels; False feeds [0, 1] pixels (the public VTA-LDM code's CLIP input).
+        fps: the frame rate the frames must be decoded at (default: the class's :attr:`fps`); the encoder does not
+            resample, callers read it to decode.
+    """
+
+    def __init__(self, model: torch.nn.Module, normalize: bool = True, fps: float | None = None):
+        super().__init__(model, type(self).fps if fps is None else fps)
+        self.normalize = normalize
+
+    @property
+    def image_size(self) -> int:
+        """The side of the square model input."""
+        raise NotImplementedError
+
+    def embed_frames(self, pixels: Tensor) -> Tensor:
+        """pixels (N, 3, image_size, image_size) float32 on the model's device → embeddings (N, D)."""
+        raise NotImplementedError
+
+    def encode(self, clips: list[Tensor]) -> VideoTokens:
+        """One token per frame: ``embeds`` (B, max F_b, D) float32 in frame order, zero at padding; ``mask``
+        (B, max F_b) bool; ``seconds_per_token`` = 1 / fps."""
+        lengths = [len(clip) for clip in clips]
+        pixels = torch.cat([preprocess(clip.to(self.model.device), self.image_size, self.normalize)
+                            for clip in clips])
+        with torch.no_grad():
+            embeds = self.embed_frames(pixels).float()
+        return padded_tokens(embeds.split(lengths), Fraction(1) / as_fps(self.fps))
+
+
+class CLIP4ClipEncoder(FrameEncoder):
     """VTA-LDM's frozen video encoder: ``CLIPVisionModelWithProjection`` ``image_embeds`` of every frame.
 
     Args:
@@ -107,14 +149,8 @@ class CLIP4ClipEncoder(FrozenModule):
             read it to decode.
     """
 
-    fps: float = FPS  # the rate to decode at, readable before an encoder is loaded
-
-    def __init__(self, model: CLIPVisionModelWithProjection, normalize: bool = True, fps: float = FPS):
-        super().__init__()
-        self.model = model
-        self.normalize = normalize
-        self.fps = fps
-        self.freeze()
+    name = "CLIP4Clip"
+    fps: float = FPS
 
     @property
     def embed_dim(self) -> int:
@@ -126,71 +162,19 @@ class CLIP4ClipEncoder(FrozenModule):
         """The side of the square model input (``config.image_size``)."""
         return self.model.config.image_size
 
-    def forward(self, frames: Tensor | Sequence[Tensor]) -> CLIP4ClipOutput:
-        """Embed every frame of a batch of clips.
-
-        Args:
-            frames: frames already sampled at :attr:`fps`, uint8 RGB, channels first, on any device (moved to the
-                model's): a batch (B, F, 3, H, W), one clip (F, 3, H, W) (returned as B = 1), or a list of B clips
-                (F_b, 3, H_b, W_b) whose frame counts and sizes may differ. Axis F is time.
-
-        Returns:
-            :class:`~avgen.encoders.video_tokens.VideoTokens`: ``embeds`` (B, max F_b, D) float32 in frame order,
-            ``mask`` (B, max F_b) bool, one token per frame (``seconds_per_token`` = 1 / fps).
-        """
-        clips = _clips(frames)
-        lengths = [len(clip) for clip in clips]
-        pixels = torch.cat([preprocess(clip.to(self.model.device), self.image_size, self.normalize)
-                            for clip in clips])
-        with torch.no_grad():
-            embeds = self.model(pixel_values=pixels.to(self.model.dtype)).image_embeds.float()
-        padded = torch.nn.utils.rnn.pad_sequence(list(embeds.split(lengths)), batch_first=True)
-        frame_index = torch.arange(padded.shape[1], device=padded.device)
-        mask = frame_index < torch.tensor(lengths, device=padded.device)[:, None]
-        return VideoTokens(embeds=padded, mask=mask, seconds_per_token=Fraction(1) / as_fps(self.fps))
+    def embed_frames(self, pixels: Tensor) -> Tensor:
+        return self.model(pixel_values=pixels.to(self.model.dtype)).image_embeds
 
 
-def _clips(frames: Tensor | Sequence[Tensor]) -> list[Tensor]:
-    """The clips of :meth:`CLIP4ClipEncoder.forward`'s input as a list of (F, 3, H, W) uint8, checked."""
-    if isinstance(frames, Tensor):
-        if frames.ndim == 4:
-            frames = frames[None]
-        if frames.ndim != 5:
-            raise ValueError(f"CLIP4Clip expects frames (B, F, 3, H, W) or (F, 3, H, W) uint8, or a list of "
-                             f"(F, 3, H, W) clips; got shape {tuple(frames.shape)}")
-        clips = list(frames.unbind(0))
-    else:
-        clips = list(frames)
-    if not clips:
-        raise ValueError("CLIP4Clip got no clips; expected at least one (F, 3, H, W) uint8 clip")
-    for index, clip in enumerate(clips):
-        if not isinstance(clip, Tensor) or clip.ndim != 4 or clip.shape[1] != 3 or clip.dtype != torch.uint8:
-            what = f"{tuple(clip.shape)} {clip.dtype}" if isinstance(clip, Tensor) else type(clip).__name__
-            raise ValueError(f"CLIP4Clip clip {index}: expected frames (F, 3, H, W) uint8 RGB, channels first, got "
-                             f"{what}; convert [-1, 1] float frames with avgen.media.quantize_unit_range")
-        if clip.shape[0] == 0 or clip.shape[-1] == 0 or clip.shape[-2] == 0:
-            raise ValueError(f"CLIP4Clip clip {index} is empty: shape {tuple(clip.shape)}; every clip needs at "
-                             f"least one frame of at least 1×1 pixels")
-    return clips
+class CLIP4ClipModelMissing(EncoderModelMissing):
+    """The CLIP model is neither a local folder nor in the local hub cache."""
 
-
-class CLIP4ClipModelMissing(PretrainedModelMissing):
-    """The CLIP model is neither a local folder nor in the local hub cache. The message names VTA-LDM's hub id
-    (``model.encoder.path`` is shared by every conditioning encoder, so ``HUB_MODELS`` cannot map it to one)."""
-
-    def __init__(self, name_or_path: str | os.PathLike | None, config_key: str, reason: str = ""):
-        FileNotFoundError.__init__(
-            self,
-            f"{'no CLIP model is set' if name_or_path is None else f'cannot load {name_or_path} from local files'} "
-            f"(config key {config_key}){f': {reason}' if reason else ''}. Expected a folder in transformers' layout "
-            f"(config.json and model.safetensors or pytorch_model.bin, of a CLIPModel or "
-            f"CLIPVisionModelWithProjection), or a hub id in the local Hugging Face cache; VTA-LDM's encoder is "
-            f"{HUB_ID} on the Hugging Face hub. avgen never downloads weights: on a machine with internet run "
-            f"`huggingface-cli download {HUB_ID}`, copy its cache folder (~/.cache/huggingface/hub/"
-            f"models--{HUB_ID.replace('/', '--')}) to this machine's cache or copy the snapshot folder anywhere and "
-            f"set {config_key}=/path/to/folder. To try the code without weights, set {config_key}={TINY_SOURCE} "
-            f"(tiny random weights).")
-        self.name_or_path, self.subfolder, self.config_key, self.hub_id = name_or_path, None, config_key, HUB_ID
+    what = "CLIP"
+    hub_id = HUB_ID
+    layout = ("config.json and model.safetensors or pytorch_model.bin of a CLIPModel or "
+              "CLIPVisionModelWithProjection")
+    tiny_source = TINY_SOURCE
+    tower = "CLIP vision tower"
 
 
 def load_clip4clip(source: str | os.PathLike | None = HUB_ID, config_key: str = "model.encoder.path", *,
@@ -213,33 +197,7 @@ def load_clip4clip(source: str | os.PathLike | None = HUB_ID, config_key: str = 
         ConfigError: the model lacks weights of the vision tower, holds mis-shaped ones, or ``fps`` / ``normalize``
             are not a positive number / a bool.
     """
-    parent = config_key.rpartition(".")[0]
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
-        raise ConfigError(f"{parent}.fps={fps!r}: expected the positive frame rate the frames are decoded at "
-                          f"(VTA-LDM: {FPS})")
-    if not isinstance(normalize, bool):
-        raise ConfigError(f"{parent}.normalize={normalize!r}: expected true (CLIP's mean/std) or false (the public "
-                          f"VTA-LDM code's [0, 1] pixels)")
-    if source is None:
-        raise CLIP4ClipModelMissing(None, config_key)
-    folder = resolve_source(str(source), tiny_dir, config_key)
-    level = transformers_logging.get_verbosity()
-    # The load report lists the text tower of a full CLIPModel folder as unexpected on every load; the missing
-    # weights, the only ones that matter, are checked below.
-    transformers_logging.set_verbosity_error()
-    try:
-        model, info = load_pretrained(CLIPVisionModelWithProjection, folder, config_key, output_loading_info=True)
-    except PretrainedModelMissing as err:
-        cause = err.__cause__
-        raise CLIP4ClipModelMissing(source, config_key, f"{type(cause).__name__}: {str(cause).splitlines()[0]}"
-                                    if cause else "") from err
-    except RuntimeError as err:  # mis-shaped weights (transformers' load report)
-        raise ConfigError(f"{config_key}={source}: the weights do not fit a CLIPVisionModelWithProjection of their "
-                          f"config.json ({str(err).splitlines()[0]}); expected a CLIP folder such as {HUB_ID}") from err
-    finally:
-        transformers_logging.set_verbosity(level)
-    if info["missing_keys"]:
-        raise ConfigError(f"{config_key}={source} lacks weights of the CLIP vision tower "
-                          f"({', '.join(sorted(info['missing_keys'])[:5])}, {len(info['missing_keys'])} in all); "
-                          f"expected a CLIPModel or CLIPVisionModelWithProjection folder such as {HUB_ID}")
+    check_fps(fps, config_key, FPS)
+    check_normalize(normalize, config_key, "CLIP's mean/std", "the public VTA-LDM code's [0, 1] pixels")
+    model = load_frozen_model(CLIPVisionModelWithProjection, source, config_key, tiny_dir, CLIP4ClipModelMissing)
     return CLIP4ClipEncoder(model, normalize=normalize, fps=fps)

@@ -32,8 +32,6 @@ ImageBind score metric) is not used: it gives no per-frame tokens.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -41,41 +39,20 @@ from torch import Tensor
 
 from avgen.backbones.loader import TINY_PREFIX, resolve_source
 from avgen.backbones.tiny import TINY_BUILDERS
-from avgen.encoders.base import VideoTokens
-from avgen.encoders.clip4clip import _clips, preprocess
+from avgen.encoders.clip4clip import FrameEncoder
+from avgen.encoders.frames import check_fps, check_normalize
 from avgen.encoders.imagebind import TINY_IMAGEBIND, ImageBindAV, load_imagebind, save_official_format
 from avgen.errors import ConfigError, WeightsFileMissing
-from avgen.media import as_fps
-from avgen.pretrained import ORIGINS, FrozenModule
+from avgen.pretrained import ORIGINS
 
 FPS = 2  # frames per second the encoder expects (VTA-LDM's frame rate)
 TINY_SOURCE = f"{TINY_PREFIX}imagebind"
 TINY_FILE = "imagebind_tiny.pth"  # the tiny twin's file in its folder (TINY_IMAGEBIND sizes)
 
 
-def check_frame_settings(config_key: str, fps: object, normalize: object, model: str, fps_default: float) -> None:
-    """The frame-encoder settings every conditioning encoder shares, checked before anything loads.
-
-    Args:
-        config_key: the key of the encoder's path (``model.encoder.path``); the settings are its siblings.
-        fps: the frame rate the frames are decoded at (a positive number).
-        normalize: whether the pixels get the model's mean/std (a bool).
-        model, fps_default: named in the messages.
-
-    Raises:
-        ConfigError: naming ``<parent>.fps`` or ``<parent>.normalize``.
-    """
-    parent = config_key.rpartition(".")[0]
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
-        raise ConfigError(f"{parent}.fps={fps!r}: expected the positive frame rate the frames are decoded at "
-                          f"({model} in VTA-LDM: {fps_default})")
-    if not isinstance(normalize, bool):
-        raise ConfigError(f"{parent}.normalize={normalize!r}: expected true ({model}'s mean/std on the pixels) or "
-                          f"false ([0, 1] pixels, as the public VTA-LDM code feeds CLIP)")
-
-
-class ImageBindVisionEncoder(FrozenModule):
-    """ImageBind's image embedding of every frame, as VTA-LDM's Table 2 ImageBind row.
+class ImageBindVisionEncoder(FrameEncoder):
+    """ImageBind's image embedding of every frame, as VTA-LDM's Table 2 ImageBind row: ``embeds`` are unit norm at
+    real frames and zero at padding.
 
     Args:
         model: ImageBind's towers (:func:`load_imagebind_vision` loads them); only the vision tower runs. Frozen.
@@ -84,14 +61,8 @@ class ImageBindVisionEncoder(FrozenModule):
         fps: the frame rate the frames must be decoded at (2 in VTA-LDM); the encoder does not resample.
     """
 
-    fps: float = FPS  # the rate to decode at, readable before an encoder is loaded
-
-    def __init__(self, model: ImageBindAV, normalize: bool = True, fps: float = FPS):
-        super().__init__()
-        self.model = model
-        self.normalize = normalize
-        self.fps = fps
-        self.freeze()
+    name = "ImageBind"
+    fps: float = FPS
 
     @property
     def embed_dim(self) -> int:
@@ -103,28 +74,8 @@ class ImageBindVisionEncoder(FrozenModule):
         """The side of the square model input (224 for Huge)."""
         return self.model.image_size
 
-    def forward(self, frames: Tensor | Sequence[Tensor]) -> VideoTokens:
-        """Embed every frame of a batch of clips.
-
-        Args:
-            frames: frames already sampled at :attr:`fps`, uint8 RGB, channels first, on any device (moved to the
-                model's): a batch (B, F, 3, H, W), one clip (F, 3, H, W) (returned as B = 1), or a list of B clips
-                (F_b, 3, H_b, W_b) whose frame counts and sizes may differ. Axis F is time.
-
-        Returns:
-            :class:`~avgen.encoders.base.VideoTokens`: ``embeds`` (B, max F_b, D) float32 in frame order, unit norm
-            at real frames and zero at padding; ``mask`` (B, max F_b) bool; ``seconds_per_token`` = 1 / fps.
-        """
-        clips = _clips(frames)
-        lengths = [len(clip) for clip in clips]
-        pixels = torch.cat([preprocess(clip.to(self.model.device), self.image_size, self.normalize)
-                            for clip in clips])
-        with torch.no_grad():
-            embeds = self.model.embed_vision(pixels).float()  # (ΣF_b, D): 4-D input, each frame repeated ×2
-        padded = torch.nn.utils.rnn.pad_sequence(list(embeds.split(lengths)), batch_first=True)
-        frame_index = torch.arange(padded.shape[1], device=padded.device)
-        mask = frame_index < torch.tensor(lengths, device=padded.device)[:, None]
-        return VideoTokens(embeds=padded, mask=mask, seconds_per_token=Fraction(1) / as_fps(self.fps))
+    def embed_frames(self, pixels: Tensor) -> Tensor:
+        return self.model.embed_vision(pixels)  # 4-D input: each frame repeated ×2 (PadIm2Video)
 
 
 class ImageBindWeightsMissing(WeightsFileMissing):
@@ -154,7 +105,9 @@ def load_imagebind_vision(source: str | os.PathLike | None = None, config_key: s
         ConfigError: the file is not ImageBind-Huge's state dict (the message lists the missing, unexpected and
             mis-shaped keys), or ``fps`` / ``normalize`` are not a positive number / a bool.
     """
-    check_frame_settings(config_key, fps, normalize, "ImageBind", FPS)
+    check_fps(fps, config_key, FPS)
+    check_normalize(normalize, config_key, "ImageBind's mean/std on the pixels",
+                    "[0, 1] pixels, as the public VTA-LDM code feeds CLIP")
     if source is None:
         raise ImageBindWeightsMissing(None, config_key)
     tiny = str(source).startswith(TINY_PREFIX)

@@ -54,12 +54,11 @@ from typing import Any
 import torch
 from torch import Tensor
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-from transformers.utils import logging as transformers_logging
 
-from avgen.backbones.loader import TINY_PREFIX, PretrainedModelMissing, resolve_source
+from avgen.backbones.loader import TINY_PREFIX, resolve_source
 from avgen.backbones.tiny import TINY_BUILDERS
 from avgen.encoders.clip4clip import CLIP4ClipEncoder
-from avgen.encoders.imagebind_vision import check_frame_settings
+from avgen.encoders.frames import EncoderModelMissing, check_fps, check_normalize, transformers_errors_only
 from avgen.errors import ConfigError
 from avgen.pretrained import quiet_loading
 
@@ -96,6 +95,9 @@ class LanguageBindEncoder(CLIP4ClipEncoder):
         normalize: OpenAI CLIP's mean/std on the pixels (LanguageBind's processor); False feeds [0, 1] pixels.
         fps: the frame rate the frames must be decoded at (2 in VTA-LDM); the encoder does not resample.
     """
+
+    name = "LanguageBind"
+    fps: float = FPS
 
 
 def key_map(num_layers: int) -> dict[str, str]:
@@ -158,23 +160,13 @@ def vision_config(config: Mapping[str, Any], where: str) -> CLIPVisionConfig:
     return CLIPVisionConfig(**fields, projection_dim=config["projection_dim"])
 
 
-class LanguageBindModelMissing(PretrainedModelMissing):
-    """LanguageBind_Image is neither a local folder nor in the local hub cache. The message names its hub id
-    (``model.encoder.path`` is shared by every conditioning encoder, so ``HUB_MODELS`` cannot map it to one)."""
+class LanguageBindModelMissing(EncoderModelMissing):
+    """LanguageBind_Image is neither a local folder nor in the local hub cache, or its folder lacks a file."""
 
-    def __init__(self, name_or_path: str | os.PathLike | None, config_key: str, reason: str = ""):
-        what = ("no LanguageBind model is set" if name_or_path is None
-                else f"cannot load {name_or_path} from local files")
-        FileNotFoundError.__init__(
-            self,
-            f"{what} (config key {config_key}){f': {reason}' if reason else ''}. Expected a folder in the layout of "
-            f"{HUB_ID} on the Hugging Face hub (config.json of a {MODEL_TYPE} and {' or '.join(WEIGHT_FILES)}), or "
-            f"that hub id in the local Hugging Face cache. avgen never downloads weights: on a machine with internet "
-            f"run `huggingface-cli download {HUB_ID}`, copy its cache folder (~/.cache/huggingface/hub/"
-            f"models--{HUB_ID.replace('/', '--')}) to this machine's cache or copy the snapshot folder anywhere and "
-            f"set {config_key}=/path/to/folder. To try the code without weights, set {config_key}={TINY_SOURCE} "
-            f"(tiny random weights).")
-        self.name_or_path, self.subfolder, self.config_key, self.hub_id = name_or_path, None, config_key, HUB_ID
+    what = "LanguageBind"
+    hub_id = HUB_ID
+    layout = f"config.json of a {MODEL_TYPE} and {' or '.join(WEIGHT_FILES)}, as the hub repository holds them"
+    tiny_source = TINY_SOURCE
 
 
 def _local_folder(source: str, config_key: str) -> Path:
@@ -228,7 +220,9 @@ def load_languagebind(source: str | os.PathLike | None = HUB_ID, config_key: str
         ConfigError: ``config.json`` is not LanguageBind_Image's, the weights do not fit it (strict key map, shapes),
             or ``fps`` / ``normalize`` are not a positive number / a bool.
     """
-    check_frame_settings(config_key, fps, normalize, "LanguageBind", FPS)
+    check_fps(fps, config_key, FPS)
+    check_normalize(normalize, config_key, "LanguageBind's mean/std on the pixels",
+                    "[0, 1] pixels, as the public VTA-LDM code feeds CLIP")
     if source is None:
         raise LanguageBindModelMissing(None, config_key)
     folder = _local_folder(resolve_source(str(source), tiny_dir, config_key), config_key)
@@ -251,14 +245,9 @@ def _tower(config: CLIPVisionConfig, state: Mapping[str, Tensor], where: str) ->
     if wrong:
         raise ConfigError(f"{where}: the weights do not fit the tower that config.json describes: "
                           f"{len(wrong)} mis-shaped: {_listing(wrong)}; expected {HUB_ID}")
-    level = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()  # the per-load report; keys and shapes are checked above
-    try:
-        with quiet_loading():
-            return CLIPVisionModelWithProjection.from_pretrained(None, config=config, state_dict=dict(state),
-                                                                 dtype=torch.float32)
-    finally:
-        transformers_logging.set_verbosity(level)
+    with transformers_errors_only(), quiet_loading():  # keys and shapes are checked above
+        return CLIPVisionModelWithProjection.from_pretrained(None, config=config, state_dict=dict(state),
+                                                             dtype=torch.float32)
 
 
 #: the tiny twin's towers: ViT-L/14's patch and image size (the real preprocessing runs), 2 layers 32 wide

@@ -7,7 +7,8 @@ per-frame image encoder (CLIP4Clip, ImageBind's vision tower, LanguageBind's ima
 frame; a spatio-temporal one (ViViT, V-JEPA) one token per tubelet time slot, its patches pooled over space.
 
 The interface (:class:`~avgen.encoders.base.VideoTokens`, :class:`~avgen.encoders.base.VideoTokenEncoder`) is
-in :mod:`avgen.encoders.base`. ``model.encoder.name`` picks one from :data:`VIDEO_ENCODERS` (name → loader);
+in :mod:`avgen.encoders.base`, what the encoders share (input checks, padding, loading) in
+:mod:`avgen.encoders.frames`. ``model.encoder.name`` picks one from :data:`VIDEO_ENCODERS` (name → loader);
 :func:`build_video_encoder` builds it from the ``model.encoder`` block.
 """
 

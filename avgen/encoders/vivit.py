@@ -30,24 +30,27 @@ true, ``image_mean`` = ``image_std`` = 0.5.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from transformers import VivitConfig, VivitForVideoClassification, VivitModel
-from transformers.utils import logging as transformers_logging
 
-from avgen.backbones.loader import TINY_PREFIX, PretrainedModelMissing, load_pretrained, resolve_source
+from avgen.backbones.loader import TINY_PREFIX
 from avgen.backbones.tiny import TINY_BUILDERS
 from avgen.encoders.base import VideoTokens
-from avgen.errors import ConfigError
+from avgen.encoders.frames import (
+    EncoderModelMissing,
+    FrozenVideoEncoder,
+    check_fps,
+    check_normalize,
+    load_frozen_model,
+    padded_tokens,
+)
 from avgen.media import as_fps, centre_origin
-from avgen.pretrained import FrozenModule
 
 HUB_ID = "google/vivit-b-16x2-kinetics400"
 FPS = 8  # avgen's choice (the paper is silent): a 32-frame window spans 4 s, a token 0.25 s
@@ -112,36 +115,12 @@ def vivit_preprocessing(image_size: int = 224, normalize: bool = True) -> VideoP
                               mean=half if normalize else None, std=half if normalize else None)
 
 
-def check_clips(frames: Tensor | Sequence[Tensor], who: str) -> list[Tensor]:
-    """The clips of an encoder's input as a list of (F, 3, H, W) uint8 RGB, checked; ``who`` names the encoder."""
-    if isinstance(frames, Tensor):
-        if frames.ndim == 4:
-            frames = frames[None]
-        if frames.ndim != 5:
-            raise ValueError(f"{who} expects frames (B, F, 3, H, W) or (F, 3, H, W) uint8, or a list of "
-                             f"(F, 3, H, W) clips; got shape {tuple(frames.shape)}")
-        clips = list(frames.unbind(0))
-    else:
-        clips = list(frames)
-    if not clips:
-        raise ValueError(f"{who} got no clips; expected at least one (F, 3, H, W) uint8 clip")
-    for index, clip in enumerate(clips):
-        if not isinstance(clip, Tensor) or clip.ndim != 4 or clip.shape[1] != 3 or clip.dtype != torch.uint8:
-            what = f"{tuple(clip.shape)} {clip.dtype}" if isinstance(clip, Tensor) else type(clip).__name__
-            raise ValueError(f"{who} clip {index}: expected frames (F, 3, H, W) uint8 RGB, channels first, got "
-                             f"{what}; convert [-1, 1] float frames with avgen.media.quantize_unit_range")
-        if clip.shape[0] == 0 or clip.shape[-1] == 0 or clip.shape[-2] == 0:
-            raise ValueError(f"{who} clip {index} is empty: shape {tuple(clip.shape)}; every clip needs at least "
-                             f"one frame of at least 1×1 pixels")
-    return clips
-
-
-class WindowedVideoEncoder(FrozenModule):
+class WindowedVideoEncoder(FrozenVideoEncoder):
     """A frozen spatio-temporal video transformer run on consecutive fixed-length windows of a clip, one token per
     tubelet time slot (its patches averaged over space).
 
-    A subclass sets :attr:`name` and implements :attr:`window_frames`, :attr:`tubelet_frames`, :attr:`embed_dim`
-    and :meth:`patch_tokens`; :attr:`preprocessing` maps frames to the model's pixels.
+    A subclass sets :attr:`name` and :attr:`fps` and implements :attr:`window_frames`, :attr:`tubelet_frames`,
+    :attr:`embed_dim` and :meth:`patch_tokens`; :attr:`preprocessing` maps frames to the model's pixels.
 
     Args:
         model: the transformers model, frozen here.
@@ -149,14 +128,9 @@ class WindowedVideoEncoder(FrozenModule):
         fps: the frame rate the frames must be decoded at; the encoder does not resample, callers read it to decode.
     """
 
-    name: str = ""
-
     def __init__(self, model: torch.nn.Module, preprocessing: VideoPreprocessing, fps: float):
-        super().__init__()
-        self.model = model
+        super().__init__(model, fps)
         self.preprocessing = preprocessing
-        self.fps = fps
-        self.freeze()
 
     @property
     def window_frames(self) -> int:
@@ -166,11 +140,6 @@ class WindowedVideoEncoder(FrozenModule):
     @property
     def tubelet_frames(self) -> int:
         """Frames per tubelet, i.e. per time slot and token."""
-        raise NotImplementedError
-
-    @property
-    def embed_dim(self) -> int:
-        """D, the width of the tokens."""
         raise NotImplementedError
 
     def patch_tokens(self, pixels: Tensor) -> Tensor:
@@ -183,21 +152,11 @@ class WindowedVideoEncoder(FrozenModule):
         """The time one token covers: tubelet frames / fps."""
         return Fraction(self.tubelet_frames) / as_fps(self.fps)
 
-    def forward(self, frames: Tensor | Sequence[Tensor]) -> VideoTokens:
-        """Tokens of a batch of clips, window by window.
-
-        Args:
-            frames: frames already sampled at :attr:`fps`, uint8 RGB, channels first, on any device (moved to the
-                model's): a batch (B, F, 3, H, W), one clip (F, 3, H, W) (returned as B = 1), or a list of B clips
-                (F_b, 3, H_b, W_b) whose frame counts and sizes may differ. Axis F is time.
-
-        Returns:
-            :class:`~avgen.encoders.base.VideoTokens`: ``embeds`` (B, T, D) float32 in time order, T = slots per
-            window × the largest window count ⌈F_b / window_frames⌉; ``mask`` (B, T) True at the ⌈F_b /
-            tubelet_frames⌉ tokens that hold a real frame (the last window is padded by repeating the last frame);
-            embeds are zero where the mask is False.
+    def encode(self, clips: list[Tensor]) -> VideoTokens:
+        """Tokens window by window: ``embeds`` (B, T, D) float32 in time order, T = slots per window × the largest
+        window count ⌈F_b / window_frames⌉; ``mask`` (B, T) True at the ⌈F_b / tubelet_frames⌉ tokens that hold a
+        real frame (the last window is padded by repeating the last frame); embeds are zero where the mask is False.
         """
-        clips = check_clips(frames, self.name)
         device = self.model.device
         length = self.window_frames
         windows, counts = [], []
@@ -212,10 +171,8 @@ class WindowedVideoEncoder(FrozenModule):
         slots = length // self.tubelet_frames
         tokens = patches.view(patches.shape[0], slots, -1, patches.shape[-1]).mean(2).float()
         per_clip = [window_tokens.flatten(0, 1) for window_tokens in tokens.split(counts)]
-        embeds = torch.nn.utils.rnn.pad_sequence(per_clip, batch_first=True)
-        real = torch.tensor([-(-len(clip) // self.tubelet_frames) for clip in clips], device=embeds.device)
-        mask = torch.arange(embeds.shape[1], device=embeds.device) < real[:, None]
-        return VideoTokens(embeds=embeds * mask[..., None], mask=mask, seconds_per_token=self.seconds_per_token)
+        real = [-(-len(clip) // self.tubelet_frames) for clip in clips]
+        return padded_tokens(per_clip, self.seconds_per_token, real)
 
 
 class ViViTEncoder(WindowedVideoEncoder):
@@ -252,31 +209,6 @@ class ViViTEncoder(WindowedVideoEncoder):
         return self.model(pixel_values=pixels).last_hidden_state[:, 1:]  # CLS first
 
 
-class EncoderModelMissing(PretrainedModelMissing):
-    """A conditioning encoder's model is neither a local folder nor in the local hub cache. The message names the
-    encoder's own hub id (``model.encoder.path`` is shared by every conditioning encoder, so ``HUB_MODELS`` cannot
-    map it to one). A subclass sets ``what``, ``hub_id``, ``layout`` and ``tiny_source``."""
-
-    what = ""
-    hub_id = ""
-    layout = ""
-    tiny_source = ""
-
-    def __init__(self, name_or_path: str | os.PathLike | None, config_key: str, reason: str = ""):
-        hub_id, name = self.hub_id, self.what
-        what = f"no {name} model is set" if name_or_path is None else f"cannot load {name_or_path} from local files"
-        FileNotFoundError.__init__(
-            self,
-            f"{what} (config key {config_key}){f': {reason}' if reason else ''}. Expected a folder in transformers' "
-            f"layout ({self.layout}), or a hub id in the local Hugging Face cache; avgen's {name} encoder is "
-            f"{hub_id} on the Hugging Face hub. avgen never downloads weights: on a machine with internet run "
-            f"`huggingface-cli download {hub_id}`, copy its cache folder (~/.cache/huggingface/hub/"
-            f"models--{hub_id.replace('/', '--')}) to this machine's cache or copy the snapshot folder anywhere and "
-            f"set {config_key}=/path/to/folder. To try the code without weights, set {config_key}={self.tiny_source} "
-            f"(tiny random weights).")
-        self.name_or_path, self.subfolder, self.config_key = name_or_path, None, config_key
-
-
 class ViViTModelMissing(EncoderModelMissing):
     """The ViViT model is neither a local folder nor in the local hub cache."""
 
@@ -285,49 +217,7 @@ class ViViTModelMissing(EncoderModelMissing):
     layout = ("config.json and model.safetensors or pytorch_model.bin of a VivitForVideoClassification, as the hub "
               "repository holds them, or of a VivitModel")
     tiny_source = TINY_SOURCE
-
-
-def check_fps(fps: Any, config_key: str, default: float) -> None:
-    """ConfigError naming ``<parent of config_key>.fps`` unless ``fps`` is a positive number."""
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)) or not fps > 0:
-        raise ConfigError(f"{config_key.rpartition('.')[0]}.fps={fps!r}: expected the positive frame rate the frames "
-                          f"are decoded at (avgen's default: {default})")
-
-
-def load_frozen_model(cls: Any, source: str | os.PathLike | None, config_key: str,
-                      tiny_dir: str | os.PathLike | None, missing: type[EncoderModelMissing],
-                      required_prefix: str = "", **kwargs: Any) -> Any:
-    """``cls`` from a local folder, the local hub cache or a ``tiny:`` source, checked.
-
-    Raises:
-        ``missing``: no such folder, nor the hub id in the local cache.
-        ConfigError: weights that do not fit the config, or weights missing under ``required_prefix`` (the part of
-            the model that is run).
-    """
-    if source is None:
-        raise missing(None, config_key)
-    folder = resolve_source(str(source), tiny_dir, config_key)
-    level = transformers_logging.get_verbosity()
-    # The load report lists the heads avgen does not run (a classifier, a predictor) on every load; the missing
-    # weights, the only ones that matter, are checked below.
-    transformers_logging.set_verbosity_error()
-    try:
-        model, info = load_pretrained(cls, folder, config_key, output_loading_info=True, **kwargs)
-    except PretrainedModelMissing as err:
-        cause = err.__cause__
-        raise missing(source, config_key, f"{type(cause).__name__}: {str(cause).splitlines()[0]}"
-                      if cause else "") from err
-    except RuntimeError as err:  # mis-shaped weights (transformers' load report)
-        raise ConfigError(f"{config_key}={source}: the weights do not fit a {cls.__name__} of their config.json "
-                          f"({str(err).splitlines()[0]}); expected a folder such as {missing.hub_id}") from err
-    finally:
-        transformers_logging.set_verbosity(level)
-    absent = sorted(key for key in info["missing_keys"] if key.startswith(required_prefix))
-    if absent:
-        raise ConfigError(f"{config_key}={source} lacks weights of the {missing.what} encoder "
-                          f"({', '.join(absent[:5])}, {len(absent)} in all); expected a folder such as "
-                          f"{missing.hub_id}")
-    return model
+    tower = "ViViT encoder"
 
 
 def load_vivit(source: str | os.PathLike | None = HUB_ID, config_key: str = "model.encoder.path", *,
@@ -350,9 +240,8 @@ def load_vivit(source: str | os.PathLike | None = HUB_ID, config_key: str = "mod
             are not a positive number / a bool.
     """
     check_fps(fps, config_key, FPS)
-    if not isinstance(normalize, bool):
-        raise ConfigError(f"{config_key.rpartition('.')[0]}.normalize={normalize!r}: expected true (the checkpoint "
-                          f"processor's mean/std 0.5, [-3, 1] pixels) or false (the original ViViT's [-1, 1] pixels)")
+    check_normalize(normalize, config_key, "the checkpoint processor's mean/std 0.5, [-3, 1] pixels",
+                    "the original ViViT's [-1, 1] pixels")
     model = load_frozen_model(VivitModel, source, config_key, tiny_dir, ViViTModelMissing, add_pooling_layer=False)
     return ViViTEncoder(model, normalize=normalize, fps=fps)
 

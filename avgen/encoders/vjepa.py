@@ -35,13 +35,8 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from avgen.backbones.loader import TINY_PREFIX
 from avgen.backbones.tiny import TINY_BUILDERS
-from avgen.encoders.vivit import (
-    EncoderModelMissing,
-    VideoPreprocessing,
-    WindowedVideoEncoder,
-    check_fps,
-    load_frozen_model,
-)
+from avgen.encoders.frames import EncoderModelMissing, check_fps, load_frozen_model
+from avgen.encoders.vivit import VideoPreprocessing, WindowedVideoEncoder
 
 HUB_ID = "facebook/vjepa2-vitl-fpc64-256"
 FPS = 8  # avgen's choice (the paper is silent): a token per 0.25 s, as ViViT's
@@ -94,6 +89,7 @@ class VJEPAModelMissing(EncoderModelMissing):
     hub_id = HUB_ID
     layout = "config.json and model.safetensors or pytorch_model.bin of a VJEPA2Model, as the hub repository holds them"
     tiny_source = TINY_SOURCE
+    tower = "V-JEPA 2 encoder"
 
 
 def load_vjepa(source: str | os.PathLike | None = HUB_ID, config_key: str = "model.encoder.path", *,

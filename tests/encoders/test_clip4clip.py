@@ -9,11 +9,9 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import CLIPImageProcessorPil, CLIPModel
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
-from avgen.backbones.loader import PretrainedModelMissing
 from avgen.backbones.tiny import save_tiny_clip_vision
 from avgen.encoders.clip4clip import (
     FPS,
@@ -25,6 +23,17 @@ from avgen.encoders.clip4clip import (
     preprocess,
 )
 from avgen.errors import ConfigError
+from tests.encoders.common import (
+    BAD_FRAMES,
+    BAD_SETTINGS,
+    assert_frozen_in_eval_mode,
+    assert_missing_model_names_the_fixes,
+    assert_one_token_per_frame,
+    assert_padded_at_the_end,
+    assert_permuting_frames_permutes_embeddings,
+    noise,
+    smooth,
+)
 
 MEAN = torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)
 STD = torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
@@ -37,17 +46,6 @@ def encoder(tmp_path_factory) -> CLIP4ClipEncoder:
     return load_clip4clip(TINY_SOURCE, tiny_dir=tmp_path_factory.mktemp("tiny"))
 
 
-def noise(*shape: int, seed: int = 0) -> torch.Tensor:
-    """uint8 frames of uniform noise: every pixel differs, so a misplaced crop or a swapped frame shows."""
-    return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
-
-
-def smooth(height: int, width: int, seed: int = 0) -> torch.Tensor:
-    """(3, H, W) uint8: random colours on an 8× coarser grid, bilinearly upsampled (a picture-like frame)."""
-    coarse = torch.rand(1, 3, height // 8 + 2, width // 8 + 2, generator=torch.Generator().manual_seed(seed))
-    return (F.interpolate(coarse, size=(height, width), mode="bilinear")[0] * 255).round().to(torch.uint8)
-
-
 def reference_embeds(encoder: CLIP4ClipEncoder, clip: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """(F, D): the model's image_embeds of each preprocessed frame, one call per frame."""
     with torch.no_grad():
@@ -56,23 +54,14 @@ def reference_embeds(encoder: CLIP4ClipEncoder, clip: torch.Tensor, normalize: b
 
 
 def test_embeds_are_each_frames_image_embeds_in_time_order(encoder):
-    frames = noise(2, 3, 3, 64, 80)
-    out = encoder(frames)
-    assert out.embeds.shape == (2, 3, encoder.embed_dim) == (2, 3, 16) and out.embeds.dtype == torch.float32
-    assert out.mask.dtype == torch.bool and out.mask.shape == (2, 3) and out.mask.all()
-    for b in range(2):
-        torch.testing.assert_close(out.embeds[b], reference_embeds(encoder, frames[b]), rtol=1e-5, atol=1e-6)
-    # one clip (F, 3, H, W) is a batch of one
-    torch.testing.assert_close(encoder(frames[1]).embeds, out.embeds[1:], rtol=1e-5, atol=1e-6)
+    assert encoder.embed_dim == 16
+    assert_one_token_per_frame(encoder, noise(2, 3, 3, 64, 80), lambda clip: reference_embeds(encoder, clip))
 
 
 def test_permuting_frames_permutes_embeddings(encoder):
     frames = noise(1, 4, 3, 48, 64, seed=1)
     order = [2, 0, 3, 1]
-    embeds = encoder(frames).embeds
-    torch.testing.assert_close(encoder(frames[:, order]).embeds, embeds[:, order], rtol=1e-5, atol=1e-6)
-    distances = torch.cdist(embeds[0], embeds[0])
-    assert distances[~torch.eye(4, dtype=torch.bool)].min() > 1e-3  # distinct frames, so the check can fail
+    assert_permuting_frames_permutes_embeddings(encoder, frames, order)
 
 
 def test_normalize_is_exactly_clips_mean_std_map_of_the_unit_range_pixels(encoder):
@@ -114,30 +103,18 @@ def test_preprocessing_matches_clip_image_processor(height, width, content):
 
 def test_clips_of_different_lengths_are_padded_at_the_end_and_masked(encoder):
     long, short = noise(3, 3, 64, 80, seed=4), noise(1, 3, 120, 90, seed=5)
-    out = encoder([long, short])
+    out = assert_padded_at_the_end(encoder, long, short)
     assert out.embeds.shape == (2, 3, 16)
     assert out.mask.tolist() == [[True, True, True], [True, False, False]]
-    assert torch.equal(out.embeds[1, 1:], torch.zeros(2, 16))
-    torch.testing.assert_close(out.embeds[0], encoder(long).embeds[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out.embeds[1, :1], encoder(short).embeds[0], rtol=1e-5, atol=1e-6)
     assert encoder([long, long]).mask.all()
 
 
 def test_the_encoder_is_frozen_and_stays_in_eval_mode(encoder):
-    parent = torch.nn.ModuleDict({"encoder": encoder, "projection": torch.nn.Linear(16, 8)}).train()
-    assert parent.projection.training and not encoder.training
-    assert not any(module.training for module in encoder.modules())
-    assert not any(p.requires_grad for p in encoder.parameters())
-    assert encoder(noise(1, 2, 3, 32, 32)).embeds.grad_fn is None
+    assert_frozen_in_eval_mode(encoder)
 
 
-@pytest.mark.parametrize("frames,problem", [
-    (torch.zeros(1, 2, 3, 32, 32), "uint8"),                            # float frames
-    (torch.zeros(2, 32, 32, 3, dtype=torch.uint8), "channels first"),  # channels last
-    (torch.zeros(3, 32, 32, dtype=torch.uint8), "got shape (3, 32, 32)"),
-    ([], "no clips"),
-    ([torch.zeros(0, 3, 32, 32, dtype=torch.uint8)], "empty"),
-])
+@pytest.mark.parametrize("frames,problem", [*BAD_FRAMES,
+                                            (torch.zeros(3, 32, 32, dtype=torch.uint8), "got shape (3, 32, 32)")])
 def test_bad_frames_are_refused_with_the_expected_layout(encoder, frames, problem):
     with pytest.raises(ValueError, match="CLIP4Clip") as err:
         encoder(frames)
@@ -145,16 +122,9 @@ def test_bad_frames_are_refused_with_the_expected_layout(encoder, frames, proble
 
 
 def test_a_missing_model_names_the_config_key_the_hub_id_and_the_fixes(tmp_path):
-    with pytest.raises(CLIP4ClipModelMissing) as err:
-        load_clip4clip(tmp_path / "absent", "model.video_encoder.path")
-    message = str(err.value)
-    assert isinstance(err.value, PretrainedModelMissing) and "\n" not in message
-    assert message.startswith(f"cannot load {tmp_path / 'absent'} from local files "
-                              f"(config key model.video_encoder.path)")
     assert HUB_ID == "openai/clip-vit-large-patch14"
-    for part in (f"huggingface-cli download {HUB_ID}", "models--openai--clip-vit-large-patch14",
-                 "model.video_encoder.path=/path/to/folder", f"model.video_encoder.path={TINY_SOURCE}"):
-        assert part in message
+    assert_missing_model_names_the_fixes(load_clip4clip, CLIP4ClipModelMissing, tmp_path, HUB_ID,
+                                         "models--openai--clip-vit-large-patch14", TINY_SOURCE)
     with pytest.raises(CLIP4ClipModelMissing, match=r"^no CLIP model is set \(config key model.encoder.path\)"):
         load_clip4clip(None)
 
@@ -167,8 +137,7 @@ def test_a_folder_without_the_vision_projection_is_refused(encoder, tmp_path):
         load_clip4clip(tmp_path)
 
 
-@pytest.mark.parametrize("setting,key", [({"fps": 0}, "model.encoder.fps=0"),
-                                         ({"normalize": "yes"}, "model.encoder.normalize='yes'")])
+@pytest.mark.parametrize("setting,key", BAD_SETTINGS)
 def test_bad_settings_name_their_config_key(setting, key):
     with pytest.raises(ConfigError, match=key):
         load_clip4clip(None, **setting)

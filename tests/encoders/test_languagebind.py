@@ -14,7 +14,6 @@ from transformers import CLIPConfig, CLIPModel
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 import avgen.backbones.tiny
-from avgen.backbones.loader import PretrainedModelMissing
 from avgen.encoders.clip4clip import preprocess
 from avgen.encoders.languagebind import (
     FPS,
@@ -27,6 +26,14 @@ from avgen.encoders.languagebind import (
     save_tiny_languagebind,
 )
 from avgen.errors import ConfigError
+from tests.encoders.common import (
+    assert_frozen_in_eval_mode,
+    assert_missing_model_names_the_fixes,
+    assert_one_token_per_frame,
+    assert_padded_at_the_end,
+    assert_permuting_frames_permutes_embeddings,
+    noise,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,11 +62,6 @@ def published_keys(vision_layers: int, text_layers: int) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tiny")
-
-
-@pytest.fixture(scope="module")
 def encoder(tiny_dir) -> LanguageBindEncoder:
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(avgen.backbones.tiny.TINY_BUILDERS, "languagebind", save_tiny_languagebind)
@@ -78,10 +80,6 @@ def copy(folder, tmp_path):
     target = tmp_path / "copy"
     shutil.copytree(folder, target)
     return target, torch.load(target / "pytorch_model.bin", map_location="cpu", weights_only=True)
-
-
-def noise(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
 
 
 def test_tiny_twin_has_the_published_key_names_and_config_format(folder):
@@ -114,16 +112,15 @@ def test_embeds_are_the_image_features_of_the_published_weights(encoder, folder)
         projection_dim=config["projection_dim"])).eval()
     state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
     clip.load_state_dict({k: v for k, v in state.items() if not k.endswith("position_ids")}, strict=True)
-    frames = noise(2, 3, 3, 48, 80)
-    out = encoder(frames)
-    assert out.embeds.shape == (2, 3, encoder.embed_dim) == (2, 3, 16) and out.embeds.dtype == torch.float32
-    assert out.mask.dtype == torch.bool and out.mask.all() and out.seconds_per_token == 0.5
+    assert encoder.embed_dim == 16
     assert encoder.fps == FPS == 2 and encoder.normalize and encoder.image_size == 224
-    for b in range(2):
+
+    def image_features(frames: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            expected = clip.get_image_features(pixel_values=preprocess(frames[b], 224)).pooler_output
-        torch.testing.assert_close(out.embeds[b], expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(encoder(frames[0]).embeds, out.embeds[:1], rtol=1e-5, atol=1e-6)
+            return clip.get_image_features(pixel_values=preprocess(frames, 224)).pooler_output
+
+    out = assert_one_token_per_frame(encoder, noise(2, 3, 3, 48, 80), image_features)
+    assert out.seconds_per_token == 0.5
 
 
 def test_languagebind_normalisation_is_openai_clips():
@@ -133,38 +130,23 @@ def test_languagebind_normalisation_is_openai_clips():
 def test_permuting_frames_permutes_embeddings(encoder):
     frames = noise(1, 4, 3, 40, 40, seed=1)
     order = [3, 1, 0, 2]
-    embeds = encoder(frames).embeds
-    torch.testing.assert_close(encoder(frames[:, order]).embeds, embeds[:, order], rtol=1e-5, atol=1e-6)
-    distances = torch.cdist(embeds[0], embeds[0])
-    assert distances[~torch.eye(4, dtype=torch.bool)].min() > 1e-3
+    assert_permuting_frames_permutes_embeddings(encoder, frames, order)
 
 
 def test_clips_of_different_lengths_are_padded_at_the_end_and_masked(encoder):
     long, short = noise(3, 3, 40, 56, seed=2), noise(2, 3, 64, 30, seed=3)
-    out = encoder([long, short])
+    out = assert_padded_at_the_end(encoder, long, short)
     assert out.mask.tolist() == [[True, True, True], [True, True, False]]
-    assert torch.equal(out.embeds[1, 2], torch.zeros(16))
-    torch.testing.assert_close(out.embeds[1, :2], encoder(short).embeds[0], rtol=1e-5, atol=1e-6)
 
 
 def test_the_encoder_is_frozen_and_stays_in_eval_mode(encoder):
-    parent = torch.nn.ModuleDict({"encoder": encoder, "projection": torch.nn.Linear(16, 8)}).train()
-    assert parent.projection.training and not any(module.training for module in encoder.modules())
-    assert not any(p.requires_grad for p in encoder.parameters())
-    assert encoder(noise(1, 2, 3, 32, 32)).embeds.grad_fn is None
+    assert_frozen_in_eval_mode(encoder)
 
 
 def test_a_missing_model_names_the_config_key_the_hub_id_and_the_fixes(folder, tmp_path):
-    with pytest.raises(LanguageBindModelMissing) as err:
-        load_languagebind(tmp_path / "absent", "model.video_encoder.path")
-    message = str(err.value)
-    assert isinstance(err.value, PretrainedModelMissing) and "\n" not in message
-    assert message.startswith(f"cannot load {tmp_path / 'absent'} from local files "
-                              f"(config key model.video_encoder.path)")
     assert HUB_ID == "LanguageBind/LanguageBind_Image"
-    for part in (f"huggingface-cli download {HUB_ID}", "models--LanguageBind--LanguageBind_Image",
-                 "model.video_encoder.path=/path/to/folder", f"model.video_encoder.path={TINY_SOURCE}"):
-        assert part in message
+    assert_missing_model_names_the_fixes(load_languagebind, LanguageBindModelMissing, tmp_path, HUB_ID,
+                                         "models--LanguageBind--LanguageBind_Image", TINY_SOURCE)
     with pytest.raises(LanguageBindModelMissing, match="LocalEntryNotFoundError"):
         load_languagebind()  # the hub id, not in the local cache: never downloaded
     with pytest.raises(LanguageBindModelMissing, match=r"no model.safetensors or pytorch_model.bin"):

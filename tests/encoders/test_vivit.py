@@ -11,12 +11,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import VivitForVideoClassification, VivitImageProcessor
 
 import avgen.backbones.tiny
-from avgen.backbones.loader import PretrainedModelMissing
 from avgen.encoders.vivit import (
     FPS,
     HUB_ID,
@@ -28,6 +26,15 @@ from avgen.encoders.vivit import (
     vivit_preprocessing,
 )
 from avgen.errors import ConfigError
+from tests.encoders.common import (
+    BAD_FRAMES,
+    BAD_SETTINGS,
+    assert_frozen_in_eval_mode,
+    assert_missing_model_names_the_fixes,
+    assert_reversing_the_windows_reverses_the_tokens,
+    noise,
+    smooth,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,17 +51,6 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def encoder(folder) -> ViViTEncoder:
     return load_vivit(folder)
-
-
-def noise(*shape: int, seed: int = 0) -> torch.Tensor:
-    """uint8 frames of uniform noise: every pixel differs, so a swapped frame or window shows."""
-    return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
-
-
-def smooth(height: int, width: int, seed: int = 0) -> torch.Tensor:
-    """(3, H, W) uint8: random colours on an 8× coarser grid, bilinearly upsampled (a picture-like frame)."""
-    coarse = torch.rand(1, 3, height // 8 + 2, width // 8 + 2, generator=torch.Generator().manual_seed(seed))
-    return (F.interpolate(coarse, size=(height, width), mode="bilinear")[0] * 255).round().to(torch.uint8)
 
 
 def reference_tokens(encoder: ViViTEncoder, window: torch.Tensor) -> torch.Tensor:
@@ -79,11 +75,7 @@ def test_tokens_are_the_slot_means_of_each_window_in_time_order(encoder):
 
 
 def test_reversing_the_windows_reverses_the_tokens(encoder):
-    first, second = noise(32, 3, 40, 48, seed=1), noise(32, 3, 40, 48, seed=2)
-    forward = encoder(torch.cat([first, second])).embeds[0]
-    backward = encoder(torch.cat([second, first])).embeds[0]
-    torch.testing.assert_close(backward, torch.cat([forward[SLOTS:], forward[:SLOTS]]), rtol=1e-5, atol=1e-6)
-    assert (forward[:SLOTS] - forward[SLOTS:]).abs().max() > 1e-3  # distinct windows, so the check can fail
+    assert_reversing_the_windows_reverses_the_tokens(encoder, 32, SLOTS)
 
 
 def test_token_k_pools_the_patches_of_frames_2k_and_2k_plus_1(encoder):
@@ -113,18 +105,10 @@ def test_clips_of_different_lengths_are_padded_with_their_last_frame_and_masked(
 
 
 def test_the_encoder_is_frozen_and_stays_in_eval_mode(encoder):
-    parent = torch.nn.ModuleDict({"encoder": encoder, "projection": torch.nn.Linear(WIDTH, 8)}).train()
-    assert parent.projection.training and not any(module.training for module in encoder.modules())
-    assert not any(p.requires_grad for p in encoder.parameters())
-    assert encoder(noise(1, 2, 3, 32, 32)).embeds.grad_fn is None
+    assert_frozen_in_eval_mode(encoder)
 
 
-@pytest.mark.parametrize("frames,problem", [
-    (torch.zeros(1, 2, 3, 32, 32), "uint8"),
-    (torch.zeros(2, 32, 32, 3, dtype=torch.uint8), "channels first"),
-    ([], "no clips"),
-    ([torch.zeros(0, 3, 32, 32, dtype=torch.uint8)], "empty"),
-])
+@pytest.mark.parametrize("frames,problem", BAD_FRAMES)
 def test_bad_frames_are_refused_with_the_expected_layout(encoder, frames, problem):
     with pytest.raises(ValueError, match="ViViT") as err:
         encoder(frames)
@@ -168,22 +152,14 @@ def test_normalize_false_gives_the_original_vivits_unit_range_pixels(encoder):
 
 
 def test_a_missing_model_names_the_config_key_the_hub_id_and_the_fixes(tmp_path):
-    with pytest.raises(ViViTModelMissing) as err:
-        load_vivit(tmp_path / "absent", "model.video_encoder.path")
-    message = str(err.value)
-    assert isinstance(err.value, PretrainedModelMissing) and "\n" not in message
-    assert message.startswith(f"cannot load {tmp_path / 'absent'} from local files (config key "
-                              f"model.video_encoder.path)")
     assert HUB_ID == "google/vivit-b-16x2-kinetics400"
-    for part in (f"huggingface-cli download {HUB_ID}", "models--google--vivit-b-16x2-kinetics400",
-                 "model.video_encoder.path=/path/to/folder", f"model.video_encoder.path={TINY_SOURCE}"):
-        assert part in message
+    assert_missing_model_names_the_fixes(load_vivit, ViViTModelMissing, tmp_path, HUB_ID,
+                                         "models--google--vivit-b-16x2-kinetics400", TINY_SOURCE)
     with pytest.raises(ViViTModelMissing, match=r"^no ViViT model is set \(config key model.encoder.path\)"):
         load_vivit(None)
 
 
-@pytest.mark.parametrize("setting,key", [({"fps": 0}, "model.encoder.fps=0"),
-                                         ({"normalize": "yes"}, "model.encoder.normalize='yes'")])
+@pytest.mark.parametrize("setting,key", BAD_SETTINGS)
 def test_bad_settings_name_their_config_key(setting, key):
     with pytest.raises(ConfigError, match=key):
         load_vivit(None, **setting)

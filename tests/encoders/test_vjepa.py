@@ -15,7 +15,6 @@ from transformers import VJEPA2Model
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import avgen.backbones.tiny
-from avgen.backbones.loader import PretrainedModelMissing
 from avgen.encoders.vjepa import (
     FPS,
     HUB_ID,
@@ -27,6 +26,12 @@ from avgen.encoders.vjepa import (
     vjepa_preprocessing,
 )
 from avgen.errors import ConfigError
+from tests.encoders.common import (
+    assert_frozen_in_eval_mode,
+    assert_missing_model_names_the_fixes,
+    assert_reversing_the_windows_reverses_the_tokens,
+    noise,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,11 +50,6 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def encoder(folder) -> VJEPAEncoder:
     return load_vjepa(folder)
-
-
-def noise(*shape: int, seed: int = 0) -> torch.Tensor:
-    """uint8 frames of uniform noise: every pixel differs, so a swapped frame or window shows."""
-    return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
 
 
 def reference_tokens(encoder: VJEPAEncoder, window: torch.Tensor) -> torch.Tensor:
@@ -74,11 +74,7 @@ def test_tokens_are_the_slot_means_of_each_window_in_time_order(encoder):
 
 
 def test_reversing_the_windows_reverses_the_tokens(encoder):
-    first, second = noise(WINDOW, 3, 40, 48, seed=1), noise(WINDOW, 3, 40, 48, seed=2)
-    forward = encoder(torch.cat([first, second])).embeds[0]
-    backward = encoder(torch.cat([second, first])).embeds[0]
-    torch.testing.assert_close(backward, torch.cat([forward[SLOTS:], forward[:SLOTS]]), rtol=1e-5, atol=1e-6)
-    assert (forward[:SLOTS] - forward[SLOTS:]).abs().max() > 1e-3  # distinct windows, so the check can fail
+    assert_reversing_the_windows_reverses_the_tokens(encoder, WINDOW, SLOTS)
 
 
 def test_token_k_pools_the_patches_of_frames_2k_and_2k_plus_1(encoder):
@@ -106,10 +102,7 @@ def test_clips_of_different_lengths_are_padded_with_their_last_frame_and_masked(
 
 
 def test_the_encoder_is_frozen_and_stays_in_eval_mode(encoder):
-    parent = torch.nn.ModuleDict({"encoder": encoder, "projection": torch.nn.Linear(WIDTH, 8)}).train()
-    assert parent.projection.training and not any(module.training for module in encoder.modules())
-    assert not any(p.requires_grad for p in encoder.parameters())
-    assert encoder(noise(1, 2, 3, 32, 32)).embeds.grad_fn is None
+    assert_frozen_in_eval_mode(encoder)
 
 
 def test_bad_frames_are_refused_naming_the_encoder(encoder):
@@ -143,16 +136,9 @@ def test_preprocessing_matches_vjepa2_video_processor(height, width):
 
 
 def test_a_missing_model_names_the_config_key_the_hub_id_and_the_fixes(tmp_path):
-    with pytest.raises(VJEPAModelMissing) as err:
-        load_vjepa(tmp_path / "absent", "model.video_encoder.path")
-    message = str(err.value)
-    assert isinstance(err.value, PretrainedModelMissing) and "\n" not in message
-    assert message.startswith(f"cannot load {tmp_path / 'absent'} from local files (config key "
-                              f"model.video_encoder.path)")
     assert HUB_ID == "facebook/vjepa2-vitl-fpc64-256"
-    for part in (f"huggingface-cli download {HUB_ID}", "models--facebook--vjepa2-vitl-fpc64-256",
-                 "model.video_encoder.path=/path/to/folder", f"model.video_encoder.path={TINY_SOURCE}"):
-        assert part in message
+    assert_missing_model_names_the_fixes(load_vjepa, VJEPAModelMissing, tmp_path, HUB_ID,
+                                         "models--facebook--vjepa2-vitl-fpc64-256", TINY_SOURCE)
     with pytest.raises(VJEPAModelMissing, match=r"^no V-JEPA 2 model is set \(config key model.encoder.path\)"):
         load_vjepa(None)
     with pytest.raises(ConfigError, match="model.encoder.fps=-1"):
