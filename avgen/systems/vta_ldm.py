@@ -465,18 +465,20 @@ class VTALDM(DiffusionSystem):
             first_window = 0
             with self.ema_weights():
                 for item in inputs:
+                    caption = item.caption if prompt is None else prompt
+                    generation = {**settings.to_dict(), "seed": seed + first_window, "windows": len(item.windows)}
                     try:
-                        wave = self._dub_audio(item, settings, seed + first_window,
-                                               item.caption if prompt is None else prompt)
+                        wave = self._dub_audio(item, settings, seed + first_window, caption)
                     except (RuntimeError, ValueError, MediaError) as exc:  # e.g. out of memory: the next input runs
                         reason = " ".join(str(exc).split())[:500]
                         log.warning("%s not generated: %s", item.stem, reason)
                         report.failed.append({"sample": item.stem, "reason": reason})
                     else:
-                        report.extend(self._write_dubbed(out_dir, item, wave, overwrite))
+                        report.extend(self._write_dubbed(out_dir, item, wave, caption, generation, overwrite))
                     first_window += len(item.windows)
         report.written.sort()
-        print(f"wrote {len(report.written)} dubbed videos to {out_dir}")
+        count = len(report.written)
+        print(f"wrote {count} dubbed video{'' if count == 1 else 's'} to {out_dir}")
         return report
 
     def _dub_audio(self, item: VideoInput, settings: VTALDMSampling, seed: int, caption: str) -> np.ndarray:
@@ -498,9 +500,12 @@ class VTALDM(DiffusionSystem):
             chunks += [audio[j, :end - start].cpu().numpy() for j, (start, end) in enumerate(group)]
         return equal_power_crossfade(chunks, [start for start, _ in item.windows], item.num_samples)
 
-    def _write_dubbed(self, out_dir: Path, item: VideoInput, wave: np.ndarray, overwrite: bool) -> SampleReport:
+    def _write_dubbed(self, out_dir: Path, item: VideoInput, wave: np.ndarray, caption: str,
+                      generation: dict[str, Any], overwrite: bool) -> SampleReport:
         """``<stem>.mp4/.wav/.txt/.json`` of one input, whole or not at all (a failure removes the files of
-        this input written so far, and with ``overwrite`` the earlier ones it was replacing)."""
+        this input written so far, and with ``overwrite`` the earlier ones it was replacing). The json records
+        the source, the caption used, how the video was carried, the windows and the ``generation`` settings
+        (sampler, steps, guidance, seed of the first window)."""
         from avgen.media import dub_video, write_bytes_atomic, write_wav
 
         paths = item.outputs(out_dir)
@@ -509,9 +514,10 @@ class VTALDM(DiffusionSystem):
             info = dub_video(item.path, wave, self.clip.sample_rate, paths[0], overwrite=overwrite)
             done.append(paths[0])
             done.append(write_wav(paths[1], wave, self.clip.sample_rate, overwrite=overwrite))
-            done.append(write_bytes_atomic(paths[2], item.caption.encode(), overwrite=overwrite))
-            meta = {"source": item.source, "prompt": item.caption, "dub": {**info.to_json(), "path": paths[0].name},
-                    "windows_s": [[s / self.clip.sample_rate, e / self.clip.sample_rate] for s, e in item.windows]}
+            done.append(write_bytes_atomic(paths[2], caption.encode(), overwrite=overwrite))
+            meta = {"source": item.source, "prompt": caption, "dub": {**info.to_json(), "path": paths[0].name},
+                    "windows_s": [[s / self.clip.sample_rate, e / self.clip.sample_rate] for s, e in item.windows],
+                    "generation": generation}
             done.append(write_bytes_atomic(paths[3], json.dumps(meta, indent=1).encode(), overwrite=overwrite))
         except (MediaError, OSError) as exc:
             for path in (paths if overwrite else done):

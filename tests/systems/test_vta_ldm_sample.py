@@ -62,6 +62,7 @@ def test_sample_dubs_every_readable_video(system, tmp_path):
         duration = video_stream_duration(source)
         meta = json.loads((out / f"{stem}.json").read_text())
         assert meta["dub"]["video"] == mode and meta["dub"]["output_codec"] == codec
+        assert {k: meta["generation"][k] for k in ("sampler", "steps")} == {"sampler": "ddim", "steps": 2}
         assert meta["source"] == str(source.resolve())
         wave = decode_audio(out / f"{stem}.wav")
         assert len(wave) == frame_count(duration, 16000)
