@@ -74,7 +74,7 @@ class ConcatAugment:
         """
         if self.p <= 0 or len(clips) < 2:
             return []
-        frames = video.shape[1]
+        frames = clip.num_frames  # the clip's frame grid (the batch holds none with data.audio_only)
         original_video = video.clone()
         original = [{k: clip_[k] for k in ("audio", "caption", "label", "key", "events")} for clip_ in clips]
         chosen = rng.random(len(clips)) < self.p

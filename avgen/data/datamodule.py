@@ -77,6 +77,8 @@ class AVDataModule(pl.LightningDataModule):
         fixed_stream: every training epoch replays the first epoch's batches (``debug=overfit``).
         concat: ``{p, cut}``: VTA-LDM's concat augmentation of training batches
             (:class:`~avgen.data.concat.ConcatAugment`; ``p`` 0 or unset: off).
+        audio_only: serve clips without their frames (``video`` (B, 0, 3, H, W)): audio-only pretraining,
+            VTA-LDM's Pretrain-Audio row; a system that reads video refuses it at fit start.
 
     Raises:
         ConfigError: a ``clip`` the ``store`` cannot serve; (at setup) an unknown ``subset``, or one made
@@ -90,7 +92,8 @@ class AVDataModule(pl.LightningDataModule):
                  eval_batch_size: int | None = None, pin_memory: bool | None = None, prefetch_factor: int = 2,
                  store: Mapping[str, Any] | StoreGeometry | None = None, group: str | None = None,
                  source: str | None = None, split_file: Any = None, scale: str | None = None,
-                 subset: str | None = None, fixed_stream: bool = False, concat: Mapping[str, Any] | None = None):
+                 subset: str | None = None, fixed_stream: bool = False, concat: Mapping[str, Any] | None = None,
+                 audio_only: bool = False):
         super().__init__()
         self.name, self.root = name, Path(root).expanduser().absolute()
         self.group, self.source, self.split_file, self.scale = group or name, source, split_file, scale
@@ -118,6 +121,9 @@ class AVDataModule(pl.LightningDataModule):
         if not isinstance(fixed_stream, bool):
             raise ConfigError(f"data.fixed_stream={fixed_stream!r}: expected true or false")
         self.fixed_stream = fixed_stream
+        if not isinstance(audio_only, bool):
+            raise ConfigError(f"data.audio_only={audio_only!r}: expected true or false")
+        self.audio_only = audio_only
         concat_augment = ConcatAugment.from_config(concat)
         self.concat = concat_augment if concat_augment.p > 0 else None
         self.manifests: dict[str, Manifest] = {}
@@ -272,6 +278,7 @@ class AVDataModule(pl.LightningDataModule):
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, start_step=step, rank=rank, world_size=world,
             max_skip_fraction=self.max_skip_fraction, min_clips_for_check=self.min_clips_for_check,
             num_workers=self.num_workers, fixed=self.fixed_stream, concat=self.concat)
+        dataset.audio_only = self.audio_only
         return self._loader(dataset)
 
     def _eval_loader(self, split: str) -> DataLoader:
@@ -279,6 +286,7 @@ class AVDataModule(pl.LightningDataModule):
         dataset = EvalStream(self.shards(split), self.clip, self.eval_batch_size, split=split, rank=rank,
                              world_size=world,
                              max_skip_fraction=self.max_skip_fraction, min_clips_for_check=self.min_clips_for_check)
+        dataset.audio_only = self.audio_only
         return self._loader(dataset)
 
     def val_dataloader(self) -> DataLoader | list:

@@ -22,7 +22,7 @@ class SampleError(RuntimeError):
 
 
 def decode_sample(sample: dict[str, Any], clip: ClipGeometry, rng: np.random.Generator | None,
-                  out: np.ndarray | None = None) -> dict[str, Any]:
+                  out: np.ndarray | None = None, audio_only: bool = False) -> dict[str, Any]:
     """Decode a raw sample into a clip of geometry ``clip``.
 
     ``rng`` set (training): random temporal window, starting a whole number ``k`` of frames into
@@ -30,11 +30,14 @@ def decode_sample(sample: dict[str, Any], clip: ClipGeometry, rng: np.random.Gen
     (evaluation): the window starts at 0 and the crop is centred. ``out``: a ``(F, H, W, 3)``
     uint8 array (a slot of the batch) the frames are decoded into.
 
+    ``audio_only`` (``data.audio_only``): the video is not decoded (nor required: audio-only shards
+    qualify) and ``video`` is (0, H, W, 3); the audio window is drawn as it would be.
+
     Returns ``video`` (F, H, W, 3) uint8, ``audio`` (S,) float32, ``caption``, ``label``, ``key``,
     ``events`` (onset seconds relative to the window start, inside the window).
     """
     key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
-    missing = [m for m in ("mp4", "flac", "json") if m not in sample]
+    missing = [m for m in (("flac", "json") if audio_only else ("mp4", "flac", "json")) if m not in sample]
     if missing:
         raise SampleError(f"clip {key} in {url}: missing member(s) {missing}")
     try:
@@ -51,9 +54,10 @@ def decode_sample(sample: dict[str, Any], clip: ClipGeometry, rng: np.random.Gen
         if sr != clip.sample_rate:
             raise SampleError(f"clip {key} in {url}: audio at {sr} Hz, config asks for {clip.sample_rate}")
         if out is None:
-            out = np.empty((clip.num_frames, clip.height, clip.width, 3), np.uint8)
-        decode_video(sample["mp4"], fps=clip.fps, start=start / clip.fps, fit_to=(clip.height, clip.width),
-                     crop_origin=_crop_origin(rng), out=out)
+            out = np.empty((0 if audio_only else clip.num_frames, clip.height, clip.width, 3), np.uint8)
+        if not audio_only:
+            decode_video(sample["mp4"], fps=clip.fps, start=start / clip.fps, fit_to=(clip.height, clip.width),
+                         crop_origin=_crop_origin(rng), out=out)
     except (MediaError, KeyError, ValueError, TypeError) as exc:
         raise SampleError(f"clip {key} in {url}: {exc}") from exc
     offset_s = start / clip.fps  # exact: a Fraction of a second

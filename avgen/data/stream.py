@@ -147,6 +147,8 @@ def _worker() -> tuple[int, int]:
 class _Stream(IterableDataset):
     split = "train"
 
+    audio_only = False  # data.audio_only: clips without their frames (set on the instance)
+
     def __init__(self, shards: list[Shard], clip: ClipGeometry, batch_size: int, *, rank: int, world_size: int,
                  max_skip_fraction: float, min_clips_for_check: int):
         super().__init__()
@@ -160,15 +162,17 @@ class _Stream(IterableDataset):
     def _batches(self, samples: Iterator[dict], health: Health, rng, *, partial: bool
                  ) -> Iterator[tuple[list[dict], torch.Tensor]]:
         """Decode samples straight into batch tensors (no per-clip copies); an unusable clip is
-        counted and its slot reused. Yields (clips, video (B, F, H, W, 3) uint8)."""
+        counted and its slot reused. Yields (clips, video (B, F, H, W, 3) uint8; F = 0 with
+        ``audio_only``)."""
         geo = self.clip
-        shape = (self.batch_size, geo.num_frames, geo.height, geo.width, 3)
+        shape = (self.batch_size, 0 if self.audio_only else geo.num_frames, geo.height, geo.width, 3)
         while True:
             video = _batch_tensor(shape)
             clips: list[dict] = []
             for sample in samples:
                 try:
-                    clips.append(decode_sample(sample, geo, rng, out=video[len(clips)].numpy()))
+                    clips.append(decode_sample(sample, geo, rng, out=video[len(clips)].numpy(),
+                                               audio_only=self.audio_only))
                 except SampleError as exc:
                     health.skip(sample.get("__url__", "?"), str(exc))
                     self._check(health)

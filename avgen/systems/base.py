@@ -268,6 +268,21 @@ class DiffusionSystem(AVSystem):
                        ) -> dict[str, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} must define diffusion_loss")
 
+    def reads_video(self) -> bool:
+        """Whether training reads the clips' frames (``data.audio_only`` is refused when it does)."""
+        return True
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        data = (self.run_config or {}).get("data") or {}
+        if data.get("audio_only") and self.reads_video():
+            raise ConfigError(f"data.audio_only=true: {type(self).__name__} reads the clips' frames in training"
+                              f"{self.audio_only_hint()}; drop data.audio_only")
+
+    def audio_only_hint(self) -> str:
+        """What would let this system train on audio-only clips (for the ``data.audio_only`` refusal)."""
+        return ""
+
     def on_train_start(self) -> None:
         """Under DDP, give each rank its own random stream for the timesteps, noise and condition dropout
         of :meth:`diffusion_loss` (``seed_everything`` seeds every rank alike, so without this each rank

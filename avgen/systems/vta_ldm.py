@@ -253,6 +253,13 @@ class VTALDM(DiffusionSystem):
         return self.vae.config.latent_channels, frames, width
 
     # ------------------------------------------------------------------------------ conditioning
+    def reads_video(self) -> bool:
+        return "video" in self.conditions
+
+    def audio_only_hint(self) -> str:
+        return (f" (model.conditions={list(self.conditions)}; Table 4's Pretrain-Audio trains on audio with "
+                f"model.conditions=[text]: text or the null)")
+
     def video_tokens(self, video: torch.Tensor, lengths: Sequence[int] | None = None) -> VideoTokens:
         """The encoder's tokens of video (B, F, 3, H, W) float in [-1, 1] at ``data.clip.fps``; clip i has
         ``lengths[i]`` real frames (default all F)."""
@@ -273,7 +280,8 @@ class VTALDM(DiffusionSystem):
         text = None
         if self.text_encoder is not None:
             text = self.text_encoder(list(captions) if captions is not None else [""] * b)
-        slots = max(lengths) if lengths is not None else video.shape[1]
+        # text only: one text token per frame slot of the clip (audio-only clips carry no frames)
+        slots = max(lengths) if lengths is not None else (video.shape[1] or self.clip.num_frames)
         return self.condition(tokens.embeds if tokens is not None else None,
                               tokens.mask if tokens is not None else None, text, num_slots=slots,
                               keep_video=keep_video)
@@ -358,6 +366,8 @@ class VTALDM(DiffusionSystem):
         if count <= 0:
             return
         video, captions = self.validation_batch["video"][:count], self.validation_batch["caption"][:count]
+        if video.shape[1] == 0:  # data.audio_only: no frames to dub
+            return
         with self.ema_weights():
             # DDIM: the validation budget of steps is far below DDPM's 300
             audio = self.generate(video, captions=captions, steps=self.validation_settings.steps, sampler="ddim",

@@ -82,7 +82,7 @@ def test_the_training_stream_applies_it(tmp_path):
     from avgen.data.datamodule import AVDataModule  # noqa: F401  (the class the config builds)
     from tests.conftest import compose
 
-    cfg = compose(["scale=tiny", "+data.concat.p=1.0", "data.batch_size=4", f"paths.data_dir={tmp_path}/data"],
+    cfg = compose(["scale=tiny", "+data.concat={p:1.0}", "data.batch_size=4", f"paths.data_dir={tmp_path}/data"],
                   tmp_path)
     dm = instantiate(cfg.data)
     dm.prepare_data()

@@ -191,3 +191,27 @@ def test_ddp_ranks_draw_their_own_noise(system, monkeypatch):
     monkeypatch.setattr(system, "_trainer", SimpleNamespace(world_size=1, global_rank=0), raising=False)
     system.on_train_start()
     assert torch.equal(torch.rand(4), draws[0])  # one process: the stream seed_everything set
+
+
+def test_audio_only_pretraining_and_its_refusal(tmp_path, capsys, monkeypatch):
+    """Table 4's Pretrain-Audio: data.audio_only serves clips without frames; VTA-LDM trains on them with the text
+    condition only; a system that reads video refuses them at fit start with one line."""
+    import avgen.data.decode as decode
+    from avgen.commands import run_command
+
+    # the data are prepared (frames encoded) before training; from then on no frame may be decoded
+    run_command(compose(["command=prepare", "scale=tiny", f"paths.data_dir={tmp_path}/data"], tmp_path,
+                        run_dir=tmp_path / "prepare"))
+
+    def no_frames(*args, **kwargs):
+        raise AssertionError("a training clip's frames were decoded with data.audio_only=true")
+
+    monkeypatch.setattr(decode, "decode_video", no_frames)
+    common = ["command=fit", "experiment=vta_ldm", "scale=tiny", "trainer.max_steps=2", "trainer.limit_val_batches=0",
+              "data.audio_only=true", f"paths.data_dir={tmp_path}/data"]
+    run_command(compose([*common, "model.conditions=[text]"], tmp_path, run_dir=tmp_path / "audio"))
+    assert (tmp_path / "audio" / "checkpoints" / "last.ckpt").exists()
+    with pytest.raises(SystemExit):
+        run_command(compose(common, tmp_path, run_dir=tmp_path / "video"))
+    err = capsys.readouterr().err
+    assert "data.audio_only=true: VTALDM reads the clips' frames in training" in err and "[text]" in err
