@@ -123,3 +123,41 @@ class ForwardTimer:
 
     def reset(self) -> None:
         self.seconds = 0.0
+
+
+def costs_main(doc: str, script: str, memory_child, bench_sampling, describe_sampling,
+               scales: tuple[str, ...] = ("small",)) -> int:
+    """The command line of a system's cost benchmark: ``[--scale S] [--steps N] [--only memory|sampling]
+    [--tiny-dir D] [--json F]``. Memory: :func:`compare_checkpointing` at ``--scale`` (``memory_child(scale,
+    tiny_dir, checkpointing)`` runs in the subprocesses); sampling: ``bench_sampling(scale, tiny_dir, steps)`` at
+    ``tiny`` and ``--scale``, each printed with ``describe_sampling(result, steps)``."""
+    import argparse
+    import json
+    import tempfile
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=list(scales), default=scales[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--only", choices=["memory", "sampling"], default=None)
+    parser.add_argument("--tiny-dir", default=None)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--child-memory", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_memory:
+        print(json.dumps(memory_child(args.child_memory, args.tiny_dir, args.checkpointing)))
+        return 0
+    report = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny_dir = args.tiny_dir or str(Path(tmp) / "tiny")
+        if args.only in (None, "memory"):
+            report["memory"] = compare_checkpointing(script, args.scale, tiny_dir)
+            print(checkpointing_line(report["memory"]))
+        if args.only in (None, "sampling"):
+            for scale in ("tiny", args.scale):
+                result = report[f"sampling_{scale}"] = bench_sampling(scale, tiny_dir, args.steps)
+                print(describe_sampling(result, args.steps))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0

@@ -16,11 +16,8 @@
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,8 +29,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from step_memory import (  # noqa: E402
     ForwardTimer,
-    checkpointing_line,
-    compare_checkpointing,
+    costs_main,
     measure_training_step,
 )
 
@@ -105,34 +101,14 @@ def bench_sampling(scale: str, tiny_dir: str, steps: int) -> dict:
             "unet_step_s": per_step}
 
 
+def describe_sampling(r: dict, steps: int) -> str:
+    return (f"sampling ({r['scale']}, {steps} DDIM steps, CFG, batch 2): share of time outside the U-Net = "
+            f"{r['outside_unet_share']:.3f}; at the paper's 300 steps ≈ {r['outside_unet_share_at_300']:.4f} "
+            f"(outside {r['outside_s']:.2f} s, U-Net {r['unet_step_s'] * 1000:.0f} ms per step)")
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", choices=["small", "paper"], default="small")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--only", choices=["memory", "sampling"], default=None)
-    parser.add_argument("--tiny-dir", default=None)
-    parser.add_argument("--json", default=None)
-    parser.add_argument("--child-memory", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child_memory:
-        print(json.dumps(memory_child(args.child_memory, args.tiny_dir, args.checkpointing)))
-        return 0
-    report = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tiny_dir = args.tiny_dir or str(Path(tmp) / "tiny")
-        if args.only in (None, "memory"):
-            report["memory"] = compare_checkpointing(__file__, args.scale, tiny_dir)
-            print(checkpointing_line(report["memory"]))
-        if args.only in (None, "sampling"):
-            for scale in ("tiny", args.scale):
-                r = report[f"sampling_{scale}"] = bench_sampling(scale, tiny_dir, args.steps)
-                print(f"sampling ({scale}, {args.steps} DDIM steps, CFG, batch 2): share of time outside the U-Net = "
-                      f"{r['outside_unet_share']:.3f}; at the paper's 300 steps ≈ {r['outside_unet_share_at_300']:.4f} "
-                      f"(outside {r['outside_s']:.2f} s, U-Net {r['unet_step_s'] * 1000:.0f} ms per step)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    return 0
+    return costs_main(__doc__, __file__, memory_child, bench_sampling, describe_sampling, scales=("small", "paper"))
 
 
 if __name__ == "__main__":
