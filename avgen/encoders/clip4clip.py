@@ -35,6 +35,7 @@ from avgen.encoders.frames import (
     check_normalize,
     load_frozen_model,
     padded_tokens,
+    round_straight_through,
 )
 from avgen.media import as_fps, centre_origin
 
@@ -54,7 +55,7 @@ def resize_short_side(frames: Tensor, size: int) -> Tensor:
     the two rounded passes by at most 2 (measured, see tests/encoders/test_clip4clip.py).
 
     Args:
-        frames: (N, 3, H, W) uint8 images.
+        frames: (N, 3, H, W) uint8 images, or float32 holding 0…255 (differentiable: the rounding is straight-through).
         size: the short side after resizing (224 for CLIP ViT-L/14).
 
     Returns:
@@ -65,10 +66,10 @@ def resize_short_side(frames: Tensor, size: int) -> Tensor:
     x = frames.float()
     if new_w != width:
         x = F.interpolate(x, size=(height, new_w), mode="bicubic", antialias=True, align_corners=False)
-        x = x.round().clamp(0, 255)
+        x = round_straight_through(x).clamp(0, 255)
     if new_h != height:
         x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
-        x = x.round().clamp(0, 255)
+        x = round_straight_through(x).clamp(0, 255)
     return x
 
 
@@ -80,7 +81,7 @@ def preprocess(frames: Tensor, image_size: int = 224, normalize: bool = True) ->
     ``/ 255``, then ``(x − OPENAI_CLIP_MEAN) / OPENAI_CLIP_STD`` per channel when ``normalize``.
 
     Args:
-        frames: (N, 3, H, W) uint8 RGB frames.
+        frames: (N, 3, H, W) uint8 RGB frames, or float32 holding 0…255 (differentiable).
         image_size: the model's input side (``config.image_size``, 224 for ViT-L/14).
         normalize: apply CLIP's mean/std; False gives the public VTA-LDM input, [0, 1] pixels.
 
@@ -133,8 +134,7 @@ class FrameEncoder(FrozenVideoEncoder):
         lengths = [len(clip) for clip in clips]
         pixels = torch.cat([preprocess(clip.to(self.model.device), self.image_size, self.normalize)
                             for clip in clips])
-        with torch.no_grad():
-            embeds = self.embed_frames(pixels).float()
+        embeds = self.embed_frames(pixels).float()
         return padded_tokens(embeds.split(lengths), Fraction(1) / as_fps(self.fps))
 
 

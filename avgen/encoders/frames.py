@@ -26,8 +26,9 @@ from avgen.errors import ConfigError
 from avgen.pretrained import FrozenModule
 
 
-def check_clips(frames: Tensor | Sequence[Tensor], who: str) -> list[Tensor]:
-    """The clips of an encoder's input as a list of (F, 3, H, W) uint8 RGB, checked; ``who`` names the encoder.
+def check_clips(frames: Tensor | Sequence[Tensor], who: str, dtype: torch.dtype = torch.uint8) -> list[Tensor]:
+    """The clips of an encoder's input as a list of (F, 3, H, W) RGB of ``dtype`` (uint8; float32 on the
+    differentiable path), checked; ``who`` names the encoder.
 
     ``frames`` is a batch (B, F, 3, H, W), one clip (F, 3, H, W) (a batch of one), or a list of clips.
     """
@@ -43,14 +44,23 @@ def check_clips(frames: Tensor | Sequence[Tensor], who: str) -> list[Tensor]:
     if not clips:
         raise ValueError(f"{who} got no clips; expected at least one (F, 3, H, W) uint8 clip")
     for index, clip in enumerate(clips):
-        if not isinstance(clip, Tensor) or clip.ndim != 4 or clip.shape[1] != 3 or clip.dtype != torch.uint8:
+        if not isinstance(clip, Tensor) or clip.ndim != 4 or clip.shape[1] != 3 or clip.dtype != dtype:
             what = f"{tuple(clip.shape)} {clip.dtype}" if isinstance(clip, Tensor) else type(clip).__name__
-            raise ValueError(f"{who} clip {index}: expected frames (F, 3, H, W) uint8 RGB, channels first, got "
-                             f"{what}; convert [-1, 1] float frames with avgen.media.quantize_unit_range")
+            hint = ("convert [-1, 1] float frames with avgen.media.quantize_unit_range" if dtype == torch.uint8
+                    else "cast uint8 frames with .float() (values 0…255)")
+            raise ValueError(f"{who} clip {index}: expected frames (F, 3, H, W) {str(dtype).removeprefix('torch.')} "
+                             f"RGB, channels first, got {what}; {hint}")
         if clip.shape[0] == 0 or clip.shape[-1] == 0 or clip.shape[-2] == 0:
             raise ValueError(f"{who} clip {index} is empty: shape {tuple(clip.shape)}; every clip needs at least "
                              f"one frame of at least 1×1 pixels")
     return clips
+
+
+def round_straight_through(x: Tensor) -> Tensor:
+    """``x.round()`` in the forward pass with the identity's gradient (a straight-through estimator, Bengio et al.
+    2013): the 8-bit rounding between an image processor's steps keeps the values of the uint8 path exact and lets
+    the gradient of the tokens reach float input frames (saliency maps). (N, …) float → same shape and dtype."""
+    return x + (x.round() - x).detach()
 
 
 def padded_tokens(tokens: Sequence[Tensor], seconds_per_token: Fraction,
@@ -100,7 +110,10 @@ class FrozenVideoEncoder(FrozenModule):
         raise NotImplementedError
 
     def encode(self, clips: list[Tensor]) -> VideoTokens:
-        """The tokens of checked clips, each (F_b, 3, H_b, W_b) uint8 on any device (moved to the model's)."""
+        """The tokens of checked clips, each (F_b, 3, H_b, W_b) on any device (moved to the model's): uint8, or
+        float32 holding the same 0…255 values (:meth:`differentiable`). An implementation computes no gradient
+        itself (:meth:`forward` runs it under ``no_grad``), rounds with :func:`round_straight_through` where its
+        processor rounds to 8 bits, and keeps every step differentiable in float input."""
         raise NotImplementedError
 
     def forward(self, frames: Tensor | Sequence[Tensor]) -> VideoTokens:
@@ -115,7 +128,27 @@ class FrozenVideoEncoder(FrozenModule):
             :class:`~avgen.encoders.base.VideoTokens`: ``embeds`` (B, T, D) float32 in time order, zero where ``mask``
             (B, T) is False; T and the time a token covers are the subclass's (:meth:`encode`).
         """
-        return self.encode(check_clips(frames, self.name))
+        clips = check_clips(frames, self.name)
+        with torch.no_grad():
+            return self.encode(clips)
+
+    def differentiable(self, clips: Sequence[Tensor]) -> VideoTokens:
+        """Tokens of float frames with the gradient kept: what saliency maps differentiate (∂tokens/∂pixels).
+
+        Args:
+            clips: B clips (F_b, 3, H_b, W_b) float32 holding 0…255 values (uint8 frames cast to float), usually
+                with ``requires_grad``; the frame counts and sizes may differ.
+
+        Returns:
+            :class:`~avgen.encoders.base.VideoTokens` as :meth:`forward` gives for the uint8 frames (equal up to the
+            encoder's resize rounding on the CPU, at most 2 grey levels in its input), differentiable in ``clips``.
+
+        Raises:
+            ValueError: a clip that is not (F, 3, H, W) float32, or an empty one.
+        """
+        checked = check_clips(list(clips), self.name, torch.float32)
+        with torch.enable_grad():
+            return self.encode(checked)
 
 
 def check_fps(fps: Any, config_key: str, default: float) -> None:

@@ -49,6 +49,7 @@ from avgen.encoders.frames import (
     check_normalize,
     load_frozen_model,
     padded_tokens,
+    round_straight_through,
 )
 from avgen.media import as_fps, centre_origin
 
@@ -66,21 +67,25 @@ def resize_short_side(frames: Tensor, size: int) -> Tensor:
     Against PIL's ``Image.resize(BILINEAR)`` (what ``VivitImageProcessor`` runs) the CPU kernel differs by at most
     2 grey levels (measured, see tests/encoders/test_vivit.py).
 
+    Float frames (the differentiable path, :meth:`~avgen.encoders.frames.FrozenVideoEncoder.differentiable`) take
+    the float pass on every device, rounded straight-through.
+
     Args:
-        frames: (N, 3, H, W) uint8.
+        frames: (N, 3, H, W) uint8, or float32 holding 0…255.
         size: the short side after resizing.
 
     Returns:
-        (N, 3, H', W') uint8.
+        (N, 3, H', W'): uint8 for uint8 frames, else float32 holding integers in [0, 255].
     """
     height, width = frames.shape[-2:]
     new_h, new_w = (int(size * height / width), size) if height > width else (size, int(size * width / height))
     if (new_h, new_w) == (height, width):
         return frames
-    if frames.device.type == "cpu":
+    if frames.dtype == torch.uint8 and frames.device.type == "cpu":
         return F.interpolate(frames, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
     resized = F.interpolate(frames.float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-    return resized.round().clamp(0, 255).to(torch.uint8)
+    resized = round_straight_through(resized).clamp(0, 255)
+    return resized.to(torch.uint8) if frames.dtype == torch.uint8 else resized
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,8 @@ class VideoPreprocessing:
     std: tuple[float, float, float] | None = None
 
     def __call__(self, frames: Tensor) -> Tensor:
-        """frames: (N, 3, H, W) uint8 → (N, 3, crop, crop) float32, on the frames' device."""
+        """frames: (N, 3, H, W) uint8 (or float32 holding 0…255) → (N, 3, crop, crop) float32, on the frames'
+        device."""
         x = resize_short_side(frames, self.resize)
         top, left = centre_origin(tuple(x.shape[-2:]), (self.crop, self.crop))
         x = x[..., top:top + self.crop, left:left + self.crop].float() * self.rescale_factor + self.offset
@@ -166,8 +172,7 @@ class WindowedVideoEncoder(FrozenVideoEncoder):
             padding = pixels[-1:].expand(count * length - len(clip), *pixels.shape[1:])
             windows.append(torch.cat([pixels, padding]).view(count, length, *pixels.shape[1:]))
             counts.append(count)
-        with torch.no_grad():
-            patches = self.patch_tokens(torch.cat(windows).to(self.model.dtype))
+        patches = self.patch_tokens(torch.cat(windows).to(self.model.dtype))
         slots = length // self.tubelet_frames
         tokens = patches.view(patches.shape[0], slots, -1, patches.shape[-1]).mean(2).float()
         per_clip = [window_tokens.flatten(0, 1) for window_tokens in tokens.split(counts)]
