@@ -69,6 +69,7 @@ from avgen.modules.vta_condition import VTACondition, check_conditions
 from avgen.pretrained import quiet_loading
 from avgen.samples import SampleReport, VideoInput, read_video_inputs
 from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
+from avgen.systems.saliency import SALIENCY_TIMESTEPS, input_saliency, write_saliency
 from avgen.systems.settings import SamplingSettings, guidance_scale, setting, text
 
 log = logging.getLogger("avgen")
@@ -409,10 +410,11 @@ class VTALDM(DiffusionSystem):
     def generate(self, video: torch.Tensor, *, lengths: Sequence[int] | None = None,
                  captions: Sequence[str] | None = None, steps: int | None = None, guidance: float | None = None,
                  guidance_text: float | None = None, negative_prompt: str | None = None, sampler: str | None = None,
-                 seed: int = 0) -> torch.Tensor:
+                 seed: int = 0, return_latents: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Audio (B, S) in [-1, 1] at ``clip.sample_rate`` for video (B, F, 3, H, W) in [-1, 1] at the
         encoder's rate (and the ``captions`` of the text condition): S covers the clip (``data.clip.seconds``)
-        of the padded length that was diffused. Unset settings come from ``model.sampling``."""
+        of the padded length that was diffused. Unset settings come from ``model.sampling``. With
+        ``return_latents``: ``(audio, latents)``, the denoised latents (B, C, T', F') too (saliency maps)."""
         settings = self.sampling.updated("sample", steps=steps, guidance=guidance, guidance_text=guidance_text,
                                          negative_prompt=negative_prompt, sampler=sampler)
         device = self.alphas.device
@@ -420,14 +422,64 @@ class VTALDM(DiffusionSystem):
                                                    settings.guidance, settings.guidance_text)
         latents = self.generate_latents(branches, weights, steps=settings.steps, sampler=settings.sampler, seed=seed)
         audio = decode_audio(self.codec, latents, self.audio_samples)
-        return audio[:, :self.clip.num_samples].float().clamp(-1, 1)
+        audio = audio[:, :self.clip.num_samples].float().clamp(-1, 1)
+        return (audio, latents) if return_latents else audio
+
+    def saliency(self, clips: Sequence[torch.Tensor], latents: torch.Tensor, captions: Sequence[str] | None = None,
+                 *, timesteps: Sequence[int] = SALIENCY_TIMESTEPS, seed: int = 0) -> list[torch.Tensor]:
+        """Saliency maps of the input frames for the generated audio (§4.2, Figs. 2, 3, 6; the protocol is in
+        :mod:`avgen.evaluation.saliency`): per clip S_f = max_c mean_t |∂L_t/∂frames|, normalised per clip, with
+        L_t the denoising loss of the generated latents at timestep t under one fixed noise (``seed``).
+
+        Args:
+            clips: B clips (F_b, 3, H, W) uint8 RGB at ``data.clip.fps``, the frames the audio was generated for.
+            latents: (B, C, T', F') the generated latents (:meth:`generate` with ``return_latents``).
+            captions: the captions used (text condition); default ``""``.
+            timesteps: the diffusion timesteps averaged over (default 100, 300, 500).
+            seed: seeds the noise ε shared by every timestep (clip i: its own slice of one draw).
+
+        Returns:
+            B maps (F_b, H, W) float32 in [0, 1] on the CPU.
+
+        Raises:
+            ConfigError: the model has no video condition (``model.conditions``), or a timestep outside
+                [0, num_train_timesteps).
+        """
+        if self.encoder is None:
+            raise ConfigError(f"sample.saliency=true: model.conditions={list(self.conditions)} has no video "
+                              f"condition, so no frame reaches the model; saliency maps need video")
+        bad = [t for t in timesteps if not 0 <= int(t) < len(self.alphas)]
+        if bad:
+            raise ConfigError(f"saliency timesteps {list(timesteps)}: {bad[0]} is outside [0, {len(self.alphas)}) "
+                              f"(model.noise_scheduler.num_train_timesteps)")
+        device = self.alphas.device
+        lengths = [len(clip) for clip in clips]
+        inputs = [clip.to(device).float().requires_grad_() for clip in clips]
+        video = torch.zeros(len(clips), max(lengths), *clips[0].shape[1:], device=device)
+        for i, clip in enumerate(clips):
+            video[i, :len(clip)] = clip.to(device).float() / 127.5 - 1.0  # (F, 3, H, W) channels first
+        z0 = latents.detach().to(device, torch.float32)
+        noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(int(seed))).to(device)
+        with torch.enable_grad():
+            tokens = self.encoder.differentiable(inputs)  # one encoder pass, differentiated once per timestep
+            context, mask = self.context(video, lengths, captions, tokens=tokens)
+            losses = []
+            for t in timesteps:
+                steps = torch.full((len(clips),), int(t), dtype=torch.long, device=device)
+                noisy = add_noise(z0, noise, self.alphas, steps)
+                out = self.denoise(noisy.to(self.unet.dtype), steps, context.to(self.unet.dtype), mask)
+                target = training_target(self.objective.prediction_type, z0, noise, self.alphas, steps)
+                # a sum over clips: clip i's gradient is its own loss's (the U-Net treats clips independently)
+                losses.append(F.mse_loss(out.float(), target.float(), reduction="sum"))
+            maps = input_saliency(inputs, losses)
+        return [m.cpu() for m in maps]
 
     # ------------------------------------------------------------------------------ sample command
     def sample_to_files(self, out_dir: str | Path, n: int = 4, video: str | None = None, prompt: str | None = None,
                         steps: int | None = None, guidance: float | None = None, guidance_text: float | None = None,
                         negative_prompt: str | None = None, sampler: str | None = None, seed: int = 0,
                         batch_size: int | None = None, device: str = "auto", overwrite: bool = False,
-                        **unused: Any) -> SampleReport:
+                        saliency: bool | None = None, **unused: Any) -> SampleReport:
         """``python -m avgen sample``: audio for every readable input video, dubbed onto it.
 
         Inputs: ``video`` = a file or a folder of files of any container FFmpeg reads
@@ -442,9 +494,12 @@ class VTALDM(DiffusionSystem):
         each conditioned on the frames shown during it (at ``data.clip.fps`` from the window's start), and
         joined with an equal-power crossfade (:func:`avgen.media.crossfade_windows`,
         :func:`avgen.media.equal_power_crossfade`). Window k (over every input, in order) starts from noise
-        seeded with ``seed + k``. Inputs are written one by one as they are done: one that cannot be read
-        is in the report's ``refused``, one whose generation or writing fails is in ``failed`` with the
-        reason, and the others are written.
+        seeded with ``seed + k``. With ``saliency`` (``sample.saliency=true``) each input also gets
+        ``<stem>.saliency.png`` (the frames of every window with their saliency maps drawn over them, in rows of
+        8) and ``<stem>.saliency.npz`` (the maps (F, H, W) float16 in [0, 1] and each frame's time in seconds),
+        computed per window by :meth:`saliency` on the window's generated latents. Inputs are written one by one
+        as they are done: one that cannot be read is in the report's ``refused``, one whose generation or writing
+        fails is in ``failed`` with the reason, and the others are written.
 
         Raises:
             ConfigError: a bad ``sample.*`` value (before any input is read), or no input.
@@ -456,6 +511,12 @@ class VTALDM(DiffusionSystem):
         if prompt is not None and not isinstance(prompt, str):
             raise ConfigError(f"sample.prompt={prompt!r}: VTA-LDM takes one caption for every input (the text "
                               f"condition); data clips use their own captions when it is unset")
+        if saliency not in (None, True, False):
+            raise ConfigError(f"sample.saliency={saliency!r}: expected true (write saliency maps of the input frames) "
+                              f"or false")
+        if saliency and self.encoder is None:
+            raise ConfigError(f"sample.saliency=true: model.conditions={list(self.conditions)} has no video "
+                              f"condition, so no frame reaches the model; saliency maps need video")
         self.warn_unused_sample_options(unused)
         out_dir = Path(out_dir)
         with tempfile.TemporaryDirectory(prefix="avgen-vta-inputs-") as scratch:
@@ -466,7 +527,8 @@ class VTALDM(DiffusionSystem):
             report = SampleReport(refused=refused)
             if not inputs:
                 return report
-            existing = [p for item in inputs for p in item.outputs(out_dir) if p.exists()]
+            existing = [p for item in inputs for p in item.outputs(out_dir) + (saliency_paths(out_dir, item.stem)
+                                                                                if saliency else []) if p.exists()]
             if existing and not overwrite:
                 raise FileExistsError(f"{existing[0]} exists; pass sample.overwrite=true to replace the samples, "
                                       f"or choose another run folder")
@@ -478,23 +540,36 @@ class VTALDM(DiffusionSystem):
                     caption = item.caption if prompt is None else prompt
                     generation = {**settings.to_dict(), "seed": seed + first_window, "windows": len(item.windows)}
                     try:
-                        wave = self._dub_audio(item, settings, seed + first_window, caption)
+                        wave, maps = self._dub_audio(item, settings, seed + first_window, caption, bool(saliency))
                     except (RuntimeError, ValueError, MediaError) as exc:  # e.g. out of memory: the next input runs
                         reason = " ".join(str(exc).split())[:500]
                         log.warning("%s not generated: %s", item.stem, reason)
                         report.failed.append({"sample": item.stem, "reason": reason})
                     else:
-                        report.extend(self._write_dubbed(out_dir, item, wave, caption, generation, overwrite))
+                        written = self._write_dubbed(out_dir, item, wave, caption, generation, overwrite)
+                        if saliency and written.written:
+                            frames, values, times = (np.concatenate(part) for part in zip(*maps))
+                            try:
+                                write_saliency(out_dir / item.stem, frames, values, times, overwrite=overwrite)
+                            except OSError as exc:  # the dubbed video stays; the maps are reported missing
+                                reason = f"saliency maps not written: {' '.join(str(exc).split())}"
+                                log.warning("%s %s", item.stem, reason)
+                                report.failed.append({"sample": item.stem, "reason": reason})
+                        report.extend(written)
                     first_window += len(item.windows)
         report.written.sort()
         count = len(report.written)
         print(f"wrote {count} dubbed video{'' if count == 1 else 's'} to {out_dir}")
         return report
 
-    def _dub_audio(self, item: VideoInput, settings: VTALDMSampling, seed: int, caption: str) -> np.ndarray:
+    def _dub_audio(self, item: VideoInput, settings: VTALDMSampling, seed: int, caption: str,
+                   saliency: bool = False) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
         """The audio (S,) float32 of one input: its windows generated ``settings.batch_size`` at a time
-        (window j from noise ``seed + j``), joined by the equal-power crossfade."""
+        (window j from noise ``seed + j``), joined by the equal-power crossfade; with ``saliency``, per window its
+        frames (F, 3, H, W) uint8, maps (F, H, W) float32 (:meth:`saliency`, noise seeded ``seed + j``) and the
+        frames' times (F,) in seconds from the input's start (else an empty list)."""
         chunks: list[np.ndarray] = []
+        maps: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for first in range(0, len(item.windows), settings.batch_size):
             group = item.windows[first:first + settings.batch_size]
             frames = [item.window_frames(start, end, self.clip) for start, end in group]
@@ -503,12 +578,19 @@ class VTALDM(DiffusionSystem):
             video = torch.zeros(len(group), max(lengths), 3, h, w)
             for j, f in enumerate(frames):
                 video[j, :len(f)] = uint8_to_unit_range(f)
-            audio = self.generate(video, lengths=lengths, captions=[caption] * len(group), steps=settings.steps,
-                                  guidance=settings.guidance, guidance_text=settings.guidance_text,
-                                  negative_prompt=settings.negative_prompt, sampler=settings.sampler,
-                                  seed=seed + first)
+            generated = self.generate(video, lengths=lengths, captions=[caption] * len(group), steps=settings.steps,
+                                      guidance=settings.guidance, guidance_text=settings.guidance_text,
+                                      negative_prompt=settings.negative_prompt, sampler=settings.sampler,
+                                      seed=seed + first, return_latents=saliency)
+            audio = generated[0] if saliency else generated
             chunks += [audio[j, :end - start].cpu().numpy() for j, (start, end) in enumerate(group)]
-        return equal_power_crossfade(chunks, [start for start, _ in item.windows], item.num_samples)
+            if saliency:
+                clips = [torch.as_tensor(f).permute(0, 3, 1, 2) for f in frames]
+                values = self.saliency(clips, generated[1], [caption] * len(group), seed=seed + first)
+                for j, (start, _) in enumerate(group):
+                    times = start / self.clip.sample_rate + np.arange(lengths[j]) / float(self.clip.fps)
+                    maps.append((clips[j].numpy(), values[j].numpy(), times))
+        return equal_power_crossfade(chunks, [start for start, _ in item.windows], item.num_samples), maps
 
     def _write_dubbed(self, out_dir: Path, item: VideoInput, wave: np.ndarray, caption: str,
                       generation: dict[str, Any], overwrite: bool) -> SampleReport:
@@ -539,6 +621,12 @@ class VTALDM(DiffusionSystem):
 
 
 # ------------------------------------------------------------------------------ parts
+def saliency_paths(out_dir: Path, stem: str) -> list[Path]:
+    """``<stem>.saliency.png`` and ``<stem>.saliency.npz`` in ``out_dir``
+    (:func:`avgen.systems.saliency.write_saliency`)."""
+    return [out_dir / f"{stem}.saliency.png", out_dir / f"{stem}.saliency.npz"]
+
+
 STEP_SEED_OFFSET = 1_000_003  # keeps a clip's step noise apart from the initial noise of another clip
 
 
