@@ -41,7 +41,7 @@ from transformers import (
 
 from avgen.pretrained import quiet_loading
 
-TINY_VERSION = 2
+TINY_VERSION = 3  # 3: tiny:cavp holds CAVP's video branch too
 SEED = 0
 
 # The 256 printable symbols byte-level BPE uses for the bytes 0-255, in a fixed order.
@@ -233,12 +233,15 @@ def save_tiny_beats(folder: str | os.PathLike) -> None:
 
 
 def save_tiny_cavp(folder: str | os.PathLike) -> None:
-    """``cavp_tiny.ckpt``: CAVP's audio branch with ``TINY_CAVP`` widths and the real front end, in the layout
-    of ``cavp_epoch66.ckpt``, read by the same loader."""
-    from avgen.encoders.cavp import TINY_CAVP, CAVPAudio, save_tiny_format
+    """``cavp_tiny.ckpt``: both branches of CAVP in the layout of ``cavp_epoch66.ckpt``, so one file serves
+    TempoTokens (the audio branch, ``TINY_CAVP`` widths and the real front end) and VTA-LDM (the video branch,
+    ``TINY_CAVP_VIDEO`` sizes), each read by the same loader as the real file."""
+    from avgen.encoders.cavp import TINY_CAVP, TINY_FILE, CAVPAudio, save_tiny_format
+    from avgen.encoders.cavp_video import tiny_cavp_video
 
     torch.manual_seed(SEED)
-    save_tiny_format(CAVPAudio(**TINY_CAVP), Path(folder) / "cavp_tiny.ckpt")
+    audio = CAVPAudio(**TINY_CAVP)  # first: the audio twin holds the weights it held before the video branch
+    save_tiny_format([audio, tiny_cavp_video()], Path(folder) / TINY_FILE)
 
 
 def save_tiny_clip_vision(folder: str | os.PathLike) -> None:

@@ -32,7 +32,8 @@ Official code (luosiallen/Diff-Foley, read for reference only):
 
 Parameter names are those of ``CAVP_Inference``'s audio branch (``spec_encoder.bn.*``,
 ``spec_encoder.conv_block{1..6}.{conv1,conv2,bn1,bn2}.*``, ``spec_encoder.fc1.*``,
-``spec_encoder.final_project.*``); see :func:`load_cavp` for what is and is not known about the file.
+``spec_encoder.final_project.*``); see :func:`load_cavp` for what is and is not known about the file. The video
+branch of the same file, VTA-LDM's CAVP video encoder, is :mod:`avgen.encoders.cavp_video`.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ POOL_SIZES: tuple[tuple[int, int], ...] = ((2, 2), (2, 2), (2, 2), (2, 2), (1, 2
 TIME_POOLING = math.prod(t for t, _ in POOL_SIZES)
 
 CHECKPOINT_FILE = ORIGINS["cavp"].file
+TINY_FILE = "cavp_tiny.ckpt"  # ``tiny:cavp``'s file: both branches, in the layout of CHECKPOINT_FILE
 CHECKPOINT_ORIGIN = ORIGINS["cavp"].where
 AUDIO_BRANCH = "spec_encoder."
 # DistributedDataParallel's wrapper prefix; Diff-Foley's own loader removes it the same way.
@@ -217,27 +219,60 @@ class CAVPWeightsMissing(WeightsFileMissing):
         super().__init__("CAVP", path, config_key, CHECKPOINT_FILE, ORIGINS["cavp"].what, CHECKPOINT_ORIGIN)
 
 
-class CAVPCheckpointError(ValueError):
-    """A file is not a CAVP checkpoint, or its audio-branch weights do not fit :class:`CAVPAudio`."""
+class CAVPCheckpointError(ConfigError):
+    """A file is not a CAVP checkpoint, or the weights of the branch that is run do not fit (a
+    :class:`~avgen.errors.ConfigError`: the message names the config key that set the file)."""
 
 
-def audio_branch(state: Mapping[str, Any], where: str) -> dict[str, Tensor]:
-    """The ``spec_encoder.*`` entries of a CAVP state dict, with wrapper prefixes (``module.``) removed.
+def checkpoint_branch(state: Mapping[str, Any], prefixes: Sequence[str], where: str) -> dict[str, Tensor]:
+    """The entries of a CAVP state dict whose names start with one of ``prefixes`` (a branch of ``CAVP_Inference``:
+    ``("spec_encoder.",)`` or ``("video_encoder.", "video_project_head.")``), with wrapper prefixes (``module.``)
+    removed; every other entry (the other branch, ``logit_scale``) is dropped.
 
-    Keys of the video branch (``video_encoder.*``, ``video_project_head.*``) and ``logit_scale`` are dropped.
+    Raises:
+        CAVPCheckpointError: no entry has one of ``prefixes``; ``where`` (the file and its config key) is named.
     """
     branch = {}
     for key, value in state.items():
         name = str(key)
         while name.startswith(WRAPPER_PREFIX):
             name = name[len(WRAPPER_PREFIX):]
-        if name.startswith(AUDIO_BRANCH):
+        if name.startswith(tuple(prefixes)):
             branch[name] = value
     if not branch:
         shown = sorted(map(str, state))[:8]
-        raise CAVPCheckpointError(f"{where} has no {AUDIO_BRANCH}* weights (first keys: {shown}); expected "
+        wanted = " or ".join(f"{prefix}*" for prefix in prefixes)
+        raise CAVPCheckpointError(f"{where} has no {wanted} weights (first keys: {shown}); expected "
                                   f"{CHECKPOINT_FILE} from {CHECKPOINT_ORIGIN}")
     return branch
+
+
+def audio_branch(state: Mapping[str, Any], where: str) -> dict[str, Tensor]:
+    """The ``spec_encoder.*`` entries of a CAVP state dict, with wrapper prefixes (``module.``) removed
+    (:func:`checkpoint_branch`). Keys of the video branch (``video_encoder.*``, ``video_project_head.*``) and
+    ``logit_scale`` are dropped."""
+    return checkpoint_branch(state, (AUDIO_BRANCH,), where)
+
+
+def read_state_dict(path: str | os.PathLike | None, config_key: str) -> tuple[Mapping[str, Any], str]:
+    """The state dict of ``cavp_epoch66.ckpt`` (its ``state_dict`` entry, or the dict itself) read with
+    ``torch.load(weights_only=True)``, and ``where`` ("<path> (config key <config_key>)") for error messages.
+
+    Raises:
+        CAVPWeightsMissing: no file at ``path``.
+        CAVPCheckpointError: unreadable with the safe loader, or not a dict of weights.
+    """
+    checkpoint = load_weights_file(
+        path, config_key, CAVPWeightsMissing, CAVPCheckpointError,
+        "A file you trust that holds other objects can be converted once: in a separate session read it with "
+        "torch.load(weights_only=False) and write {'state_dict': its state dict} with torch.save.")
+    where = f"{path} (config key {config_key})"
+    if not isinstance(checkpoint, Mapping):
+        raise CAVPCheckpointError(f"{where} holds a {type(checkpoint).__name__}, not a CAVP checkpoint dict")
+    state = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state, Mapping):
+        raise CAVPCheckpointError(f"{where}: 'state_dict' is a {type(state).__name__}, not a state dict")
+    return state, where
 
 
 def shapes_to_arguments(branch: Mapping[str, Tensor], where: str) -> dict[str, Any]:
@@ -275,16 +310,7 @@ def load_cavp(path: str | os.PathLike | None, config_key: str = "model.encoder.p
         CAVPWeightsMissing: no file at ``path`` (a ``FileNotFoundError``).
         CAVPCheckpointError: unreadable with the safe loader, no audio branch, or weights that do not fit.
     """
-    checkpoint = load_weights_file(
-        path, config_key, CAVPWeightsMissing, CAVPCheckpointError,
-        "A file you trust that holds other objects can be converted once: in a separate session read it with "
-        "torch.load(weights_only=False) and write {'state_dict': its state dict} with torch.save.")
-    where = f"{path} (config key {config_key})"
-    if not isinstance(checkpoint, Mapping):
-        raise CAVPCheckpointError(f"{where} holds a {type(checkpoint).__name__}, not a CAVP checkpoint dict")
-    state = checkpoint.get("state_dict", checkpoint)
-    if not isinstance(state, Mapping):
-        raise CAVPCheckpointError(f"{where}: 'state_dict' is a {type(state).__name__}, not a state dict")
+    state, where = read_state_dict(path, config_key)
     branch = audio_branch(state, where)
     model = CAVPAudio(**shapes_to_arguments(branch, where))
     try:
@@ -295,12 +321,21 @@ def load_cavp(path: str | os.PathLike | None, config_key: str = "model.encoder.p
     return freeze(model)
 
 
-def save_tiny_format(model: CAVPAudio, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write ``model`` as ``{'state_dict': {'module.spec_encoder.*': ...}}``, the layout :func:`load_cavp` reads
-    from ``cavp_epoch66.ckpt``, atomically. Refuses to replace an existing file unless ``overwrite``."""
+def save_tiny_format(model: nn.Module | Sequence[nn.Module], path: str | os.PathLike, *,
+                     overwrite: bool = False) -> Path:
+    """Write ``model`` (one branch, or several: :class:`CAVPAudio` and
+    :class:`~avgen.encoders.cavp_video.CAVPVideo`, whose names do not overlap) as ``{'state_dict':
+    {'module.spec_encoder.*': ..., 'module.video_encoder.*': ...}}``, the layout :func:`load_cavp` and
+    :func:`~avgen.encoders.cavp_video.load_cavp_video` read from ``cavp_epoch66.ckpt``, atomically. Refuses to replace
+    an existing file unless ``overwrite``."""
     from avgen.media import write_bytes_atomic
 
-    state = {f"{WRAPPER_PREFIX}{name}": value.detach().cpu() for name, value in model.state_dict().items()}
+    state: dict[str, Tensor] = {}
+    for part in [model] if isinstance(model, nn.Module) else model:
+        for name, value in part.state_dict().items():
+            if f"{WRAPPER_PREFIX}{name}" in state:
+                raise ValueError(f"save_tiny_format: two branches hold {name}; expected disjoint CAVP branches")
+            state[f"{WRAPPER_PREFIX}{name}"] = value.detach().cpu()
     buffer = io.BytesIO()
     torch.save({"state_dict": state}, buffer)
     return write_bytes_atomic(path, buffer.getvalue(), overwrite=overwrite)

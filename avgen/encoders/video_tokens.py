@@ -4,7 +4,9 @@ Every encoder takes a batch of clips of uint8 RGB frames, channels first, decode
 (:attr:`VideoTokenEncoder.fps`; ``data.clip.fps`` must equal it), and returns :class:`VideoTokens`: one
 ``D``-dimensional token per time slot, in time order, with the time axis recorded (``seconds_per_token``). A
 per-frame image encoder (CLIP4Clip, ImageBind's vision tower, LanguageBind's image tower) gives one token per
-frame; a spatio-temporal one (ViViT, V-JEPA) one token per tubelet time slot, its patches pooled over space.
+frame; a spatio-temporal one (ViViT, V-JEPA) one token per tubelet time slot, its patches pooled over space; CAVP's
+video branch (Diff-Foley's SlowOnly R3D-50, temporal stride 1) one token per frame at 4 fps, each seeing its
+neighbouring frames.
 
 The interface (:class:`~avgen.encoders.base.VideoTokens`, :class:`~avgen.encoders.base.VideoTokenEncoder`) is
 in :mod:`avgen.encoders.base`, what the encoders share (input checks, padding, loading) in
@@ -53,6 +55,15 @@ def _imagebind(source: str | os.PathLike | None, config_key: str, **options: Any
     return load_imagebind_vision(source or None, config_key, **options)
 
 
+def _cavp(source: str | os.PathLike | None, config_key: str, **options: Any) -> VideoTokenEncoder:
+    from avgen.encoders.cavp_video import load_cavp_video
+    from avgen.pretrained import ORIGINS
+
+    # no hub id: Diff-Foley's cavp_epoch66.ckpt, from model.encoder.path or the audio branch's environment variable
+    source = source or os.environ.get(ORIGINS["cavp"].env or "")
+    return load_cavp_video(source or None, config_key, **options)
+
+
 def _languagebind(source: str | os.PathLike | None, config_key: str, **options: Any) -> VideoTokenEncoder:
     from avgen.encoders.languagebind import load_languagebind
 
@@ -61,6 +72,7 @@ def _languagebind(source: str | os.PathLike | None, config_key: str, **options: 
 
 #: ``model.encoder.name`` → loader ``(source, config_key, *, tiny_dir, **options) -> encoder``
 VIDEO_ENCODERS: dict[str, Callable[..., VideoTokenEncoder]] = {
+    "cavp": _cavp,
     "clip4clip": _clip4clip,
     "imagebind": _imagebind,
     "languagebind": _languagebind,
@@ -79,8 +91,9 @@ DEFAULT_SOURCES: dict[str, str] = {
 def build_video_encoder(cfg: Mapping[str, Any], tiny_dir: str | os.PathLike | None,
                         config_key: str = "model.encoder") -> VideoTokenEncoder:
     """The frozen encoder of a ``model.encoder`` block: ``name`` (a key of :data:`VIDEO_ENCODERS`), ``path`` (a
-    folder, file or hub id; null: the encoder's hub id in :data:`DEFAULT_SOURCES`, or for ``imagebind`` the
-    official file named by ``AVGEN_IMAGEBIND_PATH``), and the encoder's options (e.g. ``normalize``, ``fps``).
+    folder, file or hub id; null: the encoder's hub id in :data:`DEFAULT_SOURCES`, or for ``imagebind`` and
+    ``cavp`` the official file named by ``AVGEN_IMAGEBIND_PATH`` / ``AVGEN_CAVP_PATH``), and the encoder's options
+    (e.g. ``normalize``, ``fps``).
 
     Raises:
         ConfigError: an unknown ``name`` (the message lists the known ones).

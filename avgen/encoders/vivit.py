@@ -59,16 +59,9 @@ TINY_SOURCE = f"{TINY_PREFIX}vivit"
 
 
 def resize_short_side(frames: Tensor, size: int) -> Tensor:
-    """Antialiased bilinear resize of 8-bit frames so that the short side becomes ``size`` and the long side
-    ``int(size · long / short)`` (transformers' ``get_resize_output_image_size``, as both processors compute it).
-
-    torchvision's rule, which ``VJEPA2VideoProcessor`` runs: on the CPU PyTorch's uint8 kernel (a port of PIL's
-    two-pass fixed-point filter, with 8-bit rounding between the passes), elsewhere a float pass rounded to 8 bits.
-    Against PIL's ``Image.resize(BILINEAR)`` (what ``VivitImageProcessor`` runs) the CPU kernel differs by at most
-    2 grey levels (measured, see tests/encoders/test_vivit.py).
-
-    Float frames (the differentiable path, :meth:`~avgen.encoders.frames.FrozenVideoEncoder.differentiable`) take
-    the float pass on every device, rounded straight-through.
+    """Antialiased bilinear resize of 8-bit frames (:func:`resize_bilinear`) so that the short side becomes ``size``
+    and the long side ``int(size · long / short)`` (transformers' ``get_resize_output_image_size``, as both
+    processors compute it).
 
     Args:
         frames: (N, 3, H, W) uint8, or float32 holding 0…255.
@@ -79,11 +72,31 @@ def resize_short_side(frames: Tensor, size: int) -> Tensor:
     """
     height, width = frames.shape[-2:]
     new_h, new_w = (int(size * height / width), size) if height > width else (size, int(size * width / height))
-    if (new_h, new_w) == (height, width):
+    return resize_bilinear(frames, (new_h, new_w))
+
+
+def resize_bilinear(frames: Tensor, size: tuple[int, int]) -> Tensor:
+    """Antialiased bilinear resize of 8-bit frames to ``size`` = (H', W'), PIL's ``Image.resize(BILINEAR)`` on
+    tensors, by torchvision's rule, which ``VJEPA2VideoProcessor`` runs: on the CPU PyTorch's uint8 kernel (a port of
+    PIL's two-pass fixed-point filter, with 8-bit rounding between the passes), elsewhere a float pass rounded to 8
+    bits. Against PIL's ``Image.resize(BILINEAR)`` (what ``VivitImageProcessor`` runs) the CPU kernel differs by at
+    most 2 grey levels (measured, see tests/encoders/test_vivit.py).
+
+    Float frames (the differentiable path, :meth:`~avgen.encoders.frames.FrozenVideoEncoder.differentiable`) take
+    the float pass on every device, rounded straight-through.
+
+    Args:
+        frames: (N, 3, H, W) uint8, or float32 holding 0…255.
+        size: (H', W'), the size after resizing; frames of that size are returned as they are.
+
+    Returns:
+        (N, 3, H', W'): uint8 for uint8 frames, else float32 holding integers in [0, 255].
+    """
+    if tuple(size) == tuple(frames.shape[-2:]):
         return frames
     if frames.dtype == torch.uint8 and frames.device.type == "cpu":
-        return F.interpolate(frames, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-    resized = F.interpolate(frames.float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+        return F.interpolate(frames, size=size, mode="bilinear", antialias=True, align_corners=False)
+    resized = F.interpolate(frames.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
     resized = round_straight_through(resized).clamp(0, 255)
     return resized.to(torch.uint8) if frames.dtype == torch.uint8 else resized
 
