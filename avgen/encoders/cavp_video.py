@@ -273,7 +273,8 @@ def check_fit(model: nn.Module, branch: Mapping[str, Tensor], where: str) -> Non
     """CAVPCheckpointError (one line: the missing, unexpected and mis-shaped names) unless ``branch`` fits
     ``model.state_dict()`` key for key and shape for shape."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(branch))
+    # BatchNorm's step counter is not used in eval mode, and a file saved without it still holds every weight
+    missing = sorted(key for key in set(expected) - set(branch) if not key.endswith(".num_batches_tracked"))
     unexpected = sorted(set(branch) - set(expected))
     misshaped = sorted(f"{key} {tuple(branch[key].shape)} ≠ {tuple(value.shape)}" for key, value in expected.items()
                        if key in branch and tuple(branch[key].shape) != tuple(value.shape))
@@ -327,7 +328,8 @@ def load_cavp_video(source: str | os.PathLike | None, config_key: str = "model.e
     branch = checkpoint_branch(state, VIDEO_BRANCH, where)
     model = CAVPVideo(**shapes_to_arguments(branch, where))
     check_fit(model, branch, where)
-    model.load_state_dict(branch, strict=True)
+    counters = {key: value for key, value in model.state_dict().items() if key.endswith(".num_batches_tracked")}
+    model.load_state_dict({**counters, **branch}, strict=True)
     return CAVPVideoEncoder(model, fps=fps)
 
 

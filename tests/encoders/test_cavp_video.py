@@ -235,6 +235,16 @@ def test_the_published_layout_round_trips_and_serves_both_branches(checkpoint, m
     assert load_cavp(checkpoint).embed_dim == TINY_CAVP["embed_dim"]  # the audio branch of the same file
 
 
+def test_a_file_without_batchnorm_step_counters_loads_the_same_encoder(checkpoint, encoder, tmp_path):
+    """BatchNorm's num_batches_tracked is unused in eval mode; a file saved without it holds every weight."""
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    trimmed = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    assert len(trimmed) < len(state)
+    torch.save({"state_dict": trimmed}, tmp_path / "counters.ckpt")
+    frames = torch.randint(0, 256, (1, 3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(load_cavp_video(tmp_path / "counters.ckpt")(frames).embeds, encoder(frames).embeds)
+
+
 def test_a_missing_file_names_the_key_the_file_and_the_fixes(tmp_path):
     for source in (tmp_path / "absent.ckpt", None, tmp_path):  # a folder without cavp_epoch66.ckpt
         with pytest.raises(CAVPWeightsMissing) as err:
