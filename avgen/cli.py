@@ -26,6 +26,8 @@ COMMANDS = {
     "prepare": "write a dataset's WebDataset shards and manifests (data=<dataset>)",
     "filter": "keep the clips of a prepared dataset whose scores pass thresholds (filter.min_av_align=0.2 "
               "filter.min_clap=0.3); train on them with data.subset=<name>",
+    "concat_test": "write VTA-LDM's concatenated test set as a sample folder (data=<dataset> "
+                   "data.concat_test={seed:0}); dub it with sample.video=, score with evaluate.ref_dir=",
 }
 # Groups shown by --help; hydra/launcher options also include those of installed Hydra plugins.
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",

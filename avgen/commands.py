@@ -494,6 +494,35 @@ def evaluate(cfg: DictConfig):
     return result
 
 
+def concat_test(cfg: DictConfig) -> list[Path]:
+    """``python -m avgen concat_test data=<dataset> data.concat_test={seed:0}``: write VTA-LDM's concatenated
+    test set (appendix E; :class:`avgen.data.concat.ConcatTest`) into ``<output_dir>/concat_test`` as a sample
+    folder (:func:`avgen.samples.export_concat_test`), for ``sample.video=`` and ``evaluate.ref_dir=``.
+    Returns the written mp4s.
+
+    Raises:
+        ConfigError: ``data.concat_test`` is null, or the test split holds one label.
+        NothingProduced: no clip was written.
+    """
+    from avgen.samples import export_concat_test
+
+    announce(cfg, "concat_test")
+    if cfg.get("data") is not None and cfg.data.get("concat_test") is None:
+        raise ConfigError("concat_test writes the set data.concat_test describes; set data.concat_test={seed:0} "
+                          "(cut: [0.25, 0.75] by default)")
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    out_dir = Path(cfg.paths.output_dir) / "concat_test"
+    report = export_concat_test(datamodule, out_dir)
+    for entry in report.failed:
+        print(f"not written: {entry['sample']}: {entry['reason']}")
+    if not report.written:
+        raise NothingProduced(f"no concatenated test clip written to {out_dir} ({len(report.failed)} failed)")
+    print(f"{len(report.written)} concatenated test clips: {out_dir}")
+    return report.written
+
+
 def export(cfg: DictConfig):
     from avgen.checkpoint import export_checkpoint
 
@@ -576,7 +605,7 @@ def filter_clips(cfg: DictConfig) -> dict[str, Any]:
 
 
 COMMANDS = {"fit": fit, "validate": validate, "test": test, "sample": sample, "evaluate": evaluate,
-            "export": export, "prepare": prepare, "filter": filter_clips}
+            "export": export, "prepare": prepare, "filter": filter_clips, "concat_test": concat_test}
 USER_ERRORS = (ConfigError, CommandUnavailable, MissingShardsError, GeometryMismatchError, DataHealthError,
                NothingProduced, FileNotFoundError, FileExistsError, PrepareError)
 

@@ -162,6 +162,28 @@ def refuse_existing(out_dir: Path, count: int, overwrite: bool) -> None:
                               f"sample.overwrite=true to replace them, or choose another run folder")
 
 
+def export_concat_test(datamodule, out_dir: str | Path, overwrite: bool = False) -> SampleReport:
+    """VTA-LDM's concatenated test set (``data.concat_test``, :class:`avgen.data.concat.ConcatTest`) as a sample
+    folder: the joined clips of ``datamodule``'s test loader (an :class:`~avgen.data.datamodule.AVDataModule`
+    set up for ``test``, one process), in the set's order, written by :func:`write_sounding_videos`
+    (``sample_NNNN.mp4`` with the joined audio, ``.wav``, ``.txt`` the joined caption, ``.json`` ``source``: the
+    joined key ``<key>+<partner key>@<cut frame>``). ``sample.video=<out_dir>`` dubs them and
+    ``evaluate.ref_dir=<out_dir>`` scores against them (same stems).
+
+    Raises:
+        FileExistsError: ``out_dir`` holds samples and ``overwrite`` is false (before anything is written).
+    """
+    pairs = datamodule.concat_set()[0]
+    refuse_existing(Path(out_dir), len(pairs), overwrite)
+    report = SampleReport()
+    for batch in datamodule.test_dataloader():
+        batch = datamodule.on_after_batch_transfer(datamodule.on_before_batch_transfer(batch, 0), 0)
+        report.extend(write_sounding_videos(Path(out_dir), batch["caption"], batch["video"], batch["audio"],
+                                            datamodule.clip, overwrite=True, first=len(report.written + report.failed),
+                                            sources=batch["key"]))
+    return report
+
+
 def export_split_clips(split_dir: str | Path, out_dir: str | Path) -> Path:
     """The clips of a prepared shard split as files ``evaluate`` reads, in manifest order: for each sample
     ``<key with / as __>.mp4`` (the stored video bytes, not re-encoded), ``.wav`` (its flac audio,

@@ -20,6 +20,12 @@ Subsets: ``data.subset=<name>`` reads only the clips a ``python -m avgen filter`
 (``<root>/subsets/<name>/<split>.json``, :mod:`avgen.data.subset`) from the same shards, for each
 split the subset covers (the others in full); clip counts (epoch length, evaluation slots, expected
 clips) are those of the kept clips.
+
+Concatenated test set: ``data.concat_test={seed, cut}`` makes the test split (``test``, ``predict``)
+serve VTA-LDM's concatenated clips (:class:`avgen.data.concat.ConcatTest`): one joined clip per test
+clip, keys ``<key>+<partner key>@<cut frame>``, the same fixed list whatever the ranks and workers.
+Validation keeps its plain clips: it tracks training, and a model trained without ``data.concat``
+is validated as before.
 """
 
 from __future__ import annotations
@@ -34,11 +40,11 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from avgen.data.concat import ConcatAugment
+from avgen.data.concat import ConcatAugment, ConcatPair, ConcatTest
 from avgen.data.decode import to_model_batch
 from avgen.data.geometry import ClipGeometry, StoreGeometry
 from avgen.data.shards import MANIFEST, Manifest
-from avgen.data.stream import EvalStream, Health, Shard, TrainStream
+from avgen.data.stream import ConcatEvalStream, EvalStream, Health, SampleRef, Shard, TrainStream, index_shards
 from avgen.errors import ConfigError, GeometryMismatchError, MissingShardsError
 
 log = logging.getLogger(__name__)
@@ -79,10 +85,13 @@ class AVDataModule(pl.LightningDataModule):
             (:class:`~avgen.data.concat.ConcatAugment`; ``p`` 0 or unset: off).
         audio_only: serve clips without their frames (``video`` (B, 0, 3, H, W)): audio-only pretraining,
             VTA-LDM's Pretrain-Audio row; a system that reads video refuses it at fit start.
+        concat_test: ``{seed, cut}``: the test split serves VTA-LDM's concatenated test set
+            (:class:`~avgen.data.concat.ConcatTest`; ``None``: its plain clips). Validation stays plain.
 
     Raises:
-        ConfigError: a ``clip`` the ``store`` cannot serve; (at setup) an unknown ``subset``, or one made
-            from another version of a split.
+        ConfigError: a ``clip`` the ``store`` cannot serve; a bad ``concat`` or ``concat_test``; (at setup)
+            an unknown ``subset``, or one made from another version of a split; a ``concat_test`` on a test
+            split of one label.
     """
 
     def __init__(self, name: str, root: str, clip: Mapping[str, Any] | ClipGeometry, batch_size: int = 16,
@@ -93,7 +102,7 @@ class AVDataModule(pl.LightningDataModule):
                  store: Mapping[str, Any] | StoreGeometry | None = None, group: str | None = None,
                  source: str | None = None, split_file: Any = None, scale: str | None = None,
                  subset: str | None = None, fixed_stream: bool = False, concat: Mapping[str, Any] | None = None,
-                 audio_only: bool = False):
+                 audio_only: bool = False, concat_test: Mapping[str, Any] | None = None):
         super().__init__()
         self.name, self.root = name, Path(root).expanduser().absolute()
         self.group, self.source, self.split_file, self.scale = group or name, source, split_file, scale
@@ -126,6 +135,8 @@ class AVDataModule(pl.LightningDataModule):
         self.audio_only = audio_only
         concat_augment = ConcatAugment.from_config(concat)
         self.concat = concat_augment if concat_augment.p > 0 else None
+        self.concat_test = ConcatTest.from_config(concat_test)
+        self._concat_set: tuple[list[ConcatPair], dict[str, SampleRef], Health] | None = None
         self.manifests: dict[str, Manifest] = {}
         self.subsets: dict[str, Any] = {}  # split -> avgen.data.subset.Subset (None: the whole split)
         self.health: dict[str, Health] = {}
@@ -249,6 +260,8 @@ class AVDataModule(pl.LightningDataModule):
                 continue  # validation is optional during fit
             self.manifest(split)
             self.subset_of(split)
+            if split == "test" and self.concat_test is not None:
+                self.concat_set()  # a test split of one label is refused before any model runs
 
     # ----------------------------------------------------------------------------------- loaders
     def _dist(self) -> tuple[int, int]:
@@ -281,11 +294,30 @@ class AVDataModule(pl.LightningDataModule):
         dataset.audio_only = self.audio_only
         return self._loader(dataset)
 
+    def concat_set(self) -> tuple[list[ConcatPair], dict[str, SampleRef], Health]:
+        """The concatenated test set (``data.concat_test``): its pairs, every test sample by key, and the test
+        clips that cannot be read (skipped). Built once, from the tar headers of the test split.
+
+        Raises:
+            ConfigError: the test split holds one label only (naming ``data.concat_test``).
+        """
+        if self._concat_set is None:
+            refs, missing = index_shards(self.shards("test"))
+            pairs = self.concat_test.pairs([r.key for r in refs], [r.label for r in refs], self.clip.num_frames)
+            self._concat_set = pairs, {r.key: r for r in refs}, missing
+            log.info("data.concat_test: %d concatenated test clips (seed %d)", len(pairs), self.concat_test.seed)
+        return self._concat_set
+
     def _eval_loader(self, split: str) -> DataLoader:
         rank, world = self._dist()
-        dataset = EvalStream(self.shards(split), self.clip, self.eval_batch_size, split=split, rank=rank,
-                             world_size=world,
-                             max_skip_fraction=self.max_skip_fraction, min_clips_for_check=self.min_clips_for_check)
+        common = dict(split=split, rank=rank, world_size=world, max_skip_fraction=self.max_skip_fraction,
+                      min_clips_for_check=self.min_clips_for_check)
+        if split == "test" and self.concat_test is not None:
+            pairs, refs, missing = self.concat_set()
+            dataset = ConcatEvalStream(self.shards(split), self.clip, self.eval_batch_size, pairs=pairs, refs=refs,
+                                       missing=missing, **common)
+        else:
+            dataset = EvalStream(self.shards(split), self.clip, self.eval_batch_size, **common)
         dataset.audio_only = self.audio_only
         return self._loader(dataset)
 

@@ -16,6 +16,11 @@ the clips whose global index falls in its slot (``index % (world * workers) == s
 clip is seen exactly once across all ranks and workers, ranks get equal shares up to one clip,
 and the order is deterministic. Batches may be partial.
 
+Concatenated test set (``ConcatEvalStream``, ``data.concat_test``): the same slots over a fixed list
+of pairs (:class:`avgen.data.concat.ConcatTest`) instead of the shards' clips; a pair's two clips may
+lie in any shard, so they are read by their byte offsets in the tars (:func:`index_shards`, one pass
+over the tar headers and json members) and joined by :func:`avgen.data.concat.join`.
+
 Clip accounting: a clip that fails to decode, and every clip a shard's manifest (or subset) promises
 but the tar does not deliver (truncated or unreadable shard), is counted as skipped, with its shard. The
 counts travel with the next batch under ``"_health"`` (tagged with the split) and are summed in the main process
@@ -27,8 +32,10 @@ shards.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
+import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -38,7 +45,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from avgen.data.concat import ConcatAugment
+from avgen.data.concat import ConcatAugment, ConcatPair, join
 from avgen.data.decode import SampleError, collate, decode_sample
 from avgen.data.geometry import ClipGeometry
 from avgen.errors import DataHealthError
@@ -171,8 +178,7 @@ class _Stream(IterableDataset):
             clips: list[dict] = []
             for sample in samples:
                 try:
-                    clips.append(decode_sample(sample, geo, rng, out=video[len(clips)].numpy(),
-                                               audio_only=self.audio_only))
+                    clips.append(self._decode(sample, rng, video[len(clips)].numpy()))
                 except SampleError as exc:
                     health.skip(sample.get("__url__", "?"), str(exc))
                     self._check(health)
@@ -185,6 +191,10 @@ class _Stream(IterableDataset):
                     yield clips, video[:len(clips)]
                 return
             yield clips, video
+
+    def _decode(self, sample: dict, rng: np.random.Generator | None, out: np.ndarray) -> dict:
+        """One clip decoded into ``out`` (F, H, W, 3) uint8, a slot of the batch; raises ``SampleError``."""
+        return decode_sample(sample, self.clip, rng, out=out, audio_only=self.audio_only)
 
     def _check(self, health: Health) -> None:
         total = self._total.seen + self._total.skipped + health.seen + health.skipped
@@ -306,3 +316,96 @@ class EvalStream(_Stream):
             pending = batch
         if pending is not None:
             yield self._emit(*pending, health)
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """Where one sample lies in a tar shard: ``members`` ``(extension, byte offset of the data, size in bytes)``,
+    and its ``label`` (from its json; ``""`` when it has none)."""
+
+    url: str
+    key: str
+    label: str
+    members: tuple[tuple[str, int, int], ...]
+
+    def read(self) -> dict[str, Any]:
+        """The raw sample as the shard reader yields it: ``__key__``, ``__url__`` and ``{extension: bytes}``.
+
+        Raises:
+            SampleError: the shard cannot be read, naming the clip and the shard.
+        """
+        sample: dict[str, Any] = {"__key__": self.key, "__url__": self.url}
+        try:
+            with open(self.url, "rb") as f:
+                for ext, offset, size in self.members:
+                    f.seek(offset)
+                    sample[ext] = f.read(size)
+                    if len(sample[ext]) != size:
+                        raise OSError(f"{ext} member ends early")
+        except OSError as exc:
+            raise SampleError(f"clip {self.key} in {self.url}: {exc}") from exc
+        return sample
+
+
+def index_shards(shards: list[Shard]) -> tuple[list[SampleRef], Health]:
+    """The samples of ``shards`` (a subset's keys only, when a shard has ``keys``), located by one pass over the
+    tar headers and json members; and, as skipped clips, those a shard promises (``Shard.clips``) but does not
+    deliver or whose json is unreadable."""
+    refs: list[SampleRef] = []
+    missing = Health()
+    for shard in shards:
+        members: dict[str, list[tuple[str, int, int]]] = {}
+        labels: dict[str, str] = {}
+        reason = "shard ended early"
+        try:
+            with tarfile.open(shard.url) as tar:
+                for member in tar:
+                    key, _, ext = member.name.rpartition(".")
+                    if not member.isfile() or shard.keys is not None and key not in shard.keys:
+                        continue
+                    members.setdefault(key, []).append((ext, member.offset_data, member.size))
+                    if ext == "json":
+                        labels[key] = str(json.loads(tar.extractfile(member).read()).get("label") or "")
+        except (OSError, tarfile.TarError, ValueError) as exc:
+            reason = str(exc)
+        found = [SampleRef(shard.url, key, labels[key], tuple(parts)) for key, parts in members.items()
+                 if key in labels]
+        refs += found
+        if shard.clips > len(found):
+            missing.skip(shard.url, f"{shard.url}: {shard.clips - len(found)} clip(s) unreadable ({reason})",
+                         shard.clips - len(found))
+    return refs, missing
+
+
+class ConcatEvalStream(EvalStream):
+    """The concatenated test set (``data.concat_test``): ``pairs`` (``ConcatPair`` of keys) served like
+    :class:`EvalStream` serves clips, pair p by slot ``p % (world * workers)``, each joined by
+    :func:`avgen.data.concat.join` (``first``'s frames and audio up to the cut, then ``second``'s). ``refs``:
+    every sample of the split by key (:func:`index_shards`); ``missing``: the split's unreadable clips, counted
+    as skipped by the slots their indices after the last pair fall in."""
+
+    def __init__(self, shards: list[Shard], clip: ClipGeometry, batch_size: int, *, pairs: list[ConcatPair],
+                 refs: dict[str, SampleRef], missing: Health | None = None, split: str = "test", rank: int = 0,
+                 world_size: int = 1, max_skip_fraction: float = 0.05, min_clips_for_check: int = 64):
+        super().__init__(shards, clip, batch_size, split=split, rank=rank, world_size=world_size,
+                         max_skip_fraction=max_skip_fraction, min_clips_for_check=min_clips_for_check)
+        self.pairs, self.refs, self.missing = pairs, refs, missing or Health()
+
+    def slot_clips(self, slot: int, slots: int) -> int:
+        return len(range(slot, len(self.pairs) + self.missing.skipped, slots))
+
+    def _mine(self, slot: int, slots: int, health: Health) -> Iterator[dict]:
+        for p in range(slot, len(self.pairs), slots):
+            first, second, cut = self.pairs[p]
+            yield {"__key__": f"{first}+{second}@{cut}", "__url__": self.refs[first].url,
+                   "pair": (self.refs[first], self.refs[second], cut)}
+        mine = self.slot_clips(slot, slots) - len(range(slot, len(self.pairs), slots))
+        if mine:
+            url = next(iter(self.missing.shards))
+            health.skip(url, self.missing.reasons[0] if self.missing.reasons else url, mine)
+
+    def _decode(self, sample: dict, rng: np.random.Generator | None, out: np.ndarray) -> dict:
+        first, second, cut = sample["pair"]
+        mine = decode_sample(first.read(), self.clip, None, out=out, audio_only=self.audio_only)
+        theirs = decode_sample(second.read(), self.clip, None, audio_only=self.audio_only)
+        return join(mine, theirs, cut, self.clip)
