@@ -237,7 +237,7 @@ def save_tiny_cavp(folder: str | os.PathLike) -> None:
     TempoTokens (the audio branch, ``TINY_CAVP`` widths and the real front end) and VTA-LDM (the video branch,
     ``TINY_CAVP_VIDEO`` sizes), each read by the same loader as the real file."""
     from avgen.encoders.cavp import TINY_CAVP, TINY_FILE, CAVPAudio, save_tiny_format
-    from avgen.encoders.cavp_video import tiny_cavp_video
+    from avgen.encoders.slowonly import tiny_cavp_video
 
     torch.manual_seed(SEED)
     audio = CAVPAudio(**TINY_CAVP)  # first: the audio twin holds the weights it held before the video branch

@@ -358,7 +358,7 @@ def index_shards(shards: list[Shard]) -> tuple[list[SampleRef], Health]:
         labels: dict[str, str] = {}
         reason = "shard ended early"
         try:
-            with tarfile.open(shard.url) as tar:
+            with tarfile.open(shard.url, "r:") as tar:  # uncompressed, as prepare writes: offsets are file offsets
                 for member in tar:
                     key, _, ext = member.name.rpartition(".")
                     if not member.isfile() or shard.keys is not None and key not in shard.keys:
@@ -367,7 +367,7 @@ def index_shards(shards: list[Shard]) -> tuple[list[SampleRef], Health]:
                     if ext == "json":
                         labels[key] = str(json.loads(tar.extractfile(member).read()).get("label") or "")
         except (OSError, tarfile.TarError, ValueError) as exc:
-            reason = str(exc)
+            reason = f"{exc} (the concatenated test set reads uncompressed tar shards, as prepare writes them)"
         found = [SampleRef(shard.url, key, labels[key], tuple(parts)) for key, parts in members.items()
                  if key in labels]
         refs += found

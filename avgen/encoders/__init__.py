@@ -4,7 +4,8 @@ or for a metric, one family per file:
 - :mod:`~avgen.encoders.beats`: BEATs (Chen et al. 2022), the audio encoder of TempoTokens, with the official
   checkpoints' parameter names so ``BEATs_iter3_plus_AS2M*.pt`` loads as is;
 - :mod:`~avgen.encoders.cavp`: the audio branch of Diff-Foley's CAVP, from ``cavp_epoch66.ckpt``;
-- :mod:`~avgen.encoders.cavp_video`: its video branch (SlowOnly R3D-50), a video encoder of VTA-LDM's Table 2;
+- :mod:`~avgen.encoders.cavp_video`: its video branch, a video encoder of VTA-LDM's Table 2, whose network (SlowOnly
+  R3D-50) is :mod:`~avgen.encoders.slowonly`;
 - :mod:`~avgen.encoders.clip4clip`: CLIP ViT-L/14 frame embeddings, the video encoder of VTA-LDM;
 - :mod:`~avgen.encoders.panns`: the PANNs CNN14 audio tagger (IS, KL, FAD-PANNs);
 - :mod:`~avgen.encoders.vggish`: VGGish (FAD);

@@ -25,15 +25,13 @@ from avgen.encoders.cavp import (
 )
 from avgen.encoders.cavp_video import (
     FPS,
-    TINY_CAVP_VIDEO,
     TINY_SOURCE,
-    CAVPVideo,
     CAVPVideoEncoder,
     load_cavp_video,
     preprocess,
     shapes_to_arguments,
-    tiny_cavp_video,
 )
+from avgen.encoders.slowonly import TINY_CAVP_VIDEO, CAVPVideo, tiny_cavp_video
 from avgen.encoders.video_tokens import VIDEO_ENCODERS, build_video_encoder
 from avgen.errors import ConfigError
 from tests.encoders.common import BAD_FRAMES, assert_frozen_in_eval_mode, noise, smooth
