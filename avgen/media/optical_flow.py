@@ -115,9 +115,9 @@ def flow_to_rgb(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndar
     The direction picks the hue: angle atan2(−dy, −dx) / π ∈ [−1, 1] maps linearly onto wheel positions
     0…54, interpolated between neighbouring entries (+x is entry 0, red; +y, down, is yellow; −x cyan-blue;
     −y violet). The magnitude divided by ``max_magnitude`` (default: the largest in ``flow``) is the
-    saturation: each channel is 1 − s · (1 − wheel), so zero flow is white. A ``max_magnitude`` of 0 gives white.
-    Values are floor(255 · channel), as ``torchvision.utils.flow_to_image``. Magnitudes are in the flow's
-    units (pixels per frame).
+    saturation s (at most 1): each channel is 1 − s · (1 − wheel), so zero flow is white. A ``max_magnitude`` of 0
+    gives white. Values are floor(255 · channel), as ``torchvision.utils.flow_to_image``. Magnitudes are in the
+    flow's units (pixels per frame).
     """
     flow = np.asarray(flow, dtype=np.float32)  # float32 throughout, as torchvision
     if flow.ndim < 3 or flow.shape[-1] != 2:
@@ -125,15 +125,19 @@ def flow_to_rgb(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndar
     dx, dy = flow[..., 0], flow[..., 1]
     magnitude = np.sqrt(dx * dx + dy * dy)
     scale = float(magnitude.max(initial=0.0)) if max_magnitude is None else float(max_magnitude)
-    wheel = colour_wheel()
+    wheel = colour_wheel() / 255
     saturation = magnitude / np.float32(scale + np.finfo(np.float32).eps)  # torchvision's ε: 0 / ε = 0 for a still clip
+    np.minimum(saturation, 1, out=saturation)  # beyond a given max_magnitude: fully saturated
     position = (np.arctan2(-dy, -dx) / np.float32(np.pi) + 1) / 2 * (len(wheel) - 1)
-    k0 = np.floor(position).astype(np.int64)
+    floor = np.floor(position)
+    frac = position - floor  # float32, as torch's float32 − int64
+    k0 = floor.astype(np.intp)
     k1 = (k0 + 1) % len(wheel)
-    frac = (position - k0)[..., None]
-    hue = ((1 - frac) * wheel[k0] + frac * wheel[k1]) / 255
-    rgb = 1 - saturation[..., None] * (1 - hue)
-    return np.floor(255 * rgb).clip(0, 255).astype(np.uint8)
+    rgb = np.empty((*flow.shape[:-1], 3), dtype=np.uint8)
+    for c in range(3):  # channel by channel, torchvision's arithmetic (and faster than one (..., 3) pass)
+        hue = (1 - frac) * wheel[k0, c] + frac * wheel[k1, c]
+        rgb[..., c] = np.floor(255 * (1 - saturation * (1 - hue)))
+    return rgb
 
 
 def flow_images(frames: np.ndarray, flow: OpticalFlow = OpticalFlow()) -> np.ndarray:

@@ -187,8 +187,8 @@ class VTALDM(DiffusionSystem):
     def __init__(self, encoder: Mapping, audio: Mapping, unet: Mapping, noise_scheduler: Mapping, clip: Mapping, *,
                  objective: Mapping | None = None, conditions: Sequence[str] = ("video",),
                  text_encoder: Mapping | None = None, flow: Mapping | None = None, released: str | None = None,
-                 scale: str = "paper",
-                 tiny: Mapping | None = None, tiny_dir: str | None = None, gradient_checkpointing: bool = False,
+                 scale: str = "paper", tiny: Mapping | None = None, tiny_dir: str | None = None,
+                 gradient_checkpointing: bool = False,
                  sampling: Mapping | None = None, validation: Mapping | None = None, optimizer=None, scheduler=None,
                  ema_decay: float | None = None, cond_drop_prob: float = 0.1):
         super().__init__(optimizer=optimizer, scheduler=scheduler, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob)

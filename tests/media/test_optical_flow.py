@@ -6,6 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from avgen.errors import ConfigError
 from avgen.media.optical_flow import OpticalFlow, colour_wheel, flow_images, flow_to_rgb
@@ -44,6 +45,7 @@ def test_saturation_is_magnitude_over_the_largest():
     rgb = flow_to_rgb(one_pixel((4, 0), (2, 0))).reshape(-1, 3)
     assert rgb.tolist() == [[255, 0, 0], [255, 127, 127]]
     assert flow_to_rgb(one_pixel((2, 0)), max_magnitude=4).reshape(3).tolist() == [255, 127, 127]
+    assert flow_to_rgb(one_pixel((8, 0)), max_magnitude=4).reshape(3).tolist() == [255, 0, 0]  # capped at 1
     assert flow_to_rgb(np.zeros((2, 3, 3, 2))).min() == 255
 
 
@@ -119,3 +121,31 @@ def test_settings_come_from_config():
         OpticalFlow.from_config({"method": "raft"})
     with pytest.raises(ConfigError, match=r"model\.flow\.window: not an optical-flow setting"):
         OpticalFlow.from_config({"window": 3})
+
+
+def torchvision_flow_to_image(flow: torch.Tensor) -> torch.Tensor:
+    """``torchvision.utils.flow_to_image`` (torchvision 0.19, BSD-3; torchvision is not installed here) on (N, 2, H, W)
+    float32 flow → (N, 3, H, W) uint8, its colour wheel built from ours (checked entry by entry above)."""
+    wheel = torch.from_numpy(colour_wheel())
+    flow = flow / (torch.sum(flow**2, dim=1).sqrt().max() + torch.finfo(flow.dtype).eps)
+    norm = torch.sum(flow**2, dim=1).sqrt()
+    a = torch.atan2(-flow[:, 1], -flow[:, 0]) / torch.pi
+    fk = (a + 1) / 2 * (len(wheel) - 1)
+    k0 = torch.floor(fk).to(torch.long)
+    k1 = k0 + 1
+    k1[k1 == len(wheel)] = 0
+    f = fk - k0
+    image = torch.zeros((flow.shape[0], 3, *flow.shape[2:]), dtype=torch.uint8)
+    for c in range(3):
+        col = (1 - f) * wheel[k0, c] / 255.0 + f * wheel[k1, c] / 255.0
+        image[:, c] = torch.floor(255 * (1 - norm * (1 - col)))
+    return image
+
+
+def test_rendering_equals_torchvision():
+    """Equal up to float rounding before the floor: at most one grey level, on 0.3 % of the values here (torchvision
+    normalises the flow before taking its norm; avgen divides the norm)."""
+    flow = torch.randn(3, 2, 17, 19, generator=torch.Generator().manual_seed(0)) * 4
+    expected = torchvision_flow_to_image(flow).permute(0, 2, 3, 1).numpy()
+    ours = flow_to_rgb(flow.permute(0, 2, 3, 1).numpy())
+    assert np.abs(ours.astype(int) - expected).max() <= 1 and (ours == expected).mean() > 0.99
