@@ -21,12 +21,17 @@ choice (``model.flow``):
    image.
 
 Flow vectors are (dx, dy) in pixels per frame of the clip, x to the right, y down (image coordinates).
+
+Cost, measured on 2 cores of an AMD EPYC for a 10-s clip at 2 fps and 224 × 224 (20 frames): :func:`flow_images`
+0.29 s with ``farneback`` (0.21 s of it the flow), 0.19 s with ``dis``. VTA-LDM computes it in the training step, on
+the CPU, for every clip of the batch (about 2.3 s per step of 8 clips with Farneback), then runs the frame encoder a
+second time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -71,9 +76,6 @@ class OpticalFlow:
         if out.method not in FLOW_METHODS:
             raise ConfigError(f"{key}.method={out.method!r}: expected one of {', '.join(FLOW_METHODS)}")
         return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def between(self, grey: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
         """The flow from each grey frame (H, W) uint8 to the next: F − 1 fields (H, W, 2) float32 (dx, dy) in
