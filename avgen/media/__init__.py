@@ -20,8 +20,9 @@ replace an existing file unless ``overwrite=True`` is passed. Non-finite samples
 any encoder sees them.
 
 The package: :mod:`~avgen.media.core` (constants, exact frame rates), :mod:`~avgen.media.decode`,
-:mod:`~avgen.media.encode`, :mod:`~avgen.media.files` (atomic writes, folder scanning) and
-:mod:`~avgen.media.frames` (uint8 ↔ [-1, 1] frame conversions); everything public is importable from
+:mod:`~avgen.media.encode`, :mod:`~avgen.media.files` (atomic writes, folder scanning),
+:mod:`~avgen.media.frames` (uint8 ↔ [-1, 1] frame conversions) and :mod:`~avgen.media.optical_flow` (dense flow
+between frames and its colour rendering); everything public is importable from
 ``avgen.media``.
 """
 
@@ -76,6 +77,7 @@ from avgen.media.files import (
     write_text_atomic,
 )
 from avgen.media.frames import frames_to_uint8, quantize_unit_range, uint8_to_unit_range, unit_range_to_uint8
+from avgen.media.optical_flow import FLOW_METHODS, OpticalFlow, colour_wheel, flow_images, flow_to_rgb
 
 __all__ = [
     "AUDIO_CODEC_MP4", "AUDIO_LENGTH_SLACK", "AUDIO_SUFFIXES", "DUB_VIDEO_CRF", "MP4_COPY_CODECS", "DubInfo",
@@ -85,6 +87,6 @@ __all__ = [
     "audio_companion", "centre_origin", "check_finite", "cover_size", "decode_audio", "decode_flac", "decode_video",
     "encode_flac", "encode_mp4", "fps_label", "fps_text", "frame_count", "frames_to_uint8", "probe", "read_audio",
     "quantize_unit_range", "read_clip", "replace_synced", "scan_media", "uint8_to_unit_range", "unit_range_to_uint8",
-    "write_bytes_atomic",
+    "write_bytes_atomic", "FLOW_METHODS", "OpticalFlow", "colour_wheel", "flow_images", "flow_to_rgb",
     "write_mp4", "write_text_atomic", "write_wav",
 ]

@@ -84,7 +84,7 @@ import librosa
 import numpy as np
 
 from avgen.errors import ConfigError
-from avgen.media import read_clip, write_bytes_atomic
+from avgen.media import OpticalFlow, read_clip, write_bytes_atomic
 
 VARIANTS: tuple[str, ...] = ("official", "paper", "pr")
 NO_EVENTS_SCORE = 0.0
@@ -213,11 +213,10 @@ def flow_magnitudes(frames: np.ndarray, cfg: AVAlignConfig = DEFAULT_CONFIG) -> 
     if len(frames) < 2:
         raise ValueError(f"AV-Align needs at least 2 frames for optical flow, got {len(frames)}")
     gray = frames if frames.ndim == 3 else [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
-    params = (cfg.flow_pyr_scale, cfg.flow_levels, cfg.flow_winsize, cfg.flow_iterations, cfg.flow_poly_n,
-              cfg.flow_poly_sigma, cfg.flow_flags)
+    farneback = OpticalFlow("farneback", cfg.flow_pyr_scale, cfg.flow_levels, cfg.flow_winsize, cfg.flow_iterations,
+                            cfg.flow_poly_n, cfg.flow_poly_sigma, cfg.flow_flags)
     pairs = []
-    for prev, nxt in zip(gray[:-1], gray[1:]):
-        flow = cv2.calcOpticalFlowFarneback(prev, nxt, None, *params)
+    for flow in farneback.between(gray):
         fx, fy = flow[..., 0], flow[..., 1]
         # float32 sqrt(x*x + y*y) in numpy, not cv2.magnitude: OpenCV's SIMD path fuses the
         # multiply-add and its scalar path does not, so which one a pixel takes depends on the

@@ -1,19 +1,24 @@
 """The cross-attention context of VTA-LDM (Xu et al. 2024, "Video-to-Audio Generation with Hidden Alignment",
-arXiv 2407.07464, §3 and Table 3): a trained linear projection φ of the condition tokens, laid out as the
+arXiv 2407.07464, §3, Table 3 and appendix D): a trained linear projection φ of the condition tokens, laid out as the
 authors' public code lays them out.
 
-Conditions (``model.conditions``, any non-empty subset, in this order in the context):
+Conditions (``model.conditions``, any non-empty subset; ``pe`` and ``flow`` need ``video``):
 
 - ``text``: the caption's pooled, projected CLIP text embedding (B, D), repeated once per time slot and placed
   *before* the video tokens (the public code's ``concat`` layout), through the same φ;
 - ``video``: the frame (or time-slot) tokens of the video encoder (B, T, D);
 - ``pe``: a sinusoidal position table (Vaswani et al. 2017, §3.5) added to the video tokens before φ (not
-  concatenated; video tokens only).
+  concatenated; video tokens only, never to the flow tokens);
+- ``flow``: the tokens (B, T, D) the same frozen video encoder gives for the clip's optical-flow images
+  (:mod:`avgen.media.optical_flow`; appendix D item 3: "optical flow video embeddings ... concatenated with the
+  original video embeddings"), placed *after* the video tokens, through the same φ, with the video's mask. The paper
+  gives no layout; after the video keeps the text | video layout of the other rows unchanged.
 
-Shapes: with T video slots and both conditions the context is (B, 2T, D_φ): slots [0, T) the text, [T, 2T) the
-video. The null of the video condition (Eq. 2's ∅) is an all-zero context in the video slots with the mask all
-true there (the paper's zero embedding); the null of the text condition is the embedding of the negative prompt
-(the empty prompt in training).
+Shapes: with T video slots the context is (B, T_c, D_φ), laid out text | video | flow: T_c = T for one condition,
+2T for text + video (slots [0, T) the text, [T, 2T) the video) or video + flow (video, then flow), 3T for all three.
+The null of the video condition (Eq. 2's ∅) is an all-zero context in the video slots *and the flow slots* (the flow
+is derived from the video, so it is dropped with it) with the mask all true there (the paper's zero embedding); the
+null of the text condition is the embedding of the negative prompt (the empty prompt in training).
 """
 
 from __future__ import annotations
@@ -24,21 +29,21 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-CONDITIONS = ("video", "text", "pe")
+CONDITIONS = ("video", "text", "pe", "flow")
 
 
 def check_conditions(conditions: Sequence[str], key: str = "model.conditions") -> tuple[str, ...]:
     """The conditions as a tuple in canonical order.
 
     Raises:
-        ValueError: empty, an unknown name, ``pe`` without ``video``; the message names ``key``.
+        ValueError: empty, an unknown name, ``pe`` or ``flow`` without ``video``; the message names ``key``.
     """
     given = list(conditions)
     unknown = sorted(set(given) - set(CONDITIONS))
     if unknown:
-        hint = " (optical flow is not built yet)" if "flow" in unknown else ""
-        raise ValueError(f"{key}={given}: unknown condition {unknown[0]!r}{hint}; expected a subset of "
-                         f"{list(CONDITIONS)}")
+        raise ValueError(f"{key}={given}: unknown condition {unknown[0]!r}; expected a subset of {list(CONDITIONS)}")
+    if "flow" in given and "video" not in given:
+        raise ValueError(f"{key}={given}: flow is computed from the video's frames and conditions with it; add video")
     if not {"video", "text"} & set(given):
         raise ValueError(f"{key}={given}: needs video or text (pe only marks the video tokens' positions)")
     if "pe" in given and "video" not in given:
@@ -73,15 +78,22 @@ class VTACondition(nn.Module):
         self.projection = nn.Linear(in_dim, out_dim)  # φ
 
     def forward(self, video: Tensor | None = None, video_mask: Tensor | None = None, text: Tensor | None = None,
-                num_slots: int | None = None, keep_video: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The context (B, T_c, D_φ) and its attention mask (B, T_c) bool.
+                num_slots: int | None = None, keep_video: Tensor | None = None, flow: Tensor | None = None,
+                flow_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The context (B, T_c, D_φ) and its attention mask (B, T_c) bool, laid out text | video | flow.
 
         Args:
             video: (B, T, D) video tokens (zero past each clip's end), when ``video`` is a condition.
             video_mask: (B, T) bool, True at real tokens (default all True).
             text: (B, D) text embeddings, when ``text`` is a condition.
             num_slots: T for a text-only context (default: the video's T).
-            keep_video: (B,) bool; False gives clip i the video null (zeros after φ, mask all true).
+            keep_video: (B,) bool; False gives clip i the video null (zeros after φ, mask all true) in the video
+                and flow slots.
+            flow: (B, T, D) tokens of the clip's flow images, when ``flow`` is a condition (same T as ``video``).
+            flow_mask: (B, T) bool (default: the video's mask).
+
+        Raises:
+            ValueError: a condition's tokens missing, or flow tokens of another shape than the video's.
         """
         parts, masks = [], []
         if "video" in self.conditions:
@@ -102,13 +114,23 @@ class VTACondition(nn.Module):
                 tokens = tokens + sinusoidal_table(slots, tokens.shape[-1]).to(tokens.device)
             parts.append(tokens * mask[..., None])
             masks.append(mask)
+        if "flow" in self.conditions:
+            if flow is None or flow.shape != video.shape:
+                got = "none" if flow is None else tuple(flow.shape)
+                raise ValueError(f"the flow condition needs flow tokens shaped as the video's {tuple(video.shape)}; "
+                                 f"got {got}")
+            mask_f = mask if flow_mask is None else flow_mask
+            parts.append(flow.float() * mask_f[..., None])
+            masks.append(mask_f)
         context = self.projection(torch.cat(parts, dim=1).to(self.projection.weight.dtype))
         full_mask = torch.cat(masks, dim=1).to(context.device)
         context = context * full_mask[..., None]  # padded slots carry nothing
         if "video" in self.conditions and keep_video is not None:
             null = ~keep_video.to(context.device)
+            # the video slots, and the flow slots after them: both come from the video
+            derived = slots * (2 if "flow" in self.conditions else 1)
             video_slots = torch.zeros(full_mask.shape, dtype=torch.bool, device=context.device)
-            video_slots[:, -slots:] = True
+            video_slots[:, -derived:] = True
             dropped = null[:, None] & video_slots
             context = context.masked_fill(dropped[..., None], 0.0)
             full_mask = full_mask | dropped

@@ -10,6 +10,9 @@ VAE latents of the clip's log-mel spectrogram (Sec. 3 and App. C–E of the pape
   frame; generated audio is cropped back to the clip;
 - objective: Eq. 1 with ``model.objective.prediction_type`` ε (the paper) or v (the public code), optionally
   Min-SNR-γ weighted (:func:`avgen.diffusion.min_snr_weights`);
+- conditions (Table 3, ``model.conditions``): the frame tokens, the caption's CLIP text embedding, a sinusoidal
+  position table, the tokens of the clip's optical-flow images (``model.flow``; :mod:`avgen.media.optical_flow`);
+  the context's layout is :mod:`avgen.modules.vta_condition`'s;
 - classifier-free guidance (Eq. 2) against a trained null: the all-zero context after φ, of the same
   length, attention mask all true; in training the context is replaced by it with probability
   ``model.cond_drop_prob`` (0.1). The public code never drops the condition yet guides at inference;
@@ -59,8 +62,10 @@ from avgen.encoders.video_tokens import DEFAULT_SOURCES, VIDEO_ENCODERS, build_v
 from avgen.errors import ConfigError
 from avgen.media import (
     MediaError,
+    OpticalFlow,
     as_fps,
     equal_power_crossfade,
+    flow_images,
     fps_text,
     quantize_unit_range,
     uint8_to_unit_range,
@@ -151,8 +156,11 @@ class VTALDM(DiffusionSystem):
             2.1's: scaled_linear β 0.00085–0.012, 1000 steps); its ``prediction_type`` is the objective's.
         clip: the clip geometry (``data.clip``), held as a :class:`~avgen.data.geometry.ClipGeometry`.
         objective: :class:`Objective` (``prediction_type``, ``min_snr_gamma``, ``min_snr_form``).
-        conditions: ``model.conditions``, a subset of video, text, pe (Table 3;
+        conditions: ``model.conditions``, a subset of video, text, pe, flow (Table 3;
             :mod:`avgen.modules.vta_condition`); default ``[video]``.
+        flow: ``model.flow``, how the ``flow`` condition's optical flow is computed
+            (:class:`~avgen.media.optical_flow.OpticalFlow`: ``method`` farneback or dis, Farneback's parameters);
+            read only when ``flow`` is a condition.
         text_encoder: ``{path}``: the CLIP text tower of the ``text`` condition (its width must be the video
             encoder's: both go through φ); read only when ``text`` is a condition.
         released: path of the authors' released ``pytorch_model.bin`` to start a new run from
@@ -179,14 +187,15 @@ class VTALDM(DiffusionSystem):
 
     def __init__(self, encoder: Mapping, audio: Mapping, unet: Mapping, noise_scheduler: Mapping, clip: Mapping, *,
                  objective: Mapping | None = None, conditions: Sequence[str] = ("video",),
-                 text_encoder: Mapping | None = None, released: str | None = None, scale: str = "paper",
-                 tiny: Mapping | None = None, tiny_dir: str | None = None, gradient_checkpointing: bool = False,
+                 text_encoder: Mapping | None = None, flow: Mapping | None = None, released: str | None = None,
+                 scale: str = "paper", tiny: Mapping | None = None, tiny_dir: str | None = None,
+                 gradient_checkpointing: bool = False,
                  sampling: Mapping | None = None, validation: Mapping | None = None, optimizer=None, scheduler=None,
                  ema_decay: float | None = None, cond_drop_prob: float = 0.1):
         super().__init__(optimizer=optimizer, scheduler=scheduler, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob)
         args = system_arguments(scale, tiny, encoder=encoder, audio=audio, unet=unet, noise_scheduler=noise_scheduler,
                                 objective=objective, conditions=list(conditions), text_encoder=text_encoder,
-                                sampling=sampling, validation=validation)
+                                flow=flow, sampling=sampling, validation=validation)
         self.configure_settings(args, scale)
         self.clip = ClipGeometry.from_config(plain_config(clip))
         self.objective = Objective.from_config(args["objective"])
@@ -194,6 +203,7 @@ class VTALDM(DiffusionSystem):
             self.conditions = check_conditions(args["conditions"])
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        self.flow = OpticalFlow.from_config(args["flow"])
         enc = args["encoder"]
         if enc.get("name", "clip4clip") not in VIDEO_ENCODERS:
             raise ConfigError(f"model.encoder.name={enc.get('name')!r}: not a video encoder; expected one of "
@@ -261,23 +271,46 @@ class VTALDM(DiffusionSystem):
         return (f" (model.conditions={list(self.conditions)}; Table 4's Pretrain-Audio trains on audio with "
                 f"model.conditions=[text]: text or the null)")
 
+    @staticmethod
+    def uint8_clips(video: torch.Tensor, lengths: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Clip i of video (B, F, 3, H, W) float in [-1, 1] as its ``lengths[i]`` (default F) real frames
+        (F_i, 3, H, W) uint8: the frames the encoder takes (exact for decoded frames)."""
+        pixels = quantize_unit_range(video)
+        return list(pixels.unbind(0)) if lengths is None else [pixels[i, :n] for i, n in enumerate(lengths)]
+
     def video_tokens(self, video: torch.Tensor, lengths: Sequence[int] | None = None) -> VideoTokens:
         """The encoder's tokens of video (B, F, 3, H, W) float in [-1, 1] at ``data.clip.fps``; clip i has
         ``lengths[i]`` real frames (default all F)."""
-        pixels = quantize_unit_range(video)  # the uint8 frames the encoder takes (exact for decoded frames)
-        clips = list(pixels.unbind(0)) if lengths is None else [pixels[i, :n] for i, n in enumerate(lengths)]
-        return self.encoder(clips)
+        return self.encoder(self.uint8_clips(video, lengths))
+
+    def flow_frames(self, video: torch.Tensor, lengths: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """The optical-flow images of each clip of video (B, F, 3, H, W) float in [-1, 1]: clip i's
+        (``lengths[i]``, 3, H, W) uint8 RGB on the CPU, image 0 white, image k the flow from frame k − 1 to k
+        (:func:`avgen.media.optical_flow.flow_images` with ``model.flow``), computed with OpenCV on the CPU from
+        the uint8 frames the encoder sees. A clip of one frame gives one white image."""
+        clips = self.uint8_clips(video, lengths)
+        return [torch.from_numpy(flow_images(clip.permute(0, 2, 3, 1).cpu().numpy(), self.flow)).permute(0, 3, 1, 2)
+                for clip in clips]
+
+    def flow_tokens(self, video: torch.Tensor, lengths: Sequence[int] | None = None) -> VideoTokens:
+        """The frozen video encoder's tokens (B, T, D) of :meth:`flow_frames`: the same time axis and mask as
+        :meth:`video_tokens` (the same frame counts go through the same encoder)."""
+        return self.encoder(self.flow_frames(video, lengths))
 
     def context(self, video: torch.Tensor, lengths: Sequence[int] | None = None,
                 captions: Sequence[str] | None = None, *, keep_video: torch.Tensor | None = None,
-                tokens: VideoTokens | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                tokens: VideoTokens | None = None, flow_tokens: VideoTokens | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """The cross-attention context (B, T_c, D_φ) and mask (B, T_c) bool of :attr:`conditions`
         (:class:`~avgen.modules.vta_condition.VTACondition`): φ(f_V) with padded frames zero and masked out, the
-        captions' text embeddings before it when ``text`` is a condition (``captions`` default: ``""``), the video
-        null where ``keep_video`` is False. ``tokens``: the video tokens when already computed."""
+        captions' text embeddings before it when ``text`` is a condition (``captions`` default: ``""``), the flow
+        tokens' φ after it when ``flow`` is, the video null (video and flow slots) where ``keep_video`` is False.
+        ``tokens``, ``flow_tokens``: the video and flow tokens when already computed."""
         b = video.shape[0]
         if "video" in self.conditions and tokens is None:
             tokens = self.video_tokens(video, lengths)
+        if "flow" in self.conditions and flow_tokens is None:
+            flow_tokens = self.flow_tokens(video, lengths)
         text = None
         if self.text_encoder is not None:
             text = self.text_encoder(list(captions) if captions is not None else [""] * b)
@@ -285,7 +318,8 @@ class VTALDM(DiffusionSystem):
         slots = max(lengths) if lengths is not None else (video.shape[1] or self.clip.num_frames)
         return self.condition(tokens.embeds if tokens is not None else None,
                               tokens.mask if tokens is not None else None, text, num_slots=slots,
-                              keep_video=keep_video)
+                              keep_video=keep_video, flow=flow_tokens.embeds if flow_tokens is not None else None,
+                              flow_mask=flow_tokens.mask if flow_tokens is not None else None)
 
     def guidance_branches(self, video: torch.Tensor, lengths: Sequence[int] | None, captions: Sequence[str] | None,
                           negative_prompt: str, guidance: float, guidance_text: float
@@ -298,22 +332,24 @@ class VTALDM(DiffusionSystem):
         - text + video: c = ((∅, neg), (v, neg), (v, t)), w = (w_v, w_t): ε(∅, neg) + w_v[ε(v, neg) − ε(∅, neg)]
           + w_t[ε(v, t) − ε(v, neg)].
 
-        With every weight 1 the sum telescopes to ε(c_K): one pass, no branches.
+        ``pe`` and ``flow`` belong to the video condition (v; its null ∅ zeroes the flow slots too). With every
+        weight 1 the sum telescopes to ε(c_K): one pass, no branches. The video and flow tokens are computed once.
         """
         b = video.shape[0]
         has_video, has_text = "video" in self.conditions, "text" in self.conditions
         tokens = self.video_tokens(video, lengths) if has_video else None
+        flow = self.flow_tokens(video, lengths) if "flow" in self.conditions else None
         negative = [negative_prompt] * b
-        full = self.context(video, lengths, captions, tokens=tokens)
+        full = self.context(video, lengths, captions, tokens=tokens, flow_tokens=flow)
         weights = ([guidance] if has_video else []) + ([guidance_text] if has_text else [])
         if all(w == 1.0 for w in weights):
             return [full], []
         off = torch.zeros(b, dtype=torch.bool)
         if has_video and has_text:
-            branches = [self.context(video, lengths, negative, tokens=tokens, keep_video=off),
-                        self.context(video, lengths, negative, tokens=tokens), full]
+            branches = [self.context(video, lengths, negative, tokens=tokens, flow_tokens=flow, keep_video=off),
+                        self.context(video, lengths, negative, tokens=tokens, flow_tokens=flow), full]
         elif has_video:
-            branches = [self.context(video, lengths, captions, tokens=tokens, keep_video=off), full]
+            branches = [self.context(video, lengths, captions, tokens=tokens, flow_tokens=flow, keep_video=off), full]
         else:
             branches = [self.context(video, lengths, negative), full]
         return branches, weights

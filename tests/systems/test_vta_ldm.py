@@ -1,6 +1,6 @@
 """VTA-LDM (video → audio) at scale=tiny: trained projection and null, Min-SNR weights, classifier-free
 guidance, parity of the sampler with diffusers' StableDiffusionPipeline, the released checkpoint's key
-layout, gradient checkpointing."""
+layout, gradient checkpointing, the optical-flow condition."""
 
 from __future__ import annotations
 
@@ -234,8 +234,8 @@ def test_conditions_change_the_context_as_documented(tiny_root):
     context, mask = text_only.context(video, captions=["a", "b"])
     assert context.shape[1] == video.shape[1] and mask.all()  # one text token per frame slot, no video
     assert torch.allclose(context[0, 0], context[0, -1])
-    with pytest.raises(Exception, match=r"model\.conditions=\['flow'\]: unknown condition 'flow' \(optical flow is "
-                                        r"not built yet\)"):
+    with pytest.raises(Exception, match=r"model\.conditions=\['flow'\]: flow is computed from the video's frames "
+                                        r"and conditions with it; add video"):
         build(tiny_root, "model.conditions=[flow]")
 
 
@@ -365,3 +365,62 @@ def test_every_video_encoder_conditions_the_model(tiny_root, name):
     assert torch.isfinite(loss)
     audio = system.generate(video[:1], steps=1, sampler="ddim")
     assert audio.shape == (1, system.clip.num_samples)
+
+
+# ------------------------------------------------------------------------------ the flow condition (Table 3)
+@pytest.fixture(scope="module")
+def flow_system(tiny_root):
+    """vta_ldm_aux's Vision+Optical Flow row at scale=tiny."""
+    torch.manual_seed(0)
+    return build(tiny_root, "experiment=vta_ldm_aux", "model.conditions=[video,flow]")
+
+
+def test_flow_frames_are_the_flow_images_of_the_encoder_frames(flow_system):
+    from avgen.media import flow_images, quantize_unit_range
+
+    video = batch_of(flow_system)["video"]
+    images = flow_system.flow_frames(video, lengths=[video.shape[1], 1])
+    assert [tuple(i.shape) for i in images] == [tuple(video.shape[1:]), (1, *video.shape[2:])]
+    assert images[0].dtype == torch.uint8 and images[0][0].min() == 255 and images[1].min() == 255
+    frames = quantize_unit_range(video[0]).permute(0, 2, 3, 1).numpy()
+    assert torch.equal(images[0], torch.from_numpy(flow_images(frames, flow_system.flow)).permute(0, 3, 1, 2))
+
+
+def test_flow_context_is_video_then_flow_through_one_projection(flow_system):
+    """(B, 2T, D_φ): [0, T) φ(encoder(frames)), [T, 2T) φ(encoder(flow images)), one mask; the video null
+    zeroes both halves."""
+    video = batch_of(flow_system)["video"]
+    context, mask = flow_system.context(video, lengths=[video.shape[1], 3])
+    video_tokens = flow_system.video_tokens(video, [video.shape[1], 3])
+    flow_tokens = flow_system.encoder(flow_system.flow_frames(video, [video.shape[1], 3]))
+    slots = video_tokens.embeds.shape[1]
+    assert context.shape == (2, 2 * slots, flow_system.unet.config.cross_attention_dim)
+    assert torch.equal(mask, torch.cat([video_tokens.mask, video_tokens.mask], 1))
+    phi = flow_system.condition.projection
+    with torch.no_grad():
+        assert torch.allclose(context[:, :slots], phi(video_tokens.embeds) * video_tokens.mask[..., None], atol=1e-5)
+        assert torch.allclose(context[:, slots:], phi(flow_tokens.embeds) * flow_tokens.mask[..., None], atol=1e-5)
+    null, null_mask = flow_system.context(video, keep_video=torch.zeros(2, dtype=torch.bool), tokens=video_tokens,
+                                          flow_tokens=flow_tokens)
+    assert torch.equal(null, torch.zeros_like(null)) and null_mask.all()
+
+
+def test_flow_trains_and_samples_with_tokens_computed_once(flow_system, monkeypatch):
+    """A training step reaches φ; a guided sampling call computes the flow once: branches (∅, v), the null branch
+    zero over the video and flow slots."""
+    flow_system.train()
+    loss = flow_system.diffusion_loss(batch_of(flow_system, b=1), generator=torch.Generator().manual_seed(0))["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and flow_system.condition.projection.weight.grad.abs().sum() > 0
+    flow_system.zero_grad()
+    flow_system.eval()
+    calls = []
+    original = flow_system.flow_frames
+    monkeypatch.setattr(flow_system, "flow_frames", lambda *a, **k: calls.append(1) or original(*a, **k))
+    branches, weights = flow_system.guidance_branches(batch_of(flow_system, b=1)["video"], None, None, "", 3.0, 1.0)
+    assert weights == [3.0] and len(calls) == 1
+    (null, null_mask), (full, _) = branches
+    assert null.shape == full.shape == (1, 2 * flow_system.clip.num_frames, flow_system.unet.config.cross_attention_dim)
+    assert torch.equal(null, torch.zeros_like(null)) and null_mask.all()
+    latents = flow_system.generate_latents(branches, weights, steps=1, sampler="ddim")
+    assert latents.shape == (1, *flow_system.latent_shape) and torch.isfinite(latents).all()
