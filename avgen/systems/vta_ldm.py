@@ -474,6 +474,9 @@ class VTALDM(DiffusionSystem):
             timesteps: the diffusion timesteps averaged over (default 100, 300, 500).
             seed: seeds the noise ε shared by every timestep (clip i: its own slice of one draw).
 
+        With the ``flow`` condition the flow tokens are held constant: OpenCV's optical flow is not differentiable,
+        so the maps show what reaches the model through the video tokens.
+
         Returns:
             B maps (F_b, H, W) float32 in [0, 1] on the CPU.
 
