@@ -183,8 +183,8 @@ class PaSST(FeatureExtractor):
         patch_size: square patch side in (mel bins, frames) (16).
         stride: patch stride in both axes (10; the file does not record it: fixed by the released model).
         freq_patches, time_patches: the positional-embedding grid (12 × 99: 128 mel bins, 998 frames in
-            hear21passt's ``input_tdim``, so up to 1005 frames = 10.05 s fit; shorter inputs use the first
-            time embeddings).
+            hear21passt's ``input_tdim``, so up to 1005 frames = 10.05 s fit, :attr:`max_frames`; shorter inputs
+            use the first time embeddings, as hear21passt cuts them).
         in_chans: image channels (1).
         num_classes: AudioSet classes (527).
         mel: the front end; default :class:`PasstMel` ``()``.
@@ -234,6 +234,11 @@ class PaSST(FeatureExtractor):
     def sample_rate(self) -> int:
         return self.mel.sample_rate
 
+    @property
+    def max_frames(self) -> int:
+        """The most mel frames the time embedding covers: 1005 (10.05 s) for 99 patches of 16, stride 10."""
+        return (self.time_patches - 1) * self.stride + self.patch_size + self.stride - 1
+
     def patches(self, frames: int) -> int:
         """Time patches of a spectrogram of ``frames`` frames (0 when shorter than one patch)."""
         return max(0, (int(frames) - self.patch_size) // self.stride + 1)
@@ -245,8 +250,8 @@ class PaSST(FeatureExtractor):
         b, _, f, t = x.shape
         if f != self.freq_patches or not 1 <= t <= self.time_patches:
             raise ValueError(f"PaSST got a {tuple(spec.shape[-2:])} spectrogram = {f} x {t} patches; its positional "
-                             f"embeddings hold {self.freq_patches} x {self.time_patches} (at most "
-                             f"{(self.time_patches - 1) * self.stride + self.patch_size} frames)")
+                             f"embeddings hold {self.freq_patches} x {self.time_patches} (at most {self.max_frames} "
+                             f"frames)")
         x = x + self.time_new_pos_embed[..., :t] + self.freq_new_pos_embed
         x = x.flatten(2).transpose(1, 2)                                        # (B, F'·T', D), frequency-major
         cls = self.cls_token.expand(b, -1, -1) + self.new_pos_embed[:, :1]
@@ -266,9 +271,8 @@ class PaSST(FeatureExtractor):
             raise ValueError(f"PaSST expects mono audio (B, S) at {self.sample_rate} Hz, got {tuple(audio.shape)}")
         frames = self.mel.frames(audio.shape[1])
         if not 1 <= self.patches(frames) <= self.time_patches:
-            raise ValueError(f"PaSST takes {self.patch_size}..{(self.time_patches - 1) * self.stride + self.patch_size}"
-                             f" mel frames ({self.mel.hop_length}-sample hop at {self.sample_rate} Hz); "
-                             f"{audio.shape[1]} samples give {frames}")
+            raise ValueError(f"PaSST takes {self.patch_size}..{self.max_frames} mel frames ({self.mel.hop_length}-sample "
+                             f"hop at {self.sample_rate} Hz); {audio.shape[1]} samples give {frames}")
         with torch.autocast(device_type=audio.device.type, enabled=False):
             return self.spectrogram_logits(self.mel(audio.to(self.head_dist.weight.device)))
 
@@ -280,12 +284,20 @@ class PasstWeightsMissing(ExtractorWeightsMissing):
         super().__init__("passt", path, config_key)
 
 
+class PasstCheckpointError(ValueError):
+    """A file that is not a PaSST state dict in the released layout; the message is one line naming the file and
+    the config key (torch's multi-line reasons are folded)."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
 def _architecture(state: Mapping[str, Any], where: str) -> dict[str, int]:
     """The :class:`PaSST` sizes the file's tensor shapes imply (the heads follow :func:`heads_for`)."""
     def shape(key: str) -> tuple[int, ...]:
         value = state.get(key)
         if not isinstance(value, Tensor):
-            raise ValueError(f"{where} has no tensor {key}: not a PaSST state dict (expected {CHECKPOINT_FILE}, "
+            raise PasstCheckpointError(f"{where} has no tensor {key}: not a PaSST state dict (expected {CHECKPOINT_FILE}, "
                              f"{ORIGINS['passt'].where})")
         return tuple(value.shape)
 
@@ -314,17 +326,17 @@ def load_passt(path: str | os.PathLike | None, config_key: str = "evaluate.passt
 
     Raises:
         PasstWeightsMissing: no file at ``path`` (names ``config_key``).
-        ValueError: unreadable with the safe loader, or not a PaSST state dict; one message naming the file and
-            ``config_key``.
+        PasstCheckpointError: (a ``ValueError``) unreadable with the safe loader, or not a PaSST state dict; one
+            line naming the file and ``config_key``.
     """
     origin = ORIGINS["passt"]
     checkpoint = load_weights_file(
-        path, config_key, PasstWeightsMissing, ValueError,
+        path, config_key, PasstWeightsMissing, PasstCheckpointError,
         f"The released {origin.file} ({origin.where}) holds only tensors and loads this way.")
     where = f"{path} (config key {config_key})"
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping):
-        raise ValueError(f"{where} holds a {type(checkpoint).__name__}, not a PaSST state dict or {{'model': state "
+        raise PasstCheckpointError(f"{where} holds a {type(checkpoint).__name__}, not a PaSST state dict or {{'model': state "
                          f"dict}}; expected {origin.file} from {origin.where}")
     state = dict(state)
     sizes = _architecture(state, where)
@@ -335,8 +347,7 @@ def load_passt(path: str | os.PathLike | None, config_key: str = "evaluate.passt
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        detail = " ".join(str(exc).split())
-        raise ValueError(f"{where} does not fit PaSST({model.config()}): {detail}; expected {origin.file}, "
+        raise PasstCheckpointError(f"{where} does not fit PaSST({model.config()}): {exc}; expected {origin.file}, "
                          f"{origin.what}, from {origin.where}") from exc
     model._record("passt", Path(path))
     model._freeze()
