@@ -271,8 +271,9 @@ class PaSST(FeatureExtractor):
             raise ValueError(f"PaSST expects mono audio (B, S) at {self.sample_rate} Hz, got {tuple(audio.shape)}")
         frames = self.mel.frames(audio.shape[1])
         if not 1 <= self.patches(frames) <= self.time_patches:
-            raise ValueError(f"PaSST takes {self.patch_size}..{self.max_frames} mel frames ({self.mel.hop_length}-sample "
-                             f"hop at {self.sample_rate} Hz); {audio.shape[1]} samples give {frames}")
+            raise ValueError(f"PaSST takes {self.patch_size}..{self.max_frames} mel frames "
+                             f"({self.mel.hop_length}-sample hop at {self.sample_rate} Hz); {audio.shape[1]} samples "
+                             f"give {frames}")
         with torch.autocast(device_type=audio.device.type, enabled=False):
             return self.spectrogram_logits(self.mel(audio.to(self.head_dist.weight.device)))
 
@@ -297,8 +298,8 @@ def _architecture(state: Mapping[str, Any], where: str) -> dict[str, int]:
     def shape(key: str) -> tuple[int, ...]:
         value = state.get(key)
         if not isinstance(value, Tensor):
-            raise PasstCheckpointError(f"{where} has no tensor {key}: not a PaSST state dict (expected {CHECKPOINT_FILE}, "
-                             f"{ORIGINS['passt'].where})")
+            raise PasstCheckpointError(f"{where} has no tensor {key}: not a PaSST state dict (expected "
+                                       f"{CHECKPOINT_FILE}, {ORIGINS['passt'].where})")
         return tuple(value.shape)
 
     proj = shape("patch_embed.proj.weight")
@@ -336,8 +337,8 @@ def load_passt(path: str | os.PathLike | None, config_key: str = "evaluate.passt
     where = f"{path} (config key {config_key})"
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping):
-        raise PasstCheckpointError(f"{where} holds a {type(checkpoint).__name__}, not a PaSST state dict or {{'model': state "
-                         f"dict}}; expected {origin.file} from {origin.where}")
+        raise PasstCheckpointError(f"{where} holds a {type(checkpoint).__name__}, not a PaSST state dict or "
+                                   f"{{'model': state dict}}; expected {origin.file} from {origin.where}")
     state = dict(state)
     sizes = _architecture(state, where)
     proj = state["patch_embed.proj.weight"]

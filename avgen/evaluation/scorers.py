@@ -402,9 +402,9 @@ class PairedReferences:
         wanted = {s for s in (sample_source(p) for p in pred) if s}
         if not wanted:
             raise ConfigError(f"evaluate.metrics '{self.metric}' with the shard split evaluate.ref_dir={self.folder} "
-                              f"pairs each generated clip with the split's clip named as 'source' in <stem>.json beside "
-                              f"it (the sample command writes it), but no clip in evaluate.pred_dir has one; set "
-                              f"evaluate.ref_dir to a folder of references with the stems of the clips instead")
+                              f"pairs each generated clip with the split's clip named as 'source' in <stem>.json "
+                              f"beside it (the sample command writes it), but no clip in evaluate.pred_dir has one; "
+                              f"set evaluate.ref_dir to a folder of references with the stems of the clips instead")
         from avgen.data.shards import read_split_samples
         from avgen.media import decode_flac
 
