@@ -81,6 +81,13 @@ ORIGINS: dict[str, WeightsOrigin] = {
              "and audio towers are used",
         where="https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth, linked from facebookresearch/ImageBind "
               "imagebind/models/imagebind_model.py", env="AVGEN_IMAGEBIND_PATH"),
+    "passt": WeightsOrigin(
+        file="passt-s-f128-p16-s10-ap.476-swa.pt", config_key="evaluate.passt.path",
+        metric="fd_passt', 'kl_passt' and 'is_passt",  # quoted in the message as the three metric names
+        what="PaSST-S (Koutini et al. 2022) trained on AudioSet, SWA weights, mAP 0.476: the tagger of "
+             "av-benchmark's FD-PASST, KL-PASST and ISC-PASST (hear21passt's get_basic_model)",
+        where="https://github.com/kkoutini/PaSST/releases/download/v0.0.1-audioset/passt-s-f128-p16-s10-ap.476-swa.pt "
+              "(kkoutini/PaSST release v0.0.1-audioset)", env="AVGEN_PASST_PATH"),
     # conditioning encoders of TempoTokens (model.encoder.path; a tiny twin at scale=tiny)
     "beats": WeightsOrigin(
         file="BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt", config_key="model.encoder.path", metric="",

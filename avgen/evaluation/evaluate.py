@@ -37,7 +37,7 @@ class EvaluateSettings:
     """The ``evaluate`` config block, typed and checked (:meth:`check_inputs`) before any clip or model loads.
 
     ``metrics``: names of :data:`avgen.evaluation.scorers.AVAILABLE`; ``options``: the per-metric
-    blocks (``fvd``, ``fad``, ``clipsim``, ``clap``, ``panns``, ``is_video``, ``imagebind``);
+    blocks (``fvd``, ``fad``, ``clipsim``, ``clap``, ``panns``, ``is_video``, ``imagebind``, ``passt``);
     ``av_align``: :class:`~avgen.metrics.av_align.AVAlignConfig` fields. The other fields are the keys
     of the same name in ``configs/evaluate/default.yaml``.
     """
@@ -86,7 +86,8 @@ class EvaluateSettings:
         wanted = [m for m in self.metrics if m in NEEDS_REFERENCE]
         if wanted and not self.ref_dir:
             raise ConfigError(f"evaluate.metrics {wanted} compare with reference clips: set evaluate.ref_dir=<folder "
-                              f"of clips or a shard split folder> (kl: a folder with clips of the same stems)")
+                              f"of clips or a shard split folder> (kl, kl_passt, fd_passt: a folder with clips of the "
+                              f"same stems)")
 
 
 @dataclass

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 class BuildContext:
     """What a scorer is built from: the ``evaluate`` option blocks (``{block: mapping}``), the default
     prompt, the device, the reference (``evaluate.ref_dir``), this process's clips (``pred``) and all clips
-    (``all_clips``, sorted); ``shared`` holds parts several scorers use (the PANNs classifier of ``is`` and ``kl``)."""
+    (``all_clips``, sorted); ``shared`` holds parts several scorers use (the PANNs classifier of ``is`` and ``kl``,
+    the PaSST of ``fd_passt``, ``kl_passt`` and ``is_passt``)."""
 
     options: Mapping[str, Mapping[str, Any]]
     prompt: str | None
@@ -47,6 +48,16 @@ class BuildContext:
         if "panns" not in self.shared:
             self.shared["panns"] = PannsLogits(self.block("panns"), self.dev)
         return self.shared["panns"]
+
+    def passt(self, paired_metric: str | None = None) -> PasstScores:
+        """The PaSST of ``evaluate.passt``, built once for ``fd_passt``, ``kl_passt`` and ``is_passt``; a paired
+        metric (``paired_metric``) also gives it the references of ``evaluate.ref_dir``."""
+        if "passt" not in self.shared:
+            self.shared["passt"] = PasstScores(self.block("passt"), self.dev)
+        shared = self.shared["passt"]
+        if paired_metric and shared.references is None:
+            shared.references = PairedReferences(self.ref_dir, self.pred, paired_metric)
+        return shared
 
 
 class Scorer:
@@ -347,8 +358,8 @@ class InceptionScorer(SplitInceptionScorer):
         return {**self.classifier.describe(), "posterior": "softmax over the logits"}
 
 
-class KLScorer(Scorer):
-    """Mean KL(reference || generated) of CNN14 outputs, each generated clip paired with its reference:
+class PairedReferences:
+    """The reference clip of each generated clip, for the paired metrics (``kl``, ``kl_passt``, ``fd_passt``):
 
     - ``evaluate.ref_dir`` a folder: the file of the same stem, any video or audio extension in any case
       (``<stem>.mp4``, ``.MOV``, ``.wav``, ...); a video's sound is read as for a generated clip (its audio
@@ -357,26 +368,17 @@ class KLScorer(Scorer):
       recorded as ``source`` in ``<stem>.json`` beside the generated clip (the data clip whose caption
       or audio it was made from), read in one pass over the split.
 
-    A clip without its reference is reported, not fatal."""
+    Several generated clips may name one reference: each pair counts it again (as av-benchmark's
+    ``unroll_paired_dict``, ``av_bench/utils.py:85-105@050a5cd``, which pairs by a cleaned file name instead).
+    ``metric`` names the metric in configuration errors."""
 
-    name = "kl"
-    block = "panns"
-    needs_reference = True
-    per_clip = True
-
-    @classmethod
-    def build(cls, ctx: BuildContext) -> KLScorer:
-        return cls(ctx.panns(), ctx.ref_dir, ctx.pred)
-
-    def __init__(self, classifier: PannsLogits, ref_dir, pred: list[Path]):
+    def __init__(self, ref_dir, pred: list[Path], metric: str):
         from avgen.data.shards import MANIFEST
-        from avgen.metrics.classifier_scores import MeanKL
 
-        self.folder = Path(ref_dir)
+        self.folder, self.metric = Path(ref_dir), metric
         if not self.folder.is_dir():
             raise ConfigError(f"evaluate.ref_dir={ref_dir} is not a folder of reference clips or a shard split "
-                              f"for 'kl'")
-        self.classifier, self.metric = classifier, MeanKL()
+                              f"for '{metric}'")
         self.split_audio: dict[str, tuple[np.ndarray, int]] | None = None
         if (self.folder / MANIFEST).exists():
             self.split_audio = self._read_split(pred)
@@ -399,10 +401,10 @@ class KLScorer(Scorer):
 
         wanted = {s for s in (sample_source(p) for p in pred) if s}
         if not wanted:
-            raise ConfigError(f"evaluate.metrics 'kl' with the shard split evaluate.ref_dir={self.folder} pairs each "
-                              f"generated clip with the split's clip named as 'source' in <stem>.json beside it (the "
-                              f"sample command writes it), but no clip in evaluate.pred_dir has one; set "
-                              f"evaluate.ref_dir to a folder of references with the stems of the clips instead")
+            raise ConfigError(f"evaluate.metrics '{self.metric}' with the shard split evaluate.ref_dir={self.folder} "
+                              f"pairs each generated clip with the split's clip named as 'source' in <stem>.json "
+                              f"beside it (the sample command writes it), but no clip in evaluate.pred_dir has one; "
+                              f"set evaluate.ref_dir to a folder of references with the stems of the clips instead")
         from avgen.data.shards import read_split_samples
         from avgen.media import decode_flac
 
@@ -410,8 +412,12 @@ class KLScorer(Scorer):
         return {key: decode_flac(parts["flac"]) for key, parts in read_split_samples(self.folder, {"flac"})
                 if key in wanted and "flac" in parts}
 
-    def reference_audio(self, path: Path) -> tuple[np.ndarray, int]:
-        """Audio of the reference of generated clip ``path`` (see the class docstring)."""
+    def audio(self, path: Path) -> tuple[np.ndarray, int]:
+        """(mono audio (S,) float32, sample rate) of the reference of generated clip ``path``.
+
+        Raises:
+            ValueError: no reference, or an unreadable one (reported for this clip only).
+        """
         from avgen.media import VIDEO_SUFFIXES, check_finite, read_audio, read_clip
 
         if self.split_audio is not None:
@@ -437,8 +443,28 @@ class KLScorer(Scorer):
         except Exception as exc:  # an unreadable reference fails its pair only
             raise ValueError(f"reference {reference.name}: {type(exc).__name__}: {exc}") from exc
 
+
+class KLScorer(Scorer):
+    """Mean KL(reference || generated) of CNN14 outputs, each generated clip paired with its reference
+    (:class:`PairedReferences`). A clip without its reference is reported, not fatal."""
+
+    name = "kl"
+    block = "panns"
+    needs_reference = True
+    per_clip = True
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> KLScorer:
+        return cls(ctx.panns(), ctx.ref_dir, ctx.pred)
+
+    def __init__(self, classifier: PannsLogits, ref_dir, pred: list[Path]):
+        from avgen.metrics.classifier_scores import MeanKL
+
+        self.references = PairedReferences(ref_dir, pred, self.name)
+        self.classifier, self.metric = classifier, MeanKL()
+
     def update(self, path, frames, audio, sr, fps=None):
-        reference = self.classifier.classify(*self.reference_audio(path))
+        reference = self.classifier.classify(*self.references.audio(path))
         pair = self.metric.pair_divergences(self.classifier.generated(path, audio, sr), reference)
         self.metric.add_pairs(pair)
         return {f"kl_{variant}": float(value[0]) for variant, value in pair.items()}
@@ -446,7 +472,7 @@ class KLScorer(Scorer):
     def result(self):
         pairs = int(self.metric.count)
         info = {**self.classifier.describe(), "pairs": pairs, "eps": self.metric.eps,
-                "direction": "KL(reference || generated)", "ref_dir": str(self.folder.absolute())}
+                "direction": "KL(reference || generated)", "ref_dir": str(self.references.folder.absolute())}
         return ({k: float(v) for k, v in self.metric.compute().items()} if pairs else None), info
 
 
@@ -481,13 +507,177 @@ class VideoInceptionScorer(SplitInceptionScorer):
         return self.extractor.describe()
 
 
+# ------------------------------------------------------------------------------ PaSST (av-benchmark)
+PASST_PROTOCOL = "av-benchmark@050a5cd (av_bench/extract.py:158-186, av_bench/evaluate.py:105-162)"
+
+
+class PasstScores:
+    """The PaSST shared by ``fd_passt``, ``kl_passt`` and ``is_passt`` (:mod:`avgen.encoders.passt`): one forward
+    pass per generated clip and one per reference, whichever metric asks first.
+
+    Clips go in as av-benchmark prepares them (:class:`~avgen.metrics.audio_input.AudioInput`: mono, DC removed,
+    32 kHz, cut to ``seconds`` and never padded, then zero-padded or cut to ``model_samples``;
+    ``av_bench/extract.py:159-169@050a5cd``). ``evaluate.passt`` holds ``path``, ``seconds``, ``model_samples``,
+    ``splits`` and ``shuffle_seed`` (for ``is_passt``); the architecture comes from the file
+    (:func:`~avgen.encoders.passt.load_passt`). ``references`` (:class:`PairedReferences`) is set when a paired
+    metric is asked for."""
+
+    KNOWN = ("path", "seconds", "model_samples", "splits", "shuffle_seed")
+
+    def __init__(self, options: dict, dev):
+        from avgen.encoders.passt import load_passt
+        from avgen.metrics.audio_input import AudioInput
+
+        unknown = sorted(set(options) - set(self.KNOWN))
+        if unknown:
+            raise ConfigError(f"evaluate.passt: unknown keys {unknown}; known: {', '.join(self.KNOWN)}")
+        self.model = load_passt(options.get("path"), config_key="evaluate.passt.path").to(dev)
+        seconds = options.get("seconds", 8)
+        self.prepare = AudioInput(sample_rate=self.model.sample_rate, seconds=None if seconds is None else
+                                  float(seconds), pad_to=int(options.get("model_samples", 320000)))
+        self.dev = dev
+        self.references: PairedReferences | None = None
+        self._generated: tuple[str, Any] | None = None
+        self._pair: tuple[str, Any] | None = None
+
+    def classify(self, audio: np.ndarray, sr: int):
+        """(logits (1, 527), embedding (1, 768)) of one clip's audio (S,) at ``sr`` Hz."""
+        import torch
+
+        with torch.no_grad():
+            return self.model(self.prepare(audio, sr).to(self.dev)[None])
+
+    def generated(self, path: Path, audio: np.ndarray, sr: int):
+        """(logits, embedding) of a generated clip, computed once whichever metric asks first."""
+        if self._generated is None or self._generated[0] != str(path):
+            self._generated = (str(path), self.classify(audio, sr))
+        return self._generated[1]
+
+    def reference(self, path: Path):
+        """(logits, embedding) of the reference of generated clip ``path``, computed once per clip.
+
+        Raises:
+            ValueError: no reference or an unreadable one (raised again for every metric that asks).
+        """
+        if self._pair is None or self._pair[0] != str(path):
+            try:
+                self._pair = (str(path), self.classify(*self.references.audio(path)))
+            except ValueError as exc:
+                self._pair = (str(path), exc)
+        if isinstance(self._pair[1], ValueError):
+            raise self._pair[1]
+        return self._pair[1]
+
+    def describe(self, harness_key: str) -> dict:
+        """What ``metrics.json`` records for a PaSST metric: the protocol, the model file and its hash, the
+        sample rate, the length rule, the scaling and av-benchmark's name for the number."""
+        info = {**self.model.describe(), "protocol": PASST_PROTOCOL, "harness_key": harness_key,
+                "sample_rate": self.prepare.sample_rate, "length_rule": self.prepare.rule(),
+                "input": self.prepare.describe(), "scaling": 1}
+        if self.references is not None:
+            info["ref_dir"] = str(self.references.folder.absolute())
+        return info
+
+
+class PasstFrechetScorer(Scorer):
+    """FD-PaSST: Fréchet distance of PaSST's 768-d embeddings (``evaluate.passt``), the real side being the
+    **paired** references as av-benchmark takes them (``av_bench/evaluate.py:105-108,133@050a5cd``): the
+    reference of each generated clip, counted once per generated clip that names it, not every clip of
+    ``evaluate.ref_dir``. A generated clip without its reference is left out of both sides (and reported)."""
+
+    name = "fd_passt"
+    block = "passt"
+    needs_reference = True
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> PasstFrechetScorer:
+        return cls(ctx.passt(cls.name))
+
+    def __init__(self, passt: PasstScores):
+        from avgen.metrics.frechet import FrechetDistance
+
+        self.passt = passt
+        self.metric = FrechetDistance(num_features=passt.model.num_features).to(passt.dev)
+
+    def update(self, path, frames, audio, sr, fps=None):
+        generated = self.passt.generated(path, audio, sr)[1]
+        reference = self.passt.reference(path)[1]
+        self.metric.update(reference, real=True)
+        self.metric.update(generated, real=False)
+
+    def result(self):
+        pairs = int(self.metric.fake_count)
+        info = {**self.passt.describe("FD-PASST"), "reference": "paired", "pairs": pairs}
+        if pairs < 2:
+            return None, {**info, "error": f"{pairs} pairs scored; a covariance needs at least 2"}
+        return float(self.metric.compute()), info
+
+
+class PasstKLScorer(Scorer):
+    """KL-PaSST: mean over pairs of KL(reference || generated) of PaSST's softmax over the 527 logits, without
+    epsilon (``av_bench/metrics/kl.py:22-29@050a5cd``; the harness's key ``KL-PASST-softmax``); pairs as
+    :class:`PairedReferences`."""
+
+    name = "kl_passt"
+    block = "passt"
+    needs_reference = True
+    per_clip = True
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> PasstKLScorer:
+        return cls(ctx.passt(cls.name))
+
+    def __init__(self, passt: PasstScores):
+        from avgen.metrics.classifier_scores import MeanKL
+
+        self.passt = passt
+        self.metric = MeanKL(eps=0.0, variants=("softmax",)).to(passt.dev)
+
+    def update(self, path, frames, audio, sr, fps=None):
+        reference, _ = self.passt.reference(path)
+        pair = self.metric.pair_divergences(self.passt.generated(path, audio, sr)[0], reference)
+        self.metric.add_pairs(pair)
+        return {self.name: float(pair["softmax"][0])}
+
+    def result(self):
+        pairs = int(self.metric.count)
+        info = {**self.passt.describe("KL-PASST-softmax"), "pairs": pairs, "eps": 0.0, "posterior": "softmax",
+                "direction": "KL(reference || generated)", "reference": "paired"}
+        return (float(self.metric.compute()["softmax"]) if pairs else None), info
+
+
+class PasstInceptionScorer(SplitInceptionScorer):
+    """IS-PaSST: Inception Score of PaSST's softmax posteriors over the generated clips, ``splits`` parts after a
+    ``RandomState(shuffle_seed)`` permutation of the sorted clips (``av_bench/metrics/isc.py:7-35@050a5cd``,
+    called with 10 and 2020 at ``av_bench/evaluate.py:154-162@050a5cd``). The harness scores only the generated
+    clips that have a reference; this scores every generated clip (the same set when each has one)."""
+
+    name = "is_passt"
+    block = "passt"
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> PasstInceptionScorer:
+        return cls(ctx.passt(), ctx.block("passt"), ctx.all_clips)
+
+    def __init__(self, passt: PasstScores, options: dict, pred: list[Path]):
+        super().__init__(options.get("splits", 10), options.get("shuffle_seed", 2020), pred,
+                         "evaluate.passt.splits", "av-benchmark")
+        self.passt = passt
+
+    def update(self, path, frames, audio, sr, fps=None):
+        self.add(path, self.passt.generated(path, audio, sr)[0])
+
+    def describe(self) -> dict:
+        return {**self.passt.describe("ISC-PASST-mean"), "posterior": "softmax over the logits"}
+
+
 def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, options: dict[str, dict],
                           prompt: str | None, cache_dir, device: str, procs: Processes | None = None,
                           all_clips: list[Path] | None = None, decode_threads: int = 0
                           ) -> tuple[dict, dict, list[dict], dict]:
-    """FVD, FAD, CLIPSIM, CLAP, ImageBind, IS, KL and video IS over one decoding pass of ``pred``. Returns
-    (values, extractor descriptions, failures, per-clip scores and durations (:func:`clip_durations`)
-    ``{clip name: {column: value}}``).
+    """FVD, FAD, CLIPSIM, CLAP, ImageBind, IS, KL, video IS and the PaSST metrics over one decoding pass of
+    ``pred``. Returns (values, extractor descriptions, failures, per-clip scores and durations
+    (:func:`clip_durations`) ``{clip name: {column: value}}``).
 
     In a distributed run ``pred`` is this process's share of ``all_clips``; the values, failures and
     per-clip scores returned are those of all processes."""
@@ -549,11 +739,12 @@ def feed_scorers(scorers: list[Scorer], paths: list[Path], failures: list[dict],
 
 # The registry: every metric computed in the main process, in the order they are fed each clip.
 SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (
-    FVDScorer, FADScorer, CLIPSimScorer, CLAPScorer, ImageBindScorer, InceptionScorer, KLScorer, VideoInceptionScorer)}
+    FVDScorer, FADScorer, CLIPSimScorer, CLAPScorer, ImageBindScorer, InceptionScorer, KLScorer, VideoInceptionScorer,
+    PasstFrechetScorer, PasstKLScorer, PasstInceptionScorer)}
 MAIN_PROCESS = tuple(SCORERS)
 AVAILABLE = ("av_align", *SCORERS)  # av_align runs in worker processes (avgen.evaluation.processes)
 NEEDS_REFERENCE = tuple(name for name, cls in SCORERS.items() if cls.needs_reference)
 # the metrics whose per-clip scores stand alone: what `filter` can threshold
 PER_CLIP = ("av_align", *(name for name, cls in SCORERS.items() if cls.per_clip and not cls.needs_reference))
-# the option blocks under `evaluate` (panns serves is and kl)
+# the option blocks under `evaluate` (panns serves is and kl; passt serves fd_passt, kl_passt and is_passt)
 OPTION_BLOCKS = tuple(dict.fromkeys(cls.block for cls in SCORERS.values() if cls.block))

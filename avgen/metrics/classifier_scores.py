@@ -9,7 +9,8 @@ caller's job, so one forward pass per clip feeds both metrics.
   mean and standard deviation over the parts (audioldm_eval ``calculate_isc``).
 - :class:`MeanKL`: for each generated clip paired with its reference clip (same name),
   ``KL(p_ref || p_gen)`` of the classifier outputs, averaged over pairs, with both softmax and
-  sigmoid outputs (audioldm_eval ``calculate_kl``; AudioGen, AudioLDM and VTA-LDM report these).
+  sigmoid outputs (audioldm_eval ``calculate_kl``; AudioGen, AudioLDM and VTA-LDM report these), or
+  with ``eps=0`` as av-benchmark computes it for PaSST (``av_bench/metrics/kl.py:7-45@050a5cd``).
 
 Audio goes to the classifier as audioldm_eval's ``WaveDataset`` prepares it (:class:`ClassifierInput`).
 """
@@ -162,21 +163,29 @@ class MeanKL(Metric):
     The sigmoid variant treats the 527 per-class probabilities as one unnormalised vector, as
     audioldm_eval does; it is not a sum of Bernoulli KLs and can be negative.
 
-    States are the two sums and the pair count, float64 with ``dist_reduce_fx="sum"`` (exact under DDP).
+    With ``eps=0`` the sums are taken from log-probabilities, ``Σ_c p_c (log p_c − log q_c)`` with
+    ``log_softmax`` / ``logsigmoid``, as av-benchmark does (``F.kl_div(log_softmax(g), log_softmax(r),
+    reduction="sum", log_target=True) / N``, ``av_bench/metrics/kl.py:22-29@050a5cd``): the same value
+    without the underflow of a probability rounded to 0.
+
+    States are one sum per variant and the pair count, float64 with ``dist_reduce_fx="sum"`` (exact
+    under DDP).
 
     Args:
-        eps: added to the generated probabilities inside the log.
+        eps: added to the generated probabilities inside the log (0: the log-space form above).
+        variants: which of ``"sigmoid"`` and ``"softmax"`` to compute (av-benchmark reports softmax only).
         **kwargs: torchmetrics ``Metric`` options.
     """
 
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
-    variants = ("sigmoid", "softmax")
-
-    def __init__(self, eps: float = 1e-6, **kwargs: Any):
+    def __init__(self, eps: float = 1e-6, variants: tuple[str, ...] = ("sigmoid", "softmax"), **kwargs: Any):
         super().__init__(**kwargs)
-        self.eps = float(eps)
+        if eps < 0 or not variants or set(variants) - {"sigmoid", "softmax"}:
+            raise ValueError(f"MeanKL eps={eps}, variants={variants}: expected eps >= 0 and variants from "
+                             f"('sigmoid', 'softmax')")
+        self.eps, self.variants = float(eps), tuple(variants)
         for variant in self.variants:
             self.add_state(f"{variant}_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
@@ -188,8 +197,11 @@ class MeanKL(Metric):
             raise ValueError(f"MeanKL expects paired logits (N, C) of equal shape, got {tuple(g.shape)} (generated) "
                              f"and {tuple(r.shape)} (reference)")
         g, r = g.to(self.device, torch.float64), r.to(self.device, torch.float64)
-        return {"sigmoid": kl_divergence(torch.sigmoid(r), torch.sigmoid(g), self.eps),
-                "softmax": kl_divergence(torch.softmax(r, dim=1), torch.softmax(g, dim=1), self.eps)}
+        if self.eps == 0:
+            logs = {"sigmoid": torch.nn.functional.logsigmoid, "softmax": lambda x: torch.log_softmax(x, dim=1)}
+            return {v: (logs[v](r).exp() * (logs[v](r) - logs[v](g))).sum(dim=1) for v in self.variants}
+        probs = {"sigmoid": torch.sigmoid, "softmax": lambda x: torch.softmax(x, dim=1)}
+        return {v: kl_divergence(probs[v](r), probs[v](g), self.eps) for v in self.variants}
 
     def update(self, generated: torch.Tensor, reference: torch.Tensor) -> None:
         """Add N pairs: logits of the generated clips (N, C) and of their reference clips (N, C)."""
@@ -199,10 +211,10 @@ class MeanKL(Metric):
         """Add per-pair divergences computed by :meth:`pair_divergences` (so a caller can keep them per clip)."""
         for variant, values in divergences.items():
             setattr(self, f"{variant}_sum", getattr(self, f"{variant}_sum") + values.sum())
-        self.count = self.count + divergences["softmax"].shape[0]
+        self.count = self.count + divergences[self.variants[0]].shape[0]
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """``{"sigmoid": mean KL, "softmax": mean KL}``, 0-dim float64."""
+        """``{variant: mean KL}`` (``"sigmoid"``, ``"softmax"``), 0-dim float64."""
         if self.count.item() == 0:
             raise ValueError("MeanKL has no pairs: call update(generated, reference) before compute()")
         return {variant: getattr(self, f"{variant}_sum") / self.count for variant in self.variants}

@@ -132,6 +132,44 @@ def test_mean_kl_matches_rel_entr_on_hand_cases():
     assert metric.compute()["sigmoid"].item() == pytest.approx(0.1 * np.log(0.1 / 0.9), rel=1e-12)
 
 
+def test_mean_kl_without_eps_is_av_benchmarks_softmax_kl():
+    """kl_passt: softmax only, no eps, reference first (av_bench/metrics/kl.py:22-29@050a5cd)."""
+    metric = MeanKL(eps=0.0, variants=("softmax",))
+    metric.update(torch.tensor([[np.log(0.5), np.log(0.5)]]), torch.tensor([[np.log(0.9), np.log(0.1)]]))
+    assert set(metric.compute()) == {"softmax"}
+    assert metric.compute()["softmax"].item() == pytest.approx(0.9 * np.log(1.8) + 0.1 * np.log(0.2), rel=1e-12)
+    assert metric.compute()["softmax"].item() == pytest.approx(0.3681, abs=1e-4)
+    swapped = MeanKL(eps=0.0, variants=("softmax",))
+    swapped.update(torch.tensor([[np.log(0.9), np.log(0.1)]]), torch.tensor([[np.log(0.5), np.log(0.5)]]))
+    assert swapped.compute()["softmax"].item() == pytest.approx(0.5 * np.log(0.5 / 0.9) + 0.5 * np.log(5), rel=1e-12)
+
+    g = torch.Generator().manual_seed(4)
+    gen, ref = torch.randn(6, 527, generator=g) * 8, torch.randn(6, 527, generator=g) * 8
+    gen[0, 3], ref[0, 3] = -200.0, 30.0  # a class the generated softmax rounds to 0: eps would cap its term
+    harness = torch.nn.functional.kl_div(torch.log_softmax(gen.double(), 1), torch.log_softmax(ref.double(), 1),
+                                         reduction="sum", log_target=True) / len(gen)
+    metric = MeanKL(eps=0.0, variants=("softmax",))
+    metric.update(gen, ref)
+    assert metric.compute()["softmax"].item() == pytest.approx(harness.item(), rel=1e-12)
+    assert harness.item() > 30  # finite, and far above what eps=1e-6 allows for that class
+    with pytest.raises(ValueError, match="variants"):
+        MeanKL(variants=("softmax", "logits"))
+
+
+@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")
+def test_softmax_only_kl_states_merged_across_processes_equal_one_process():
+    g = torch.Generator().manual_seed(5)
+    gen, ref = torch.randn(9, 527, generator=g), torch.randn(9, 527, generator=g)
+    single = MeanKL(eps=0.0, variants=("softmax",))
+    single.update(gen, ref)
+    ranks = [MeanKL(eps=0.0, variants=("softmax",)) for _ in range(2)]
+    ranks[0].update(gen[:5], ref[:5])
+    ranks[1].update(gen[5:], ref[5:])
+    ranks[0].merge_state(ranks[1])
+    assert set(ranks[0]._defaults) == {"softmax_sum", "count"}
+    assert ranks[0].compute()["softmax"].item() == pytest.approx(single.compute()["softmax"].item(), rel=1e-12)
+
+
 def test_mean_kl_of_identical_outputs_is_zero():
     logits = torch.randn(7, 527, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
     exact = MeanKL(eps=0.0)
