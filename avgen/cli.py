@@ -21,7 +21,8 @@ COMMANDS = {
     "test": "run the test loop of a checkpoint (ckpt_path=<ckpt>)",
     "sample": "generate sounding videos from a checkpoint (ckpt_path=<ckpt> sample.n=4)",
     "evaluate": "score a folder of generated clips (evaluate.pred_dir=<folder> evaluate.metrics=[av_align,fvd,fad,"
-                "clipsim,clap,imagebind,is,kl,is_video,fd_passt,kl_passt,is_passt]; torchrun for several GPUs)",
+                "clipsim,clap,imagebind,is,kl,is_video,fd_passt,kl_passt,is_passt,fd_vggish_frames]; torchrun for "
+                "several GPUs)",
     "export": "strip a checkpoint to safetensors weights + config (ckpt_path=<ckpt> export.dir=<folder>)",
     "prepare": "write a dataset's WebDataset shards and manifests (data=<dataset>)",
     "filter": "keep the clips of a prepared dataset whose scores pass thresholds (filter.min_av_align=0.2 "
@@ -247,6 +248,7 @@ def _lookup(cfg, parts: tuple[str, ...]):
 EXTRACTOR_BLOCKS = {
     "evaluate.fvd": ("avgen.encoders.video_classifiers.I3DFeatures",),
     "evaluate.fad": ("avgen.encoders.vggish.VGGishFeatures", "avgen.encoders.panns.Cnn14"),
+    "evaluate.fd_vggish_frames": ("avgen.encoders.vggish.VGGishFeatures",),
     "evaluate.is_video": ("avgen.encoders.video_classifiers.C3DProbabilities",),
     "evaluate.panns": ("avgen.encoders.panns.Cnn14",),
     "evaluate.imagebind": ("avgen.encoders.imagebind.ImageBindAV",),

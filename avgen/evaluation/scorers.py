@@ -249,7 +249,69 @@ class FrechetScorer(Scorer):
         self.metric.update(self.model_input(frames, audio, sr), real=False)
 
     def result(self):
-        return float(self.metric.compute()), {**self.extractor.describe(), "reference_clips": int(self.reference.count)}
+        # the statistics count feature rows: one per clip, or one per 0.96 s example for VGGish's per-example FAD
+        rows = "reference_examples" if getattr(self.extractor, "per_example", False) else "reference_clips"
+        return float(self.metric.compute()), {**self.extractor.describe(), rows: int(self.reference.count)}
+
+
+class VGGishFramesScorer(FrechetScorer):
+    """FD-VGG of av-benchmark (``av_bench/evaluate.py:121-127@050a5cd``): the Fréchet distance over every 0.96 s
+    VGGish frame embedding (``VGGish(postprocess=False)`` without its last ReLU, no PCA:
+    ``av_bench/vggish/vggish.py:19-21,49-65@050a5cd``) of the generated clips against those of **all** clips of
+    ``evaluate.ref_dir`` (unpaired). Input: :class:`~avgen.metrics.audio_input.AudioInput` at 16 kHz — mono, DC
+    removed over the whole file, ``torchaudio.transforms.Resample``, cut to ``seconds`` (8) and never padded
+    (``av_bench/extract.py:60,79-91@050a5cd``): an 8-s clip gives 8 frames; a clip shorter than one frame
+    (15 600 samples, 0.975 s) is reported as a failure. The reference statistics are cached under a key that holds
+    the input rule, so they are never shared with ``fad``'s."""
+
+    name = block = "fd_vggish_frames"
+    FIXED = {"per_example": True, "embedding_relu": False}  # the harness's extractor; not configurable
+
+    def __init__(self, name: str, options: dict, dev):
+        import torch
+
+        from avgen.encoders.registry import build_extractor
+        from avgen.metrics.audio_input import AudioInput
+        from avgen.metrics.frechet import FrechetDistance
+
+        options = dict(options)
+        fixed = sorted(set(options) & {*self.FIXED, "pca_path", "sample_rate"})
+        if fixed:
+            raise ConfigError(f"evaluate.{self.block}.{fixed[0]}: fixed by av-benchmark's FD-VGG (every 0.96 s frame, "
+                              f"no final ReLU, no PCA, 16 kHz); remove it, or use evaluate.fad for another setting")
+        seconds = options.pop("seconds", 8)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+            raise ConfigError(f"evaluate.{self.block}.seconds={seconds!r}: expected the positive length in seconds "
+                              f"the audio is cut to (av-benchmark's audio_length; MMAudio: 8)")
+        self.name, self.dev, self.torch = name, dev, torch
+        self.sample_rate = 16000
+        self.audio_input = AudioInput(self.sample_rate, seconds=float(seconds), remove_dc=True)
+        extractor = build_extractor("vggish", options.pop("vggish_path", None),
+                                    config_key=f"evaluate.{self.block}.vggish_path", **self.FIXED, **options)
+        self.extractor = extractor.to(dev)
+        vggish = self.extractor
+        self.min_samples = vggish.window_length + (vggish.example_frames - 1) * vggish.hop_length
+        self.reference_metric = FrechetDistance(self.extractor).to(dev)
+        self.metric = None
+        self.reference = None
+
+    def model_input(self, frames: np.ndarray, audio: np.ndarray, sr: int):
+        wave = self.audio_input(audio, sr)
+        if len(wave) < self.min_samples:
+            raise ValueError(f"{len(wave)} samples at {self.sample_rate} Hz is shorter than one VGGish frame "
+                             f"({self.min_samples} samples, 0.96 s of frames)")
+        return wave.to(self.dev)[None]
+
+    def key(self, ref_dir) -> dict:
+        return {**super().key(ref_dir), "input": self.audio_input.describe()}
+
+    def result(self):
+        value, info = super().result()
+        return value, {**info, "protocol": "av-benchmark@050a5cd (av_bench/evaluate.py:121-127)",
+                       "harness_key": "FD-VGG", "reference": "all clips of ref_dir (unpaired)",
+                       "sample_rate": self.sample_rate, "length_rule": self.audio_input.rule(),
+                       "input": self.audio_input.describe(), "unit": "one sample per 0.96 s VGGish frame",
+                       "scaling": 1}
 
 
 # ------------------------------------------------------------------------------ classifier scores
@@ -740,7 +802,7 @@ def feed_scorers(scorers: list[Scorer], paths: list[Path], failures: list[dict],
 # The registry: every metric computed in the main process, in the order they are fed each clip.
 SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (
     FVDScorer, FADScorer, CLIPSimScorer, CLAPScorer, ImageBindScorer, InceptionScorer, KLScorer, VideoInceptionScorer,
-    PasstFrechetScorer, PasstKLScorer, PasstInceptionScorer)}
+    PasstFrechetScorer, PasstKLScorer, PasstInceptionScorer, VGGishFramesScorer)}
 MAIN_PROCESS = tuple(SCORERS)
 AVAILABLE = ("av_align", *SCORERS)  # av_align runs in worker processes (avgen.evaluation.processes)
 NEEDS_REFERENCE = tuple(name for name, cls in SCORERS.items() if cls.needs_reference)
