@@ -115,7 +115,7 @@ def test_one_frame_is_refused():
 def test_clip_score_is_the_cosine_of_the_towers_on_the_same_views(tiny):
     rng = np.random.default_rng(2)
     frames = [rng.integers(0, 256, (4, 36, 48, 3), dtype=np.uint8) for _ in range(2)]
-    audio = [rng.standard_normal(16000 * 5).astype(np.float32) * 0.1 for _ in range(2)]
+    audio = [rng.standard_normal(16000 * 3).astype(np.float32) * 0.1 for _ in range(2)]
     metric = IBScore(tiny)
     views = [metric.views(f) for f in frames]
     scores = metric.clip_scores(views, audio, sample_rate=16000)
@@ -131,16 +131,15 @@ def test_clip_score_is_the_cosine_of_the_towers_on_the_same_views(tiny):
 def test_scaled_is_100_times_the_raw_mean_and_states_merge_like_ddp(tiny):
     rng = np.random.default_rng(3)
     views = [ib_score_views(rng.integers(0, 256, (4, 30, 40, 3), dtype=np.uint8), size=28) for _ in range(3)]
-    audio = [rng.standard_normal(16000 * 3).astype(np.float32) * 0.1 for _ in range(3)]
+    audio = [rng.standard_normal(16000 * 2).astype(np.float32) * 0.1 for _ in range(3)]
     whole = IBScore(tiny)
     whole.update(views, audio, 16000)
-    per_clip = whole.clip_scores(views, audio, 16000)
-    torch.testing.assert_close(whole.compute(), per_clip.mean())
-    torch.testing.assert_close(whole.scaled(), 100 * per_clip.mean())
     ranks = [IBScore(tiny), IBScore(tiny)]  # process 0 scores clip 0, process 1 clips 1 and 2
-    ranks[0].update(views[:1], audio[:1], 16000)
-    ranks[1].update(views[1:], audio[1:], 16000)
+    for rank, part in zip(ranks, (slice(0, 1), slice(1, 3))):
+        rank.update(views[part], audio[part], 16000)
     parts = torch.cat([ranks[0].clip_scores(views[:1], audio[:1]), ranks[1].clip_scores(views[1:], audio[1:])])
+    torch.testing.assert_close(whole.compute(), parts.mean(), rtol=0, atol=1e-6)  # other batches: float32 rounding
+    torch.testing.assert_close(whole.scaled(), 100 * whole.compute(), rtol=0, atol=0)
     summed = IBScore(tiny)  # DDP's reduction: every state is declared with dist_reduce_fx="sum"; emulate it
     for name in summed._defaults:
         assert summed._reductions[name].__name__ == "dim_zero_sum"
@@ -152,6 +151,5 @@ def test_scaled_is_100_times_the_raw_mean_and_states_merge_like_ddp(tiny):
             warnings.simplefilter("ignore", UserWarning)
             value = merged.compute()
         torch.testing.assert_close(value, parts.mean(), rtol=0, atol=1e-15)
-        torch.testing.assert_close(value, whole.compute(), rtol=0, atol=1e-6)  # other batches: float32 rounding
     info = whole.describe()
     assert info["protocol"] == "av-benchmark@050a5cd" and info["harness_key"] == "IB-Score" and info["scale"] == 100
