@@ -191,11 +191,20 @@ class IBScoreScorer(CosineScorer):
     ``metrics.json`` gets ``ib_score`` = ``scale`` × mean cosine (the papers' ×100) and
     ``ib_score_raw`` = the mean cosine (the harness's ``IB-Score``); ``per_clip.csv`` has the raw
     cosine per clip (``ib_score_raw``).
+
+    Where avgen departs from the harness: the video and the audio of a pair are the same clip's (the
+    harness pairs GT-video features with predicted-audio features by ``clean_sample_name``,
+    ``av_bench/utils.py:7-41,85-105``); the harness's ``VideoDataset`` also decodes 25 fps for DeSync and
+    drops a video with fewer than ``int(25 · seconds)`` frames for both scores, so a 7.0–7.98 s clip it
+    drops is scored here (4 frames at 0.5 fps need ≥ 7 s); a stereo file's sub-clip mean is taken over
+    channel 0 only (the harness: over all channels; Kaldi's per-frame DC removal makes this a float-
+    rounding difference); the cosine is taken in float64; without a wav/flac the mp4's (maybe AAC)
+    stream stands in, which the harness never reads.
     """
 
     name = block = "ib_score"
     per_clip = True
-    audio_suffixes = (".wav", ".flac", ".WAV", ".FLAC")  # what the harness globs for (as written, and upper case)
+    audio_suffixes = (".wav", ".flac", ".WAV", ".FLAC")  # the harness globs *.wav, *.flac (extract.py:54); + upper case
 
     @classmethod
     def build(cls, ctx: BuildContext) -> IBScoreScorer:
