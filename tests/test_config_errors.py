@@ -25,6 +25,7 @@ SAMPLE_KNOWN = ("known keys of sample: audio, batch_size, device, gamma, guidanc
     (["sample.gama=2"], "unknown key sample.gama; " + SAMPLE_KNOWN),
     (["experiment=joint_cmcpe", "+model.sampling.gama=2"],
      "unknown key model.sampling.gama; known keys of model.sampling: batch_size, gamma, guidance_audio, "),
+    (["evaluate.ib_score.second=4"], "unknown key evaluate.ib_score.second; known keys of evaluate.ib_score: "),
     (["scale=tiny", "data.batch_size="], "no value for data.batch_size (data.batch_size=): expected an int, "
                                          "e.g. data.batch_size=2"),
 ])
@@ -45,6 +46,7 @@ def test_a_typo_gets_a_suggestion():
     ["experiment=joint_cmcpe", "model.optimizer.lr=1e-4"], ["evaluate.av_align.onset_delta=0.15"],
     ["hydra.run.dir=/tmp/x", "seed=3"], ["experiment=joint_cmcpe", "+model.video.scheduler.timestep_spacing=trailing"],
     ["+data.pin_memory=false"],  # an AVDataModule argument the data configs leave at its default
+    ["evaluate.ib_score.seconds=10", "+evaluate.ib_score.image_size=28"],  # ImageBindAV sizes (tests' tiny twin)
     ["command=sample", "ckpt_path=x.ckpt", "+model.sampling.gamma=2"],  # the checkpoint's model block
     ["seed=1,2,3", "experiment=joint_cmcpe,joint_crossattn", "sample.gamma=2"],  # -m sweeps
 ])

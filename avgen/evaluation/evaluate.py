@@ -37,7 +37,8 @@ class EvaluateSettings:
     """The ``evaluate`` config block, typed and checked (:meth:`check_inputs`) before any clip or model loads.
 
     ``metrics``: names of :data:`avgen.evaluation.scorers.AVAILABLE`; ``options``: the per-metric
-    blocks (``fvd``, ``fad``, ``clipsim``, ``clap``, ``panns``, ``is_video``, ``imagebind``, ``passt``);
+    blocks (``fvd``, ``fad``, ``clipsim``, ``clap``, ``panns``, ``is_video``, ``imagebind``, ``ib_score``, ``passt``,
+    ``fd_vggish_frames``);
     ``av_align``: :class:`~avgen.metrics.av_align.AVAlignConfig` fields. The other fields are the keys
     of the same name in ``configs/evaluate/default.yaml``.
     """
@@ -146,7 +147,8 @@ def evaluate(settings: Mapping[str, Any] | EvaluateSettings, out_dir: str | Path
     else ``prompt``. ``is`` and ``kl`` use the PANNs CNN14 of ``panns``; ``kl`` pairs each clip with the
     reference of the same stem in the folder ``ref_dir``, or with the shard split clip named as ``source``
     in ``<stem>.json``; ``is_video`` uses the C3D of ``is_video``; ``imagebind`` the ImageBind file of
-    ``imagebind``.
+    ``imagebind``; ``ib_score`` the one of ``ib_score`` (av-benchmark's protocol; ``metrics.json`` gets
+    ``ib_score`` ×100 and ``ib_score_raw``).
 
     AV-Align workers start from a fork server, so a script calling this needs the usual
     ``if __name__ == "__main__":`` guard (the command line has it).

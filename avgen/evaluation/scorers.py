@@ -92,6 +92,12 @@ class Scorer:
     def result(self) -> tuple[float | None, dict]:
         raise NotImplementedError
 
+    def values(self) -> tuple[dict[str, Any], dict]:
+        """(``{metrics.json key: value}``, description): ``{name: value}`` of :meth:`result`; a metric
+        reported under more than one key (``ib_score`` and ``ib_score_raw``) says so here."""
+        value, info = self.result()
+        return {self.name: value}, info
+
 
 class CosineScorer(Scorer):
     """A :class:`~avgen.metrics.cosine.MeanCosine` metric: the mean of the clips it could score."""
@@ -169,6 +175,120 @@ class ImageBindScorer(CosineScorer):
                                          fps=fps)
         self.metric.add_scores(scores)
         return {self.name: float(scores[0])}
+
+
+class IBScoreScorer(CosineScorer):
+    """IB-score as the video-to-audio benchmark harness computes it (av-benchmark@050a5cd;
+    :class:`~avgen.metrics.imagebind.IBScore`): per clip, cos(ImageBind vision embedding of the clip's
+    video at ``fps`` (0.5), ImageBind audio embedding of its generated audio), averaged over clips.
+
+    ``evaluate.ib_score`` holds ``path`` (``imagebind_huge.pth``), ``seconds`` (8: the harness's
+    ``--audio_length``, MMAudio's setting), ``fps`` (0.5), ``scale`` (100) and, for tests,
+    :class:`~avgen.encoders.imagebind.ImageBindAV` sizes.
+
+    - Video: the generated clip's own video stream, decoded again at ``fps`` by
+      :func:`~avgen.media.decode_video` (FFmpeg's ``fps`` filter slots, as the harness's
+      ``StreamingMediaDecoder(frame_rate=0.5)``: slot k shows the last frame whose time rounds to
+      ≤ k / fps, so 0.96, 2.96, 4.96, 6.96 s for 25 fps), first ``int(fps · seconds)`` frames
+      (4 for 8 s; ``av_bench/data/video_dataset.py:40,64-101@050a5cd``). The harness reads the *input*
+      (ground-truth) video; in a folder ``sample`` wrote it is the same stream, copied. A clip with fewer
+      frames is reported in ``failures`` (the harness drops it: ``video_dataset.py:83-86,121-126``).
+    - Audio: ``<stem>.wav`` / ``<stem>.flac`` beside the clip when present, its first channel as the
+      harness's ``kaldi.fbank`` reads it (the harness scores the raw generated files,
+      ``av_bench/extract.py:54-55``), else the clip's own audio stream as decoded (mono mix, maybe
+      AAC); the whole file, not cut to ``seconds`` (``audio_dataset.py:166-169``). ``per_clip.csv``
+      column ``ib_score_audio`` names the file read.
+
+    ``metrics.json`` gets ``ib_score`` = ``scale`` × mean cosine (the papers' ×100) and
+    ``ib_score_raw`` = the mean cosine (the harness's ``IB-Score``); ``per_clip.csv`` has the raw
+    cosine per clip (``ib_score_raw``).
+
+    Where avgen departs from the harness: the video and the audio of a pair are the same clip's (the
+    harness pairs GT-video features with predicted-audio features by ``clean_sample_name``,
+    ``av_bench/utils.py:7-41,85-105``); the harness's ``VideoDataset`` also decodes 25 fps for DeSync and
+    drops a video with fewer than ``int(25 · seconds)`` frames for both scores, so a 7.0–7.98 s clip it
+    drops is scored here (4 frames at 0.5 fps need ≥ 7 s); a stereo file's sub-clip mean is taken over
+    channel 0 only (the harness: over all channels; Kaldi's per-frame DC removal makes this a float-
+    rounding difference); the cosine is taken in float64; without a wav/flac the mp4's (maybe AAC)
+    stream stands in, which the harness never reads.
+    """
+
+    name = block = "ib_score"
+    per_clip = True
+    audio_suffixes = (".wav", ".flac", ".WAV", ".FLAC")  # the harness globs *.wav, *.flac (extract.py:54); + upper case
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> IBScoreScorer:
+        return cls(ctx.block("ib_score"), ctx.dev)
+
+    def __init__(self, options: dict, dev):
+        from avgen.media import as_fps
+        from avgen.metrics.imagebind import IBScore
+
+        options = dict(options)
+        path = options.pop("path", None)
+        self.seconds, scale = float(options.pop("seconds", 8)), float(options.pop("scale", 100))
+        try:
+            self.fps = as_fps(options.pop("fps", 0.5))
+        except ValueError as exc:
+            raise ConfigError(f"evaluate.ib_score.fps: {exc}") from exc
+        self.num_frames = int(float(self.fps) * self.seconds)  # the harness's int(_IMAGEBIND_FPS * duration_sec)
+        if self.num_frames < 2:
+            raise ConfigError(f"evaluate.ib_score: fps={float(self.fps)} x seconds={self.seconds} gives "
+                              f"{self.num_frames} frame(s); the score pairs consecutive frames, so it needs at least "
+                              f"2 (the harness's 8 s at 0.5 fps gives 4): raise evaluate.ib_score.seconds")
+        self.metric = IBScore.from_file(path, config_key="evaluate.ib_score.path", sizes=options, scale=scale).to(dev)
+
+    def audio(self, path: Path, audio: np.ndarray, sr: int) -> tuple[Path, np.ndarray, int]:
+        """(file read, mono waveform, rate): the first channel of ``<stem>.wav`` / ``.flac`` beside ``path``,
+        else ``audio`` as :func:`~avgen.media.read_clip` decoded it (the clip's own stream, else another
+        audio file of its stem). Raises ``ValueError`` for an unreadable file."""
+        import soundfile as sf
+
+        from avgen.media import audio_companion, check_finite
+        from avgen.media.decode import _has_audio_stream
+
+        companion = next((f for f in (path.with_suffix(s) for s in self.audio_suffixes) if f.is_file()), None)
+        if companion is None:
+            used = path if _has_audio_stream(path) else (audio_companion(path) or path)
+            return used, np.ascontiguousarray(audio, dtype=np.float32), sr
+        try:
+            wave, rate = sf.read(companion, dtype="float32", always_2d=True)
+            check_finite(wave, str(companion))
+        except Exception as exc:  # an unreadable companion fails this clip only
+            raise ValueError(f"{companion.name}: {type(exc).__name__}: {exc}") from exc
+        return companion, np.ascontiguousarray(wave[:, 0]), int(rate)
+
+    def update(self, path, frames, audio, sr, fps=None):
+        from avgen.media import MediaError, decode_video
+
+        try:
+            video, _ = decode_video(path, fps=self.fps, num_frames=self.num_frames)
+        except MediaError as exc:
+            raise ValueError(f"needs the first {self.num_frames} frames at {float(self.fps):g} fps (evaluate.ib_score."
+                             f"seconds={self.seconds:g}; av-benchmark drops such a clip): {exc}") from exc
+        source, wave, rate = self.audio(path, audio, sr)
+        scores = self.metric.clip_scores([self.metric.views(video)], [wave], sample_rate=rate)
+        self.metric.add_scores(scores)
+        return {"ib_score_raw": float(scores[0]), "ib_score_audio": source.name}
+
+    def values(self):
+        scored = int(self.metric.count)
+        raw = float(self.metric.compute()) if scored else None
+        view_count = self.metric.model.num_crops * (self.num_frames - 1)
+        info = {**self.metric.describe(), "clips": scored, "fps": float(self.fps), "seconds": self.seconds,
+                "video": f"the clip's own video stream at {float(self.fps):g} fps (FFmpeg fps-filter slots), first "
+                         f"int(fps x seconds) = {self.num_frames} frames, fewer: a failure; bicubic antialiased uint8 "
+                         f"resize to short side {self.metric.model.image_size}, {self.metric.model.num_crops} crops x "
+                         f"{self.num_frames - 1} consecutive pairs = {view_count} views, embeddings averaged",
+                "audio": "<stem>.wav/.flac beside the clip (first channel) when present, else the clip's audio "
+                         "stream (mono mix); whole file, ImageBind's audio transform (16 kHz, 3 x 2 s); file read "
+                         "per clip in per_clip.csv ib_score_audio",
+                "length_rule": f"video: first {self.num_frames} frames at {float(self.fps):g} fps, not padded; "
+                               f"audio: whole file",
+                "scaling": f"ib_score = {self.metric.scale:g} x mean cosine (as papers print it); ib_score_raw and "
+                           f"per_clip.csv ib_score_raw = raw cosine (the harness's IB-Score)"}
+        return {self.name: raw * self.metric.scale if scored else None, "ib_score_raw": raw}, info
 
 
 class FrechetScorer(Scorer):
@@ -737,9 +857,9 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
                           prompt: str | None, cache_dir, device: str, procs: Processes | None = None,
                           all_clips: list[Path] | None = None, decode_threads: int = 0
                           ) -> tuple[dict, dict, list[dict], dict]:
-    """FVD, FAD, CLIPSIM, CLAP, ImageBind, IS, KL, video IS and the PaSST metrics over one decoding pass of
-    ``pred``. Returns (values, extractor descriptions, failures, per-clip scores and durations
-    (:func:`clip_durations`) ``{clip name: {column: value}}``).
+    """FVD, FAD, CLIPSIM, CLAP, ImageBind, IB-score, IS, KL, video IS, the PaSST metrics and frame-level VGGish FD
+    over one decoding pass of ``pred``. Returns (values, extractor descriptions, failures, per-clip scores and
+    durations (:func:`clip_durations`) ``{clip name: {column: value}}``).
 
     In a distributed run ``pred`` is this process's share of ``all_clips``; the values, failures and
     per-clip scores returned are those of all processes."""
@@ -760,7 +880,8 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
     per_clip = {name: scores for part in procs.gather(per_clip) for name, scores in part.items()}
     values, info = {}, {}
     for scorer in scorers:
-        values[scorer.name], info[scorer.name] = scorer.result()
+        named, info[scorer.name] = scorer.values()
+        values.update(named)
     return values, info, failures, per_clip
 
 
@@ -801,8 +922,8 @@ def feed_scorers(scorers: list[Scorer], paths: list[Path], failures: list[dict],
 
 # The registry: every metric computed in the main process, in the order they are fed each clip.
 SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (
-    FVDScorer, FADScorer, CLIPSimScorer, CLAPScorer, ImageBindScorer, InceptionScorer, KLScorer, VideoInceptionScorer,
-    PasstFrechetScorer, PasstKLScorer, PasstInceptionScorer, VGGishFramesScorer)}
+    FVDScorer, FADScorer, CLIPSimScorer, CLAPScorer, ImageBindScorer, IBScoreScorer, InceptionScorer, KLScorer,
+    VideoInceptionScorer, PasstFrechetScorer, PasstKLScorer, PasstInceptionScorer, VGGishFramesScorer)}
 MAIN_PROCESS = tuple(SCORERS)
 AVAILABLE = ("av_align", *SCORERS)  # av_align runs in worker processes (avgen.evaluation.processes)
 NEEDS_REFERENCE = tuple(name for name, cls in SCORERS.items() if cls.needs_reference)

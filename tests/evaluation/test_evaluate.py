@@ -333,6 +333,61 @@ def test_imagebind_score_from_an_official_format_file(tmp_path, pred_dir):
         evaluate_folder(pred_dir, tmp_path / "b", metrics=["imagebind"], imagebind={"path": None})
 
 
+def test_ib_score_as_the_benchmark_harness(tmp_path):
+    """evaluate.metrics=[ib_score] on 8-s clips: each clip's raw cosine equals IBScore on the clip re-decoded at
+    0.5 fps (first 4 frames) against the <stem>.wav beside it (its first channel) when there is one, else the
+    mp4's sound; metrics.json has ×100 and the raw mean; a 6-s clip (3 frames at 0.5 fps) is a failure."""
+    import soundfile as sf
+
+    from avgen.encoders.imagebind import TINY_IMAGEBIND, ImageBindAV, save_official_format
+    from avgen.media import decode_video, read_clip
+    from avgen.metrics.imagebind import IBScore
+    from avgen.pretrained import ExtractorWeightsMissing, sha256_file
+
+    geo = ClipGeometry(seconds=8.0, fps=5, height=48, width=64)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    clips = [generate_clip(70 + i, geo) for i in range(3)]
+    write_mp4(pred / "stream.mp4", clips[0].frames, geo.fps, audio=clips[0].audio, sample_rate=geo.sample_rate)
+    write_mp4(pred / "both.mp4", clips[1].frames, geo.fps, audio=clips[1].audio, sample_rate=geo.sample_rate)
+    write_wav(pred / "both.wav", clips[1].audio[::-1].copy(), geo.sample_rate)  # the wav wins over the stream
+    write_mp4(pred / "stereo.mp4", clips[2].frames, geo.fps)
+    noise = np.random.default_rng(0).standard_normal(len(clips[2].audio)).astype(np.float32) * 0.3
+    sf.write(pred / "stereo.wav", np.stack([clips[2].audio, noise], 1), geo.sample_rate, subtype="FLOAT")
+    write_mp4(pred / "short.mp4", clips[0].frames[:30], geo.fps, audio=clips[0].audio[:6 * geo.sample_rate],
+              sample_rate=geo.sample_rate)
+
+    torch.manual_seed(0)
+    weights = tmp_path / "imagebind_huge.pth"
+    save_official_format(ImageBindAV.tiny(), weights)
+    options = {"path": str(weights), "seconds": 8, "fps": 0.5, "scale": 100, **TINY_IMAGEBIND}
+    result = evaluate_folder(pred, tmp_path / "out", metrics=["ib_score"], ib_score=options)
+    with open(tmp_path / "out" / "per_clip.csv") as f:
+        rows = {r["clip"]: r for r in csv.DictReader(f)}
+
+    direct = IBScore.from_file(weights, sizes=TINY_IMAGEBIND)
+    audio = {"stream.mp4": (read_clip(pred / "stream.mp4").audio, geo.sample_rate),
+             "both.mp4": sf.read(pred / "both.wav", dtype="float32"),
+             "stereo.mp4": (sf.read(pred / "stereo.wav", dtype="float32")[0][:, 0], geo.sample_rate)}
+    for name, (wave, sr) in audio.items():
+        frames, _ = decode_video(pred / name, fps=0.5, num_frames=4)
+        expected = direct.clip_scores([direct.views(frames)], [wave], sample_rate=sr)
+        assert float(rows[name]["ib_score_raw"]) == pytest.approx(float(expected[0]), abs=1e-6), name
+    assert {n: rows[n]["ib_score_audio"] for n in audio} == {"stream.mp4": "stream.mp4", "both.mp4": "both.wav",
+                                                             "stereo.mp4": "stereo.wav"}
+    raw = np.mean([float(rows[n]["ib_score_raw"]) for n in audio])
+    assert result["metrics"]["ib_score_raw"] == pytest.approx(raw, abs=1e-12)
+    assert result["metrics"]["ib_score"] == pytest.approx(100 * raw, abs=1e-10)
+    assert [f["clip"] for f in result["failures"]] == ["short.mp4"]
+    assert "needs the first 4 frames at 0.5 fps" in result["failures"][0]["reason"]
+    info = result["extractors"]["ib_score"]
+    assert info["sha256"] == {"imagebind": sha256_file(weights)} and info["clips"] == 3
+    assert (info["protocol"], info["harness_key"], info["scale"], info["fps"], info["seconds"]) == (
+        "av-benchmark@050a5cd", "IB-Score", 100, 0.5, 8)
+    with pytest.raises(ExtractorWeightsMissing, match="evaluate.ib_score.path"):
+        evaluate_folder(pred, tmp_path / "b", metrics=["ib_score"], ib_score={"path": None})
+
+
 def test_overlapped_alignment_and_feature_pass_give_the_sequential_results(tmp_path, pred_dir, monkeypatch):
     """With cores to spare, AV-Align runs in the workers while the main process scores the other metrics;
     metrics.json and per_clip.csv are the same as when the two passes run one after the other."""
