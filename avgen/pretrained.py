@@ -81,6 +81,13 @@ ORIGINS: dict[str, WeightsOrigin] = {
              "and audio towers are used",
         where="https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth, linked from facebookresearch/ImageBind "
               "imagebind/models/imagebind_model.py", env="AVGEN_IMAGEBIND_PATH"),
+    "laion_clap": WeightsOrigin(
+        file="music_speech_audioset_epoch_15_esc_89.98.pt", config_key="evaluate.clap_laion.path",
+        metric="clap_laion",
+        what="LAION-CLAP (Wu et al. 2023) HTSAT-base + RoBERTa trained on music, speech and AudioSet, without "
+             "fusion: the model of av-benchmark's LAION-CLAP-Score, converted here into transformers' ClapModel",
+        where="https://huggingface.co/lukewys/laion_clap/resolve/main/music_speech_audioset_epoch_15_esc_89.98.pt "
+              "(linked from LAION-AI/CLAP README.md)", env="AVGEN_LAION_CLAP_PATH"),
     # conditioning encoders of TempoTokens (model.encoder.path; a tiny twin at scale=tiny)
     "beats": WeightsOrigin(
         file="BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt", config_key="model.encoder.path", metric="",
