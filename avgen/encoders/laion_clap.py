@@ -243,31 +243,39 @@ def laion_clap_to_transformers(state: Mapping[str, Tensor]) -> tuple[dict[str, T
     return converted, front
 
 
+def _laion_key(key: str) -> str:
+    """A ClapModel key's name in the LAION file (``attention.self.{query,key,value}`` → ``attn.qkv``); the inverse of
+    the renaming in :func:`laion_clap_to_transformers`."""
+    match = _HF_BLOCK.match(key)
+    if match:
+        inner = match.group(2)
+        inner = "attn.qkv" if inner in {f"attention.self.{n}" for n in QKV} else _INVERSE_BLOCK_RENAMES.get(inner, inner)
+        key = f"{match.group(1)}{inner}.{match.group(3)}"
+    key = key.replace(".attention.self.relative_position_", ".attn.relative_position_")
+    key = key.replace("audio_model.audio_encoder.batch_norm.", "audio_model.audio_encoder.bn0.")
+    key = key.replace("audio_model.audio_encoder.", "audio_branch.")
+    if key.startswith("text_model."):
+        key = "text_branch." + key[len("text_model."):]
+    return re.sub(r"^(audio|text)_projection\.linear([12])\.",
+                  lambda m: f"{m.group(1)}_projection.{0 if m.group(2) == '1' else 2}.", key)
+
+
+_INVERSE_BLOCK_RENAMES = {v: k for k, v in BLOCK_RENAMES.items()}
+
+
 def transformers_to_laion_clap(state: Mapping[str, Tensor], front: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The inverse of :func:`laion_clap_to_transformers` (for writing tiny twins in the published layout): query,
-    key and value re-fused into ``qkv``, LAION names, the front-end tensors under ``audio_branch.``; :data:`FILLED`
-    buffers are left out. :data:`DROPPED` tensors are not made here (:func:`save_laion_format` adds them)."""
-    inverse_blocks = {v: k for k, v in BLOCK_RENAMES.items()}
+    key and value re-fused into ``qkv`` (in that order along axis 0), LAION names, the front-end tensors under
+    ``audio_branch.``; :data:`FILLED` buffers are left out. :data:`DROPPED` tensors are not made here
+    (:func:`save_laion_format` adds them)."""
     out: dict[str, Tensor] = {laion: front[ours] for laion, ours in FRONT_END.items()}
     for key, value in state.items():
-        if key in FILLED:
+        laion = _laion_key(key)
+        if key in FILLED or ".attn.qkv." in laion and ".attention.self.query." not in key:
             continue
-        match = _HF_BLOCK.match(key)
-        if match and match.group(2) in ("attention.self.key", "attention.self.value"):
-            continue
-        if match and match.group(2) == "attention.self.query":
-            prefix = match.group(1).replace("audio_model.audio_encoder.", "audio_branch.")
-            parts = [state[f"{match.group(1)}attention.self.{n}.{match.group(3)}"] for n in QKV]
-            out[f"{prefix}attn.qkv.{match.group(3)}"] = torch.cat(parts, dim=0)
-            continue
-        if match and match.group(2) in inverse_blocks:
-            key = f"{match.group(1)}{inverse_blocks[match.group(2)]}.{match.group(3)}"
-        key = key.replace(".attention.self.relative_position", ".attn.relative_position")
-        key = key.replace("audio_model.audio_encoder.batch_norm.", "audio_model.audio_encoder.bn0.")
-        key = key.replace("audio_model.audio_encoder.", "audio_branch.").replace("text_model.", "text_branch.")
-        key = re.sub(r"^(audio|text)_projection\.linear([12])\.",
-                     lambda m: f"{m.group(1)}_projection.{0 if m.group(2) == '1' else 2}.", key)
-        out[key] = value
+        if ".attn.qkv." in laion:
+            value = torch.cat([state[key.replace(".query.", f".{n}.")] for n in QKV], dim=0)
+        out[laion] = value
     return out
 
 
@@ -329,19 +337,21 @@ def _listing(names: Sequence[str], limit: int = 6) -> str:
 
 def _check_keys(model: nn.Module, converted: Mapping[str, Tensor], front_model: nn.Module,
                 front: Mapping[str, Tensor], where: str) -> None:
-    """Strict: every ClapModel key but :data:`FILLED` from the file, no key left over, every shape equal."""
+    """Strict: every ClapModel key but :data:`FILLED` from the file, no key left over, every shape equal; problems are
+    named by their LAION keys."""
     inverse_front = {v: k for k, v in FRONT_END.items()}
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in FILLED}
     expected_front = {k: tuple(v.shape) for k, v in front_model.state_dict().items()}
     problems = []
-    missing = sorted(set(expected) - set(converted)) + sorted(inverse_front[k] for k in set(expected_front) - set(front))
+    missing = sorted({_laion_key(k) for k in set(expected) - set(converted)}
+                     | {inverse_front[k] for k in set(expected_front) - set(front)})
     if missing:
-        problems.append(f"missing {_listing(missing)}")
-    unexpected = sorted(set(converted) - set(expected))
+        problems.append(f"missing keys {_listing(missing)}")
+    unexpected = sorted({_laion_key(k) for k in set(converted) - set(expected)})
     if unexpected:
-        problems.append(f"unexpected (as ClapModel keys) {_listing(unexpected)}")
-    wrong = [f"{k} {tuple(converted[k].shape)} (expected {expected[k]})" for k in sorted(set(expected) & set(converted))
-             if tuple(converted[k].shape) != expected[k]]
+        problems.append(f"unexpected keys {_listing(unexpected)}")
+    wrong = [f"{_laion_key(k)} {tuple(converted[k].shape)} (ClapModel's {k}: {expected[k]})"
+             for k in sorted(set(expected) & set(converted)) if tuple(converted[k].shape) != expected[k]]
     wrong += [f"{inverse_front[k]} {tuple(front[k].shape)} (expected {expected_front[k]})"
               for k in sorted(set(expected_front) & set(front)) if tuple(front[k].shape) != expected_front[k]]
     if wrong:

@@ -134,6 +134,41 @@ class CLAPScorer(SemanticScorer):
     name = block = "clap"
 
 
+class ClapLaionScorer(CosineScorer):
+    """av-benchmark's LAION-CLAP-Score (``evaluate.clap_laion``: ``path``, ``tokenizer``, ``seconds``): the cosine of
+    the clip's audio with its caption (``<stem>.txt`` beside the clip, the harness's CSV ``caption``; else
+    ``evaluate.prompt``), raw, with ``music_speech_audioset_epoch_15_esc_89.98.pt`` in ``ClapModel``
+    (:class:`~avgen.metrics.semantic.LaionCLAPScore`). The clip's audio is the one ``evaluate`` decodes (already mono)."""
+
+    name = block = "clap_laion"
+    per_clip = True
+    KNOWN = ("path", "tokenizer", "seconds")
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> ClapLaionScorer:
+        return cls(ctx.block(cls.block), ctx.prompt, ctx.dev)
+
+    def __init__(self, options: dict, prompt: str | None, dev):
+        from avgen.encoders.laion_clap import load_laion_clap
+        from avgen.metrics.semantic import LaionCLAPScore
+
+        unknown = sorted(set(options) - set(self.KNOWN))
+        if unknown:
+            raise ConfigError(f"evaluate.clap_laion: unknown keys {unknown}; known: {', '.join(self.KNOWN)}")
+        seconds = options.get("seconds", 8)
+        self.prompt = prompt
+        clap = load_laion_clap(options.get("path"), options.get("tokenizer"))
+        self.metric = LaionCLAPScore(clap, seconds=None if seconds is None else float(seconds)).to(dev)
+
+    def update(self, path, frames, audio, sr, fps=None):
+        text = clip_prompt(path, self.prompt)
+        if not text:
+            raise ValueError(f"no caption ({path.stem}.txt beside the clip, or evaluate.prompt)")
+        scores = self.metric.clip_scores([np.ascontiguousarray(audio, dtype=np.float32)], [text], sample_rate=sr)
+        self.metric.add_scores(scores)
+        return {self.name: float(scores[0])}
+
+
 class ImageBindScorer(CosineScorer):
     """ImageBind audio-video score: cos(ImageBind audio embedding, vision embedding) per clip, at the
     clip's own frame rate (:mod:`avgen.metrics.imagebind`). ``evaluate.imagebind`` holds ``path`` and,
@@ -549,7 +584,8 @@ def feed_scorers(scorers: list[Scorer], paths: list[Path], failures: list[dict],
 
 # The registry: every metric computed in the main process, in the order they are fed each clip.
 SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (
-    FVDScorer, FADScorer, CLIPSimScorer, CLAPScorer, ImageBindScorer, InceptionScorer, KLScorer, VideoInceptionScorer)}
+    FVDScorer, FADScorer, CLIPSimScorer, CLAPScorer, ClapLaionScorer, ImageBindScorer, InceptionScorer, KLScorer,
+    VideoInceptionScorer)}
 MAIN_PROCESS = tuple(SCORERS)
 AVAILABLE = ("av_align", *SCORERS)  # av_align runs in worker processes (avgen.evaluation.processes)
 NEEDS_REFERENCE = tuple(name for name, cls in SCORERS.items() if cls.needs_reference)
