@@ -20,8 +20,8 @@ Sources (cited as ``file:line@commit``):
   key of the model comes from the file or is in :data:`FILLED` (:func:`laion_clap_to_transformers`).
 
 Departures from that script, both towards the original: the text tower's LayerNorm eps is roberta-base's 1e-5 (the
-script keeps ``ClapTextConfig``'s default 1e-12; LAION's text branch is ``RobertaModel.from_pretrained('roberta-base')``,
-``model.py:505-506``), and the log-mel front end is the checkpoint's own torchlibrosa STFT and mel matrix
+script keeps ``ClapTextConfig``'s default 1e-12; LAION's text branch is
+``RobertaModel.from_pretrained('roberta-base')``, ``model.py:505-506``), and the log-mel front end is the checkpoint's own torchlibrosa STFT and mel matrix
 (:class:`LaionClapMel`), not ``ClapFeatureExtractor`` (its defaults are HTK mel, 0 Hz lower edge and fusion crops).
 """
 
@@ -108,7 +108,8 @@ def _resampler(orig: int, new: int):
 
 def harness_audio(audio: Any, sample_rate: int, *, target_rate: int = SAMPLE_RATE,
                   seconds: float | None = 8.0) -> Tensor:
-    """av-benchmark's audio reading, ``AudioDataset.read_from_file`` (``av_bench/data/audio_dataset.py:124-141@050a5cd``):
+    """av-benchmark's audio reading, ``AudioDataset.read_from_file``
+    (``av_bench/data/audio_dataset.py:124-141@050a5cd``):
     mono = mean over channels → DC removal over the whole file → ``torchaudio.transforms.Resample(sample_rate,
     target_rate)`` with its defaults (windowed sinc, Hann, width 6, rolloff 0.99; the harness's object, cached) →
     cut to ``int(target_rate · seconds)`` samples, never padded (``seconds=None``: no cut). The same interface as
@@ -177,7 +178,8 @@ LENGTH_RULE = ("mono, DC removed over the whole file, resampled to 48000 Hz (tor
 
 # ------------------------------------------------------------------------------------------ front end
 class LaionClapMel(nn.Module):
-    """HTSAT's log-mel front end (``htsat.py:666-686,881-884@1fd4c37``), torchlibrosa's layout: ``Spectrogram(n_fft=1024,
+    """HTSAT's log-mel front end (``htsat.py:666-686,881-884@1fd4c37``), torchlibrosa's layout:
+    ``Spectrogram(n_fft=1024,
     hop_length=480, win_length=1024, window='hann', center=True, pad_mode='reflect')`` power spectrum →
     ``LogmelFilterBank(sr=48000, n_fft=1024, n_mels=64, fmin=50, fmax=14000, ref=1.0, amin=1e-10, top_db=None)``.
     Built from avgen's torchlibrosa-layout modules (:mod:`avgen.encoders.panns`); :func:`load_laion_clap` overwrites
@@ -249,7 +251,8 @@ def _laion_key(key: str) -> str:
     match = _HF_BLOCK.match(key)
     if match:
         inner = match.group(2)
-        inner = "attn.qkv" if inner in {f"attention.self.{n}" for n in QKV} else _INVERSE_BLOCK_RENAMES.get(inner, inner)
+        fused = inner in {f"attention.self.{n}" for n in QKV}
+        inner = "attn.qkv" if fused else _INVERSE_BLOCK_RENAMES.get(inner, inner)
         key = f"{match.group(1)}{inner}.{match.group(3)}"
     key = key.replace(".attention.self.relative_position_", ".attn.relative_position_")
     key = key.replace("audio_model.audio_encoder.batch_norm.", "audio_model.audio_encoder.bn0.")
@@ -308,7 +311,8 @@ def clap_config_from_state(state: Mapping[str, Tensor], where: str):
         depths.append(len({k.split(".")[5] for k in state if k.startswith(f"{audio}layers.{stage}.blocks.")}))
     if not depths:
         shape(f"{audio}layers.0.blocks.0.attention.self.relative_position_bias_table")
-    tables = [shape(f"{audio}layers.{i}.blocks.0.attention.self.relative_position_bias_table") for i in range(len(depths))]
+    tables = [shape(f"{audio}layers.{i}.blocks.0.attention.self.relative_position_bias_table")
+              for i in range(len(depths))]
     window = (round(tables[0][0] ** 0.5) + 1) // 2
     width = shape(f"{text}embeddings.word_embeddings.weight")[1]
     layers = len({k.split(".")[3] for k in state if k.startswith(f"{text}encoder.layer.")})
@@ -438,8 +442,8 @@ def load_tokenizer(folder: str | os.PathLike | None, config_key: str = "evaluate
         with quiet_loading():
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise LaionClapCheckpointError(f"{config_key}={folder}: no RoBERTa tokenizer loads from it ({type(exc).__name__}: "
-                                       f"{exc})") from exc
+        raise LaionClapCheckpointError(f"{config_key}={folder}: no RoBERTa tokenizer loads from it "
+                                       f"({type(exc).__name__}: {exc})") from exc
     return tokenizer, {n: sha256_file(Path(folder) / n) for n in _TOKENIZER_FILES if (Path(folder) / n).is_file()}
 
 

@@ -138,7 +138,8 @@ class ClapLaionScorer(CosineScorer):
     """av-benchmark's LAION-CLAP-Score (``evaluate.clap_laion``: ``path``, ``tokenizer``, ``seconds``): the cosine of
     the clip's audio with its caption (``<stem>.txt`` beside the clip, the harness's CSV ``caption``; else
     ``evaluate.prompt``), raw, with ``music_speech_audioset_epoch_15_esc_89.98.pt`` in ``ClapModel``
-    (:class:`~avgen.metrics.semantic.LaionCLAPScore`). The clip's audio is the one ``evaluate`` decodes (already mono)."""
+    (:class:`~avgen.metrics.semantic.LaionCLAPScore`). The clip's audio is the one ``evaluate`` decodes (already
+    mono)."""
 
     name = block = "clap_laion"
     per_clip = True

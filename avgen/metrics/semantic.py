@@ -362,8 +362,9 @@ class LaionCLAPScore(MeanCosine):
         ``metrics.json``."""
         from avgen.encoders import laion_clap as lc
 
+        seconds = self.seconds if self.seconds is not None else float("inf")
         return {**self.model.describe(), "protocol": lc.PROTOCOL, "harness_key": lc.HARNESS_KEY,
                 "sample_rate": lc.SAMPLE_RATE, "seconds": self.seconds,
-                "length_rule": lc.LENGTH_RULE.format(seconds=self.seconds if self.seconds is not None else float("inf")),
+                "length_rule": lc.LENGTH_RULE.format(seconds=seconds),
                 "resampler": "torchaudio.transforms.Resample (sinc_interp_hann, lowpass_filter_width=6, rolloff=0.99)",
                 "scaling": 1, "scale": "raw cosine"}
