@@ -21,7 +21,8 @@ Sources (cited as ``file:line@commit``):
 
 Departures from that script, both towards the original: the text tower's LayerNorm eps is roberta-base's 1e-5 (the
 script keeps ``ClapTextConfig``'s default 1e-12; LAION's text branch is
-``RobertaModel.from_pretrained('roberta-base')``, ``model.py:505-506``), and the log-mel front end is the checkpoint's own torchlibrosa STFT and mel matrix
+``RobertaModel.from_pretrained('roberta-base')``, ``model.py:505-506``), and the log-mel front end is the checkpoint's
+own torchlibrosa STFT and mel matrix
 (:class:`LaionClapMel`), not ``ClapFeatureExtractor`` (its defaults are HTK mel, 0 Hz lower edge and fusion crops).
 """
 
