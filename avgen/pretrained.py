@@ -88,6 +88,13 @@ ORIGINS: dict[str, WeightsOrigin] = {
              "av-benchmark's FD-PASST, KL-PASST and ISC-PASST (hear21passt's get_basic_model)",
         where="https://github.com/kkoutini/PaSST/releases/download/v0.0.1-audioset/passt-s-f128-p16-s10-ap.476-swa.pt "
               "(kkoutini/PaSST release v0.0.1-audioset)", env="AVGEN_PASST_PATH"),
+    "laion_clap": WeightsOrigin(
+        file="music_speech_audioset_epoch_15_esc_89.98.pt", config_key="evaluate.clap_laion.path",
+        metric="clap_laion",
+        what="LAION-CLAP (Wu et al. 2023) HTSAT-base + RoBERTa trained on music, speech and AudioSet, without "
+             "fusion: the model of av-benchmark's LAION-CLAP-Score, converted here into transformers' ClapModel",
+        where="https://huggingface.co/lukewys/laion_clap/resolve/main/music_speech_audioset_epoch_15_esc_89.98.pt "
+              "(linked from LAION-AI/CLAP README.md)", env="AVGEN_LAION_CLAP_PATH"),
     # conditioning encoders of TempoTokens (model.encoder.path; a tiny twin at scale=tiny)
     "beats": WeightsOrigin(
         file="BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt", config_key="model.encoder.path", metric="",

@@ -262,7 +262,7 @@ class PaSST(FeatureExtractor):
 
     def forward(self, audio: Tensor) -> tuple[Tensor, Tensor]:
         """audio (B, S) float at ``sample_rate`` (32 kHz) → (logits (B, num_classes) pre-sigmoid, embedding (B, D))
-        float32. av-benchmark feeds exactly S = 320 000 (10 s; :class:`~avgen.metrics.audio_input.AudioInput`).
+        float32. av-benchmark feeds exactly S = 320 000 (10 s; :class:`~avgen.encoders.audio_input.AudioInput`).
 
         Raises:
             ValueError: not (B, S), or S gives fewer frames than one patch or more than the time embedding holds.

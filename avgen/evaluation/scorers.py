@@ -151,6 +151,42 @@ class CLAPScorer(SemanticScorer):
     name = block = "clap"
 
 
+class ClapLaionScorer(CosineScorer):
+    """av-benchmark's LAION-CLAP-Score (``evaluate.clap_laion``: ``path``, ``tokenizer``, ``seconds``): the cosine of
+    the clip's audio with its caption (``<stem>.txt`` beside the clip, the harness's CSV ``caption``; else
+    ``evaluate.prompt``), raw, with ``music_speech_audioset_epoch_15_esc_89.98.pt`` in ``ClapModel``
+    (:class:`~avgen.metrics.semantic.LaionCLAPScore`). The clip's audio is the one ``evaluate`` decodes (already
+    mono)."""
+
+    name = block = "clap_laion"
+    per_clip = True
+    KNOWN = ("path", "tokenizer", "seconds")
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> ClapLaionScorer:
+        return cls(ctx.block(cls.block), ctx.prompt, ctx.dev)
+
+    def __init__(self, options: dict, prompt: str | None, dev):
+        from avgen.encoders.laion_clap import load_laion_clap
+        from avgen.metrics.semantic import LaionCLAPScore
+
+        unknown = sorted(set(options) - set(self.KNOWN))
+        if unknown:
+            raise ConfigError(f"evaluate.clap_laion: unknown keys {unknown}; known: {', '.join(self.KNOWN)}")
+        seconds = options.get("seconds", 8)
+        self.prompt = prompt
+        clap = load_laion_clap(options.get("path"), options.get("tokenizer"))
+        self.metric = LaionCLAPScore(clap, seconds=None if seconds is None else float(seconds)).to(dev)
+
+    def update(self, path, frames, audio, sr, fps=None):
+        text = clip_prompt(path, self.prompt)
+        if not text:
+            raise ValueError(f"no caption ({path.stem}.txt beside the clip, or evaluate.prompt)")
+        scores = self.metric.clip_scores([np.ascontiguousarray(audio, dtype=np.float32)], [text], sample_rate=sr)
+        self.metric.add_scores(scores)
+        return {self.name: float(scores[0])}
+
+
 class ImageBindScorer(CosineScorer):
     """ImageBind audio-video score: cos(ImageBind audio embedding, vision embedding) per clip, at the
     clip's own frame rate (:mod:`avgen.metrics.imagebind`). ``evaluate.imagebind`` holds ``path`` and,
@@ -378,7 +414,7 @@ class VGGishFramesScorer(FrechetScorer):
     """FD-VGG of av-benchmark (``av_bench/evaluate.py:121-127@050a5cd``): the Fréchet distance over every 0.96 s
     VGGish frame embedding (``VGGish(postprocess=False)`` without its last ReLU, no PCA:
     ``av_bench/vggish/vggish.py:19-21,49-65@050a5cd``) of the generated clips against those of **all** clips of
-    ``evaluate.ref_dir`` (unpaired). Input: :class:`~avgen.metrics.audio_input.AudioInput` at 16 kHz — mono, DC
+    ``evaluate.ref_dir`` (unpaired). Input: :class:`~avgen.encoders.audio_input.AudioInput` at 16 kHz — mono, DC
     removed over the whole file, ``torchaudio.transforms.Resample``, cut to ``seconds`` (8) and never padded
     (``av_bench/extract.py:60,79-91@050a5cd``): an 8-s clip gives 8 frames; a clip shorter than one frame
     (15 600 samples, 0.975 s) is reported as a failure. The reference statistics are cached under a key that holds
@@ -390,8 +426,8 @@ class VGGishFramesScorer(FrechetScorer):
     def __init__(self, name: str, options: dict, dev):
         import torch
 
+        from avgen.encoders.audio_input import AudioInput
         from avgen.encoders.registry import build_extractor
-        from avgen.metrics.audio_input import AudioInput
         from avgen.metrics.frechet import FrechetDistance
 
         options = dict(options)
@@ -697,7 +733,7 @@ class PasstScores:
     """The PaSST shared by ``fd_passt``, ``kl_passt`` and ``is_passt`` (:mod:`avgen.encoders.passt`): one forward
     pass per generated clip and one per reference, whichever metric asks first.
 
-    Clips go in as av-benchmark prepares them (:class:`~avgen.metrics.audio_input.AudioInput`: mono, DC removed,
+    Clips go in as av-benchmark prepares them (:class:`~avgen.encoders.audio_input.AudioInput`: mono, DC removed,
     32 kHz, cut to ``seconds`` and never padded, then zero-padded or cut to ``model_samples``;
     ``av_bench/extract.py:159-169@050a5cd``). ``evaluate.passt`` holds ``path``, ``seconds``, ``model_samples``,
     ``splits`` and ``shuffle_seed`` (for ``is_passt``); the architecture comes from the file
@@ -707,8 +743,8 @@ class PasstScores:
     KNOWN = ("path", "seconds", "model_samples", "splits", "shuffle_seed")
 
     def __init__(self, options: dict, dev):
+        from avgen.encoders.audio_input import AudioInput
         from avgen.encoders.passt import load_passt
-        from avgen.metrics.audio_input import AudioInput
 
         unknown = sorted(set(options) - set(self.KNOWN))
         if unknown:
@@ -922,8 +958,8 @@ def feed_scorers(scorers: list[Scorer], paths: list[Path], failures: list[dict],
 
 # The registry: every metric computed in the main process, in the order they are fed each clip.
 SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (
-    FVDScorer, FADScorer, CLIPSimScorer, CLAPScorer, ImageBindScorer, IBScoreScorer, InceptionScorer, KLScorer,
-    VideoInceptionScorer, PasstFrechetScorer, PasstKLScorer, PasstInceptionScorer, VGGishFramesScorer)}
+    FVDScorer, FADScorer, CLIPSimScorer, CLAPScorer, ClapLaionScorer, ImageBindScorer, IBScoreScorer, InceptionScorer,
+    KLScorer, VideoInceptionScorer, PasstFrechetScorer, PasstKLScorer, PasstInceptionScorer, VGGishFramesScorer)}
 MAIN_PROCESS = tuple(SCORERS)
 AVAILABLE = ("av_align", *SCORERS)  # av_align runs in worker processes (avgen.evaluation.processes)
 NEEDS_REFERENCE = tuple(name for name, cls in SCORERS.items() if cls.needs_reference)

@@ -9,6 +9,8 @@ two-tower model:
   GODIVA's and CogVideo's CLIPSIM; ViT-L/14 gives different, not comparable, numbers.
 - CLAP score: per clip, cos(CLAP audio embedding, CLAP text embedding of the prompt), with
   ``laion/clap-htsat-unfused`` (HTSAT audio tower, RoBERTa text tower, 48 kHz input).
+- LAION-CLAP score (:class:`LaionCLAPScore`): av-benchmark's column, LAION's own
+  ``music_speech_audioset_epoch_15_esc_89.98.pt`` with the harness's input rule (:mod:`avgen.encoders.laion_clap`).
 
 Scale: both report the raw cosine in [-1, 1]. Papers that print CLIPSIM as e.g. 30.1 multiply by 100;
 divide their numbers by 100 before comparing.
@@ -309,3 +311,60 @@ class ClapEmbedding(FeatureExtractor):
         self.clap.sample_rate = self.clap.model_rate
         with torch.autocast(device_type=audio.device.type, enabled=False):
             return self.clap.audio_embeddings(audio)
+
+
+class LaionCLAPScore(MeanCosine):
+    """av-benchmark's ``LAION-CLAP-Score`` (``av_bench/evaluate.py:193-198@050a5cd``): mean over clips of
+    cos(LAION-CLAP audio embedding, LAION-CLAP caption embedding), raw (not ×100), with
+    ``music_speech_audioset_epoch_15_esc_89.98.pt`` read into ``ClapModel`` (:mod:`avgen.encoders.laion_clap`).
+
+    Each clip goes in as the harness feeds it (:func:`~avgen.encoders.laion_clap.laion_clap_input`: mono, DC removed,
+    48 kHz, cut to ``seconds``, repeat-padded to 10 s, float32); captions are tokenised as laion_clap does (77 tokens,
+    padded to the maximum length). Unlike :class:`CLAPScore`, the log-mel front end is the checkpoint's own (HTSAT's
+    slaney mel 50–14 000 Hz), not ``ClapFeatureExtractor``'s.
+
+    Args:
+        clap: a loaded :class:`~avgen.encoders.laion_clap.LaionClap`.
+        seconds: the harness's ``audio_length`` (MMAudio evaluates with 8); ``None``: no cut (clips over 10 s are
+            then refused, as the harness never feeds them).
+        **kwargs: torchmetrics ``Metric`` options.
+    """
+
+    name = "clap_laion"
+
+    def __init__(self, clap: torch.nn.Module, seconds: float | None = 8.0, **kwargs: Any):
+        super().__init__(clap, **kwargs)
+        self.seconds = seconds
+
+    def clip_scores(self, audio: Sequence[Any], texts: Sequence[str], sample_rate: int) -> torch.Tensor:
+        """Per-clip scores (B,) float64 of B clips (each (S,) or (C, S) float at ``sample_rate`` Hz; lengths may
+        differ) against one caption each.
+
+        Raises:
+            ValueError: not one caption per clip, or a clip the input rule refuses (empty, non-finite, > 10 s).
+        """
+        from avgen.encoders.laion_clap import laion_clap_input
+
+        if len(audio) != len(texts):
+            raise ValueError(f"LaionCLAPScore got {len(audio)} clips and {len(texts)} captions; give one per clip")
+        waves = torch.stack([laion_clap_input(clip, sample_rate, self.seconds) for clip in audio]).to(self.device)
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
+            sound = self.model.audio_embeddings(waves)
+            text = self.model.text_embeddings(texts)
+        return (sound.double() * text.double()).sum(-1)
+
+    def update(self, audio: Sequence[Any], texts: Sequence[str], sample_rate: int) -> None:
+        """Add B clips and their captions (see :meth:`clip_scores`)."""
+        self.add_scores(self.clip_scores(audio, texts, sample_rate))
+
+    def describe(self) -> dict[str, Any]:
+        """The protocol, the model file and tokenizer hashes, the sample rate, the length rule and the scaling, for
+        ``metrics.json``."""
+        from avgen.encoders import laion_clap as lc
+
+        seconds = self.seconds if self.seconds is not None else float("inf")
+        return {**self.model.describe(), "protocol": lc.PROTOCOL, "harness_key": lc.HARNESS_KEY,
+                "sample_rate": lc.SAMPLE_RATE, "seconds": self.seconds,
+                "length_rule": lc.LENGTH_RULE.format(seconds=seconds),
+                "resampler": "torchaudio.transforms.Resample (sinc_interp_hann, lowpass_filter_width=6, rolloff=0.99)",
+                "scaling": 1, "scale": "raw cosine"}

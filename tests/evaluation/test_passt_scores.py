@@ -16,11 +16,11 @@ import torch
 
 from avgen.data.geometry import ClipGeometry
 from avgen.data.synthetic import generate_clip
+from avgen.encoders.audio_input import AudioInput
 from avgen.encoders.passt import PaSST, PasstWeightsMissing, load_passt, save_official_format
 from avgen.errors import ConfigError
 from avgen.evaluation import evaluate_folder
 from avgen.media import write_mp4, write_wav
-from avgen.metrics.audio_input import AudioInput
 from avgen.metrics.av_align import load_av
 from avgen.metrics.frechet import ReferenceStats, frechet_distance
 from avgen.pretrained import sha256_file

@@ -13,11 +13,11 @@ import torch
 
 from avgen.data.geometry import ClipGeometry
 from avgen.data.synthetic import generate_clip
+from avgen.encoders.audio_input import AudioInput
 from avgen.encoders.vggish import TINY_VGGISH, VGGishFeatures
 from avgen.errors import ConfigError
 from avgen.evaluation import evaluate_folder
 from avgen.media import write_mp4
-from avgen.metrics.audio_input import AudioInput
 from avgen.metrics.av_align import load_av
 from avgen.metrics.frechet import ReferenceStats, frechet_distance
 

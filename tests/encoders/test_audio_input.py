@@ -1,4 +1,4 @@
-"""av-benchmark's audio input rule (avgen/metrics/audio_input.py): mono, DC removal, resampling, cut, model pad."""
+"""av-benchmark's audio input rule (avgen/encoders/audio_input.py): mono, DC removal, resampling, cut, model pad."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import soundfile
 import torch
 import torchaudio
 
+from avgen.encoders.audio_input import AudioInput
 from avgen.encoders.passt import PaSST
 from avgen.media import read_audio
-from avgen.metrics.audio_input import AudioInput
 
 PASST_INPUT = AudioInput(sample_rate=32000, seconds=8, pad_to=320000)
 
