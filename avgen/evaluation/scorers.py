@@ -281,12 +281,11 @@ class IBScoreScorer(CosineScorer):
         audio file of its stem). Raises ``ValueError`` for an unreadable file."""
         import soundfile as sf
 
-        from avgen.media import audio_companion, check_finite
-        from avgen.media.decode import _has_audio_stream
+        from avgen.media import audio_companion, check_finite, has_audio_stream
 
         companion = next((f for f in (path.with_suffix(s) for s in self.audio_suffixes) if f.is_file()), None)
         if companion is None:
-            used = path if _has_audio_stream(path) else (audio_companion(path) or path)
+            used = path if has_audio_stream(path) else (audio_companion(path) or path)
             return used, np.ascontiguousarray(audio, dtype=np.float32), sr
         try:
             wave, rate = sf.read(companion, dtype="float32", always_2d=True)

@@ -384,7 +384,7 @@ class Clip:
                 f"frame ({1 / float(self.fps):.3f} s)")
 
 
-def _has_audio_stream(path: Path) -> bool:
+def has_audio_stream(path: Path) -> bool:
     """Whether the container lists an audio stream (headers only: no frame is decoded, unlike :func:`probe`)."""
     with _open_input(path, "media") as container:
         return bool(container.streams.audio)
@@ -417,7 +417,7 @@ def read_clip(path: str | Path, *, fps=None, audio: str | Path | None = None) ->
     frames, rate = decode_video(path, fps=fps)
     source = Path(audio) if audio is not None else None
     if source is None:
-        if _has_audio_stream(path):
+        if has_audio_stream(path):
             source = path
         else:
             source = audio_companion(path)
