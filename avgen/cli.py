@@ -21,7 +21,7 @@ COMMANDS = {
     "test": "run the test loop of a checkpoint (ckpt_path=<ckpt>)",
     "sample": "generate sounding videos from a checkpoint (ckpt_path=<ckpt> sample.n=4)",
     "evaluate": "score a folder of generated clips (evaluate.pred_dir=<folder> evaluate.metrics=[av_align,fvd,fad,"
-                "clipsim,clap,imagebind,is,kl,is_video]; torchrun for several GPUs)",
+                "clipsim,clap,imagebind,is,kl,is_video,desync]; torchrun for several GPUs)",
     "export": "strip a checkpoint to safetensors weights + config (ckpt_path=<ckpt> export.dir=<folder>)",
     "prepare": "write a dataset's WebDataset shards and manifests (data=<dataset>)",
     "filter": "keep the clips of a prepared dataset whose scores pass thresholds (filter.min_av_align=0.2 "
@@ -250,6 +250,7 @@ EXTRACTOR_BLOCKS = {
     "evaluate.is_video": ("avgen.encoders.video_classifiers.C3DProbabilities",),
     "evaluate.panns": ("avgen.encoders.panns.Cnn14",),
     "evaluate.imagebind": ("avgen.encoders.imagebind.ImageBindAV",),
+    "evaluate.desync": ("avgen.encoders.synchformer.Synchformer",),
 }
 
 
