@@ -12,7 +12,7 @@ av-benchmark loads with ``torch.load(weights_only=True)`` and ``load_state_dict(
 (``afeat_extractor.ast.encoder.layer.0.attention.attention.query``): transformers 5 renamed them.
 
 Network (sizes of the published file; :class:`Synchformer` takes them as arguments, the loader reads
-widths and depths from the file):
+width, depths and image size from the file):
 
 - ``vfeat_extractor`` (:class:`MotionFormer`): a segment of 16 frames (3, 16, 224, 224) in [-1, 1] →
   ``Conv3d(3, 768, (2, 16, 16), stride (2, 16, 16))`` → 8 × 14 × 14 tokens + CLS; positions = the spatial
@@ -546,8 +546,9 @@ def _count(state: Mapping[str, Any], pattern: str) -> int:
 
 
 def sizes_from_state(state: Mapping[str, Any]) -> dict[str, int]:
-    """Widths, depths, image size and mel bins read off a state dict in the published layout (heads cannot be
-    read off weights: they keep :data:`PUBLISHED_SIZES`' values unless given)."""
+    """Width, depths and image size read off a state dict in the published layout. Heads cannot be read off
+    weights, nor the mel bins (the AST's 12 frequency patches fit 126 to 135 bins): they keep
+    :data:`PUBLISHED_SIZES`' values unless given."""
     sizes: dict[str, int] = {}
     if isinstance(state.get("vproj.weight"), torch.Tensor):
         sizes["width"] = int(state["vproj.weight"].shape[0])
@@ -561,10 +562,6 @@ def sizes_from_state(state: Mapping[str, Any]) -> dict[str, int]:
         grid = math.isqrt(pos.shape[1] - 1)
         if grid * grid == pos.shape[1] - 1:
             sizes["image_size"] = grid * PATCH_SIZE
-    ast_pos = state.get("afeat_extractor.ast.embeddings.position_embeddings")
-    time = (SPEC_FRAMES - AST_PATCH) // AST_STRIDE + 1
-    if isinstance(ast_pos, torch.Tensor) and ast_pos.ndim == 3 and (ast_pos.shape[1] - 2) % time == 0:
-        sizes["n_mels"] = ((ast_pos.shape[1] - 2) // time - 1) * AST_STRIDE + AST_PATCH
     return sizes
 
 
@@ -578,8 +575,8 @@ def load_synchformer(path: str | os.PathLike | None, config_key: str = "evaluate
     state dict) or the original ``24-01-04T16-39-21.pt`` (``{"model": state dict, ...}``), read with
     ``torch.load(map_location="cpu", weights_only=True)``.
 
-    Widths, depths, image size and mel bins are read off the file (:func:`sizes_from_state`); ``**sizes``
-    (constructor arguments) set the rest (heads) or override. The keys must equal the model's key for key
+    Width, depths and image size are read off the file (:func:`sizes_from_state`); ``**sizes``
+    (constructor arguments) set the rest (heads, mel bins) or override. The keys must equal the model's key for key
     and shape. Raises :class:`~avgen.pretrained.ExtractorWeightsMissing` (no file, naming ``config_key``)
     or :class:`SynchformerFileError` (one line naming the file and ``config_key``: unreadable with
     ``weights_only=True``, not a state dict, or missing / unexpected / mis-shaped keys). The SHA-256 is
