@@ -187,14 +187,14 @@ class DeSyncScorer(Scorer):
 
     def update(self, path, frames, audio, sr, fps=None):
         from avgen.encoders.synchformer import VIDEO_FPS, sync_audio, sync_audio_segments, sync_video_segments
-        from avgen.media import decode_video
+        from avgen.media import MediaError, decode_video
         from avgen.metrics.desync import desync_offsets
 
-        need = int(VIDEO_FPS * self.seconds)
-        video, _ = decode_video(path, fps=VIDEO_FPS, num_frames=need)
-        if len(video) < need:
-            raise ValueError(f"video of {len(video)} frames at {VIDEO_FPS} fps, fewer than {need} "
-                             f"(evaluate.desync.seconds={self.seconds:g})")
+        need = int(VIDEO_FPS * self.seconds)  # the harness's int(25 · duration) frames (video_dataset.py:41)
+        try:
+            video, _ = decode_video(path, fps=VIDEO_FPS, num_frames=need)
+        except MediaError as exc:  # too short (or unreadable) at 25 fps: this clip only
+            raise ValueError(f"{exc} (evaluate.desync.seconds={self.seconds:g}: fewer than {need} frames)") from exc
         wave = sync_audio(audio, sr, self.seconds).to(self.dev)
         first, last = desync_offsets(self.model, sync_video_segments(video[:need], self.model.image_size).to(self.dev),
                                      sync_audio_segments(wave, self.model.n_mels))
