@@ -26,7 +26,13 @@ from typing import Any, Protocol
 import torch
 from torchmetrics import Metric
 
-from avgen.encoders.synchformer import OFFSET_GRID_SECONDS, SEGMENT_STEP_SAMPLES, WINDOW_SEGMENTS
+from avgen.encoders.synchformer import (
+    AUDIO_RATE,
+    OFFSET_GRID_SECONDS,
+    SEGMENT_SAMPLES,
+    SEGMENT_STEP_SAMPLES,
+    WINDOW_SEGMENTS,
+)
 
 
 class OffsetClassifier(Protocol):
@@ -57,7 +63,7 @@ def window_slices(num_segments: int, window: int = WINDOW_SEGMENTS) -> tuple[sli
     """The harness's two windows of ``num_segments`` segments: the first ``window`` (``[:, :14]``) and the last
     ``window`` (``[:, -14:]``) (evaluate.py:180,185). Raises ``ValueError`` when there are fewer than ``window``."""
     if num_segments < window:
-        seconds = (window - 1) * SEGMENT_STEP_SAMPLES / 16000 + 2 * SEGMENT_STEP_SAMPLES / 16000
+        seconds = ((window - 1) * SEGMENT_STEP_SAMPLES + SEGMENT_SAMPLES) / AUDIO_RATE  # 14 segments: 4.8 s
         raise ValueError(f"DeSync needs {window} segments ({seconds:.2f} s), got {num_segments}")
     return slice(0, window), slice(num_segments - window, num_segments)
 
