@@ -95,6 +95,13 @@ ORIGINS: dict[str, WeightsOrigin] = {
              "fusion: the model of av-benchmark's LAION-CLAP-Score, converted here into transformers' ClapModel",
         where="https://huggingface.co/lukewys/laion_clap/resolve/main/music_speech_audioset_epoch_15_esc_89.98.pt "
               "(linked from LAION-AI/CLAP README.md)", env="AVGEN_LAION_CLAP_PATH"),
+    "synchformer": WeightsOrigin(
+        file="synchformer_state_dict.pth", config_key="evaluate.desync.path", metric="desync",
+        what="the AudioSet-trained Synchformer (Iashin et al. 2024) as MMAudio republished it: the plain state dict "
+             "of v-iashin/Synchformer's 24-01-04T16-39-21.pt (whose {'model': ...} layout is also read)",
+        where="https://github.com/hkchengrex/MMAudio/releases/download/v0.1/synchformer_state_dict.pth "
+              "(md5 5b2f5594b0730f70e41e549b7c94390c, MMAudio mmaudio/utils/download_utils.py)",
+        env="AVGEN_SYNCHFORMER_PATH"),
     # conditioning encoders of TempoTokens (model.encoder.path; a tiny twin at scale=tiny)
     "beats": WeightsOrigin(
         file="BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt", config_key="model.encoder.path", metric="",

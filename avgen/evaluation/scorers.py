@@ -326,6 +326,55 @@ class IBScoreScorer(CosineScorer):
         return {self.name: raw * self.metric.scale if scored else None, "ib_score_raw": raw}, info
 
 
+class DeSyncScorer(Scorer):
+    """DeSync: |audio-visual offset| in seconds predicted by Synchformer on the first and the last 4.8 s of
+    each clip, as av-benchmark computes it (:mod:`avgen.metrics.desync`). The video is decoded again at
+    25 fps (:func:`avgen.media.decode_video`, FFmpeg's fps-filter rule) and cut to ``seconds``; the audio is
+    the clip's, mono, resampled to 16 kHz and cut to ``seconds`` (no DC removal). Clips shorter than
+    ``seconds`` are reported, not scored (the harness drops them). ``evaluate.desync`` holds ``path``,
+    ``seconds`` and, for tests, :class:`~avgen.encoders.synchformer.Synchformer` sizes."""
+
+    name = block = "desync"
+    per_clip = True
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> DeSyncScorer:
+        return cls(ctx.block("desync"), ctx.dev)
+
+    def __init__(self, options: dict, dev):
+        from avgen.encoders.synchformer import load_synchformer
+        from avgen.metrics.desync import DeSync
+
+        options = dict(options)
+        self.seconds = float(options.pop("seconds", 8))
+        self.model = load_synchformer(options.pop("path", None), config_key="evaluate.desync.path", **options).to(dev)
+        self.metric = DeSync().to(dev)
+        self.dev = dev
+
+    def update(self, path, frames, audio, sr, fps=None):
+        from avgen.encoders.synchformer import VIDEO_FPS, sync_audio, sync_audio_segments, sync_video_segments
+        from avgen.media import MediaError, decode_video
+        from avgen.metrics.desync import desync_offsets
+
+        need = int(VIDEO_FPS * self.seconds)  # the harness's int(25 · duration) frames (video_dataset.py:41)
+        try:
+            video, _ = decode_video(path, fps=VIDEO_FPS, num_frames=need)
+        except MediaError as exc:  # too short (or unreadable) at 25 fps: this clip only
+            raise ValueError(f"{exc} (evaluate.desync.seconds={self.seconds:g}: fewer than {need} frames)") from exc
+        wave = sync_audio(audio, sr, self.seconds).to(self.dev)
+        first, last = desync_offsets(self.model, sync_video_segments(video[:need], self.model.image_size).to(self.dev),
+                                     sync_audio_segments(wave, self.model.n_mels))
+        self.metric.update(first, last)
+        return {"desync": (abs(first) + abs(last)) / 2, "desync_first": first, "desync_last": last}
+
+    def result(self):
+        count = int(self.metric.count)
+        info = {**self.model.describe(), "protocol": "av-benchmark@050a5cd", "harness_key": "DeSync",
+                "seconds": self.seconds, "windows": "first and last 14 segments (4.8 s)", "offsets": count,
+                "sign": "positive: audio early (Synchformer's a_start = v_start + offset)"}
+        return (float(self.metric.compute()) if count else None), info
+
+
 class FrechetScorer(Scorer):
     """FVD (I3D on video) or FAD (VGGish or PANNs CNN14's embedding on 16 kHz audio, or CLAP's embedding
     on 48 kHz audio) against reference statistics."""
@@ -958,7 +1007,8 @@ def feed_scorers(scorers: list[Scorer], paths: list[Path], failures: list[dict],
 # The registry: every metric computed in the main process, in the order they are fed each clip.
 SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (
     FVDScorer, FADScorer, CLIPSimScorer, CLAPScorer, ClapLaionScorer, ImageBindScorer, IBScoreScorer, InceptionScorer,
-    KLScorer, VideoInceptionScorer, PasstFrechetScorer, PasstKLScorer, PasstInceptionScorer, VGGishFramesScorer)}
+    KLScorer, VideoInceptionScorer, PasstFrechetScorer, PasstKLScorer, PasstInceptionScorer, VGGishFramesScorer,
+    DeSyncScorer)}
 MAIN_PROCESS = tuple(SCORERS)
 AVAILABLE = ("av_align", *SCORERS)  # av_align runs in worker processes (avgen.evaluation.processes)
 NEEDS_REFERENCE = tuple(name for name, cls in SCORERS.items() if cls.needs_reference)
