@@ -252,19 +252,30 @@ def find_clips(folder: str | Path, config_key: str = "evaluate.pred_dir") -> Med
     return found
 
 
-def load_clips(paths: list[Path], failures: list[dict], threads: int = 0) -> Iterator[tuple[str, Clip]]:
+AUDIO_SOURCES = ("stream", "file")  # ``evaluate.audio``: see :func:`load_clips`
+
+
+def load_clips(paths: list[Path], failures: list[dict], threads: int = 0, audio: str = "stream"
+               ) -> Iterator[tuple[str, Clip]]:
     """(file name, :class:`~avgen.media.Clip`) of each clip in order, decoded as everywhere in avgen
     (:func:`avgen.media.read_clip`: frames upright, placed by their timestamps at the clip's own rate);
-    unreadable clips go to ``failures``. ``threads`` decode ahead of the consumer (PyAV releases the GIL
+    unreadable clips go to ``failures``. ``audio`` (``evaluate.audio``): ``stream`` takes the clip's own audio
+    stream, else the audio file of its stem beside it; ``file`` takes that file (``<stem>.wav``, ``.flac``, …: the
+    raw generated audio the ``sample`` command writes beside each mp4, which av-benchmark scores) when there is
+    one, else the stream: the mp4's AAC stream is lossy and carries encoder padding (2.048 s for 2 s of audio).
+    ``threads`` decode ahead of the consumer (PyAV releases the GIL
     while decoding), so the feature extractors do not wait on the decoder; at most ``2 * threads`` decoded
     clips are held."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from avgen.media import read_clip
+    from avgen.media import audio_companion, read_clip
+
+    if audio not in AUDIO_SOURCES:
+        raise ValueError(f"audio={audio!r}: expected one of {AUDIO_SOURCES}")
 
     def load(path: Path):
         try:
-            return read_clip(path)
+            return read_clip(path, audio=audio_companion(path) if audio == "file" else None)
         except Exception as exc:  # reported, not fatal
             return exc
 

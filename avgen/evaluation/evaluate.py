@@ -49,6 +49,7 @@ class EvaluateSettings:
     prompt: str | None = None
     workers: int = 2
     decode_threads: int = 2
+    audio: str = "stream"
     plots: int = 0
     overwrite: bool = False
     device: str = "auto"
@@ -84,6 +85,11 @@ class EvaluateSettings:
         unknown = [m for m in self.metrics if m not in AVAILABLE]
         if unknown:
             raise ConfigError(f"evaluate.metrics: unknown {unknown}; known: {list(AVAILABLE)}")
+        from avgen.samples import AUDIO_SOURCES
+
+        if self.audio not in AUDIO_SOURCES:
+            raise ConfigError(f"evaluate.audio={self.audio!r}: expected stream (each clip's own audio stream) or file "
+                              f"(the <stem>.wav/.flac beside it when there is one, as av-benchmark reads)")
         wanted = [m for m in self.metrics if m in NEEDS_REFERENCE]
         if wanted and not self.ref_dir:
             raise ConfigError(f"evaluate.metrics {wanted} compare with reference clips: set evaluate.ref_dir=<folder "
@@ -235,7 +241,7 @@ def _run(s: EvaluateSettings, plan: _Plan, out: Path, procs: Processes, av_align
             rows = pool.collect(pending)
         main = score_in_main_process(main_metrics, mine, ref_dir=s.ref_dir, options=s.options, prompt=s.prompt,
                                      cache_dir=s.cache_dir or out / "refstats", device=s.device, procs=procs,
-                                     all_clips=plan.clips, decode_threads=s.decode_threads)
+                                     all_clips=plan.clips, decode_threads=s.decode_threads, audio=s.audio)
         if rows is None:
             rows = pool.collect(pending) if pending is not None else [{"clip": p.name} for p in mine]
         rows = sorted((r for part in procs.gather(rows) for r in part), key=lambda r: r["clip"])

@@ -21,10 +21,11 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------ Fréchet distances
-def reference_clips(ref_dir: str | Path, rank: int = 0, world: int = 1, decode_threads: int = 0
-                     ) -> Iterator[tuple[str, np.ndarray, float, np.ndarray, int]]:
+def reference_clips(ref_dir: str | Path, rank: int = 0, world: int = 1, decode_threads: int = 0,
+                    audio: str = "stream") -> Iterator[tuple[str, np.ndarray, float, np.ndarray, int]]:
     """(name, frames (F, H, W, 3) uint8, fps, audio, sample rate) of each reference clip (process
-    ``rank``'s share of them out of ``world``): a shard split folder (``manifest.json``) or a folder of clips."""
+    ``rank``'s share of them out of ``world``): a shard split folder (``manifest.json``) or a folder of clips,
+    whose sound is read as ``audio`` says (:func:`avgen.samples.load_clips`)."""
     from avgen.data.shards import MANIFEST, Manifest
 
     folder = Path(ref_dir)
@@ -40,7 +41,7 @@ def reference_clips(ref_dir: str | Path, rank: int = 0, world: int = 1, decode_t
         return
     unreadable: list[dict] = []
     for name, clip in load_clips(find_clips(folder, "evaluate.ref_dir").files[rank::world], unreadable,
-                                  decode_threads):
+                                  decode_threads, audio):
         yield name, clip.frames, float(clip.fps), clip.audio, clip.sample_rate
     for failure in unreadable:  # not counted, but never dropped without a word
         log.warning("evaluate.ref_dir: reference clip %s skipped: %s", failure["clip"], failure["reason"])
@@ -60,7 +61,7 @@ def reference_identity(ref_dir: str | Path) -> dict[str, Any]:
 
 
 def set_references(scorers: list, ref_dir, cache_dir, procs: Processes,
-                    decode_threads: int = 0) -> None:
+                    decode_threads: int = 0, audio: str = "stream") -> None:
     """Set the reference statistics of ``scorers`` (:class:`~avgen.evaluation.scorers.FrechetScorer`) from the
     cache, or from one shared pass over the reference clips (each process its share, the sums then reduced)."""
     from avgen.metrics.frechet import cached_reference_stats, reference_stats_path
@@ -72,7 +73,7 @@ def set_references(scorers: list, ref_dir, cache_dir, procs: Processes,
     if missing:
         used = {s.name: 0 for s in missing}
         skipped: dict[str, list[str]] = {s.name: [] for s in missing}
-        for name, frames, _, audio, sr in reference_clips(ref_dir, procs.rank, procs.world, decode_threads):
+        for name, frames, _, audio, sr in reference_clips(ref_dir, procs.rank, procs.world, decode_threads, audio):
             for scorer in missing:
                 try:
                     scorer.update_reference(frames, audio, sr)

@@ -39,6 +39,7 @@ class BuildContext:
     pred: list[Path] = field(default_factory=list)
     all_clips: list[Path] = field(default_factory=list)
     shared: dict[str, Any] = field(default_factory=dict)
+    audio: str = "stream"  # evaluate.audio: which sound of a clip (and of a reference folder's clips) is scored
 
     def block(self, name: str) -> dict[str, Any]:
         return dict(self.options.get(name) or {})
@@ -56,7 +57,7 @@ class BuildContext:
             self.shared["passt"] = PasstScores(self.block("passt"), self.dev)
         shared = self.shared["passt"]
         if paired_metric and shared.references is None:
-            shared.references = PairedReferences(self.ref_dir, self.pred, paired_metric)
+            shared.references = PairedReferences(self.ref_dir, self.pred, paired_metric, self.audio)
         return shared
 
 
@@ -437,8 +438,14 @@ class FrechetScorer(Scorer):
             wave = torchaudio.functional.resample(wave, sr, self.sample_rate)
         return wave[None]
 
+    #: ``evaluate.audio`` (set by :func:`score_in_main_process`): which sound of a reference folder's clips is read
+    audio_source = "stream"
+
     def key(self, ref_dir) -> dict:
-        return {"metric": self.name, "extractor": self.extractor.identity(), **reference_identity(ref_dir)}
+        key = {"metric": self.name, "extractor": self.extractor.identity(), **reference_identity(ref_dir)}
+        if self.audio_source != "stream" and self.name != "fvd":  # keys of earlier runs stay valid
+            key["audio"] = self.audio_source
+        return key
 
     def update_reference(self, frames, audio, sr) -> None:
         self.reference_metric.update(self.model_input(frames, audio, sr), real=True)
@@ -629,7 +636,8 @@ class PairedReferences:
 
     - ``evaluate.ref_dir`` a folder: the file of the same stem, any video or audio extension in any case
       (``<stem>.mp4``, ``.MOV``, ``.wav``, ...); a video's sound is read as for a generated clip (its audio
-      stream, else the audio file of its stem), and a video is taken before an audio file of the same stem;
+      stream, else the audio file of its stem), and a video is taken before an audio file of the same stem —
+      with ``audio="file"`` (``evaluate.audio``) the audio file first, as av-benchmark reads raw audio files;
     - ``evaluate.ref_dir`` a shard split (``manifest.json``): the clip whose key the ``sample`` command
       recorded as ``source`` in ``<stem>.json`` beside the generated clip (the data clip whose caption
       or audio it was made from), read in one pass over the split.
@@ -638,10 +646,10 @@ class PairedReferences:
     ``unroll_paired_dict``, ``av_bench/utils.py:85-105@050a5cd``, which pairs by a cleaned file name instead).
     ``metric`` names the metric in configuration errors."""
 
-    def __init__(self, ref_dir, pred: list[Path], metric: str):
+    def __init__(self, ref_dir, pred: list[Path], metric: str, audio: str = "stream"):
         from avgen.data.shards import MANIFEST
 
-        self.folder, self.metric = Path(ref_dir), metric
+        self.folder, self.metric, self.audio_files_first = Path(ref_dir), metric, audio == "file"
         if not self.folder.is_dir():
             raise ConfigError(f"evaluate.ref_dir={ref_dir} is not a folder of reference clips or a shard split "
                               f"for '{metric}'")
@@ -658,7 +666,7 @@ class PairedReferences:
         media = [p for p in self.folder.iterdir()
                  if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES | AUDIO_SUFFIXES]
         by_stem: dict[str, Path] = {}
-        for p in sorted(media, key=lambda p: (p.suffix.lower() not in VIDEO_SUFFIXES, p.name)):
+        for p in sorted(media, key=lambda p: ((p.suffix.lower() in VIDEO_SUFFIXES) == self.audio_files_first, p.name)):
             by_stem.setdefault(p.stem, p)
         return by_stem
 
@@ -721,12 +729,12 @@ class KLScorer(Scorer):
 
     @classmethod
     def build(cls, ctx: BuildContext) -> KLScorer:
-        return cls(ctx.panns(), ctx.ref_dir, ctx.pred)
+        return cls(ctx.panns(), ctx.ref_dir, ctx.pred, ctx.audio)
 
-    def __init__(self, classifier: PannsLogits, ref_dir, pred: list[Path]):
+    def __init__(self, classifier: PannsLogits, ref_dir, pred: list[Path], audio: str = "stream"):
         from avgen.metrics.classifier_scores import MeanKL
 
-        self.references = PairedReferences(ref_dir, pred, self.name)
+        self.references = PairedReferences(ref_dir, pred, self.name, audio)
         self.classifier, self.metric = classifier, MeanKL()
 
     def update(self, path, frames, audio, sr, fps=None):
@@ -939,24 +947,28 @@ class PasstInceptionScorer(SplitInceptionScorer):
 
 def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, options: dict[str, dict],
                           prompt: str | None, cache_dir, device: str, procs: Processes | None = None,
-                          all_clips: list[Path] | None = None, decode_threads: int = 0
+                          all_clips: list[Path] | None = None, decode_threads: int = 0, audio: str = "stream"
                           ) -> tuple[dict, dict, list[dict], dict]:
     """FVD, FAD, CLIPSIM, CLAP, ImageBind, IB-score, IS, KL, video IS, the PaSST metrics and frame-level VGGish FD
     over one decoding pass of ``pred``. Returns (values, extractor descriptions, failures, per-clip scores and
     durations (:func:`clip_durations`) ``{clip name: {column: value}}``).
 
     In a distributed run ``pred`` is this process's share of ``all_clips``; the values, failures and
-    per-clip scores returned are those of all processes."""
+    per-clip scores returned are those of all processes. ``audio`` (``evaluate.audio``): which sound of each clip
+    is scored (:func:`avgen.samples.load_clips`), of the generated clips and of a folder of references alike."""
     procs = procs or Processes()
-    ctx = BuildContext(options, prompt, device_for(device), ref_dir, pred, pred if all_clips is None else all_clips)
+    ctx = BuildContext(options, prompt, device_for(device), ref_dir, pred, pred if all_clips is None else all_clips,
+                       audio=audio)
     scorers = [cls.build(ctx) for name, cls in SCORERS.items() if name in metrics]
     frechet = [s for s in scorers if isinstance(s, FrechetScorer)]
     if not scorers:
         return {}, {}, [], {}
+    for scorer in frechet:
+        scorer.audio_source = audio
     if frechet:
-        set_references(frechet, ref_dir, cache_dir, procs, decode_threads)
+        set_references(frechet, ref_dir, cache_dir, procs, decode_threads, audio)
     failures: list[dict] = []
-    per_clip = feed_scorers(scorers, pred, failures, decode_threads)
+    per_clip = feed_scorers(scorers, pred, failures, decode_threads, audio)
     for scorer in scorers:
         for metric in scorer.states():
             procs.reduce(metric)
@@ -980,8 +992,8 @@ def per_clip_scorers(metrics: list[str], options: Mapping[str, Mapping[str, Any]
             if name in metrics and cls.per_clip and not cls.needs_reference]
 
 
-def feed_scorers(scorers: list[Scorer], paths: list[Path], failures: list[dict], decode_threads: int = 0
-                 ) -> dict[str, dict[str, Any]]:
+def feed_scorers(scorers: list[Scorer], paths: list[Path], failures: list[dict], decode_threads: int = 0,
+                 audio: str = "stream") -> dict[str, dict[str, Any]]:
     """Decode each clip of ``paths`` once (:func:`load_clips`) and update every scorer with it. Returns
     ``{clip file name: {column: value}}``: the durations (:func:`clip_durations`) and each scorer's
     per-clip scores. A clip a scorer cannot score (``ValueError``: too short, no prompt, ...) and an
@@ -992,7 +1004,7 @@ def feed_scorers(scorers: list[Scorer], paths: list[Path], failures: list[dict],
     by_name = {p.name: p for p in paths}
     progress = dict(total=len(paths), desc="+".join(s.name for s in scorers), unit="clip", file=sys.stderr,
                     disable=None)
-    for clip_name, clip in tqdm(load_clips(paths, failures, decode_threads), **progress):
+    for clip_name, clip in tqdm(load_clips(paths, failures, decode_threads, audio), **progress):
         per_clip[clip_name] = clip_durations(clip)
         for scorer in scorers:
             try:

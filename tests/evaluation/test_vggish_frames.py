@@ -116,3 +116,40 @@ def test_statistics_are_cached_apart_from_fad_and_settings_are_checked(tmp_path,
     from avgen.cli import check_overrides
 
     check_overrides(["evaluate.fd_vggish_frames.seconds=4", "evaluate.metrics=[fd_vggish_frames]"])
+
+
+def test_evaluate_audio_file_scores_the_raw_audio_beside_each_clip(tmp_path, weights):
+    """``evaluate.audio=file``: the <stem>.wav beside each clip (and each reference) is scored instead of the mp4's
+    AAC stream, which is lossy and padded (2.048 s for 2 s); ``stream`` keeps the stream. The reference statistics
+    of the two are cached apart."""
+    import csv
+
+    from avgen.media import decode_audio, write_wav
+
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    pred.mkdir(), ref.mkdir()
+    for folder, seed in ((pred, 20), (ref, 40)):
+        for i in range(3):
+            clip = generate_clip(seed + i, GEO)
+            other = generate_clip(seed + 10 + i, GEO).audio  # the wav holds different sound than the mp4
+            write_mp4(folder / f"c{i}.mp4", clip.frames, GEO.fps, audio=clip.audio, sample_rate=GEO.sample_rate)
+            write_wav(folder / f"c{i}.wav", other, GEO.sample_rate)
+    results, rows = {}, {}
+    for audio in ("stream", "file"):
+        out = tmp_path / audio
+        results[audio] = evaluate_folder(pred, out, metrics=["fd_vggish_frames"], ref_dir=ref, audio=audio,
+                                         cache_dir=tmp_path / "cache", **options(weights))
+        with open(out / "per_clip.csv") as f:
+            rows[audio] = {r["clip"]: r for r in csv.DictReader(f)}
+    assert float(rows["file"]["c0.mp4"]["audio_seconds"]) == 2.0
+    assert float(rows["stream"]["c0.mp4"]["audio_seconds"]) > 2.0  # the AAC stream's padding
+    fake = torch.cat([frames_of(weights, decode_audio(pred / f"c{i}.wav"), GEO.sample_rate) for i in range(3)])
+    real = torch.cat([frames_of(weights, decode_audio(ref / f"c{i}.wav"), GEO.sample_rate) for i in range(3)])
+    a, b = ReferenceStats.from_features(real), ReferenceStats.from_features(fake)
+    expected = frechet_distance(a.mu, a.sigma, b.mu, b.sigma).item()
+    assert results["file"]["metrics"]["fd_vggish_frames"] == pytest.approx(expected, rel=1e-6)
+    assert results["stream"]["metrics"]["fd_vggish_frames"] != pytest.approx(expected, rel=1e-3)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    with pytest.raises(ConfigError, match="evaluate.audio='wav'"):
+        evaluate_folder(pred, tmp_path / "bad", metrics=["fd_vggish_frames"], ref_dir=ref, audio="wav",
+                        **options(weights))
