@@ -69,9 +69,10 @@ DROPPED = ("audio_branch.tscam_conv.*", "audio_branch.head.*", "audio_branch.lay
 # ClapModel buffers no checkpoint holds: filled by ClapModel itself (arange and zeros).
 FILLED = ("text_model.embeddings.position_ids", "text_model.embeddings.token_type_ids")
 
-# Inside one Swin block (audio_branch.layers.N.blocks.M.<this>.{weight,bias}): LAION name → ClapModel name, HF's
+# Inside one Swin block (<HTSAT>.layers.N.blocks.M.<this>.{weight,bias}): HTSAT name → ClapAudioEncoder name, HF's
 # KEYS_TO_MODIFY_MAPPING applied to these keys; attn.qkv is split into attention.self.{query,key,value}, and
-# attn.relative_position_{bias_table,index} become attention.self.relative_position_*.
+# attn.relative_position_{bias_table,index} become attention.self.relative_position_*. HTSAT's names are those of Ke
+# Chen's htsat.py, which LAION-CLAP (clap_module/htsat.py) and MS-CLAP (msclap/models/htsat.py) both copy.
 BLOCK_RENAMES = {
     "attn.proj": "attention.output.dense",
     "mlp.fc1": "intermediate.dense",
@@ -79,9 +80,9 @@ BLOCK_RENAMES = {
     "norm1": "layernorm_before",
     "norm2": "layernorm_after",
 }
-_BLOCK = re.compile(r"^(audio_branch\.layers\.\d+\.blocks\.\d+\.)(.+)\.(weight|bias)$")
-_HF_BLOCK = re.compile(r"^(audio_model\.audio_encoder\.layers\.\d+\.blocks\.\d+\.)(.+)\.(weight|bias)$")
+_BLOCK = re.compile(r"^(layers\.\d+\.blocks\.\d+\.)(.+)\.(weight|bias)$")
 QKV = ("query", "key", "value")
+AUDIO_PREFIX = "audio_model.audio_encoder."  # ClapModel's HTSAT (ClapAudioModel's is "audio_encoder.")
 
 
 class LaionClapWeightsMissing(ExtractorWeightsMissing):
@@ -164,6 +165,58 @@ def _strip_module(state: Mapping[str, Any]) -> dict[str, Any]:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
+def htsat_key(key: str) -> str:
+    """An HTSAT key relative to the ``HTSAT_Swin_Transformer`` (``bn0.weight``, ``layers.0.blocks.1.norm1.bias``)
+    → its name relative to transformers' ``ClapAudioEncoder`` (``batch_norm.weight``,
+    ``layers.0.blocks.1.layernorm_before.bias``). Not for ``attn.qkv`` (:func:`htsat_to_transformers` splits it)."""
+    match = _BLOCK.match(key)
+    if match and match.group(2) in BLOCK_RENAMES:
+        key = f"{match.group(1)}{BLOCK_RENAMES[match.group(2)]}.{match.group(3)}"
+    key = key.replace(".attn.relative_position_", ".attention.self.relative_position_")
+    return "batch_norm." + key[len("bn0."):] if key.startswith("bn0.") else key
+
+
+def htsat_to_transformers(key: str, value: Tensor) -> dict[str, Tensor]:
+    """One HTSAT tensor (key relative to the HTSAT) → ``{ClapAudioEncoder-relative key: tensor}``: a ``qkv`` tensor
+    becomes its equal thirds along axis 0 (query, key, value), any other one is renamed (:func:`htsat_key`).
+    Tensors are not copied."""
+    if key.startswith("layers.") and ".attn.qkv." in key:
+        base = htsat_key(key.replace(".attn.qkv.", ".attn.proj."))  # locate the block, then name the thirds
+        return {base.replace(".attention.output.dense.", f".attention.self.{name}."): part
+                for name, part in zip(QKV, value.chunk(3, dim=0))}
+    return {htsat_key(key): value}
+
+
+def transformers_htsat_key(key: str) -> str:
+    """The inverse of :func:`htsat_key`, with ``attention.self.{query,key,value}`` → ``attn.qkv`` (the fused tensor's
+    name; :func:`transformers_to_htsat` fuses the values)."""
+    match = _BLOCK.match(key)
+    if match:
+        inner = match.group(2)
+        fused = inner in {f"attention.self.{n}" for n in QKV}
+        inner = "attn.qkv" if fused else _INVERSE_BLOCK_RENAMES.get(inner, inner)
+        key = f"{match.group(1)}{inner}.{match.group(3)}"
+    key = key.replace(".attention.self.relative_position_", ".attn.relative_position_")
+    return "bn0." + key[len("batch_norm."):] if key.startswith("batch_norm.") else key
+
+
+def transformers_to_htsat(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A ``ClapAudioEncoder``-relative state dict → HTSAT-relative names, query, key and value re-fused into ``qkv``
+    (in that order along axis 0): the inverse of :func:`htsat_to_transformers` (for writing tiny twins)."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        name = transformers_htsat_key(key)
+        if ".attn.qkv." in name:
+            if ".attention.self.query." not in key:
+                continue
+            value = torch.cat([state[key.replace(".query.", f".{n}.")] for n in QKV], dim=0)
+        out[name] = value
+    return out
+
+
+_INVERSE_BLOCK_RENAMES = {v: k for k, v in BLOCK_RENAMES.items()}
+
+
 def _rename(key: str) -> str:
     """A LAION key's ClapModel name (not for ``qkv``, :data:`FRONT_END` or :data:`DROPPED` keys)."""
     for old, new in (("audio_projection.0.", "audio_projection.linear1."),
@@ -174,21 +227,14 @@ def _rename(key: str) -> str:
             return new + key[len(old):]
     if key.startswith("text_branch."):
         return "text_model." + key[len("text_branch."):]
-    match = _BLOCK.match(key)
-    if match and match.group(2) in BLOCK_RENAMES:
-        key = f"{match.group(1)}{BLOCK_RENAMES[match.group(2)]}.{match.group(3)}"
-    key = key.replace(".attn.relative_position_", ".attention.self.relative_position_")
-    if key.startswith("audio_branch.bn0."):
-        key = "audio_branch.batch_norm." + key[len("audio_branch.bn0."):]
-    if key.startswith("audio_branch."):
-        return "audio_model.audio_encoder." + key[len("audio_branch."):]
     return key
 
 
 def laion_clap_to_transformers(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """A LAION-CLAP state dict (``module.`` prefixes allowed) → (``ClapModel`` state dict, front-end state dict for
-    :class:`LaionClapMel`). :data:`DROPPED` keys are left out, ``qkv`` tensors are split into equal thirds along
-    axis 0 (query, key, value), the rest renamed as transformers' conversion script does. Tensors are not copied."""
+    :class:`LaionClapMel`). :data:`DROPPED` keys are left out, the HTSAT's (``audio_branch.*``) go through the shared
+    HTSAT map (:func:`htsat_to_transformers`: ``qkv`` split into query, key, value), the rest renamed as transformers'
+    conversion script does. Tensors are not copied."""
     converted: dict[str, Tensor] = {}
     front: dict[str, Tensor] = {}
     for key, value in _strip_module(state).items():
@@ -196,10 +242,9 @@ def laion_clap_to_transformers(state: Mapping[str, Tensor]) -> tuple[dict[str, T
             front[FRONT_END[key]] = value
         elif any(fnmatch.fnmatchcase(key, pattern) for pattern in DROPPED):
             continue
-        elif key.startswith("audio_branch.layers.") and ".attn.qkv." in key:
-            base = _rename(key.replace(".attn.qkv.", ".attn.proj."))  # locate the block, then name the thirds
-            for name, part in zip(QKV, value.chunk(3, dim=0)):
-                converted[base.replace(".attention.output.dense.", f".attention.self.{name}.")] = part
+        elif key.startswith("audio_branch."):
+            converted.update({AUDIO_PREFIX + k: v
+                              for k, v in htsat_to_transformers(key[len("audio_branch."):], value).items()})
         else:
             converted[_rename(key)] = value
     return converted, front
@@ -208,22 +253,12 @@ def laion_clap_to_transformers(state: Mapping[str, Tensor]) -> tuple[dict[str, T
 def _laion_key(key: str) -> str:
     """A ClapModel key's name in the LAION file (``attention.self.{query,key,value}`` → ``attn.qkv``); the inverse of
     the renaming in :func:`laion_clap_to_transformers`."""
-    match = _HF_BLOCK.match(key)
-    if match:
-        inner = match.group(2)
-        fused = inner in {f"attention.self.{n}" for n in QKV}
-        inner = "attn.qkv" if fused else _INVERSE_BLOCK_RENAMES.get(inner, inner)
-        key = f"{match.group(1)}{inner}.{match.group(3)}"
-    key = key.replace(".attention.self.relative_position_", ".attn.relative_position_")
-    key = key.replace("audio_model.audio_encoder.batch_norm.", "audio_model.audio_encoder.bn0.")
-    key = key.replace("audio_model.audio_encoder.", "audio_branch.")
+    if key.startswith(AUDIO_PREFIX):
+        return "audio_branch." + transformers_htsat_key(key[len(AUDIO_PREFIX):])
     if key.startswith("text_model."):
         key = "text_branch." + key[len("text_model."):]
     return re.sub(r"^(audio|text)_projection\.linear([12])\.",
                   lambda m: f"{m.group(1)}_projection.{0 if m.group(2) == '1' else 2}.", key)
-
-
-_INVERSE_BLOCK_RENAMES = {v: k for k, v in BLOCK_RENAMES.items()}
 
 
 def transformers_to_laion_clap(state: Mapping[str, Tensor], front: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -232,14 +267,36 @@ def transformers_to_laion_clap(state: Mapping[str, Tensor], front: Mapping[str, 
     ``audio_branch.``; :data:`FILLED` buffers are left out. :data:`DROPPED` tensors are not made here
     (:func:`save_laion_format` adds them)."""
     out: dict[str, Tensor] = {laion: front[ours] for laion, ours in FRONT_END.items()}
-    for key, value in state.items():
-        laion = _laion_key(key)
-        if key in FILLED or ".attn.qkv." in laion and ".attention.self.query." not in key:
-            continue
-        if ".attn.qkv." in laion:
-            value = torch.cat([state[key.replace(".query.", f".{n}.")] for n in QKV], dim=0)
-        out[laion] = value
+    audio = {k[len(AUDIO_PREFIX):]: v for k, v in state.items() if k.startswith(AUDIO_PREFIX)}
+    out.update({"audio_branch." + k: v for k, v in transformers_to_htsat(audio).items()})
+    out.update({_laion_key(k): v for k, v in state.items() if not k.startswith(AUDIO_PREFIX) and k not in FILLED})
     return out
+
+
+def htsat_audio_config(state: Mapping[str, Tensor], prefix: str, shape) -> dict[str, Any]:
+    """The non-fusion ``ClapAudioConfig`` fields an HTSAT in ``ClapAudioEncoder`` names (keys under ``prefix``) implies,
+    read from tensor shapes: width and patch (``patch_embed.proj.weight``), depths (blocks per stage), heads and window
+    (``relative_position_bias_table`` is ((2w−1)², heads)), MLP ratio, mel bins (``batch_norm``), q/k/v bias;
+    ``hidden_size`` = width·2^(stages−1), the pooled embedding's width. Not in any shape: ``spec_size``
+    (:data:`SPEC_SIZE`, 256 in every published HTSAT) and the patch stride (= the patch size). ``shape(key)`` returns a
+    tensor's shape or raises the caller's error naming the file."""
+    proj = shape(f"{prefix}patch_embed.proj.weight")
+    depths = []
+    while any(k.startswith(f"{prefix}layers.{len(depths)}.blocks.") for k in state):
+        stage = len(depths)
+        at = f"{prefix}layers.{stage}.blocks."
+        depths.append(len({k[len(at):].split(".")[0] for k in state if k.startswith(at)}))
+    if not depths:
+        shape(f"{prefix}layers.0.blocks.0.attention.self.relative_position_bias_table")
+    tables = [shape(f"{prefix}layers.{i}.blocks.0.attention.self.relative_position_bias_table")
+              for i in range(len(depths))]
+    return dict(
+        patch_embeds_hidden_size=proj[0], patch_size=proj[-1], patch_stride=[proj[-1], proj[-1]],
+        depths=depths, num_attention_heads=[t[1] for t in tables], window_size=(round(tables[0][0] ** 0.5) + 1) // 2,
+        num_mel_bins=shape(f"{prefix}batch_norm.weight")[0], spec_size=SPEC_SIZE,
+        mlp_ratio=shape(f"{prefix}layers.0.blocks.0.intermediate.dense.weight")[0] / proj[0],
+        hidden_size=proj[0] * 2 ** (len(depths) - 1), enable_fusion=False,
+        qkv_bias=f"{prefix}layers.0.blocks.0.attention.self.query.bias" in state)
 
 
 def clap_config_from_state(state: Mapping[str, Tensor], where: str):
@@ -263,27 +320,12 @@ def clap_config_from_state(state: Mapping[str, Tensor], where: str):
                 f"{ORIGINS['laion_clap'].file} from {ORIGINS['laion_clap'].where}")
         return tuple(value.shape)
 
-    audio, text = "audio_model.audio_encoder.", "text_model."
-    proj = shape(f"{audio}patch_embed.proj.weight")
-    depths = []
-    while any(k.startswith(f"{audio}layers.{len(depths)}.blocks.") for k in state):
-        stage = len(depths)
-        depths.append(len({k.split(".")[5] for k in state if k.startswith(f"{audio}layers.{stage}.blocks.")}))
-    if not depths:
-        shape(f"{audio}layers.0.blocks.0.attention.self.relative_position_bias_table")
-    tables = [shape(f"{audio}layers.{i}.blocks.0.attention.self.relative_position_bias_table")
-              for i in range(len(depths))]
-    window = (round(tables[0][0] ** 0.5) + 1) // 2
+    audio_config = htsat_audio_config(state, AUDIO_PREFIX, shape)
+    text = "text_model."
     width = shape(f"{text}embeddings.word_embeddings.weight")[1]
     layers = len({k.split(".")[3] for k in state if k.startswith(f"{text}encoder.layer.")})
     projection = shape("audio_projection.linear1.weight")[0]
-    audio_config = dict(
-        patch_embeds_hidden_size=proj[0], patch_size=proj[-1], patch_stride=[proj[-1], proj[-1]],
-        depths=depths, num_attention_heads=[t[1] for t in tables], window_size=window,
-        num_mel_bins=shape(f"{audio}batch_norm.weight")[0], spec_size=SPEC_SIZE,
-        mlp_ratio=shape(f"{audio}layers.0.blocks.0.intermediate.dense.weight")[0] / proj[0],
-        hidden_size=shape("audio_projection.linear1.weight")[1], projection_dim=projection, enable_fusion=False,
-        qkv_bias=f"{audio}layers.0.blocks.0.attention.self.query.bias" in state)
+    audio_config.update(hidden_size=shape("audio_projection.linear1.weight")[1], projection_dim=projection)
     text_config = dict(
         vocab_size=shape(f"{text}embeddings.word_embeddings.weight")[0], hidden_size=width,
         num_hidden_layers=layers, num_attention_heads=max(1, width // ROBERTA_HEAD_DIM),
