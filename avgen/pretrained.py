@@ -95,6 +95,12 @@ ORIGINS: dict[str, WeightsOrigin] = {
              "fusion: the model of av-benchmark's LAION-CLAP-Score, converted here into transformers' ClapModel",
         where="https://huggingface.co/lukewys/laion_clap/resolve/main/music_speech_audioset_epoch_15_esc_89.98.pt "
               "(linked from LAION-AI/CLAP README.md)", env="AVGEN_LAION_CLAP_PATH"),
+    "ms_clap": WeightsOrigin(
+        file="CLAP_weights_2023.pth", config_key="evaluate.clap_ms.path", metric="clap_ms",
+        what="MS-CLAP 2023 (Elizalde et al. 2023) HTSAT + GPT-2: the model of av-benchmark's MS-CLAP-Score, its HTSAT "
+             "read here into transformers' ClapAudioModel, with a local GPT-2 folder (evaluate.clap_ms.text_model)",
+        where="https://huggingface.co/microsoft/msclap/resolve/main/CLAP_weights_2023.pth (microsoft/CLAP "
+              "msclap/CLAPWrapper.py:29-34)", env="AVGEN_MSCLAP_PATH"),
     "synchformer": WeightsOrigin(
         file="synchformer_state_dict.pth", config_key="evaluate.desync.path", metric="desync",
         what="the AudioSet-trained Synchformer (Iashin et al. 2024) as MMAudio republished it: the plain state dict "

@@ -34,6 +34,7 @@ from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTokenizer,
+    GPT2Tokenizer,
     RobertaTokenizer,
     SpeechT5HifiGan,
     SpeechT5HifiGanConfig,
@@ -72,6 +73,14 @@ def roberta_tokenizer(model_max_length: int = CLAP_MAX_LENGTH) -> RobertaTokeniz
     vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
     vocab.update({symbol: len(vocab) + i for i, symbol in enumerate(BYTE_SYMBOLS)})
     return RobertaTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+
+
+def gpt2_tokenizer(model_max_length: int = 1024) -> GPT2Tokenizer:
+    """Byte-level BPE GPT2Tokenizer: the 256 byte symbols (ids 0-255, ``!`` at 0 as in GPT-2's vocabulary, the pad
+    token MS-CLAP chooses), then ``<|endoftext|>`` (256, GPT-2's bos/eos/unk); no merges."""
+    vocab = {symbol: i for i, symbol in enumerate(BYTE_SYMBOLS)}
+    vocab["<|endoftext|>"] = len(vocab)
+    return GPT2Tokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
 
 
 def save_tiny_sd_vae(folder: str | os.PathLike) -> None:
