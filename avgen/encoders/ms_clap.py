@@ -70,7 +70,8 @@ SAMPLE_RATE = 44_100            # config_2023.yml sampling_rate: the rate audio 
 SECONDS = 7                     # config_2023.yml duration
 MODEL_SAMPLES = SAMPLE_RATE * SECONDS  # 308 700
 TEXT_LENGTH = 77                # config_2023.yml text_len
-EMBED_DIM = 768                 # HTSAT's latent_output and GPT-2's width (config_2023.yml out_emb, transformer_embed_dim)
+EMBED_DIM = 768                 # HTSAT's latent_output and GPT-2's width (config_2023.yml out_emb,
+                                # transformer_embed_dim)
 PROJECTION_DIM = 1024           # config_2023.yml d_proj
 # msclap/models/config.py (what HTSATWrapper really uses): the mel matrix is for 32 kHz audio, hop 320.
 MEL_RATE, WINDOW_SIZE, HOP_SIZE, MEL_BINS, FMIN, FMAX = 32_000, 1024, 320, 64, 50.0, 14_000.0
@@ -308,7 +309,8 @@ def split_ms_clap(state: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
         elif any(fnmatch.fnmatchcase(key, pattern) for pattern in DROPPED):
             continue
         elif key.startswith(HTSAT):
-            parts["audio"].update({AUDIO_ENCODER + k: v for k, v in htsat_to_transformers(key[len(HTSAT):], value).items()})
+            renamed = htsat_to_transformers(key[len(HTSAT):], value)
+            parts["audio"].update({AUDIO_ENCODER + k: v for k, v in renamed.items()})
         elif key.startswith(TEXT):
             parts["text"][key[len(TEXT):]] = value
         elif (prefix := next((p for p in PROJECTIONS if key.startswith(p)), None)) is not None:
@@ -399,7 +401,8 @@ def load_ms_clap(path: str | os.PathLike | None, text_model: str | os.PathLike |
     front_end = LaionClapMel(MEL_RATE, WINDOW_SIZE, HOP_SIZE, MEL_BINS, FMIN, FMAX)
     width = audio_model.config.hidden_size
     joint = parts["audio_projection"].get("linear1.weight", torch.empty(PROJECTION_DIM, width)).shape[0]
-    projections = {"audio_projection": Projection(width, joint), "text_projection": Projection(gpt2_config.n_embd, joint)}
+    projections = {"audio_projection": Projection(width, joint),
+                   "text_projection": Projection(gpt2_config.n_embd, joint)}
     from_file = bool(parts["text"])
     if from_file:
         text = GPT2Model(gpt2_config)

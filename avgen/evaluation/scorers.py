@@ -61,6 +61,30 @@ class BuildContext:
         return shared
 
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".WAV", ".FLAC")  # the harness globs *.wav, *.flac (extract.py:54); + upper case
+
+
+def harness_audio_file(path: Path, audio: np.ndarray, sr: int) -> tuple[Path, np.ndarray, int]:
+    """(file read, waveform, rate) of a clip as av-benchmark reads it: ``<stem>.wav`` / ``.flac`` beside ``path``
+    with all its channels, (C, S) float32 channels-first (``torchaudio.load``'s layout), else ``audio`` as
+    :func:`~avgen.media.read_clip` decoded it, (S,) mono (the clip's own stream, else another audio file of its stem).
+    Raises ``ValueError`` for an unreadable or non-finite file."""
+    import soundfile as sf
+
+    from avgen.media import audio_companion, check_finite, has_audio_stream
+
+    companion = next((f for f in (path.with_suffix(s) for s in AUDIO_SUFFIXES) if f.is_file()), None)
+    if companion is None:
+        used = path if has_audio_stream(path) else (audio_companion(path) or path)
+        return used, np.ascontiguousarray(audio, dtype=np.float32), sr
+    try:
+        wave, rate = sf.read(companion, dtype="float32", always_2d=True)
+        check_finite(wave, str(companion))
+    except Exception as exc:  # an unreadable companion fails this clip only
+        raise ValueError(f"{companion.name}: {type(exc).__name__}: {exc}") from exc
+    return companion, np.ascontiguousarray(wave.T), int(rate)
+
+
 class Scorer:
     """One main-process metric fed clip by clip: ``update`` returns the clip's own scores for the per-clip
     CSV (``{column: value}``, or None for set-level metrics) and raises ``ValueError`` for a clip it
@@ -188,6 +212,45 @@ class ClapLaionScorer(CosineScorer):
         return {self.name: float(scores[0])}
 
 
+class ClapMsScorer(CosineScorer):
+    """av-benchmark's MS-CLAP-Score (``evaluate.clap_ms``: ``path``, ``text_model``, ``seed``, ``crop``): the cosine of
+    the clip's audio with its caption (``<stem>.txt`` beside the clip, the harness's CSV ``caption``; else
+    ``evaluate.prompt``), raw, with ``CLAP_weights_2023.pth`` (:class:`~avgen.metrics.semantic.MsCLAPScore`). The
+    audio is what msclap reads, the *file*: ``<stem>.wav`` / ``.flac`` beside the clip with all its channels (they
+    are concatenated, a harness quirk), whatever ``evaluate.audio`` says; without one the clip's decoded (mono) audio
+    stands in, which the harness never reads. ``per_clip.csv`` records the file per clip (``clap_ms_audio``)."""
+
+    name = block = "clap_ms"
+    per_clip = True
+    KNOWN = ("path", "text_model", "seed", "crop")
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> ClapMsScorer:
+        return cls(ctx.block(cls.block), ctx.prompt, ctx.dev)
+
+    def __init__(self, options: dict, prompt: str | None, dev):
+        from avgen.encoders.ms_clap import load_ms_clap
+        from avgen.metrics.semantic import MsCLAPScore
+
+        unknown = sorted(set(options) - set(self.KNOWN))
+        if unknown:
+            raise ConfigError(f"evaluate.clap_ms: unknown keys {unknown}; known: {', '.join(self.KNOWN)}")
+        crop = options.get("crop", "random")
+        seed = options.get("seed", 0)
+        self.prompt = prompt
+        clap = load_ms_clap(options.get("path"), options.get("text_model"))
+        self.metric = MsCLAPScore(clap, seed=0 if seed is None else int(seed), crop=crop).to(dev)
+
+    def update(self, path, frames, audio, sr, fps=None):
+        text = clip_prompt(path, self.prompt)
+        if not text:
+            raise ValueError(f"no caption ({path.stem}.txt beside the clip, or evaluate.prompt)")
+        used, wave, rate = harness_audio_file(path, audio, sr)
+        scores = self.metric.clip_scores([wave], [text], sample_rate=rate, stems=[path.stem])
+        self.metric.add_scores(scores)
+        return {self.name: float(scores[0]), "clap_ms_audio": used.name}
+
+
 class ImageBindScorer(CosineScorer):
     """ImageBind audio-video score: cos(ImageBind audio embedding, vision embedding) per clip, at the
     clip's own frame rate (:mod:`avgen.metrics.imagebind`). ``evaluate.imagebind`` holds ``path`` and,
@@ -252,7 +315,6 @@ class IBScoreScorer(CosineScorer):
 
     name = block = "ib_score"
     per_clip = True
-    audio_suffixes = (".wav", ".flac", ".WAV", ".FLAC")  # the harness globs *.wav, *.flac (extract.py:54); + upper case
 
     @classmethod
     def build(cls, ctx: BuildContext) -> IBScoreScorer:
@@ -278,22 +340,9 @@ class IBScoreScorer(CosineScorer):
 
     def audio(self, path: Path, audio: np.ndarray, sr: int) -> tuple[Path, np.ndarray, int]:
         """(file read, mono waveform, rate): the first channel of ``<stem>.wav`` / ``.flac`` beside ``path``,
-        else ``audio`` as :func:`~avgen.media.read_clip` decoded it (the clip's own stream, else another
-        audio file of its stem). Raises ``ValueError`` for an unreadable file."""
-        import soundfile as sf
-
-        from avgen.media import audio_companion, check_finite, has_audio_stream
-
-        companion = next((f for f in (path.with_suffix(s) for s in self.audio_suffixes) if f.is_file()), None)
-        if companion is None:
-            used = path if has_audio_stream(path) else (audio_companion(path) or path)
-            return used, np.ascontiguousarray(audio, dtype=np.float32), sr
-        try:
-            wave, rate = sf.read(companion, dtype="float32", always_2d=True)
-            check_finite(wave, str(companion))
-        except Exception as exc:  # an unreadable companion fails this clip only
-            raise ValueError(f"{companion.name}: {type(exc).__name__}: {exc}") from exc
-        return companion, np.ascontiguousarray(wave[:, 0]), int(rate)
+        else ``audio`` as :func:`~avgen.media.read_clip` decoded it (:func:`harness_audio_file`)."""
+        used, wave, rate = harness_audio_file(path, audio, sr)
+        return used, np.ascontiguousarray(wave[0] if wave.ndim == 2 else wave), rate
 
     def update(self, path, frames, audio, sr, fps=None):
         from avgen.media import MediaError, decode_video
@@ -1018,9 +1067,9 @@ def feed_scorers(scorers: list[Scorer], paths: list[Path], failures: list[dict],
 
 # The registry: every metric computed in the main process, in the order they are fed each clip.
 SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (
-    FVDScorer, FADScorer, CLIPSimScorer, CLAPScorer, ClapLaionScorer, ImageBindScorer, IBScoreScorer, InceptionScorer,
-    KLScorer, VideoInceptionScorer, PasstFrechetScorer, PasstKLScorer, PasstInceptionScorer, VGGishFramesScorer,
-    DeSyncScorer)}
+    FVDScorer, FADScorer, CLIPSimScorer, CLAPScorer, ClapLaionScorer, ClapMsScorer, ImageBindScorer, IBScoreScorer,
+    InceptionScorer, KLScorer, VideoInceptionScorer, PasstFrechetScorer, PasstKLScorer, PasstInceptionScorer,
+    VGGishFramesScorer, DeSyncScorer)}
 MAIN_PROCESS = tuple(SCORERS)
 AVAILABLE = ("av_align", *SCORERS)  # av_align runs in worker processes (avgen.evaluation.processes)
 NEEDS_REFERENCE = tuple(name for name, cls in SCORERS.items() if cls.needs_reference)

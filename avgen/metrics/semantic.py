@@ -37,6 +37,7 @@ import torchaudio
 # PretrainedModelMissing is re-exported: callers of the metrics catch it from here.
 from avgen.backbones.loader import PretrainedModelMissing, load_pretrained  # noqa: F401
 from avgen.encoders.base import FeatureExtractor, unit_range_clips
+from avgen.errors import ConfigError
 from avgen.metrics.cosine import MeanCosine
 from avgen.pretrained import sha256_file
 
@@ -368,3 +369,66 @@ class LaionCLAPScore(MeanCosine):
                 "length_rule": lc.LENGTH_RULE.format(seconds=seconds),
                 "resampler": "torchaudio.transforms.Resample (sinc_interp_hann, lowpass_filter_width=6, rolloff=0.99)",
                 "scaling": 1, "scale": "raw cosine"}
+
+
+class MsCLAPScore(MeanCosine):
+    """av-benchmark's ``MS-CLAP-Score`` (``av_bench/evaluate.py:200-203@050a5cd``): mean over clips of
+    cos(MS-CLAP audio embedding, MS-CLAP caption embedding), raw (not ×100), with ``CLAP_weights_2023.pth``
+    (:mod:`avgen.encoders.ms_clap`).
+
+    Each clip goes in as msclap reads its file (:func:`~avgen.encoders.ms_clap.ms_clap_input`: channels resampled to
+    44.1 kHz and concatenated, repeated or cropped to 7 s; the crop seeded by ``seed`` and the clip's stem, or the
+    first 7 s with ``crop='start'``); captions are tokenised and pooled as msclap does (GPT-2, ``!`` padding, the
+    ``(ids != 0).sum() − 1`` index).
+
+    Args:
+        clap: a loaded :class:`~avgen.encoders.ms_clap.MsClap`.
+        seed: seeds the 7-s crop of clips longer than 7 s (with the stem).
+        crop: ``random`` (seeded, the harness's distribution) or ``start``.
+        **kwargs: torchmetrics ``Metric`` options.
+    """
+
+    name = "clap_ms"
+
+    def __init__(self, clap: torch.nn.Module, seed: int = 0, crop: str = "random", **kwargs: Any):
+        from avgen.encoders.ms_clap import CROPS
+
+        super().__init__(clap, **kwargs)
+        if crop not in CROPS:
+            raise ConfigError(f"evaluate.clap_ms.crop={crop!r}: expected one of {CROPS}")
+        self.seed, self.crop = int(seed), crop
+
+    def clip_scores(self, audio: Sequence[Any], texts: Sequence[str], sample_rate: int,
+                    stems: Sequence[str]) -> torch.Tensor:
+        """Per-clip scores (B,) float64 of B clips (each (S,) or (C, S) float at ``sample_rate`` Hz, channels-first;
+        lengths may differ) against one caption each; ``stems`` seed the crops.
+
+        Raises:
+            ValueError: not one caption and one stem per clip, or a clip the input rule refuses (empty, non-finite).
+        """
+        from avgen.encoders.ms_clap import ms_clap_input
+
+        if not len(audio) == len(texts) == len(stems):
+            raise ValueError(f"MsCLAPScore got {len(audio)} clips, {len(texts)} captions and {len(stems)} stems; give "
+                             f"one caption and one stem per clip")
+        waves = torch.stack([ms_clap_input(clip, sample_rate, stem, self.seed, self.crop)
+                             for clip, stem in zip(audio, stems)]).to(self.device)
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
+            sound = self.model.audio_embeddings(waves)
+            text = self.model.text_embeddings(texts)
+        return F.cosine_similarity(sound.double(), text.double(), dim=-1)
+
+    def update(self, audio: Sequence[Any], texts: Sequence[str], sample_rate: int, stems: Sequence[str]) -> None:
+        """Add B clips, their captions and stems (see :meth:`clip_scores`)."""
+        self.add_scores(self.clip_scores(audio, texts, sample_rate, stems))
+
+    def describe(self) -> dict[str, Any]:
+        """The protocol, the model file and tokenizer hashes, the sample rate, the length and crop rules and the
+        scaling, for ``metrics.json``."""
+        from avgen.encoders import ms_clap as ms
+        from avgen.encoders.audio_input import RESAMPLER
+
+        return {**self.model.describe(), "protocol": ms.PROTOCOL, "harness_key": ms.HARNESS_KEY,
+                "sample_rate": ms.SAMPLE_RATE, "seconds": ms.SECONDS, "seed": self.seed, "crop": self.crop,
+                "length_rule": ms.LENGTH_RULE.format(crop=ms.CROP_RULE[self.crop].format(seed=self.seed)),
+                "resampler": RESAMPLER, "scaling": 1, "scale": "raw cosine"}
