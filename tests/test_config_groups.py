@@ -20,7 +20,7 @@ def test_evaluate_presets_select_the_tables_metrics_over_the_default_settings(tm
     assert svg.av_align.variants[0] == "pr" and svg.av_align.onset_delta == 0.15 and svg.av_align.flow_levels == 3
     v2a = compose(["command=evaluate", "evaluate=v2a_benchmark"], tmp_path).evaluate
     assert list(v2a.metrics) == ["fd_passt", "kl_passt", "is_passt", "fd_vggish_frames", "ib_score",
-                                  "clap_laion", "desync"]
+                                  "clap_laion", "clap_ms", "desync"]
     assert v2a.passt.seconds == 8 and v2a.fd_vggish_frames.seconds == 8 and v2a.passt.shuffle_seed == 2020
     for preset in (tempotokens, svg, v2a):  # everything else is the default block
         assert preset.fvd == default.fvd and preset.panns == default.panns and preset.cache_dir == default.cache_dir
