@@ -148,7 +148,8 @@ def test_refusals_name_the_key_in_one_line(ms_clap_twin, tmp_path):
     with pytest.raises(MsClapCheckpointError, match=r"wrong shapes \[caption_encoder.projection.linear2.weight"):
         load_ms_clap(_rewrite(path, tmp_path / "wide.pth", widen), gpt2)
 
-    no_mel = _rewrite(path, tmp_path / "no_mel.pth", lambda sd: sd.pop("audio_encoder.base.htsat.logmel_extractor.melW"))
+    mel = "audio_encoder.base.htsat.logmel_extractor.melW"
+    no_mel = _rewrite(path, tmp_path / "no_mel.pth", lambda sd: sd.pop(mel))
     with pytest.raises(MsClapCheckpointError, match=r"missing keys \[audio_encoder.base.htsat.logmel_extractor.melW\]"):
         load_ms_clap(no_mel, gpt2)
 
