@@ -11,10 +11,10 @@ microsoft/CLAP@e8a6467 plus packaging):
   (``av_bench/evaluate.py:200-203``), raw.
 - msclap: the checkpoint ``{'model': state_dict}`` loaded ``strict=False`` over a hub GPT-2
   (``msclap/CLAPWrapper.py:109-113``, ``msclap/models/clap.py:46``); the tokenizer (GPT-2, ``pad_token='!'``,
-  ``CLAPWrapper.py:115-118``; ``caption + ' <|endoftext|>'``, ``max_length=77, padding='max_length'``, no
+  ``CLAPWrapper.py:116-118``; ``caption + ' <|endoftext|>'``, ``max_length=77, padding='max_length'``, no
   truncation, ``CLAPWrapper.py:262-273``); the audio rule (``read_audio`` + ``load_audio_into_tensor``,
-  ``CLAPWrapper.py:215-249``; 44.1 kHz and 7 s from ``msclap/configs/config_2023.yml``); the projection
-  (``msclap/models/clap.py:8-20``) and GPT-2 pooling (``clap.py:64-69``); the HTSAT and its front end
+  ``CLAPWrapper.py:216-249``; 44.1 kHz and 7 s from ``msclap/configs/config_2023.yml``); the projection
+  (``msclap/models/clap.py:8-20``) and GPT-2 pooling (``clap.py:64-70``); the HTSAT and its front end
   (``msclap/models/htsat.py:584-699,848-926``, ``HTSATWrapper`` ``htsat.py:928-942`` reading
   ``msclap/models/config.py``: 32 kHz, window 1024, hop 320, 64 mels, 50–14 000 Hz, width 96, depths [2, 2, 6, 2],
   heads [4, 8, 16, 32], window 8, spec 256 — the yaml's audio settings are ignored).
@@ -77,7 +77,7 @@ PROJECTION_DIM = 1024           # config_2023.yml d_proj
 MEL_RATE, WINDOW_SIZE, HOP_SIZE, MEL_BINS, FMIN, FMAX = 32_000, 1024, 320, 64, 50.0, 14_000.0
 CROPS = ("random", "start")
 
-HTSAT = "audio_encoder.base.htsat."      # the HTSAT_Swin_Transformer inside CLAP (clap.py:29-34, htsat.py:937)
+HTSAT = "audio_encoder.base.htsat."      # the HTSAT_Swin_Transformer inside CLAP (clap.py:29,95, htsat.py:937)
 TEXT = "caption_encoder.base."           # GPT2Model (AutoModel.from_pretrained('gpt2'), clap.py:46)
 AUDIO_ENCODER = "audio_encoder."         # transformers' ClapAudioModel's HTSAT
 # msclap key → front-end key (LaionClapMel): the STFT kernels and mel matrix the published model computes with.
@@ -87,7 +87,7 @@ FRONT_END = {
     f"{HTSAT}logmel_extractor.melW": "logmel_extractor.melW",
 }
 # msclap keys no part here takes (fnmatch patterns): HTSAT's AudioSet classifier (tscam_conv, head; its
-# clipwise_output is discarded, CLAPWrapper.py:300), the shifted-window masks (recomputed by ClapAudioModel), the causal
+# clipwise_output is discarded, CLAPWrapper.py:296), the shifted-window masks (recomputed by ClapAudioModel), the causal
 # masks older transformers saved with GPT-2 (h.N.attn.bias / masked_bias) and the contrastive temperature (a cosine
 # needs none).
 DROPPED = (f"{HTSAT}tscam_conv.*", f"{HTSAT}head.*", f"{HTSAT}layers.*.blocks.*.attn_mask",
@@ -113,7 +113,7 @@ class MsClapCheckpointError(ValueError):
 # ------------------------------------------------------------------------------------------ input rule
 def crop_start(length: int, stem: str, seed: int = 0, crop: str = "random") -> int:
     """Where the 7-s window of a clip of ``length`` > :data:`MODEL_SAMPLES` samples starts. msclap:
-    ``random.randrange(length − 308700)`` (``CLAPWrapper.py:243-244``), unseeded: uniform over [0, length − 308 700)
+    ``random.randrange(length − 308700)`` (``CLAPWrapper.py:245-246``), unseeded: uniform over [0, length − 308 700)
     (the last possible start is never drawn). ``crop='random'``: the same range, drawn by
     ``numpy.random.default_rng([seed, h])`` where ``h`` is the first 8 bytes of the stem's SHA-256 (a stable hash: a
     clip gets the same crop in every run and process, another clip another one); ``crop='start'``: 0."""
@@ -126,7 +126,7 @@ def crop_start(length: int, stem: str, seed: int = 0, crop: str = "random") -> i
 
 
 def ms_clap_input(audio: Any, sample_rate: int, stem: str, seed: int = 0, crop: str = "random") -> Tensor:
-    """One audio file as msclap feeds it (``read_audio`` + ``load_audio_into_tensor``, ``CLAPWrapper.py:215-249``):
+    """One audio file as msclap feeds it (``read_audio`` + ``load_audio_into_tensor``, ``CLAPWrapper.py:216-249``):
     ``torchaudio.transforms.Resample(sample_rate, 44100)`` (skipped at 44.1 kHz, as msclap does) on each channel →
     ``reshape(-1)``: a (C, S) file's channels one after the other, not averaged, no DC removal → 7 s = 308 700
     samples: a clip of at most that length is repeated ``ceil(308700 / S')`` times and cut; a longer one is cropped
@@ -238,7 +238,7 @@ class MsClap(FeatureExtractor):
     def text_embeddings(self, texts: Sequence[str]) -> Tensor:
         """Captions → projected embeddings (B, 1024) float32, not normalised, each caption on its own as the harness
         embeds them (``extract_text.py:55-58``): GPT-2's last hidden state at index ``(input_ids != 0).sum() − 1``
-        (``clap.py:64-69``) — the last token when the caption holds no ``!`` (id 0, also the pad), else that many
+        (``clap.py:64-70``) — the last token when the caption holds no ``!`` (id 0, also the pad), else that many
         positions earlier, as msclap computes it — then :class:`Projection`."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("MsClap.text_embeddings expects a list of strings")
@@ -261,7 +261,7 @@ _TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_con
 
 
 def load_text_folder(folder: str | os.PathLike | None, config_key: str = "evaluate.clap_ms.text_model"):
-    """GPT-2's config and tokenizer (pad token set to ``!`` as ``CLAPWrapper.py:117-118``) from a local folder
+    """GPT-2's config and tokenizer (pad token set to ``!`` as ``CLAPWrapper.py:116-118``) from a local folder
     (a ``gpt2`` snapshot), never fetched. Returns (GPT2Config, tokenizer, ``{file name: sha256}`` of the tokenizer
     files).
 
