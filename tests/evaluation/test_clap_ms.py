@@ -134,3 +134,23 @@ def test_configuration_errors_name_the_key(tmp_path, captioned, ms_clap_twin):  
         evaluate_folder(captioned, tmp_path / "d", metrics=["clap_ms"],
                         clap_ms={"path": str(path), "text_model": str(gpt2), "crop": "middle"})
     check_overrides(["evaluate.clap_ms.crop=start", "evaluate.clap_ms.seed=3", "evaluate.metrics=[clap_ms]"])
+
+
+def test_two_processes_merge_to_the_one_process_value(captioned, ms_clap_twin):  # noqa: F811
+    """Each process scores part of the clips; the reduced states give the one-process mean cosine (as
+    avgen.evaluation.processes.Processes.reduce merges them under torchrun)."""
+    from avgen.evaluation.scorers import SCORERS, BuildContext, feed_scorers
+
+    _, path, gpt2 = ms_clap_twin
+    clips = sorted(captioned.glob("*.mp4"))
+    options = {"clap_ms": {"path": str(path), "text_model": str(gpt2)}}
+
+    def run(part):
+        scorer = SCORERS["clap_ms"].build(BuildContext(options, None, "cpu", None, part, clips))
+        feed_scorers([scorer], part, [])
+        return scorer
+
+    one, ranks = run(clips), [run(clips[:1]), run(clips[1:])]
+    for a, b in zip(ranks[0].states(), ranks[1].states()):
+        a.merge_state(b)
+    assert ranks[0].result()[0] == pytest.approx(one.result()[0], abs=1e-9)

@@ -56,3 +56,34 @@ def test_desync_scorer_on_a_tiny_published_layout_file(tmp_path):
     assert "fewer than 200" in result["failures"][0]["reason"]
     with pytest.raises(ExtractorWeightsMissing, match="evaluate.desync.path"):
         evaluate_folder(pred, tmp_path / "b", metrics=["desync"], desync={"path": None})
+
+
+def test_two_processes_merge_to_the_one_process_value(tmp_path):
+    """Each process scores part of the clips; the summed float64 states give the one-process DeSync (as
+    avgen.evaluation.processes.Processes.reduce merges them under torchrun)."""
+    from avgen.evaluation.scorers import SCORERS, BuildContext, feed_scorers
+
+    g = np.random.default_rng(1)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for i in range(3):
+        frames = g.integers(0, 256, (200, 32, 40, 3), dtype=np.uint8)
+        write_mp4(pred / f"c{i}.mp4", frames, 25, audio=0.1 * g.standard_normal(16000 * 8).astype(np.float32),
+                  sample_rate=16000)
+    torch.manual_seed(1)
+    weights = tmp_path / "synchformer_state_dict.pth"
+    save_official_format(Synchformer.tiny(), weights)
+    heads = {k: v for k, v in TINY_SYNCHFORMER.items() if k.endswith("_heads")}
+    clips = sorted(pred.glob("*.mp4"))
+
+    def run(part):
+        scorer = SCORERS["desync"].build(BuildContext({"desync": {"path": str(weights), **heads}}, None, "cpu",
+                                                      None, part, clips))
+        feed_scorers([scorer], part, [])
+        return scorer
+
+    one, ranks = run(clips), [run(clips[0::2]), run(clips[1::2])]
+    for a, b in zip(ranks[0].states(), ranks[1].states()):
+        a.merge_state(b)
+    assert ranks[0].result()[1]["offsets"] == 6  # two windows per clip
+    assert ranks[0].result()[0] == pytest.approx(one.result()[0], abs=1e-12)
