@@ -502,6 +502,7 @@ def concat_test(cfg: DictConfig) -> list[Path]:
 
     Raises:
         ConfigError: ``data.concat_test`` is null, or the test split holds one label.
+        FileExistsError: ``<output_dir>/concat_test`` holds a set and ``sample.overwrite`` is false.
         NothingProduced: no clip was written.
     """
     from avgen.samples import export_concat_test
@@ -514,7 +515,8 @@ def concat_test(cfg: DictConfig) -> list[Path]:
     datamodule.prepare_data()
     datamodule.setup("test")
     out_dir = Path(cfg.paths.output_dir) / "concat_test"
-    report = export_concat_test(datamodule, out_dir)
+    # a sample folder, so sample.overwrite replaces an earlier one, as the refusal says
+    report = export_concat_test(datamodule, out_dir, overwrite=bool((cfg.get("sample") or {}).get("overwrite")))
     for entry in report.failed:
         print(f"not written: {entry['sample']}: {entry['reason']}")
     if not report.written:

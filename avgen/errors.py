@@ -24,6 +24,15 @@ class DataHealthError(RuntimeError):
     """Too many clips could not be used; the message names the shards."""
 
 
+class WeightsFileError(ConfigError):
+    """A weight file exists but is not the expected model's: the safe loader refuses it, or its layout or shapes do
+    not fit. One line (whitespace of embedded messages collapsed) naming the file, the config key and the expected
+    file; a ``ConfigError``, so the command line reports it without a traceback."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
 class WeightsFileMissing(FileNotFoundError):
     """A pretrained model's weight file is not where the config says; names the key, the expected file,
     where the original is published, and ``scale=tiny`` as the way to run without it."""

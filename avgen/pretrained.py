@@ -187,8 +187,9 @@ def load_weights_file(path: str | os.PathLike | None, config_key: str, missing: 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0]  # torch's refusal runs over many lines
         raise unreadable(f"{path} (config key {config_key}) cannot be read with torch.load(weights_only=True) "
-                         f"({type(exc).__name__}: {exc}). {conversion}") from exc
+                         f"({type(exc).__name__}: {reason}). {conversion}") from exc
 
 
 @contextlib.contextmanager

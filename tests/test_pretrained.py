@@ -71,3 +71,30 @@ def test_video_encoder_defaults_are_their_modules_hub_ids():
     modules = {"clip4clip": clip4clip, "languagebind": languagebind, "vivit": vivit, "vjepa": vjepa}
     assert set(DEFAULT_SOURCES) == set(modules) and set(modules) < set(VIDEO_ENCODERS)
     assert all(DEFAULT_SOURCES[name] == module.HUB_ID for name, module in modules.items())
+
+
+@pytest.mark.parametrize("loader,key", [
+    ("avgen.encoders.vggish:VGGishFeatures", "evaluate.fad.vggish_path"),
+    ("avgen.encoders.imagebind:load_imagebind", "evaluate.imagebind.path"),
+    ("avgen.encoders.panns:load_cnn14", "evaluate.panns.path"),
+    ("avgen.encoders.passt:load_passt", "evaluate.passt.path"),
+    ("avgen.encoders.synchformer:load_synchformer", "evaluate.desync.path"),
+    ("avgen.encoders.beats:load_beats", "model.encoder.path"),
+    ("avgen.encoders.cavp:load_cavp", "model.encoder.path"),
+    ("avgen.encoders.cavp_video:load_cavp_video", "model.encoder.path"),
+])
+def test_a_file_that_is_not_weights_is_one_config_error_line(tmp_path, loader, key):
+    """A weight file that exists but is not a checkpoint (a text file here) is a WeightsFileError: a ConfigError,
+    so the command line prints one line (no traceback), naming the file and the config key."""
+    import importlib
+
+    from avgen.errors import ConfigError, WeightsFileError
+
+    module, name = loader.split(":")
+    bad = tmp_path / "weights.pth"
+    bad.write_text("not a checkpoint\n")
+    with pytest.raises(WeightsFileError) as err:
+        getattr(importlib.import_module(module), name)(bad, config_key=key)
+    message = str(err.value)
+    assert isinstance(err.value, ConfigError) and "\n" not in message
+    assert str(bad) in message and key in message

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchaudio.compliance import kaldi
 
-from avgen.errors import ConfigError, WeightsFileMissing
+from avgen.errors import ConfigError, WeightsFileError, WeightsFileMissing
 from avgen.pretrained import ORIGINS, freeze, load_weights_file
 
 logger = logging.getLogger(__name__)
@@ -526,7 +526,7 @@ class BEATsWeightsMissing(WeightsFileMissing):
         super().__init__("BEATs", path, config_key, CHECKPOINT_FILE, ORIGINS["beats"].what, CHECKPOINT_ORIGIN)
 
 
-class BEATsCheckpointError(ValueError):
+class BEATsCheckpointError(WeightsFileError):
     """A file is not an official-format BEATs checkpoint, or its weights do not fit the model its cfg describes."""
 
 

@@ -52,7 +52,7 @@ import torchaudio
 from torch import Tensor, nn
 
 from avgen.encoders.panns import CNN14_CHANNELS, ConvBlock
-from avgen.errors import ConfigError, WeightsFileMissing
+from avgen.errors import ConfigError, WeightsFileError, WeightsFileMissing
 from avgen.pretrained import ORIGINS, freeze, load_weights_file
 
 SAMPLE_RATE = 16000
@@ -219,7 +219,7 @@ class CAVPWeightsMissing(WeightsFileMissing):
         super().__init__("CAVP", path, config_key, CHECKPOINT_FILE, ORIGINS["cavp"].what, CHECKPOINT_ORIGIN)
 
 
-class CAVPCheckpointError(ConfigError):
+class CAVPCheckpointError(WeightsFileError):
     """A file is not a CAVP checkpoint, or the weights of the branch that is run do not fit (a
     :class:`~avgen.errors.ConfigError`: the message names the config key that set the file)."""
 

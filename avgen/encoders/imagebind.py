@@ -53,6 +53,7 @@ import torchaudio
 from torch import nn
 
 from avgen.encoders.base import FeatureExtractor, unit_range_clips
+from avgen.errors import WeightsFileError
 from avgen.pretrained import ORIGINS, require_file
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -620,11 +621,11 @@ def load_imagebind(path: str | os.PathLike | None, config_key: str = "evaluate.i
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"cannot read {file} with torch.load(weights_only=True) ({exc}); expected {origin.file} "
-                         f"from {origin.where}") from exc
+        raise WeightsFileError(f"cannot read {file} (config key {config_key}) with torch.load(weights_only=True) "
+                               f"({exc}); expected {origin.file} from {origin.where}") from exc
     if not isinstance(state, Mapping):
-        raise ValueError(f"{file} holds a {type(state).__name__}, not a state dict; expected {origin.file} "
-                         f"from {origin.where}")
+        raise WeightsFileError(f"{file} (config key {config_key}) holds a {type(state).__name__}, not a state dict; "
+                               f"expected {origin.file} from {origin.where}")
     with torch.device("meta"):
         model = ImageBindAV(**sizes)
     expected = model.state_dict()

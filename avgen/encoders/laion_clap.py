@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from avgen.encoders.audio_input import AudioInput
 from avgen.encoders.base import FeatureExtractor
 from avgen.encoders.panns import LogMelFilterBank, PowerSpectrogram
-from avgen.errors import ConfigError
+from avgen.errors import ConfigError, WeightsFileError
 from avgen.pretrained import ORIGINS, ExtractorWeightsMissing, load_weights_file, sha256_file
 
 PROTOCOL = "av-benchmark@050a5cd (av_bench/extract.py:129-146, av_bench/evaluate.py:193-198)"
@@ -92,12 +92,9 @@ class LaionClapWeightsMissing(ExtractorWeightsMissing):
         super().__init__("laion_clap", path, config_key)
 
 
-class LaionClapCheckpointError(ValueError):
+class LaionClapCheckpointError(WeightsFileError):
     """A file that is not a LAION-CLAP HTSAT checkpoint in the published layout, or an unusable tokenizer folder;
     the message is one line naming the file and the config key."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
 
 
 # ------------------------------------------------------------------------------------------ input rule

@@ -61,7 +61,7 @@ from avgen.encoders.laion_clap import (
     transformers_htsat_key,
     transformers_to_htsat,
 )
-from avgen.errors import ConfigError
+from avgen.errors import ConfigError, WeightsFileError
 from avgen.pretrained import ORIGINS, ExtractorWeightsMissing, load_weights_file, sha256_file
 
 PROTOCOL = "av-benchmark@050a5cd (av_bench/extract.py:148-156, extract_text.py:46-59, av_bench/evaluate.py:200-203)"
@@ -102,12 +102,9 @@ class MsClapWeightsMissing(ExtractorWeightsMissing):
         super().__init__("ms_clap", path, config_key)
 
 
-class MsClapCheckpointError(ValueError):
+class MsClapCheckpointError(WeightsFileError):
     """A file that is not MS-CLAP 2023 in the published layout, or an unusable GPT-2 folder; the message is one line
     naming the file and the config key."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
 
 
 # ------------------------------------------------------------------------------------------ input rule

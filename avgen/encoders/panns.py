@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avgen.encoders.base import FeatureExtractor
+from avgen.errors import WeightsFileError
 from avgen.pretrained import ORIGINS, require_file
 
 CNN14_CHANNELS: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
@@ -253,8 +254,8 @@ def load_cnn14(path: str | os.PathLike | None, config_key: str = "evaluate.panns
         with torch.serialization.safe_globals(_numpy_pickle_globals()):
             checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"cannot read {file} with torch.load(weights_only=True) ({exc}); expected {origin.file} "
-                         f"from {origin.where}") from exc
+        raise WeightsFileError(f"cannot read {file} (config key {config_key}) with torch.load(weights_only=True) "
+                               f"({exc}); expected {origin.file} from {origin.where}") from exc
     state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
     if state is None:
         found = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avgen.encoders.base import FeatureExtractor
+from avgen.errors import WeightsFileError
 from avgen.pretrained import ORIGINS, ExtractorWeightsMissing, load_weights_file
 
 CHECKPOINT_FILE = "passt-s-f128-p16-s10-ap.476-swa.pt"
@@ -285,12 +286,9 @@ class PasstWeightsMissing(ExtractorWeightsMissing):
         super().__init__("passt", path, config_key)
 
 
-class PasstCheckpointError(ValueError):
+class PasstCheckpointError(WeightsFileError):
     """A file that is not a PaSST state dict in the released layout; the message is one line naming the file and
     the config key (torch's multi-line reasons are folded)."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
 
 
 def _architecture(state: Mapping[str, Any], where: str) -> dict[str, int]:

@@ -51,6 +51,7 @@ import torchaudio
 from torch import nn
 
 from avgen.encoders.base import FeatureExtractor
+from avgen.errors import WeightsFileError
 from avgen.pretrained import ORIGINS, require_file
 
 # ------------------------------------------------------------------------------------------ constants
@@ -565,7 +566,7 @@ def sizes_from_state(state: Mapping[str, Any]) -> dict[str, int]:
     return sizes
 
 
-class SynchformerFileError(ValueError):
+class SynchformerFileError(WeightsFileError):
     """A Synchformer weight file that cannot be read or does not fit."""
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from avgen.encoders.base import FeatureExtractor
-from avgen.errors import ConfigError
+from avgen.errors import ConfigError, WeightsFileError
 from avgen.pretrained import ORIGINS, require_file
 
 VGGISH_LAYERS: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M")
@@ -131,13 +131,18 @@ class VGGishFeatures(FeatureExtractor):
 
         if path is not None:
             file = require_file("vggish", path, config_key)
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(file, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise WeightsFileError(f"{file} (config key {config_key}) cannot be read with torch.load("
+                                       f"weights_only=True) ({type(exc).__name__}: {str(exc).strip().splitlines()[0]});"
+                                       f" expected {ORIGINS['vggish'].file} from {ORIGINS['vggish'].where}") from exc
             try:
                 self.load_state_dict(state, strict=True)
-            except RuntimeError as exc:
-                raise ValueError(f"{file} does not fit VGGish(layers={list(self.layers)}, hidden={hidden}, "
-                                 f"embedding_dim={embedding_dim}); expected the torchvggish layout of "
-                                 f"{ORIGINS['vggish'].file}: {exc}") from exc
+            except (RuntimeError, TypeError, AttributeError) as exc:
+                raise WeightsFileError(f"{file} (config key {config_key}) does not fit VGGish(layers="
+                                       f"{list(self.layers)}, hidden={hidden}, embedding_dim={embedding_dim}); "
+                                       f"expected the torchvggish layout of {ORIGINS['vggish'].file}: {exc}") from exc
             self._record("vggish", file)
         if pca_path is not None:
             self._load_pca(require_file("vggish_pca", pca_path, pca_config_key))
@@ -160,7 +165,7 @@ class VGGishFeatures(FeatureExtractor):
             try:
                 params = torch.load(file, map_location="cpu", weights_only=True)
             except Exception as exc:
-                raise ValueError(f"cannot read {file} with torch.load(weights_only=True) ({exc}); use Google's "
+                raise WeightsFileError(f"cannot read {file} with torch.load(weights_only=True) ({exc}); use Google's "
                                  f"{ORIGINS['vggish_pca'].file} from {ORIGINS['vggish_pca'].where}") from exc
         d = self.embedding_dim
         try:

@@ -59,7 +59,7 @@ from avgen.diffusion import (
 from avgen.encoders.base import VideoTokens
 from avgen.encoders.clip_text import load_clip_text
 from avgen.encoders.video_tokens import DEFAULT_SOURCES, VIDEO_ENCODERS, build_video_encoder
-from avgen.errors import ConfigError
+from avgen.errors import ConfigError, WeightsFileError
 from avgen.media import (
     MediaError,
     OpticalFlow,
@@ -702,7 +702,7 @@ def load_released_into(path: str | Path, unet: nn.Module, projection: nn.Module)
                                           f"(use experiment=vta_ldm_public): {first}") from exc
 
 
-class ReleasedCheckpointError(ValueError):
+class ReleasedCheckpointError(WeightsFileError):
     """The released VTA-LDM file does not hold what its layout promises."""
 
 

@@ -182,3 +182,8 @@ def test_the_concat_test_command_writes_a_sample_folder(marked, tmp_path):
     assert written[0].with_suffix(".txt").read_text() == "c{}, c{}".format(
         *(int(k.split("/")[1][4:]) for k in (pairs[0].first, pairs[0].second)))
     assert len(scan_media(written[0].parent, "video").files) == len(pairs)
+    with pytest.raises(FileExistsError, match="sample.overwrite=true"):  # nothing a user made is replaced unasked
+        concat_test(cfg)
+    again = compose(["scale=tiny", f"data.root={marked}", "data.concat_test={seed:0}", "sample.overwrite=true"],
+                    tmp_path)
+    assert concat_test(again) == written
