@@ -54,6 +54,7 @@ class EvaluateSettings:
     overwrite: bool = False
     device: str = "auto"
     cache_dir: str | Path | None = None
+    cache_pred: bool = False
     av_align: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -148,8 +149,10 @@ def evaluate(settings: Mapping[str, Any] | EvaluateSettings, out_dir: str | Path
     the other metrics in this process over one decoding pass), merge (the processes' rows, values and
     failures), write (process 0). ``config`` is recorded in ``metrics.json`` (default: ``settings``).
 
-    ``fvd`` / ``fad`` compare with ``ref_dir`` (a folder of clips or a shard split); reference statistics
-    are cached in ``cache_dir``. ``clipsim`` / ``clap`` score each clip against ``<stem>.txt`` beside it,
+    ``fvd`` / ``fad`` compare with ``ref_dir`` (a folder of clips or a shard split); the reference clips'
+    features of every metric are kept in the feature store at ``cache_dir`` (default ``<out_dir>/features``;
+    :mod:`avgen.data.feature_store`), so a re-score extracts only new or changed reference clips, and with
+    ``cache_pred`` the generated clips' too. ``clipsim`` / ``clap`` score each clip against ``<stem>.txt`` beside it,
     else ``prompt``. ``is`` and ``kl`` use the PANNs CNN14 of ``panns``; ``kl`` pairs each clip with the
     reference of the same stem in the folder ``ref_dir``, or with the shard split clip named as ``source``
     in ``<stem>.json``; ``is_video`` uses the C3D of ``is_video``; ``imagebind`` the ImageBind file of
@@ -240,7 +243,8 @@ def _run(s: EvaluateSettings, plan: _Plan, out: Path, procs: Processes, av_align
         if pending is not None and not (main_metrics and pool.spare_cores()):
             rows = pool.collect(pending)
         main = score_in_main_process(main_metrics, mine, ref_dir=s.ref_dir, options=s.options, prompt=s.prompt,
-                                     cache_dir=s.cache_dir or out / "refstats", device=s.device, procs=procs,
+                                     cache_dir=s.cache_dir or out / "features", device=s.device, procs=procs,
+                                     cache_pred=s.cache_pred,
                                      all_clips=plan.clips, decode_threads=s.decode_threads, audio=s.audio)
         if rows is None:
             rows = pool.collect(pending) if pending is not None else [{"clip": p.name} for p in mine]

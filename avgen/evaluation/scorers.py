@@ -16,9 +16,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from avgen.data.feature_store import FeatureStore
 from avgen.errors import ConfigError
 from avgen.evaluation.processes import Processes, clip_durations, device_for
-from avgen.evaluation.references import reference_identity, set_references
+from avgen.evaluation.references import (
+    PredCache,
+    extractor_namespace,
+    file_clip,
+    generated_features,
+    set_references,
+    split_clips,
+)
 from avgen.media import uint8_to_unit_range
 from avgen.samples import clip_prompt, load_clips, sample_source
 
@@ -57,7 +65,7 @@ class BuildContext:
             self.shared["passt"] = PasstScores(self.block("passt"), self.dev)
         shared = self.shared["passt"]
         if paired_metric and shared.references is None:
-            shared.references = PairedReferences(self.ref_dir, self.pred, paired_metric, self.audio)
+            shared.references = PairedReferences(self.ref_dir, self.pred, paired_metric, shared, self.audio)
         return shared
 
 
@@ -113,6 +121,17 @@ class Scorer:
     def states(self) -> list:
         """The torchmetrics metrics whose states the processes of a distributed run reduce."""
         return [self.metric]
+
+    def reference_user(self):
+        """What takes this metric's reference features through the feature store
+        (:func:`~avgen.evaluation.references.set_references`): the scorer itself when it needs references and
+        has a ``feature_namespace``, else None; a metric whose references live in a shared part returns that."""
+        return self if self.needs_reference and hasattr(self, "feature_namespace") else None
+
+    def feature_users(self) -> list:
+        """The parts that extract this metric's features of generated clips with ``reference_features`` (and so can
+        store them, ``evaluate.cache_pred``): the scorer itself when it has a ``feature_namespace``."""
+        return [self] if hasattr(self, "feature_namespace") else []
 
     def result(self) -> tuple[float | None, dict]:
         raise NotImplementedError
@@ -425,11 +444,17 @@ class DeSyncScorer(Scorer):
         return (float(self.metric.compute()) if count else None), info
 
 
+VIDEO_INPUT = {"input": "decoded frames (F, H, W, 3) uint8 at the clip's own rate, to [-1, 1] float32"}  # fvd, kvd
+
+
 class FrechetScorer(Scorer):
     """FVD (I3D on video) or FAD (VGGish or PANNs CNN14's embedding on 16 kHz audio, or CLAP's embedding
-    on 48 kHz audio) against reference statistics."""
+    on 48 kHz audio) against reference statistics, which are computed from the reference clips' features in
+    the feature store (:func:`~avgen.evaluation.references.set_references`; one ``features`` row block (N, D)
+    float32 per clip)."""
 
     needs_reference = True
+    min_references = 2  # a covariance
 
     @classmethod
     def build(cls, ctx: BuildContext) -> FrechetScorer:
@@ -472,7 +497,7 @@ class FrechetScorer(Scorer):
             else:
                 raise ConfigError(f"evaluate.fad.extractor={kind!r}: expected vggish, panns or clap")
         self.extractor = extractor.to(dev)
-        self.reference_metric = FrechetDistance(self.extractor).to(dev)
+        self.reference_metric = FrechetDistance(num_features=self.extractor.num_features).to(dev)
         self.metric = None
         self.reference = None
 
@@ -487,26 +512,49 @@ class FrechetScorer(Scorer):
             wave = torchaudio.functional.resample(wave, sr, self.sample_rate)
         return wave[None]
 
-    #: ``evaluate.audio`` (set by :func:`score_in_main_process`): which sound of a reference folder's clips is read
-    audio_source = "stream"
+    def preprocessing(self) -> dict:
+        """What is done to a clip before the extractor (part of the feature-store namespace)."""
+        if self.name == "fvd":
+            return dict(VIDEO_INPUT)
+        return {"input": f"mono float32 audio, resampled to {self.sample_rate} Hz by torchaudio.functional.resample "
+                         f"(default sinc interpolation)"}
 
-    def key(self, ref_dir) -> dict:
-        key = {"metric": self.name, "extractor": self.extractor.identity(), **reference_identity(ref_dir)}
-        if self.audio_source != "stream" and self.name != "fvd":  # keys of earlier runs stay valid
-            key["audio"] = self.audio_source
-        return key
+    def feature_namespace(self) -> dict:
+        return extractor_namespace(self.extractor, self.preprocessing())
+
+    def reference_features(self, frames, audio, sr) -> dict[str, np.ndarray]:
+        """``{"features": (N, D) float32}`` of one clip (N = 1, or one row per 0.96 s example for per-example VGGish).
+
+        Raises:
+            ValueError: a clip the extractor cannot take, or features of another width.
+        """
+        torch = self.torch
+        with torch.no_grad(), torch.autocast(device_type=self.dev.type, enabled=False):
+            feats = self.extractor(self.model_input(frames, audio, sr))
+        if feats.ndim != 2 or feats.shape[1] != self.extractor.num_features:
+            raise ValueError(f"features must be (N, {self.extractor.num_features}), got {tuple(feats.shape)}")
+        return {"features": feats.detach().to("cpu", torch.float32).numpy()}
+
+    def add_reference(self, features: dict[str, np.ndarray]) -> None:
+        self.reference_metric.update(self.torch.from_numpy(features["features"]), real=True)
 
     def update_reference(self, frames, audio, sr) -> None:
-        self.reference_metric.update(self.model_input(frames, audio, sr), real=True)
+        self.add_reference(self.reference_features(frames, audio, sr))
+
+    def reduce_references(self, procs: Processes) -> None:
+        """Sum the processes' reference states, then fix the reference statistics."""
+        procs.reduce(self.reference_metric)
+        self.set_reference(self.reference_metric.stats(real=True))
 
     def set_reference(self, stats) -> None:
         from avgen.metrics.frechet import FrechetDistance
 
         self.reference = stats
-        self.metric = FrechetDistance(self.extractor, reference=stats).to(self.dev)
+        self.metric = FrechetDistance(reference=stats).to(self.dev)
 
     def update(self, path, frames, audio, sr, fps=None):
-        self.metric.update(self.model_input(frames, audio, sr), real=False)
+        features = generated_features(self, path, frames, audio, sr)
+        self.metric.update(self.torch.from_numpy(features["features"]), real=False)
 
     def result(self):
         # the statistics count feature rows: one per clip, or one per 0.96 s example for VGGish's per-example FAD
@@ -521,8 +569,8 @@ class VGGishFramesScorer(FrechetScorer):
     ``evaluate.ref_dir`` (unpaired). Input: :class:`~avgen.encoders.audio_input.AudioInput` at 16 kHz — mono, DC
     removed over the whole file, ``torchaudio.transforms.Resample``, cut to ``seconds`` (8) and never padded
     (``av_bench/extract.py:60,79-91@050a5cd``): an 8-s clip gives 8 frames; a clip shorter than one frame
-    (15 600 samples, 0.975 s) is reported as a failure. The reference statistics are cached under a key that holds
-    the input rule, so they are never shared with ``fad``'s."""
+    (15 600 samples, 0.975 s) is reported as a failure. The reference features are stored in a namespace that holds
+    the input rule and the extractor's settings, so they are never shared with ``fad``'s."""
 
     name = block = "fd_vggish_frames"
     FIXED = {"per_example": True, "embedding_relu": False}  # the harness's extractor; not configurable
@@ -551,7 +599,7 @@ class VGGishFramesScorer(FrechetScorer):
         self.extractor = extractor.to(dev)
         vggish = self.extractor
         self.min_samples = vggish.window_length + (vggish.example_frames - 1) * vggish.hop_length
-        self.reference_metric = FrechetDistance(self.extractor).to(dev)
+        self.reference_metric = FrechetDistance(num_features=self.extractor.num_features).to(dev)
         self.metric = None
         self.reference = None
 
@@ -562,8 +610,8 @@ class VGGishFramesScorer(FrechetScorer):
                              f"({self.min_samples} samples, 0.96 s of frames)")
         return wave.to(self.dev)[None]
 
-    def key(self, ref_dir) -> dict:
-        return {**super().key(ref_dir), "input": self.audio_input.describe()}
+    def preprocessing(self) -> dict:
+        return {"input": self.audio_input.describe()}
 
     def result(self):
         value, info = super().result()
@@ -617,10 +665,24 @@ class PannsLogits:
         with torch.no_grad():
             return self.model(self.prepare(audio, sr).to(self.dev)[None])["logits"]
 
+    def feature_namespace(self) -> dict:
+        return extractor_namespace(self.model, {"input": self.prepare.describe(),
+                                                "output": "logits (fc_audioset, pre-sigmoid)"})
+
+    def reference_features(self, frames, audio: np.ndarray, sr: int) -> dict[str, np.ndarray]:
+        """``{"logits": (1, classes) float32}`` of one clip's audio (S,) at ``sr`` Hz (``frames`` unused)."""
+        import torch
+
+        return {"logits": self.classify(audio, sr).detach().to("cpu", torch.float32).numpy()}
+
     def generated(self, path: Path, audio: np.ndarray, sr: int):
-        """Logits (1, classes) of a generated clip, computed once whichever metric asks first."""
+        """Logits (1, classes) of a generated clip, computed once whichever metric asks first (stored with
+        ``evaluate.cache_pred``)."""
+        import torch
+
         if self._last is None or self._last[0] != str(path):
-            self._last = (str(path), self.classify(audio, sr))
+            logits = generated_features(self, path, None, audio, sr)["logits"]
+            self._last = (str(path), torch.from_numpy(logits).to(self.dev))
         return self._last[1]
 
     def describe(self) -> dict:
@@ -673,6 +735,9 @@ class InceptionScorer(SplitInceptionScorer):
                          "evaluate.panns.splits", "audioldm_eval")
         self.classifier = classifier
 
+    def feature_users(self) -> list:
+        return [self.classifier]
+
     def update(self, path, frames, audio, sr, fps=None):
         self.add(path, self.classifier.generated(path, audio, sr))
 
@@ -689,24 +754,40 @@ class PairedReferences:
       with ``audio="file"`` (``evaluate.audio``) the audio file first, as av-benchmark reads raw audio files;
     - ``evaluate.ref_dir`` a shard split (``manifest.json``): the clip whose key the ``sample`` command
       recorded as ``source`` in ``<stem>.json`` beside the generated clip (the data clip whose caption
-      or audio it was made from), read in one pass over the split.
+      or audio it was made from); only its audio is decoded.
 
     Several generated clips may name one reference: each pair counts it again (as av-benchmark's
     ``unroll_paired_dict``, ``av_bench/utils.py:85-105@050a5cd``, which pairs by a cleaned file name instead).
-    ``metric`` names the metric in configuration errors."""
+    ``metric`` names the metric in configuration errors.
 
-    def __init__(self, ref_dir, pred: list[Path], metric: str, audio: str = "stream"):
+    A paired reference user of :func:`~avgen.evaluation.references.set_references`: the references of the generated
+    clips ``pred`` (this process's) are looked up in the feature store under ``extractor``'s namespace
+    (``extractor.feature_namespace()``, ``extractor.reference_features``), and only the missing ones decoded."""
+
+    paired = True
+
+    def __init__(self, ref_dir, pred: list[Path], metric: str, extractor, audio: str = "stream"):
         from avgen.data.shards import MANIFEST
 
-        self.folder, self.metric, self.audio_files_first = Path(ref_dir), metric, audio == "file"
+        self.folder, self.name, self.audio = Path(ref_dir), metric, audio
+        self.audio_files_first = audio == "file"
+        self.pred, self.extractor = pred, extractor
         if not self.folder.is_dir():
             raise ConfigError(f"evaluate.ref_dir={ref_dir} is not a folder of reference clips or a shard split "
                               f"for '{metric}'")
-        self.split_audio: dict[str, tuple[np.ndarray, int]] | None = None
-        if (self.folder / MANIFEST).exists():
-            self.split_audio = self._read_split(pred)
+        self.split = (self.folder / MANIFEST).exists()
+        self.by_stem: dict[str, Path] = {}
+        if self.split:
+            self.wanted = {s for s in (sample_source(p) for p in pred) if s}
+            if pred and not self.wanted:
+                raise ConfigError(f"evaluate.metrics '{metric}' with the shard split evaluate.ref_dir={self.folder} "
+                                  f"pairs each generated clip with the split's clip named as 'source' in <stem>.json "
+                                  f"beside it (the sample command writes it), but no clip in evaluate.pred_dir has "
+                                  f"one; set evaluate.ref_dir to a folder of references with the stems of the clips "
+                                  f"instead")
         else:
             self.by_stem = self._index_folder()
+        self.found: dict[str, dict[str, np.ndarray] | ValueError] = {}
 
     def _index_folder(self) -> dict[str, Path]:
         """The reference file of each stem in the folder (one listing, not one per generated clip)."""
@@ -719,52 +800,51 @@ class PairedReferences:
             by_stem.setdefault(p.stem, p)
         return by_stem
 
-    def _read_split(self, pred: list[Path]) -> dict[str, tuple[np.ndarray, int]]:
-        """Audio of the split's clips whose keys the generated clips name as their source."""
+    def feature_namespace(self) -> dict:
+        return self.extractor.feature_namespace()
 
-        wanted = {s for s in (sample_source(p) for p in pred) if s}
-        if not wanted:
-            raise ConfigError(f"evaluate.metrics '{self.metric}' with the shard split evaluate.ref_dir={self.folder} "
-                              f"pairs each generated clip with the split's clip named as 'source' in <stem>.json "
-                              f"beside it (the sample command writes it), but no clip in evaluate.pred_dir has one; "
-                              f"set evaluate.ref_dir to a folder of references with the stems of the clips instead")
-        from avgen.data.shards import read_split_samples
-        from avgen.media import decode_flac
+    def reference_features(self, frames, audio, sr) -> dict[str, np.ndarray]:
+        return self.extractor.reference_features(frames, audio, sr)
 
-        # the audio straight from the tar files: no video decoding for an audio metric
-        return {key: decode_flac(parts["flac"]) for key, parts in read_split_samples(self.folder, {"flac"})
-                if key in wanted and "flac" in parts}
+    def paired_references(self) -> list:
+        """The reference clips the generated clips name (each once), audio only."""
+        if self.split:
+            return split_clips(self.folder, audio_only=True, keys=self.wanted) if self.wanted else []
+        named = sorted({self.by_stem[p.stem] for p in self.pred if p.stem in self.by_stem})
+        clips = []
+        for path in named:
+            try:
+                clips.append(file_clip(path, self.audio, audio_only=True))
+            except OSError as exc:  # gone since the listing: its pairs fail
+                self.found[path.name] = ValueError(f"reference {path.name}: {exc}")
+        return clips
 
-    def audio(self, path: Path) -> tuple[np.ndarray, int]:
-        """(mono audio (S,) float32, sample rate) of the reference of generated clip ``path``.
+    def add_paired_reference(self, name: str, features: dict[str, np.ndarray] | ValueError) -> None:
+        self.found[name] = features
+
+    def features(self, path: Path) -> dict[str, np.ndarray]:
+        """The features of the reference of generated clip ``path`` (``extractor.reference_features``).
 
         Raises:
             ValueError: no reference, or an unreadable one (reported for this clip only).
         """
-        from avgen.media import VIDEO_SUFFIXES, check_finite, read_audio, read_clip
-
-        if self.split_audio is not None:
-
+        if self.split:
             key = sample_source(path)
             if not key:
                 raise ValueError(f"no source key in {path.with_suffix('.json').name} to find its reference in the "
                                  f"shard split evaluate.ref_dir={self.folder}")
-            if key not in self.split_audio:
+            if key not in self.found:
                 raise ValueError(f"source {key} is not a clip of the shard split evaluate.ref_dir={self.folder}")
-            return self.split_audio[key]
-        reference = self.by_stem.get(path.stem)
-        if reference is None:
-            raise ValueError(f"no reference {path.stem}.mp4 or {path.stem}.wav (or another video or audio file of that "
-                             f"stem) in evaluate.ref_dir={self.folder}")
-        try:
-            if reference.suffix.lower() in VIDEO_SUFFIXES:
-                clip = read_clip(reference)
-                return clip.audio, clip.sample_rate
-            audio, sr = read_audio(reference)
-            check_finite(audio, str(reference))
-            return audio, sr
-        except Exception as exc:  # an unreadable reference fails its pair only
-            raise ValueError(f"reference {reference.name}: {type(exc).__name__}: {exc}") from exc
+            found = self.found[key]
+        else:
+            reference = self.by_stem.get(path.stem)
+            if reference is None:
+                raise ValueError(f"no reference {path.stem}.mp4 or {path.stem}.wav (or another video or audio file of "
+                                 f"that stem) in evaluate.ref_dir={self.folder}")
+            found = self.found[reference.name]
+        if isinstance(found, ValueError):
+            raise found
+        return found
 
 
 class KLScorer(Scorer):
@@ -783,11 +863,19 @@ class KLScorer(Scorer):
     def __init__(self, classifier: PannsLogits, ref_dir, pred: list[Path], audio: str = "stream"):
         from avgen.metrics.classifier_scores import MeanKL
 
-        self.references = PairedReferences(ref_dir, pred, self.name, audio)
+        self.references = PairedReferences(ref_dir, pred, self.name, classifier, audio)
         self.classifier, self.metric = classifier, MeanKL()
 
+    def reference_user(self):
+        return self.references
+
+    def feature_users(self) -> list:
+        return [self.classifier]
+
     def update(self, path, frames, audio, sr, fps=None):
-        reference = self.classifier.classify(*self.references.audio(path))
+        import torch
+
+        reference = torch.from_numpy(self.references.features(path)["logits"]).to(self.classifier.dev)
         pair = self.metric.pair_divergences(self.classifier.generated(path, audio, sr), reference)
         self.metric.add_pairs(pair)
         return {f"kl_{variant}": float(value[0]) for variant, value in pair.items()}
@@ -861,7 +949,6 @@ class PasstScores:
         self.dev = dev
         self.references: PairedReferences | None = None
         self._generated: tuple[str, Any] | None = None
-        self._pair: tuple[str, Any] | None = None
 
     def classify(self, audio: np.ndarray, sr: int):
         """(logits (1, 527), embedding (1, 768)) of one clip's audio (S,) at ``sr`` Hz."""
@@ -870,26 +957,36 @@ class PasstScores:
         with torch.no_grad():
             return self.model(self.prepare(audio, sr).to(self.dev)[None])
 
+    def feature_namespace(self) -> dict:
+        return extractor_namespace(self.model, {"input": self.prepare.describe()})
+
+    def reference_features(self, frames, audio: np.ndarray, sr: int) -> dict[str, np.ndarray]:
+        """``{"logits": (1, 527), "embedding": (1, 768)}`` float32 of one clip's audio (``frames`` unused)."""
+        import torch
+
+        logits, embedding = self.classify(audio, sr)
+        return {"logits": logits.detach().to("cpu", torch.float32).numpy(),
+                "embedding": embedding.detach().to("cpu", torch.float32).numpy()}
+
+    def _tensors(self, features: dict[str, np.ndarray]):
+        import torch
+
+        return tuple(torch.from_numpy(features[k]).to(self.dev) for k in ("logits", "embedding"))
+
     def generated(self, path: Path, audio: np.ndarray, sr: int):
-        """(logits, embedding) of a generated clip, computed once whichever metric asks first."""
+        """(logits, embedding) of a generated clip, computed once whichever metric asks first (stored with
+        ``evaluate.cache_pred``)."""
         if self._generated is None or self._generated[0] != str(path):
-            self._generated = (str(path), self.classify(audio, sr))
+            self._generated = (str(path), self._tensors(generated_features(self, path, None, audio, sr)))
         return self._generated[1]
 
     def reference(self, path: Path):
-        """(logits, embedding) of the reference of generated clip ``path``, computed once per clip.
+        """(logits, embedding) of the reference of generated clip ``path`` (from the feature store pass).
 
         Raises:
             ValueError: no reference or an unreadable one (raised again for every metric that asks).
         """
-        if self._pair is None or self._pair[0] != str(path):
-            try:
-                self._pair = (str(path), self.classify(*self.references.audio(path)))
-            except ValueError as exc:
-                self._pair = (str(path), exc)
-        if isinstance(self._pair[1], ValueError):
-            raise self._pair[1]
-        return self._pair[1]
+        return self._tensors(self.references.features(path))
 
     def describe(self, harness_key: str) -> dict:
         """What ``metrics.json`` records for a PaSST metric: the protocol, the model file and its hash, the
@@ -921,6 +1018,12 @@ class PasstFrechetScorer(Scorer):
 
         self.passt = passt
         self.metric = FrechetDistance(num_features=passt.model.num_features).to(passt.dev)
+
+    def reference_user(self):
+        return self.passt.references
+
+    def feature_users(self) -> list:
+        return [self.passt]
 
     def update(self, path, frames, audio, sr, fps=None):
         generated = self.passt.generated(path, audio, sr)[1]
@@ -956,6 +1059,12 @@ class PasstKLScorer(Scorer):
         self.passt = passt
         self.metric = MeanKL(eps=0.0, variants=("softmax",)).to(passt.dev)
 
+    def reference_user(self):
+        return self.passt.references
+
+    def feature_users(self) -> list:
+        return [self.passt]
+
     def update(self, path, frames, audio, sr, fps=None):
         reference, _ = self.passt.reference(path)
         pair = self.metric.pair_divergences(self.passt.generated(path, audio, sr)[0], reference)
@@ -987,6 +1096,9 @@ class PasstInceptionScorer(SplitInceptionScorer):
                          "evaluate.passt.splits", "av-benchmark")
         self.passt = passt
 
+    def feature_users(self) -> list:
+        return [self.passt]
+
     def update(self, path, frames, audio, sr, fps=None):
         self.add(path, self.passt.generated(path, audio, sr)[0])
 
@@ -996,11 +1108,16 @@ class PasstInceptionScorer(SplitInceptionScorer):
 
 def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, options: dict[str, dict],
                           prompt: str | None, cache_dir, device: str, procs: Processes | None = None,
-                          all_clips: list[Path] | None = None, decode_threads: int = 0, audio: str = "stream"
-                          ) -> tuple[dict, dict, list[dict], dict]:
+                          all_clips: list[Path] | None = None, decode_threads: int = 0, audio: str = "stream",
+                          cache_pred: bool = False) -> tuple[dict, dict, list[dict], dict]:
     """FVD, FAD, CLIPSIM, CLAP, ImageBind, IB-score, IS, KL, video IS, the PaSST metrics and frame-level VGGish FD
     over one decoding pass of ``pred``. Returns (values, extractor descriptions, failures, per-clip scores and
     durations (:func:`clip_durations`) ``{clip name: {column: value}}``).
+
+    Reference features come from the feature store at ``cache_dir`` (:func:`set_references`); with ``cache_pred``
+    the generated clips' features are stored and reused too (keyed by file identity; the clips are still decoded,
+    for the other metrics and the durations). Each metric's description records its namespace and the store's
+    hits and misses (``feature_store``).
 
     In a distributed run ``pred`` is this process's share of ``all_clips``; the values, failures and
     per-clip scores returned are those of all processes. ``audio`` (``evaluate.audio``): which sound of each clip
@@ -1009,13 +1126,15 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
     ctx = BuildContext(options, prompt, device_for(device), ref_dir, pred, pred if all_clips is None else all_clips,
                        audio=audio)
     scorers = [cls.build(ctx) for name, cls in SCORERS.items() if name in metrics]
-    frechet = [s for s in scorers if isinstance(s, FrechetScorer)]
     if not scorers:
         return {}, {}, [], {}
-    for scorer in frechet:
-        scorer.audio_source = audio
-    if frechet:
-        set_references(frechet, ref_dir, cache_dir, procs, decode_threads, audio)
+    store = FeatureStore(cache_dir)
+    users = _distinct(s.reference_user() for s in scorers)
+    if users:
+        set_references(users, ref_dir, store, procs, decode_threads, audio)
+    extractors = _distinct(u for s in scorers for u in s.feature_users()) if cache_pred else []
+    for user in extractors:
+        user.pred_cache = PredCache(store.namespace(user.feature_namespace()), audio)
     failures: list[dict] = []
     per_clip = feed_scorers(scorers, pred, failures, decode_threads, audio)
     for scorer in scorers:
@@ -1023,11 +1142,35 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
             procs.reduce(metric)
     failures = [f for part in procs.gather(failures) for f in part]
     per_clip = {name: scores for part in procs.gather(per_clip) for name, scores in part.items()}
+    pred_stats = procs.gather([u.pred_cache.namespace.stats() for u in extractors]) if extractors else []
+    generated = {id(u): {k: sum(part[i][k] for part in pred_stats) for k in ("hits", "misses")}
+                 for i, u in enumerate(extractors)}
     values, info = {}, {}
     for scorer in scorers:
         named, info[scorer.name] = scorer.values()
         values.update(named)
+        report = _store_report(scorer, store, generated)
+        if report:
+            info[scorer.name]["feature_store"] = report
     return values, info, failures, per_clip
+
+
+def _distinct(parts) -> list:
+    """The parts that are not None, each once (several metrics share one), in order."""
+    return list({id(p): p for p in parts if p is not None}.values())
+
+
+def _store_report(scorer: Scorer, store: FeatureStore, generated: dict[int, dict]) -> dict:
+    """What ``metrics.json`` records of the feature store for one metric: the root, the reference side's namespace,
+    hits and misses, and the generated side's (``evaluate.cache_pred``)."""
+    report: dict[str, Any] = {}
+    user = scorer.reference_user()
+    if user is not None and hasattr(user, "store_report"):
+        report["reference"] = user.store_report
+    for part in scorer.feature_users():
+        if id(part) in generated:
+            report["generated"] = {"namespace": part.pred_cache.namespace.id, **generated[id(part)]}
+    return {"root": str(store.root.absolute()), **report} if report else {}
 
 
 def per_clip_scorers(metrics: list[str], options: Mapping[str, Mapping[str, Any]], prompt: str | None, dev

@@ -9,27 +9,19 @@ and Σ the sample covariance (divisor N − 1) of the features.
 :class:`FrechetDistance` is a torchmetrics ``Metric`` whose states are, per side, the feature sum
 (D,), the sum of outer products (D, D) and the count, all float64 with ``dist_reduce_fx="sum"``:
 summing them over processes gives exactly the single-process statistics, so the value does not
-depend on how clips are split across ranks. Reference statistics of a dataset split can be cached
-on disk (:func:`cached_reference_stats`) and given to the metric instead of real samples.
+depend on how clips are split across ranks. Reference statistics (:class:`ReferenceStats`) can be given
+to the metric instead of real samples; evaluation computes them from per-clip features kept in the
+feature store (:mod:`avgen.data.feature_store`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 from torchmetrics import Metric
-
-from avgen.encoders.base import FeatureExtractor
-from avgen.pretrained import sha256_file
-
-STATS_FORMAT = "avgen-refstats/1"
 
 
 def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> torch.Tensor:
@@ -78,75 +70,6 @@ class ReferenceStats:
             raise ValueError(f"reference statistics need features (N >= 2, D), got {tuple(f.shape)}")
         return cls(f.mean(0), torch.cov(f.T, correction=1).reshape(f.shape[1], f.shape[1]), f.shape[0], key or {})
 
-    def to_bytes(self) -> bytes:
-        """safetensors bytes: tensors ``mu``, ``sigma``; metadata format, count and the JSON key."""
-        from safetensors.torch import save
-
-        tensors = {"mu": self.mu.detach().to("cpu", torch.float64).contiguous(),
-                   "sigma": self.sigma.detach().to("cpu", torch.float64).contiguous()}
-        meta = {"format": STATS_FORMAT, "count": str(int(self.count)), "key": canonical_json(self.key)}
-        return save(tensors, metadata=meta)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``path`` atomically: a temporary file in the same folder, fsync, then ``os.replace``."""
-        from avgen.media import write_bytes_atomic
-
-        return write_bytes_atomic(path, self.to_bytes(), overwrite=True)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> ReferenceStats:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != STATS_FORMAT:
-                raise ValueError(f"{path} is not an avgen reference-statistics file (format "
-                                 f"{meta.get('format')!r}, expected {STATS_FORMAT!r}); delete it to recompute")
-            return cls(f.get_tensor("mu"), f.get_tensor("sigma"), int(meta["count"]), json.loads(meta["key"]))
-
-
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and no whitespace: equal dicts give equal strings (and hashes)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def reference_stats_path(cache_dir: str | os.PathLike, key: dict[str, Any]) -> Path:
-    """``<cache_dir>/refstats-<first 24 hex of sha256(canonical key)>.safetensors``."""
-    digest = hashlib.sha256(canonical_json(key).encode()).hexdigest()[:24]
-    return Path(cache_dir) / f"refstats-{digest}.safetensors"
-
-
-def reference_key(extractor: FeatureExtractor, manifest: str | os.PathLike, split: str,
-                  **extra: Any) -> dict[str, Any]:
-    """The cache key of a split's reference statistics.
-
-    It holds the extractor's name, weight hashes and config, the SHA-256 of the split's
-    ``manifest.json`` (which names the shards and the clip geometry) and the split; ``extra`` adds
-    what else changes the features (clip count cap, resampler, frame rate, ...).
-    """
-    return {"extractor": extractor.identity(), "manifest_sha256": sha256_file(manifest), "split": split, **extra}
-
-
-def cached_reference_stats(cache_dir: str | os.PathLike, key: dict[str, Any],
-                           compute_fn: Callable[[], ReferenceStats]) -> ReferenceStats:
-    """Load the statistics for ``key`` from ``cache_dir``, or compute them with ``compute_fn`` and
-    write them atomically (several DDP ranks may write the same file; each write is complete).
-
-    The stored key is checked against ``key``, so a file copied under the wrong name is refused.
-    """
-    path = reference_stats_path(cache_dir, key)
-    if path.is_file():
-        stats = ReferenceStats.load(path)
-        if canonical_json(stats.key) != canonical_json(key):
-            raise ValueError(f"{path} holds statistics for key {stats.key}, not {key}; delete it to recompute")
-        return stats
-    stats = compute_fn()
-    if not isinstance(stats, ReferenceStats):
-        raise TypeError(f"compute_fn must return ReferenceStats, got {type(stats).__name__}")
-    stats.key = json.loads(canonical_json(key))
-    stats.save(path)
-    return stats
-
 
 class FrechetDistance(Metric):
     """Fréchet distance between real and generated features of any extractor (FVD, FAD, ...).
@@ -159,7 +82,7 @@ class FrechetDistance(Metric):
     Args:
         extractor: an ``nn.Module`` or callable mapping a batch to features (N, D), or ``None``.
         num_features: D; taken from ``extractor.num_features`` or ``reference`` when omitted.
-        reference: statistics of the real set (e.g. from :func:`cached_reference_stats`); then only
+        reference: statistics of the real set (:meth:`stats` of another metric); then only
             generated samples are updated and ``update(x, real=True)`` is an error.
         **kwargs: torchmetrics ``Metric`` options (``compute_on_cpu``, ``sync_on_compute``, ...).
     """
@@ -233,7 +156,7 @@ class FrechetDistance(Metric):
         """The accumulated statistics of one side, summed over all processes (call it on every rank).
 
         Use it to build reference statistics: update a metric with real clips only and pass
-        ``lambda: metric.stats(real=True)`` to :func:`cached_reference_stats`.
+        ``metric.stats(real=True)`` as another metric's ``reference``.
         """
         with self.sync_context():
             mu, sigma, n = self._side_stats(real)

@@ -106,11 +106,12 @@ def test_fvd_and_fad_against_a_reference_folder_with_cached_stats(tmp_path, pred
     assert result["extractors"]["fvd"]["sha256"]["i3d"] == sha256_file(i3d)
     assert result["extractors"]["fvd"]["reference_clips"] == 5  # the broken clip is reported, not counted
     assert [f["clip"] for f in result["failures"]] == ["broken.mp4"]
-    assert len(list(cache.iterdir())) == 2  # one reference-statistics file per metric
+    assert len(list(cache.iterdir())) == 2  # one feature-store namespace per extractor
+    assert result["extractors"]["fvd"]["feature_store"]["reference"]["misses"] == 6  # broken.mp4 fails each time
     with open(tmp_path / "a" / "per_clip.csv") as f:  # durations come from the feature pass when AV-Align is off
         row = next(r for r in csv.DictReader(f) if r["clip"] == "ok0.mp4")
     assert float(row["video_seconds"]) == 3.0 and row["duration_note"] == ""
-    # a different reference set: clearly > 0; the cache gains its own entries
+    # a different reference set: clearly > 0; the namespaces gain its entries
     other = tmp_path / "other"
     other.mkdir()
     for i in range(3):
@@ -122,12 +123,14 @@ def test_fvd_and_fad_against_a_reference_folder_with_cached_stats(tmp_path, pred
     assert result["metrics"]["fvd"] > 1e-3 and result["metrics"]["fad"] > 1e-6
     assert result["extractors"]["fvd"]["reference_clips"] == 3
     assert result["ref_skipped"] == [{"file": "cover.jpg", "reason": "an image or document, not a clip"}]
-    assert len(list(cache.iterdir())) == 4
-    # the cached statistics are reused, not recomputed: the same numbers without the reference folder's media
+    assert len(list(cache.iterdir())) == 2
+    assert result["extractors"]["fad"]["feature_store"]["reference"] == {
+        **result["extractors"]["fad"]["feature_store"]["reference"], "hits": 0, "misses": 3}
     for p in other.iterdir():
-        p.write_bytes(p.read_bytes())  # same content, new mtime: a new listing key -> recomputed, still equal
+        p.write_bytes(p.read_bytes())  # same content, new mtime: new identities -> extracted again, still equal
     again = evaluate_folder(pred_dir, tmp_path / "c", metrics=["fvd"], ref_dir=other, cache_dir=cache, **options)
-    assert again["metrics"]["fvd"] == pytest.approx(result["metrics"]["fvd"], rel=1e-6)
+    assert again["metrics"]["fvd"] == result["metrics"]["fvd"]
+    assert again["extractors"]["fvd"]["feature_store"]["reference"]["misses"] == 3
 
 
 def test_missing_extractor_weights_name_the_config_key(tmp_path, pred_dir):
@@ -475,7 +478,7 @@ def test_fvd_against_a_shard_split_reference(tmp_path, tiny_shards):
     """evaluate.ref_dir=<shard split>: the reference statistics come from the split's clips (decoded by the
     evaluation stream, every clip once) and are cached under the manifest's hash."""
     from avgen.encoders.video_classifiers import I3DFeatures
-    from avgen.evaluation.references import reference_clips
+    from avgen.evaluation.references import reference_set
     from avgen.media import uint8_to_unit_range
     from avgen.metrics.av_align import load_av
     from avgen.metrics.frechet import FrechetDistance
@@ -487,18 +490,19 @@ def test_fvd_against_a_shard_split_reference(tmp_path, tiny_shards):
     split = tiny_shards / "test"
     pred = tmp_path / "pred"
     pred.mkdir()
-    refs = list(reference_clips(split))
+    refs = [(clip.name, *clip.load()) for clip in reference_set(split)]
     assert len(refs) == 5 and all(frames.shape == (8, 32, 32, 3) for _, frames, *_ in refs)
-    for key, frames, fps, audio, sr in refs[:3]:  # three of the split's own clips as "generated" ones
-        write_mp4(pred / f"{key.replace('/', '_')}.mp4", frames, fps, audio=audio, sample_rate=sr)
+    for key, frames, audio, sr in refs[:3]:  # three of the split's own clips as "generated" ones
+        write_mp4(pred / f"{key.replace('/', '_')}.mp4", frames, 8, audio=audio, sample_rate=sr)
     fvd = {"i3d_path": str(i3d), "num_frames": 8, "feature_dim": 10}  # TinyI3D: a mean per frame + 2 sizes
     with pytest.raises(ConfigError, match="0 usable reference clips .*5 skipped.*I3D detector returned"):
         evaluate_folder(pred, tmp_path / "bad", metrics=["fvd"], ref_dir=split, cache_dir=tmp_path / "c",
                         fvd={**fvd, "feature_dim": 18})
     result = evaluate_folder(pred, tmp_path / "out", metrics=["fvd"], ref_dir=split, cache_dir=tmp_path / "c", fvd=fvd)
     assert result["extractors"]["fvd"]["reference_clips"] == 5
-    [cached] = list((tmp_path / "c").iterdir())
-    assert sha256_file(split / "manifest.json") in cached.read_bytes().decode("latin-1")
+    entries = sorted(Path(result["extractors"]["fvd"]["feature_store"]["reference"]["folder"]).glob("*/*.safetensors"))
+    assert len(entries) == 5 and all(sha256_file(split / "manifest.json") in e.read_bytes().decode("latin-1")
+                                     for e in entries)  # keyed by the manifest's hash and the clip key
     # the same number computed directly from decoded clips
     metric = FrechetDistance(I3DFeatures(i3d, num_frames=8, feature_dim=10))
     for _, frames, *_ in refs:

@@ -17,7 +17,7 @@ import soundfile as sf
 
 from avgen.errors import ConfigError
 from avgen.evaluation import evaluate_folder
-from avgen.evaluation.references import reference_clips
+from avgen.evaluation.references import reference_set
 from avgen.samples import find_clips, load_clips
 from tests.conftest import CASES_DIR, run_cli
 
@@ -108,7 +108,7 @@ def test_vfr_and_rotated_clips_and_audio_longer_than_the_video(tmp_path, monkeyp
     assert plotted["portrait"] == (36, 64, 48, 3) and plotted["vfr"] == (72, 48, 64, 3)
     [(_, clip)] = load_clips([folder / "portrait.mp4"], [])
     assert clip.frames.shape == (36, 64, 48, 3)
-    refs = {name: frames.shape for name, frames, *_ in reference_clips(folder)}
+    refs = {clip.name: clip.load()[0].shape for clip in reference_set(folder)}
     assert refs["portrait.mp4"] == (36, 64, 48, 3)
     long = rows["long.mp4"]
     assert (float(long["video_seconds"]), float(long["audio_seconds"])) == (3.0, 3.5)

@@ -117,10 +117,10 @@ def test_evaluate_writes_the_three_columns_from_one_forward_per_clip(tmp_path, c
 def test_fd_passt_counts_a_reference_once_per_generated_clip_naming_it(tmp_path, tiny_shards, weights):
     """Two generated clips made from one split clip: that reference is on the real side twice (av-benchmark's
     unroll_paired_dict), not once as in a statistic over evaluate.ref_dir."""
-    from avgen.evaluation.references import reference_clips
+    from avgen.evaluation.references import reference_set
 
     split = tiny_shards / "test"
-    refs = [(key, audio, sr) for key, _, _, audio, sr in reference_clips(split)]
+    refs = [(clip.name, *clip.load()[1:]) for clip in reference_set(split)]
     pred = tmp_path / "pred"
     pred.mkdir()
     frames = np.zeros((8, 32, 32, 3), np.uint8)
@@ -146,9 +146,13 @@ def test_fd_passt_counts_a_reference_once_per_generated_clip_naming_it(tmp_path,
 
 
 @pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")
-def test_two_processes_merge_to_the_one_process_values(clips, weights):
-    """Each process scores part of the clips; the summed (FD, KL) and concatenated (IS) states give the values of
-    one process, as avgen.evaluation.processes.Processes.reduce merges them under torchrun."""
+def test_two_processes_merge_to_the_one_process_values(tmp_path, clips, weights):
+    """Each process scores part of the clips (its references from one feature store); the summed (FD, KL) and
+    concatenated (IS) states give the values of one process, as avgen.evaluation.processes.Processes.reduce merges
+    them under torchrun."""
+    from avgen.data.feature_store import FeatureStore
+    from avgen.evaluation.processes import Processes
+    from avgen.evaluation.references import set_references
     from avgen.evaluation.scorers import SCORERS, BuildContext, feed_scorers
 
     pred, ref = clips
@@ -158,6 +162,8 @@ def test_two_processes_merge_to_the_one_process_values(clips, weights):
     def run(part: list[Path]):
         ctx = BuildContext(options, None, "cpu", ref, part, clips_sorted)
         scorers = [SCORERS[name].build(ctx) for name in METRICS]
+        users = list({id(u): u for u in (s.reference_user() for s in scorers) if u is not None}.values())
+        set_references(users, ref, FeatureStore(tmp_path / "store"), Processes())
         feed_scorers(scorers, part, [])
         return scorers
 

@@ -1,5 +1,5 @@
 """``evaluate.metrics=[fd_vggish_frames]``: av-benchmark's FD-VGG with a tiny VGGish in the released layout — every
-0.96 s frame of audio cut to 8 s (never padded) against all reference clips, its statistics cached apart from
+0.96 s frame of audio cut to 8 s (never padded) against all reference clips, its features stored apart from
 ``fad``'s."""
 
 from __future__ import annotations
@@ -101,13 +101,14 @@ def test_the_input_rule_cuts_never_pads_and_removes_dc(weights):
         scorer.model_input(None, audio[:int(44100 * 0.9)], 44100)
 
 
-def test_statistics_are_cached_apart_from_fad_and_settings_are_checked(tmp_path, clips, weights):
+def test_features_are_stored_apart_from_fad_and_settings_are_checked(tmp_path, clips, weights):
     from avgen.evaluation.scorers import FADScorer, VGGishFramesScorer
 
     pred, ref = clips
     frames = VGGishFramesScorer("fd_vggish_frames", options(weights)["fd_vggish_frames"], "cpu")
     fad = FADScorer("fad", {"vggish_path": str(weights), **TINY_VGGISH}, "cpu")
-    assert frames.key(ref) != fad.key(ref) and frames.key(ref)["input"]["remove_dc"] is True
+    assert frames.feature_namespace() != fad.feature_namespace()
+    assert frames.feature_namespace()["preprocessing"]["input"]["remove_dc"] is True
     for key in ("pca_path", "embedding_relu", "per_example", "sample_rate"):
         with pytest.raises(ConfigError, match=f"evaluate.fd_vggish_frames.{key}: fixed by av-benchmark"):
             VGGishFramesScorer("fd_vggish_frames", options(weights, **{key: None})["fd_vggish_frames"], "cpu")
@@ -149,7 +150,9 @@ def test_evaluate_audio_file_scores_the_raw_audio_beside_each_clip(tmp_path, wei
     expected = frechet_distance(a.mu, a.sigma, b.mu, b.sigma).item()
     assert results["file"]["metrics"]["fd_vggish_frames"] == pytest.approx(expected, rel=1e-6)
     assert results["stream"]["metrics"]["fd_vggish_frames"] != pytest.approx(expected, rel=1e-3)
-    assert len(list((tmp_path / "cache").iterdir())) == 2
+    # the two sounds of one reference folder are two identities, never one entry
+    assert [r["feature_store"]["reference"]["misses"] for r in (results["stream"]["extractors"]["fd_vggish_frames"],
+                                                                results["file"]["extractors"]["fd_vggish_frames"])] == [3, 3]
     with pytest.raises(ConfigError, match="evaluate.audio='wav'"):
         evaluate_folder(pred, tmp_path / "bad", metrics=["fd_vggish_frames"], ref_dir=ref, audio="wav",
                         **options(weights))

@@ -1,10 +1,8 @@
-"""Fréchet distance (formula, DDP merging, reference-statistics cache) and the pinned extractors."""
+"""Fréchet distance (formula, DDP merging, reference statistics) and the pinned extractors."""
 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from collections import OrderedDict
 
 import numpy as np
@@ -18,15 +16,7 @@ from torch import nn
 from avgen.encoders.registry import build_extractor
 from avgen.encoders.vggish import TINY_VGGISH, VGGishFeatures, vggish_mel_matrix
 from avgen.encoders.video_classifiers import I3DFeatures
-from avgen.metrics import frechet
-from avgen.metrics.frechet import (
-    FrechetDistance,
-    ReferenceStats,
-    cached_reference_stats,
-    frechet_distance,
-    reference_key,
-    reference_stats_path,
-)
+from avgen.metrics.frechet import FrechetDistance, frechet_distance
 from avgen.pretrained import ORIGINS, ExtractorWeightsMissing
 
 
@@ -155,80 +145,6 @@ def test_reference_statistics_replace_real_samples():
     assert metric.compute().item() == pytest.approx(with_real, rel=1e-10)
     with pytest.raises(ValueError, match="reference statistics"):
         metric.update(real, real=True)
-
-
-def test_reference_cache_loads_instead_of_recomputing(tmp_path):
-    key = {"extractor": {"name": "i3d", "sha256": {"i3d": "ab" * 32}}, "manifest_sha256": "cd" * 32, "split": "test"}
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return ReferenceStats.from_features(features(40, 5, seed=len(calls)))
-
-    first = cached_reference_stats(tmp_path, key, compute)
-    assert calls == [1] and reference_stats_path(tmp_path, key).is_file()
-
-    def must_not_run():
-        raise AssertionError("compute_fn called although the statistics are cached")
-
-    second = cached_reference_stats(tmp_path, key, must_not_run)
-    assert torch.equal(second.mu, first.mu) and torch.equal(second.sigma, first.sigma)
-    assert second.count == 40 and second.key == key and second.sigma.dtype == torch.float64
-
-    other = cached_reference_stats(tmp_path, {**key, "split": "val"}, compute)
-    assert calls == [1, 1] and not torch.equal(other.mu, first.mu)
-    assert len(list(tmp_path.iterdir())) == 2
-
-    # A file copied under another key's name is refused, not silently used.
-    wrong = {**key, "split": "train"}
-    shutil.copy(reference_stats_path(tmp_path, key), reference_stats_path(tmp_path, wrong))
-    with pytest.raises(ValueError, match="holds statistics for key"):
-        cached_reference_stats(tmp_path, wrong, must_not_run)
-
-
-def test_reference_cache_is_written_atomically(tmp_path, monkeypatch):
-    key = {"split": "test"}
-    stats = ReferenceStats.from_features(features(30, 4, seed=9))
-    real_replace = os.replace
-    moves = []
-
-    def checked_replace(src, dst):
-        moves.append((src, dst))
-        assert os.path.dirname(src) == os.path.dirname(dst) and src != dst
-        assert ReferenceStats.load(src).count == 30  # complete before it takes the final name
-        real_replace(src, dst)
-
-    monkeypatch.setattr(frechet.os, "replace", checked_replace)
-    cached_reference_stats(tmp_path / "cache", key, lambda: stats)
-    assert len(moves) == 1 and moves[0][1] == reference_stats_path(tmp_path / "cache", key)
-    assert os.listdir(tmp_path / "cache") == [reference_stats_path(tmp_path / "cache", key).name]
-
-    def failing_replace(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(frechet.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
-        cached_reference_stats(tmp_path / "other", key, lambda: stats)
-    assert os.listdir(tmp_path / "other") == []  # no partial file, no leftover temporary
-
-
-def test_reference_key_hashes_weights_and_manifest_not_paths(tmp_path):
-    weights = tmp_path / "a" / "vggish-10086976.pth"
-    weights.parent.mkdir()
-    torch.save(VGGishFeatures.tiny().state_dict(), weights)
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text('{"shards": ["000000.tar"], "fps": 8}')
-    key = reference_key(VGGishFeatures.tiny(weights), manifest, "test")
-    assert key["extractor"]["sha256"] == {"vggish": hashlib.sha256(weights.read_bytes()).hexdigest()}
-
-    moved = tmp_path / "b" / weights.name
-    moved.parent.mkdir()
-    shutil.copy(weights, moved)
-    assert reference_key(VGGishFeatures.tiny(moved), manifest, "test") == key  # same bytes elsewhere: same key
-    manifest.write_text('{"shards": ["000000.tar", "000001.tar"], "fps": 8}')
-    assert reference_key(VGGishFeatures.tiny(moved), manifest, "test") != key
-    clip_means = VGGishFeatures.tiny(moved, per_example=False)
-    assert reference_key(clip_means, manifest, "test")["extractor"] != key["extractor"]
 
 
 # ------------------------------------------------------------------------------------- extractors

@@ -1,0 +1,244 @@
+"""A store of per-clip features of frozen extractors, shared by evaluation (reference and generated clips) and,
+in the same format, by training's feature cache.
+
+Features of one clip depend on three things: the extractor (its weights), what was done to the clip before
+it (resampling, crop, frame count, ...) and the clip itself. The store keys them that way: a **namespace**
+per (extractor, weights SHA-256, preprocessing, dtype, format version), and inside it one **entry** per
+clip identity. Re-scoring new samples against the same test set then extracts only the clips whose entries
+are missing; a clip that changed gets a new identity, so exactly that clip is extracted again.
+
+Format ``avgen-features/1`` (this is the specification; a change of layout or meaning bumps the number):
+
+- ``<root>/<namespace id>/`` with namespace id = the first 16 hex digits of SHA-256 of the namespace
+  description in canonical JSON (sorted keys, no whitespace, :func:`canonical_json`). The description is a
+  JSON object with exactly the keys ``format`` (``"avgen-features/1"``), ``extractor`` (a name),
+  ``weights_sha256`` (``{role: hex digest}`` of every weights file the extractor read), ``preprocessing`` (a JSON
+  object: everything besides the weights that changes the features) and ``dtype`` (of every stored tensor,
+  numpy's name: ``float32``, ``float16``, ...).
+- ``<root>/<namespace id>/namespace.json``: that description, indented, written once (atomically).
+- ``<root>/<namespace id>/<2 hex>/<64 hex>.safetensors``: one entry, the name being SHA-256 of the clip
+  identity's canonical JSON and the folder its first two hex digits (at most 256 files per folder per 65 k clips).
+- an entry is a safetensors file: tensors by name (``features``, ``logits``, ``embedding``, ... — the extractor's
+  parts, each with its own shape, all of the namespace's dtype) and string metadata ``format``
+  (``avgen-features/1``), ``namespace`` (the namespace id) and ``identity`` (the clip identity, canonical JSON).
+  The bytes are self-describing: :func:`decode_entry` checks them without the path.
+- clip identity (a JSON object): for a clip of a prepared shard split, ``{"kind": "split", "manifest_sha256":
+  <SHA-256 of the split's manifest.json>, "key": <the clip's __key__>}`` (a re-prepared split with another
+  manifest is a new set of identities); for a file, ``{"kind": "file", "files": [[absolute path, size in bytes,
+  mtime in ns], ...]}`` over every file the clip is read from (the video and the audio file beside it), plus
+  what the caller adds (which sound is read). A file written again, even with the same bytes, has another
+  mtime and is a miss: identity by metadata, so nothing is read to look an entry up.
+- writes are atomic: the bytes go to a uniquely named temporary file in the entry's folder (``.<name>.tmp-<pid>-
+  <random>``), are flushed and fsynced, and are renamed over the entry. Processes (torchrun ranks, separate
+  runs) that write the same entry at once each rename a complete file; the last one wins and readers see one
+  complete version or none. A damaged or foreign entry (wrong format, namespace or identity) reads as a miss
+  and is replaced by the next write.
+
+Training's sidecar shards (the feature cache of issue 19) carry the same entry bytes as tar members
+``<clip key>.<part>.safetensors`` (``part`` names the namespace in the sidecar's manifest, which holds each
+part's ``namespace.json`` description verbatim), with the split identity above; :func:`encode_entry` and
+:func:`decode_entry` are the one implementation of the bytes for both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FORMAT = "avgen-features/1"
+DESCRIPTION_KEYS = ("format", "extractor", "weights_sha256", "preprocessing", "dtype")
+NAMESPACE_FILE = "namespace.json"
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal objects give equal strings (and digests)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 (64 hex digits) of ``obj``'s canonical JSON."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def file_identity(*paths: str | os.PathLike, **extra: Any) -> dict[str, Any]:
+    """The identity of a clip read from ``paths`` (its video, and the audio file beside it when there is one):
+    ``{"kind": "file", "files": [[absolute path, size, mtime_ns], ...], **extra}``. A file rewritten with the same
+    bytes has a new mtime, so it is a new identity (a miss), never a stale hit.
+
+    Raises:
+        OSError: a path that does not exist.
+    """
+    files = []
+    for p in paths:
+        st = Path(p).stat()
+        files.append([str(Path(p).absolute()), int(st.st_size), int(st.st_mtime_ns)])
+    return {"kind": "file", "files": files, **extra}
+
+
+def split_identity(manifest_sha256: str, key: str) -> dict[str, Any]:
+    """The identity of clip ``key`` of a prepared shard split whose ``manifest.json`` has SHA-256 ``manifest_sha256``
+    (its member bytes are not read: looking an entry up costs no tar read)."""
+    return {"kind": "split", "manifest_sha256": manifest_sha256, "key": key}
+
+
+def encode_entry(namespace_id: str, identity: Mapping[str, Any], features: Mapping[str, np.ndarray]) -> bytes:
+    """The safetensors bytes of one entry: ``features`` (``{name: array}``, C-contiguous copies) and the metadata
+    ``format``, ``namespace``, ``identity``."""
+    from safetensors.numpy import save
+
+    if not features:
+        raise ValueError("an entry needs at least one tensor")
+    tensors = {name: np.ascontiguousarray(value) for name, value in features.items()}
+    return save(tensors, metadata={"format": FORMAT, "namespace": namespace_id, "identity": canonical_json(identity)})
+
+
+def decode_entry(data: bytes) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """(metadata, ``{name: array}``) of entry bytes.
+
+    Raises:
+        ValueError: not safetensors bytes, or not of format ``avgen-features/1``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        header_len = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
+        tensors = load(data)
+    except (SafetensorError, ValueError, UnicodeDecodeError, AttributeError) as exc:
+        raise ValueError(f"not a safetensors entry: {exc}") from exc
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"entry format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta, tensors
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file of a name no other process or thread uses, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class StoreStats:
+    """What one :class:`Namespace` object did: entries found (``hits``), not found (``misses``; damaged ones
+    counted also in ``damaged``), written, and bytes read and written."""
+
+    hits: int = 0
+    misses: int = 0
+    damaged: int = 0
+    writes: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+class Namespace:
+    """The entries of one (extractor, weights, preprocessing, dtype): :meth:`get` and :meth:`put` by clip identity.
+
+    Counts are per object (:meth:`stats`); two objects on one folder (the reference side and the generated side
+    of a run) count apart.
+    """
+
+    def __init__(self, folder: Path, description: dict[str, Any]):
+        self.folder, self.description = folder, description
+        self.id = folder.name
+        self.dtype = np.dtype(description["dtype"])
+        self.counts = StoreStats()
+
+    def path(self, identity: Mapping[str, Any]) -> Path:
+        """Where the entry of ``identity`` lives (whether or not it exists)."""
+        name = digest(identity)
+        return self.folder / name[:2] / f"{name}.safetensors"
+
+    def get(self, identity: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
+        """The stored features of ``identity`` (``{name: array}`` of the namespace's dtype), or None (a miss). A
+        damaged entry, or one that holds another namespace's or identity's features, is a miss and is logged."""
+        path = self.path(identity)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            self.counts.misses += 1
+            return None
+        try:
+            meta, tensors = decode_entry(data)
+            if meta.get("namespace") != self.id or meta.get("identity") != canonical_json(identity):
+                raise ValueError(f"holds namespace {meta.get('namespace')} identity {meta.get('identity')}")
+        except ValueError as exc:
+            log.warning("feature store entry %s unusable (%s): extracted again", path, exc)
+            self.counts.misses += 1
+            self.counts.damaged += 1
+            return None
+        self.counts.hits += 1
+        self.counts.bytes_read += len(data)
+        return tensors
+
+    def put(self, identity: Mapping[str, Any], features: Mapping[str, np.ndarray]) -> Path:
+        """Store ``features`` (``{name: array}``) as the entry of ``identity``, atomically; returns its path.
+
+        Raises:
+            ValueError: a tensor whose dtype is not the namespace's (the store never casts silently).
+        """
+        wrong = {k: str(np.asarray(v).dtype) for k, v in features.items() if np.asarray(v).dtype != self.dtype}
+        if wrong:
+            raise ValueError(f"feature store namespace {self.id} holds {self.dtype} tensors, got {wrong}")
+        data = encode_entry(self.id, identity, features)
+        path = self.path(identity)
+        write_atomic(path, data)
+        self.counts.writes += 1
+        self.counts.bytes_written += len(data)
+        return path
+
+    def stats(self) -> dict[str, int]:
+        """``{hits, misses, damaged, writes, bytes_read, bytes_written}`` of this object."""
+        return self.counts.to_dict()
+
+
+class FeatureStore:
+    """The namespaces under ``root`` (evaluation: ``evaluate.cache_dir``)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def namespace(self, description: Mapping[str, Any]) -> Namespace:
+        """The namespace of ``description`` (``extractor``, ``weights_sha256``, ``preprocessing``, ``dtype``; ``format``
+        is added), its folder and ``namespace.json`` created when new.
+
+        Raises:
+            ValueError: a key missing or unknown, or a ``namespace.json`` in the folder that describes another
+                namespace (a damaged store: delete the folder).
+        """
+        full = {"format": FORMAT, **description}
+        if sorted(full) != sorted(DESCRIPTION_KEYS) or full["format"] != FORMAT:
+            raise ValueError(f"a namespace description has exactly the keys {list(DESCRIPTION_KEYS[1:])}, got "
+                             f"{sorted(description)}")
+        full = json.loads(canonical_json(full))
+        np.dtype(full["dtype"])  # an unknown dtype name fails here, before anything is written
+        folder = self.root / digest(full)[:16]
+        info = folder / NAMESPACE_FILE
+        if info.is_file():
+            if canonical_json(json.loads(info.read_text())) != canonical_json(full):
+                raise ValueError(f"{info} describes another namespace than expected; delete {folder} to rebuild it")
+        else:
+            write_atomic(info, (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
+        return Namespace(folder, full)
