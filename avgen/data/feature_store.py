@@ -91,15 +91,39 @@ def split_identity(manifest_sha256: str, key: str) -> dict[str, Any]:
     return {"kind": "split", "manifest_sha256": manifest_sha256, "key": key}
 
 
-def encode_entry(namespace_id: str, identity: Mapping[str, Any], features: Mapping[str, np.ndarray]) -> bytes:
-    """The safetensors bytes of one entry: ``features`` (``{name: array}``, C-contiguous copies) and the metadata
-    ``format``, ``namespace``, ``identity``."""
-    from safetensors.numpy import save
+# safetensors' dtype names (https://github.com/huggingface/safetensors, README "Format")
+SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32",
+                      "int16": "I16", "int8": "I8", "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8",
+                      "bool": "BOOL"}
 
+
+def encode_entry(namespace_id: str, identity: Mapping[str, Any], features: Mapping[str, np.ndarray]) -> bytes:
+    """The safetensors bytes of one entry: ``features`` (``{name: array}``) and the metadata ``format``, ``namespace``,
+    ``identity``. Written here rather than by ``safetensors.numpy.save`` so that equal inputs give equal bytes (the
+    library orders the metadata by a hash map): an 8-byte little-endian header length, the header JSON (sorted keys,
+    no whitespace, padded with spaces to a multiple of 8), then each tensor's little-endian C-order bytes in name
+    order.
+
+    Raises:
+        ValueError: no tensor, or a dtype safetensors has no name for.
+    """
     if not features:
         raise ValueError("an entry needs at least one tensor")
-    tensors = {name: np.ascontiguousarray(value) for name, value in features.items()}
-    return save(tensors, metadata={"format": FORMAT, "namespace": namespace_id, "identity": canonical_json(identity)})
+    header: dict[str, Any] = {"__metadata__": {"format": FORMAT, "namespace": namespace_id,
+                                               "identity": canonical_json(identity)}}
+    blobs, offset = [], 0
+    for name in sorted(features):
+        value = np.asarray(features[name])
+        if value.dtype.name not in SAFETENSORS_DTYPES:
+            raise ValueError(f"tensor {name!r}: dtype {value.dtype} cannot be stored (known: {list(SAFETENSORS_DTYPES)})")
+        blob = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
+        header[name] = {"dtype": SAFETENSORS_DTYPES[value.dtype.name], "shape": list(value.shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = canonical_json(header).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
 
 
 def decode_entry(data: bytes) -> tuple[dict[str, str], dict[str, np.ndarray]]:

@@ -4,7 +4,8 @@
   :func:`evaluate_folder` (the same as keywords): find the clips, score them, merge the processes'
   results, write ``metrics.json`` and ``per_clip.csv``;
 - :mod:`avgen.evaluation.scorers`: one scorer per metric and the registry that builds them;
-- :mod:`avgen.evaluation.references`: reference statistics of the Fréchet distances and their cache;
+- :mod:`avgen.evaluation.references`: the reference clips of every metric that compares with ``evaluate.ref_dir``,
+  their features through the feature store (:mod:`avgen.data.feature_store`);
 - :mod:`avgen.evaluation.processes`: torchrun processes, the AV-Align worker pool;
 - :mod:`avgen.evaluation.clip_scorer`: per-clip scores for ``python -m avgen filter``.
 """

@@ -9,6 +9,7 @@ that follows the same protocol:
   (:func:`extractor_namespace`); ``reference_features(frames, audio, sr) -> {name: float32 array}``: pure
   extraction for one reference clip (``frames`` (F, H, W, 3) uint8, or None for an audio-only read; ``audio``
   (S,) float32 at ``sr`` Hz); raises ``ValueError`` for a clip the extractor cannot take;
+- a user without ``feature_namespace`` takes part unstored: its features are extracted on every run;
 - unpaired users (every clip of ``ref_dir``): ``add_reference(features)`` accumulates one clip's features, in
   reference order; optional ``min_references`` (the least usable clips over all processes, else a ConfigError)
   and ``reduce_references(procs)`` (merge the processes' states once all are added);
@@ -149,6 +150,20 @@ def reference_set(ref_dir: str | Path, audio: str = "stream") -> list[ReferenceC
     return [file_clip(p, audio) for p in find_clips(folder, "evaluate.ref_dir").files]
 
 
+class Unstored:
+    """The stand-in namespace of a reference user without ``feature_namespace``: every look-up misses, nothing is
+    written (its features are extracted on every run)."""
+
+    def __init__(self, user):
+        self.id, self.folder = f"unstored-{id(user)}", None
+
+    def get(self, identity) -> None:
+        return None
+
+    def put(self, identity, features) -> None:
+        pass
+
+
 @dataclass
 class _Plan:
     user: Any
@@ -207,7 +222,7 @@ def set_references(users: list, ref_dir, store: FeatureStore, procs: Processes, 
             if shared is None:
                 shared = reference_set(ref_dir, audio)[procs.rank::procs.world]
             clips = shared
-        ns = store.namespace(user.feature_namespace())
+        ns = store.namespace(user.feature_namespace()) if hasattr(user, "feature_namespace") else Unstored(user)
         plans.append(_Plan(user, namespaces.setdefault(ns.id, ns), clips))
 
     stored: dict[tuple[str, str], dict] = {}  # (namespace, clip) → features read from the store
@@ -265,7 +280,9 @@ def set_references(users: list, ref_dir, store: FeatureStore, procs: Processes, 
             why = f"; the first skipped: {reasons[0]}" if reasons else ""
             raise ConfigError(f"{plan.user.name}: {used} usable reference clips in evaluate.ref_dir={ref_dir} "
                               f"({len(reasons)} skipped), at least {least} are needed{why}")
-        plan.user.store_report = {"namespace": plan.namespace.id, "folder": str(plan.namespace.folder.absolute()),
+        stored_in = plan.namespace.folder
+        plan.user.store_report = {"namespace": plan.namespace.id if stored_in else None,
+                                  "folder": str(stored_in.absolute()) if stored_in else None,
                                   "hits": sum(p[i][2] for p in parts), "misses": sum(p[i][3] for p in parts)}
         if hasattr(plan.user, "reduce_references"):
             plan.user.reduce_references(procs)

@@ -125,8 +125,10 @@ class Scorer:
     def reference_user(self):
         """What takes this metric's reference features through the feature store
         (:func:`~avgen.evaluation.references.set_references`): the scorer itself when it needs references and
-        has a ``feature_namespace``, else None; a metric whose references live in a shared part returns that."""
-        return self if self.needs_reference and hasattr(self, "feature_namespace") else None
+        follows the reference protocol (``reference_features`` and ``add_reference``; stored when it also has a
+        ``feature_namespace``), else None; a metric whose references live in a shared part returns that."""
+        protocol = hasattr(self, "reference_features") and hasattr(self, "add_reference")
+        return self if self.needs_reference and protocol else None
 
     def feature_users(self) -> list:
         """The parts that extract this metric's features of generated clips with ``reference_features`` (and so can
@@ -529,7 +531,7 @@ class FrechetScorer(Scorer):
             ValueError: a clip the extractor cannot take, or features of another width.
         """
         torch = self.torch
-        with torch.no_grad(), torch.autocast(device_type=self.dev.type, enabled=False):
+        with torch.no_grad(), torch.autocast(device_type=torch.device(self.dev).type, enabled=False):
             feats = self.extractor(self.model_input(frames, audio, sr))
         if feats.ndim != 2 or feats.shape[1] != self.extractor.num_features:
             raise ValueError(f"features must be (N, {self.extractor.num_features}), got {tuple(feats.shape)}")

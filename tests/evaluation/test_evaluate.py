@@ -462,6 +462,10 @@ def test_torchrun_evaluate_splits_clips_and_matches_one_process(tmp_path, pred_d
     assert (one["processes"], two["processes"]) == (1, 2)
     assert two["clips"] == one["clips"] == 5 and two["failures"] == one["failures"]
     assert two["extractors"]["fvd"]["reference_clips"] == 3 and two["extractors"]["is_video"]["clips"] == 5
+    for metric in ("fvd", "fad"):  # the processes extracted their shares of the references: 3 entries, 3 misses
+        store = two["extractors"][metric]["feature_store"]["reference"]
+        assert (store["hits"], store["misses"]) == (0, 3)
+        assert len(list(Path(store["folder"]).glob("*/*.safetensors"))) == 3
     with open(tmp_path / "one" / "per_clip.csv") as f1, open(tmp_path / "two" / "per_clip.csv") as f2:
         rows1, rows2 = list(csv.DictReader(f1)), list(csv.DictReader(f2))
     assert [r["clip"] for r in rows2] == [r["clip"] for r in rows1]
