@@ -99,7 +99,8 @@ def main() -> None:
         cr, wr = statistics.median(x[1] for x in cold), statistics.median(x[1] for x in warm)
         report = warm[-1][2]["extractors"]
         print(f"{args.ref_clips} reference clips, {args.pred_clips} generated, {args.seconds:g} s, fad (VGGish) + kl "
-              f"(CNN14) at size {args.size}, {args.device}, {torch.get_num_threads()} torch threads, median of {args.repeats}")
+              f"(CNN14) at size {args.size}, {args.device}, {torch.get_num_threads()} torch threads, median of "
+              f"{args.repeats}")
         print(f"cold store: {c:.2f} s (reference pass {cr:.2f} s)")
         print(f"warm store: {w:.2f} s (reference pass {wr:.2f} s = {1000 * wr / args.ref_clips:.1f} ms per "
               f"reference clip: listing, {sum(v['feature_store']['reference']['hits'] for v in report.values())} "

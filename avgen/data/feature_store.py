@@ -115,7 +115,8 @@ def encode_entry(namespace_id: str, identity: Mapping[str, Any], features: Mappi
     for name in sorted(features):
         value = np.asarray(features[name])
         if value.dtype.name not in SAFETENSORS_DTYPES:
-            raise ValueError(f"tensor {name!r}: dtype {value.dtype} cannot be stored (known: {list(SAFETENSORS_DTYPES)})")
+            raise ValueError(f"tensor {name!r}: dtype {value.dtype} cannot be stored "
+                             f"(known: {list(SAFETENSORS_DTYPES)})")
         blob = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
         header[name] = {"dtype": SAFETENSORS_DTYPES[value.dtype.name], "shape": list(value.shape),
                         "data_offsets": [offset, offset + len(blob)]}

@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 
 from avgen.data import feature_store
-from avgen.data.feature_store import (FORMAT, FeatureStore, canonical_json, decode_entry, digest, encode_entry,
-                                      file_identity, split_identity)
+from avgen.data.feature_store import (
+    FORMAT,
+    FeatureStore,
+    canonical_json,
+    decode_entry,
+    digest,
+    encode_entry,
+    file_identity,
+    split_identity,
+)
 
 DESCRIPTION = {"extractor": "i3d", "weights_sha256": {"i3d": "ab" * 32},
                "preprocessing": {"num_frames": 16, "input": "uint8 to [-1, 1]"}, "dtype": "float32"}

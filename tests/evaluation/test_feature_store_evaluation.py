@@ -45,7 +45,8 @@ def setup(tmp_path_factory) -> dict:
     torch.save(VGGishFeatures.tiny().state_dict(), vggish)
     torch.save({"model": Cnn14.tiny().state_dict()}, cnn14)
     options = dict(fvd={"i3d_path": str(i3d), "num_frames": 8, "feature_dim": 10},
-                   fad={"vggish_path": str(vggish), **TINY_VGGISH}, panns={"path": str(cnn14), "splits": 1, **TINY_CNN14})
+                   fad={"vggish_path": str(vggish), **TINY_VGGISH},
+                   panns={"path": str(cnn14), "splits": 1, **TINY_CNN14})
     return {"root": root, "pred": pred, "ref": ref, "options": options}
 
 

@@ -151,8 +151,8 @@ def test_evaluate_audio_file_scores_the_raw_audio_beside_each_clip(tmp_path, wei
     assert results["file"]["metrics"]["fd_vggish_frames"] == pytest.approx(expected, rel=1e-6)
     assert results["stream"]["metrics"]["fd_vggish_frames"] != pytest.approx(expected, rel=1e-3)
     # the two sounds of one reference folder are two identities, never one entry
-    assert [r["feature_store"]["reference"]["misses"] for r in (results["stream"]["extractors"]["fd_vggish_frames"],
-                                                                results["file"]["extractors"]["fd_vggish_frames"])] == [3, 3]
+    stores = [results[a]["extractors"]["fd_vggish_frames"]["feature_store"]["reference"] for a in ("stream", "file")]
+    assert [s["misses"] for s in stores] == [3, 3] and stores[0]["namespace"] == stores[1]["namespace"]
     with pytest.raises(ConfigError, match="evaluate.audio='wav'"):
         evaluate_folder(pred, tmp_path / "bad", metrics=["fd_vggish_frames"], ref_dir=ref, audio="wav",
                         **options(weights))
