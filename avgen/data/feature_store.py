@@ -21,7 +21,8 @@ Format ``avgen-features/1`` (this is the specification; a change of layout or me
 - an entry is a safetensors file: tensors by name (``features``, ``logits``, ``embedding``, ... — the extractor's
   parts, each with its own shape, all of the namespace's dtype) and string metadata ``format``
   (``avgen-features/1``), ``namespace`` (the namespace id) and ``identity`` (the clip identity, canonical JSON).
-  The bytes are self-describing: :func:`decode_entry` checks them without the path.
+  The bytes are self-describing (:func:`decode_entry` checks them without the path) and deterministic: equal
+  features, namespace and identity give equal bytes (:func:`encode_entry`: header JSON with sorted keys).
 - clip identity (a JSON object): for a clip of a prepared shard split, ``{"kind": "split", "manifest_sha256":
   <SHA-256 of the split's manifest.json>, "key": <the clip's __key__>}`` (a re-prepared split with another
   manifest is a new set of identities); for a file, ``{"kind": "file", "files": [[absolute path, size in bytes,
