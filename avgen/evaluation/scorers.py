@@ -60,6 +60,18 @@ class BuildContext:
             shared.references = PairedReferences(self.ref_dir, self.pred, paired_metric, self.audio)
         return shared
 
+    def ms_clap(self, block: str):
+        """The MS-CLAP 2023 of ``evaluate.<block>`` (``path``, ``text_model``), loaded once for ``clap_ms`` and
+        ``pam`` when both blocks name the same files (``pam``'s default to ``clap_ms``'s)."""
+        from avgen.encoders.ms_clap import load_ms_clap
+
+        options = self.block(block)
+        key = ("ms_clap", str(options.get("path")), str(options.get("text_model")))
+        if key not in self.shared:
+            self.shared[key] = load_ms_clap(options.get("path"), options.get("text_model"), f"evaluate.{block}.path",
+                                            f"evaluate.{block}.text_model")
+        return self.shared[key]
+
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".WAV", ".FLAC")  # the harness globs *.wav, *.flac (extract.py:54); + upper case
 
@@ -83,6 +95,18 @@ def harness_audio_file(path: Path, audio: np.ndarray, sr: int) -> tuple[Path, np
     except Exception as exc:  # an unreadable companion fails this clip only
         raise ValueError(f"{companion.name}: {type(exc).__name__}: {exc}") from exc
     return companion, np.ascontiguousarray(wave.T), int(rate)
+
+
+def known_options(options: dict, block: str, known: tuple[str, ...]) -> dict:
+    """``options`` (the block ``evaluate.<block>``) when every key is one of ``known``.
+
+    Raises:
+        ConfigError: an unknown key, named with the known ones.
+    """
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"evaluate.{block}: unknown keys {unknown}; known: {', '.join(known)}")
+    return options
 
 
 class Scorer:
@@ -226,19 +250,18 @@ class ClapMsScorer(CosineScorer):
 
     @classmethod
     def build(cls, ctx: BuildContext) -> ClapMsScorer:
-        return cls(ctx.block(cls.block), ctx.prompt, ctx.dev)
+        options = known_options(ctx.block(cls.block), cls.block, cls.KNOWN)
+        return cls(options, ctx.prompt, ctx.dev, clap=ctx.ms_clap(cls.block))
 
-    def __init__(self, options: dict, prompt: str | None, dev):
+    def __init__(self, options: dict, prompt: str | None, dev, clap=None):
         from avgen.encoders.ms_clap import load_ms_clap
         from avgen.metrics.semantic import MsCLAPScore
 
-        unknown = sorted(set(options) - set(self.KNOWN))
-        if unknown:
-            raise ConfigError(f"evaluate.clap_ms: unknown keys {unknown}; known: {', '.join(self.KNOWN)}")
+        known_options(options, self.block, self.KNOWN)
         crop = options.get("crop", "random")
         seed = options.get("seed", 0)
         self.prompt = prompt
-        clap = load_ms_clap(options.get("path"), options.get("text_model"))
+        clap = clap if clap is not None else load_ms_clap(options.get("path"), options.get("text_model"))
         self.metric = MsCLAPScore(clap, seed=0 if seed is None else int(seed), crop=crop).to(dev)
 
     def update(self, path, frames, audio, sr, fps=None):
@@ -463,7 +486,7 @@ class FrechetScorer(Scorer):
 
                 options.pop("vggish_path", None)
                 options.pop("vggish_pca_path", None)
-                extractor = Cnn14Embedding(load_cnn14(panns_path, config_key="evaluate.fad.panns_path", **options))
+                extractor = Cnn14Embedding(load_cnn14(panns_path, config_key=f"evaluate.{name}.panns_path", **options))
             elif kind == "vggish":
                 extractor = build_extractor("vggish", options.pop("vggish_path", None),
                                             config_key="evaluate.fad.vggish_path",
@@ -994,6 +1017,103 @@ class PasstInceptionScorer(SplitInceptionScorer):
         return {**self.passt.describe("ISC-PASST-mean"), "posterior": "softmax over the logits"}
 
 
+# ------------------------------------------------------------------------------ VTA-LDM's Table 1 columns
+class PAMScorer(CosineScorer):
+    """PAM (``evaluate.pam``: ``path``, ``text_model``, ``windows``; :mod:`avgen.metrics.pam`): the probability MS-CLAP
+    2023 gives to "the sound is clear and clean." against "the sound is noisy and with artifacts.", averaged over the
+    clip's 7-s windows, then over clips. No reference, no caption. The audio is what PAM reads, the *file*:
+    ``<stem>.wav`` / ``.flac`` beside the clip with all its channels (concatenated, as PAM's ``reshape(-1)``), else the
+    clip's decoded (mono) audio, as ``clap_ms`` (:func:`harness_audio_file`); ``per_clip.csv`` names it
+    (``pam_audio``) and gives the number of windows (``pam_windows``). The model is ``clap_ms``'s when both blocks
+    name the same files."""
+
+    name = block = "pam"
+    per_clip = True
+    KNOWN = ("path", "text_model", "windows")
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> PAMScorer:
+        from avgen.metrics.pam import PAMScore, check_windows
+
+        options = known_options(ctx.block(cls.block), cls.block, cls.KNOWN)
+        windows = check_windows(options.get("windows", "all"))
+        return cls(PAMScore(ctx.ms_clap(cls.block), windows=windows).to(ctx.dev))
+
+    def __init__(self, metric):
+        self.metric = metric
+
+    def update(self, path, frames, audio, sr, fps=None):
+        used, wave, rate = harness_audio_file(path, audio, sr)
+        windows = self.metric.window_scores(wave, rate)
+        score = windows.mean()
+        self.metric.add_scores(score[None])
+        return {self.name: float(score), "pam_windows": int(windows.numel()), "pam_audio": used.name}
+
+
+class CAVPScorer(CosineScorer):
+    """CAVP score (``evaluate.cavp``: ``path``; :mod:`avgen.metrics.cavp_score`): per clip, the mean over 0.25-s steps
+    of the cosine between CAVP's video token (the clip's video decoded again at 4 fps) and audio token (the clip's
+    sound as ``evaluate.audio`` says), over the first ``int(duration)`` seconds, as the SVG baseline's
+    ``cavp_score.py``; both branches from Diff-Foley's ``cavp_epoch66.ckpt``. ``per_clip.csv`` gives the seconds
+    scored (``cavp_seconds``); a clip under 1 s, or without 4 frames per second scored, is a failure."""
+
+    name = block = "cavp"
+    per_clip = True
+    KNOWN = ("path",)
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> CAVPScorer:
+        return cls(known_options(ctx.block(cls.block), cls.block, cls.KNOWN), ctx.dev)
+
+    def __init__(self, options: dict, dev):
+        from avgen.encoders.cavp import load_cavp
+        from avgen.encoders.cavp_video import load_cavp_video
+        from avgen.metrics.cavp_score import CAVPScore
+        from avgen.pretrained import sha256_file
+
+        path = options.get("path")
+        key = f"evaluate.{self.block}.path"
+        video = load_cavp_video(path, key)  # first: it also refuses an unset path with the file's origin
+        self.metric = CAVPScore(load_cavp(path, key), video).to(dev)
+        self.weights = {"path": str(path), "sha256": {"cavp": sha256_file(path)}}
+
+    def update(self, path, frames, audio, sr, fps=None):
+        from avgen.media import MediaError, decode_video
+        from avgen.metrics.cavp_score import FPS, MIN_SECONDS, score_seconds
+
+        seconds = score_seconds(len(frames) / float(fps), len(audio) / sr) if fps else 0
+        if seconds < MIN_SECONDS:
+            raise ValueError(f"shorter than {MIN_SECONDS} s: the CAVP score skips it (cavp_score.py:79-80)")
+        try:
+            video, _ = decode_video(path, fps=FPS, num_frames=FPS * seconds)
+        except MediaError as exc:
+            raise ValueError(f"needs {FPS * seconds} frames at {FPS} fps for its first {seconds} s: {exc}") from exc
+        score = self.metric.clip_score(video, audio, sr, seconds)
+        self.metric.add_scores(score[None])
+        return {self.name: float(score), "cavp_seconds": seconds}
+
+    def result(self):
+        value, info = super().result()
+        return value, {**self.weights, **info}
+
+
+class FDPannsScorer(FrechetScorer):
+    """FD: Fréchet distance of PANNs CNN14's 2048-d embedding (audioldm_eval's FD), the ``fad`` metric with
+    ``extractor: panns`` under a name of its own, so FAD on VGGish (``fad``) and FD on PANNs are one run's two columns
+    (VTA-LDM's Table 1). ``evaluate.fd_panns`` holds ``panns_path``, ``sample_rate`` and, for tests,
+    :class:`~avgen.encoders.panns.Cnn14` sizes."""
+
+    name = block = "fd_panns"
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> FDPannsScorer:
+        options = ctx.block(cls.block)
+        if "extractor" in options:
+            raise ConfigError(f"evaluate.{cls.block}.extractor: fd_panns is always PANNs CNN14's embedding; remove "
+                              f"it (evaluate.fad.extractor chooses fad's)")
+        return cls(cls.name, {**options, "extractor": "panns"}, ctx.dev)
+
+
 def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, options: dict[str, dict],
                           prompt: str | None, cache_dir, device: str, procs: Processes | None = None,
                           all_clips: list[Path] | None = None, decode_threads: int = 0, audio: str = "stream"
@@ -1069,7 +1189,7 @@ def feed_scorers(scorers: list[Scorer], paths: list[Path], failures: list[dict],
 SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (
     FVDScorer, FADScorer, CLIPSimScorer, CLAPScorer, ClapLaionScorer, ClapMsScorer, ImageBindScorer, IBScoreScorer,
     InceptionScorer, KLScorer, VideoInceptionScorer, PasstFrechetScorer, PasstKLScorer, PasstInceptionScorer,
-    VGGishFramesScorer, DeSyncScorer)}
+    VGGishFramesScorer, DeSyncScorer, PAMScorer, CAVPScorer, FDPannsScorer)}
 MAIN_PROCESS = tuple(SCORERS)
 AVAILABLE = ("av_align", *SCORERS)  # av_align runs in worker processes (avgen.evaluation.processes)
 NEEDS_REFERENCE = tuple(name for name, cls in SCORERS.items() if cls.needs_reference)
