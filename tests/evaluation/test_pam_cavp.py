@@ -93,18 +93,10 @@ def direct_pam(clap, gpt2: Path, wave: np.ndarray, sr: int) -> tuple[float, int]
     return float(probs.mean()), len(chunks)
 
 
-def test_pam_and_clap_ms_share_one_model_and_pam_scores_each_audio_file(tmp_path, sounds, ms_clap_twin,  # noqa: F811
-                                                                        pam_file, monkeypatch):
-    import avgen.encoders.ms_clap as ms_clap
-
+def test_pam_scores_each_audio_file_as_pam_does(tmp_path, sounds, ms_clap_twin, pam_file):  # noqa: F811
     clap, _, gpt2 = ms_clap_twin
-    loads = []
-    original = ms_clap.load_ms_clap
-    monkeypatch.setattr(ms_clap, "load_ms_clap", lambda *a, **k: loads.append(a) or original(*a, **k))
     files = {"path": str(pam_file), "text_model": str(gpt2)}
-    result = evaluate_folder(sounds, tmp_path / "out", metrics=["clap_ms", "pam"], clap_ms=files,
-                             pam={**files, "windows": "all"})
-    assert len(loads) == 1  # one MS-CLAP for both metrics
+    result = evaluate_folder(sounds, tmp_path / "out", metrics=["pam"], pam={**files, "windows": "all"})
     rows = _rows(tmp_path / "out")
     expected = {}
     for i in range(2):
@@ -123,6 +115,22 @@ def test_pam_and_clap_ms_share_one_model_and_pam_scores_each_audio_file(tmp_path
     assert info["prompts"] == ["the sound is clear and clean.", "the sound is noisy and with artifacts."]
 
 
+def test_pam_and_clap_ms_share_one_model_load(ms_clap_twin, pam_file, monkeypatch):  # noqa: F811
+    import avgen.encoders.ms_clap as ms_clap
+
+    _, _, gpt2 = ms_clap_twin
+    loads = []
+    original = ms_clap.load_ms_clap
+    monkeypatch.setattr(ms_clap, "load_ms_clap", lambda *a, **k: loads.append(a) or original(*a, **k))
+    files = {"path": str(pam_file), "text_model": str(gpt2)}
+    ctx = BuildContext({"clap_ms": files, "pam": files}, None, "cpu")
+    clap_ms, pam = SCORERS["clap_ms"].build(ctx), SCORERS["pam"].build(ctx)
+    assert len(loads) == 1 and pam.metric.model is clap_ms.metric.model
+    other = BuildContext({"clap_ms": files, "pam": {**files, "path": str(ms_clap_twin[1])}}, None, "cpu")
+    SCORERS["clap_ms"].build(other), SCORERS["pam"].build(other)
+    assert len(loads) == 3  # another file for pam: its own load
+
+
 def test_pam_configuration_errors_name_the_key(tmp_path, sounds, ms_clap_twin, pam_file):  # noqa: F811
     from avgen.encoders.ms_clap import MsClapWeightsMissing
 
@@ -137,22 +145,39 @@ def test_pam_configuration_errors_name_the_key(tmp_path, sounds, ms_clap_twin, p
         evaluate_folder(sounds, tmp_path / "c", metrics=["pam"], pam={"path": None, "text_model": str(gpt2)})
 
 
-def test_pam_two_processes_merge_to_the_one_process_value(sounds, ms_clap_twin, pam_file):  # noqa: F811
-    _, _, gpt2 = ms_clap_twin
+class _Clap(torch.nn.Module):
+    """Stands in for MS-CLAP 2023 (so the merge test runs no HTSAT): a window's embedding is its (mean, std, 1)."""
+
+    logit_scale = math.log(3.0)
+
+    def audio_embeddings(self, waves):
+        return torch.stack([waves.mean(1), waves.std(1), torch.ones(len(waves))], dim=1)
+
+    def text_embeddings(self, texts):
+        return torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+
+    def describe(self):
+        return {}
+
+
+def test_pam_two_processes_merge_to_the_one_process_value(sounds):
+    """Each process scores part of the clips; the reduced states give the one-process PAM (as
+    avgen.evaluation.processes.Processes.reduce merges them under torchrun)."""
     clips = sorted(sounds.glob("*.mp4"))
-    ctx = {"pam": {"path": str(pam_file), "text_model": str(gpt2), "windows": "first"}}
-    shared: dict = {}
+    options = {"pam": {"path": "p", "text_model": "t"}}
 
     def run(part):
-        scorer = SCORERS["pam"].build(BuildContext(ctx, None, "cpu", None, part, clips, shared))
+        ctx = BuildContext(options, None, "cpu", None, part, clips, {("ms_clap", "p", "t"): _Clap()})
+        scorer = SCORERS["pam"].build(ctx)
         feed_scorers([scorer], part, [])
         return scorer
 
     one, ranks = run(clips), [run(clips[:1]), run(clips[1:])]
     for a, b in zip(ranks[0].states(), ranks[1].states()):
         a.merge_state(b)
-    assert ranks[0].result()[1]["clips"] == 2
+    assert ranks[0].result()[1]["clips"] == one.result()[1]["clips"] == 2
     assert ranks[0].result()[0] == pytest.approx(one.result()[0], abs=1e-12)
+    assert ranks[0].result()[0] != pytest.approx(ranks[1].result()[0], abs=1e-6)  # the parts differ
 
 
 # ------------------------------------------------------------------------------------------------ CAVP
@@ -181,9 +206,10 @@ def cavp_clips(tmp_path_factory) -> Path:
 
 
 def direct_cavp(audio_model, video_model, path: Path) -> float:
-    """The SVG baseline's cavp_score written out: d = int(duration); librosa's |stft| (n_fft 1024, hop 250, librosa
-    0.9's zero padding) of the first 16000 d − 1 samples, mel 128 (125–7600 Hz), the dB clip; spec_encoder → L2 norm;
-    the frames at 4 fps squashed to 224 × 224 in [0, 1] → the video branch; cosine per step, mean."""
+    """The SVG baseline's cavp_score written out: d = int(duration); librosa 0.9's |stft| (n_fft 1024, hop 250,
+    periodic Hann, centred with 512 zeros each side) of the first 16000 d − 1 samples in numpy, librosa's mel bank
+    (128, 125–7600 Hz), the dB clip; spec_encoder → L2 norm; the frames at 4 fps squashed to 224 × 224 in [0, 1] →
+    the video branch; cosine per step, mean."""
     import librosa
 
     from avgen.encoders.cavp_video import preprocess
@@ -193,7 +219,10 @@ def direct_cavp(audio_model, video_model, path: Path) -> float:
     y = np.zeros(16_000 * seconds, dtype=np.float32)
     y[:min(len(y), len(clip.audio))] = clip.audio[:len(y)]
     y = y[:-1]
-    magnitude = np.abs(librosa.stft(y, n_fft=1024, hop_length=250, pad_mode="constant"))
+    padded = np.pad(y, 512)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(1024) / 1024)
+    frames_ = np.stack([padded[k * 250:k * 250 + 1024] * window for k in range(1 + len(y) // 250)])
+    magnitude = np.abs(np.fft.rfft(frames_, axis=1)).T  # (513, T)
     mel = librosa.filters.mel(sr=16_000, n_fft=1024, fmin=125, fmax=7600, n_mels=128) @ magnitude
     spec = np.clip((20 * np.log10(np.maximum(mel, 1e-5)) - 20 + 100) / 100, 0, 1)
     frames, _ = decode_video(path, fps=4, num_frames=4 * seconds)
