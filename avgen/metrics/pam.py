@@ -6,16 +6,17 @@ Reproduced from the authors' code, soham97/PAM@ead6e7f (cited ``file:line``):
 
 - prompts: ``PAM_PROMPTS = ['the sound is clear and clean.', 'the sound is noisy and with artifacts.']``
   (``PAM/PAM.py:21``), embedded by MS-CLAP's text tower as msclap does (``caption + ' <|endoftext|>'``, GPT-2, ``!``
-  padding to 77, pooled at ``(ids != 0).sum() − 1``, projection; ``PAM/PAM.py:160-178``,
+  padding to 77, pooled at ``(ids != 0).sum() − 1``, projection; ``PAM/PAM.py:154-177``,
   ``PAM/models/clap.py:50-59``): :meth:`avgen.encoders.ms_clap.MsClap.text_embeddings`.
 - model: ``CLAP_weights_2023.pth`` (``PAM/PAM.py:19-20``) loaded ``strict=False`` into msclap's CLAP
   (``PAM/PAM.py:97-99``); its HTSAT reads ``PAM/models/config.py`` (32-kHz mel matrix, 50–14 000 Hz), the yaml's
-  audio settings being ignored (``PAM/models/htsat.py:928-942``), exactly as in av-benchmark's MS-CLAP: the same
-  :class:`~avgen.encoders.ms_clap.MsClap`, shared with ``clap_ms`` when both run.
+  audio settings being ignored (``PAM/models/htsat.py:928-942``), exactly as in av-benchmark's MS-CLAP (PAM's
+  ``models/htsat.py`` and ``models/config.py`` are byte-identical to msclap@3ad265d's, its ``clap.py`` the same for
+  GPT-2): the same :class:`~avgen.encoders.ms_clap.MsClap`, shared with ``clap_ms`` when both run.
 - audio (``dataset.py:9-11,29-69``): ``torchaudio.load`` of the file, ``torchaudio.transforms.Resample(sr, 44100)``
   per channel, then ``reshape(-1)`` (a stereo file's channels one after the other, no mono mix, no DC removal); then
   7-s windows of 308 700 samples (:func:`pam_windows`).
-- score (``PAM/PAM.py:185-207``): each window's audio embedding and the two prompt embeddings L2-normalised,
+- score (``PAM/PAM.py:184-207``): each window's audio embedding and the two prompt embeddings L2-normalised,
   ``similarity = exp(logit_scale) · text @ audio.T``, ``softmax`` over the two prompts, the first prompt's
   probability; a file's score is the mean over its windows, the reported number the mean over files
   (``run.py:27-33``). ``logit_scale`` is the checkpoint's (:attr:`MsClap.logit_scale`); a file without one keeps
@@ -109,7 +110,7 @@ def pam_windows(audio: Any, sample_rate: int, windows: str = "all") -> Tensor:
 
 
 def pam_probabilities(audio_embeddings: Tensor, text_embeddings: Tensor, logit_scale: float) -> Tensor:
-    """PAM of each window (``PAM/PAM.py:185-202@ead6e7f``): ``softmax(exp(logit_scale) · cos(a, t_k))_k`` over the
+    """PAM of each window (``PAM/PAM.py:184-202@ead6e7f``): ``softmax(exp(logit_scale) · cos(a, t_k))_k`` over the
     prompts, the first prompt's (``clear and clean``) probability.
 
     Args:
@@ -184,7 +185,7 @@ class PAMScore(MeanCosine):
         ``metrics.json``."""
         from avgen.encoders.audio_input import RESAMPLER
 
-        return {**self.model.describe(), "protocol": f"PAM, {SOURCE} (PAM/PAM.py:185-207, dataset.py:29-83, run.py)",
+        return {**self.model.describe(), "protocol": f"PAM, {SOURCE} (PAM/PAM.py:184-207, dataset.py:29-83, run.py)",
                 "prompts": list(PROMPTS), "sample_rate": SAMPLE_RATE, "seconds": SECONDS, "windows": self.windows,
                 "length_rule": f"the file's channels resampled to 44100 Hz and concatenated (no mono mix, no DC "
                                f"removal); {SHORT_RULE}; longer: {WINDOWS[self.windows]}",
