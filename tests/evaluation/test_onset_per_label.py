@@ -42,6 +42,11 @@ def test_the_datas_own_clips_score_perfectly_per_label(tmp_path, tiny_shards):
     labels = [m["label"] for m in meta.values()]
     assert [r["label"] for r in table] == [*sorted(set(labels)), TOTAL]
     assert [int(r["clips"]) for r in table] == [*(labels.count(x) for x in sorted(set(labels))), 5]
+    # CondFoleyGen's ground truth, the onsets detected on each clip's reference (here the same audio)
+    detected = evaluate_folder(split, tmp_path / "detected", metrics=["onset_acc", "onset_ap"], workers=1,
+                               ref_dir=split, onset={"ground_truth": "detected"})
+    assert detected["failures"] == [] and detected["extractors"]["onset_ap"]["ground_truth"] == "detected"
+    assert detected["metrics"] == {"onset_acc": 1.0, "onset_count_acc": 1.0, "onset_ap": 1.0}
 
 
 def test_generated_clips_take_events_and_labels_from_their_reference(tmp_path, tiny_shards):
