@@ -1057,7 +1057,9 @@ class OnsetScorer(Scorer):
     in ``failures``. ``onset_acc`` also reports ``onset_count_acc``, CondFoleyGen's "# Onset Acc."."""
 
     block = "onset"
-    per_clip = True
+    # Per-clip scores, but not offered to `filter` yet: it builds scorers from options keyed by metric name,
+    # and onset_acc / onset_ap share the `onset` block (and the clips' events).
+    per_clip = False
 
     @classmethod
     def build(cls, ctx: BuildContext) -> OnsetScorer:
