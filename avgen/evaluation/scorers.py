@@ -1112,6 +1112,103 @@ class FDPannsScorer(FrechetScorer):
             raise ConfigError(f"evaluate.{cls.block}.extractor: fd_panns is always PANNs CNN14's embedding; remove "
                               f"it (evaluate.fad.extractor chooses fad's)")
         return cls(cls.name, {**options, "extractor": "panns"}, ctx.dev)
+# ------------------------------------------------------------------------------ Foley timing (Greatest Hits)
+class OnsetTiming:
+    """The onset detection shared by ``onset_acc`` and ``onset_ap`` (:mod:`avgen.metrics.onset`): one pass per
+    generated clip, whichever metric asks first. ``evaluate.onset`` holds the
+    :class:`~avgen.metrics.onset.OnsetConfig` fields. The audio is what the scripts read, the file:
+    ``<stem>.wav`` / ``.flac`` beside the clip (all channels, averaged), else the clip's decoded sound
+    (:func:`harness_audio_file`). Ground truth: the clip's ``events`` (:class:`~avgen.evaluation.annotations.
+    ClipAnnotations`: ``<stem>.json`` beside it, else its reference in ``evaluate.ref_dir``), or with
+    ``ground_truth: detected`` the onsets of its paired reference's audio (:class:`PairedReferences`)."""
+
+    def __init__(self, options: dict, ctx: BuildContext):
+        from avgen.evaluation.annotations import ClipAnnotations
+        from avgen.metrics.onset import OnsetConfig
+
+        try:
+            self.cfg = OnsetConfig(**options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"evaluate.onset: {exc} (keys: {', '.join(OnsetConfig.__dataclass_fields__)})") from exc
+        self.references = None
+        if self.cfg.ground_truth == "detected":
+            if not ctx.ref_dir:
+                raise ConfigError("evaluate.onset.ground_truth=detected compares with the onsets of each clip's "
+                                  "reference: set evaluate.ref_dir, or ground_truth=events")
+            self.references = PairedReferences(ctx.ref_dir, ctx.pred, "onset_acc/onset_ap", ctx.audio)
+        self.annotations = ClipAnnotations(ctx.ref_dir, ctx.pred)
+        self._last: tuple[str, Any] | None = None
+
+    def scores(self, path: Path, audio: np.ndarray, sr: int) -> dict[str, Any]:
+        """:func:`~avgen.metrics.onset.clip_onset_scores` of the clip, computed once; raises ``ValueError`` (again
+        for each metric that asks) for a clip without ground truth or audio."""
+        from avgen.metrics.onset import clip_onset_scores
+
+        if self._last is None or self._last[0] != str(path):
+            try:
+                _, wave, rate = harness_audio_file(path, audio, sr)
+                if self.references is not None:
+                    value = clip_onset_scores(wave, rate, reference=self.references.audio(path), cfg=self.cfg)
+                else:
+                    value = clip_onset_scores(wave, rate, self.annotations.events(path)[0], cfg=self.cfg)
+            except ValueError as exc:
+                value = exc
+            self._last = (str(path), value)
+        if isinstance(self._last[1], ValueError):
+            raise self._last[1]
+        return self._last[1]
+
+    def describe(self) -> dict:
+        from dataclasses import asdict
+
+        truth = ("onsets detected on each clip's reference audio (CondFoleyGen predict_onset.py)"
+                 if self.cfg.ground_truth == "detected" else
+                 "the clip's annotated events: <stem>.json beside it, else its reference's in evaluate.ref_dir")
+        return {"protocol": "MMAudio eval_onsets.py@974010a (from CondFoleyGen predict_onset.py@c565db7)",
+                **asdict(self.cfg), "ground_truth_source": truth,
+                "audio": "<stem>.wav/.flac beside the clip (channels averaged) when present, else the clip's sound"}
+
+
+class OnsetScorer(Scorer):
+    """Onset accuracy (``onset_acc``: events matched / events, MMAudio's Greatest Hits "Acc.") or onset AP
+    (``onset_ap``) per clip, averaged over clips (:mod:`avgen.metrics.onset`). A clip without events is reported
+    in ``failures``. ``onset_acc`` also reports ``onset_count_acc``, CondFoleyGen's "# Onset Acc."."""
+
+    block = "onset"
+    # Per-clip scores, but not offered to `filter` yet: it builds scorers from options keyed by metric name,
+    # and onset_acc / onset_ap share the `onset` block (and the clips' events).
+    per_clip = False
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> OnsetScorer:
+        if "onset" not in ctx.shared:
+            ctx.shared["onset"] = OnsetTiming(ctx.block("onset"), ctx)
+        return cls(ctx.shared["onset"])
+
+    def __init__(self, timing: OnsetTiming):
+        from avgen.metrics.onset import OnsetScores
+
+        self.timing, self.metric = timing, OnsetScores()
+
+    def update(self, path, frames, audio, sr, fps=None):
+        scores = self.timing.scores(path, audio, sr)
+        self.metric.update(scores)
+        own = ("onset_acc", "onset_count_acc") if self.name == "onset_acc" else ("onset_ap",)
+        return {k: scores[k] for k in (*own, "onset_events", "onset_detected")}
+
+    def values(self):
+        clips = int(self.metric.count)
+        means = self.metric.compute() if clips else {}
+        own = ("onset_acc", "onset_count_acc") if self.name == "onset_acc" else ("onset_ap",)
+        return {k: means.get(k) for k in own}, {**self.timing.describe(), "clips": clips}
+
+
+class OnsetAccScorer(OnsetScorer):
+    name = "onset_acc"
+
+
+class OnsetAPScorer(OnsetScorer):
+    name = "onset_ap"
 
 
 def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, options: dict[str, dict],
@@ -1189,7 +1286,7 @@ def feed_scorers(scorers: list[Scorer], paths: list[Path], failures: list[dict],
 SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (
     FVDScorer, FADScorer, CLIPSimScorer, CLAPScorer, ClapLaionScorer, ClapMsScorer, ImageBindScorer, IBScoreScorer,
     InceptionScorer, KLScorer, VideoInceptionScorer, PasstFrechetScorer, PasstKLScorer, PasstInceptionScorer,
-    VGGishFramesScorer, DeSyncScorer, PAMScorer, CAVPScorer, FDPannsScorer)}
+    VGGishFramesScorer, DeSyncScorer, PAMScorer, CAVPScorer, FDPannsScorer, OnsetAccScorer, OnsetAPScorer)}
 MAIN_PROCESS = tuple(SCORERS)
 AVAILABLE = ("av_align", *SCORERS)  # av_align runs in worker processes (avgen.evaluation.processes)
 NEEDS_REFERENCE = tuple(name for name, cls in SCORERS.items() if cls.needs_reference)
