@@ -617,7 +617,7 @@ class SharedI3D:
 
         if self._last is None or self._last[0] is not frames:
             try:
-                with torch.no_grad():
+                with torch.no_grad(), torch.autocast(device_type=torch.device(self.dev).type, enabled=False):
                     feats = self.extractor(uint8_to_unit_range(frames, self.dev)[None])
                 self._last = (frames, feats.detach().to(torch.float64))
             except ValueError as exc:  # raised again for every metric that asks, without another pass
