@@ -23,9 +23,10 @@ reproduced from the public code, JavisVerse/JavisDiT at commit ``b505b37`` (file
 - audio (``dataset.py:337-345,393-419``, :func:`window_fbanks`): the file's waveform resampled to
   16 kHz (``torchaudio.functional.resample`` defaults); each window is ImageBind's audio transform of
   its samples: 3 sub-clips of 2 s placed by ``ConstantClipsPerVideoSampler`` over the window's length
-  (a 2-s window: three copies of itself), mean-subtracted *in place* — the windows are views of one
-  waveform, so a window sees the mean subtraction of the windows before it where they overlap, which
-  is reproduced — Kaldi fbank 128 × 204, ``(x + 4.268) / 9.138``; the embedding is the mean of the 3
+  (a 2-s window: three copies of itself), mean-subtracted *in place* (``waveform -= waveform.mean()``,
+  ``eval/javisbench/src/ImageBind/imagebind/data.py:35``) — the windows are views of one waveform, so
+  a window sees the mean subtraction of the windows before it where they overlap, which is
+  reproduced — Kaldi fbank 128 × 204, ``(x + 4.268) / 9.138``; the embedding is the mean of the 3
   sub-clips' embeddings (``ImageBindModel.forward`` on 5-D input).
 - score (``eval/javisbench/src/metrics.py:384-443``, :func:`lowest_k_mean`): per window, the cosines of
   its N frame embeddings with its audio embedding (``nn.CosineSimilarity(eps=1e-6)``), the mean of
