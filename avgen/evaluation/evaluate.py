@@ -222,7 +222,7 @@ def _plan(s: EvaluateSettings, out: Path, procs: Processes) -> _Plan:
         clips_dir = out / "clips"
     found = find_clips(clips_dir)
     skipped = {"skipped": found.skipped_json()}
-    distribution = [m for m in s.metrics if m in ("fvd", "fad")]
+    distribution = [m for m in s.metrics if m in ("fvd", "fad", "kvd")]
     if s.ref_dir and distribution and not (Path(s.ref_dir) / MANIFEST).is_file():
         skipped["ref_skipped"] = find_clips(s.ref_dir, "evaluate.ref_dir").skipped_json()
     folders = {"skipped": "evaluate.pred_dir", "ref_skipped": "evaluate.ref_dir"}

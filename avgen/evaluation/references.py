@@ -61,15 +61,18 @@ def reference_identity(ref_dir: str | Path) -> dict[str, Any]:
 
 
 def set_references(scorers: list, ref_dir, cache_dir, procs: Processes,
-                    decode_threads: int = 0, audio: str = "stream") -> None:
+                    decode_threads: int = 0, audio: str = "stream", per_clip: list | None = None) -> None:
     """Set the reference statistics of ``scorers`` (:class:`~avgen.evaluation.scorers.FrechetScorer`) from the
-    cache, or from one shared pass over the reference clips (each process its share, the sums then reduced)."""
+    cache, or from one shared pass over the reference clips (each process its share, the sums then reduced).
+    ``per_clip`` scorers (``kvd``) keep one feature row per reference clip (``update_reference``; their
+    ``reference_metric`` rows are concatenated across processes); they are fed in the same pass, which then
+    runs whether or not the statistics are cached."""
     from avgen.metrics.frechet import cached_reference_stats, reference_stats_path
 
     cached = [reference_stats_path(cache_dir, s.key(ref_dir)).is_file() for s in scorers]
     # one decision for all processes: a file another process writes meanwhile must not split them
     cached = [all(flags) for flags in zip(*procs.gather(cached))]
-    missing = [s for s, hit in zip(scorers, cached) if not hit]
+    missing = [s for s, hit in zip(scorers, cached) if not hit] + list(per_clip or [])
     if missing:
         used = {s.name: 0 for s in missing}
         skipped: dict[str, list[str]] = {s.name: [] for s in missing}

@@ -71,6 +71,11 @@ class BuildContext:
             self.shared[key] = load_ms_clap(options.get("path"), options.get("text_model"), f"evaluate.{block}.path",
                                             f"evaluate.{block}.text_model")
         return self.shared[key]
+    def i3d(self) -> SharedI3D:
+        """The I3D of ``evaluate.fvd``, built once for ``fvd`` and ``kvd`` (one forward pass per clip)."""
+        if "i3d" not in self.shared:
+            self.shared["i3d"] = SharedI3D(self.block("fvd"), self.dev)
+        return self.shared["i3d"]
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".WAV", ".FLAC")  # the harness globs *.wav, *.flac (extract.py:54); + upper case
@@ -274,6 +279,21 @@ class ClapMsScorer(CosineScorer):
         return {self.name: float(scores[0]), "clap_ms_audio": used.name}
 
 
+def shared_imagebind(shared: dict[str, Any] | None, path, config_key: str, sizes: Mapping[str, Any], dev):
+    """The :class:`~avgen.encoders.imagebind.ImageBindAV` of file ``path`` with ``sizes``, loaded once per
+    ``shared`` (:attr:`BuildContext.shared`): ``imagebind``, ``ib_score`` and ``javis_sync`` name the same file
+    by default. Raises what :func:`~avgen.encoders.imagebind.load_imagebind` raises (naming ``config_key``)."""
+    from avgen.encoders.imagebind import load_imagebind
+    from avgen.metrics.frechet import canonical_json
+
+    where = None if path is None else str(Path(path).absolute())
+    key = "imagebind:" + canonical_json({"path": where, "sizes": dict(sizes)})
+    store = {} if shared is None else shared
+    if key not in store:
+        store[key] = load_imagebind(path, config_key, **dict(sizes)).to(dev)
+    return store[key]
+
+
 class ImageBindScorer(CosineScorer):
     """ImageBind audio-video score: cos(ImageBind audio embedding, vision embedding) per clip, at the
     clip's own frame rate (:mod:`avgen.metrics.imagebind`). ``evaluate.imagebind`` holds ``path`` and,
@@ -284,14 +304,14 @@ class ImageBindScorer(CosineScorer):
 
     @classmethod
     def build(cls, ctx: BuildContext) -> ImageBindScorer:
-        return cls(ctx.block("imagebind"), ctx.dev)
+        return cls(ctx.block("imagebind"), ctx.dev, ctx.shared)
 
-    def __init__(self, options: dict, dev):
+    def __init__(self, options: dict, dev, shared: dict[str, Any] | None = None):
         from avgen.metrics.imagebind import ImageBindScore
 
         options = dict(options)
-        self.metric = ImageBindScore.from_file(options.pop("path", None), config_key="evaluate.imagebind.path",
-                                               sizes=options).to(dev)
+        model = shared_imagebind(shared, options.pop("path", None), "evaluate.imagebind.path", options, dev)
+        self.metric = ImageBindScore(model).to(dev)
 
     def update(self, path, frames, audio, sr, fps=None):
         scores = self.metric.clip_scores([frames], [np.ascontiguousarray(audio, dtype=np.float32)], sample_rate=sr,
@@ -341,9 +361,9 @@ class IBScoreScorer(CosineScorer):
 
     @classmethod
     def build(cls, ctx: BuildContext) -> IBScoreScorer:
-        return cls(ctx.block("ib_score"), ctx.dev)
+        return cls(ctx.block("ib_score"), ctx.dev, ctx.shared)
 
-    def __init__(self, options: dict, dev):
+    def __init__(self, options: dict, dev, shared: dict[str, Any] | None = None):
         from avgen.media import as_fps
         from avgen.metrics.imagebind import IBScore
 
@@ -359,7 +379,8 @@ class IBScoreScorer(CosineScorer):
             raise ConfigError(f"evaluate.ib_score: fps={float(self.fps)} x seconds={self.seconds} gives "
                               f"{self.num_frames} frame(s); the score pairs consecutive frames, so it needs at least "
                               f"2 (the harness's 8 s at 0.5 fps gives 4): raise evaluate.ib_score.seconds")
-        self.metric = IBScore.from_file(path, config_key="evaluate.ib_score.path", sizes=options, scale=scale).to(dev)
+        model = shared_imagebind(shared, path, "evaluate.ib_score.path", options, dev)
+        self.metric = IBScore(model, scale=scale).to(dev)
 
     def audio(self, path: Path, audio: np.ndarray, sr: int) -> tuple[Path, np.ndarray, int]:
         """(file read, mono waveform, rate): the first channel of ``<stem>.wav`` / ``.flac`` beside ``path``,
@@ -449,8 +470,8 @@ class DeSyncScorer(Scorer):
 
 
 class FrechetScorer(Scorer):
-    """FVD (I3D on video) or FAD (VGGish or PANNs CNN14's embedding on 16 kHz audio, or CLAP's embedding
-    on 48 kHz audio) against reference statistics."""
+    """FAD (VGGish or PANNs CNN14's embedding on 16 kHz audio, or CLAP's embedding on 48 kHz audio) against
+    reference statistics; :class:`FVDScorer` (I3D on video) shares the statistics code."""
 
     needs_reference = True
 
@@ -466,34 +487,30 @@ class FrechetScorer(Scorer):
 
         options = dict(options)
         self.name, self.dev, self.torch = name, dev, torch
-        if name == "fvd":
-            extractor = build_extractor("i3d", options.pop("i3d_path", None), config_key="evaluate.fvd.i3d_path",
-                                        **options)
+        self.sample_rate = int(options.pop("sample_rate", 16000))
+        kind = options.pop("extractor", "vggish")
+        panns_path = options.pop("panns_path", None)
+        clap_model = options.pop("clap_model", None)
+        if kind == "clap":
+            from avgen.metrics.semantic import ClapEmbedding, CLAPScore
+
+            clap_options = {k: options.pop(k) for k in list(options) if k not in ("vggish_path", "vggish_pca_path")}
+            extractor = ClapEmbedding(CLAPScore.from_pretrained(clap_model, config_key="evaluate.fad.clap_model",
+                                                                **clap_options))
+            self.sample_rate = extractor.sample_rate  # one resampling, straight to CLAP's rate
+        elif kind == "panns":
+            from avgen.encoders.panns import Cnn14Embedding, load_cnn14
+
+            options.pop("vggish_path", None)
+            options.pop("vggish_pca_path", None)
+            extractor = Cnn14Embedding(load_cnn14(panns_path, config_key=f"evaluate.{name}.panns_path", **options))
+        elif kind == "vggish":
+            extractor = build_extractor("vggish", options.pop("vggish_path", None),
+                                        config_key="evaluate.fad.vggish_path",
+                                        pca_config_key="evaluate.fad.vggish_pca_path",
+                                        pca_path=options.pop("vggish_pca_path", None), **options)
         else:
-            self.sample_rate = int(options.pop("sample_rate", 16000))
-            kind = options.pop("extractor", "vggish")
-            panns_path = options.pop("panns_path", None)
-            clap_model = options.pop("clap_model", None)
-            if kind == "clap":
-                from avgen.metrics.semantic import ClapEmbedding, CLAPScore
-
-                clap_options = {k: options.pop(k) for k in list(options) if k not in ("vggish_path", "vggish_pca_path")}
-                extractor = ClapEmbedding(CLAPScore.from_pretrained(clap_model, config_key="evaluate.fad.clap_model",
-                                                                    **clap_options))
-                self.sample_rate = extractor.sample_rate  # one resampling, straight to CLAP's rate
-            elif kind == "panns":
-                from avgen.encoders.panns import Cnn14Embedding, load_cnn14
-
-                options.pop("vggish_path", None)
-                options.pop("vggish_pca_path", None)
-                extractor = Cnn14Embedding(load_cnn14(panns_path, config_key=f"evaluate.{name}.panns_path", **options))
-            elif kind == "vggish":
-                extractor = build_extractor("vggish", options.pop("vggish_path", None),
-                                            config_key="evaluate.fad.vggish_path",
-                                            pca_config_key="evaluate.fad.vggish_pca_path",
-                                            pca_path=options.pop("vggish_pca_path", None), **options)
-            else:
-                raise ConfigError(f"evaluate.fad.extractor={kind!r}: expected vggish, panns or clap")
+            raise ConfigError(f"evaluate.fad.extractor={kind!r}: expected vggish, panns or clap")
         self.extractor = extractor.to(dev)
         self.reference_metric = FrechetDistance(self.extractor).to(dev)
         self.metric = None
@@ -501,8 +518,6 @@ class FrechetScorer(Scorer):
 
     def model_input(self, frames: np.ndarray, audio: np.ndarray, sr: int):
         torch = self.torch
-        if self.name == "fvd":
-            return uint8_to_unit_range(frames, self.dev)[None]
         wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.dev)
         if sr != self.sample_rate:
             import torchaudio
@@ -598,10 +613,67 @@ class VGGishFramesScorer(FrechetScorer):
 
 
 # ------------------------------------------------------------------------------ classifier scores
+class SharedI3D:
+    """The I3D of ``evaluate.fvd`` (:class:`~avgen.encoders.video_classifiers.I3DFeatures`: ``i3d_path``,
+    ``num_frames``, ``frame_sampling``, ``input_mode``, ...) shared by ``fvd`` and ``kvd``: :meth:`features`
+    runs it once per decoded clip, whichever metric asks first."""
+
+    def __init__(self, options: dict, dev):
+        from avgen.encoders.registry import build_extractor
+
+        options = dict(options)
+        self.extractor = build_extractor("i3d", options.pop("i3d_path", None), config_key="evaluate.fvd.i3d_path",
+                                         **options).to(dev)
+        self.dev = dev
+        self._last: tuple[np.ndarray, Any] | None = None
+
+    def features(self, frames: np.ndarray):
+        """I3D features (1, D) float64 of one clip's frames (F, H, W, 3) uint8; the same array object (one
+        decoded clip handed to every scorer) is computed once, and so is its failure (the array is held, so its
+        identity is not reused).
+
+        Raises:
+            ValueError: a clip the extractor cannot take (too few frames, ...).
+        """
+        import torch
+
+        if self._last is None or self._last[0] is not frames:
+            try:
+                with torch.no_grad(), torch.autocast(device_type=torch.device(self.dev).type, enabled=False):
+                    feats = self.extractor(uint8_to_unit_range(frames, self.dev)[None])
+                self._last = (frames, feats.detach().to(torch.float64))
+            except ValueError as exc:  # raised again for every metric that asks, without another pass
+                self._last = (frames, exc)
+        if isinstance(self._last[1], ValueError):
+            raise self._last[1]
+        return self._last[1]
+
+
 class FVDScorer(FrechetScorer):
-    """FVD: Fréchet distance of I3D features (``evaluate.fvd``)."""
+    """FVD: Fréchet distance of I3D features (``evaluate.fvd``; the I3D is :class:`SharedI3D`)."""
 
     name = block = "fvd"
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> FVDScorer:
+        return cls(ctx.i3d())
+
+    def __init__(self, i3d: SharedI3D):
+        from avgen.metrics.frechet import FrechetDistance
+
+        self.i3d, self.extractor, self.dev = i3d, i3d.extractor, i3d.dev
+        self.reference_metric = FrechetDistance(num_features=self.extractor.num_features).to(self.dev)
+        self.metric = None
+        self.reference = None
+
+    def model_input(self, frames: np.ndarray, audio: np.ndarray, sr: int):
+        return self.i3d.features(frames)
+
+    def set_reference(self, stats) -> None:
+        from avgen.metrics.frechet import FrechetDistance
+
+        self.reference = stats
+        self.metric = FrechetDistance(num_features=self.extractor.num_features, reference=stats).to(self.dev)
 
 
 class FADScorer(FrechetScorer):
@@ -1209,15 +1281,135 @@ class OnsetAccScorer(OnsetScorer):
 
 class OnsetAPScorer(OnsetScorer):
     name = "onset_ap"
+# ------------------------------------------------------------------------------ joint generation (JavisBench)
+JAVISBENCH = "JavisVerse/JavisDiT@b505b37"
+
+
+class JavisSyncScorer(CosineScorer):
+    """JavisBench's audio-video synchrony score (JavisScore, :mod:`avgen.metrics.javis_sync`): per clip, over
+    2-s windows with 1.5-s overlap, the mean of the lowest 40 % of the cosines between each frame's ImageBind
+    image embedding and the window's ImageBind audio embedding, averaged over windows; the mean over clips.
+
+    ``evaluate.javis_sync`` holds ``path`` (``imagebind_huge.pth``; the model is shared with ``imagebind`` and
+    ``ib_score`` when they name the same file), ``window_s`` (2.0), ``overlap_s`` (1.5), ``topk_min`` (0.4: a
+    fraction; an int is a count) and, for tests, :class:`~avgen.encoders.imagebind.ImageBindAV` sizes. The video
+    is every decoded frame at the clip's own rate; the audio is ``<stem>.wav`` / ``.flac`` beside the clip when
+    present (JavisBench reads ``sample_XXXX.wav``), first channel, else the clip's audio stream
+    (:func:`harness_audio_file`); ``per_clip.csv`` has ``javis_sync``, ``javis_sync_windows`` and
+    ``javis_sync_audio`` (the file read)."""
+
+    name = block = "javis_sync"
+    per_clip = True
+    SETTINGS = ("window_s", "overlap_s", "topk_min")
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> JavisSyncScorer:
+        return cls(ctx.block(cls.block), ctx.dev, ctx.shared)
+
+    def __init__(self, options: dict, dev, shared: dict[str, Any] | None = None):
+        from avgen.metrics.javis_sync import JavisSync, check_settings
+
+        options = dict(options)
+        settings = {"window_s": 2.0, "overlap_s": 1.5, "topk_min": 0.4}
+        settings.update({k: options.pop(k) for k in self.SETTINGS if k in options})
+        try:
+            check_settings(**settings)
+        except ValueError as exc:
+            raise ConfigError(f"evaluate.javis_sync: {exc}") from exc
+        model = shared_imagebind(shared, options.pop("path", None), "evaluate.javis_sync.path", options, dev)
+        self.metric = JavisSync(model, **settings).to(dev)
+
+    def update(self, path, frames, audio, sr, fps=None):
+        used, wave, rate = harness_audio_file(path, audio, sr)
+        score, windows = self.metric.clip_score(frames, fps, wave[0] if wave.ndim == 2 else wave, rate)
+        self.metric.add_scores(self.metric.score_sum.new_tensor([score]))
+        return {self.name: score, "javis_sync_windows": windows, "javis_sync_audio": used.name}
+
+    def result(self):
+        value, info = super().result()
+        return value, {**info, "video": "every decoded frame at the clip's rate, PIL bicubic short side + centre "
+                                        "crop, CLIP normalisation, one image embedding per frame",
+                       "audio": "<stem>.wav/.flac beside the clip (first channel) when present, else the clip's "
+                                "audio stream; 16 kHz, one ImageBind audio embedding per window",
+                       "windows": "int(window_s*fps) frames / int(window_s*16000) samples, strides from "
+                                  "int(overlap_s*...), last window moved back to the end; lists cut to the shorter"}
+
+
+class KVDScorer(Scorer):
+    """KVD: the unbiased polynomial-kernel MMD² between the I3D features of the generated clips and of the clips
+    of ``evaluate.ref_dir`` (:func:`avgen.metrics.kernel_distance.polynomial_mmd`; JavisBench's ``kvd``). The I3D
+    and its input are ``evaluate.fvd``'s (:class:`SharedI3D`: one forward pass per clip serves ``fvd`` and
+    ``kvd``); ``evaluate.kvd`` holds the kernel, ``degree`` (3), ``gamma`` (null: 1 / D) and ``coef0`` (1),
+    scikit-learn's defaults as JavisBench calls it.
+
+    The reference side keeps one feature row per clip (:meth:`reference_features`, :meth:`add_reference`). Where
+    avgen departs from JavisBench: all generated and all reference clips are compared (JavisBench cuts both
+    lists to the shorter, ``eval/javisbench/src/metrics.py:118-119@b505b37``: the same when there are as many);
+    the I3D is ``evaluate.fvd``'s (JavisBench: VideoGPT's PyTorch I3D ``i3d_pretrained_400.pt``, 400 logits of
+    24 frames spread over the clip, letterboxed to 224², ``eval/javisbench/src/fvd/``, ``src/dataset.py:37-75``)."""
+
+    name = block = "kvd"
+    needs_reference = True
+    KNOWN = ("degree", "gamma", "coef0")
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> KVDScorer:
+        return cls(ctx.block(cls.block), ctx.i3d())
+
+    def __init__(self, options: dict, i3d: SharedI3D):
+        from avgen.metrics.kernel_distance import FeatureSet
+
+        unknown = sorted(set(options) - set(self.KNOWN))
+        if unknown:
+            raise ConfigError(f"evaluate.kvd: unknown keys {unknown}; known: {', '.join(self.KNOWN)} (the I3D is "
+                              f"evaluate.fvd's)")
+        self.degree, self.gamma, self.coef0 = options.get("degree", 3), options.get("gamma"), options.get("coef0", 1.0)
+        if isinstance(self.degree, bool) or not isinstance(self.degree, int) or self.degree < 1:
+            raise ConfigError(f"evaluate.kvd.degree={self.degree!r}: expected a positive int (JavisBench: 3)")
+        self.i3d = i3d
+        self.reference_metric = FeatureSet().to(i3d.dev)
+        self.metric = FeatureSet().to(i3d.dev)
+
+    def reference_features(self, frames: np.ndarray, audio: np.ndarray, sr: int) -> dict[str, np.ndarray]:
+        """``{"i3d": (D,) float64}`` of one reference clip (frames (F, H, W, 3) uint8; the audio is not used).
+
+        Raises:
+            ValueError: a clip the I3D cannot take.
+        """
+        return {"i3d": self.i3d.features(frames)[0].cpu().numpy()}
+
+    def add_reference(self, features: dict[str, np.ndarray]) -> None:
+        """Add one reference clip's :meth:`reference_features`."""
+        self.reference_metric.update(np.asarray(features["i3d"], dtype=np.float64))
+
+    def update_reference(self, frames: np.ndarray, audio: np.ndarray, sr: int) -> None:
+        self.add_reference(self.reference_features(frames, audio, sr))
+
+    def update(self, path, frames, audio, sr, fps=None):
+        self.metric.update(self.i3d.features(frames))
+
+    def result(self):
+        from avgen.metrics.kernel_distance import polynomial_mmd
+
+        fake, real = self.metric.value(), self.reference_metric.value()
+        info = {**self.i3d.extractor.describe(), "protocol": f"{JAVISBENCH} (eval/javisbench/src/utils.py:246-262)",
+                "kernel": {"degree": self.degree, "gamma": "1/D" if self.gamma is None else self.gamma,
+                           "coef0": self.coef0},
+                "estimator": "unbiased MMD^2 (diagonals of K_XX, K_YY left out), all clips, no subsets, no scaling",
+                "clips": int(fake.shape[0]), "reference_clips": int(real.shape[0])}
+        if fake.shape[0] < 2 or real.shape[0] < 2:
+            return None, {**info, "error": f"{fake.shape[0]} generated and {real.shape[0]} reference clips scored; "
+                                           f"the unbiased estimate needs at least 2 of each"}
+        return float(polynomial_mmd(fake, real, self.degree, self.gamma, self.coef0)), info
 
 
 def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, options: dict[str, dict],
                           prompt: str | None, cache_dir, device: str, procs: Processes | None = None,
                           all_clips: list[Path] | None = None, decode_threads: int = 0, audio: str = "stream"
                           ) -> tuple[dict, dict, list[dict], dict]:
-    """FVD, FAD, CLIPSIM, CLAP, ImageBind, IB-score, IS, KL, video IS, the PaSST metrics and frame-level VGGish FD
-    over one decoding pass of ``pred``. Returns (values, extractor descriptions, failures, per-clip scores and
-    durations (:func:`clip_durations`) ``{clip name: {column: value}}``).
+    """FVD, FAD, CLIPSIM, CLAP, ImageBind, IB-score, IS, KL, video IS, the PaSST metrics, frame-level VGGish FD,
+    DeSync, JavisScore and KVD over one decoding pass of ``pred``. Returns (values, extractor descriptions,
+    failures, per-clip scores and durations (:func:`clip_durations`) ``{clip name: {column: value}}``).
 
     In a distributed run ``pred`` is this process's share of ``all_clips``; the values, failures and
     per-clip scores returned are those of all processes. ``audio`` (``evaluate.audio``): which sound of each clip
@@ -1227,12 +1419,13 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
                        audio=audio)
     scorers = [cls.build(ctx) for name, cls in SCORERS.items() if name in metrics]
     frechet = [s for s in scorers if isinstance(s, FrechetScorer)]
+    per_clip_references = [s for s in scorers if isinstance(s, KVDScorer)]  # one feature row per reference clip
     if not scorers:
         return {}, {}, [], {}
     for scorer in frechet:
         scorer.audio_source = audio
-    if frechet:
-        set_references(frechet, ref_dir, cache_dir, procs, decode_threads, audio)
+    if frechet or per_clip_references:
+        set_references(frechet, ref_dir, cache_dir, procs, decode_threads, audio, per_clip_references)
     failures: list[dict] = []
     per_clip = feed_scorers(scorers, pred, failures, decode_threads, audio)
     for scorer in scorers:
@@ -1286,7 +1479,8 @@ def feed_scorers(scorers: list[Scorer], paths: list[Path], failures: list[dict],
 SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (
     FVDScorer, FADScorer, CLIPSimScorer, CLAPScorer, ClapLaionScorer, ClapMsScorer, ImageBindScorer, IBScoreScorer,
     InceptionScorer, KLScorer, VideoInceptionScorer, PasstFrechetScorer, PasstKLScorer, PasstInceptionScorer,
-    VGGishFramesScorer, DeSyncScorer, PAMScorer, CAVPScorer, FDPannsScorer, OnsetAccScorer, OnsetAPScorer)}
+    VGGishFramesScorer, DeSyncScorer, PAMScorer, CAVPScorer, FDPannsScorer, OnsetAccScorer, OnsetAPScorer,
+    JavisSyncScorer, KVDScorer)}
 MAIN_PROCESS = tuple(SCORERS)
 AVAILABLE = ("av_align", *SCORERS)  # av_align runs in worker processes (avgen.evaluation.processes)
 NEEDS_REFERENCE = tuple(name for name, cls in SCORERS.items() if cls.needs_reference)
