@@ -22,7 +22,8 @@ COMMANDS = {
     "sample": "generate sounding videos from a checkpoint (ckpt_path=<ckpt> sample.n=4)",
     "evaluate": "score a folder of generated clips (evaluate.pred_dir=<folder> evaluate.metrics=[av_align,fvd,fad,"
                 "clipsim,clap,clap_laion,clap_ms,imagebind,ib_score,is,kl,is_video,fd_passt,kl_passt,is_passt,"
-                "fd_vggish_frames,desync]; torchrun for several GPUs)",
+                "fd_vggish_frames,desync,pam,cavp,fd_panns,onset_acc,onset_ap,javis_sync,kvd]; "
+                "torchrun for several GPUs)",
     "export": "strip a checkpoint to safetensors weights + config (ckpt_path=<ckpt> export.dir=<folder>)",
     "prepare": "write a dataset's WebDataset shards and manifests (data=<dataset>)",
     "filter": "keep the clips of a prepared dataset whose scores pass thresholds (filter.min_av_align=0.2 "

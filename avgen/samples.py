@@ -188,7 +188,8 @@ def export_split_clips(split_dir: str | Path, out_dir: str | Path) -> Path:
     """The clips of a prepared shard split as files ``evaluate`` reads, in manifest order: for each sample
     ``<key with / as __>.mp4`` (the stored video bytes, not re-encoded), ``.wav`` (its flac audio,
     lossless), ``.txt`` (its caption or label, the CLIPSIM/CLAP prompt) and ``.json`` (``source``: its
-    key, so ``kl`` against the same split pairs each clip with itself). Scoring the data itself gives the
+    key, so ``kl`` against the same split pairs each clip with itself; its ``label`` and ``events`` when it has
+    them, for ``per_label.csv`` and the onset scores). Scoring the data itself gives the
     top line a paper reports next to its models (e.g. TempoTokens' AV-Align of the original videos)."""
     from avgen.data.shards import read_split_samples
 
@@ -220,10 +221,12 @@ def export_samples(samples: Iterator[tuple[str, dict[str, bytes]]], out_dir: str
             audio, sr = decode_flac(parts["flac"])
             write_wav(stem.with_suffix(".wav"), audio, sr, overwrite=True)
         caption = clip_caption(parts)
+        meta = json.loads(parts.get("json", b"{}"))
         if prompt == "label":
-            caption = json.loads(parts.get("json", b"{}")).get("label") or caption
+            caption = meta.get("label") or caption
         write_bytes_atomic(stem.with_suffix(".txt"), caption.encode(), overwrite=True)
-        write_bytes_atomic(stem.with_suffix(".json"), json.dumps({"prompt": caption, "source": key}).encode(),
+        known = {k: meta[k] for k in ("label", "events") if k in meta}  # per_label.csv, onset_acc / onset_ap
+        write_bytes_atomic(stem.with_suffix(".json"), json.dumps({"prompt": caption, "source": key, **known}).encode(),
                            overwrite=True)
         written[key] = stem.with_suffix(".mp4")
     return written

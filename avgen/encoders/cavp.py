@@ -82,19 +82,25 @@ class CAVPMelSpectrogram(nn.Module):
     ``torch.stft`` (periodic Hann window 1024, hop 256, centred, reflect padding) reproduces librosa 0.8's
     ``stft``; ``torchaudio``'s slaney mel bank equals ``librosa.filters.mel`` (slaney scale, slaney area norm).
     The mel bank is a non-persistent buffer: the official checkpoint holds no front-end weights.
+
+    Args:
+        hop_length: STFT hop in samples (Diff-Foley's ``wav2spec.py``: 256; Sony's ``cavp_score`` copy: 250).
+        pad_mode: padding of the centred frames (librosa 0.8: ``reflect``; librosa ≥ 0.9, which the SVG baseline pins:
+            ``constant``, zeros).
     """
 
-    def __init__(self):
+    def __init__(self, hop_length: int = HOP_LENGTH, pad_mode: str = "reflect"):
         super().__init__()
+        self.hop_length, self.pad_mode = int(hop_length), pad_mode
         mel = torchaudio.functional.melscale_fbanks(N_FFT // 2 + 1, F_MIN, F_MAX, NUM_MEL_BINS, SAMPLE_RATE,
                                                     norm="slaney", mel_scale="slaney")
         self.register_buffer("mel_bank", mel, persistent=False)  # (N_FFT // 2 + 1, 128)
         self.register_buffer("window", torch.hann_window(N_FFT, periodic=True), persistent=False)
 
     def forward(self, waveform: Tensor) -> Tensor:
-        """waveform (B, S) at 16 kHz → spec (B, 1, T, 128) in [0, 1], axis 2 is time, T = 1 + S // 256."""
-        stft = torch.stft(waveform.float(), N_FFT, HOP_LENGTH, window=self.window, center=True, pad_mode="reflect",
-                          return_complex=True)  # (B, N_FFT // 2 + 1, T)
+        """waveform (B, S) at 16 kHz → spec (B, 1, T, 128) in [0, 1], axis 2 is time, T = 1 + S // hop_length."""
+        stft = torch.stft(waveform.float(), N_FFT, self.hop_length, window=self.window, center=True,
+                          pad_mode=self.pad_mode, return_complex=True)  # (B, N_FFT // 2 + 1, T)
         mel = stft.abs().transpose(1, 2) @ self.mel_bank  # (B, T, 128)
         db = 20.0 * torch.log10(mel.clamp(min=AMIN))
         return ((db - 20.0 + 100.0) / 100.0).clamp(0.0, 1.0)[:, None]

@@ -89,7 +89,7 @@ FRONT_END = {
 # msclap keys no part here takes (fnmatch patterns): HTSAT's AudioSet classifier (tscam_conv, head; its
 # clipwise_output is discarded, CLAPWrapper.py:296), the shifted-window masks (recomputed by ClapAudioModel), the causal
 # masks older transformers saved with GPT-2 (h.N.attn.bias / masked_bias) and the contrastive temperature (a cosine
-# needs none).
+# needs none; PAM's softmax does: load_ms_clap keeps its value as MsClap.logit_scale).
 DROPPED = (f"{HTSAT}tscam_conv.*", f"{HTSAT}head.*", f"{HTSAT}layers.*.blocks.*.attn_mask",
            f"{TEXT}h.*.attn.bias", f"{TEXT}h.*.attn.masked_bias", "logit_scale")
 PROJECTIONS = {"audio_encoder.projection.": "audio_projection", "caption_encoder.projection.": "text_projection"}
@@ -207,6 +207,8 @@ class MsClap(FeatureExtractor):
         self.num_features = int(audio_projection.linear1.out_features)
         self.text_weights = "checkpoint"
         self.tokenizer_files: dict[str, str] = {}
+        # the file's contrastive temperature ln(1 / τ) (CLAP.logit_scale, msclap/models/clap.py:90); None: not in it
+        self.logit_scale: float | None = None
         self._freeze()
 
     def config(self) -> dict[str, Any]:
@@ -359,7 +361,8 @@ def load_ms_clap(path: str | os.PathLike | None, text_model: str | os.PathLike |
     320). GPT-2's config and tokenizer come from ``text_model``; its weights from the file's ``caption_encoder.base.*``
     when present, else from the folder's own weights (msclap loads ``strict=False`` over ``AutoModel('gpt2')``, so
     either way GPT-2 stands in; whether the published file holds them is not verified here). The file's SHA-256 is
-    recorded under ``"ms_clap"``, the folder's GPT-2 weights under ``"gpt2"`` when they are used.
+    recorded under ``"ms_clap"``, the folder's GPT-2 weights under ``"gpt2"`` when they are used. The file's scalar
+    ``logit_scale`` (no module takes it) is kept as :attr:`MsClap.logit_scale` for PAM (:mod:`avgen.metrics.pam`).
 
     Raises:
         ConfigError: ``text_model`` unset or not a folder (names ``text_key``); checked first.
@@ -418,6 +421,8 @@ def load_ms_clap(path: str | os.PathLike | None, text_model: str | os.PathLike |
     clap = MsClap(audio_model.eval(), front_end, text.eval(), projections["audio_projection"],
                   projections["text_projection"], tokenizer)
     clap.tokenizer_files = tokenizer_files
+    if isinstance(state.get("logit_scale"), Tensor) and state["logit_scale"].numel() == 1:
+        clap.logit_scale = float(state["logit_scale"])
     clap._record("ms_clap", Path(path))
     if not from_file:
         clap.text_weights = "text_model folder"

@@ -11,6 +11,10 @@ its reason and never stops the run. Outputs in the run folder:
 - ``per_clip.csv``: one row per clip (AV-Align, CLIPSIM, CLAP, ImageBind and KL scores, onset and peak
   counts, video and audio durations in seconds with a note when they differ by more than one
   frame, and every metric's error for the clip);
+- ``per_label.csv``: per label (``label`` in ``<stem>.json`` beside the clip, else its reference's in
+  ``evaluate.ref_dir``) and in total, the clip count and each per-clip metric's mean and count; weighted by the
+  counts, the labels sum back to ``metrics.json``. Distribution metrics (FVD, FAD, IS, ...) are not split
+  (:func:`avgen.evaluation.annotations.per_label_rows` says why);
 - ``plots/<stem>.png`` for the first ``evaluate.plots`` clips (frames, flow magnitude with peaks,
   waveform with onsets, matches).
 """
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from avgen.errors import ConfigError
+from avgen.evaluation.annotations import ClipAnnotations, per_label_rows
 from avgen.evaluation.processes import AlignmentPool, Processes
 from avgen.evaluation.scorers import AVAILABLE, MAIN_PROCESS, NEEDS_REFERENCE, OPTION_BLOCKS, score_in_main_process
 from avgen.samples import export_split_clips, find_clips
@@ -38,7 +43,7 @@ class EvaluateSettings:
 
     ``metrics``: names of :data:`avgen.evaluation.scorers.AVAILABLE`; ``options``: the per-metric
     blocks (``fvd``, ``fad``, ``clipsim``, ``clap``, ``panns``, ``is_video``, ``imagebind``, ``ib_score``, ``passt``,
-    ``fd_vggish_frames``);
+    ``fd_vggish_frames``, ``onset``);
     ``av_align``: :class:`~avgen.metrics.av_align.AVAlignConfig` fields. The other fields are the keys
     of the same name in ``configs/evaluate/default.yaml``.
     """
@@ -100,7 +105,8 @@ class EvaluateSettings:
 
 @dataclass
 class EvaluationResult:
-    """What one ``evaluate`` run found: :meth:`to_json` is ``metrics.json``; ``rows`` are ``per_clip.csv``."""
+    """What one ``evaluate`` run found: :meth:`to_json` is ``metrics.json``; ``rows`` are ``per_clip.csv``,
+    ``per_label`` is ``per_label.csv``."""
 
     pred_dir: str
     clips_dir: str
@@ -116,6 +122,7 @@ class EvaluationResult:
     versions: dict[str, str]
     config: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    per_label: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"pred_dir": self.pred_dir, "clips_dir": self.clips_dir, "ref_dir": self.ref_dir,
@@ -124,7 +131,7 @@ class EvaluationResult:
                 "av_align_config": self.av_align_config, "versions": self.versions, "config": self.config}
 
     def write(self, out: str | Path) -> None:
-        """``metrics.json`` and ``per_clip.csv`` in ``out`` (atomically)."""
+        """``metrics.json``, ``per_clip.csv`` and ``per_label.csv`` in ``out`` (atomically)."""
         from avgen.media import write_bytes_atomic
 
         out = Path(out)
@@ -132,6 +139,7 @@ class EvaluationResult:
         text = json.dumps(self.to_json(), indent=2, default=str)
         write_bytes_atomic(out / "metrics.json", text.encode(), overwrite=True)
         _write_csv(out / "per_clip.csv", self.rows)
+        _write_csv(out / "per_label.csv", self.per_label, list(self.per_label[-1]) if self.per_label else ["label"])
 
 
 @dataclass
@@ -157,7 +165,8 @@ def evaluate(settings: Mapping[str, Any] | EvaluateSettings, out_dir: str | Path
     reference of the same stem in the folder ``ref_dir``, or with the shard split clip named as ``source``
     in ``<stem>.json``; ``is_video`` uses the C3D of ``is_video``; ``imagebind`` the ImageBind file of
     ``imagebind``; ``ib_score`` the one of ``ib_score`` (av-benchmark's protocol; ``metrics.json`` gets
-    ``ib_score`` ×100 and ``ib_score_raw``).
+    ``ib_score`` ×100 and ``ib_score_raw``). ``onset_acc`` / ``onset_ap`` match each clip's audio onsets with its
+    annotated ``events`` (``<stem>.json`` beside it, else its reference's in ``ref_dir``; :mod:`avgen.metrics.onset`).
 
     AV-Align workers start from a fork server, so a script calling this needs the usual
     ``if __name__ == "__main__":`` guard (the command line has it).
@@ -216,7 +225,7 @@ def _plan(s: EvaluateSettings, out: Path, procs: Processes) -> _Plan:
         clips_dir = out / "clips"
     found = find_clips(clips_dir)
     skipped = {"skipped": found.skipped_json()}
-    distribution = [m for m in s.metrics if m in ("fvd", "fad")]
+    distribution = [m for m in s.metrics if m in ("fvd", "fad", "kvd")]
     if s.ref_dir and distribution and not (Path(s.ref_dir) / MANIFEST).is_file():
         skipped["ref_skipped"] = find_clips(s.ref_dir, "evaluate.ref_dir").skipped_json()
     folders = {"skipped": "evaluate.pred_dir", "ref_skipped": "evaluate.ref_dir"}
@@ -282,6 +291,13 @@ def _merge(s: EvaluateSettings, plan: _Plan, rows: list[dict], main: tuple, av_a
         if row["clip"] in reasons:
             row["error"] = "; ".join(reasons[row["clip"]])
     ref_dir = s.ref_dir
+    try:
+        annotations = ClipAnnotations(ref_dir, plan.clips)
+        labels = {p.name: annotations.label(p) for p in plan.clips}
+    except Exception as exc:  # unreadable reference jsons cost the labels, never the scores already computed
+        log.warning("per_label.csv without labels: evaluate.ref_dir=%s: %s: %s", ref_dir, type(exc).__name__, exc)
+        labels = {}
+    per_label = per_label_rows(rows, labels, values)
     return EvaluationResult(
         pred_dir=str(plan.requested.absolute()), clips_dir=str(plan.clips_dir.absolute()),
         ref_dir=str(Path(ref_dir).absolute()) if ref_dir else None, metrics=values,
@@ -289,11 +305,13 @@ def _merge(s: EvaluateSettings, plan: _Plan, rows: list[dict], main: tuple, av_a
         failures=[{"clip": c, "reason": "; ".join(r)} for c, r in reasons.items()], skipped=plan.skipped,
         splits={key: info for key, info in (("pred_dir", split_list(plan.requested)),
                                             ("ref_dir", split_list(ref_dir) if ref_dir else None)) if info},
-        extractors=extractors, av_align_config=av_align, versions=library_versions(), config=config, rows=rows)
+        extractors=extractors, av_align_config=av_align, versions=library_versions(), config=config, rows=rows,
+        per_label=per_label)
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    fields = ["clip"] + sorted({k for r in rows for k in r} - {"clip", "error"}) + ["error"]
+def _write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    """``rows`` as CSV with columns ``fields`` (default: per_clip.csv's ``clip``, the others sorted, ``error``)."""
+    fields = fields or ["clip"] + sorted({k for r in rows for k in r} - {"clip", "error"}) + ["error"]
     from avgen.media import atomic_write
 
     with atomic_write(path, "w", overwrite=True) as f:

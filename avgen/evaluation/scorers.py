@@ -68,6 +68,23 @@ class BuildContext:
             shared.references = PairedReferences(self.ref_dir, self.pred, paired_metric, shared, self.audio)
         return shared
 
+    def ms_clap(self, block: str):
+        """The MS-CLAP 2023 of ``evaluate.<block>`` (``path``, ``text_model``), loaded once for ``clap_ms`` and
+        ``pam`` when both blocks name the same files (``pam``'s default to ``clap_ms``'s)."""
+        from avgen.encoders.ms_clap import load_ms_clap
+
+        options = self.block(block)
+        key = ("ms_clap", str(options.get("path")), str(options.get("text_model")))
+        if key not in self.shared:
+            self.shared[key] = load_ms_clap(options.get("path"), options.get("text_model"), f"evaluate.{block}.path",
+                                            f"evaluate.{block}.text_model")
+        return self.shared[key]
+    def i3d(self) -> SharedI3D:
+        """The I3D of ``evaluate.fvd``, built once for ``fvd`` and ``kvd`` (one forward pass per clip)."""
+        if "i3d" not in self.shared:
+            self.shared["i3d"] = SharedI3D(self.block("fvd"), self.dev)
+        return self.shared["i3d"]
+
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".WAV", ".FLAC")  # the harness globs *.wav, *.flac (extract.py:54); + upper case
 
@@ -91,6 +108,18 @@ def harness_audio_file(path: Path, audio: np.ndarray, sr: int) -> tuple[Path, np
     except Exception as exc:  # an unreadable companion fails this clip only
         raise ValueError(f"{companion.name}: {type(exc).__name__}: {exc}") from exc
     return companion, np.ascontiguousarray(wave.T), int(rate)
+
+
+def known_options(options: dict, block: str, known: tuple[str, ...]) -> dict:
+    """``options`` (the block ``evaluate.<block>``) when every key is one of ``known``.
+
+    Raises:
+        ConfigError: an unknown key, named with the known ones.
+    """
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"evaluate.{block}: unknown keys {unknown}; known: {', '.join(known)}")
+    return options
 
 
 class Scorer:
@@ -247,19 +276,18 @@ class ClapMsScorer(CosineScorer):
 
     @classmethod
     def build(cls, ctx: BuildContext) -> ClapMsScorer:
-        return cls(ctx.block(cls.block), ctx.prompt, ctx.dev)
+        options = known_options(ctx.block(cls.block), cls.block, cls.KNOWN)
+        return cls(options, ctx.prompt, ctx.dev, clap=ctx.ms_clap(cls.block))
 
-    def __init__(self, options: dict, prompt: str | None, dev):
+    def __init__(self, options: dict, prompt: str | None, dev, clap=None):
         from avgen.encoders.ms_clap import load_ms_clap
         from avgen.metrics.semantic import MsCLAPScore
 
-        unknown = sorted(set(options) - set(self.KNOWN))
-        if unknown:
-            raise ConfigError(f"evaluate.clap_ms: unknown keys {unknown}; known: {', '.join(self.KNOWN)}")
+        known_options(options, self.block, self.KNOWN)
         crop = options.get("crop", "random")
         seed = options.get("seed", 0)
         self.prompt = prompt
-        clap = load_ms_clap(options.get("path"), options.get("text_model"))
+        clap = clap if clap is not None else load_ms_clap(options.get("path"), options.get("text_model"))
         self.metric = MsCLAPScore(clap, seed=0 if seed is None else int(seed), crop=crop).to(dev)
 
     def update(self, path, frames, audio, sr, fps=None):
@@ -272,6 +300,21 @@ class ClapMsScorer(CosineScorer):
         return {self.name: float(scores[0]), "clap_ms_audio": used.name}
 
 
+def shared_imagebind(shared: dict[str, Any] | None, path, config_key: str, sizes: Mapping[str, Any], dev):
+    """The :class:`~avgen.encoders.imagebind.ImageBindAV` of file ``path`` with ``sizes``, loaded once per
+    ``shared`` (:attr:`BuildContext.shared`): ``imagebind``, ``ib_score`` and ``javis_sync`` name the same file
+    by default. Raises what :func:`~avgen.encoders.imagebind.load_imagebind` raises (naming ``config_key``)."""
+    from avgen.data.feature_store import canonical_json
+    from avgen.encoders.imagebind import load_imagebind
+
+    where = None if path is None else str(Path(path).absolute())
+    key = "imagebind:" + canonical_json({"path": where, "sizes": dict(sizes)})
+    store = {} if shared is None else shared
+    if key not in store:
+        store[key] = load_imagebind(path, config_key, **dict(sizes)).to(dev)
+    return store[key]
+
+
 class ImageBindScorer(CosineScorer):
     """ImageBind audio-video score: cos(ImageBind audio embedding, vision embedding) per clip, at the
     clip's own frame rate (:mod:`avgen.metrics.imagebind`). ``evaluate.imagebind`` holds ``path`` and,
@@ -282,14 +325,14 @@ class ImageBindScorer(CosineScorer):
 
     @classmethod
     def build(cls, ctx: BuildContext) -> ImageBindScorer:
-        return cls(ctx.block("imagebind"), ctx.dev)
+        return cls(ctx.block("imagebind"), ctx.dev, ctx.shared)
 
-    def __init__(self, options: dict, dev):
+    def __init__(self, options: dict, dev, shared: dict[str, Any] | None = None):
         from avgen.metrics.imagebind import ImageBindScore
 
         options = dict(options)
-        self.metric = ImageBindScore.from_file(options.pop("path", None), config_key="evaluate.imagebind.path",
-                                               sizes=options).to(dev)
+        model = shared_imagebind(shared, options.pop("path", None), "evaluate.imagebind.path", options, dev)
+        self.metric = ImageBindScore(model).to(dev)
 
     def update(self, path, frames, audio, sr, fps=None):
         scores = self.metric.clip_scores([frames], [np.ascontiguousarray(audio, dtype=np.float32)], sample_rate=sr,
@@ -339,9 +382,9 @@ class IBScoreScorer(CosineScorer):
 
     @classmethod
     def build(cls, ctx: BuildContext) -> IBScoreScorer:
-        return cls(ctx.block("ib_score"), ctx.dev)
+        return cls(ctx.block("ib_score"), ctx.dev, ctx.shared)
 
-    def __init__(self, options: dict, dev):
+    def __init__(self, options: dict, dev, shared: dict[str, Any] | None = None):
         from avgen.media import as_fps
         from avgen.metrics.imagebind import IBScore
 
@@ -357,7 +400,8 @@ class IBScoreScorer(CosineScorer):
             raise ConfigError(f"evaluate.ib_score: fps={float(self.fps)} x seconds={self.seconds} gives "
                               f"{self.num_frames} frame(s); the score pairs consecutive frames, so it needs at least "
                               f"2 (the harness's 8 s at 0.5 fps gives 4): raise evaluate.ib_score.seconds")
-        self.metric = IBScore.from_file(path, config_key="evaluate.ib_score.path", sizes=options, scale=scale).to(dev)
+        model = shared_imagebind(shared, path, "evaluate.ib_score.path", options, dev)
+        self.metric = IBScore(model, scale=scale).to(dev)
 
     def audio(self, path: Path, audio: np.ndarray, sr: int) -> tuple[Path, np.ndarray, int]:
         """(file read, mono waveform, rate): the first channel of ``<stem>.wav`` / ``.flac`` beside ``path``,
@@ -470,34 +514,30 @@ class FrechetScorer(Scorer):
 
         options = dict(options)
         self.name, self.dev, self.torch = name, dev, torch
-        if name == "fvd":
-            extractor = build_extractor("i3d", options.pop("i3d_path", None), config_key="evaluate.fvd.i3d_path",
-                                        **options)
+        self.sample_rate = int(options.pop("sample_rate", 16000))
+        kind = options.pop("extractor", "vggish")
+        panns_path = options.pop("panns_path", None)
+        clap_model = options.pop("clap_model", None)
+        if kind == "clap":
+            from avgen.metrics.semantic import ClapEmbedding, CLAPScore
+
+            clap_options = {k: options.pop(k) for k in list(options) if k not in ("vggish_path", "vggish_pca_path")}
+            extractor = ClapEmbedding(CLAPScore.from_pretrained(clap_model, config_key="evaluate.fad.clap_model",
+                                                                **clap_options))
+            self.sample_rate = extractor.sample_rate  # one resampling, straight to CLAP's rate
+        elif kind == "panns":
+            from avgen.encoders.panns import Cnn14Embedding, load_cnn14
+
+            options.pop("vggish_path", None)
+            options.pop("vggish_pca_path", None)
+            extractor = Cnn14Embedding(load_cnn14(panns_path, config_key=f"evaluate.{name}.panns_path", **options))
+        elif kind == "vggish":
+            extractor = build_extractor("vggish", options.pop("vggish_path", None),
+                                        config_key="evaluate.fad.vggish_path",
+                                        pca_config_key="evaluate.fad.vggish_pca_path",
+                                        pca_path=options.pop("vggish_pca_path", None), **options)
         else:
-            self.sample_rate = int(options.pop("sample_rate", 16000))
-            kind = options.pop("extractor", "vggish")
-            panns_path = options.pop("panns_path", None)
-            clap_model = options.pop("clap_model", None)
-            if kind == "clap":
-                from avgen.metrics.semantic import ClapEmbedding, CLAPScore
-
-                clap_options = {k: options.pop(k) for k in list(options) if k not in ("vggish_path", "vggish_pca_path")}
-                extractor = ClapEmbedding(CLAPScore.from_pretrained(clap_model, config_key="evaluate.fad.clap_model",
-                                                                    **clap_options))
-                self.sample_rate = extractor.sample_rate  # one resampling, straight to CLAP's rate
-            elif kind == "panns":
-                from avgen.encoders.panns import Cnn14Embedding, load_cnn14
-
-                options.pop("vggish_path", None)
-                options.pop("vggish_pca_path", None)
-                extractor = Cnn14Embedding(load_cnn14(panns_path, config_key="evaluate.fad.panns_path", **options))
-            elif kind == "vggish":
-                extractor = build_extractor("vggish", options.pop("vggish_path", None),
-                                            config_key="evaluate.fad.vggish_path",
-                                            pca_config_key="evaluate.fad.vggish_pca_path",
-                                            pca_path=options.pop("vggish_pca_path", None), **options)
-            else:
-                raise ConfigError(f"evaluate.fad.extractor={kind!r}: expected vggish, panns or clap")
+            raise ConfigError(f"evaluate.fad.extractor={kind!r}: expected vggish, panns or clap")
         self.extractor = extractor.to(dev)
         self.reference_metric = FrechetDistance(num_features=self.extractor.num_features).to(dev)
         self.metric = None
@@ -505,8 +545,6 @@ class FrechetScorer(Scorer):
 
     def model_input(self, frames: np.ndarray, audio: np.ndarray, sr: int):
         torch = self.torch
-        if self.name == "fvd":
-            return uint8_to_unit_range(frames, self.dev)[None]
         wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.dev)
         if sr != self.sample_rate:
             import torchaudio
@@ -625,10 +663,75 @@ class VGGishFramesScorer(FrechetScorer):
 
 
 # ------------------------------------------------------------------------------ classifier scores
+class SharedI3D:
+    """The I3D of ``evaluate.fvd`` (:class:`~avgen.encoders.video_classifiers.I3DFeatures`: ``i3d_path``,
+    ``num_frames``, ``frame_sampling``, ``input_mode``, ...) shared by ``fvd`` and ``kvd``: :meth:`features`
+    runs it once per decoded clip, whichever metric asks first."""
+
+    def __init__(self, options: dict, dev):
+        from avgen.encoders.registry import build_extractor
+
+        options = dict(options)
+        self.extractor = build_extractor("i3d", options.pop("i3d_path", None), config_key="evaluate.fvd.i3d_path",
+                                         **options).to(dev)
+        self.dev = dev
+        self._last: tuple[np.ndarray, Any] | None = None
+
+    def features(self, frames: np.ndarray):
+        """I3D features (1, D) float64 of one clip's frames (F, H, W, 3) uint8; the same array object (one
+        decoded clip handed to every scorer) is computed once, and so is its failure (the array is held, so its
+        identity is not reused).
+
+        Raises:
+            ValueError: a clip the extractor cannot take (too few frames, ...).
+        """
+        import torch
+
+        if self._last is None or self._last[0] is not frames:
+            try:
+                with torch.no_grad(), torch.autocast(device_type=torch.device(self.dev).type, enabled=False):
+                    feats = self.extractor(uint8_to_unit_range(frames, self.dev)[None])
+                self._last = (frames, feats.detach().to(torch.float64))
+            except ValueError as exc:  # raised again for every metric that asks, without another pass
+                self._last = (frames, exc)
+        if isinstance(self._last[1], ValueError):
+            raise self._last[1]
+        return self._last[1]
+
+
 class FVDScorer(FrechetScorer):
-    """FVD: Fréchet distance of I3D features (``evaluate.fvd``)."""
+    """FVD: Fréchet distance of I3D features (``evaluate.fvd``; the I3D is :class:`SharedI3D`)."""
 
     name = block = "fvd"
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> FVDScorer:
+        return cls(ctx.i3d())
+
+    def __init__(self, i3d: SharedI3D):
+        import torch
+
+        from avgen.metrics.frechet import FrechetDistance
+
+        self.i3d, self.extractor, self.dev, self.torch = i3d, i3d.extractor, i3d.dev, torch
+        self.reference_metric = FrechetDistance(num_features=self.extractor.num_features).to(self.dev)
+        self.metric = None
+        self.reference = None
+
+    def reference_features(self, frames, audio, sr) -> dict[str, np.ndarray]:
+        """``{"features": (1, D) float32}``: :class:`SharedI3D`'s features of one clip's frames (F, H, W, 3) uint8,
+        the entry ``kvd`` shares (same namespace).
+
+        Raises:
+            ValueError: a clip the I3D cannot take.
+        """
+        return {"features": self.i3d.features(frames).to("cpu", self.torch.float32).numpy()}
+
+    def set_reference(self, stats) -> None:
+        from avgen.metrics.frechet import FrechetDistance
+
+        self.reference = stats
+        self.metric = FrechetDistance(num_features=self.extractor.num_features, reference=stats).to(self.dev)
 
 
 class FADScorer(FrechetScorer):
@@ -1108,13 +1211,375 @@ class PasstInceptionScorer(SplitInceptionScorer):
         return {**self.passt.describe("ISC-PASST-mean"), "posterior": "softmax over the logits"}
 
 
+# ------------------------------------------------------------------------------ VTA-LDM's Table 1 columns
+class PAMScorer(CosineScorer):
+    """PAM (``evaluate.pam``: ``path``, ``text_model``, ``windows``; :mod:`avgen.metrics.pam`): the probability MS-CLAP
+    2023 gives to "the sound is clear and clean." against "the sound is noisy and with artifacts.", averaged over the
+    clip's 7-s windows, then over clips. No reference, no caption. The audio is what PAM reads, the *file*:
+    ``<stem>.wav`` / ``.flac`` beside the clip with all its channels (concatenated, as PAM's ``reshape(-1)``), else the
+    clip's decoded (mono) audio, as ``clap_ms`` (:func:`harness_audio_file`); ``per_clip.csv`` names it
+    (``pam_audio``) and gives the number of windows (``pam_windows``). The model is ``clap_ms``'s when both blocks
+    name the same files."""
+
+    name = block = "pam"
+    per_clip = True
+    KNOWN = ("path", "text_model", "windows")
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> PAMScorer:
+        from avgen.metrics.pam import PAMScore, check_windows
+
+        options = known_options(ctx.block(cls.block), cls.block, cls.KNOWN)
+        windows = check_windows(options.get("windows", "all"))
+        return cls(PAMScore(ctx.ms_clap(cls.block), windows=windows).to(ctx.dev))
+
+    def __init__(self, metric):
+        self.metric = metric
+
+    def update(self, path, frames, audio, sr, fps=None):
+        used, wave, rate = harness_audio_file(path, audio, sr)
+        windows = self.metric.window_scores(wave, rate)
+        score = windows.mean()
+        self.metric.add_scores(score[None])
+        return {self.name: float(score), "pam_windows": int(windows.numel()), "pam_audio": used.name}
+
+
+class CAVPScorer(CosineScorer):
+    """CAVP score (``evaluate.cavp``: ``path``; :mod:`avgen.metrics.cavp_score`): per clip, the mean over 0.25-s steps
+    of the cosine between CAVP's video token (the clip's video decoded again at 4 fps) and audio token (the clip's
+    sound as ``evaluate.audio`` says), over the first ``int(duration)`` seconds, as the SVG baseline's
+    ``cavp_score.py``; both branches from Diff-Foley's ``cavp_epoch66.ckpt``. ``per_clip.csv`` gives the seconds
+    scored (``cavp_seconds``); a clip under 1 s, or without 4 frames per second scored, is a failure."""
+
+    name = block = "cavp"
+    per_clip = True
+    KNOWN = ("path",)
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> CAVPScorer:
+        return cls(known_options(ctx.block(cls.block), cls.block, cls.KNOWN), ctx.dev)
+
+    def __init__(self, options: dict, dev):
+        from avgen.encoders.cavp import load_cavp
+        from avgen.encoders.cavp_video import load_cavp_video
+        from avgen.metrics.cavp_score import CAVPScore
+        from avgen.pretrained import sha256_file
+
+        path = options.get("path")
+        key = f"evaluate.{self.block}.path"
+        video = load_cavp_video(path, key)  # first: it also refuses an unset path with the file's origin
+        self.metric = CAVPScore(load_cavp(path, key), video).to(dev)
+        self.weights = {"path": str(path), "sha256": {"cavp": sha256_file(path)}}
+
+    def update(self, path, frames, audio, sr, fps=None):
+        from avgen.media import MediaError, decode_video
+        from avgen.metrics.cavp_score import FPS, MIN_SECONDS, score_seconds
+
+        seconds = score_seconds(len(frames) / float(fps), len(audio) / sr) if fps else 0
+        if seconds < MIN_SECONDS:
+            raise ValueError(f"shorter than {MIN_SECONDS} s: the CAVP score skips it (cavp_score.py:79-80)")
+        try:
+            video, _ = decode_video(path, fps=FPS, num_frames=FPS * seconds)
+        except MediaError as exc:
+            raise ValueError(f"needs {FPS * seconds} frames at {FPS} fps for its first {seconds} s: {exc}") from exc
+        score = self.metric.clip_score(video, audio, sr, seconds)
+        self.metric.add_scores(score[None])
+        return {self.name: float(score), "cavp_seconds": seconds}
+
+    def result(self):
+        value, info = super().result()
+        return value, {**self.weights, **info}
+
+
+class FDPannsScorer(FrechetScorer):
+    """FD: Fréchet distance of PANNs CNN14's 2048-d embedding (audioldm_eval's FD), the ``fad`` metric with
+    ``extractor: panns`` under a name of its own, so FAD on VGGish (``fad``) and FD on PANNs are one run's two columns
+    (VTA-LDM's Table 1). ``evaluate.fd_panns`` holds ``panns_path``, ``sample_rate`` and, for tests,
+    :class:`~avgen.encoders.panns.Cnn14` sizes."""
+
+    name = block = "fd_panns"
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> FDPannsScorer:
+        options = ctx.block(cls.block)
+        if "extractor" in options:
+            raise ConfigError(f"evaluate.{cls.block}.extractor: fd_panns is always PANNs CNN14's embedding; remove "
+                              f"it (evaluate.fad.extractor chooses fad's)")
+        return cls(cls.name, {**options, "extractor": "panns"}, ctx.dev)
+
+
+# ------------------------------------------------------------------------------ Foley timing (Greatest Hits)
+class ReferenceOnsets:
+    """The reference side of ``evaluate.onset.ground_truth: detected``: the onsets detected on a reference clip's
+    sound (:func:`~avgen.metrics.onset.reference_onsets`), stored in the feature store like any extractor's
+    features (namespace: the detector, its settings and librosa's version)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def feature_namespace(self) -> dict:
+        import librosa
+
+        detector = {k: getattr(self.cfg, k) for k in ("seconds", "sample_rate", "delta")}
+        return {"extractor": "librosa.onset.onset_detect", "weights_sha256": None,
+                "preprocessing": {"detector": detector, "librosa": librosa.__version__,
+                                  "input": "channels averaged, librosa.resample soxr_hq, cut to seconds"},
+                "dtype": "int64"}
+
+    def reference_features(self, frames, audio: np.ndarray, sr: int) -> dict[str, np.ndarray]:
+        """``{"onsets": (K,) int64}``: onset positions in samples at ``cfg.sample_rate`` (``frames`` unused)."""
+        from avgen.metrics.onset import reference_onsets
+
+        return {"onsets": reference_onsets(audio, sr, self.cfg)}
+
+
+class OnsetTiming:
+    """The onset detection shared by ``onset_acc`` and ``onset_ap`` (:mod:`avgen.metrics.onset`): one pass per
+    generated clip, whichever metric asks first. ``evaluate.onset`` holds the
+    :class:`~avgen.metrics.onset.OnsetConfig` fields. The audio is what the scripts read, the file:
+    ``<stem>.wav`` / ``.flac`` beside the clip (all channels, averaged), else the clip's decoded sound
+    (:func:`harness_audio_file`). Ground truth: the clip's ``events`` (:class:`~avgen.evaluation.annotations.
+    ClipAnnotations`: ``<stem>.json`` beside it, else its reference in ``evaluate.ref_dir``), or with
+    ``ground_truth: detected`` the onsets of its paired reference's audio (:class:`PairedReferences`)."""
+
+    def __init__(self, options: dict, ctx: BuildContext):
+        from avgen.evaluation.annotations import ClipAnnotations
+        from avgen.metrics.onset import OnsetConfig
+
+        try:
+            self.cfg = OnsetConfig(**options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"evaluate.onset: {exc} (keys: {', '.join(OnsetConfig.__dataclass_fields__)})") from exc
+        self.references = None
+        if self.cfg.ground_truth == "detected":
+            if not ctx.ref_dir:
+                raise ConfigError("evaluate.onset.ground_truth=detected compares with the onsets of each clip's "
+                                  "reference: set evaluate.ref_dir, or ground_truth=events")
+            self.references = PairedReferences(ctx.ref_dir, ctx.pred, "onset_acc/onset_ap",
+                                               ReferenceOnsets(self.cfg), ctx.audio)
+        self.annotations = ClipAnnotations(ctx.ref_dir, ctx.pred)
+        self._last: tuple[str, Any] | None = None
+
+    def scores(self, path: Path, audio: np.ndarray, sr: int) -> dict[str, Any]:
+        """:func:`~avgen.metrics.onset.clip_onset_scores` of the clip, computed once; raises ``ValueError`` (again
+        for each metric that asks) for a clip without ground truth or audio."""
+        from avgen.metrics.onset import clip_onset_scores
+
+        if self._last is None or self._last[0] != str(path):
+            try:
+                _, wave, rate = harness_audio_file(path, audio, sr)
+                if self.references is not None:
+                    truth = self.references.features(path)["onsets"]
+                    value = clip_onset_scores(wave, rate, cfg=self.cfg, truth_onsets=truth)
+                else:
+                    value = clip_onset_scores(wave, rate, self.annotations.events(path)[0], cfg=self.cfg)
+            except ValueError as exc:
+                value = exc
+            self._last = (str(path), value)
+        if isinstance(self._last[1], ValueError):
+            raise self._last[1]
+        return self._last[1]
+
+    def describe(self) -> dict:
+        from dataclasses import asdict
+
+        truth = ("onsets detected on each clip's reference audio (CondFoleyGen predict_onset.py)"
+                 if self.cfg.ground_truth == "detected" else
+                 "the clip's annotated events: <stem>.json beside it, else its reference's in evaluate.ref_dir")
+        return {"protocol": "MMAudio eval_onsets.py@974010a (from CondFoleyGen predict_onset.py@c565db7)",
+                **asdict(self.cfg), "ground_truth_source": truth,
+                "audio": "<stem>.wav/.flac beside the clip (channels averaged) when present, else the clip's sound"}
+
+
+class OnsetScorer(Scorer):
+    """Onset accuracy (``onset_acc``: events matched / events, MMAudio's Greatest Hits "Acc.") or onset AP
+    (``onset_ap``) per clip, averaged over clips (:mod:`avgen.metrics.onset`). A clip without events is reported
+    in ``failures``. ``onset_acc`` also reports ``onset_count_acc``, CondFoleyGen's "# Onset Acc."."""
+
+    block = "onset"
+    # Per-clip scores, but not offered to `filter` yet: it builds scorers from options keyed by metric name,
+    # and onset_acc / onset_ap share the `onset` block (and the clips' events).
+    per_clip = False
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> OnsetScorer:
+        if "onset" not in ctx.shared:
+            ctx.shared["onset"] = OnsetTiming(ctx.block("onset"), ctx)
+        return cls(ctx.shared["onset"])
+
+    def __init__(self, timing: OnsetTiming):
+        from avgen.metrics.onset import OnsetScores
+
+        self.timing, self.metric = timing, OnsetScores()
+
+    def reference_user(self):
+        """The paired references' detected onsets (``ground_truth: detected``), else none."""
+        return self.timing.references
+
+    def update(self, path, frames, audio, sr, fps=None):
+        scores = self.timing.scores(path, audio, sr)
+        self.metric.update(scores)
+        own = ("onset_acc", "onset_count_acc") if self.name == "onset_acc" else ("onset_ap",)
+        return {k: scores[k] for k in (*own, "onset_events", "onset_detected")}
+
+    def values(self):
+        clips = int(self.metric.count)
+        means = self.metric.compute() if clips else {}
+        own = ("onset_acc", "onset_count_acc") if self.name == "onset_acc" else ("onset_ap",)
+        return {k: means.get(k) for k in own}, {**self.timing.describe(), "clips": clips}
+
+
+class OnsetAccScorer(OnsetScorer):
+    name = "onset_acc"
+
+
+class OnsetAPScorer(OnsetScorer):
+    name = "onset_ap"
+
+
+# ------------------------------------------------------------------------------ joint generation (JavisBench)
+JAVISBENCH = "JavisVerse/JavisDiT@b505b37"
+
+
+class JavisSyncScorer(CosineScorer):
+    """JavisBench's audio-video synchrony score (JavisScore, :mod:`avgen.metrics.javis_sync`): per clip, over
+    2-s windows with 1.5-s overlap, the mean of the lowest 40 % of the cosines between each frame's ImageBind
+    image embedding and the window's ImageBind audio embedding, averaged over windows; the mean over clips.
+
+    ``evaluate.javis_sync`` holds ``path`` (``imagebind_huge.pth``; the model is shared with ``imagebind`` and
+    ``ib_score`` when they name the same file), ``window_s`` (2.0), ``overlap_s`` (1.5), ``topk_min`` (0.4: a
+    fraction; an int is a count) and, for tests, :class:`~avgen.encoders.imagebind.ImageBindAV` sizes. The video
+    is every decoded frame at the clip's own rate; the audio is ``<stem>.wav`` / ``.flac`` beside the clip when
+    present (JavisBench reads ``sample_XXXX.wav``), first channel, else the clip's audio stream
+    (:func:`harness_audio_file`); ``per_clip.csv`` has ``javis_sync``, ``javis_sync_windows`` and
+    ``javis_sync_audio`` (the file read)."""
+
+    name = block = "javis_sync"
+    per_clip = True
+    SETTINGS = ("window_s", "overlap_s", "topk_min")
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> JavisSyncScorer:
+        return cls(ctx.block(cls.block), ctx.dev, ctx.shared)
+
+    def __init__(self, options: dict, dev, shared: dict[str, Any] | None = None):
+        from avgen.metrics.javis_sync import JavisSync, check_settings
+
+        options = dict(options)
+        settings = {"window_s": 2.0, "overlap_s": 1.5, "topk_min": 0.4}
+        settings.update({k: options.pop(k) for k in self.SETTINGS if k in options})
+        try:
+            check_settings(**settings)
+        except ValueError as exc:
+            raise ConfigError(f"evaluate.javis_sync: {exc}") from exc
+        model = shared_imagebind(shared, options.pop("path", None), "evaluate.javis_sync.path", options, dev)
+        self.metric = JavisSync(model, **settings).to(dev)
+
+    def update(self, path, frames, audio, sr, fps=None):
+        used, wave, rate = harness_audio_file(path, audio, sr)
+        score, windows = self.metric.clip_score(frames, fps, wave[0] if wave.ndim == 2 else wave, rate)
+        self.metric.add_scores(self.metric.score_sum.new_tensor([score]))
+        return {self.name: score, "javis_sync_windows": windows, "javis_sync_audio": used.name}
+
+    def result(self):
+        value, info = super().result()
+        return value, {**info, "video": "every decoded frame at the clip's rate, PIL bicubic short side + centre "
+                                        "crop, CLIP normalisation, one image embedding per frame",
+                       "audio": "<stem>.wav/.flac beside the clip (first channel) when present, else the clip's "
+                                "audio stream; 16 kHz, one ImageBind audio embedding per window",
+                       "windows": "int(window_s*fps) frames / int(window_s*16000) samples, strides from "
+                                  "int(overlap_s*...), last window moved back to the end; lists cut to the shorter"}
+
+
+class KVDScorer(Scorer):
+    """KVD: the unbiased polynomial-kernel MMD² between the I3D features of the generated clips and of the clips
+    of ``evaluate.ref_dir`` (:func:`avgen.metrics.kernel_distance.polynomial_mmd`; JavisBench's ``kvd``). The I3D
+    and its input are ``evaluate.fvd``'s (:class:`SharedI3D`: one forward pass per clip serves ``fvd`` and
+    ``kvd``); ``evaluate.kvd`` holds the kernel, ``degree`` (3), ``gamma`` (null: 1 / D) and ``coef0`` (1),
+    scikit-learn's defaults as JavisBench calls it.
+
+    The reference side keeps one feature row per clip (:meth:`reference_features`, :meth:`add_reference`). Where
+    avgen departs from JavisBench: all generated and all reference clips are compared (JavisBench cuts both
+    lists to the shorter, ``eval/javisbench/src/metrics.py:118-119@b505b37``: the same when there are as many);
+    the I3D is ``evaluate.fvd``'s (JavisBench: VideoGPT's PyTorch I3D ``i3d_pretrained_400.pt``, 400 logits of
+    24 frames spread over the clip, letterboxed to 224², ``eval/javisbench/src/fvd/``, ``src/dataset.py:37-75``)."""
+
+    name = block = "kvd"
+    needs_reference = True
+    KNOWN = ("degree", "gamma", "coef0")
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> KVDScorer:
+        return cls(ctx.block(cls.block), ctx.i3d())
+
+    def __init__(self, options: dict, i3d: SharedI3D):
+        from avgen.metrics.kernel_distance import FeatureSet
+
+        unknown = sorted(set(options) - set(self.KNOWN))
+        if unknown:
+            raise ConfigError(f"evaluate.kvd: unknown keys {unknown}; known: {', '.join(self.KNOWN)} (the I3D is "
+                              f"evaluate.fvd's)")
+        self.degree, self.gamma, self.coef0 = options.get("degree", 3), options.get("gamma"), options.get("coef0", 1.0)
+        if isinstance(self.degree, bool) or not isinstance(self.degree, int) or self.degree < 1:
+            raise ConfigError(f"evaluate.kvd.degree={self.degree!r}: expected a positive int (JavisBench: 3)")
+        self.i3d = i3d
+        self.reference_metric = FeatureSet().to(i3d.dev)
+        self.metric = FeatureSet().to(i3d.dev)
+
+    min_references = 2  # the unbiased estimate leaves the diagonal out
+
+    def feature_namespace(self) -> dict:
+        """``fvd``'s namespace (the same I3D, the same input): stored reference features serve both."""
+        return extractor_namespace(self.i3d.extractor, dict(VIDEO_INPUT))
+
+    def reference_features(self, frames: np.ndarray, audio: np.ndarray, sr: int) -> dict[str, np.ndarray]:
+        """``{"features": (1, D) float32}`` of one clip (frames (F, H, W, 3) uint8; the audio is not used): the
+        entry ``fvd`` stores too.
+
+        Raises:
+            ValueError: a clip the I3D cannot take.
+        """
+        import torch
+
+        return {"features": self.i3d.features(frames).to("cpu", torch.float32).numpy()}
+
+    def add_reference(self, features: dict[str, np.ndarray]) -> None:
+        """Add one reference clip's :meth:`reference_features` (one row, kept in float64)."""
+        self.reference_metric.update(np.asarray(features["features"], dtype=np.float64))
+
+    def update_reference(self, frames: np.ndarray, audio: np.ndarray, sr: int) -> None:
+        self.add_reference(self.reference_features(frames, audio, sr))
+
+    def reduce_references(self, procs: Processes) -> None:
+        """Concatenate the processes' reference rows."""
+        procs.reduce(self.reference_metric)
+
+    def update(self, path, frames, audio, sr, fps=None):
+        features = generated_features(self, path, frames, audio, sr)["features"]
+        self.metric.update(np.asarray(features, dtype=np.float64))
+
+    def result(self):
+        from avgen.metrics.kernel_distance import polynomial_mmd
+
+        fake, real = self.metric.value(), self.reference_metric.value()
+        info = {**self.i3d.extractor.describe(), "protocol": f"{JAVISBENCH} (eval/javisbench/src/utils.py:246-262)",
+                "kernel": {"degree": self.degree, "gamma": "1/D" if self.gamma is None else self.gamma,
+                           "coef0": self.coef0},
+                "estimator": "unbiased MMD^2 (diagonals of K_XX, K_YY left out), all clips, no subsets, no scaling",
+                "clips": int(fake.shape[0]), "reference_clips": int(real.shape[0])}
+        if fake.shape[0] < 2 or real.shape[0] < 2:
+            return None, {**info, "error": f"{fake.shape[0]} generated and {real.shape[0]} reference clips scored; "
+                                           f"the unbiased estimate needs at least 2 of each"}
+        return float(polynomial_mmd(fake, real, self.degree, self.gamma, self.coef0)), info
+
+
 def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, options: dict[str, dict],
                           prompt: str | None, cache_dir, device: str, procs: Processes | None = None,
                           all_clips: list[Path] | None = None, decode_threads: int = 0, audio: str = "stream",
                           cache_pred: bool = False) -> tuple[dict, dict, list[dict], dict]:
-    """FVD, FAD, CLIPSIM, CLAP, ImageBind, IB-score, IS, KL, video IS, the PaSST metrics and frame-level VGGish FD
-    over one decoding pass of ``pred``. Returns (values, extractor descriptions, failures, per-clip scores and
-    durations (:func:`clip_durations`) ``{clip name: {column: value}}``).
+    """FVD, FAD, CLIPSIM, CLAP, ImageBind, IB-score, IS, KL, video IS, the PaSST metrics, frame-level VGGish FD,
+    DeSync, JavisScore and KVD over one decoding pass of ``pred``. Returns (values, extractor descriptions,
+    failures, per-clip scores and durations (:func:`clip_durations`) ``{clip name: {column: value}}``).
 
     Reference features come from the feature store at ``cache_dir`` (:func:`set_references`); with ``cache_pred``
     the generated clips' features are stored and reused too (keyed by file identity; the clips are still decoded,
@@ -1214,7 +1679,8 @@ def feed_scorers(scorers: list[Scorer], paths: list[Path], failures: list[dict],
 SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (
     FVDScorer, FADScorer, CLIPSimScorer, CLAPScorer, ClapLaionScorer, ClapMsScorer, ImageBindScorer, IBScoreScorer,
     InceptionScorer, KLScorer, VideoInceptionScorer, PasstFrechetScorer, PasstKLScorer, PasstInceptionScorer,
-    VGGishFramesScorer, DeSyncScorer)}
+    VGGishFramesScorer, DeSyncScorer, PAMScorer, CAVPScorer, FDPannsScorer, OnsetAccScorer, OnsetAPScorer,
+    JavisSyncScorer, KVDScorer)}
 MAIN_PROCESS = tuple(SCORERS)
 AVAILABLE = ("av_align", *SCORERS)  # av_align runs in worker processes (avgen.evaluation.processes)
 NEEDS_REFERENCE = tuple(name for name, cls in SCORERS.items() if cls.needs_reference)

@@ -60,18 +60,21 @@ def counted(monkeypatch):
         log["loads"].append((self.name, self.audio_only))
         return load(self)
 
-    frechet, panns = scorers.FrechetScorer.reference_features, scorers.PannsLogits.reference_features
+    panns = scorers.PannsLogits.reference_features
 
-    def counting_frechet(self, *args):
-        log["extractions"][self.name] += 1
-        return frechet(self, *args)
+    def counting(extract):
+        def counting_extract(self, *args):
+            log["extractions"][self.name] += 1
+            return extract(self, *args)
+        return counting_extract
 
     def counting_panns(self, *args):
         log["extractions"]["kl"] += 1
         return panns(self, *args)
 
     monkeypatch.setattr(references.ReferenceClip, "load", counting_load)
-    monkeypatch.setattr(scorers.FrechetScorer, "reference_features", counting_frechet)
+    for cls in (scorers.FrechetScorer, scorers.FVDScorer):  # fvd's features come from the I3D shared with kvd
+        monkeypatch.setattr(cls, "reference_features", counting(cls.reference_features))
     monkeypatch.setattr(scorers.PannsLogits, "reference_features", counting_panns)
 
     def take():
