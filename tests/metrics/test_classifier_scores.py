@@ -432,12 +432,12 @@ def test_kl_pairs_samples_with_shard_split_clips_by_their_recorded_source(tmp_pa
     """evaluate.ref_dir=<shard split>: each generated clip is paired with the split clip named as 'source' in
     <stem>.json (what the sample command writes); the clips' own audio gives KL ~0, a clip without a
     source or with an unknown one is reported."""
-    from avgen.evaluation.references import reference_clips
+    from avgen.evaluation.references import reference_set
     from avgen.media import write_wav
     from avgen.samples import sample_source
 
     split = tiny_shards / "test"
-    refs = [(key, audio, sr) for key, _, _, audio, sr in reference_clips(split)]
+    refs = [(clip.name, *clip.load()[1:]) for clip in reference_set(split)]
     pred = tmp_path / "pred"
     pred.mkdir()
     frames = np.zeros((8, 32, 32, 3), np.uint8)
