@@ -80,10 +80,10 @@ class ClipAnnotations:
         beside = Path(path).with_suffix(".json")
         own = _read_json(beside)
         if isinstance(own.get("events"), list):
-            return np.asarray(own["events"], dtype=np.float64), beside.name
+            return event_times(own["events"], beside.name), beside.name
         meta, where = self.reference(Path(path))
         if isinstance(meta.get("events"), list):
-            return np.asarray(meta["events"], dtype=np.float64), where
+            return event_times(meta["events"], where), where
         raise ValueError(f"no annotated events: no 'events' in {beside.name} beside the clip nor in its reference "
                          f"({where})")
 
@@ -93,6 +93,20 @@ class ClipAnnotations:
         if label is None:
             label = self.reference(Path(path))[0].get("label")
         return None if label is None else str(label)
+
+
+def event_times(values: list, where: str) -> np.ndarray:
+    """``events`` of a sample json as (N,) float64 seconds from the clip start.
+
+    Raises:
+        ValueError: an entry that is not a finite number >= 0 (named with ``where``, the json it came from): a
+            NaN or negative time would silently count as an event no onset can match.
+    """
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+           or v < 0]
+    if bad:
+        raise ValueError(f"'events' in {where}: {bad[0]!r} is not a time in seconds >= 0 (every entry must be one)")
+    return np.asarray(values, dtype=np.float64)
 
 
 def _number(value: Any) -> float | None:
@@ -117,7 +131,8 @@ def metric_columns(rows: list[dict[str, Any]], values: Mapping[str, Any]) -> lis
 def per_label_rows(rows: list[dict[str, Any]], labels: Mapping[str, str | None], values: Mapping[str, Any]
                    ) -> list[dict[str, Any]]:
     """``per_label.csv``: for each label (sorted; clips without one under ``(no label)``) and a last row
-    ``(all)``: ``clips`` (the label's clips, failed ones included) and, for each per-clip metric
+    ``(all)``, told apart from labels of the same text by ``group`` (``label``, ``no label``, ``total``):
+    ``clips`` (the label's clips, failed ones included) and, for each per-clip metric
     (:func:`metric_columns`), the mean over the label's clips that metric scored and their number
     (``<column>_clips``). Weighted by ``<column>_clips``, the labels' means sum back to the ``(all)`` mean, which
     is the value in ``metrics.json``.
@@ -129,12 +144,14 @@ def per_label_rows(rows: list[dict[str, Any]], labels: Mapping[str, str | None],
     ``rows``: ``per_clip.csv``'s rows (``{"clip": file name, column: value}``); ``labels``: clip file name → label.
     """
     columns = metric_columns(rows, values)
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}  # (0, label) sorted, then the unlabelled clips
     for row in rows:
-        groups.setdefault(labels.get(row["clip"]) or NO_LABEL, []).append(row)
+        label = labels.get(row["clip"])
+        groups.setdefault((0, label) if label else (1, NO_LABEL), []).append(row)
     table = []
-    for label, members in [*sorted(groups.items()), (TOTAL, rows)]:
-        out: dict[str, Any] = {"label": label, "clips": len(members)}
+    kinds = ("label", "no label", "total")  # the `group` column: a clip labelled "(all)" is still a label
+    for (kind, label), members in [*sorted(groups.items()), ((2, TOTAL), rows)]:
+        out: dict[str, Any] = {"label": label, "group": kinds[kind], "clips": len(members)}
         for column in columns:
             scored = [x for x in (_number(r.get(column)) for r in members) if x is not None]
             out[column] = sum(scored) / len(scored) if scored else None

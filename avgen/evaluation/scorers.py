@@ -1522,6 +1522,12 @@ class KVDScorer(Scorer):
         self.degree, self.gamma, self.coef0 = options.get("degree", 3), options.get("gamma"), options.get("coef0", 1.0)
         if isinstance(self.degree, bool) or not isinstance(self.degree, int) or self.degree < 1:
             raise ConfigError(f"evaluate.kvd.degree={self.degree!r}: expected a positive int (JavisBench: 3)")
+        if self.gamma is not None and (isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float))
+                                       or not 0 < self.gamma < float("inf")):
+            raise ConfigError(f"evaluate.kvd.gamma={self.gamma!r}: expected a positive number, or null for "
+                              f"1 / feature width (scikit-learn's default, as JavisBench)")
+        if isinstance(self.coef0, bool) or not isinstance(self.coef0, (int, float)) or self.coef0 != self.coef0:
+            raise ConfigError(f"evaluate.kvd.coef0={self.coef0!r}: expected a number (JavisBench: 1)")
         self.i3d = i3d
         self.reference_metric = FeatureSet().to(i3d.dev)
         self.metric = FeatureSet().to(i3d.dev)

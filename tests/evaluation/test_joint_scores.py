@@ -170,3 +170,13 @@ def test_two_processes_merge_to_the_one_process_value(clips, i3d_file):
     value, info = ranks[0].result()
     assert info["clips"] == 3 and info["reference_clips"] == 2
     assert value == pytest.approx(one.result()[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("options", [{"gamma": "x"}, {"gamma": -1}, {"gamma": 0}, {"degree": 0}, {"coef0": "a"},
+                                     {"sigma": 1}])
+def test_kvd_kernel_settings_are_checked_before_anything_loads(options):
+    from avgen.errors import ConfigError
+    from avgen.evaluation.scorers import KVDScorer
+
+    with pytest.raises(ConfigError, match=r"evaluate\.kvd"):
+        KVDScorer(options, None)  # refused before the I3D is touched

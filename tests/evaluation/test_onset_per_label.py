@@ -98,7 +98,7 @@ def test_generated_clips_take_events_and_labels_from_their_reference(tmp_path, t
     totals = {"onset_acc": result["metrics"]["onset_acc"], "onset_ap": result["metrics"]["onset_ap"],
               "onset_count_acc": result["metrics"]["onset_count_acc"],
               **{f"av_align_{v}": x for v, x in result["metrics"]["av_align"].items()}}
-    assert set(totals) | {f"{c}_clips" for c in totals} | {"label", "clips"} == set(table[TOTAL])
+    assert set(totals) | {f"{c}_clips" for c in totals} | {"label", "group", "clips"} == set(table[TOTAL])
     for column, total in totals.items():
         rows = [r for label, r in table.items() if label != TOTAL and int(r[f"{column}_clips"])]
         count = sum(int(r[f"{column}_clips"]) for r in rows)
@@ -146,9 +146,22 @@ def test_per_label_columns_are_the_metrics_of_metrics_json():
     values = {"kl": {"softmax": 2.0, "sigmoid": 1.5}, "ib_score": 20.0, "ib_score_raw": 0.2}
     table = per_label_rows(rows, {"x": "a", "y": "a"}, values)
     assert table == [
-        {"label": "(no label)", "clips": 1, "ib_score_raw": None, "ib_score_raw_clips": 0, "kl_softmax": None,
-         "kl_softmax_clips": 0},
-        {"label": "a", "clips": 2, "ib_score_raw": 0.2, "ib_score_raw_clips": 1, "kl_softmax": 2.0,
+        {"label": "a", "group": "label", "clips": 2, "ib_score_raw": 0.2, "ib_score_raw_clips": 1, "kl_softmax": 2.0,
          "kl_softmax_clips": 2},
-        {"label": "(all)", "clips": 3, "ib_score_raw": 0.2, "ib_score_raw_clips": 1, "kl_softmax": 2.0,
-         "kl_softmax_clips": 2}]
+        {"label": "(no label)", "group": "no label", "clips": 1, "ib_score_raw": None, "ib_score_raw_clips": 0,
+         "kl_softmax": None, "kl_softmax_clips": 0},
+        {"label": "(all)", "group": "total", "clips": 3, "ib_score_raw": 0.2, "ib_score_raw_clips": 1,
+         "kl_softmax": 2.0, "kl_softmax_clips": 2}]
+    # labels spelled like the unlabelled and total rows stay labels of their own
+    clash = per_label_rows(rows, {"x": "(all)", "y": "(no label)"}, values)
+    assert [(r["label"], r["group"], r["clips"]) for r in clash] == [
+        ("(all)", "label", 1), ("(no label)", "label", 1), ("(no label)", "no label", 1), ("(all)", "total", 3)]
+
+
+@pytest.mark.parametrize("events", [[0.5, float("nan")], [0.5, -1], ["0.5"], [True]])
+def test_event_times_that_are_not_seconds_are_refused_naming_the_file(tmp_path, events):
+    from avgen.evaluation.annotations import ClipAnnotations
+
+    (tmp_path / "a.json").write_text(json.dumps({"events": events}))
+    with pytest.raises(ValueError, match=r"'events' in a.json: .* is not a time in seconds >= 0"):
+        ClipAnnotations(None, [tmp_path / "a.mp4"]).events(tmp_path / "a.mp4")
