@@ -1579,6 +1579,30 @@ class KVDScorer(Scorer):
         return float(polynomial_mmd(fake, real, self.degree, self.gamma, self.coef0)), info
 
 
+def build_scorers(ctx: BuildContext, metrics: list[str]) -> list[Scorer]:
+    """The scorers of ``metrics`` (in :data:`SCORERS` order). Every one is tried, so that a preset whose metrics need
+    several files reports all that are missing at once rather than one per run.
+
+    Raises:
+        ConfigError: when several metrics cannot run, one line per metric after a first line that counts them;
+            one metric's own error (ConfigError, or the FileNotFoundError of missing weights) when only it fails.
+    """
+    scorers, errors = [], []
+    for name, cls in SCORERS.items():
+        if name in metrics:
+            try:
+                scorers.append(cls.build(ctx))
+            except (ConfigError, FileNotFoundError) as exc:  # bad settings, weights not there
+                errors.append((name, exc))
+    if len(errors) == 1:
+        raise errors[0][1]
+    if errors:
+        lines = "\n".join(f"  {name}: " + "; ".join(s.strip() for s in str(exc).splitlines() if s.strip())
+                          for name, exc in errors)
+        raise ConfigError(f"{len(errors)} metrics cannot run (fix each, or leave it out of evaluate.metrics):\n{lines}")
+    return scorers
+
+
 def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, options: dict[str, dict],
                           prompt: str | None, cache_dir, device: str, procs: Processes | None = None,
                           all_clips: list[Path] | None = None, decode_threads: int = 0, audio: str = "stream",
@@ -1598,7 +1622,7 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
     procs = procs or Processes()
     ctx = BuildContext(options, prompt, device_for(device), ref_dir, pred, pred if all_clips is None else all_clips,
                        audio=audio)
-    scorers = [cls.build(ctx) for name, cls in SCORERS.items() if name in metrics]
+    scorers = build_scorers(ctx, metrics)
     if not scorers:
         return {}, {}, [], {}
     store = FeatureStore(cache_dir)

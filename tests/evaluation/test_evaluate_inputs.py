@@ -176,3 +176,22 @@ def test_evaluate_command_lists_skipped_files_and_exits_1_when_nothing_scored(tm
     assert "Traceback" not in proc.stderr
     assert len(saved["failures"]) == 3
     assert (tmp_path / "run" / "per_clip.csv").is_file()
+
+
+def test_a_preset_reports_every_metric_that_cannot_run_at_once(tmp_path):
+    """Missing weights of several metrics: one error that names each metric and its config key (not one per run);
+    a single failing metric keeps its own one-line error."""
+    from avgen.errors import ConfigError
+    from avgen.evaluation.scorers import BuildContext, build_scorers
+
+    ctx = BuildContext({"fad": {"vggish_path": None}, "panns": {"path": None}, "cavp": {"path": None}}, None, "cpu",
+                       None, [], [])
+    with pytest.raises(ConfigError) as caught:
+        build_scorers(ctx, ["fad", "is", "cavp"])
+    lines = str(caught.value).splitlines()
+    assert lines[0].startswith("3 metrics cannot run")
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["fad", "is", "cavp"]
+    for line, key in zip(lines[1:], ("evaluate.fad.vggish_path", "evaluate.panns.path", "evaluate.cavp.path")):
+        assert key in line
+    with pytest.raises(FileNotFoundError, match="evaluate.cavp.path"):
+        build_scorers(ctx, ["cavp"])
