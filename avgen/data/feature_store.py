@@ -12,10 +12,13 @@ Format ``avgen-features/1`` (this is the specification; a change of layout or me
 - ``<root>/<namespace id>/`` with namespace id = the first 16 hex digits of SHA-256 of the namespace
   description in canonical JSON (sorted keys, no whitespace, :func:`canonical_json`). The description is a
   JSON object with exactly the keys ``format`` (``"avgen-features/1"``), ``extractor`` (a name),
-  ``weights_sha256`` (``{role: hex digest}`` of every weights file the extractor read), ``preprocessing`` (a JSON
+  ``weights_sha256`` (``{role: hex digest}`` of every weights file the extractor read; ``null`` for an extractor that
+  reads no weights file, such as the onset detector of ``onset_acc``), ``preprocessing`` (a JSON
   object: everything besides the weights that changes the features) and ``dtype`` (of every stored tensor,
   numpy's name: ``float32``, ``float16``, ...).
-- ``<root>/<namespace id>/namespace.json``: that description, indented, written once (atomically).
+- ``<root>/<namespace id>/namespace.json``: that description, indented, written once (atomically). It documents
+  the folder; nothing is read through it (every entry names its namespace id), so one that is unreadable or holds
+  another description is damage: it is logged and written again.
 - ``<root>/<namespace id>/<2 hex>/<64 hex>.safetensors``: one entry, the name being SHA-256 of the clip
   identity's canonical JSON and the folder its first two hex digits (at most 256 files per folder per 65 k clips).
 - an entry is a safetensors file: tensors by name (``features``, ``logits``, ``embedding``, ... — the extractor's
@@ -32,8 +35,12 @@ Format ``avgen-features/1`` (this is the specification; a change of layout or me
 - writes are atomic: the bytes go to a uniquely named temporary file in the entry's folder (``.<name>.tmp-<pid>-
   <random>``), are flushed and fsynced, and are renamed over the entry. Processes (torchrun ranks, separate
   runs) that write the same entry at once each rename a complete file; the last one wins and readers see one
-  complete version or none. A damaged or foreign entry (wrong format, namespace or identity) reads as a miss
-  and is replaced by the next write.
+  complete version or none. A damaged or foreign entry (wrong format, namespace or identity, or a path that
+  cannot be read: a folder, no permission) reads as a miss, is counted (``damaged``) and is replaced by the next
+  write.
+- a store that can be read but not written (a shared store on a read-only mount or of another user) is used
+  read-only: what is there is read, entries that miss are extracted but not stored, and this is logged once
+  (:attr:`FeatureStore.writable`). A root that cannot be created or read is a ``ConfigError`` naming the key.
 
 Training's sidecar shards (the feature cache of issue 19) carry the same entry bytes as tar members
 ``<clip key>.<part>.safetensors`` (``part`` names the namespace in the sidecar's manifest, which holds each
@@ -43,6 +50,7 @@ part's ``namespace.json`` description verbatim), with the split identity above; 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -53,6 +61,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from avgen.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +176,14 @@ def write_atomic(path: Path, data: bytes) -> None:
 @dataclass
 class StoreStats:
     """What one :class:`Namespace` object did: entries found (``hits``), not found (``misses``; damaged ones
-    counted also in ``damaged``), written, and bytes read and written."""
+    counted also in ``damaged``), written (``writes``; ``unwritten``: not stored, the store not being writable), and
+    bytes read and written."""
 
     hits: int = 0
     misses: int = 0
     damaged: int = 0
     writes: int = 0
+    unwritten: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
 
@@ -186,8 +198,8 @@ class Namespace:
     of a run) count apart.
     """
 
-    def __init__(self, folder: Path, description: dict[str, Any]):
-        self.folder, self.description = folder, description
+    def __init__(self, folder: Path, description: dict[str, Any], store: FeatureStore | None = None):
+        self.folder, self.description, self.store = folder, description, store
         self.id = folder.name
         self.dtype = np.dtype(description["dtype"])
         self.counts = StoreStats()
@@ -199,28 +211,35 @@ class Namespace:
 
     def get(self, identity: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
         """The stored features of ``identity`` (``{name: array}`` of the namespace's dtype), or None (a miss). A
-        damaged entry, or one that holds another namespace's or identity's features, is a miss and is logged."""
+        damaged entry, one that holds another namespace's or identity's features, or a path that cannot be read (a
+        folder, no permission) is a miss, counted in ``damaged`` and logged."""
         path = self.path(identity)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             self.counts.misses += 1
             return None
+        except OSError as exc:  # a folder in its place, no permission
+            return self._damaged(path, f"{type(exc).__name__}: {exc.strerror or exc}")
         try:
             meta, tensors = decode_entry(data)
             if meta.get("namespace") != self.id or meta.get("identity") != canonical_json(identity):
                 raise ValueError(f"holds namespace {meta.get('namespace')} identity {meta.get('identity')}")
         except ValueError as exc:
-            log.warning("feature store entry %s unusable (%s): extracted again", path, exc)
-            self.counts.misses += 1
-            self.counts.damaged += 1
-            return None
+            return self._damaged(path, str(exc))
         self.counts.hits += 1
         self.counts.bytes_read += len(data)
         return tensors
 
-    def put(self, identity: Mapping[str, Any], features: Mapping[str, np.ndarray]) -> Path:
-        """Store ``features`` (``{name: array}``) as the entry of ``identity``, atomically; returns its path.
+    def _damaged(self, path: Path, why: str) -> None:
+        log.warning("feature store entry %s unusable (%s): extracted again", path, why)
+        self.counts.misses += 1
+        self.counts.damaged += 1
+
+    def put(self, identity: Mapping[str, Any], features: Mapping[str, np.ndarray]) -> Path | None:
+        """Store ``features`` (``{name: array}``) as the entry of ``identity``, atomically (an empty folder in the
+        entry's place, damage, is removed first); returns its path, or None when the store is not writable (the
+        first failed write makes it read-only: :meth:`FeatureStore.read_only`).
 
         Raises:
             ValueError: a tensor whose dtype is not the namespace's (the store never casts silently).
@@ -230,7 +249,19 @@ class Namespace:
             raise ValueError(f"feature store namespace {self.id} holds {self.dtype} tensors, got {wrong}")
         data = encode_entry(self.id, identity, features)
         path = self.path(identity)
-        write_atomic(path, data)
+        if self.store is not None and not self.store.writable:
+            self.counts.unwritten += 1
+            return None
+        try:
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            write_atomic(path, data)
+        except OSError as exc:
+            if self.store is None:
+                raise
+            self.store.read_only(f"writing {path}: {type(exc).__name__}: {exc.strerror or exc}")
+            self.counts.unwritten += 1
+            return None
         self.counts.writes += 1
         self.counts.bytes_written += len(data)
         return path
@@ -241,18 +272,51 @@ class Namespace:
 
 
 class FeatureStore:
-    """The namespaces under ``root`` (evaluation: ``evaluate.cache_dir``)."""
+    """The namespaces under ``root`` (evaluation: ``evaluate.cache_dir``, named by ``key`` in messages).
 
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+    The root is checked, and created when missing, by the first :meth:`namespace` (a store no metric uses is never
+    touched). ``writable`` turns false, with a warning logged once, when the root is not writable or a write fails:
+    the store is then used read-only (``write_error`` says why).
+    """
+
+    def __init__(self, root: str | os.PathLike, key: str = "the feature store root"):
+        self.root, self.key = Path(root), key
+        self.writable, self.write_error = True, None
+        self._checked = False
+
+    def read_only(self, reason: str) -> None:
+        """Use the store read-only from now on (logged once): entries that miss are extracted but not stored."""
+        if self.writable:
+            self.writable, self.write_error = False, reason
+            log.warning("feature store %s=%s is not writable (%s): it is read, but the features it lacks are not "
+                        "stored (extracted again by every run); results are unaffected", self.key, self.root, reason)
+
+    def _check_root(self) -> None:
+        """Create the root when missing; a root that cannot be created or read is a ConfigError."""
+        if self._checked:
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.root, os.R_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "the folder cannot be read")
+        except OSError as exc:
+            raise ConfigError(f"{self.key}={self.root} cannot be used as the feature store ({type(exc).__name__}: "
+                              f"{exc.strerror or exc}); set {self.key} to a folder that can be created and read "
+                              f"(writable, to store new features)") from None
+        if not os.access(self.root, os.W_OK):
+            self.read_only("no write permission on the folder")
+        self._checked = True
 
     def namespace(self, description: Mapping[str, Any]) -> Namespace:
         """The namespace of ``description`` (``extractor``, ``weights_sha256``, ``preprocessing``, ``dtype``; ``format``
         is added), its folder and ``namespace.json`` created when new.
 
+        A ``namespace.json`` that cannot be read, is not JSON or describes another namespace is damage (entries name
+        their namespace id, so none is misread through it): it is logged and written again.
+
         Raises:
-            ValueError: a key missing or unknown, or a ``namespace.json`` in the folder that describes another
-                namespace (a damaged store: delete the folder).
+            ValueError: a key missing or unknown, an unknown dtype, ``weights_sha256`` neither an object nor null.
+            ConfigError: a root that cannot be created or read (named by ``key``).
         """
         full = {"format": FORMAT, **description}
         if sorted(full) != sorted(DESCRIPTION_KEYS) or full["format"] != FORMAT:
@@ -260,11 +324,26 @@ class FeatureStore:
                              f"{sorted(description)}")
         full = json.loads(canonical_json(full))
         np.dtype(full["dtype"])  # an unknown dtype name fails here, before anything is written
+        if full["weights_sha256"] is not None and not isinstance(full["weights_sha256"], dict):
+            raise ValueError(f"weights_sha256 is {{role: hex digest}} or null, got {full['weights_sha256']!r}")
+        self._check_root()
         folder = self.root / digest(full)[:16]
         info = folder / NAMESPACE_FILE
-        if info.is_file():
-            if canonical_json(json.loads(info.read_text())) != canonical_json(full):
-                raise ValueError(f"{info} describes another namespace than expected; delete {folder} to rebuild it")
-        else:
-            write_atomic(info, (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
-        return Namespace(folder, full)
+        try:
+            found = json.loads(info.read_bytes())
+        except FileNotFoundError:
+            found = None
+        except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8
+            found = exc
+        if found is None or canonical_json(found) != canonical_json(full):
+            if found is not None:
+                what = f"{type(found).__name__}: {found}" if isinstance(found, Exception) else "another description"
+                log.warning("feature store %s damaged (%s): written again", info, what)
+            if self.writable:
+                try:
+                    if info.is_dir() and not info.is_symlink():
+                        info.rmdir()
+                    write_atomic(info, (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
+                except OSError as exc:
+                    self.read_only(f"writing {info}: {type(exc).__name__}: {exc.strerror or exc}")
+        return Namespace(folder, full, self)

@@ -158,10 +158,13 @@ def evaluate(settings: Mapping[str, Any] | EvaluateSettings, out_dir: str | Path
     failures), write (process 0). ``config`` is recorded in ``metrics.json`` (default: ``settings``).
 
     ``fvd`` / ``fad`` compare with ``ref_dir`` (a folder of clips or a shard split); the reference clips'
-    features of every metric are kept in the feature store at ``cache_dir`` (default ``<out_dir>/features``;
-    :mod:`avgen.data.feature_store`), so a re-score extracts only new or changed reference clips, and with
-    ``cache_pred`` the generated clips' too. ``clipsim`` / ``clap`` score each clip against ``<stem>.txt`` beside it,
-    else ``prompt``. ``is`` and ``kl`` use the PANNs CNN14 of ``panns``; ``kl`` pairs each clip with the
+    features of every metric are kept in the feature store at ``cache_dir`` (:mod:`avgen.data.feature_store`), so a
+    re-score extracts only new or changed reference clips, and with ``cache_pred`` the generated clips' too. Without
+    ``cache_dir`` the store is ``<out_dir>/features``, a new one per run that no other run reuses: pass one
+    ``cache_dir`` to every run (the command line's default is ``${paths.data_dir}/.features``). A store that can be
+    read but not written is used read-only (logged; ``writable: false`` in each metric's ``feature_store`` report).
+    ``clipsim`` / ``clap`` score each clip against ``<stem>.txt`` beside it, else ``prompt``. ``is`` and ``kl``
+    use the PANNs CNN14 of ``panns``; ``kl`` pairs each clip with the
     reference of the same stem in the folder ``ref_dir``, or with the shard split clip named as ``source``
     in ``<stem>.json``; ``is_video`` uses the C3D of ``is_video``; ``imagebind`` the ImageBind file of
     ``imagebind``; ``ib_score`` the one of ``ib_score`` (av-benchmark's protocol; ``metrics.json`` gets
@@ -172,7 +175,8 @@ def evaluate(settings: Mapping[str, Any] | EvaluateSettings, out_dir: str | Path
     ``if __name__ == "__main__":`` guard (the command line has it).
 
     Raises:
-        ConfigError: bad settings (:meth:`EvaluateSettings.check_inputs`), a ``pred_dir`` without clips.
+        ConfigError: bad settings (:meth:`EvaluateSettings.check_inputs`), a ``pred_dir`` without clips, a
+            ``cache_dir`` that cannot be created or read.
         FileExistsError: ``metrics.json`` exists in ``out_dir`` and ``overwrite`` is false.
     """
     from avgen.metrics.av_align import AVAlignConfig
@@ -205,7 +209,11 @@ def evaluate_folder(pred_dir: str | Path, out_dir: str | Path, *, metrics: list[
                     config: dict | None = None, **blocks: Mapping[str, Any]) -> dict[str, Any]:
     """:func:`evaluate` with the ``evaluate`` block's keys as keyword arguments (``blocks``: the option
     blocks of metrics added since, passed through); returns ``metrics.json``'s content
-    (:meth:`EvaluationResult.to_json`)."""
+    (:meth:`EvaluationResult.to_json`).
+
+    ``cache_dir`` defaults to ``<out_dir>/features``: a new feature store per run, so nothing is reused across runs
+    (each run extracts every reference clip again). A script that scores several runs against one test set passes
+    the same ``cache_dir`` to each (the command line's default is ``${paths.data_dir}/.features``)."""
     block = dict(pred_dir=pred_dir, metrics=metrics, workers=workers, plots=plots, av_align=av_align, ref_dir=ref_dir,
                  fvd=fvd, fad=fad, clipsim=clipsim, clap=clap, panns=panns, is_video=is_video, imagebind=imagebind,
                  prompt=prompt, decode_threads=decode_threads, cache_dir=cache_dir, device=device,

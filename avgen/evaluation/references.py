@@ -206,8 +206,9 @@ def set_references(users: list, ref_dir, store: FeatureStore, procs: Processes, 
                    audio: str = "stream") -> None:
     """Give every reference user (module docstring) its reference features, from ``store`` where it has them and
     from one decoding pass over the clips it misses (each process its share). Each user's ``store_report`` is set
-    to ``{namespace, hits, misses}`` over all processes (``hits``: clips whose features came from the store;
-    ``misses``: clips extracted by this run, or that failed).
+    to ``{namespace, folder, hits, misses, damaged}`` over all processes (``hits``: clips whose features came from
+    the store; ``misses``: clips extracted by this run, or that failed; ``damaged``: the namespace's entries that
+    could not be used, counted in ``misses`` too).
 
     Raises:
         ConfigError: an unpaired user with fewer than its ``min_references`` usable clips over all processes.
@@ -270,7 +271,8 @@ def set_references(users: list, ref_dir, store: FeatureStore, procs: Processes, 
             else:
                 plan.user.add_reference(features)
                 used += 1
-        reports.append((used, skipped, hits, len(plan.clips) - hits))
+        damaged = plan.namespace.counts.damaged if hasattr(plan.namespace, "counts") else 0
+        reports.append((used, skipped, hits, len(plan.clips) - hits, damaged))
     parts = procs.gather(reports)
     for i, plan in enumerate(plans):
         used = sum(p[i][0] for p in parts)
@@ -283,7 +285,8 @@ def set_references(users: list, ref_dir, store: FeatureStore, procs: Processes, 
         stored_in = plan.namespace.folder
         plan.user.store_report = {"namespace": plan.namespace.id if stored_in else None,
                                   "folder": str(stored_in.absolute()) if stored_in else None,
-                                  "hits": sum(p[i][2] for p in parts), "misses": sum(p[i][3] for p in parts)}
+                                  "hits": sum(p[i][2] for p in parts), "misses": sum(p[i][3] for p in parts),
+                                  "damaged": sum(p[i][4] for p in parts)}
         if hasattr(plan.user, "reduce_references"):
             plan.user.reduce_references(procs)
 

@@ -1614,7 +1614,11 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
     Reference features come from the feature store at ``cache_dir`` (:func:`set_references`); with ``cache_pred``
     the generated clips' features are stored and reused too (keyed by file identity; the clips are still decoded,
     for the other metrics and the durations). Each metric's description records its namespace and the store's
-    hits and misses (``feature_store``).
+    hits, misses and damaged entries, and whether the store was ``writable`` (``feature_store``; a store that is
+    not is read, and what it lacks extracted unstored).
+
+    Raises:
+        ConfigError: a ``cache_dir`` that cannot be created or read (names ``evaluate.cache_dir``).
 
     In a distributed run ``pred`` is this process's share of ``all_clips``; the values, failures and
     per-clip scores returned are those of all processes. ``audio`` (``evaluate.audio``): which sound of each clip
@@ -1625,7 +1629,7 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
     scorers = build_scorers(ctx, metrics)
     if not scorers:
         return {}, {}, [], {}
-    store = FeatureStore(cache_dir)
+    store = FeatureStore(cache_dir, key="evaluate.cache_dir")
     users = _distinct(s.reference_user() for s in scorers)
     if users:
         set_references(users, ref_dir, store, procs, decode_threads, audio)
@@ -1640,13 +1644,15 @@ def score_in_main_process(metrics: list[str], pred: list[Path], *, ref_dir, opti
     failures = [f for part in procs.gather(failures) for f in part]
     per_clip = {name: scores for part in procs.gather(per_clip) for name, scores in part.items()}
     pred_stats = procs.gather([u.pred_cache.namespace.stats() for u in extractors]) if extractors else []
-    generated = {id(u): {k: sum(part[i][k] for part in pred_stats) for k in ("hits", "misses")}
+    generated = {id(u): {k: sum(part[i][k] for part in pred_stats) for k in ("hits", "misses", "damaged")}
                  for i, u in enumerate(extractors)}
+    errors = [e for e in procs.gather(store.write_error) if e]  # one process that could not write: all report it
+    writable = {"writable": not errors, **({"write_error": errors[0]} if errors else {})}
     values, info = {}, {}
     for scorer in scorers:
         named, info[scorer.name] = scorer.values()
         values.update(named)
-        report = _store_report(scorer, store, generated)
+        report = _store_report(scorer, store, generated, writable)
         if report:
             info[scorer.name]["feature_store"] = report
     return values, info, failures, per_clip
@@ -1657,9 +1663,10 @@ def _distinct(parts) -> list:
     return list({id(p): p for p in parts if p is not None}.values())
 
 
-def _store_report(scorer: Scorer, store: FeatureStore, generated: dict[int, dict]) -> dict:
-    """What ``metrics.json`` records of the feature store for one metric: the root, the reference side's namespace,
-    hits and misses, and the generated side's (``evaluate.cache_pred``)."""
+def _store_report(scorer: Scorer, store: FeatureStore, generated: dict[int, dict], writable: dict) -> dict:
+    """What ``metrics.json`` records of the feature store for one metric: the root, whether it was writable (else
+    ``write_error``), the reference side's namespace, hits, misses and damaged entries, and the generated side's
+    (``evaluate.cache_pred``)."""
     report: dict[str, Any] = {}
     user = scorer.reference_user()
     if user is not None and hasattr(user, "store_report"):
@@ -1667,7 +1674,7 @@ def _store_report(scorer: Scorer, store: FeatureStore, generated: dict[int, dict
     for part in scorer.feature_users():
         if id(part) in generated:
             report["generated"] = {"namespace": part.pred_cache.namespace.id, **generated[id(part)]}
-    return {"root": str(store.root.absolute()), **report} if report else {}
+    return {"root": str(store.root.absolute()), **writable, **report} if report else {}
 
 
 def per_clip_scorers(metrics: list[str], options: Mapping[str, Mapping[str, Any]], prompt: str | None, dev

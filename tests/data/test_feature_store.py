@@ -20,6 +20,7 @@ from avgen.data.feature_store import (
     file_identity,
     split_identity,
 )
+from avgen.errors import ConfigError
 
 DESCRIPTION = {"extractor": "i3d", "weights_sha256": {"i3d": "ab" * 32},
                "preprocessing": {"num_frames": 16, "input": "uint8 to [-1, 1]"}, "dtype": "float32"}
@@ -82,9 +83,26 @@ def test_namespaces_separate_weights_preprocessing_and_dtype(tmp_path):
     assert reordered.id == base.id and reordered.get(identity) is not None
     with pytest.raises(ValueError, match="exactly the keys"):
         store.namespace({**DESCRIPTION, "split": "test"})
-    (base.folder / "namespace.json").write_text(json.dumps({**DESCRIPTION, "format": FORMAT, "dtype": "int8"}))
-    with pytest.raises(ValueError, match="describes another namespace"):
-        store.namespace(DESCRIPTION)
+    with pytest.raises(ValueError, match="weights_sha256 is"):
+        store.namespace({**DESCRIPTION, "weights_sha256": "ab" * 32})
+    assert store.namespace({**DESCRIPTION, "weights_sha256": None}).description["weights_sha256"] is None
+
+
+@pytest.mark.parametrize("damage", ["garbage", "other", "folder"])
+def test_a_damaged_namespace_json_is_written_again_and_its_entries_still_read(tmp_path, damage, caplog):
+    store = FeatureStore(tmp_path)
+    identity = {"key": "a"}
+    store.namespace(DESCRIPTION).put(identity, {"features": np.ones((1, 2), np.float32)})
+    info = tmp_path / digest({"format": FORMAT, **DESCRIPTION})[:16] / "namespace.json"
+    info.unlink()
+    if damage == "folder":
+        info.mkdir()
+    else:
+        info.write_text('{"format": "x"' if damage == "garbage" else json.dumps({**DESCRIPTION, "dtype": "int8"}))
+    ns = FeatureStore(tmp_path).namespace(DESCRIPTION)
+    assert "damaged" in caplog.text and str(info) in caplog.text
+    assert json.loads(info.read_text()) == {"format": FORMAT, **DESCRIPTION}
+    assert ns.get(identity)["features"].tolist() == [[1, 1]]
 
 
 def test_file_identity_changes_with_the_file_and_damaged_entries_are_misses(tmp_path):
@@ -104,6 +122,28 @@ def test_file_identity_changes_with_the_file_and_damaged_entries_are_misses(tmp_
     assert ns.get(other) is None and ns.stats()["damaged"] == 2
     ns.put(first, {"features": np.full((1, 2), 2, np.float32)})
     assert ns.get(first)["features"].tolist() == [[2, 2]]
+
+
+@pytest.mark.parametrize("damage", ["folder", "unreadable"])
+def test_an_entry_path_that_cannot_be_read_is_a_miss_and_is_replaced(tmp_path, monkeypatch, damage):
+    ns = FeatureStore(tmp_path).namespace(DESCRIPTION)
+    identity = {"key": "a"}
+    path = ns.path(identity)
+    if damage == "folder":
+        path.mkdir(parents=True)
+    else:  # a permission error (the machine runs as root: chmod does not block it)
+        ns.put(identity, {"features": np.zeros((1, 2), np.float32)})
+        real = feature_store.Path.read_bytes
+
+        def refused(self):
+            if self == path:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self)
+        monkeypatch.setattr(feature_store.Path, "read_bytes", refused)
+    assert ns.get(identity) is None and ns.stats()["damaged"] == ns.stats()["misses"] == 1
+    assert ns.put(identity, {"features": np.full((1, 2), 3, np.float32)}) == path
+    monkeypatch.undo()
+    assert ns.get(identity)["features"].tolist() == [[3, 3]]
 
 
 def test_a_failed_write_leaves_no_entry_and_no_temporary(tmp_path, monkeypatch):
@@ -127,9 +167,47 @@ def test_a_failed_write_leaves_no_entry_and_no_temporary(tmp_path, monkeypatch):
 
     monkeypatch.setattr(feature_store.os, "replace", failing_replace)
     other = {"key": "b"}
-    with pytest.raises(OSError, match="disk full"):
-        ns.put(other, {"features": np.zeros((2, 3), np.float32)})
+    with pytest.raises(OSError, match="disk full"):  # a namespace outside a store raises
+        feature_store.Namespace(ns.folder, ns.description).put(other, {"features": np.zeros((2, 3), np.float32)})
     assert not ns.path(other).parent.exists() or os.listdir(ns.path(other).parent) == []
+    # in a store, the first failed write makes it read-only (logged once): nothing written, nothing left behind
+    assert ns.put(other, {"features": np.zeros((2, 3), np.float32)}) is None
+    assert not ns.store.writable and "disk full" in ns.store.write_error
+    assert not ns.path(other).parent.exists() or os.listdir(ns.path(other).parent) == []
+    assert ns.stats()["unwritten"] == 1 and ns.stats()["writes"] == 1
+
+
+def test_a_read_only_store_is_read_and_never_written(tmp_path, monkeypatch, caplog):
+    identity = {"key": "a"}
+    FeatureStore(tmp_path).namespace(DESCRIPTION).put(identity, {"features": np.ones((1, 2), np.float32)})
+    real_access = os.access
+    monkeypatch.setattr(feature_store.os, "access",  # as a non-root user on a read-only shared store
+                        lambda path, mode: not mode & os.W_OK and real_access(path, mode))
+    monkeypatch.setattr(feature_store, "write_atomic", lambda *a: pytest.fail("a read-only store was written"))
+    store = FeatureStore(tmp_path, key="evaluate.cache_dir")
+    ns = store.namespace(DESCRIPTION)
+    assert ns.get(identity)["features"].tolist() == [[1, 1]]  # what is there is read
+    assert ns.get({"key": "b"}) is None and ns.put({"key": "b"}, {"features": np.ones((1, 2), np.float32)}) is None
+    fresh = store.namespace({**DESCRIPTION, "dtype": "float16"})  # a new namespace: all misses, nothing created
+    assert fresh.get(identity) is None and fresh.put(identity, {"features": np.ones(2, np.float16)}) is None
+    assert not fresh.folder.exists()
+    assert not store.writable and store.write_error == "no write permission on the folder"
+    assert caplog.text.count("not writable") == 1 and "evaluate.cache_dir" in caplog.text
+    assert ns.stats()["unwritten"] == fresh.stats()["unwritten"] == 1
+
+
+def test_an_unusable_root_is_a_one_line_config_error_naming_the_key(tmp_path, monkeypatch):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for root in (afile, afile / "store"):  # a file, a path under a file
+        store = FeatureStore(root, key="evaluate.cache_dir")
+        with pytest.raises(ConfigError, match=r"^evaluate.cache_dir=.* cannot be used as the feature store \(\w+Error"
+                                              r".*set evaluate.cache_dir to a folder") as err:
+            store.namespace(DESCRIPTION)
+        assert "\n" not in str(err.value)
+    monkeypatch.setattr(feature_store.os, "access", lambda path, mode: False)  # a folder that cannot be read
+    with pytest.raises(ConfigError, match="PermissionError: the folder cannot be read"):
+        FeatureStore(tmp_path / "unreadable", key="evaluate.cache_dir").namespace(DESCRIPTION)
 
 
 def _write_many(args):

@@ -4,6 +4,7 @@ process's share merging to the one-process statistics."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -206,5 +207,50 @@ def test_users_of_one_namespace_share_one_extraction_and_unstored_users_always_e
         assert first.added == second.added == unstored.added and len(first.added) == 4
         assert (first.calls, second.calls, unstored.calls) == ((4, 0, 4) if run_ == 0 else (0, 0, 4))
         assert first.store_report["hits"] == second.store_report["hits"] == 4 * run_
-        assert unstored.store_report == {"namespace": None, "folder": None, "hits": 0, "misses": 4}
+        assert unstored.store_report == {"namespace": None, "folder": None, "hits": 0, "misses": 4,
+                                                "damaged": 0}
     assert len(list(tmp_path.glob("*/*/*.safetensors"))) == 4
+
+
+def test_damaged_read_only_and_unusable_stores(tmp_path, setup, monkeypatch, caplog):
+    """A damaged entry is a miss, counted and rewritten; a read-only store is read, what it lacks extracted unstored,
+    with the same values (reported ``writable: false``); a root that cannot be used is one ConfigError line."""
+    from avgen.data import feature_store
+    from avgen.errors import ConfigError
+
+    def fad(out, cache, **extra):
+        return evaluate_folder(setup["pred"], tmp_path / out, metrics=["fad"], ref_dir=setup["ref"], cache_dir=cache,
+                               decode_threads=0, **setup["options"], **extra)
+
+    cache = tmp_path / "cache"
+    cold = fad("cold", cache)
+    assert cold["extractors"]["fad"]["feature_store"]["writable"] is True
+    entries = sorted(cache.glob("*/*/*.safetensors"))
+    assert len(entries) == 4
+    entries[0].unlink()
+    entries[0].mkdir()  # damage: a folder where an entry belongs
+    damaged = fad("damaged", cache)
+    assert damaged["metrics"] == cold["metrics"]
+    assert {k: damaged["extractors"]["fad"]["feature_store"]["reference"][k] for k in ("hits", "misses", "damaged")} \
+        == {"hits": 3, "misses": 1, "damaged": 1}
+    assert entries[0].is_file()  # written again
+
+    entries[1].unlink()  # a read-only store that lacks one reference clip; cache_pred misses every generated clip
+    real_access = os.access
+    monkeypatch.setattr(feature_store.os, "access", lambda path, mode: not mode & os.W_OK and real_access(path, mode))
+    monkeypatch.setattr(feature_store, "write_atomic", lambda *a: pytest.fail("a read-only store was written"))
+    caplog.clear()
+    read_only = fad("read_only", cache, cache_pred=True)
+    assert read_only["metrics"] == cold["metrics"]
+    report = read_only["extractors"]["fad"]["feature_store"]
+    assert report["writable"] is False and report["write_error"] == "no write permission on the folder"
+    assert {k: report["reference"][k] for k in ("hits", "misses")} == {"hits": 3, "misses": 1}
+    assert report["generated"]["misses"] == 3 and not entries[1].exists()
+    assert caplog.text.count("is not writable") == 1 and "evaluate.cache_dir" in caplog.text
+    monkeypatch.undo()
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(ConfigError, match=r"^evaluate.cache_dir=\S+afile/store cannot be used as the feature store "
+                                          r"\(NotADirectoryError: Not a directory\); set evaluate.cache_dir to"):
+        fad("unusable", afile / "store")
