@@ -17,7 +17,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, Iterator, Mapping, TypeVar
 
 import torch
 from torch import nn
@@ -190,6 +190,31 @@ def load_weights_file(path: str | os.PathLike | None, config_key: str, missing: 
         reason = (str(exc).strip().splitlines() or [""])[0]  # torch's refusal runs over many lines
         raise unreadable(f"{path} (config key {config_key}) cannot be read with torch.load(weights_only=True) "
                          f"({type(exc).__name__}: {reason}). {conversion}") from exc
+
+
+def load_state_dict_file(path: str | os.PathLike | None, config_key: str, missing: type[Exception],
+                         unreadable: type[Exception], wrapper: str, origin: WeightsOrigin
+                         ) -> Mapping[str, torch.Tensor]:
+    """The state dict (name → tensor) of a published checkpoint that is either a plain state dict or
+    ``{wrapper: state dict, ...}`` (LAION-CLAP's ``state_dict``, MS-CLAP's ``model``), read with
+    :func:`load_weights_file` (no code runs; callers add the pickle globals their format needs with
+    ``torch.serialization.safe_globals``).
+
+    Raises:
+        missing: no file at ``path`` (``missing(path, config_key)``).
+        unreadable: the safe loader refuses the file, or it holds something else than such a state dict; one line
+            naming ``config_key`` and, from ``origin``, the expected file and where it is published.
+    """
+    checkpoint = load_weights_file(
+        path, config_key, missing, unreadable,
+        f"A file you trust that holds other objects (an optimizer, args) can be converted once: in a separate "
+        f"session run torch.save({{'{wrapper}': torch.load(path, weights_only=False)['{wrapper}']}}, "
+        f"'{origin.file}') and point {config_key} at the new file.")
+    state = checkpoint.get(wrapper, checkpoint) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise unreadable(f"{path} (config key {config_key}) holds a {type(checkpoint).__name__} that is not a state "
+                         f"dict of tensors or {{'{wrapper}': ...}}; expected {origin.file} from {origin.where}")
+    return state
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ from avgen.encoders.audio_input import AudioInput
 from avgen.encoders.base import FeatureExtractor
 from avgen.encoders.panns import LogMelFilterBank, PowerSpectrogram
 from avgen.errors import ConfigError, WeightsFileError
-from avgen.pretrained import ORIGINS, ExtractorWeightsMissing, load_weights_file, sha256_file
+from avgen.pretrained import ORIGINS, ExtractorWeightsMissing, load_state_dict_file, sha256_file
 
 PROTOCOL = "av-benchmark@050a5cd (av_bench/extract.py:129-146, av_bench/evaluate.py:193-198)"
 HARNESS_KEY = "LAION-CLAP-Score"
@@ -471,16 +471,9 @@ def load_laion_clap(path: str | os.PathLike | None, tokenizer: str | os.PathLike
     origin = ORIGINS["laion_clap"]
     text_tokenizer, tokenizer_files = load_tokenizer(tokenizer, tokenizer_key)
     with torch.serialization.safe_globals(_numpy_pickle_globals()):
-        checkpoint = load_weights_file(
-            path, config_key, LaionClapWeightsMissing, LaionClapCheckpointError,
-            f"A file you trust that holds other objects (an optimizer, args) can be converted once: in a separate "
-            f"session run torch.save({{'state_dict': torch.load(path, weights_only=False)['state_dict']}}, "
-            f"'{origin.file}') and point {config_key} at the new file.")
+        state = load_state_dict_file(path, config_key, LaionClapWeightsMissing, LaionClapCheckpointError,
+                                     "state_dict", origin)
     where = f"{path} (config key {config_key})"
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise LaionClapCheckpointError(f"{where} holds a {type(checkpoint).__name__} that is not a state dict of "
-                                       f"tensors or {{'state_dict': ...}}; expected {origin.file} from {origin.where}")
     converted, front = laion_clap_to_transformers(state)
     config = clap_config_from_state(converted, where)
     model, front_end = ClapModel(config), LaionClapMel()

@@ -62,7 +62,7 @@ from avgen.encoders.laion_clap import (
     transformers_to_htsat,
 )
 from avgen.errors import ConfigError, WeightsFileError
-from avgen.pretrained import ORIGINS, ExtractorWeightsMissing, load_weights_file, sha256_file
+from avgen.pretrained import ORIGINS, ExtractorWeightsMissing, load_state_dict_file, sha256_file
 
 PROTOCOL = "av-benchmark@050a5cd (av_bench/extract.py:148-156, extract_text.py:46-59, av_bench/evaluate.py:200-203)"
 HARNESS_KEY = "MS-CLAP-Score"
@@ -378,16 +378,8 @@ def load_ms_clap(path: str | os.PathLike | None, text_model: str | os.PathLike |
     origin = ORIGINS["ms_clap"]
     gpt2_config, tokenizer, tokenizer_files = load_text_folder(text_model, text_key)
     with torch.serialization.safe_globals(_numpy_pickle_globals()):
-        checkpoint = load_weights_file(
-            path, config_key, MsClapWeightsMissing, MsClapCheckpointError,
-            f"A file you trust that holds other objects can be converted once: in a separate session run "
-            f"torch.save({{'model': torch.load(path, weights_only=False)['model']}}, '{origin.file}') and point "
-            f"{config_key} at the new file.")
+        state = load_state_dict_file(path, config_key, MsClapWeightsMissing, MsClapCheckpointError, "model", origin)
     where = f"{path} (config key {config_key})"
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise MsClapCheckpointError(f"{where} holds a {type(checkpoint).__name__} that is not a state dict of tensors "
-                                    f"or {{'model': ...}}; expected {origin.file} from {origin.where}")
     parts = split_ms_clap(state)
 
     def shape(key: str) -> tuple[int, ...]:
