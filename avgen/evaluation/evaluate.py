@@ -31,7 +31,14 @@ from typing import Any, Mapping
 from avgen.errors import ConfigError
 from avgen.evaluation.annotations import ClipAnnotations, per_label_rows
 from avgen.evaluation.processes import AlignmentPool, Processes
-from avgen.evaluation.scorers import AVAILABLE, MAIN_PROCESS, NEEDS_REFERENCE, OPTION_BLOCKS, score_in_main_process
+from avgen.evaluation.scorers import (
+    AVAILABLE,
+    MAIN_PROCESS,
+    NEEDS_REFERENCE,
+    OPTION_BLOCKS,
+    REFERENCE_SET,
+    score_in_main_process,
+)
 from avgen.samples import export_split_clips, find_clips
 
 log = logging.getLogger(__name__)
@@ -233,7 +240,7 @@ def _plan(s: EvaluateSettings, out: Path, procs: Processes) -> _Plan:
         clips_dir = out / "clips"
     found = find_clips(clips_dir)
     skipped = {"skipped": found.skipped_json()}
-    distribution = [m for m in s.metrics if m in ("fvd", "fad", "kvd")]
+    distribution = [m for m in s.metrics if m in REFERENCE_SET]  # fvd, fad, kvd, fd_panns, fd_vggish_frames
     if s.ref_dir and distribution and not (Path(s.ref_dir) / MANIFEST).is_file():
         skipped["ref_skipped"] = find_clips(s.ref_dir, "evaluate.ref_dir").skipped_json()
     folders = {"skipped": "evaluate.pred_dir", "ref_skipped": "evaluate.ref_dir"}

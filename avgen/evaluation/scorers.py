@@ -136,6 +136,7 @@ class Scorer:
 
     name: str = ""
     needs_reference: bool = False
+    reference_set: bool = False  # compares with every clip of ref_dir (not a paired clip per generated one)
     per_clip: bool = False
     block: str | None = None
 
@@ -499,7 +500,7 @@ class FrechetScorer(Scorer):
     the feature store (:func:`~avgen.evaluation.references.set_references`; one ``features`` row block (N, D)
     float32 per clip)."""
 
-    needs_reference = True
+    needs_reference = reference_set = True
     min_references = 2  # a covariance
 
     @classmethod
@@ -1505,7 +1506,7 @@ class KVDScorer(Scorer):
     24 frames spread over the clip, letterboxed to 224², ``eval/javisbench/src/fvd/``, ``src/dataset.py:37-75``)."""
 
     name = block = "kvd"
-    needs_reference = True
+    needs_reference = reference_set = True
     KNOWN = ("degree", "gamma", "coef0")
 
     @classmethod
@@ -1721,6 +1722,7 @@ SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (
 MAIN_PROCESS = tuple(SCORERS)
 AVAILABLE = ("av_align", *SCORERS)  # av_align runs in worker processes (avgen.evaluation.processes)
 NEEDS_REFERENCE = tuple(name for name, cls in SCORERS.items() if cls.needs_reference)
+REFERENCE_SET = tuple(name for name, cls in SCORERS.items() if cls.reference_set)  # read all of ref_dir
 # the metrics whose per-clip scores stand alone: what `filter` can threshold
 PER_CLIP = ("av_align", *(name for name, cls in SCORERS.items() if cls.per_clip and not cls.needs_reference))
 # the option blocks under `evaluate` (panns serves is and kl; passt serves fd_passt, kl_passt and is_passt)

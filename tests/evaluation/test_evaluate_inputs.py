@@ -195,3 +195,12 @@ def test_a_preset_reports_every_metric_that_cannot_run_at_once(tmp_path):
         assert key in line
     with pytest.raises(FileNotFoundError, match="evaluate.cavp.path"):
         build_scorers(ctx, ["cavp"])
+
+
+def test_every_metric_that_reads_the_whole_reference_set_lists_its_skipped_files():
+    """``ref_skipped`` in metrics.json comes from the scorers' own ``reference_set`` flag, not a hand-kept list:
+    the unpaired distribution metrics, and no paired one (kl, the PaSST pair metrics read one clip per stem)."""
+    from avgen.evaluation.scorers import NEEDS_REFERENCE, REFERENCE_SET
+
+    assert set(REFERENCE_SET) == {"fvd", "fad", "fd_panns", "fd_vggish_frames", "kvd"}
+    assert set(REFERENCE_SET) < set(NEEDS_REFERENCE) and {"kl", "kl_passt", "fd_passt"} <= set(NEEDS_REFERENCE)
