@@ -102,11 +102,11 @@ def test_sidecar_round_trip_and_lockstep_gaps(tmp_path):
     assert list(read_sidecar(path)) == [("ds/a/0", {"text": b"A", "encoder": b"AA"}), ("ds/c/0", {"text": b"C"})]
     cursor = SidecarCursor(path)
     assert cursor.take("ds/a/0") == {"text": b"A", "encoder": b"AA"}
-    assert cursor.take("ds/b/0") == f"clip ds/b/0 is not in the feature cache ({path} holds no member for it)"
+    assert cursor.take("ds/b/0") == f"not in the feature cache ({path} holds no member for this clip)"
     assert cursor.take("ds/c/0") == {"text": b"C"}
-    assert "ds/d/0 is not in the feature cache" in cursor.take("ds/d/0")
+    assert cursor.take("ds/d/0") == f"not in the feature cache ({path} holds no member for this clip)"
     missing = SidecarCursor(tmp_path / "shard-000001.tar").take("ds/a/0")
-    assert missing.startswith("clip ds/a/0: sidecar ") and "FileNotFoundError" in missing
+    assert missing.startswith(f"sidecar {tmp_path / 'shard-000001.tar'} unreadable (FileNotFoundError")
     aborted = SidecarWriter(tmp_path / "shard-000002.tar")
     aborted.add("ds/a/0", "text", b"A")
     aborted.abort()
@@ -259,15 +259,28 @@ def test_a_clip_missing_from_the_sidecar_is_a_counted_skip_and_subsets_stay_in_s
     assert [b["key"] for b in batches] == [[keys[2], keys[3]]]
     health = batches[0]["_health"]
     assert health["seen"] == 2 and health["skipped"] == 1
-    assert keys[1] in health["reasons"][0] and "not in the feature cache" in health["reasons"][0]
+    assert health["reasons"] == [f"clip {keys[1]} in {shard}: not in the feature cache ({tmp / shard.name} holds no "
+                                 f"member for this clip)"]
 
 
 # ----------------------------------------------------------------------------------------------- fit and refusals
-def test_fit_trains_from_the_cache_without_decoding(cached, tmp_path):
+def no_decoding(monkeypatch) -> None:
+    """From now on no frame or sound may be decoded (the data pipeline's decoders raise)."""
+    import avgen.data.decode as decode
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a clip's video or audio was decoded although the cache holds its parts")
+
+    monkeypatch.setattr(decode, "decode_video", refuse)
+    monkeypatch.setattr(decode, "decode_flac", refuse)
+
+
+def test_fit_trains_from_the_cache_without_decoding(cached, tmp_path, monkeypatch):
     run = tmp_path / "run"
     cfg = compose(["command=fit", "model=cached_parts_test", "scale=tiny", f"data.root={cached}",
-                   "data.auto_prepare=false", "trainer.max_steps=2", "data.features=default",
-                   f"model.record_dir={run}/record"], tmp_path, run_dir=run)
+                   "data.auto_prepare=false", "trainer.max_steps=2", "trainer.limit_val_batches=0",
+                   "data.features=default", f"model.record_dir={run}/record"], tmp_path, run_dir=run)
+    no_decoding(monkeypatch)
     run_command(cfg)
     record = json.loads((run / "record" / "rank0.json").read_text())
     train = [b for b in record["batches"] if "split" not in b]

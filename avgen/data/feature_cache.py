@@ -252,14 +252,14 @@ class SidecarCursor:
                            f"python -m avgen cache (it redoes missing sidecars)")
 
     def take(self, key: str) -> dict[str, bytes] | str:
-        """The members of clip ``key`` (``{part: bytes}``), or the reason it has none."""
+        """The members of clip ``key`` (``{part: bytes}``), or the reason it has none (the caller names the clip)."""
         if self._head is not None and self._head[0] == key:
             parts = self._head[1]
             self._advance()
             return parts
         if self._error is not None:
-            return f"clip {key}: {self._error}"
-        return f"clip {key} is not in the feature cache ({self.path} holds no member for it)"
+            return self._error
+        return f"not in the feature cache ({self.path} holds no member for this clip)"
 
 
 @dataclass(frozen=True)
