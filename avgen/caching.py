@@ -21,6 +21,7 @@ How it is run:
 - torchrun: data shard i (numbered over the requested splits in order) goes to rank ``i % WORLD_SIZE``, which runs
   on ``cuda:<LOCAL_RANK>`` (``cache.device=auto``); no rank waits for another: ``manifest.json`` is written by
   whichever rank finds every shard of the split done.
+- every clip of each split is cached, whatever ``data.subset`` (a subset reads its keys from the same sidecars).
 - one clip that cannot be decoded, or whose features are not finite, is skipped (no member; counted, with its
   reason, in the shard json and the manifest); the command fails (exit 1) when no clip was cached.
 """
@@ -109,9 +110,10 @@ class CacheOptions:
         if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
                                             or self.batch_size < 1):
             raise ConfigError(f"cache.batch_size={self.batch_size!r}: expected an int >= 1 (null: data.batch_size)")
-        for key in ("overwrite",):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"cache.{key}={getattr(self, key)!r}: expected true or false")
+        if not isinstance(self.overwrite, bool):
+            raise ConfigError(f"cache.overwrite={self.overwrite!r}: expected true or false")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise ConfigError(f"cache.progress={self.progress!r}: expected true, false or null")
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> CacheOptions:
@@ -394,6 +396,8 @@ def cache_features(datamodule, system, options: CacheOptions, *, command: str = 
     if not hasattr(system, "feature_parts") or not hasattr(system, "compute_features"):
         raise CommandUnavailable(f"{system_name} does not offer its frozen parts for caching (feature_parts, "
                                  f"compute_features)")
+    if options.parts is not None and hasattr(system, "check_feature_parts"):
+        system.check_feature_parts(list(options.parts))  # the system says why a part cannot be cached
     parts = select_parts(system.feature_parts(), options.parts, system_name)
     rank, world, local_rank = _dist()
     device = _device(options.device, local_rank)

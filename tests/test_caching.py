@@ -414,3 +414,49 @@ def test_cache_options_and_parts_are_checked(tmp_path, tiny_shards, capsys):
     assert "cache.parts=['flow']" in err and "['video_latents', 'audio_latents', 'text']" in err
     assert not (root / "cache").exists() or not any((root / "cache").rglob("*.tar"))
     assert os.environ.get("WORLD_SIZE") is None
+
+
+# ----------------------------------------------------------------------------------------------- the joint model
+@pytest.fixture(scope="module")
+def joint(tmp_path_factory, tiny_shards, one_thread):
+    """The tiny dataset cached for experiment=joint_cmcpe at scale=tiny: ``exact`` (float32) and ``default``
+    (float16), train and val; the tiny backbones are materialised once, under the module's data_dir."""
+    tmp = tmp_path_factory.mktemp("joint_cache")
+    root = copy_data(tiny_shards, tmp / "data" / "synthetic_hits")
+
+    def run(*extra: str, run_dir: str = "run", command: str = "cache"):
+        return run_command(compose([f"command={command}", "experiment=joint_cmcpe", "scale=tiny", f"data.root={root}",
+                                    "data.auto_prepare=false", *extra], tmp, run_dir=tmp / run_dir))
+
+    reports = {"exact": run("cache.name=exact", "cache.dtype=float32"), "default": run()}
+    return root, run, reports
+
+
+def test_joint_model_caches_and_fits_from_the_cache(joint, monkeypatch):
+    root, run, reports = joint
+    for name, dtype in (("exact", "float32"), ("default", "float16")):
+        for split, clips in (("train", 12), ("val", 5)):
+            manifest = reports[name]["splits"][split]
+            assert (manifest["dtype"], manifest["clips"], manifest["skipped"]) == (dtype, clips, 0)
+            assert list(manifest["parts"]) == list(PARTS)
+            assert manifest["system"] == "avgen.systems.joint.JointAudioVideo"
+    errors = reports["default"]["splits"]["train"]["parts"]["video_latents"]["fp16_error"]
+    assert 0 < errors["mean"]["rel_rms"] < 2 ** -10 and reports["exact"]["splits"]["train"]["parts"][
+        "video_latents"]["fp16_error"] is None
+    no_decoding(monkeypatch)  # training decodes neither frames nor sound: every part reading them is cached
+    run("data.features=default", "trainer.max_steps=2", "trainer.limit_val_batches=0", "model.validation.samples=0",
+        run_dir="fit", command="fit")
+    ckpt = torch.load(root.parent.parent / "fit" / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=True)
+    assert ckpt["global_step"] == 2
+
+
+def test_joint_cache_of_another_clip_geometry_is_refused(joint, capsys):
+    root, run, _ = joint
+    with pytest.raises(SystemExit):
+        run("data.features=exact", "data.clip.height=16", "data.clip.width=16", "trainer.max_steps=1",
+            run_dir="refused", command="fit")
+    err = capsys.readouterr().err
+    assert f"the cache {root / 'cache' / 'exact' / 'train'} does not fit the model" in err
+    assert "clip.height is 32, data.clip.height is 16" in err and "part video_latents: preprocessing.height is 32, " \
+                                                                 "the model's is 16" in err
