@@ -460,6 +460,8 @@ def _compute(todo: list[tuple[SplitJob, Any]], datamodule, system, parts: Mappin
                     features = system.compute_features(batch, names)
                 _check_output(features, names, len(batch["key"]), type(system).__name__)
                 work.add_batch(list(batch["key"]), features)
+            bar.set_postfix(cached=counts["clips"] + sum(w.clips for w in open_work.values()),
+                            skipped=counts["skipped"] + sum(len(w.skipped) for w in open_work.values()), refresh=False)
             bar.update(work.clips + len(work.skipped) - before)
             if item["end"]:
                 info = open_work.pop(item["job"]).finish((job.data_dir / shard.name).stat().st_size)
@@ -467,8 +469,6 @@ def _compute(todo: list[tuple[SplitJob, Any]], datamodule, system, parts: Mappin
                 counts["skipped"] += info["skipped"]
                 for s in work.skipped[:3]:
                     log.warning("cache: skipped %s: %s", s["key"], s["reason"])
-            bar.set_postfix(cached=counts["clips"] + sum(w.clips for w in open_work.values()),
-                            skipped=counts["skipped"] + sum(len(w.skipped) for w in open_work.values()), refresh=False)
     finally:
         for work in open_work.values():
             work.writer.abort()

@@ -646,17 +646,20 @@ def cache(cfg: DictConfig) -> dict[str, Any]:
     report = cache_features(datamodule, model, options, command=command_line("cache"))
     for line in summary(report):
         print(line)
-    data = cfg.data
-    experiment = _experiment_choice()
-    print(f"train on it: python -m avgen fit data={data.get('group') or data.name}"
-          + (f" experiment={experiment}" if experiment else "") + f" data.features={options.name}")
+    print(f"train on it: {fit_on_cache_command(cfg, options.name)}")
     return report
 
 
-def _experiment_choice() -> str | None:
-    from hydra.core.hydra_config import HydraConfig
+def fit_on_cache_command(cfg: DictConfig, name: str) -> str:
+    """The ``fit`` command that trains on cache ``name``: the cache command's overrides (dataset, experiment, scale,
+    paths) without its ``cache.*`` ones, plus ``data.features=<name>``."""
+    import shlex
 
-    return HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+    kept = [o for o in command_line_overrides() if not o.lstrip("+~").startswith(("cache.", "command=", "hydra."))
+            and not o.startswith("data.features=")]
+    if not kept:  # outside a Hydra run: the dataset group
+        kept = [f"data={cfg.data.get('group') or cfg.data.name}"]
+    return " ".join(["python -m avgen fit", *map(shlex.quote, kept), f"data.features={name}"])
 
 
 COMMANDS = {"fit": fit, "validate": validate, "test": test, "sample": sample, "evaluate": evaluate,

@@ -288,9 +288,10 @@ def test_fit_trains_from_the_cache_without_decoding(cached, tmp_path, monkeypatc
     assert all(b["video_frames"] == 0 and b["audio_samples"] == 0 and b["parts"] == sorted(PARTS) for b in train)
 
 
-def refused(tmp_path, capsys, root, *extra) -> str:
-    cfg = compose(["command=fit", "model=cached_parts_test", "scale=tiny", f"data.root={root}",
+def refused(tmp_path, capsys, root, *extra, command: str = "fit") -> str:
+    cfg = compose([f"command={command}", "model=cached_parts_test", "scale=tiny", f"data.root={root}",
                    "data.auto_prepare=false", "trainer.max_steps=1", *extra], tmp_path, run_dir=tmp_path / "r")
+    assert cfg.command == command
     with pytest.raises(SystemExit) as exit_info:
         run_command(cfg)
     assert exit_info.value.code == 1
@@ -326,6 +327,12 @@ def test_a_reprepared_split_is_refused(cached, tmp_path, capsys):
     assert "data_manifest_sha256 is " in err and "the train split's is " in err and "prepared again since" in err
 
 
+def test_validate_and_test_check_the_cache_too(cached, tmp_path, capsys):
+    for command in ("validate", "test"):
+        err = refused(tmp_path, capsys, cached, "data.features=default", "model.weights_seed=1", command=command)
+        assert "part video_latents: weights_sha256.encoder is " in err
+
+
 def test_a_model_without_parts_refuses_data_features(cached, tmp_path, capsys):
     err = refused(tmp_path, capsys, cached, "data.features=default", "model=tiny_test")
     assert "data.features=default: TinySystem reads no feature cache" in err
@@ -350,7 +357,9 @@ def test_cache_resumes_at_the_missing_shard_and_refuses_another_making(tmp_path,
     assert {k: v for k, v in after.items() if k != tars[1].name} == {
         k: v for k, v in before.items() if k != tars[1].name}  # the others untouched
     out = capsys.readouterr().out
-    assert "train: 12 clips cached, 0 skipped" in out and "data.features=default" in out
+    assert "train: 12 clips cached, 0 skipped" in out
+    assert (f"train on it: python -m avgen fit paths.data_dir={tmp_path / 'data'} model=cached_parts_test scale=tiny "
+            f"data.root={root} data.auto_prepare=false data.num_workers=0 data.features=default") in out
     with pytest.raises(SystemExit):
         run_command(cache_cfg(tmp_path, root, "cache.splits=[train]", "cache.dtype=float32"))
     err = capsys.readouterr().err
