@@ -402,6 +402,8 @@ def cache_features(datamodule, system, options: CacheOptions, *, command: str = 
     rank, world, local_rank = _dist()
     device = _device(options.device, local_rank)
     jobs = plan_splits(datamodule, system_name, parts, options)
+    if not jobs:
+        raise NothingProduced(f"cache.splits={list(options.splits)}: none of them is prepared in {datamodule.root}")
     for job in jobs:
         _check_existing(job, options.overwrite)
         remove_stale_temporaries(job.folder)
@@ -417,13 +419,28 @@ def cache_features(datamodule, system, options: CacheOptions, *, command: str = 
     if todo:
         report.update(_compute(todo, datamodule, system, parts, options, device))
     for job in jobs:
-        report["splits"][job.split] = (write_manifest(job, command) if job.done() else None)
+        report["splits"][job.split] = _finished_manifest(job, command, rewrite=bool(todo))
     finished = [m for m in report["splits"].values() if m is not None]
     if (todo and report["clips"] == 0) or (finished and len(finished) == len(jobs)
                                            and not sum(m["clips"] for m in finished)):
         raise NothingProduced(f"cache {options.name}: no clip could be cached; the reasons are in the shard jsons "
                               f"of {report['folder']}")
     return report
+
+
+def _finished_manifest(job: SplitJob, command: str, rewrite: bool) -> dict[str, Any] | None:
+    """The split's manifest when every shard is done (written unless an up-to-date one is there and this run
+    computed nothing), else None."""
+    if not job.done():
+        return None
+    if not rewrite:
+        try:
+            manifest = json.loads((job.folder / MANIFEST).read_text())
+            if manifest.get("making") == job.making_id:
+                return manifest
+        except (OSError, ValueError):
+            pass
+    return write_manifest(job, command)
 
 
 def _compute(todo: list[tuple[SplitJob, Any]], datamodule, system, parts: Mapping[str, FeaturePart],

@@ -360,6 +360,9 @@ def test_cache_resumes_at_the_missing_shard_and_refuses_another_making(tmp_path,
     assert "train: 12 clips cached, 0 skipped" in out
     assert (f"train on it: python -m avgen fit paths.data_dir={tmp_path / 'data'} model=cached_parts_test scale=tiny "
             f"data.root={root} data.auto_prepare=false data.num_workers=0 data.features=default") in out
+    manifest = (folder / "manifest.json").read_bytes()
+    report = run_command(cache_cfg(tmp_path, root, "cache.splits=[train]"))  # up to date: nothing to do
+    assert report["computed"] == 0 and (folder / "manifest.json").read_bytes() == manifest
     with pytest.raises(SystemExit):
         run_command(cache_cfg(tmp_path, root, "cache.splits=[train]", "cache.dtype=float32"))
     err = capsys.readouterr().err
