@@ -16,7 +16,7 @@ CPU times of random twins: the ratio of frozen to trainable FLOPs of a twin is n
 twins' frozen encoders are tiny), so the numbers show the mechanism and the overheads, not the paper-scale gain.
 
     .venv/bin/python benchmarks/feature_cache_steps.py [--scales tiny small] [--systems joint tempotokens vta_ldm]
-                                                       [--batch 2] [--repeats 3] [--threads 2] [--json FILE]
+                                                       [--batch 2] [--repeats 3] [--threads 1] [--json FILE]
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=str, default=None, help="write every sample here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

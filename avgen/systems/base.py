@@ -319,8 +319,9 @@ class DiffusionSystem(AVSystem):
     def compute_features(self, batch: Mapping[str, Any], parts: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
         """``{part: {tensor: (B, ...) float32}}`` of ``parts`` for a decoded batch (the batch contract; the
         cache command gives the evaluation view), on the system's device, without gradients. What
-        :meth:`diffusion_loss` reads from ``batch["features"]`` in place of running the frozen modules; the
-        tensors of each part are documented by :meth:`feature_parts`' system.
+        :meth:`diffusion_loss` reads from ``batch["features"]`` in place of running the frozen modules (each
+        system's :meth:`feature_parts` docstring lists its parts' tensors). Store them per clip (``[i]``), on the
+        CPU, in the cache's dtype.
 
         Raises:
             ConfigError: a part the system cannot cache or does not run (:meth:`check_feature_parts`).
@@ -438,6 +439,14 @@ class DiffusionSystem(AVSystem):
 
 def weights_stamp(*modules: nn.Module) -> tuple:
     """A cheap fingerprint of ``modules``' state (no bytes read): per state-dict tensor its name, identity,
-    storage address, version counter (bumped by every in-place write), device and dtype."""
-    return tuple((name, id(t), t.data_ptr(), t._version, str(t.device), t.dtype)
+    storage address, version counter (bumped by every in-place write; ``None`` for tensors made under
+    ``torch.inference_mode``, which keep none), device and dtype."""
+    return tuple((name, id(t), t.data_ptr(), _version(t), str(t.device), t.dtype)
                  for module in modules for name, t in module.state_dict(keep_vars=True).items())
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    try:
+        return tensor._version
+    except RuntimeError:  # an inference tensor
+        return None

@@ -145,7 +145,7 @@ def nudged_description(system, module: torch.nn.Module, part: str) -> dict:
 # ======================================================================================== joint
 @pytest.fixture(scope="module")
 def joint(tiny_root):
-    system = build(tiny_root, "joint_cmcpe", "data.clip.seconds=0.5")
+    system = build(tiny_root, "joint_cmcpe", "data.clip.seconds=0.25")
     system.cond_drop_prob = 0.5
     return system
 
@@ -235,7 +235,7 @@ def test_video_latents_are_the_encoders_draws_from_the_posterior(joint):
 # ======================================================================================== TempoTokens
 @pytest.fixture(scope="module")
 def tempo(tiny_root):
-    return build(tiny_root, "tempotokens_vggsound", "model.cond_drop_prob=0.5", "data.clip.seconds=0.5")
+    return build(tiny_root, "tempotokens_vggsound", "model.cond_drop_prob=0.5", "data.clip.seconds=0.25")
 
 
 def tempo_dropout_seed(system, batch: dict) -> int:
@@ -299,7 +299,7 @@ def test_tempotokens_encoder_features_are_pooled_per_frame(tempo):
 @pytest.fixture(scope="module")
 def vta(tiny_root):
     return build(tiny_root, "vta_ldm", "model.conditions=[video,text,flow]", "model.cond_drop_prob=0.5",
-                 "data.clip.seconds=0.5")
+                 "data.clip.seconds=0.25")
 
 
 def vta_dropout_seed(system, batch: dict) -> int:
