@@ -30,6 +30,8 @@ COMMANDS = {
               "filter.min_clap=0.3); train on them with data.subset=<name>",
     "concat_test": "write VTA-LDM's concatenated test set as a sample folder (data=<dataset> "
                    "data.concat_test={seed:0}); dub it with sample.video=, score with evaluate.ref_dir=",
+    "cache": "store an experiment's frozen features (VAE latents, text, encoder outputs) for every clip "
+             "(data=<dataset> experiment=<name> cache.name=default); train on them with data.features=<name>",
 }
 # Groups shown by --help; hydra/launcher options also include those of installed Hydra plugins.
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -54,6 +56,7 @@ def help_text() -> str:
         "  python -m avgen fit experiment=<name> scale=tiny",
         "  python -m avgen fit experiment=<name> trainer=ddp data.batch_size=8",
         "  python -m avgen -m fit experiment=<name> seed=1,2,3 hydra/launcher=slurm",
+        "  python -m avgen cache data=<dataset> experiment=<name>   # then fit ... data.features=default",
         "  python -m avgen fit experiment=<name> --cfg job     # print the composed config",
         "",
         f"configs: {config_dir()}",

@@ -3,7 +3,8 @@
 ``fit``, ``validate`` and ``test`` are generic: they instantiate ``data``, ``model``, ``trainer``,
 ``logger`` and ``callbacks`` from the config. ``sample`` rebuilds the system from a checkpoint and
 calls its ``sample_to_files``; ``export`` strips a checkpoint; ``prepare`` writes a dataset's
-shards; ``evaluate`` scores a folder of generated clips.
+shards; ``evaluate`` scores a folder of generated clips; ``cache`` stores a system's frozen features
+for ``fit`` with ``data.features``.
 """
 
 from __future__ import annotations
@@ -330,7 +331,7 @@ def announce(cfg: DictConfig, command: str) -> None:
     the experiment's dataset for the synthetic one), and for ``fit`` the command that resumes it."""
     print(f"avgen {command}: run folder {cfg.paths.output_dir}")
     data = cfg.get("data")
-    if command in ("fit", "validate", "test", "prepare") and data is not None and data.get("name"):
+    if command in ("fit", "validate", "test", "prepare", "cache") and data is not None and data.get("name"):
         # validate / test announce the checkpoint's data (their cfg is already checkpoint_config's)
         wanted = experiment_dataset(cfg)
         swapped = (f" (scale={cfg.get('scale_name')} replaced the experiment's dataset {wanted})"
@@ -369,6 +370,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     ckpt_path = resolve_resume(cfg)
     model = build_model(cfg, fresh=not (ckpt_path or cfg.get("init_from")))
+    use_features(datamodule, model)
     trainer = build_trainer(cfg, datamodule, interrupt_checkpoint=True)
     if ckpt_path:
         if cfg.get("init_from"):
@@ -385,6 +387,22 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
     log.info("run folder: %s; checkpoints: %s", cfg.paths.output_dir, ckpt_dir)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def use_features(datamodule, model) -> None:
+    """With ``data.features=<name>``: check the cache against the model's frozen parts and have the datamodule read
+    it (:meth:`avgen.data.datamodule.AVDataModule.use_features`).
+
+    Raises:
+        ConfigError: the model offers no cacheable part, or the cache does not fit it.
+    """
+    name = getattr(datamodule, "features", None)
+    if name is None:
+        return
+    if not hasattr(model, "feature_parts"):
+        raise ConfigError(f"data.features={name}: {type(model).__name__} reads no feature cache (it has no "
+                          f"feature_parts); set data.features=null")
+    datamodule.use_features(model.feature_parts())
 
 
 def report_init_from(path: str, report: dict[str, list[str]]) -> None:
@@ -414,6 +432,7 @@ def _evaluate_loop(cfg: DictConfig, which: str) -> list[dict[str, float]]:
         model = build_model(cfg)
     announce(cfg, which)
     datamodule = build_datamodule(cfg)
+    use_features(datamodule, model)
     trainer = build_trainer(cfg, datamodule)
     return getattr(trainer, which)(model, datamodule=datamodule)
 
@@ -606,8 +625,43 @@ def filter_clips(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
+def cache(cfg: DictConfig) -> dict[str, Any]:
+    """``python -m avgen cache data=<dataset> experiment=<name>``: store the experiment's frozen features over the
+    dataset's splits as the cache ``cache.name`` (:func:`avgen.caching.cache_features`), print what was cached and
+    how to train on it.
+
+    Raises:
+        ConfigError: a bad ``cache.*`` value, a part the system does not run.
+        FileExistsError: a cache of that name made otherwise (``cache.overwrite=true`` recomputes it).
+        NothingProduced: no clip could be cached.
+    """
+    from avgen.caching import CacheOptions, cache_features, summary
+    from avgen.data.prepare import command_line
+
+    options = CacheOptions.from_config(OmegaConf.to_container(cfg.get("cache"), resolve=True))
+    announce(cfg, "cache")
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    model = build_model(cfg)
+    report = cache_features(datamodule, model, options, command=command_line("cache"))
+    for line in summary(report):
+        print(line)
+    data = cfg.data
+    experiment = _experiment_choice()
+    print(f"train on it: python -m avgen fit data={data.get('group') or data.name}"
+          + (f" experiment={experiment}" if experiment else "") + f" data.features={options.name}")
+    return report
+
+
+def _experiment_choice() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+
+
 COMMANDS = {"fit": fit, "validate": validate, "test": test, "sample": sample, "evaluate": evaluate,
-            "export": export, "prepare": prepare, "filter": filter_clips, "concat_test": concat_test}
+            "export": export, "prepare": prepare, "filter": filter_clips, "concat_test": concat_test,
+            "cache": cache}
 USER_ERRORS = (ConfigError, CommandUnavailable, MissingShardsError, GeometryMismatchError, DataHealthError,
                NothingProduced, FileNotFoundError, FileExistsError, PrepareError)
 

@@ -12,7 +12,8 @@ Layers, bottom to top (a module may import from its own layer and the ones below
 5. ``metrics`` (metric math and torchmetrics ``Metric`` classes)
 6. ``systems``, ``callbacks``
 7. ``evaluation``
-8. ``curation`` (``filter``: thresholds over evaluation scores)
+8. ``curation`` (``filter``: thresholds over evaluation scores), ``caching`` (``cache``: a system's frozen features
+   over a dataset, for ``data.features``)
 9. ``commands``
 10. ``cli``, ``__main__``
 
@@ -36,7 +37,7 @@ LAYERS = [
     ["avgen.metrics"],
     ["avgen.systems", "avgen.callbacks"],
     ["avgen.evaluation"],
-    ["avgen.curation"],
+    ["avgen.curation", "avgen.caching"],
     ["avgen.commands"],
     ["avgen.cli", "avgen.__main__"],
 ]

@@ -21,6 +21,15 @@ Subsets: ``data.subset=<name>`` reads only the clips a ``python -m avgen filter`
 split the subset covers (the others in full); clip counts (epoch length, evaluation slots, expected
 clips) are those of the kept clips.
 
+Feature cache: ``data.features=<name>`` reads the outputs of the system's frozen parts from
+``<root>/cache/<name>/<split>/`` (made by ``python -m avgen cache``, :mod:`avgen.data.feature_cache`) once
+:meth:`AVDataModule.use_features` has checked it against the system's parts: batches gain ``features``
+``{part: {tensor: (B, ...)}}`` (float32); training does not decode the modalities only cached parts read
+(``video`` (B, 0, 3, H, W), ``audio`` (B, 0)) and reads every clip's evaluation view (window from 0 s, centre
+crop: the view the cache holds; random windows and crops are off); val/test decode everything and carry the
+features of their cache when it was made (optional). ``data.concat`` cannot be combined with it (the latents of a
+join are not the join of the latents).
+
 Concatenated test set: ``data.concat_test={seed, cut}`` makes the test split (``test``, ``predict``)
 serve VTA-LDM's concatenated clips (:class:`avgen.data.concat.ConcatTest`): one joined clip per test
 clip, keys ``<key>+<partner key>@<cut frame>``, the same fixed list whatever the ranks and workers.
@@ -42,6 +51,7 @@ from torch.utils.data import DataLoader
 
 from avgen.data.concat import ConcatAugment, ConcatPair, ConcatTest
 from avgen.data.decode import to_model_batch
+from avgen.data.feature_cache import CacheSplit, FeaturePart, cache_folder, check_name, remedy, skipped_modalities
 from avgen.data.geometry import ClipGeometry, StoreGeometry
 from avgen.data.shards import MANIFEST, Manifest
 from avgen.data.stream import ConcatEvalStream, EvalStream, Health, SampleRef, Shard, TrainStream, index_shards
@@ -87,11 +97,13 @@ class AVDataModule(pl.LightningDataModule):
             VTA-LDM's Pretrain-Audio row; a system that reads video refuses it at fit start.
         concat_test: ``{seed, cut}``: the test split serves VTA-LDM's concatenated test set
             (:class:`~avgen.data.concat.ConcatTest`; ``None``: its plain clips). Validation stays plain.
+        features: the name of a feature cache under ``<root>/cache`` (``python -m avgen cache``), read once
+            :meth:`use_features` is called; ``None``: every modality decoded, no ``features`` in the batch.
 
     Raises:
-        ConfigError: a ``clip`` the ``store`` cannot serve; a bad ``concat`` or ``concat_test``; (at setup)
-            an unknown ``subset``, or one made from another version of a split; a ``concat_test`` on a test
-            split of one label.
+        ConfigError: a ``clip`` the ``store`` cannot serve; a bad ``concat`` or ``concat_test``; ``features`` with
+            ``concat``; (at setup) an unknown ``subset``, or one made from another version of a split; a
+            ``concat_test`` on a test split of one label.
     """
 
     def __init__(self, name: str, root: str, clip: Mapping[str, Any] | ClipGeometry, batch_size: int = 16,
@@ -102,7 +114,8 @@ class AVDataModule(pl.LightningDataModule):
                  store: Mapping[str, Any] | StoreGeometry | None = None, group: str | None = None,
                  source: str | None = None, split_file: Any = None, scale: str | None = None,
                  subset: str | None = None, fixed_stream: bool = False, concat: Mapping[str, Any] | None = None,
-                 audio_only: bool = False, concat_test: Mapping[str, Any] | None = None):
+                 audio_only: bool = False, concat_test: Mapping[str, Any] | None = None,
+                 features: str | None = None):
         super().__init__()
         self.name, self.root = name, Path(root).expanduser().absolute()
         self.group, self.source, self.split_file, self.scale = group or name, source, split_file, scale
@@ -136,6 +149,14 @@ class AVDataModule(pl.LightningDataModule):
         concat_augment = ConcatAugment.from_config(concat)
         self.concat = concat_augment if concat_augment.p > 0 else None
         self.concat_test = ConcatTest.from_config(concat_test)
+        self.features = None if features is None else check_name(features, "data.features")
+        if self.features is not None and self.concat is not None:
+            raise ConfigError(f"data.features={self.features} with data.concat.p={self.concat.p}: the cache holds each "
+                              f"clip's own latents, and the latents of two joined clips are not the join of theirs; "
+                              f"set data.concat.p=0 (or data.features=null)")
+        self.caches: dict[str, CacheSplit] = {}  # split -> the cache read (use_features)
+        self.cached_parts: dict[str, list[str]] = {}  # split -> the cached parts its batches carry
+        self.train_skip: frozenset[str] = frozenset()  # modalities training does not decode
         self._concat_set: tuple[list[ConcatPair], dict[str, SampleRef], Health] | None = None
         self.manifests: dict[str, Manifest] = {}
         self.subsets: dict[str, Any] = {}  # split -> avgen.data.subset.Subset (None: the whole split)
@@ -237,10 +258,76 @@ class AVDataModule(pl.LightningDataModule):
     def shards(self, split: str) -> list[Shard]:
         manifest = self.manifest(split)
         subset = self.subset_of(split)
+        cache = self.caches.get(split)
+
+        def sidecar(name: str) -> str | None:
+            return None if cache is None else str(cache.sidecar(name))
+
         if subset is None:
-            return [Shard(str(self.root / split / s.name), s.clips) for s in manifest.shards if s.clips > 0]
-        return [Shard(str(self.root / split / s["name"]), int(s["clips"]), frozenset(s["keys"]))
+            return [Shard(str(self.root / split / s.name), s.clips, sidecar=sidecar(s.name))
+                    for s in manifest.shards if s.clips > 0]
+        return [Shard(str(self.root / split / s["name"]), int(s["clips"]), frozenset(s["keys"]), sidecar(s["name"]))
                 for s in subset.shards if s["clips"] > 0]
+
+    # ----------------------------------------------------------------------------------- feature cache
+    def use_features(self, parts: Mapping[str, FeaturePart]) -> None:
+        """Read the feature cache ``data.features`` for a system whose frozen parts are ``parts``
+        (``system.feature_parts()``): the train split's cache is required, val's and test's are used when made.
+        The cached parts the system does not run are ignored (logged); training then skips decoding
+        :func:`~avgen.data.feature_cache.skipped_modalities` and reads the evaluation view (logged once).
+        No-op when ``data.features`` is null.
+
+        Raises:
+            ConfigError: no train cache of that name; a cache made from another version of a split, for another
+                clip geometry, or whose part differs from the system's (extractor, weights, preprocessing), naming
+                the cache folder, the part and the key; a cache holding none of the system's parts.
+        """
+        if self.features is None:
+            return
+        from avgen.data.subset import manifest_sha256
+
+        folder = cache_folder(self.root, self.features)
+        splits = ["train"] + [s for s in ("val", "test") if (self.root / s / MANIFEST).exists()]
+        clip = self.clip.to_dict()
+        for split in splits:
+            try:
+                cache = CacheSplit.load(folder / split)
+            except FileNotFoundError:
+                if split == "train":
+                    made = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+                    raise ConfigError(
+                        f"data.features={self.features}: {folder / 'train' / 'manifest.json'} does not exist "
+                        + (f"(the cache holds {made}; an interrupted cache run resumes when run again)" if made
+                           else "(no such cache)")
+                        + f"; make it with: python -m avgen cache data={self.group} experiment=<experiment> "
+                          f"cache.name={self.features}") from None
+                log.info("data.features=%s: no %s cache (%s): the %s loss computes every part", self.features,
+                         split, folder / split, split)
+                continue
+            problems = cache.check(parts, manifest_sha256(self.root / split), clip)
+            if problems:
+                raise ConfigError(f"data.features={self.features}: the cache {folder / split} does not fit the model: "
+                                  + "; ".join(problems) + f". {remedy(self.group, self.features)}")
+            used = [p for p in cache.parts if p in parts]
+            if not used:
+                raise ConfigError(f"data.features={self.features}: the cache {folder / split} holds the parts "
+                                  f"{sorted(cache.parts)}, the model runs {sorted(parts)}: none to read. "
+                                  f"{remedy(self.group, self.features)}")
+            ignored = sorted(set(cache.parts) - set(parts))
+            if ignored:
+                log.info("data.features=%s: the %s cache's parts %s are not run by the model: ignored", self.features,
+                         split, ignored)
+            self.caches[split], self.cached_parts[split] = cache, used
+        train_parts = self.cached_parts["train"]
+        self.train_skip = skipped_modalities(dict(parts), set(train_parts))
+        log.warning("data.features=%s: training reads the cached parts %s and each clip's evaluation view (window "
+                    "from 0 s, centre crop: the view the cache holds; no random window or crop)%s", self.features,
+                    train_parts, f"; not decoded: {sorted(self.train_skip)}" if self.train_skip else "")
+
+    def _feature_reader(self, split: str):
+        """The sidecar reader of ``split``'s cache (the parts the system runs), None without one."""
+        cache = self.caches.get(split)
+        return None if cache is None else cache.reader(self.cached_parts[split])
 
     def _has_val(self) -> bool:
         """Whether fit validates: a val split with at least one clip (validation is optional during fit)."""
@@ -291,8 +378,13 @@ class AVDataModule(pl.LightningDataModule):
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, start_step=step, rank=rank, world_size=world,
             max_skip_fraction=self.max_skip_fraction, min_clips_for_check=self.min_clips_for_check,
             num_workers=self.num_workers, fixed=self.fixed_stream, concat=self.concat)
-        dataset.audio_only = self.audio_only
+        dataset.skip = self._audio_only_skip() | self.train_skip
+        dataset.features = self._feature_reader("train")
+        dataset.eval_view = dataset.features is not None
         return self._loader(dataset)
+
+    def _audio_only_skip(self) -> frozenset[str]:
+        return frozenset({"video"}) if self.audio_only else frozenset()
 
     def concat_set(self) -> tuple[list[ConcatPair], dict[str, SampleRef], Health]:
         """The concatenated test set (``data.concat_test``): its pairs, every test sample by key, and the test
@@ -316,9 +408,13 @@ class AVDataModule(pl.LightningDataModule):
             pairs, refs, missing = self.concat_set()
             dataset = ConcatEvalStream(self.shards(split), self.clip, self.eval_batch_size, pairs=pairs, refs=refs,
                                        missing=missing, **common)
+            if self.caches.get(split) is not None:
+                log.info("data.features=%s: the concatenated test set (data.concat_test) is not cached: its loss "
+                         "computes every part", self.features)
         else:
             dataset = EvalStream(self.shards(split), self.clip, self.eval_batch_size, **common)
-        dataset.audio_only = self.audio_only
+            dataset.features = self._feature_reader(split)
+        dataset.skip = self._audio_only_skip()
         return self._loader(dataset)
 
     def val_dataloader(self) -> DataLoader | list:

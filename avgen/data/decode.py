@@ -8,7 +8,7 @@ host→device copies four times smaller.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ class SampleError(RuntimeError):
 
 
 def decode_sample(sample: dict[str, Any], clip: ClipGeometry, rng: np.random.Generator | None,
-                  out: np.ndarray | None = None, audio_only: bool = False) -> dict[str, Any]:
+                  out: np.ndarray | None = None, skip: Collection[str] = ()) -> dict[str, Any]:
     """Decode a raw sample into a clip of geometry ``clip``.
 
     ``rng`` set (training): random temporal window, starting a whole number ``k`` of frames into
@@ -30,14 +30,17 @@ def decode_sample(sample: dict[str, Any], clip: ClipGeometry, rng: np.random.Gen
     (evaluation): the window starts at 0 and the crop is centred. ``out``: a ``(F, H, W, 3)``
     uint8 array (a slot of the batch) the frames are decoded into.
 
-    ``audio_only`` (``data.audio_only``): the video is not decoded (nor required: audio-only shards
-    qualify) and ``video`` is (0, H, W, 3); the audio window is drawn as it would be.
+    ``skip``: modalities not decoded (nor required: audio-only shards qualify for ``{"video"}``): ``video`` is
+    then (0, H, W, 3) (``data.audio_only``; the cached ones with ``data.features``), ``audio`` (0,); the window is
+    drawn as it would be.
 
     Returns ``video`` (F, H, W, 3) uint8, ``audio`` (S,) float32, ``caption``, ``label``, ``key``,
     ``events`` (onset seconds relative to the window start, inside the window).
     """
     key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
-    missing = [m for m in (("flac", "json") if audio_only else ("mp4", "flac", "json")) if m not in sample]
+    skip_video, skip_audio = "video" in skip, "audio" in skip
+    needed = ("json",) + (() if skip_video else ("mp4",)) + (() if skip_audio else ("flac",))
+    missing = [m for m in ("mp4", "flac", "json") if m in needed and m not in sample]
     if missing:
         raise SampleError(f"clip {key} in {url}: missing member(s) {missing}")
     try:
@@ -50,12 +53,15 @@ def decode_sample(sample: dict[str, Any], clip: ClipGeometry, rng: np.random.Gen
         start = 0
         if rng is not None and stored_frames > clip.num_frames:
             start = int(rng.integers(0, stored_frames - clip.num_frames + 1))
-        audio, sr = decode_flac(sample["flac"])
+        if skip_audio:
+            audio, sr = np.zeros(0, np.float32), clip.sample_rate
+        else:
+            audio, sr = decode_flac(sample["flac"])
         if sr != clip.sample_rate:
             raise SampleError(f"clip {key} in {url}: audio at {sr} Hz, config asks for {clip.sample_rate}")
         if out is None:
-            out = np.empty((0 if audio_only else clip.num_frames, clip.height, clip.width, 3), np.uint8)
-        if not audio_only:
+            out = np.empty((0 if skip_video else clip.num_frames, clip.height, clip.width, 3), np.uint8)
+        if not skip_video:
             decode_video(sample["mp4"], fps=clip.fps, start=start / clip.fps, fit_to=(clip.height, clip.width),
                          crop_origin=_crop_origin(rng), out=out)
     except (MediaError, KeyError, ValueError, TypeError) as exc:
@@ -63,7 +69,7 @@ def decode_sample(sample: dict[str, Any], clip: ClipGeometry, rng: np.random.Gen
     offset_s = start / clip.fps  # exact: a Fraction of a second
     a0 = round(offset_s * sr)
     audio = audio[a0:a0 + clip.num_samples]
-    if audio.shape[0] < clip.num_samples:
+    if not skip_audio and audio.shape[0] < clip.num_samples:
         # flac holds exactly seconds * sample_rate samples; tolerate up to one frame of rounding.
         if clip.num_samples - audio.shape[0] > sr // clip.fps:
             raise SampleError(f"clip {key} in {url}: {audio.shape[0]} audio samples, need {clip.num_samples}")
@@ -84,12 +90,13 @@ def _crop_origin(rng: np.random.Generator | None):
 
 
 def collate(clips: list[dict[str, Any]], video: torch.Tensor | None = None) -> dict[str, Any]:
-    """Batch decoded clips: ``video`` (B, F, H, W, 3) uint8 (converted on the device), ``audio`` (B, S).
+    """Batch decoded clips: ``video`` (B, F, H, W, 3) uint8 (converted on the device), ``audio`` (B, S), and with
+    a feature cache ``features`` ``{part: {tensor: (B, ...)}}`` in the stored dtype (float32 on the device).
 
     ``video``: the batch tensor the clips were decoded into (see :func:`decode_sample`'s ``out``);
     without it the frames are stacked.
     """
-    return {
+    batch = {
         "video": video if video is not None else torch.from_numpy(np.stack([c["video"] for c in clips])),
         "audio": torch.from_numpy(np.stack([c["audio"] for c in clips])),
         "caption": [c["caption"] for c in clips],
@@ -97,10 +104,19 @@ def collate(clips: list[dict[str, Any]], video: torch.Tensor | None = None) -> d
         "key": [c["key"] for c in clips],
         "events": [torch.from_numpy(c["events"]) for c in clips],
     }
+    if clips and "features" in clips[0]:
+        batch["features"] = {part: {name: torch.from_numpy(np.stack([c["features"][part][name] for c in clips]))
+                                    for name in tensors} for part, tensors in clips[0]["features"].items()}
+    return batch
 
 
 def to_model_batch(batch: dict[str, Any]) -> dict[str, Any]:
-    """Loader batch → the batch contract: ``video`` float (B, F, 3, H, W) in [-1, 1]."""
+    """Loader batch → the batch contract: ``video`` float (B, F, 3, H, W) in [-1, 1]; ``features`` float32
+    (cast on the device: a float16 cache crosses to it at half the bytes)."""
+    if "features" in batch:
+        batch = dict(batch)
+        batch["features"] = {part: {name: t.float() for name, t in tensors.items()}
+                             for part, tensors in batch["features"].items()}
     video = batch["video"]
     if video.dtype == torch.uint8:
         batch = dict(batch)

@@ -21,6 +21,13 @@ of pairs (:class:`avgen.data.concat.ConcatTest`) instead of the shards' clips; a
 lie in any shard, so they are read by their byte offsets in the tars (:func:`index_shards`, one pass
 over the tar headers and json members) and joined by :func:`avgen.data.concat.join`.
 
+Feature cache (``data.features``, :mod:`avgen.data.feature_cache`): a shard with a ``sidecar`` is read in
+lockstep with it by key (:class:`~avgen.data.feature_cache.SidecarCursor`); each clip carries its members, decoded
+and checked with its frames (a clip the cache lacks, or whose members are damaged, is a counted skip naming the clip
+and the cache), and the batch gains ``features``. Modalities in a stream's ``skip`` are not decoded; with a cache,
+training reads each clip's evaluation view (``eval_view``: window from 0 s, centre crop), the view the cache was
+computed on.
+
 Clip accounting: a clip that fails to decode, and every clip a shard's manifest (or subset) promises
 but the tar does not deliver (truncated or unreadable shard), is counted as skipped, with its shard. The
 counts travel with the next batch under ``"_health"`` (tagged with the split) and are summed in the main process
@@ -47,6 +54,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from avgen.data.concat import ConcatAugment, ConcatPair, join
 from avgen.data.decode import SampleError, collate, decode_sample
+from avgen.data.feature_cache import SidecarCursor, SidecarReader
 from avgen.data.geometry import ClipGeometry
 from avgen.errors import DataHealthError
 
@@ -55,11 +63,13 @@ from avgen.errors import DataHealthError
 class Shard:
     """One tar shard to read: ``clips`` it holds (or, with ``keys``, the clips of it to use). ``keys``: the
     sample keys to use (a curated subset, :mod:`avgen.data.subset`); the shard's other samples are
-    passed over undecoded. ``None``: all of them."""
+    passed over undecoded. ``None``: all of them. ``sidecar``: its feature cache tar (``data.features``), read
+    in lockstep; ``None``: no cache."""
 
     url: str
     clips: int
     keys: frozenset[str] | None = None
+    sidecar: str | None = None
 
 
 @dataclass
@@ -112,13 +122,17 @@ def _record(errors: list):
 
 
 def iter_shard(shard: Shard, health: Health) -> Iterator[dict]:
-    """Yield the raw samples of one shard; clips it promises but cannot deliver are counted as skipped."""
+    """Yield the raw samples of one shard; clips it promises but cannot deliver are counted as skipped. With a
+    ``sidecar``, each sample carries ``__features__``: its members ``{part: bytes}``, or why it has none (a str)."""
     errors: list[Exception] = []
     handler = _record(errors)
     produced = 0
     opened = wds.tariterators.url_opener([{"url": shard.url}], handler=handler)
     expanded = wds.tariterators.tar_file_expander(opened, handler=handler)
+    sidecar = None if shard.sidecar is None else SidecarCursor(shard.sidecar)
     for sample in wds.tariterators.group_by_keys(expanded, handler=handler):
+        if sidecar is not None:  # every key, in the shard's order, before the subset is applied
+            sample["__features__"] = sidecar.take(sample.get("__key__", ""))
         if shard.keys is not None and sample.get("__key__") not in shard.keys:
             continue  # outside the subset
         produced += 1
@@ -154,7 +168,8 @@ def _worker() -> tuple[int, int]:
 class _Stream(IterableDataset):
     split = "train"
 
-    audio_only = False  # data.audio_only: clips without their frames (set on the instance)
+    skip: frozenset[str] = frozenset()  # modalities not decoded (data.audio_only, data.features; set on the instance)
+    features: SidecarReader | None = None  # decodes the sidecar members (data.features; set on the instance)
 
     def __init__(self, shards: list[Shard], clip: ClipGeometry, batch_size: int, *, rank: int, world_size: int,
                  max_skip_fraction: float, min_clips_for_check: int):
@@ -169,10 +184,10 @@ class _Stream(IterableDataset):
     def _batches(self, samples: Iterator[dict], health: Health, rng, *, partial: bool
                  ) -> Iterator[tuple[list[dict], torch.Tensor]]:
         """Decode samples straight into batch tensors (no per-clip copies); an unusable clip is
-        counted and its slot reused. Yields (clips, video (B, F, H, W, 3) uint8; F = 0 with
-        ``audio_only``)."""
+        counted and its slot reused. Yields (clips, video (B, F, H, W, 3) uint8; F = 0 when ``video`` is in
+        ``skip``)."""
         geo = self.clip
-        shape = (self.batch_size, 0 if self.audio_only else geo.num_frames, geo.height, geo.width, 3)
+        shape = (self.batch_size, 0 if "video" in self.skip else geo.num_frames, geo.height, geo.width, 3)
         while True:
             video = _batch_tensor(shape)
             clips: list[dict] = []
@@ -193,8 +208,28 @@ class _Stream(IterableDataset):
             yield clips, video
 
     def _decode(self, sample: dict, rng: np.random.Generator | None, out: np.ndarray) -> dict:
-        """One clip decoded into ``out`` (F, H, W, 3) uint8, a slot of the batch; raises ``SampleError``."""
-        return decode_sample(sample, self.clip, rng, out=out, audio_only=self.audio_only)
+        """One clip decoded into ``out`` (F, H, W, 3) uint8, a slot of the batch, with its cached features when the
+        stream reads a cache; raises ``SampleError``."""
+        features = self._features(sample)
+        clip = decode_sample(sample, self.clip, rng, out=out, skip=self.skip)
+        if features is not None:
+            clip["features"] = features
+        return clip
+
+    def _features(self, sample: dict) -> dict | None:
+        """The clip's cached features (``{part: {tensor: array}}``), None without a cache; raises ``SampleError``
+        for a clip the cache lacks or whose members are damaged, naming the clip and the cache."""
+        if self.features is None:
+            return None
+        key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
+        members = sample.get("__features__")
+        if not isinstance(members, dict):
+            raise SampleError(f"clip {key} in {url}: {members or 'no feature cache sidecar'}")
+        try:
+            return self.features.decode(key, members)
+        except ValueError as exc:
+            raise SampleError(f"clip {key} in {url}: feature cache {self.features.folder}: {exc}; make the cache "
+                              f"again (python -m avgen cache ... cache.overwrite=true)") from exc
 
     def _check(self, health: Health) -> None:
         total = self._total.seen + self._total.skipped + health.seen + health.skipped
@@ -238,6 +273,7 @@ class TrainStream(_Stream):
         self.batches_per_worker, self.shuffle_buffer = batches_per_worker, shuffle_buffer
         self.seed, self.start_step, self.num_workers = seed, start_step, max(1, num_workers)
         self.fixed = fixed  # every epoch replays the first one (debug=overfit)
+        self.eval_view = False  # decode each clip's evaluation view (data.features: the view the cache holds)
         self._epoch = 0
 
     def __len__(self) -> int:
@@ -268,7 +304,8 @@ class TrainStream(_Stream):
         self._epoch += 1
         rng, np_rng = random.Random(seed), np.random.default_rng(seed)
         health = Health()
-        batches = self._batches(self._shuffled(self._samples(rng, health), rng), health, np_rng, partial=False)
+        view_rng = None if self.eval_view else np_rng
+        batches = self._batches(self._shuffled(self._samples(rng, health), rng), health, view_rng, partial=False)
         for _ in range(self.batches_per_worker):
             clips, video = next(batches)
             if self.concat is not None:
@@ -406,6 +443,6 @@ class ConcatEvalStream(EvalStream):
 
     def _decode(self, sample: dict, rng: np.random.Generator | None, out: np.ndarray) -> dict:
         first, second, cut = sample["pair"]
-        mine = decode_sample(first.read(), self.clip, None, out=out, audio_only=self.audio_only)
-        theirs = decode_sample(second.read(), self.clip, None, audio_only=self.audio_only)
+        mine = decode_sample(first.read(), self.clip, None, out=out, skip=self.skip)
+        theirs = decode_sample(second.read(), self.clip, None, skip=self.skip)
         return join(mine, theirs, cut, self.clip)
