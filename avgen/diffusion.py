@@ -154,3 +154,39 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, prediction_ty
     if prediction_type == "sample":
         return clipped
     raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
+def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None,
+                   scaling_factor: float = 1.0, chunk: int | None = None) -> torch.Tensor:
+    """A sample of a VAE's diagonal Gaussian posterior, scaled: z = (mean + std · ε) · ``scaling_factor``.
+
+    ε is drawn exactly as diffusers' ``DiagonalGaussianDistribution.sample`` draws it (diffusers 0.42,
+    ``models/autoencoders/vae.py``: ``randn_tensor(mean.shape, generator, device=mean.device, dtype=mean.dtype)``),
+    once per group of ``chunk`` rows along axis 0, in order (``None``: one draw for all rows): the encode
+    functions call the VAE once per chunk (:func:`avgen.backbones.animatediff.encode_video`: 16 frames), so a
+    posterior read from the feature cache gives the latents encoding would, for the same ``generator``, bit for
+    bit. (One draw for all rows is not the same stream in general: torch's CPU sampler transforms blocks of 16
+    values, so a chunk whose size is not a multiple of 16 shifts the pairing, and CUDA's advances its offset per
+    call.)
+
+    Args:
+        mean, std: (N, ...) the posterior's mean and standard deviation (exp(logvar / 2), logvar clamped to
+            [-30, 20] by diffusers), unscaled; same shape, device and dtype. ε has their dtype.
+        generator: the random stream (``None``: torch's global stream of ``mean``'s device). A CPU generator
+            with CUDA tensors draws on the CPU and moves ε (as ``randn_tensor``).
+        scaling_factor: the VAE's ``config.scaling_factor``.
+        chunk: rows per draw (≥ 1), or ``None``.
+
+    Returns:
+        (N, ...) in ``mean``'s dtype, on its device.
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    if mean.shape != std.shape:
+        raise ValueError(f"sample_latents: mean {tuple(mean.shape)} and std {tuple(std.shape)} differ in shape")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"sample_latents: chunk={chunk}, expected at least 1 row per draw or None")
+    rows = [mean] if chunk is None else list(mean.split(chunk))
+    noise = torch.cat([randn_tensor(part.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+                       for part in rows]) if rows else torch.empty_like(mean)
+    return (mean + std * noise) * scaling_factor

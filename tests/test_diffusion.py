@@ -13,6 +13,7 @@ from avgen.diffusion import (
     ddim_step,
     final_alpha_cumprod,
     min_snr_weights,
+    sample_latents,
     split_prediction,
     training_target,
 )
@@ -106,3 +107,23 @@ def test_noising_is_float32_whatever_the_latents_dtype(prediction_type):
     assert (noisy - x0_bf16.float()).abs().max() > 0.02  # the noise of t = 0, 1 is there
     target = training_target(prediction_type, x0_bf16, noise, alphas, t)
     assert target.dtype == torch.float32
+
+
+def test_posterior_samples_are_drawn_per_chunk_as_diffusers_draws_them():
+    """z = (mean + std · ε) · s with ε drawn per chunk of rows, as diffusers' DiagonalGaussianDistribution.sample
+    draws once per VAE call: the latents of a cached posterior are the encoder's for the same generator."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    g = torch.Generator().manual_seed(0)
+    params = torch.randn(20, 2, 5, generator=g)  # (N, 2·C, ...): mean and logvar, 5 values each per row
+    dists = [DiagonalGaussianDistribution(part) for part in params.split(8)]
+    g = torch.Generator().manual_seed(5)
+    expected = torch.cat([d.sample(g) for d in dists]) * 0.18215
+    mean, std = torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
+    assert torch.equal(sample_latents(mean, std, torch.Generator().manual_seed(5), 0.18215, chunk=8), expected)
+    # one draw for the 20 rows is another sample (8 rows = 40 values per draw: not whole blocks of the sampler)
+    assert not torch.equal(sample_latents(mean, std, torch.Generator().manual_seed(5), 0.18215), expected)
+    whole = DiagonalGaussianDistribution(params).sample(torch.Generator().manual_seed(5))
+    assert torch.equal(sample_latents(mean, std, torch.Generator().manual_seed(5)), whole)
+    with pytest.raises(ValueError, match="differ in shape"):
+        sample_latents(mean, std[:3])

@@ -21,6 +21,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditi
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from avgen.backbones.loader import load_pretrained, load_scheduler, resolve_source
+from avgen.diffusion import sample_latents
 from avgen.pretrained import freeze, quiet_loading
 
 BASE_KEY = "model.video.base"
@@ -114,21 +115,58 @@ def encode_prompts(backbone: VideoBackbone, prompts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
+def encode_video_posterior(backbone: VideoBackbone, video: torch.Tensor, chunk: int = 16
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Video (B, F, 3, H, W) in [-1, 1] (axis 1 is time) → the VAE posterior of every frame: ``mean`` and
+    ``std`` (B, C, F, H/s, W/s) (axis 2 is time; s the VAE's downsampling), unscaled (before
+    ``vae.config.scaling_factor``), in the VAE's dtype, on its device.
+
+    Each frame is encoded on its own, ``chunk`` frames per VAE call (the frames of all clips in a row, clip by
+    clip); ``std`` is diffusers' ``exp(logvar / 2)`` with logvar clamped to [-30, 20].
+
+    Raises:
+        ValueError: ``video`` is not (B, F, 3, H, W).
+    """
+    if video.ndim != 5 or video.shape[2] != 3:
+        raise ValueError(f"encode_video expects video (B, F, 3, H, W) in [-1, 1], got {tuple(video.shape)}")
+    vae = backbone.vae
+    frames = video.flatten(0, 1).to(vae.device, vae.dtype)
+    posteriors = [vae.encode(part).latent_dist for part in frames.split(chunk)]
+    mean = torch.cat([p.mean for p in posteriors]).unflatten(0, video.shape[:2]).permute(0, 2, 1, 3, 4)
+    std = torch.cat([p.std for p in posteriors]).unflatten(0, video.shape[:2]).permute(0, 2, 1, 3, 4)
+    return mean, std
+
+
+def sample_video_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None,
+                         scaling_factor: float = 1.0, chunk: int = 16) -> torch.Tensor:
+    """Latents (B, C, F, h, w) (axis 2 is time) = (mean + std · ε) · ``scaling_factor`` from a per-frame posterior
+    (:func:`encode_video_posterior`, or the feature cache's ``video_latents``), ε drawn as :func:`encode_video`
+    draws it: per group of ``chunk`` frames of the clips' frames in a row (:func:`avgen.diffusion.sample_latents`),
+    in ``mean``'s dtype and device.
+
+    Raises:
+        ValueError: ``mean`` is not (B, C, F, h, w) or ``std`` differs from it in shape.
+    """
+    if mean.ndim != 5:
+        raise ValueError(f"sample_video_latents expects a posterior (B, C, F, h, w), got {tuple(mean.shape)}")
+    b, frames = mean.shape[0], mean.shape[2]
+    flat = [x.permute(0, 2, 1, 3, 4).flatten(0, 1) for x in (mean, std)]  # (B·F, C, h, w), clip by clip
+    latents = sample_latents(*flat, generator, scaling_factor, chunk)
+    return latents.unflatten(0, (b, frames)).permute(0, 2, 1, 3, 4)
+
+
+@torch.no_grad()
 def encode_video(backbone: VideoBackbone, video: torch.Tensor, generator: torch.Generator | None = None,
                  chunk: int = 16) -> torch.Tensor:
     """Video (B, F, 3, H, W) in [-1, 1] (axis 1 is time) → latents (B, C, F, H/s, W/s), s the VAE's
     downsampling, scaled by ``vae.config.scaling_factor``.
 
     Each frame is encoded on its own, ``chunk`` frames per VAE call; latents are a sample of the
-    posterior (with ``generator``), as in SD training.
+    posterior (with ``generator``), as in SD training: :func:`encode_video_posterior` then
+    :func:`sample_video_latents` (the same draws as diffusers' ``latent_dist.sample`` per chunk).
     """
-    if video.ndim != 5 or video.shape[2] != 3:
-        raise ValueError(f"encode_video expects video (B, F, 3, H, W) in [-1, 1], got {tuple(video.shape)}")
-    vae = backbone.vae
-    frames = video.flatten(0, 1).to(vae.device, vae.dtype)
-    latents = torch.cat([vae.encode(part).latent_dist.sample(generator) for part in frames.split(chunk)])
-    latents = latents * vae.config.scaling_factor
-    return latents.unflatten(0, video.shape[:2]).permute(0, 2, 1, 3, 4)
+    mean, std = encode_video_posterior(backbone, video, chunk)
+    return sample_video_latents(mean, std, generator, backbone.vae.config.scaling_factor, chunk)
 
 
 @torch.no_grad()

@@ -26,6 +26,7 @@ from torch import nn
 from transformers import ClapTextModelWithProjection, RobertaTokenizer, SpeechT5HifiGan
 
 from avgen.backbones.loader import load_pretrained, load_scheduler, resolve_source
+from avgen.diffusion import sample_latents
 from avgen.errors import ConfigError
 from avgen.pretrained import freeze
 
@@ -58,13 +59,20 @@ class AudioLDMMel(nn.Module):
             raise ValueError(f"AudioLDMMel pads (n_fft - hop_length) / 2 samples on each side; n_fft={n_fft} and "
                              f"hop_length={hop_length} must differ by an even number")
         self.sample_rate, self.n_fft, self.win_length, self.hop_length = sample_rate, n_fft, win_length, hop_length
-        self.n_mels, self.log_floor = n_mels, log_floor
+        self.n_mels, self.f_min, self.f_max, self.log_floor = n_mels, f_min, f_max, log_floor
         self.padding = (n_fft - hop_length) // 2
         fbank = torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, f_min, f_max, n_mels, sample_rate,
                                                       norm="slaney", mel_scale="slaney")
         # Derived from the arguments: rebuilt, not stored in checkpoints.
         self.register_buffer("mel_basis", fbank.T.contiguous(), persistent=False)  # (n_mels, n_fft // 2 + 1)
         self.register_buffer("window", torch.hann_window(win_length, periodic=True), persistent=False)
+
+    def settings(self) -> dict[str, float | int]:
+        """The constructor's arguments (sample rate in Hz, sizes in samples, range in Hz): everything that
+        sets the output, for feature-cache descriptions (the module has no weights)."""
+        return {"sample_rate": self.sample_rate, "n_fft": self.n_fft, "win_length": self.win_length,
+                "hop_length": self.hop_length, "n_mels": self.n_mels, "f_min": self.f_min, "f_max": self.f_max,
+                "log_floor": self.log_floor}
 
     @property
     def silence(self) -> float:
@@ -201,20 +209,33 @@ def latent_frames(backbone: AudioCodec, num_samples: int, time_multiple: int = 3
 
 
 @torch.no_grad()
-def encode_audio(backbone: AudioCodec, waveform: torch.Tensor, generator: torch.Generator | None = None,
-                 time_multiple: int = 32) -> torch.Tensor:
-    """Waveform (B, S) at the mel's rate → latents (B, C, T', F') (axis 2 is time), see :func:`latent_frames`.
+def encode_audio_posterior(backbone: AudioCodec, waveform: torch.Tensor, time_multiple: int = 32
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Waveform (B, S) at the mel's rate → the VAE posterior of its padded log-mel: ``mean`` and ``std``
+    (B, C, T', F') (axis 2 is time, see :func:`latent_frames`), unscaled (before ``vae.config.scaling_factor``),
+    in the VAE's dtype, on its device; ``std`` is diffusers' ``exp(logvar / 2)`` with logvar clamped to [-30, 20].
 
     The mel's time axis is padded with silence (log(log_floor)) up to a multiple of ``time_multiple``
     frames, so the latent length divides by the UNet's downsampling (default 32 = VAE 4× · UNet 8×).
-    Latents are a posterior sample (with ``generator``) times ``vae.config.scaling_factor``.
     """
     mel = backbone.mel(waveform.to(backbone.mel.window.device))
     extra = padded_frames(mel.shape[1], time_multiple) - mel.shape[1]
     mel = F.pad(mel, (0, 0, 0, extra), value=backbone.mel.silence)
     vae = backbone.vae
-    latents = vae.encode(mel.unsqueeze(1).to(vae.device, vae.dtype)).latent_dist.sample(generator)
-    return latents * vae.config.scaling_factor
+    posterior = vae.encode(mel.unsqueeze(1).to(vae.device, vae.dtype)).latent_dist
+    return posterior.mean, posterior.std
+
+
+@torch.no_grad()
+def encode_audio(backbone: AudioCodec, waveform: torch.Tensor, generator: torch.Generator | None = None,
+                 time_multiple: int = 32) -> torch.Tensor:
+    """Waveform (B, S) at the mel's rate → latents (B, C, T', F') (axis 2 is time), see :func:`latent_frames`.
+
+    :func:`encode_audio_posterior`, then a posterior sample (with ``generator``, one draw for the batch as
+    diffusers' ``latent_dist.sample``: :func:`avgen.diffusion.sample_latents`) times ``vae.config.scaling_factor``.
+    """
+    mean, std = encode_audio_posterior(backbone, waveform, time_multiple)
+    return sample_latents(mean, std, generator, backbone.vae.config.scaling_factor)
 
 
 @torch.no_grad()

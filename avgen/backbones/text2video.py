@@ -32,7 +32,7 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from avgen.backbones.animatediff import decode_video, encode_video
+from avgen.backbones.animatediff import decode_video, encode_video, encode_video_posterior, sample_video_latents
 from avgen.backbones.loader import load_pretrained, load_scheduler, resolve_source
 from avgen.errors import ConfigError
 
@@ -41,7 +41,7 @@ from avgen.errors import ConfigError
 from avgen.pretrained import freeze
 
 __all__ = ["BASE_KEY", "SAMPLERS", "FrameContextProcessor", "PerFrameUNet3D", "Text2VideoBackbone",
-           "decode_video", "encode_video", "load_text2video"]
+           "decode_video", "encode_video", "encode_video_posterior", "load_text2video", "sample_video_latents"]
 
 BASE_KEY = "model.t2v.base"
 SCHEDULER_KEY = "model.t2v.scheduler"

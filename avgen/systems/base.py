@@ -28,6 +28,7 @@ from torch import nn
 
 from avgen._versions import library_versions
 from avgen.checkpoint import FORMAT
+from avgen.data.feature_cache import PART_NAMES, FeaturePart, module_weights_sha256
 from avgen.errors import ConfigError
 from avgen.pretrained import HoldsFrozen
 from avgen.samples import write_sounding_videos
@@ -272,6 +273,95 @@ class DiffusionSystem(AVSystem):
         """Whether training reads the clips' frames (``data.audio_only`` is refused when it does)."""
         return True
 
+    # ------------------------------------------------------------------------------ feature cache (issue 19)
+    #: parts a system cannot cache, with the reason (:meth:`check_feature_parts` names it)
+    UNCACHEABLE_PARTS: dict[str, str] = {}
+
+    def feature_part_names(self) -> tuple[str, ...]:
+        """The names of the frozen parts this config runs on every training step, in
+        :data:`~avgen.data.feature_cache.PART_NAMES` order (cheap: no weights are hashed)."""
+        return ()
+
+    def feature_parts(self) -> dict[str, FeaturePart]:
+        """``{name: FeaturePart}`` of the parts this config runs on every training step
+        (:mod:`avgen.data.feature_cache`), in :data:`~avgen.data.feature_cache.PART_NAMES` order: the extractor,
+        the SHA-256 of the frozen weights it runs (hashed once per system and weights: :meth:`weights_sha256`),
+        the preprocessing settings that change its output and the batch modalities it reads. JSON-serialisable."""
+        return {}
+
+    def part_features(self, batch: Mapping[str, Any], name: str) -> dict[str, torch.Tensor]:
+        """Part ``name``'s tensors (B, ...) computed from ``batch`` (the batch contract), in the frozen module's
+        dtype, on its device, without gradients; :meth:`compute_features` checks the name and casts."""
+        raise NotImplementedError(f"{type(self).__name__} has no feature part {name!r}")
+
+    def check_feature_parts(self, parts: Sequence[str]) -> list[str]:
+        """``parts`` in :data:`~avgen.data.feature_cache.PART_NAMES` order, each checked against
+        :meth:`feature_part_names`.
+
+        Raises:
+            ConfigError: a part this system cannot cache or does not run (naming ``cache.parts`` and the parts
+                available).
+        """
+        if isinstance(parts, str):
+            parts = [parts]
+        available = self.feature_part_names()
+        listing = f"{type(self).__name__} caches {', '.join(available) or 'nothing'}"
+        for name in parts:
+            if name in self.UNCACHEABLE_PARTS:
+                raise ConfigError(f"cache.parts: {name!r} cannot be cached: {self.UNCACHEABLE_PARTS[name]}; "
+                                  f"{listing}")
+            if name not in available:
+                known = "" if name in PART_NAMES else f" (part names: {', '.join(PART_NAMES)})"
+                raise ConfigError(f"cache.parts: {type(self).__name__} runs no part {name!r} with this model "
+                                  f"config{known}; {listing}")
+        return [name for name in PART_NAMES if name in set(parts)]
+
+    def compute_features(self, batch: Mapping[str, Any], parts: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
+        """``{part: {tensor: (B, ...) float32}}`` of ``parts`` for a decoded batch (the batch contract; the
+        cache command gives the evaluation view), on the system's device, without gradients. What
+        :meth:`diffusion_loss` reads from ``batch["features"]`` in place of running the frozen modules; the
+        tensors of each part are documented by :meth:`feature_parts`' system.
+
+        Raises:
+            ConfigError: a part the system cannot cache or does not run (:meth:`check_feature_parts`).
+        """
+        names = self.check_feature_parts(parts)
+        with torch.no_grad():
+            return {name: {key: value.detach().float() for key, value in self.part_features(batch, name).items()}
+                    for name in names}
+
+    def step_features(self, batch: Mapping[str, Any], name: str) -> dict[str, torch.Tensor]:
+        """Part ``name``'s tensors for a training step: ``batch["features"][name]`` when the batch carries it
+        (the feature cache), else :meth:`part_features` of the batch. Cached tensors come as stored
+        (float32); the system casts them to its frozen module's dtype."""
+        cached = (batch.get("features") or {}).get(name)
+        if cached is not None:
+            return dict(cached)
+        with torch.no_grad():
+            return self.part_features(batch, name)
+
+    def weights_sha256(self, *modules: nn.Module) -> str:
+        """:func:`~avgen.data.feature_cache.module_weights_sha256` of ``modules``, hashed once and kept while
+        their tensors are unchanged (the same tensor objects, storage and version counters: an in-place update
+        under ``torch.no_grad()`` or ``load_state_dict`` is seen; a write through ``.data`` is not)."""
+        memo = self.__dict__.setdefault("_weights_sha256", {})
+        key = tuple(id(module) for module in modules)
+        stamp = weights_stamp(*modules)
+        if key not in memo or memo[key][0] != stamp:
+            memo[key] = (stamp, module_weights_sha256(*modules))
+        return memo[key][1]
+
+    def kept_output(self, name: str, modules: Sequence[nn.Module], device: torch.device | str,
+                    compute: Callable[[], Any]) -> Any:
+        """``compute()``, computed once per ``name``, device and state of ``modules``' weights and kept (the
+        text encoders' output for ``""``, used for every dropped caption)."""
+        memo = self.__dict__.setdefault("_kept_outputs", {})
+        key = (name, str(device))
+        stamp = weights_stamp(*modules)
+        if key not in memo or memo[key][0] != stamp:
+            memo[key] = (stamp, compute())
+        return memo[key][1]
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
         data = (self.run_config or {}).get("data") or {}
@@ -344,3 +434,10 @@ class DiffusionSystem(AVSystem):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.to(device).eval()
         return device
+
+
+def weights_stamp(*modules: nn.Module) -> tuple:
+    """A cheap fingerprint of ``modules``' state (no bytes read): per state-dict tensor its name, identity,
+    storage address, version counter (bumped by every in-place write), device and dtype."""
+    return tuple((name, id(t), t.data_ptr(), t._version, str(t.device), t.dtype)
+                 for module in modules for name, t in module.state_dict(keep_vars=True).items())

@@ -26,16 +26,18 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from avgen.backbones.animatediff import decode_video, encode_video, load_animatediff
+from avgen.backbones.animatediff import decode_video, encode_video_posterior, load_animatediff, sample_video_latents
 from avgen.backbones.animatediff import encode_prompts as encode_video_prompts
-from avgen.backbones.audioldm import decode_audio, encode_audio, latent_frames, load_audioldm
+from avgen.backbones.audioldm import decode_audio, encode_audio_posterior, latent_frames, load_audioldm
 from avgen.backbones.audioldm import encode_prompts as encode_audio_prompts
+from avgen.data.feature_cache import FeaturePart
 from avgen.data.geometry import ClipGeometry
 from avgen.diffusion import (
     add_noise,
     classifier_free_guidance,
     ddim_step,
     final_alpha_cumprod,
+    sample_latents,
     seeded_noise,
     split_prediction,
     training_target,
@@ -218,18 +220,95 @@ class JointAudioVideo(DiffusionSystem):
 
     def encode_batch(self, batch: Mapping[str, Any], generator: torch.Generator | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch video (B, F, 3, H, W) and audio (B, S) → latents (B, C, F, h, w), (B, C, T, M)
-        (samples of the VAE posteriors, drawn with ``generator``)."""
+        """Batch video (B, F, 3, H, W) and audio (B, S) → latents (B, C, F, h, w), (B, C, T, M): samples of the
+        VAE posteriors (:meth:`part_features` ``video_latents`` / ``audio_latents``, or ``batch["features"]``'s
+        when the feature cache carries them), drawn with ``generator``, the video's ε first (per 16 frames, as
+        :func:`~avgen.backbones.animatediff.encode_video`), then the audio's (as
+        :func:`~avgen.backbones.audioldm.encode_audio`); in the VAEs' dtype."""
+        video, audio = self.step_features(batch, "video_latents"), self.step_features(batch, "audio_latents")
+        v, a = self.video_vae, self.audio_vae
         with torch.no_grad():
-            return (encode_video(self.video, batch["video"], generator=generator),
-                    encode_audio(self.audio, batch["audio"], generator=generator))
+            z_v = sample_video_latents(*(video[k].to(v.device, v.dtype) for k in ("mean", "std")), generator,
+                                       v.config.scaling_factor)
+            z_a = sample_latents(*(audio[k].to(a.device, a.dtype) for k in ("mean", "std")), generator,
+                                 a.config.scaling_factor)
+        return z_v, z_a
+
+    def caption_text(self, batch: Mapping[str, Any], keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text conditions of the batch's captions with condition dropout: CLIP states (B, L, D) and CLAP
+        embeddings (B, P) of :meth:`encode_text` (or ``batch["features"]["text"]``), clip i's replaced by the
+        encoders' output for ``""`` where ``keep[i]`` (B,) bool is False (computed once per device and kept)."""
+        text = self.step_features(batch, "text")
+        clip_encoder, clap_encoder = self.video_text_encoder, self.audio_text_encoder
+        text_v = text["clip"].to(clip_encoder.device, clip_encoder.dtype)
+        text_a = text["clap"].to(clap_encoder.device, clap_encoder.dtype)
+        if bool(keep.all()):
+            return text_v, text_a
+        null_v, null_a = self.kept_output("null_text", (clip_encoder, clap_encoder), text_v.device,
+                                          lambda: self.encode_text([""]))
+        keep = keep.to(text_v.device)
+        return torch.where(keep[:, None, None], text_v, null_v), torch.where(keep[:, None], text_a, null_a)
+
+    # ------------------------------------------------------------------------------ feature cache
+    def feature_part_names(self) -> tuple[str, ...]:
+        return ("video_latents", "audio_latents", "text")
+
+    def feature_parts(self) -> dict[str, FeaturePart]:
+        """The joint system's frozen parts (:mod:`avgen.data.feature_cache`), their tensors per clip:
+
+        - ``video_latents``: AnimateDiff's VAE posterior of every frame, ``mean`` and ``std`` (C, F, h, w)
+          unscaled (:func:`~avgen.backbones.animatediff.encode_video_posterior`); reads ``video``;
+        - ``audio_latents``: AudioLDM's mel (silence-padded to a multiple of 32 frames) and VAE posterior,
+          ``mean`` and ``std`` (C, T', F') unscaled (:func:`~avgen.backbones.audioldm.encode_audio_posterior`);
+          reads ``audio``;
+        - ``text``: ``clip`` (L, D) the SD1.5 CLIP text states and ``clap`` (P,) the normalised CLAP text
+          embedding of the caption (:meth:`encode_text`); reads the caption only.
+        """
+        clip = self.clip.to_dict()
+        video_tok, audio_tok = self.video.tokenizer, self.audio.tokenizer
+        return {
+            "video_latents": FeaturePart(
+                "video_latents", "animatediff_vae", {"vae": self.weights_sha256(self.video_vae)},
+                {"height": clip["height"], "width": clip["width"], "fps": clip["fps"], "seconds": clip["seconds"],
+                 "frames": self.num_frames, "input": "RGB in [-1, 1]", "posterior": "per frame, unscaled"},
+                reads=("video",)),
+            "audio_latents": FeaturePart(
+                "audio_latents", "audioldm_vae", {"vae": self.weights_sha256(self.audio_vae)},
+                {"seconds": clip["seconds"], "samples": self.num_samples, "mel": self.mel.settings(),
+                 "time_multiple": 32, "pad": "log-mel silence", "posterior": "unscaled"},
+                reads=("audio",)),
+            "text": FeaturePart(
+                "text", "sd15_clip_text+audioldm_clap_text",
+                {"clip_text": self.weights_sha256(self.video_text_encoder),
+                 "clap_text": self.weights_sha256(self.audio_text_encoder)},
+                {"clip": {"max_length": video_tok.model_max_length, "vocab": len(video_tok),
+                          "padding": "max_length", "output": "last_hidden_state"},
+                 "clap": {"max_length": audio_tok.model_max_length, "vocab": len(audio_tok),
+                          "padding": "max_length", "output": "text_embeds, L2-normalised"}}),
+        }
+
+    def part_features(self, batch: Mapping[str, Any], name: str) -> dict[str, torch.Tensor]:
+        if name == "video_latents":
+            mean, std = encode_video_posterior(self.video, batch["video"])
+            return {"mean": mean, "std": std}
+        if name == "audio_latents":
+            mean, std = encode_audio_posterior(self.audio, batch["audio"])
+            return {"mean": mean, "std": std}
+        if name == "text":
+            clip, clap = self.encode_text(list(batch["caption"]))
+            return {"clip": clip, "clap": clap}
+        return super().part_features(batch, name)
 
     # ------------------------------------------------------------------------------ training
     def diffusion_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None
                        ) -> dict[str, torch.Tensor]:
+        """The loss of Sec. III-D for one batch (the batch contract). With ``batch["features"]`` (the feature
+        cache) the cached posteriors and text outputs replace the frozen encoders; the batch's video / audio are
+        then not read and may be empty ((B, 0, 3, H, W), (B, 0)). The draws from ``generator``, in order: video ε,
+        audio ε, condition dropout, timesteps, noise, self-conditioning."""
         z_v, z_a = self.encode_batch(batch, generator)
-        prompts, _ = self.drop_conditions(list(batch["caption"]), "", generator=generator)
-        text_v, text_a = self.encode_text(prompts)
+        _, keep = self.drop_conditions(list(batch["caption"]), "", generator=generator)
+        text_v, text_a = self.caption_text(batch, keep)
         b, device = z_v.shape[0], z_v.device
         t_v, t_a = sample_training_timesteps(b, len(self.video_alphas), len(self.audio_alphas), self.timestep_mode,
                                              generator=generator, device=device)
