@@ -40,7 +40,12 @@ import paper_sizes  # noqa: E402
 
 EXPERIMENTS = {"joint": "joint_cmcpe", "tempotokens": "tempotokens_vggsound", "vta_ldm": "vta_ldm"}
 
-#: part → the calls that compute it in ``diffusion_loss``: ("system" | "system.<attr>" | a module path, attribute)
+#: the computations kept once per run, not per step (the text encoders' output for a dropped caption): booked to
+#: :data:`ONCE` and left out of the step's FLOPs
+ONCE = "once per run"
+#: part → the calls that compute it in ``diffusion_loss``: ("system" | "system.<attr>" | a module path, attribute).
+#: Besides these, ``system.part_features(batch, name)`` (the feature-cache API every cacheable part goes through) is
+#: booked to ``name`` and ``system.kept_output`` to :data:`ONCE`; the calls here cover the code paths before it.
 FROZEN_CALLS: dict[str, dict[str, list[tuple[str, str]]]] = {
     "joint": {"video_latents": [("avgen.systems.joint", "encode_video")],
               "audio_latents": [("avgen.systems.joint", "encode_audio")],
@@ -66,19 +71,29 @@ def source_overrides(name: str, sources: Mapping[str, str]) -> list[str]:
             f"model.text_encoder.path={sources['encoder']}"]
 
 
-def compose(name: str, overrides: Sequence[str] = ()):
-    """The config of ``name``'s paper experiment with ``overrides``, composed as the command line would."""
+def compose(name: str, overrides: Sequence[str] = (), run_dir: str | Path | None = None):
+    """The config of ``name``'s paper experiment with ``overrides``, composed as the command line would; with
+    ``run_dir`` also the Hydra run config (commands that write a run folder need it), outputs under ``run_dir``."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
 
     from avgen.cli import config_dir, register_resolvers
 
     register_resolvers()
     GlobalHydra.instance().clear()
+    lines = [f"experiment={EXPERIMENTS[name]}", "paths.data_dir=/tmp/avgen-flops", *overrides]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return hydra_compose("config", overrides=[f"experiment={EXPERIMENTS[name]}", "paths.data_dir=/tmp/avgen-flops",
-                                                  *overrides])
+        if run_dir is None:
+            return hydra_compose("config", overrides=lines)
+        cfg = hydra_compose("config", overrides=[f"hydra.run.dir={run_dir}", *lines], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+        del cfg["hydra"]
+    return cfg
 
 
 def build_system(name: str, sources: Mapping[str, Mapping[str, paper_sizes.Spec]], device: str,
@@ -144,25 +159,34 @@ class PartMeter:
         self.parts: dict[str, int] = {}
         self.depth = 0
 
-    def wrap(self, part: str, fn: Callable) -> Callable:
+    def wrap(self, part: str | Callable[..., str], fn: Callable) -> Callable:
+        """``fn`` booking its FLOPs to ``part`` (or to ``part(*args, **kwargs)`` when it is a function)."""
         @functools.wraps(fn)
         def measured(*args, **kwargs):
             if self.depth:
                 return fn(*args, **kwargs)
+            name = part(*args, **kwargs) if callable(part) else part
             self.depth += 1
             before = self.counter.get_total_flops()
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.depth -= 1
-                self.parts[part] = self.parts.get(part, 0) + self.counter.get_total_flops() - before
+                self.parts[name] = self.parts.get(name, 0) + self.counter.get_total_flops() - before
         return measured
+
+
+def _part_name(batch, name, *args, **kwargs) -> str:
+    """The part a ``part_features(batch, name)`` call computes."""
+    return name
 
 
 @contextlib.contextmanager
 def metered(system, calls: Mapping[str, Sequence[tuple[str, str]]], meter: PartMeter) -> Iterator[None]:
-    """Within the block, the ``calls`` of each part (on ``system`` or in a module) go through ``meter``."""
+    """Within the block, the ``calls`` of each part (on ``system`` or in a module), ``system.part_features`` (booked
+    to the part it is asked for) and ``system.kept_output`` (booked to :data:`ONCE`) go through ``meter``."""
     restore = []
+    calls = {**calls, _part_name: [("system", "part_features")], ONCE: [("system", "kept_output")]}
     for part, targets in calls.items():
         for where, attr in targets:
             if where == "system":
@@ -278,16 +302,18 @@ def step_flops(system, batch: Mapping[str, Any], calls: Mapping[str, Sequence[tu
                seed: int = 1) -> dict[str, Any]:
     """FLOPs of one ``diffusion_loss`` + ``backward`` of ``system`` on ``batch`` (generator seeded with
     ``seed``): ``total``, ``parts`` ({part: FLOPs inside its calls}), ``frozen`` (their sum) and ``trainable``
-    (the rest)."""
+    (the rest); ``once``: FLOPs of outputs kept for the run (not in ``total``)."""
     with counting() as counter:
         meter = PartMeter(counter)
         with metered(system, calls, meter):
             loss = system.diffusion_loss(batch, generator=torch.Generator().manual_seed(seed))["loss"]
             loss.backward()
     system.zero_grad(set_to_none=True)
-    total = counter.get_total_flops()
-    frozen = sum(meter.parts.values())
-    return {"total": total, "parts": dict(meter.parts), "frozen": frozen, "trainable": total - frozen}
+    parts = dict(meter.parts)
+    once = parts.pop(ONCE, 0)
+    total = counter.get_total_flops() - once
+    frozen = sum(parts.values())
+    return {"total": total, "parts": parts, "frozen": frozen, "trainable": total - frozen, "once": once}
 
 
 def joint_seeds(system, batch: Mapping[str, Any]) -> tuple[int, int]:
@@ -348,11 +374,13 @@ def summarise(name: str, flops: Mapping[str, Any], clip: Mapping[str, Any], batc
             "ratio": flops["frozen"] / flops["trainable"], "frozen_share": flops["frozen"] / flops["total"]}
 
 
-def paper_scale(name: str) -> dict[str, Any]:
-    """``name`` at the papers' size on the meta device (``paper_sizes.SYSTEMS[name]``)."""
+def paper_scale(name: str, checkpointing: bool | None = None) -> dict[str, Any]:
+    """``name`` at the papers' size on the meta device (``paper_sizes.SYSTEMS[name]``); ``checkpointing``: the
+    denoiser's gradient checkpointing (default: the paper's setting)."""
     setup = paper_sizes.SYSTEMS[name]
+    checkpointing = setup["gradient_checkpointing"] if checkpointing is None else checkpointing
     overrides = [*source_overrides(name, setup["sources"]),
-                 f"model.gradient_checkpointing={str(setup['gradient_checkpointing']).lower()}",
+                 f"model.gradient_checkpointing={str(checkpointing).lower()}",
                  "data.clip={" + ",".join(f"{k}:{v}" for k, v in setup["clip"].items()) + "}"]
     system, _ = build_system(name, paper_sizes.PAPER, "meta", overrides)
     return summarise(name, system_flops(name, system, setup["clip"], setup["batch"], "meta"), setup["clip"],
