@@ -35,11 +35,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avgen.backbones.text2video import PerFrameUNet3D, decode_video, encode_video, load_text2video
+from avgen.backbones.text2video import (
+    PerFrameUNet3D,
+    decode_video,
+    encode_video_posterior,
+    load_text2video,
+    sample_video_latents,
+)
 from avgen.backbones.unet3d_checkpointing import enable_unet3d_checkpointing
+from avgen.data.feature_cache import FeaturePart
 from avgen.data.geometry import ClipGeometry
 from avgen.diffusion import add_noise, classifier_free_guidance, seeded_noise, training_target
-from avgen.encoders.beats import BEATs, load_beats
+from avgen.encoders.beats import FBANK_MEAN, FBANK_STD, BEATs, load_beats
 from avgen.encoders.cavp import CAVPAudio, load_cavp
 from avgen.errors import ConfigError
 from avgen.media import frame_count
@@ -120,6 +127,7 @@ class TempoTokens(DiffusionSystem):
                                    scheduler=t2v_args.get("scheduler", "dpm_solver"),
                                    scheduler_overrides=t2v_args.get("scheduler_overrides"))
         self.encoder = build_encoder(args["encoder"], tiny_dir)
+        self.encoder_name = args["encoder"].get("name", "beats")
         self.encoder_layers = args["encoder"].get("layers")
         self.unet = PerFrameUNet3D(self.t2v.unet)
         self.vae, self.text_encoder = self.t2v.vae, self.t2v.text_encoder
@@ -149,12 +157,22 @@ class TempoTokens(DiffusionSystem):
     def num_frames(self) -> int:
         return self.clip.num_frames
 
-    def audio_tokens(self, audio: torch.Tensor, frames: int) -> dict[str, torch.Tensor]:
-        """Audio (B, S) at 16 kHz spanning exactly ``frames`` video frames → the tokens of the prompt:
-        ``temp`` (B, F, d_t), ``local`` (B, F, K, d_t), ``class`` (B, d_t)."""
+    def encoder_features(self, audio: torch.Tensor, frames: int) -> torch.Tensor:
+        """Audio (B, S) at 16 kHz spanning exactly ``frames`` video frames → the frozen encoder's outputs of
+        ``model.encoder.layers``, pooled to one vector per frame over the patches of the frame's time span
+        (:func:`~avgen.modules.audio_mapper.pool_to_frames`): (B, F, H·d) in the encoder's dtype, no gradient.
+        The feature cache's ``encoder`` part; what :meth:`audio_tokens` maps."""
         with torch.no_grad():
             out = self.encoder(audio, layers=self.encoder_layers)
-        features = pool_to_frames(out.hidden, frames, time_patches=out.time_patches)  # (B, F, H·d)
+            return pool_to_frames(out.hidden, frames, time_patches=out.time_patches)
+
+    def audio_tokens(self, audio: torch.Tensor | None, frames: int, features: torch.Tensor | None = None
+                     ) -> dict[str, torch.Tensor]:
+        """Audio (B, S) at 16 kHz spanning exactly ``frames`` video frames (or its :meth:`encoder_features`
+        ``features`` (B, F, H·d), then ``audio`` is not read) → the tokens of the prompt:
+        ``temp`` (B, F, d_t), ``local`` (B, F, K, d_t), ``class`` (B, d_t)."""
+        if features is None:
+            features = self.encoder_features(audio, frames)
         temporal = self.mapper(features)
         if self.vector_only:
             temporal = temporal.mean(dim=1, keepdim=True).expand_as(temporal)
@@ -176,14 +194,71 @@ class TempoTokens(DiffusionSystem):
             states = self.text_encoder(enc.input_ids.to(self.alphas.device)).last_hidden_state
         return states[:, None].expand(batch, frames, *states.shape[1:])
 
+    # ------------------------------------------------------------------------------ feature cache
+    #: the prompt holds the trained audio tokens (Eq. 7): its text encoding is not a frozen computation
+    UNCACHEABLE_PARTS = {"text": "TempoTokens encodes its prompt with the trained audio tokens inside (Eq. 7), so the "
+                                 "text encoder's output changes with every step"}
+
+    def feature_part_names(self) -> tuple[str, ...]:
+        return ("video_latents", "encoder")
+
+    def feature_parts(self) -> dict[str, FeaturePart]:
+        """TempoTokens' frozen parts (:mod:`avgen.data.feature_cache`), their tensors per clip:
+
+        - ``video_latents``: the text-to-video model's VAE posterior of every frame, ``mean`` and ``std``
+          (C, F, h, w) unscaled (:func:`~avgen.backbones.animatediff.encode_video_posterior`); reads ``video``;
+        - ``encoder``: ``features`` (F, H·d), the frozen audio encoder's outputs of the configured layers pooled to
+          the clip's F frames (:meth:`encoder_features`), from which :meth:`audio_tokens` follows exactly; reads
+          ``audio``.
+
+        No ``text``: the prompt is encoded with the trained audio tokens inside (Eq. 7).
+        """
+        clip = self.clip.to_dict()
+        layers = list(self.encoder_layers or range(1, getattr(self.encoder.config, "encoder_layers", 1) + 1))
+        encoder = {"name": self.encoder_name, "layers": [int(i) for i in layers]}
+        if isinstance(self.encoder, BEATs):
+            encoder["fbank"] = {"mean": FBANK_MEAN, "std": FBANK_STD}
+        return {
+            "video_latents": FeaturePart(
+                "video_latents", "text2video_vae", {"vae": self.weights_sha256(self.vae)},
+                {"height": clip["height"], "width": clip["width"], "fps": clip["fps"], "seconds": clip["seconds"],
+                 "frames": self.num_frames, "input": "RGB in [-1, 1]", "posterior": "per frame, unscaled"},
+                reads=("video",)),
+            "encoder": FeaturePart(
+                "encoder", self.encoder_name, {"encoder": self.weights_sha256(self.encoder)},
+                {**encoder, "sample_rate": clip["sample_rate"], "seconds": clip["seconds"],
+                 "samples": self.clip.num_samples, "frames": self.num_frames,
+                 "pooling": "pool_to_frames: time-overlap weights, mean over frequency patches"},
+                reads=("audio",)),
+        }
+
+    def part_features(self, batch: Mapping[str, Any], name: str) -> dict[str, torch.Tensor]:
+        if name == "video_latents":
+            mean, std = encode_video_posterior(self.t2v, batch["video"])
+            return {"mean": mean, "std": std}
+        if name == "encoder":
+            video = batch.get("video")
+            frames = video.shape[1] if video is not None and video.shape[1] else self.num_frames
+            return {"features": self.encoder_features(batch["audio"], frames)}
+        return super().part_features(batch, name)
+
     # ------------------------------------------------------------------------------ training
     def diffusion_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None
                        ) -> dict[str, torch.Tensor]:
-        video, audio = batch["video"], batch["audio"]
-        frames = video.shape[1]
+        """Eq. 8 for one batch (the batch contract). With ``batch["features"]`` (the feature cache) the cached
+        VAE posterior and pooled encoder outputs replace the frozen VAE and audio encoder; the batch's video /
+        audio are then not read and may be empty ((B, 0, 3, H, W), (B, 0)); the frame count comes from the
+        latents. The draws from ``generator``, in order: the latents' ε (per 16 frames), condition dropout,
+        timesteps, noise."""
+        posterior = self.step_features(batch, "video_latents")
         with torch.no_grad():
-            latents = encode_video(self.t2v, video, generator=generator)
-        tokens = self.audio_tokens(audio, frames)
+            latents = sample_video_latents(*(posterior[k].to(self.vae.device, self.vae.dtype) for k in ("mean", "std")),
+                                           generator, self.vae.config.scaling_factor)
+        frames = latents.shape[2]
+        cached = (batch.get("features") or {}).get("encoder")
+        encoder_weight = next(self.encoder.parameters())
+        features = None if cached is None else cached["features"].to(encoder_weight.device, encoder_weight.dtype)
+        tokens = self.audio_tokens(batch["audio"], frames, features=features)
         contexts = self.contexts(batch["caption"], tokens, frames)
         b = latents.shape[0]
         if self.training and self.cond_drop_prob > 0:

@@ -48,9 +48,11 @@ def batch_of(system, b: int = 3, seed: int = 0) -> dict:
 
 
 def train_step(system, batch: dict, seed: int) -> tuple[dict, dict]:
-    """Losses and the trainable parameters' gradients of one training step drawn from ``seed``."""
+    """Losses and the trainable parameters' gradients of one training step drawn from ``seed`` (torch's global
+    stream too: the trainable modules' dropout draws from it)."""
     system.train()
     system.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
     losses = system.diffusion_loss(batch, generator=torch.Generator().manual_seed(seed))
     losses["loss"].backward()
     grads = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
@@ -80,16 +82,17 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp(min=1e-12))
 
 
-def assert_same_step(system, batch: dict, parts, seed: int, *, fp16_tolerance: float) -> None:
-    """The step from cached ``parts`` equals the computing step: to 1e-6 with float32 features, to
-    ``fp16_tolerance`` (relative) with float16 features."""
+def assert_same_step(system, batch: dict, parts, seed: int, *, fp16_tolerance: float, partial=()) -> None:
+    """The step from cached ``parts`` (and from the cached ``partial`` subset) equals the computing step: to 1e-6
+    with float32 features, to ``fp16_tolerance`` (relative) with float16 features."""
     losses, grads = train_step(system, batch, seed)
     assert sum(float(g.abs().sum()) for g in grads.values()) > 0
-    cached, cached_grads = train_step(system, cached_batch(system, batch, parts), seed)
-    for name in losses:
-        torch.testing.assert_close(cached[name], losses[name], rtol=1e-6, atol=1e-7)
-    for name in grads:
-        torch.testing.assert_close(cached_grads[name], grads[name], rtol=1e-5, atol=1e-7)
+    for subset in (parts, partial) if partial else (parts,):
+        cached, cached_grads = train_step(system, cached_batch(system, batch, subset), seed)
+        for name in losses:
+            torch.testing.assert_close(cached[name], losses[name], rtol=1e-6, atol=1e-7)
+        for name in grads:
+            torch.testing.assert_close(cached_grads[name], grads[name], rtol=1e-5, atol=1e-7)
     half, half_grads = train_step(system, cached_batch(system, batch, parts, torch.float16), seed)
     for name in losses:
         assert relative_error(half[name], losses[name]) < fp16_tolerance, name
@@ -142,7 +145,7 @@ def nudged_description(system, module: torch.nn.Module, part: str) -> dict:
 # ======================================================================================== joint
 @pytest.fixture(scope="module")
 def joint(tiny_root):
-    system = build(tiny_root, "joint_cmcpe")
+    system = build(tiny_root, "joint_cmcpe", "data.clip.seconds=0.5")
     system.cond_drop_prob = 0.5
     return system
 
@@ -180,17 +183,17 @@ def test_joint_descriptions_follow_weights_and_preprocessing(joint):
 def test_joint_step_from_cached_features_equals_the_computing_step(joint, monkeypatch):
     batch = batch_of(joint, b=2)
     seed = mixed_dropout_seed(joint, batch, monkeypatch)
-    assert_same_step(joint, batch, ["video_latents", "audio_latents", "text"], seed, fp16_tolerance=1e-2)
+    # and with the video latents alone cached: the audio is decoded and encoded as before
+    assert_same_step(joint, batch, ["video_latents", "audio_latents", "text"], seed, fp16_tolerance=1e-2,
+                     partial=["video_latents"])
 
 
 def test_joint_partial_cache_and_dropped_captions(joint):
     batch = batch_of(joint, b=2)
-    # video latents only: the audio is still decoded and encoded
-    losses, grads = train_step(joint, batch, 7)
     cached = cached_batch(joint, batch, ["video_latents"])
     assert cached["video"].shape == (2, 0, 3, joint.clip.height, joint.clip.width) and cached["audio"].shape[1] > 0
-    again, again_grads = train_step(joint, cached, 7)
-    torch.testing.assert_close(again["loss"], losses["loss"], rtol=1e-6, atol=1e-7)
+    assert set(cached["features"]) == {"video_latents"}
+    assert cached["features"]["video_latents"]["mean"].shape == (2, 4, joint.clip.num_frames, 16, 16)
     # a dropped caption gets the text encoders' output for ""
     text = joint.compute_features(batch, ["text"])
     keep = torch.tensor([True, False])
@@ -227,3 +230,66 @@ def test_video_latents_are_the_encoders_draws_from_the_posterior(joint):
     again = sample_video_latents(mean.contiguous(), std.contiguous(), torch.Generator().manual_seed(3),
                                  vae.config.scaling_factor)
     assert torch.equal(again, latents)
+
+
+# ======================================================================================== TempoTokens
+@pytest.fixture(scope="module")
+def tempo(tiny_root):
+    return build(tiny_root, "tempotokens_vggsound", "model.cond_drop_prob=0.5", "data.clip.seconds=0.5")
+
+
+def tempo_dropout_seed(system, batch: dict) -> int:
+    """A seed whose condition dropout keeps some clips and drops others, by replaying TempoTokens' draws: the
+    latents' ε, then the keep mask."""
+    posterior = system.compute_features(batch, ["video_latents"])["video_latents"]
+    from avgen.backbones.text2video import sample_video_latents
+
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        sample_video_latents(posterior["mean"], posterior["std"], g, system.vae.config.scaling_factor)
+        keep = torch.rand(len(batch["key"]), generator=g) >= system.cond_drop_prob
+        if 0 < int(keep.sum()) < len(keep):
+            return seed
+    raise AssertionError("no seed among 20 mixes kept and dropped clips")
+
+
+def test_tempotokens_parts_are_described_and_follow_weights_and_preprocessing(tempo):
+    parts = tempo.feature_parts()
+    assert list(parts) == ["video_latents", "encoder"]
+    assert parts["encoder"].reads == ("audio",) and parts["video_latents"].reads == ("video",)
+    before = {name: part.description("float16") for name, part in parts.items()}
+    for description in before.values():
+        assert json.loads(json.dumps(description)) == description
+    assert before["encoder"]["preprocessing"]["layers"] == list(range(1, tempo.encoder.config.encoder_layers + 1))
+    assert nudged_description(tempo, tempo.encoder, "encoder")["weights_sha256"] != before["encoder"]["weights_sha256"]
+    assert nudged_description(tempo, tempo.vae, "video_latents") != before["video_latents"]
+    layers = tempo.encoder_layers
+    try:
+        tempo.encoder_layers = [1]
+        assert tempo.feature_parts()["encoder"].preprocessing["layers"] == [1]
+    finally:
+        tempo.encoder_layers = layers
+    assert {name: part.description("float16") for name, part in tempo.feature_parts().items()} == before
+
+
+def test_tempotokens_refuses_to_cache_its_prompt(tempo):
+    with pytest.raises(ConfigError, match=r"cache.parts: 'text' cannot be cached.*Eq. 7.*video_latents, encoder"):
+        tempo.compute_features(batch_of(tempo, b=1), ["text"])
+
+
+def test_tempotokens_step_from_cached_features_equals_the_computing_step(tempo):
+    batch = batch_of(tempo, b=2)
+    seed = tempo_dropout_seed(tempo, batch)
+    # and with the encoder alone cached: the audio is not decoded, the video is encoded as before
+    assert_same_step(tempo, batch, ["video_latents", "encoder"], seed, fp16_tolerance=1e-2, partial=["encoder"])
+
+
+def test_tempotokens_encoder_features_are_pooled_per_frame(tempo):
+    batch = batch_of(tempo, b=2)
+    cached = cached_batch(tempo, batch, ["encoder"])
+    assert cached["audio"].shape == (2, 0) and cached["video"].shape[1] == tempo.clip.num_frames
+    layers, width = tempo.encoder.config.encoder_layers, tempo.encoder.config.encoder_embed_dim
+    assert cached["features"]["encoder"]["features"].shape == (2, tempo.clip.num_frames, layers * width)
+    # from an audio-only batch (the cache command decoding audio alone) the frame count is the clip's
+    alone = tempo.compute_features({**batch, "video": batch["video"][:, :0]}, ["encoder"])
+    assert torch.equal(alone["encoder"]["features"], cached["features"]["encoder"]["features"])
