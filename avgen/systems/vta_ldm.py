@@ -26,6 +26,7 @@ applied (``model.encoder.normalize=false`` reproduces the public code's skip).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -47,12 +48,20 @@ from diffusers import (
 )
 from torch import nn
 
-from avgen.backbones.audioldm import decode_audio, encode_audio, latent_frames, load_audio_codec, vae_downsampling
+from avgen.backbones.audioldm import (
+    decode_audio,
+    encode_audio_posterior,
+    latent_frames,
+    load_audio_codec,
+    vae_downsampling,
+)
+from avgen.data.feature_cache import PART_NAMES, FeaturePart
 from avgen.data.geometry import ClipGeometry
 from avgen.diffusion import (
     MIN_SNR_FORMS,
     add_noise,
     min_snr_weights,
+    sample_latents,
     seeded_noise,
     training_target,
 )
@@ -205,6 +214,9 @@ class VTALDM(DiffusionSystem):
             raise ConfigError(str(exc)) from exc
         self.flow = OpticalFlow.from_config(args["flow"])
         enc = args["encoder"]
+        # what sets the encoder's tokens besides its weights (the feature cache's description)
+        self.encoder_settings = {"name": enc.get("name", "clip4clip"),
+                                 **{k: v for k, v in enc.items() if k not in ("name", "path")}}
         if enc.get("name", "clip4clip") not in VIDEO_ENCODERS:
             raise ConfigError(f"model.encoder.name={enc.get('name')!r}: not a video encoder; expected one of "
                               f"{', '.join(VIDEO_ENCODERS)}")
@@ -299,20 +311,22 @@ class VTALDM(DiffusionSystem):
 
     def context(self, video: torch.Tensor, lengths: Sequence[int] | None = None,
                 captions: Sequence[str] | None = None, *, keep_video: torch.Tensor | None = None,
-                tokens: VideoTokens | None = None, flow_tokens: VideoTokens | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                tokens: VideoTokens | None = None, flow_tokens: VideoTokens | None = None,
+                text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The cross-attention context (B, T_c, D_φ) and mask (B, T_c) bool of :attr:`conditions`
         (:class:`~avgen.modules.vta_condition.VTACondition`): φ(f_V) with padded frames zero and masked out, the
         captions' text embeddings before it when ``text`` is a condition (``captions`` default: ``""``), the flow
         tokens' φ after it when ``flow`` is, the video null (video and flow slots) where ``keep_video`` is False.
-        ``tokens``, ``flow_tokens``: the video and flow tokens when already computed."""
+        ``tokens``, ``flow_tokens``, ``text`` ((B, D)): the video and flow tokens and the text embeddings when
+        already computed (``video`` is then not read for them; ``captions`` are not read with ``text``)."""
         b = video.shape[0]
         if "video" in self.conditions and tokens is None:
             tokens = self.video_tokens(video, lengths)
         if "flow" in self.conditions and flow_tokens is None:
             flow_tokens = self.flow_tokens(video, lengths)
-        text = None
-        if self.text_encoder is not None:
+        if self.text_encoder is None:
+            text = None
+        elif text is None:
             text = self.text_encoder(list(captions) if captions is not None else [""] * b)
         # text only: one text token per frame slot of the clip (audio-only clips carry no frames)
         slots = max(lengths) if lengths is not None else (video.shape[1] or self.clip.num_frames)
@@ -365,20 +379,109 @@ class VTALDM(DiffusionSystem):
             return audio[:, :self.audio_samples]
         return F.pad(audio, (0, self.audio_samples - audio.shape[1]))
 
+    # ------------------------------------------------------------------------------ feature cache
+    def feature_part_names(self) -> tuple[str, ...]:
+        names = {"audio_latents"} | {name for condition, name in (("text", "text"), ("video", "encoder"),
+                                                                  ("flow", "flow")) if condition in self.conditions}
+        return tuple(name for name in PART_NAMES if name in names)
+
+    def feature_parts(self) -> dict[str, FeaturePart]:
+        """VTA-LDM's frozen parts under its ``model.conditions`` (:mod:`avgen.data.feature_cache`), their tensors
+        per clip:
+
+        - ``audio_latents``: AudioLDM's VAE posterior of the clip's audio zero-padded to ``model.audio.seconds``
+          (:meth:`padded_audio`), ``mean`` and ``std`` (C, T', F') unscaled; reads ``audio``;
+        - ``text`` (``text`` a condition): ``embeds`` (D,), the CLIP text embedding of the caption; reads the
+          caption only;
+        - ``encoder`` (``video`` a condition): the frame encoder's tokens of the clip's uint8 frames, ``embeds``
+          (T, D) and ``mask`` (T,) 1 at real tokens, 0 at padding; reads ``video``;
+        - ``flow`` (``flow`` a condition): the same encoder's tokens of the clip's optical-flow images
+          (:meth:`flow_frames`, ``model.flow``), ``embeds`` (T, D) and ``mask`` (T,); reads ``video``.
+        """
+        clip = self.clip.to_dict()
+        frames = {"height": clip["height"], "width": clip["width"], "fps": clip["fps"], "seconds": clip["seconds"],
+                  "frames": self.clip.num_frames, "input": "uint8 RGB (quantised from [-1, 1])"}
+        names = self.feature_part_names()
+        parts = {}
+        if "audio_latents" in names:
+            parts["audio_latents"] = FeaturePart(
+                "audio_latents", "audioldm_vae", {"vae": self.weights_sha256(self.vae)},
+                {"seconds": clip["seconds"], "samples": self.clip.num_samples, "padded_samples": self.audio_samples,
+                 "mel": self.mel.settings(), "time_multiple": self.time_multiple,
+                 "pad": "zeros to padded_samples, then log-mel silence", "posterior": "unscaled"},
+                reads=("audio",))
+        if "text" in names:
+            parts["text"] = FeaturePart(
+                "text", "clip_text", {"text_encoder": self.weights_sha256(self.text_encoder)},
+                {"max_length": self.text_encoder.max_length, "vocab": len(self.text_encoder.tokenizer),
+                 "padding": "longest", "output": "text_embeds"})
+        if "encoder" in names:
+            parts["encoder"] = FeaturePart(
+                "encoder", self.encoder_settings["name"], {"encoder": self.weights_sha256(self.encoder)},
+                {"encoder": dict(self.encoder_settings), **frames}, reads=("video",))
+        if "flow" in names:
+            parts["flow"] = FeaturePart(
+                "flow", f"{self.encoder_settings['name']}_flow", {"encoder": self.weights_sha256(self.encoder)},
+                {"encoder": dict(self.encoder_settings), **frames, "flow": dataclasses.asdict(self.flow)},
+                reads=("video",))
+        return parts
+
+    def part_features(self, batch: Mapping[str, Any], name: str) -> dict[str, torch.Tensor]:
+        if name == "audio_latents":
+            mean, std = encode_audio_posterior(self.codec, self.padded_audio(batch["audio"].float()),
+                                               time_multiple=self.time_multiple)
+            return {"mean": mean, "std": std}
+        if name == "text":
+            b = len(batch["audio"])
+            return {"embeds": self.text_encoder(list(batch.get("caption") or [""] * b))}
+        if name in ("encoder", "flow"):
+            tokens = (self.video_tokens if name == "encoder" else self.flow_tokens)(batch["video"])
+            return {"embeds": tokens.embeds, "mask": tokens.mask}
+        return super().part_features(batch, name)
+
+    def step_tokens(self, batch: Mapping[str, Any], name: str) -> VideoTokens | None:
+        """The ``encoder`` or ``flow`` tokens of a training step (cached or computed), or None when that part is
+        not run; a cached mask (0/1 in the cache's dtype) becomes bool."""
+        if name not in self.feature_part_names():
+            return None
+        tokens = self.step_features(batch, name)
+        device = self.alphas.device
+        return VideoTokens(embeds=tokens["embeds"].to(device).float(), mask=tokens["mask"].to(device) > 0.5,
+                           seconds_per_token=1 / self.clip.fps)
+
+    def step_text(self, batch: Mapping[str, Any], keep: torch.Tensor | None) -> torch.Tensor | None:
+        """The text condition's embeddings (B, D) of a training step (cached or computed), clip i's replaced by the
+        embedding of ``""`` where ``keep[i]`` is False (computed once per device and kept); None without text."""
+        if "text" not in self.feature_part_names():
+            return None
+        text = self.step_features(batch, "text")["embeds"].to(self.alphas.device).float()
+        if keep is None or bool(keep.all()):
+            return text
+        null = self.kept_output("null_text", (self.text_encoder,), text.device, lambda: self.text_encoder([""]))
+        return torch.where(keep.to(text.device)[:, None], text, null.to(text.device).float())
+
+    # ------------------------------------------------------------------------------ training
     def diffusion_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None
                        ) -> dict[str, torch.Tensor]:
-        video, audio = batch["video"], batch["audio"]
-        b = video.shape[0]
+        """Eq. 1 (Min-SNR weighted when set) for one batch (the batch contract). With ``batch["features"]`` (the
+        feature cache) the cached posterior, tokens and text embeddings replace the frozen codec, frame encoder and
+        text encoder; the batch's video / audio are then not read and may be empty ((B, 0, 3, H, W), (B, 0)). The
+        draws from ``generator``, in order: the latents' ε, the video and text dropout, timesteps, noise."""
+        posterior, vae = self.step_features(batch, "audio_latents"), self.vae
         with torch.no_grad():
-            latents = encode_audio(self.codec, self.padded_audio(audio.float()), generator=generator,
-                                   time_multiple=self.time_multiple)
+            latents = sample_latents(*(posterior[k].to(vae.device, vae.dtype) for k in ("mean", "std")), generator,
+                                     vae.config.scaling_factor)
+        b = latents.shape[0]
         # the conditions are dropped independently (p = cond_drop_prob each): the video to its null, the text to ""
-        keep_video, captions = None, list(batch.get("caption") or [""] * b)
+        keep_video = keep_text = None
         if self.training and self.cond_drop_prob > 0:
             keep_video = torch.rand(b, generator=generator) >= self.cond_drop_prob
             keep_text = torch.rand(b, generator=generator) >= self.cond_drop_prob
-            captions = [c if k else "" for c, k in zip(captions, keep_text.tolist())]
-        context, mask = self.context(video, captions=captions, keep_video=keep_video)
+        with torch.no_grad():
+            tokens, flow = self.step_tokens(batch, "encoder"), self.step_tokens(batch, "flow")
+            text = self.step_text(batch, keep_text)
+        context, mask = self.context(batch["video"], keep_video=keep_video, tokens=tokens, flow_tokens=flow,
+                                     text=text)
         t = torch.randint(0, len(self.alphas), (b,), generator=generator).to(latents.device)
         # float32 noise and noising, whatever dtype the VAE encoded in (bf16 autocast rounds ᾱ_0, ᾱ_1 to 1)
         noise = (torch.randn_like(latents, dtype=torch.float32) if generator is None

@@ -293,3 +293,72 @@ def test_tempotokens_encoder_features_are_pooled_per_frame(tempo):
     # from an audio-only batch (the cache command decoding audio alone) the frame count is the clip's
     alone = tempo.compute_features({**batch, "video": batch["video"][:, :0]}, ["encoder"])
     assert torch.equal(alone["encoder"]["features"], cached["features"]["encoder"]["features"])
+
+
+# ======================================================================================== VTA-LDM
+@pytest.fixture(scope="module")
+def vta(tiny_root):
+    return build(tiny_root, "vta_ldm", "model.conditions=[video,text,flow]", "model.cond_drop_prob=0.5",
+                 "data.clip.seconds=0.5")
+
+
+def vta_dropout_seed(system, batch: dict) -> int:
+    """A seed whose text dropout keeps some captions and drops others (and the video's too), by replaying
+    VTA-LDM's draws: the latents' ε, then the video and text keep masks."""
+    from avgen.diffusion import sample_latents
+
+    posterior = system.compute_features(batch, ["audio_latents"])["audio_latents"]
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        sample_latents(posterior["mean"], posterior["std"], g, system.vae.config.scaling_factor)
+        keep_video = torch.rand(len(batch["key"]), generator=g) >= system.cond_drop_prob
+        keep_text = torch.rand(len(batch["key"]), generator=g) >= system.cond_drop_prob
+        if all(0 < int(k.sum()) < len(k) for k in (keep_video, keep_text)):
+            return seed
+    raise AssertionError("no seed among 40 mixes kept and dropped conditions")
+
+
+def test_vta_ldm_parts_follow_conditions_weights_and_preprocessing(vta):
+    parts = vta.feature_parts()
+    assert list(parts) == ["audio_latents", "text", "encoder", "flow"]
+    assert [parts[n].reads for n in parts] == [("audio",), (), ("video",), ("video",)]
+    before = {name: part.description("float16") for name, part in parts.items()}
+    for description in before.values():
+        assert json.loads(json.dumps(description)) == description
+    nudged = nudged_description(vta, vta.encoder, "flow")
+    assert nudged["weights_sha256"] != before["flow"]["weights_sha256"]
+    assert nudged_description(vta, vta.text_encoder, "text") != before["text"]
+    flow, conditions = vta.flow, vta.conditions
+    try:
+        vta.flow = dataclasses.replace(flow, winsize=9)
+        after = vta.feature_parts()
+        assert after["flow"].description("float16") != before["flow"]
+        assert after["encoder"].description("float16") == before["encoder"]
+        vta.conditions = ("video",)
+        assert list(vta.feature_parts()) == ["audio_latents", "encoder"]
+        with pytest.raises(ConfigError, match=r"cache.parts: VTALDM runs no part 'text'.*audio_latents, encoder"):
+            vta.check_feature_parts(["audio_latents", "text"])
+    finally:
+        vta.flow, vta.conditions = flow, conditions
+    assert {name: part.description("float16") for name, part in vta.feature_parts().items()} == before
+
+
+def test_vta_ldm_step_from_cached_features_equals_the_computing_step(vta):
+    batch = batch_of(vta, b=2)
+    seed = vta_dropout_seed(vta, batch)
+    # and with the video's parts alone cached: the video is not decoded, the audio is encoded as before
+    assert_same_step(vta, batch, ["audio_latents", "text", "encoder", "flow"], seed, fp16_tolerance=1e-2,
+                     partial=["text", "encoder", "flow"])
+
+
+def test_vta_ldm_cached_tokens_and_dropped_text(vta):
+    batch = batch_of(vta, b=2)
+    features = vta.compute_features(batch, ["encoder", "flow", "text"])
+    frames = vta.clip.num_frames
+    for name in ("encoder", "flow"):
+        assert features[name]["embeds"].shape == (2, frames, vta.encoder.embed_dim)
+        assert torch.equal(features[name]["mask"], torch.ones(2, frames))  # 0/1 in the cache's dtype
+    assert features["text"]["embeds"].shape == (2, vta.text_encoder.embed_dim)
+    text = vta.step_text({**batch, "features": features}, torch.tensor([False, True]))
+    torch.testing.assert_close(text[0], vta.text_encoder([""])[0])
+    assert torch.equal(text[1], features["text"]["embeds"][1])
