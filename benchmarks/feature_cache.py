@@ -187,15 +187,40 @@ def bench_system(name: str, steps: int, workdir: Path) -> dict[str, Any]:
             "fp16_error": fp16_error, "losses": losses}
 
 
+def paper_cache_bytes(name: str) -> dict[str, Any]:
+    """The float16 cache members of one clip of ``name`` at the papers' size and clip geometry: each part's tensor
+    shapes (``compute_features`` of the system built on the meta device) and member bytes (:func:`encode_part` of
+    zeros of those shapes, a 16-digit namespace and a key of VGGSound's length: header + data)."""
+    from avgen.data.feature_cache import encode_part
+
+    setup = paper_sizes.SYSTEMS[name]
+    overrides = [*paper_flops.source_overrides(name, setup["sources"]),
+                 "data.clip={" + ",".join(f"{k}:{v}" for k, v in setup["clip"].items()) + "}"]
+    system, _ = paper_flops.build_system(name, paper_sizes.PAPER, "meta", overrides)
+    parts = system.feature_part_names()  # feature_parts() would hash weights the meta device has none of
+    batch = paper_flops.batch_for(setup["clip"], 1, "meta",
+                                  audio_device="cpu" if name in paper_flops.AUDIO_ON_CPU else None)
+    with paper_flops.meta_safe():
+        features = system.compute_features(batch, list(parts))
+    out = {}
+    for part, tensors in features.items():
+        shapes = {key: tuple(value.shape[1:]) for key, value in tensors.items()}
+        zeros = {key: np.zeros(shape, np.float16) for key, shape in shapes.items()}
+        member = encode_part("0" * 16, "0" * 64, "vggsound/abcdefghijk_000030/0", zeros)
+        out[part] = {"shapes": shapes, "bytes": len(member)}
+    return {"system": name, "parts": out, "bytes_per_clip": sum(p["bytes"] for p in out.values())}
+
+
 # ---------------------------------------------------------------------------------------------- fit
 def fit_overrides(name: str, root: Path, steps: int, workers: int) -> list[str]:
     """``fit`` of ``name`` at ``small`` on synthetic clips stored at the small clip geometry under ``root``:
     ``steps`` optimizer steps, no validation, checkpoint or logger."""
     setup = paper_sizes.SMALL_SYSTEMS[name]
     clip = setup["clip"]
-    side, square = min(clip["height"], clip["width"]), str(clip["height"] == clip["width"]).lower()
+    # synthetic frames are square (short_side²); a wider clip is cropped from them scaled up
+    side = min(clip["height"], clip["width"])
     store = (f"data.store={{seconds:{clip['seconds']},fps:{clip['fps']},short_side:{side},"
-             f"sample_rate:{clip['sample_rate']},square:{square}}}")
+             f"sample_rate:{clip['sample_rate']},square:true}}")
     clips = setup["batch"] * (steps + 2)
     return [*paper_flops.small_overrides(name), "data=synthetic_hits", f"data.root={root}", store,
             f"data.batch_size={setup['batch']}", f"data.num_workers={workers}",
@@ -208,7 +233,7 @@ def fit_overrides(name: str, root: Path, steps: int, workers: int) -> list[str]:
 def fit_steps_per_s(name: str, steps: int, workdir: Path, workers: int = 1) -> dict[str, Any]:
     """Steps/s of ``python -m avgen fit``'s training loop (the real datamodule, ``workers`` DataLoader workers) for
     ``name`` at ``small``, without and with ``data.features`` (a cache made by ``python -m avgen cache`` first);
-    the time from the end of the first step to the end of the last."""
+    the time from the end of the first step to the end of the last, the mean of two runs of each path."""
     import lightning.pytorch as pl
 
     from avgen import commands
@@ -225,8 +250,11 @@ def fit_steps_per_s(name: str, steps: int, workdir: Path, workers: int = 1) -> d
     out: dict[str, Any] = {"system": name, "steps": steps, "workers": workers}
     with paper_sizes.built_from_specs(paper_sizes.SMALL, "cpu"):
         commands.cache(paper_flops.compose(name, base, workdir / f"run_{name}_cache"))
-        for path, extra in (("decoded", []), ("cached", ["data.features=default"])):
-            cfg = paper_flops.compose(name, [*base, *extra], workdir / f"run_{name}_{path}")
+        rates: dict[str, list[float]] = {"decoded": [], "cached": []}
+        # two rounds in the order decoded, cached, cached, decoded: load on the machine hits both paths alike
+        for run, path in enumerate(("decoded", "cached", "cached", "decoded")):
+            extra = ["data.features=default"] if path == "cached" else []
+            cfg = paper_flops.compose(name, [*base, *extra], workdir / f"run_{name}_{path}_{run}")
             pl.seed_everything(0)
             datamodule = commands.build_datamodule(cfg)
             model = commands.build_model(cfg)
@@ -236,7 +264,9 @@ def fit_steps_per_s(name: str, steps: int, workdir: Path, workers: int = 1) -> d
             trainer.callbacks.append(clock)
             trainer.fit(model, datamodule=datamodule)
             ticks = clock.ticks
-            out[path] = (len(ticks) - 1) / (ticks[-1] - ticks[0]) if len(ticks) > 1 else float("nan")
+            rates[path].append((len(ticks) - 1) / (ticks[-1] - ticks[0]))
+    out["rounds"] = rates
+    out.update({path: statistics.mean(r) for path, r in rates.items()})
     out["speedup"] = out["cached"] / out["decoded"]
     return out
 
@@ -255,22 +285,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--systems", nargs="*", default=list(paper_sizes.SMALL_SYSTEMS))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--paper-bytes", action="store_true",
+                        help="only print the cache's bytes per clip at the papers' sizes (meta device)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared 2-core machine, two threads stall on each other's load)")
     parser.add_argument("--fit", action="store_true",
                         help="also time `fit`'s loop through the datamodule with and without data.features")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.paper_bytes:
+        rows = [paper_cache_bytes(name) for name in args.systems]
+        for r in rows:
+            print(f"{r['system']:<12} paper scale: {r['bytes_per_clip']:,} B per clip (float16): "
+                  + "; ".join(f"{part} {p['bytes']:,} B {p['shapes']}" for part, p in r["parts"].items()))
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        return 0
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.systems:
             result = bench_system(name, args.steps, Path(tmp))
+            print(describe(result), flush=True)
             if args.fit:
                 result["fit"] = fit_steps_per_s(name, args.steps, Path(tmp))
                 print(f"    fit (datamodule, 1 worker): without cache {result['fit']['decoded']:.4f} steps/s, with "
                       f"cache {result['fit']['cached']:.4f} steps/s, speed-up {result['fit']['speedup']:.2f}x",
                       flush=True)
-            print(describe(result), flush=True)
             for part, tensors in result["fp16_error"].items():
                 print("    fp16 error", part, {k: {m: f"{v:.2e}" for m, v in e.items()} for k, e in tensors.items()})
             results.append(result)
