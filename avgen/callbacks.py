@@ -1,15 +1,23 @@
-"""Callbacks every run gets: clip accounting (``DataHealthMonitor``)."""
+"""Callbacks every run gets: clip accounting (``DataHealthMonitor``), Ctrl-C saving (``InterruptCheckpoint``) and,
+under SLURM, preemption saving and requeue (``SlurmRequeue``)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from avgen.data.datamodule import AVDataModule
-from avgen.errors import DataHealthError
+from avgen.errors import ConfigError, DataHealthError
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +93,6 @@ class InterruptCheckpoint(pl.Callback):
         self.dirpath, self.resume_command = dirpath, resume_command
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        from pathlib import Path
-
         if not isinstance(exception, KeyboardInterrupt) or trainer.state.fn != "fit":
             return
         if trainer.world_size > 1:
@@ -99,3 +105,153 @@ class InterruptCheckpoint(pl.Callback):
         trainer.save_checkpoint(path)
         print(f"\ninterrupted at step {trainer.global_step}: saved {path}\nresume with: {self.resume_command}",
               flush=True)
+
+
+# EX_TEMPFAIL (sysexits.h): ``fit`` stopped early and saved; the same command continues the run
+PREEMPTED_EXIT = 75
+REQUEUE_ENV = "AVGEN_REQUEUE"
+REQUEUE_ROUTES = ("scontrol", "submitit", "off")
+
+
+def requeue_route() -> str:
+    """Who requeues a preempted SLURM job: env ``AVGEN_REQUEUE``, ``scontrol`` when unset.
+
+    Raises:
+        ConfigError: another value.
+    """
+    route = os.environ.get(REQUEUE_ENV) or "scontrol"
+    if route not in REQUEUE_ROUTES:
+        raise ConfigError(f"{REQUEUE_ENV}={route}: expected one of {', '.join(REQUEUE_ROUTES)} (scontrol: avgen runs "
+                          f"scontrol requeue; submitit: the submitit launcher requeues; off: save only)")
+    return route
+
+
+def slurm_job_to_requeue() -> str | None:
+    """The id ``scontrol requeue`` takes for this job: ``<array job>_<task>`` in an array, else the job id; None
+    outside SLURM."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+class SlurmRequeue(pl.Callback):
+    """Preemption under SLURM: on the pre-timeout signal (``sbatch --signal=USR1@120``) save
+    ``<dirpath>/last.ckpt`` and have the job requeued; on SIGTERM save it too. The requeued job runs the same
+    command in the same run folder and ``fit`` resumes from the newest complete checkpoint.
+
+    SIGUSR1: the handler (installed in ``setup`` for ``fit``, from the main thread only; the previous handler is
+    restored at ``teardown`` or on an exception) only sets a flag. At the end of the next training batch that
+    completes an optimizer step the flag is OR-reduced over the ranks (every rank calls this collective at the same
+    batch, so one rank's signal is enough); if set, every rank takes part in ``trainer.save_checkpoint`` (atomic through
+    the trainer's checkpoint IO), then rank 0 requeues by route (:func:`requeue_route`, env ``AVGEN_REQUEUE``):
+
+    - ``scontrol`` (default): runs ``scontrol requeue <job>`` (:func:`slurm_job_to_requeue`). If that fails the
+      failure is printed (stdout and stderr) and the checkpoint stays: submitting the same command again resumes.
+    - ``submitit``: nothing; the submitit launcher's ``checkpoint()`` hook requeues the job.
+    - ``off``: nothing; the job is only saved and stopped (a site's own requeue script takes over).
+
+    Rank 0 prints one line, ``preempted at step N: saved <path>; requeued <job>``. Then ``trainer.should_stop`` is
+    set and validation is switched off for the rest of this process (``should_stop`` alone would run a validation
+    pass first, as for early stopping: time the job does not have). ``fit`` exits with :data:`PREEMPTED_EXIT` when
+    :attr:`preempted` is set.
+
+    SIGTERM (sent by ``scontrol requeue`` itself, ``scancel`` and the time limit, ``KillWait`` seconds, 30 by
+    default, before SIGKILL): Lightning's own handler makes the loop raise ``SIGTERMException`` at the end of the
+    current batch. In a one-process run this callback then saves ``last.ckpt`` (the step is complete, and the atomic
+    writer leaves the previous file in place if SIGKILL comes first), unless the SIGUSR1 path saved this step already;
+    nothing is requeued (whoever sent SIGTERM decides). With several processes no collective save is attempted
+    (the ranks may be at different batches): the run resumes from the newest checkpoint it has. Either way
+    :attr:`preempted` is set, so ``fit`` exits with :data:`PREEMPTED_EXIT`.
+
+    Args:
+        dirpath: the run's checkpoint folder (``<output_dir>/checkpoints``).
+        route: ``scontrol``, ``submitit`` or ``off``; None reads ``AVGEN_REQUEUE``.
+
+    Raises:
+        ConfigError: an unknown route.
+    """
+
+    def __init__(self, dirpath: str, route: str | None = None):
+        self.dirpath = Path(dirpath)
+        if route is not None and route not in REQUEUE_ROUTES:
+            raise ConfigError(f"SlurmRequeue route={route}: expected one of {', '.join(REQUEUE_ROUTES)}")
+        self.route = route or requeue_route()
+        self.signalled = False
+        self.preempted: str | None = None  # "SIGUSR1" or "SIGTERM" once the run stopped for one
+        self.saved: tuple[Path, int] | None = None  # (path, step) of the checkpoint written for it
+        self._previous: object = None
+        self._installed = False
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signalled = True
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or threading.current_thread() is not threading.main_thread():
+            return
+        self.signalled = False
+        self._previous = signal.signal(signal.SIGUSR1, self._on_signal)
+        self._installed = True
+
+    def _restore(self) -> None:
+        if self._installed:
+            # None: a handler not installed from Python; the default is the closest there is
+            signal.signal(signal.SIGUSR1, signal.SIG_DFL if self._previous is None else self._previous)
+            self._installed = False
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        if self.preempted or (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return
+        if not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
+            return
+        path = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(path)
+        self.preempted, self.saved = "SIGUSR1", (path, trainer.global_step)
+        if trainer.is_global_zero:
+            print(f"preempted at step {trainer.global_step}: saved {path}; {self._requeue()}", flush=True)
+        trainer.should_stop = True
+        trainer.limit_val_batches = 0
+
+    def _requeue(self) -> str:
+        """Requeue by route; what was done, as the end of the printed line."""
+        if self.route == "submitit":
+            return "submitit requeues the job"
+        if self.route == "off":
+            return f"not requeued ({REQUEUE_ENV}=off)"
+        job = slurm_job_to_requeue()
+        if job is None:
+            return "not requeued (no SLURM_JOB_ID)"
+        try:
+            done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+            failure = f"exit status {done.returncode}: {' '.join((done.stderr or done.stdout).split())}" \
+                if done.returncode else None
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            failure = " ".join(str(exc).split())
+        if failure is None:
+            return f"requeued {job}"
+        message = (f"scontrol requeue {job} failed ({failure}); the checkpoint is kept: submit the same command "
+                   f"again to resume")
+        print(f"avgen fit: {message}", file=sys.stderr, flush=True)
+        return message
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore()
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
+            return
+        if self.saved is not None and self.saved[1] == trainer.global_step:
+            self.preempted = self.preempted or "SIGTERM"
+            return
+        self.preempted = "SIGTERM"
+        if trainer.world_size > 1:
+            if trainer.is_global_zero:
+                print(f"terminated (SIGTERM) at step {trainer.global_step}; {trainer.world_size} processes: no "
+                      f"checkpoint saved now, the run resumes from the newest one in {self.dirpath}", flush=True)
+            return
+        path = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(path)
+        self.saved = (path, trainer.global_step)
+        print(f"terminated (SIGTERM) at step {trainer.global_step}: saved {path}", flush=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,21 +71,45 @@ def build_model(cfg: DictConfig, *, fresh: bool = True):
 
 def build_trainer(cfg: DictConfig, datamodule=None, *, interrupt_checkpoint: bool = False):
     """The Lightning trainer of ``cfg.trainer`` with the configured callbacks and loggers, plus
-    :class:`~avgen.callbacks.DataHealthMonitor` for avgen data and, for ``fit``
-    (``interrupt_checkpoint``), :class:`~avgen.callbacks.InterruptCheckpoint` (Ctrl-C saves and says
-    how to resume)."""
+    :class:`~avgen.callbacks.DataHealthMonitor` for avgen data and, for ``fit`` (``interrupt_checkpoint``),
+    :class:`~avgen.callbacks.InterruptCheckpoint` (Ctrl-C saves and says how to resume) and, under SLURM
+    (``SLURM_JOB_ID`` set), :class:`~avgen.callbacks.SlurmRequeue` (the pre-timeout signal saves and requeues;
+    env ``AVGEN_REQUEUE=scontrol|submitit|off`` picks who requeues, ``off`` only saves).
+
+    Where Lightning detects SLURM (``srun``), the trainer's plugins (``trainer.plugins``) get
+    ``SLURMEnvironment(auto_requeue=False)``: Lightning then installs no SIGUSR1 handler of its own and writes no
+    ``hpc_ckpt_*.ckpt``, whose resume would bypass :func:`resolve_resume`.
+
+    Raises:
+        ConfigError: ``AVGEN_REQUEUE`` holds an unknown route.
+    """
     from hydra.utils import instantiate
 
-    from avgen.callbacks import DataHealthMonitor, InterruptCheckpoint
+    from avgen.callbacks import DataHealthMonitor, InterruptCheckpoint, SlurmRequeue
     from avgen.data.datamodule import AVDataModule
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if isinstance(datamodule, AVDataModule) and not any(isinstance(c, DataHealthMonitor) for c in callbacks):
         callbacks.append(DataHealthMonitor())
     if interrupt_checkpoint:
-        callbacks.append(InterruptCheckpoint(str(Path(cfg.paths.output_dir) / "checkpoints"), resume_command(cfg)))
+        ckpt_dir = str(Path(cfg.paths.output_dir) / "checkpoints")
+        callbacks.append(InterruptCheckpoint(ckpt_dir, resume_command(cfg)))
+        if os.environ.get("SLURM_JOB_ID"):
+            callbacks.append(SlurmRequeue(ckpt_dir))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=trainer_plugins(cfg))
+
+
+def trainer_plugins(cfg: DictConfig) -> list:
+    """``trainer.plugins`` instantiated, plus ``SLURMEnvironment(auto_requeue=False)`` when Lightning detects SLURM
+    and no cluster environment is configured (avgen's :class:`~avgen.callbacks.SlurmRequeue` owns requeueing)."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
+
+    plugins = [instantiate(p) for p in (cfg.trainer.get("plugins") or []) if p is not None]
+    if SLURMEnvironment.detect() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
 
 
 def load_system(ckpt_path: str | Path, run_cfg: DictConfig | None = None, overrides: list[str] = ()):
@@ -383,10 +408,27 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         except (KeyError, ValueError) as exc:
             raise ConfigError(f"init_from={cfg.init_from}: {exc.args[0] if exc.args else exc}") from exc
         report_init_from(cfg.init_from, report)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_and_exit_if_preempted(trainer, model, datamodule, ckpt_path)
     ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
     log.info("run folder: %s; checkpoints: %s", cfg.paths.output_dir, ckpt_dir)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def fit_and_exit_if_preempted(trainer, model, datamodule, ckpt_path: str | None) -> None:
+    """``trainer.fit``; exits with :data:`avgen.callbacks.PREEMPTED_EXIT` (75) when the trainer's
+    :class:`~avgen.callbacks.SlurmRequeue` stopped the run (SIGUSR1 or SIGTERM): the same command resumes it."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from avgen.callbacks import PREEMPTED_EXIT, SlurmRequeue
+
+    requeue = next((c for c in trainer.callbacks if isinstance(c, SlurmRequeue)), None)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        if requeue is None or not requeue.preempted:
+            raise
+    if requeue is not None and requeue.preempted:
+        sys.exit(PREEMPTED_EXIT)
 
 
 def use_features(datamodule, model) -> None:

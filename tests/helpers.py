@@ -76,6 +76,34 @@ class KeyboardInterruptAt(pl.Callback):
             raise KeyboardInterrupt
 
 
+class SignalAt(pl.Callback):
+    """Sends this process ``signum`` (a signal name, e.g. ``SIGUSR1``) at the end of training step ``step``."""
+
+    def __init__(self, step: int, signum: str = "SIGUSR1"):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            import signal
+
+            os.kill(os.getpid(), getattr(signal, self.signum))
+
+
+class StepDelay(pl.Callback):
+    """Slows training down for a test that signals a running fit from outside: at the end of each training step,
+    writes the step reached (``trainer.global_step``) into the file ``progress``, then sleeps ``seconds``."""
+
+    def __init__(self, progress: str, seconds: float):
+        self.progress, self.seconds = Path(progress), seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        self.progress.parent.mkdir(parents=True, exist_ok=True)
+        self.progress.write_text(str(trainer.global_step))
+        time.sleep(self.seconds)
+
+
 class CachedPartsSystem(AVSystem):
     """A system with three frozen parts the feature cache can store (tests of ``cache`` and ``data.features``
     before the real systems' parts; :mod:`avgen.data.feature_cache`):
