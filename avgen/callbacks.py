@@ -140,8 +140,10 @@ class SlurmRequeue(pl.Callback):
     ``<dirpath>/last.ckpt`` and have the job requeued; on SIGTERM save it too. The requeued job runs the same
     command in the same run folder and ``fit`` resumes from the newest complete checkpoint.
 
-    SIGUSR1: the handler (installed in ``setup`` for ``fit``, from the main thread only; the previous handler is
-    restored at ``teardown`` or on an exception) only sets a flag. At the end of the next training batch that
+    SIGUSR1: the handler (installed in ``setup`` for ``fit``, from the main thread only) only sets a flag. The previous
+    handler comes back at ``teardown``; after an exception Lightning's own signal teardown re-installs the handlers it
+    found at the start of the run (this one among them), so whoever ran ``trainer.fit`` calls
+    :meth:`restore_signal_handler` (``avgen.commands.fit`` does, in a ``finally``). At the end of the next training batch that
     completes an optimizer step the flag is OR-reduced over the ranks (every rank calls this collective at the same
     batch, so one rank's signal is enough); if set, every rank takes part in ``trainer.save_checkpoint`` (atomic through
     the trainer's checkpoint IO), then rank 0 requeues by route (:func:`requeue_route`, env ``AVGEN_REQUEUE``):
@@ -193,14 +195,15 @@ class SlurmRequeue(pl.Callback):
         self._previous = signal.signal(signal.SIGUSR1, self._on_signal)
         self._installed = True
 
-    def _restore(self) -> None:
+    def restore_signal_handler(self) -> None:
+        """Put back the SIGUSR1 handler ``setup`` replaced (no-op when none was replaced)."""
         if self._installed:
             # None: a handler not installed from Python; the default is the closest there is
             signal.signal(signal.SIGUSR1, signal.SIG_DFL if self._previous is None else self._previous)
             self._installed = False
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._restore()
+        self.restore_signal_handler()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
@@ -239,7 +242,6 @@ class SlurmRequeue(pl.Callback):
         return message
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._restore()
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
             return
         if self.saved is not None and self.saved[1] == trainer.global_step:

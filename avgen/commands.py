@@ -427,6 +427,9 @@ def fit_and_exit_if_preempted(trainer, model, datamodule, ckpt_path: str | None)
     except SIGTERMException:
         if requeue is None or not requeue.preempted:
             raise
+    finally:
+        if requeue is not None:
+            requeue.restore_signal_handler()
     if requeue is not None and requeue.preempted:
         sys.exit(PREEMPTED_EXIT)
 
