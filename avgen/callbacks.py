@@ -140,31 +140,34 @@ class SlurmRequeue(pl.Callback):
     ``<dirpath>/last.ckpt`` and have the job requeued; on SIGTERM save it too. The requeued job runs the same
     command in the same run folder and ``fit`` resumes from the newest complete checkpoint.
 
-    SIGUSR1: the handler (installed in ``setup`` for ``fit``, from the main thread only) only sets a flag. The previous
-    handler comes back at ``teardown``; after an exception Lightning's own signal teardown re-installs the handlers it
-    found at the start of the run (this one among them), so whoever ran ``trainer.fit`` calls
-    :meth:`restore_signal_handler` (``avgen.commands.fit`` does, in a ``finally``). At the end of the next training batch that
-    completes an optimizer step the flag is OR-reduced over the ranks (every rank calls this collective at the same
-    batch, so one rank's signal is enough); if set, every rank takes part in ``trainer.save_checkpoint`` (atomic through
-    the trainer's checkpoint IO), then rank 0 requeues by route (:func:`requeue_route`, env ``AVGEN_REQUEUE``):
+    SIGUSR1: the handler, installed in ``setup`` for ``fit`` (from the main thread only), only sets a flag. At the end
+    of the next training batch that completes an optimizer step the flag is OR-reduced over the ranks (every rank
+    calls this collective at the same batch, so one rank's signal is enough); if set, every rank takes part in
+    ``trainer.save_checkpoint`` (atomic through the trainer's checkpoint IO), then rank 0 requeues by route
+    (:func:`requeue_route`, env ``AVGEN_REQUEUE``; an environment variable rather than a config key because the
+    launcher, not the experiment, knows who requeues):
 
     - ``scontrol`` (default): runs ``scontrol requeue <job>`` (:func:`slurm_job_to_requeue`). If that fails the
       failure is printed (stdout and stderr) and the checkpoint stays: submitting the same command again resumes.
     - ``submitit``: nothing; the submitit launcher's ``checkpoint()`` hook requeues the job.
-    - ``off``: nothing; the job is only saved and stopped (a site's own requeue script takes over).
+    - ``off``: nothing; the run is only saved and stopped (a site's own requeue script takes over).
 
     Rank 0 prints one line, ``preempted at step N: saved <path>; requeued <job>``. Then ``trainer.should_stop`` is
     set and validation is switched off for the rest of this process (``should_stop`` alone would run a validation
     pass first, as for early stopping: time the job does not have). ``fit`` exits with :data:`PREEMPTED_EXIT` when
-    :attr:`preempted` is set.
+    :attr:`preempted` is set. The previous SIGUSR1 handler comes back at ``teardown``; after an exception Lightning's
+    signal teardown re-installs the handlers it found at the start of the run (this one among them), so whoever ran
+    ``trainer.fit`` calls :meth:`restore_signal_handler` (``avgen.commands.fit`` does, in a ``finally``). Data loader
+    workers, which SLURM signals too, are forked after ``setup`` and inherit the flag-only handler.
 
     SIGTERM (sent by ``scontrol requeue`` itself, ``scancel`` and the time limit, ``KillWait`` seconds, 30 by
     default, before SIGKILL): Lightning's own handler makes the loop raise ``SIGTERMException`` at the end of the
-    current batch. In a one-process run this callback then saves ``last.ckpt`` (the step is complete, and the atomic
-    writer leaves the previous file in place if SIGKILL comes first), unless the SIGUSR1 path saved this step already;
-    nothing is requeued (whoever sent SIGTERM decides). With several processes no collective save is attempted
-    (the ranks may be at different batches): the run resumes from the newest checkpoint it has. Either way
-    :attr:`preempted` is set, so ``fit`` exits with :data:`PREEMPTED_EXIT`.
+    current batch (Lightning alone would then exit with status 0). In a one-process run this callback saves
+    ``last.ckpt`` there (the step is complete; the atomic writer keeps the previous file if SIGKILL comes first),
+    unless the SIGUSR1 path saved this step already; nothing is requeued (whoever sent SIGTERM decides). With
+    several processes no collective save is attempted (the ranks may be at different batches): the run resumes
+    from the newest checkpoint it has. Either way :attr:`preempted` is set, so ``fit`` exits with
+    :data:`PREEMPTED_EXIT`.
 
     Args:
         dirpath: the run's checkpoint folder (``<output_dir>/checkpoints``).

@@ -108,7 +108,8 @@ SIGNAL_AT_2 = "+callbacks.signal={_target_: tests.helpers.SignalAt, step: 2, sig
 
 def test_sigusr1_saves_requeues_the_array_task_and_resumes(slurm, monkeypatch, tmp_path, tiny_shards, capsys):
     """SIGUSR1 at step 2 of array task 77_1: last.ckpt holds step 2, ``scontrol requeue 77_1`` runs (and, as
-    slurmctld would, sends SIGTERM back: no second save), fit exits 75, the SIGUSR1 handler is restored; the same command then resumes from step 2 and finishes."""
+    slurmctld would, sends SIGTERM back: the run ends there, with no second save), fit exits 75, the SIGUSR1 handler
+    is restored; the same command then resumes from step 2 and finishes."""
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
     slurm(terminate_caller=True)
@@ -121,6 +122,7 @@ def test_sigusr1_saves_requeues_the_array_task_and_resumes(slurm, monkeypatch, t
     ckpt = run / "checkpoints" / "last.ckpt"
     assert f"preempted at step 2: saved {ckpt}; requeued 77_1\n" in out
     assert "terminated (SIGTERM)" not in out
+    assert not (run / "record").exists()  # SIGTERMException: on_train_end never ran
     assert scontrol_calls(tmp_path) == ["requeue 77_1"]
     assert checkpoint_step(ckpt) == 2
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step_0000002.ckpt"]
@@ -151,8 +153,8 @@ def test_failed_scontrol_is_said_and_the_checkpoint_kept(slurm, tmp_path, tiny_s
     slurm(exit_status=1)
     assert fit_exit_status(fit_cfg(tmp_path, tiny_shards, "trainer.max_steps=8", SIGNAL_AT_2)) == PREEMPTED_EXIT
     captured = capsys.readouterr()
-    failure = ("scontrol requeue 4242 failed (exit status 1: scontrol: error: Invalid job id specified); the checkpoint "
-               "is kept: submit the same command again to resume")
+    failure = ("scontrol requeue 4242 failed (exit status 1: scontrol: error: Invalid job id specified); the "
+               "checkpoint is kept: submit the same command again to resume")
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert f"preempted at step 2: saved {ckpt}; {failure}\n" in captured.out
     assert f"avgen fit: {failure}\n" in captured.err
@@ -190,7 +192,7 @@ def test_requeued_job_resumes_in_the_same_run_folder(tmp_path, tiny_shards):
     bin_dir = fake_scontrol(tmp_path)
     progress = tmp_path / "progress"
     args = [sys.executable, "-m", "avgen", "fit", f"hydra.searchpath=[file://{TEST_CONFIGS}]", "model=tiny_test",
-            "scale=tiny", f"data.root={tiny_shards}", "data.auto_prepare=false", "trainer.max_steps=10",
+            "scale=tiny", f"data.root={tiny_shards}", "data.auto_prepare=false", "trainer.max_steps=6",
             "+callbacks.delay={_target_: tests.helpers.StepDelay, progress: " + str(progress) + ", seconds: 0.3}"]
     env = {**os.environ, **ONE_TASK, "SLURM_JOB_ID": "4242", "PYTHONPATH": str(REPO),
            "AVGEN_RUNS_DIR": str(tmp_path / "runs"), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
@@ -207,7 +209,7 @@ def test_requeued_job_resumes_in_the_same_run_folder(tmp_path, tiny_shards):
     (run,) = (tmp_path / "runs").glob("*/slurm-4242")
     ckpt = run / "checkpoints" / "last.ckpt"
     step = checkpoint_step(ckpt)
-    assert 2 <= step < 10
+    assert 2 <= step < 6
     assert f"preempted at step {step}: saved {ckpt}; requeued 4242\n" in out
     assert scontrol_calls(tmp_path) == ["requeue 4242"]
 
@@ -215,5 +217,5 @@ def test_requeued_job_resumes_in_the_same_run_folder(tmp_path, tiny_shards):
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"avgen fit: run folder {run}\n" in again.stdout
     assert f"resuming from {ckpt} (step {step}" in again.stdout
-    assert checkpoint_step(ckpt) == 10 and [p.name for p in (tmp_path / "runs").glob("*/*")] == ["slurm-4242"]
+    assert checkpoint_step(ckpt) == 6 and [p.name for p in (tmp_path / "runs").glob("*/*")] == ["slurm-4242"]
     assert not list(tmp_path.rglob("hpc_ckpt_*")) and scontrol_calls(tmp_path) == ["requeue 4242"]
