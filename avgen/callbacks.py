@@ -248,8 +248,7 @@ class SlurmRequeue(pl.Callback):
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
             return
         if self.saved is not None and self.saved[1] == trainer.global_step:
-            self.preempted = self.preempted or "SIGTERM"
-            return
+            return  # the SIGTERM of the requeue this callback asked for
         self.preempted = "SIGTERM"
         if trainer.world_size > 1:
             if trainer.is_global_zero:
