@@ -225,7 +225,7 @@ def read_run(name: str, path: Path, *, steps: list | None = None) -> Run:
     validation, csv_steps = read_validation(path / "logs" / "metrics.csv", run.notes)
     evaluation, evaluated = read_evaluations(path, run.notes)
     run.metrics = {**validation, **evaluation}
-    checkpoint = _newest_checkpoint(path / "checkpoints")
+    checkpoint = _newest_checkpoint(path / "checkpoints", run.notes)
     run.step = checkpoint if checkpoint is not None else csv_steps
     run.status = run_status(path, run, has_checkpoint=checkpoint is not None, evaluated=evaluated, steps=steps)
     return run
@@ -283,15 +283,15 @@ def read_validation(file: Path, notes: list[str]) -> tuple[dict[str, float], int
         return {}, None
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
-        notes.append("logs/metrics.csv: last line incomplete, left out")
+        notes.append("logs/metrics.csv: incomplete last line left out")
     rows = list(csv.reader(io.StringIO(text)))
     if not rows:
         return {}, None
     header, values, steps = rows[0], {}, []
     bad = [number for number, row in enumerate(rows[1:], start=2) if row and len(row) != len(header)]
     if bad:
-        notes.append(f"logs/metrics.csv: line {bad[0]} has the wrong number of fields, left out"
-                     + (f" ({len(bad)} lines)" if len(bad) > 1 else ""))
+        notes.append(f"logs/metrics.csv: line {bad[0]} (wrong number of fields) left out"
+                     + (f" with {len(bad) - 1} more" if len(bad) > 1 else ""))
     for row in rows[1:]:
         if len(row) != len(header):
             continue
@@ -351,13 +351,16 @@ def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float | None
     return flat
 
 
-def _newest_checkpoint(folder: Path) -> int | None:
-    """The global step of the newest complete checkpoint in ``folder``, None without one."""
+def _newest_checkpoint(folder: Path, notes: list[str]) -> int | None:
+    """The global step of the newest complete checkpoint in ``folder``, None without one (with a note when the
+    folder holds only incomplete ones)."""
     if not folder.is_dir() or not any(p.suffix == ".ckpt" for p in folder.iterdir()):
         return None
     from avgen.checkpoint import newest_checkpoint  # Lightning: imported only for runs that have checkpoints
 
     newest = newest_checkpoint(folder)
+    if newest is None:
+        notes.append("no complete checkpoint in checkpoints/")
     return None if newest is None else newest[1]
 
 
