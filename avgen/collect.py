@@ -153,8 +153,9 @@ def load_sweep(path: str | Path) -> Sweep:
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())  # JSON is YAML
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
         raise CollectError(f"sweep file {path}: cannot read it ({type(exc).__name__}: {_first_line(exc)})") from exc
     rows = data.get("rows") if isinstance(data, dict) else None
     if not isinstance(rows, list) or not all(isinstance(r, dict) and r.get("name") for r in rows):
@@ -368,10 +369,11 @@ def run_status(path: Path, run: Run, *, has_checkpoint: bool, evaluated: int, st
     """The run's status, with a note saying why where it is not plain ``done``.
 
     ``sweep_status.json`` (written by ``python -m avgen sweep``'s task runner) decides when it is readable:
-    its ``state`` (running, done, failed, preempted). Otherwise: a Python traceback or an ``ERROR`` record in
-    the Hydra job log (``<run>/*.log``), or neither a checkpoint nor a ``metrics.json``, is ``failed``; a
-    checkpoint at fewer steps than ``trainer.max_steps`` of ``.hydra/config.yaml`` is ``unfinished``; else
-    ``done``. ``steps``: the sweep row's command lines, to name the step that failed.
+    its ``state`` (running, done, failed, preempted). Otherwise: a checkpoint at ``trainer.max_steps`` (of
+    ``.hydra/config.yaml``) is ``done``; a Python traceback or an ``ERROR`` record in the Hydra job log
+    (``<run>/*.log``), or neither a checkpoint nor a ``metrics.json``, is ``failed``; a checkpoint at fewer
+    steps than ``trainer.max_steps`` is ``unfinished``; else (no ``max_steps``, or an evaluation) ``done``.
+    ``steps``: the sweep row's command lines, to name the step that failed.
     """
     status_file = path / "sweep_status.json"
     if status_file.is_file():
@@ -391,6 +393,9 @@ def run_status(path: Path, run: Run, *, has_checkpoint: bool, evaluated: int, st
                 run.notes.append(f"{what} exited {state.get('returncode')}" if status == "failed"
                                  else f"preempted in {what}; the requeued task resumes")
             return status
+    max_steps = _max_steps(path)
+    if has_checkpoint and max_steps and run.step is not None and run.step >= max_steps:
+        return "done"  # a traceback in its log was one the run survived (a skipped clip's, say)
     error = _log_error(path)
     if error:
         run.notes.append(error)
@@ -398,8 +403,7 @@ def run_status(path: Path, run: Run, *, has_checkpoint: bool, evaluated: int, st
     if not has_checkpoint and not evaluated:
         run.notes.append("no checkpoint and no metrics.json")
         return "failed"
-    max_steps = _max_steps(path)
-    if has_checkpoint and max_steps and run.step is not None and run.step < max_steps:
+    if has_checkpoint and max_steps and run.step is not None:
         run.notes.append(f"stopped at step {run.step} of trainer.max_steps={max_steps}")
         return "unfinished"
     return "done"
@@ -663,6 +667,9 @@ def main(argv: list[str] | None = None) -> int:
         result = collect(args.folder, args.out, args.sweep)
     except CollectError as exc:
         print(f"avgen collect: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the output folder cannot be written
+        print(f"avgen collect: cannot write the results: {exc}", file=sys.stderr)
         return 1
     print(result.markdown)
     for path in (result.csv_path, result.md_path):

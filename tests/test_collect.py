@@ -178,6 +178,11 @@ def test_broken_files_mark_their_run_and_never_stop_the_table(tmp_path):
              evaluations={"evaluate": {"fvd": 10.0, "fad": 1.0}, "sample/g3/evaluate": {"fvd": 20.0}})
     broken = make_run(runs / "broken", ["model.depth=3"], steps=(4,), evaluations={"evaluate": {"fvd": 1.0}})
     (broken / "evaluate" / "metrics.json").write_text('{"metrics": {"fvd": 1.')
+    make_run(runs / "survived", ["model.depth=4"], steps=(4,), max_steps=4,
+             log="[2026-12-01 02:27:41,555][avgen][WARNING] - clip 3 skipped:\nTraceback (most recent call last):\n"
+                 "ValueError: no audio stream\n")
+    make_run(runs / "crashed", ["model.depth=5"], steps=(2,), max_steps=4,
+             log="[2026-12-01 02:27:41,555][avgen][ERROR] - NCCL timeout\n")
     bare = runs / "bare"
     (bare / "checkpoints").mkdir(parents=True)
     (bare / "checkpoints" / "last.ckpt").write_bytes(b"cut")  # a checkpoint killed while written
@@ -188,6 +193,8 @@ def test_broken_files_mark_their_run_and_never_stop_the_table(tmp_path):
     assert (rows["broken"].status, rows["broken"].metrics) == ("done", {})
     assert rows["broken"].notes == ["evaluate/metrics.json unreadable (JSONDecodeError: Expecting ',' delimiter: "
                                     "line 1 column 22 (char 21))"]
+    assert (rows["survived"].status, rows["survived"].notes) == ("done", [])
+    assert (rows["crashed"].status, rows["crashed"].notes) == ("failed", ["commands.log: NCCL timeout"])
     assert (rows["bare"].status, rows["bare"].overrides) == ("failed", None)
     assert rows["bare"].notes == ["no .hydra/overrides.yaml", "no complete checkpoint in checkpoints/",
                                   "no checkpoint and no metrics.json"]
