@@ -146,8 +146,8 @@ def load_sweep(path: str | Path) -> Sweep:
     """A sweep file (``slurm/sweeps/<name>.yaml``) or a sweep folder's ``sweep.json``.
 
     Raises:
-        CollectError: the file is missing, not YAML/JSON, or its ``rows`` are not a list of mappings with a
-            ``name``.
+        CollectError: the file is missing, not YAML/JSON, its ``rows`` are not a list of mappings with a
+            ``name``, or a row's ``overrides`` is not a list or its ``paper`` maps to something not a number.
     """
     import yaml
 
@@ -161,6 +161,9 @@ def load_sweep(path: str | Path) -> Sweep:
     if not isinstance(rows, list) or not all(isinstance(r, dict) and r.get("name") for r in rows):
         raise CollectError(f"sweep file {path}: expected a mapping with 'rows', a list of {{name, overrides, paper}}")
     for row in rows:
+        if not isinstance(row.get("overrides") or [], list):
+            raise CollectError(f"sweep file {path}: row {row['name']}: overrides must be a list of key=value, "
+                               f"got {row['overrides']!r}")
         paper = row.get("paper") or {}
         if not isinstance(paper, dict) or not all(_number(v) is not None for v in paper.values()):
             raise CollectError(f"sweep file {path}: row {row['name']}: paper must map metric keys to numbers, "

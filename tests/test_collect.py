@@ -250,3 +250,13 @@ def test_a_real_fit_folder(tmp_path, tiny_shards):
     assert rows[0] == "run,status,step,val/loss,val/loss (best),note"
     assert rows[1] == f"tiny/one,done,4,{losses[-1]!r},{min(losses)!r},"
     assert "Same in every run: `model=tiny_test`, `scale=tiny`, " in done.stdout
+
+
+def test_a_sweep_file_it_cannot_use_is_refused_in_one_line(tmp_path, capsys):
+    make_run(tmp_path / "runs" / "a", ["seed=1"], steps=(1,))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"rows": [{"name": "a", "paper": {"fvd": "n/a"}}]}))
+    assert main([str(tmp_path / "runs"), "--sweep", str(bad)]) == 1
+    assert capsys.readouterr().err == (f"avgen collect: sweep file {bad}: row a: paper must map metric keys to "
+                                       "numbers, got {'fvd': 'n/a'}\n")
+    assert not (tmp_path / "runs" / "results.csv").exists()
