@@ -101,7 +101,7 @@ def rewrite_argv(argv: list[str]) -> list[str] | int:
         pass  # already rewritten: Lightning's DDP re-launch or an explicit override
     else:
         bad = words[0][1] if words else " ".join(flags)
-        print(f"avgen: unknown command {bad!r}. Valid commands: {', '.join(COMMANDS)}.\n"
+        print(f"avgen: unknown command {bad!r}. Valid commands: {', '.join([*COMMANDS, *ARGPARSE_COMMANDS])}.\n"
               f"Run `python -m avgen --help` for the experiments and config groups.", file=sys.stderr)
         return 2
     if "-h" in flags or "--help" in flags:

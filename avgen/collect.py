@@ -130,8 +130,11 @@ def find_runs(folder: Path, max_depth: int = 8) -> list[Path]:
         return [folder]
     found: list[Path] = []
     if max_depth > 0:
-        children = sorted((p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()
-                           and not p.name.startswith(".")), key=lambda p: _natural(p.name))
+        try:
+            children = sorted((p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()
+                               and not p.name.startswith(".")), key=lambda p: _natural(p.name))
+        except OSError:  # a folder we may not read holds no run we could read
+            children = []
         for child in children:
             found += find_runs(child, max_depth - 1)
     return found
