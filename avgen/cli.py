@@ -33,6 +33,10 @@ COMMANDS = {
     "cache": "store an experiment's frozen features (VAE latents, text, encoder outputs) for every clip "
              "(data=<dataset> experiment=<name> cache.name=default); train on them with data.features=<name>",
 }
+# Commands that take paths rather than a config: plain argparse, dispatched before Hydra
+# (word -> "module:function", the function takes the remaining argv and returns the exit status; the
+# module's SUMMARY is its --help line).
+ARGPARSE_COMMANDS = {"collect": "avgen.collect:main"}
 # Groups shown by --help; hydra/launcher options also include those of installed Hydra plugins.
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                 "--config-dir", "-cd", "--experimental-rerun"}
@@ -41,9 +45,13 @@ HELP_GROUPS = ("model", "data", "trainer", "evaluate", "debug", "logger", "callb
 
 
 def help_text() -> str:
-    width = max(len(c) for c in COMMANDS)
+    import importlib
+
+    width = max(len(c) for c in [*COMMANDS, *ARGPARSE_COMMANDS])
     lines = ["usage: python -m avgen <command> [key=value ...] [-m] [--cfg job]", "", "commands:"]
     lines += [f"  {c:<{width}}  {d}" for c, d in COMMANDS.items()]
+    lines += [f"  {c:<{width}}  {importlib.import_module(t.partition(':')[0]).SUMMARY}"
+              for c, t in ARGPARSE_COMMANDS.items()]
     lines += ["", "experiments (experiment=<name>):"]
     lines += [f"  {e}" for e in group_options("experiment")] or ["  (none yet)"]
     lines += ["", "config groups (<group>=<option>):"]
@@ -93,7 +101,7 @@ def rewrite_argv(argv: list[str]) -> list[str] | int:
         pass  # already rewritten: Lightning's DDP re-launch or an explicit override
     else:
         bad = words[0][1] if words else " ".join(flags)
-        print(f"avgen: unknown command {bad!r}. Valid commands: {', '.join(COMMANDS)}.\n"
+        print(f"avgen: unknown command {bad!r}. Valid commands: {', '.join([*COMMANDS, *ARGPARSE_COMMANDS])}.\n"
               f"Run `python -m avgen --help` for the experiments and config groups.", file=sys.stderr)
         return 2
     if "-h" in flags or "--help" in flags:
@@ -388,7 +396,13 @@ def one_run_folder(argv: list[str], flags: list[str], words: list[str]) -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    rewritten = rewrite_argv(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ARGPARSE_COMMANDS:
+        import importlib
+
+        module, _, function = ARGPARSE_COMMANDS[argv[0]].partition(":")
+        return getattr(importlib.import_module(module), function)(argv[1:])
+    rewritten = rewrite_argv(argv)
     if isinstance(rewritten, int):
         return rewritten
     import hydra

@@ -14,7 +14,7 @@ Layers, bottom to top (a module may import from its own layer and the ones below
 7. ``evaluation``
 8. ``curation`` (``filter``: thresholds over evaluation scores), ``caching`` (``cache``: a system's frozen features
    over a dataset, for ``data.features``)
-9. ``commands``
+9. ``commands``, ``collect`` (``python -m avgen collect``: a table of many runs)
 10. ``cli``, ``__main__``
 
 Imports inside functions count too: a lazy import is still a dependency.
@@ -38,7 +38,7 @@ LAYERS = [
     ["avgen.systems", "avgen.callbacks"],
     ["avgen.evaluation"],
     ["avgen.curation", "avgen.caching"],
-    ["avgen.commands"],
+    ["avgen.commands", "avgen.collect"],
     ["avgen.cli", "avgen.__main__"],
 ]
 
