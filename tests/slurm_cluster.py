@@ -4,13 +4,12 @@ folder from ``tests/slurm/slurm.conf.in`` (Debian's ``slurmctld slurmd slurm-cli
 
 :func:`start_cluster` returns a :class:`SlurmCluster` (its :attr:`~SlurmCluster.env` points ``sbatch``,
 ``squeue``, ``scontrol`` ... at it), or raises :class:`ClusterUnavailable` with the reason when the daemons
-cannot start here (not root, packages missing). The callbacks at the end slow a tiny fit down and report its
-step, so that a test can signal or requeue a job while it trains.
+cannot start here (not root, packages missing). :func:`wait_for_step` follows a job's fit through
+``tests.helpers.StepDelay``, so that a test can signal or requeue it while it trains.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -19,8 +18,6 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import lightning.pytorch as pl
 
 CONF_TEMPLATE = Path(__file__).resolve().parent / "slurm" / "slurm.conf.in"
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "srun")
@@ -185,37 +182,19 @@ def start_cluster(root: Path, timeout: float = 30) -> SlurmCluster:
         raise
 
 
-# ------------------------------------------------------------------------------------------ callbacks for jobs
-class StepDelay(pl.Callback):
-    """Sleeps ``seconds`` after every training step and writes ``{"step", "pid", "restart"}`` to ``progress``
-    (JSON, replaced atomically), so that a test can act on a job while it trains."""
-
-    def __init__(self, seconds: float, progress: str):
-        self.seconds, self.progress = seconds, Path(progress)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.is_global_zero:
-            self.progress.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.progress.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"step": trainer.global_step, "pid": os.getpid(),
-                                       "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0"))}))
-            tmp.replace(self.progress)
-        time.sleep(self.seconds)
-
-
-def wait_for_step(progress: Path, step: int, timeout: float, *, restart: int | None = None) -> dict:
-    """The progress record once it reaches ``step`` (and ``restart``, when given).
+def wait_for_step(progress: Path, step: int, timeout: float) -> int:
+    """The step a job's ``tests.helpers.StepDelay`` callback wrote to ``progress``, once it is ``step`` or more.
 
     Raises:
-        TimeoutError: the last record seen.
+        TimeoutError: the last step seen.
     """
     end, last = time.monotonic() + timeout, None
     while time.monotonic() < end:
         try:
-            last = json.loads(progress.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            last = int(progress.read_text())
+        except (FileNotFoundError, ValueError):
             last = None
-        if last and last["step"] >= step and (restart is None or last["restart"] == restart):
+        if last is not None and last >= step:
             return last
         time.sleep(0.2)
     raise TimeoutError(f"{progress}: step {step} not reached in {timeout} s (last: {last})")
