@@ -107,6 +107,37 @@ class InterruptCheckpoint(pl.Callback):
               flush=True)
 
 
+
+class FinalCheckpoint(pl.Callback):
+    """At the end of a ``fit`` that ran to its end (``max_steps``, ``max_epochs`` or a stop such as preemption),
+    make ``<dirpath>/last.ckpt`` hold the final step.
+
+    Lightning's ``ModelCheckpoint`` writes ``last.ckpt`` only when it saves a periodic checkpoint (every
+    ``every_n_train_steps``, or after a validation): a run whose ``max_steps`` is not a multiple of that interval,
+    with no validation at its end, would otherwise leave the last steps' weights unsaved, and a sweep's
+    ``sample`` step would read a stale ``last.ckpt``. Rank 0 decides (the step stored in ``last.ckpt``, read
+    memory-mapped, against ``trainer.global_step``) and broadcasts, so every rank takes part in the same
+    collective save. Nothing is written when ``last.ckpt`` already holds the step (e.g. saved by
+    :class:`SlurmRequeue` or by ``ModelCheckpoint`` at that step). Not called when fit ends in an exception.
+    """
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from avgen.checkpoint import checkpoint_step
+
+        path = self.dirpath / "last.ckpt"
+        stale = False
+        if trainer.is_global_zero and trainer.global_step > 0:
+            try:
+                stale = checkpoint_step(path) != trainer.global_step
+            except ValueError:  # missing or unreadable
+                stale = True
+        if trainer.strategy.broadcast(stale, src=0):
+            trainer.save_checkpoint(path)
+            log.info("saved %s at the final step %d", path, trainer.global_step)
+
 # EX_TEMPFAIL (sysexits.h): ``fit`` stopped early and saved; the same command continues the run
 PREEMPTED_EXIT = 75
 REQUEUE_ENV = "AVGEN_REQUEUE"

@@ -72,7 +72,8 @@ def build_model(cfg: DictConfig, *, fresh: bool = True):
 def build_trainer(cfg: DictConfig, datamodule=None, *, interrupt_checkpoint: bool = False):
     """The Lightning trainer of ``cfg.trainer`` with the configured callbacks and loggers, plus
     :class:`~avgen.callbacks.DataHealthMonitor` for avgen data and, for ``fit`` (``interrupt_checkpoint``),
-    :class:`~avgen.callbacks.InterruptCheckpoint` (Ctrl-C saves and says how to resume) and, under SLURM
+    :class:`~avgen.callbacks.InterruptCheckpoint` (Ctrl-C saves and says how to resume),
+    :class:`~avgen.callbacks.FinalCheckpoint` (``last.ckpt`` holds the final step) and, under SLURM
     (``SLURM_JOB_ID`` set), :class:`~avgen.callbacks.SlurmRequeue` (the pre-timeout signal saves and requeues;
     env ``AVGEN_REQUEUE=scontrol|submitit|off`` picks who requeues, ``off`` only saves).
 
@@ -85,7 +86,7 @@ def build_trainer(cfg: DictConfig, datamodule=None, *, interrupt_checkpoint: boo
     """
     from hydra.utils import instantiate
 
-    from avgen.callbacks import DataHealthMonitor, InterruptCheckpoint, SlurmRequeue
+    from avgen.callbacks import DataHealthMonitor, FinalCheckpoint, InterruptCheckpoint, SlurmRequeue
     from avgen.data.datamodule import AVDataModule
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
@@ -94,6 +95,7 @@ def build_trainer(cfg: DictConfig, datamodule=None, *, interrupt_checkpoint: boo
     if interrupt_checkpoint:
         ckpt_dir = str(Path(cfg.paths.output_dir) / "checkpoints")
         callbacks.append(InterruptCheckpoint(ckpt_dir, resume_command(cfg)))
+        callbacks.append(FinalCheckpoint(ckpt_dir))
         if os.environ.get("SLURM_JOB_ID"):
             callbacks.append(SlurmRequeue(ckpt_dir))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]

@@ -130,3 +130,20 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, tiny_
     assert f"avgen fit: run folder {run}" in out and f"avgen fit: data synthetic_hits in {tiny_shards}" in out
     run_command(fit_cfg(tmp_path, tiny_shards, "trainer.max_steps=6"))
     assert record(run)["first_step"] == 3 and record(run)["global_step"] == 6
+
+
+def test_last_checkpoint_holds_the_final_step(tmp_path, tiny_shards):
+    """max_steps=5 with a periodic checkpoint every 4 steps and no validation at the end: Lightning's
+    ModelCheckpoint leaves last.ckpt at step 4; avgen's FinalCheckpoint saves step 5 (and nothing when last.ckpt
+    already holds the final step)."""
+    from avgen.commands import run_command
+    from tests.test_fit import fit_cfg
+
+    run_command(fit_cfg(tmp_path, tiny_shards, "trainer.max_steps=5", "trainer.check_val_every_n_epoch=100",
+                        "callbacks.model_checkpoint.every_n_train_steps=4"))
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert checkpoint_step(ckpts / "last.ckpt") == 5 and checkpoint_step(ckpts / "step_0000004.ckpt") == 4
+    run_command(fit_cfg(tmp_path, tiny_shards, "trainer.max_steps=8", "trainer.check_val_every_n_epoch=100",
+                        "callbacks.model_checkpoint.every_n_train_steps=4"))
+    assert checkpoint_step(ckpts / "last.ckpt") == 8
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step_0000004.ckpt", "step_0000008.ckpt"]

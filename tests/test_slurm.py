@@ -5,7 +5,8 @@
 - ``slurm/train.sbatch``, requeued while it trains (``scontrol requeue``): it resumes at the saved step;
 - the pre-timeout signal (``--signal=USR1@120``; sent here with ``scancel --signal=USR1``, which delivers it
   the way the controller does, to every process of the job's steps): checkpoint, ``scontrol requeue``, resume;
-- a 2-task DDP job (gloo on CPU) launched by ``srun`` from the training template.
+- a 2-task DDP job (gloo on CPU) launched by ``srun`` from the training template;
+- a Hydra grid through ``hydra/launcher=slurm``, one of whose tasks gets the pre-timeout signal.
 
 The daemons need root and Debian's SLURM packages; where they cannot start the tests skip with the reason,
 except under ``AVGEN_REQUIRE_SLURM=1`` (set by ``.ci/run``), where that is a failure.
@@ -190,3 +191,39 @@ def test_two_task_ddp_job_launched_by_srun(slurm, tmp_path, tiny_shards):
     assert ranks[0]["pid"] != ranks[1]["pid"] and all(r["global_step"] == 4 for r in ranks)
     assert ranks[0]["keys"] != ranks[1]["keys"]  # each rank reads its own part of the stream
     assert checkpoint_step(run_folder(tmp_path, job) / "checkpoints" / "last.ckpt") == 4
+
+
+@pytest.mark.timeout(240)
+def test_hydra_grid_through_the_slurm_launcher_saves_and_requeues(slurm, tmp_path, tiny_shards):
+    """``-m ... hydra/launcher=slurm`` (Hydra's submitit launcher, configs/hydra/launcher/slurm.yaml): SLURM's
+    pre-timeout signal is USR1 there too, so a signalled task saves, requeues itself and resumes in its folder."""
+    import subprocess
+
+    folder = tmp_path / "grid"
+    progress = tmp_path / "progress"
+    args = ["-m", "fit", *fit_args(tiny_shards, "trainer.max_steps=16", "seed=1,2"),
+            f"+callbacks.step_delay={{_target_: tests.helpers.StepDelay, progress: {progress}$\\{{seed\\}}, "
+            f"seconds: 0.4}}", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null", f"hydra.sweep.dir={folder}"]
+    env = {**slurm.env, **job_env(tmp_path)}
+    hydra = subprocess.Popen([sys.executable, "-m", "avgen", *args], cwd=tmp_path, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        step = wait_for_step(Path(f"{progress}1"), 4, timeout=120)
+        # the task of seed=1, job 0 of the grid: <array job>_0 (submitit keeps a folder per task)
+        (task,) = [p.name for p in (folder / ".submitit").iterdir() if p.is_dir() and p.name.endswith("_0")]
+        slurm.run("scancel", "--signal=USR1", task)
+        out, _ = hydra.communicate(timeout=200)
+    finally:
+        hydra.kill()
+    assert hydra.returncode == 0, out[-3000:]
+    # Hydra's process may return before the requeued task ran again (this cluster keeps no accounting for
+    # submitit to read states from): wait for the array itself
+    assert set(slurm.wait(task.split("_")[0], timeout=120).values()) == {"COMPLETED"}
+    text = "\n".join(p.read_text(errors="replace") for p in (folder / ".submitit").rglob("*_log.*"))
+    preempted = re.findall(r"preempted at step (\d+): saved (\S+); requeued (\S+)", text)
+    assert len(preempted) == 1 and int(preempted[0][0]) >= step, text[-3000:]
+    assert Path(preempted[0][1]) == folder / "0" / "checkpoints" / "last.ckpt" and preempted[0][2] == task
+    assert f"resuming from {folder / '0' / 'checkpoints' / 'last.ckpt'} (step {preempted[0][0]}" in text
+    for job in ("0", "1"):
+        assert checkpoint_step(folder / job / "checkpoints" / "last.ckpt") == 16
