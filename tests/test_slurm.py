@@ -8,8 +8,11 @@
 - a 2-task DDP job (gloo on CPU) launched by ``srun`` from the training template;
 - a Hydra grid through ``hydra/launcher=slurm``, one of whose tasks gets the pre-timeout signal.
 
-The daemons need root and Debian's SLURM packages; where they cannot start the tests skip with the reason,
-except under ``AVGEN_REQUIRE_SLURM=1`` (set by ``.ci/run``), where that is a failure.
+The scenarios run side by side (threads of the module's fixture submit the jobs, act on them while they train
+and wait for them; the tests check what each saw): the cluster has 8 job slots, and most of a job's time is
+SLURM's hold of a requeued job or a process importing torch. The daemons need root and Debian's SLURM packages;
+where they cannot start the tests skip with the reason, except under ``AVGEN_REQUIRE_SLURM=1`` (set by
+``.ci/run``), where that is a failure.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -25,23 +30,11 @@ import yaml
 
 from avgen.checkpoint import checkpoint_step
 from tests.conftest import REPO, TEST_CONFIGS, run_cli
-from tests.slurm_cluster import ClusterUnavailable, start_cluster, wait_for_step
+from tests.slurm_cluster import ClusterUnavailable, SlurmCluster, start_cluster, wait_for_step
 
 pytestmark = pytest.mark.slow
 
 TRAIN = REPO / "slurm" / "train.sbatch"
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    try:
-        cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
-    except ClusterUnavailable as exc:
-        if os.environ.get("AVGEN_REQUIRE_SLURM") == "1":
-            pytest.fail(f"AVGEN_REQUIRE_SLURM=1 but the test cluster did not start: {exc}")
-        pytest.skip(f"no SLURM test cluster: {exc}")
-    yield cluster
-    cluster.stop()
 
 
 def fit_args(data: Path, *extra: str) -> list[str]:
@@ -96,112 +89,61 @@ def submitted_jobs(folder: Path) -> list[str]:
     return [str(j) for j in jobs]
 
 
-@pytest.mark.timeout(240)
-def test_sweep_file_as_an_sbatch_array(slurm, tmp_path, tiny_shards):
-    folder = tmp_path / "sweep"
-    proc = run_cli("sweep", str(write_sweep(tmp_path, tiny_shards)), "--launcher", "sbatch", "--dir", str(folder),
-                   cwd=tmp_path, env={**slurm.env, **job_env(tmp_path)})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    (job,) = submitted_jobs(folder)
-    tasks = slurm.wait(job, timeout=180)
-    logs = "\n".join(read_log(p) for p in sorted((folder / "logs").glob("*")))
-    assert sorted(tasks) == [f"{job}_0", f"{job}_1"] and set(tasks.values()) == {"COMPLETED"}, logs
-    check_sweep_rows(folder)
-
-
-@pytest.mark.timeout(240)
-def test_sweep_file_through_submitit(slurm, tmp_path, tiny_shards):
-    folder = tmp_path / "sweep"
-    proc = run_cli("sweep", str(write_sweep(tmp_path, tiny_shards)), "--launcher", "submitit", "--dir", str(folder),
-                   cwd=tmp_path, env={**slurm.env, **job_env(tmp_path)})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    jobs = submitted_jobs(folder)
-    array = sorted({j.split("_")[0] for j in jobs})
-    assert len(array) == 1, jobs  # one array of two tasks
-    tasks = slurm.wait(array[0], timeout=180)
-    logs = "\n".join(read_log(p) for p in sorted((folder / "submitit").glob("*.out")) +
-                     sorted((folder / "submitit").glob("*.err")))
-    assert len(tasks) == 2 and set(tasks.values()) == {"COMPLETED"}, logs
-    check_sweep_rows(folder)
-
-
-def train_job(slurm, tmp_path: Path, data: Path, *extra: str, sbatch: tuple[str, ...] = ()) -> tuple[str, Path]:
+def train_job(slurm: SlurmCluster, tmp_path: Path, data: Path, *extra: str,
+              sbatch: tuple[str, ...] = ()) -> tuple[str, Path]:
     log = tmp_path / "train.out"
     job = slurm.sbatch(*sbatch, f"--output={log}", str(TRAIN), *fit_args(data, *extra), cwd=tmp_path,
                        env=job_env(tmp_path))
     return job, log
 
 
-@pytest.mark.timeout(240)
-def test_requeued_training_job_resumes_at_the_saved_step(slurm, tmp_path, tiny_shards):
-    progress = tmp_path / "progress.json"
-    job, log = train_job(slurm, tmp_path, tiny_shards, "trainer.max_steps=12",
+# ------------------------------------------------------------------------------------------------ scenarios
+def sweep_array(launcher: str):
+    def scenario(slurm: SlurmCluster, tmp_path: Path, data: Path) -> dict:
+        folder = tmp_path / "sweep"
+        proc = run_cli("sweep", str(write_sweep(tmp_path, data)), "--launcher", launcher, "--dir", str(folder),
+                       cwd=tmp_path, env={**slurm.env, **job_env(tmp_path)})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        jobs = submitted_jobs(folder)
+        arrays = sorted({j.split("_")[0] for j in jobs})
+        assert len(arrays) == 1, jobs  # one array of two tasks
+        tasks = slurm.wait(arrays[0], timeout=200)
+        files = sorted(folder.glob("logs/*")) + sorted(folder.glob("submitit/**/*_log.*"))
+        logs = "\n".join(read_log(p) for p in files)
+        return {"folder": folder, "array": arrays[0], "tasks": tasks, "logs": logs}
+    return scenario
+
+
+def requeue_by_hand(slurm: SlurmCluster, tmp_path: Path, data: Path) -> dict:
+    progress = tmp_path / "progress"
+    job, log = train_job(slurm, tmp_path, data, "trainer.max_steps=12",
                          "callbacks.model_checkpoint.every_n_train_steps=3", slow_steps(progress),
                          f"model.record_dir={tmp_path / 'record'}")
-    wait_for_step(progress, 4, timeout=120)
+    at = wait_for_step(progress, 4, timeout=150)
     slurm.run("scontrol", "requeue", job)
-    state = slurm.wait(job, timeout=180)
-    text = read_log(log)
-    assert state == {job: "COMPLETED"}, text
-    run = run_folder(tmp_path, job)
-    saved = re.findall(r"resuming from (\S+) \(step (\d+)", text)
-    assert len(saved) == 1, text  # once: the requeued run, in the same folder
-    path, step = Path(saved[0][0]), int(saved[0][1])
-    assert path.parent == run / "checkpoints" and step >= 3, text
-    record = json.loads((tmp_path / "record" / "rank0.json").read_text())
-    assert record["first_step"] == step and record["global_step"] == 12
-    assert "restart 1)" in text  # the template's first line, in the requeued job
-    assert checkpoint_step(run / "checkpoints" / "last.ckpt") == 12
-    assert not list(run.rglob("hpc_ckpt_*"))
+    return {"job": job, "at": at, "state": slurm.wait(job, timeout=200), "log": read_log(log), "tmp": tmp_path}
 
 
-@pytest.mark.timeout(240)
-def test_pre_timeout_signal_checkpoints_and_requeues(slurm, tmp_path, tiny_shards):
-    progress = tmp_path / "progress.json"
-    job, log = train_job(slurm, tmp_path, tiny_shards, "trainer.max_steps=12",
+def pre_timeout_signal(slurm: SlurmCluster, tmp_path: Path, data: Path) -> dict:
+    progress = tmp_path / "progress"
+    job, log = train_job(slurm, tmp_path, data, "trainer.max_steps=12",
                          "callbacks.model_checkpoint.every_n_train_steps=100", slow_steps(progress),
                          f"model.record_dir={tmp_path / 'record'}")
-    wait_for_step(progress, 4, timeout=120)
+    at = wait_for_step(progress, 4, timeout=150)
     # what the controller sends --signal=USR1@120 before the time limit: USR1 to the processes of the job's steps
     slurm.run("scancel", "--signal=USR1", job)
-    state = slurm.wait(job, timeout=180)
-    text = read_log(log)
-    assert state == {job: "COMPLETED"}, text
-    run = run_folder(tmp_path, job)
-    preempted = re.findall(r"preempted at step (\d+): saved (\S+); requeued (\S+)", text)
-    assert len(preempted) == 1, text
-    step = int(preempted[0][0])
-    assert step >= 4 and Path(preempted[0][1]) == run / "checkpoints" / "last.ckpt" and preempted[0][2] == job
-    assert f"resuming from {run / 'checkpoints' / 'last.ckpt'} (step {step}" in text
-    record = json.loads((tmp_path / "record" / "rank0.json").read_text())
-    assert record["first_step"] == step and record["global_step"] == 12
-    assert "restart 1)" in text  # the template's first line, in the requeued job
-    assert not list(run.rglob("hpc_ckpt_*"))
+    return {"job": job, "at": at, "state": slurm.wait(job, timeout=200), "log": read_log(log), "tmp": tmp_path}
 
 
-@pytest.mark.timeout(240)
-def test_two_task_ddp_job_launched_by_srun(slurm, tmp_path, tiny_shards):
-    job, log = train_job(slurm, tmp_path, tiny_shards, "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_steps=4",
+def ddp_two_tasks(slurm: SlurmCluster, tmp_path: Path, data: Path) -> dict:
+    job, log = train_job(slurm, tmp_path, data, "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_steps=4",
                          f"model.record_dir={tmp_path / 'record'}", sbatch=("--ntasks=2",))
-    state = slurm.wait(job, timeout=180)
-    text = read_log(log)
-    assert state == {job: "COMPLETED"}, text
-    ranks = [json.loads((tmp_path / "record" / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world"] == 2 for r in ranks), text
-    assert ranks[0]["pid"] != ranks[1]["pid"] and all(r["global_step"] == 4 for r in ranks)
-    assert ranks[0]["keys"] != ranks[1]["keys"]  # each rank reads its own part of the stream
-    assert checkpoint_step(run_folder(tmp_path, job) / "checkpoints" / "last.ckpt") == 4
+    return {"job": job, "state": slurm.wait(job, timeout=200), "log": read_log(log), "tmp": tmp_path}
 
 
-@pytest.mark.timeout(240)
-def test_hydra_grid_through_the_slurm_launcher_saves_and_requeues(slurm, tmp_path, tiny_shards):
-    """``-m ... hydra/launcher=slurm`` (Hydra's submitit launcher, configs/hydra/launcher/slurm.yaml): SLURM's
-    pre-timeout signal is USR1 there too, so a signalled task saves, requeues itself and resumes in its folder."""
-    import subprocess
-
-    folder = tmp_path / "grid"
-    progress = tmp_path / "progress"
-    args = ["-m", "fit", *fit_args(tiny_shards, "trainer.max_steps=16", "seed=1,2"),
+def hydra_grid(slurm: SlurmCluster, tmp_path: Path, data: Path) -> dict:
+    folder, progress = tmp_path / "grid", tmp_path / "progress"
+    args = ["-m", "fit", *fit_args(data, "trainer.max_steps=16", "seed=1,2"),
             f"+callbacks.step_delay={{_target_: tests.helpers.StepDelay, progress: {progress}$\\{{seed\\}}, "
             f"seconds: 0.4}}", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null",
             "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null", f"hydra.sweep.dir={folder}"]
@@ -209,20 +151,111 @@ def test_hydra_grid_through_the_slurm_launcher_saves_and_requeues(slurm, tmp_pat
     hydra = subprocess.Popen([sys.executable, "-m", "avgen", *args], cwd=tmp_path, env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        step = wait_for_step(Path(f"{progress}1"), 4, timeout=120)
+        at = wait_for_step(Path(f"{progress}1"), 4, timeout=150)
         # the task of seed=1, job 0 of the grid: <array job>_0 (submitit keeps a folder per task)
         (task,) = [p.name for p in (folder / ".submitit").iterdir() if p.is_dir() and p.name.endswith("_0")]
         slurm.run("scancel", "--signal=USR1", task)
         out, _ = hydra.communicate(timeout=200)
     finally:
         hydra.kill()
-    assert hydra.returncode == 0, out[-3000:]
     # Hydra's process may return before the requeued task ran again (this cluster keeps no accounting for
     # submitit to read states from): wait for the array itself
-    assert set(slurm.wait(task.split("_")[0], timeout=120).values()) == {"COMPLETED"}
-    text = "\n".join(p.read_text(errors="replace") for p in (folder / ".submitit").rglob("*_log.*"))
+    state = slurm.wait(task.split("_")[0], timeout=200)
+    logs = "\n".join(read_log(p) for p in (folder / ".submitit").rglob("*_log.*"))
+    return {"folder": folder, "task": task, "at": at, "returncode": hydra.returncode, "out": out, "state": state,
+            "logs": logs}
+
+
+SCENARIOS = {"sbatch_array": sweep_array("sbatch"), "submitit_array": sweep_array("submitit"),
+             "requeue": requeue_by_hand, "signal": pre_timeout_signal, "ddp": ddp_two_tasks, "hydra": hydra_grid}
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory, tiny_shards) -> dict[str, Future]:
+    """Every scenario started at once on a fresh cluster; ``{name: future of its observations}``."""
+    try:
+        cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
+    except ClusterUnavailable as exc:
+        if os.environ.get("AVGEN_REQUIRE_SLURM") == "1":
+            pytest.fail(f"AVGEN_REQUIRE_SLURM=1 but the test cluster did not start: {exc}")
+        pytest.skip(f"no SLURM test cluster: {exc}")
+    pool = ThreadPoolExecutor(max_workers=len(SCENARIOS))
+    futures = {name: pool.submit(run, cluster, tmp_path_factory.mktemp(name), tiny_shards)
+               for name, run in SCENARIOS.items()}
+    yield futures
+    pool.shutdown(wait=False, cancel_futures=True)
+    cluster.stop()
+
+
+# ------------------------------------------------------------------------------------------------ the tests
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("launcher", ["sbatch", "submitit"])
+def test_sweep_file_as_a_job_array(scenarios, launcher):
+    seen = scenarios[f"{launcher}_array"].result(timeout=280)
+    assert len(seen["tasks"]) == 2 and set(seen["tasks"].values()) == {"COMPLETED"}, seen["logs"]
+    assert sorted(seen["tasks"]) == [f"{seen['array']}_0", f"{seen['array']}_1"]
+    check_sweep_rows(seen["folder"])
+
+
+@pytest.mark.timeout(300)
+def test_requeued_training_job_resumes_at_the_saved_step(scenarios):
+    seen = scenarios["requeue"].result(timeout=280)
+    job, text, tmp_path = seen["job"], seen["log"], seen["tmp"]
+    assert seen["state"] == {job: "COMPLETED"}, text
+    run = run_folder(tmp_path, job)
+    saved = re.findall(r"resuming from (\S+) \(step (\d+)", text)
+    assert len(saved) == 1, text  # once: the requeued run, in the same folder
+    path, step = Path(saved[0][0]), int(saved[0][1])
+    # scontrol requeue sends SIGTERM first: the one-process fit saves the step in flight (>= the step seen)
+    assert path == run / "checkpoints" / "last.ckpt" and step >= seen["at"], text
+    assert f"terminated (SIGTERM) at step {step}: saved {path}" in text
+    record = json.loads((tmp_path / "record" / "rank0.json").read_text())
+    assert record["first_step"] == step and record["global_step"] == 12
+    assert "restart 1)" in text  # the template's first line, in the requeued job
+    assert checkpoint_step(run / "checkpoints" / "last.ckpt") == 12
+    assert not list(run.rglob("hpc_ckpt_*"))
+
+
+@pytest.mark.timeout(300)
+def test_pre_timeout_signal_checkpoints_and_requeues(scenarios):
+    seen = scenarios["signal"].result(timeout=280)
+    job, text, tmp_path = seen["job"], seen["log"], seen["tmp"]
+    assert seen["state"] == {job: "COMPLETED"}, text
+    run = run_folder(tmp_path, job)
     preempted = re.findall(r"preempted at step (\d+): saved (\S+); requeued (\S+)", text)
-    assert len(preempted) == 1 and int(preempted[0][0]) >= step, text[-3000:]
+    assert len(preempted) == 1, text
+    step = int(preempted[0][0])
+    assert step >= seen["at"] and Path(preempted[0][1]) == run / "checkpoints" / "last.ckpt"
+    assert preempted[0][2] == job
+    assert f"resuming from {run / 'checkpoints' / 'last.ckpt'} (step {step}" in text
+    record = json.loads((tmp_path / "record" / "rank0.json").read_text())
+    assert record["first_step"] == step and record["global_step"] == 12
+    assert "restart 1)" in text
+    assert not list(run.rglob("hpc_ckpt_*"))
+
+
+@pytest.mark.timeout(300)
+def test_two_task_ddp_job_launched_by_srun(scenarios):
+    seen = scenarios["ddp"].result(timeout=280)
+    job, text, tmp_path = seen["job"], seen["log"], seen["tmp"]
+    assert seen["state"] == {job: "COMPLETED"}, text
+    ranks = [json.loads((tmp_path / "record" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world"] == 2 for r in ranks), text
+    assert ranks[0]["pid"] != ranks[1]["pid"] and all(r["global_step"] == 4 for r in ranks)
+    assert ranks[0]["keys"] != ranks[1]["keys"]  # each rank reads its own part of the stream
+    assert checkpoint_step(run_folder(tmp_path, job) / "checkpoints" / "last.ckpt") == 4
+
+
+@pytest.mark.timeout(300)
+def test_hydra_grid_through_the_slurm_launcher_saves_and_requeues(scenarios):
+    """``-m ... hydra/launcher=slurm`` (Hydra's submitit launcher, configs/hydra/launcher/slurm.yaml): SLURM's
+    pre-timeout signal is USR1 there too, so a signalled task saves, requeues itself and resumes in its folder."""
+    seen = scenarios["hydra"].result(timeout=280)
+    folder, task, text = seen["folder"], seen["task"], seen["logs"]
+    assert seen["returncode"] == 0, seen["out"][-3000:]
+    assert set(seen["state"].values()) == {"COMPLETED"}, text[-3000:]
+    preempted = re.findall(r"preempted at step (\d+): saved (\S+); requeued (\S+)", text)
+    assert len(preempted) == 1 and int(preempted[0][0]) >= seen["at"], text[-3000:]
     assert Path(preempted[0][1]) == folder / "0" / "checkpoints" / "last.ckpt" and preempted[0][2] == task
     assert f"resuming from {folder / '0' / 'checkpoints' / 'last.ckpt'} (step {preempted[0][0]}" in text
     for job in ("0", "1"):
