@@ -33,6 +33,9 @@ COMMANDS = {
     "cache": "store an experiment's frozen features (VAE latents, text, encoder outputs) for every clip "
              "(data=<dataset> experiment=<name> cache.name=default); train on them with data.features=<name>",
 }
+# Commands that take paths, not Hydra overrides: plain argparse, dispatched before Hydra to "module:function"
+# (called with the words after the command word; returns the exit status).
+ARGPARSE_COMMANDS = {"sweep": "avgen.sweeps:main"}
 # Groups shown by --help; hydra/launcher options also include those of installed Hydra plugins.
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                 "--config-dir", "-cd", "--experimental-rerun"}
@@ -41,9 +44,10 @@ HELP_GROUPS = ("model", "data", "trainer", "evaluate", "debug", "logger", "callb
 
 
 def help_text() -> str:
-    width = max(len(c) for c in COMMANDS)
+    commands = {**COMMANDS, **{c: f"takes paths, not overrides: python -m avgen {c} --help" for c in ARGPARSE_COMMANDS}}
+    width = max(len(c) for c in commands)
     lines = ["usage: python -m avgen <command> [key=value ...] [-m] [--cfg job]", "", "commands:"]
-    lines += [f"  {c:<{width}}  {d}" for c, d in COMMANDS.items()]
+    lines += [f"  {c:<{width}}  {d}" for c, d in commands.items()]
     lines += ["", "experiments (experiment=<name>):"]
     lines += [f"  {e}" for e in group_options("experiment")] or ["  (none yet)"]
     lines += ["", "config groups (<group>=<option>):"]
@@ -388,7 +392,13 @@ def one_run_folder(argv: list[str], flags: list[str], words: list[str]) -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    rewritten = rewrite_argv(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ARGPARSE_COMMANDS:
+        import importlib
+
+        module, _, function = ARGPARSE_COMMANDS[argv[0]].partition(":")
+        return getattr(importlib.import_module(module), function)(argv[1:])
+    rewritten = rewrite_argv(argv)
     if isinstance(rewritten, int):
         return rewritten
     import hydra
