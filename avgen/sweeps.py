@@ -164,7 +164,8 @@ def load_sweep(path: str | Path) -> Sweep:
     except FileNotFoundError:
         raise ConfigError(f"sweep file {path} not found; the repository's sweep files are in slurm/sweeps/") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+        hint = "; quote an override that holds ??? in a [...] list: \"ckpt_path=???\"" if "'?'" in str(exc) else ""
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}{hint}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with keys {', '.join(FILE_KEYS)}")
     _known_keys(data, FILE_KEYS, f"{path}")
@@ -324,18 +325,25 @@ def dry_run(sweep: Sweep, extra_overrides: list[str], sweep_dir: str | Path | No
         ConfigError: ``base`` leaves a key ``???`` that ``extra_overrides`` does not set.
     """
     sweep_dir = Path(sweep_dir or default_sweep_dir(sweep)).absolute()
-    problems = []
+    problems, checked = [], {}
     for row in sweep.rows:
-        steps = sweep.steps(row, sweep_dir / row.name, extra_overrides)
+        run_dir = str(sweep_dir / row.name)
+        steps = sweep.steps(row, Path(run_dir), extra_overrides)
         if out is not None:
             print(f"row {row.name}:", file=out)
             for step in steps:
                 print(f"  python -m avgen {shlex.join(step)}", file=out)
         for k, step in enumerate(steps):
-            try:
-                compose_step(step)
-            except ConfigError as exc:
-                problems.append(Problem(row.name, k, step[0], str(exc)))
+            # steps that differ only in the row's folder (the then steps) compose alike: checked once
+            key = tuple(arg.replace(run_dir, "{run}") for arg in step)
+            if key not in checked:
+                try:
+                    compose_step(step)
+                    checked[key] = None
+                except ConfigError as exc:
+                    checked[key] = str(exc).replace(run_dir, "{run}")
+            if checked[key] is not None:
+                problems.append(Problem(row.name, k, step[0], checked[key].replace("{run}", run_dir)))
                 break
     return problems
 
@@ -683,8 +691,8 @@ def slurm_dir() -> Path:
     return Path(avgen.__file__).resolve().parent.parent / "slurm"
 
 
-def sbatch_command(sweep_json: Path, options: dict, parallelism: int | None = None) -> list[str]:
-    """``sbatch --parsable --array=0-<N-1>[%P] ... slurm/sweep.sbatch <sweep.json>`` for a sweep folder.
+def sbatch_template() -> Path:
+    """``slurm/sweep.sbatch``, the array job each task of which runs one row.
 
     Raises:
         ConfigError: the template is missing (avgen installed without its repository).
@@ -693,6 +701,17 @@ def sbatch_command(sweep_json: Path, options: dict, parallelism: int | None = No
     if not template.is_file():
         raise ConfigError(f"{template} not found: the sbatch templates come with the avgen repository, not the "
                           f"installed package; run from a clone of the repository, or use --launcher submitit")
+    return template
+
+
+def sbatch_command(sweep_json: Path, options: dict, parallelism: int | None = None) -> list[str]:
+    """``sbatch --parsable --array=0-<N-1>[%P] --job-name=avgen-<stem> --output=... --error=... <site options>
+    slurm/sweep.sbatch <sweep.json>`` for a sweep folder (logs in ``<sweep dir>/logs/<array job>_<task>.out``).
+
+    Raises:
+        ConfigError: the template is missing (avgen installed without its repository).
+    """
+    template = sbatch_template()
     record = read_sweep_json(sweep_json)
     sweep_dir = sweep_json.parent
     array = f"0-{len(record['rows']) - 1}" + (f"%{parallelism}" if parallelism else "")
@@ -861,6 +880,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--force is for --task and --launcher local; array tasks skip done rows (delete a "
                               "row's sweep_status.json to re-run it)")
         options = site_options(args.slurm)
+        if args.launcher == "sbatch":
+            sbatch_template()
         sweep = load_sweep(args.file).select(args.rows.split(",") if args.rows else None)
         sweep_dir = (args.dir or default_sweep_dir(sweep)).absolute()
         problems = dry_run(sweep, args.overrides, sweep_dir, out=sys.stdout if args.dry_run else None)
