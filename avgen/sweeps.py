@@ -468,6 +468,7 @@ class TaskRunner:
         self.proc: subprocess.Popen | None = None
         self.step = 0
         self.stop_signal: int | None = None  # SIGTERM/SIGINT came: no further step starts
+        self._pending: list[int] = []  # signals that came while no child was running: the next one gets them
         self.status: dict = {}
 
     def run(self, first_step: int = 0, then_steps: bool = True) -> int:
@@ -507,6 +508,8 @@ class TaskRunner:
 
     def _child(self, argv: list[str]) -> int:
         self.proc = subprocess.Popen(argv, cwd=self.cwd, env=self.env)
+        while self._pending:  # e.g. the pre-timeout signal came while Popen was starting the child
+            self.proc.send_signal(self._pending.pop(0))
         try:
             while (code := self.proc.poll()) is None:
                 time.sleep(POLL_S)
@@ -516,13 +519,18 @@ class TaskRunner:
         return code
 
     def forward(self, signum: int, frame=None) -> None:
-        """Signal handler: pass ``signum`` to the running child; after SIGTERM or SIGINT no further step starts."""
+        """Signal handler: pass ``signum`` to the running child (or, between children, to the next one); after
+        SIGTERM or SIGINT no further step starts."""
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.stop_signal = signum
-        if signum != signal.SIGINT and self.proc is not None and self.proc.poll() is None:
+        if signum == signal.SIGINT:
             # Ctrl-C reaches the child from the terminal already (same process group); a second one would cut
             # its clean-up short
+            return
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signum)
+        else:
+            self._pending.append(signum)
 
     def preempt(self, timeout_s: float = REQUEUE_WAIT_S) -> int | None:
         """The job is about to be requeued: send SIGUSR1 to the running child, wait up to ``timeout_s`` for it to
@@ -804,6 +812,12 @@ class SweepTask:
         return submitit.helpers.DelayedSubmission(SweepTask(self.sweep_json), index)
 
 
+def _require_timeout(options: dict) -> None:
+    if "timeout_min" not in options:
+        raise ConfigError("--launcher submitit needs --slurm timeout_min=<minutes>: submitit always sets a time limit "
+                          "(5 minutes on SLURM, 2 locally, unless given)")
+
+
 def launch_submitit(sweep_json: Path, options: dict, parallelism: int | None = None, *,
                     cluster: str | None = None) -> int:
     """Submit one submitit job per row (``map_array`` of :class:`SweepTask`) from ``<sweep dir>/submitit``;
@@ -816,12 +830,13 @@ def launch_submitit(sweep_json: Path, options: dict, parallelism: int | None = N
         0 (submitted).
 
     Raises:
-        ConfigError: submitit is not installed.
+        ConfigError: submitit is not installed, or ``timeout_min`` is not among ``options``.
     """
     try:
         import submitit
     except ImportError:
         raise ConfigError("--launcher submitit needs submitit: pip install 'avgen[slurm]'") from None
+    _require_timeout(options)
     record = read_sweep_json(sweep_json)
     executor = submitit.AutoExecutor(folder=sweep_json.parent / "submitit", cluster=cluster)
     parameters = {SITE_OPTIONS[key][1]: value for key, value in options.items()}
@@ -882,6 +897,8 @@ def main(argv: list[str] | None = None) -> int:
         options = site_options(args.slurm)
         if args.launcher == "sbatch":
             sbatch_template()
+        if args.launcher == "submitit":
+            _require_timeout(options)
         sweep = load_sweep(args.file).select(args.rows.split(",") if args.rows else None)
         sweep_dir = (args.dir or default_sweep_dir(sweep)).absolute()
         problems = dry_run(sweep, args.overrides, sweep_dir, out=sys.stdout if args.dry_run else None)

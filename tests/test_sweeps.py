@@ -289,7 +289,9 @@ def test_submitit_local_executor_runs_every_row(tmp_path):
     d = path.parent
     record["rows"].append({"index": 1, "name": "b", "run_dir": str(d / "b"), "steps": [["frobnicate"]]})
     path.write_text(json.dumps(record))
-    assert sweeps.launch_submitit(path, {}, 2, cluster="local") == 0
+    with pytest.raises(ConfigError, match="--launcher submitit needs --slurm timeout_min=<minutes>"):
+        sweeps.launch_submitit(path, {}, 2, cluster="local")
+    assert sweeps.launch_submitit(path, {"timeout_min": 5}, 2, cluster="local") == 0
     import submitit
 
     ids = json.loads(path.read_text())["jobs"]
