@@ -842,8 +842,11 @@ def launch_submitit(sweep_json: Path, options: dict, parallelism: int | None = N
     parameters = {SITE_OPTIONS[key][1]: value for key, value in options.items()}
     if parallelism:
         parameters["slurm_array_parallelism"] = parallelism
+    # submitit's pre-timeout signal is USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise; SLURM sends it to every
+    # process of the job step, the row's fit included, and avgen's fit saves on USR1 (USR2 would kill it)
     executor.update_parameters(name=f"avgen-{Path(record['file']).stem}", slurm_signal_delay_s=SIGNAL_DELAY_S,
-                               **parameters)
+                               slurm_additional_parameters={"signal": f"USR1@{SIGNAL_DELAY_S}"},
+                               slurm_setup=["export SUBMITIT_PREEMPT_SIGNAL=USR1"], **parameters)
     jobs = executor.map_array(SweepTask(sweep_json), [row["index"] for row in record["rows"]])
     ids = [str(job.job_id) for job in jobs]
     _add_jobs(sweep_json, ids)

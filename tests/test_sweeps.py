@@ -305,32 +305,45 @@ def test_submitit_local_executor_runs_every_row(tmp_path):
 
 
 FAKE_SBATCH = """#!/bin/bash
+# records its argv and the script it submits; answers as sbatch does (--parsable: "<job id>;<cluster>")
 printf '%s\\n' "$@" > "$(dirname "$0")/sbatch_argv"
-echo "4242;testcluster"
+cp "${@: -1}" "$(dirname "$0")/sbatch_script" 2>/dev/null || true
+if [[ " $* " == *" --parsable "* ]]; then echo "4242;testcluster"; else echo "Submitted batch job 4242"; fi
 """
 
 
-def test_sbatch_launcher_builds_the_array_command(tmp_path, monkeypatch, capsys):
-    bin_dir = tmp_path / "bin"
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """``sbatch`` (:data:`FAKE_SBATCH`) and ``srun`` on PATH; AVGEN_SLURM_ACCOUNT=lab; returns their folder."""
+    bin_dir = tmp_path / "slurm_bin"
     bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
-    (bin_dir / "sbatch").chmod(0o755)
+    for name, text in (("sbatch", FAKE_SBATCH), ("srun", "#!/bin/bash\nexit 1\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("AVGEN_SLURM_ACCOUNT", "lab")
     monkeypatch.delenv("AVGEN_SLURM_PARTITION", raising=False)
+    return bin_dir
+
+
+def _sweep_argv(d: Path, launcher: str) -> list[str]:
+    return [str(TINY_SWEEP), f"hydra.searchpath=[file://{TEST_CONFIGS}]", "data.root=/d", "--launcher", launcher,
+            "--rows", "hidden_4,no_data", "--dir", str(d), "--slurm", "partition=cpu", "--slurm", "mem_gb=4",
+            "--slurm", "timeout_min=30", "--parallelism", "2"]
+
+
+def test_sbatch_launcher_builds_the_array_command(tmp_path, fake_slurm, monkeypatch, capsys):
     slurm = tmp_path / "slurm"
     monkeypatch.setattr(sweeps, "slurm_dir", lambda: slurm)
     d = tmp_path / "sw"
-    argv = [str(TINY_SWEEP), f"hydra.searchpath=[file://{TEST_CONFIGS}]", "data.root=/d", "--launcher", "sbatch",
-            "--rows", "hidden_4,no_data", "--dir", str(d), "--slurm", "partition=cpu", "--slurm", "mem_gb=4",
-            "--slurm", "timeout_min=30", "--parallelism", "2"]
+    argv = _sweep_argv(d, "sbatch")
     assert sweeps.main(argv) == 1
     assert f"{slurm / 'sweep.sbatch'} not found: the sbatch templates come with the avgen repository" in \
         capsys.readouterr().err
     slurm.mkdir()
     (slurm / "sweep.sbatch").write_text("#!/bin/bash\n")  # a stand-in: the test does not run it
     assert sweeps.main(argv) == 0
-    assert (bin_dir / "sbatch_argv").read_text().splitlines() == [
+    assert (fake_slurm / "sbatch_argv").read_text().splitlines() == [
         "--parsable", "--array=0-1%2", "--job-name=avgen-tiny_fit", f"--output={d}/logs/%A_%a.out",
         f"--error={d}/logs/%A_%a.err", "--account=lab", "--partition=cpu", "--mem=4G", "--time=30",
         str(slurm / "sweep.sbatch"), str(d / "sweep.json")]
@@ -339,6 +352,22 @@ def test_sbatch_launcher_builds_the_array_command(tmp_path, monkeypatch, capsys)
     assert "squeue -j 4242" in out and f"python -m avgen collect {d}" in out
     assert sweeps.main([*argv, "--slurm", "gpus=2"]) == 1
     assert "--slurm gpus=2: expected KEY=VALUE with KEY one of partition, account," in capsys.readouterr().err
+
+
+def test_submitit_launcher_submits_one_array_signalled_with_usr1(tmp_path, fake_slurm, capsys):
+    """On SLURM: one job array of the rows, at most --parallelism at once, the site options, and the pre-timeout
+    signal USR1 (what avgen's fit saves on; submitit's own default, USR2, would kill it)."""
+    d = tmp_path / "sw"
+    assert sweeps.main([*_sweep_argv(d, "submitit")[:-6], "--parallelism", "2"]) == 1
+    assert "--launcher submitit needs --slurm timeout_min=<minutes>" in capsys.readouterr().err
+    assert sweeps.main(_sweep_argv(d, "submitit")) == 0
+    script = (fake_slurm / "sbatch_script").read_text()
+    for line in ("#SBATCH --array=0-1%2", "#SBATCH --signal=USR1@120", "#SBATCH --partition=cpu",
+                 "#SBATCH --account=lab", "#SBATCH --time=30", "#SBATCH --mem=4GB", "#SBATCH --job-name=avgen-tiny_fit",
+                 f"#SBATCH --output={d}/submitit/%A_%a_0_log.out", "export SUBMITIT_PREEMPT_SIGNAL=USR1"):
+        assert line in script.splitlines(), line
+    assert json.loads((d / "sweep.json").read_text())["jobs"] == ["4242_0", "4242_1"]
+    assert "squeue -j 4242" in capsys.readouterr().out
 
 
 @pytest.mark.slow
