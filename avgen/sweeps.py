@@ -541,7 +541,9 @@ class TaskRunner:
             complete checkpoint) or none was running.
         """
         code = None
-        if self.proc is not None:
+        if self.proc is None:  # the first child is being started: it gets the signal once it is
+            self._pending.append(signal.SIGUSR1)
+        else:
             if self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGUSR1)
             deadline = time.monotonic() + timeout_s
@@ -582,8 +584,9 @@ def slurm_job_id() -> str | None:
 def row_runner(sweep_json: str | Path, index: int, *, env: dict | None = None,
                force: bool = False) -> tuple[TaskRunner, int] | None:
     """The :class:`TaskRunner` of row ``index`` of a ``sweep.json`` and the step to start at, or None when the
-    row is done and not ``force``d (said on stdout). A failed or preempted row starts again at the step that
-    failed (the steps before it succeeded; a preempted ``fit`` resumes its run folder's newest checkpoint).
+    row is done and not ``force``d (said on stdout). A failed, preempted or interrupted (still ``running``: the
+    node died, or task 0 of this row has just started it) row starts again at the step it stopped in: the steps
+    before it succeeded; a ``fit`` resumes its run folder's newest checkpoint.
 
     Raises:
         ConfigError: no such row.
@@ -599,7 +602,7 @@ def row_runner(sweep_json: str | Path, index: int, *, env: dict | None = None,
         print(f"avgen sweep: row {row['name']} is done already ({run_dir / STATUS_JSON}); skipped (--force re-runs "
               f"it)")
         return None
-    first = int(status.get("step") or 0) if status.get("state") in ("failed", "preempted") and not force else 0
+    first = 0 if force else int(status.get("step") or 0)
     if first:
         print(f"avgen sweep: row {row['name']}: steps before {first} succeeded in an earlier attempt; starting at "
               f"step {first}")

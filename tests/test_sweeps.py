@@ -182,8 +182,9 @@ def test_sweep_json_is_continued_for_the_same_sweep_and_refused_for_another(tmp_
 FAKE_PYTHON = """#!/bin/bash
 # stands in for `python -m avgen <step>`: $3 is the step's command word
 case "$3" in
-  save_on_usr1)  # a fit that saves and exits 75 on SIGUSR1; it asks its parent (the task) to be signalled first
-    echo "$AVGEN_REQUEUE" > "$4/env"; trap 'echo saved > "$4/saved"; exit 75' USR1; kill -USR1 $PPID
+  save_on_usr1)  # a fit that saves and exits 75 on SIGUSR1; it asks its parent (the task) to be signalled first,
+    # once the parent holds its Popen object
+    echo "$AVGEN_REQUEUE" > "$4/env"; trap 'echo saved > "$4/saved"; exit 75' USR1; sleep 0.3; kill -USR1 $PPID
     while true; do sleep 0.05; done ;;
   exit) echo "$3 $4" >> "$(dirname "$0")/calls"; exit "$4" ;;
 esac
@@ -243,10 +244,13 @@ def test_task_exit_status_resume_at_the_failed_step_and_done_rows(tmp_path, fake
     assert run_task(path, 0) == 0 and fake_python.read_text() == "exit 0\nexit 0\n"  # done: skipped
     assert f"row a is done already ({run / 'sweep_status.json'}); skipped" in capsys.readouterr().out
     assert run_task(path, 0, force=True) == 0 and fake_python.read_text().count("\n") == 5
+    # a task that died in step 2 (still "running"): its requeued task starts there
+    (run / "sweep_status.json").write_text(json.dumps({**read_status(run), "state": "running", "step": 2}))
+    assert run_task(path, 0) == 0 and fake_python.read_text().count("\n") == 6
     # another task of a multi-task row: the row's command only, the status is task 0's
     monkeypatch.setenv("SLURM_PROCID", "1")
-    assert run_task(path, 0, force=True) == 0 and fake_python.read_text().count("\n") == 6
-    assert read_status(run)["attempts"] == 3
+    assert run_task(path, 0, force=True) == 0 and fake_python.read_text().count("\n") == 7
+    assert read_status(run)["attempts"] == 4
     with pytest.raises(ConfigError, match=r"--task 1: .*sweep.json has rows 0..0"):
         run_task(path, 1)
 
@@ -402,3 +406,12 @@ def test_local_launcher_runs_rows_continues_past_a_failure_and_skips_done_rows(t
     assert "row hidden_4 is done already" in out and "row hidden_8 is done already" in out
     assert (d / "hidden_4" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == mtime
     assert read_status(d / "hidden_4")["attempts"] == 1 and read_status(d / "typo")["attempts"] == 2
+
+
+def test_cli_dispatches_sweep_before_hydra_and_lists_it(capsys):
+    from avgen.cli import help_text, main
+
+    assert "  sweep        takes paths, not overrides: python -m avgen sweep --help" in help_text().splitlines()
+    assert main(["sweep", "/no/such.yaml", "--dry-run"]) == 1
+    assert capsys.readouterr().err == ("avgen sweep: error: sweep file /no/such.yaml not found; the repository's "
+                                       "sweep files are in slurm/sweeps/\n")
