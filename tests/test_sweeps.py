@@ -98,15 +98,14 @@ def test_dry_run_reports_the_row_that_does_not_compose(tmp_path):
     path = _write(tmp_path, "base: [model=tiny_test, scale=tiny, \"hydra.searchpath=???\"]\n"
                             "then: [[sample, \"ckpt_path={run}/checkpoints/last.ckpt\", sample.n=2]]\n"
                             "rows:\n  - {name: good, overrides: [model.hidden=4]}\n"
-                            "  - {name: typo, overrides: [model.hiden=4]}\n")
+                            "  - {name: typo, overrides: [export.dirr=x]}\n")
     sweep = load_sweep(path)
     extra = [f"hydra.searchpath=[file://{TEST_CONFIGS}]"]
     # the good rows' then step names a checkpoint that does not exist yet: it composes all the same
     problems = dry_run(sweep, extra, tmp_path / "sw")
     assert not (tmp_path / "sw").exists()
-    assert problems == [Problem("typo", 0, "fit", "unknown key model.hiden; known keys of model: cond_drop_prob, "
-                                                  "ema_decay, hidden, optimizer, record_dir, scheduler; did you mean "
-                                                  "hidden?")]
+    assert problems == [Problem("typo", 0, "fit", "unknown key export.dirr; known keys of export: dir, ema, "
+                                                  "overwrite; did you mean dir?")]
     bad_then = replace(sweep, rows=sweep.rows[:1], then=(("sample", "sample.nn=2"),))
     assert [str(p) for p in dry_run(bad_then, extra, tmp_path / "sw")] == [
         "row good (sample, then[0]): unknown key sample.nn; known keys of sample: audio, batch_size, device, gamma, "
@@ -140,10 +139,10 @@ def test_dry_run_command_prints_the_command_lines_and_fails_on_a_bad_row(tmp_pat
         f"model.hidden=8 seed=2 hydra.run.dir={run}",
         "avgen sweep: all 1 rows compose (dry run: nothing was run)"]
     assert not (tmp_path / "sw").exists()
-    assert sweeps.main([str(TINY_SWEEP), "--dry-run", searchpath, "data.root=/d", "model.hiden=3",
+    assert sweeps.main([str(TINY_SWEEP), "--dry-run", searchpath, "data.root=/d", "export.dirr=3",
                         "--rows", "hidden_4"]) == 1
     err = capsys.readouterr().err
-    assert "avgen sweep: row hidden_4 (fit): unknown key model.hiden;" in err
+    assert "avgen sweep: row hidden_4 (fit): unknown key export.dirr;" in err
     assert "avgen sweep: 1 of 1 rows do not compose; nothing was run" in err
     assert sweeps.main([str(TINY_SWEEP), "--dry-run", searchpath]) == 1
     assert "base leaves data.root unset (???)" in capsys.readouterr().err
