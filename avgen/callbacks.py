@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from avgen.data.datamodule import AVDataModule
-from avgen.errors import ConfigError, DataHealthError
+from avgen.errors import PREEMPTED_EXIT, ConfigError, DataHealthError  # noqa: F401  (PREEMPTED_EXIT: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,6 @@ class FinalCheckpoint(pl.Callback):
             trainer.save_checkpoint(path)
             log.info("saved %s at the final step %d", path, trainer.global_step)
 
-# EX_TEMPFAIL (sysexits.h): ``fit`` stopped early and saved; the same command continues the run
-PREEMPTED_EXIT = 75
 REQUEUE_ENV = "AVGEN_REQUEUE"
 REQUEUE_ROUTES = ("scontrol", "submitit", "off")
 

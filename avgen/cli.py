@@ -33,10 +33,15 @@ COMMANDS = {
     "cache": "store an experiment's frozen features (VAE latents, text, encoder outputs) for every clip "
              "(data=<dataset> experiment=<name> cache.name=default); train on them with data.features=<name>",
 }
-# Commands that take paths rather than a config: plain argparse, dispatched before Hydra
-# (word -> "module:function", the function takes the remaining argv and returns the exit status; the
-# module's SUMMARY is its --help line).
-ARGPARSE_COMMANDS = {"collect": "avgen.collect:main"}
+# Commands that take paths, not Hydra overrides: plain argparse, dispatched before Hydra to "module:function"
+# (called with the words after the command word; returns the exit status), and their --help lines.
+ARGPARSE_COMMANDS = {"sweep": "avgen.sweeps:main", "collect": "avgen.collect:main"}
+ARGPARSE_SUMMARIES = {
+    "sweep": "run the rows of a sweep file (slurm/sweeps/<table>.yaml) here, as a SLURM array (--launcher sbatch) "
+             "or through submitit; --dry-run composes every row (python -m avgen sweep --help)",
+    "collect": "one table (results.md, results.csv) of a sweep, runs or multirun folder: the overrides that vary, "
+               "validation and evaluation metrics, the paper's values (python -m avgen collect --help)",
+}
 # Groups shown by --help; hydra/launcher options also include those of installed Hydra plugins.
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                 "--config-dir", "-cd", "--experimental-rerun"}
@@ -45,13 +50,10 @@ HELP_GROUPS = ("model", "data", "trainer", "evaluate", "debug", "logger", "callb
 
 
 def help_text() -> str:
-    import importlib
-
-    width = max(len(c) for c in [*COMMANDS, *ARGPARSE_COMMANDS])
+    commands = {**COMMANDS, **ARGPARSE_SUMMARIES}
+    width = max(len(c) for c in commands)
     lines = ["usage: python -m avgen <command> [key=value ...] [-m] [--cfg job]", "", "commands:"]
-    lines += [f"  {c:<{width}}  {d}" for c, d in COMMANDS.items()]
-    lines += [f"  {c:<{width}}  {importlib.import_module(t.partition(':')[0]).SUMMARY}"
-              for c, t in ARGPARSE_COMMANDS.items()]
+    lines += [f"  {c:<{width}}  {d}" for c, d in commands.items()]
     lines += ["", "experiments (experiment=<name>):"]
     lines += [f"  {e}" for e in group_options("experiment")] or ["  (none yet)"]
     lines += ["", "config groups (<group>=<option>):"]

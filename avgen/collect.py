@@ -44,9 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-SUMMARY = ("one table of a runs, multirun or sweep folder: overrides that vary, validation and evaluation "
-           "metrics, status, paper values (<folder> [--out DIR] [--sweep FILE])")
-
 # Name parts of metrics where lower is better (the best value of a validation metric is its minimum).
 LOWER_IS_BETTER = ("loss", "fvd", "fad", "kl", "fd_", "desync", "lsd", "error")
 # Override keys that say where a run went or how Hydra ran it, not what was run.

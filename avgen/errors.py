@@ -55,3 +55,8 @@ class NothingProduced(RuntimeError):
 
 class PrepareError(RuntimeError):
     """``prepare`` stopped part-way (e.g. a worker process was killed); the message says how to resume."""
+
+
+# Exit status of a run that saved its checkpoint on the cluster's pre-timeout signal and stopped to be requeued
+# (EX_TEMPFAIL). Here, not beside the SLURM callback, so the sweep task runner reads it without importing Lightning.
+PREEMPTED_EXIT = 75

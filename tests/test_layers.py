@@ -15,7 +15,8 @@ Layers, bottom to top (a module may import from its own layer and the ones below
 8. ``curation`` (``filter``: thresholds over evaluation scores), ``caching`` (``cache``: a system's frozen features
    over a dataset, for ``data.features``)
 9. ``commands``, ``collect`` (``python -m avgen collect``: a table of many runs)
-10. ``cli``, ``__main__``
+10. ``cli``, ``__main__``, ``sweeps`` (``sweep``: runs the command line's override checks on every row of a sweep
+    file; ``cli`` dispatches to it by name)
 
 Imports inside functions count too: a lazy import is still a dependency.
 """
@@ -39,7 +40,7 @@ LAYERS = [
     ["avgen.evaluation"],
     ["avgen.curation", "avgen.caching"],
     ["avgen.commands", "avgen.collect"],
-    ["avgen.cli", "avgen.__main__"],
+    ["avgen.cli", "avgen.__main__", "avgen.sweeps"],
 ]
 
 

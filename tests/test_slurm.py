@@ -101,7 +101,8 @@ def train_job(slurm: SlurmCluster, tmp_path: Path, data: Path, *extra: str,
 def sweep_array(launcher: str):
     def scenario(slurm: SlurmCluster, tmp_path: Path, data: Path) -> dict:
         folder = tmp_path / "sweep"
-        proc = run_cli("sweep", str(write_sweep(tmp_path, data)), "--launcher", launcher, "--dir", str(folder),
+        site = ["--slurm", "timeout_min=10"] if launcher == "submitit" else []  # submitit: 5 min by default
+        proc = run_cli("sweep", str(write_sweep(tmp_path, data)), "--launcher", launcher, "--dir", str(folder), *site,
                        cwd=tmp_path, env={**slurm.env, **job_env(tmp_path)})
         assert proc.returncode == 0, proc.stdout + proc.stderr
         jobs = submitted_jobs(folder)
