@@ -470,7 +470,7 @@ def build_table(runs: list[Run]) -> Table:
     paper_of: dict[str, str] = {}  # metric column -> paper key
     for key in dict.fromkeys(k for r in runs for k in r.paper):
         paper_of.setdefault(_paper_column(key, metric_keys), key)
-    validation = sorted(k for k in metric_keys if k.startswith("val/"))
+    validation = sorted(k for k in metric_keys if k.startswith("val/") and k not in paper_of)
     others = sorted(k for k in metric_keys if not k.startswith("val/") and k not in paper_of)
     metric_columns = []
     for column in paper_of:

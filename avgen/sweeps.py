@@ -659,13 +659,16 @@ def launch_local(sweep_json: Path, *, force: bool = False) -> int:
 
 
 def print_summary(record: dict) -> list[str]:
-    """Print one line per row (name, state, step, return code, run folder); returns the rows' states."""
-    lines, states = [("row", "state", "step", "returncode", "run folder")], []
+    """Print one line per row (name, state, the command it ran last or stopped in, its return code, run folder);
+    returns the rows' states."""
+    lines, states = [("row", "state", "command", "returncode", "run folder")], []
     for row in record["rows"]:
         status = read_status(row["run_dir"])
         states.append(status.get("state", "not run"))
-        lines.append((row["name"], states[-1], str(status.get("step", "")), str(status.get("returncode", "")),
-                      row["run_dir"]))
+        at = status.get("step")
+        command = (row["steps"][at][0] if isinstance(at, int) and 0 <= at < len(row["steps"]) and row["steps"][at]
+                   else "")
+        lines.append((row["name"], states[-1], command, str(status.get("returncode", "")), row["run_dir"]))
     widths = [max(len(line[i]) for line in lines) for i in range(4)]
     for line in lines:
         print("  ".join(text.ljust(width) for text, width in zip(line, widths)) + "  " + line[4])

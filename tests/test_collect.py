@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from avgen.collect import collect, lower_is_better, main, read_validation
-from tests.conftest import TEST_CONFIGS, run_cli
 
 CSV_HEADER = "epoch,lr-Adam,step,train/loss,val/loss,val/av_align\n"
 
@@ -231,27 +230,6 @@ def test_the_command_line_dispatches_collect_before_hydra(tmp_path, capsys):
     assert any(line.split()[:1] == ["collect"] for line in help_text().splitlines())
 
 
-@pytest.mark.slow
-def test_a_real_fit_folder(tmp_path, tiny_shards):
-    """``python -m avgen fit`` with validation every 2 steps, then ``python -m avgen collect`` on its runs folder."""
-    run = tmp_path / "runs" / "tiny" / "one"
-    fit = run_cli("fit", f"hydra.searchpath=[file://{TEST_CONFIGS}]", "model=tiny_test", "scale=tiny",
-                  f"data.root={tiny_shards}", "data.auto_prepare=false", "trainer.max_steps=4",
-                  "+trainer.val_check_interval=2", "trainer.log_every_n_steps=1", f"paths.output_dir={run}",
-                  cwd=tmp_path)
-    assert fit.returncode == 0, fit.stderr[-2000:]
-    done = run_cli("collect", str(tmp_path / "runs"), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    logged = [line.split(",") for line in (run / "logs" / "metrics.csv").read_text().splitlines()]
-    column = logged[0].index("val/loss")
-    losses = [float(row[column]) for row in logged[1:] if row[column]]
-    assert len(losses) == 2
-    rows = (tmp_path / "runs" / "results.csv").read_text().splitlines()
-    assert rows[0] == "run,status,step,val/loss,val/loss (best),note"
-    assert rows[1] == f"tiny/one,done,4,{losses[-1]!r},{min(losses)!r},"
-    assert "Same in every run: `model=tiny_test`, `scale=tiny`, " in done.stdout
-
-
 def test_a_sweep_file_it_cannot_use_is_refused_in_one_line(tmp_path, capsys):
     make_run(tmp_path / "runs" / "a", ["seed=1"], steps=(1,))
     bad = tmp_path / "bad.yaml"
@@ -260,3 +238,17 @@ def test_a_sweep_file_it_cannot_use_is_refused_in_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == (f"avgen collect: sweep file {bad}: row a: paper must map metric keys to "
                                        "numbers, got {'fvd': 'n/a'}\n")
     assert not (tmp_path / "runs" / "results.csv").exists()
+
+
+def test_a_paper_value_of_a_validation_metric_sits_beside_it_once(tmp_path):
+    """A sweep naming ``val/loss`` in ``paper``: one ``val/loss`` column (the final value), its ``(paper)`` column
+    right after it, then ``val/loss (best)``; never a second ``val/loss``."""
+    runs = tmp_path / "runs"
+    make_run(runs / "a", ["seed=1"], csv="step,val/loss\n1,0.5\n3,0.25\n", max_steps=4, steps=(4,))
+    make_run(runs / "b", ["seed=2"], csv="step,val/loss\n1,0.125\n3,0.75\n", max_steps=4, steps=(4,))
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"rows": [{"name": "a", "paper": {"val/loss": 0.5}}]}))
+    assert main([str(runs), "--sweep", str(sweep)]) == 0
+    assert (runs / "results.csv").read_text().splitlines() == [
+        "run,status,step,seed,val/loss,val/loss (paper),val/loss (best),note",
+        "a,done,4,1,0.25,0.5,0.25,", "b,done,4,2,0.75,,0.125,"]

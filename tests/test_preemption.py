@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import pytest
 
 from avgen.callbacks import PREEMPTED_EXIT, SlurmRequeue
 from avgen.checkpoint import checkpoint_step
-from tests.conftest import REPO, TEST_CONFIGS
 from tests.test_fit import fit_cfg, record
 
 # what srun sets for one task; Lightning's SLURMEnvironment reads these
@@ -182,40 +180,3 @@ def _wait_for_step(proc: subprocess.Popen, progress: Path, step: int, timeout: f
             return
         time.sleep(0.05)
     raise AssertionError(f"fit never reached step {step} (exit status {proc.poll()})")
-
-
-@pytest.mark.slow
-def test_requeued_job_resumes_in_the_same_run_folder(tmp_path, tiny_shards):
-    """``python -m avgen fit`` as SLURM job 4242 (run folder from the job id), SIGUSR1 from outside once it passed
-    step 2: it saves, calls ``scontrol requeue 4242`` and exits 75; the same command line, as the requeued job runs
-    it, resumes from the saved step in the same folder and finishes. Lightning writes no hpc_ckpt_*.ckpt."""
-    bin_dir = fake_scontrol(tmp_path)
-    progress = tmp_path / "progress"
-    args = [sys.executable, "-m", "avgen", "fit", f"hydra.searchpath=[file://{TEST_CONFIGS}]", "model=tiny_test",
-            "scale=tiny", f"data.root={tiny_shards}", "data.auto_prepare=false", "trainer.max_steps=6",
-            "+callbacks.delay={_target_: tests.helpers.StepDelay, progress: " + str(progress) + ", seconds: 0.3}"]
-    env = {**os.environ, **ONE_TASK, "SLURM_JOB_ID": "4242", "PYTHONPATH": str(REPO),
-           "AVGEN_RUNS_DIR": str(tmp_path / "runs"), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    for key in ("AVGEN_RUN_ID", "AVGEN_REQUEUE", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
-        env.pop(key, None)
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for_step(proc, progress, 2)
-        proc.send_signal(signal.SIGUSR1)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == PREEMPTED_EXIT, err[-2000:]
-    (run,) = (tmp_path / "runs").glob("*/slurm-4242")
-    ckpt = run / "checkpoints" / "last.ckpt"
-    step = checkpoint_step(ckpt)
-    assert 2 <= step < 6
-    assert f"preempted at step {step}: saved {ckpt}; requeued 4242\n" in out
-    assert scontrol_calls(tmp_path) == ["requeue 4242"]
-
-    again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert f"avgen fit: run folder {run}\n" in again.stdout
-    assert f"resuming from {ckpt} (step {step}" in again.stdout
-    assert checkpoint_step(ckpt) == 6 and [p.name for p in (tmp_path / "runs").glob("*/*")] == ["slurm-4242"]
-    assert not list(tmp_path.rglob("hpc_ckpt_*")) and scontrol_calls(tmp_path) == ["requeue 4242"]

@@ -17,6 +17,7 @@ where they cannot start the tests skip with the reason, except under ``AVGEN_REQ
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -65,7 +66,8 @@ def write_sweep(tmp_path: Path, data: Path) -> Path:
     path = tmp_path / "tiny_sweep.yaml"
     path.write_text(yaml.safe_dump({
         "table": "two tiny fits", "source": "tests", "command": "fit",
-        "base": fit_args(data, "trainer.max_steps=3"),
+        "base": fit_args(data, "trainer.max_steps=3", "trainer.check_val_every_n_epoch=1",
+                         "+trainer.val_check_interval=3"),
         "rows": [{"name": "hidden4", "overrides": ["model.hidden=4"], "paper": {"val/loss": 0.5}},
                  {"name": "hidden8", "overrides": ["model.hidden=8"]}]}))
     return path
@@ -196,6 +198,18 @@ def test_sweep_file_as_a_job_array(scenarios, launcher):
     assert len(seen["tasks"]) == 2 and set(seen["tasks"].values()) == {"COMPLETED"}, seen["logs"]
     assert sorted(seen["tasks"]) == [f"{seen['array']}_0", f"{seen['array']}_1"]
     check_sweep_rows(seen["folder"])
+    # from the sweep to its table: collect's CSV holds each row's step, the override that varies, its final
+    # validation loss (the one its metrics.csv logged) and the paper's value the sweep file gives beside it
+    from avgen.collect import main as collect
+
+    assert collect([str(seen["folder"])]) == 0
+    lines = (seen["folder"] / "results.csv").read_text().splitlines()
+    assert lines[0] == "run,status,step,model.hidden,val/loss,val/loss (paper),val/loss (best),note"
+    for line, (name, hidden, paper) in zip(lines[1:], (("hidden4", 4, "0.5"), ("hidden8", 8, ""))):
+        logged = list(csv.DictReader(open(seen["folder"] / name / "logs" / "metrics.csv")))
+        loss = [float(r["val/loss"]) for r in logged if r.get("val/loss")]
+        assert len(loss) == 1 and line == f"{name},done,3,{hidden},{loss[0]!r},{paper},{loss[0]!r},"
+    assert len(lines) == 3
 
 
 @pytest.mark.timeout(300)
