@@ -159,6 +159,34 @@ def test_failed_scontrol_is_said_and_the_checkpoint_kept(slurm, tmp_path, tiny_s
     assert checkpoint_step(ckpt) == 2 and scontrol_calls(tmp_path) == ["requeue 4242"]
 
 
+def test_sigusr1_before_fit_starts_is_held_and_acted_on_at_the_first_step(slurm, monkeypatch, tmp_path, tiny_shards,
+                                                                          capsys):
+    """The pre-timeout signal while the command is still starting (importing, composing, loading weights) does not
+    kill it (SIGUSR1's default action): ``avgen.cli.main`` holds it under SLURM, and fit saves and requeues at
+    step 1; outside SLURM nothing is installed."""
+    from avgen.cli import _early_preemption, hold_preemption_signal
+
+    slurm()
+    before = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    try:
+        hold_preemption_signal()
+        held = signal.getsignal(signal.SIGUSR1)
+        assert held is not signal.SIG_DFL
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert _early_preemption == [signal.SIGUSR1]
+        assert fit_exit_status(fit_cfg(tmp_path, tiny_shards, "trainer.max_steps=8")) == PREEMPTED_EXIT
+        ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+        assert f"preempted at step 1: saved {ckpt}; requeued 4242\n" in capsys.readouterr().out
+        assert checkpoint_step(ckpt) == 1 and scontrol_calls(tmp_path) == ["requeue 4242"]
+        assert _early_preemption == [] and signal.getsignal(signal.SIGUSR1) is held
+    finally:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    monkeypatch.delenv("SLURM_JOB_ID")
+    hold_preemption_signal()
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+    signal.signal(signal.SIGUSR1, before)
+
+
 def test_sigterm_saves_a_one_process_run(slurm, tmp_path, tiny_shards, capsys):
     """SIGTERM (scancel, the time limit) at step 2: Lightning stops at the end of the batch, last.ckpt holds step 2,
     nothing is requeued, fit exits 75; the same command resumes from step 2."""
