@@ -348,6 +348,24 @@ def dry_run(sweep: Sweep, extra_overrides: list[str], sweep_dir: str | Path | No
     return problems
 
 
+# Overrides naming a file the rows read before they write anything: checked before a sweep is launched
+CHECKPOINT_KEYS = ("ckpt_path", "init_from")
+
+
+def missing_checkpoints(sweep: Sweep, extra: list[str]) -> list[str]:
+    """The ``ckpt_path=``/``init_from=`` overrides of ``base``, ``extra`` (the sweep command line) and the rows that
+    name a file that does not exist (relative paths: from this folder, the rows' working folder). Values holding
+    ``{run}`` or an interpolation, ``null`` and ``???`` are not checked: they are written or resolved later."""
+    lines = [*sweep.base, *extra, *(line for row in sweep.rows for line in row.overrides)]
+    missing = []
+    for line in dict.fromkeys(lines):
+        key, _, value = line.partition("=")
+        if (key.lstrip("+") in CHECKPOINT_KEYS and value not in ("", "null", "None", UNSET) and "{run}" not in value
+                and "${" not in value and not Path(value).expanduser().exists()):
+            missing.append(line)
+    return missing
+
+
 # ------------------------------------------------------------------------------------- the sweep folder
 def default_sweep_dir(sweep: Sweep) -> Path:
     """``<runs dir>/sweeps/<file stem>-<YYYY-mm-dd_HH-MM-SS>``; runs dir: ``$AVGEN_RUNS_DIR`` or ``./runs``."""
@@ -920,6 +938,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(f"avgen sweep: all {len(sweep.rows)} rows compose (dry run: nothing was run)")
             return 0
+        missing = missing_checkpoints(sweep, args.overrides)
+        if missing:
+            raise ConfigError(f"{', '.join(missing)}: no such file (from {os.getcwd()}); every row would fail on it. "
+                              f"Give the path of an existing checkpoint; nothing was run")
         sweep_json = write_sweep_json(sweep, args.overrides, sweep_dir, args.launcher, overwrite=args.overwrite)
         print(f"avgen sweep: {len(sweep.rows)} rows in {sweep_dir}")
         if args.launcher == "local":

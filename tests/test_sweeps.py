@@ -148,6 +148,27 @@ def test_dry_run_command_prints_the_command_lines_and_fails_on_a_bad_row(tmp_pat
     assert "base leaves data.root unset (???)" in capsys.readouterr().err
 
 
+def test_a_checkpoint_that_is_not_there_stops_the_sweep_before_any_row_runs(tmp_path, monkeypatch, capsys):
+    """svg_table1_gamma.yaml samples ``ckpt_path=`` given on the command line: a wrong path would fail every row on
+    the cluster; the sweep refuses it before writing anything (a dry run still prints the rows)."""
+    monkeypatch.chdir(tmp_path)
+    sweep = _write(tmp_path, "command: sample\nbase: [\"ckpt_path=???\"]\nthen: [[evaluate, "
+                             "\"evaluate.pred_dir={run}/samples\"]]\nrows:\n"
+                             "  - {name: a, overrides: [init_from=w.ckpt]}\n"
+                             "  - {name: b, overrides: [\"init_from={run}/x.ckpt\", init_from=null]}\n")
+    assert sweeps.missing_checkpoints(load_sweep(sweep), ["ckpt_path=c.ckpt"]) == ["ckpt_path=c.ckpt",
+                                                                                 "init_from=w.ckpt"]
+    (tmp_path / "w.ckpt").write_bytes(b"")
+    d = tmp_path / "sw"
+    assert sweeps.main([str(sweep), "ckpt_path=c.ckpt", "--dir", str(d)]) == 1
+    assert capsys.readouterr().err == (f"avgen sweep: error: ckpt_path=c.ckpt: no such file (from {tmp_path}); every "
+                                       f"row would fail on it. Give the path of an existing checkpoint; nothing was "
+                                       f"run\n")
+    assert not d.exists()
+    assert sweeps.main([str(sweep), "ckpt_path=c.ckpt", "--dir", str(d), "--dry-run"]) == 0
+    assert sweeps.missing_checkpoints(load_sweep(sweep), ["ckpt_path=w.ckpt"]) == []
+
+
 # ------------------------------------------------------------------------------------- sweep.json
 def test_sweep_json_is_continued_for_the_same_sweep_and_refused_for_another(tmp_path, capsys):
     sweep = load_sweep(TINY_SWEEP)
