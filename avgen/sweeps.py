@@ -437,10 +437,41 @@ def read_sweep_json(path: str | Path) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"{path} not found; `python -m avgen sweep <file>` writes it into the sweep folder") from None
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        raise ConfigError(f"{path}: not valid JSON ({exc}); --task takes the sweep folder's sweep.json (written by "
+                          f"`python -m avgen sweep <file>`), not the sweep file") from None
     if not isinstance(record, dict) or record.get("format") != SWEEP_FORMAT:
         raise ConfigError(f"{path}: not a sweep record (format {SWEEP_FORMAT} expected)")
     return record
+
+
+def queued_jobs(jobs: list[str]) -> list[str]:
+    """The jobs (or array tasks) of ``jobs`` that SLURM still holds, pending, running or requeued (``squeue -j``);
+    empty without ``squeue``, or when it knows none of them."""
+    if not jobs or shutil.which("squeue") is None:
+        return []
+    try:
+        done = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(jobs)], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
+
+
+def refuse_queued(sweep_dir: Path) -> None:
+    """Raises ConfigError when jobs recorded in ``<sweep_dir>/sweep.json`` are still queued or running: launching the
+    sweep again there would run their rows a second time, at once, in the same run folders."""
+    path = sweep_dir / SWEEP_JSON
+    if not path.is_file():
+        return
+    try:
+        jobs = [str(job) for job in read_sweep_json(path).get("jobs", [])]
+    except ConfigError:
+        return  # write_sweep_json says what is wrong with it
+    queued = queued_jobs(jobs)
+    if queued:
+        raise ConfigError(f"{sweep_dir}: jobs of this sweep are still queued or running ({', '.join(queued)}; "
+                          f"squeue -j {','.join(jobs)}); launching it again would run their rows twice in the same "
+                          f"folders: wait for them to end, or scancel them first")
 
 
 def _add_jobs(path: Path, jobs: list[str]) -> None:
@@ -926,8 +957,12 @@ def main(argv: list[str] | None = None) -> int:
             sbatch_template()
         if args.launcher == "submitit":
             _require_timeout(options)
-        sweep = load_sweep(args.file).select(args.rows.split(",") if args.rows else None)
+        names = [name.strip() for name in (args.rows or "").split(",") if name.strip()]
+        sweep = load_sweep(args.file).select(names or None)
         sweep_dir = (args.dir or default_sweep_dir(sweep)).absolute()
+        if sweep_dir.exists() and not sweep_dir.is_dir():
+            raise ConfigError(f"--dir {sweep_dir} is a file, not a folder; give the sweep folder (it is created when "
+                              f"missing)")
         problems = dry_run(sweep, args.overrides, sweep_dir, out=sys.stdout if args.dry_run else None)
         for problem in problems:
             print(f"avgen sweep: {problem}", file=sys.stderr)
@@ -942,6 +977,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             raise ConfigError(f"{', '.join(missing)}: no such file (from {os.getcwd()}); every row would fail on it. "
                               f"Give the path of an existing checkpoint; nothing was run")
+        refuse_queued(sweep_dir)
         sweep_json = write_sweep_json(sweep, args.overrides, sweep_dir, args.launcher, overwrite=args.overwrite)
         print(f"avgen sweep: {len(sweep.rows)} rows in {sweep_dir}")
         if args.launcher == "local":

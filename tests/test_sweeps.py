@@ -169,6 +169,20 @@ def test_a_checkpoint_that_is_not_there_stops_the_sweep_before_any_row_runs(tmp_
     assert sweeps.missing_checkpoints(load_sweep(sweep), ["ckpt_path=w.ckpt"]) == []
 
 
+def test_command_line_slips_are_one_line_errors(tmp_path, capsys):
+    """--dir naming a file, --task given the sweep file instead of its sweep.json: one line, no traceback; a
+    trailing comma in --rows is not a row."""
+    searchpath = f"hydra.searchpath=[file://{TEST_CONFIGS}]"
+    assert sweeps.main([str(TINY_SWEEP), searchpath, "data.root=/d", "--dir", str(TINY_SWEEP)]) == 1
+    assert capsys.readouterr().err == (f"avgen sweep: error: --dir {TINY_SWEEP} is a file, not a folder; give the "
+                                       f"sweep folder (it is created when missing)\n")
+    assert sweeps.main(["--task", "0", str(TINY_SWEEP)]) == 1
+    assert capsys.readouterr().err.endswith("; --task takes the sweep folder's sweep.json (written by `python -m "
+                                            "avgen sweep <file>`), not the sweep file\n")
+    assert sweeps.main([str(TINY_SWEEP), searchpath, "data.root=/d", "--rows", "hidden_8,", "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "avgen sweep: all 1 rows compose (dry run: nothing was run)"
+
+
 # ------------------------------------------------------------------------------------- sweep.json
 def test_sweep_json_is_continued_for_the_same_sweep_and_refused_for_another(tmp_path, capsys):
     sweep = load_sweep(TINY_SWEEP)
@@ -376,6 +390,32 @@ def test_sbatch_launcher_builds_the_array_command(tmp_path, fake_slurm, monkeypa
     assert "squeue -j 4242" in out and f"python -m avgen collect {d}" in out
     assert sweeps.main([*argv, "--slurm", "gpus=2"]) == 1
     assert "--slurm gpus=2: expected KEY=VALUE with KEY one of partition, account," in capsys.readouterr().err
+
+
+def test_a_sweep_whose_jobs_are_still_queued_is_not_launched_again(tmp_path, fake_slurm, monkeypatch, capsys):
+    """Resubmitting a sweep folder while its array is queued or running would run the same rows twice, at once, in
+    the same folders: refused while ``squeue`` lists a recorded job; once SLURM has forgotten them it goes ahead."""
+    slurm = tmp_path / "slurm"
+    slurm.mkdir()
+    (slurm / "sweep.sbatch").write_text("#!/bin/bash\n")
+    monkeypatch.setattr(sweeps, "slurm_dir", lambda: slurm)
+    squeue = fake_slurm / "squeue"
+    squeue.write_text(f"#!/bin/bash\necho \"$@\" >> {tmp_path}/squeue_argv\nprintf '4242_1\\n4242_0\\n'\n")
+    squeue.chmod(0o755)
+    d = tmp_path / "sw"
+    argv = _sweep_argv(d, "sbatch")
+    assert sweeps.main(argv) == 0  # nothing recorded yet: squeue is not asked
+    assert not (tmp_path / "squeue_argv").exists()
+    capsys.readouterr()
+    assert sweeps.main(argv) == 1
+    assert capsys.readouterr().err == (f"avgen sweep: error: {d}: jobs of this sweep are still queued or running "
+                                       f"(4242_1, 4242_0; squeue -j 4242); launching it again would run their rows "
+                                       f"twice in the same folders: wait for them to end, or scancel them first\n")
+    assert (tmp_path / "squeue_argv").read_text() == "-h -o %i -j 4242\n"
+    assert json.loads((d / "sweep.json").read_text())["jobs"] == ["4242"]
+    squeue.write_text("#!/bin/bash\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
+    assert sweeps.main(argv) == 0
+    assert json.loads((d / "sweep.json").read_text())["jobs"] == ["4242", "4242"]
 
 
 def test_submitit_launcher_submits_one_array_signalled_with_usr1(tmp_path, fake_slurm, capsys):
