@@ -170,7 +170,7 @@ class SlurmRequeue(pl.Callback):
     command in the same run folder and ``fit`` resumes from the newest complete checkpoint.
 
     SIGUSR1: the handler, installed in ``setup`` for ``fit`` (from the main thread only), only sets a flag (set at
-    once when the signal came earlier in the process: :func:`avgen.cli.hold_preemption_signal`). At the end of the
+    once when the signal came earlier in the process: :func:`avgen.parallel.hold_preemption_signal`). At the end of the
     next training batch that completes an optimizer step the flag is OR-reduced over the ranks (every rank
     calls this collective at the same batch, so one rank's signal is enough); if set, every rank takes part in
     ``trainer.save_checkpoint`` (atomic through the trainer's checkpoint IO), then rank 0 requeues by route
@@ -224,9 +224,9 @@ class SlurmRequeue(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return
-        from avgen.cli import take_early_preemption
+        from avgen.parallel import take_early_preemption
 
-        # a SIGUSR1 that came before this (held by avgen.cli.hold_preemption_signal) is acted on at the first step
+        # a SIGUSR1 that came before this (held by avgen.parallel.hold_preemption_signal) is acted on at the first step
         self.signalled = False
         self._previous = signal.signal(signal.SIGUSR1, self._on_signal)
         self.signalled = take_early_preemption() or self.signalled

@@ -8,7 +8,6 @@ DDP re-launch (which re-runs ``python -m avgen command=fit ...`` in each child r
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -398,27 +397,6 @@ def one_run_folder(argv: list[str], flags: list[str], words: list[str]) -> list[
     return argv
 
 
-# SIGUSR1 (the cluster's pre-timeout signal) that came before fit's SlurmRequeue callback took the signal over
-_early_preemption: list[int] = []
-
-
-def hold_preemption_signal() -> None:
-    """Under SLURM (``SLURM_JOB_ID`` set), from the start of a Hydra command: SIGUSR1, whose default action kills the
-    process, is recorded instead. The pre-timeout signal can come while a ``fit`` is still importing, composing or
-    loading weights (a job started close to its time limit, or a sweep row's fit started late in the task); fit's
-    :class:`~avgen.callbacks.SlurmRequeue` then acts on it at its first step (save, requeue). Other commands
-    (``sample``, ``evaluate``) go on until the time limit. A handler already installed is left alone."""
-    if os.environ.get("SLURM_JOB_ID") and signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL:
-        signal.signal(signal.SIGUSR1, lambda signum, frame: _early_preemption.append(signum))
-
-
-def take_early_preemption() -> bool:
-    """Whether SIGUSR1 came while :func:`hold_preemption_signal`'s handler held it; clears the record."""
-    received = bool(_early_preemption)
-    _early_preemption.clear()
-    return received
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ARGPARSE_COMMANDS:
@@ -426,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
 
         module, _, function = ARGPARSE_COMMANDS[argv[0]].partition(":")
         return getattr(importlib.import_module(module), function)(argv[1:])
+    from avgen.parallel import hold_preemption_signal
+
     hold_preemption_signal()
     rewritten = rewrite_argv(argv)
     if isinstance(rewritten, int):

@@ -3,12 +3,16 @@
 Workers come from a ``forkserver`` (``spawn`` where there is none): forking a process that
 already runs threads (torch's intra-op pool, OpenMP, a DataLoader's pin thread) can leave a child
 waiting forever on a lock held by a thread that does not exist in the child.
+
+Also here (imported by the command line before anything heavy): holding the cluster's pre-timeout signal
+(SIGUSR1) from a process's start until ``fit``'s :class:`~avgen.callbacks.SlurmRequeue` takes it over.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -98,3 +102,24 @@ def ordered_map(fn: Callable, jobs, workers: int, initializer: Callable[[], None
             yield result
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+# SIGUSR1 (the cluster's pre-timeout signal) that came before fit's SlurmRequeue callback took the signal over
+_early_preemption: list[int] = []
+
+
+def hold_preemption_signal() -> None:
+    """Under SLURM (``SLURM_JOB_ID`` set), from the start of a Hydra command: SIGUSR1, whose default action kills the
+    process, is recorded instead. The pre-timeout signal can come while a ``fit`` is still importing, composing or
+    loading weights (a job started close to its time limit, or a sweep row's fit started late in the task); fit's
+    :class:`~avgen.callbacks.SlurmRequeue` then acts on it at its first step (save, requeue). Other commands
+    (``sample``, ``evaluate``) go on until the time limit. A handler already installed is left alone."""
+    if os.environ.get("SLURM_JOB_ID") and signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL:
+        signal.signal(signal.SIGUSR1, lambda signum, frame: _early_preemption.append(signum))
+
+
+def take_early_preemption() -> bool:
+    """Whether SIGUSR1 came while :func:`hold_preemption_signal`'s handler held it; clears the record."""
+    received = bool(_early_preemption)
+    _early_preemption.clear()
+    return received

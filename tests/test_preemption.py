@@ -164,7 +164,7 @@ def test_sigusr1_before_fit_starts_is_held_and_acted_on_at_the_first_step(slurm,
     """The pre-timeout signal while the command is still starting (importing, composing, loading weights) does not
     kill it (SIGUSR1's default action): ``avgen.cli.main`` holds it under SLURM, and fit saves and requeues at
     step 1; outside SLURM nothing is installed."""
-    from avgen.cli import _early_preemption, hold_preemption_signal
+    from avgen.parallel import _early_preemption, hold_preemption_signal
 
     slurm()
     before = signal.signal(signal.SIGUSR1, signal.SIG_DFL)

