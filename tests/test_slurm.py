@@ -117,25 +117,17 @@ def sweep_array(launcher: str):
     return scenario
 
 
-def requeue_by_hand(slurm: SlurmCluster, tmp_path: Path, data: Path) -> dict:
-    progress = tmp_path / "progress"
-    job, log = train_job(slurm, tmp_path, data, "trainer.max_steps=12",
-                         "callbacks.model_checkpoint.every_n_train_steps=3", slow_steps(progress),
-                         f"model.record_dir={tmp_path / 'record'}")
-    at = wait_for_step(progress, 4, timeout=150)
-    slurm.run("scontrol", "requeue", job)
-    return {"job": job, "at": at, "state": slurm.wait(job, timeout=200), "log": read_log(log), "tmp": tmp_path}
-
-
-def pre_timeout_signal(slurm: SlurmCluster, tmp_path: Path, data: Path) -> dict:
-    progress = tmp_path / "progress"
-    job, log = train_job(slurm, tmp_path, data, "trainer.max_steps=12",
-                         "callbacks.model_checkpoint.every_n_train_steps=100", slow_steps(progress),
-                         f"model.record_dir={tmp_path / 'record'}")
-    at = wait_for_step(progress, 4, timeout=150)
-    # what the controller sends --signal=USR1@120 before the time limit: USR1 to the processes of the job's steps
-    slurm.run("scancel", "--signal=USR1", job)
-    return {"job": job, "at": at, "state": slurm.wait(job, timeout=200), "log": read_log(log), "tmp": tmp_path}
+def interrupted_training(every_n_steps: int, *action: str):
+    """A 12-step fit from train.sbatch; at step 4 ``action`` (a SLURM client command) is run on its job."""
+    def scenario(slurm: SlurmCluster, tmp_path: Path, data: Path) -> dict:
+        progress = tmp_path / "progress"
+        job, log = train_job(slurm, tmp_path, data, "trainer.max_steps=12",
+                             f"callbacks.model_checkpoint.every_n_train_steps={every_n_steps}", slow_steps(progress),
+                             f"model.record_dir={tmp_path / 'record'}")
+        at = wait_for_step(progress, 4, timeout=150)
+        slurm.run(*action, job)
+        return {"job": job, "at": at, "state": slurm.wait(job, timeout=200), "log": read_log(log), "tmp": tmp_path}
+    return scenario
 
 
 def ddp_two_tasks(slurm: SlurmCluster, tmp_path: Path, data: Path) -> dict:
@@ -170,7 +162,9 @@ def hydra_grid(slurm: SlurmCluster, tmp_path: Path, data: Path) -> dict:
 
 
 SCENARIOS = {"sbatch_array": sweep_array("sbatch"), "submitit_array": sweep_array("submitit"),
-             "requeue": requeue_by_hand, "signal": pre_timeout_signal, "ddp": ddp_two_tasks, "hydra": hydra_grid}
+             "requeue": interrupted_training(3, "scontrol", "requeue"),
+             # what the controller sends --signal=USR1@120 before the time limit: USR1 to the job steps' processes
+             "signal": interrupted_training(100, "scancel", "--signal=USR1"), "ddp": ddp_two_tasks, "hydra": hydra_grid}
 
 
 @pytest.fixture(scope="module")
@@ -212,53 +206,57 @@ def test_sweep_file_as_a_job_array(scenarios, launcher):
     assert len(lines) == 3
 
 
+def finished(seen: dict) -> tuple[str, str, Path]:
+    """(job id, its log, its run folder) of a training scenario whose job completed."""
+    assert seen["state"] == {seen["job"]: "COMPLETED"}, seen["log"]
+    return seen["job"], seen["log"], run_folder(seen["tmp"], seen["job"])
+
+
+def check_resumed(seen: dict, run: Path, step: int) -> None:
+    """The requeued attempt (restart 1 in the template's first line) started at ``step`` and finished at 12; no
+    Lightning ``hpc_ckpt_*`` anywhere."""
+    record = json.loads((seen["tmp"] / "record" / "rank0.json").read_text())
+    assert record["first_step"] == step and record["global_step"] == 12
+    assert "restart 1)" in seen["log"]
+    assert checkpoint_step(run / "checkpoints" / "last.ckpt") == 12
+    assert not list(run.rglob("hpc_ckpt_*"))
+
+
 @pytest.mark.timeout(300)
 def test_requeued_training_job_resumes_at_the_saved_step(scenarios):
     seen = scenarios["requeue"].result(timeout=280)
-    job, text, tmp_path = seen["job"], seen["log"], seen["tmp"]
-    assert seen["state"] == {job: "COMPLETED"}, text
-    run = run_folder(tmp_path, job)
+    job, text, run = finished(seen)
     saved = re.findall(r"resuming from (\S+) \(step (\d+)", text)
     assert len(saved) == 1, text  # once: the requeued run, in the same folder
     path, step = Path(saved[0][0]), int(saved[0][1])
     # scontrol requeue sends SIGTERM first: the one-process fit saves the step in flight (>= the step seen)
     assert path == run / "checkpoints" / "last.ckpt" and step >= seen["at"], text
     assert f"terminated (SIGTERM) at step {step}: saved {path}" in text
-    record = json.loads((tmp_path / "record" / "rank0.json").read_text())
-    assert record["first_step"] == step and record["global_step"] == 12
-    assert "restart 1)" in text  # the template's first line, in the requeued job
-    assert checkpoint_step(run / "checkpoints" / "last.ckpt") == 12
-    assert not list(run.rglob("hpc_ckpt_*"))
+    check_resumed(seen, run, step)
 
 
 @pytest.mark.timeout(300)
 def test_pre_timeout_signal_checkpoints_and_requeues(scenarios):
     seen = scenarios["signal"].result(timeout=280)
-    job, text, tmp_path = seen["job"], seen["log"], seen["tmp"]
-    assert seen["state"] == {job: "COMPLETED"}, text
-    run = run_folder(tmp_path, job)
+    job, text, run = finished(seen)
     preempted = re.findall(r"preempted at step (\d+): saved (\S+); requeued (\S+)", text)
     assert len(preempted) == 1, text
     step = int(preempted[0][0])
     assert step >= seen["at"] and Path(preempted[0][1]) == run / "checkpoints" / "last.ckpt"
     assert preempted[0][2] == job
     assert f"resuming from {run / 'checkpoints' / 'last.ckpt'} (step {step}" in text
-    record = json.loads((tmp_path / "record" / "rank0.json").read_text())
-    assert record["first_step"] == step and record["global_step"] == 12
-    assert "restart 1)" in text
-    assert not list(run.rglob("hpc_ckpt_*"))
+    check_resumed(seen, run, step)
 
 
 @pytest.mark.timeout(300)
 def test_two_task_ddp_job_launched_by_srun(scenarios):
     seen = scenarios["ddp"].result(timeout=280)
-    job, text, tmp_path = seen["job"], seen["log"], seen["tmp"]
-    assert seen["state"] == {job: "COMPLETED"}, text
-    ranks = [json.loads((tmp_path / "record" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    job, text, run = finished(seen)
+    ranks = [json.loads((seen["tmp"] / "record" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world"] == 2 for r in ranks), text
     assert ranks[0]["pid"] != ranks[1]["pid"] and all(r["global_step"] == 4 for r in ranks)
     assert ranks[0]["keys"] != ranks[1]["keys"]  # each rank reads its own part of the stream
-    assert checkpoint_step(run_folder(tmp_path, job) / "checkpoints" / "last.ckpt") == 4
+    assert checkpoint_step(run / "checkpoints" / "last.ckpt") == 4
 
 
 @pytest.mark.timeout(300)
