@@ -155,15 +155,6 @@ def requeue_route() -> str:
     return route
 
 
-def slurm_job_to_requeue() -> str | None:
-    """The id ``scontrol requeue`` takes for this job: ``<array job>_<task>`` in an array, else the job id; None
-    outside SLURM."""
-    array = os.environ.get("SLURM_ARRAY_JOB_ID")
-    if array and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        return f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    return os.environ.get("SLURM_JOB_ID")
-
-
 class SlurmRequeue(pl.Callback):
     """Preemption under SLURM: on the pre-timeout signal (``sbatch --signal=USR1@120``) save
     ``<dirpath>/last.ckpt`` and have the job requeued; on SIGTERM save it too. The requeued job runs the same
@@ -177,7 +168,7 @@ class SlurmRequeue(pl.Callback):
     (:func:`requeue_route`, env ``AVGEN_REQUEUE``; an environment variable rather than a config key because the
     launcher, not the experiment, knows who requeues):
 
-    - ``scontrol`` (default): runs ``scontrol requeue <job>`` (:func:`slurm_job_to_requeue`). If that fails the
+    - ``scontrol`` (default): runs ``scontrol requeue <job>`` (:func:`avgen.parallel.slurm_job_id`). If that fails the
       failure is printed (stdout and stderr) and the checkpoint stays: submitting the same command again resumes.
     - ``submitit``: nothing; the submitit launcher's ``checkpoint()`` hook requeues the job.
     - ``off``: nothing; the run is only saved and stopped (a site's own requeue script takes over).
@@ -262,7 +253,9 @@ class SlurmRequeue(pl.Callback):
             return "submitit requeues the job"
         if self.route == "off":
             return f"not requeued ({REQUEUE_ENV}=off)"
-        job = slurm_job_to_requeue()
+        from avgen.parallel import slurm_job_id
+
+        job = slurm_job_id()
         if job is None:
             return "not requeued (no SLURM_JOB_ID)"
         try:

@@ -123,3 +123,12 @@ def take_early_preemption() -> bool:
     received = bool(_early_preemption)
     _early_preemption.clear()
     return received
+
+
+def slurm_job_id() -> str | None:
+    """This SLURM job as ``scontrol requeue`` and ``squeue -j`` name it: ``<array job>_<task>`` in an array task,
+    else ``SLURM_JOB_ID``; None outside SLURM."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")

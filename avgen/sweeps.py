@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from avgen.errors import PREEMPTED_EXIT, ConfigError
+from avgen.parallel import slurm_job_id
 
 SWEEP_FORMAT = "avgen-sweep/1"
 SWEEP_JSON = "sweep.json"
@@ -621,13 +622,6 @@ def _wait(proc: subprocess.Popen) -> int:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def slurm_job_id() -> str | None:
-    """``<array job>_<task>`` in a SLURM array task, ``<job>`` in a plain job, None outside SLURM."""
-    if os.environ.get("SLURM_ARRAY_JOB_ID"):
-        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
-    return os.environ.get("SLURM_JOB_ID")
 
 
 def row_runner(sweep_json: str | Path, index: int, *, env: dict | None = None,
