@@ -13,7 +13,6 @@ swapped in when present), ``config.yaml`` and ``versions.json``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -26,7 +25,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from avgen.media.files import atomic_write, write_bytes_atomic, write_text_atomic
+from avgen.media.files import atomic_write
 
 FORMAT = "avgen-ckpt/1"
 LAST = "last.ckpt"
@@ -132,30 +131,3 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not an avgen checkpoint (no 'avgen' entry of format {FORMAT}); "
                          f"it was not written by `python -m avgen fit`")
     return ckpt
-
-
-def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, *, use_ema: bool = True,
-                      overwrite: bool = False) -> Path:
-    """Write ``model.safetensors`` + ``config.yaml`` + ``versions.json`` for one checkpoint."""
-    from omegaconf import OmegaConf
-    from safetensors.torch import save as save_safetensors
-
-    ckpt = read_checkpoint(ckpt_path)
-    out = Path(out_dir)
-    targets = [out / n for n in ("model.safetensors", "config.yaml", "versions.json")]
-    if any(t.exists() for t in targets) and not overwrite:
-        raise FileExistsError(f"{out} already holds an export; pass export.overwrite=true or another export.dir")
-    out.mkdir(parents=True, exist_ok=True)
-    meta = ckpt["avgen"]
-    weights = dict(ckpt["state_dict"])
-    ema_used = bool(use_ema and meta.get("ema"))
-    if ema_used:
-        weights.update(meta["ema"])
-    weights = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
-    data = save_safetensors(weights, metadata={"format": FORMAT, "ema": str(ema_used), "source": str(ckpt_path)})
-    write_bytes_atomic(out / "model.safetensors", data, overwrite=True)
-    write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(meta["config"])))
-    info = {"versions": meta["versions"], "ema": ema_used, "source": str(Path(ckpt_path).absolute()),
-            "global_step": ckpt.get("global_step"), "parameters": int(sum(v.numel() for v in weights.values()))}
-    write_text_atomic(out / "versions.json", json.dumps(info, indent=2))
-    return out

@@ -24,7 +24,8 @@ COMMANDS = {
                 "clipsim,clap,clap_laion,clap_ms,imagebind,ib_score,is,kl,is_video,fd_passt,kl_passt,is_passt,"
                 "fd_vggish_frames,desync,pam,cavp,fd_panns,onset_acc,onset_ap,javis_sync,kvd]; "
                 "torchrun for several GPUs)",
-    "export": "strip a checkpoint to safetensors weights + config (ckpt_path=<ckpt> export.dir=<folder>)",
+    "export": "write a checkpoint as a pipeline folder that avgen.from_pretrained loads: safetensors weights, index, "
+              "config, model card (ckpt_path=<ckpt> export.dir=<folder> [export.include_frozen=true])",
     "prepare": "write a dataset's WebDataset shards and manifests (data=<dataset>)",
     "filter": "keep the clips of a prepared dataset whose scores pass thresholds (filter.min_av_align=0.2 "
               "filter.min_clap=0.3); train on them with data.subset=<name>",

@@ -24,8 +24,10 @@ from avgen.errors import (
     ConfigError,
     DataHealthError,
     GeometryMismatchError,
+    InputError,
     MissingShardsError,
     NothingProduced,
+    PipelineFolderError,
     PrepareError,
 )
 
@@ -591,17 +593,30 @@ def concat_test(cfg: DictConfig) -> list[Path]:
     return report.written
 
 
-def export(cfg: DictConfig):
-    from avgen.checkpoint import export_checkpoint
+def export(cfg: DictConfig) -> Path:
+    """Write ``ckpt_path`` as a pipeline folder (:func:`avgen.export.export_pipeline`) in ``export.dir`` (default
+    ``<output_dir>/export``); ``avgen.from_pretrained(<folder>)`` loads it.
+
+    Raises:
+        ConfigError: no ``ckpt_path``, or a checkpoint of a model avgen does not export.
+        FileExistsError: ``export.dir`` holds an export (``export.overwrite=true`` replaces it) or other files.
+    """
+    from avgen.export import export_pipeline
 
     if not cfg.get("ckpt_path"):
         raise ConfigError("export needs ckpt_path=<checkpoint written by fit>")
+    if not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     announce(cfg, "export")
     out = cfg.export.dir or str(Path(cfg.paths.output_dir) / "export")
-    path = export_checkpoint(cfg.ckpt_path, out, use_ema=cfg.export.ema, overwrite=cfg.export.overwrite)
+    evaluations = cfg.export.get("evaluations") or []
+    if isinstance(evaluations, str):
+        evaluations = [evaluations]
+    path = export_pipeline(cfg.ckpt_path, out, ema=cfg.export.ema, include_frozen=cfg.export.include_frozen,
+                           overwrite=cfg.export.overwrite, evaluations=list(evaluations))
     log.info("exported %s -> %s", cfg.ckpt_path, path)
-    print(f"exported to {path}")
-    return str(path)
+    print(f"exported to {path} (load it with avgen.from_pretrained({str(path)!r}))")
+    return path
 
 
 def prepare(cfg: DictConfig):
@@ -713,7 +728,7 @@ COMMANDS = {"fit": fit, "validate": validate, "test": test, "sample": sample, "e
             "export": export, "prepare": prepare, "filter": filter_clips, "concat_test": concat_test,
             "cache": cache}
 USER_ERRORS = (ConfigError, CommandUnavailable, MissingShardsError, GeometryMismatchError, DataHealthError,
-               NothingProduced, FileNotFoundError, FileExistsError, PrepareError)
+               NothingProduced, FileNotFoundError, FileExistsError, PrepareError, InputError, PipelineFolderError)
 
 
 def run_command(cfg: DictConfig):

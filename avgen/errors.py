@@ -53,6 +53,23 @@ class NothingProduced(RuntimeError):
     The command line exits with status 1 on it."""
 
 
+class InputError(ValueError):
+    """An input given to a pipeline (:mod:`avgen.pipelines`) or the demo page cannot be used: an unreadable or
+    missing file, an input too short or too long, an unknown sampling option or a bad value. One line naming the
+    input and what to do; raised before any model runs."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+class PipelineFolderError(ValueError):
+    """A folder given to :func:`avgen.from_pretrained` is not a complete avgen export (no ``avgen_index.json``,
+    a missing or altered component file, an unknown format or system); one line naming the file."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
 class PrepareError(RuntimeError):
     """``prepare`` stopped part-way (e.g. a worker process was killed); the message says how to resume."""
 

@@ -1,4 +1,4 @@
-"""fit / validate / test / export through the generic commands, with the tiny test system."""
+"""fit / validate / test through the generic commands, with the tiny test system."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from avgen.checkpoint import AtomicCheckpointIO, export_checkpoint, read_checkpoint
+from avgen.checkpoint import AtomicCheckpointIO, read_checkpoint
 from avgen.commands import run_command
 from tests.conftest import compose
 
@@ -127,24 +127,13 @@ def test_checkpoint_write_is_atomic(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
-def test_ema_is_saved_and_exported(tmp_path, tiny_shards):
+def test_ema_is_saved(tmp_path, tiny_shards):
+    # export of the EMA weights: tests/test_export.py
     run_command(fit_cfg(tmp_path, tiny_shards, "model.ema_decay=0.5"))
-    ckpt_path = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    ckpt = read_checkpoint(ckpt_path)
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     ema = ckpt["avgen"]["ema"]
     assert set(ema) == set(ckpt["state_dict"])
     assert not torch.equal(ema["head.weight"], ckpt["state_dict"]["head.weight"])
-    from safetensors.torch import load_file
-
-    out = export_checkpoint(ckpt_path, tmp_path / "export")
-    weights = load_file(out / "model.safetensors")
-    assert set(weights) == set(ckpt["state_dict"])
-    assert torch.equal(weights["head.weight"], ema["head.weight"])
-    assert (out / "config.yaml").read_text().count("TinySystem") == 1
-    with pytest.raises(FileExistsError, match="export.overwrite"):
-        export_checkpoint(ckpt_path, tmp_path / "export")
-    raw = export_checkpoint(ckpt_path, tmp_path / "export", use_ema=False, overwrite=True)
-    assert torch.equal(load_file(raw / "model.safetensors")["head.weight"], ckpt["state_dict"]["head.weight"])
 
 
 def test_validate_and_test_from_checkpoint(tmp_path, tiny_shards):

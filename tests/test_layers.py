@@ -37,9 +37,9 @@ LAYERS = [
     ["avgen.modules"],
     ["avgen.metrics"],
     ["avgen.systems", "avgen.callbacks"],
-    ["avgen.evaluation"],
+    ["avgen.evaluation", "avgen.pipelines"],
     ["avgen.curation", "avgen.caching"],
-    ["avgen.commands", "avgen.collect"],
+    ["avgen.commands", "avgen.collect", "avgen.export"],
     ["avgen.cli", "avgen.__main__", "avgen.sweeps"],
 ]
 
@@ -84,9 +84,15 @@ def layer(module: str) -> int:
     return best
 
 
+# The one upward import allowed: ``avgen.from_pretrained``, the package's public entry point, imports
+# avgen.pipelines lazily in ``avgen/__init__.py``'s module ``__getattr__`` (``import avgen`` stays light).
+FACADE = {("avgen", "avgen.pipelines")}
+
+
 def test_every_module_has_a_layer_and_imports_only_downwards():
     upward = [f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
-              for a, targets in sorted(import_graph().items()) for b in sorted(targets) if layer(b) > layer(a)]
+              for a, targets in sorted(import_graph().items()) for b in sorted(targets)
+              if layer(b) > layer(a) and (a, b) not in FACADE]
     assert not upward, "\n".join(upward)
     for name in modules():
         layer(name)

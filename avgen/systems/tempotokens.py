@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -342,28 +342,39 @@ class TempoTokens(DiffusionSystem):
         self.to_sampling_device(device)
         out_dir = Path(out_dir)
         refuse_existing(out_dir, len(inputs), overwrite)
-        batch_size = settings.batch_size
         rate = self.clip.sample_rate
-        # clips of one length are generated together; every clip gets frames for exactly its duration
-        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i][1]))
+        texts = [prompt or caption for _, _, caption in inputs]
         with self.ema_weights():
-            for start in range(0, len(order), batch_size):
-                group = order[start:start + batch_size]
-                for length in sorted({len(inputs[i][1]) for i in group}):
-                    same = [i for i in group if len(inputs[i][1]) == length]
-                    wave = torch.from_numpy(np.stack([inputs[i][1] for i in same])).float()
-                    texts = [prompt or inputs[i][2] for i in same]
-                    video = self.generate(wave, texts, steps=settings.steps, guidance=settings.guidance,
-                                          negative_prompt=settings.negative_prompt, seed=seed + same[0])
-                    for j, i in enumerate(same):
-                        report.extend(write_sounding_videos(out_dir, [texts[j]], video[j:j + 1], wave[j:j + 1],
-                                                            self.clip, overwrite=overwrite, first=i,
-                                                            sources=[inputs[i][0]]))
+            for i, video in self.generate_inputs([wave for _, wave, _ in inputs], texts, settings, seed):
+                wave = torch.from_numpy(inputs[i][1]).float()[None]
+                report.extend(write_sounding_videos(out_dir, [texts[i]], video[None], wave, self.clip,
+                                                    overwrite=overwrite, first=i, sources=[inputs[i][0]]))
         report.written.sort()
         report.failed.sort(key=lambda entry: entry["sample"])
         log.info("wrote %d videos (%d audio inputs, %d Hz)", len(report.written), len(inputs), rate)
         print(f"wrote {len(report.written)} videos with their audio to {out_dir}")
         return report
+
+    def generate_inputs(self, waves: Sequence[np.ndarray], texts: Sequence[str], settings: TempoTokensSampling,
+                        seed: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(i, video (F_i, 3, H, W) in [-1, 1])`` for each input audio ``waves[i]`` (S_i,) float32 at
+        ``clip.sample_rate`` with its prompt text ``texts[i]``, as they are generated (not in input order).
+
+        Inputs are taken ``settings.batch_size`` at a time in order of length; within a batch, clips of one
+        length are generated together (:meth:`generate`, seeded ``seed + `` the group's first input index), and
+        every clip gets frames for exactly its own duration. ``sample_to_files`` and
+        :class:`avgen.pipelines.TempoTokensPipeline` both generate through here, so they agree for a seed."""
+        order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
+        for start in range(0, len(order), settings.batch_size):
+            group = order[start:start + settings.batch_size]
+            for length in sorted({len(waves[i]) for i in group}):
+                same = [i for i in group if len(waves[i]) == length]
+                wave = torch.from_numpy(np.stack([waves[i] for i in same])).float()
+                video = self.generate(wave, [texts[i] for i in same], steps=settings.steps,
+                                      guidance=settings.guidance, negative_prompt=settings.negative_prompt,
+                                      seed=seed + same[0])
+                for j, i in enumerate(same):
+                    yield i, video[j]
 
     def _inputs(self, audio: str | None, n: int) -> tuple[list[tuple[str, np.ndarray, str]], list[dict[str, str]]]:
         """Every input, checked before any model runs.

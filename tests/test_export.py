@@ -1,0 +1,318 @@
+"""Export → ``avgen.from_pretrained`` → pipeline: the round trip, the folder format and the input checks.
+
+Each system is trained 2 steps at ``scale=tiny`` (EMA on, so export, sampling and loading all see EMA weights);
+the exported pipeline must give exactly the clips ``python -m avgen sample`` writes from the checkpoint for the
+same seed and settings.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import avgen
+from avgen.errors import InputError, PipelineFolderError
+from avgen.export import export_pipeline
+from avgen.pipelines import INDEX_FILE, JointPipeline, TempoTokensPipeline, VTALDMPipeline, pipeline_from_checkpoint
+from tests.conftest import compose
+
+EXPERIMENTS = {"joint": "joint_cmcpe", "tempotokens": "tempotokens_vggsound", "vta_ldm": "vta_ldm"}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_shards, tmp_path_factory, one_thread):
+    """{system: last.ckpt of a 2-step tiny fit with EMA}, trained on first use."""
+    from avgen.commands import run_command
+
+    made: dict[str, Path] = {}
+
+    def get(system: str) -> Path:
+        if system not in made:
+            tmp = tmp_path_factory.mktemp(system)
+            run_command(compose(["command=fit", f"experiment={EXPERIMENTS[system]}", "scale=tiny",
+                                 f"data.root={tiny_shards}", "data.auto_prepare=false", "trainer.max_steps=2",
+                                 "trainer.limit_val_batches=0", "model.validation.samples=0", "model.ema_decay=0.5"],
+                                tmp, run_dir=tmp / "run"))
+            made[system] = tmp / "run" / "checkpoints" / "last.ckpt"
+        return made[system]
+
+    return get
+
+
+@pytest.fixture
+def make_clip():
+    """``make_clip(path, seconds)``: a .wav (a decaying 440 Hz tone) or an .mp4 (moving frames, 64×48 at 12 fps, with
+    that sound) of ``seconds``."""
+    from avgen.media import write_mp4, write_wav
+
+    def make(path: Path, seconds: float) -> Path:
+        rate = 16000
+        t = np.arange(int(seconds * rate)) / rate
+        wave = (0.5 * np.sin(2 * np.pi * 440 * t) * np.exp(-3 * (t % 0.5))).astype(np.float32)
+        if path.suffix == ".wav":
+            return write_wav(path, wave, rate)
+        frames = np.zeros((int(seconds * 12), 48, 64, 3), np.uint8)
+        for i in range(len(frames)):
+            frames[i, :, (i * 5) % 64:(i * 5) % 64 + 8] = (200, 60, 30)
+        return write_mp4(path, frames, 12, audio=wave, sample_rate=rate)
+
+    return make
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    return tmp_path / "tiny_cache"
+
+
+def sampled_by_command(ckpt: Path, system: str, monkeypatch, tmp_path: Path, **sample) -> list[tuple]:
+    """The (video, audio) tensors the ``sample`` command's code writes, by sample, captured where it writes them."""
+    from avgen.commands import load_system
+
+    model, _ = load_system(ckpt)
+    captured: list[tuple] = []
+    if system == "vta_ldm":
+        original = type(model)._write_dubbed
+
+        def spy(self, out_dir, item, wave, caption, generation, overwrite):
+            captured.append((None, torch.as_tensor(np.asarray(wave))))
+            return original(self, out_dir, item, wave, caption, generation, overwrite)
+
+        monkeypatch.setattr(type(model), "_write_dubbed", spy)
+    else:
+        import importlib
+
+        module = importlib.import_module(type(model).__module__)
+        original = module.write_sounding_videos
+
+        def spy(out_dir, prompts, video, audio, clip, **kwargs):
+            captured.extend((video[i].clone(), audio[i].clone()) for i in range(len(prompts)))
+            return original(out_dir, prompts, video, audio, clip, **kwargs)
+
+        monkeypatch.setattr(module, "write_sounding_videos", spy)
+    report = model.sample_to_files(tmp_path / "sampled", device="cpu", **sample)
+    assert len(report.written) == len(captured) > 0
+    return captured
+
+
+@pytest.mark.parametrize("system", list(EXPERIMENTS))
+def test_export_round_trip_equals_sampling_the_checkpoint(system, checkpoints, tmp_path, tiny_dir, monkeypatch,
+                                                          make_clip):
+    ckpt = checkpoints(system)
+    folder = export_pipeline(ckpt, tmp_path / "export")
+    # the export's own files are JSON and safetensors; the frozen parts' official formats are read with
+    # torch.load(weights_only=True) (tensors and plain values, no code) at most
+    def refuse(*args, **kwargs):
+        raise AssertionError("from_pretrained unpickled something")
+
+    safe_load = torch.load
+
+    def weights_only(*args, **kwargs):
+        assert kwargs.get("weights_only") is True, "torch.load without weights_only=True"
+        return safe_load(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "load", weights_only)
+        m.setattr(pickle, "load", refuse)
+        m.setattr(pickle, "loads", refuse)
+        pipe = avgen.from_pretrained(folder, device="cpu", tiny_dir=tiny_dir)
+    assert type(pipe).__name__ == {"joint": "JointPipeline", "tempotokens": "TempoTokensPipeline",
+                                   "vta_ldm": "VTALDMPipeline"}[system]
+    progress: list[tuple[int, int]] = []
+    if system == "joint":
+        prompts = ["a red ball bounces", "a blue cube falls"]
+        out = pipe(prompt=prompts, seed=7, steps=2, gamma=1.5, progress=lambda d, t: progress.append((d, t)))
+        expected = sampled_by_command(ckpt, system, monkeypatch, tmp_path, n=2, prompt=prompts, seed=7, steps=2,
+                                      gamma=1.5)
+        got = list(zip(out.videos, out.audios))
+    elif system == "tempotokens":
+        clip = make_clip(tmp_path / "in.wav", seconds=1.0)
+        out = pipe(audio=str(clip), seed=7, steps=2, progress=lambda d, t: progress.append((d, t)))
+        expected = sampled_by_command(ckpt, system, monkeypatch, tmp_path, audio=str(clip), seed=7, steps=2)
+        got = list(zip(out.videos, out.audios))
+    else:
+        clip = make_clip(tmp_path / "in.mp4", seconds=1.5)
+        out = pipe(video=str(clip), seed=7, steps=2, progress=lambda d, t: progress.append((d, t)))
+        expected = sampled_by_command(ckpt, system, monkeypatch, tmp_path, video=str(clip), seed=7, steps=2)
+        got = [(None, a) for a in out.audios]
+    assert len(got) == len(expected)
+    for (video, audio), (video_ref, audio_ref) in zip(got, expected):
+        assert torch.equal(audio.float(), audio_ref.float())
+        if video_ref is not None:
+            assert torch.equal(video, video_ref.float())
+    assert progress[0][0] == 0 and progress[-1][0] == progress[-1][1] > 0
+    # the same from the checkpoint directly
+    direct = pipeline_from_checkpoint(ckpt, device="cpu")
+    kwargs = ({"prompt": ["a red ball bounces", "a blue cube falls"]} if system == "joint" else
+              {"audio": str(clip)} if system == "tempotokens" else {"video": str(clip)})
+    again = direct(seed=7, steps=2, **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(again.audios, out.audios))
+    # and the sounding mp4s
+    written = pipe.save(out, tmp_path / "saved")
+    from avgen.media import probe
+
+    info = probe(written[0])
+    assert info.has_audio and info.has_video
+    with pytest.raises(FileExistsError, match="overwrite"):
+        out.save(tmp_path / "saved")
+
+
+def test_export_folder_format_and_model_card(checkpoints, tmp_path, tiny_dir):
+    from safetensors.torch import load_file
+
+    from avgen.checkpoint import read_checkpoint
+
+    ckpt = checkpoints("joint")
+    evaluation = tmp_path / "evaluate"
+    evaluation.mkdir()
+    (evaluation / "metrics.json").write_text(json.dumps({"metrics": {"av_align": {"official": 0.25}}}))
+    folder = export_pipeline(ckpt, tmp_path / "export", evaluations=[evaluation])
+    index = json.loads((folder / INDEX_FILE).read_text())
+    assert not (folder / "model_index.json").exists()
+    assert index["format"] == "avgen-pipeline/1" and index["system"] == "joint" and index["ema"] is True
+    assert index["global_step"] == 2
+    trained = {n: c for n, c in index["components"].items() if c["type"] == "trained"}
+    frozen = {n: c for n, c in index["components"].items() if c["type"] == "frozen"}
+    assert set(trained) == {"motion_modules", "video_connector", "audio_connector", "video_cross_modal_blocks",
+                            "audio_cross_modal_blocks"}
+    assert {n: (c["kind"], c["source"]) for n, c in frozen.items()} == {
+        "video_base": ("tiny", "tiny:animatediff"), "motion_adapter": ("tiny", "tiny:animatediff"),
+        "audio_base": ("tiny", "tiny:audioldm")}
+    # the EMA weights, whole, split by component
+    meta = read_checkpoint(ckpt)["avgen"]
+    stored = {}
+    for comp in trained.values():
+        stored.update({comp["prefix"] + k: v for k, v in load_file(folder / comp["file"]).items()})
+    assert set(stored) == set(meta["ema"]) == set(read_checkpoint(ckpt)["state_dict"])
+    assert all(torch.equal(stored[k], meta["ema"][k]) for k in stored)
+    config = json.loads((folder / "model_config.json").read_text())
+    assert config["optimizer"] is None and config["scheduler"] is None and config["tiny_dir"] is None
+    card = (folder / "README.md").read_text()
+    for text in ("library_name: avgen", "arXiv 2409.17550", "| av_align.official | 0.25 |", "2 optimizer steps",
+                 "avgen.from_pretrained", "Intended use", "scale=tiny"):
+        assert text in card, text
+    # raw weights on request
+    raw = export_pipeline(ckpt, tmp_path / "raw", ema=False)
+    comp = trained["video_connector"]
+    weights = load_file(raw / comp["file"])
+    sd = read_checkpoint(ckpt)["state_dict"]
+    assert all(torch.equal(v, sd[comp["prefix"] + k]) for k, v in weights.items())
+    assert json.loads((raw / INDEX_FILE).read_text())["ema"] is False
+
+
+def test_include_frozen_copies_the_frozen_parts(checkpoints, tmp_path):
+    folder = export_pipeline(checkpoints("tempotokens"), tmp_path / "export", include_frozen=True)
+    index = json.loads((folder / INDEX_FILE).read_text())
+    frozen = {n: c for n, c in index["components"].items() if c["type"] == "frozen"}
+    assert {c["kind"] for c in frozen.values()} == {"included"}
+    assert (folder / frozen["t2v_base"]["source"] / "unet").is_dir()
+    # moved elsewhere and loaded with no tiny folder: everything comes from the export
+    moved = tmp_path / "elsewhere" / "model"
+    moved.parent.mkdir()
+    folder.rename(moved)
+    never = tmp_path / "never"
+    pipe = avgen.from_pretrained(moved, device="cpu", tiny_dir=never)
+    assert not never.exists()
+    reference = avgen.from_pretrained(export_pipeline(checkpoints("tempotokens"), tmp_path / "ref"), device="cpu",
+                                      tiny_dir=tmp_path / "tiny")
+    wave = np.sin(np.linspace(0, 200, 16000)).astype(np.float32) * 0.5
+    a = pipe(audio=wave, sample_rate=16000, steps=2, seed=1)
+    b = reference(audio=wave, sample_rate=16000, steps=2, seed=1)
+    assert torch.equal(a.videos[0], b.videos[0])
+
+
+def test_export_never_replaces_what_it_did_not_write(checkpoints, tmp_path):
+    ckpt = checkpoints("vta_ldm")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="not an avgen export"):
+        export_pipeline(ckpt, mine, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep"
+    folder = export_pipeline(ckpt, tmp_path / "export")
+    with pytest.raises(FileExistsError, match="export.overwrite=true"):
+        export_pipeline(ckpt, folder)
+    export_pipeline(ckpt, folder, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "mine"]  # no temporary folder left
+
+
+def test_from_pretrained_refuses_broken_folders(checkpoints, tmp_path, tiny_dir):
+    with pytest.raises(PipelineFolderError, match="avgen_index.json is missing; write one with python -m avgen export"):
+        avgen.from_pretrained(tmp_path, tiny_dir=tiny_dir)
+    (tmp_path / "model_index.json").write_text("{}")
+    with pytest.raises(PipelineFolderError, match="diffusers pipeline folder"):
+        avgen.from_pretrained(tmp_path, tiny_dir=tiny_dir)
+    folder = export_pipeline(checkpoints("tempotokens"), tmp_path / "export")
+    index = json.loads((folder / INDEX_FILE).read_text())
+    file = folder / index["components"]["audio_mapper"]["file"]
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 1
+    file.write_bytes(bytes(data))
+    with pytest.raises(PipelineFolderError, match="SHA-256 differs"):
+        avgen.from_pretrained(folder, tiny_dir=tiny_dir)
+    config = json.loads((folder / "model_config.json").read_text())
+    config["_target_"] = "os.system"
+    (folder / "model_config.json").write_text(json.dumps(config))
+    with pytest.raises(PipelineFolderError, match="'os.system' is not an avgen system"):
+        avgen.from_pretrained(folder, tiny_dir=tiny_dir)
+
+
+def test_pipeline_inputs_are_checked_before_any_model_runs(checkpoints, tmp_path, tiny_dir, monkeypatch):
+    joint = pipeline_from_checkpoint(checkpoints("joint"), device="cpu")
+    tempo = pipeline_from_checkpoint(checkpoints("tempotokens"), device="cpu")
+    vta = pipeline_from_checkpoint(checkpoints("vta_ldm"), device="cpu")
+    assert isinstance(joint, JointPipeline) and joint.inputs == ("prompt",) and "gamma" in joint.options
+    assert isinstance(tempo, TempoTokensPipeline) and tempo.inputs == ("audio", "prompt")
+    assert isinstance(vta, VTALDMPipeline) and vta.task == "video-to-audio"
+    for pipe in (joint, tempo, vta):
+        denoiser = pipe.model.denoiser if pipe is joint else pipe.model.unet
+        monkeypatch.setattr(denoiser, "forward", lambda *a, **k: pytest.fail("the model ran"))
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF not really")
+    cases = [
+        (lambda: joint(), "prompt is missing"),
+        (lambda: joint(prompt="x", gama=2), "gama is not an option of JointPipeline"),
+        (lambda: joint(prompt="x", steps=0), "pipeline.steps"),
+        (lambda: joint(prompt="x", seed=-1), "seed=-1"),
+        (lambda: joint(prompt=[1]), "expected a string or a list of strings"),
+        (lambda: tempo(), "audio is missing"),
+        (lambda: tempo(audio=tmp_path / "none.wav"), "no such file"),
+        (lambda: tempo(audio=bad), "bad.wav: cannot be read"),
+        (lambda: tempo(audio=np.zeros(100, np.float32), sample_rate=16000), "too short"),
+        (lambda: tempo(audio=np.full(16000, np.nan, np.float32), sample_rate=16000), "NaN"),
+        (lambda: tempo(audio=np.zeros(16000, np.float32)), "needs its sample_rate"),
+        (lambda: tempo(audio=np.zeros(16000, np.float32), sample_rate=16000, prompt=["a", "b"]),
+         "2 prompts for 1 inputs"),
+        (lambda: vta(), "video is missing"),
+        (lambda: vta(video=tmp_path / "none.mp4"), "no such file"),
+        (lambda: vta(video=bad), "bad.wav: cannot be read"),
+        (lambda: vta(video=str(bad), prompt=["a"]), "one caption for every input"),
+    ]
+    for call, message in cases:
+        with pytest.raises(InputError, match=message.replace("(", r"\(").replace(".", r"\.")):
+            call()
+    tempo.max_input_seconds = 0.5
+    with pytest.raises(InputError, match=r"lasts 1\.00 s; this pipeline accepts at most 0\.5 s"):
+        tempo(audio=np.zeros(16000, np.float32), sample_rate=16000)
+
+
+def test_export_command(checkpoints, tmp_path, capsys):
+    from avgen.commands import run_command
+
+    ckpt = checkpoints("vta_ldm")
+    cfg = compose(["command=export", f"ckpt_path={ckpt}", f"export.dir={tmp_path / 'out'}"], tmp_path)
+    run_command(cfg)
+    assert "avgen.from_pretrained(" in capsys.readouterr().out
+    assert (tmp_path / "out" / INDEX_FILE).is_file()
+    for overrides, message in ((["command=export"], "export needs ckpt_path"),
+                               (["command=export", f"ckpt_path={tmp_path / 'x.ckpt'}"], "no such checkpoint file"),
+                               (["command=export", f"ckpt_path={ckpt}", f"export.dir={tmp_path / 'out'}"],
+                                "already holds an export; pass export.overwrite=true")):
+        with pytest.raises(SystemExit) as stop:
+            run_command(compose(overrides, tmp_path))
+        assert stop.value.code == 1
+        assert message in capsys.readouterr().err
