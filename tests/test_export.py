@@ -316,3 +316,38 @@ def test_export_command(checkpoints, tmp_path, capsys):
             run_command(compose(overrides, tmp_path))
         assert stop.value.code == 1
         assert message in capsys.readouterr().err
+
+
+def test_bfloat16_pipeline_runs(checkpoints, tmp_path, tiny_dir):
+    """dtype= casts every part; the joint connectors' timestep MLP once got a float32 embedding in a bf16 model."""
+    pipe = avgen.from_pretrained(export_pipeline(checkpoints("joint"), tmp_path / "export"), device="cpu",
+                                 dtype="bfloat16", tiny_dir=tiny_dir)
+    assert {p.dtype for p in pipe.model.parameters()} == {torch.bfloat16}
+    out = pipe(prompt="a ball", steps=2)
+    assert out.videos[0].dtype == torch.float32 and torch.isfinite(out.audios[0]).all()
+    with pytest.raises(Exception, match="dtype='int8': expected a floating torch dtype"):
+        avgen.from_pretrained(tmp_path / "export", dtype="int8", tiny_dir=tiny_dir)
+
+
+def test_include_frozen_reads_hub_ids_from_the_local_cache(tmp_path, monkeypatch):
+    """A hub id is copied out of the Hugging Face cache layout (snapshot symlinks to blobs, followed); one that is
+    not cached stops with the config key and the download hint."""
+    from avgen.backbones.loader import PretrainedModelMissing
+    from avgen.export import copy_frozen
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--org--tiny-model"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / "abc").write_text('{"a": 1}')
+    snapshot = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    (snapshot / "unet").mkdir(parents=True)
+    (snapshot / "unet" / "config.json").symlink_to(repo / "blobs" / "abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snapshot.name)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    dest = copy_frozen("org/tiny-model", "hub", "video.base", tmp_path / "out" / "video_base", None)
+    copied = dest / "unet" / "config.json"
+    assert copied.is_file() and not copied.is_symlink() and copied.read_text() == '{"a": 1}'
+    with pytest.raises(PretrainedModelMissing, match=r"config key model\.video\.base.*huggingface-cli download org/no"):
+        copy_frozen("org/no", "hub", "video.base", tmp_path / "out" / "x", None)

@@ -154,7 +154,9 @@ class Connector(nn.Module):
                              f"{tuple(x0_hat.shape)}.")
         b, frames = x_t.shape[0], x_t.shape[2]
         x = torch.cat([x_t, x0_hat], dim=1)
-        emb = self.time_mlp(timestep_embedding(torch.as_tensor(timestep, device=x.device).expand(b), self.channels))
+        # the sinusoidal embedding is float32; the MLP runs in the module's dtype (fp16 / bf16 pipelines)
+        emb = timestep_embedding(torch.as_tensor(timestep, device=x.device).expand(b), self.channels)
+        emb = self.time_mlp(emb.to(self.time_mlp[0].weight.dtype))
         if self.spatial_dims == 2:
             x = x.transpose(1, 2).flatten(0, 1)
             emb = emb.repeat_interleave(frames, dim=0)
