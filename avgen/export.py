@@ -308,7 +308,7 @@ def model_card(index: Mapping[str, Any], run_config: Mapping[str, Any], metrics:
     data = run_config.get("data") or {}
     trainer = run_config.get("trainer") or {}
     clip = index.get("clip") or {}
-    dataset = str(data.get("_target_", "")).rpartition(".")[2] or "unknown"
+    dataset = data.get("name") or str(data.get("_target_", "")).rpartition(".")[2] or "unknown"
     root = data.get("root")
     tiny = index.get("scale") == "tiny"
     task_tag = {"text-to-audio-video": "text-to-video", "audio-to-video": "audio-to-video",

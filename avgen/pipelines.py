@@ -48,8 +48,8 @@ WEIGHTS_FILE = "model.safetensors"
 SYSTEMS: dict[str, dict[str, str]] = {
     "joint": {"class": "avgen.systems.joint.JointAudioVideo", "pipeline": "JointPipeline",
               "task": "text-to-audio-video",
-              "paper": "Hayakawa et al. 2024, Discriminator-Guided Cooperative Diffusion for Joint Audio and Video "
-                       "Generation / the SVG baseline with CMC-PE and timestep adjustment (arXiv 2409.17550)"},
+              "paper": "Hayakawa et al. 2024, A Simple but Strong Baseline for Sounding Video Generation: Effective "
+                       "Adaptation of Audio and Video Diffusion Models for Joint Generation (arXiv 2409.17550)"},
     "tempotokens": {"class": "avgen.systems.tempotokens.TempoTokens", "pipeline": "TempoTokensPipeline",
                     "task": "audio-to-video",
                     "paper": "Yariv et al. 2024, Diverse and Aligned Audio-to-Video Generation via Text-to-Video "
@@ -643,12 +643,36 @@ def frozen_config(folder: Path, index: Mapping[str, Any], model_config: dict[str
     return config
 
 
+def resolve_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` when it exists; else, for a hub id (``user/model``), its snapshot in the local Hugging Face cache
+    (never downloaded).
+
+    Raises:
+        PipelineFolderError: neither a folder nor a cached hub id (the message says how to get it).
+    """
+    path = Path(folder)
+    if path.exists():
+        return path
+    text = str(folder)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(text, local_files_only=True))
+        except Exception as exc:  # huggingface_hub raises several types for "not cached"
+            raise PipelineFolderError(f"{text}: no such folder, and not in the local Hugging Face cache "
+                                      f"({type(exc).__name__}); avgen never downloads: run `huggingface-cli download "
+                                      f"{text}` where there is network and copy the folder here") from exc
+    raise PipelineFolderError(f"{text}: no such folder; give the folder written by python -m avgen export")
+
+
 def from_pretrained(folder: str | os.PathLike, *, device: str | torch.device = "auto",
                     dtype: str | torch.dtype | None = None, tiny_dir: str | os.PathLike | None = None) -> AVPipeline:
     """The ready pipeline of an avgen export folder (``python -m avgen export``).
 
     Args:
-        folder: the export folder (holding ``avgen_index.json``).
+        folder: the export folder (holding ``avgen_index.json``), or a hub id whose snapshot is in the local
+            Hugging Face cache (an export uploaded as a model repository).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"`` ...
         dtype: the model's floating dtype (``None``: as stored, float32; e.g. ``torch.float16`` on a GPU).
         tiny_dir: where ``tiny:`` twins are written (default :func:`default_tiny_dir`).
@@ -661,7 +685,7 @@ def from_pretrained(folder: str | os.PathLike, *, device: str | torch.device = "
         avgen.backbones.loader.PretrainedModelMissing: a frozen part the export references (by hub id or path)
             is not on this machine (the message says what to download and which key to set).
     """
-    folder = Path(folder)
+    folder = resolve_folder(folder)
     index = read_index(folder)
     config_path = folder / index.get("config", CONFIG_FILE)
     try:

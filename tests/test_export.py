@@ -351,3 +351,8 @@ def test_include_frozen_reads_hub_ids_from_the_local_cache(tmp_path, monkeypatch
     assert copied.is_file() and not copied.is_symlink() and copied.read_text() == '{"a": 1}'
     with pytest.raises(PretrainedModelMissing, match=r"config key model\.video\.base.*huggingface-cli download org/no"):
         copy_frozen("org/no", "hub", "video.base", tmp_path / "out" / "x", None)
+    # from_pretrained of a hub id: the cached snapshot of an uploaded export
+    with pytest.raises(PipelineFolderError, match=f"{snapshot}: not an avgen export"):
+        avgen.from_pretrained("org/tiny-model")
+    with pytest.raises(PipelineFolderError, match="org/none: no such folder, and not in the local Hugging Face cache"):
+        avgen.from_pretrained("org/none")
