@@ -613,7 +613,8 @@ def export(cfg: DictConfig) -> Path:
     if isinstance(evaluations, str):
         evaluations = [evaluations]
     path = export_pipeline(cfg.ckpt_path, out, ema=cfg.export.ema, include_frozen=cfg.export.include_frozen,
-                           overwrite=cfg.export.overwrite, evaluations=list(evaluations))
+                           overwrite=cfg.export.overwrite, evaluations=list(evaluations),
+                           runs_dir=cfg.paths.get("runs_dir"))
     log.info("exported %s -> %s", cfg.ckpt_path, path)
     print(f"exported to {path} (load it with avgen.from_pretrained({str(path)!r}))")
     return path

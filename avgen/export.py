@@ -126,7 +126,7 @@ def copy_frozen(source: str, kind: str, config_key: str, dest: Path, tiny_dir: s
 
 def export_pipeline(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, *, ema: bool = True,
                     include_frozen: bool = False, overwrite: bool = False,
-                    evaluations: Sequence[str | os.PathLike] = ()) -> Path:
+                    evaluations: Sequence[str | os.PathLike] = (), runs_dir: str | os.PathLike | None = None) -> Path:
     """Write the export folder of an avgen checkpoint (layout in the module docstring); returns ``out_dir``.
 
     Args:
@@ -138,7 +138,8 @@ def export_pipeline(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         overwrite: replace an earlier export in ``out_dir`` (``export.overwrite``). A folder that holds anything
             but an avgen export is never replaced.
         evaluations: ``metrics.json`` files or folders holding them (``evaluate``'s output) whose metrics go into
-            the model card, besides those found below the run folder (``export.evaluations``).
+            the model card (``export.evaluations``), besides those found below the run folder and the evaluations
+            of this checkpoint's samples found under ``runs_dir`` (default: the training run's ``paths.runs_dir``).
 
     Raises:
         FileNotFoundError: no such checkpoint. ConfigError: not a checkpoint of one of the three systems.
@@ -236,7 +237,8 @@ def export_pipeline(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, *,
             "source_checkpoint": str(ckpt_path.resolve()),
             "versions": versions,
         }
-        metrics, metric_sources = card_metrics(ckpt_path, evaluations)
+        runs_dir = ((run_config.get("paths") or {}).get("runs_dir")) if runs_dir is None else runs_dir
+        metrics, metric_sources = card_metrics(ckpt_path, evaluations, runs_dir)
         write_bytes_atomic(tmp / CONFIG_FILE, json.dumps(model_config, indent=1, default=str).encode())
         write_bytes_atomic(tmp / INDEX_FILE, json.dumps(index, indent=1, default=str).encode())
         write_bytes_atomic(tmp / "README.md", model_card(index, run_config, metrics, metric_sources).encode())
@@ -254,12 +256,58 @@ def export_pipeline(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, *,
 
 
 # ---------------------------------------------------------------------------------------------- model card
-def card_metrics(ckpt_path: Path, evaluations: Sequence[str | os.PathLike]
+def _hydra_value(run: Path, key: str) -> Any:
+    """Top-level ``key`` of a run folder's ``.hydra/config.yaml`` (None when unreadable)."""
+    import yaml
+
+    try:
+        return (yaml.safe_load((run / ".hydra" / "config.yaml").read_text()) or {}).get(key)
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+
+
+def _same_file(a: Any, b: Path, base: Path) -> bool:
+    if not a or not isinstance(a, str) or "${" in a:
+        return False
+    path = Path(a) if Path(a).is_absolute() else base / a
+    try:
+        return path.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def linked_evaluations(ckpt_path: str | os.PathLike, runs_dir: str | os.PathLike | None, *, max_files: int = 5000
+                       ) -> list[Path]:
+    """The ``metrics.json`` of ``evaluate`` runs under ``runs_dir`` that scored samples of ``ckpt_path``: the
+    evaluation's ``pred_dir`` is the ``samples/`` folder of a ``sample`` run whose ``ckpt_path`` is this checkpoint
+    (relative paths taken from the current folder, where the commands are usually run). At most ``max_files``
+    ``metrics.json`` are looked at; oldest first."""
+    if not runs_dir or not Path(runs_dir).is_dir():
+        return []
+    ckpt = Path(ckpt_path)
+    base = Path.cwd()
+    found = []
+    for count, metrics in enumerate(Path(runs_dir).rglob("metrics.json")):
+        if count >= max_files:
+            break
+        try:
+            pred_dir = json.loads(metrics.read_text()).get("pred_dir")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if not isinstance(pred_dir, str):
+            continue
+        pred = Path(pred_dir) if Path(pred_dir).is_absolute() else base / pred_dir
+        if _same_file(_hydra_value(pred.parent, "ckpt_path"), ckpt, base):
+            found.append(metrics)
+    return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
+def card_metrics(ckpt_path: Path, evaluations: Sequence[str | os.PathLike], runs_dir: str | os.PathLike | None = None
                  ) -> tuple[dict[str, float | None], list[str]]:
     """The metrics the model card reports: the run's last and best validation values (``logs/metrics.csv`` of the
-    run folder holding ``checkpoints/``) and every ``metrics.json`` below the run folder or in ``evaluations``
-    (newest value per metric, as ``python -m avgen collect`` reads them). Returns the metrics and where they were
-    read.
+    run folder holding ``checkpoints/``), then every ``metrics.json`` below the run folder, of the evaluations of
+    this checkpoint's samples under ``runs_dir`` (:func:`linked_evaluations`) and in ``evaluations`` (newest value
+    per metric, as ``python -m avgen collect`` reads them). Returns the metrics and where they were read.
 
     Raises:
         ConfigError: an ``evaluations`` entry that does not exist (naming ``export.evaluations``).
@@ -279,6 +327,11 @@ def card_metrics(ckpt_path: Path, evaluations: Sequence[str | os.PathLike]
         if count:
             found.update(evaluated)
             where.append(f"{count} metrics.json below {run}")
+    for metrics_file in linked_evaluations(ckpt_path, runs_dir):
+        evaluated, count = read_evaluations(metrics_file.parent, notes)
+        if count:
+            found.update(evaluated)
+            where.append(f"{metrics_file} (samples of this checkpoint)")
     for entry in evaluations:
         path = Path(entry)
         if not path.exists():

@@ -170,7 +170,15 @@ def test_export_folder_format_and_model_card(checkpoints, tmp_path, tiny_dir):
     evaluation = tmp_path / "evaluate"
     evaluation.mkdir()
     (evaluation / "metrics.json").write_text(json.dumps({"metrics": {"av_align": {"official": 0.25}}}))
-    folder = export_pipeline(ckpt, tmp_path / "export", evaluations=[evaluation])
+    # evaluate runs found under runs_dir: one scored samples of this checkpoint, one another checkpoint's
+    runs = tmp_path / "runs"
+    for name, source, fad in (("mine", ckpt, 1.5), ("other", tmp_path / "other.ckpt", 9.0)):
+        (runs / f"sample_{name}" / ".hydra").mkdir(parents=True)
+        (runs / f"sample_{name}" / ".hydra" / "config.yaml").write_text(f"command: sample\nckpt_path: {source}\n")
+        (runs / f"evaluate_{name}").mkdir()
+        (runs / f"evaluate_{name}" / "metrics.json").write_text(json.dumps(
+            {"pred_dir": str(runs / f"sample_{name}" / "samples"), "metrics": {"fad": fad}}))
+    folder = export_pipeline(ckpt, tmp_path / "export", evaluations=[evaluation], runs_dir=runs)
     index = json.loads((folder / INDEX_FILE).read_text())
     assert not (folder / "model_index.json").exists()
     assert index["format"] == "avgen-pipeline/1" and index["system"] == "joint" and index["ema"] is True
@@ -192,6 +200,7 @@ def test_export_folder_format_and_model_card(checkpoints, tmp_path, tiny_dir):
     config = json.loads((folder / "model_config.json").read_text())
     assert config["optimizer"] is None and config["scheduler"] is None and config["tiny_dir"] is None
     card = (folder / "README.md").read_text()
+    assert "| fad | 1.5 |" in card and "(samples of this checkpoint)" in card
     for text in ("library_name: avgen", "arXiv 2409.17550", "| av_align.official | 0.25 |", "2 optimizer steps",
                  "avgen.from_pretrained", "Intended use", "scale=tiny"):
         assert text in card, text
