@@ -28,6 +28,31 @@ def tiny_shards(tmp_path_factory) -> Path:
     return root
 
 
+TINY_EXPERIMENTS = {"joint": "joint_cmcpe", "tempotokens": "tempotokens_vggsound", "vta_ldm": "vta_ldm"}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tiny_shards, tmp_path_factory):
+    """``get(system)`` → ``last.ckpt`` of a 2-step ``scale=tiny`` fit of ``joint``, ``tempotokens`` or ``vta_ldm``
+    (its experiment in :data:`TINY_EXPERIMENTS`) with EMA (decay 0.5), trained on first use and kept for the
+    session (about 2 s each)."""
+    made: dict[str, Path] = {}
+
+    def get(system: str) -> Path:
+        if system not in made:
+            from avgen.commands import run_command
+
+            tmp = tmp_path_factory.mktemp(f"ckpt_{system}")
+            run_command(compose(["command=fit", f"experiment={TINY_EXPERIMENTS[system]}", "scale=tiny",
+                                 f"data.root={tiny_shards}", "data.auto_prepare=false", "trainer.max_steps=2",
+                                 "trainer.limit_val_batches=0", "model.validation.samples=0", "model.ema_decay=0.5"],
+                                tmp, run_dir=tmp / "run"))
+            made[system] = tmp / "run" / "checkpoints" / "last.ckpt"
+        return made[system]
+
+    return get
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """torch on one thread for a module's tests: the test machine's two cores are shared with the
