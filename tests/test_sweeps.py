@@ -105,7 +105,7 @@ def test_dry_run_reports_the_row_that_does_not_compose(tmp_path):
     problems = dry_run(sweep, extra, tmp_path / "sw")
     assert not (tmp_path / "sw").exists()
     assert problems == [Problem("typo", 0, "fit", "unknown key export.dirr; known keys of export: dir, ema, "
-                                                  "overwrite; did you mean dir?")]
+                                                  "evaluations, include_frozen, overwrite; did you mean dir?")]
     bad_then = replace(sweep, rows=sweep.rows[:1], then=(("sample", "sample.nn=2"),))
     assert [str(p) for p in dry_run(bad_then, extra, tmp_path / "sw")] == [
         "row good (sample, then[0]): unknown key sample.nn; known keys of sample: audio, batch_size, device, gamma, "
