@@ -474,8 +474,10 @@ class TempoTokensPipeline(AVPipeline):
                 if not path.is_file():
                     raise InputError(f"audio {path}: no such file")
                 try:
-                    wave = decode_audio(path, rate)
                     duration = probe(path).duration
+                    if duration:  # refused before decoding a long upload
+                        self._check_seconds(float(duration), name)
+                    wave = decode_audio(path, rate)
                 except MediaError as exc:
                     raise InputError(f"audio {name}: cannot be read: {exc}".replace(f"{path}: ", "")) from exc
                 if duration:
@@ -526,7 +528,7 @@ class VTALDMPipeline(AVPipeline):
             InputError: no video, a missing or unreadable file, an input longer than ``max_input_seconds``, a
                 prompt the model has no text condition for, an unknown option or a bad value (before any model runs).
         """
-        from avgen.media import MediaError
+        from avgen.media import MediaError, video_stream_duration
         from avgen.samples import VideoInput, sidecar_caption
 
         settings = self.settings(seed, options)
@@ -543,6 +545,7 @@ class VTALDMPipeline(AVPipeline):
             if not path.is_file():
                 raise InputError(f"video {path}: no such file")
             try:
+                self._check_seconds(float(video_stream_duration(path)), f"video {path.name}")  # before decoding
                 item = VideoInput.read(path, str(path.resolve()), sidecar_caption(path), f"input_{k}",
                                        self.model.clip)
             except MediaError as exc:

@@ -287,9 +287,19 @@ def test_pipeline_inputs_are_checked_before_any_model_runs(checkpoints, tmp_path
     for call, message in cases:
         with pytest.raises(InputError, match=message.replace("(", r"\(").replace(".", r"\.")):
             call()
-    tempo.max_input_seconds = 0.5
+    tempo.max_input_seconds = vta.max_input_seconds = 0.5
     with pytest.raises(InputError, match=r"lasts 1\.00 s; this pipeline accepts at most 0\.5 s"):
         tempo(audio=np.zeros(16000, np.float32), sample_rate=16000)
+    from avgen.media import write_mp4
+
+    clip = write_mp4(tmp_path / "long.mp4", np.zeros((12, 16, 16, 3), np.uint8), 8, audio=np.zeros(24000, np.float32),
+                     sample_rate=16000)
+    monkeypatch.setattr("avgen.media.decode_audio", lambda *a, **k: pytest.fail("decoded before the length check"))
+    with pytest.raises(InputError, match=r"long\.mp4 lasts 1\.50 s; this pipeline accepts at most 0\.5 s"):
+        tempo(audio=clip)
+    monkeypatch.setattr("avgen.samples.VideoInput.read", lambda *a, **k: pytest.fail("decoded before the check"))
+    with pytest.raises(InputError, match=r"video long\.mp4 lasts 1\.50 s; this pipeline accepts at most 0\.5 s"):
+        vta(video=clip)
 
 
 def test_export_command(checkpoints, tmp_path, capsys):
