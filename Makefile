@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch and torchaudio first, as the matched pair pinned in constraints.txt
 	$(PY) -m pip install -q -c constraints.txt torch torchaudio
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,slurm]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,slurm,app]'
 	touch $(STAMP)
 
 test: setup

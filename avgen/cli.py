@@ -33,6 +33,8 @@ COMMANDS = {
                    "data.concat_test={seed:0}); dub it with sample.video=, score with evaluate.ref_dir=",
     "cache": "store an experiment's frozen features (VAE latents, text, encoder outputs) for every clip "
              "(data=<dataset> experiment=<name> cache.name=default); train on them with data.features=<name>",
+    "app": "serve a local web page that runs a model (ckpt_path=<ckpt> or app.export_dir=<folder>; "
+           "app.port=0 picks a free port)",
 }
 # Commands that take paths, not Hydra overrides: plain argparse, dispatched before Hydra to "module:function"
 # (called with the words after the command word; returns the exit status), and their --help lines.

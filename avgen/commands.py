@@ -725,9 +725,18 @@ def fit_on_cache_command(cfg: DictConfig, name: str) -> str:
     return " ".join(["python -m avgen fit", *map(shlex.quote, kept), f"data.features={name}"])
 
 
+def app(cfg: DictConfig) -> None:
+    """``python -m avgen app``: serve the models of ``ckpt_path`` / ``app.export_dir`` on a local web page
+    until Ctrl-C (:func:`avgen.app.serve`)."""
+    from avgen.app import serve
+
+    announce(cfg, "app")
+    serve(cfg)
+
+
 COMMANDS = {"fit": fit, "validate": validate, "test": test, "sample": sample, "evaluate": evaluate,
             "export": export, "prepare": prepare, "filter": filter_clips, "concat_test": concat_test,
-            "cache": cache}
+            "cache": cache, "app": app}
 USER_ERRORS = (ConfigError, CommandUnavailable, MissingShardsError, GeometryMismatchError, DataHealthError,
                NothingProduced, FileNotFoundError, FileExistsError, PrepareError, InputError, PipelineFolderError)
 

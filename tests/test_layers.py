@@ -14,7 +14,8 @@ Layers, bottom to top (a module may import from its own layer and the ones below
 7. ``evaluation``
 8. ``curation`` (``filter``: thresholds over evaluation scores), ``caching`` (``cache``: a system's frozen features
    over a dataset, for ``data.features``)
-9. ``commands``, ``collect`` (``python -m avgen collect``: a table of many runs)
+9. ``commands``, ``collect`` (``python -m avgen collect``: a table of many runs), ``app`` (``python -m avgen app``:
+   the web page that runs pipelines)
 10. ``cli``, ``__main__``, ``sweeps`` (``sweep``: runs the command line's override checks on every row of a sweep
     file; ``cli`` dispatches to it by name)
 
@@ -39,7 +40,7 @@ LAYERS = [
     ["avgen.systems", "avgen.callbacks"],
     ["avgen.evaluation", "avgen.pipelines"],
     ["avgen.curation", "avgen.caching"],
-    ["avgen.commands", "avgen.collect", "avgen.export"],
+    ["avgen.commands", "avgen.collect", "avgen.export", "avgen.app"],
     ["avgen.cli", "avgen.__main__", "avgen.sweeps"],
 ]
 
