@@ -213,6 +213,7 @@ def generate(pipe: AVPipeline, request: Mapping[str, Any], out_root: Path, *, la
 # Settings that the page shows as a slider over this range; other numbers get a number box.
 SLIDERS = {"gamma": (0.1, 4.0, 0.05)}
 GUIDANCE_MAX = 15.0
+VIDEO_HEIGHT = 320  # pixels; the players scale a clip up or down to it
 
 
 def option_component(name: str, default: Any, doc: str | None, elem_id: str) -> gr.components.Component:
@@ -244,7 +245,7 @@ def input_component(name: str, pipe: AVPipeline, elem_id: str) -> gr.components.
     if name == "audio":
         return gr.Audio(sources=["upload", "microphone"], type="filepath", label=f"Audio{longest}", elem_id=elem_id)
     if name == "video":
-        return gr.Video(sources=["upload"], label=f"Video{longest}", elem_id=elem_id)
+        return gr.Video(sources=["upload"], label=f"Video{longest}", height=VIDEO_HEIGHT, elem_id=elem_id)
     if name == "prompt":
         optional = "" if pipe.inputs == ("prompt",) else " (optional)"
         return gr.Textbox(label=f"Prompt{optional}", lines=2, elem_id=elem_id)
@@ -295,8 +296,10 @@ class Tab:
                                                         elem_id=f"avgen-{key}-seed")
                 button = gr.Button("Generate", variant="primary", elem_id=f"avgen-{key}-generate")
             with gr.Column():
-                video = gr.Video(label="Result", interactive=False, elem_id=f"avgen-{key}-result")
-                plot = gr.Image(label="AV-Align", type="filepath", interactive=False, elem_id=f"avgen-{key}-plot")
+                video = gr.Video(label="Result", interactive=False, height=VIDEO_HEIGHT, elem_id=f"avgen-{key}-result")
+                # the plot's title names AV-Align and its scores
+                plot = gr.Image(label="AV-Align", show_label=False, type="filepath", interactive=False,
+                                elem_id=f"avgen-{key}-plot")
                 status = gr.Markdown(elem_id=f"avgen-{key}-status")
         names = {component: name for name, component in self.components.items()}
         button.click(lambda values, progress=gr.Progress(): self.run(
