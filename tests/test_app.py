@@ -220,8 +220,8 @@ def start_app(args: list[str], cwd: Path, timeout: float = 120) -> tuple[subproc
 @pytest.mark.slow
 def test_the_page_in_a_browser(vta_checkpoint, tmp_path):
     """The user's path: the command serves the checkpoint; in Chromium, Generate without a video shows the
-    error and the page stays usable; an uploaded clip gives a sounding video of the clip's duration that plays
-    sound, and its AV-Align plot."""
+    error and the page stays usable; an uploaded clip gives a progress bar over the sampler's steps, then a
+    sounding video of the clip's duration that plays sound, and its AV-Align plot."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -241,7 +241,13 @@ def test_the_page_in_a_browser(vta_checkpoint, tmp_path):
         wait.until(lambda d: "no video given" in status(d))
         driver.find_element(By.CSS_SELECTOR, "#avgen-vta_ldm-video input[type=file]").send_keys(str(clip))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#avgen-vta_ldm-video video"))
+        steps = driver.find_element(By.CSS_SELECTOR, "#avgen-vta_ldm-steps input")
+        steps.clear()
+        steps.send_keys("40")  # long enough for the progress bar to be seen
         button.click()
+        WebDriverWait(driver, 60, poll_frequency=0.05).until(lambda d: d.execute_script(
+            "return Array.from(document.querySelectorAll('.progress-text')).some(e => /\\d+\\/40 steps/.test("
+            "e.textContent))"))
         wait.until(lambda d: "AV-Align" in status(d))
         video = driver.find_element(By.CSS_SELECTOR, "#avgen-vta_ldm-result video")
         duration = wait.until(lambda d: d.execute_script("return arguments[0].readyState >= 1 ? "
