@@ -20,7 +20,7 @@ import torch
 from avgen.app import AppOptions, Tab, build_app, generate, load_pipelines, new_folder
 from avgen.errors import ConfigError
 from avgen.media import read_clip, write_mp4
-from tests.conftest import REPO, compose, run_cli
+from tests.conftest import REPO, run_cli
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
@@ -36,28 +36,16 @@ def sounding_clip(path: Path, seconds: float = 1.0, fps: int = 8, sample_rate: i
 
 
 @pytest.fixture(scope="module")
-def vta_pipe(tmp_path_factory):
-    """An untrained tiny VTA-LDM (real system, random trainable weights) as a pipeline, on the CPU."""
-    from hydra.utils import instantiate
-
-    from avgen.pipelines import VTALDMPipeline
-
-    root = tmp_path_factory.mktemp("app_vta")
-    torch.manual_seed(0)
-    model = instantiate(compose(["experiment=vta_ldm", "scale=tiny"], root).model).eval()
-    return VTALDMPipeline(model, device=torch.device("cpu"))
+def vta_checkpoint(tiny_checkpoints) -> Path:
+    """A tiny VTA-LDM checkpoint, trained two steps on the synthetic data (shared with the export tests)."""
+    return tiny_checkpoints("vta_ldm")
 
 
 @pytest.fixture(scope="module")
-def vta_checkpoint(tmp_path_factory) -> Path:
-    """A tiny VTA-LDM checkpoint, trained two steps on the synthetic data."""
-    from avgen.commands import run_command
+def vta_pipe(vta_checkpoint):
+    from avgen.pipelines import pipeline_from_checkpoint
 
-    root = tmp_path_factory.mktemp("app_fit")
-    run_command(compose(["command=fit", "experiment=vta_ldm", "scale=tiny", "trainer.max_steps=2",
-                         "trainer.limit_val_batches=0", "logger=csv", f"paths.data_dir={root}/data"], root,
-                        run_dir=root / "fit"))
-    return root / "fit" / "checkpoints" / "last.ckpt"
+    return pipeline_from_checkpoint(vta_checkpoint, device="cpu")
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -82,6 +70,17 @@ def test_load_pipelines_says_what_is_missing(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(ConfigError, match=rf"^ckpt_path={tmp_path / 'other.ckpt'}: .* is not an avgen checkpoint"):
         load_pipelines(str(tmp_path / "other.ckpt"), ())
+
+
+def test_two_models_of_one_system_get_a_tab_each(vta_checkpoint, tmp_path, monkeypatch):
+    from avgen.export import export_pipeline
+
+    monkeypatch.setenv("AVGEN_TINY_DIR", str(tmp_path / "tiny"))
+    folder = export_pipeline(vta_checkpoint, tmp_path / "vta_export")
+    pipes = load_pipelines(str(vta_checkpoint), (str(folder),), device="cpu", max_input_seconds=12.5)
+    assert list(pipes) == ["vta_ldm (last.ckpt)", "vta_ldm (vta_export)"]
+    assert [p.max_input_seconds for p in pipes.values()] == [12.5, 12.5]
+    assert pipes["vta_ldm (vta_export)"].options == pipes["vta_ldm (last.ckpt)"].options
 
 
 def test_command_line_errors_are_one_line(tmp_path):
