@@ -302,6 +302,7 @@ class Tab:
                                 elem_id=f"avgen-{key}-plot")
                 status = gr.Markdown(elem_id=f"avgen-{key}-status")
         names = {component: name for name, component in self.components.items()}
+        # one generation at a time over every tab: the models share the device
         button.click(lambda values, progress=gr.Progress(): self.run(
                          {names[c]: v for c, v in values.items()}, progress),
                      inputs=set(self.components.values()), outputs=[video, plot, status],
@@ -362,7 +363,7 @@ def launch(demo: gr.Blocks, options: AppOptions, out_dir: str | Path) -> str:
                               font_mono=["ui-monospace", "monospace"])
     _, local_url, share_url = demo.launch(server_name=options.host, server_port=port, share=options.share,
                                           prevent_thread_lock=True, quiet=True, theme=theme, ssr_mode=False,
-                                          allowed_paths=[str(out_dir)], footer_links=[])
+                                          allowed_paths=[str(out_dir)])
     if share_url:
         print(f"avgen app: public link {share_url}")
     return local_url
