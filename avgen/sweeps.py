@@ -242,11 +242,19 @@ def _known_keys(data: dict, known: tuple[str, ...], where: str) -> None:
         raise ConfigError(f"{where}: unknown key {', '.join(unknown)}; known keys: {', '.join(known)}")
 
 
+# Commands that run until stopped by hand (``app`` serves a web page): never a step of a sweep's jobs.
+INTERACTIVE_COMMANDS = ("app",)
+
+
 def _check_command(command, where: str) -> None:
     from avgen.cli import COMMANDS
 
+    steps = ", ".join(c for c in COMMANDS if c not in INTERACTIVE_COMMANDS)
+    if command in INTERACTIVE_COMMANDS:
+        raise ConfigError(f"{where}: {command} runs until stopped by hand, so it cannot be a sweep step; choose one "
+                          f"of {steps}")
     if command not in COMMANDS:
-        raise ConfigError(f"{where}: {command!r} is not an avgen command; choose one of {', '.join(COMMANDS)}")
+        raise ConfigError(f"{where}: {command!r} is not an avgen command; choose one of {steps}")
 
 
 def _text(data: dict, key: str, path: Path) -> str:

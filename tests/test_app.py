@@ -197,7 +197,7 @@ def start_app(args: list[str], cwd: Path, timeout: float = 120) -> tuple[subproc
     output lines keep arriving in."""
     proc = subprocess.Popen([sys.executable, "-m", "avgen", "app", *args], cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(REPO), "GRADIO_TEMP_DIR": str(cwd / "gradio")})
     lines: list[str] = []
     found: queue.Queue[str] = queue.Queue()
 

@@ -53,6 +53,9 @@ def _write(tmp_path: Path, text: str, name: str = "t.yaml") -> Path:
     ("command: train\nrows: [{name: a}]\n",
      "{f}: command: 'train' is not an avgen command; choose one of fit, validate, test, sample, evaluate, export, "
      "prepare, filter, concat_test, cache"),
+    ("then: [[app, \"ckpt_path={run}/checkpoints/last.ckpt\"]]\nrows: [{name: a}]\n",
+     "{f}: then[0]: app runs until stopped by hand, so it cannot be a sweep step; choose one of fit, validate, test, "
+     "sample, evaluate, export, prepare, filter, concat_test, cache"),
     ("then: [sample]\nrows: [{name: a}]\n",
      "{f}: then[0] must be a list: a command then its overrides, e.g. [evaluate, "
      "\"evaluate.pred_dir={{run}}/sample/samples\"]"),
