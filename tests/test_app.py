@@ -170,6 +170,27 @@ def test_the_page_shows_each_models_inputs_and_defaults(vta_pipe, tmp_path):
     assert widgets["avgen-vta_ldm-steps"].info == "sampler steps"
 
 
+@pytest.mark.parametrize("system", ["joint", "tempotokens"])
+def test_the_other_systems_generate_from_their_tabs(system, tiny_checkpoints, tmp_path):
+    """The joint model from a prompt (its clip length), TempoTokens from a 0.75 s recording (a video as long)."""
+    from avgen.media import write_wav
+    from avgen.pipelines import pipeline_from_checkpoint
+
+    pipe = pipeline_from_checkpoint(tiny_checkpoints(system), device="cpu")
+    wav = write_wav(tmp_path / "recording.wav", 0.3 * np.sin(np.arange(12000, dtype=np.float32) * 0.05), 16000)
+    request, seconds = {
+        "joint": ({"prompt": "a ball hits wood", "negative_prompt": "", "steps": 2, "gamma": 1.5, "seed": 0}, 1.0),
+        "tempotokens": ({"audio": str(wav), "prompt": "", "steps": 2, "seed": 0}, 0.75)}[system]
+    demo = build_app({system: pipe}, out_dir=tmp_path / "out")
+    ids = {b.elem_id for b in demo.blocks.values() if (b.elem_id or "").startswith(f"avgen-{system}-")}
+    assert {f"avgen-{system}-{name}" for name in (*pipe.inputs, *pipe.options, "seed")} <= ids
+    video, plot, status = Tab(system, pipe, tmp_path / "out").run(request)
+    assert video == str(tmp_path / "out" / f"{system}_0000" / "sample_0000.mp4"), status
+    assert status.startswith(f"Wrote `{video}` in ") and Path(plot).is_file()
+    clip = read_clip(video)
+    assert len(clip.frames) == round(seconds * 8) and clip.audio_seconds == pytest.approx(seconds, abs=0.07)
+
+
 # ------------------------------------------------------------------------------------------ in a browser
 def chrome_or_skip():
     """A headless Chromium driven by selenium; a skip when Debian's chromium / chromium-driver are missing,
