@@ -7,8 +7,7 @@ weights, plus an ``"avgen"`` entry::
      "trainable": [parameter names], "ema": {name: tensor} | None}
 
 Frozen parts are rebuilt from ``config`` when the checkpoint is loaded, so checkpoints stay the
-size of what was trained. ``export`` strips a checkpoint to ``model.safetensors`` (EMA weights
-swapped in when present), ``config.yaml`` and ``versions.json``.
+size of what was trained. ``export`` turns a checkpoint into a pipeline folder (``avgen/export.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from avgen.errors import CheckpointError
 from avgen.media.files import atomic_write
 
 FORMAT = "avgen-ckpt/1"
@@ -120,14 +120,25 @@ def newest_checkpoint(folder: str | Path) -> tuple[Path, int] | None:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load an avgen checkpoint on the CPU and check it is one."""
+    """Load an avgen checkpoint on the CPU and check it is one.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: (a ValueError) not a checkpoint written by ``fit`` (not a torch file, truncated, objects the
+            safe loader refuses, or no ``avgen`` entry), naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (ckpt_path / init_from)")
     # Checkpoints hold the config and library versions (plain containers), so the safe loader suffices.
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    meta = ckpt.get("avgen")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, truncated, unsafe: torch raises many types (UnpicklingError, KeyError)
+        reason = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{path} is not an avgen checkpoint: torch.load(weights_only=True) cannot read it "
+                         f"({type(exc).__name__}: {reason})") from exc
+    meta = ckpt.get("avgen") if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an avgen checkpoint (no 'avgen' entry of format {FORMAT}); "
+        raise CheckpointError(f"{path} is not an avgen checkpoint (no 'avgen' entry of format {FORMAT}); "
                          f"it was not written by `python -m avgen fit`")
     return ckpt

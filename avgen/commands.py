@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from avgen.errors import (
+    CheckpointError,
     CommandUnavailable,
     ConfigError,
     DataHealthError,
@@ -738,7 +739,8 @@ COMMANDS = {"fit": fit, "validate": validate, "test": test, "sample": sample, "e
             "export": export, "prepare": prepare, "filter": filter_clips, "concat_test": concat_test,
             "cache": cache, "app": app}
 USER_ERRORS = (ConfigError, CommandUnavailable, MissingShardsError, GeometryMismatchError, DataHealthError,
-               NothingProduced, FileNotFoundError, FileExistsError, PrepareError, InputError, PipelineFolderError)
+               NothingProduced, FileNotFoundError, FileExistsError, PrepareError, InputError, PipelineFolderError,
+               CheckpointError)
 
 
 def run_command(cfg: DictConfig):

@@ -53,6 +53,14 @@ class NothingProduced(RuntimeError):
     The command line exits with status 1 on it."""
 
 
+class CheckpointError(ValueError):
+    """A file given as a checkpoint (``ckpt_path``, ``init_from``, ``resume``) is not one written by ``fit``: not a
+    torch file, truncated, or without avgen's entry; one line naming the file."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
 class InputError(ValueError):
     """An input given to a pipeline (:mod:`avgen.pipelines`) or the demo page cannot be used: an unreadable or
     missing file, an input too short or too long, an unknown sampling option or a bad value. One line naming the

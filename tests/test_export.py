@@ -358,3 +358,15 @@ def test_include_frozen_reads_hub_ids_from_the_local_cache(tmp_path, monkeypatch
         avgen.from_pretrained("org/tiny-model")
     with pytest.raises(PipelineFolderError, match="org/none: no such folder, and not in the local Hugging Face cache"):
         avgen.from_pretrained("org/none")
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, capsys):
+    from avgen.commands import run_command
+
+    for name, data in (("text.ckpt", b"hello"), ("empty.ckpt", b"")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(SystemExit):
+            run_command(compose(["command=export", f"ckpt_path={tmp_path / name}"], tmp_path))
+        err = capsys.readouterr().err
+        assert f"{tmp_path / name} is not an avgen checkpoint: torch.load(weights_only=True) cannot read it" in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

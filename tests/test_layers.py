@@ -11,11 +11,12 @@ Layers, bottom to top (a module may import from its own layer and the ones below
 4. ``modules`` (the trained building blocks of the systems)
 5. ``metrics`` (metric math and torchmetrics ``Metric`` classes)
 6. ``systems``, ``callbacks``
-7. ``evaluation``
+7. ``evaluation``, ``pipelines`` (``avgen.from_pretrained``: a trained system behind its natural call)
 8. ``curation`` (``filter``: thresholds over evaluation scores), ``caching`` (``cache``: a system's frozen features
    over a dataset, for ``data.features``)
-9. ``commands``, ``collect`` (``python -m avgen collect``: a table of many runs), ``app`` (``python -m avgen app``:
-   the web page that runs pipelines)
+9. ``commands``, ``collect`` (``python -m avgen collect``: a table of many runs), ``export`` (pipeline folders and
+   their model cards, which read a run's metrics as ``collect`` does), ``app`` (``python -m avgen app``: the web
+   page that runs pipelines)
 10. ``cli``, ``__main__``, ``sweeps`` (``sweep``: runs the command line's override checks on every row of a sweep
     file; ``cli`` dispatches to it by name)
 
