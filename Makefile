@@ -51,6 +51,7 @@ bench: setup
 	$(PY) benchmarks/joint_costs.py
 	$(PY) benchmarks/tempotokens_costs.py
 	$(PY) benchmarks/vta_ldm_costs.py
+	$(PY) benchmarks/pipeline_costs.py
 
 clean-venv:
 	rm -rf $(VENV)
