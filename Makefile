@@ -28,7 +28,8 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # The main job: the joint audio+video model at scale=tiny (tiny random backbones, synthetic data,
-# CPU, about six minutes): train, sample two sounding videos, score their AV-Align. Re-running
+# CPU, about six minutes): train, sample two sounding videos, score their AV-Align, export the model.
+# Re-running
 # continues the same run folder (resume=auto).
 DEMO_DIR ?= runs/demo
 DEMO_STEPS ?= 240
@@ -39,9 +40,13 @@ demo: setup
 		hydra.run.dir=$(DEMO_DIR)/sample
 	$(PY) -m avgen evaluate evaluate.pred_dir=$(DEMO_DIR)/sample/samples evaluate.plots=2 evaluate.overwrite=true \
 		hydra.run.dir=$(DEMO_DIR)/evaluate
+	$(PY) -m avgen export ckpt_path=$(DEMO_DIR)/fit/checkpoints/last.ckpt export.dir=$(DEMO_DIR)/export \
+		export.overwrite=true hydra.run.dir=$(DEMO_DIR)/export_run
 	@echo "run folder:      $(DEMO_DIR)/fit  (checkpoints/, logs/metrics.csv, val_samples/)"
 	@echo "sounding videos: $$(ls $(DEMO_DIR)/sample/samples/*.mp4 | tr '\n' ' ')"
 	@echo "AV-Align:        $(DEMO_DIR)/evaluate/metrics.json (plots in $(DEMO_DIR)/evaluate/plots/)"
+	@echo "shared model:    $(DEMO_DIR)/export  (avgen.from_pretrained('$(DEMO_DIR)/export'); model card README.md)"
+	@echo "demo page:       $(PY) -m avgen app app.export_dir=$(DEMO_DIR)/export"
 
 bench: setup
 	$(PY) benchmarks/data_throughput.py
