@@ -29,8 +29,7 @@ test-fast: setup
 
 # The main job: the joint audio+video model at scale=tiny (tiny random backbones, synthetic data,
 # CPU, about six minutes): train, sample two sounding videos, score their AV-Align, export the model.
-# Re-running
-# continues the same run folder (resume=auto).
+# Re-running continues the same run folder (resume=auto).
 DEMO_DIR ?= runs/demo
 DEMO_STEPS ?= 240
 demo: setup
