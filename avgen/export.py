@@ -124,6 +124,19 @@ def copy_frozen(source: str, kind: str, config_key: str, dest: Path, tiny_dir: s
     return dest / path.name
 
 
+def foreign_entries(folder: Path) -> list[str]:
+    """The names in an export ``folder`` that :func:`export_pipeline` does not write (a user's notes, samples
+    saved inside it), sorted: what replacing the folder would delete. An unreadable index counts as foreign."""
+    try:
+        index = json.loads((folder / INDEX_FILE).read_text())
+        components = index.get("components") or {}
+        ours = {INDEX_FILE, str(index.get("config") or CONFIG_FILE), "README.md", FROZEN_DIR}
+        ours |= {Path(c["file"]).parts[0] for c in components.values() if c.get("type") == "trained"}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError, IndexError):
+        return [f"{INDEX_FILE} (unreadable: not written by this avgen)"]
+    return sorted(p.name for p in folder.iterdir() if p.name not in ours)
+
+
 def export_pipeline(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, *, ema: bool = True,
                     include_frozen: bool = False, overwrite: bool = False,
                     evaluations: Sequence[str | os.PathLike] = (), runs_dir: str | os.PathLike | None = None) -> Path:
@@ -160,6 +173,11 @@ def export_pipeline(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         if not overwrite:
             raise FileExistsError(f"export.dir={out} already holds an export; pass export.overwrite=true to replace "
                                   f"it, or another export.dir")
+        foreign = foreign_entries(out)
+        if foreign:
+            raise FileExistsError(f"export.dir={out} holds an export and {foreign[0]}, which export did not write; "
+                                  f"move it out of the folder or choose another export.dir (avgen never replaces "
+                                  f"files it did not write)")
     ckpt = read_checkpoint(ckpt_path)
     meta = ckpt.get("avgen") or {}
     run_config = meta.get("config") or {}
@@ -410,5 +428,5 @@ def model_card(index: Mapping[str, Any], run_config: Mapping[str, Any], metrics:
     return "\n".join(lines)
 
 
-__all__ = ["FROZEN_DIR", "card_metrics", "component_of", "export_pipeline", "frozen_sources", "model_card",
-           "split_components"]
+__all__ = ["FROZEN_DIR", "card_metrics", "component_of", "export_pipeline", "foreign_entries", "frozen_sources",
+           "model_card", "split_components"]

@@ -230,6 +230,10 @@ def test_export_never_replaces_what_it_did_not_write(checkpoints, tmp_path):
         export_pipeline(ckpt, folder)
     export_pipeline(ckpt, folder, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "mine"]  # no temporary folder left
+    (folder / "NOTES.txt").write_text("keep")  # a user's file inside an export: overwrite must not delete it
+    with pytest.raises(FileExistsError, match=r"holds an export and NOTES\.txt, which export did not write"):
+        export_pipeline(ckpt, folder, overwrite=True)
+    assert (folder / "NOTES.txt").read_text() == "keep"
 
 
 def test_from_pretrained_refuses_broken_folders(checkpoints, tmp_path, tiny_dir):
