@@ -132,9 +132,14 @@ def load_pipelines(ckpt_path: str | None, export_dirs: Sequence[str], device: st
                           "written by export> (a list of folders serves several)")
     sources = ([("ckpt_path", Path(ckpt_path))] if ckpt_path else []) + [("app.export_dir", Path(d))
                                                                            for d in export_dirs]
+    seen: dict[Path, Path] = {}
     for key, path in sources:
         if not (path.is_file() if key == "ckpt_path" else path.is_dir()):
             raise ConfigError(f"{key}={path}: no such {'file' if key == 'ckpt_path' else 'folder'}")
+        if path.resolve() in seen:
+            raise ConfigError(f"app.export_dir: {path} is given twice (as {seen[path.resolve()]} before); list each "
+                              f"model once")
+        seen[path.resolve()] = path
     loaded = []
     for key, path in sources:
         load = pipeline_from_checkpoint if key == "ckpt_path" else from_pretrained
@@ -145,9 +150,17 @@ def load_pipelines(ckpt_path: str | None, export_dirs: Sequence[str], device: st
             raise ConfigError(f"{key}={path}: {exc}") from exc
         pipe.max_input_seconds = max_input_seconds
         loaded.append((path, pipe))
-    systems = [pipe.system for _, pipe in loaded]
-    return {(pipe.system if systems.count(pipe.system) == 1 else f"{pipe.system} ({path.name})"): pipe
-            for path, pipe in loaded}
+    return dict(zip(tab_labels([(path, pipe.system) for path, pipe in loaded]), (pipe for _, pipe in loaded)))
+
+
+def tab_labels(models: Sequence[tuple[Path, str]]) -> list[str]:
+    """One distinct tab label per ``(path, system)``: the system name; with the file or folder name added when
+    two models are of the same system; with the path as given when those names are the same too
+    (``a/model`` and ``b/model``)."""
+    systems = [system for _, system in models]
+    labels = [system if systems.count(system) == 1 else f"{system} ({path.name})" for path, system in models]
+    return [label if labels.count(label) == 1 else f"{system} ({path})"
+            for label, (path, system) in zip(labels, models)]
 
 
 # ------------------------------------------------------------------------------------------ one request

@@ -83,6 +83,17 @@ def test_two_models_of_one_system_get_a_tab_each(vta_checkpoint, tmp_path, monke
     assert pipes["vta_ldm (vta_export)"].options == pipes["vta_ldm (last.ckpt)"].options
 
 
+def test_tab_labels_stay_distinct_and_a_folder_is_served_once(tmp_path):
+    from avgen.app import tab_labels
+
+    models = [(Path("runs/a/last.ckpt"), "vta_ldm"), (Path("x1/vta"), "vta_ldm"), (Path("x2/vta"), "vta_ldm"),
+              (Path("exports/joint"), "joint")]
+    assert tab_labels(models) == ["vta_ldm (last.ckpt)", "vta_ldm (x1/vta)", "vta_ldm (x2/vta)", "joint"]
+    (tmp_path / "vta").mkdir()
+    with pytest.raises(ConfigError, match=r"^app\.export_dir: .*vta is given twice"):
+        load_pipelines(None, (str(tmp_path / "vta"), str(tmp_path / "vta" / ".." / "vta")))
+
+
 def test_command_line_errors_are_one_line(tmp_path):
     proc = run_cli("app", cwd=tmp_path)
     assert proc.returncode == 1
