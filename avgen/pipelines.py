@@ -28,6 +28,8 @@ import copy
 import json
 import math
 import os
+import re
+import reprlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,6 +271,29 @@ def _stack(items: Sequence[torch.Tensor], name: str) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- pipelines
 ProgressCallback = Callable[[int, int], None]
 
+#: seeds go to torch.Generator.manual_seed (a 64-bit integer) after adding a clip's or window's index
+MAX_SEED = 2**63
+
+
+def _short(value: Any) -> str:
+    """``value`` for a one-line message: a tensor or array as its type and shape, anything else a short repr."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return f"<{type(value).__name__} {tuple(value.shape)}>"
+    return reprlib.repr(value)
+
+
+def _media_reason(exc: Exception, path: Path) -> str:
+    """A decoder's message about ``path`` without the path (the caller names the file) or errno numbers."""
+    text = " ".join(str(exc).split()).replace(f": '{path}'", "").replace(f"{path}: ", "")
+    return re.sub(r"\[Errno -?\d+\] ", "", text)
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise InputError(f"{what} {path}: no such file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{what} {path.name}: the file is empty (0 bytes)")
+
 
 class AVPipeline:
     """Base of the pipelines: a trained system on a device, its sampling defaults, input checks and progress.
@@ -329,8 +354,8 @@ class AVPipeline:
         if unknown:
             raise InputError(f"{unknown[0]} is not an option of {type(self).__name__}; expected some of: "
                              f"{', '.join(self.option_names)}, seed")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise InputError(f"seed={seed!r}: expected a non-negative integer")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < MAX_SEED:
+            raise InputError(f"seed={_short(seed)}: expected a non-negative integer below 2**63")
         try:
             return self.model.sampling.updated("pipeline", **options)
         except ConfigError as exc:
@@ -366,9 +391,9 @@ class AVPipeline:
             if required:
                 raise InputError("prompt is missing: pass prompt=\"...\" (or a list of prompts)")
             return [""] * count
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else []
         if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise InputError(f"prompt={prompt!r}: expected a string or a list of strings")
+            raise InputError(f"prompt={_short(prompt)}: expected a string or a list of strings")
         if len(prompts) == 1:
             prompts = prompts * count
         if len(prompts) != count:
@@ -403,8 +428,7 @@ class JointPipeline(AVPipeline):
             InputError: no prompt, an unknown option or a bad value (before any model runs).
         """
         settings = self.settings(seed, options)
-        prompts = self._prompts(prompt, 1 if isinstance(prompt, str) or prompt is None else len(prompt),
-                                required=True)
+        prompts = self._prompts(prompt, len(prompt) if isinstance(prompt, (list, tuple)) else 1, required=True)
         size = settings.batch_size
         total = settings.steps * math.ceil(len(prompts) / size)
         videos, audios = [], []
@@ -462,8 +486,13 @@ class TempoTokensPipeline(AVPipeline):
         if audio is None:
             raise InputError("audio is missing: pass audio=<file> or a waveform with sample_rate=")
         items = list(audio) if isinstance(audio, (list, tuple)) else [audio]
-        if isinstance(audio, (np.ndarray, torch.Tensor)) and np.ndim(audio) == 2:
+        if isinstance(audio, (np.ndarray, torch.Tensor)) and audio.ndim == 2:
             items = list(audio)
+        if not items:
+            raise InputError(f"audio={_short(audio)}: no input; pass a file or a waveform")
+        if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer))
+                                        or sample_rate <= 0):
+            raise InputError(f"sample_rate={_short(sample_rate)}: expected the waveform's rate in Hz, an integer > 0")
         rate = self.sample_rate
         waves, sources = [], []
         need, why = self.model._min_input_samples()
@@ -471,15 +500,14 @@ class TempoTokensPipeline(AVPipeline):
             if isinstance(item, (str, os.PathLike)):
                 path = Path(item)
                 name = path.name
-                if not path.is_file():
-                    raise InputError(f"audio {path}: no such file")
+                _check_file(path, "audio")
                 try:
                     duration = probe(path).duration
                     if duration:  # refused before decoding a long upload
                         self._check_seconds(float(duration), name)
                     wave = decode_audio(path, rate)
                 except MediaError as exc:
-                    raise InputError(f"audio {name}: cannot be read: {exc}".replace(f"{path}: ", "")) from exc
+                    raise InputError(f"audio {name}: cannot be read: {_media_reason(exc, path)}") from exc
                 if duration:
                     wave = wave[:max(1, round(duration * rate))]
                 sources.append(str(path.resolve()))
@@ -498,7 +526,7 @@ class TempoTokensPipeline(AVPipeline):
                     wave = AF.resample(torch.from_numpy(wave), int(sample_rate), rate).numpy()
                 sources.append(None)
             else:
-                raise InputError(f"audio={item!r}: expected a file path or a waveform")
+                raise InputError(f"audio={_short(item)}: expected a file path or a waveform")
             try:
                 check_finite(wave, name)
             except MediaError as exc:
@@ -521,12 +549,13 @@ class VTALDMPipeline(AVPipeline):
                  progress: ProgressCallback | None = None, **options: Any) -> AVOutput:
         """Audio for each input video file (any container FFmpeg reads), covering its video stream: an input longer
         than the clip is generated in windows joined by a crossfade, window k over every input seeded ``seed + k``,
-        as ``python -m avgen sample`` does. ``prompt``: the text condition's caption (models trained with text;
-        default: a ``<stem>.txt`` beside the file, else empty).
+        as ``python -m avgen sample`` does. ``prompt``: the clips' caption, written beside each output (the text
+        condition of models trained with text; others ignore it, as ``sample.prompt`` does); default: a
+        ``<stem>.txt`` beside the file, else empty.
 
         Raises:
-            InputError: no video, a missing or unreadable file, an input longer than ``max_input_seconds``, a
-                prompt the model has no text condition for, an unknown option or a bad value (before any model runs).
+            InputError: no video, a missing, empty or unreadable file, an input longer than ``max_input_seconds``,
+                an unknown option or a bad value (before any model runs).
         """
         from avgen.media import MediaError, video_stream_duration
         from avgen.samples import VideoInput, sidecar_caption
@@ -535,22 +564,22 @@ class VTALDMPipeline(AVPipeline):
         if video is None:
             raise InputError("video is missing: pass video=<file> (or a list of files)")
         files = list(video) if isinstance(video, (list, tuple)) else [video]
+        if not files:
+            raise InputError("video=[]: no input; pass a file (or a list of files)")
         if prompt is not None and not isinstance(prompt, str):
-            raise InputError(f"prompt={prompt!r}: VTA-LDM takes one caption for every input")
+            raise InputError(f"prompt={_short(prompt)}: VTA-LDM takes one caption for every input")
         items = []
         for k, file in enumerate(files):
             if not isinstance(file, (str, os.PathLike)):
-                raise InputError(f"video={file!r}: expected a file path")
+                raise InputError(f"video={_short(file)}: expected a file path")
             path = Path(file)
-            if not path.is_file():
-                raise InputError(f"video {path}: no such file")
+            _check_file(path, "video")
             try:
                 self._check_seconds(float(video_stream_duration(path)), f"video {path.name}")  # before decoding
                 item = VideoInput.read(path, str(path.resolve()), sidecar_caption(path), f"input_{k}",
                                        self.model.clip)
             except MediaError as exc:
-                raise InputError(f"video {path.name}: cannot be read: {' '.join(str(exc).split())}"
-                                 .replace(f"{path}: ", "")) from exc
+                raise InputError(f"video {path.name}: cannot be read: {_media_reason(exc, path)}") from exc
             self._check_seconds(item.num_samples / self.sample_rate, f"video {path.name}")
             items.append(item)
         total = sum(math.ceil(len(item.windows) / settings.batch_size) for item in items) * settings.steps
