@@ -160,7 +160,11 @@ def build_system(model_config: Mapping[str, Any], weights: Mapping[str, torch.Te
     kwargs["optimizer"] = kwargs["scheduler"] = None
     for key in getattr(cls, "INIT_ONLY", ()):
         kwargs[key] = None
-    system = cls(**kwargs)
+    try:
+        system = cls(**kwargs)
+    except TypeError as exc:  # a key the class does not take: a config edited by hand or from another version
+        raise PipelineFolderError(f"{source}: its model config does not fit {cls_name} ({exc}); export it again "
+                                  f"with this avgen version") from exc
     try:
         system.check_trainable_keys(dict(weights), source=source)
     except KeyError as exc:
@@ -624,6 +628,18 @@ def read_index(folder: str | Path) -> dict[str, Any]:
                                   f"not {INDEX_FORMAT!r}; export it again with this avgen version")
     if index.get("system") not in PIPELINES:
         raise PipelineFolderError(f"{path}: system {index.get('system')!r} is not one of {', '.join(PIPELINES)}")
+    components = index.get("components")
+    if not isinstance(components, dict) or not all(isinstance(c, dict) for c in components.values()):
+        raise PipelineFolderError(f"{path}: components is not a mapping of component entries; export it again")
+    for name, component in components.items():
+        need = ("file", "prefix") if component.get("type") == "trained" else ()
+        if component.get("type") == "frozen" and component.get("kind") == "included":
+            need = ("source", "config_key")
+        missing = [key for key in need if not isinstance(component.get(key), str)]
+        if missing:
+            raise PipelineFolderError(f"{path}: component {name} has no {missing[0]}; export it again")
+    if not isinstance(index.get("config", CONFIG_FILE), str):
+        raise PipelineFolderError(f"{path}: config is not a file name; export it again")
     return index
 
 
@@ -652,7 +668,11 @@ def read_weights(folder: Path, index: Mapping[str, Any]) -> dict[str, torch.Tens
         if component.get("sha256") and sha256_file(path) != component["sha256"]:
             raise PipelineFolderError(f"{path}: its SHA-256 differs from the one {INDEX_FILE} records; the file was "
                                       f"changed or truncated, export again")
-        for key, value in load_safetensors(path.read_bytes()).items():
+        try:
+            tensors = load_safetensors(path.read_bytes())
+        except Exception as exc:  # safetensors raises its own error type for a bad header
+            raise PipelineFolderError(f"{path}: not a readable safetensors file ({exc}); export again") from exc
+        for key, value in tensors.items():
             weights[component["prefix"] + key] = value
     return weights
 
@@ -720,10 +740,14 @@ def from_pretrained(folder: str | os.PathLike, *, device: str | torch.device = "
     folder = resolve_folder(folder)
     index = read_index(folder)
     config_path = folder / index.get("config", CONFIG_FILE)
+    if folder.resolve() not in config_path.resolve().parents:
+        raise PipelineFolderError(f"{folder / INDEX_FILE}: config names {index['config']}, outside the folder")
     try:
         model_config = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
         raise PipelineFolderError(f"{config_path}: cannot be read as JSON ({exc})") from exc
+    if not isinstance(model_config, dict):
+        raise PipelineFolderError(f"{config_path}: not a model config (a JSON object); export again")
     if system_name(model_config) != index["system"]:
         raise PipelineFolderError(f"{config_path}: its system is not the index's {index['system']}")
     model_config = frozen_config(folder, index, model_config)

@@ -256,6 +256,25 @@ def test_from_pretrained_refuses_broken_folders(checkpoints, tmp_path, tiny_dir)
     (folder / "model_config.json").write_text(json.dumps(config))
     with pytest.raises(PipelineFolderError, match="'os.system' is not an avgen system"):
         avgen.from_pretrained(folder, tiny_dir=tiny_dir)
+    # hand-edited files: one PipelineFolderError naming the file, never a KeyError / TypeError / safetensors error
+    good_index, good_config = dict(index), dict(config, _target_="avgen.systems.tempotokens.TempoTokens")
+    mapper = good_index["components"]["audio_mapper"]
+    edits = [
+        ({"components": {**good_index["components"], "audio_mapper": {**mapper, "sha256": None}}}, None,
+         "not a readable safetensors file"),
+        ({"components": {**good_index["components"], "audio_mapper": {"type": "trained"}}}, None,
+         "component audio_mapper has no file"),
+        ({"config": "../elsewhere.json"}, None, "config names ../elsewhere.json, outside the folder"),
+        ({}, [1], "not a model config"),
+        ({}, {**good_config, "bogus_key": 1}, "its model config does not fit TempoTokens"),
+    ]
+    data[-1] ^= 1
+    for index_edit, config_edit, message in edits:
+        file.write_bytes(b"garbage" if "safetensors" in message else bytes(data))
+        (folder / INDEX_FILE).write_text(json.dumps({**good_index, **index_edit}))
+        (folder / "model_config.json").write_text(json.dumps(good_config if config_edit is None else config_edit))
+        with pytest.raises(PipelineFolderError, match=re.escape(message)):
+            avgen.from_pretrained(folder, tiny_dir=tiny_dir)
 
 
 def test_pipeline_inputs_are_checked_before_any_model_runs(checkpoints, tmp_path, tiny_dir, monkeypatch):
