@@ -241,8 +241,8 @@ def option_component(name: str, default: Any, doc: str | None, elem_id: str) -> 
         return gr.Dropdown(choices=list(SAMPLERS), value=default, label=label, info=doc, elem_id=elem_id)
     if isinstance(default, bool):
         return gr.Checkbox(value=default, label=label, info=doc, elem_id=elem_id)
-    if isinstance(default, int):
-        return gr.Number(value=default, precision=0, minimum=1, label=label, info=doc, elem_id=elem_id)
+    if isinstance(default, int):  # no minimum: Gradio would refuse 0 in a toast, the pipeline says why in the status
+        return gr.Number(value=default, precision=0, label=label, info=doc, elem_id=elem_id)
     if isinstance(default, float):
         low, high, step = SLIDERS.get(name, (0.0, max(GUIDANCE_MAX, 2 * default), 0.1))
         return gr.Slider(low, high, value=default, step=step, label=label, info=doc, elem_id=elem_id)
@@ -304,7 +304,7 @@ class Tab:
                         if name != "negative_prompt":
                             self.components[name] = option_component(name, default, docs.get(name),
                                                                       f"avgen-{key}-{name}")
-                    self.components["seed"] = gr.Number(value=0, precision=0, minimum=0, label="Seed",
+                    self.components["seed"] = gr.Number(value=0, precision=0, label="Seed",
                                                         info="the clip's noise; the same seed gives the same clip",
                                                         elem_id=f"avgen-{key}-seed")
                 button = gr.Button("Generate", variant="primary", elem_id=f"avgen-{key}-generate")

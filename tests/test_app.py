@@ -179,6 +179,10 @@ def test_the_page_shows_each_models_inputs_and_defaults(vta_pipe, tmp_path):
     for name, default in vta_pipe.options.items():
         assert widgets[f"avgen-vta_ldm-{name}"].value == default, name
     assert widgets["avgen-vta_ldm-steps"].info == "sampler steps"
+    # out-of-range numbers reach the pipeline, whose one-line reason shows in the status (not a Gradio toast)
+    assert widgets["avgen-vta_ldm-steps"].preprocess(0) == 0 and widgets["avgen-vta_ldm-seed"].preprocess(-1) == -1
+    assert Tab("vta_ldm", vta_pipe, tmp_path).run({"video": "x.mp4", "seed": -1})[2] == (
+        "**Error:** seed=-1: expected a non-negative integer below 2**63")
 
 
 @pytest.mark.parametrize("system", ["joint", "tempotokens"])
