@@ -360,6 +360,26 @@ def test_export_command(checkpoints, tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
+def test_ctrl_c_during_export_is_one_line_and_leaves_nothing(checkpoints, tmp_path, capsys, monkeypatch):
+    import avgen.media
+    from avgen.commands import run_command
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(avgen.media, "write_bytes_atomic", interrupted)  # Ctrl-C while the folder is written
+    out = tmp_path / "exports" / "model"
+    cfg = compose(["command=export", f"ckpt_path={checkpoints('vta_ldm')}", f"export.dir={out}"], tmp_path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_command(cfg)
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "avgen export: interrupted (Ctrl-C); nothing was written to export.dir (the export is moved into place only "
+        "when complete)"]
+    assert list(out.parent.iterdir()) == []  # neither the folder nor its temporary twin
+
+
 def test_bfloat16_pipeline_runs(checkpoints, tmp_path, tiny_dir):
     """dtype= casts every part; the joint connectors' timestep MLP once got a float32 embedding in a bf16 model."""
     pipe = avgen.from_pretrained(export_pipeline(checkpoints("joint"), tmp_path / "export"), device="cpu",
