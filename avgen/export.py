@@ -1,7 +1,8 @@
 """``python -m avgen export``: a checkpoint as a self-contained pipeline folder that
 :func:`avgen.from_pretrained` loads in one call.
 
-Folder layout (everything JSON, safetensors or text; nothing is pickled)::
+Folder layout (the index, config and trained weights are JSON, safetensors or text; nothing is pickled; frozen
+copies keep their source's files, e.g. a BEATs ``.pt`` that the encoder reads with ``weights_only=True``)::
 
     avgen_index.json          format, system, task, components, sampling defaults, clip, versions
                               (not model_index.json, so diffusers does not take the folder for its own pipeline)
@@ -205,7 +206,11 @@ def export_pipeline(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     model_config["tiny_dir"] = None
 
     tmp = out.parent / f".{out.name}.export-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError(f"export.dir={out}: cannot create a folder in {out.parent} ({exc.strerror}); choose a "
+                          f"writable export.dir") from exc
     try:
         components: dict[str, dict[str, Any]] = {}
         from safetensors.torch import save as save_safetensors

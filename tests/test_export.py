@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import avgen
-from avgen.errors import InputError, PipelineFolderError
+from avgen.errors import ConfigError, InputError, PipelineFolderError
 from avgen.export import export_pipeline
 from avgen.pipelines import INDEX_FILE, JointPipeline, TempoTokensPipeline, VTALDMPipeline, pipeline_from_checkpoint
 from tests.conftest import compose
@@ -226,6 +226,8 @@ def test_export_never_replaces_what_it_did_not_write(checkpoints, tmp_path):
     with pytest.raises(FileExistsError, match="not an avgen export"):
         export_pipeline(ckpt, mine, overwrite=True)
     assert (mine / "notes.txt").read_text() == "keep"
+    with pytest.raises(ConfigError, match=r"export\.dir=.*notes\.txt/model: cannot create a folder in .*notes\.txt"):
+        export_pipeline(ckpt, mine / "notes.txt" / "model")  # below a file: named by the key, not a temporary path
     folder = export_pipeline(ckpt, tmp_path / "export")
     with pytest.raises(FileExistsError, match="export.overwrite=true"):
         export_pipeline(ckpt, folder)
