@@ -368,7 +368,11 @@ def free_port(host: str) -> int:
 def launch(demo: gr.Blocks, options: AppOptions, out_dir: str | Path) -> str:
     """Start serving ``demo`` (whose outputs go under ``out_dir``) in a background thread and return its
     local URL. Gradio's fonts are the system's (no font download) and its server-side rendering is off
-    (it needs Node)."""
+    (it needs Node).
+
+    Raises:
+        ConfigError: the port is in use or the host is not an address of this machine (naming ``app.port``).
+    """
     import gradio as gr
 
     port = options.port or free_port(options.host)
@@ -376,9 +380,14 @@ def launch(demo: gr.Blocks, options: AppOptions, out_dir: str | Path) -> str:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])
-    _, local_url, share_url = demo.launch(server_name=options.host, server_port=port, share=options.share,
-                                          prevent_thread_lock=True, quiet=True, theme=theme, ssr_mode=False,
-                                          allowed_paths=[str(out_dir)])
+    try:
+        _, local_url, share_url = demo.launch(server_name=options.host, server_port=port, share=options.share,
+                                              prevent_thread_lock=True, quiet=True, theme=theme, ssr_mode=False,
+                                              allowed_paths=[str(out_dir)])
+    except OSError as exc:  # the port is taken (another app, a second avgen app) or the address is not this machine's
+        reason = str(exc).split(". ")[0]
+        raise ConfigError(f"app.port={port} (app.host={options.host}): cannot serve there ({reason}); pass "
+                          f"app.port=0 for a free port, or another app.port / app.host") from exc
     if share_url:
         print(f"avgen app: public link {share_url}")
     return local_url

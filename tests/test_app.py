@@ -103,6 +103,22 @@ def test_command_line_errors_are_one_line(tmp_path):
     assert proc.returncode == 1 and "unknown key app.prot; known keys of app: " in proc.stderr
 
 
+def test_a_port_in_use_is_one_line(tmp_path):
+    import socket
+
+    import gradio as gr
+
+    from avgen.app import launch
+
+    with socket.socket() as taken, gr.Blocks() as demo:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"^app\.port={port} \(app\.host=127\.0\.0\.1\): cannot serve there "
+                                              r"\(Cannot find empty port.*\); pass app\.port=0 for a free port"):
+            launch(demo, AppOptions(port=port), tmp_path)
+
+
 def test_new_folder_never_reuses_a_folder(tmp_path):
     (tmp_path / "vta_ldm_0000").mkdir()
     assert new_folder(tmp_path, "vta_ldm") == tmp_path / "vta_ldm_0001"
