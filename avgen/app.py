@@ -375,12 +375,13 @@ def launch(demo: gr.Blocks, options: AppOptions, out_dir: str | Path) -> str:
     """
     import gradio as gr
 
-    port = options.port or free_port(options.host)
     # Gradio checks its own server with httpx at start; Hydra's logging would print each request
     logging.getLogger("httpx").setLevel(logging.WARNING)
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])
+    port = options.port
     try:
+        port = port or free_port(options.host)
         _, local_url, share_url = demo.launch(server_name=options.host, server_port=port, share=options.share,
                                               prevent_thread_lock=True, quiet=True, theme=theme, ssr_mode=False,
                                               allowed_paths=[str(out_dir)])
