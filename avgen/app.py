@@ -122,11 +122,13 @@ def load_pipelines(ckpt_path: str | None, export_dirs: Sequence[str], device: st
     any model loads.
 
     Raises:
-        ConfigError: neither a checkpoint nor an export folder, a path that is not there, or a file that is
-            not an avgen checkpoint / export (naming ``ckpt_path`` or ``app.export_dir``).
+        ConfigError: a device this machine does not have (``app.device``), neither a checkpoint nor an export
+            folder, a path that is not there, or a file that is not an avgen checkpoint / export (naming
+            ``ckpt_path`` or ``app.export_dir``).
     """
-    from avgen.pipelines import from_pretrained, pipeline_from_checkpoint
+    from avgen.pipelines import from_pretrained, pipeline_from_checkpoint, resolve_device
 
+    resolve_device(device, "app.device")
     if not ckpt_path and not export_dirs:
         raise ConfigError("app needs a model: ckpt_path=<checkpoint written by fit> or app.export_dir=<folder "
                           "written by export> (a list of folders serves several)")

@@ -174,10 +174,22 @@ def build_system(model_config: Mapping[str, Any], weights: Mapping[str, torch.Te
     return system.eval()
 
 
-def _device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device, key: str = "device") -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda:1`` ... as a torch device this machine has.
+
+    Raises:
+        ConfigError: not a device name, or a CUDA device where there is none (naming ``key``).
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        value = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"{key}={device!r}: not a device; expected auto, cpu or cuda[:N]") from exc
+    if value.type == "cuda" and (not torch.cuda.is_available() or (value.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"{key}={device!r}: this machine has {torch.cuda.device_count()} CUDA devices; use auto or "
+                          f"cpu")
+    return value
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -733,10 +745,12 @@ def from_pretrained(folder: str | os.PathLike, *, device: str | torch.device = "
         a :class:`JointPipeline`, :class:`TempoTokensPipeline` or :class:`VTALDMPipeline`.
 
     Raises:
+        ConfigError: a device this machine does not have (before anything loads).
         PipelineFolderError: not an avgen export, or a missing / altered file.
         avgen.backbones.loader.PretrainedModelMissing: a frozen part the export references (by hub id or path)
             is not on this machine (the message says what to download and which key to set).
     """
+    resolve_device(device)  # before the model is built
     folder = resolve_folder(folder)
     index = read_index(folder)
     config_path = folder / index.get("config", CONFIG_FILE)
@@ -768,6 +782,7 @@ def pipeline_from_checkpoint(ckpt_path: str | os.PathLike, *, device: str | torc
     """
     from avgen.checkpoint import read_checkpoint
 
+    resolve_device(device)  # before the checkpoint is read
     ckpt = read_checkpoint(ckpt_path)
     meta = ckpt.get("avgen") or {}
     model_config = (meta.get("config") or {}).get("model")
@@ -786,7 +801,7 @@ def pipeline_from_checkpoint(ckpt_path: str | os.PathLike, *, device: str | torc
 
 
 def _placed(cls: type[AVPipeline], model, device, dtype, info) -> AVPipeline:
-    device = _device(device)
+    device = resolve_device(device)
     dtype = _dtype(dtype)
     model.to(device)
     if dtype is not None:

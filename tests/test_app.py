@@ -65,6 +65,10 @@ def test_load_pipelines_says_what_is_missing(tmp_path):
     with pytest.raises(ConfigError, match=r"^app needs a model: ckpt_path=<checkpoint written by fit> or "
                                           r"app\.export_dir=<folder"):
         load_pipelines(None, ())
+    with pytest.raises(ConfigError, match=r"^app\.device='gpu': not a device; expected auto, cpu or cuda"):
+        load_pipelines(None, (str(tmp_path),), device="gpu")
+    with pytest.raises(ConfigError, match=r"^app\.device='cuda:7': this machine has \d+ CUDA devices; use auto or cpu"):
+        load_pipelines(None, (str(tmp_path),), device="cuda:7")
     with pytest.raises(ConfigError, match=rf"^app\.export_dir={tmp_path / 'gone'}: no such folder$"):
         load_pipelines(None, (str(tmp_path), str(tmp_path / "gone")))
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
