@@ -335,7 +335,7 @@ def card_metrics(ckpt_path: Path, evaluations: Sequence[str | os.PathLike], runs
     Raises:
         ConfigError: an ``evaluations`` entry that does not exist (naming ``export.evaluations``).
     """
-    from avgen.collect import read_evaluations, read_validation
+    from avgen.collect import flatten, read_evaluations, read_validation
 
     found: dict[str, float | None] = {}
     where: list[str] = []
@@ -360,11 +360,20 @@ def card_metrics(ckpt_path: Path, evaluations: Sequence[str | os.PathLike], runs
         if not path.exists():
             raise ConfigError(f"export.evaluations: {path} does not exist; give metrics.json files or folders of "
                               f"python -m avgen evaluate")
-        if path.is_file():
-            evaluated, count = read_evaluations(path.parent, notes)
-            evaluated = {} if not count else evaluated
+        if path.is_file():  # this file only, not every metrics.json beside and below it
+            try:
+                metrics = json.loads(path.read_text())["metrics"]
+                if not isinstance(metrics, dict):
+                    raise TypeError("'metrics' is not a mapping")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"export.evaluations: {path} is not a metrics.json of python -m avgen evaluate "
+                                  f"({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
+            evaluated = flatten(metrics)
         else:
             evaluated, count = read_evaluations(path, notes)
+            if not count:
+                raise ConfigError(f"export.evaluations: {path} holds no readable metrics.json; give the folder or "
+                                  f"the metrics.json of a python -m avgen evaluate run")
         found.update(evaluated)
         where.append(str(path.resolve()))
     return found, where + notes

@@ -197,6 +197,23 @@ def test_export_folder_format_and_model_card(checkpoints, tmp_path, tiny_dir):
     assert json.loads((raw / INDEX_FILE).read_text())["ema"] is False
 
 
+def test_export_evaluations_reads_what_it_is_given(tmp_path):
+    from avgen.export import card_metrics
+
+    run = tmp_path / "evaluate"
+    (run / "older").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"metrics": {"fad": 1.5}}))
+    (run / "older" / "metrics.json").write_text(json.dumps({"metrics": {"kl": 3.0}}))
+    assert card_metrics(tmp_path / "x.ckpt", [run / "metrics.json"])[0] == {"fad": 1.5}  # that file, not its tree
+    assert card_metrics(tmp_path / "x.ckpt", [run])[0] == {"fad": 1.5, "kl": 3.0}
+    (tmp_path / "bad.json").write_text("{bad")
+    (tmp_path / "empty").mkdir()
+    for entry, message in ((tmp_path / "bad.json", "is not a metrics.json of python -m avgen evaluate (JSONDecode"),
+                           (tmp_path / "empty", "holds no readable metrics.json")):
+        with pytest.raises(ConfigError, match=re.escape(f"export.evaluations: {entry} {message}")):
+            card_metrics(tmp_path / "x.ckpt", [entry])
+
+
 def test_include_frozen_copies_the_frozen_parts(checkpoints, tmp_path):
     folder = export_pipeline(checkpoints("tempotokens"), tmp_path / "export", include_frozen=True)
     index = json.loads((folder / INDEX_FILE).read_text())
