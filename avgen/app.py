@@ -122,19 +122,26 @@ def load_pipelines(ckpt_path: str | None, export_dirs: Sequence[str], device: st
     any model loads.
 
     Raises:
-        ConfigError: neither a checkpoint nor an export folder, a path that is not there, or a file that is
-            not an avgen checkpoint / export (naming ``ckpt_path`` or ``app.export_dir``).
+        ConfigError: a device this machine does not have (``app.device``), neither a checkpoint nor an export
+            folder, a path that is not there, or a file that is not an avgen checkpoint / export (naming
+            ``ckpt_path`` or ``app.export_dir``).
     """
-    from avgen.pipelines import from_pretrained, pipeline_from_checkpoint
+    from avgen.pipelines import from_pretrained, pipeline_from_checkpoint, resolve_device
 
+    resolve_device(device, "app.device")
     if not ckpt_path and not export_dirs:
         raise ConfigError("app needs a model: ckpt_path=<checkpoint written by fit> or app.export_dir=<folder "
                           "written by export> (a list of folders serves several)")
     sources = ([("ckpt_path", Path(ckpt_path))] if ckpt_path else []) + [("app.export_dir", Path(d))
                                                                            for d in export_dirs]
+    seen: dict[Path, Path] = {}
     for key, path in sources:
         if not (path.is_file() if key == "ckpt_path" else path.is_dir()):
             raise ConfigError(f"{key}={path}: no such {'file' if key == 'ckpt_path' else 'folder'}")
+        if path.resolve() in seen:
+            raise ConfigError(f"app.export_dir: {path} is given twice (as {seen[path.resolve()]} before); list each "
+                              f"model once")
+        seen[path.resolve()] = path
     loaded = []
     for key, path in sources:
         load = pipeline_from_checkpoint if key == "ckpt_path" else from_pretrained
@@ -145,9 +152,17 @@ def load_pipelines(ckpt_path: str | None, export_dirs: Sequence[str], device: st
             raise ConfigError(f"{key}={path}: {exc}") from exc
         pipe.max_input_seconds = max_input_seconds
         loaded.append((path, pipe))
-    systems = [pipe.system for _, pipe in loaded]
-    return {(pipe.system if systems.count(pipe.system) == 1 else f"{pipe.system} ({path.name})"): pipe
-            for path, pipe in loaded}
+    return dict(zip(tab_labels([(path, pipe.system) for path, pipe in loaded]), (pipe for _, pipe in loaded)))
+
+
+def tab_labels(models: Sequence[tuple[Path, str]]) -> list[str]:
+    """One distinct tab label per ``(path, system)``: the system name; with the file or folder name added when
+    two models are of the same system; with the path as given when those names are the same too
+    (``a/model`` and ``b/model``)."""
+    systems = [system for _, system in models]
+    labels = [system if systems.count(system) == 1 else f"{system} ({path.name})" for path, system in models]
+    return [label if labels.count(label) == 1 else f"{system} ({path})"
+            for label, (path, system) in zip(labels, models)]
 
 
 # ------------------------------------------------------------------------------------------ one request
@@ -228,8 +243,8 @@ def option_component(name: str, default: Any, doc: str | None, elem_id: str) -> 
         return gr.Dropdown(choices=list(SAMPLERS), value=default, label=label, info=doc, elem_id=elem_id)
     if isinstance(default, bool):
         return gr.Checkbox(value=default, label=label, info=doc, elem_id=elem_id)
-    if isinstance(default, int):
-        return gr.Number(value=default, precision=0, minimum=1, label=label, info=doc, elem_id=elem_id)
+    if isinstance(default, int):  # no minimum: Gradio would refuse 0 in a toast, the pipeline says why in the status
+        return gr.Number(value=default, precision=0, label=label, info=doc, elem_id=elem_id)
     if isinstance(default, float):
         low, high, step = SLIDERS.get(name, (0.0, max(GUIDANCE_MAX, 2 * default), 0.1))
         return gr.Slider(low, high, value=default, step=step, label=label, info=doc, elem_id=elem_id)
@@ -291,7 +306,7 @@ class Tab:
                         if name != "negative_prompt":
                             self.components[name] = option_component(name, default, docs.get(name),
                                                                       f"avgen-{key}-{name}")
-                    self.components["seed"] = gr.Number(value=0, precision=0, minimum=0, label="Seed",
+                    self.components["seed"] = gr.Number(value=0, precision=0, label="Seed",
                                                         info="the clip's noise; the same seed gives the same clip",
                                                         elem_id=f"avgen-{key}-seed")
                 button = gr.Button("Generate", variant="primary", elem_id=f"avgen-{key}-generate")
@@ -355,17 +370,27 @@ def free_port(host: str) -> int:
 def launch(demo: gr.Blocks, options: AppOptions, out_dir: str | Path) -> str:
     """Start serving ``demo`` (whose outputs go under ``out_dir``) in a background thread and return its
     local URL. Gradio's fonts are the system's (no font download) and its server-side rendering is off
-    (it needs Node)."""
+    (it needs Node).
+
+    Raises:
+        ConfigError: the port is in use or the host is not an address of this machine (naming ``app.port``).
+    """
     import gradio as gr
 
-    port = options.port or free_port(options.host)
     # Gradio checks its own server with httpx at start; Hydra's logging would print each request
     logging.getLogger("httpx").setLevel(logging.WARNING)
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])
-    _, local_url, share_url = demo.launch(server_name=options.host, server_port=port, share=options.share,
-                                          prevent_thread_lock=True, quiet=True, theme=theme, ssr_mode=False,
-                                          allowed_paths=[str(out_dir)])
+    port = options.port
+    try:
+        port = port or free_port(options.host)
+        _, local_url, share_url = demo.launch(server_name=options.host, server_port=port, share=options.share,
+                                              prevent_thread_lock=True, quiet=True, theme=theme, ssr_mode=False,
+                                              allowed_paths=[str(out_dir)])
+    except OSError as exc:  # the port is taken (another app, a second avgen app) or the address is not this machine's
+        reason = str(exc).split(". ")[0]
+        raise ConfigError(f"app.port={port} (app.host={options.host}): cannot serve there ({reason}); pass "
+                          f"app.port=0 for a free port, or another app.port / app.host") from exc
     if share_url:
         print(f"avgen app: public link {share_url}")
     return local_url

@@ -743,6 +743,12 @@ USER_ERRORS = (ConfigError, CommandUnavailable, MissingShardsError, GeometryMism
                CheckpointError)
 
 
+# Commands whose Ctrl-C is one line and exit status 130, with what it leaves behind (fit saves through Lightning's
+# hook, avgen.callbacks; the others stop with Python's KeyboardInterrupt).
+INTERRUPTED = {"export": "; nothing was written to export.dir (the export is moved into place only when complete)",
+               "app": ""}
+
+
 def run_command(cfg: DictConfig):
     """Hydra task function: dispatch on ``cfg.command``; user errors end with a message and status 1."""
     command = cfg.get("command")
@@ -760,6 +766,11 @@ def run_command(cfg: DictConfig):
     except USER_ERRORS as exc:
         print(f"avgen {command}: error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        if command not in INTERRUPTED:
+            raise
+        print(f"avgen {command}: interrupted (Ctrl-C){INTERRUPTED[command]}", file=sys.stderr)
+        sys.exit(130)
     except InstantiationException as exc:
         # a user error raised while building a part from the config (a missing weight file, a bad key)
         if isinstance(exc.__cause__, USER_ERRORS):

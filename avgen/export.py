@@ -1,7 +1,8 @@
 """``python -m avgen export``: a checkpoint as a self-contained pipeline folder that
 :func:`avgen.from_pretrained` loads in one call.
 
-Folder layout (everything JSON, safetensors or text; nothing is pickled)::
+Folder layout (the index, config and trained weights are JSON, safetensors or text; nothing is pickled; frozen
+copies keep their source's files, e.g. a BEATs ``.pt`` that the encoder reads with ``weights_only=True``)::
 
     avgen_index.json          format, system, task, components, sampling defaults, clip, versions
                               (not model_index.json, so diffusers does not take the folder for its own pipeline)
@@ -124,6 +125,19 @@ def copy_frozen(source: str, kind: str, config_key: str, dest: Path, tiny_dir: s
     return dest / path.name
 
 
+def foreign_entries(folder: Path) -> list[str]:
+    """The names in an export ``folder`` that :func:`export_pipeline` does not write (a user's notes, samples
+    saved inside it), sorted: what replacing the folder would delete. An unreadable index counts as foreign."""
+    try:
+        index = json.loads((folder / INDEX_FILE).read_text())
+        components = index.get("components") or {}
+        ours = {INDEX_FILE, str(index.get("config") or CONFIG_FILE), "README.md", FROZEN_DIR}
+        ours |= {Path(c["file"]).parts[0] for c in components.values() if c.get("type") == "trained"}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError, IndexError):
+        return [f"{INDEX_FILE} (unreadable: not written by this avgen)"]
+    return sorted(p.name for p in folder.iterdir() if p.name not in ours)
+
+
 def export_pipeline(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, *, ema: bool = True,
                     include_frozen: bool = False, overwrite: bool = False,
                     evaluations: Sequence[str | os.PathLike] = (), runs_dir: str | os.PathLike | None = None) -> Path:
@@ -160,6 +174,11 @@ def export_pipeline(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         if not overwrite:
             raise FileExistsError(f"export.dir={out} already holds an export; pass export.overwrite=true to replace "
                                   f"it, or another export.dir")
+        foreign = foreign_entries(out)
+        if foreign:
+            raise FileExistsError(f"export.dir={out} holds an export and {foreign[0]}, which export did not write; "
+                                  f"move it out of the folder or choose another export.dir (avgen never replaces "
+                                  f"files it did not write)")
     ckpt = read_checkpoint(ckpt_path)
     meta = ckpt.get("avgen") or {}
     run_config = meta.get("config") or {}
@@ -187,7 +206,11 @@ def export_pipeline(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     model_config["tiny_dir"] = None
 
     tmp = out.parent / f".{out.name}.export-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError(f"export.dir={out}: cannot create a folder in {out.parent} ({exc.strerror}); choose a "
+                          f"writable export.dir") from exc
     try:
         components: dict[str, dict[str, Any]] = {}
         from safetensors.torch import save as save_safetensors
@@ -312,7 +335,7 @@ def card_metrics(ckpt_path: Path, evaluations: Sequence[str | os.PathLike], runs
     Raises:
         ConfigError: an ``evaluations`` entry that does not exist (naming ``export.evaluations``).
     """
-    from avgen.collect import read_evaluations, read_validation
+    from avgen.collect import flatten, read_evaluations, read_validation
 
     found: dict[str, float | None] = {}
     where: list[str] = []
@@ -337,11 +360,20 @@ def card_metrics(ckpt_path: Path, evaluations: Sequence[str | os.PathLike], runs
         if not path.exists():
             raise ConfigError(f"export.evaluations: {path} does not exist; give metrics.json files or folders of "
                               f"python -m avgen evaluate")
-        if path.is_file():
-            evaluated, count = read_evaluations(path.parent, notes)
-            evaluated = {} if not count else evaluated
+        if path.is_file():  # this file only, not every metrics.json beside and below it
+            try:
+                metrics = json.loads(path.read_text())["metrics"]
+                if not isinstance(metrics, dict):
+                    raise TypeError("'metrics' is not a mapping")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"export.evaluations: {path} is not a metrics.json of python -m avgen evaluate "
+                                  f"({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
+            evaluated = flatten(metrics)
         else:
             evaluated, count = read_evaluations(path, notes)
+            if not count:
+                raise ConfigError(f"export.evaluations: {path} holds no readable metrics.json; give the folder or "
+                                  f"the metrics.json of a python -m avgen evaluate run")
         found.update(evaluated)
         where.append(str(path.resolve()))
     return found, where + notes
@@ -410,5 +442,5 @@ def model_card(index: Mapping[str, Any], run_config: Mapping[str, Any], metrics:
     return "\n".join(lines)
 
 
-__all__ = ["FROZEN_DIR", "card_metrics", "component_of", "export_pipeline", "frozen_sources", "model_card",
-           "split_components"]
+__all__ = ["FROZEN_DIR", "card_metrics", "component_of", "export_pipeline", "foreign_entries", "frozen_sources",
+           "model_card", "split_components"]

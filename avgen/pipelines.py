@@ -28,6 +28,8 @@ import copy
 import json
 import math
 import os
+import re
+import reprlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,7 +160,11 @@ def build_system(model_config: Mapping[str, Any], weights: Mapping[str, torch.Te
     kwargs["optimizer"] = kwargs["scheduler"] = None
     for key in getattr(cls, "INIT_ONLY", ()):
         kwargs[key] = None
-    system = cls(**kwargs)
+    try:
+        system = cls(**kwargs)
+    except TypeError as exc:  # a key the class does not take: a config edited by hand or from another version
+        raise PipelineFolderError(f"{source}: its model config does not fit {cls_name} ({exc}); export it again "
+                                  f"with this avgen version") from exc
     try:
         system.check_trainable_keys(dict(weights), source=source)
     except KeyError as exc:
@@ -168,10 +174,22 @@ def build_system(model_config: Mapping[str, Any], weights: Mapping[str, torch.Te
     return system.eval()
 
 
-def _device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device, key: str = "device") -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda:1`` ... as a torch device this machine has.
+
+    Raises:
+        ConfigError: not a device name, or a CUDA device where there is none (naming ``key``).
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        value = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"{key}={device!r}: not a device; expected auto, cpu or cuda[:N]") from exc
+    if value.type == "cuda" and (not torch.cuda.is_available() or (value.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"{key}={device!r}: this machine has {torch.cuda.device_count()} CUDA devices; use auto or "
+                          f"cpu")
+    return value
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -269,6 +287,29 @@ def _stack(items: Sequence[torch.Tensor], name: str) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- pipelines
 ProgressCallback = Callable[[int, int], None]
 
+#: seeds go to torch.Generator.manual_seed (a 64-bit integer) after adding a clip's or window's index
+MAX_SEED = 2**63
+
+
+def _short(value: Any) -> str:
+    """``value`` for a one-line message: a tensor or array as its type and shape, anything else a short repr."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return f"<{type(value).__name__} {tuple(value.shape)}>"
+    return reprlib.repr(value)
+
+
+def _media_reason(exc: Exception, path: Path) -> str:
+    """A decoder's message about ``path`` without the path (the caller names the file) or errno numbers."""
+    text = " ".join(str(exc).split()).replace(f": '{path}'", "").replace(f"{path}: ", "")
+    return re.sub(r"\[Errno -?\d+\] ", "", text)
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise InputError(f"{what} {path}: no such file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{what} {path.name}: the file is empty (0 bytes)")
+
 
 class AVPipeline:
     """Base of the pipelines: a trained system on a device, its sampling defaults, input checks and progress.
@@ -329,8 +370,8 @@ class AVPipeline:
         if unknown:
             raise InputError(f"{unknown[0]} is not an option of {type(self).__name__}; expected some of: "
                              f"{', '.join(self.option_names)}, seed")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise InputError(f"seed={seed!r}: expected a non-negative integer")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < MAX_SEED:
+            raise InputError(f"seed={_short(seed)}: expected a non-negative integer below 2**63")
         try:
             return self.model.sampling.updated("pipeline", **options)
         except ConfigError as exc:
@@ -366,9 +407,9 @@ class AVPipeline:
             if required:
                 raise InputError("prompt is missing: pass prompt=\"...\" (or a list of prompts)")
             return [""] * count
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else []
         if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise InputError(f"prompt={prompt!r}: expected a string or a list of strings")
+            raise InputError(f"prompt={_short(prompt)}: expected a string or a list of strings")
         if len(prompts) == 1:
             prompts = prompts * count
         if len(prompts) != count:
@@ -403,8 +444,7 @@ class JointPipeline(AVPipeline):
             InputError: no prompt, an unknown option or a bad value (before any model runs).
         """
         settings = self.settings(seed, options)
-        prompts = self._prompts(prompt, 1 if isinstance(prompt, str) or prompt is None else len(prompt),
-                                required=True)
+        prompts = self._prompts(prompt, len(prompt) if isinstance(prompt, (list, tuple)) else 1, required=True)
         size = settings.batch_size
         total = settings.steps * math.ceil(len(prompts) / size)
         videos, audios = [], []
@@ -462,8 +502,13 @@ class TempoTokensPipeline(AVPipeline):
         if audio is None:
             raise InputError("audio is missing: pass audio=<file> or a waveform with sample_rate=")
         items = list(audio) if isinstance(audio, (list, tuple)) else [audio]
-        if isinstance(audio, (np.ndarray, torch.Tensor)) and np.ndim(audio) == 2:
+        if isinstance(audio, (np.ndarray, torch.Tensor)) and audio.ndim == 2:
             items = list(audio)
+        if not items:
+            raise InputError(f"audio={_short(audio)}: no input; pass a file or a waveform")
+        if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer))
+                                        or sample_rate <= 0):
+            raise InputError(f"sample_rate={_short(sample_rate)}: expected the waveform's rate in Hz, an integer > 0")
         rate = self.sample_rate
         waves, sources = [], []
         need, why = self.model._min_input_samples()
@@ -471,15 +516,14 @@ class TempoTokensPipeline(AVPipeline):
             if isinstance(item, (str, os.PathLike)):
                 path = Path(item)
                 name = path.name
-                if not path.is_file():
-                    raise InputError(f"audio {path}: no such file")
+                _check_file(path, "audio")
                 try:
                     duration = probe(path).duration
                     if duration:  # refused before decoding a long upload
                         self._check_seconds(float(duration), name)
                     wave = decode_audio(path, rate)
                 except MediaError as exc:
-                    raise InputError(f"audio {name}: cannot be read: {exc}".replace(f"{path}: ", "")) from exc
+                    raise InputError(f"audio {name}: cannot be read: {_media_reason(exc, path)}") from exc
                 if duration:
                     wave = wave[:max(1, round(duration * rate))]
                 sources.append(str(path.resolve()))
@@ -498,7 +542,7 @@ class TempoTokensPipeline(AVPipeline):
                     wave = AF.resample(torch.from_numpy(wave), int(sample_rate), rate).numpy()
                 sources.append(None)
             else:
-                raise InputError(f"audio={item!r}: expected a file path or a waveform")
+                raise InputError(f"audio={_short(item)}: expected a file path or a waveform")
             try:
                 check_finite(wave, name)
             except MediaError as exc:
@@ -521,12 +565,13 @@ class VTALDMPipeline(AVPipeline):
                  progress: ProgressCallback | None = None, **options: Any) -> AVOutput:
         """Audio for each input video file (any container FFmpeg reads), covering its video stream: an input longer
         than the clip is generated in windows joined by a crossfade, window k over every input seeded ``seed + k``,
-        as ``python -m avgen sample`` does. ``prompt``: the text condition's caption (models trained with text;
-        default: a ``<stem>.txt`` beside the file, else empty).
+        as ``python -m avgen sample`` does. ``prompt``: the clips' caption, written beside each output (the text
+        condition of models trained with text; others ignore it, as ``sample.prompt`` does); default: a
+        ``<stem>.txt`` beside the file, else empty.
 
         Raises:
-            InputError: no video, a missing or unreadable file, an input longer than ``max_input_seconds``, a
-                prompt the model has no text condition for, an unknown option or a bad value (before any model runs).
+            InputError: no video, a missing, empty or unreadable file, an input longer than ``max_input_seconds``,
+                an unknown option or a bad value (before any model runs).
         """
         from avgen.media import MediaError, video_stream_duration
         from avgen.samples import VideoInput, sidecar_caption
@@ -535,22 +580,22 @@ class VTALDMPipeline(AVPipeline):
         if video is None:
             raise InputError("video is missing: pass video=<file> (or a list of files)")
         files = list(video) if isinstance(video, (list, tuple)) else [video]
+        if not files:
+            raise InputError("video=[]: no input; pass a file (or a list of files)")
         if prompt is not None and not isinstance(prompt, str):
-            raise InputError(f"prompt={prompt!r}: VTA-LDM takes one caption for every input")
+            raise InputError(f"prompt={_short(prompt)}: VTA-LDM takes one caption for every input")
         items = []
         for k, file in enumerate(files):
             if not isinstance(file, (str, os.PathLike)):
-                raise InputError(f"video={file!r}: expected a file path")
+                raise InputError(f"video={_short(file)}: expected a file path")
             path = Path(file)
-            if not path.is_file():
-                raise InputError(f"video {path}: no such file")
+            _check_file(path, "video")
             try:
                 self._check_seconds(float(video_stream_duration(path)), f"video {path.name}")  # before decoding
                 item = VideoInput.read(path, str(path.resolve()), sidecar_caption(path), f"input_{k}",
                                        self.model.clip)
             except MediaError as exc:
-                raise InputError(f"video {path.name}: cannot be read: {' '.join(str(exc).split())}"
-                                 .replace(f"{path}: ", "")) from exc
+                raise InputError(f"video {path.name}: cannot be read: {_media_reason(exc, path)}") from exc
             self._check_seconds(item.num_samples / self.sample_rate, f"video {path.name}")
             items.append(item)
         total = sum(math.ceil(len(item.windows) / settings.batch_size) for item in items) * settings.steps
@@ -595,6 +640,18 @@ def read_index(folder: str | Path) -> dict[str, Any]:
                                   f"not {INDEX_FORMAT!r}; export it again with this avgen version")
     if index.get("system") not in PIPELINES:
         raise PipelineFolderError(f"{path}: system {index.get('system')!r} is not one of {', '.join(PIPELINES)}")
+    components = index.get("components")
+    if not isinstance(components, dict) or not all(isinstance(c, dict) for c in components.values()):
+        raise PipelineFolderError(f"{path}: components is not a mapping of component entries; export it again")
+    for name, component in components.items():
+        need = ("file", "prefix") if component.get("type") == "trained" else ()
+        if component.get("type") == "frozen" and component.get("kind") == "included":
+            need = ("source", "config_key")
+        missing = [key for key in need if not isinstance(component.get(key), str)]
+        if missing:
+            raise PipelineFolderError(f"{path}: component {name} has no {missing[0]}; export it again")
+    if not isinstance(index.get("config", CONFIG_FILE), str):
+        raise PipelineFolderError(f"{path}: config is not a file name; export it again")
     return index
 
 
@@ -623,7 +680,11 @@ def read_weights(folder: Path, index: Mapping[str, Any]) -> dict[str, torch.Tens
         if component.get("sha256") and sha256_file(path) != component["sha256"]:
             raise PipelineFolderError(f"{path}: its SHA-256 differs from the one {INDEX_FILE} records; the file was "
                                       f"changed or truncated, export again")
-        for key, value in load_safetensors(path.read_bytes()).items():
+        try:
+            tensors = load_safetensors(path.read_bytes())
+        except Exception as exc:  # safetensors raises its own error type for a bad header
+            raise PipelineFolderError(f"{path}: not a readable safetensors file ({exc}); export again") from exc
+        for key, value in tensors.items():
             weights[component["prefix"] + key] = value
     return weights
 
@@ -684,17 +745,23 @@ def from_pretrained(folder: str | os.PathLike, *, device: str | torch.device = "
         a :class:`JointPipeline`, :class:`TempoTokensPipeline` or :class:`VTALDMPipeline`.
 
     Raises:
+        ConfigError: a device this machine does not have (before anything loads).
         PipelineFolderError: not an avgen export, or a missing / altered file.
         avgen.backbones.loader.PretrainedModelMissing: a frozen part the export references (by hub id or path)
             is not on this machine (the message says what to download and which key to set).
     """
+    resolve_device(device)  # before the model is built
     folder = resolve_folder(folder)
     index = read_index(folder)
     config_path = folder / index.get("config", CONFIG_FILE)
+    if folder.resolve() not in config_path.resolve().parents:
+        raise PipelineFolderError(f"{folder / INDEX_FILE}: config names {index['config']}, outside the folder")
     try:
         model_config = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
         raise PipelineFolderError(f"{config_path}: cannot be read as JSON ({exc})") from exc
+    if not isinstance(model_config, dict):
+        raise PipelineFolderError(f"{config_path}: not a model config (a JSON object); export again")
     if system_name(model_config) != index["system"]:
         raise PipelineFolderError(f"{config_path}: its system is not the index's {index['system']}")
     model_config = frozen_config(folder, index, model_config)
@@ -715,6 +782,7 @@ def pipeline_from_checkpoint(ckpt_path: str | os.PathLike, *, device: str | torc
     """
     from avgen.checkpoint import read_checkpoint
 
+    resolve_device(device)  # before the checkpoint is read
     ckpt = read_checkpoint(ckpt_path)
     meta = ckpt.get("avgen") or {}
     model_config = (meta.get("config") or {}).get("model")
@@ -733,7 +801,7 @@ def pipeline_from_checkpoint(ckpt_path: str | os.PathLike, *, device: str | torc
 
 
 def _placed(cls: type[AVPipeline], model, device, dtype, info) -> AVPipeline:
-    device = _device(device)
+    device = resolve_device(device)
     dtype = _dtype(dtype)
     model.to(device)
     if dtype is not None:

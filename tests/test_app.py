@@ -65,6 +65,10 @@ def test_load_pipelines_says_what_is_missing(tmp_path):
     with pytest.raises(ConfigError, match=r"^app needs a model: ckpt_path=<checkpoint written by fit> or "
                                           r"app\.export_dir=<folder"):
         load_pipelines(None, ())
+    with pytest.raises(ConfigError, match=r"^app\.device='gpu': not a device; expected auto, cpu or cuda"):
+        load_pipelines(None, (str(tmp_path),), device="gpu")
+    with pytest.raises(ConfigError, match=r"^app\.device='cuda:7': this machine has \d+ CUDA devices; use auto or cpu"):
+        load_pipelines(None, (str(tmp_path),), device="cuda:7")
     with pytest.raises(ConfigError, match=rf"^app\.export_dir={tmp_path / 'gone'}: no such folder$"):
         load_pipelines(None, (str(tmp_path), str(tmp_path / "gone")))
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
@@ -83,6 +87,17 @@ def test_two_models_of_one_system_get_a_tab_each(vta_checkpoint, tmp_path, monke
     assert pipes["vta_ldm (vta_export)"].options == pipes["vta_ldm (last.ckpt)"].options
 
 
+def test_tab_labels_stay_distinct_and_a_folder_is_served_once(tmp_path):
+    from avgen.app import tab_labels
+
+    models = [(Path("runs/a/last.ckpt"), "vta_ldm"), (Path("x1/vta"), "vta_ldm"), (Path("x2/vta"), "vta_ldm"),
+              (Path("exports/joint"), "joint")]
+    assert tab_labels(models) == ["vta_ldm (last.ckpt)", "vta_ldm (x1/vta)", "vta_ldm (x2/vta)", "joint"]
+    (tmp_path / "vta").mkdir()
+    with pytest.raises(ConfigError, match=r"^app\.export_dir: .*vta is given twice"):
+        load_pipelines(None, (str(tmp_path / "vta"), str(tmp_path / "vta" / ".." / "vta")))
+
+
 def test_command_line_errors_are_one_line(tmp_path):
     proc = run_cli("app", cwd=tmp_path)
     assert proc.returncode == 1
@@ -90,6 +105,22 @@ def test_command_line_errors_are_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
     proc = run_cli("app", "app.prot=1", cwd=tmp_path)
     assert proc.returncode == 1 and "unknown key app.prot; known keys of app: " in proc.stderr
+
+
+def test_a_port_in_use_is_one_line(tmp_path):
+    import socket
+
+    import gradio as gr
+
+    from avgen.app import launch
+
+    with socket.socket() as taken, gr.Blocks() as demo:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"^app\.port={port} \(app\.host=127\.0\.0\.1\): cannot serve there "
+                                              r"\(Cannot find empty port.*\); pass app\.port=0 for a free port"):
+            launch(demo, AppOptions(port=port), tmp_path)
 
 
 def test_new_folder_never_reuses_a_folder(tmp_path):
@@ -168,6 +199,10 @@ def test_the_page_shows_each_models_inputs_and_defaults(vta_pipe, tmp_path):
     for name, default in vta_pipe.options.items():
         assert widgets[f"avgen-vta_ldm-{name}"].value == default, name
     assert widgets["avgen-vta_ldm-steps"].info == "sampler steps"
+    # out-of-range numbers reach the pipeline, whose one-line reason shows in the status (not a Gradio toast)
+    assert widgets["avgen-vta_ldm-steps"].preprocess(0) == 0 and widgets["avgen-vta_ldm-seed"].preprocess(-1) == -1
+    assert Tab("vta_ldm", vta_pipe, tmp_path).run({"video": "x.mp4", "seed": -1})[2] == (
+        "**Error:** seed=-1: expected a non-negative integer below 2**63")
 
 
 @pytest.mark.parametrize("system", ["joint", "tempotokens"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 import avgen
-from avgen.errors import InputError, PipelineFolderError
+from avgen.errors import ConfigError, InputError, PipelineFolderError
 from avgen.export import export_pipeline
 from avgen.pipelines import INDEX_FILE, JointPipeline, TempoTokensPipeline, VTALDMPipeline, pipeline_from_checkpoint
 from tests.conftest import compose
@@ -196,6 +197,23 @@ def test_export_folder_format_and_model_card(checkpoints, tmp_path, tiny_dir):
     assert json.loads((raw / INDEX_FILE).read_text())["ema"] is False
 
 
+def test_export_evaluations_reads_what_it_is_given(tmp_path):
+    from avgen.export import card_metrics
+
+    run = tmp_path / "evaluate"
+    (run / "older").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"metrics": {"fad": 1.5}}))
+    (run / "older" / "metrics.json").write_text(json.dumps({"metrics": {"kl": 3.0}}))
+    assert card_metrics(tmp_path / "x.ckpt", [run / "metrics.json"])[0] == {"fad": 1.5}  # that file, not its tree
+    assert card_metrics(tmp_path / "x.ckpt", [run])[0] == {"fad": 1.5, "kl": 3.0}
+    (tmp_path / "bad.json").write_text("{bad")
+    (tmp_path / "empty").mkdir()
+    for entry, message in ((tmp_path / "bad.json", "is not a metrics.json of python -m avgen evaluate (JSONDecode"),
+                           (tmp_path / "empty", "holds no readable metrics.json")):
+        with pytest.raises(ConfigError, match=re.escape(f"export.evaluations: {entry} {message}")):
+            card_metrics(tmp_path / "x.ckpt", [entry])
+
+
 def test_include_frozen_copies_the_frozen_parts(checkpoints, tmp_path):
     folder = export_pipeline(checkpoints("tempotokens"), tmp_path / "export", include_frozen=True)
     index = json.loads((folder / INDEX_FILE).read_text())
@@ -225,11 +243,17 @@ def test_export_never_replaces_what_it_did_not_write(checkpoints, tmp_path):
     with pytest.raises(FileExistsError, match="not an avgen export"):
         export_pipeline(ckpt, mine, overwrite=True)
     assert (mine / "notes.txt").read_text() == "keep"
+    with pytest.raises(ConfigError, match=r"export\.dir=.*notes\.txt/model: cannot create a folder in .*notes\.txt"):
+        export_pipeline(ckpt, mine / "notes.txt" / "model")  # below a file: named by the key, not a temporary path
     folder = export_pipeline(ckpt, tmp_path / "export")
     with pytest.raises(FileExistsError, match="export.overwrite=true"):
         export_pipeline(ckpt, folder)
     export_pipeline(ckpt, folder, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "mine"]  # no temporary folder left
+    (folder / "NOTES.txt").write_text("keep")  # a user's file inside an export: overwrite must not delete it
+    with pytest.raises(FileExistsError, match=r"holds an export and NOTES\.txt, which export did not write"):
+        export_pipeline(ckpt, folder, overwrite=True)
+    assert (folder / "NOTES.txt").read_text() == "keep"
 
 
 def test_from_pretrained_refuses_broken_folders(checkpoints, tmp_path, tiny_dir):
@@ -251,6 +275,25 @@ def test_from_pretrained_refuses_broken_folders(checkpoints, tmp_path, tiny_dir)
     (folder / "model_config.json").write_text(json.dumps(config))
     with pytest.raises(PipelineFolderError, match="'os.system' is not an avgen system"):
         avgen.from_pretrained(folder, tiny_dir=tiny_dir)
+    # hand-edited files: one PipelineFolderError naming the file, never a KeyError / TypeError / safetensors error
+    good_index, good_config = dict(index), dict(config, _target_="avgen.systems.tempotokens.TempoTokens")
+    mapper = good_index["components"]["audio_mapper"]
+    edits = [
+        ({"components": {**good_index["components"], "audio_mapper": {**mapper, "sha256": None}}}, None,
+         "not a readable safetensors file"),
+        ({"components": {**good_index["components"], "audio_mapper": {"type": "trained"}}}, None,
+         "component audio_mapper has no file"),
+        ({"config": "../elsewhere.json"}, None, "config names ../elsewhere.json, outside the folder"),
+        ({}, [1], "not a model config"),
+        ({}, {**good_config, "bogus_key": 1}, "its model config does not fit TempoTokens"),
+    ]
+    data[-1] ^= 1
+    for index_edit, config_edit, message in edits:
+        file.write_bytes(b"garbage" if "safetensors" in message else bytes(data))
+        (folder / INDEX_FILE).write_text(json.dumps({**good_index, **index_edit}))
+        (folder / "model_config.json").write_text(json.dumps(good_config if config_edit is None else config_edit))
+        with pytest.raises(PipelineFolderError, match=re.escape(message)):
+            avgen.from_pretrained(folder, tiny_dir=tiny_dir)
 
 
 def test_pipeline_inputs_are_checked_before_any_model_runs(checkpoints, tmp_path, tiny_dir, monkeypatch):
@@ -283,10 +326,26 @@ def test_pipeline_inputs_are_checked_before_any_model_runs(checkpoints, tmp_path
         (lambda: vta(video=tmp_path / "none.mp4"), "no such file"),
         (lambda: vta(video=bad), "bad.wav: cannot be read"),
         (lambda: vta(video=str(bad), prompt=["a"]), "one caption for every input"),
+        # wrong types and edge values: one line each, never a TypeError / torch's overflow
+        (lambda: joint(prompt=123), "prompt=123: expected a string or a list of strings"),
+        (lambda: joint(prompt="x", seed=2**64), "seed=18446744073709551616: expected a non-negative integer below"),
+        (lambda: tempo(audio=[]), "no input; pass a file or a waveform"),
+        (lambda: tempo(audio=np.zeros((0, 16000), np.float32), sample_rate=16000), "no input"),
+        (lambda: tempo(audio=np.zeros(16000, np.float32), sample_rate=0), "sample_rate=0: expected"),
+        (lambda: tempo(audio=np.zeros(16000, np.float32), sample_rate=44100.5), "sample_rate=44100.5: expected"),
+        (lambda: tempo(audio=empty), "audio empty.wav: the file is empty (0 bytes)"),
+        (lambda: vta(video=[]), "no input; pass a file"),
+        (lambda: vta(video=torch.zeros(8, 3, 32, 32)), "video=<Tensor (8, 3, 32, 32)>: expected a file path"),
     ]
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
     for call, message in cases:
-        with pytest.raises(InputError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        with pytest.raises(InputError, match=re.escape(message)):
             call()
+    for call in (lambda: tempo(audio=bad), lambda: vta(video=bad)):  # the file is named once, by its name
+        with pytest.raises(InputError) as info:
+            call()
+        assert str(tmp_path) not in str(info.value) and "Errno" not in str(info.value)
     tempo.max_input_seconds = vta.max_input_seconds = 0.5
     with pytest.raises(InputError, match=r"lasts 1\.00 s; this pipeline accepts at most 0\.5 s"):
         tempo(audio=np.zeros(16000, np.float32), sample_rate=16000)
@@ -318,6 +377,26 @@ def test_export_command(checkpoints, tmp_path, capsys):
             run_command(compose(overrides, tmp_path))
         assert stop.value.code == 1
         assert message in capsys.readouterr().err
+
+
+def test_ctrl_c_during_export_is_one_line_and_leaves_nothing(checkpoints, tmp_path, capsys, monkeypatch):
+    import avgen.media
+    from avgen.commands import run_command
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(avgen.media, "write_bytes_atomic", interrupted)  # Ctrl-C while the folder is written
+    out = tmp_path / "exports" / "model"
+    cfg = compose(["command=export", f"ckpt_path={checkpoints('vta_ldm')}", f"export.dir={out}"], tmp_path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_command(cfg)
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "avgen export: interrupted (Ctrl-C); nothing was written to export.dir (the export is moved into place only "
+        "when complete)"]
+    assert list(out.parent.iterdir()) == []  # neither the folder nor its temporary twin
 
 
 def test_bfloat16_pipeline_runs(checkpoints, tmp_path, tiny_dir):
