@@ -198,7 +198,8 @@ def bench_checkpoint(workdir: Path) -> dict:
     weights = nbytes(ckpt["state_dict"].values())
     optimizer = nbytes([s for s in ckpt["optimizer_states"]])
     file_size = ckpt_path.stat().st_size
-    exported = (workdir / "export" / "model.safetensors").stat().st_size
+    # the trained weights of the export: every component's model.safetensors
+    exported = sum(f.stat().st_size for f in (workdir / "export").glob("*/model.safetensors"))
     return {"trainable_bytes": trainable, "whole_model_bytes": whole, "ckpt_file_bytes": file_size,
             "ckpt_weights_bytes": weights, "ckpt_optimizer_bytes": optimizer, "export_bytes": exported,
             "ratio_file": file_size / trainable, "ratio_weights": weights / trainable,
