@@ -72,7 +72,8 @@ def build_model(cfg: DictConfig, *, fresh: bool = True):
     return model
 
 
-def build_trainer(cfg: DictConfig, datamodule=None, *, interrupt_checkpoint: bool = False):
+def build_trainer(cfg: DictConfig, datamodule=None, *, interrupt_checkpoint: bool = False,
+                  resume_hint: str | None = None):
     """The Lightning trainer of ``cfg.trainer`` with the configured callbacks and loggers, plus
     :class:`~avgen.callbacks.DataHealthMonitor` for avgen data and, for ``fit`` (``interrupt_checkpoint``),
     :class:`~avgen.callbacks.InterruptCheckpoint` (Ctrl-C saves and says how to resume),
@@ -82,7 +83,8 @@ def build_trainer(cfg: DictConfig, datamodule=None, *, interrupt_checkpoint: boo
 
     Where Lightning detects SLURM (``srun``), the trainer's plugins (``trainer.plugins``) get
     ``SLURMEnvironment(auto_requeue=False)``: Lightning then installs no SIGUSR1 handler of its own and writes no
-    ``hpc_ckpt_*.ckpt``, whose resume would bypass :func:`resolve_resume`.
+    ``hpc_ckpt_*.ckpt``, whose resume would bypass :func:`resolve_resume`. ``resume_hint``: the command line
+    Ctrl-C prints to continue (default: :func:`resume_command` of ``fit``).
 
     Raises:
         ConfigError: ``AVGEN_REQUEUE`` holds an unknown route.
@@ -97,7 +99,7 @@ def build_trainer(cfg: DictConfig, datamodule=None, *, interrupt_checkpoint: boo
         callbacks.append(DataHealthMonitor())
     if interrupt_checkpoint:
         ckpt_dir = str(Path(cfg.paths.output_dir) / "checkpoints")
-        callbacks.append(InterruptCheckpoint(ckpt_dir, resume_command(cfg)))
+        callbacks.append(InterruptCheckpoint(ckpt_dir, resume_hint or resume_command(cfg)))
         callbacks.append(FinalCheckpoint(ckpt_dir))
         if os.environ.get("SLURM_JOB_ID"):
             callbacks.append(SlurmRequeue(ckpt_dir))
@@ -328,13 +330,14 @@ def resolve_resume(cfg: DictConfig) -> str | None:
 
 
 # ----------------------------------------------------------------------------------- commands
-def resume_command(cfg: DictConfig) -> str:
-    """The command line that continues this fit: the user's overrides, with the run folder pinned."""
+def resume_command(cfg: DictConfig, command: str = "fit") -> str:
+    """The command line that continues this ``command`` (``fit``, ``pretrain-twins``): the user's overrides, with
+    the run folder pinned."""
     import shlex
 
     overrides = [o for o in command_line_overrides()
                  if not o.startswith(("hydra.run.dir=", "paths.output_dir=", "command="))]
-    return " ".join(["python -m avgen fit", *map(shlex.quote, overrides),
+    return " ".join([f"python -m avgen {command}", *map(shlex.quote, overrides),
                      shlex.quote(f"hydra.run.dir={cfg.paths.output_dir}")])
 
 
@@ -726,6 +729,33 @@ def fit_on_cache_command(cfg: DictConfig, name: str) -> str:
     return " ".join(["python -m avgen fit", *map(shlex.quote, kept), f"data.features={name}"])
 
 
+def pretrain_twins(cfg: DictConfig) -> Path:
+    """``python -m avgen pretrain-twins part=codecs``: train the mini twins (:func:`avgen.pretraining.run_recipe`),
+    each stage with the command line's trainer (checkpoints, Ctrl-C saves, SLURM requeue); returns the twins folder.
+
+    Raises:
+        ConfigError: no ``part=`` chosen (and the recipe's own errors).
+    """
+    import shlex
+
+    from avgen.pretraining import run_recipe
+
+    if cfg.get("pretrain_twins") is None:
+        raise ConfigError("pretrain-twins needs part=<name>: part=codecs trains the frame VAE, the mel VAE and the "
+                          "vocoder of scale=mini")
+    announce(cfg, "pretrain-twins")
+    again = resume_command(cfg, command="pretrain-twins")
+    print(f"avgen pretrain-twins: continue after a stop with: {again}")
+
+    def fit_stage(stage_cfg: DictConfig, module, ckpt_path: str | None) -> None:
+        trainer = build_trainer(stage_cfg, interrupt_checkpoint=True, resume_hint=again)
+        fit_and_exit_if_preempted(trainer, module, None, ckpt_path)
+
+    command = " ".join(["python -m avgen pretrain-twins",
+                        *map(shlex.quote, [o for o in command_line_overrides() if not o.startswith("command=")])])
+    return run_recipe(cfg, build_datamodule(cfg), fit_stage, command)
+
+
 def app(cfg: DictConfig) -> None:
     """``python -m avgen app``: serve the models of ``ckpt_path`` / ``app.export_dir`` on a local web page
     until Ctrl-C (:func:`avgen.app.serve`)."""
@@ -737,7 +767,7 @@ def app(cfg: DictConfig) -> None:
 
 COMMANDS = {"fit": fit, "validate": validate, "test": test, "sample": sample, "evaluate": evaluate,
             "export": export, "prepare": prepare, "filter": filter_clips, "concat_test": concat_test,
-            "cache": cache, "app": app}
+            "cache": cache, "app": app, "pretrain-twins": pretrain_twins}
 USER_ERRORS = (ConfigError, CommandUnavailable, MissingShardsError, GeometryMismatchError, DataHealthError,
                NothingProduced, FileNotFoundError, FileExistsError, PrepareError, InputError, PipelineFolderError,
                CheckpointError)

@@ -23,8 +23,27 @@ def group_options(group: str) -> list[str]:
 
 
 def at_scale(scale: str, default: Any, tiny: Any) -> Any:
-    """``${avgen_at_scale:${scale_name},<default>,<tiny>}``: ``tiny`` at ``scale=tiny``, else ``default``."""
-    return tiny if scale == "tiny" else default
+    """``${avgen_at_scale:${scale_name},<default>,<tiny>}``: ``tiny`` at the small scales (``tiny``, ``mini``: CPU
+    sizes), else ``default``."""
+    return tiny if scale in SMALL_SCALES else default
+
+
+#: every ``scale=`` option: ``paper`` (real weights), ``tiny`` (random twins), ``mini`` (the tiny twins with the parts
+#: avgen trained on the synthetic data)
+SCALES = ("paper", "tiny", "mini")
+SMALL_SCALES = ("tiny", "mini")
+
+
+def scale_blocks(scale: str, config_key: str = "scale_name") -> tuple[str, ...]:
+    """The model-config blocks merged, in order, over a system's arguments at ``scale``: none at ``paper``,
+    ``tiny`` at ``tiny``, ``tiny`` then ``mini`` at ``mini``.
+
+    Raises:
+        ConfigError: ``scale`` is not one of :data:`SCALES` (the message names ``config_key``).
+    """
+    if scale not in SCALES:
+        raise ConfigError(f"{config_key}={scale!r}: expected one of {', '.join(SCALES)}")
+    return {"paper": (), "tiny": ("tiny",), "mini": ("tiny", "mini")}[scale]
 
 
 def register_scale_resolver() -> None:

@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from avgen.config_files import scale_blocks
 from avgen.errors import ConfigError
 from avgen.pipelines import (
     CONFIG_FILE,
@@ -241,8 +242,8 @@ def export_pipeline(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, *,
 
         versions = {"trained_with": meta.get("versions") or {}, "exported_with": library_versions()}
         sampling = copy.deepcopy(model_config.get("sampling") or {})
-        if model_config.get("scale") == "tiny":
-            sampling.update((model_config.get("tiny") or {}).get("sampling") or {})
+        for block in scale_blocks(model_config.get("scale", "paper"), "model.scale"):
+            sampling.update((model_config.get(block) or {}).get("sampling") or {})
         index = {
             "format": INDEX_FORMAT,
             "system": system,

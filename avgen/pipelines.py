@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from avgen.config_files import scale_blocks
 from avgen.errors import ConfigError, InputError, PipelineFolderError
 
 #: the format string of ``avgen_index.json``
@@ -96,22 +97,24 @@ def system_name(model_config: Mapping[str, Any]) -> str:
 
 def effective_source(model_config: Mapping[str, Any], key: str) -> Any:
     """The value of dotted ``key`` (relative to ``model``) the system reads: at ``scale=tiny`` the ``tiny``
-    block's value when it sets one, else the top-level value (``None`` when neither holds the key)."""
+    block's value when it sets one, at ``scale=mini`` the ``mini`` block's, else the ``tiny`` block's, else the
+    top-level value (``None`` when none holds the key)."""
     value = _get(model_config, key)
-    if model_config.get("scale") == "tiny":
-        tiny = _get(model_config.get("tiny") or {}, key, missing=_MISSING)
-        if tiny is not _MISSING:
-            value = tiny
+    for block in scale_blocks(model_config.get("scale", "paper"), "model.scale"):
+        override = _get(model_config.get(block) or {}, key, missing=_MISSING)
+        if override is not _MISSING:
+            value = override
     return value
 
 
 def set_source(model_config: dict[str, Any], key: str, value: Any) -> None:
     """Set dotted ``key`` (relative to ``model``) to ``value`` where the system reads it (:func:`effective_source`):
-    the top-level key, and the ``tiny`` block's too when it sets the key."""
+    the top-level key, and the ``tiny`` and ``mini`` blocks' too where they set the key."""
     _set(model_config, key, value)
-    tiny = model_config.get("tiny")
-    if isinstance(tiny, dict) and _get(tiny, key, missing=_MISSING) is not _MISSING:
-        _set(tiny, key, value)
+    for block in ("tiny", "mini"):
+        overrides = model_config.get(block)
+        if isinstance(overrides, dict) and _get(overrides, key, missing=_MISSING) is not _MISSING:
+            _set(overrides, key, value)
 
 
 _MISSING = object()

@@ -13,7 +13,7 @@ Layers, bottom to top (a module may import from its own layer and the ones below
 6. ``systems``, ``callbacks``
 7. ``evaluation``, ``pipelines`` (``avgen.from_pretrained``: a trained system behind its natural call)
 8. ``curation`` (``filter``: thresholds over evaluation scores), ``caching`` (``cache``: a system's frozen features
-   over a dataset, for ``data.features``)
+   over a dataset, for ``data.features``), ``pretraining`` (``pretrain-twins``: the mini twins' training recipe)
 9. ``commands``, ``collect`` (``python -m avgen collect``: a table of many runs), ``export`` (pipeline folders and
    their model cards, which read a run's metrics as ``collect`` does), ``app`` (``python -m avgen app``: the web
    page that runs pipelines)
@@ -40,7 +40,7 @@ LAYERS = [
     ["avgen.metrics"],
     ["avgen.systems", "avgen.callbacks"],
     ["avgen.evaluation", "avgen.pipelines"],
-    ["avgen.curation", "avgen.caching"],
+    ["avgen.curation", "avgen.caching", "avgen.pretraining"],
     ["avgen.commands", "avgen.collect", "avgen.export", "avgen.app"],
     ["avgen.cli", "avgen.__main__", "avgen.sweeps"],
 ]

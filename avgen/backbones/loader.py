@@ -23,6 +23,7 @@ from avgen.errors import ConfigError
 from avgen.pretrained import HUB_MODELS, quiet_loading
 
 TINY_PREFIX = "tiny:"
+MINI_PREFIX = "mini:"  # avgen.backbones.mini.MINI_PREFIX (not imported here: that module imports torch)
 
 
 class PretrainedModelMissing(FileNotFoundError):
@@ -81,9 +82,23 @@ def resolve_source(source: str, tiny_dir: str | os.PathLike | None, config_key: 
 
     ``tiny:<name>`` (``name`` one of :data:`avgen.backbones.tiny.TINY_BUILDERS`) is written once into
     ``<tiny_dir>/<name>-v<version>`` by :func:`avgen.backbones.tiny.materialize` and that folder is
-    returned; anything else is returned unchanged.
+    returned; ``mini:<name>`` (:data:`avgen.backbones.mini.MINI_TWINS`) likewise into
+    ``<tiny_dir>/mini-<name>-<weights tag>`` by :func:`avgen.backbones.mini.materialize` (the tiny twin with
+    the parts avgen trained); anything else is returned unchanged.
     """
     source = str(source)
+    if source.startswith(MINI_PREFIX):
+        from avgen.backbones import mini
+
+        if tiny_dir is None:
+            raise ConfigError(f"{config_key}={source} asks for a mini twin, but no folder to write it to was given "
+                              f"(tiny_dir is None); pass a tiny_dir (any writable folder, e.g. under paths.data_dir)")
+        name = source[len(MINI_PREFIX):]
+        if name not in mini.MINI_TWINS:
+            raise ConfigError(f"{config_key}={source}: unknown mini twin {name!r}; expected one of "
+                              f"{', '.join(MINI_PREFIX + n for n in mini.MINI_TWINS)}, a tiny: twin, or a folder / "
+                              f"hub id")
+        return str(mini.materialize(name, tiny_dir))
     if not source.startswith(TINY_PREFIX):
         return source
     from avgen.backbones import tiny

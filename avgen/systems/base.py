@@ -28,6 +28,7 @@ from torch import nn
 
 from avgen._versions import library_versions
 from avgen.checkpoint import FORMAT
+from avgen.config_files import scale_blocks
 from avgen.data.feature_cache import PART_NAMES, FeaturePart, module_weights_sha256
 from avgen.errors import ConfigError
 from avgen.pretrained import HoldsFrozen
@@ -60,19 +61,20 @@ def merge_config(base: dict, override: Mapping) -> dict:
     return out
 
 
-def system_arguments(scale: str, tiny: Mapping | None, **parts: Any) -> dict[str, Any]:
+def system_arguments(scale: str, tiny: Mapping | None, *, mini: Mapping | None = None, **parts: Any
+                     ) -> dict[str, Any]:
     """A system's constructor arguments as plain Python, with the ``tiny`` overrides merged in at
-    ``scale=tiny``; a ``None`` part becomes ``{}``. The ``sampling`` and ``validation`` parts are
-    completed and checked by :meth:`DiffusionSystem.configure_settings`.
+    ``scale=tiny``, and the ``tiny`` then the ``mini`` overrides at ``scale=mini`` (the tiny sizes with the
+    trained mini twins, :mod:`avgen.backbones.mini`); a ``None`` part becomes ``{}``. The ``sampling`` and
+    ``validation`` parts are completed and checked by :meth:`DiffusionSystem.configure_settings`.
 
     Raises:
-        ConfigError: ``model.scale`` is neither ``paper`` nor ``tiny``.
+        ConfigError: ``model.scale`` is not one of :data:`avgen.config_files.SCALES`.
     """
     args = {name: plain_config({} if value is None else value) for name, value in parts.items()}
-    if scale == "tiny":
-        return merge_config(args, plain_config(tiny or {}))
-    if scale != "paper":
-        raise ConfigError(f"model.scale={scale!r}: expected paper or tiny")
+    blocks = {"tiny": tiny, "mini": mini}
+    for block in scale_blocks(scale, "model.scale"):
+        args = merge_config(args, plain_config(blocks[block] or {}))
     return args
 
 

@@ -112,8 +112,10 @@ class JointAudioVideo(DiffusionSystem):
         clip: training clip geometry ``{seconds, fps, height, width, sample_rate}`` (the data's
             ``data.clip``), held as a :class:`~avgen.data.geometry.ClipGeometry` (``self.clip``);
             sampling produces clips of this geometry.
-        scale: ``paper`` or ``tiny``; with ``tiny`` the ``tiny`` mapping is merged over these arguments.
+        scale: ``paper``, ``tiny`` or ``mini``; with ``tiny`` the ``tiny`` mapping is merged over these arguments,
+            with ``mini`` the ``tiny`` and then the ``mini`` mapping (:func:`~avgen.systems.base.system_arguments`).
         tiny: argument overrides for ``scale=tiny`` (tiny backbones and module sizes).
+        mini: argument overrides for ``scale=mini`` over ``tiny``'s (the mini twins, ``mini:<name>`` sources).
         tiny_dir: where tiny backbones are materialised.
         cross_modal: ``cmcpe`` (paper) or ``cross_attention`` (CoDi-style baseline, Table I).
         positions: ``{video: [...], audio: [...]}`` blocks after which cross-modal blocks go.
@@ -146,7 +148,8 @@ class JointAudioVideo(DiffusionSystem):
         return scheduler_setting_refusal(modality, name, trained=True) if name else None
 
     def __init__(self, video: Mapping, audio: Mapping, clip: Mapping, *, scale: str = "paper",
-                 tiny: Mapping | None = None, tiny_dir: str | None = None, cross_modal: str = "cmcpe",
+                 tiny: Mapping | None = None, mini: Mapping | None = None,
+                 tiny_dir: str | None = None, cross_modal: str = "cmcpe",
                  positions: Mapping | None = None, connector: Mapping | None = None, block: Mapping | None = None,
                  video_connector_attention: bool = True, train_motion_modules: bool = True,
                  timesteps: Mapping | None = None, self_condition_prob: float = 0.5,
@@ -154,7 +157,7 @@ class JointAudioVideo(DiffusionSystem):
                  validation: Mapping | None = None, optimizer=None, scheduler=None, ema_decay: float | None = None,
                  cond_drop_prob: float = 0.1):
         super().__init__(optimizer=optimizer, scheduler=scheduler, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob)
-        args = system_arguments(scale, tiny, video=video, audio=audio, connector=connector,
+        args = system_arguments(scale, tiny, mini=mini, video=video, audio=audio, connector=connector,
                                 block=block, positions=positions, video_connector_attention=video_connector_attention,
                                 sampling=sampling, validation=validation)
         self.configure_settings(args, scale)  # before any backbone loads

@@ -81,8 +81,8 @@ class TempoTokens(DiffusionSystem):
             concatenated (``null``: all).
         clip: the clip geometry ``{seconds, fps, height, width, sample_rate}`` (the data's ``data.clip``),
             held as a :class:`~avgen.data.geometry.ClipGeometry` (``self.clip``).
-        scale, tiny, tiny_dir: as in the joint system: ``scale=tiny`` merges ``tiny`` over these
-            arguments; tiny backbones are written to ``tiny_dir``.
+        scale, tiny, mini, tiny_dir: as in the joint system: ``scale=tiny`` merges ``tiny`` over these
+            arguments, ``scale=mini`` ``tiny`` then ``mini``; tiny and mini backbones are written to ``tiny_dir``.
         prompt: the prompt template (see the module docstring).
         windows: ``{resolutions, sizes, mode}`` — Table 3's setting: ``resolutions`` 0 (``vec.``: the
             class token only), 1 (the frame's own token), … 5 (windows of 1, 2, 4, 8, 16 frames; the
@@ -110,13 +110,14 @@ class TempoTokens(DiffusionSystem):
     SAMPLER_CONFIG = ("t2v.scheduler", "t2v.scheduler_overrides")
 
     def __init__(self, t2v: Mapping, encoder: Mapping, clip: Mapping, *, scale: str = "paper",
-                 tiny: Mapping | None = None, tiny_dir: str | None = None, prompt: str = "{audio}",
+                 tiny: Mapping | None = None, mini: Mapping | None = None,
+                 tiny_dir: str | None = None, prompt: str = "{audio}",
                  windows: Mapping | None = None, mapper: Mapping | None = None, pooling: Mapping | None = None,
                  l1_weight: float = 0.01, gradient_checkpointing: bool = False, sampling: Mapping | None = None,
                  validation: Mapping | None = None, optimizer=None, scheduler=None, ema_decay: float | None = None,
                  cond_drop_prob: float = 0.0):
         super().__init__(optimizer=optimizer, scheduler=scheduler, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob)
-        args = system_arguments(scale, tiny, t2v=t2v, encoder=encoder, mapper=mapper,
+        args = system_arguments(scale, tiny, mini=mini, t2v=t2v, encoder=encoder, mapper=mapper,
                                 pooling=pooling, windows=windows, sampling=sampling, validation=validation)
         self.configure_settings(args, scale)  # before any backbone loads
         self.clip = ClipGeometry.from_config(plain_config(clip))

@@ -175,7 +175,8 @@ class VTALDM(DiffusionSystem):
         released: path of the authors' released ``pytorch_model.bin`` to start a new run from
             (:func:`load_released`), or ``None``; ignored when a checkpoint is restored (``INIT_ONLY``).
         gradient_checkpointing: recompute the U-Net's blocks in the backward pass.
-        scale, tiny, tiny_dir: as the other systems (``scale=tiny`` merges ``tiny`` over the arguments).
+        scale, tiny, mini, tiny_dir: as the other systems (``scale=tiny`` merges ``tiny`` over the arguments,
+            ``scale=mini`` ``tiny`` then ``mini``).
         sampling, validation: typed blocks (:class:`VTALDMSampling`,
             :class:`~avgen.systems.settings.ValidationSettings`).
         optimizer, scheduler, ema_decay: as :class:`~avgen.systems.base.AVSystem` (AdamW 6e-5, 300 warm-up
@@ -197,12 +198,14 @@ class VTALDM(DiffusionSystem):
     def __init__(self, encoder: Mapping, audio: Mapping, unet: Mapping, noise_scheduler: Mapping, clip: Mapping, *,
                  objective: Mapping | None = None, conditions: Sequence[str] = ("video",),
                  text_encoder: Mapping | None = None, flow: Mapping | None = None, released: str | None = None,
-                 scale: str = "paper", tiny: Mapping | None = None, tiny_dir: str | None = None,
+                 scale: str = "paper", tiny: Mapping | None = None, mini: Mapping | None = None,
+                 tiny_dir: str | None = None,
                  gradient_checkpointing: bool = False,
                  sampling: Mapping | None = None, validation: Mapping | None = None, optimizer=None, scheduler=None,
                  ema_decay: float | None = None, cond_drop_prob: float = 0.1):
         super().__init__(optimizer=optimizer, scheduler=scheduler, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob)
-        args = system_arguments(scale, tiny, encoder=encoder, audio=audio, unet=unet, noise_scheduler=noise_scheduler,
+        args = system_arguments(scale, tiny, mini=mini, encoder=encoder, audio=audio, unet=unet,
+                                noise_scheduler=noise_scheduler,
                                 objective=objective, conditions=list(conditions), text_encoder=text_encoder,
                                 flow=flow, sampling=sampling, validation=validation)
         self.configure_settings(args, scale)

@@ -1,0 +1,325 @@
+"""The mini twins' codecs (issue 22): reconstruction metrics, the training recipe (``pretrain-twins part=codecs``:
+resumable to the bit, a manifest, publishing), ``mini:`` sources, and the committed weights' measured quality."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import compose
+
+MINI_STORE = {"seconds": 2.0, "fps": 8, "height": 32, "width": 32, "sample_rate": 16000}
+
+
+# ----------------------------------------------------------------------------------- metrics
+def test_frame_psnr_exact_values():
+    from avgen.metrics.codec import frame_psnr
+
+    ref = torch.full((2, 3, 4, 4), 100, dtype=torch.uint8)
+    est = ref.clone()
+    est[0] += 1                       # MSE 1 → 20 log10 255
+    est[1, :, :2] += 10               # half the pixels off by 10 → MSE 50
+    psnr = frame_psnr(ref, est)
+    assert psnr[0].item() == pytest.approx(20 * math.log10(255), abs=1e-4)
+    assert psnr[1].item() == pytest.approx(10 * math.log10(255 ** 2 / 50), abs=1e-4)
+    assert math.isinf(frame_psnr(ref, ref)[0].item())
+    with pytest.raises(ValueError, match="one shape"):
+        frame_psnr(ref, est[:, :2])
+
+
+def test_log_spectral_distance_exact_values():
+    from avgen.metrics.codec import log_spectral_distance
+
+    x = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
+    assert log_spectral_distance(x, x).tolist() == [0.0, 0.0]
+    # 10× the amplitude is 100× the power: log10 differs by 2 in every bin
+    assert log_spectral_distance(x, 10 * x).tolist() == pytest.approx([2.0, 2.0], abs=1e-6)
+    with pytest.raises(ValueError, match=r"\(B, S\)"):
+        log_spectral_distance(x[0], x[0])
+
+
+def test_onset_f1_pools_one_to_one_matches():
+    from avgen.metrics.codec import onset_f1
+
+    # clip 1: one of two onsets within 50 ms; clip 2: two onsets near one event match it once (one-to-one)
+    scores = onset_f1([[0.5, 1.0], [0.3]], [[0.52, 1.3], [0.29, 0.31]], window=0.05)
+    assert (scores.matched, scores.events, scores.onsets) == (2, 3, 4)
+    assert scores.precision == pytest.approx(0.5)
+    assert scores.recall == pytest.approx(2 / 3)
+    assert scores.f1 == pytest.approx(2 * 2 / 7)
+    assert onset_f1([[0.5]], [[0.56]], window=0.05).f1 == 0.0
+    assert onset_f1([[0.5]], [[0.56]], window=0.125).f1 == 1.0
+    assert math.isnan(onset_f1([[]], [[]], window=0.05).f1)
+    with pytest.raises(ValueError, match="clips"):
+        onset_f1([[0.5]], [], window=0.05)
+
+
+def test_onsets_of_a_synthetic_clip_match_its_events():
+    """The detector on the original audio: the ceiling the vocoder is measured against."""
+    from avgen.data.geometry import ClipGeometry
+    from avgen.data.synthetic import generate_clip
+    from avgen.metrics.codec import clip_onsets, onset_f1
+
+    geo = ClipGeometry(**MINI_STORE)
+    clips = [generate_clip(seed, geo) for seed in range(4)]
+    detected = [clip_onsets(c.audio, geo.sample_rate).tolist() for c in clips]
+    assert onset_f1([c.meta["events"] for c in clips], detected, window=1 / 8).f1 == 1.0
+
+
+# ----------------------------------------------------------------------------------- the recipe
+def bank(n: int = 6):
+    from avgen.data.clip_bank import ClipBank
+    from avgen.data.geometry import ClipGeometry
+    from avgen.data.synthetic import generate_clip
+
+    geo = ClipGeometry(**MINI_STORE)
+    clips = [generate_clip(1000 + i, geo) for i in range(n)]
+    return ClipBank(frames=torch.from_numpy(np.stack([c.frames for c in clips])).permute(0, 1, 4, 2, 3).contiguous(),
+                    audio=torch.from_numpy(np.stack([c.audio for c in clips])),
+                    events=[np.asarray(c.meta["events"]) for c in clips], keys=[str(i) for i in range(n)],
+                    labels=[c.meta["label"] for c in clips], captions=[c.meta["caption"] for c in clips],
+                    geometry=geo)
+
+
+def test_clip_bank_batches_are_a_function_of_seed_and_step():
+    b = bank(3)
+    one = b.random_segments(4, 800, b.generator(0, 7), multiple=160)
+    assert torch.equal(one, b.random_segments(4, 800, b.generator(0, 7), multiple=160))
+    assert not torch.equal(one, b.random_segments(4, 800, b.generator(0, 8), multiple=160))
+    # every segment is a hop-aligned slice of some clip
+    for segment in one:
+        hits = [(c, s) for c in range(3) for s in range(0, b.audio.shape[1] - 800 + 1, 160)
+                if torch.equal(b.audio[c, s:s + 800], segment)]
+        assert hits
+    frames = b.random_frames(5, b.generator(1, 0))
+    assert frames.shape == (5, 3, 32, 32) and frames.dtype == torch.uint8
+    with pytest.raises(ValueError, match="segments of"):
+        b.random_segments(1, b.audio.shape[1] + 1, b.generator(0, 0))
+
+
+def test_learning_rate_schedule():
+    from avgen.systems.codec_twins import CodecTraining
+
+    class Dummy(CodecTraining):
+        @staticmethod
+        def build(config):
+            return torch.nn.Linear(1, 1)
+
+    m = Dummy({}, steps=110, batch_size=1, lr=1.0, warmup_steps=10, final_lr_fraction=0.1)
+    assert m.lr_factor(0) == pytest.approx(0.1)
+    assert m.lr_factor(9) == pytest.approx(1.0)
+    assert m.lr_factor(10) == pytest.approx(1.0)
+    assert m.lr_factor(60) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert m.lr_factor(110) == pytest.approx(0.1)
+
+
+# small models: the recipe's code at test speed
+SMALL = [
+    "pretrain_twins.codecs.frames_vae.model.block_out_channels=[8,8,8]",
+    "pretrain_twins.codecs.frames_vae.model.norm_num_groups=4",
+    "pretrain_twins.codecs.frames_vae.batch_size=4",
+    "pretrain_twins.codecs.mel_vae.model.block_out_channels=[8,8,8]",
+    "pretrain_twins.codecs.mel_vae.model.norm_num_groups=4",
+    "pretrain_twins.codecs.mel_vae.batch_size=2",
+    "pretrain_twins.codecs.mel_vae.mel_frames=16",
+    "pretrain_twins.codecs.vocoder.model.upsample_initial_channel=32",
+    "pretrain_twins.codecs.vocoder.model.resblock_kernel_sizes=[3]",
+    "pretrain_twins.codecs.vocoder.model.resblock_dilation_sizes=[[1]]",
+    "pretrain_twins.codecs.vocoder.batch_size=2",
+    "pretrain_twins.codecs.vocoder.mel_frames=8",
+    "pretrain_twins.evaluate.clips=2",
+    "pretrain_twins.evaluate.strip_clips=1",
+    "data.prepare.clips={train:4,val:1,test:2}",
+    "data.prepare.clips_per_shard=4",
+    "data.prepare.preview=0",
+    "data.prepare.workers=1",
+    "callbacks.progress_bar=null",
+]
+
+
+def steps(n: int, every: int = 2) -> list[str]:
+    return [f"pretrain_twins.codecs.{s}.steps={n}" for s in ("frames_vae", "mel_vae", "vocoder")] + \
+        [f"pretrain_twins.codecs.{s}.warmup_steps=2" for s in ("frames_vae", "mel_vae", "vocoder")] + \
+        [f"pretrain_twins.checkpoint_every={every}"]
+
+
+def recipe(tmp_path: Path, run: str, *extra: str) -> Path:
+    from avgen.commands import run_command
+
+    cfg = compose(["command=pretrain-twins", "part=codecs", *SMALL, *extra], tmp_path, run_dir=tmp_path / run)
+    return run_command(cfg)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {f"{p.parent.name}/{k}": v for p in sorted(folder.glob("*/*.safetensors")) for k, v in load_file(p).items()}
+
+
+@pytest.mark.slow
+def test_recipe_resumes_to_the_bit_and_writes_a_manifest(tmp_path, one_thread, capsys):
+    """Ctrl-C at step 3 of a 5-step stage, then the same command: the weights equal an uninterrupted run's to the bit
+    (batches and noise come from the step number; optimiser and schedule from the checkpoint)."""
+    import signal
+
+    straight = recipe(tmp_path, "straight", *steps(5))
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores further Ctrl-C once it caught one
+    try:
+        with pytest.raises(SystemExit):
+            recipe(tmp_path, "resumed", *steps(5),
+                   "+callbacks.ctrl_c={_target_: tests.helpers.KeyboardInterruptAt, step: 3}")
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    out = capsys.readouterr().out
+    assert "continue after a stop with: python -m avgen pretrain-twins" in out
+    assert f"hydra.run.dir={tmp_path / 'resumed'}" in out
+    resumed = recipe(tmp_path, "resumed", *steps(5))
+    out = capsys.readouterr().out
+    assert "frames_vae: resuming from" in out and "(step 3 of 5)" in out
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys() and len(a) > 50
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+    manifest = json.loads((resumed / "manifest.json").read_text())
+    assert manifest["format"] == "avgen-mini-twins/1" and manifest["part"] == "codecs"
+    assert manifest["data"]["dataset"] == "synthetic_hits" and manifest["data"]["seed"] == 0
+    assert manifest["data"]["train_clips"] == 4 and manifest["data"]["held_out_clips"] == 2
+    assert manifest["recipe"]["command"].startswith("python -m avgen pretrain-twins")
+    assert manifest["recipe"]["config"]["pretrain_twins"]["codecs"]["vocoder"]["steps"] == 5
+    from avgen.pretrained import sha256_file
+
+    for name in ("frames_vae", "mel_vae", "vocoder"):
+        entry = manifest["components"][name]
+        assert entry["steps"] == 5 and entry["parameters"] > 0
+        for file, digest in entry["files"].items():
+            assert sha256_file(resumed / name / file) == digest
+    assert manifest["components"]["frames_vae"]["scaling_factor"] > 0
+    metrics = manifest["metrics"]
+    assert set(metrics) >= {"frames_vae", "mel_vae", "vocoder", "mel_vae+vocoder", "reference"}
+    assert metrics["reference"]["onset_1frame_f1"] == 1.0
+    assert (resumed / "frames_strip.png").stat().st_size > 0
+
+    # a finished stage is not retrained; a third run only measures and writes
+    recipe(tmp_path, "resumed", *steps(5))
+    assert capsys.readouterr().out.count("not retrained") == 3
+    assert all(torch.equal(a[k], v) for k, v in weights(resumed).items())
+
+    # publish: refuses an existing folder without overwrite, and a folder the recipe did not write even with it
+    target = tmp_path / "published"
+    recipe(tmp_path, "resumed", *steps(5), f"pretrain_twins.publish_dir={target}")
+    assert json.loads((target / "manifest.json").read_text()) == manifest | {"recipe": json.loads(
+        (target / "manifest.json").read_text())["recipe"]}
+    with pytest.raises(SystemExit):
+        recipe(tmp_path, "resumed", *steps(5), f"pretrain_twins.publish_dir={target}")
+    assert "pretrain_twins.overwrite=true" in capsys.readouterr().err
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        recipe(tmp_path, "resumed", *steps(5), f"pretrain_twins.publish_dir={target}", "pretrain_twins.overwrite=true")
+    assert "notes.txt" in capsys.readouterr().err
+    assert (target / "notes.txt").read_text() == "mine"
+
+
+def test_recipe_refuses_bad_settings(tmp_path, capsys):
+    from avgen.commands import run_command
+
+    cfg = compose(["command=pretrain-twins"], tmp_path)
+    with pytest.raises(SystemExit):
+        run_command(cfg)
+    assert "part=codecs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        recipe(tmp_path, "r", "pretrain_twins.stages=[frames_vae,decoder]")
+    assert "'decoder'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        recipe(tmp_path, "r", "pretrain_twins.stages=[]")
+    assert "nothing to train" in capsys.readouterr().err
+
+
+def test_vocoder_whose_upsampling_is_not_the_mel_hop_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        recipe(tmp_path, "r", "pretrain_twins.stages=[vocoder]",
+               "pretrain_twins.codecs.vocoder.model.upsample_rates=[5,4,2,2,1]")
+    assert "make 80 samples per mel frame" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------- mini: sources
+def fake_weights(tmp_path: Path) -> Path:
+    """A mini-twins folder in the committed layout: the tiny twins' codecs, re-seeded, with a manifest."""
+    from diffusers import AutoencoderKL
+    from transformers import SpeechT5HifiGan
+
+    from avgen.backbones import tiny
+    from avgen.pretrained import sha256_file
+
+    tiny_audio = tiny.materialize("audioldm", tmp_path / "tiny")
+    tiny_video = tiny.materialize("animatediff", tmp_path / "tiny")
+    folder = tmp_path / "weights"
+    torch.manual_seed(7)
+    models = {"frames_vae": AutoencoderKL.from_pretrained(tiny_video / "vae"),
+              "mel_vae": AutoencoderKL.from_pretrained(tiny_audio / "vae"),
+              "vocoder": SpeechT5HifiGan.from_pretrained(tiny_audio / "vocoder")}
+    components = {}
+    for name, model in models.items():
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        model.save_pretrained(folder / name)
+        components[name] = {"files": {p.name: sha256_file(p) for p in (folder / name).iterdir()}}
+    (folder / "manifest.json").write_text(json.dumps({"format": "avgen-mini-twins/1", "part": "codecs",
+                                                      "components": components}))
+    return folder
+
+
+def test_mini_source_swaps_in_the_trained_parts(tmp_path, monkeypatch):
+    from avgen.backbones import mini
+    from avgen.backbones.audioldm import load_audio_codec
+    from avgen.backbones.loader import resolve_source
+    from avgen.errors import ConfigError
+
+    folder = fake_weights(tmp_path)
+    monkeypatch.setenv(mini.WEIGHTS_ENV, str(folder))
+    twin = Path(resolve_source("mini:audioldm", tmp_path / "twins"))
+    assert twin.name == f"mini-audioldm-{mini.version_tag(folder)}"
+    for sub, component in (("vae", "mel_vae"), ("vocoder", "vocoder")):
+        for file in (folder / component).iterdir():
+            assert (twin / sub / file.name).read_bytes() == file.read_bytes()
+    tiny_twin = tmp_path / "tiny" / "audioldm-v3"
+    assert (twin / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == \
+        (tiny_twin / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    codec = load_audio_codec("mini:audioldm", tiny_dir=tmp_path / "twins")
+    assert codec.vocoder.conv_pre.weight.requires_grad is False
+    assert resolve_source("mini:audioldm", tmp_path / "twins") == str(twin)  # reused
+
+    with pytest.raises(ConfigError, match="unknown mini twin 'vivit'"):
+        resolve_source("mini:vivit", tmp_path / "twins")
+    with pytest.raises(ConfigError, match="no folder to write it to"):
+        resolve_source("mini:audioldm", None)
+    # altered bytes: refused, naming the file
+    weights_file = next((folder / "vocoder").glob("*.safetensors"))
+    weights_file.write_bytes(weights_file.read_bytes()[:-1] + b"\0")
+    with pytest.raises(mini.MiniWeightsError, match="SHA-256 differs"):
+        resolve_source("mini:audioldm", tmp_path / "other")
+    shutil.rmtree(folder / "vocoder")
+    with pytest.raises(mini.MiniWeightsError, match="missing"):
+        resolve_source("mini:audioldm", tmp_path / "other")
+    (folder / "manifest.json").unlink()
+    with pytest.raises(mini.MiniWeightsError, match="manifest is missing"):
+        resolve_source("mini:zeroscope", tmp_path / "other")
+
+
+def test_scale_blocks():
+    from avgen.config_files import scale_blocks
+    from avgen.errors import ConfigError
+    from avgen.systems.base import system_arguments
+
+    assert scale_blocks("paper") == () and scale_blocks("mini") == ("tiny", "mini")
+    with pytest.raises(ConfigError, match="model.scale='small'"):
+        system_arguments("small", {}, audio={})
+    args = system_arguments("mini", {"audio": {"base": "tiny:audioldm", "seconds": 1.28}},
+                            mini={"audio": {"base": "mini:audioldm"}}, audio={"base": "cvssp/audioldm"})
+    assert args == {"audio": {"base": "mini:audioldm", "seconds": 1.28}}
