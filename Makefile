@@ -56,6 +56,7 @@ bench: setup
 	$(PY) benchmarks/tempotokens_costs.py
 	$(PY) benchmarks/vta_ldm_costs.py
 	$(PY) benchmarks/pipeline_costs.py
+	$(PY) benchmarks/mini_codecs.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from avgen.config_files import scale_blocks
 from avgen.errors import (
     CheckpointError,
     CommandUnavailable,
@@ -248,10 +249,12 @@ def _apply_model_override(cfg: DictConfig, ckpt: DictConfig, cls: type, key: str
         if reason:
             raise ConfigError(f"{leaf}={leaf_value}: {reason} (the checkpoint has {current!r})")
         OmegaConf.update(cfg, leaf, leaf_value, merge=False, force_add=True)
-        # at scale=tiny the model's `tiny` block is merged over its arguments: a key it sets would win
-        tiny_leaf = "model.tiny." + leaf.removeprefix("model.")
-        if cfg.model.get("scale") == "tiny" and OmegaConf.select(cfg, tiny_leaf, default=_MISSING) is not _MISSING:
-            OmegaConf.update(cfg, tiny_leaf, leaf_value, merge=False)
+        # at scale=tiny (mini) the model's `tiny` (and `mini`) block is merged over its arguments: a key it sets
+        # would win
+        for block in scale_blocks(cfg.model.get("scale", "paper"), "model.scale"):
+            block_leaf = f"model.{block}." + leaf.removeprefix("model.")
+            if OmegaConf.select(cfg, block_leaf, default=_MISSING) is not _MISSING:
+                OmegaConf.update(cfg, block_leaf, leaf_value, merge=False)
 
 
 def model_override_refusal(cls: type, key: str) -> str | None:

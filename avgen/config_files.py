@@ -47,7 +47,7 @@ def scale_blocks(scale: str, config_key: str = "scale_name") -> tuple[str, ...]:
 
 
 def register_scale_resolver() -> None:
-    """Register ``avgen_at_scale`` with OmegaConf (once): a default that differs at ``scale=tiny``
+    """Register ``avgen_at_scale`` with OmegaConf (once): a default that differs at ``scale=tiny`` and ``mini``
     (fewer sampler steps) but that the command line still overrides."""
     from omegaconf import OmegaConf
 
@@ -57,7 +57,7 @@ def register_scale_resolver() -> None:
 
 def model_config_node(name: str, node: str, *, scale: str) -> dict[str, Any]:
     """The ``node`` block (``sampling``, ``validation``) of ``configs/model/<name>.yaml`` as plain Python,
-    its ``${avgen_at_scale:...}`` values resolved at ``scale`` (``paper`` or ``tiny``): the defaults a
+    its ``${avgen_at_scale:...}`` values resolved at ``scale`` (one of :data:`SCALES`): the defaults a
     system's typed settings take (:mod:`avgen.systems.settings`).
 
     Raises:

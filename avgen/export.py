@@ -66,11 +66,14 @@ def split_components(weights: Mapping[str, torch.Tensor], system: str
 
 
 def source_kind(value: str) -> str:
-    """``tiny`` (a ``tiny:`` twin), ``local`` (an existing file or folder) or ``hub`` (a hub id)."""
-    from avgen.backbones.loader import TINY_PREFIX
+    """``tiny`` (a ``tiny:`` twin), ``mini`` (a ``mini:`` twin: avgen's trained mini twins), ``local`` (an existing
+    file or folder) or ``hub`` (a hub id)."""
+    from avgen.backbones.loader import MINI_PREFIX, TINY_PREFIX
 
     if value.startswith(TINY_PREFIX):
         return "tiny"
+    if value.startswith(MINI_PREFIX):
+        return "mini"
     return "local" if Path(value).exists() else "hub"
 
 
@@ -100,14 +103,14 @@ def frozen_sources(model_config: Mapping[str, Any], system: str) -> dict[str, tu
 def copy_frozen(source: str, kind: str, config_key: str, dest: Path, tiny_dir: str | None) -> Path:
     """Copy a frozen part into ``dest`` (a new folder); returns the path the config should name inside it (the
     folder, or the file for a single-file source). Hub ids are read from the local Hugging Face cache (symlinks
-    followed), ``tiny:`` twins are materialised first.
+    followed), ``tiny:`` and ``mini:`` twins are materialised first.
 
     Raises:
         avgen.backbones.loader.PretrainedModelMissing: a hub id that is not in the local cache.
     """
     from avgen.backbones.loader import PretrainedModelMissing, resolve_source
 
-    if kind == "tiny":
+    if kind in ("tiny", "mini"):
         path = Path(resolve_source(source, tiny_dir, f"model.{config_key}"))
     elif kind == "local":
         path = Path(source)
@@ -237,6 +240,10 @@ def export_pipeline(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, *,
             else:
                 value = str(Path(source).resolve()) if kind == "local" else source
                 entry.update(kind=kind, source=value)
+                if kind == "mini":  # the trained twins it was made with: from_pretrained checks them
+                    from avgen.backbones.mini import active_weights_dir, version_tag
+
+                    entry["weights_tag"] = version_tag(active_weights_dir())
                 set_source(model_config, key, value)
             components[name] = entry
 
@@ -404,6 +411,10 @@ def model_card(index: Mapping[str, Any], run_config: Mapping[str, Any], metrics:
     if tiny:
         lines += ["> **scale=tiny**: the frozen parts are tiny random twins built in code. This export exercises the "
                   "code paths; its samples are not meaningful.", ""]
+    elif index.get("scale") == "mini":
+        lines += ["> **scale=mini**: the frozen parts are avgen's mini twins (tiny sizes; codecs trained on the "
+                  "synthetic data, `avgen/backbones/mini_weights`). A CPU-scale model of the synthetic scenes only.",
+                  ""]
     lines += [f"- **System**: `{index['class']}` ({index['task']}), pipeline `avgen.pipelines.{index['pipeline']}`",
               f"- **Paper**: {index['paper']}",
               f"- **Data**: {dataset}{f' (`{root}`)' if root else ''}; clips of {clip.get('seconds')} s, "

@@ -653,6 +653,15 @@ def read_index(folder: str | Path) -> dict[str, Any]:
         missing = [key for key in need if not isinstance(component.get(key), str)]
         if missing:
             raise PipelineFolderError(f"{path}: component {name} has no {missing[0]}; export it again")
+        if component.get("type") == "frozen" and component.get("kind") == "mini" and component.get("weights_tag"):
+            from avgen.backbones.mini import WEIGHTS_ENV, active_weights_dir, version_tag
+
+            here = version_tag(active_weights_dir())
+            if component["weights_tag"] != here:
+                raise PipelineFolderError(
+                    f"{path}: component {name} was exported with the mini twins {component['weights_tag']}, but "
+                    f"this avgen has {here} ({active_weights_dir()}); point {WEIGHTS_ENV} at the twins it was made "
+                    f"with, or export it again with export.include_frozen=true (the twins travel with it)")
     if not isinstance(index.get("config", CONFIG_FILE), str):
         raise PipelineFolderError(f"{path}: config is not a file name; export it again")
     return index

@@ -44,12 +44,24 @@ log = logging.getLogger("avgen")
 STAGES = ("frames_vae", "mel_vae", "vocoder")
 TWINS_DIR = "twins"
 STRIP = "frames_strip.png"
+PSNR_CAP = 100.0  # dB: a frame reproduced exactly (PSNR inf) counts as 100 dB in the averages
 
 
 # ----------------------------------------------------------------------------------- stages
 def stage_config(cfg: DictConfig, stage: str) -> DictConfig:
     """The run config of one stage: ``paths.output_dir`` = ``<run>/<stage>``, the stage's ``steps`` as
-    ``trainer.max_steps``, checkpoints every ``pretrain_twins.checkpoint_every`` steps."""
+    ``trainer.max_steps``, checkpoints every ``pretrain_twins.checkpoint_every`` steps.
+
+    Raises:
+        ConfigError: ``trainer.accumulate_grad_batches`` other than 1, or more than one device or node (a batch is a
+            function of the optimiser step: accumulation and data parallelism would repeat batches).
+    """
+    trainer = cfg.get("trainer") or {}
+    for key, value in (("accumulate_grad_batches", trainer.get("accumulate_grad_batches", 1)),
+                       ("devices", trainer.get("devices", 1)), ("num_nodes", trainer.get("num_nodes", 1))):
+        if value not in (1, "1", None):
+            raise ConfigError(f"trainer.{key}={value}: pretrain-twins draws each batch from the optimiser step on one "
+                              f"process; set trainer.{key}=1 (raise pretrain_twins.codecs.<stage>.batch_size instead)")
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     root = Path(cfg.paths.output_dir)
     OmegaConf.update(out, "paths.output_dir", str(root / stage), force_add=True)
@@ -84,14 +96,50 @@ def build_stage(cfg: DictConfig, stage: str):
         raise ConfigError(f"pretrain_twins.codecs.{stage}: {exc}") from exc
 
 
+def check_stage_inputs(cfg: DictConfig, stage: str, module, bank) -> None:
+    """Refuse stage settings the clips or the model cannot serve, before training (one line naming the key).
+
+    Raises:
+        ConfigError: a mel crop longer than the clips, or not a multiple of the mel VAE's downsampling.
+    """
+    frames = getattr(module, "mel_frames", None)
+    if frames is None:
+        return
+    key = f"pretrain_twins.codecs.{stage}.mel_frames"
+    hop = module.mel.hop_length
+    if frames < 1 or frames * hop > bank.audio.shape[1]:
+        raise ConfigError(f"{key}={frames}: segments of {frames} mel frames ({frames * hop} samples) do not fit the "
+                          f"clips ({bank.audio.shape[1]} samples); use 1 to {bank.audio.shape[1] // hop}")
+    factor = 2 ** (len(module.model.config.block_out_channels) - 1) if hasattr(module.model.config, "latent_channels") \
+        else 1
+    if frames % factor:
+        raise ConfigError(f"{key}={frames}: the mel VAE downsamples time {factor}x; use a multiple of {factor}")
+
+
+def _record_session(folder: Path, entry: Mapping[str, Any]) -> None:
+    """Append one training session (commit, steps, seconds) to ``<stage>/sessions.json``."""
+    path = folder / "sessions.json"
+    sessions = json.loads(path.read_text()) if path.is_file() else []
+    sessions.append(dict(entry))
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sessions, indent=2) + "\n")
+
+
 def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, Any, str | None], None]
                 ) -> torch.nn.Module:
     """Train (or continue, or reuse when finished) one stage; returns its model, in eval mode, with the VAEs'
-    ``scaling_factor`` set (:func:`latent_scaling_factor`), saved to ``<run>/<stage>/model``.
+    ``scaling_factor`` set (:func:`latent_scaling_factor`), saved to ``<run>/<stage>/model``; each training session
+    is recorded in ``<run>/<stage>/sessions.json`` (commit, first and last step, seconds).
 
     ``fit(stage_cfg, module, ckpt_path)`` runs Lightning's fit of ``module`` under :func:`stage_config`'s config,
     resuming from ``ckpt_path`` (None: from scratch); :func:`avgen.commands.pretrain_twins` gives the command line's
-    trainer (its callbacks: checkpoints, Ctrl-C, SLURM requeue)."""
+    trainer (its callbacks: checkpoints, Ctrl-C, SLURM requeue). ``resume=auto`` continues from the stage's newest
+    checkpoint; ``resume=never`` deletes the stage's checkpoints and starts it over.
+
+    Raises:
+        ConfigError: ``resume`` is a path (each stage has its own checkpoints: use auto or never), or the stage's
+            checkpoint was trained with another ``model`` config than the one given.
+    """
     from avgen.checkpoint import newest_checkpoint, remove_stale_temporaries
 
     scfg = stage_config(cfg, stage)
@@ -101,19 +149,41 @@ def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, An
         print(f"removed {stale}: a temporary checkpoint left by a process killed while saving")
     module = build_stage(cfg, stage)
     module.bank = bank
-    newest = newest_checkpoint(ckpt_dir) if cfg.get("resume", "auto") == "auto" else None
+    check_stage_inputs(cfg, stage, module, bank)
+    resume = str(cfg.get("resume", "auto"))
+    if resume not in ("auto", "never"):
+        raise ConfigError(f"resume={resume}: pretrain-twins resumes each stage from its own folder; use resume=auto "
+                          f"(continue) or resume=never (start every stage over)")
+    if resume == "never" and ckpt_dir.is_dir():
+        shutil.rmtree(ckpt_dir)
+        print(f"{stage}: resume=never: removed {ckpt_dir}")
+    newest = newest_checkpoint(ckpt_dir)
     steps = module.steps
+    if newest is not None:
+        saved = torch.load(newest[0], map_location="cpu", weights_only=True)
+        trained_with = (saved.get("hyper_parameters") or {}).get("config")
+        if trained_with is not None and dict(trained_with) != module.config:
+            raise ConfigError(f"pretrain_twins.codecs.{stage}.model differs from the model {newest[0]} was trained "
+                              f"with; give the same model, or another run folder (hydra.run.dir=...), or "
+                              f"resume=never to start the stages over")
     if newest is not None and newest[1] >= steps:
         print(f"{stage}: finished ({newest[1]} steps, {newest[0]}); not retrained")
-        state = torch.load(newest[0], map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
+        module.load_state_dict(saved["state_dict"])
     else:
         if newest is not None:
             print(f"{stage}: resuming from {newest[0]} (step {newest[1]} of {steps})")
         else:
             print(f"{stage}: training {steps} steps ({sum(p.numel() for p in module.model.parameters()):,} "
                   f"parameters)")
-        fit(scfg, module, str(newest[0]) if newest else None)
+        began = time.monotonic()
+        first = newest[1] if newest else 0
+        try:
+            fit(scfg, module, str(newest[0]) if newest else None)
+        finally:
+            reached = newest_checkpoint(ckpt_dir)
+            _record_session(folder, {**recipe_commit(), "from_step": first,
+                                     "to_step": reached[1] if reached else first,
+                                     "seconds": round(time.monotonic() - began, 1), "threads": torch.get_num_threads()})
     model = module.model.eval()
     if stage in ("frames_vae", "mel_vae"):
         factor = latent_scaling_factor(module, bank)
@@ -121,6 +191,30 @@ def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, An
     shutil.rmtree(folder / "model", ignore_errors=True)
     model.save_pretrained(folder / "model")
     return model
+
+
+def finished_stage(cfg: DictConfig, stage: str) -> torch.nn.Module | None:
+    """The model a stage of this run folder finished earlier (``<run>/<stage>/model``, written by
+    :func:`train_stage`), or None."""
+    folder = Path(cfg.paths.output_dir) / stage / "model"
+    if not (folder / "config.json").is_file():
+        return None
+    from avgen.systems.codec_twins import TRAINERS
+
+    cls = type(TRAINERS[stage].build(OmegaConf.to_container(cfg.pretrain_twins.codecs[stage].model, resolve=True)))
+    return cls.from_pretrained(folder).eval()
+
+
+def stage_record(cfg: DictConfig, stage: str) -> dict[str, Any]:
+    """What the stage's folder says of its training: the step its newest checkpoint reached and its sessions."""
+    from avgen.checkpoint import newest_checkpoint
+
+    folder = Path(cfg.paths.output_dir) / stage
+    newest = newest_checkpoint(folder / "checkpoints")
+    sessions_file = folder / "sessions.json"
+    sessions = json.loads(sessions_file.read_text()) if sessions_file.is_file() else []
+    return {"steps": newest[1] if newest else None, "sessions": sessions,
+            "train_seconds": round(sum(s.get("seconds", 0) for s in sessions), 1) if sessions else None}
 
 
 @torch.no_grad()
@@ -142,15 +236,18 @@ def latent_scaling_factor(module, bank, examples: int = 512, seed: int = 12345) 
 # ----------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate_codecs(models: Mapping[str, torch.nn.Module], bank, tolerances: Mapping[str, float]) -> dict[str, Any]:
-    """The codecs' reconstruction quality on ``bank`` (held-out clips), every number averaged over clips:
+    """The codecs' reconstruction quality on ``bank`` (held-out clips), for the codecs present in ``models``
+    (``frames_vae``, ``mel_vae``, ``vocoder``; any subset):
 
     * ``frames_vae``: ``psnr_db`` of decoded frames (posterior mean, rounded to 8 bits) against the input, per
-      frame then averaged (:func:`avgen.metrics.codec.frame_psnr`);
+      frame (capped at :data:`PSNR_CAP`), averaged over each clip's frames, then over clips
+      (:func:`avgen.metrics.codec.frame_psnr`);
     * ``mel_vae``: ``mel_l1`` — mean absolute error of the decoded log-mel (natural log, AudioLDM's front end) over
-      the clip's frames;
+      every clip's frames and bins;
     * ``vocoder`` (resynthesis of the clip's own log-mel) and ``mel_vae+vocoder`` (the decoded log-mel): ``lsd``
-      (:func:`~avgen.metrics.codec.log_spectral_distance`), and the onset F1 against the clips' ``events`` at each
-      tolerance of ``tolerances`` (name → seconds; :func:`~avgen.metrics.codec.onset_f1`);
+      (:func:`~avgen.metrics.codec.log_spectral_distance`, averaged over clips), ``peak`` (the mean over clips of the
+      largest |sample|; the inputs peak at 0.9), and the onset F1 against the clips' ``events`` at each tolerance of
+      ``tolerances`` (name → seconds; :func:`~avgen.metrics.codec.onset_f1`: matches pooled over clips);
     * ``reference``: the same onset F1 of the original audio (the detector's own ceiling on these clips).
     """
     from avgen.backbones.audioldm import AudioLDMMel
@@ -177,7 +274,7 @@ def evaluate_codecs(models: Mapping[str, torch.nn.Module], bank, tolerances: Map
             x = clip.float().div(127.5).sub(1.0)
             recon = vae.decode(vae.encode(x).latent_dist.mean).sample
             recon = ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-            psnr.append(frame_psnr(clip, recon).mean())
+            psnr.append(frame_psnr(clip, recon).clamp(max=PSNR_CAP).mean())
         out["frames_vae"] = {"psnr_db": float(torch.stack(psnr).mean())}
     mel = AudioLDMMel()
     log_mel = mel(bank.audio)  # (N, T, n_mels)
@@ -208,7 +305,7 @@ def evaluate_codecs(models: Mapping[str, torch.nn.Module], bank, tolerances: Map
 def frames_strip(vae, bank, clips: int = 3, every: int = 2, zoom: int = 4) -> np.ndarray:
     """A picture (uint8 ``(H', W', 3)`` RGB) of the first ``clips`` clips of ``bank``: for each, a row of every
     ``every``-th frame and below it the same frames through the frame VAE (posterior mean), enlarged ``zoom``×
-    with nearest-neighbour sampling; a 2-pixel white gap between rows and clips."""
+    with nearest-neighbour sampling; white gaps of ``zoom`` pixels between the two rows and 4 more between clips."""
     rows = []
     for clip in bank.frames[:clips]:
         frames = clip[::every]
@@ -217,7 +314,7 @@ def frames_strip(vae, bank, clips: int = 3, every: int = 2, zoom: int = 4) -> np
         for row in (frames, recon):
             image = torch.cat(list(row.permute(0, 2, 3, 1)), dim=1)  # (H, F·W, 3)
             image = image.repeat_interleave(zoom, 0).repeat_interleave(zoom, 1)
-            rows += [image, torch.full((2 * zoom // 2, image.shape[1], 3), 255, dtype=torch.uint8)]
+            rows += [image, torch.full((zoom, image.shape[1], 3), 255, dtype=torch.uint8)]
         rows.append(torch.full((4, rows[-1].shape[1], 3), 255, dtype=torch.uint8))
     return torch.cat(rows[:-2]).numpy()
 
@@ -247,9 +344,10 @@ def recipe_commit() -> dict[str, Any]:
 
 
 def write_twins(cfg: DictConfig, models: Mapping[str, torch.nn.Module], metrics: Mapping[str, Any],
-                strip: np.ndarray | None, data_info: Mapping[str, Any], seconds: float, command: str) -> Path:
+                strip: np.ndarray | None, data_info: Mapping[str, Any], command: str) -> Path:
     """``<run>/twins/``: the trained codecs (``save_pretrained``), ``manifest.json`` (``command``: the recipe's command
-    line), ``metrics.json`` and the strip; returns the folder (written beside it and renamed into place)."""
+    line; per component the step its checkpoint reached and its training sessions, :func:`stage_record`),
+    ``metrics.json`` and the strip; returns the folder (written beside it and renamed into place)."""
     import cv2
 
     from avgen._versions import library_versions
@@ -264,12 +362,11 @@ def write_twins(cfg: DictConfig, models: Mapping[str, torch.nn.Module], metrics:
         for name, model in models.items():
             model.save_pretrained(partial / name)
             files = sorted(p.name for p in (partial / name).iterdir() if p.is_file())
-            stage_steps = int(cfg.pretrain_twins.codecs[name].steps)
             components[name] = {
                 "class": type(model).__name__,
                 "library": type(model).__module__.split(".")[0],
                 "parameters": sum(p.numel() for p in model.parameters()),
-                "steps": stage_steps,
+                **stage_record(cfg, name),
                 "files": {f: sha256_file(partial / name / f) for f in files},
             }
             if hasattr(model.config, "scaling_factor") and name.endswith("vae"):
@@ -282,9 +379,7 @@ def write_twins(cfg: DictConfig, models: Mapping[str, torch.nn.Module], metrics:
             "part": cfg.pretrain_twins.part,
             "recipe": {
                 "command": command,
-                **recipe_commit(),
-                "train_seconds": round(seconds, 1),
-                "threads": torch.get_num_threads(),
+                **recipe_commit(),  # the commit that measured and wrote the twins; training: components.*.sessions
                 "config": {"pretrain_twins": OmegaConf.to_container(cfg.pretrain_twins, resolve=True)},
             },
             "data": dict(data_info),
@@ -303,8 +398,9 @@ def write_twins(cfg: DictConfig, models: Mapping[str, torch.nn.Module], metrics:
 def publish(twins: Path, target: str | os.PathLike, overwrite: bool) -> Path:
     """Copy the twins folder to ``target`` (``avgen/backbones/mini_weights`` to update the committed weights).
 
-    An existing target is replaced only with ``overwrite`` and only when it is a twins folder (holds a manifest of
-    this format and nothing else than the manifest's components and files).
+    An existing target is replaced only with ``overwrite`` and only when it is a twins folder: a manifest of this
+    format, and no file the manifest does not list (top level or inside a component). The new copy is written beside
+    the target and swapped in by two renames, so a process killed meanwhile leaves the old or the new folder.
 
     Raises:
         FileExistsError: the target exists and ``overwrite`` is false, or it holds files the recipe did not write.
@@ -321,23 +417,45 @@ def publish(twins: Path, target: str | os.PathLike, overwrite: bool) -> Path:
         except ConfigError as exc:
             raise FileExistsError(f"pretrain_twins.publish_dir={target} is not a mini-twins folder ({exc}); "
                                   f"nothing was replaced") from exc
-        known = {MANIFEST, "metrics.json", STRIP, *old.get("components", {})}
+        components = old.get("components") or {}
+        known = {MANIFEST, "metrics.json", STRIP, *components}
         foreign = sorted(p.name for p in target.iterdir() if p.name not in known)
+        for name, entry in components.items():
+            if (target / name).is_dir():
+                listed = set(entry.get("files") or {})
+                foreign += sorted(f"{name}/{p.name}" for p in (target / name).iterdir() if p.name not in listed)
         if foreign:
             raise FileExistsError(f"pretrain_twins.publish_dir={target} holds {', '.join(foreign)}, which the recipe "
                                   f"did not write; move them away first (nothing was replaced)")
-    partial = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex}")
+    token = uuid.uuid4().hex
+    partial = target.with_name(f".{target.name}.partial-{token}")
+    retired = target.with_name(f".{target.name}.old-{token}")
     shutil.copytree(twins, partial)
     try:
         if target.exists():
-            shutil.rmtree(target)
+            os.rename(target, retired)
         os.rename(partial, target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
     return target
 
 
 # ----------------------------------------------------------------------------------- the recipe
+def read_bank(datamodule, geometry, split: str, limit: int | None, config_key: str):
+    """:meth:`ClipBank.read` of ``split`` (at most ``limit`` clips).
+
+    Raises:
+        ConfigError: the split has no shards or no readable clip (naming ``config_key``).
+    """
+    from avgen.data.clip_bank import ClipBank
+
+    try:
+        return ClipBank.read(datamodule.shards(split), geometry, split=split, limit=limit)
+    except ValueError as exc:
+        raise ConfigError(f"{config_key}: {exc}") from exc
+
+
 def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str | None], None], command: str) -> Path:
     """The recipe of the module docstring on ``datamodule`` (``cfg.data``'s, prepared here when needed); ``fit`` trains
     a stage (:func:`train_stage`); ``command`` is recorded in the manifest. Returns the twins folder.
@@ -346,7 +464,6 @@ def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str 
         ConfigError: an unknown stage, a bad stage argument.
         NothingProduced: no stage was asked for.
     """
-    from avgen.data.clip_bank import ClipBank
     from avgen.data.geometry import ClipGeometry
 
     settings = cfg.pretrain_twins
@@ -357,19 +474,26 @@ def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str 
                           f"{', '.join(settings.codecs)}")
     if not stages:
         raise NothingProduced("pretrain_twins.stages is empty: nothing to train")
+    if int(settings.evaluate.clips) < 1:
+        raise ConfigError(f"pretrain_twins.evaluate.clips={settings.evaluate.clips}: measure on at least 1 clip")
     torch.manual_seed(int(settings.seed))
     datamodule.prepare_data()
     store = cfg.data.store
     geometry = ClipGeometry(seconds=float(store.seconds), fps=store.fps, height=int(cfg.data.clip.height),
                             width=int(cfg.data.clip.width), sample_rate=int(store.sample_rate))
     began = time.monotonic()
-    train = ClipBank.read(datamodule.shards("train"), geometry, split="train")
+    train = read_bank(datamodule, geometry, "train", None, "data")
     print(f"avgen pretrain-twins: {len(train)} training clips of {geometry.seconds:g} s in memory "
           f"({train.skipped} skipped)")
     models = {stage: train_stage(cfg, stage, train, fit) for stage in stages}
+    for stage in STAGES:  # stages finished by earlier runs of this folder (pretrain_twins.stages=[...] runs)
+        if stage not in models and stage in settings.codecs:
+            model = finished_stage(cfg, stage)
+            if model is not None:
+                models[stage] = model
+    models = {stage: models[stage] for stage in STAGES if stage in models}
     evaluation = settings.evaluate
-    held_out = ClipBank.read(datamodule.shards(evaluation.split), geometry, split=evaluation.split,
-                             limit=evaluation.clips)
+    held_out = read_bank(datamodule, geometry, evaluation.split, int(evaluation.clips), "pretrain_twins.evaluate")
     tolerances = {"1frame": 1.0 / float(geometry.fps), "50ms": 0.05}
     metrics = json_numbers(evaluate_codecs(models, held_out, tolerances))
     metrics["tolerances_seconds"] = tolerances
@@ -379,10 +503,16 @@ def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str 
     data_info = {"dataset": cfg.data.name, "seed": int(cfg.data.prepare.seed), "root": str(cfg.data.root),
                  "store": OmegaConf.to_container(cfg.data.store, resolve=True),
                  "train_clips": len(train), "held_out_clips": len(held_out), "held_out_split": evaluation.split}
-    twins = write_twins(cfg, models, metrics, strip, data_info, time.monotonic() - began, command)
+    twins = write_twins(cfg, models, metrics, strip, data_info, command)
     print(json.dumps(metrics, indent=2))
-    print(f"avgen pretrain-twins: wrote {twins}")
+    print(f"avgen pretrain-twins: wrote {twins} ({len(models)} codecs; this run took "
+          f"{time.monotonic() - began:.0f} s)")
     if settings.get("publish_dir"):
+        missing = [stage for stage in STAGES if stage not in models]
+        if missing:
+            raise ConfigError(f"pretrain_twins.publish_dir: the run folder has no finished {', '.join(missing)}; "
+                              f"train every stage first (pretrain_twins.stages={list(STAGES)}); nothing was "
+                              f"published")
         target = publish(twins, settings.publish_dir, bool(settings.get("overwrite")))
         print(f"avgen pretrain-twins: published to {target} (scale=mini loads it)")
     return twins

@@ -13,7 +13,7 @@ from tests.conftest import compose
 EXPERIMENTS = group_options("experiment")
 
 
-@pytest.mark.parametrize("group", ["trainer", "logger", "callbacks", "paths", "scale", "data"])
+@pytest.mark.parametrize("group", ["trainer", "logger", "callbacks", "paths", "scale", "data", "part"])
 def test_every_group_option_composes(tmp_path, group):
     for option in group_options(group):
         cfg = compose([f"{group}={option}"], tmp_path)

@@ -238,6 +238,60 @@ def test_recipe_refuses_bad_settings(tmp_path, capsys):
     with pytest.raises(SystemExit):
         recipe(tmp_path, "r", "pretrain_twins.stages=[]")
     assert "nothing to train" in capsys.readouterr().err
+    for override, message in (("trainer.accumulate_grad_batches=2", "set trainer.accumulate_grad_batches=1"),
+                               ("resume=/tmp/x.ckpt", "use resume=auto"),
+                               ("pretrain_twins.codecs.mel_vae.mel_frames=30", "use a multiple of 4"),
+                               ("pretrain_twins.codecs.mel_vae.mel_frames=300", "do not fit the clips"),
+                               ("pretrain_twins.evaluate.clips=0", "at least 1 clip")):
+        with pytest.raises(SystemExit):
+            recipe(tmp_path, "r", "pretrain_twins.stages=[mel_vae]", override)
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (override, err)
+
+
+@pytest.mark.slow
+def test_a_stage_subset_run_reuses_finished_stages_and_publishes_only_all(tmp_path, one_thread, capsys):
+    """stages=[vocoder] alone cannot be published; once every stage has finished in the folder, a vocoder-only run
+    measures and writes all three."""
+    target = tmp_path / "published"
+    with pytest.raises(SystemExit):
+        recipe(tmp_path, "r", *steps(2), "pretrain_twins.stages=[vocoder]", f"pretrain_twins.publish_dir={target}")
+    assert "no finished frames_vae, mel_vae" in capsys.readouterr().err and not target.exists()
+    recipe(tmp_path, "r", *steps(2), "pretrain_twins.stages=[frames_vae,mel_vae]")
+    twins = recipe(tmp_path, "r", *steps(2), "pretrain_twins.stages=[vocoder]", f"pretrain_twins.publish_dir={target}")
+    assert sorted(json.loads((twins / "manifest.json").read_text())["components"]) == ["frames_vae", "mel_vae",
+                                                                                        "vocoder"]
+    assert (target / "frames_vae").is_dir()
+    # a component folder holding a file the recipe did not write is not replaced
+    (target / "vocoder" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        recipe(tmp_path, "r", *steps(2), "pretrain_twins.stages=[vocoder]", f"pretrain_twins.publish_dir={target}",
+               "pretrain_twins.overwrite=true")
+    assert "vocoder/notes.txt" in capsys.readouterr().err
+    # a changed model in the same folder is refused, naming the key
+    with pytest.raises(SystemExit):
+        recipe(tmp_path, "r", *steps(2), "pretrain_twins.stages=[vocoder]",
+               "pretrain_twins.codecs.vocoder.model.upsample_initial_channel=64")
+    assert "pretrain_twins.codecs.vocoder.model differs" in capsys.readouterr().err
+
+
+def test_latent_scaling_factor_gives_unit_variance():
+    from avgen.pretraining import latent_scaling_factor
+    from avgen.systems.codec_twins import FramesVAETraining
+
+    config = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [8, 8],
+              "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
+              "norm_num_groups": 4}
+    torch.manual_seed(0)
+    module = FramesVAETraining(config, steps=1, batch_size=2, lr=1e-3)
+    module.bank = bank(2)
+    factor = latent_scaling_factor(module, module.bank, examples=64)
+    generator = module.bank.generator(12345, 0)
+    module.batch_size = 64
+    with torch.no_grad():
+        posterior = module.model.encode(module.inputs(generator)).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+    assert float((z * factor).std()) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_vocoder_whose_upsampling_is_not_the_mel_hop_is_refused(tmp_path, capsys):
@@ -284,7 +338,7 @@ def test_mini_source_swaps_in_the_trained_parts(tmp_path, monkeypatch):
     folder = fake_weights(tmp_path)
     monkeypatch.setenv(mini.WEIGHTS_ENV, str(folder))
     twin = Path(resolve_source("mini:audioldm", tmp_path / "twins"))
-    assert twin.name == f"mini-audioldm-{mini.version_tag(folder)}"
+    assert twin.name == f"mini-audioldm-v3-{mini.version_tag(folder)}"
     for sub, component in (("vae", "mel_vae"), ("vocoder", "vocoder")):
         for file in (folder / component).iterdir():
             assert (twin / sub / file.name).read_bytes() == file.read_bytes()
@@ -323,3 +377,135 @@ def test_scale_blocks():
     args = system_arguments("mini", {"audio": {"base": "tiny:audioldm", "seconds": 1.28}},
                             mini={"audio": {"base": "mini:audioldm"}}, audio={"base": "cvssp/audioldm"})
     assert args == {"audio": {"base": "mini:audioldm", "seconds": 1.28}}
+
+
+# ----------------------------------------------------------------------------------- the committed mini twins
+HELD_OUT_SEEDS = range(900_000, 900_012)  # not of the form prepare uses (64-bit blake2b seeds): clips never trained on
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    return bank_of_seeds(HELD_OUT_SEEDS)
+
+
+def bank_of_seeds(seeds):
+    from avgen.data.clip_bank import ClipBank
+    from avgen.data.geometry import ClipGeometry
+    from avgen.data.synthetic import generate_clip
+
+    geo = ClipGeometry(**MINI_STORE)
+    clips = [generate_clip(seed, geo) for seed in seeds]
+    return ClipBank(frames=torch.from_numpy(np.stack([c.frames for c in clips])).permute(0, 1, 4, 2, 3).contiguous(),
+                    audio=torch.from_numpy(np.stack([c.audio for c in clips])),
+                    events=[np.asarray(c.meta["events"]) for c in clips], keys=[str(s) for s in seeds],
+                    labels=[c.meta["label"] for c in clips], captions=[c.meta["caption"] for c in clips], geometry=geo)
+
+
+def test_committed_manifest_matches_the_files_and_the_recipe():
+    from avgen.backbones import mini
+
+    manifest = mini.read_manifest(mini.WEIGHTS_DIR)
+    assert set(manifest["components"]) == {"frames_vae", "mel_vae", "vocoder"}
+    for name in manifest["components"]:
+        mini.verify_component(name, mini.WEIGHTS_DIR, manifest)
+    recipe_cfg = manifest["recipe"]["config"]["pretrain_twins"]
+    from omegaconf import OmegaConf
+
+    from avgen.config_files import config_dir
+
+    shipped = OmegaConf.to_container(OmegaConf.load(config_dir() / "part" / "codecs.yaml").pretrain_twins)
+    # the committed weights were made by the recipe as configs/part/codecs.yaml states it
+    assert recipe_cfg["codecs"] == shipped["codecs"] and recipe_cfg["seed"] == shipped["seed"]
+    assert manifest["data"]["dataset"] == "synthetic_hits" and manifest["data"]["train_clips"] == 512
+    assert manifest["recipe"]["commit"]
+
+
+def test_committed_codecs_reconstruct_clips_they_never_saw(tmp_path, held_out, one_thread):
+    """What scale=tiny cannot do: a clip through the mini twins' frame VAE, mel VAE and vocoder comes back
+    (tiny's random codecs: decoded frames correlate about 0 with the input, decoded audio peaks near 1e-8)."""
+    from diffusers import AutoencoderKL
+
+    from avgen.backbones.audioldm import load_audio_codec
+    from avgen.backbones.loader import resolve_source
+    from avgen.pretraining import evaluate_codecs
+
+    video_vae = AutoencoderKL.from_pretrained(Path(resolve_source("mini:animatediff", tmp_path)) / "vae").eval()
+    codec = load_audio_codec("mini:audioldm", tiny_dir=tmp_path)
+    metrics = evaluate_codecs({"frames_vae": video_vae, "mel_vae": codec.vae, "vocoder": codec.vocoder}, held_out,
+                              {"1frame": 1 / 8, "50ms": 0.05})
+    assert metrics["reference"]["onset_1frame_f1"] == 1.0
+    assert metrics["frames_vae"]["psnr_db"] > PSNR_FLOOR
+    assert metrics["mel_vae"]["mel_l1"] < MEL_L1_CEILING
+    assert metrics["vocoder"]["onset_1frame_f1"] >= 0.8
+    assert metrics["mel_vae+vocoder"]["onset_1frame_f1"] >= 0.8
+    assert 0.3 < metrics["vocoder"]["peak"] < 2.0   # the clips peak at 0.9
+
+    with torch.no_grad():
+        x = held_out.frames[0].float().div(127.5).sub(1)
+        recon = video_vae.decode(video_vae.encode(x).latent_dist.mean).sample
+    assert torch.corrcoef(torch.stack([x.flatten(), recon.flatten()]))[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("experiment", ["joint_cmcpe", "tempotokens_vggsound", "vta_ldm"])
+def test_every_system_fits_at_scale_mini(tmp_path, tiny_shards, experiment):
+    """scale=mini builds each system on the mini twins (8×8 frame latents: 4× down, not tiny's 2×) and trains."""
+    from safetensors.torch import load_file
+
+    from avgen.backbones import mini
+    from avgen.commands import build_model, run_command
+
+    common = [f"experiment={experiment}", "scale=mini", f"data.root={tiny_shards}", "data.auto_prepare=false",
+              "data.store.seconds=1.0", "model.validation.samples=0", "trainer.limit_val_batches=0"]
+    cfg = compose(["command=fit", *common, "trainer.max_steps=2"], tmp_path)
+    run_command(cfg)
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    model = build_model(compose(["command=fit", *common], tmp_path))
+    manifest = mini.read_manifest()
+    component = "mel_vae" if experiment == "vta_ldm" else "frames_vae"
+    vae = {"vta_ldm": lambda: model.codec.vae, "joint_cmcpe": lambda: model.video.vae,
+           "tempotokens_vggsound": lambda: model.t2v.vae}[experiment]()
+    assert vae.config.scaling_factor == pytest.approx(manifest["components"][component]["scaling_factor"])
+    committed = load_file(mini.WEIGHTS_DIR / component / "diffusion_pytorch_model.safetensors")
+    state = vae.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in committed.items())
+
+    # shared as a pipeline folder, the mini twins come back with it (referenced as mini: sources)
+    from avgen.export import export_pipeline
+    from avgen.pipelines import from_pretrained
+
+    folder = export_pipeline(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "export")
+    index = json.loads((folder / "avgen_index.json").read_text())
+    kinds = {c.get("kind") for c in index["components"].values() if c.get("type") == "frozen"}
+    assert "mini" in kinds
+    assert "scale=mini" in (folder / "README.md").read_text()
+    pipe = from_pretrained(folder, tiny_dir=tmp_path / "twins")
+    with pytest.MonkeyPatch.context() as patch:  # other mini twins than those it was exported with: refused
+        patch.setenv(mini.WEIGHTS_ENV, str(fake_weights(tmp_path / "other")))
+        from avgen.errors import PipelineFolderError
+
+        with pytest.raises(PipelineFolderError, match="exported with the mini twins"):
+            from_pretrained(folder, tiny_dir=tmp_path / "twins")
+    system = pipe.model
+    loaded = {"vta_ldm": lambda: system.codec.vae, "joint_cmcpe": lambda: system.video.vae,
+              "tempotokens_vggsound": lambda: system.t2v.vae}[experiment]().state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in committed.items())
+
+
+def test_every_experiment_composes_at_scale_mini(tmp_path):
+    """Each experiment at scale=mini: the synthetic data at the mini store, the system's mini sources where its
+    model file has a mini block (the others keep the tiny twins)."""
+    from omegaconf import OmegaConf
+
+    from avgen.cli import group_options
+    from avgen.systems.base import system_arguments
+
+    for experiment in group_options("experiment"):
+        cfg = compose([f"experiment={experiment}", "scale=mini"], tmp_path)
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        assert plain["scale_name"] == "mini" and plain["data"]["name"] == "synthetic_hits"
+        assert plain["data"]["root"].endswith("synthetic_hits/32x32_8fps_2.0s_16000hz")
+        model = plain["model"]
+        args = system_arguments("mini", model["tiny"], mini=model["mini"],
+                                **{k: model.get(k) for k in ("video", "audio", "t2v")})
+        sources = [args[k]["base"] for k in ("video", "audio", "t2v") if args[k]]
+        assert sources and all(s.startswith("mini:") for s in sources), (experiment, sources)

@@ -104,10 +104,10 @@ def version_tag(weights_dir: str | os.PathLike = WEIGHTS_DIR) -> str:
 
 
 def materialize(name: str, root: str | os.PathLike, weights_dir: str | os.PathLike | None = None) -> Path:
-    """``<root>/mini-<name>-<tag>``: the tiny twin of ``MINI_TWINS[name]`` with its trained subfolders replaced by
-    the weights of ``weights_dir`` (default :func:`active_weights_dir`: the committed ones), written once (into a
-    temporary folder renamed into place) and reused after; ``tag`` is the manifest's hash, so new weights get a new
-    folder.
+    """``<root>/mini-<name>-v<TINY_VERSION>-<tag>``: the tiny twin of ``MINI_TWINS[name]`` with its trained
+    subfolders replaced by the weights of ``weights_dir`` (default :func:`active_weights_dir`: the committed ones),
+    written once (into a temporary folder renamed into place) and reused after; ``tag`` is the manifest's hash, so
+    new weights get a new folder, and the tiny twins' version is in the name as in theirs.
 
     Raises:
         ConfigError: ``name`` has no mini twin.
@@ -122,7 +122,7 @@ def materialize(name: str, root: str | os.PathLike, weights_dir: str | os.PathLi
     weights_dir = active_weights_dir() if weights_dir is None else Path(weights_dir)
     manifest = read_manifest(weights_dir)
     sources = {sub: verify_component(component, weights_dir, manifest) for sub, component in replaced.items()}
-    final = Path(root) / f"mini-{name}-{version_tag(weights_dir)}"
+    final = Path(root) / f"mini-{name}-v{tiny.TINY_VERSION}-{version_tag(weights_dir)}"
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -77,8 +77,9 @@ def log_spectral_distance(reference: torch.Tensor, estimate: torch.Tensor, n_fft
 
 @dataclass(frozen=True)
 class OnsetF1:
-    """Pooled onset detection scores: ``f1``, ``precision``, ``recall`` (NaN when undefined: no events and no
-    onsets), the counts ``matched``, ``events`` and ``onsets``, and the tolerance ``window`` (seconds)."""
+    """Pooled onset detection scores: ``f1``, ``precision`` (NaN without any onset), ``recall`` (NaN without any
+    event; ``f1`` is NaN only when there are neither), the counts ``matched``, ``events`` and ``onsets``, and the
+    tolerance ``window`` (seconds). (mir_eval's ``f_measure`` returns 0 where these are NaN.)"""
 
     f1: float
     precision: float

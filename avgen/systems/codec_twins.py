@@ -21,8 +21,11 @@ Losses (what the papers' codecs use, less the terms that need pretrained weights
   ``MultiResolutionSTFTLoss``). No discriminators: the adversarial terms are left out (they sharpen fine
   structure; onsets and envelopes, what the mini scale needs, come from the two spectral terms).
 
-Optimiser: AdamW with a linear warm-up over ``warmup_steps`` and a cosine decay to ``final_lr_fraction`` of the
-peak learning rate at ``steps``.
+Optimiser: AdamW with ``betas`` (default (0.9, 0.99): Adam's usual β1 with HiFi-GAN's β2; LDM's autoencoder uses
+(0.5, 0.9) and HiFi-GAN (0.8, 0.99), both tuned for training against a discriminator, which is left out here), a
+linear warm-up over ``warmup_steps`` and a cosine decay to ``final_lr_fraction`` of the peak learning rate at
+``steps``. The schedule is a function of ``steps``: raising ``steps`` of a finished stage continues it on the new,
+longer schedule (not the same run as one trained with the larger ``steps`` from the start).
 """
 
 from __future__ import annotations
@@ -59,20 +62,22 @@ class CodecTraining(pl.LightningModule):
         steps: optimiser steps of the whole run (the schedule's length).
         batch_size: examples per step.
         lr: peak learning rate; ``warmup_steps``: linear warm-up; ``final_lr_fraction``: the cosine's floor.
-        weight_decay: AdamW's decoupled weight decay.
+        weight_decay: AdamW's decoupled weight decay; ``betas``: its moment decays.
         seed: with the step, seeds each batch (and each posterior sample).
 
     Set :attr:`bank` (the training clips) before ``fit``; it is not part of the checkpoint.
     """
 
     def __init__(self, config: Mapping[str, Any], *, steps: int, batch_size: int, lr: float, warmup_steps: int = 100,
-                 final_lr_fraction: float = 0.1, weight_decay: float = 0.0, seed: int = 0):
+                 final_lr_fraction: float = 0.1, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.99),
+                 seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["bank"])
         self.config = dict(config)
         self.steps, self.batch_size, self.lr = int(steps), int(batch_size), float(lr)
         self.warmup_steps, self.final_lr_fraction = int(warmup_steps), float(final_lr_fraction)
         self.weight_decay, self.seed = float(weight_decay), int(seed)
+        self.betas = (float(betas[0]), float(betas[1]))
         self.bank: ClipBank | None = None
         self.model = self.build(self.config)
 
@@ -98,7 +103,7 @@ class CodecTraining(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, betas=(0.9, 0.99), weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
