@@ -189,9 +189,20 @@ class VocoderTraining(CodecTraining):
 
     @staticmethod
     def build(config: Mapping[str, Any]) -> torch.nn.Module:
+        """``SpeechT5HifiGan(config)`` with PyTorch's default initialisation of its convolutions.
+
+        transformers initialises them as HiFi-GAN's code does (normal, std 0.01); at a few dozen channels the five
+        upsampling stages then shrink the output to about 1e-8, below the floors of both losses' logarithms (the
+        mel clamp at 1e-5, auraloss' power clamp at 1e-8), where their gradients are exactly zero: training never
+        starts. PyTorch's default (Kaiming-uniform) init keeps the first output near unit scale.
+        """
         from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
-        return SpeechT5HifiGan(SpeechT5HifiGanConfig(**config))
+        model = SpeechT5HifiGan(SpeechT5HifiGanConfig(**config))
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+                module.reset_parameters()
+        return model
 
     def losses(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         hop = self.mel.hop_length
