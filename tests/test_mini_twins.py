@@ -509,3 +509,24 @@ def test_every_experiment_composes_at_scale_mini(tmp_path):
                                 **{k: model.get(k) for k in ("video", "audio", "t2v")})
         sources = [args[k]["base"] for k in ("video", "audio", "t2v") if args[k]]
         assert sources and all(s.startswith("mini:") for s in sources), (experiment, sources)
+
+
+def test_a_fresh_vocoder_is_trainable():
+    """The fault class behind a first recipe run whose vocoder never learned: an initial output so small (1e-8) that
+    both losses sit on their log floors, where every gradient is exactly zero."""
+    from avgen.systems.codec_twins import VocoderTraining
+
+    config = {"model_in_dim": 64, "sampling_rate": 16000, "upsample_initial_channel": 32,
+              "upsample_rates": [5, 4, 2, 2, 2], "upsample_kernel_sizes": [11, 8, 4, 4, 4],
+              "resblock_kernel_sizes": [3], "resblock_dilation_sizes": [[1, 3]], "normalize_before": False}
+    torch.manual_seed(0)
+    module = VocoderTraining(config, steps=1, batch_size=2, lr=1e-3, mel_frames=16)
+    module.bank = bank(2)
+    losses = module.losses(module.bank.generator(0, 0))
+    losses["loss"].backward()
+    grads = [p.grad for p in module.model.parameters() if p.grad is not None]
+    assert len(grads) == len(list(module.model.parameters()))
+    assert all(float(g.abs().max()) > 0 for g in grads[:3] + grads[-3:])
+    with torch.no_grad():
+        peak = module.model(module.mel(module.bank.audio[:1, :16 * 160])).abs().max()
+    assert peak > 1e-2
