@@ -381,6 +381,9 @@ def test_scale_blocks():
 
 # ----------------------------------------------------------------------------------- the committed mini twins
 HELD_OUT_SEEDS = range(900_000, 900_012)  # not of the form prepare uses (64-bit blake2b seeds): clips never trained on
+# the committed twins measured 26.2 dB and mel L1 0.16 on these 12 clips (27.1 dB, 0.158 on the recipe's 64 test clips)
+PSNR_FLOOR = 25.0
+MEL_L1_CEILING = 0.25
 
 
 @pytest.fixture(scope="module")
