@@ -654,8 +654,9 @@ def read_index(folder: str | Path) -> dict[str, Any]:
         if missing:
             raise PipelineFolderError(f"{path}: component {name} has no {missing[0]}; export it again")
         if component.get("type") == "frozen" and component.get("kind") == "mini" and component.get("weights_tag"):
-            from avgen.backbones.mini import WEIGHTS_ENV, active_weights_dir, version_tag
+            from avgen.backbones.mini import WEIGHTS_ENV, active_weights_dir, read_manifest, version_tag
 
+            read_manifest(active_weights_dir())  # missing or unreadable twins: their own error, not a tag mismatch
             here = version_tag(active_weights_dir())
             if component["weights_tag"] != here:
                 raise PipelineFolderError(

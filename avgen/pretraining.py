@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from avgen.errors import ConfigError, NothingProduced
 log = logging.getLogger("avgen")
 
 STAGES = ("frames_vae", "mel_vae", "vocoder")
+PARTS = ("codecs",)  # part 2 (the generators) is not built yet
 TWINS_DIR = "twins"
 STRIP = "frames_strip.png"
 PSNR_CAP = 100.0  # dB: a frame reproduced exactly (PSNR inf) counts as 100 dB in the averages
@@ -107,13 +108,15 @@ def check_stage_inputs(cfg: DictConfig, stage: str, module, bank) -> None:
         return
     key = f"pretrain_twins.codecs.{stage}.mel_frames"
     hop = module.mel.hop_length
-    if frames < 1 or frames * hop > bank.audio.shape[1]:
-        raise ConfigError(f"{key}={frames}: segments of {frames} mel frames ({frames * hop} samples) do not fit the "
-                          f"clips ({bank.audio.shape[1]} samples); use 1 to {bank.audio.shape[1] // hop}")
     factor = 2 ** (len(module.model.config.block_out_channels) - 1) if hasattr(module.model.config, "latent_channels") \
         else 1
+    most = bank.audio.shape[1] // hop // factor * factor
+    allowed = f"a multiple of {factor} from {factor} to {most}" if factor > 1 else f"1 to {most}"
+    if frames < 1 or frames * hop > bank.audio.shape[1]:
+        raise ConfigError(f"{key}={frames}: segments of {frames} mel frames ({frames * hop} samples) do not fit the "
+                          f"clips ({bank.audio.shape[1]} samples); use {allowed}")
     if frames % factor:
-        raise ConfigError(f"{key}={frames}: the mel VAE downsamples time {factor}x; use a multiple of {factor}")
+        raise ConfigError(f"{key}={frames}: the mel VAE downsamples time {factor}x; use {allowed}")
 
 
 def _record_session(folder: Path, entry: Mapping[str, Any]) -> None:
@@ -168,6 +171,13 @@ def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, An
                               f"resume=never to start the stages over")
     if newest is not None and newest[1] >= steps:
         print(f"{stage}: finished ({newest[1]} steps, {newest[0]}); not retrained")
+        given = {k: v for k, v in training_settings(module.hparams).items() if k != "steps"}
+        was = training_settings(saved.get("hyper_parameters") or {})
+        changed = {k: v for k, v in given.items() if k in was and was[k] != v}
+        if changed:
+            print(f"{stage}: note: it was trained with " + ", ".join(f"{k}={was[k]}" for k in changed) +
+                  f" (given {', '.join(f'{k}={v}' for k, v in changed.items())}); the manifest records what it was "
+                  f"trained with")
         module.load_state_dict(saved["state_dict"])
     else:
         if newest is not None:
@@ -213,8 +223,18 @@ def stage_record(cfg: DictConfig, stage: str) -> dict[str, Any]:
     newest = newest_checkpoint(folder / "checkpoints")
     sessions_file = folder / "sessions.json"
     sessions = json.loads(sessions_file.read_text()) if sessions_file.is_file() else []
-    return {"steps": newest[1] if newest else None, "sessions": sessions,
+    trained_with = None
+    if newest is not None:
+        hparams = torch.load(newest[0], map_location="cpu", weights_only=True).get("hyper_parameters") or {}
+        trained_with = training_settings(hparams)
+    return {"steps": newest[1] if newest else None, "trained_with": trained_with, "sessions": sessions,
             "train_seconds": round(sum(s.get("seconds", 0) for s in sessions), 1) if sessions else None}
+
+
+def training_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """A stage's training settings from its module's hyperparameters (what its checkpoint saved), JSON-ready: every
+    argument but the model ``config`` (recorded by the component's own config.json)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(hparams).items() if k != "config"}
 
 
 @torch.no_grad()
@@ -241,7 +261,8 @@ def evaluate_codecs(models: Mapping[str, torch.nn.Module], bank, tolerances: Map
 
     * ``frames_vae``: ``psnr_db`` of decoded frames (posterior mean, rounded to 8 bits) against the input, per
       frame (capped at :data:`PSNR_CAP`), averaged over each clip's frames, then over clips
-      (:func:`avgen.metrics.codec.frame_psnr`);
+      (:func:`avgen.metrics.codec.frame_psnr`); ``correlation``: Pearson's r of decoded and input pixel values per
+      clip, averaged over clips (random codecs: about 0);
     * ``mel_vae``: ``mel_l1`` — mean absolute error of the decoded log-mel (natural log, AudioLDM's front end) over
       every clip's frames and bins;
     * ``vocoder`` (resynthesis of the clip's own log-mel) and ``mel_vae+vocoder`` (the decoded log-mel): ``lsd``
@@ -269,13 +290,15 @@ def evaluate_codecs(models: Mapping[str, torch.nn.Module], bank, tolerances: Map
     out["reference"] = onset_scores(onsets_of(bank.audio))
     if "frames_vae" in models:
         vae = models["frames_vae"]
-        psnr = []
+        psnr, correlation = [], []
         for clip in bank.frames:  # (F, 3, H, W) uint8
             x = clip.float().div(127.5).sub(1.0)
             recon = vae.decode(vae.encode(x).latent_dist.mean).sample
+            correlation.append(torch.corrcoef(torch.stack([x.flatten(), recon.float().flatten()]))[0, 1])
             recon = ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
             psnr.append(frame_psnr(clip, recon).clamp(max=PSNR_CAP).mean())
-        out["frames_vae"] = {"psnr_db": float(torch.stack(psnr).mean())}
+        out["frames_vae"] = {"psnr_db": float(torch.stack(psnr).mean()),
+                             "correlation": float(torch.stack(correlation).mean())}
     mel = AudioLDMMel()
     log_mel = mel(bank.audio)  # (N, T, n_mels)
     decoded_mel = None
@@ -395,6 +418,39 @@ def write_twins(cfg: DictConfig, models: Mapping[str, torch.nn.Module], metrics:
     return final
 
 
+def check_publish_target(target: Path, overwrite: bool) -> None:
+    """Refuse a ``publish_dir`` the recipe may not replace (see :func:`publish`); run before training too.
+
+    Raises:
+        FileExistsError: ``target`` is a file, exists without ``overwrite``, is not a mini-twins folder, or holds a
+            file its manifest does not list.
+    """
+    from avgen.backbones.mini import MANIFEST, read_manifest
+
+    if target.is_file():
+        raise FileExistsError(f"pretrain_twins.publish_dir={target} is a file; give a folder (it is created)")
+    if not target.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"pretrain_twins.publish_dir={target} exists; set pretrain_twins.overwrite=true to "
+                              f"replace the mini twins there")
+    try:
+        old = read_manifest(target)
+    except ConfigError as exc:
+        raise FileExistsError(f"pretrain_twins.publish_dir={target} is not a mini-twins folder ({exc}); "
+                              f"nothing was replaced") from exc
+    components = old.get("components") or {}
+    known = {MANIFEST, "metrics.json", STRIP, *components}
+    foreign = sorted(p.name for p in target.iterdir() if p.name not in known)
+    for name, entry in components.items():
+        if (target / name).is_dir():
+            listed = set(entry.get("files") or {})
+            foreign += sorted(f"{name}/{p.name}" for p in (target / name).iterdir() if p.name not in listed)
+    if foreign:
+        raise FileExistsError(f"pretrain_twins.publish_dir={target} holds {', '.join(foreign)}, which the recipe "
+                              f"did not write; move them away first (nothing was replaced)")
+
+
 def publish(twins: Path, target: str | os.PathLike, overwrite: bool) -> Path:
     """Copy the twins folder to ``target`` (``avgen/backbones/mini_weights`` to update the committed weights).
 
@@ -405,28 +461,8 @@ def publish(twins: Path, target: str | os.PathLike, overwrite: bool) -> Path:
     Raises:
         FileExistsError: the target exists and ``overwrite`` is false, or it holds files the recipe did not write.
     """
-    from avgen.backbones.mini import MANIFEST, read_manifest
-
     target = Path(target)
-    if target.exists():
-        if not overwrite:
-            raise FileExistsError(f"pretrain_twins.publish_dir={target} exists; set pretrain_twins.overwrite=true to "
-                                  f"replace the mini twins there")
-        try:
-            old = read_manifest(target)
-        except ConfigError as exc:
-            raise FileExistsError(f"pretrain_twins.publish_dir={target} is not a mini-twins folder ({exc}); "
-                                  f"nothing was replaced") from exc
-        components = old.get("components") or {}
-        known = {MANIFEST, "metrics.json", STRIP, *components}
-        foreign = sorted(p.name for p in target.iterdir() if p.name not in known)
-        for name, entry in components.items():
-            if (target / name).is_dir():
-                listed = set(entry.get("files") or {})
-                foreign += sorted(f"{name}/{p.name}" for p in (target / name).iterdir() if p.name not in listed)
-        if foreign:
-            raise FileExistsError(f"pretrain_twins.publish_dir={target} holds {', '.join(foreign)}, which the recipe "
-                                  f"did not write; move them away first (nothing was replaced)")
+    check_publish_target(target, overwrite)
     token = uuid.uuid4().hex
     partial = target.with_name(f".{target.name}.partial-{token}")
     retired = target.with_name(f".{target.name}.old-{token}")
@@ -467,6 +503,12 @@ def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str 
     from avgen.data.geometry import ClipGeometry
 
     settings = cfg.pretrain_twins
+    if settings.get("part") not in PARTS:
+        raise ConfigError(f"pretrain_twins.part={settings.get('part')!r}: this avgen trains part "
+                          f"{' or '.join(PARTS)} (choose it with part=<name>, which sets this key)")
+    if isinstance(settings.stages, str) or not isinstance(settings.stages, Sequence):
+        raise ConfigError(f"pretrain_twins.stages={settings.stages}: expected a list, e.g. "
+                          f"pretrain_twins.stages=[vocoder]")
     stages = list(settings.stages)
     unknown = [s for s in stages if s not in settings.codecs]
     if unknown:
@@ -476,8 +518,23 @@ def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str 
         raise NothingProduced("pretrain_twins.stages is empty: nothing to train")
     if int(settings.evaluate.clips) < 1:
         raise ConfigError(f"pretrain_twins.evaluate.clips={settings.evaluate.clips}: measure on at least 1 clip")
+    if int(settings.checkpoint_every) < 1:
+        raise ConfigError(f"pretrain_twins.checkpoint_every={settings.checkpoint_every}: expected a number of steps "
+                          f">= 1")
+    for stage in stages:
+        spec = settings.codecs[stage]
+        for key in ("steps", "batch_size"):
+            if not isinstance(spec.get(key), int) or spec.get(key) < 1:
+                raise ConfigError(f"pretrain_twins.codecs.{stage}.{key}={spec.get(key)}: expected an integer >= 1")
+    if settings.get("publish_dir"):
+        check_publish_target(Path(settings.publish_dir), bool(settings.get("overwrite")))
     torch.manual_seed(int(settings.seed))
     datamodule.prepare_data()
+    try:  # the held-out split exists, before any training
+        datamodule.manifest(str(settings.evaluate.split))
+    except Exception as exc:
+        raise ConfigError(f"pretrain_twins.evaluate.split={settings.evaluate.split}: the prepared data has no such "
+                          f"split ({str(exc).splitlines()[0][:200]}); use test or val") from exc
     store = cfg.data.store
     geometry = ClipGeometry(seconds=float(store.seconds), fps=store.fps, height=int(cfg.data.clip.height),
                             width=int(cfg.data.clip.width), sample_rate=int(store.sample_rate))
@@ -485,6 +542,8 @@ def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str 
     train = read_bank(datamodule, geometry, "train", None, "data")
     print(f"avgen pretrain-twins: {len(train)} training clips of {geometry.seconds:g} s in memory "
           f"({train.skipped} skipped)")
+    for stage in stages:  # every stage's settings checked before the first one trains
+        check_stage_inputs(cfg, stage, build_stage(cfg, stage), train)
     models = {stage: train_stage(cfg, stage, train, fit) for stage in stages}
     for stage in STAGES:  # stages finished by earlier runs of this folder (pretrain_twins.stages=[...] runs)
         if stage not in models and stage in settings.codecs:
@@ -514,5 +573,9 @@ def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str 
                               f"train every stage first (pretrain_twins.stages={list(STAGES)}); nothing was "
                               f"published")
         target = publish(twins, settings.publish_dir, bool(settings.get("overwrite")))
-        print(f"avgen pretrain-twins: published to {target} (scale=mini loads it)")
+        from avgen.backbones.mini import WEIGHTS_ENV, active_weights_dir
+
+        loads = ("scale=mini loads it" if target.resolve() == active_weights_dir().resolve()
+                 else f"scale=mini loads it with {WEIGHTS_ENV}={target.resolve()}")
+        print(f"avgen pretrain-twins: published to {target} ({loads})")
     return twins

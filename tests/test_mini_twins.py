@@ -238,15 +238,26 @@ def test_recipe_refuses_bad_settings(tmp_path, capsys):
     with pytest.raises(SystemExit):
         recipe(tmp_path, "r", "pretrain_twins.stages=[]")
     assert "nothing to train" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("mine")
     for override, message in (("trainer.accumulate_grad_batches=2", "set trainer.accumulate_grad_batches=1"),
                                ("resume=/tmp/x.ckpt", "use resume=auto"),
-                               ("pretrain_twins.codecs.mel_vae.mel_frames=30", "use a multiple of 4"),
+                               ("pretrain_twins.codecs.vocoder.mel_frames=250", "use 1 to 200"),
+                               ("pretrain_twins.codecs.mel_vae.mel_frames=30", "a multiple of 4 from 4 to 200"),
+                               ("pretrain_twins.codecs.mel_vae.mel_frames=0", "a multiple of 4 from 4 to 200"),
                                ("pretrain_twins.codecs.mel_vae.mel_frames=300", "do not fit the clips"),
-                               ("pretrain_twins.evaluate.clips=0", "at least 1 clip")):
+                               ("pretrain_twins.codecs.vocoder.steps=0", "vocoder.steps=0: expected an integer >= 1"),
+                               ("pretrain_twins.checkpoint_every=0", "checkpoint_every=0"),
+                               ("pretrain_twins.evaluate.clips=0", "at least 1 clip"),
+                               ("pretrain_twins.evaluate.split=nope", "pretrain_twins.evaluate.split=nope"),
+                               ("pretrain_twins.stages=vocoder", "expected a list"),
+                               ("pretrain_twins.part=generators", "this avgen trains part codecs"),
+                               (f"pretrain_twins.publish_dir={tmp_path / 'a_file'}", "is a file")):
         with pytest.raises(SystemExit):
-            recipe(tmp_path, "r", "pretrain_twins.stages=[mel_vae]", override)
+            # the frames VAE would train first: every setting is checked before any stage trains
+            recipe(tmp_path, "r", "pretrain_twins.stages=[frames_vae,mel_vae,vocoder]", override)
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (override, err)
+        assert not (tmp_path / "r" / "frames_vae" / "checkpoints").exists(), override
 
 
 @pytest.mark.slow
@@ -268,6 +279,12 @@ def test_a_stage_subset_run_reuses_finished_stages_and_publishes_only_all(tmp_pa
         recipe(tmp_path, "r", *steps(2), "pretrain_twins.stages=[vocoder]", f"pretrain_twins.publish_dir={target}",
                "pretrain_twins.overwrite=true")
     assert "vocoder/notes.txt" in capsys.readouterr().err
+    # other training settings for a finished stage: said, and the manifest keeps what it was trained with
+    twins = recipe(tmp_path, "r", *steps(2), "pretrain_twins.stages=[vocoder]",
+                   "pretrain_twins.codecs.vocoder.batch_size=3")
+    assert "it was trained with batch_size=2 (given batch_size=3)" in capsys.readouterr().out
+    manifest = json.loads((twins / "manifest.json").read_text())
+    assert manifest["components"]["vocoder"]["trained_with"]["batch_size"] == 2
     # a changed model in the same folder is refused, naming the key
     with pytest.raises(SystemExit):
         recipe(tmp_path, "r", *steps(2), "pretrain_twins.stages=[vocoder]",
@@ -362,7 +379,7 @@ def test_mini_source_swaps_in_the_trained_parts(tmp_path, monkeypatch):
     with pytest.raises(mini.MiniWeightsError, match="missing"):
         resolve_source("mini:audioldm", tmp_path / "other")
     (folder / "manifest.json").unlink()
-    with pytest.raises(mini.MiniWeightsError, match="manifest is missing"):
+    with pytest.raises(mini.MiniWeightsError, match="no mini twins there .*manifest.json is missing"):
         resolve_source("mini:zeroscope", tmp_path / "other")
 
 
@@ -487,6 +504,9 @@ def test_every_system_fits_at_scale_mini(tmp_path, tiny_shards, experiment):
         from avgen.errors import PipelineFolderError
 
         with pytest.raises(PipelineFolderError, match="exported with the mini twins"):
+            from_pretrained(folder, tiny_dir=tmp_path / "twins")
+        patch.setenv(mini.WEIGHTS_ENV, str(tmp_path / "nowhere"))  # no twins there: said so, naming the variable
+        with pytest.raises(mini.MiniWeightsError, match=f"{mini.WEIGHTS_ENV}=.*nowhere: no mini twins there"):
             from_pretrained(folder, tiny_dir=tmp_path / "twins")
     system = pipe.model
     loaded = {"vta_ldm": lambda: system.codec.vae, "joint_cmcpe": lambda: system.video.vae,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import sys
 from dataclasses import replace
@@ -52,10 +53,10 @@ def _write(tmp_path: Path, text: str, name: str = "t.yaml") -> Path:
      "{f}: row a: ckpt_path=??? leaves a value unset; only base may hold key=??? (given on the sweep command line)"),
     ("command: train\nrows: [{name: a}]\n",
      "{f}: command: 'train' is not an avgen command; choose one of fit, validate, test, sample, evaluate, export, "
-     "prepare, filter, concat_test, cache"),
+     "prepare, filter, concat_test, cache, pretrain-twins"),
     ("then: [[app, \"ckpt_path={run}/checkpoints/last.ckpt\"]]\nrows: [{name: a}]\n",
      "{f}: then[0]: app runs until stopped by hand, so it cannot be a sweep step; choose one of fit, validate, test, "
-     "sample, evaluate, export, prepare, filter, concat_test, cache"),
+     "sample, evaluate, export, prepare, filter, concat_test, cache, pretrain-twins"),
     ("then: [sample]\nrows: [{name: a}]\n",
      "{f}: then[0] must be a list: a command then its overrides, e.g. [evaluate, "
      "\"evaluate.pred_dir={{run}}/sample/samples\"]"),
@@ -475,7 +476,7 @@ def test_local_launcher_runs_rows_continues_past_a_failure_and_skips_done_rows(t
 def test_cli_dispatches_sweep_before_hydra_and_lists_it(capsys):
     from avgen.cli import help_text, main
 
-    assert any(line.startswith("  sweep        run the rows of a sweep file") for line in help_text().splitlines())
+    assert any(re.match(r"  sweep +run the rows of a sweep file", line) for line in help_text().splitlines())
     assert main(["sweep", "/no/such.yaml", "--dry-run"]) == 1
     assert capsys.readouterr().err == ("avgen sweep: error: sweep file /no/such.yaml not found; the repository's "
                                        "sweep files are in slurm/sweeps/\n")

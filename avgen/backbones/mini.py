@@ -61,6 +61,10 @@ def read_manifest(weights_dir: str | os.PathLike = WEIGHTS_DIR) -> dict[str, Any
     """
     path = Path(weights_dir) / MANIFEST
     if not path.is_file():
+        if os.environ.get(WEIGHTS_ENV) and Path(os.environ[WEIGHTS_ENV]) == Path(weights_dir):
+            raise MiniWeightsError(f"{WEIGHTS_ENV}={weights_dir}: no mini twins there ({path} is missing); point it at "
+                                   f"a folder written by `python -m avgen pretrain-twins` (<run>/twins) or unset it "
+                                   f"to use the committed ones")
         raise MiniWeightsError(f"{path}: the mini twins' manifest is missing; scale=mini needs the weights written by "
                                f"`python -m avgen pretrain-twins part=codecs` (committed with avgen); reinstall avgen "
                                f"or run the recipe and publish it (pretrain_twins.publish_dir={weights_dir})")
@@ -92,8 +96,10 @@ def verify_component(name: str, weights_dir: str | os.PathLike = WEIGHTS_DIR,
         if not path.is_file():
             raise MiniWeightsError(f"{path}: missing (the mini twin {name} lists it in {MANIFEST})")
         if sha256_file(path) != digest:
+            fix = (f"restore it (git checkout -- {path})" if Path(weights_dir).resolve() == WEIGHTS_DIR.resolve()
+                   else "restore the folder as the recipe wrote it")
             raise MiniWeightsError(f"{path}: its SHA-256 differs from {MANIFEST}'s; the file was changed or is a "
-                                   f"Git LFS pointer: restore it (git checkout -- {path}) or run the recipe again")
+                                   f"Git LFS pointer: {fix}, or run the recipe again")
     return folder
 
 
