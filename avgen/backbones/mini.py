@@ -19,14 +19,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from avgen.errors import ConfigError
-from avgen.pretrained import quiet_loading, sha256_file
+from avgen.pretrained import sha256_file
 
 MINI_PREFIX = "mini:"
 #: the committed weights (a folder per trained component, and manifest.json); ``$AVGEN_MINI_WEIGHTS`` replaces it
@@ -128,22 +125,11 @@ def materialize(name: str, root: str | os.PathLike, weights_dir: str | os.PathLi
     weights_dir = active_weights_dir() if weights_dir is None else Path(weights_dir)
     manifest = read_manifest(weights_dir)
     sources = {sub: verify_component(component, weights_dir, manifest) for sub, component in replaced.items()}
-    final = Path(root) / f"mini-{name}-v{tiny.TINY_VERSION}-{version_tag(weights_dir)}"
-    if final.is_dir():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.parent / f".{final.name}.partial-{uuid.uuid4().hex}"
-    partial.mkdir()
-    try:
-        with quiet_loading(), torch.random.fork_rng(devices=[]):
-            tiny.TINY_BUILDERS[base](partial)
+
+    def build(folder: Path) -> None:
+        tiny.TINY_BUILDERS[base](folder)
         for sub, source in sources.items():
-            shutil.rmtree(partial / sub, ignore_errors=True)
-            shutil.copytree(source, partial / sub)
-        os.rename(partial, final)
-    except OSError:
-        if not final.is_dir():  # another process renamed its copy into place first
-            raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return final
+            shutil.rmtree(folder / sub, ignore_errors=True)
+            shutil.copytree(source, folder / sub)
+
+    return tiny.build_folder(Path(root) / f"mini-{name}-v{tiny.TINY_VERSION}-{version_tag(weights_dir)}", build)

@@ -288,22 +288,29 @@ TINY_BUILDERS: dict[str, Callable[[str | os.PathLike], None]] = {
 
 
 def materialize(name: str, root: str | os.PathLike) -> Path:
-    """``<root>/<name>-v<TINY_VERSION>``, written by ``TINY_BUILDERS[name]`` unless it already exists.
+    """``<root>/<name>-v<TINY_VERSION>``, written by ``TINY_BUILDERS[name]`` unless it already exists
+    (:func:`build_folder`)."""
+    return build_folder(Path(root) / f"{name}-v{TINY_VERSION}", TINY_BUILDERS[name])
+
+
+def build_folder(final: Path, build: Callable[[Path], None]) -> Path:
+    """``final``, written by ``build(folder)`` unless it already exists; returns ``final``.
 
     The folder is built in a temporary folder beside it and renamed into place, so concurrent DDP
-    ranks and an interrupted write never leave a half-written folder; an existing one is reused.
+    ranks and an interrupted write never leave a half-written folder; an existing one is reused (it
+    holds the same bytes: the builders are deterministic). ``build`` runs with the libraries' loading
+    chatter silenced and on a fork of torch's global random state: the builders seed it, and the caller's
+    random state (which initialises its trainable modules) must not depend on whether the folder had to
+    be written.
     """
-    final = Path(root) / f"{name}-v{TINY_VERSION}"
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.parent / f".{final.name}.partial-{uuid.uuid4().hex}"
     partial.mkdir()
     try:
-        # the builders seed torch's global generator; the caller's random state (which initialises
-        # its trainable modules) must not depend on whether the folder had to be written
         with quiet_loading(), torch.random.fork_rng(devices=[]):
-            TINY_BUILDERS[name](partial)
+            build(partial)
         os.rename(partial, final)
     except OSError:
         # Another process renamed its copy into place first; it holds the same bytes.
