@@ -74,17 +74,8 @@ def test_onsets_of_a_synthetic_clip_match_its_events():
 
 # ----------------------------------------------------------------------------------- the recipe
 def bank(n: int = 6):
-    from avgen.data.clip_bank import ClipBank
-    from avgen.data.geometry import ClipGeometry
-    from avgen.data.synthetic import generate_clip
-
-    geo = ClipGeometry(**MINI_STORE)
-    clips = [generate_clip(1000 + i, geo) for i in range(n)]
-    return ClipBank(frames=torch.from_numpy(np.stack([c.frames for c in clips])).permute(0, 1, 4, 2, 3).contiguous(),
-                    audio=torch.from_numpy(np.stack([c.audio for c in clips])),
-                    events=[np.asarray(c.meta["events"]) for c in clips], keys=[str(i) for i in range(n)],
-                    labels=[c.meta["label"] for c in clips], captions=[c.meta["caption"] for c in clips],
-                    geometry=geo)
+    """``n`` synthetic clips at the mini store geometry in a ClipBank (seeds 1000, 1001, ...)."""
+    return bank_of_seeds(range(1000, 1000 + n))
 
 
 def test_clip_bank_batches_are_a_function_of_seed_and_step():
