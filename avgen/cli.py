@@ -34,7 +34,8 @@ COMMANDS = {
     "cache": "store an experiment's frozen features (VAE latents, text, encoder outputs) for every clip "
              "(data=<dataset> experiment=<name> cache.name=default); train on them with data.features=<name>",
     "pretrain-twins": "train the mini twins of scale=mini on the synthetic data (part=codecs: frame VAE, mel VAE, "
-                      "vocoder; resumable: run it again to continue; pretrain_twins.publish_dir=<dir> installs them)",
+                      "vocoder; part=generators: the base U-Nets; resumable: run it again to continue; "
+                      "pretrain_twins.publish_dir=<dir> installs them)",
     "app": "serve a local web page that runs a model (ckpt_path=<ckpt> or app.export_dir=<folder>; "
            "app.port=0 picks a free port)",
 }

@@ -733,7 +733,7 @@ def fit_on_cache_command(cfg: DictConfig, name: str) -> str:
 
 
 def pretrain_twins(cfg: DictConfig) -> Path:
-    """``python -m avgen pretrain-twins part=codecs``: train the mini twins (:func:`avgen.pretraining.run_recipe`),
+    """``python -m avgen pretrain-twins part=codecs|generators``: train the mini twins (:func:`avgen.pretraining.run_recipe`),
     each stage with the command line's trainer (checkpoints, Ctrl-C saves, SLURM requeue); returns the twins folder.
 
     Raises:
@@ -745,7 +745,7 @@ def pretrain_twins(cfg: DictConfig) -> Path:
 
     if cfg.get("pretrain_twins") is None:
         raise ConfigError("pretrain-twins needs part=<name>: part=codecs trains the frame VAE, the mel VAE and the "
-                          "vocoder of scale=mini")
+                          "vocoder of scale=mini, part=generators (after them) its base U-Nets")
     announce(cfg, "pretrain-twins")
     again = resume_command(cfg, command="pretrain-twins")
     print(f"avgen pretrain-twins: continue after a stop with: {again}")

@@ -241,9 +241,9 @@ def export_pipeline(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                 value = str(Path(source).resolve()) if kind == "local" else source
                 entry.update(kind=kind, source=value)
                 if kind == "mini":  # the trained twins it was made with: from_pretrained checks them
-                    from avgen.backbones.mini import active_weights_dir, version_tag
+                    from avgen.backbones.mini import MINI_PREFIX, twin_tag
 
-                    entry["weights_tag"] = version_tag(active_weights_dir())
+                    entry["weights_tag"] = twin_tag(source.removeprefix(MINI_PREFIX))
                 set_source(model_config, key, value)
             components[name] = entry
 

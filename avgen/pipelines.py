@@ -654,15 +654,19 @@ def read_index(folder: str | Path) -> dict[str, Any]:
         if missing:
             raise PipelineFolderError(f"{path}: component {name} has no {missing[0]}; export it again")
         if component.get("type") == "frozen" and component.get("kind") == "mini" and component.get("weights_tag"):
-            from avgen.backbones.mini import WEIGHTS_ENV, active_weights_dir, read_manifest, version_tag
+            from avgen.backbones.mini import MINI_PREFIX, PART_ENV, read_manifest, twin_parts, twin_tag
 
-            read_manifest(active_weights_dir())  # missing or unreadable twins: their own error, not a tag mismatch
-            here = version_tag(active_weights_dir())
+            twin = str(component.get("source", "")).removeprefix(MINI_PREFIX)
+            folders = twin_parts(twin)
+            for folder in folders.values():
+                read_manifest(folder)  # missing or unreadable twins: their own error, not a tag mismatch
+            here = twin_tag(twin)
             if component["weights_tag"] != here:
+                envs = " and ".join(PART_ENV[part] for part in folders)
                 raise PipelineFolderError(
                     f"{path}: component {name} was exported with the mini twins {component['weights_tag']}, but "
-                    f"this avgen has {here} ({active_weights_dir()}); point {WEIGHTS_ENV} at the twins it was made "
-                    f"with, or export it again with export.include_frozen=true (the twins travel with it)")
+                    f"this avgen has {here} ({', '.join(map(str, folders.values()))}); point {envs} at the twins it "
+                    f"was made with, or export it again with export.include_frozen=true (the twins travel with it)")
     if not isinstance(index.get("config", CONFIG_FILE), str):
         raise PipelineFolderError(f"{path}: config is not a file name; export it again")
     return index

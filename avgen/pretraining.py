@@ -41,14 +41,40 @@ from avgen.errors import ConfigError, NothingProduced
 
 log = logging.getLogger("avgen")
 
-STAGES = ("frames_vae", "mel_vae", "vocoder")
-PARTS = ("codecs",)  # part 2 (the generators) is not built yet
+#: each part's stages, in training order
+PART_STAGES: dict[str, tuple[str, ...]] = {
+    "codecs": ("frames_vae", "mel_vae", "vocoder"),
+    "generators": ("audioldm_unet", "animatediff_image", "animatediff_motion", "zeroscope_unet"),
+}
+STAGES = PART_STAGES["codecs"]
+PARTS = tuple(PART_STAGES)
 TWINS_DIR = "twins"
 STRIP = "frames_strip.png"
+#: the picture each part's twins folder holds: the codecs' reconstructions, the generators' samples
+STRIPS = {"codecs": STRIP, "generators": "samples_strip.png"}
 PSNR_CAP = 100.0  # dB: a frame reproduced exactly (PSNR inf) counts as 100 dB in the averages
 
 
 # ----------------------------------------------------------------------------------- stages
+def part_of(cfg: DictConfig) -> str:
+    """The part the run trains (``pretrain_twins.part``)."""
+    return str(cfg.pretrain_twins.part)
+
+
+def stage_specs(cfg: DictConfig) -> DictConfig:
+    """The stages' settings of the run's part: ``pretrain_twins.<part>`` (``codecs`` or ``generators``)."""
+    return cfg.pretrain_twins[part_of(cfg)]
+
+
+def trainers(part: str) -> Mapping[str, Any]:
+    """Stage name → training module class of ``part``."""
+    if part == "generators":
+        from avgen.systems.generator_twins import TRAINERS
+    else:
+        from avgen.systems.codec_twins import TRAINERS
+    return TRAINERS
+
+
 def stage_config(cfg: DictConfig, stage: str) -> DictConfig:
     """The run config of one stage: ``paths.output_dir`` = ``<run>/<stage>``, the stage's ``steps`` as
     ``trainer.max_steps``, checkpoints every ``pretrain_twins.checkpoint_every`` steps.
@@ -62,11 +88,12 @@ def stage_config(cfg: DictConfig, stage: str) -> DictConfig:
                        ("devices", trainer.get("devices", 1)), ("num_nodes", trainer.get("num_nodes", 1))):
         if value not in (1, "1", None):
             raise ConfigError(f"trainer.{key}={value}: pretrain-twins draws each batch from the optimiser step on one "
-                              f"process; set trainer.{key}=1 (raise pretrain_twins.codecs.<stage>.batch_size instead)")
+                              f"process; set trainer.{key}=1 (raise pretrain_twins.{part_of(cfg)}.<stage>.batch_size "
+                              f"instead)")
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     root = Path(cfg.paths.output_dir)
     OmegaConf.update(out, "paths.output_dir", str(root / stage), force_add=True)
-    OmegaConf.update(out, "trainer.max_steps", int(cfg.pretrain_twins.codecs[stage].steps))
+    OmegaConf.update(out, "trainer.max_steps", int(stage_specs(cfg)[stage].steps))
     OmegaConf.update(out, "trainer.max_epochs", -1)
     OmegaConf.update(out, "trainer.limit_val_batches", 0)
     every = int(cfg.pretrain_twins.checkpoint_every)
@@ -75,26 +102,28 @@ def stage_config(cfg: DictConfig, stage: str) -> DictConfig:
     return out
 
 
-def build_stage(cfg: DictConfig, stage: str):
-    """The stage's training module (:data:`avgen.systems.codec_twins.TRAINERS`) from ``pretrain_twins.codecs.<stage>``.
+def build_stage(cfg: DictConfig, stage: str, **extra: Any):
+    """The stage's training module (:func:`trainers` of the part) from ``pretrain_twins.<part>.<stage>``; ``extra``
+    arguments go to its constructor (the motion stage's trained image ``unet``).
 
     Raises:
         ConfigError: an unknown stage or a bad argument (naming the key).
     """
-    from avgen.systems.codec_twins import TRAINERS
-
-    if stage not in TRAINERS:
-        raise ConfigError(f"pretrain_twins.stages names {stage!r}; expected some of {', '.join(TRAINERS)}")
-    spec = OmegaConf.to_container(cfg.pretrain_twins.codecs[stage], resolve=True)
+    part = part_of(cfg)
+    classes = trainers(part)
+    if stage not in classes:
+        raise ConfigError(f"pretrain_twins.stages names {stage!r}; expected some of {', '.join(classes)}")
+    spec = OmegaConf.to_container(stage_specs(cfg)[stage], resolve=True)
     model_config = spec.pop("model")
     seed = int(cfg.pretrain_twins.seed)
+    order = PART_STAGES[part]
     try:
         # each stage's initial weights depend on the seed and the stage alone, not on what ran before it
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed * 1_000 + STAGES.index(stage) if stage in STAGES else seed)
-            return TRAINERS[stage](model_config, seed=seed, **spec)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"pretrain_twins.codecs.{stage}: {exc}") from exc
+            torch.manual_seed(seed * 1_000 + order.index(stage) if stage in order else seed)
+            return classes[stage](model_config, seed=seed, **spec, **extra)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"pretrain_twins.{part}.{stage}: {exc}") from exc
 
 
 def check_stage_inputs(cfg: DictConfig, stage: str, module, bank) -> None:
@@ -128,8 +157,8 @@ def _record_session(folder: Path, entry: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(sessions, indent=2) + "\n")
 
 
-def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, Any, str | None], None]
-                ) -> torch.nn.Module:
+def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, Any, str | None], None],
+                **extra: Any) -> torch.nn.Module:
     """Train (or continue, or reuse when finished) one stage; returns its model, in eval mode, with the VAEs'
     ``scaling_factor`` set (:func:`latent_scaling_factor`), saved to ``<run>/<stage>/model``; each training session
     is recorded in ``<run>/<stage>/sessions.json`` (commit, first and last step, seconds).
@@ -150,7 +179,7 @@ def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, An
     ckpt_dir = folder / "checkpoints"
     for stale in remove_stale_temporaries(ckpt_dir):
         print(f"removed {stale}: a temporary checkpoint left by a process killed while saving")
-    module = build_stage(cfg, stage)
+    module = build_stage(cfg, stage, **extra)
     module.bank = bank
     check_stage_inputs(cfg, stage, module, bank)
     resume = str(cfg.get("resume", "auto"))
@@ -166,7 +195,8 @@ def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, An
         saved = torch.load(newest[0], map_location="cpu", weights_only=True)
         trained_with = (saved.get("hyper_parameters") or {}).get("config")
         if trained_with is not None and dict(trained_with) != module.config:
-            raise ConfigError(f"pretrain_twins.codecs.{stage}.model differs from the model {newest[0]} was trained "
+            raise ConfigError(f"pretrain_twins.{part_of(cfg)}.{stage}.model differs from the model {newest[0]} was "
+                              f"trained "
                               f"with; give the same model, or another run folder (hydra.run.dir=...), or "
                               f"resume=never to start the stages over")
     if newest is not None and newest[1] >= steps:
@@ -194,7 +224,7 @@ def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, An
             _record_session(folder, {**recipe_commit(), "from_step": first,
                                      "to_step": reached[1] if reached else first,
                                      "seconds": round(time.monotonic() - began, 1), "threads": torch.get_num_threads()})
-    model = module.model.eval()
+    model = module.component().eval()
     if stage in ("frames_vae", "mel_vae"):
         factor = latent_scaling_factor(module, bank)
         model.register_to_config(scaling_factor=factor)
@@ -209,10 +239,16 @@ def finished_stage(cfg: DictConfig, stage: str) -> torch.nn.Module | None:
     folder = Path(cfg.paths.output_dir) / stage / "model"
     if not (folder / "config.json").is_file():
         return None
-    from avgen.systems.codec_twins import TRAINERS
+    return component_class(trainers(part_of(cfg))[stage]).from_pretrained(folder).eval()
 
-    cls = type(TRAINERS[stage].build(OmegaConf.to_container(cfg.pretrain_twins.codecs[stage].model, resolve=True)))
-    return cls.from_pretrained(folder).eval()
+
+def component_class(trainer: type) -> type:
+    """The class of what a stage's trainer makes (its ``component_class``: a diffusers or transformers class name)."""
+    import diffusers
+    import transformers
+
+    name = trainer.component_class
+    return getattr(diffusers, name, None) or getattr(transformers, name)
 
 
 def stage_record(cfg: DictConfig, stage: str) -> dict[str, Any]:
@@ -367,10 +403,12 @@ def recipe_commit() -> dict[str, Any]:
 
 
 def write_twins(cfg: DictConfig, models: Mapping[str, torch.nn.Module], metrics: Mapping[str, Any],
-                strip: np.ndarray | None, data_info: Mapping[str, Any], command: str) -> Path:
-    """``<run>/twins/``: the trained codecs (``save_pretrained``), ``manifest.json`` (``command``: the recipe's command
-    line; per component the step its checkpoint reached and its training sessions, :func:`stage_record`),
-    ``metrics.json`` and the strip; returns the folder (written beside it and renamed into place)."""
+                strip: np.ndarray | None, data_info: Mapping[str, Any], command: str,
+                extra: Mapping[str, Any] | None = None) -> Path:
+    """``<run>/twins/``: the trained components (``save_pretrained``), ``manifest.json`` (``command``: the recipe's
+    command line; per component the step its checkpoint reached and its training sessions, :func:`stage_record`;
+    ``extra`` entries, e.g. the generators' ``codecs``), ``metrics.json`` and the part's strip (:data:`STRIPS`);
+    returns the folder (written beside it and renamed into place)."""
     import cv2
 
     from avgen._versions import library_versions
@@ -396,7 +434,7 @@ def write_twins(cfg: DictConfig, models: Mapping[str, torch.nn.Module], metrics:
                 components[name]["scaling_factor"] = float(model.config.scaling_factor)
         (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if strip is not None:
-            cv2.imwrite(str(partial / STRIP), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(partial / STRIPS[part_of(cfg)]), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
         manifest = {
             "format": MANIFEST_FORMAT,
             "part": cfg.pretrain_twins.part,
@@ -406,6 +444,7 @@ def write_twins(cfg: DictConfig, models: Mapping[str, torch.nn.Module], metrics:
                 "config": {"pretrain_twins": OmegaConf.to_container(cfg.pretrain_twins, resolve=True)},
             },
             "data": dict(data_info),
+            **dict(extra or {}),
             "components": components,
             "metrics": metrics,
             "versions": library_versions(),
@@ -440,7 +479,7 @@ def check_publish_target(target: Path, overwrite: bool) -> None:
         raise FileExistsError(f"pretrain_twins.publish_dir={target} is not a mini-twins folder ({exc}); "
                               f"nothing was replaced") from exc
     components = old.get("components") or {}
-    known = {MANIFEST, "metrics.json", STRIP, *components}
+    known = {MANIFEST, "metrics.json", *STRIPS.values(), *components}
     foreign = sorted(p.name for p in target.iterdir() if p.name not in known)
     for name, entry in components.items():
         if (target / name).is_dir():
@@ -510,10 +549,12 @@ def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str 
         raise ConfigError(f"pretrain_twins.stages={settings.stages}: expected a list, e.g. "
                           f"pretrain_twins.stages=[vocoder]")
     stages = list(settings.stages)
-    unknown = [s for s in stages if s not in settings.codecs]
+    part = part_of(cfg)
+    specs = stage_specs(cfg)
+    unknown = [s for s in stages if s not in specs]
     if unknown:
         raise ConfigError(f"pretrain_twins.stages names {', '.join(map(repr, unknown))}; expected some of "
-                          f"{', '.join(settings.codecs)}")
+                          f"{', '.join(specs)}")
     if not stages:
         raise NothingProduced("pretrain_twins.stages is empty: nothing to train")
     if int(settings.evaluate.clips) < 1:
@@ -522,12 +563,13 @@ def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str 
         raise ConfigError(f"pretrain_twins.checkpoint_every={settings.checkpoint_every}: expected a number of steps "
                           f">= 1")
     for stage in stages:
-        spec = settings.codecs[stage]
+        spec = specs[stage]
         for key in ("steps", "batch_size"):
             if not isinstance(spec.get(key), int) or spec.get(key) < 1:
-                raise ConfigError(f"pretrain_twins.codecs.{stage}.{key}={spec.get(key)}: expected an integer >= 1")
+                raise ConfigError(f"pretrain_twins.{part}.{stage}.{key}={spec.get(key)}: expected an integer >= 1")
     if settings.get("publish_dir"):
         check_publish_target(Path(settings.publish_dir), bool(settings.get("overwrite")))
+    codecs = load_codecs(cfg) if part == "generators" else None  # before any data work: missing codecs stop here
     torch.manual_seed(int(settings.seed))
     datamodule.prepare_data()
     try:  # the held-out split exists, before any training
@@ -542,40 +584,299 @@ def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str 
     train = read_bank(datamodule, geometry, "train", None, "data")
     print(f"avgen pretrain-twins: {len(train)} training clips of {geometry.seconds:g} s in memory "
           f"({train.skipped} skipped)")
-    for stage in stages:  # every stage's settings checked before the first one trains
-        check_stage_inputs(cfg, stage, build_stage(cfg, stage), train)
-    models = {stage: train_stage(cfg, stage, train, fit) for stage in stages}
-    for stage in STAGES:  # stages finished by earlier runs of this folder (pretrain_twins.stages=[...] runs)
-        if stage not in models and stage in settings.codecs:
-            model = finished_stage(cfg, stage)
-            if model is not None:
-                models[stage] = model
-    models = {stage: models[stage] for stage in STAGES if stage in models}
     evaluation = settings.evaluate
-    held_out = read_bank(datamodule, geometry, evaluation.split, int(evaluation.clips), "pretrain_twins.evaluate")
-    tolerances = {"1frame": 1.0 / float(geometry.fps), "50ms": 0.05}
-    metrics = json_numbers(evaluate_codecs(models, held_out, tolerances))
-    metrics["tolerances_seconds"] = tolerances
+    if part == "codecs":
+        for stage in stages:  # every stage's settings checked before the first one trains
+            check_stage_inputs(cfg, stage, build_stage(cfg, stage), train)
+        models = {stage: train_stage(cfg, stage, train, fit) for stage in stages}
+        models = finished_models(cfg, models)
+        held_out = read_bank(datamodule, geometry, evaluation.split, int(evaluation.clips), "pretrain_twins.evaluate")
+        tolerances = {"1frame": 1.0 / float(geometry.fps), "50ms": 0.05}
+        metrics = json_numbers(evaluate_codecs(models, held_out, tolerances))
+        metrics["tolerances_seconds"] = tolerances
+        strip = frames_strip(models["frames_vae"], held_out, clips=int(evaluation.strip_clips)) \
+            if "frames_vae" in models else None
+        extra_info: dict[str, Any] = {}
+    else:
+        held_out = read_bank(datamodule, geometry, evaluation.split, int(evaluation.clips), "pretrain_twins.evaluate")
+        models, metrics, strip, extra_info = run_generators(cfg, stages, train, held_out, codecs, fit)
     metrics["split"] = evaluation.split
-    strip = frames_strip(models["frames_vae"], held_out, clips=int(evaluation.strip_clips)) \
-        if "frames_vae" in models else None
     data_info = {"dataset": cfg.data.name, "seed": int(cfg.data.prepare.seed), "root": str(cfg.data.root),
                  "store": OmegaConf.to_container(cfg.data.store, resolve=True),
                  "train_clips": len(train), "held_out_clips": len(held_out), "held_out_split": evaluation.split}
-    twins = write_twins(cfg, models, metrics, strip, data_info, command)
+    twins = write_twins(cfg, models, metrics, strip, data_info, command, extra_info)
     print(json.dumps(metrics, indent=2))
-    print(f"avgen pretrain-twins: wrote {twins} ({len(models)} codecs; this run took "
+    print(f"avgen pretrain-twins: wrote {twins} ({len(models)} {part}; this run took "
           f"{time.monotonic() - began:.0f} s)")
     if settings.get("publish_dir"):
-        missing = [stage for stage in STAGES if stage not in models]
+        missing = [stage for stage in PART_STAGES[part] if stage not in models]
         if missing:
             raise ConfigError(f"pretrain_twins.publish_dir: the run folder has no finished {', '.join(missing)}; "
-                              f"train every stage first (pretrain_twins.stages={list(STAGES)}); nothing was "
-                              f"published")
+                              f"train every stage first (pretrain_twins.stages={list(PART_STAGES[part])}); nothing "
+                              f"was published")
         target = publish(twins, settings.publish_dir, bool(settings.get("overwrite")))
-        from avgen.backbones.mini import WEIGHTS_ENV, active_weights_dir
+        from avgen.backbones.mini import active_weights_dir
 
-        loads = ("scale=mini loads it" if target.resolve() == active_weights_dir().resolve()
-                 else f"scale=mini loads it with {WEIGHTS_ENV}={target.resolve()}")
+        active = active_weights_dir(part)
+        loads = ("scale=mini loads it" if target.resolve() == active.resolve()
+                 else f"scale=mini loads it with {weights_env(part)}={target.resolve()}")
         print(f"avgen pretrain-twins: published to {target} ({loads})")
     return twins
+
+
+def weights_env(part: str) -> str:
+    """The environment variable that points ``scale=mini`` at another folder of ``part``'s weights."""
+    from avgen.backbones.mini import PART_ENV
+
+    return PART_ENV[part]
+
+
+def finished_models(cfg: DictConfig, models: Mapping[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+    """``models`` (trained by this run) with the part's stages finished by earlier runs of this run folder
+    (``pretrain_twins.stages=[...]`` runs) added, in the part's stage order."""
+    models = dict(models)
+    part = part_of(cfg)
+    for stage in PART_STAGES[part]:
+        if stage not in models and stage in stage_specs(cfg):
+            model = finished_stage(cfg, stage)
+            if model is not None:
+                models[stage] = model
+    return {stage: models[stage] for stage in PART_STAGES[part] if stage in models}
+
+
+# ----------------------------------------------------------------------------------- part 2: the generators
+#: generator stage → (the tiny twin whose scheduler its system samples with, the scheduler overrides the system
+#: applies, what it generates)
+GENERATOR_TWINS: dict[str, tuple[str, str, str]] = {
+    "audioldm_unet": ("audioldm", "", "audio"),
+    "animatediff_image": ("animatediff", "animatediff", "frames"),
+    "animatediff_motion": ("animatediff", "animatediff", "video"),
+    "zeroscope_unet": ("zeroscope", "", "video"),
+}
+
+
+def load_codecs(cfg: DictConfig) -> dict[str, Any]:
+    """The mini codecs the generators learn the latent spaces of: ``pretrain_twins.codecs_dir`` or the ones
+    ``scale=mini`` loads (:func:`avgen.backbones.mini.active_weights_dir`), every file checked against their
+    manifest: ``frames_vae``, ``mel_vae`` (``AutoencoderKL``), ``vocoder`` (``SpeechT5HifiGan``), in eval mode, with
+    ``dir`` and ``tag`` (:func:`avgen.backbones.mini.version_tag`, recorded in the generators' manifest).
+
+    Raises:
+        MiniWeightsError: the codecs are missing or altered.
+    """
+    from diffusers import AutoencoderKL
+    from transformers import SpeechT5HifiGan
+
+    from avgen.backbones.mini import active_weights_dir, read_manifest, verify_component, version_tag
+    from avgen.pretrained import quiet_loading
+
+    given = cfg.pretrain_twins.get("codecs_dir")
+    folder = Path(given) if given else active_weights_dir("codecs")
+    manifest = read_manifest(folder)
+    with quiet_loading():
+        out: dict[str, Any] = {
+            "frames_vae": AutoencoderKL.from_pretrained(verify_component("frames_vae", folder, manifest)).eval(),
+            "mel_vae": AutoencoderKL.from_pretrained(verify_component("mel_vae", folder, manifest)).eval(),
+            "vocoder": SpeechT5HifiGan.from_pretrained(verify_component("vocoder", folder, manifest)).eval(),
+        }
+    for model in list(out.values()):
+        model.requires_grad_(False)
+    out.update(dir=folder, tag=version_tag(folder))
+    return out
+
+
+def text_encoders(cfg: DictConfig) -> dict[str, Callable[[list[str]], torch.Tensor]]:
+    """The frozen random text towers of the tiny twins (``<paths.data_dir>/tiny_backbones``), as the systems encode
+    prompts: ``clip`` (the AnimateDiff twin's CLIP text states (B, 77, 32); the zeroscope twin's tower holds the same
+    weights) and ``clap`` (the AudioLDM twin's normalised CLAP text embedding (B, 32))."""
+    from types import SimpleNamespace
+
+    from transformers import ClapTextModelWithProjection, CLIPTextModel, CLIPTokenizer, RobertaTokenizer
+
+    from avgen.backbones import tiny
+    from avgen.backbones.animatediff import encode_prompts as clip_prompts
+    from avgen.backbones.audioldm import encode_prompts as clap_prompts
+    from avgen.pretrained import quiet_loading
+
+    root = Path(cfg.paths.data_dir) / "tiny_backbones"
+    video, audio = tiny.materialize("animatediff", root), tiny.materialize("audioldm", root)
+    with quiet_loading():
+        clip = SimpleNamespace(tokenizer=CLIPTokenizer.from_pretrained(video / "tokenizer"),
+                               text_encoder=CLIPTextModel.from_pretrained(video / "text_encoder").eval())
+        clap = SimpleNamespace(tokenizer=RobertaTokenizer.from_pretrained(audio / "tokenizer"),
+                               text_encoder=ClapTextModelWithProjection.from_pretrained(audio / "text_encoder").eval())
+    return {"clip": lambda prompts: clip_prompts(clip, prompts), "clap": lambda prompts: clap_prompts(clap, prompts)}
+
+
+def stage_scheduler(cfg: DictConfig, stage: str):
+    """The ``DDIMScheduler`` stage ``stage``'s system samples with: the tiny twin's stored scheduler with the
+    system's overrides (AnimateDiff's :data:`~avgen.backbones.animatediff.ANIMATEDIFF_SCHEDULER`)."""
+    from diffusers import DDIMScheduler
+
+    from avgen.backbones import tiny
+    from avgen.backbones.animatediff import ANIMATEDIFF_SCHEDULER
+
+    twin, overrides, _ = GENERATOR_TWINS[stage]
+    folder = tiny.materialize(twin, Path(cfg.paths.data_dir) / "tiny_backbones")
+    return DDIMScheduler.from_pretrained(folder / "scheduler", **(ANIMATEDIFF_SCHEDULER if overrides else {}))
+
+
+def trained_module(cfg: DictConfig, stage: str, component: torch.nn.Module | None, **extra: Any):
+    """The stage's training module holding ``component``'s weights (None: its initial weights, as training
+    starts), in eval mode."""
+    module = build_stage(cfg, stage, **extra)
+    if component is not None:
+        state = component.state_dict()
+        if stage == "animatediff_motion":  # the adapter's motion modules into the UNetMotionModel
+            result = module.model.load_state_dict(state, strict=False)
+            if result.unexpected_keys or any("motion_modules" in k for k in result.missing_keys):
+                raise RuntimeError(f"{stage}: the motion adapter does not fit the model ({result})")
+        else:
+            module.model.load_state_dict(state)
+    return module.eval()
+
+
+@torch.no_grad()
+def sample_generator(module, conditions: torch.Tensor, empty: torch.Tensor, shape: Sequence[int], scheduler,
+                     steps: int, guidance: float, seed: int) -> torch.Tensor:
+    """Latents ``(n, *shape)`` sampled by DDIM (diffusers' ``DDIMScheduler.step``, η = 0) over ``steps`` steps
+    with classifier-free guidance ``guidance`` (Ho & Salimans 2022): ``conditions`` (n, ...) the captions'
+    embeddings, ``empty`` (1, ...) the empty prompt's; sample ``i`` starts from noise seeded with ``seed + i``
+    (:func:`avgen.diffusion.seeded_noise`)."""
+    from avgen.diffusion import classifier_free_guidance, seeded_noise
+
+    n = conditions.shape[0]
+    x = seeded_noise([shape], n, seed)[0]
+    both = torch.cat([conditions, empty.expand_as(conditions)])
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        out = module.predict(torch.cat([x, x]), torch.full((2 * n,), int(t)), both).float()
+        cond, uncond = out.chunk(2)
+        x = scheduler.step(classifier_free_guidance(uncond, cond, guidance), t, x).prev_sample
+    return x
+
+
+def run_generators(cfg: DictConfig, stages: list[str], train, held_out, codecs: Mapping[str, Any],
+                   fit: Callable[[DictConfig, Any, str | None], None]):
+    """Part 2 of the recipe: the latent bank, the stages, the measurements. Returns (models, metrics, strip, manifest
+    entries).
+
+    Raises:
+        ConfigError: ``animatediff_motion`` asked for before ``animatediff_image`` trained, or a bad stage setting.
+    """
+    from avgen.backbones.audioldm import AudioLDMMel
+    from avgen.systems.generator_twins import LatentBank
+
+    clip = cfg.data.clip
+    clip_frames = int(round(float(clip.seconds) * float(clip.fps)))
+    if "animatediff_motion" in stages and "animatediff_image" not in stages \
+            and finished_stage(cfg, "animatediff_image") is None:
+        raise ConfigError("pretrain_twins.stages: animatediff_motion trains over the trained image U-Net; add "
+                          "animatediff_image before it (this run folder has no finished one)")
+    for stage in stages:  # every stage's settings checked before the first one trains
+        build_stage(cfg, stage)
+    encoders = text_encoders(cfg)
+    mel = AudioLDMMel()
+    began = time.monotonic()
+    bank = LatentBank.build(train, clip_frames, codecs["frames_vae"], codecs["mel_vae"], mel, encoders)
+    print(f"avgen pretrain-twins: encoded {len(bank)} clips ({bank.video_mean.shape[1]} frames, {bank.starts} audio "
+          f"windows each) and {len(bank.captions) - 1} captions in {time.monotonic() - began:.0f} s")
+    models: dict[str, torch.nn.Module] = {}
+    for stage in stages:
+        extra = {}
+        if stage == "animatediff_motion":
+            extra["unet"] = models.get("animatediff_image") or finished_stage(cfg, "animatediff_image")
+        models[stage] = train_stage(cfg, stage, bank, fit, **extra)
+    models = finished_models(cfg, models)
+    held = LatentBank.build(held_out, clip_frames, codecs["frames_vae"], codecs["mel_vae"], mel, encoders)
+    metrics, strip = evaluate_generators(cfg, models, held, held_out, codecs)
+    return models, metrics, strip, {"codecs": {"tag": codecs["tag"], "dir": str(codecs["dir"])}}
+
+
+@torch.no_grad()
+def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], held, clips, codecs
+                        ) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The generators' measurements on held-out clips (``held``: their :class:`LatentBank`, ``clips``: the clips):
+
+    * every stage: ``held_out_loss`` (its training loss on held-out clips, fixed draws, no caption drop:
+      :meth:`DenoiserTraining.held_out_loss`) and ``initial_held_out_loss`` (the same for its weights at step 0;
+      for ``animatediff_motion`` that is the trained image U-Net applied per frame), and their ratio;
+    * video generators: ``pretrain_twins.evaluate.samples`` clips sampled (DDIM, the system's scheduler, the
+      ``guidance.video`` scale) from the first held-out clips' captions, decoded by the frame VAE: ``frame_change``
+      (mean absolute difference of consecutive frames, in [0, 1] pixel units) against the real clips';
+    * ``audioldm_unet``: the same for audio, decoded by the mel VAE and the vocoder: the fraction of clips with an
+      impact onset (:func:`avgen.metrics.codec.clip_onsets`), the mean number of onsets per clip against the real
+      clips' number of events (the caption states it), their mean absolute difference and the peak level.
+
+    Returns (metrics, a strip of real and sampled frames or None).
+    """
+    from types import SimpleNamespace
+
+    from avgen.backbones.animatediff import decode_video
+    from avgen.backbones.audioldm import decode_audio
+    from avgen.metrics.codec import clip_onsets
+
+    settings = cfg.pretrain_twins.evaluate
+    n = min(int(settings.samples), len(clips))
+    index = torch.arange(n)
+    out: dict[str, Any] = {"clips": len(held), "samples": n, "sampling_steps": int(settings.sampling_steps)}
+    real = clips.frames[:n, :held.clip_frames]  # (n, F, 3, H, W) uint8
+    rows: list[tuple[str, torch.Tensor]] = [("real", real)]
+
+    def frame_change(frames: torch.Tensor) -> float:
+        return float(frames.float().div(255).diff(dim=1).abs().mean())
+
+    out["real"] = {"frame_change": frame_change(real)}
+    for stage, component in models.items():
+        extra = {"unet": models["animatediff_image"]} if stage == "animatediff_motion" else {}
+        if stage == "animatediff_motion" and "animatediff_image" not in models:
+            continue
+        trained = trained_module(cfg, stage, component, **extra)
+        initial = trained_module(cfg, stage, None, **extra)
+        loss, before = trained.held_out_loss(held), initial.held_out_loss(held)
+        entry: dict[str, Any] = {"held_out_loss": loss, "initial_held_out_loss": before, "loss_ratio": loss / before}
+        _, _, kind = GENERATOR_TWINS[stage]
+        encoder = trained.text_encoder
+        conditions = held.text[encoder][held.caption_index[index]]
+        empty = held.text[encoder][-1:]
+        scheduler = stage_scheduler(cfg, stage)
+        steps = int(settings.sampling_steps)
+        if kind == "video":
+            shape = (held.video_mean.shape[2], held.clip_frames, *held.video_mean.shape[3:])
+            latents = sample_generator(trained, conditions, empty, shape, scheduler, steps,
+                                       float(settings.guidance.video), seed=0)
+            video = decode_video(SimpleNamespace(vae=codecs["frames_vae"]), latents)  # (n, F, 3, H, W) in [-1, 1]
+            frames = ((video + 1) * 127.5).round().to(torch.uint8)
+            entry["frame_change"] = frame_change(frames)
+            rows.append((stage, frames))
+        elif kind == "audio":
+            shape = tuple(held.audio_mean.shape[2:])
+            latents = sample_generator(trained, conditions, empty, shape, scheduler, steps,
+                                       float(settings.guidance.audio), seed=0)
+            samples = clips.audio.shape[1] * held.clip_frames // clips.frames.shape[1]
+            audio = decode_audio(SimpleNamespace(vae=codecs["mel_vae"], vocoder=codecs["vocoder"]), latents, samples)
+            sr = clips.geometry.sample_rate
+            counts = torch.tensor([len(clip_onsets(a.numpy(), sr)) for a in audio], dtype=torch.float64)
+            events = torch.tensor([len(e) for e in clips.events[:n]], dtype=torch.float64)
+            entry.update(clips_with_onsets=float((counts > 0).double().mean()), onsets_per_clip=float(counts.mean()),
+                         events_per_clip_real=float(events.mean()),
+                         onset_count_error=float((counts - events).abs().mean()),
+                         peak=float(audio.abs().amax(dim=1).mean()))
+        out[stage] = json_numbers(entry)
+        print(f"avgen pretrain-twins: {stage}: {json.dumps(out[stage])}")
+    strip = samples_strip(rows, int(settings.strip_clips)) if len(rows) > 1 else None
+    return out, strip
+
+
+def samples_strip(rows: Sequence[tuple[str, torch.Tensor]], clips: int, zoom: int = 3) -> np.ndarray:
+    """A picture (uint8 ``(H', W', 3)``) of the first ``clips`` clips: for each, one row of frames per entry of
+    ``rows`` (name, uint8 ``(n, F, 3, H, W)``: the real clip, then each generator's sample of its caption), enlarged
+    ``zoom``× (nearest neighbour), white gaps of ``zoom`` pixels between rows and 4 between clips."""
+    lines = []
+    for i in range(min(clips, len(rows[0][1]))):
+        for _, frames in rows:
+            image = torch.cat(list(frames[i].permute(0, 2, 3, 1)), dim=1)
+            image = image.repeat_interleave(zoom, 0).repeat_interleave(zoom, 1)
+            lines += [image, torch.full((zoom, image.shape[1], 3), 255, dtype=torch.uint8)]
+        lines.append(torch.full((4, lines[-1].shape[1], 3), 255, dtype=torch.uint8))
+    return torch.cat(lines[:-2]).numpy()

@@ -26,18 +26,23 @@ from avgen.errors import ConfigError
 from avgen.pretrained import sha256_file
 
 MINI_PREFIX = "mini:"
-#: the committed weights (a folder per trained component, and manifest.json); ``$AVGEN_MINI_WEIGHTS`` replaces it
-#: (a ``<run>/twins`` folder of one's own recipe run, without touching the installed package)
+#: the committed codecs (part 1: a folder per trained component, and manifest.json); ``$AVGEN_MINI_WEIGHTS``
+#: replaces it (a ``<run>/twins`` folder of one's own recipe run, without touching the installed package)
 WEIGHTS_DIR = Path(__file__).resolve().parent / "mini_weights"
 WEIGHTS_ENV = "AVGEN_MINI_WEIGHTS"
+#: the committed base generators (part 2), trained in the codecs' latent spaces; ``$AVGEN_MINI_GENERATORS`` replaces it
+GENERATORS_DIR = Path(__file__).resolve().parent / "mini_generators"
+GENERATORS_ENV = "AVGEN_MINI_GENERATORS"
+PART_DIRS = {"codecs": WEIGHTS_DIR, "generators": GENERATORS_DIR}
+PART_ENV = {"codecs": WEIGHTS_ENV, "generators": GENERATORS_ENV}
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "avgen-mini-twins/1"
 
-#: ``mini:<name>`` → (the tiny twin it starts from, {subfolder of the twin: trained component in WEIGHTS_DIR})
-MINI_TWINS: dict[str, tuple[str, dict[str, str]]] = {
-    "animatediff": ("animatediff", {"vae": "frames_vae"}),
-    "zeroscope": ("zeroscope", {"vae": "frames_vae"}),
-    "audioldm": ("audioldm", {"vae": "mel_vae", "vocoder": "vocoder"}),
+#: ``mini:<name>`` → (the tiny twin it starts from, {subfolder of the twin: (part, trained component)})
+MINI_TWINS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
+    "animatediff": ("animatediff", {"vae": ("codecs", "frames_vae")}),
+    "zeroscope": ("zeroscope", {"vae": ("codecs", "frames_vae")}),
+    "audioldm": ("audioldm", {"vae": ("codecs", "mel_vae"), "vocoder": ("codecs", "vocoder")}),
 }
 
 
@@ -45,9 +50,10 @@ class MiniWeightsError(ConfigError):
     """The committed mini-twin weights are missing, or a file's bytes disagree with the manifest."""
 
 
-def active_weights_dir() -> Path:
-    """The mini twins' weights in use: ``$AVGEN_MINI_WEIGHTS`` when set, else :data:`WEIGHTS_DIR` (committed)."""
-    return Path(os.environ.get(WEIGHTS_ENV) or WEIGHTS_DIR)
+def active_weights_dir(part: str = "codecs") -> Path:
+    """The folder of ``part``'s weights in use: ``$AVGEN_MINI_WEIGHTS`` (codecs) / ``$AVGEN_MINI_GENERATORS``
+    (generators) when set, else the committed :data:`WEIGHTS_DIR` / :data:`GENERATORS_DIR`."""
+    return Path(os.environ.get(PART_ENV[part]) or PART_DIRS[part])
 
 
 def read_manifest(weights_dir: str | os.PathLike = WEIGHTS_DIR) -> dict[str, Any]:
@@ -58,12 +64,14 @@ def read_manifest(weights_dir: str | os.PathLike = WEIGHTS_DIR) -> dict[str, Any
     """
     path = Path(weights_dir) / MANIFEST
     if not path.is_file():
-        if os.environ.get(WEIGHTS_ENV) and Path(os.environ[WEIGHTS_ENV]) == Path(weights_dir):
-            raise MiniWeightsError(f"{WEIGHTS_ENV}={weights_dir}: no mini twins there ({path} is missing); point it at "
-                                   f"a folder written by `python -m avgen pretrain-twins` (<run>/twins) or unset it "
-                                   f"to use the committed ones")
+        for part, env in PART_ENV.items():
+            if os.environ.get(env) and Path(os.environ[env]) == Path(weights_dir):
+                raise MiniWeightsError(f"{env}={weights_dir}: no mini twins there ({path} is missing); point it at a "
+                                       f"folder written by `python -m avgen pretrain-twins part={part}` (<run>/twins) "
+                                       f"or unset it to use the committed ones")
+        part = next((p for p, d in PART_DIRS.items() if Path(weights_dir).resolve() == d.resolve()), "codecs")
         raise MiniWeightsError(f"{path}: the mini twins' manifest is missing; scale=mini needs the weights written by "
-                               f"`python -m avgen pretrain-twins part=codecs` (committed with avgen); reinstall avgen "
+                               f"`python -m avgen pretrain-twins part={part}` (committed with avgen); reinstall avgen "
                                f"or run the recipe and publish it (pretrain_twins.publish_dir={weights_dir})")
     try:
         manifest = json.loads(path.read_text())
@@ -93,8 +101,8 @@ def verify_component(name: str, weights_dir: str | os.PathLike = WEIGHTS_DIR,
         if not path.is_file():
             raise MiniWeightsError(f"{path}: missing (the mini twin {name} lists it in {MANIFEST})")
         if sha256_file(path) != digest:
-            fix = (f"restore it (git checkout -- {path})" if Path(weights_dir).resolve() == WEIGHTS_DIR.resolve()
-                   else "restore the folder as the recipe wrote it")
+            committed = any(Path(weights_dir).resolve() == d.resolve() for d in PART_DIRS.values())
+            fix = f"restore it (git checkout -- {path})" if committed else "restore the folder as the recipe wrote it"
             raise MiniWeightsError(f"{path}: its SHA-256 differs from {MANIFEST}'s; the file was changed or is a "
                                    f"Git LFS pointer: {fix}, or run the recipe again")
     return folder
@@ -106,25 +114,72 @@ def version_tag(weights_dir: str | os.PathLike = WEIGHTS_DIR) -> str:
     return sha256_file(Path(weights_dir) / MANIFEST)[:12]
 
 
-def materialize(name: str, root: str | os.PathLike, weights_dir: str | os.PathLike | None = None) -> Path:
-    """``<root>/mini-<name>-v<TINY_VERSION>-<tag>``: the tiny twin of ``MINI_TWINS[name]`` with its trained
-    subfolders replaced by the weights of ``weights_dir`` (default :func:`active_weights_dir`: the committed ones),
-    written once (into a temporary folder renamed into place) and reused after; ``tag`` is the manifest's hash, so
-    new weights get a new folder, and the tiny twins' version is in the name as in theirs.
+def twin_parts(name: str, weights_dirs: dict[str, Path] | None = None) -> dict[str, Path]:
+    """The parts mini twin ``name`` takes trained components from → their folders (``weights_dirs`` overrides
+    :func:`active_weights_dir` per part).
 
     Raises:
         ConfigError: ``name`` has no mini twin.
-        MiniWeightsError: the committed weights are missing or altered (:func:`verify_component`).
     """
-    from avgen.backbones import tiny
-
     if name not in MINI_TWINS:
         raise ConfigError(f"unknown mini twin {name!r}; expected one of "
                           f"{', '.join(MINI_PREFIX + n for n in MINI_TWINS)}")
+    parts = sorted({part for part, _ in MINI_TWINS[name][1].values()}, key=list(PART_DIRS).index)
+    return {part: Path((weights_dirs or {}).get(part) or active_weights_dir(part)) for part in parts}
+
+
+def twin_tag(name: str, weights_dirs: dict[str, Path] | None = None) -> str:
+    """The tag of the weights mini twin ``name`` is built from: :func:`version_tag` of its one part's folder, or a
+    hash of the parts' tags (codecs, then generators) when it takes from both."""
+    import hashlib
+
+    tags = [version_tag(folder) for folder in twin_parts(name, weights_dirs).values()]
+    return tags[0] if len(tags) == 1 else hashlib.sha256("+".join(tags).encode()).hexdigest()[:12]
+
+
+def check_generators_codecs(generators_dir: Path, codecs_dir: Path, manifest: dict[str, Any] | None = None) -> None:
+    """Refuse generators trained in the latent spaces of other codecs than those in use.
+
+    Raises:
+        MiniWeightsError: the generators' manifest records a codecs tag other than ``codecs_dir``'s
+            (:func:`version_tag`).
+    """
+    manifest = read_manifest(generators_dir) if manifest is None else manifest
+    trained_on = (manifest.get("codecs") or {}).get("tag")
+    here = version_tag(codecs_dir)
+    if trained_on != here:
+        raise MiniWeightsError(f"{generators_dir / MANIFEST}: these generators were trained on the codecs "
+                               f"{trained_on}, "
+                               f"but the codecs in use ({codecs_dir}) are {here}; point {GENERATORS_ENV} and "
+                               f"{WEIGHTS_ENV} at a matching pair, or train the generators again "
+                               f"(python -m avgen pretrain-twins part=generators)")
+
+
+def materialize(name: str, root: str | os.PathLike, weights_dir: str | os.PathLike | None = None,
+                generators_dir: str | os.PathLike | None = None) -> Path:
+    """``<root>/mini-<name>-v<TINY_VERSION>-<tag>``: the tiny twin of ``MINI_TWINS[name]`` with its trained
+    subfolders replaced by the committed weights of each part it uses (``weights_dir``: the codecs',
+    ``generators_dir``: the generators'; default :func:`active_weights_dir`), written once (into a temporary folder
+    renamed into place) and reused after; ``tag`` is :func:`twin_tag` (the manifests' hashes), so new weights get a
+    new folder, and the tiny twins' version is in the name as in theirs.
+
+    Raises:
+        ConfigError: ``name`` has no mini twin.
+        MiniWeightsError: the committed weights are missing or altered (:func:`verify_component`), or the generators
+            were trained on other codecs (:func:`check_generators_codecs`).
+    """
+    from avgen.backbones import tiny
+
+    given = {part: Path(folder) for part, folder in (("codecs", weights_dir), ("generators", generators_dir))
+             if folder is not None}
+    folders = twin_parts(name, given)
     base, replaced = MINI_TWINS[name]
-    weights_dir = active_weights_dir() if weights_dir is None else Path(weights_dir)
-    manifest = read_manifest(weights_dir)
-    sources = {sub: verify_component(component, weights_dir, manifest) for sub, component in replaced.items()}
+    manifests = {part: read_manifest(folder) for part, folder in folders.items()}
+    if "generators" in folders:
+        check_generators_codecs(folders["generators"], Path(given.get("codecs") or active_weights_dir("codecs")),
+                                manifests["generators"])
+    sources = {sub: verify_component(component, folders[part], manifests[part])
+               for sub, (part, component) in replaced.items()}
 
     def build(folder: Path) -> None:
         tiny.TINY_BUILDERS[base](folder)
@@ -132,4 +187,4 @@ def materialize(name: str, root: str | os.PathLike, weights_dir: str | os.PathLi
             shutil.rmtree(folder / sub, ignore_errors=True)
             shutil.copytree(source, folder / sub)
 
-    return tiny.build_folder(Path(root) / f"mini-{name}-v{tiny.TINY_VERSION}-{version_tag(weights_dir)}", build)
+    return tiny.build_folder(Path(root) / f"mini-{name}-v{tiny.TINY_VERSION}-{twin_tag(name, given)}", build)

@@ -54,7 +54,7 @@ class StepIndices(IterableDataset):
         return iter(range(int(self.start()), self.steps))
 
 
-class CodecTraining(pl.LightningModule):
+class TwinTraining(pl.LightningModule):
     """Base of the codec trainers: step-seeded batches from :attr:`bank`, AdamW with warm-up and cosine decay.
 
     Args:
@@ -72,7 +72,7 @@ class CodecTraining(pl.LightningModule):
                  final_lr_fraction: float = 0.1, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.99),
                  seed: int = 0):
         super().__init__()
-        self.save_hyperparameters(ignore=["bank"])
+        self.save_hyperparameters(ignore=["bank", "unet"])
         self.config = dict(config)
         self.steps, self.batch_size, self.lr = int(steps), int(batch_size), float(lr)
         self.warmup_steps, self.final_lr_fraction = int(warmup_steps), float(final_lr_fraction)
@@ -81,10 +81,17 @@ class CodecTraining(pl.LightningModule):
         self.bank: ClipBank | None = None
         self.model = self.build(self.config)
 
+    #: the class name (diffusers or transformers) of what :meth:`component` returns
+    component_class = ""
+
     # to implement
     @staticmethod
     def build(config: Mapping[str, Any]) -> torch.nn.Module:
         raise NotImplementedError
+
+    def component(self) -> torch.nn.Module:
+        """What the stage trains, as the backbone component saved and published (``save_pretrained``): the model."""
+        return self.model
 
     def losses(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The step's losses; ``loss`` is minimised, the others are logged."""
@@ -116,8 +123,10 @@ class CodecTraining(pl.LightningModule):
         return self.final_lr_fraction + (1 - self.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-class _VAETraining(CodecTraining):
+class _VAETraining(TwinTraining):
     """An ``AutoencoderKL`` with the LDM objective (module docstring); ``kl_weight`` weighs the KL term."""
+
+    component_class = "AutoencoderKL"
 
     def __init__(self, config: Mapping[str, Any], *, kl_weight: float = 1e-6, **kwargs: Any):
         super().__init__(config, **kwargs)
@@ -167,10 +176,12 @@ class MelVAETraining(_VAETraining):
         return self.mel(audio.to(self.device)).unsqueeze(1)  # (B, 1, T, n_mels)
 
 
-class VocoderTraining(CodecTraining):
+class VocoderTraining(TwinTraining):
     """AudioLDM's HiFi-GAN class (``SpeechT5HifiGan``) trained to turn the log-mel of a random segment of
     ``mel_frames`` frames back into its ``mel_frames`` · hop samples (module docstring for the losses; ``mel_weight``
     and ``stft_weight`` weigh them)."""
+
+    component_class = "SpeechT5HifiGan"
 
     def __init__(self, config: Mapping[str, Any], *, mel_frames: int = 48, mel_weight: float = 1.0,
                  stft_weight: float = 1.0, **kwargs: Any):

@@ -1,0 +1,389 @@
+"""Training of the base generators of the mini twins: the U-Nets the three systems start from, from scratch.
+
+Part 2 of the mini twins (``python -m avgen pretrain-twins part=generators``, :mod:`avgen.pretraining`). The base
+models the papers build on were trained by others before the papers (Stable Diffusion + AnimateDiff's motion
+modules for the joint model's video, zeroscope's UNet3D for TempoTokens, AudioLDM for the joint model's audio);
+at the mini scale avgen trains them itself, the same way, on the synthetic captions, in the latent spaces of the
+mini codecs (part 1). The classes are the backbones' own diffusers classes, so the weights load through the same
+``from_pretrained`` calls as the real ones (:mod:`avgen.backbones.mini`).
+
+Stages (each a LightningModule; step ``k`` draws its batch, timesteps, noise and caption drops from a generator
+seeded by ``(seed, k)`` alone, so a resumed stage computes what an uninterrupted one does):
+
+* :class:`ImageUNetTraining` (``animatediff_image``): Stable Diffusion's text-to-image objective on single frames —
+  an SD1.5-layout ``UNet2DConditionModel`` with cross-attention to the CLIP text states (Rombach et al. 2022).
+* :class:`MotionModuleTraining` (``animatediff_motion``): AnimateDiff's (Guo et al. 2024, Sec. 4.2) — the trained
+  image U-Net frozen, a ``MotionAdapter``'s motion modules inserted (their output projections zero-initialised,
+  as AnimateDiff's, so training starts from the image model) and trained alone on clips.
+* :class:`Video3DUNetTraining` (``zeroscope_unet``): ModelScope T2V's (Wang et al. 2023; zeroscope is a fine-tune
+  of it) — a ``UNet3DConditionModel`` trained whole on clips (from scratch here; ModelScope started from SD's
+  spatial weights).
+* :class:`AudioUNetTraining` (``audioldm_unet``): AudioLDM's (Liu et al. 2023) U-Net on mel-VAE latents, the CLAP
+  embedding as its class embedding. AudioLDM trains on the CLAP *audio* embedding and samples with the *text*
+  one, which works because CLAP aligns the two; the mini CLAP towers are random, so the U-Net trains on the text
+  embedding of the caption (as AudioLDM 2 / Make-An-Audio condition on text).
+
+Objective, all stages: ε-prediction MSE at a timestep drawn uniformly from the model's noise schedule (DDPM, Ho et
+al. 2020, Eq. 14), the caption replaced by the empty prompt with probability ``cond_drop_prob`` (classifier-free
+guidance training, Ho & Salimans 2022; SD and AudioLDM use 0.1). The noise schedule of each stage is the one its
+system samples with (``noise_schedule``; a test checks it against the twin's scheduler).
+
+The text encoders (the tiny twins' CLIP and CLAP text towers) stay random and frozen: fixed random features of a
+caption's bytes still separate the captions, and the U-Nets learn what they mean. The latents are precomputed
+once per clip (:class:`LatentBank`): the posterior of every frame through the frame VAE and of every 1-s audio
+window through the mel VAE; each step samples from the posteriors with its own generator, as SD training does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from avgen.diffusion import add_noise, training_target
+from avgen.systems.codec_twins import TwinTraining
+
+#: the noise-schedule settings a stage takes (DDPM betas; what the systems' DDIM schedulers were configured with)
+SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
+
+
+def alphas_cumprod(schedule: Mapping[str, Any]) -> torch.Tensor:
+    """ᾱ_t (float32 ``(num_train_timesteps,)``) of a DDPM noise schedule given as diffusers' scheduler settings
+    (``beta_start``, ``beta_end``, ``beta_schedule`` ``linear`` or ``scaled_linear``, ``num_train_timesteps``),
+    computed by diffusers' ``DDPMScheduler`` (the class the systems' DDIM schedulers share the formula with).
+
+    Raises:
+        ValueError: a setting outside :data:`SCHEDULE_KEYS` or a beta schedule diffusers does not know.
+    """
+    from diffusers import DDPMScheduler
+
+    unknown = set(schedule) - set(SCHEDULE_KEYS)
+    if unknown:
+        raise ValueError(f"noise_schedule takes {', '.join(SCHEDULE_KEYS)}; got {', '.join(sorted(unknown))}")
+    settings = {k: v for k, v in schedule.items() if k != "prediction_type"}
+    try:
+        return DDPMScheduler(**settings).alphas_cumprod.float()
+    except NotImplementedError as exc:
+        raise ValueError(f"noise_schedule.beta_schedule={schedule.get('beta_schedule')!r}: {exc}") from exc
+
+
+@dataclass
+class LatentBank:
+    """The training clips in the mini codecs' latent spaces, with their captions' text embeddings.
+
+    Attributes:
+        video_mean, video_std: float32 ``(N, F_store, C, h, w)``: the frame VAE posterior of every frame of every clip
+            (unscaled; axis 1 is time at the store's frame rate).
+        audio_mean, audio_std: float32 ``(N, K, C_a, T', M')``: the mel VAE posterior of the audio window of each
+            clip that starts at frame ``k`` (``k = 0 .. K-1``, ``K = F_store - clip_frames + 1``) and lasts
+            ``clip_frames`` frame periods (the training clip), its log-mel padded with silence to a multiple of 32
+            frames as :func:`avgen.backbones.audioldm.encode_audio_posterior` does.
+        clip_frames: frames per training clip (the systems' ``data.clip``: seconds × fps).
+        video_scaling, audio_scaling: the VAEs' ``scaling_factor`` (latents = sample × factor).
+        caption_index: int64 ``(N,)``: each clip's caption, a row of the text tables.
+        captions: the distinct captions, then ``""`` last (the classifier-free guidance's empty prompt).
+        text: per text encoder name (``clip``, ``clap``), its embedding of every caption: CLIP states ``(U + 1, L, D)``,
+            CLAP embeddings ``(U + 1, P)``; row ``U`` is the empty prompt's.
+    """
+
+    video_mean: torch.Tensor
+    video_std: torch.Tensor
+    audio_mean: torch.Tensor
+    audio_std: torch.Tensor
+    clip_frames: int
+    video_scaling: float
+    audio_scaling: float
+    caption_index: torch.Tensor
+    captions: list[str]
+    text: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.caption_index.shape[0])
+
+    @property
+    def starts(self) -> int:
+        """K: the number of clip start frames (windows) per stored clip."""
+        return int(self.audio_mean.shape[1])
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, bank, clip_frames: int, frames_vae, mel_vae, mel, text_encoders: Mapping[str, Callable],
+              chunk: int = 64) -> LatentBank:
+        """Encode a :class:`~avgen.data.clip_bank.ClipBank` (its frames and audio) with the codecs.
+
+        Args:
+            bank: the clips (frames uint8 ``(N, F_store, 3, H, W)``, audio float32 ``(N, S)``, captions).
+            clip_frames: frames per training clip; windows start on every frame that leaves room for one.
+            frames_vae, mel_vae: the mini codecs (``AutoencoderKL``), ``mel`` AudioLDM's mel front end.
+            text_encoders: name → function from a list of prompts to their embeddings (a float tensor per prompt).
+            chunk: frames or windows per VAE call.
+
+        Raises:
+            ValueError: the clips have fewer than ``clip_frames`` frames.
+        """
+        from avgen.backbones.audioldm import padded_frames
+
+        n, store_frames = bank.frames.shape[:2]
+        if clip_frames > store_frames:
+            raise ValueError(f"training clips of {clip_frames} frames asked from stored clips of {store_frames}")
+        frames = bank.frames.flatten(0, 1)
+        means, stds = [], []
+        for part in frames.split(chunk):
+            posterior = frames_vae.encode(part.float().div(127.5).sub(1.0)).latent_dist
+            means.append(posterior.mean)
+            stds.append(posterior.std)
+        video_mean = torch.cat(means).unflatten(0, (n, store_frames))
+        video_std = torch.cat(stds).unflatten(0, (n, store_frames))
+        fps_samples = bank.audio.shape[1] / store_frames  # samples per frame period
+        if abs(fps_samples - round(fps_samples)) > 1e-6:
+            raise ValueError(f"{bank.audio.shape[1]} audio samples are not a whole number per frame "
+                             f"({store_frames} frames)")
+        per_frame = int(round(fps_samples))
+        length = clip_frames * per_frame
+        starts = store_frames - clip_frames + 1
+        windows = torch.stack([bank.audio[:, k * per_frame:k * per_frame + length] for k in range(starts)], dim=1)
+        log_mel = mel(windows.flatten(0, 1))  # (N·K, T, M)
+        pad = padded_frames(log_mel.shape[1]) - log_mel.shape[1]
+        log_mel = F.pad(log_mel, (0, 0, 0, pad), value=mel.silence).unsqueeze(1)
+        means, stds = [], []
+        for part in log_mel.split(chunk):
+            posterior = mel_vae.encode(part).latent_dist
+            means.append(posterior.mean)
+            stds.append(posterior.std)
+        audio_mean = torch.cat(means).unflatten(0, (n, starts))
+        audio_std = torch.cat(stds).unflatten(0, (n, starts))
+        captions = sorted(set(bank.captions))
+        lookup = {c: i for i, c in enumerate(captions)}
+        captions.append("")
+        text = {name: encode(captions).float() for name, encode in text_encoders.items()}
+        return cls(video_mean=video_mean.float(), video_std=video_std.float(), audio_mean=audio_mean.float(),
+                   audio_std=audio_std.float(), clip_frames=int(clip_frames),
+                   video_scaling=float(frames_vae.config.scaling_factor),
+                   audio_scaling=float(mel_vae.config.scaling_factor),
+                   caption_index=torch.tensor([lookup[c] for c in bank.captions], dtype=torch.long),
+                   captions=captions, text=text)
+
+    def generator(self, seed: int, step: int) -> torch.Generator:
+        """The random generator of training step ``step`` under ``seed`` (as :meth:`ClipBank.generator`)."""
+        return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2 ** 63 - 1))
+
+    def _conditions(self, clips: torch.Tensor, encoder: str, drop_prob: float, generator: torch.Generator
+                    ) -> torch.Tensor:
+        """The text embeddings of ``clips``' captions (``encoder``'s table), each replaced by the empty prompt's with
+        probability ``drop_prob``."""
+        if encoder not in self.text:
+            raise KeyError(f"the latent bank has no {encoder!r} text embeddings (it has {', '.join(self.text)})")
+        rows = self.caption_index[clips]
+        dropped = torch.rand(len(clips), generator=generator) < drop_prob
+        rows = torch.where(dropped, torch.full_like(rows, len(self.captions) - 1), rows)
+        return self.text[encoder][rows]
+
+    def frames(self, n: int, generator: torch.Generator, encoder: str = "clip", drop_prob: float = 0.0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` single frames drawn over every clip and time: latents float32 ``(n, C, h, w)`` (a posterior sample
+        × the scaling factor) and the text embeddings of their clips' captions."""
+        count, per_clip = self.video_mean.shape[:2]
+        flat = torch.randint(count * per_clip, (n,), generator=generator)
+        mean, std = self.video_mean.flatten(0, 1)[flat], self.video_std.flatten(0, 1)[flat]
+        latents = (mean + std * torch.randn(mean.shape, generator=generator)) * self.video_scaling
+        return latents, self._conditions(flat // per_clip, encoder, drop_prob, generator)
+
+    def clips(self, n: int, generator: torch.Generator, encoder: str = "clip", drop_prob: float = 0.0
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` training clips (random clip, random start frame): video latents float32 ``(n, C, F, h, w)`` (axis 2 is
+        time, F = ``clip_frames``) and the text embeddings of their captions."""
+        clips = torch.randint(len(self), (n,), generator=generator)
+        starts = torch.randint(self.starts, (n,), generator=generator)
+        index = starts[:, None] + torch.arange(self.clip_frames)[None, :]
+        mean, std = self.video_mean[clips[:, None], index], self.video_std[clips[:, None], index]
+        latents = (mean + std * torch.randn(mean.shape, generator=generator)) * self.video_scaling
+        return latents.permute(0, 2, 1, 3, 4), self._conditions(clips, encoder, drop_prob, generator)
+
+    def audio(self, n: int, generator: torch.Generator, encoder: str = "clap", drop_prob: float = 0.0
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` training clips' audio: latents float32 ``(n, C_a, T', M')`` and their captions' text embeddings."""
+        clips = torch.randint(len(self), (n,), generator=generator)
+        starts = torch.randint(self.starts, (n,), generator=generator)
+        mean, std = self.audio_mean[clips, starts], self.audio_std[clips, starts]
+        latents = (mean + std * torch.randn(mean.shape, generator=generator)) * self.audio_scaling
+        return latents, self._conditions(clips, encoder, drop_prob, generator)
+
+
+class DenoiserTraining(TwinTraining):
+    """A text-conditioned latent diffusion U-Net trained with ε-prediction MSE (module docstring).
+
+    Args:
+        config: the U-Net's (or motion adapter's) constructor arguments, kept in checkpoints.
+        noise_schedule: the DDPM schedule (:data:`SCHEDULE_KEYS`): ``prediction_type`` ``epsilon``, ``v_prediction``
+            or ``sample`` sets the regression target (:func:`avgen.diffusion.training_target`).
+        cond_drop_prob: probability that a caption is replaced by the empty prompt.
+        text_encoder: which of the bank's text tables conditions the model (``clip`` or ``clap``).
+        **kwargs: :class:`~avgen.systems.codec_twins.TwinTraining`'s (steps, batch size, optimiser, seed).
+
+    Set :attr:`bank` (a :class:`LatentBank`) before ``fit``.
+    """
+
+    def __init__(self, config: Mapping[str, Any], *, noise_schedule: Mapping[str, Any], cond_drop_prob: float = 0.1,
+                 text_encoder: str = "clip", **kwargs: Any):
+        super().__init__(config, **kwargs)
+        self.noise_schedule = dict(noise_schedule)
+        if not 0.0 <= float(cond_drop_prob) <= 1.0:
+            raise ValueError(f"cond_drop_prob={cond_drop_prob}: expected a probability in [0, 1]")
+        self.cond_drop_prob, self.text_encoder = float(cond_drop_prob), str(text_encoder)
+        self.register_buffer("alphas_cumprod", alphas_cumprod(self.noise_schedule), persistent=False)
+        self.prediction_type = str(self.noise_schedule.get("prediction_type", "epsilon"))
+        training_target(self.prediction_type, torch.zeros(1), torch.zeros(1), self.alphas_cumprod,
+                        torch.zeros(1, dtype=torch.long))  # an unknown prediction type fails here, not at step 1
+
+    def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(clean latents x0, condition) of one step."""
+        raise NotImplementedError
+
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """The network's output for ``noisy`` latents at ``timesteps`` (B,) under ``condition``."""
+        raise NotImplementedError
+
+    def losses(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        x0, condition = self.batch(generator)
+        t = torch.randint(len(self.alphas_cumprod), (x0.shape[0],), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        x0, noise, t = x0.to(self.device), noise.to(self.device), t.to(self.device)
+        condition = condition.to(self.device)
+        noisy = add_noise(x0, noise, self.alphas_cumprod, t)
+        target = training_target(self.prediction_type, x0, noise, self.alphas_cumprod, t)
+        loss = F.mse_loss(self.predict(noisy, t, condition).float(), target)
+        return {"loss": loss}
+
+    @torch.no_grad()
+    def held_out_loss(self, bank: LatentBank, batches: int = 4, batch_size: int = 16, seed: int = 4321) -> float:
+        """The mean of the training loss over ``batches`` batches of ``bank`` (held-out clips) drawn with ``seed``,
+        without caption drops: the same draws for every model, so two models' values compare."""
+        saved_bank, saved_size, saved_drop = self.bank, self.batch_size, self.cond_drop_prob
+        self.bank, self.batch_size, self.cond_drop_prob = bank, batch_size, 0.0
+        try:
+            values = [float(self.losses(bank.generator(seed, i))["loss"]) for i in range(batches)]
+        finally:
+            self.bank, self.batch_size, self.cond_drop_prob = saved_bank, saved_size, saved_drop
+        return sum(values) / len(values)
+
+
+class ImageUNetTraining(DenoiserTraining):
+    """Stable Diffusion's objective on single frames: a ``UNet2DConditionModel`` (SD1.5's layout) on frame latents
+    ``(B, C, h, w)`` with cross-attention to the CLIP text states ``(B, L, D)``."""
+
+    component_class = "UNet2DConditionModel"
+
+    @staticmethod
+    def build(config: Mapping[str, Any]) -> torch.nn.Module:
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel(**config)
+
+    def batch(self, generator):
+        return self.bank.frames(self.batch_size, generator, self.text_encoder, self.cond_drop_prob)
+
+    def predict(self, noisy, timesteps, condition):
+        return self.model(noisy, timesteps, encoder_hidden_states=condition).sample
+
+
+class MotionModuleTraining(DenoiserTraining):
+    """AnimateDiff's motion-module training: a trained SD1.5-layout image U-Net (``unet``, frozen) joined with a
+    ``MotionAdapter(**config)`` into diffusers' ``UNetMotionModel``; only the motion modules train, on clip latents
+    ``(B, C, F, h, w)`` with the text states repeated per frame (what ``AnimateDiffPipeline`` gives the model).
+
+    The motion transformers' output projections start at zero (AnimateDiff's ``zero_initialize``): at step 0 the
+    model is the image U-Net applied to every frame. :meth:`component` is the trained ``MotionAdapter``.
+
+    Args:
+        unet: the image U-Net (the ``animatediff_image`` stage's); None builds a random one from ``unet_config``
+            (only to check the settings before that stage has trained).
+        unet_config: its constructor arguments, used when ``unet`` is None.
+    """
+
+    component_class = "MotionAdapter"
+
+    def __init__(self, config: Mapping[str, Any], *, unet=None, unet_config: Mapping[str, Any] | None = None,
+                 **kwargs: Any):
+        self._unet_source = (unet, dict(unet_config or {}))  # read by build(), before nn.Module's init
+        super().__init__(config, **kwargs)
+
+    def build(self, config: Mapping[str, Any]) -> torch.nn.Module:  # type: ignore[override]
+        from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+        from avgen.pretrained import quiet_loading
+
+        unet, unet_config = self._unet_source
+        unet = unet if unet is not None else UNet2DConditionModel(**unet_config)
+        adapter = MotionAdapter(**config)
+        for name, module in adapter.named_modules():
+            if name.endswith("proj_out") and isinstance(module, torch.nn.Linear):
+                torch.nn.init.zeros_(module.weight)
+                torch.nn.init.zeros_(module.bias)
+        with quiet_loading():
+            model = UNetMotionModel.from_unet2d(unet, adapter)
+        model.freeze_unet2d_params()
+        return model
+
+    def component(self) -> torch.nn.Module:
+        """The trained motion modules as a ``MotionAdapter`` of ``config`` (what AnimateDiff releases)."""
+        from diffusers import MotionAdapter
+
+        adapter = MotionAdapter(**self.config)
+        state = {k: v for k, v in self.model.state_dict().items() if "motion_modules" in k}
+        adapter.load_state_dict(state, strict=True)
+        return adapter.eval()
+
+    def batch(self, generator):
+        return self.bank.clips(self.batch_size, generator, self.text_encoder, self.cond_drop_prob)
+
+    def predict(self, noisy, timesteps, condition):
+        frames = noisy.shape[2]
+        return self.model(noisy, timesteps, encoder_hidden_states=condition.repeat_interleave(frames, 0)).sample
+
+
+class Video3DUNetTraining(DenoiserTraining):
+    """ModelScope T2V's objective: a ``UNet3DConditionModel`` (zeroscope's layout) trained whole on clip latents
+    ``(B, C, F, h, w)`` with cross-attention to the CLIP text states."""
+
+    component_class = "UNet3DConditionModel"
+
+    @staticmethod
+    def build(config: Mapping[str, Any]) -> torch.nn.Module:
+        from diffusers import UNet3DConditionModel
+
+        return UNet3DConditionModel(**config)
+
+    def batch(self, generator):
+        return self.bank.clips(self.batch_size, generator, self.text_encoder, self.cond_drop_prob)
+
+    def predict(self, noisy, timesteps, condition):
+        return self.model(noisy, timesteps, encoder_hidden_states=condition).sample
+
+
+class AudioUNetTraining(DenoiserTraining):
+    """AudioLDM's U-Net (a ``UNet2DConditionModel`` with a projected class embedding, self-attention only) on mel-VAE
+    latents ``(B, C, T', M')``, the L2-normalised CLAP text embedding ``(B, P)`` as ``class_labels``."""
+
+    component_class = "UNet2DConditionModel"
+
+    def __init__(self, config: Mapping[str, Any], *, text_encoder: str = "clap", **kwargs: Any):
+        super().__init__(config, text_encoder=text_encoder, **kwargs)
+
+    @staticmethod
+    def build(config: Mapping[str, Any]) -> torch.nn.Module:
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel(**config)
+
+    def batch(self, generator):
+        return self.bank.audio(self.batch_size, generator, self.text_encoder, self.cond_drop_prob)
+
+    def predict(self, noisy, timesteps, condition):
+        return self.model(noisy, timesteps, encoder_hidden_states=None, class_labels=condition).sample
+
+
+TRAINERS = {"audioldm_unet": AudioUNetTraining, "animatediff_image": ImageUNetTraining,
+            "animatediff_motion": MotionModuleTraining, "zeroscope_unet": Video3DUNetTraining}
