@@ -733,8 +733,9 @@ def fit_on_cache_command(cfg: DictConfig, name: str) -> str:
 
 
 def pretrain_twins(cfg: DictConfig) -> Path:
-    """``python -m avgen pretrain-twins part=codecs|generators``: train the mini twins (:func:`avgen.pretraining.run_recipe`),
-    each stage with the command line's trainer (checkpoints, Ctrl-C saves, SLURM requeue); returns the twins folder.
+    """``python -m avgen pretrain-twins part=codecs|generators``: train the mini twins
+    (:func:`avgen.pretraining.run_recipe`), each stage with the command line's trainer (checkpoints, Ctrl-C saves,
+    SLURM requeue); returns the twins folder.
 
     Raises:
         ConfigError: no ``part=`` chosen (and the recipe's own errors).

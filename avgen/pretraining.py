@@ -545,6 +545,9 @@ def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str 
     if settings.get("part") not in PARTS:
         raise ConfigError(f"pretrain_twins.part={settings.get('part')!r}: this avgen trains part "
                           f"{' or '.join(PARTS)} (choose it with part=<name>, which sets this key)")
+    if settings.get(settings.part) is None:
+        raise ConfigError(f"pretrain_twins.part={settings.part}: the config has no pretrain_twins.{settings.part} "
+                          f"settings; choose the part with part={settings.part} (not pretrain_twins.part=)")
     if isinstance(settings.stages, str) or not isinstance(settings.stages, Sequence):
         raise ConfigError(f"pretrain_twins.stages={settings.stages}: expected a list, e.g. "
                           f"pretrain_twins.stages=[vocoder]")
@@ -789,12 +792,12 @@ def run_generators(cfg: DictConfig, stages: list[str], train, held_out, codecs: 
         models[stage] = train_stage(cfg, stage, bank, fit, **extra)
     models = finished_models(cfg, models)
     held = LatentBank.build(held_out, clip_frames, codecs["frames_vae"], codecs["mel_vae"], mel, encoders)
-    metrics, strip = evaluate_generators(cfg, models, held, held_out, codecs)
+    metrics, strip = evaluate_generators(cfg, models, held, held_out, codecs, train)
     return models, metrics, strip, {"codecs": {"tag": codecs["tag"], "dir": str(codecs["dir"])}}
 
 
 @torch.no_grad()
-def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], held, clips, codecs
+def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], held, clips, codecs, train=None
                         ) -> tuple[dict[str, Any], np.ndarray | None]:
     """The generators' measurements on held-out clips (``held``: their :class:`LatentBank`, ``clips``: the clips):
 
@@ -803,7 +806,11 @@ def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], 
       for ``animatediff_motion`` that is the trained image U-Net applied per frame), and their ratio;
     * video generators: ``pretrain_twins.evaluate.samples`` clips sampled (DDIM, the system's scheduler, the
       ``guidance.video`` scale) from the first held-out clips' captions, decoded by the frame VAE: ``frame_change``
-      (mean absolute difference of consecutive frames, in [0, 1] pixel units) against the real clips';
+      (mean absolute difference of consecutive frames, in [0, 1] pixel units) against the real clips', and
+      ``prompt_agreement``: how often a frame classifier trained on the real ``train`` clips
+      (:func:`avgen.metrics.frame_classifier.train_frame_classifier`, ``pretrain_twins.evaluate.classifier_steps``)
+      sees the colour and the shape the caption names, with a binomial test against chance; ``real`` holds the same
+      for the held-out clips themselves (the classifier's ceiling);
     * ``audioldm_unet``: the same for audio, decoded by the mel VAE and the vocoder: the fraction of clips with an
       impact onset (:func:`avgen.metrics.codec.clip_onsets`), the mean number of onsets per clip against the real
       clips' number of events (the caption states it), their mean absolute difference and the peak level.
@@ -827,6 +834,14 @@ def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], 
         return float(frames.float().div(255).diff(dim=1).abs().mean())
 
     out["real"] = {"frame_change": frame_change(real)}
+    captions = [clips.captions[i] for i in range(n)]
+    classifier = None
+    if train is not None and any(GENERATOR_TWINS[s][2] == "video" for s in models):
+        from avgen.metrics.frame_classifier import prompt_agreement, train_frame_classifier
+
+        classifier = train_frame_classifier(train.frames, train.captions, steps=int(settings.classifier_steps),
+                                            seed=int(cfg.pretrain_twins.seed))
+        out["real"]["prompt_agreement"] = prompt_agreement(classifier, real, captions)
     for stage, component in models.items():
         extra = {"unet": models["animatediff_image"]} if stage == "animatediff_motion" else {}
         if stage == "animatediff_motion" and "animatediff_image" not in models:
@@ -848,6 +863,8 @@ def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], 
             video = decode_video(SimpleNamespace(vae=codecs["frames_vae"]), latents)  # (n, F, 3, H, W) in [-1, 1]
             frames = ((video + 1) * 127.5).round().to(torch.uint8)
             entry["frame_change"] = frame_change(frames)
+            if classifier is not None:
+                entry["prompt_agreement"] = prompt_agreement(classifier, frames, captions)
             rows.append((stage, frames))
         elif kind == "audio":
             shape = tuple(held.audio_mean.shape[2:])

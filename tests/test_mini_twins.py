@@ -95,9 +95,9 @@ def test_clip_bank_batches_are_a_function_of_seed_and_step():
 
 
 def test_learning_rate_schedule():
-    from avgen.systems.codec_twins import CodecTraining
+    from avgen.systems.codec_twins import TwinTraining
 
-    class Dummy(CodecTraining):
+    class Dummy(TwinTraining):
         @staticmethod
         def build(config):
             return torch.nn.Linear(1, 1)
@@ -241,7 +241,8 @@ def test_recipe_refuses_bad_settings(tmp_path, capsys):
                                ("pretrain_twins.evaluate.clips=0", "at least 1 clip"),
                                ("pretrain_twins.evaluate.split=nope", "pretrain_twins.evaluate.split=nope"),
                                ("pretrain_twins.stages=vocoder", "expected a list"),
-                               ("pretrain_twins.part=generators", "this avgen trains part codecs"),
+                               ("pretrain_twins.part=generators", "choose the part with part=generators"),
+                               ("pretrain_twins.part=motion", "this avgen trains part codecs or generators"),
                                (f"pretrain_twins.publish_dir={tmp_path / 'a_file'}", "is a file")):
         with pytest.raises(SystemExit):
             # the frames VAE would train first: every setting is checked before any stage trains

@@ -580,3 +580,19 @@ def generate_clip(seed: int, geometry: ClipGeometry, *, min_events: int = 1, max
                      "width": int(W), "sample_rate": int(sr)},
     }
     return SyntheticClip(frames=frames, audio=audio.astype(np.float32), meta=meta)
+
+
+def caption_attributes(caption: str) -> dict[str, str]:
+    """The object's ``colour`` (a key of :data:`COLOURS`) and ``shape`` (one of :data:`SHAPES`) stated by a caption
+    :func:`generate_clip` wrote ("a red cube dropping onto …", "three red cubes dropping onto …").
+
+    Raises:
+        ValueError: the caption names no known colour or shape (not a synthetic_hits caption).
+    """
+    words = caption.lower().replace(",", " ").split()
+    colour = next((w for w in words if w in COLOURS), None)
+    shape = next((w.removesuffix("s") for w in words if w.removesuffix("s") in SHAPES), None)
+    if colour is None or shape is None:
+        raise ValueError(f"caption {caption!r} names no synthetic_hits colour ({', '.join(COLOURS)}) and shape "
+                         f"({', '.join(SHAPES)})")
+    return {"colour": colour, "shape": shape}

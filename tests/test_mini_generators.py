@@ -1,0 +1,335 @@
+"""The mini twins' base generators (issue 23): the latent bank is the systems' own encoding, the objectives,
+AnimateDiff's zero-initialised motion modules, the recipe (``pretrain-twins part=generators``: resumable to the bit,
+a manifest that pins the codecs, publishing, ``mini:`` sources built from both parts) and the frame classifier that
+measures them."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.conftest import compose
+from tests.test_mini_twins import SMALL as CODEC_SMALL
+from tests.test_mini_twins import bank_of_seeds, weights
+
+STAGES = ("audioldm_unet", "animatediff_image", "animatediff_motion", "zeroscope_unet")
+
+
+def generators_cfg(tmp_path: Path, *extra: str):
+    return compose(["command=pretrain-twins", "part=generators", *extra], tmp_path, run_dir=tmp_path / "run")
+
+
+# ----------------------------------------------------------------------------------- the stages' settings
+def test_noise_schedules_and_layouts_are_the_systems(tmp_path):
+    """Each stage trains with the noise schedule its system samples with and the tiny twin's U-Net layout."""
+    from omegaconf import OmegaConf
+
+    from avgen.backbones import tiny
+    from avgen.pretraining import GENERATOR_TWINS, stage_scheduler
+    from avgen.systems.generator_twins import alphas_cumprod
+
+    cfg = generators_cfg(tmp_path)
+    for stage in STAGES:
+        spec = OmegaConf.to_container(cfg.pretrain_twins.generators[stage], resolve=True)
+        scheduler = stage_scheduler(cfg, stage)
+        for key, value in spec["noise_schedule"].items():
+            assert scheduler.config[key] == value, (stage, key)
+        assert torch.equal(alphas_cumprod(spec["noise_schedule"]), scheduler.alphas_cumprod.float())
+        twin = tiny.materialize(GENERATOR_TWINS[stage][0], Path(cfg.paths.data_dir) / "tiny_backbones")
+        sub = "motion_adapter" if stage == "animatediff_motion" else "unet"
+        stored = json.loads((twin / sub / "config.json").read_text())
+        for key, value in spec["model"].items():
+            assert stored[key] == value, (stage, key)
+    with pytest.raises(ValueError, match="noise_schedule takes"):
+        alphas_cumprod({"beta_start": 0.1, "variance_type": "fixed_small"})
+    with pytest.raises(ValueError, match="beta_schedule='cosine'"):
+        alphas_cumprod({"beta_schedule": "cosine"})
+
+
+def test_zeroscope_and_animatediff_twins_share_the_text_tower(tmp_path):
+    """The recipe encodes every video caption once, with the AnimateDiff twin's CLIP text tower: zeroscope's is
+    equal."""
+    from safetensors.torch import load_file
+
+    from avgen.backbones import tiny
+
+    a = load_file(next((tiny.materialize("animatediff", tmp_path) / "text_encoder").glob("*.safetensors")))
+    z = load_file(next((tiny.materialize("zeroscope", tmp_path) / "text_encoder").glob("*.safetensors")))
+    assert a.keys() == z.keys() and all(torch.equal(a[k], z[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------------- the latent bank
+def small_vaes():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    frames = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
+                           down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                           norm_num_groups=4, scaling_factor=0.5).eval()
+    mel = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=8, block_out_channels=(8, 8, 8),
+                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                        norm_num_groups=4, scaling_factor=2.0).eval()
+    return frames, mel
+
+
+def fake_text(prompts):
+    """A deterministic embedding per prompt (its bytes' sum seeds it): (B, 3, 4)."""
+    return torch.stack([torch.randn(3, 4, generator=torch.Generator().manual_seed(sum(p.encode()))) for p in prompts])
+
+
+@pytest.fixture(scope="module")
+def latent_bank():
+    from avgen.backbones.audioldm import AudioLDMMel
+    from avgen.systems.generator_twins import LatentBank
+
+    clips = bank_of_seeds(range(2000, 2003))
+    frames_vae, mel_vae = small_vaes()
+    mel = AudioLDMMel()
+    return clips, frames_vae, mel_vae, mel, LatentBank.build(clips, 8, frames_vae, mel_vae, mel, {"clip": fake_text})
+
+
+def test_latent_bank_is_the_systems_encoding(latent_bank):
+    """Frames and 1-s audio windows are encoded exactly as the joint system encodes a clip (per-frame posteriors,
+    the window's log-mel padded with silence to 128 frames)."""
+    from avgen.backbones.animatediff import encode_video_posterior
+    from avgen.backbones.audioldm import encode_audio_posterior
+
+    clips, frames_vae, mel_vae, mel, bank = latent_bank
+    assert bank.video_mean.shape == (3, 16, 4, 16, 16) and bank.starts == 9
+    assert bank.audio_mean.shape == (3, 9, 8, 32, 16)  # 100 mel frames padded to 128, 4x down; 64 bins -> 16
+    video = clips.frames[1:2, 5:13].float().div(127.5).sub(1.0)
+    mean, std = encode_video_posterior(SimpleNamespace(vae=frames_vae), video)
+    assert torch.allclose(bank.video_mean[1, 5:13], mean[0].permute(1, 0, 2, 3), atol=1e-5)
+    assert torch.allclose(bank.video_std[1, 5:13], std[0].permute(1, 0, 2, 3), atol=1e-5)
+    window = clips.audio[2:3, 5 * 2000:5 * 2000 + 16000]  # frame 5 at 8 fps = 10,000 samples at 16 kHz
+    mean, std = encode_audio_posterior(SimpleNamespace(vae=mel_vae, mel=mel), window)
+    assert torch.allclose(bank.audio_mean[2, 5], mean[0], atol=1e-5)
+    assert torch.allclose(bank.audio_std[2, 5], std[0], atol=1e-5)
+    assert bank.captions[-1] == "" and len(bank.captions) == len(set(clips.captions)) + 1
+    assert torch.equal(bank.text["clip"][-1], fake_text([""])[0])
+
+
+def test_batches_are_step_seeded_and_captions_drop(latent_bank):
+    clips, _, _, _, bank = latent_bank
+    a = bank.clips(4, bank.generator(0, 5), drop_prob=0.0)
+    b = bank.clips(4, bank.generator(0, 5), drop_prob=0.0)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], bank.clips(4, bank.generator(0, 6))[0])
+    assert a[0].shape == (4, 4, 8, 16, 16)  # (B, C, F, h, w): axis 2 is time
+    captions = {bank.captions.index(c) for c in clips.captions}
+    kept = {int(i) for i in (fake_text(bank.captions[:-1]) == a[1][:, None]).flatten(2).all(-1).nonzero()[:, 1]}
+    assert kept <= captions and kept
+    dropped = bank.frames(6, bank.generator(1, 0), drop_prob=1.0)[1]
+    assert torch.equal(dropped, bank.text["clip"][-1].expand_as(dropped))
+    assert bank.frames(6, bank.generator(1, 0))[0].shape == (6, 4, 16, 16)
+    with pytest.raises(KeyError, match="no 'clap' text"):
+        bank.audio(2, bank.generator(0, 0))
+
+
+# ----------------------------------------------------------------------------------- the objectives
+def small_unet(**extra):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(in_channels=4, out_channels=4, block_out_channels=(8, 8, 16, 16),
+                                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, layers_per_block=1,
+                                attention_head_dim=2, cross_attention_dim=4, norm_num_groups=4, **extra)
+
+
+MOTION = {"block_out_channels": [8, 8, 16, 16], "motion_layers_per_block": 1, "motion_num_attention_heads": 2,
+          "motion_norm_num_groups": 4, "motion_max_seq_length": 32, "use_motion_mid_block": True}
+SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "linear",
+            "prediction_type": "epsilon"}
+
+
+def test_motion_modules_start_as_the_image_model_and_export_as_an_adapter():
+    """AnimateDiff's zero-initialised motion modules: at step 0 the video model is the image U-Net on every frame;
+    the trained modules come out as a MotionAdapter that rebuilds the same model."""
+    from diffusers import UNetMotionModel
+
+    from avgen.systems.generator_twins import MotionModuleTraining
+
+    unet = small_unet().eval()
+    module = MotionModuleTraining(MOTION, unet=unet, noise_schedule=SCHEDULE, steps=10, batch_size=2, lr=1e-3).eval()
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    assert trainable and all("motion_modules" in n for n in trainable)
+    x = torch.randn(2, 4, 8, 8, 8)
+    text = torch.randn(2, 3, 4)
+    t = torch.tensor([10, 500])
+    with torch.no_grad():
+        video = module.predict(x, t, text)
+        per_frame = torch.stack([unet(x[:, :, f], t, encoder_hidden_states=text).sample for f in range(8)], dim=2)
+    assert torch.allclose(video, per_frame, atol=1e-5)
+    with torch.no_grad():
+        for name, p in module.model.named_parameters():
+            if "motion_modules" in name:
+                p.add_(0.05 * torch.randn_like(p))
+        changed = module.predict(x, t, text)
+        assert not torch.allclose(changed, per_frame, atol=1e-3)
+        rebuilt = UNetMotionModel.from_unet2d(unet, module.component()).eval()
+        again = rebuilt(x, t, encoder_hidden_states=text.repeat_interleave(8, 0)).sample
+    assert torch.allclose(again, changed, atol=1e-5)
+
+
+def test_denoising_loss_is_epsilon_mse_and_step_seeded(latent_bank):
+    from avgen.diffusion import add_noise
+    from avgen.systems.generator_twins import ImageUNetTraining
+
+    _, _, _, _, bank = latent_bank
+    module = ImageUNetTraining(dict(small_unet().config), noise_schedule=SCHEDULE, steps=10, batch_size=3, lr=1e-3,
+                               cond_drop_prob=0.0)
+    module.bank = bank
+    loss = module.losses(bank.generator(0, 3))["loss"]
+    g = bank.generator(0, 3)  # the same draws by hand: batch, then timesteps, then noise
+    x0, text = bank.frames(3, g, "clip", 0.0)
+    t = torch.randint(1000, (3,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    expected = torch.nn.functional.mse_loss(module.predict(add_noise(x0, noise, module.alphas_cumprod, t), t, text),
+                                            noise)
+    assert torch.allclose(loss, expected)
+    assert module.held_out_loss(bank, batches=2, batch_size=2) == module.held_out_loss(bank, batches=2, batch_size=2)
+    with pytest.raises(ValueError, match="cond_drop_prob"):
+        ImageUNetTraining(dict(small_unet().config), noise_schedule=SCHEDULE, steps=1, batch_size=1, lr=1,
+                          cond_drop_prob=1.5)
+
+
+# ----------------------------------------------------------------------------------- the recipe
+G = "pretrain_twins.generators"
+SMALL = [
+    *[o for o in CODEC_SMALL if o.startswith(("data.", "callbacks."))],
+    f"{G}.audioldm_unet.model.block_out_channels=[8,8,16,16]",
+    f"{G}.audioldm_unet.model.cross_attention_dim=[8,8,16,16]",
+    f"{G}.audioldm_unet.model.norm_num_groups=4",
+    f"{G}.animatediff_image.model.block_out_channels=[8,8,16,16]",
+    f"{G}.animatediff_image.model.norm_num_groups=4",
+    f"{G}.animatediff_motion.model.block_out_channels=[8,8,16,16]",
+    f"{G}.animatediff_motion.model.motion_norm_num_groups=4",
+    f"{G}.zeroscope_unet.model.block_out_channels=[8,8,16,16]",
+    f"{G}.zeroscope_unet.model.norm_num_groups=4",
+    *[f"{G}.{s}.batch_size=2" for s in STAGES],
+    *[f"{G}.{s}.warmup_steps=2" for s in STAGES],
+    "pretrain_twins.checkpoint_every=2",
+    "pretrain_twins.evaluate.clips=2",
+    "pretrain_twins.evaluate.samples=2",
+    "pretrain_twins.evaluate.sampling_steps=2",
+    "pretrain_twins.evaluate.strip_clips=1",
+    "pretrain_twins.evaluate.classifier_steps=2",
+]
+
+
+def recipe(tmp_path: Path, run: str, *extra: str) -> Path:
+    from avgen.commands import run_command
+
+    cfg = compose(["command=pretrain-twins", "part=generators", *SMALL, *extra], tmp_path, run_dir=tmp_path / run)
+    return run_command(cfg)
+
+
+@pytest.mark.slow
+def test_recipe_resumes_to_the_bit_pins_its_codecs_and_publishes(tmp_path, one_thread, capsys, monkeypatch):
+    from avgen.backbones import mini
+    from avgen.pretrained import sha256_file
+
+    steps = [f"{G}.{s}.steps=4" for s in STAGES]
+    straight = recipe(tmp_path, "straight", *steps)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):
+            recipe(tmp_path, "resumed", *steps,
+                   "+callbacks.ctrl_c={_target_: tests.helpers.KeyboardInterruptAt, step: 3}")
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    capsys.readouterr()
+    resumed = recipe(tmp_path, "resumed", *steps)
+    assert "audioldm_unet: resuming from" in capsys.readouterr().out
+    a, b = weights(straight), weights(resumed)
+    assert set(a) == set(b) and {k.split("/")[0] for k in a} == set(STAGES)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+    manifest = json.loads((resumed / "manifest.json").read_text())
+    assert manifest["part"] == "generators"
+    assert manifest["codecs"]["tag"] == mini.version_tag(mini.WEIGHTS_DIR)
+    assert manifest["components"]["animatediff_motion"]["class"] == "MotionAdapter"
+    assert manifest["components"]["zeroscope_unet"]["class"] == "UNet3DConditionModel"
+    for name in STAGES:
+        entry = manifest["components"][name]
+        assert entry["steps"] == 4
+        assert all(sha256_file(resumed / name / f) == d for f, d in entry["files"].items())
+        assert manifest["metrics"][name]["initial_held_out_loss"] > 0
+    assert 0 <= manifest["metrics"]["audioldm_unet"]["clips_with_onsets"] <= 1
+    assert manifest["metrics"]["zeroscope_unet"]["frame_change"] >= 0
+    agreement = manifest["metrics"]["animatediff_motion"]["prompt_agreement"]
+    assert agreement["colour"]["clips"] == 2 and 0 <= agreement["colour"]["p_value"] <= 1
+    assert set(manifest["metrics"]["real"]["prompt_agreement"]) == {"colour", "shape"}
+    assert (resumed / "samples_strip.png").stat().st_size > 0
+
+    # published, the mini twins take their U-Nets from it, and refuse generators of other codecs
+    target = tmp_path / "generators"
+    recipe(tmp_path, "resumed", *steps, f"pretrain_twins.publish_dir={target}")
+    assert "AVGEN_MINI_GENERATORS=" in capsys.readouterr().out
+    monkeypatch.setitem(mini.MINI_TWINS, "zeroscope", ("zeroscope", {"vae": ("codecs", "frames_vae"),
+                                                                     "unet": ("generators", "zeroscope_unet")}))
+    twin = mini.materialize("zeroscope", tmp_path / "twins", generators_dir=target)
+    for file in (target / "zeroscope_unet").iterdir():
+        assert (twin / "unet" / file.name).read_bytes() == file.read_bytes()
+    assert twin.name.endswith(mini.twin_tag("zeroscope", {"generators": target}))
+    data = json.loads((target / "manifest.json").read_text())
+    data["codecs"]["tag"] = "0" * 12
+    (target / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(mini.MiniWeightsError, match="trained on the codecs 000000000000"):
+        mini.materialize("zeroscope", tmp_path / "twins2", generators_dir=target)
+
+
+def test_motion_stage_needs_the_image_stage(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        recipe(tmp_path, "run", "pretrain_twins.stages=[animatediff_motion]")
+    err = capsys.readouterr().err
+    assert "add animatediff_image before it" in err
+    assert not (tmp_path / "run" / "animatediff_motion").exists()
+
+
+# ----------------------------------------------------------------------------------- the frame classifier
+def test_caption_attributes():
+    from avgen.data.synthetic import caption_attributes
+
+    assert caption_attributes("a red cube dropping onto a wooden floor") == {"colour": "red", "shape": "cube"}
+    assert caption_attributes("three blue rings dropping onto a metal floor one after another") == \
+        {"colour": "blue", "shape": "ring"}
+    with pytest.raises(ValueError, match="names no synthetic_hits colour"):
+        caption_attributes("a dog barking")
+
+
+def test_prompt_agreement_exact_counts_and_binomial_p():
+    from scipy.stats import binomtest
+
+    from avgen.metrics.frame_classifier import ATTRIBUTES, prompt_agreement
+
+    class Fixed(torch.nn.Module):  # says "red ball" for every frame
+        def forward(self, frames):
+            n = frames.shape[0]
+            return {name: torch.nn.functional.one_hot(torch.zeros(n, dtype=torch.long), len(c)).float() * 5
+                    for name, c in ATTRIBUTES.items()}
+
+    captions = ["a red ball dropping onto a wooden floor"] * 3 + ["a blue cube dropping onto a wooden floor"]
+    frames = torch.zeros(4, 2, 3, 8, 8, dtype=torch.uint8)
+    out = prompt_agreement(Fixed(), frames, captions)
+    assert out["colour"]["correct"] == 3 and out["colour"]["accuracy"] == 0.75
+    assert out["colour"]["chance"] == 1 / 8
+    assert out["colour"]["p_value"] == pytest.approx(binomtest(3, 4, 1 / 8, alternative="greater").pvalue)
+    assert out["shape"]["chance"] == 1 / 3
+
+
+@pytest.mark.slow
+def test_frame_classifier_recognises_real_clips_it_never_saw(one_thread):
+    from avgen.metrics.frame_classifier import prompt_agreement, train_frame_classifier
+
+    train = bank_of_seeds(range(3000, 3048))
+    test = bank_of_seeds(range(4000, 4016))
+    classifier = train_frame_classifier(train.frames, train.captions, steps=300)
+    out = prompt_agreement(classifier, test.frames, test.captions)
+    assert out["colour"]["accuracy"] >= 0.8 and out["colour"]["p_value"] < 1e-6
