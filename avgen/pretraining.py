@@ -1,6 +1,6 @@
-"""``python -m avgen pretrain-twins part=codecs``: train the mini twins' codecs on the synthetic data.
+"""``python -m avgen pretrain-twins part=codecs|generators``: train the mini twins on the synthetic data.
 
-The recipe (``configs/part/codecs.yaml``):
+Part 1, the codecs (``configs/part/codecs.yaml``):
 
 1. Prepare (if needed) and read the ``train`` split of ``synthetic_hits`` at ``scale=mini``'s store geometry into
    memory (:class:`~avgen.data.clip_bank.ClipBank`: 512 clips of 2 s, 32×32 at 8 fps, 16 kHz mono).
@@ -18,6 +18,16 @@ The recipe (``configs/part/codecs.yaml``):
    parameter counts, steps, measured quality, library versions), ``metrics.json`` and ``frames_strip.png``;
    with ``pretrain_twins.publish_dir`` (``avgen/backbones/mini_weights``) also there, which ``scale=mini`` loads
    (:mod:`avgen.backbones.mini`).
+
+Part 2, the base generators (``configs/part/generators.yaml``, :mod:`avgen.systems.generator_twins`), the same
+steps around other stages: the committed codecs (or ``pretrain_twins.codecs_dir``) encode every training clip once
+(:class:`~avgen.systems.generator_twins.LatentBank`), the tiny twins' frozen random text towers encode the
+captions, then ``audioldm_unet``, ``animatediff_image``, ``animatediff_motion`` (over the trained image U-Net)
+and ``zeroscope_unet`` train; :func:`evaluate_generators` measures them on held-out clips (held-out denoising loss
+against the initial weights, sampled clips' frame change, prompted colour and shape seen by a frame classifier,
+audio onsets); ``<run>/twins/`` holds the U-Nets and the motion adapter, ``samples_strip.png`` and a manifest that
+records the codecs' tag (``scale=mini`` refuses generators of other codecs); ``pretrain_twins.publish_dir``
+(``avgen/backbones/mini_generators``) installs them.
 """
 
 from __future__ import annotations
