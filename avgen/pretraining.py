@@ -227,11 +227,12 @@ def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, An
                   f"parameters)")
         began = time.monotonic()
         first = newest[1] if newest else 0
+        source = recipe_commit()  # the code this session trains with (HEAD may move while it runs)
         try:
             fit(scfg, module, str(newest[0]) if newest else None)
         finally:
             reached = newest_checkpoint(ckpt_dir)
-            _record_session(folder, {**recipe_commit(), "from_step": first,
+            _record_session(folder, {**source, "from_step": first,
                                      "to_step": reached[1] if reached else first,
                                      "seconds": round(time.monotonic() - began, 1), "threads": torch.get_num_threads()})
     model = module.component().eval()

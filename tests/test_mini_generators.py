@@ -333,3 +333,50 @@ def test_frame_classifier_recognises_real_clips_it_never_saw(one_thread):
     classifier = train_frame_classifier(train.frames, train.captions, steps=300)
     out = prompt_agreement(classifier, test.frames, test.captions)
     assert out["colour"]["accuracy"] >= 0.8 and out["colour"]["p_value"] < 1e-6
+
+
+# ----------------------------------------------------------------------------------- the committed generators
+def test_committed_generators_match_their_manifest_and_codecs():
+    from avgen.backbones import mini
+
+    manifest = mini.read_manifest(mini.GENERATORS_DIR)
+    assert manifest["part"] == "generators"
+    assert manifest["codecs"]["tag"] == mini.version_tag(mini.WEIGHTS_DIR)
+    for name in STAGES:
+        mini.verify_component(name, mini.GENERATORS_DIR, manifest)
+    used = {component for _, parts in mini.MINI_TWINS.values() for part, component in parts.values()
+            if part == "generators"}
+    assert used == set(STAGES)
+    assert manifest["recipe"]["command"].startswith("python -m avgen pretrain-twins part=generators")
+
+
+# held-out loss / initial held-out loss of the committed generators on 12 clips never trained on (the recipe's test
+# split: see the manifest); a generator that did not learn stays near 1
+LOSS_RATIO_CEILING = {"audioldm_unet": 0.5, "animatediff_image": 0.6, "animatediff_motion": 0.95,
+                      "zeroscope_unet": 0.6}
+
+
+def test_committed_generators_denoise_clips_they_never_saw(tmp_path, one_thread):
+    from avgen.backbones import mini
+    from avgen.backbones.audioldm import AudioLDMMel
+    from avgen.pretraining import finished_stage, load_codecs, text_encoders, trained_module  # noqa: F401
+    from avgen.systems.generator_twins import LatentBank
+    from tests.test_mini_twins import HELD_OUT_SEEDS
+
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNet3DConditionModel
+
+    cfg = generators_cfg(tmp_path)
+    codecs = load_codecs(cfg)
+    clips = bank_of_seeds(HELD_OUT_SEEDS)
+    bank = LatentBank.build(clips, 8, codecs["frames_vae"], codecs["mel_vae"], AudioLDMMel(), text_encoders(cfg))
+    classes = {"audioldm_unet": UNet2DConditionModel, "animatediff_image": UNet2DConditionModel,
+               "animatediff_motion": MotionAdapter, "zeroscope_unet": UNet3DConditionModel}
+    components = {s: classes[s].from_pretrained(mini.GENERATORS_DIR / s).eval() for s in STAGES}
+    ratios = {}
+    for stage in STAGES:
+        extra = {"unet": components["animatediff_image"]} if stage == "animatediff_motion" else {}
+        trained = trained_module(cfg, stage, components[stage], **extra)
+        initial = trained_module(cfg, stage, None, **extra)
+        ratios[stage] = trained.held_out_loss(bank, batches=2, batch_size=12) / \
+            initial.held_out_loss(bank, batches=2, batch_size=12)
+    assert all(ratios[s] < LOSS_RATIO_CEILING[s] for s in STAGES), ratios

@@ -1,17 +1,23 @@
 """The mini twins: the tiny twins' layouts with the parts avgen has trained on the synthetic data (``scale=mini``).
 
-``scale=tiny`` builds every backbone with random weights: its frame VAE decodes colour noise and its vocoder
-near-silence. ``scale=mini`` keeps the tiny twins' folders (classes, block layout, tokenizers, schedulers) and
-swaps in the parts trained by ``python -m avgen pretrain-twins`` (:mod:`avgen.pretraining`), whose weights are
-committed under ``avgen/backbones/mini_weights/`` with a ``manifest.json`` (recipe commit, config, data seed,
-SHA-256 of every file, measured quality). Part 1 (the codecs): ``frames_vae`` (an ``AutoencoderKL``, RGB 32×32 →
-4×8×8 latents), ``mel_vae`` (an ``AutoencoderKL``, log-mel (T, 64) → 8×T/4×16) and ``vocoder`` (a
-``SpeechT5HifiGan``, 64 mel bins at hop 160 → 16 kHz).
+``scale=tiny`` builds every backbone with random weights: its frame VAE decodes colour noise, its vocoder
+near-silence and its U-Nets noise. ``scale=mini`` keeps the tiny twins' folders (classes, block layout,
+tokenizers, schedulers, text towers) and swaps in the parts trained by ``python -m avgen pretrain-twins``
+(:mod:`avgen.pretraining`), committed in one folder per part, each with a ``manifest.json`` (recipe commit,
+config, data seed, SHA-256 of every file, measured quality):
+
+* part 1, the codecs (``avgen/backbones/mini_weights/``): ``frames_vae`` (an ``AutoencoderKL``, RGB 32×32 →
+  4×8×8 latents), ``mel_vae`` (an ``AutoencoderKL``, log-mel (T, 64) → 8×T/4×16) and ``vocoder`` (a
+  ``SpeechT5HifiGan``, 64 mel bins at hop 160 → 16 kHz);
+* part 2, the base generators (``avgen/backbones/mini_generators/``), trained in those codecs' latent spaces (the
+  manifest records the codecs' tag, and a mismatch is refused): ``audioldm_unet``, ``animatediff_image`` (SD1.5's
+  U-Net layout), ``animatediff_motion`` (a ``MotionAdapter``) and ``zeroscope_unet`` (a ``UNet3DConditionModel``).
 
 A source ``mini:<name>`` (:data:`MINI_TWINS`) resolves like ``tiny:<name>``: :func:`materialize` writes the tiny
 twin, replaces the subfolders the mini twin trains with copies of the committed weights (each file checked
-against the manifest's SHA-256 first), and returns the folder, which the systems then load with the same
-``from_pretrained`` calls as a downloaded model.
+against its manifest's SHA-256 first), and returns the folder, which the systems then load with the same
+``from_pretrained`` calls as a downloaded model. ``$AVGEN_MINI_WEIGHTS`` / ``$AVGEN_MINI_GENERATORS`` point a part
+at another folder (a ``<run>/twins`` of one's own recipe run).
 """
 
 from __future__ import annotations
