@@ -209,6 +209,10 @@ def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, An
                               f"trained "
                               f"with; give the same model, or another run folder (hydra.run.dir=...), or "
                               f"resume=never to start the stages over")
+        problem = module.resume_problem(saved.get("hyper_parameters") or {})
+        if problem is not None:
+            raise ConfigError(f"pretrain_twins.{part_of(cfg)}.{stage}: {newest[0]}: {problem}; train the stage again "
+                              f"(remove {ckpt_dir}) or use another run folder (hydra.run.dir=...)")
     if newest is not None and newest[1] >= steps:
         print(f"{stage}: finished ({newest[1]} steps, {newest[0]}); not retrained")
         given = {k: v for k, v in training_settings(module.hparams).items() if k != "steps"}
@@ -792,9 +796,12 @@ def run_generators(cfg: DictConfig, stages: list[str], train, held_out, codecs: 
     encoders = text_encoders(cfg)
     mel = AudioLDMMel()
     began = time.monotonic()
-    bank = LatentBank.build(train, clip_frames, codecs["frames_vae"], codecs["mel_vae"], mel, encoders)
-    print(f"avgen pretrain-twins: encoded {len(bank)} clips ({bank.video_mean.shape[1]} frames, {bank.starts} audio "
-          f"windows each) and {len(bank.captions) - 1} captions in {time.monotonic() - began:.0f} s")
+    stride = int(cfg.pretrain_twins.audio_window_stride)
+    bank = LatentBank.build(train, clip_frames, codecs["frames_vae"], codecs["mel_vae"], mel, encoders,
+                            audio_stride=stride)
+    print(f"avgen pretrain-twins: encoded {len(bank)} clips ({bank.video_mean.shape[1]} frames, "
+          f"{bank.audio_mean.shape[1]} audio windows each) and {len(bank.captions) - 1} captions in "
+          f"{time.monotonic() - began:.0f} s")
     models: dict[str, torch.nn.Module] = {}
     for stage in stages:
         extra = {}
@@ -802,7 +809,8 @@ def run_generators(cfg: DictConfig, stages: list[str], train, held_out, codecs: 
             extra["unet"] = models.get("animatediff_image") or finished_stage(cfg, "animatediff_image")
         models[stage] = train_stage(cfg, stage, bank, fit, **extra)
     models = finished_models(cfg, models)
-    held = LatentBank.build(held_out, clip_frames, codecs["frames_vae"], codecs["mel_vae"], mel, encoders)
+    held = LatentBank.build(held_out, clip_frames, codecs["frames_vae"], codecs["mel_vae"], mel, encoders,
+                            audio_stride=stride)
     metrics, strip = evaluate_generators(cfg, models, held, held_out, codecs, train)
     return models, metrics, strip, {"codecs": {"tag": codecs["tag"], "dir": str(codecs["dir"])}}
 

@@ -98,6 +98,7 @@ def test_latent_bank_is_the_systems_encoding(latent_bank):
     the window's log-mel padded with silence to 128 frames)."""
     from avgen.backbones.animatediff import encode_video_posterior
     from avgen.backbones.audioldm import encode_audio_posterior
+    from avgen.systems.generator_twins import LatentBank
 
     clips, frames_vae, mel_vae, mel, bank = latent_bank
     assert bank.video_mean.shape == (3, 16, 4, 16, 16) and bank.starts == 9
@@ -112,6 +113,11 @@ def test_latent_bank_is_the_systems_encoding(latent_bank):
     assert torch.allclose(bank.audio_std[2, 5], std[0], atol=1e-5)
     assert bank.captions[-1] == "" and len(bank.captions) == len(set(clips.captions)) + 1
     assert torch.equal(bank.text["clip"][-1], fake_text([""])[0])
+    strided = LatentBank.build(clips, 8, frames_vae, mel_vae, mel, {"clip": fake_text}, audio_stride=4)
+    assert strided.audio_mean.shape[1] == 3 and strided.starts == 9  # audio windows at frames 0, 4, 8
+    assert torch.equal(strided.audio_mean[:, 1], bank.audio_mean[:, 4])
+    with pytest.raises(ValueError, match="audio_stride=0"):
+        LatentBank.build(clips, 8, frames_vae, mel_vae, mel, {}, audio_stride=0)
 
 
 def test_batches_are_step_seeded_and_captions_drop(latent_bank):
@@ -175,6 +181,13 @@ def test_motion_modules_start_as_the_image_model_and_export_as_an_adapter():
         rebuilt = UNetMotionModel.from_unet2d(unet, module.component()).eval()
         again = rebuilt(x, t, encoder_hidden_states=text.repeat_interleave(8, 0)).sample
     assert torch.allclose(again, changed, atol=1e-5)
+    # a checkpoint trained over another image U-Net may not be continued
+    assert module.resume_problem(dict(module.hparams)) is None
+    other = small_unet()
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    again = MotionModuleTraining(MOTION, unet=other, noise_schedule=SCHEDULE, steps=10, batch_size=2, lr=1e-3)
+    assert "another image U-Net" in again.resume_problem(dict(module.hparams))
 
 
 def test_denoising_loss_is_epsilon_mse_and_step_seeded(latent_bank):
@@ -330,7 +343,8 @@ def test_frame_classifier_recognises_real_clips_it_never_saw(one_thread):
 
     train = bank_of_seeds(range(3000, 3048))
     test = bank_of_seeds(range(4000, 4016))
-    classifier = train_frame_classifier(train.frames, train.captions, steps=300)
+    with torch.no_grad():  # as the recipe's evaluation calls it
+        classifier = train_frame_classifier(train.frames, train.captions, steps=300)
     out = prompt_agreement(classifier, test.frames, test.captions)
     assert out["colour"]["accuracy"] >= 0.8 and out["colour"]["p_value"] < 1e-6
 
@@ -357,13 +371,13 @@ LOSS_RATIO_CEILING = {"audioldm_unet": 0.5, "animatediff_image": 0.6, "animatedi
 
 
 def test_committed_generators_denoise_clips_they_never_saw(tmp_path, one_thread):
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNet3DConditionModel
+
     from avgen.backbones import mini
     from avgen.backbones.audioldm import AudioLDMMel
     from avgen.pretraining import finished_stage, load_codecs, text_encoders, trained_module  # noqa: F401
     from avgen.systems.generator_twins import LatentBank
     from tests.test_mini_twins import HELD_OUT_SEEDS
-
-    from diffusers import MotionAdapter, UNet2DConditionModel, UNet3DConditionModel
 
     cfg = generators_cfg(tmp_path)
     codecs = load_codecs(cfg)

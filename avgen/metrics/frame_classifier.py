@@ -61,8 +61,14 @@ def train_frame_classifier(frames: torch.Tensor, captions: Sequence[str], steps:
 
     Each step draws ``batch_size`` frames uniformly over clips and times (from a generator seeded by ``seed``, the
     weights too: the result is a function of the inputs), cross-entropy summed over the attributes, AdamW at ``lr``.
-    Returns the classifier in eval mode.
+    Gradients are on whatever the caller's mode (an evaluation under ``torch.no_grad`` may train it). Returns the
+    classifier in eval mode.
     """
+    with torch.enable_grad():
+        return _train(frames, captions, steps, batch_size, lr, seed)
+
+
+def _train(frames, captions, steps, batch_size, lr, seed) -> FrameAttributeClassifier:
     labels = attribute_labels(captions)
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):

@@ -93,6 +93,11 @@ class TwinTraining(pl.LightningModule):
         """What the stage trains, as the backbone component saved and published (``save_pretrained``): the model."""
         return self.model
 
+    def resume_problem(self, saved: Mapping[str, Any]) -> str | None:
+        """Why this module may not continue from a checkpoint whose hyperparameters are ``saved`` (None: it may).
+        The base checks nothing beyond the model config (:func:`avgen.pretraining.train_stage` does that)."""
+        return None
+
     def losses(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The step's losses; ``loss`` is minimised, the others are logged."""
         raise NotImplementedError

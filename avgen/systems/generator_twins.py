@@ -78,9 +78,9 @@ class LatentBank:
         video_mean, video_std: float32 ``(N, F_store, C, h, w)``: the frame VAE posterior of every frame of every clip
             (unscaled; axis 1 is time at the store's frame rate).
         audio_mean, audio_std: float32 ``(N, K, C_a, T', M')``: the mel VAE posterior of the audio window of each
-            clip that starts at frame ``k`` (``k = 0 .. K-1``, ``K = F_store - clip_frames + 1``) and lasts
-            ``clip_frames`` frame periods (the training clip), its log-mel padded with silence to a multiple of 32
-            frames as :func:`avgen.backbones.audioldm.encode_audio_posterior` does.
+            clip that starts at frame ``k · audio_stride`` (``k = 0 .. K-1``, every start that leaves room for a
+            window) and lasts ``clip_frames`` frame periods (the training clip), its log-mel padded with silence to a
+            multiple of 32 frames as :func:`avgen.backbones.audioldm.encode_audio_posterior` does.
         clip_frames: frames per training clip (the systems' ``data.clip``: seconds × fps).
         video_scaling, audio_scaling: the VAEs' ``scaling_factor`` (latents = sample × factor).
         caption_index: int64 ``(N,)``: each clip's caption, a row of the text tables.
@@ -105,13 +105,13 @@ class LatentBank:
 
     @property
     def starts(self) -> int:
-        """K: the number of clip start frames (windows) per stored clip."""
-        return int(self.audio_mean.shape[1])
+        """The number of clip start frames per stored clip: every frame that leaves room for a clip."""
+        return int(self.video_mean.shape[1]) - self.clip_frames + 1
 
     @classmethod
     @torch.no_grad()
     def build(cls, bank, clip_frames: int, frames_vae, mel_vae, mel, text_encoders: Mapping[str, Callable],
-              chunk: int = 64) -> LatentBank:
+              chunk: int = 64, audio_stride: int = 1) -> LatentBank:
         """Encode a :class:`~avgen.data.clip_bank.ClipBank` (its frames and audio) with the codecs.
 
         Args:
@@ -120,15 +120,19 @@ class LatentBank:
             frames_vae, mel_vae: the mini codecs (``AutoencoderKL``), ``mel`` AudioLDM's mel front end.
             text_encoders: name → function from a list of prompts to their embeddings (a float tensor per prompt).
             chunk: frames or windows per VAE call.
+            audio_stride: audio windows start every ``audio_stride`` frames (the mel VAE encodes each window
+                alone: fewer windows, a faster build, less memory).
 
         Raises:
-            ValueError: the clips have fewer than ``clip_frames`` frames.
+            ValueError: the clips have fewer than ``clip_frames`` frames, or ``audio_stride`` < 1.
         """
         from avgen.backbones.audioldm import padded_frames
 
         n, store_frames = bank.frames.shape[:2]
         if clip_frames > store_frames:
             raise ValueError(f"training clips of {clip_frames} frames asked from stored clips of {store_frames}")
+        if int(audio_stride) < 1:
+            raise ValueError(f"audio_stride={audio_stride}: expected a number of frames >= 1")
         frames = bank.frames.flatten(0, 1)
         means, stds = [], []
         for part in frames.split(chunk):
@@ -143,8 +147,8 @@ class LatentBank:
                              f"({store_frames} frames)")
         per_frame = int(round(fps_samples))
         length = clip_frames * per_frame
-        starts = store_frames - clip_frames + 1
-        windows = torch.stack([bank.audio[:, k * per_frame:k * per_frame + length] for k in range(starts)], dim=1)
+        starts = range(0, store_frames - clip_frames + 1, int(audio_stride))
+        windows = torch.stack([bank.audio[:, k * per_frame:k * per_frame + length] for k in starts], dim=1)
         log_mel = mel(windows.flatten(0, 1))  # (N·K, T, M)
         pad = padded_frames(log_mel.shape[1]) - log_mel.shape[1]
         log_mel = F.pad(log_mel, (0, 0, 0, pad), value=mel.silence).unsqueeze(1)
@@ -153,8 +157,8 @@ class LatentBank:
             posterior = mel_vae.encode(part).latent_dist
             means.append(posterior.mean)
             stds.append(posterior.std)
-        audio_mean = torch.cat(means).unflatten(0, (n, starts))
-        audio_std = torch.cat(stds).unflatten(0, (n, starts))
+        audio_mean = torch.cat(means).unflatten(0, (n, len(starts)))
+        audio_std = torch.cat(stds).unflatten(0, (n, len(starts)))
         captions = sorted(set(bank.captions))
         lookup = {c: i for i, c in enumerate(captions)}
         captions.append("")
@@ -206,10 +210,21 @@ class LatentBank:
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` training clips' audio: latents float32 ``(n, C_a, T', M')`` and their captions' text embeddings."""
         clips = torch.randint(len(self), (n,), generator=generator)
-        starts = torch.randint(self.starts, (n,), generator=generator)
-        mean, std = self.audio_mean[clips, starts], self.audio_std[clips, starts]
+        windows = torch.randint(self.audio_mean.shape[1], (n,), generator=generator)
+        mean, std = self.audio_mean[clips, windows], self.audio_std[clips, windows]
         latents = (mean + std * torch.randn(mean.shape, generator=generator)) * self.audio_scaling
         return latents, self._conditions(clips, encoder, drop_prob, generator)
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """SHA-256 (hex) of a module's state: every tensor's name, shape, dtype and bytes, in ``state_dict`` order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class DenoiserTraining(TwinTraining):
@@ -309,6 +324,18 @@ class MotionModuleTraining(DenoiserTraining):
                  **kwargs: Any):
         self._unet_source = (unet, dict(unet_config or {}))  # read by build(), before nn.Module's init
         super().__init__(config, **kwargs)
+        # which image U-Net the motion modules are trained over: a checkpoint of other spatial weights is stale
+        self.hparams["unet_digest"] = state_digest(unet) if unet is not None else None
+
+    def resume_problem(self, saved: Mapping[str, Any]) -> str | None:
+        """A checkpoint trained over another image U-Net than this module's (the ``animatediff_image`` stage was
+        retrained or continued since) may not be continued or reused: its motion modules fit the old spatial
+        weights."""
+        was, now = saved.get("unet_digest"), self.hparams.get("unet_digest")
+        if now is not None and was != now:
+            return (f"its motion modules were trained over another image U-Net (digest {str(was)[:12]}, now "
+                    f"{now[:12]}): animatediff_image changed since")
+        return None
 
     def build(self, config: Mapping[str, Any]) -> torch.nn.Module:  # type: ignore[override]
         from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
