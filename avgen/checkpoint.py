@@ -12,10 +12,13 @@ size of what was trained. ``export`` turns a checkpoint into a pipeline folder (
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import pickle
 import re
 import signal
+import zipfile
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -85,14 +88,48 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return removed
 
 
+class _Opaque:
+    """What :class:`_StepReader` makes of every object of a checkpoint's pickle but plain containers: nothing runs."""
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _StepReader(pickle.Unpickler):
+    """Unpickles a torch checkpoint's ``data.pkl`` with no tensor storage read and no class resolved: every global is
+    :class:`_Opaque` (``OrderedDict`` excepted), every persistent id (a tensor's storage) None. Safe on any file (no
+    code from it runs) and fast (the C unpickler; torch's ``weights_only`` unpickler is pure Python)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        return _Opaque
+
+    def persistent_load(self, pid: Any) -> None:
+        return None
+
+
 def checkpoint_step(path: str | Path) -> int:
-    """The ``global_step`` stored in a checkpoint, read without loading its tensors (memory-mapped).
+    """The ``global_step`` stored in a checkpoint, read from its pickle alone (:class:`_StepReader`): no tensor is
+    built, so a folder of large checkpoints is scanned in milliseconds per file (``torch.load``, even memory-mapped,
+    rebuilds every tensor object: about a second per file for a U-Net with its optimiser state).
 
     Raises:
-        ValueError: the file is not a complete, readable checkpoint (e.g. truncated).
+        ValueError: the file is not a complete, readable checkpoint (e.g. truncated: no zip directory).
     """
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if len(pickles) != 1:
+                raise ValueError(f"{len(pickles)} data.pkl records")
+            with archive.open(pickles[0]) as f:
+                ckpt = _StepReader(f).load()
         return int(ckpt["global_step"])
     except Exception as exc:
         raise ValueError(f"{path}: not a complete checkpoint ({type(exc).__name__}: {exc})") from exc

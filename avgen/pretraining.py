@@ -821,8 +821,9 @@ def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], 
     """The generators' measurements on held-out clips (``held``: their :class:`LatentBank`, ``clips``: the clips):
 
     * every stage: ``held_out_loss`` (its training loss on held-out clips, fixed draws, no caption drop:
-      :meth:`DenoiserTraining.held_out_loss`) and ``initial_held_out_loss`` (the same for its weights at step 0;
-      for ``animatediff_motion`` that is the trained image U-Net applied per frame), and their ratio;
+      :meth:`DenoiserTraining.held_out_loss`, ``loss_batches`` batches of ``loss_batch_size``) and
+      ``initial_held_out_loss`` (the same for its weights at step 0; for ``animatediff_motion`` that is the trained
+      image U-Net applied per frame), and their ratio;
     * video generators: ``pretrain_twins.evaluate.samples`` clips sampled (DDIM, the system's scheduler, the
       ``guidance.video`` scale) from the first held-out clips' captions, decoded by the frame VAE: ``frame_change``
       (mean absolute difference of consecutive frames, in [0, 1] pixel units) against the real clips', and
@@ -867,7 +868,8 @@ def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], 
             continue
         trained = trained_module(cfg, stage, component, **extra)
         initial = trained_module(cfg, stage, None, **extra)
-        loss, before = trained.held_out_loss(held), initial.held_out_loss(held)
+        draws = {"batches": int(settings.loss_batches), "batch_size": int(settings.loss_batch_size)}
+        loss, before = trained.held_out_loss(held, **draws), initial.held_out_loss(held, **draws)
         entry: dict[str, Any] = {"held_out_loss": loss, "initial_held_out_loss": before, "loss_ratio": loss / before}
         _, _, kind = GENERATOR_TWINS[stage]
         encoder = trained.text_encoder

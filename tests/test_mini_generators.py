@@ -233,6 +233,8 @@ SMALL = [
     "pretrain_twins.evaluate.sampling_steps=2",
     "pretrain_twins.evaluate.strip_clips=1",
     "pretrain_twins.evaluate.classifier_steps=2",
+    "pretrain_twins.evaluate.loss_batches=1",
+    "pretrain_twins.evaluate.loss_batch_size=2",
 ]
 
 
