@@ -147,3 +147,32 @@ def test_last_checkpoint_holds_the_final_step(tmp_path, tiny_shards):
                         "callbacks.model_checkpoint.every_n_train_steps=4"))
     assert checkpoint_step(ckpts / "last.ckpt") == 8
     assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step_0000004.ckpt", "step_0000008.ckpt"]
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_step_reads_the_pickle_without_running_it(tmp_path):
+    """The step comes from the record's pickle with no class resolved: a file that would run code when loaded
+    (here: a shell command) gives its step and runs nothing; tensors are never built."""
+    import pickle
+    import zipfile
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.ckpt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"global_step": 7, "payload": _Evil(marker)}))
+    assert checkpoint_step(path) == 7
+    assert not marker.exists()
+    _ckpt(tmp_path / "real.ckpt", 3)
+    assert checkpoint_step(tmp_path / "real.ckpt") == 3
+    (tmp_path / "two.ckpt").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        checkpoint_step(tmp_path / "two.ckpt")
