@@ -37,7 +37,7 @@ class FrameAttributeClassifier(nn.Module):
             if out == 2 * width or len(layers) == 3:
                 layers.append(nn.MaxPool2d(2))
             channels = out
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.features = nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten())  # the object is small: max
         self.heads = nn.ModuleDict({name: nn.Linear(channels, len(classes)) for name, classes in ATTRIBUTES.items()})
 
     def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
