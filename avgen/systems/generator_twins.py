@@ -253,9 +253,20 @@ class DenoiserTraining(TwinTraining):
         training_target(self.prediction_type, torch.zeros(1), torch.zeros(1), self.alphas_cumprod,
                         torch.zeros(1, dtype=torch.long))  # an unknown prediction type fails here, not at step 1
 
+    #: which :class:`LatentBank` draw a step trains on: ``frames``, ``clips`` or ``audio``
+    batch_kind = "frames"
+
+    @classmethod
+    def build(cls, config: Mapping[str, Any]) -> torch.nn.Module:
+        """``component_class(**config)`` (a diffusers class), randomly initialised."""
+        import diffusers
+
+        return getattr(diffusers, cls.component_class)(**config)
+
     def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(clean latents x0, condition) of one step."""
-        raise NotImplementedError
+        """(clean latents x0, condition) of one step: the bank's :attr:`batch_kind` draw."""
+        draw = getattr(self.bank, self.batch_kind)
+        return draw(self.batch_size, generator, self.text_encoder, self.cond_drop_prob)
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """The network's output for ``noisy`` latents at ``timesteps`` (B,) under ``condition``."""
@@ -290,15 +301,7 @@ class ImageUNetTraining(DenoiserTraining):
     ``(B, C, h, w)`` with cross-attention to the CLIP text states ``(B, L, D)``."""
 
     component_class = "UNet2DConditionModel"
-
-    @staticmethod
-    def build(config: Mapping[str, Any]) -> torch.nn.Module:
-        from diffusers import UNet2DConditionModel
-
-        return UNet2DConditionModel(**config)
-
-    def batch(self, generator):
-        return self.bank.frames(self.batch_size, generator, self.text_encoder, self.cond_drop_prob)
+    batch_kind = "frames"
 
     def predict(self, noisy, timesteps, condition):
         return self.model(noisy, timesteps, encoder_hidden_states=condition).sample
@@ -319,6 +322,7 @@ class MotionModuleTraining(DenoiserTraining):
     """
 
     component_class = "MotionAdapter"
+    batch_kind = "clips"
 
     def __init__(self, config: Mapping[str, Any], *, unet=None, unet_config: Mapping[str, Any] | None = None,
                  **kwargs: Any):
@@ -363,9 +367,6 @@ class MotionModuleTraining(DenoiserTraining):
         adapter.load_state_dict(state, strict=True)
         return adapter.eval()
 
-    def batch(self, generator):
-        return self.bank.clips(self.batch_size, generator, self.text_encoder, self.cond_drop_prob)
-
     def predict(self, noisy, timesteps, condition):
         frames = noisy.shape[2]
         return self.model(noisy, timesteps, encoder_hidden_states=condition.repeat_interleave(frames, 0)).sample
@@ -376,15 +377,7 @@ class Video3DUNetTraining(DenoiserTraining):
     ``(B, C, F, h, w)`` with cross-attention to the CLIP text states."""
 
     component_class = "UNet3DConditionModel"
-
-    @staticmethod
-    def build(config: Mapping[str, Any]) -> torch.nn.Module:
-        from diffusers import UNet3DConditionModel
-
-        return UNet3DConditionModel(**config)
-
-    def batch(self, generator):
-        return self.bank.clips(self.batch_size, generator, self.text_encoder, self.cond_drop_prob)
+    batch_kind = "clips"
 
     def predict(self, noisy, timesteps, condition):
         return self.model(noisy, timesteps, encoder_hidden_states=condition).sample
@@ -395,18 +388,10 @@ class AudioUNetTraining(DenoiserTraining):
     latents ``(B, C, T', M')``, the L2-normalised CLAP text embedding ``(B, P)`` as ``class_labels``."""
 
     component_class = "UNet2DConditionModel"
+    batch_kind = "audio"
 
     def __init__(self, config: Mapping[str, Any], *, text_encoder: str = "clap", **kwargs: Any):
         super().__init__(config, text_encoder=text_encoder, **kwargs)
-
-    @staticmethod
-    def build(config: Mapping[str, Any]) -> torch.nn.Module:
-        from diffusers import UNet2DConditionModel
-
-        return UNet2DConditionModel(**config)
-
-    def batch(self, generator):
-        return self.bank.audio(self.batch_size, generator, self.text_encoder, self.cond_drop_prob)
 
     def predict(self, noisy, timesteps, condition):
         return self.model(noisy, timesteps, encoder_hidden_states=None, class_labels=condition).sample
