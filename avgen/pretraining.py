@@ -863,9 +863,9 @@ def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], 
                                             seed=int(cfg.pretrain_twins.seed))
         out["real"]["prompt_agreement"] = prompt_agreement(classifier, real, captions)
     for stage, component in models.items():
-        extra = {"unet": models["animatediff_image"]} if stage == "animatediff_motion" else {}
         if stage == "animatediff_motion" and "animatediff_image" not in models:
-            continue
+            continue  # its image U-Net is not in this folder: nothing to put the motion modules into
+        extra = {"unet": models["animatediff_image"]} if stage == "animatediff_motion" else {}
         trained = trained_module(cfg, stage, component, **extra)
         initial = trained_module(cfg, stage, None, **extra)
         draws = {"batches": int(settings.loss_batches), "batch_size": int(settings.loss_batch_size)}
