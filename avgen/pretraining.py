@@ -797,10 +797,15 @@ def run_generators(cfg: DictConfig, stages: list[str], train, held_out, codecs: 
     mel = AudioLDMMel()
     began = time.monotonic()
     stride = int(cfg.pretrain_twins.audio_window_stride)
-    bank = LatentBank.build(train, clip_frames, codecs["frames_vae"], codecs["mel_vae"], mel, encoders,
-                            audio_stride=stride)
-    print(f"avgen pretrain-twins: encoded {len(bank)} clips ({bank.video_mean.shape[1]} frames, "
-          f"{bank.audio_mean.shape[1]} audio windows each) and {len(bank.captions) - 1} captions in "
+
+    def latent_bank(clips, split: str):
+        return cached_latent_bank(cfg, split, clips, codecs, lambda: LatentBank.build(
+            clips, clip_frames, codecs["frames_vae"], codecs["mel_vae"], mel, encoders, audio_stride=stride),
+            {"clip_frames": clip_frames, "audio_stride": stride})
+
+    bank = latent_bank(train, "train")
+    print(f"avgen pretrain-twins: {len(bank)} clips in latent form ({bank.video_mean.shape[1]} frames, "
+          f"{bank.audio_mean.shape[1]} audio windows each) and {len(bank.captions) - 1} captions, "
           f"{time.monotonic() - began:.0f} s")
     models: dict[str, torch.nn.Module] = {}
     for stage in stages:
@@ -809,10 +814,40 @@ def run_generators(cfg: DictConfig, stages: list[str], train, held_out, codecs: 
             extra["unet"] = models.get("animatediff_image") or finished_stage(cfg, "animatediff_image")
         models[stage] = train_stage(cfg, stage, bank, fit, **extra)
     models = finished_models(cfg, models)
-    held = LatentBank.build(held_out, clip_frames, codecs["frames_vae"], codecs["mel_vae"], mel, encoders,
-                            audio_stride=stride)
+    held = latent_bank(held_out, str(cfg.pretrain_twins.evaluate.split))
     metrics, strip = evaluate_generators(cfg, models, held, held_out, codecs, train)
     return models, metrics, strip, {"codecs": {"tag": codecs["tag"], "dir": str(codecs["dir"])}}
+
+
+LATENT_BANKS = "latent_banks"
+
+
+def cached_latent_bank(cfg: DictConfig, split: str, clips, codecs: Mapping[str, Any], build: Callable[[], Any],
+                       settings: Mapping[str, Any]):
+    """The :class:`~avgen.systems.generator_twins.LatentBank` of ``clips``, read from ``<run>/latent_banks/`` when a
+    bank of the same clips (their keys and geometry), codecs (their tag), tiny twins (their version: the text
+    towers) and ``settings`` is there, else built by ``build()`` and written there (other banks of the split are
+    removed). Encoding 2,048 clips takes minutes; every run of the recipe needs the bank."""
+    import hashlib
+
+    from avgen.backbones.tiny import TINY_VERSION
+    from avgen.systems.generator_twins import LatentBank
+
+    identity = {"format": 1, "split": split, "keys": list(clips.keys), "geometry": str(clips.geometry),
+                "codecs": codecs["tag"], "tiny": TINY_VERSION, **dict(settings)}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    folder = Path(cfg.paths.output_dir) / LATENT_BANKS
+    path = folder / f"{split}-{key}.safetensors"
+    if path.is_file():
+        try:
+            return LatentBank.load(path)
+        except ValueError as exc:
+            print(f"avgen pretrain-twins: {exc}; encoding again")
+    bank = build()
+    for stale in folder.glob(f"{split}-*.safetensors"):
+        stale.unlink(missing_ok=True)
+    bank.save(path)
+    return bank
 
 
 @torch.no_grad()

@@ -120,6 +120,22 @@ def test_latent_bank_is_the_systems_encoding(latent_bank):
         LatentBank.build(clips, 8, frames_vae, mel_vae, mel, {}, audio_stride=0)
 
 
+def test_latent_bank_round_trips_through_a_file(latent_bank, tmp_path):
+    from avgen.systems.generator_twins import LatentBank
+
+    bank = latent_bank[-1]
+    # built and read-back banks must feed the U-Nets the same memory layout (the VAEs return channels-last strides)
+    assert all(t.is_contiguous() for t in (bank.video_mean, bank.video_std, bank.audio_mean, bank.audio_std))
+    again = LatentBank.load(bank.save(tmp_path / "bank.safetensors"))
+    for name in ("video_mean", "video_std", "audio_mean", "audio_std", "caption_index"):
+        assert torch.equal(getattr(again, name), getattr(bank, name)), name
+    assert again.captions == bank.captions and again.clip_frames == bank.clip_frames
+    assert again.video_scaling == bank.video_scaling and torch.equal(again.text["clip"], bank.text["clip"])
+    (tmp_path / "bad.safetensors").write_bytes(b"nope")
+    with pytest.raises(ValueError, match="not a latent bank"):
+        LatentBank.load(tmp_path / "bad.safetensors")
+
+
 def test_batches_are_step_seeded_and_captions_drop(latent_bank):
     clips, _, _, _, bank = latent_bank
     a = bank.clips(4, bank.generator(0, 5), drop_prob=0.0)
@@ -260,8 +276,11 @@ def test_recipe_resumes_to_the_bit_pins_its_codecs_and_publishes(tmp_path, one_t
     finally:
         signal.signal(signal.SIGINT, handler)
     capsys.readouterr()
+    banks = sorted(p.name.split("-")[0] for p in (tmp_path / "resumed" / "latent_banks").iterdir())
+    assert banks == ["train"]  # written before training; the interrupted run never reached the held-out split
     resumed = recipe(tmp_path, "resumed", *steps)
     assert "audioldm_unet: resuming from" in capsys.readouterr().out
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "resumed" / "latent_banks").iterdir()) == ["test", "train"]
     a, b = weights(straight), weights(resumed)
     assert set(a) == set(b) and {k.split("/")[0] for k in a} == set(STAGES)
     assert [k for k in a if not torch.equal(a[k], b[k])] == []

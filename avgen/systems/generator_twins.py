@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -163,12 +164,59 @@ class LatentBank:
         lookup = {c: i for i, c in enumerate(captions)}
         captions.append("")
         text = {name: encode(captions).float() for name, encode in text_encoders.items()}
-        return cls(video_mean=video_mean.float(), video_std=video_std.float(), audio_mean=audio_mean.float(),
-                   audio_std=audio_std.float(), clip_frames=int(clip_frames),
+        # contiguous: the VAEs return channels-last strides, and a U-Net fed those sums in another order than one
+        # fed a bank read back from a file (resumed runs must compute what uninterrupted ones do)
+        return cls(video_mean=video_mean.float().contiguous(), video_std=video_std.float().contiguous(),
+                   audio_mean=audio_mean.float().contiguous(), audio_std=audio_std.float().contiguous(),
+                   clip_frames=int(clip_frames),
                    video_scaling=float(frames_vae.config.scaling_factor),
                    audio_scaling=float(mel_vae.config.scaling_factor),
                    caption_index=torch.tensor([lookup[c] for c in bank.captions], dtype=torch.long),
                    captions=captions, text=text)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bank to ``path`` (safetensors: the tensors, and in its metadata the captions, clip frames and
+        scaling factors), atomically (a temporary file renamed into place); returns ``path``."""
+        import json
+        import os
+
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"video_mean": self.video_mean, "video_std": self.video_std, "audio_mean": self.audio_mean,
+                   "audio_std": self.audio_std, "caption_index": self.caption_index,
+                   **{f"text.{name}": table for name, table in self.text.items()}}
+        meta = {"captions": json.dumps(self.captions), "clip_frames": str(self.clip_frames),
+                "video_scaling": repr(self.video_scaling), "audio_scaling": repr(self.audio_scaling)}
+        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata=meta)
+        os.replace(partial, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatentBank:
+        """A bank written by :meth:`save`.
+
+        Raises:
+            ValueError: the file is not a latent bank (missing tensors or metadata).
+        """
+        import json
+
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            return cls(video_mean=tensors["video_mean"], video_std=tensors["video_std"],
+                       audio_mean=tensors["audio_mean"], audio_std=tensors["audio_std"],
+                       clip_frames=int(meta["clip_frames"]), video_scaling=float(meta["video_scaling"]),
+                       audio_scaling=float(meta["audio_scaling"]), caption_index=tensors["caption_index"],
+                       captions=json.loads(meta["captions"]),
+                       text={k.removeprefix("text."): v for k, v in tensors.items() if k.startswith("text.")})
+        except Exception as exc:  # safetensors' own errors too (a header it cannot read)
+            raise ValueError(f"{path}: not a latent bank ({type(exc).__name__}: {exc})") from exc
 
     def generator(self, seed: int, step: int) -> torch.Generator:
         """The random generator of training step ``step`` under ``seed`` (as :meth:`ClipBank.generator`)."""
