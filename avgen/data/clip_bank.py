@@ -19,6 +19,12 @@ from avgen.data.geometry import ClipGeometry
 from avgen.data.stream import EvalStream, Health, Shard
 
 
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU random generator of training step ``step`` under ``seed``: every batch drawn from it is a function of
+    both (the mini twins' trainers draw batches, noise and timesteps from it, so a resumed run repeats them)."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2 ** 63 - 1))
+
+
 @dataclass
 class ClipBank:
     """Every clip of one split, decoded.
@@ -76,8 +82,8 @@ class ClipBank:
                    labels=labels[:n], captions=captions[:n], geometry=geometry, skipped=total.skipped)
 
     def generator(self, seed: int, step: int) -> torch.Generator:
-        """The random generator of training step ``step`` under ``seed``: every batch is a function of both."""
-        return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2 ** 63 - 1))
+        """The random generator of training step ``step`` under ``seed`` (:func:`step_generator`)."""
+        return step_generator(seed, step)
 
     def random_frames(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` frames drawn uniformly over all clips and times (with replacement): uint8 ``(n, 3, H, W)``."""

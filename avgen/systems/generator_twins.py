@@ -219,8 +219,11 @@ class LatentBank:
             raise ValueError(f"{path}: not a latent bank ({type(exc).__name__}: {exc})") from exc
 
     def generator(self, seed: int, step: int) -> torch.Generator:
-        """The random generator of training step ``step`` under ``seed`` (as :meth:`ClipBank.generator`)."""
-        return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2 ** 63 - 1))
+        """The random generator of training step ``step`` under ``seed`` (:func:`avgen.data.clip_bank.step_generator`,
+        as the codecs' :meth:`ClipBank.generator`)."""
+        from avgen.data.clip_bank import step_generator
+
+        return step_generator(seed, step)
 
     def _conditions(self, clips: torch.Tensor, encoder: str, drop_prob: float, generator: torch.Generator
                     ) -> torch.Tensor:
