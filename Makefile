@@ -5,6 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.avgen-setup
 PYTEST_ARGS ?=
+# pytest-xdist: one worker process per core; --dist loadscope keeps each test module on one worker, so a module's
+# fixtures (a SLURM cluster, a trained checkpoint) are made once. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadscope
 
 .PHONY: setup test test-fast lint demo bench clean-venv
 
@@ -18,14 +22,14 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # lint + import order (ruff; settings in pyproject.toml); CI runs it before the tests
 lint: setup
 	$(PY) -m ruff check avgen tests
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # The main job: the joint audio+video model at scale=tiny (tiny random backbones, synthetic data,
 # CPU, about six minutes): train, sample two sounding videos, score their AV-Align, export the model.

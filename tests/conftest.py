@@ -15,6 +15,10 @@ CASES_DIR = REPO / "tests" / "data" / "cases"  # copies of ../shared/cases (real
 TINY_CLIP = {"seconds": 1.0, "fps": 8, "height": 32, "width": 32, "sample_rate": 16000}
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest-xdist worker per core: each worker, and the commands its tests start, computes on
+    # one thread (two workers of two threads each on two cores are slower than one worker, not faster)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
