@@ -46,9 +46,11 @@ MANIFEST_FORMAT = "avgen-mini-twins/1"
 
 #: ``mini:<name>`` → (the tiny twin it starts from, {subfolder of the twin: (part, trained component)})
 MINI_TWINS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
-    "animatediff": ("animatediff", {"vae": ("codecs", "frames_vae")}),
-    "zeroscope": ("zeroscope", {"vae": ("codecs", "frames_vae")}),
-    "audioldm": ("audioldm", {"vae": ("codecs", "mel_vae"), "vocoder": ("codecs", "vocoder")}),
+    "animatediff": ("animatediff", {"vae": ("codecs", "frames_vae"), "unet": ("generators", "animatediff_image"),
+                                    "motion_adapter": ("generators", "animatediff_motion")}),
+    "zeroscope": ("zeroscope", {"vae": ("codecs", "frames_vae"), "unet": ("generators", "zeroscope_unet")}),
+    "audioldm": ("audioldm", {"vae": ("codecs", "mel_vae"), "vocoder": ("codecs", "vocoder"),
+                              "unet": ("generators", "audioldm_unet")}),
 }
 
 
