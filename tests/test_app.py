@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -318,11 +319,15 @@ def test_the_page_in_a_browser(vta_checkpoint, tmp_path):
     finally:
         driver.quit()
         proc.send_signal(signal.SIGINT)
+        stopping = time.monotonic()
         try:
-            proc.wait(timeout=30)
+            # Gradio's shutdown after Ctrl-C took over 30 s once with the other test worker busy on the same 2 cores
+            proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             proc.kill()
-    assert proc.returncode == 0, "".join(lines)
+            proc.wait()
+    assert proc.returncode == 0, f"exit {proc.returncode} {time.monotonic() - stopping:.0f} s after Ctrl-C:\n" + \
+        "".join(lines)
     written = tmp_path / "run" / "app" / "vta_ldm_0000" / "sample_0000.mp4"
     assert written.is_file() and not (tmp_path / "run" / "app" / "vta_ldm_0001").exists()
     assert (tmp_path / "app.png").stat().st_size > 0
