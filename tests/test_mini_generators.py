@@ -397,7 +397,7 @@ def test_committed_generators_match_their_manifest_codecs_and_recipe(tmp_path):
     for name, (_, subs) in mini.MINI_TWINS.items():
         twin = mini.materialize(name, tmp_path / "twins")
         for sub, (part, component) in subs.items():
-            source = (mini.GENERATORS_DIR if part == "generators" else mini.WEIGHTS_DIR) / component
+            source = mini.PART_DIRS[part] / component
             assert sorted(p.name for p in (twin / sub).iterdir()) == sorted(p.name for p in source.iterdir())
             assert all((twin / sub / p.name).read_bytes() == p.read_bytes() for p in source.iterdir())
 
