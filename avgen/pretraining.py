@@ -435,14 +435,15 @@ def write_twins(cfg: DictConfig, models: Mapping[str, torch.nn.Module], metrics:
     partial.mkdir(parents=True)
     try:
         components = {}
+        of_stage = {component: stage for stage, component in STAGE_SCHEDULERS.items()}
         for name, model in models.items():
             model.save_pretrained(partial / name)
             files = sorted(p.name for p in (partial / name).iterdir() if p.is_file())
             components[name] = {
                 "class": type(model).__name__,
                 "library": type(model).__module__.split(".")[0],
-                "parameters": sum(p.numel() for p in model.parameters()),
-                **stage_record(cfg, name),
+                "parameters": sum(p.numel() for p in model.parameters()) if isinstance(model, torch.nn.Module) else 0,
+                **({"stage": of_stage[name]} if name in of_stage else stage_record(cfg, name)),
                 "files": {f: sha256_file(partial / name / f) for f in files},
             }
             if hasattr(model.config, "scaling_factor") and name.endswith("vae"):
@@ -672,6 +673,11 @@ GENERATOR_TWINS: dict[str, tuple[str, str, str]] = {
     "zeroscope_unet": ("zeroscope", "", "video"),
 }
 
+#: generator stage → the component its scheduler is published as: a stage whose ``noise_schedule`` is not its tiny
+#: twin's ships the sampler it was trained for (:func:`stage_scheduler`), and its mini twin samples with it
+#: (:data:`avgen.backbones.mini.MINI_TWINS`), as a diffusers model folder carries its ``scheduler/``
+STAGE_SCHEDULERS: dict[str, str] = {"audioldm_unet": "audioldm_scheduler"}
+
 
 def load_codecs(cfg: DictConfig) -> dict[str, Any]:
     """The mini codecs the generators learn the latent spaces of: ``pretrain_twins.codecs_dir`` or the ones
@@ -728,7 +734,8 @@ def text_encoders(cfg: DictConfig) -> dict[str, Callable[[list[str]], torch.Tens
 
 def stage_scheduler(cfg: DictConfig, stage: str):
     """The ``DDIMScheduler`` stage ``stage``'s system samples with: the tiny twin's stored scheduler with the
-    system's overrides (AnimateDiff's :data:`~avgen.backbones.animatediff.ANIMATEDIFF_SCHEDULER`)."""
+    system's overrides (AnimateDiff's :data:`~avgen.backbones.animatediff.ANIMATEDIFF_SCHEDULER`) and the stage's
+    ``noise_schedule`` (what it trains with; the mini twin ships it, :func:`generator_scheduler`)."""
     from diffusers import DDIMScheduler
 
     from avgen.backbones import tiny
@@ -736,7 +743,19 @@ def stage_scheduler(cfg: DictConfig, stage: str):
 
     twin, overrides, _ = GENERATOR_TWINS[stage]
     folder = tiny.materialize(twin, Path(cfg.paths.data_dir) / "tiny_backbones")
-    return DDIMScheduler.from_pretrained(folder / "scheduler", **(ANIMATEDIFF_SCHEDULER if overrides else {}))
+    base = DDIMScheduler.from_pretrained(folder / "scheduler", **(ANIMATEDIFF_SCHEDULER if overrides else {}))
+    return generator_scheduler(base, OmegaConf.to_container(stage_specs(cfg)[stage].noise_schedule, resolve=True))
+
+
+def generator_scheduler(base, noise_schedule: Mapping[str, Any]):
+    """``base`` (a diffusers scheduler) with a stage's ``noise_schedule`` (:data:`SCHEDULE_KEYS`); a zero terminal
+    SNR schedule (``rescale_betas_zero_snr``) also samples on the ``trailing`` grid, so that sampling starts at the
+    last timestep, where the model was trained on pure noise (Lin et al. 2024, arXiv 2305.08891, Sec. 3.3)."""
+    settings = dict(noise_schedule)
+    if settings.get("rescale_betas_zero_snr"):
+        settings["timestep_spacing"] = "trailing"
+    # keyword arguments, not a merged dict: diffusers resets the keys a config lists in `_use_default_values`
+    return type(base).from_config(base.config, **settings)
 
 
 def trained_module(cfg: DictConfig, stage: str, component: torch.nn.Module | None, **extra: Any):
@@ -816,7 +835,11 @@ def run_generators(cfg: DictConfig, stages: list[str], train, held_out, codecs: 
     models = finished_models(cfg, models)
     held = latent_bank(held_out, str(cfg.pretrain_twins.evaluate.split))
     metrics, strip = evaluate_generators(cfg, models, held, held_out, codecs, train)
-    return models, metrics, strip, {"codecs": {"tag": codecs["tag"], "dir": str(codecs["dir"])}}
+    published: dict[str, Any] = dict(models)
+    for stage, component in STAGE_SCHEDULERS.items():
+        if stage in models:
+            published[component] = stage_scheduler(cfg, stage)
+    return published, metrics, strip, {"codecs": {"tag": codecs["tag"], "dir": str(codecs["dir"])}}
 
 
 LATENT_BANKS = "latent_banks"
@@ -866,9 +889,12 @@ def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], 
       (:func:`avgen.metrics.frame_classifier.train_frame_classifier`, ``pretrain_twins.evaluate.classifier_steps``)
       sees the colour and the shape the caption names, with a binomial test against chance; ``real`` holds the same
       for the held-out clips themselves (the classifier's ceiling);
-    * ``audioldm_unet``: the same for audio, decoded by the mel VAE and the vocoder: the fraction of clips with an
-      impact onset (:func:`avgen.metrics.codec.clip_onsets`), the mean number of onsets per clip against the real
-      clips' number of events (the caption states it), their mean absolute difference and the peak level.
+    * ``audioldm_unet``: the same for audio (the length of the systems' clips), decoded by the mel VAE and the
+      vocoder: the fraction of clips with an onset (:func:`avgen.metrics.codec.clip_onsets`), the mean number of
+      onsets per clip against the number of the real clip's events inside the same window (its first seconds) and
+      their mean absolute difference; the fraction of clips with an impact (:func:`~avgen.metrics.codec.
+      impact_contrast` above :data:`~avgen.metrics.codec.IMPACT_CONTRAST`; an onset detector also finds onsets in
+      noise) and the median contrast, for the samples and the real windows; the peak level.
 
     Returns (metrics, a strip of real and sampled frames or None).
     """
@@ -876,7 +902,7 @@ def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], 
 
     from avgen.backbones.animatediff import decode_video
     from avgen.backbones.audioldm import decode_audio
-    from avgen.metrics.codec import clip_onsets
+    from avgen.metrics.codec import IMPACT_CONTRAST, clip_onsets, impact_contrast
 
     settings = cfg.pretrain_twins.evaluate
     n = min(int(settings.samples), len(clips))
@@ -930,10 +956,18 @@ def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], 
             audio = decode_audio(SimpleNamespace(vae=codecs["mel_vae"], vocoder=codecs["vocoder"]), latents, samples)
             sr = clips.geometry.sample_rate
             counts = torch.tensor([len(clip_onsets(a.numpy(), sr)) for a in audio], dtype=torch.float64)
-            events = torch.tensor([len(e) for e in clips.events[:n]], dtype=torch.float64)
+            seconds = samples / sr  # the sampled window is the clip's first `seconds`: count its events there
+            events = torch.tensor([int((np.asarray(e) < seconds).sum()) for e in clips.events[:n]],
+                                  dtype=torch.float64)
+            contrast = np.array([impact_contrast(a.numpy(), sr) for a in audio])
+            real_contrast = np.array([impact_contrast(a.numpy(), sr) for a in clips.audio[:n, :samples]])
             entry.update(clips_with_onsets=float((counts > 0).double().mean()), onsets_per_clip=float(counts.mean()),
                          events_per_clip_real=float(events.mean()),
                          onset_count_error=float((counts - events).abs().mean()),
+                         clips_with_impacts=float((contrast > IMPACT_CONTRAST).mean()),
+                         impact_contrast_median=float(np.median(contrast)),
+                         clips_with_impacts_real=float((real_contrast > IMPACT_CONTRAST).mean()),
+                         impact_contrast_median_real=float(np.median(real_contrast)),
                          peak=float(audio.abs().amax(dim=1).mean()))
         out[stage] = json_numbers(entry)
         print(f"avgen pretrain-twins: {stage}: {json.dumps(out[stage])}")

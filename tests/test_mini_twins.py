@@ -60,6 +60,39 @@ def test_onset_f1_pools_one_to_one_matches():
         onset_f1([[0.5]], [], window=0.05)
 
 
+def test_impact_contrast_exact_values():
+    from avgen.metrics.codec import impact_contrast
+
+    floor = np.full(1600, 0.01)  # 4 windows of 400 samples at 16 kHz (25 ms)
+    hit = floor.copy()
+    hit[500] = -0.5
+    assert impact_contrast(hit, 16000) == pytest.approx(0.5 / 0.01)
+    assert impact_contrast(floor, 16000) == pytest.approx(1.0)
+    assert impact_contrast(np.r_[hit, np.ones(399)], 16000) == pytest.approx(50.0)  # the partial window is dropped
+    assert impact_contrast(np.zeros(800), 16000) == 1.0
+    assert impact_contrast(np.r_[np.zeros(1200), 0.1 * np.ones(400)], 16000) == float("inf")
+    assert impact_contrast(hit, 16000, window_seconds=0.05) == pytest.approx(0.5 / 0.255)  # median of 2 windows
+    assert impact_contrast(hit, 16000, window_seconds=0.0125) == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="at least 400"):
+        impact_contrast(np.ones(100), 16000)
+    with pytest.raises(ValueError, match="window_seconds"):
+        impact_contrast(hit, 16000, window_seconds=0)
+
+
+def test_impact_contrast_tells_impacts_from_noise():
+    """Real synthetic 1-s windows mostly clear IMPACT_CONTRAST; white noise, loud or quiet, does not."""
+    from avgen.data.geometry import ClipGeometry
+    from avgen.data.synthetic import generate_clip
+    from avgen.metrics.codec import IMPACT_CONTRAST, impact_contrast
+
+    geo = ClipGeometry(**MINI_STORE)
+    values = [impact_contrast(generate_clip(seed, geo).audio[:16000], 16000) for seed in range(20)]
+    assert np.mean(np.array(values) > IMPACT_CONTRAST) >= 0.75
+    rng = np.random.default_rng(0)
+    for scale in (0.01, 0.5):
+        assert impact_contrast(scale * rng.standard_normal(16000), 16000) < 2.5
+
+
 def test_onsets_of_a_synthetic_clip_match_its_events():
     """The detector on the original audio: the ceiling the vocoder is measured against."""
     from avgen.data.geometry import ClipGeometry

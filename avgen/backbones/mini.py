@@ -50,7 +50,8 @@ MINI_TWINS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
                                     "motion_adapter": ("generators", "animatediff_motion")}),
     "zeroscope": ("zeroscope", {"vae": ("codecs", "frames_vae"), "unet": ("generators", "zeroscope_unet")}),
     "audioldm": ("audioldm", {"vae": ("codecs", "mel_vae"), "vocoder": ("codecs", "vocoder"),
-                              "unet": ("generators", "audioldm_unet")}),
+                              "unet": ("generators", "audioldm_unet"),
+                              "scheduler": ("generators", "audioldm_scheduler")}),
 }
 
 

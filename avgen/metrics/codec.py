@@ -113,6 +113,41 @@ def clip_onsets(audio: np.ndarray | torch.Tensor, sample_rate: int, cfg: OnsetCo
     return detect_onsets(y, cfg).astype(np.float64) / cfg.sample_rate
 
 
+#: envelope peak / envelope median above which a clip counts as having an impact (:func:`impact_contrast`): the
+#: synthetic clips' 1-s windows measure a median of 21 (87 % above 4), their mel-VAE + vocoder round trips 8 (81 %
+#: above 4), stationary noise about 1.5
+IMPACT_CONTRAST = 4.0
+
+
+def impact_contrast(audio: np.ndarray | torch.Tensor, sample_rate: int, window_seconds: float = 0.025) -> float:
+    """How much a waveform's loudest moment stands above its floor: the amplitude envelope (max |x| over
+    consecutive windows of ``window_seconds``; a partial last window dropped) peak divided by its median.
+
+    An impact (a transient over a quiet floor) gives a large value, stationary noise about 1–2 however loud, so it
+    tells sampled audio with impacts from noise that an onset detector still finds onsets in. Silence (a zero
+    median) gives ``inf`` when anything is louder, 1.0 when nothing is.
+
+    Args:
+        audio: one waveform ``(S,)``, float.
+        sample_rate: Hz.
+        window_seconds: the envelope's window (seconds; 25 ms = 400 samples at 16 kHz).
+
+    Raises:
+        ValueError: ``audio`` is not 1-D or shorter than one window, or ``window_seconds`` ≤ 0.
+    """
+    x = np.abs(np.asarray(audio, dtype=np.float64))
+    if window_seconds <= 0:
+        raise ValueError(f"window_seconds={window_seconds}: expected > 0")
+    hop = max(1, int(round(window_seconds * sample_rate)))
+    if x.ndim != 1 or len(x) < hop:
+        raise ValueError(f"expected one waveform (S,) of at least {hop} samples; got shape {x.shape}")
+    envelope = x[:len(x) // hop * hop].reshape(-1, hop).max(axis=1)
+    peak, floor = float(envelope.max()), float(np.median(envelope))
+    if floor == 0.0:
+        return 1.0 if peak == 0.0 else float("inf")
+    return peak / floor
+
+
 def onset_f1(events: Sequence[Sequence[float]], onsets: Sequence[Sequence[float]], window: float) -> OnsetF1:
     """Onset F-measure pooled over clips: matches (:func:`matched_onsets`, tolerance ``window`` seconds) summed
     over clips, precision = matched / onsets, recall = matched / events, F1 their harmonic mean (0 when both are

@@ -23,10 +23,13 @@ seeded by ``(seed, k)`` alone, so a resumed stage computes what an uninterrupted
   one, which works because CLAP aligns the two; the mini CLAP towers are random, so the U-Net trains on the text
   embedding of the caption (as AudioLDM 2 / Make-An-Audio condition on text).
 
-Objective, all stages: ε-prediction MSE at a timestep drawn uniformly from the model's noise schedule (DDPM, Ho et
-al. 2020, Eq. 14), the caption replaced by the empty prompt with probability ``cond_drop_prob`` (classifier-free
-guidance training, Ho & Salimans 2022; SD and AudioLDM use 0.1). The noise schedule of each stage is the one its
-system samples with (``noise_schedule``; a test checks it against the twin's scheduler).
+Objective, all stages: the MSE of the schedule's ``prediction_type`` target (ε, DDPM, Ho et al. 2020, Eq. 14; or v,
+Salimans & Ho 2022) at a timestep drawn uniformly from the model's noise schedule, the caption replaced by the empty
+prompt with probability ``cond_drop_prob`` (classifier-free guidance training, Ho & Salimans 2022; SD and AudioLDM use
+0.1). The noise schedule of each stage is the one its system samples with (``noise_schedule``): the twin's, except
+the audio U-Net's, whose betas are rescaled to zero terminal SNR with v-prediction (Lin et al. 2024; see
+``configs/part/generators.yaml`` for why) and which ships that scheduler with its weights
+(:data:`avgen.pretraining.STAGE_SCHEDULERS`); tests check each system's schedule against its generator's.
 
 The text encoders (the tiny twins' CLIP and CLAP text towers) stay random and frozen: fixed random features of a
 caption's bytes still separate the captions, and the U-Nets learn what they mean. The latents are precomputed
@@ -48,12 +51,14 @@ from avgen.diffusion import add_noise, training_target
 from avgen.systems.codec_twins import TwinTraining
 
 #: the noise-schedule settings a stage takes (DDPM betas; what the systems' DDIM schedulers were configured with)
-SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
+SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "rescale_betas_zero_snr",
+                 "prediction_type")
 
 
 def alphas_cumprod(schedule: Mapping[str, Any]) -> torch.Tensor:
     """ᾱ_t (float32 ``(num_train_timesteps,)``) of a DDPM noise schedule given as diffusers' scheduler settings
-    (``beta_start``, ``beta_end``, ``beta_schedule`` ``linear`` or ``scaled_linear``, ``num_train_timesteps``),
+    (``beta_start``, ``beta_end``, ``beta_schedule`` ``linear`` or ``scaled_linear``, ``num_train_timesteps``,
+    ``rescale_betas_zero_snr``: ᾱ at the last timestep exactly 0, Lin et al. 2024, Algorithm 1),
     computed by diffusers' ``DDPMScheduler`` (the class the systems' DDIM schedulers share the formula with).
 
     Raises:

@@ -519,8 +519,10 @@ class VTALDM(DiffusionSystem):
 
     # ------------------------------------------------------------------------------ sampling
     def sampler(self, name: str):
-        """A fresh diffusers scheduler of kind ``name`` on the training noise schedule."""
-        return SAMPLERS[name].from_config({**self.noise_scheduler.config, **SAMPLER_OVERRIDES[name]})
+        """A fresh diffusers scheduler of kind ``name`` on the training noise schedule, with
+        :data:`SAMPLER_OVERRIDES` (as keyword arguments: a merged dict would lose every key the training config
+        lists in ``_use_default_values``, which diffusers resets to its defaults)."""
+        return SAMPLERS[name].from_config(self.noise_scheduler.config, **SAMPLER_OVERRIDES[name])
 
     @torch.no_grad()
     def generate_latents(self, branches: Sequence[tuple[torch.Tensor, torch.Tensor]], weights: Sequence[float], *,

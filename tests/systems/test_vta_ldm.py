@@ -239,6 +239,21 @@ def test_conditions_change_the_context_as_documented(tiny_root):
         build(tiny_root, "model.conditions=[flow]")
 
 
+def test_samplers_keep_the_training_schedule_and_their_settings(tiny_root):
+    """Each sampler has the training noise schedule and its SAMPLER_OVERRIDES, also when the training schedule leaves
+    a setting at its default (DDIM's ``steps_offset=1`` was lost then: diffusers resets the keys a config lists in
+    ``_use_default_values`` when given a merged dict)."""
+    from avgen.systems.vta_ldm import SAMPLER_OVERRIDES, SAMPLERS
+
+    system = build(tiny_root, "~model.noise_scheduler.steps_offset", "model.objective.prediction_type=v_prediction")
+    for sampler in SAMPLERS:
+        built = system.sampler(sampler)
+        for key, value in SAMPLER_OVERRIDES[sampler].items():
+            assert built.config[key] == value, (sampler, key)
+        assert torch.equal(built.alphas_cumprod, system.noise_scheduler.alphas_cumprod), sampler
+        assert built.config.prediction_type == "v_prediction", sampler
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm_solver"])
 def test_sampler_equals_stable_diffusion_pipeline(system, sampler):
     """Same U-Net, context φ(f_V), initial latents and scheduler: avgen's sampler gives diffusers'
