@@ -172,7 +172,7 @@ class VTALDM(DiffusionSystem):
             read only when ``flow`` is a condition.
         text_encoder: ``{path}``: the CLIP text tower of the ``text`` condition (its width must be the video
             encoder's: both go through φ); read only when ``text`` is a condition.
-        released: path of the authors' released ``pytorch_model.bin`` to start a new run from
+        released: path of the authors' released ``pytorch_model_2.bin`` to start a new run from
             (:func:`load_released`), or ``None``; ignored when a checkpoint is restored (``INIT_ONLY``).
         gradient_checkpointing: recompute the U-Net's blocks in the backward pass.
         scale, tiny, mini, tiny_dir: as the other systems (``scale=tiny`` merges ``tiny`` over the arguments,
@@ -816,8 +816,9 @@ class ReleasedCheckpointError(WeightsFileError):
 
 def load_released(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The U-Net and φ state dicts of the authors' released checkpoint (``ariesssxu/vta-ldm-clip4clip-v-large``,
-    ``pytorch_model.bin``: the state dict of their ``AudioDiffusion`` module), read with
-    ``torch.load(weights_only=True)``.
+    ``pytorch_model_2.bin``: the state dict of their ``AudioDiffusion`` module, the file their
+    ``inference_from_video.sh`` loads; the folder's other ``pytorch_model*.bin`` files are accelerate's saves of
+    the other prepared modules), read with ``torch.load(weights_only=True)``.
 
     Keys ``unet.*`` → the U-Net, ``vid_fea_extractor.linear_layer.*`` → φ; the frozen CLIP towers
     (``vid_fea_extractor.clip_vision.*`` / ``clip_text.*``), when present, are skipped (avgen loads CLIP
@@ -829,7 +830,7 @@ def load_released(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"model.released={path}: no such file; download pytorch_model.bin of "
+        raise ConfigError(f"model.released={path}: no such file; download pytorch_model_2.bin of "
                           f"ariesssxu/vta-ldm-clip4clip-v-large and give its path")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -846,5 +847,6 @@ def load_released(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
         raise ReleasedCheckpointError(
             f"{path} (model.released): expected the keys unet.* and {RELEASED_PROJECTION}{{weight,bias}} of the "
             f"released VTA-LDM; found {len(unet)} unet keys, projection keys {sorted(projection)}, other keys "
-            f"{other[:5]}")
+            f"{other[:5]}" + ("; the model is the release's pytorch_model_2.bin (the file the authors' "
+                              "inference_from_video.sh loads), not pytorch_model.bin" if not unet else ""))
     return unet, projection

@@ -306,7 +306,7 @@ def released_layout(system) -> dict[str, torch.Tensor]:
 
 def test_released_checkpoint_layout_loads(system, tiny_root, tmp_path):
     state = released_layout(system)
-    path = tmp_path / "pytorch_model.bin"
+    path = tmp_path / "pytorch_model_2.bin"  # the release's model file (the authors' inference loads it)
     torch.save(state, path)
     loaded = build(tiny_root, "experiment=vta_ldm_public", f"model.released={path}")
     for k, v in loaded.unet.state_dict().items():
@@ -327,6 +327,11 @@ def test_released_checkpoint_errors(system, tmp_path):
     torch.save(state, tmp_path / "extra.bin")
     with pytest.raises(ReleasedCheckpointError, match=r"other keys \['text_encoder.weight'\]"):
         load_released(tmp_path / "extra.bin")
+    # another file of the release (accelerate saved each prepared module): no U-Net, so the error names the model's
+    torch.save({"encoder.conv_in.weight": torch.zeros(1), "decoder.conv_out.weight": torch.zeros(1)},
+               tmp_path / "pytorch_model.bin")
+    with pytest.raises(ReleasedCheckpointError, match=r"the model is the release's pytorch_model_2\.bin"):
+        load_released(tmp_path / "pytorch_model.bin")
     (tmp_path / "junk.bin").write_bytes(b"not a checkpoint")
     with pytest.raises(ReleasedCheckpointError, match="cannot be read"):
         load_released(tmp_path / "junk.bin")

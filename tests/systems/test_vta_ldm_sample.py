@@ -135,12 +135,12 @@ def test_sample_command_from_a_checkpoint_and_the_data(tmp_path):
     released = {f"unet.{k}": v for k, v in system.unet.state_dict().items()}
     projection = system.condition.projection.state_dict()
     released.update({f"vid_fea_extractor.linear_layer.{k}": v for k, v in projection.items()})
-    torch.save(released, tmp_path / "pytorch_model.bin")
+    torch.save(released, tmp_path / "pytorch_model_2.bin")
     fit = compose(["command=fit", "experiment=vta_ldm_public", "scale=tiny", "trainer.max_steps=1",
                    "trainer.limit_val_batches=0", f"paths.data_dir={tmp_path}/data",
-                   f"model.released={tmp_path / 'pytorch_model.bin'}"], tmp_path, run_dir=tmp_path / "fit")
+                   f"model.released={tmp_path / 'pytorch_model_2.bin'}"], tmp_path, run_dir=tmp_path / "fit")
     run_command(fit)
-    (tmp_path / "pytorch_model.bin").unlink()  # a checkpoint's weights replace model.released (INIT_ONLY)
+    (tmp_path / "pytorch_model_2.bin").unlink()  # a checkpoint's weights replace model.released (INIT_ONLY)
     cfg = compose(["command=sample", f"ckpt_path={tmp_path / 'fit' / 'checkpoints' / 'last.ckpt'}", "sample.n=2",
                    "sample.steps=2", "sample.sampler=ddim", f"paths.data_dir={tmp_path}/data"], tmp_path,
                   run_dir=tmp_path / "sample")
