@@ -421,4 +421,25 @@ def serve(cfg) -> None:
     demo = build_app(pipelines, out_dir=out_dir, av_align=AVAlignConfig(**(evaluate.get("av_align") or {})))
     url = launch(demo, options, out_dir)
     print(f"avgen app: serving {', '.join(pipelines)} at {url} (outputs in {out_dir}; Ctrl-C stops)", flush=True)
-    demo.block_thread()
+    serve_until_interrupted(demo)
+
+
+def serve_until_interrupted(demo: gr.Blocks) -> None:
+    """Block until Ctrl-C (SIGINT) or the app stops, then close it as ``gr.Blocks.close`` does: the queue and its
+    heartbeat loops first, then the server (whose thread Gradio joins for at most 5 s).
+
+    Gradio's ``block_thread`` closes only the server on Ctrl-C and leaves the queue's loops running; the command
+    then hung at exit now and then (a test saw no exit 120 s after Ctrl-C). ``SIGUSR1`` dumps every thread's stack
+    to stderr (:mod:`faulthandler`), so a process that does not stop can be asked where it is."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        while demo.is_running:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        print("avgen app: Ctrl-C: closing the server", flush=True)
+    finally:
+        demo.close(verbose=False)

@@ -321,9 +321,10 @@ def test_the_page_in_a_browser(vta_checkpoint, tmp_path):
         proc.send_signal(signal.SIGINT)
         stopping = time.monotonic()
         try:
-            # Gradio's shutdown after Ctrl-C took over 30 s once with the other test worker busy on the same 2 cores
-            proc.wait(timeout=120)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # every thread's stack into the output below (faulthandler)
+            time.sleep(3)
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, f"exit {proc.returncode} {time.monotonic() - stopping:.0f} s after Ctrl-C:\n" + \
