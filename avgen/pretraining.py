@@ -25,8 +25,9 @@ steps around other stages: the committed codecs (or ``pretrain_twins.codecs_dir`
 captions, then ``audioldm_unet``, ``animatediff_image``, ``animatediff_motion`` (over the trained image U-Net)
 and ``zeroscope_unet`` train; :func:`evaluate_generators` measures them on held-out clips (held-out denoising loss
 against the initial weights, sampled clips' frame change, prompted colour and shape seen by a frame classifier,
-audio onsets); ``<run>/twins/`` holds the U-Nets and the motion adapter, ``samples_strip.png`` and a manifest that
-records the codecs' tag (``scale=mini`` refuses generators of other codecs); ``pretrain_twins.publish_dir``
+audio onsets and impacts); ``<run>/twins/`` holds the U-Nets, the motion adapter, the scheduler of a stage whose
+noise schedule is not its twin's (:data:`STAGE_SCHEDULERS`: the audio U-Net's zero-terminal-SNR one),
+``samples_strip.png`` and a manifest that records the codecs' tag (``scale=mini`` refuses generators of other codecs); ``pretrain_twins.publish_dir``
 (``avgen/backbones/mini_generators``) installs them.
 """
 
