@@ -27,8 +27,8 @@ and ``zeroscope_unet`` train; :func:`evaluate_generators` measures them on held-
 against the initial weights, sampled clips' frame change, prompted colour and shape seen by a frame classifier,
 audio onsets and impacts); ``<run>/twins/`` holds the U-Nets, the motion adapter, the scheduler of a stage whose
 noise schedule is not its twin's (:data:`STAGE_SCHEDULERS`: the audio U-Net's zero-terminal-SNR one),
-``samples_strip.png`` and a manifest that records the codecs' tag (``scale=mini`` refuses generators of other codecs); ``pretrain_twins.publish_dir``
-(``avgen/backbones/mini_generators``) installs them.
+``samples_strip.png`` and a manifest that records the codecs' tag (``scale=mini`` refuses generators of other
+codecs); ``pretrain_twins.publish_dir`` (``avgen/backbones/mini_generators``) installs them.
 """
 
 from __future__ import annotations
