@@ -436,6 +436,9 @@ def serve_until_interrupted(demo: gr.Blocks) -> None:
 
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # Ctrl-C raises KeyboardInterrupt here whatever the process inherited or a library installed: a stuck app's stacks
+    # (SIGUSR1) showed this loop still sleeping 60 s after SIGINT
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while demo.is_running:
             time.sleep(0.1)
