@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 XDIST = -n $(TEST_WORKERS) --dist loadscope
 
-.PHONY: setup test test-fast lint demo bench clean-venv
+.PHONY: setup test test-fast lint demo bench clean-venv gpu-wheels gpu-check
 
 setup: $(STAMP)
 
@@ -69,3 +69,18 @@ bench: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# GPU readiness (benchmarks/gpu_check.py): a lent GPU machine has torch, lightning and transformers but not these; build
+# their wheels here (the installed versions; Hydra's antlr4 runtime has no wheel on the registry: pip builds one), carry
+# wheels/ with the working tree, then there: pip install --no-index --no-deps wheels/*.whl && make gpu-check
+GPU_WHEELS = diffusers hydra-core omegaconf antlr4-python3-runtime webdataset braceexpand
+gpu-wheels: setup
+	rm -rf wheels && mkdir -p wheels
+	$(PY) -m pip freeze | grep -i -E '^($(shell echo $(GPU_WHEELS) | tr ' ' '|'))==' > wheels/requirements.txt
+	$(PY) -m pip wheel -q --no-deps -w wheels -r wheels/requirements.txt
+	@du -sh wheels
+
+# the check itself (on a machine without CUDA: a CPU dry run of the same code path at scale=tiny, exit 0)
+GPU_CHECK_OUT ?= gpu_check.json
+gpu-check:
+	PYTHONPATH=. python3 benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)

@@ -59,7 +59,9 @@ def without_init_only(model_cfg: DictConfig) -> DictConfig:
 
 def build_model(cfg: DictConfig, *, fresh: bool = True):
     """The system of ``cfg.model``; ``fresh=False`` when a checkpoint's weights will replace its trainable
-    weights (resume, ``init_from``): its ``INIT_ONLY`` keys are then not read (:func:`without_init_only`)."""
+    weights (resume, ``init_from``): its ``INIT_ONLY`` keys are then not read (:func:`without_init_only`). At
+    ``scale=paper_random`` with CUDA the model is built on ``cuda:<LOCAL_RANK>``
+    (:func:`avgen.backbones.paper_random.model_build_device`)."""
     from hydra.utils import instantiate
 
     from avgen.systems.base import AVSystem
@@ -67,7 +69,10 @@ def build_model(cfg: DictConfig, *, fresh: bool = True):
     if cfg.get("model") is None:
         raise ConfigError("no model selected: choose experiment=<name> or model=<name> "
                           "(python -m avgen --help lists the experiments)")
-    model = instantiate(cfg.model if fresh else without_init_only(cfg.model))
+    from avgen.backbones.paper_random import build_device, model_build_device
+
+    with build_device(model_build_device(cfg)):  # scale=paper_random with CUDA: on the GPU
+        model = instantiate(cfg.model if fresh else without_init_only(cfg.model))
     if isinstance(model, AVSystem):
         model.run_config = OmegaConf.to_container(cfg, resolve=True)
     return model

@@ -29,21 +29,22 @@ def at_scale(scale: str, default: Any, tiny: Any) -> Any:
 
 
 #: every ``scale=`` option: ``paper`` (real weights), ``tiny`` (random twins), ``mini`` (the tiny twins with the parts
-#: avgen trained on the synthetic data)
-SCALES = ("paper", "tiny", "mini")
+#: avgen trained on the synthetic data), ``paper_random`` (the papers' architectures with random weights:
+#: :mod:`avgen.backbones.paper_random`)
+SCALES = ("paper", "tiny", "mini", "paper_random")
 SMALL_SCALES = ("tiny", "mini")
 
 
 def scale_blocks(scale: str, config_key: str = "scale_name") -> tuple[str, ...]:
     """The model-config blocks merged, in order, over a system's arguments at ``scale``: none at ``paper``,
-    ``tiny`` at ``tiny``, ``tiny`` then ``mini`` at ``mini``.
+    ``tiny`` at ``tiny``, ``tiny`` then ``mini`` at ``mini``, ``paper_random`` at ``paper_random``.
 
     Raises:
         ConfigError: ``scale`` is not one of :data:`SCALES` (the message names ``config_key``).
     """
     if scale not in SCALES:
         raise ConfigError(f"{config_key}={scale!r}: expected one of {', '.join(SCALES)}")
-    return {"paper": (), "tiny": ("tiny",), "mini": ("tiny", "mini")}[scale]
+    return {"paper": (), "tiny": ("tiny",), "mini": ("tiny", "mini"), "paper_random": ("paper_random",)}[scale]
 
 
 def register_scale_resolver() -> None:

@@ -111,7 +111,7 @@ def set_source(model_config: dict[str, Any], key: str, value: Any) -> None:
     """Set dotted ``key`` (relative to ``model``) to ``value`` where the system reads it (:func:`effective_source`):
     the top-level key, and the ``tiny`` and ``mini`` blocks' too where they set the key."""
     _set(model_config, key, value)
-    for block in ("tiny", "mini"):
+    for block in ("tiny", "mini", "paper_random"):
         overrides = model_config.get(block)
         if isinstance(overrides, dict) and _get(overrides, key, missing=_MISSING) is not _MISSING:
             _set(overrides, key, value)

@@ -260,6 +260,17 @@ class FrozenModule(nn.Module):
         return super().train(False)
 
 
+def computed_tables(compute) -> tuple[torch.Tensor, ...]:
+    """The tensors ``compute()`` returns (a front end's filterbank, window: values derived from its arguments),
+    computed on the CPU and moved to the current default device (``torch.device(...)`` context), except that on
+    the ``meta`` device they stay on the CPU: a model built there (``scale=paper_random``'s parameter counts)
+    has no values, and these tables are tiny and needed as values."""
+    with torch.device("cpu"):
+        tables = tuple(compute())
+    target = torch.get_default_device()
+    return tables if target.type in ("cpu", "meta") else tuple(t.to(target) for t in tables)
+
+
 class HoldsFrozen(nn.Module):
     """A module (a system, a metric) holding pretrained parts it does not train (a Hugging Face model, a
     diffusers UNet): :meth:`hold_frozen` applies :func:`freeze` to them, and ``train(mode)`` puts them

@@ -73,27 +73,12 @@ def source_overrides(name: str, sources: Mapping[str, str]) -> list[str]:
 
 def compose(name: str, overrides: Sequence[str] = (), run_dir: str | Path | None = None):
     """The config of ``name``'s paper experiment with ``overrides``, composed as the command line would; with
-    ``run_dir`` also the Hydra run config (commands that write a run folder need it), outputs under ``run_dir``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    ``run_dir`` also the Hydra run config (commands that write a run folder need it), outputs under ``run_dir``
+    (:func:`gpu_check.compose`)."""
+    from gpu_check import compose as compose_config
 
-    from avgen.cli import config_dir, register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    lines = [f"experiment={EXPERIMENTS[name]}", "paths.data_dir=/tmp/avgen-flops", *overrides]
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        if run_dir is None:
-            return hydra_compose("config", overrides=lines)
-        cfg = hydra_compose("config", overrides=[f"hydra.run.dir={run_dir}", *lines], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-        del cfg["hydra"]
-    return cfg
+    return compose_config([f"experiment={EXPERIMENTS[name]}", "paths.data_dir=/tmp/avgen-flops", *overrides],
+                          None if run_dir is None else Path(run_dir))
 
 
 def build_system(name: str, sources: Mapping[str, Mapping[str, paper_sizes.Spec]], device: str,

@@ -15,7 +15,6 @@ builds the ``small`` ones on the CPU with random weights to time training steps.
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -43,126 +42,23 @@ class Spec:
 
 
 # ---------------------------------------------------------------------------------------------- paper scale
-SD_VAE = Spec("vae", {"in_channels": 3, "out_channels": 3, "latent_channels": 4,
-                      "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-                      "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32,
-                      "sample_size": 256, "scaling_factor": 0.18215},
-              "hub stabilityai/sd-vae-ft-mse vae config.json (SD's kl-f8 first stage: ch 128, ch_mult 1,2,4,4, "
-              "2 res blocks, z 4; the same numbers as open-mmlab/mmagic configs/stable_diffusion/"
-              "stable-diffusion_ddim_denoisingunet.py's vae); zeroscope_v2_576w's vae/ (SD 2's) is the same network")
-AUDIOLDM_VAE = Spec("vae", {"in_channels": 1, "out_channels": 1, "latent_channels": 8,
-                            "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
-                            "block_out_channels": [128, 256, 512], "layers_per_block": 2, "norm_num_groups": 32,
-                            "sample_size": 256, "scaling_factor": 0.9227914214134216},
-                    "haoheliu/AudioLDM@4054cb418ba3d947d94f6ad302f1d6a320e2313c audioldm/utils.py "
-                    "default_audioldm_config: first_stage ddconfig ch 128, ch_mult [1,2,4], num_res_blocks 2, z 8 "
-                    "(every AudioLDM v1 size: s, m, l); scaling_factor: hub cvssp/audioldm-m-full vae/config.json")
-CLIP_L_TEXT = {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-               "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-               "projection_dim": 768}
-CLIP_L_TEXT_SOURCE = ("hub openai/clip-vit-large-patch14 config.json text_config (SD 1.5's text_encoder is this "
-                      "tower: 12 layers, 768 wide, 3072 FFN, 77 positions; transformers' CLIPTextConfig defaults)")
-CLIP_L_VISION = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
-                 "image_size": 224, "patch_size": 14, "projection_dim": 768, "hidden_act": "quick_gelu"}
-CLIP_L_VISION_SOURCE = ("hub openai/clip-vit-large-patch14 config.json vision_config: ViT-L/14 at 224 px, 24 layers, "
-                        "1024 wide, 4096 FFN, projection 768 (VTA-LDM's f_V, 768-d; "
-                        "/work/shared/reference/official-code-notes.md section 2)")
+#: the paper-scale sources of this benchmark → avgen's architecture files (configs/architectures/<name>.yaml, the
+#: ``random:<name>`` sources of scale=paper_random: :mod:`avgen.backbones.paper_random`), which cite their sources
+ARCHITECTURES = {"paper:sd15": "sd15", "paper:animatediff_v152": "animatediff_v152", "paper:audioldm_m": "audioldm_m",
+                 "paper:zeroscope": "zeroscope", "paper:beats": "beats", "paper:clip_l14": "clip4clip",
+                 "paper:audioldm_s": "audioldm_s"}
 
-PAPER: dict[str, dict[str, Spec]] = {
-    # the joint system's video model: an SD1.5-layout UNet + AnimateDiff v2 motion modules, SD's VAE, CLIP text
-    "paper:sd15": {
-        "unet": Spec("unet2d", {"sample_size": 64, "in_channels": 4, "out_channels": 4, **SD15_BLOCKS,
-                                "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
-                                "attention_head_dim": 8, "cross_attention_dim": 768, "norm_num_groups": 32},
-                     "hub SG161222/Realistic_Vision_V5.1_noVAE unet/config.json = runwayml/stable-diffusion-v1-5's "
-                     "(320/640/1280/1280, 2 layers per block, 8 heads, context 768; the Rust port in the code index "
-                     "cites https://huggingface.co/runwayml/stable-diffusion-v1-5/blob/main/unet/config.json with "
-                     "these values)"),
-        "vae": SD_VAE,
-        "text_encoder": Spec("clip_text", CLIP_L_TEXT, CLIP_L_TEXT_SOURCE),
-        "tokenizer": Spec("clip_tokenizer", {"model_max_length": 77}, "SD 1.5 tokenizer: 77 tokens"),
-        "scheduler": Spec("scheduler", {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-                                        "beta_schedule": "scaled_linear", "clip_sample": False,
-                                        "set_alpha_to_one": False, "steps_offset": 1},
-                          "SD 1.5 scheduler/scheduler_config.json"),
-    },
-    "paper:animatediff_v152": {
-        "": Spec("motion_adapter", {"block_out_channels": [320, 640, 1280, 1280], "motion_layers_per_block": 2,
-                                    "motion_mid_block_layers_per_block": 1, "motion_num_attention_heads": 8,
-                                    "motion_norm_num_groups": 32, "motion_max_seq_length": 32,
-                                    "use_motion_mid_block": True},
-                 "hub guoyww/animatediff-motion-adapter-v1-5-2 config.json (v2: a motion mid block; v3's config, "
-                 "pinned in a repository of the code index, differs only in use_motion_mid_block false)"),
-    },
-    "paper:audioldm_m": {
-        "unet": Spec("unet2d", {"sample_size": 128, "in_channels": 8, "out_channels": 8, **AUDIOLDM_BLOCKS,
-                                "block_out_channels": [192, 384, 576, 960], "layers_per_block": 2,
-                                "cross_attention_dim": [192, 384, 576, 960], "norm_num_groups": 32,
-                                "class_embed_type": "simple_projection",
-                                "projection_class_embeddings_input_dim": 512, "class_embeddings_concat": True},
-                     "haoheliu/AudioLDM@4054cb41 audioldm/utils.py: model_channels 192 for '-m-' models, "
-                     "channel_mult [1,2,3,5], num_res_blocks 2, attention at 8,4,2× (3 attention levels), "
-                     "extra_film_condition_dim 512 concatenated; self-attention only (diffusers' conversion: "
-                     "cross_attention_dim = the block widths); head count left at the class default"),
-        "vae": AUDIOLDM_VAE,
-        "text_encoder": Spec("clap_text", {"vocab_size": 50265, "hidden_size": 768, "intermediate_size": 3072,
-                                           "num_hidden_layers": 12, "num_attention_heads": 12,
-                                           "max_position_embeddings": 514, "type_vocab_size": 1,
-                                           "projection_dim": 512, "pad_token_id": 1, "bos_token_id": 0,
-                                           "eos_token_id": 2},
-                             "hub cvssp/audioldm-m-full text_encoder/config.json: CLAP's RoBERTa-base text tower "
-                             "(12 layers, 768, 514 positions) with a 512-d projection"),
-        "tokenizer": Spec("roberta_tokenizer", {"model_max_length": 512},
-                          "ASSUMED: RobertaTokenizer's model_max_length 512 (AudioLDM pads prompts to it)"),
-        "vocoder": Spec("hifigan", {"model_in_dim": 64, "sampling_rate": 16000, "upsample_initial_channel": 1024,
-                                    "upsample_rates": [5, 4, 2, 2, 2], "upsample_kernel_sizes": [16, 16, 8, 4, 4],
-                                    "resblock_kernel_sizes": [3, 7, 11],
-                                    "resblock_dilation_sizes": [[1, 3, 5]] * 3, "normalize_before": False},
-                        "hub cvssp/audioldm-m-full vocoder/config.json (HiFi-GAN V1; not run in training)"),
-        "scheduler": Spec("scheduler", {"num_train_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0195,
-                                        "beta_schedule": "scaled_linear", "clip_sample": False,
-                                        "set_alpha_to_one": False, "steps_offset": 1},
-                          "AudioLDM linear_start 0.0015, linear_end 0.0195 (audioldm/utils.py)"),
-    },
-    "paper:zeroscope": {
-        "unet": Spec("unet3d", {"sample_size": 32, "in_channels": 4, "out_channels": 4, **ZEROSCOPE_BLOCKS,
-                                "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
-                                "attention_head_dim": 64, "cross_attention_dim": 1024, "norm_num_groups": 32},
-                     "hub cerspense/zeroscope_v2_576w unet/config.json (ModelScope's UNet3D: 320/640/1280/1280, "
-                     "2 layers per block, 64-d heads, context 1024; diffusers' UNet3DConditionModel defaults)"),
-        "vae": SD_VAE,
-        "text_encoder": Spec("clip_text", {"vocab_size": 49408, "hidden_size": 1024, "intermediate_size": 4096,
-                                           "num_hidden_layers": 23, "num_attention_heads": 16,
-                                           "max_position_embeddings": 77, "hidden_act": "gelu",
-                                           "projection_dim": 512},
-                             "hub cerspense/zeroscope_v2_576w text_encoder/config.json: OpenCLIP ViT-H/14's text "
-                             "tower as SD 2 keeps it (23 of 24 layers, 1024 wide, 4096 FFN)"),
-        "tokenizer": Spec("clip_tokenizer", {"model_max_length": 77}, "zeroscope tokenizer: 77 tokens"),
-        "scheduler": Spec("scheduler", {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-                                        "beta_schedule": "scaled_linear", "clip_sample": False,
-                                        "set_alpha_to_one": False, "steps_offset": 1},
-                          "zeroscope scheduler/scheduler_config.json"),
-    },
-    "paper:beats": {
-        "": Spec("beats", {}, "avgen.encoders.beats.BEATsConfig defaults = BEATs_iter3_plus_AS2M cpt2's cfg "
-                              "(12 layers, 768 wide, 3072 FFN, 16×16 patches, 512-d patch embedding; "
-                              "microsoft/unilm beats/BEATs.py)"),
-    },
-    "paper:clip_l14": {
-        "": Spec("clip_vision", CLIP_L_VISION, CLIP_L_VISION_SOURCE),
-        "text": Spec("clip_text_projection", CLIP_L_TEXT, CLIP_L_TEXT_SOURCE),
-        "tokenizer": Spec("clip_tokenizer", {"model_max_length": 77}, "CLIP tokenizer: 77 tokens"),
-    },
-    # VTA-LDM's codec: audioldm-s-full's VAE (the same first stage as every AudioLDM v1 size) and vocoder
-    "paper:audioldm_s": {
-        "vae": AUDIOLDM_VAE,
-        "vocoder": Spec("hifigan", {"model_in_dim": 64, "sampling_rate": 16000, "upsample_initial_channel": 1024,
-                                    "upsample_rates": [5, 4, 2, 2, 2], "upsample_kernel_sizes": [16, 16, 8, 4, 4],
-                                    "resblock_kernel_sizes": [3, 7, 11],
-                                    "resblock_dilation_sizes": [[1, 3, 5]] * 3, "normalize_before": False},
-                        "HiFi-GAN V1 as in cvssp/audioldm-s-full's vocoder (not run in training)"),
-    },
-}
+
+def _paper_specs(name: str) -> dict[str, Spec]:
+    from avgen.backbones.paper_random import architecture
+
+    return {("" if key == "." else key): Spec(entry["kind"], entry["config"], entry.get("source", ""))
+            for key, entry in architecture(name)["components"].items()}
+
+
+PAPER: dict[str, dict[str, Spec]] = {source: _paper_specs(name) for source, name in ARCHITECTURES.items()}
+SD_VAE = PAPER["paper:sd15"]["vae"]
+AUDIOLDM_VAE = PAPER["paper:audioldm_m"]["vae"]
 
 #: VTA-LDM's U-Net at the paper's size: configs/model/vta_ldm.yaml ``unet`` (the public code's
 #: configs/diffusion_model_config_large_2048.json), read from the yaml by :func:`vta_ldm_unet`
@@ -209,56 +105,8 @@ SYSTEMS: dict[str, dict[str, Any]] = {
 
 
 # ---------------------------------------------------------------------------------------------- builders
-def _clip_tokenizer(config: Mapping[str, Any]):
-    from avgen.backbones.tiny import clip_tokenizer
-
-    return clip_tokenizer(int(config["model_max_length"]))
-
-
-def _roberta_tokenizer(config: Mapping[str, Any]):
-    from avgen.backbones.tiny import roberta_tokenizer
-
-    return roberta_tokenizer(int(config["model_max_length"]))
-
-
-def _beats(config: Mapping[str, Any]):
-    from avgen.encoders.beats import BEATs, BEATsConfig
-
-    model = BEATs(BEATsConfig(**{"finetuned_model": False, **config}))
-    return model
-
-
-def _transformers(model_cls: str, config_cls: str):
-    def build(config: Mapping[str, Any]):
-        import transformers
-
-        return getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config))
-    return build
-
-
-def _diffusers(name: str):
-    def build(config: Mapping[str, Any]):
-        import diffusers
-
-        return getattr(diffusers, name)(**config)
-    return build
-
-
-#: kind → builder of the module (or tokenizer) from its config
-KINDS = {
-    "unet2d": _diffusers("UNet2DConditionModel"),
-    "unet3d": _diffusers("UNet3DConditionModel"),
-    "vae": _diffusers("AutoencoderKL"),
-    "motion_adapter": _diffusers("MotionAdapter"),
-    "clip_text": _transformers("CLIPTextModel", "CLIPTextConfig"),
-    "clip_text_projection": _transformers("CLIPTextModelWithProjection", "CLIPTextConfig"),
-    "clip_vision": _transformers("CLIPVisionModelWithProjection", "CLIPVisionConfig"),
-    "clap_text": _transformers("ClapTextModelWithProjection", "ClapTextConfig"),
-    "hifigan": _transformers("SpeechT5HifiGan", "SpeechT5HifiGanConfig"),
-    "beats": _beats,
-    "clip_tokenizer": _clip_tokenizer,
-    "roberta_tokenizer": _roberta_tokenizer,
-}
+#: kind → builder of the module (or tokenizer) from its config: avgen's (scale=paper_random builds the same way)
+from avgen.backbones.paper_random import KINDS  # noqa: E402,F401
 
 #: the modules whose ``load_pretrained`` (imported by name) the backbone loaders call
 LOADER_MODULES = ("avgen.backbones.loader", "avgen.backbones.animatediff", "avgen.backbones.audioldm",
@@ -266,13 +114,12 @@ LOADER_MODULES = ("avgen.backbones.loader", "avgen.backbones.animatediff", "avge
 
 
 def build_spec(spec: Spec, device: str | torch.device = "meta", seed: int = 0):
-    """The module (random weights; on ``meta``: none) or tokenizer of ``spec``."""
-    if spec.kind in ("clip_tokenizer", "roberta_tokenizer"):
-        return KINDS[spec.kind](spec.config)
-    torch.manual_seed(seed)
+    """The module (random weights; on ``meta``: none) or tokenizer of ``spec``
+    (:func:`avgen.backbones.paper_random.build_spec` on ``device``)."""
+    from avgen.backbones.paper_random import build_spec as build
+
     with torch.device(device):
-        module = KINDS[spec.kind](copy.deepcopy(spec.config))
-    return module.eval()
+        return build(spec.kind, spec.config, seed=seed)
 
 
 @contextlib.contextmanager

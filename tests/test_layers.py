@@ -2,9 +2,9 @@
 
 Layers, bottom to top (a module may import from its own layer and the ones below):
 
-0. base: ``errors``, ``_versions``, ``media``, ``parallel``, ``config_files``, ``pretrained`` (the weights
-   registry and the frozen-module rule sit here because encoders, backbones, metrics and systems all load
-   pretrained parts)
+0. base: ``errors``, ``_versions``, ``_lazy`` (lazy imports of the media libraries), ``media``, ``parallel``,
+   ``config_files``, ``pretrained`` (the weights registry and the frozen-module rule sit here because encoders,
+   backbones, metrics and systems all load pretrained parts)
 1. ``checkpoint``, ``loggers``, ``diffusion``
 2. ``data``, ``samples`` (the sample-folder format: written by systems, read by evaluation)
 3. ``backbones``, ``encoders`` (frozen pretrained networks, for conditioning or for metrics)
@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LAYERS = [
-    ["avgen", "avgen.errors", "avgen._versions", "avgen.media", "avgen.parallel", "avgen.config_files",
+    ["avgen", "avgen.errors", "avgen._versions", "avgen._lazy", "avgen.media", "avgen.parallel", "avgen.config_files",
      "avgen.pretrained"],
     ["avgen.checkpoint", "avgen.loggers", "avgen.diffusion"],
     ["avgen.data", "avgen.samples"],

@@ -61,11 +61,16 @@ class AudioLDMMel(nn.Module):
         self.sample_rate, self.n_fft, self.win_length, self.hop_length = sample_rate, n_fft, win_length, hop_length
         self.n_mels, self.f_min, self.f_max, self.log_floor = n_mels, f_min, f_max, log_floor
         self.padding = (n_fft - hop_length) // 2
-        fbank = torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, f_min, f_max, n_mels, sample_rate,
-                                                      norm="slaney", mel_scale="slaney")
+        from avgen.pretrained import computed_tables
+
+        # values, even when the model is built under torch.device("meta") (scale=paper_random)
+        fbank, window = computed_tables(lambda: (
+            torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, f_min, f_max, n_mels, sample_rate, norm="slaney",
+                                                  mel_scale="slaney").T.contiguous(),
+            torch.hann_window(win_length, periodic=True)))
         # Derived from the arguments: rebuilt, not stored in checkpoints.
-        self.register_buffer("mel_basis", fbank.T.contiguous(), persistent=False)  # (n_mels, n_fft // 2 + 1)
-        self.register_buffer("window", torch.hann_window(win_length, periodic=True), persistent=False)
+        self.register_buffer("mel_basis", fbank, persistent=False)  # (n_mels, n_fft // 2 + 1)
+        self.register_buffer("window", window, persistent=False)
 
     def settings(self) -> dict[str, float | int]:
         """The constructor's arguments (sample rate in Hz, sizes in samples, range in Hz): everything that

@@ -24,6 +24,7 @@ from avgen.pretrained import HUB_MODELS, quiet_loading
 
 TINY_PREFIX = "tiny:"
 MINI_PREFIX = "mini:"  # avgen.backbones.mini.MINI_PREFIX (not imported here: that module imports torch)
+RANDOM_PREFIX = "random:"  # avgen.backbones.paper_random.RANDOM_PREFIX (scale=paper_random)
 
 
 class PretrainedModelMissing(FileNotFoundError):
@@ -53,9 +54,15 @@ class PretrainedModelMissing(FileNotFoundError):
 def load_pretrained(cls: Any, name_or_path: str | os.PathLike | None, config_key: str, *,
                     subfolder: str | None = None, **kwargs: Any) -> Any:
     """``cls.from_pretrained(name_or_path, subfolder=..., local_files_only=True, **kwargs)``, or
-    :class:`PretrainedModelMissing` naming ``config_key`` and the original's hub id."""
+    :class:`PretrainedModelMissing` naming ``config_key`` and the original's hub id. A ``random:<name>`` source
+    is built from its architecture config with random weights instead (:func:`avgen.backbones.paper_random.
+    build_component`; no files read)."""
     if name_or_path is None:
         raise PretrainedModelMissing(None, config_key)
+    if str(name_or_path).startswith(RANDOM_PREFIX):  # scale=paper_random: the architecture, random weights
+        from avgen.backbones.paper_random import build_component
+
+        return build_component(cls, str(name_or_path), config_key, subfolder=subfolder, **kwargs)
     if subfolder is not None:
         kwargs["subfolder"] = subfolder
     try:
@@ -84,9 +91,15 @@ def resolve_source(source: str, tiny_dir: str | os.PathLike | None, config_key: 
     ``<tiny_dir>/<name>-v<version>`` by :func:`avgen.backbones.tiny.materialize` and that folder is
     returned; ``mini:<name>`` (:data:`avgen.backbones.mini.MINI_TWINS`) likewise into
     ``<tiny_dir>/mini-<name>-<weights tag>`` by :func:`avgen.backbones.mini.materialize` (the tiny twin with
-    the parts avgen trained); anything else is returned unchanged.
+    the parts avgen trained); ``random:<name>`` (``configs/architectures/<name>.yaml``) is checked and returned
+    unchanged (:func:`load_pretrained` builds it); anything else is returned unchanged.
     """
     source = str(source)
+    if source.startswith(RANDOM_PREFIX):
+        from avgen.backbones.paper_random import architecture
+
+        architecture(source, config_key)  # an unknown name stops here, naming the key
+        return source
     if source.startswith(MINI_PREFIX):
         from avgen.backbones import mini
 

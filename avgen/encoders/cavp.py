@@ -92,10 +92,14 @@ class CAVPMelSpectrogram(nn.Module):
     def __init__(self, hop_length: int = HOP_LENGTH, pad_mode: str = "reflect"):
         super().__init__()
         self.hop_length, self.pad_mode = int(hop_length), pad_mode
-        mel = torchaudio.functional.melscale_fbanks(N_FFT // 2 + 1, F_MIN, F_MAX, NUM_MEL_BINS, SAMPLE_RATE,
-                                                    norm="slaney", mel_scale="slaney")
+        from avgen.pretrained import computed_tables
+
+        mel, window = computed_tables(lambda: (
+            torchaudio.functional.melscale_fbanks(N_FFT // 2 + 1, F_MIN, F_MAX, NUM_MEL_BINS, SAMPLE_RATE,
+                                                  norm="slaney", mel_scale="slaney"),
+            torch.hann_window(N_FFT, periodic=True)))
         self.register_buffer("mel_bank", mel, persistent=False)  # (N_FFT // 2 + 1, 128)
-        self.register_buffer("window", torch.hann_window(N_FFT, periodic=True), persistent=False)
+        self.register_buffer("window", window, persistent=False)
 
     def forward(self, waveform: Tensor) -> Tensor:
         """waveform (B, S) at 16 kHz → spec (B, 1, T, 128) in [0, 1], axis 2 is time, T = 1 + S // hop_length."""

@@ -10,11 +10,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-import av
 import numpy as np
-import soundfile as sf
 
+from avgen._lazy import lazy_module
 from avgen.media.core import AUDIO_SUFFIXES, SEEK_AFTER_SECONDS, MediaError, _exact, _round_half_up, as_fps, fps_label
+
+av = lazy_module("av", "decoding video")
+sf = lazy_module("soundfile", "reading audio files")
 
 
 # ------------------------------------------------------------------------------------- opening files

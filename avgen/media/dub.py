@@ -21,13 +21,15 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-import av
 import numpy as np
 
+from avgen._lazy import lazy_module
 from avgen.media.core import AUDIO_CODEC_MP4, VIDEO_CODEC, MediaError, frame_count
 from avgen.media.decode import _FrameConverter, _open_input, _rotation_degrees, _stream_rate, check_finite
 from avgen.media.encode import _encode_audio_stream
 from avgen.media.files import atomic_write
+
+av = lazy_module("av", "muxing sounding videos")
 
 # codecs the mp4 muxer takes as they are: their packets are copied, never re-encoded
 MP4_COPY_CODECS = frozenset({"h264", "hevc", "mpeg4", "av1", "vp9"})

@@ -5,13 +5,15 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import av
 import numpy as np
-import soundfile as sf
 
+from avgen._lazy import lazy_module
 from avgen.media.core import AUDIO_CODEC_MP4, VIDEO_CODEC, VIDEO_CRF, as_fps
 from avgen.media.decode import check_finite
 from avgen.media.files import write_bytes_atomic
+
+av = lazy_module("av", "encoding video")
+sf = lazy_module("soundfile", "writing audio files")
 
 
 def encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:

@@ -79,12 +79,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import cv2
-import librosa
 import numpy as np
 
+from avgen._lazy import lazy_module
 from avgen.errors import ConfigError
 from avgen.media import OpticalFlow, read_clip, write_bytes_atomic
+
+cv2 = lazy_module("cv2", "optical flow and plots")
+librosa = lazy_module("librosa", "audio onset detection")
 
 VARIANTS: tuple[str, ...] = ("official", "paper", "pr")
 NO_EVENTS_SCORE = 0.0
@@ -326,7 +328,7 @@ def load_av(path: str | Path, wav: str | Path | None = None, *, fps=None) -> tup
 
 _BG, _INK, _GRID = (255, 255, 255), (40, 40, 40), (225, 225, 225)
 _CURVE, _MATCHED, _UNMATCHED, _WAVE = (180, 90, 30), (40, 160, 40), (40, 40, 220), (140, 140, 140)  # BGR
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX (a constant: OpenCV is imported lazily)
 
 
 def _text(img, s: str, org: tuple[int, int], scale: float = 0.45, color=_INK, thickness: int = 1) -> None:

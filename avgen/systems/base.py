@@ -61,21 +61,32 @@ def merge_config(base: dict, override: Mapping) -> dict:
     return out
 
 
-def system_arguments(scale: str, tiny: Mapping | None, *, mini: Mapping | None = None, **parts: Any
-                     ) -> dict[str, Any]:
+def system_arguments(scale: str, tiny: Mapping | None, *, mini: Mapping | None = None,
+                     paper_random: Mapping | None = None, **parts: Any) -> dict[str, Any]:
     """A system's constructor arguments as plain Python, with the ``tiny`` overrides merged in at
     ``scale=tiny``, and the ``tiny`` then the ``mini`` overrides at ``scale=mini`` (the tiny sizes with the
-    trained mini twins, :mod:`avgen.backbones.mini`); a ``None`` part becomes ``{}``. The ``sampling`` and
-    ``validation`` parts are completed and checked by :meth:`DiffusionSystem.configure_settings`.
+    trained mini twins, :mod:`avgen.backbones.mini`), the ``paper_random`` overrides at ``scale=paper_random``
+    (``random:`` backbone sources, :mod:`avgen.backbones.paper_random`); a ``None`` part becomes ``{}``. The
+    ``sampling`` and ``validation`` parts are completed and checked by :meth:`DiffusionSystem.configure_settings`.
 
     Raises:
         ConfigError: ``model.scale`` is not one of :data:`avgen.config_files.SCALES`.
     """
     args = {name: plain_config({} if value is None else value) for name, value in parts.items()}
-    blocks = {"tiny": tiny, "mini": mini}
+    blocks = {"tiny": tiny, "mini": mini, "paper_random": paper_random}
     for block in scale_blocks(scale, "model.scale"):
         args = merge_config(args, plain_config(blocks[block] or {}))
     return args
+
+
+#: Lightning ``trainer.precision`` → the dtype :meth:`AVSystem.setup` casts the frozen towers to (none for the others:
+#: ``32-true`` keeps float32, the ``*-true`` precisions cast the whole model themselves)
+FROZEN_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def frozen_dtype(precision: Any) -> torch.dtype | None:
+    """The dtype of the frozen towers under Lightning precision ``precision`` (:data:`FROZEN_DTYPES`), or None."""
+    return FROZEN_DTYPES.get(str(precision))
 
 
 class AVSystem(HoldsFrozen, pl.LightningModule):
@@ -141,6 +152,36 @@ class AVSystem(HoldsFrozen, pl.LightningModule):
         if self.training and self.cond_drop_prob > 0:
             keep = torch.rand(len(conditions), generator=generator) >= self.cond_drop_prob
         return [c if k else null for c, k in zip(conditions, keep.tolist())], keep
+
+    # ------------------------------------------------------------------------------ mixed precision
+    def setup(self, stage: str) -> None:
+        """Lightning's hook before the strategy places and wraps the model: under a mixed precision
+        (``trainer.precision`` ``bf16-mixed`` / ``16-mixed``) the frozen towers are cast to that half dtype
+        (:meth:`cast_frozen`), as the framework conventions ask (frozen parts in ``weight_dtype``, trainable
+        parameters kept in float32, autocast computing in the half dtype): half the frozen weights' memory."""
+        super().setup(stage)
+        dtype = frozen_dtype(self.trainer.precision) if self._trainer is not None else None
+        if dtype is not None:
+            self.cast_frozen(dtype)
+
+    def cast_frozen(self, dtype: torch.dtype) -> int:
+        """Cast every floating parameter that takes no gradient (the frozen towers, wherever they hang: a
+        U-Net whose motion modules train keeps those in float32) to ``dtype``; buffers (mel filterbanks, ᾱ
+        tables) keep theirs. Returns the number of parameters cast."""
+        cast = 0
+        for parameter in self.parameters():
+            if not parameter.requires_grad and parameter.is_floating_point() and parameter.dtype != dtype:
+                parameter.data = parameter.data.to(dtype)
+                cast += parameter.numel()
+        return cast
+
+    def precision_context(self):
+        """The trainer's autocast context (its precision plugin's ``forward_context``) when the model is attached
+        to a trainer, else a null context: sampling in a hook outside a step (validation samples) must run
+        frozen towers cast by :meth:`cast_frozen` under autocast too."""
+        if self._trainer is None:
+            return contextlib.nullcontext()
+        return self.trainer.precision_plugin.forward_context()
 
     # ------------------------------------------------------------------------------ EMA
     def on_fit_start(self) -> None:

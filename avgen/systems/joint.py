@@ -116,6 +116,8 @@ class JointAudioVideo(DiffusionSystem):
             with ``mini`` the ``tiny`` and then the ``mini`` mapping (:func:`~avgen.systems.base.system_arguments`).
         tiny: argument overrides for ``scale=tiny`` (tiny backbones and module sizes).
         mini: argument overrides for ``scale=mini`` over ``tiny``'s (the mini twins, ``mini:<name>`` sources).
+        paper_random: argument overrides for ``scale=paper_random`` (``random:<name>`` sources: the papers'
+            architectures with random weights, :mod:`avgen.backbones.paper_random`).
         tiny_dir: where tiny backbones are materialised.
         cross_modal: ``cmcpe`` (paper) or ``cross_attention`` (CoDi-style baseline, Table I).
         positions: ``{video: [...], audio: [...]}`` blocks after which cross-modal blocks go.
@@ -149,6 +151,7 @@ class JointAudioVideo(DiffusionSystem):
 
     def __init__(self, video: Mapping, audio: Mapping, clip: Mapping, *, scale: str = "paper",
                  tiny: Mapping | None = None, mini: Mapping | None = None,
+                 paper_random: Mapping | None = None,
                  tiny_dir: str | None = None, cross_modal: str = "cmcpe",
                  positions: Mapping | None = None, connector: Mapping | None = None, block: Mapping | None = None,
                  video_connector_attention: bool = True, train_motion_modules: bool = True,
@@ -157,7 +160,8 @@ class JointAudioVideo(DiffusionSystem):
                  validation: Mapping | None = None, optimizer=None, scheduler=None, ema_decay: float | None = None,
                  cond_drop_prob: float = 0.1):
         super().__init__(optimizer=optimizer, scheduler=scheduler, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob)
-        args = system_arguments(scale, tiny, mini=mini, video=video, audio=audio, connector=connector,
+        args = system_arguments(scale, tiny, mini=mini, paper_random=paper_random,
+                                video=video, audio=audio, connector=connector,
                                 block=block, positions=positions, video_connector_attention=video_connector_attention,
                                 sampling=sampling, validation=validation)
         self.configure_settings(args, scale)  # before any backbone loads
@@ -343,7 +347,7 @@ class JointAudioVideo(DiffusionSystem):
         if count <= 0 or not prompts:
             return
         prompts = [prompts[i % len(prompts)] for i in range(count)]
-        with self.ema_weights():
+        with self.ema_weights(), self.precision_context():
             video, audio = self.generate(prompts, steps=self.validation_settings.steps, seed=0)
         self.log_validation_samples(prompts, video, audio)
 

@@ -23,10 +23,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
+
+from avgen._lazy import lazy_module
+
+cv2 = lazy_module("cv2", "saliency map images")
 
 #: the diffusion timesteps whose loss gradients are averaged (VTA-LDM's Fig. 2 protocol, avgen's reading)
 SALIENCY_TIMESTEPS: tuple[int, ...] = (100, 300, 500)

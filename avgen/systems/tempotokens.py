@@ -81,8 +81,9 @@ class TempoTokens(DiffusionSystem):
             concatenated (``null``: all).
         clip: the clip geometry ``{seconds, fps, height, width, sample_rate}`` (the data's ``data.clip``),
             held as a :class:`~avgen.data.geometry.ClipGeometry` (``self.clip``).
-        scale, tiny, mini, tiny_dir: as in the joint system: ``scale=tiny`` merges ``tiny`` over these
-            arguments, ``scale=mini`` ``tiny`` then ``mini``; tiny and mini backbones are written to ``tiny_dir``.
+        scale, tiny, mini, paper_random, tiny_dir: as in the joint system: ``scale=tiny`` merges ``tiny`` over these
+            arguments, ``scale=mini`` ``tiny`` then ``mini``, ``scale=paper_random`` ``paper_random`` (``random:``
+            sources, :mod:`avgen.backbones.paper_random`); tiny and mini backbones are written to ``tiny_dir``.
         prompt: the prompt template (see the module docstring).
         windows: ``{resolutions, sizes, mode}`` — Table 3's setting: ``resolutions`` 0 (``vec.``: the
             class token only), 1 (the frame's own token), … 5 (windows of 1, 2, 4, 8, 16 frames; the
@@ -111,13 +112,15 @@ class TempoTokens(DiffusionSystem):
 
     def __init__(self, t2v: Mapping, encoder: Mapping, clip: Mapping, *, scale: str = "paper",
                  tiny: Mapping | None = None, mini: Mapping | None = None,
+                 paper_random: Mapping | None = None,
                  tiny_dir: str | None = None, prompt: str = "{audio}",
                  windows: Mapping | None = None, mapper: Mapping | None = None, pooling: Mapping | None = None,
                  l1_weight: float = 0.01, gradient_checkpointing: bool = False, sampling: Mapping | None = None,
                  validation: Mapping | None = None, optimizer=None, scheduler=None, ema_decay: float | None = None,
                  cond_drop_prob: float = 0.0):
         super().__init__(optimizer=optimizer, scheduler=scheduler, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob)
-        args = system_arguments(scale, tiny, mini=mini, t2v=t2v, encoder=encoder, mapper=mapper,
+        args = system_arguments(scale, tiny, mini=mini, paper_random=paper_random,
+                                t2v=t2v, encoder=encoder, mapper=mapper,
                                 pooling=pooling, windows=windows, sampling=sampling, validation=validation)
         self.configure_settings(args, scale)  # before any backbone loads
         self.clip = ClipGeometry.from_config(plain_config(clip))
@@ -282,7 +285,7 @@ class TempoTokens(DiffusionSystem):
         if count <= 0:
             return
         audio, captions = self.validation_batch["audio"][:count], self.validation_batch["caption"][:count]
-        with self.ema_weights():
+        with self.ema_weights(), self.precision_context():
             video = self.generate(audio, captions, steps=self.validation_settings.steps, seed=0)
         self.log_validation_samples(captions, video, audio)
 
@@ -458,6 +461,7 @@ def build_encoder(cfg: Mapping[str, Any], tiny_dir: str | None) -> BEATs | CAVPA
     """The frozen audio encoder named by ``model.encoder``: ``beats`` (the paper) or ``cavp`` (the
     course-project variant, Diff-Foley's CAVP audio branch)."""
     from avgen.backbones.loader import resolve_source
+    from avgen.backbones.paper_random import build_component, is_random
 
     loaders = {"beats": (load_beats, "*.pt"), "cavp": (load_cavp, "*.ckpt")}
     name = cfg.get("name", "beats")
@@ -468,6 +472,12 @@ def build_encoder(cfg: Mapping[str, Any], tiny_dir: str | None) -> BEATs | CAVPA
     if path is None:
         return load(None, config_key="model.encoder.path")
     source = resolve_source(str(path), tiny_dir, "model.encoder.path")
+    if is_random(source):  # scale=paper_random: the encoder's architecture with random weights
+        from avgen.pretrained import freeze
+
+        encoder = build_component(BEATs if name == "beats" else CAVPAudio, source, "model.encoder.path")
+        freeze(encoder)
+        return encoder
     if Path(source).is_dir():
         source = str(next(Path(source).glob(pattern), Path(source) / pattern))
     return load(source, config_key="model.encoder.path")

@@ -175,8 +175,8 @@ class VTALDM(DiffusionSystem):
         released: path of the authors' released ``pytorch_model_2.bin`` to start a new run from
             (:func:`load_released`), or ``None``; ignored when a checkpoint is restored (``INIT_ONLY``).
         gradient_checkpointing: recompute the U-Net's blocks in the backward pass.
-        scale, tiny, mini, tiny_dir: as the other systems (``scale=tiny`` merges ``tiny`` over the arguments,
-            ``scale=mini`` ``tiny`` then ``mini``).
+        scale, tiny, mini, paper_random, tiny_dir: as the other systems (``scale=tiny`` merges ``tiny`` over the
+            arguments, ``scale=mini`` ``tiny`` then ``mini``, ``scale=paper_random`` ``paper_random``).
         sampling, validation: typed blocks (:class:`VTALDMSampling`,
             :class:`~avgen.systems.settings.ValidationSettings`).
         optimizer, scheduler, ema_decay: as :class:`~avgen.systems.base.AVSystem` (AdamW 6e-5, 300 warm-up
@@ -199,12 +199,14 @@ class VTALDM(DiffusionSystem):
                  objective: Mapping | None = None, conditions: Sequence[str] = ("video",),
                  text_encoder: Mapping | None = None, flow: Mapping | None = None, released: str | None = None,
                  scale: str = "paper", tiny: Mapping | None = None, mini: Mapping | None = None,
+                 paper_random: Mapping | None = None,
                  tiny_dir: str | None = None,
                  gradient_checkpointing: bool = False,
                  sampling: Mapping | None = None, validation: Mapping | None = None, optimizer=None, scheduler=None,
                  ema_decay: float | None = None, cond_drop_prob: float = 0.1):
         super().__init__(optimizer=optimizer, scheduler=scheduler, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob)
-        args = system_arguments(scale, tiny, mini=mini, encoder=encoder, audio=audio, unet=unet,
+        args = system_arguments(scale, tiny, mini=mini, paper_random=paper_random,
+                                encoder=encoder, audio=audio, unet=unet,
                                 noise_scheduler=noise_scheduler,
                                 objective=objective, conditions=list(conditions), text_encoder=text_encoder,
                                 flow=flow, sampling=sampling, validation=validation)
@@ -511,7 +513,7 @@ class VTALDM(DiffusionSystem):
         video, captions = self.validation_batch["video"][:count], self.validation_batch["caption"][:count]
         if video.shape[1] == 0:  # data.audio_only: no frames to dub
             return
-        with self.ema_weights():
+        with self.ema_weights(), self.precision_context():
             # DDIM: the validation budget of steps is far below DDPM's 300
             audio = self.generate(video, captions=captions, steps=self.validation_settings.steps, sampler="ddim",
                                   seed=0)

@@ -1,0 +1,208 @@
+"""``scale=paper_random`` (issue 24): the papers' architectures with random weights, built on the meta device (no
+memory) from ``configs/architectures/`` — every experiment composes and instantiates, the parameter counts are the
+papers' and the architecture files' own; the frozen towers' cast under mixed precision; benchmarks/gpu_check.py's CPU
+dry run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, compose
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
+#: experiments whose default encoder has no architecture file yet: built with clip4clip (the paper's default)
+ENCODER_OVERRIDES = {"vta_ldm_encoders": ["model.encoder.name=clip4clip"]}
+
+
+def meta_system(experiment: str, tmp_path: Path, *extra: str):
+    from hydra.utils import instantiate
+
+    cfg = compose([f"experiment={experiment}", "scale=paper_random", *ENCODER_OVERRIDES.get(experiment, []), *extra],
+                  tmp_path)
+    with torch.device("meta"):
+        return instantiate(cfg.model), cfg
+
+
+def count(params) -> int:
+    return sum(p.numel() for p in params)
+
+
+# ----------------------------------------------------------------------------------- architecture files
+def test_architecture_files_cite_their_sources_and_build_to_their_parameter_counts():
+    """Every component names its source, every file a repository with a revision, and a build of each component's
+    config on the meta device has the parameter count the file states (the counts of the published models)."""
+    from avgen.backbones import paper_random
+
+    names = paper_random.names()
+    assert {"sd15", "animatediff_v152", "audioldm_m", "zeroscope", "beats", "clip4clip", "audioldm_s"} <= set(names)
+    for name in names:
+        doc = paper_random.architecture(name)
+        assert doc["provenance"], name
+        assert any("@" in line for line in doc["provenance"]), f"{name}: no revision in its provenance"
+        for component, entry in doc["components"].items():
+            assert entry.get("source"), f"{name}/{component} has no source"
+        for component, expected in (doc.get("parameters") or {}).items():
+            entry = doc["components"][component]
+            with torch.device("meta"):
+                module = paper_random.build_spec(entry["kind"], entry["config"])
+            assert paper_random.parameter_count(module) == expected, f"{name}/{component}"
+
+
+def test_published_sizes_of_the_backbones():
+    """The files' counts are the published ones: SD 1.5's "860M" U-Net, AnimateDiff v2's "453 M" motion module,
+    AudioLDM-m's "416M" U-Net, ModelScope / zeroscope's 1.41B UNet3D (± 0.5 %)."""
+    from avgen.backbones import paper_random
+
+    published = {("sd15", "unet"): 860e6, ("animatediff_v152", "."): 453e6, ("audioldm_m", "unet"): 416e6,
+                 ("zeroscope", "unet"): 1.41e9}
+    for (name, component), size in published.items():
+        stated = paper_random.architecture(name)["parameters"][component]
+        assert abs(stated / size - 1) < 0.005, (name, component, stated)
+
+
+def test_an_unknown_random_source_names_the_key_and_the_choices():
+    from avgen.backbones.loader import resolve_source
+    from avgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.video\.base=random:sd14: no architecture file .* random:sd15"):
+        resolve_source("random:sd14", None, "model.video.base")
+    assert resolve_source("random:sd15", None, "model.video.base") == "random:sd15"
+
+
+def test_a_component_the_architecture_lacks_is_named():
+    from diffusers import UNet2DConditionModel
+
+    from avgen.backbones.paper_random import build_component
+    from avgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.encoder\.path=random:beats: the architecture has no component "
+                                          r"'unet'"):
+        build_component(UNet2DConditionModel, "random:beats", "model.encoder.path", subfolder="unet")
+
+
+# ----------------------------------------------------------------------------------- every experiment
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_builds_at_paper_random_on_the_meta_device(experiment, tmp_path):
+    """Composes with the experiment's clip geometry on synthetic data whose store holds it, and instantiates with
+    every backbone at the paper's size and no memory."""
+    system, cfg = meta_system(experiment, tmp_path)
+    assert cfg.data.name == "synthetic_hits"
+    store, clip = cfg.data.store, cfg.data.clip
+    assert float(store.seconds) == float(clip.seconds) and float(store.fps) == float(clip.fps)
+    devices = {p.device.type for p in system.parameters()}
+    assert devices == {"meta"}, devices
+    assert count(system.parameters()) > 300e6
+
+
+def test_paper_random_keeps_each_papers_clip_geometry(tmp_path):
+    geometry = {"joint_cmcpe": (4.0, 8, 256, 256), "tempotokens_vggsound": (1.0, 24, 256, 384),
+                "vta_ldm": (10.0, 2, 256, 256)}
+    for experiment, (seconds, fps, height, width) in geometry.items():
+        clip = compose([f"experiment={experiment}", "scale=paper_random"], tmp_path).data.clip
+        assert (float(clip.seconds), int(clip.fps), int(clip.height), int(clip.width)) == (seconds, fps, height, width)
+
+
+def test_parameter_counts_are_the_papers(tmp_path):
+    """TempoTokens: "~35M trainable parameters" (± 10 %); the SVG baseline: "the newly added modules … about
+    468M" (± 2 %) and "the U-Nets in AnimateDiff and AudioLDM … exceeds 1.7B"; VTA-LDM's U-Net: the authors'
+    diffusion_model_config_large_2048.json built (578,052,168)."""
+    tempotokens, _ = meta_system("tempotokens_vggsound", tmp_path / "t")
+    trainable = count(p for p in tempotokens.parameters() if p.requires_grad)
+    assert abs(trainable / 35e6 - 1) <= 0.10, trainable
+
+    joint, _ = meta_system("joint_cmcpe", tmp_path / "j")
+    motion = count(p for n, p in joint.named_parameters() if "motion_modules" in n)
+    added = count(p for n, p in joint.named_parameters() if p.requires_grad and "motion_modules" not in n)
+    assert abs(added / 468e6 - 1) <= 0.02, added
+    unets = count(joint.video.unet.parameters()) + count(joint.audio.unet.parameters())
+    assert unets > 1.7e9 and motion > 450e6
+
+    vta, _ = meta_system("vta_ldm", tmp_path / "v")
+    assert count(vta.unet.parameters()) == 578_052_168
+
+
+def test_model_build_device_is_the_ranks_gpu_only_at_paper_random(monkeypatch, tmp_path):
+    from omegaconf import OmegaConf
+
+    from avgen.backbones.paper_random import model_build_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert model_build_device(OmegaConf.create({"scale_name": "paper_random"})) == torch.device("cuda", 3)
+    assert model_build_device(OmegaConf.create({"scale_name": "paper"})) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert model_build_device(OmegaConf.create({"scale_name": "paper_random"})) is None
+
+
+# ----------------------------------------------------------------------------------- mixed precision
+def test_bf16_mixed_casts_the_frozen_towers_and_keeps_the_trainable_weights_float32(tmp_path):
+    """``trainer.precision=bf16-mixed``: after Lightning's setup hook every frozen parameter is bfloat16 (half their
+    memory), every trainable one float32 (the motion modules inside the frozen U-Net too), the step's loss is
+    finite, and the checkpoint holds float32 weights."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+
+    from avgen.commands import build_model
+
+    cfg = compose(["experiment=joint_cmcpe", "scale=tiny"], tmp_path)
+    system = build_model(cfg)
+    seen = {}
+
+    class Probe(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen["loss"] = float(outputs["loss"])
+            seen["frozen"] = {p.dtype for p in module.parameters() if not p.requires_grad}
+            seen["trainable"] = {p.dtype for p in module.parameters() if p.requires_grad}
+            seen["motion"] = {p.dtype for n, p in module.named_parameters() if "motion_modules" in n}
+
+    g = torch.Generator().manual_seed(0)
+    batch = {"video": torch.rand(1, 8, 3, 32, 32, generator=g) * 2 - 1, "audio": torch.rand(1, 16000, generator=g) * 0.6
+             - 0.3, "caption": ["a ball bounces"], "key": ["k0"]}
+    trainer = pl.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", max_steps=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[Probe()])
+    trainer.fit(system, train_dataloaders=DataLoader([batch], batch_size=None))
+    assert seen["frozen"] == {torch.bfloat16}
+    assert seen["trainable"] == seen["motion"] == {torch.float32}
+    assert torch.isfinite(torch.tensor(seen["loss"]))
+    path = tmp_path / "bf16.ckpt"
+    trainer.save_checkpoint(path)
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    assert state and {v.dtype for v in state.values()} == {torch.float32}
+
+
+def test_full_precision_leaves_the_frozen_towers_alone():
+    from avgen.systems.base import frozen_dtype
+
+    assert frozen_dtype("bf16-mixed") is torch.bfloat16 and frozen_dtype("16-mixed") is torch.float16
+    assert frozen_dtype("32-true") is None and frozen_dtype("bf16-true") is None
+
+
+# ----------------------------------------------------------------------------------- the GPU check
+@pytest.mark.slow
+def test_gpu_check_cpu_dry_run_passes_and_reports_every_part(tmp_path):
+    """Without CUDA the check says so and runs its code path at scale=tiny: training steps with and without
+    gradient checkpointing, the frozen dtype check, sampling throughput, and a 1-process DDP fit (gloo) that saves a
+    checkpoint; exit 0, a JSON with every part."""
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--cpu-dry-run", "--systems",
+                           "vta_ldm", "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "no CUDA device" in proc.stdout or "CPU dry run" in proc.stdout
+    report = json.loads(out.read_text())
+    parts = report["parts"]
+    assert set(parts) == {"environment", "train/vta_ldm/gc=off", "train/vta_ldm/gc=on", "ddp", "sample/vta_ldm",
+                          "summary"}
+    assert all(parts[p]["status"] == "ok" for p in parts), {p: parts[p].get("error") for p in parts}
+    assert parts["train/vta_ldm/gc=on"]["dtypes"]["ok"] and parts["train/vta_ldm/gc=on"]["steps_per_s"] > 0
+    assert parts["ddp"]["backend"] == "gloo" and parts["ddp"]["wrapped"] == "DistributedDataParallel"
+    assert parts["ddp"]["checkpoint_has_trainable"] and parts["ddp"]["global_step"] == 2
+    assert parts["sample/vta_ldm"]["samples_per_s"] > 0 and report["complete"]
+    assert "| train/vta_ldm/gc=off | ok |" in report["table"]
