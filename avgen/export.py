@@ -66,10 +66,13 @@ def split_components(weights: Mapping[str, torch.Tensor], system: str
 
 
 def source_kind(value: str) -> str:
-    """``tiny`` (a ``tiny:`` twin), ``mini`` (a ``mini:`` twin: avgen's trained mini twins), ``local`` (an existing
-    file or folder) or ``hub`` (a hub id)."""
-    from avgen.backbones.loader import MINI_PREFIX, TINY_PREFIX
+    """``tiny`` (a ``tiny:`` twin), ``mini`` (a ``mini:`` twin: avgen's trained mini twins), ``random`` (a ``random:``
+    architecture of ``scale=paper_random``: random weights), ``local`` (an existing file or folder) or ``hub`` (a hub
+    id)."""
+    from avgen.backbones.loader import MINI_PREFIX, RANDOM_PREFIX, TINY_PREFIX
 
+    if value.startswith(RANDOM_PREFIX):
+        return "random"
     if value.startswith(TINY_PREFIX):
         return "tiny"
     if value.startswith(MINI_PREFIX):
@@ -110,6 +113,10 @@ def copy_frozen(source: str, kind: str, config_key: str, dest: Path, tiny_dir: s
     """
     from avgen.backbones.loader import PretrainedModelMissing, resolve_source
 
+    if kind == "random":
+        raise ConfigError(f"export.include_frozen=true: model.{config_key}={source} has no weights to copy "
+                          f"(scale=paper_random builds it from configs/architectures with random weights); export "
+                          f"without export.include_frozen")
     if kind in ("tiny", "mini"):
         path = Path(resolve_source(source, tiny_dir, f"model.{config_key}"))
     elif kind == "local":

@@ -206,3 +206,15 @@ def test_gpu_check_cpu_dry_run_passes_and_reports_every_part(tmp_path):
     assert parts["ddp"]["checkpoint_has_trainable"] and parts["ddp"]["global_step"] == 2
     assert parts["sample/vta_ldm"]["samples_per_s"] > 0 and report["complete"]
     assert "| train/vta_ldm/gc=off | ok |" in report["table"]
+
+
+def test_export_names_random_sources_and_refuses_to_copy_them(tmp_path):
+    """An export of a paper_random model records its frozen parts as ``random:`` architectures (``from_pretrained``
+    builds them again); there are no weights to include."""
+    from avgen.errors import ConfigError
+    from avgen.export import copy_frozen, source_kind
+
+    assert source_kind("random:sd15") == "random"
+    with pytest.raises(ConfigError, match=r"model\.video\.base=random:sd15 has no weights to copy"):
+        copy_frozen("random:sd15", "random", "video.base", tmp_path / "frozen", None)
+    assert not (tmp_path / "frozen").exists()
