@@ -23,8 +23,8 @@ ENCODER_OVERRIDES = {"vta_ldm_encoders": ["model.encoder.name=clip4clip"]}
 def meta_system(experiment: str, tmp_path: Path, *extra: str):
     from hydra.utils import instantiate
 
-    cfg = compose([f"experiment={experiment}", "scale=paper_random", *ENCODER_OVERRIDES.get(experiment, []), *extra],
-                  tmp_path)
+    defaults = [] if any(e.startswith("model.encoder.name=") for e in extra) else ENCODER_OVERRIDES.get(experiment, [])
+    cfg = compose([f"experiment={experiment}", "scale=paper_random", *defaults, *extra], tmp_path)
     with torch.device("meta"):
         return instantiate(cfg.model), cfg
 
@@ -98,6 +98,14 @@ def test_every_experiment_builds_at_paper_random_on_the_meta_device(experiment, 
     devices = {p.device.type for p in system.parameters()}
     assert devices == {"meta"}, devices
     assert count(system.parameters()) > 300e6
+
+
+@pytest.mark.parametrize("encoder, size", [("vivit", 88_646_400), ("vjepa", 325_971_328)])
+def test_vta_ldm_video_encoders_build_at_their_published_size(encoder, size, tmp_path):
+    """Table 2's ViViT (without its pooler, as avgen loads it) and V-JEPA 2 rows at paper_random."""
+    system, _ = meta_system("vta_ldm_encoders", tmp_path, f"model.encoder.name={encoder}", "model.encoder.fps=8",
+                            "data.clip.fps=8")
+    assert count(system.encoder.parameters()) == size
 
 
 def test_paper_random_keeps_each_papers_clip_geometry(tmp_path):

@@ -104,10 +104,10 @@ def _cavp_audio(config: Mapping[str, Any]):
 
 
 def _transformers(model_cls: str, config_cls: str):
-    def build(config: Mapping[str, Any]):
+    def build(config: Mapping[str, Any], **model_kwargs: Any):
         import transformers
 
-        return getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config))
+        return getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config), **model_kwargs)
     return build
 
 
@@ -131,6 +131,8 @@ KINDS = {
     "clip_vision": _transformers("CLIPVisionModelWithProjection", "CLIPVisionConfig"),
     "clap_text": _transformers("ClapTextModelWithProjection", "ClapTextConfig"),
     "hifigan": _transformers("SpeechT5HifiGan", "SpeechT5HifiGanConfig"),
+    "vivit": _transformers("VivitModel", "VivitConfig"),
+    "vjepa2": _transformers("VJEPA2Model", "VJEPA2Config"),
     "beats": _beats,
     "cavp_audio": _cavp_audio,
     "clip_tokenizer": _clip_tokenizer,
@@ -140,17 +142,23 @@ KINDS = {
 TOKENIZER_KINDS = ("clip_tokenizer", "roberta_tokenizer")
 
 
-def build_spec(kind: str, config: Mapping[str, Any], seed: int | None = 0):
+#: ``from_pretrained`` keyword arguments that choose how weights are read, not the architecture: a build ignores them
+LOADING_OPTIONS = ("torch_dtype", "dtype", "local_files_only", "low_cpu_mem_usage", "variant", "use_safetensors",
+                   "revision", "cache_dir", "device_map")
+
+
+def build_spec(kind: str, config: Mapping[str, Any], seed: int | None = 0, **model_kwargs: Any):
     """The module of ``kind`` built from ``config`` with random initialisation, on the current default device
     (``torch.device(...)`` context; ``meta``: shapes only), in eval mode; a tokenizer for the tokenizer kinds.
-    ``seed`` seeds the initialisation (None: the global generator as it is)."""
+    ``seed`` seeds the initialisation (None: the global generator as it is); ``model_kwargs`` are the model
+    constructor's own arguments a loader passes (transformers' ``add_pooling_layer``)."""
     import torch
 
     if kind in TOKENIZER_KINDS:
         return KINDS[kind](config)
     if seed is not None:
         torch.manual_seed(seed)
-    return KINDS[kind](copy.deepcopy(dict(config))).eval()
+    return KINDS[kind](copy.deepcopy(dict(config)), **model_kwargs).eval()
 
 
 def component_of(doc: Mapping[str, Any], source: str, cls: Any, subfolder: str | None, config_key: str) -> str:
@@ -177,8 +185,9 @@ def build_component(cls: Any, source: str, config_key: str, *, subfolder: str | 
                     output_loading_info: bool = False, **kwargs: Any) -> Any:
     """What ``cls.from_pretrained(source, subfolder=...)`` would return for the real weights, built from
     ``configs/architectures/<name>.yaml`` with random weights on the current default device. A scheduler takes
-    ``kwargs`` over its config (as ``from_pretrained`` does); a model ignores loading options such as
-    ``torch_dtype``; ``output_loading_info`` returns ``(model, {"missing_keys": [], ...})``.
+    ``kwargs`` over its config (as ``from_pretrained`` does); a model ignores the loading options
+    (:data:`LOADING_OPTIONS`) and passes the rest to its constructor (``add_pooling_layer``);
+    ``output_loading_info`` returns ``(model, {"missing_keys": [], ...})``.
 
     Raises:
         ConfigError: unknown architecture or component.
@@ -191,7 +200,8 @@ def build_component(cls: Any, source: str, config_key: str, *, subfolder: str | 
 
         with torch.device("cpu"):
             return cls.from_config({**entry["config"], **kwargs})
-    out = build_spec(entry["kind"], entry["config"])
+    model_kwargs = {k: v for k, v in kwargs.items() if k not in LOADING_OPTIONS}
+    out = build_spec(entry["kind"], entry["config"], **model_kwargs)
     return (out, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": []}) if output_loading_info else out
 
 
