@@ -100,11 +100,13 @@ def test_every_experiment_builds_at_paper_random_on_the_meta_device(experiment, 
     assert count(system.parameters()) > 300e6
 
 
-@pytest.mark.parametrize("encoder, size", [("vivit", 88_646_400), ("vjepa", 325_971_328)])
+@pytest.mark.parametrize("encoder, size", [("vivit", 88_646_400), ("vjepa", 325_971_328),
+                                           ("imagebind", 719_065_088)])
 def test_vta_ldm_video_encoders_build_at_their_published_size(encoder, size, tmp_path):
-    """Table 2's ViViT (without its pooler, as avgen loads it) and V-JEPA 2 rows at paper_random."""
-    system, _ = meta_system("vta_ldm_encoders", tmp_path, f"model.encoder.name={encoder}", "model.encoder.fps=8",
-                            "data.clip.fps=8")
+    """Table 2's ViViT (without its pooler, as avgen loads it), V-JEPA 2 and ImageBind-Huge (both towers, as the
+    official file holds them) rows at paper_random."""
+    fps = [] if encoder == "imagebind" else ["model.encoder.fps=8", "data.clip.fps=8"]
+    system, _ = meta_system("vta_ldm_encoders", tmp_path, f"model.encoder.name={encoder}", *fps)
     assert count(system.encoder.parameters()) == size
 
 

@@ -103,6 +103,12 @@ def _cavp_audio(config: Mapping[str, Any]):
     return CAVPAudio(**config)
 
 
+def _imagebind_av(config: Mapping[str, Any]):
+    from avgen.encoders.imagebind import ImageBindAV
+
+    return ImageBindAV(**config)
+
+
 def _transformers(model_cls: str, config_cls: str):
     def build(config: Mapping[str, Any], **model_kwargs: Any):
         import transformers
@@ -135,6 +141,7 @@ KINDS = {
     "vjepa2": _transformers("VJEPA2Model", "VJEPA2Config"),
     "beats": _beats,
     "cavp_audio": _cavp_audio,
+    "imagebind_av": _imagebind_av,
     "clip_tokenizer": _clip_tokenizer,
     "roberta_tokenizer": _roberta_tokenizer,
     "scheduler": None,

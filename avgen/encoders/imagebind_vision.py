@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from avgen.backbones.loader import TINY_PREFIX, resolve_source
+from avgen.backbones.loader import RANDOM_PREFIX, TINY_PREFIX, resolve_source
 from avgen.backbones.tiny import TINY_BUILDERS
 from avgen.encoders.clip4clip import FrameEncoder
 from avgen.encoders.frames import check_fps, check_normalize
@@ -94,7 +94,8 @@ def load_imagebind_vision(source: str | os.PathLike | None = None, config_key: s
     Args:
         source: ``imagebind_huge.pth`` (https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth), a folder holding
             it, or ``tiny:imagebind`` (a tiny random ImageBind, ``TINY_IMAGEBIND`` sizes, written once under
-            ``tiny_dir`` in the official format by :func:`save_tiny_imagebind`). The file is read with
+            ``tiny_dir`` in the official format by :func:`save_tiny_imagebind`), or ``random:imagebind`` (ImageBind-Huge
+            with random weights, ``scale=paper_random``). The file is read with
             ``torch.load(weights_only=True)``; its vision and audio entries must match the towers key for key.
         config_key: the config key ``source`` comes from, named in errors; ``normalize`` and ``fps`` are its siblings.
         tiny_dir: the folder for tiny weights (only with ``tiny:imagebind``).
@@ -110,6 +111,11 @@ def load_imagebind_vision(source: str | os.PathLike | None = None, config_key: s
                     "[0, 1] pixels, as the public VTA-LDM code feeds CLIP")
     if source is None:
         raise ImageBindWeightsMissing(None, config_key)
+    if str(source).startswith(RANDOM_PREFIX):  # scale=paper_random: ImageBind-Huge's architecture, random weights
+        from avgen.backbones.paper_random import build_component
+
+        return ImageBindVisionEncoder(build_component(ImageBindAV, str(source), config_key), normalize=normalize,
+                                      fps=fps)
     tiny = str(source).startswith(TINY_PREFIX)
     path = Path(resolve_source(str(source), tiny_dir, config_key))
     if path.is_dir():
