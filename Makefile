@@ -46,7 +46,7 @@ demo: setup
 		hydra.run.dir=$(DEMO_DIR)/sample
 	$(PY) -m avgen evaluate evaluate.pred_dir=$(DEMO_DIR)/sample/samples evaluate.plots=4 evaluate.overwrite=true \
 		hydra.run.dir=$(DEMO_DIR)/evaluate
-	$(PY) benchmarks/mini_demo.py $(DEMO_DIR)/sample/samples --real-clips 0 --out $(DEMO_DIR)/checks.json
+	$(PY) benchmarks/mini_demo.py $(DEMO_DIR)/sample/samples --real-clips 32 --out $(DEMO_DIR)/checks.json
 	$(PY) -m avgen export ckpt_path=$(DEMO_DIR)/fit/checkpoints/last.ckpt export.dir=$(DEMO_DIR)/export \
 		export.overwrite=true hydra.run.dir=$(DEMO_DIR)/export_run
 	@echo "run folder:      $(DEMO_DIR)/fit  (checkpoints/, logs/metrics.csv)"

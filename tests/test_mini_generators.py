@@ -534,3 +534,29 @@ def test_committed_generators_denoise_clips_they_never_saw(tmp_path, one_thread)
         initial = trained_module(cfg, stage, None, **extra).held_out_loss(bank, batches=1, batch_size=12)
         ratios[stage] = trained / initial
     assert all(ratios[s] < LOSS_RATIO_CEILING[s] for s in STAGES), ratios
+
+
+def test_demo_checks_real_ceiling_uses_windows_as_the_training_data_serves_them():
+    """benchmarks/mini_demo.py's real clips are 1-s windows of 2-s clips starting on a seeded frame (as
+    scale=mini's datamodule serves them), the frames and the audio cut at the same instant."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import mini_demo
+
+    from avgen.data.geometry import ClipGeometry
+    from avgen.data.synthetic import generate_clip
+
+    geometry = ClipGeometry(seconds=1.0, fps=8, height=32, width=32, sample_rate=16000)
+    windows = mini_demo.real_clips(range(800_000, 800_006), geometry, store_seconds=2.0)
+    again = mini_demo.real_clips(range(800_000, 800_006), geometry, store_seconds=2.0)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[2], b[2]) for a, b in zip(windows, again))
+    starts = set()
+    for seed, (frames, fps, audio, rate, caption) in zip(range(800_000, 800_006), windows):
+        assert frames.shape == (8, 32, 32, 3) and audio.shape == (16000,) and fps == 8 and rate == 16000
+        whole = generate_clip(seed, ClipGeometry(seconds=2.0, fps=8, height=32, width=32, sample_rate=16000))
+        start = next(s for s in range(9) if np.array_equal(whole.frames[s:s + 8], frames))
+        assert np.array_equal(whole.audio[start * 2000:start * 2000 + 16000], audio)
+        assert caption == whole.meta["caption"]
+        starts.add(start)
+    assert len(starts) > 1  # not always the first second
