@@ -18,6 +18,7 @@ cross-modal blocks see the time view (B, C, T, S) of a U-Net feature map.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -25,10 +26,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from avgen.errors import ConfigError
-from avgen.modules.cmcpe import CMCPE
+from avgen.modules.cmcpe import CMCPE, interpolate_time
 from avgen.modules.connector import Connector
 from avgen.modules.cross_modal_attention import CrossModalAttention
 
+#: ``model.block.time_span``: CMC-PE maps time over the ``clip`` (avgen) or the ``padded`` audio axis (public code)
+TIME_SPANS = ("clip", "padded")
 CROSS_MODAL = {"cmcpe": CMCPE, "cross_attention": CrossModalAttention}
 DEFAULT_POSITIONS = ("down.2", "down.3", "up.0", "up.1")
 
@@ -54,20 +57,30 @@ class JointUNet(nn.Module):
         cross_modal: ``cmcpe`` (paper) or ``cross_attention`` (CoDi-style baseline, Table I).
         video_positions, audio_positions: blocks after which a cross-modal block is inserted.
         connector: keyword arguments of both :class:`Connector` s (``out_dim``, ``channels``, ...).
-        block: keyword arguments of the cross-modal blocks (``head_dim``, ``norm_groups``, ...).
+        block: keyword arguments of the cross-modal blocks (``head_dim``, ``norm_groups``, ...), and
+            ``time_span``: ``clip`` (default) or ``padded``, how CMC-PE maps time (:meth:`clip_time_span`).
         video_connector_attention: spatio-temporal attention in the video connector (CoDi's design).
         gradient_checkpointing: recompute connectors and cross-modal blocks in the backward pass.
+        audio_clip_fraction: the share of the audio latents' time axis that holds the clip, the rest being mel
+            padding (:meth:`avgen.systems.joint.JointAudioVideo.audio_clip_fraction`); 1 = no padding.
     """
 
     def __init__(self, video_unet: nn.Module, audio_unet: nn.Module, *, cross_modal: str = "cmcpe",
                  video_positions: Sequence[str] = DEFAULT_POSITIONS, audio_positions: Sequence[str] = DEFAULT_POSITIONS,
                  connector: Mapping[str, Any] | None = None, block: Mapping[str, Any] | None = None,
-                 video_connector_attention: bool = True, gradient_checkpointing: bool = False):
+                 video_connector_attention: bool = True, gradient_checkpointing: bool = False,
+                 audio_clip_fraction: float = 1.0):
         super().__init__()
         if cross_modal not in CROSS_MODAL:
             raise ConfigError(f"model.cross_modal={cross_modal!r}: expected one of {sorted(CROSS_MODAL)}")
         connector = dict(connector or {})
         block = dict(block or {})
+        self.time_span = block.pop("time_span", "clip")
+        if self.time_span not in TIME_SPANS:
+            raise ConfigError(f"model.block.time_span={self.time_span!r}: expected one of {', '.join(TIME_SPANS)}")
+        if not 0 < float(audio_clip_fraction) <= 1:
+            raise ValueError(f"audio_clip_fraction={audio_clip_fraction}: expected a fraction in (0, 1]")
+        self.audio_clip_fraction = float(audio_clip_fraction)
         if cross_modal != "cmcpe":
             block.pop("interpolation", None)  # a CMC-PE setting; the pooled cross-attention has no time axis
         self.video_unet = video_unet
@@ -121,10 +134,35 @@ class JointUNet(nn.Module):
             view = hidden.reshape(bf // frames, frames, c, h * w).permute(0, 2, 1, 3)
         else:  # (B, C, T, M) is already a time view
             view = hidden
+        if self.cross_modal == "cmcpe" and self.time_span == "clip" and self.audio_clip_fraction < 1:
+            cond = self.clip_time_span(cond, modality, view.shape[2], module.interpolation)
         out = self._call(module, view, cond.to(view.dtype))
         if modality == "video":
             out = out.permute(0, 2, 1, 3).reshape(bf, c, h, w)
         return out
+
+    def clip_time_span(self, cond: torch.Tensor, modality: str, time_frames: int, interpolation: str
+                       ) -> torch.Tensor:
+        """CMC-PE's condition (B, T_c, D) mapped by time over the clip, not over the audio's mel padding
+        (``model.block.time_span=clip``). The audio latents' time axis holds the clip in its first
+        ``audio_clip_fraction`` (AudioLDM pads the mel to a multiple of 32 frames: 400 → 416 for 4 s, 100 → 128
+        for 1 s), so the video's blocks read the audio features of those frames only (the first
+        ⌈T_c·fraction⌉), and the audio's blocks get the video features stretched over the first
+        ⌈T·fraction⌉ of their T frames, the padding frames holding the last one. Stretching over the whole
+        padded axis, as the public code does (``time_span=padded``), conditions audio at time t with the
+        video at t·fraction: 0.15 s early at the end of a 4-s clip, 0.22 s (1.8 frames at 8 fps) of a 1-s one.
+        The stretch happens here on the raw features, by ``interpolation``; CMC-PE's own resampling is then
+        the identity (for ``nearest`` exactly what CMC-PE would compute, its per-frame projection commuting
+        with frame repetition)."""
+        fraction = self.audio_clip_fraction
+        if modality == "video":  # the audio connector's frames that hold the clip
+            keep = max(1, math.ceil(cond.shape[1] * fraction - 1e-9))
+            return cond[:, :keep]
+        keep = max(1, math.ceil(time_frames * fraction - 1e-9))
+        stretched = interpolate_time(cond, keep, interpolation)
+        if keep == time_frames:
+            return stretched
+        return torch.cat([stretched, stretched[:, -1:].expand(-1, time_frames - keep, -1)], dim=1)
 
     def _call(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():

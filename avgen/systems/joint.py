@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from avgen.backbones.animatediff import decode_video, encode_video_posterior, load_animatediff, sample_video_latents
 from avgen.backbones.animatediff import encode_prompts as encode_video_prompts
-from avgen.backbones.audioldm import decode_audio, encode_audio_posterior, latent_frames, load_audioldm
+from avgen.backbones.audioldm import decode_audio, encode_audio_posterior, latent_frames, load_audioldm, padded_frames
 from avgen.backbones.audioldm import encode_prompts as encode_audio_prompts
 from avgen.data.feature_cache import FeaturePart
 from avgen.data.geometry import ClipGeometry
@@ -121,7 +121,8 @@ class JointAudioVideo(DiffusionSystem):
         tiny_dir: where tiny backbones are materialised.
         cross_modal: ``cmcpe`` (paper) or ``cross_attention`` (CoDi-style baseline, Table I).
         positions: ``{video: [...], audio: [...]}`` blocks after which cross-modal blocks go.
-        connector, block: keyword arguments of the connectors and cross-modal blocks.
+        connector, block: keyword arguments of the connectors and cross-modal blocks (``block.time_span``: CMC-PE's
+            time mapping over the clip or, as the public code, over the audio's mel padding too).
         train_motion_modules: fine-tune AnimateDiff's motion modules (paper Sec. III-E).
         timesteps: ``{train: independent|shared}``.
         self_condition_prob: probability of feeding the no-grad x̂0 to the connectors in training.
@@ -186,7 +187,8 @@ class JointAudioVideo(DiffusionSystem):
                                   audio_positions=positions.get("audio", DEFAULT_POSITIONS),
                                   connector=args["connector"], block=args["block"],
                                   video_connector_attention=args["video_connector_attention"],
-                                  gradient_checkpointing=gradient_checkpointing)
+                                  gradient_checkpointing=gradient_checkpointing,
+                                  audio_clip_fraction=self.audio_clip_fraction())
         # frozen parts as submodules, so they follow the system across devices and dtypes
         self.video_vae, self.video_text_encoder = self.video.vae, self.video.text_encoder
         self.audio_vae, self.audio_text_encoder = self.audio.vae, self.audio.text_encoder
@@ -211,6 +213,12 @@ class JointAudioVideo(DiffusionSystem):
     @property
     def num_samples(self) -> int:
         return self.clip.num_samples
+
+    def audio_clip_fraction(self) -> float:
+        """The share of the audio latents' time axis that holds the clip (AudioLDM's mel frames of
+        ``clip.seconds`` over the frames padded to a multiple of 32): 400/416 at 4 s, 100/128 at 1 s."""
+        frames = self.audio.mel.num_frames(self.num_samples)
+        return frames / padded_frames(frames)
 
     def latent_shapes(self, batch: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Shapes of the video (B, C, F, h, w) and audio (B, C, T, M) latents of one clip geometry."""

@@ -262,3 +262,26 @@ def test_frame_attention_span_keeps_time_steps_apart(cls):
     assert not torch.allclose(full_a[:, :, :4], full_b[:, :, :4], atol=1e-4)
     with pytest.raises(ValueError, match="attention_span"):
         cls(32, cond_dim=32, head_dim=16, norm_groups=8, attention_span="time")
+
+
+def test_cmcpe_time_span_maps_by_time_over_the_clip_not_the_mel_padding():
+    """1 s of audio is 100 mel frames padded to 128 (fraction 0.78125). The audio blocks (16 frames at this level,
+    0.08 s each) get the 4 video frames (0.25 s each) stretched over the 13 frames that hold the clip, the padding
+    holding the last; the video blocks read the audio connector's 13 clip frames of 16. The public code's mapping
+    (time_span=padded) stretches over all 16: audio frame 7 (0.56-0.64 s) reads video frame 1 (0.25-0.5 s) there,
+    frame 2 (0.5-0.75 s) here."""
+    from types import SimpleNamespace
+
+    from avgen.modules.joint_unet import JointUNet
+
+    holder = SimpleNamespace(audio_clip_fraction=100 / 128)
+    video = torch.arange(4.0).view(1, 4, 1)
+    out = JointUNet.clip_time_span(holder, video, "audio", 16, "nearest")
+    assert out.view(-1).tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3, 3]
+    assert interpolate_time(video, 16).view(-1).tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+    audio = torch.arange(16.0).view(1, 16, 1)
+    assert JointUNet.clip_time_span(holder, audio, "video", 8, "nearest").view(-1).tolist() == list(range(13))
+    # no padding: the identity on both sides
+    whole = SimpleNamespace(audio_clip_fraction=1.0)
+    assert torch.equal(JointUNet.clip_time_span(whole, video, "audio", 16, "nearest"), interpolate_time(video, 16))
+    assert torch.equal(JointUNet.clip_time_span(whole, audio, "video", 8, "nearest"), audio)
