@@ -20,7 +20,19 @@ EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.y
 ENCODER_OVERRIDES = {"vta_ldm_encoders": ["model.encoder.name=clip4clip"]}
 
 
+_BUILT: dict[tuple[str, ...], tuple] = {}
+
+
 def meta_system(experiment: str, tmp_path: Path, *extra: str):
+    """``experiment``'s system at paper_random on the meta device (built once per module and overrides: the
+    builds take seconds and several tests read the same system)."""
+    key = (experiment, *extra)
+    if key not in _BUILT:
+        _BUILT[key] = _meta_system(experiment, tmp_path, *extra)
+    return _BUILT[key]
+
+
+def _meta_system(experiment: str, tmp_path: Path, *extra: str):
     from hydra.utils import instantiate
 
     defaults = [] if any(e.startswith("model.encoder.name=") for e in extra) else ENCODER_OVERRIDES.get(experiment, [])
@@ -122,18 +134,18 @@ def test_parameter_counts_are_the_papers(tmp_path):
     """TempoTokens: "~35M trainable parameters" (± 10 %); the SVG baseline: "the newly added modules … about
     468M" (± 2 %) and "the U-Nets in AnimateDiff and AudioLDM … exceeds 1.7B"; VTA-LDM's U-Net: the authors'
     diffusion_model_config_large_2048.json built (578,052,168)."""
-    tempotokens, _ = meta_system("tempotokens_vggsound", tmp_path / "t")
+    tempotokens, _ = meta_system("tempotokens_vggsound", tmp_path)
     trainable = count(p for p in tempotokens.parameters() if p.requires_grad)
     assert abs(trainable / 35e6 - 1) <= 0.10, trainable
 
-    joint, _ = meta_system("joint_cmcpe", tmp_path / "j")
+    joint, _ = meta_system("joint_cmcpe", tmp_path)
     motion = count(p for n, p in joint.named_parameters() if "motion_modules" in n)
     added = count(p for n, p in joint.named_parameters() if p.requires_grad and "motion_modules" not in n)
     assert abs(added / 468e6 - 1) <= 0.02, added
     unets = count(joint.video.unet.parameters()) + count(joint.audio.unet.parameters())
     assert unets > 1.7e9 and motion > 450e6
 
-    vta, _ = meta_system("vta_ldm", tmp_path / "v")
+    vta, _ = meta_system("vta_ldm", tmp_path)
     assert count(vta.unet.parameters()) == 578_052_168
 
 

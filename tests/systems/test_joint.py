@@ -84,19 +84,20 @@ def test_cmcpe_reads_the_video_of_the_clip_not_of_the_mel_padding(tiny_root, sys
     """A 1-s clip's audio latents are 32 frames, 25 of them the clip (100 of 128 mel frames). With
     ``block.time_span=clip`` the video output does not depend on the audio connector's frames of the mel padding;
     with the public code's mapping (``padded``) it does."""
-    assert system.denoiser.audio_clip_fraction == 100 / 128
+    model, _ = build(tiny_root)
+    assert model.denoiser.audio_clip_fraction == 100 / 128 and model.denoiser.time_span == "clip"
+    with torch.no_grad():
+        for block in list(model.denoiser.video_blocks.values()):
+            for p in block.proj_out.parameters():
+                p.normal_(0, 0.5)
+    x_v, x_a, t_v, t_a, text_v, text_a = random_inputs(model)
+    features = model.denoiser.connect(x_v, x_a, t_v, t_a)
+    padding = features[1].clone()
+    keep = -(-features[1].shape[1] * 100 // 128)
+    padding[:, keep:] += 5.0  # the audio connector's frames of the mel padding only
     outputs = {}
-    for span in ("clip", "padded"):
-        model, _ = build(tiny_root, f"model.block.time_span={span}")
-        with torch.no_grad():
-            for block in list(model.denoiser.video_blocks.values()):
-                for p in block.proj_out.parameters():
-                    p.normal_(0, 0.5)
-        x_v, x_a, t_v, t_a, text_v, text_a = random_inputs(model)
-        features = model.denoiser.connect(x_v, x_a, t_v, t_a)
-        padding = features[1].clone()
-        keep = -(-features[1].shape[1] * 100 // 128)
-        padding[:, keep:] += 5.0  # the audio connector's frames of the mel padding only
+    for span in ("clip", "padded"):  # the setting is read at every call: one model serves both
+        model.denoiser.time_span = span
         with torch.no_grad():
             v1, _ = model.denoiser(x_v, x_a, t_v, t_a, text_v, text_a, features=features)
             v2, _ = model.denoiser(x_v, x_a, t_v, t_a, text_v, text_a, features=(features[0], padding))
