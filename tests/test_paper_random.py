@@ -204,6 +204,9 @@ def test_full_precision_leaves_the_frozen_towers_alone():
 
     assert frozen_dtype("bf16-mixed") is torch.bfloat16 and frozen_dtype("16-mixed") is torch.float16
     assert frozen_dtype("32-true") is None and frozen_dtype("bf16-true") is None
+    # a run on a feature cache keeps the weights its cache descriptions hashed (dtype included)
+    assert frozen_dtype("bf16-mixed", {"data": {"features": "runs/cache/features"}}) is None
+    assert frozen_dtype("bf16-mixed", {"data": {"features": None}}) is torch.bfloat16
 
 
 # ----------------------------------------------------------------------------------- the GPU check

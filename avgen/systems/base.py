@@ -84,8 +84,12 @@ def system_arguments(scale: str, tiny: Mapping | None, *, mini: Mapping | None =
 FROZEN_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
-def frozen_dtype(precision: Any) -> torch.dtype | None:
-    """The dtype of the frozen towers under Lightning precision ``precision`` (:data:`FROZEN_DTYPES`), or None."""
+def frozen_dtype(precision: Any, run_config: Mapping[str, Any] | None = None) -> torch.dtype | None:
+    """The dtype of the frozen towers under Lightning precision ``precision`` (:data:`FROZEN_DTYPES`), or None.
+    None too when the run reads a feature cache (``data.features``): the cache's descriptions hash the frozen
+    weights as loaded (dtype included), so cast weights would no longer match the cache they made."""
+    if ((run_config or {}).get("data") or {}).get("features"):
+        return None
     return FROZEN_DTYPES.get(str(precision))
 
 
@@ -160,7 +164,7 @@ class AVSystem(HoldsFrozen, pl.LightningModule):
         (:meth:`cast_frozen`), as the framework conventions ask (frozen parts in ``weight_dtype``, trainable
         parameters kept in float32, autocast computing in the half dtype): half the frozen weights' memory."""
         super().setup(stage)
-        dtype = frozen_dtype(self.trainer.precision) if self._trainer is not None else None
+        dtype = frozen_dtype(self.trainer.precision, self.run_config) if self._trainer is not None else None
         if dtype is not None:
             self.cast_frozen(dtype)
 
