@@ -57,6 +57,13 @@ def without_init_only(model_cfg: DictConfig) -> DictConfig:
     return built
 
 
+def check_model_selected(cfg: DictConfig) -> None:
+    """Raises :class:`~avgen.errors.ConfigError` when ``cfg`` has no ``model`` (no experiment chosen)."""
+    if cfg.get("model") is None:
+        raise ConfigError("no model selected: choose experiment=<name> or model=<name> "
+                          "(python -m avgen --help lists the experiments)")
+
+
 def build_model(cfg: DictConfig, *, fresh: bool = True):
     """The system of ``cfg.model``; ``fresh=False`` when a checkpoint's weights will replace its trainable
     weights (resume, ``init_from``): its ``INIT_ONLY`` keys are then not read (:func:`without_init_only`). At
@@ -66,9 +73,7 @@ def build_model(cfg: DictConfig, *, fresh: bool = True):
 
     from avgen.systems.base import AVSystem
 
-    if cfg.get("model") is None:
-        raise ConfigError("no model selected: choose experiment=<name> or model=<name> "
-                          "(python -m avgen --help lists the experiments)")
+    check_model_selected(cfg)
     from avgen.backbones.paper_random import build_device, model_build_device
 
     with build_device(model_build_device(cfg)):  # scale=paper_random with CUDA: on the GPU
@@ -401,11 +406,13 @@ def check_multirun_ddp(cfg: DictConfig) -> None:
 
 
 def fit(cfg: DictConfig) -> dict[str, Any]:
+    # config checks first: refused before data is prepared or Lightning is imported (seconds)
+    check_multirun_ddp(cfg)
+    check_model_selected(cfg)
     import lightning.pytorch as pl
 
     from avgen.checkpoint import read_checkpoint
 
-    check_multirun_ddp(cfg)
     announce(cfg, "fit")
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)

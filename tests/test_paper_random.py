@@ -218,8 +218,8 @@ def test_gpu_check_cpu_dry_run_passes_and_reports_every_part(tmp_path):
     checkpoint; exit 0, a JSON with every part."""
     out = tmp_path / "gpu.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--cpu-dry-run", "--systems",
-                           "vta_ldm", "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                           "vta_ldm", "--steps", "1", "--out", str(out)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no CUDA device" in proc.stdout or "CPU dry run" in proc.stdout
     report = json.loads(out.read_text())

@@ -261,6 +261,28 @@ def match(onsets: Sequence[float], peaks: Sequence[float], fps: float, window_fr
                     peak_hit=near.any(axis=0))
 
 
+def matchable_onsets(onsets: Sequence[float], n_frames: int, fps: float, window_frames: float = 1.0) -> np.ndarray:
+    """``(|A|,)`` bool: which onsets (seconds) some video peak of an ``n_frames`` clip could match at all.
+
+    :func:`video_peaks` can only report frames ``2 <= i <= F-2``: frame 0 and the last frame have no
+    neighbour on one side, and frame 1 never is a strict maximum because the trajectory repeats ``m_1``
+    at frame 0 (the official script's layout). An onset is matchable when it lies in some such peak's
+    window, ``(2 - k)/fps < a < (F - 2 + k)/fps`` with ``k = window_frames``; with ``k = 1``:
+    ``1/fps < a < (F-1)/fps``. An event in the first or last frame interval (a landing cut by the clip's
+    start or end) has no peak to match whatever the video shows, so a per-onset check of whether the
+    video moved at the sound cannot judge it (1-s windows at 8 fps: 1 frame in 4 is outside).
+
+    Raises:
+        ValueError: fewer than 3 frames (no peak is possible) or a non-positive ``fps``.
+    """
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive frame rate, got {fps}")
+    if n_frames < 3:
+        raise ValueError(f"a video peak needs at least 3 frames, got {n_frames}")
+    a = np.asarray(onsets, dtype=np.float64).reshape(-1)
+    return ((2 - window_frames) / fps < a) & (a < (n_frames - 2 + window_frames) / fps)
+
+
 # ------------------------------------------------------------------------------------------
 # Scores
 

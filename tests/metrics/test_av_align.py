@@ -326,3 +326,29 @@ def test_onset_options_are_checked():
         AVAlignConfig(onset_pad_mode="zeros")
     with pytest.raises(ConfigError, match="onset_delta"):
         AVAlignConfig(onset_delta=-1)
+
+
+def test_matchable_onsets_are_those_some_detectable_peak_could_match():
+    """Exact window on 8 frames at 8 fps (open interval (1/8, 7/8) s), and the invariant behind it: on random
+    flow trajectories every peak video_peaks reports is at a frame 2..F-2, so every onset any peak matches is
+    matchable, and each matchable onset is matched by a peak at one of those frames."""
+    from avgen.metrics.av_align import match, matchable_onsets, video_peaks
+
+    onsets = [0.0, 0.125, 0.13, 0.5, 0.87, 0.875, 0.95]
+    assert matchable_onsets(onsets, 8, 8.0).tolist() == [False, False, True, True, True, False, False]
+    assert matchable_onsets([0.18, 0.82], 8, 8.0, window_frames=0.5).tolist() == [False, False]  # (1.5/8, 6.5/8) s
+    assert matchable_onsets([0.19, 0.8], 8, 8.0, window_frames=0.5).tolist() == [True, True]
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        frames = int(rng.integers(3, 12))
+        pairs = rng.random(frames - 1)
+        m = np.array([pairs[0], *pairs])  # flow_magnitudes' layout: frame 0 repeats frame 1
+        peaks = video_peaks(m, 8.0)
+        assert set(np.round(peaks * 8).astype(int)) <= set(range(2, frames - 1))
+        a = rng.uniform(0, frames / 8.0, size=6)
+        assert not (match(a, peaks, 8.0).onset_hit & ~matchable_onsets(a, frames, 8.0)).any()
+    every = np.arange(2, 7) / 8.0  # a peak at each possible frame of an 8-frame clip
+    a = rng.uniform(0, 1, size=200)
+    assert np.array_equal(match(a, every, 8.0).onset_hit, matchable_onsets(a, 8, 8.0))
+    with pytest.raises(ValueError, match="at least 3 frames"):
+        matchable_onsets([0.1], 2, 8.0)
