@@ -114,6 +114,29 @@ class AppOptions:
 
 
 # ------------------------------------------------------------------------------------------ loading
+def model_sources(ckpt_path: str | None, export_dirs: Sequence[str]) -> list[tuple[str, Path]]:
+    """``[(config key, path)]`` of the models to serve: the checkpoint, then each export folder; paths only
+    (nothing is read or imported, so ``app`` refuses a bad command line at once).
+
+    Raises:
+        ConfigError: neither a checkpoint nor an export folder, a path that is not there, a folder given twice.
+    """
+    if not ckpt_path and not export_dirs:
+        raise ConfigError("app needs a model: ckpt_path=<checkpoint written by fit> or app.export_dir=<folder "
+                          "written by export> (a list of folders serves several)")
+    sources = ([("ckpt_path", Path(ckpt_path))] if ckpt_path else []) + [("app.export_dir", Path(d))
+                                                                           for d in export_dirs]
+    seen: dict[Path, Path] = {}
+    for key, path in sources:
+        if not (path.is_file() if key == "ckpt_path" else path.is_dir()):
+            raise ConfigError(f"{key}={path}: no such {'file' if key == 'ckpt_path' else 'folder'}")
+        if path.resolve() in seen:
+            raise ConfigError(f"app.export_dir: {path} is given twice (as {seen[path.resolve()]} before); list each "
+                              f"model once")
+        seen[path.resolve()] = path
+    return sources
+
+
 def load_pipelines(ckpt_path: str | None, export_dirs: Sequence[str], device: str = "auto",
                    max_input_seconds: float | None = None) -> dict[str, AVPipeline]:
     """The pipelines to serve, by tab label: the checkpoint's, then each export folder's, each taking inputs
@@ -129,19 +152,7 @@ def load_pipelines(ckpt_path: str | None, export_dirs: Sequence[str], device: st
     from avgen.pipelines import from_pretrained, pipeline_from_checkpoint, resolve_device
 
     resolve_device(device, "app.device")
-    if not ckpt_path and not export_dirs:
-        raise ConfigError("app needs a model: ckpt_path=<checkpoint written by fit> or app.export_dir=<folder "
-                          "written by export> (a list of folders serves several)")
-    sources = ([("ckpt_path", Path(ckpt_path))] if ckpt_path else []) + [("app.export_dir", Path(d))
-                                                                           for d in export_dirs]
-    seen: dict[Path, Path] = {}
-    for key, path in sources:
-        if not (path.is_file() if key == "ckpt_path" else path.is_dir()):
-            raise ConfigError(f"{key}={path}: no such {'file' if key == 'ckpt_path' else 'folder'}")
-        if path.resolve() in seen:
-            raise ConfigError(f"app.export_dir: {path} is given twice (as {seen[path.resolve()]} before); list each "
-                              f"model once")
-        seen[path.resolve()] = path
+    sources = model_sources(ckpt_path, export_dirs)
     loaded = []
     for key, path in sources:
         load = pipeline_from_checkpoint if key == "ckpt_path" else from_pretrained
@@ -406,6 +417,9 @@ def serve(cfg) -> None:
     """
     from omegaconf import OmegaConf
 
+    # the command line first: a bad one is refused before the seconds of importing gradio and torch
+    options = AppOptions.from_config(OmegaConf.to_container(cfg.get("app"), resolve=True))
+    model_sources(cfg.get("ckpt_path"), options.export_dir)
     try:
         import gradio  # noqa: F401
     except ImportError as exc:
@@ -414,7 +428,6 @@ def serve(cfg) -> None:
 
     from avgen.metrics.av_align import AVAlignConfig
 
-    options = AppOptions.from_config(OmegaConf.to_container(cfg.get("app"), resolve=True))
     pipelines = load_pipelines(cfg.get("ckpt_path"), options.export_dir, options.device, options.max_input_seconds)
     evaluate = OmegaConf.to_container(cfg.evaluate, resolve=True) if cfg.get("evaluate") else {}
     out_dir = Path(cfg.paths.output_dir) / "app"
