@@ -11,7 +11,8 @@ generators avgen trained, :mod:`avgen.backbones.mini`), for ``--seeds`` training
   (cross-attention: 1, as the paper's baseline; CMC-PE: ``--gammas``), the same seeds for every row;
 * per sample folder, the measurements of ``benchmarks/mini_demo.py`` (one frame classifier for all): AV-Align
   (``pr``, the README's tuned setting), AV-Align minus the same clips with audio delayed 3 frames, the fraction of
-  clips whose every onset is within ±1 frame of a flow peak, the fraction with an audio impact, the prompted colour
+  clips whose every onset a flow peak could match (:func:`avgen.metrics.av_align.matchable_onsets`) is within ±1
+  frame of a flow peak, the fraction with an audio impact, the prompted colour
   and shape recognised on the frames. FVD / FAD / IB scores need weights that cannot be downloaded here.
 
 Rows report the mean and standard deviation over seeds; the orderings are stated as the paper's claims with the

@@ -248,3 +248,33 @@ def test_sample_command_writes_sounding_videos(tiny_root, tmp_path, capsys):
     assert "sample.overwrite=true" in capsys.readouterr().err
     run_command(compose([*overrides, "sample.overwrite=true"], tmp_path, run_dir=tmp_path / "sample"))
     assert len(list(out.glob("*.mp4"))) == 3
+
+
+def test_modality_use_is_exactly_zero_at_zero_init_and_seen_once_the_blocks_act(tiny_root):
+    """benchmarks/joint_modality_use.py: the swapped-minus-paired loss is exactly 0 in both directions with the
+    zero-initialised blocks (same draws, the other modality cannot reach the loss), and non-zero once the blocks'
+    output projections are; the connector measurement gives one value per modality in range."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from joint_modality_use import connector_variation, modality_use
+
+    system, _ = build(tiny_root)
+    batches = [tiny_batch(system, 2, seed) for seed in (0, 1)]
+    zero = modality_use(system, batches, repeats=2)
+    for modality in ("audio", "video"):
+        assert zero[f"{modality}_loss"]["swapped_minus_paired"] == 0.0
+        assert zero[f"{modality}_loss"]["ci95"] == [0.0, 0.0]
+    with torch.no_grad():
+        for block in list(system.denoiser.video_blocks.values()) + list(system.denoiser.audio_blocks.values()):
+            for p in block.proj_out.parameters():
+                p.normal_(0, 0.5)
+    active = modality_use(system, batches, repeats=2)
+    assert active["audio_loss"]["swapped_minus_paired"] != 0.0 and active["video_loss"]["swapped_minus_paired"] != 0.0
+    features = connector_variation(system, batches)
+    for modality in ("video", "audio"):
+        assert features[modality]["temporal_std_over_norm"] > 0
+        assert -1 <= features[modality]["cosine_between_clips"] <= 1 + 1e-6
+    with pytest.raises(ValueError, match="swapping needs at least 2"):
+        modality_use(system, [tiny_batch(system, 1)], repeats=1)
