@@ -18,6 +18,7 @@ cross-modal blocks see the time view (B, C, T, S) of a U-Net feature map.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Mapping, Sequence
 
@@ -104,28 +105,31 @@ class JointUNet(nn.Module):
                     raise ConfigError(f"model.positions.{modality}: {position!r} is listed twice")
                 blocks[name] = CROSS_MODAL[cross_modal](channels, cond_dim=out_dim, **block)
                 target = (unet.down_blocks if kind == "down" else unet.up_blocks)[index]
-                self._hooks.append(target.register_forward_hook(self._make_hook(modality, kind, name)))
+                # a partial of a bound method, not a closure: copy.deepcopy of the model (torch's AveragedModel,
+                # an EMA copy) maps it to the copy's own blocks; a closure would keep calling the original's
+                self._hooks.append(target.register_forward_hook(
+                    functools.partial(self._cross_modal_hook, modality, kind, name)))
 
     # ------------------------------------------------------------------------------ hooks
-    def _make_hook(self, modality: str, kind: str, name: str):
-        def hook(block, args, output):
-            ctx = self._context
-            if ctx is None:  # a plain base-model call: leave the block's output alone
-                return None
-            module = (self.video_blocks if modality == "video" else self.audio_blocks)[name]
-            cond = ctx["audio_features" if modality == "video" else "video_features"]
-            hidden = output[0] if kind == "down" else output
-            new = self._condition(module, hidden, cond, modality, ctx["frames"])
-            if kind == "up":
-                return new
-            states = output[1]
-            # diffusers down blocks return their final hidden state as the last skip connection too;
-            # the skip must carry the conditioned features (CoDi appends after the cross-modal block).
-            if not states or states[-1] is not hidden:
-                raise RuntimeError(f"{type(block).__name__} does not return its output as the last skip "
-                                   f"state; cannot insert a cross-modal block after {kind}.{name}")
-            return new, states[:-1] + (new,)
-        return hook
+    def _cross_modal_hook(self, modality: str, kind: str, name: str, block: nn.Module, args: Any, output: Any):
+        """Forward hook of a base U-Net block: its output with the cross-modal block ``name`` applied (inside a
+        joint call only; a plain base-model call is left alone)."""
+        ctx = self._context
+        if ctx is None:  # a plain base-model call: leave the block's output alone
+            return None
+        module = (self.video_blocks if modality == "video" else self.audio_blocks)[name]
+        cond = ctx["audio_features" if modality == "video" else "video_features"]
+        hidden = output[0] if kind == "down" else output
+        new = self._condition(module, hidden, cond, modality, ctx["frames"])
+        if kind == "up":
+            return new
+        states = output[1]
+        # diffusers down blocks return their final hidden state as the last skip connection too;
+        # the skip must carry the conditioned features (CoDi appends after the cross-modal block).
+        if not states or states[-1] is not hidden:
+            raise RuntimeError(f"{type(block).__name__} does not return its output as the last skip "
+                               f"state; cannot insert a cross-modal block after {kind}.{name}")
+        return new, states[:-1] + (new,)
 
     def _condition(self, module: nn.Module, hidden: torch.Tensor, cond: torch.Tensor, modality: str,
                frames: int) -> torch.Tensor:

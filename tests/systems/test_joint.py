@@ -126,6 +126,29 @@ def test_exact_trainable_set(tiny_root, system):
         assert not any(p.requires_grad for p in module.parameters())
 
 
+def test_a_deep_copy_conditions_through_its_own_blocks(tiny_root):
+    """copy.deepcopy of the model (torch's AveragedModel, an EMA copy) keeps the cross-modal blocks working and
+    its own: the base U-Nets' hooks of the copy call the copy's blocks, not the original's (a closure over the
+    original once made every copy's blocks inert: the copy's joint call left the original's context empty)."""
+    system, _ = build(tiny_root)
+    with torch.no_grad():
+        for block in list(system.denoiser.video_blocks.values()) + list(system.denoiser.audio_blocks.values()):
+            for p in block.proj_out.parameters():
+                p.normal_(0, 0.5)
+    inputs = random_inputs(system)
+    twin = copy.deepcopy(system)
+    with torch.no_grad():
+        v, a = system.denoiser(*inputs)
+        tv, ta = twin.denoiser(*inputs)
+        base_v, base_a = base_outputs(twin, *inputs)
+        assert torch.equal(tv, v) and torch.equal(ta, a)
+        assert not torch.allclose(ta, base_a) and not torch.allclose(tv, base_v)
+        for p in twin.denoiser.audio_blocks.parameters():
+            p.zero_()
+        assert torch.equal(system.denoiser(*inputs)[1], a)  # the original is untouched
+        assert not torch.equal(twin.denoiser(*inputs)[1], a)
+
+
 def tiny_batch(system, batch: int = 2, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     frames = int(TINY_CLIP["seconds"] * TINY_CLIP["fps"])
@@ -250,29 +273,43 @@ def test_sample_command_writes_sounding_videos(tiny_root, tmp_path, capsys):
     assert len(list(out.glob("*.mp4"))) == 3
 
 
-def test_modality_use_is_exactly_zero_at_zero_init_and_seen_once_the_blocks_act(tiny_root):
+def test_modality_use_is_exactly_zero_at_zero_init_and_seen_once_the_blocks_act(tiny_root, system):
     """benchmarks/joint_modality_use.py: the swapped-minus-paired loss is exactly 0 in both directions with the
     zero-initialised blocks (same draws, the other modality cannot reach the loss), and non-zero once the blocks'
-    output projections are; the connector measurement gives one value per modality in range."""
+    output projections are; the connector measurement gives one value per modality in range. The two clips differ
+    in both modalities (black and silent / noise and loud), so the swap changes what the connectors see."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from joint_modality_use import connector_variation, modality_use
 
-    system, _ = build(tiny_root)
-    batches = [tiny_batch(system, 2, seed) for seed in (0, 1)]
-    zero = modality_use(system, batches, repeats=2)
+    system = copy.deepcopy(system)
+    pair = tiny_batch(system, 2)
+    pair["video"][0] = -1.0
+    pair["audio"][0] = 0.0
+    pair["audio"][1] = pair["audio"][1] / 0.3 * 0.9
+    zero = modality_use(system, [pair], repeats=2)
     for modality in ("audio", "video"):
         assert zero[f"{modality}_loss"]["swapped_minus_paired"] == 0.0
         assert zero[f"{modality}_loss"]["ci95"] == [0.0, 0.0]
-    with torch.no_grad():
-        for block in list(system.denoiser.video_blocks.values()) + list(system.denoiser.audio_blocks.values()):
-            for p in block.proj_out.parameters():
-                p.normal_(0, 0.5)
-    active = modality_use(system, batches, repeats=2)
-    assert active["audio_loss"]["swapped_minus_paired"] != 0.0 and active["video_loss"]["swapped_minus_paired"] != 0.0
-    features = connector_variation(system, batches)
+    # the measurement itself, on a stand-in whose losses depend on the other modality in a known way (each loss
+    # also draws from the generator, as the real one does): swapped − paired is exactly the known difference
+
+    class Known(torch.nn.Module):
+        def diffusion_loss(self, batch, generator):
+            noise = torch.randn((), generator=generator)
+            v = batch["video"].mean(dim=(1, 2, 3, 4))
+            a = batch["audio"].mean(dim=1)
+            return {"loss_audio": ((a - v) ** 2).mean() + noise, "loss_video": ((v - 2 * a) ** 2).mean() + noise}
+
+    known = modality_use(Known(), [pair], repeats=3)
+    v, a = pair["video"].mean(dim=(1, 2, 3, 4)), pair["audio"].mean(dim=1)
+    expected_audio = (((a - v.roll(1)) ** 2).mean() - ((a - v) ** 2).mean()).item()
+    expected_video = (((v - 2 * a.roll(1)) ** 2).mean() - ((v - 2 * a) ** 2).mean()).item()
+    assert known["audio_loss"]["swapped_minus_paired"] == pytest.approx(expected_audio, rel=1e-3) != 0
+    assert known["video_loss"]["swapped_minus_paired"] == pytest.approx(expected_video, rel=1e-3) != 0
+    features = connector_variation(system, [pair])
     for modality in ("video", "audio"):
         assert features[modality]["temporal_std_over_norm"] > 0
         assert -1 <= features[modality]["cosine_between_clips"] <= 1 + 1e-6
