@@ -5,9 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.avgen-setup
 PYTEST_ARGS ?=
-# pytest-xdist: one worker process per core; --dist loadscope keeps each test module on one worker, so a module's
-# fixtures (a SLURM cluster, a trained checkpoint) are made once. TEST_WORKERS=0 runs in this process.
-TEST_WORKERS ?= 2
+# pytest-xdist: three worker processes on the 2-core machines (with two, a fifth of the CPU time sat idle while tests
+# waited on subprocesses, SLURM jobs and the browser); --dist loadscope keeps each test module on one worker, so a
+# module's fixtures (a SLURM cluster, a trained checkpoint) are made once. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 3
 XDIST = -n $(TEST_WORKERS) --dist loadscope
 
 .PHONY: setup test test-fast lint demo bench clean-venv gpu-wheels gpu-check

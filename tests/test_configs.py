@@ -43,10 +43,17 @@ def test_slurm_launcher_composes(tmp_path):
     assert cfg is not None
 
 
+@pytest.fixture(scope="module")
+def smoke_data_dir(tmp_path_factory):
+    """One data folder for every experiment's smoke run: the synthetic set is prepared by the first, read by the
+    others (each experiment at scale=tiny reads the same store)."""
+    return tmp_path_factory.mktemp("smoke_data")
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_smoke_at_tiny_scale(tmp_path, experiment):
+def test_experiment_smoke_at_tiny_scale(tmp_path, experiment, smoke_data_dir):
     """Smoke test: each experiment file trains two steps and validates at scale=tiny."""
     cfg = compose(["command=fit", f"experiment={experiment}", "scale=tiny", "trainer.max_steps=2",
-                   "trainer.limit_val_batches=1", "logger=csv"], tmp_path)
+                   "trainer.limit_val_batches=1", "logger=csv", f"paths.data_dir={smoke_data_dir}"], tmp_path)
     run_command(cfg)
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
