@@ -101,3 +101,29 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300
     full_env.pop("AVGEN_RUN_ID", None)
     return subprocess.run([sys.executable, "-m", "avgen", *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+# The longest modules first (their summed test time on 2 cores, most first): pytest-xdist's loadscope scheduling
+# hands out modules in collection order as workers free up, and a long module collected last (alphabetical order put
+# test_mini_generators.py near the end) ran alone on one worker while the others sat idle.
+LONGEST_MODULES = (
+    "tests/test_mini_generators.py", "tests/test_slurm.py", "tests/evaluation/test_evaluate.py",
+    "tests/test_sweeps.py", "tests/test_mini_twins.py", "tests/test_app.py", "tests/test_paper_random.py",
+    "tests/test_configs.py", "tests/test_export.py", "tests/systems/test_joint.py", "tests/data/test_prepare.py",
+    "tests/test_checkpoint_config.py", "tests/test_cli.py", "tests/systems/test_joint_vs_diffusers.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run :data:`LONGEST_MODULES` first, in that order; every other module keeps its place after them."""
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
+
+    def module_rank(item) -> int:
+        path = Path(str(item.fspath)).resolve()
+        try:
+            name = path.relative_to(REPO).as_posix()
+        except ValueError:
+            return len(rank)
+        return rank.get(name, len(rank))
+
+    items.sort(key=module_rank)  # stable: the order inside a module and among the others is kept
