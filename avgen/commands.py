@@ -144,13 +144,25 @@ def load_system(ckpt_path: str | Path, run_cfg: DictConfig | None = None, overri
     from avgen.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(ckpt_path)
-    cfg = OmegaConf.create(ckpt["avgen"]["config"])
+    cfg = OmegaConf.create(upgrade_run_config(ckpt["avgen"]["config"]))
     if run_cfg is not None:
         cfg = checkpoint_config(cfg, run_cfg, overrides)
     model = instantiate(without_init_only(cfg.model))  # the checkpoint's weights replace INIT_ONLY ones
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     model.load_trainable(ckpt)
     return model, cfg
+
+
+def upgrade_run_config(run_config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's stored run config with its ``model`` passed through its system's
+    :meth:`~avgen.systems.base.AVSystem.upgrade_model_config` (settings implied when it was written)."""
+    from hydra.utils import get_class
+
+    model = (run_config or {}).get("model")
+    if not isinstance(model, dict) or "_target_" not in model:
+        return run_config
+    upgrade = getattr(get_class(model["_target_"]), "upgrade_model_config", None)
+    return run_config if upgrade is None else {**run_config, "model": upgrade(model)}
 
 
 def command_line_overrides() -> list[str]:

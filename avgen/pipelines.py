@@ -159,6 +159,7 @@ def build_system(model_config: Mapping[str, Any], weights: Mapping[str, torch.Te
     name = system_name(model_config)
     module, _, cls_name = SYSTEMS[name]["class"].rpartition(".")
     cls = getattr(importlib.import_module(module), cls_name)
+    model_config = cls.upgrade_model_config(dict(model_config))  # an export of an earlier avgen
     kwargs = {k: copy.deepcopy(v) for k, v in model_config.items() if k != "_target_"}
     kwargs["optimizer"] = kwargs["scheduler"] = None
     for key in getattr(cls, "INIT_ONLY", ()):

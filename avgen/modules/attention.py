@@ -101,20 +101,22 @@ class MultiHeadAttention(nn.Module):
         n, length, _ = tokens.shape
         return tokens.view(n, length, self.heads, -1).transpose(1, 2)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
         """Attend from every query token to every context token.
 
         Args:
             x: (N, L, dim) queries. No axis is special: callers fold what they do not attend
                 across (other frames, other positions) into N.
             context: (N, L_kv, context_dim), or ``None`` to attend within ``x``.
+            bias: (heads, L, L_kv), added to the attention logits (after the 1/sqrt(head_dim) scaling)
+                before the softmax: a relative position bias; ``None`` for none.
 
         Returns:
             (N, L, dim).
         """
         context = x if context is None else context
         q, k, v = (self._split_heads(t) for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
         n, _, length, _ = out.shape
         return self.dropout(self.to_out(out.transpose(1, 2).reshape(n, length, -1)))
 

@@ -64,13 +64,14 @@ class JointUNet(nn.Module):
         gradient_checkpointing: recompute connectors and cross-modal blocks in the backward pass.
         audio_clip_fraction: the share of the audio latents' time axis that holds the clip, the rest being mel
             padding (:meth:`avgen.systems.joint.JointAudioVideo.audio_clip_fraction`); 1 = no padding.
+        fps: the video's frame rate (frames per second), for the video connector's temporal position embedding.
     """
 
     def __init__(self, video_unet: nn.Module, audio_unet: nn.Module, *, cross_modal: str = "cmcpe",
                  video_positions: Sequence[str] = DEFAULT_POSITIONS, audio_positions: Sequence[str] = DEFAULT_POSITIONS,
                  connector: Mapping[str, Any] | None = None, block: Mapping[str, Any] | None = None,
                  video_connector_attention: bool = True, gradient_checkpointing: bool = False,
-                 audio_clip_fraction: float = 1.0):
+                 audio_clip_fraction: float = 1.0, fps: float = 8.0):
         super().__init__()
         if cross_modal not in CROSS_MODAL:
             raise ConfigError(f"model.cross_modal={cross_modal!r}: expected one of {sorted(CROSS_MODAL)}")
@@ -90,8 +91,9 @@ class JointUNet(nn.Module):
         self.gradient_checkpointing = gradient_checkpointing
         out_dim = connector.get("out_dim", 1280)
         self.video_connector = Connector(video_unet.config.in_channels, spatial_dims=2,
-                                         attention=video_connector_attention, **connector)
-        self.audio_connector = Connector(audio_unet.config.in_channels, spatial_dims=1, attention=False, **connector)
+                                         attention=video_connector_attention, fps=fps, **connector)
+        audio_keys = {k: v for k, v in connector.items() if k != "spatio_temporal"}  # a video connector setting
+        self.audio_connector = Connector(audio_unet.config.in_channels, spatial_dims=1, attention=False, **audio_keys)
         self.video_blocks = nn.ModuleDict()
         self.audio_blocks = nn.ModuleDict()
         self._context: dict[str, Any] | None = None

@@ -238,16 +238,32 @@ class AVSystem(HoldsFrozen, pl.LightningModule):
         if ema is not None:
             self.ema_state = {k: v.float() for k, v in ema.items()}
 
+    @classmethod
+    def upgrade_model_config(cls, model_config: dict[str, Any]) -> dict[str, Any]:
+        """A model config stored by an earlier avgen (a checkpoint's, an export's) with the settings that were
+        implied then and have a key with another default now made explicit, so the system is rebuilt as it was
+        trained. ``model_config``: a plain dict (``_target_`` and the system's arguments); returns a new dict.
+        The base class changes nothing."""
+        return dict(model_config)
+
+    def trainable_keys_hint(self, missing: set[str], unexpected: set[str]) -> str:
+        """What to try when a checkpoint's trainable weights do not match (appended to the error); ``""``."""
+        return ""
+
     def check_trainable_keys(self, state: dict[str, torch.Tensor], source: str) -> None:
-        """A checkpoint must hold every trainable weight and nothing that is not trainable."""
+        """A checkpoint must hold every trainable weight and nothing that is not trainable.
+
+        Raises:
+            KeyError: naming up to five missing and unexpected weights, and the system's hint."""
         expected = set(self.trainable_state_dict())
         missing, unexpected = expected - set(state), set(state) - expected
         if missing or unexpected:
+            hint = self.trainable_keys_hint(missing, unexpected)
             raise KeyError(f"{source} does not match {type(self).__name__}'s trainable weights: "
                            f"missing {sorted(missing)[:5]}{'...' if len(missing) > 5 else ''}, "
                            f"unexpected {sorted(unexpected)[:5]}{'...' if len(unexpected) > 5 else ''}. "
-                           f"Was it written with another model config? (init_from_strict=false starts a run from "
-                           f"the weights both share)")
+                           + (hint or "Was it written with another model config? (init_from_strict=false starts a "
+                                      "run from the weights both share)"))
 
     def load_trainable(self, checkpoint: dict[str, Any], strict: bool = True) -> dict[str, list[str]]:
         """Load trainable (and EMA) weights from an avgen checkpoint dict (``init_from``, sampling).

@@ -143,6 +143,26 @@ class JointAudioVideo(DiffusionSystem):
     sampling_settings = JointSampling
     SAMPLER_CONFIG = ("video.scheduler", "audio.scheduler")
 
+    @classmethod
+    def upgrade_model_config(cls, model_config: dict[str, Any]) -> dict[str, Any]:
+        """Checkpoints and exports written before ``model.connector.spatio_temporal`` existed (2026-12-02) were
+        built with the video connector's order-blind attention blocks: their config gets ``unordered``."""
+        config = dict(model_config)
+        blocks = [config.get("connector")] + [(config.get(scale) or {}).get("connector") for scale in
+                                               ("tiny", "mini", "paper_random")]
+        if not any(isinstance(b, Mapping) and "spatio_temporal" in b for b in blocks):
+            config["connector"] = {**dict(config.get("connector") or {}), "spatio_temporal": "unordered"}
+        return config
+
+    def trainable_keys_hint(self, missing: set[str], unexpected: set[str]) -> str:
+        if any(".video_connector.attn" in key for key in missing | unexpected):
+            current = self.denoiser.video_connector.attn1
+            other = "unordered" if current is None or current.variant == "public" else "public"
+            return (f"The video connector's attention blocks differ: a run started before 2026-12-02 has "
+                    f"model.connector.spatio_temporal=unordered (now public by default); pass "
+                    f"model.connector.spatio_temporal={other} to continue or load it.")
+        return ""
+
     @staticmethod
     def sampler_override_refusal(key: str) -> str | None:
         """Why ``model.<key>`` (under :attr:`SAMPLER_CONFIG`) cannot change on a trained checkpoint;
@@ -188,7 +208,7 @@ class JointAudioVideo(DiffusionSystem):
                                   connector=args["connector"], block=args["block"],
                                   video_connector_attention=args["video_connector_attention"],
                                   gradient_checkpointing=gradient_checkpointing,
-                                  audio_clip_fraction=self.audio_clip_fraction())
+                                  audio_clip_fraction=self.audio_clip_fraction(), fps=float(self.clip.fps))
         # frozen parts as submodules, so they follow the system across devices and dtypes
         self.video_vae, self.video_text_encoder = self.video.vae, self.video.text_encoder
         self.audio_vae, self.audio_text_encoder = self.audio.vae, self.audio.text_encoder

@@ -4,6 +4,9 @@ per-frame locality, and the hyper-parameter errors. Tiny widths, CPU, a few seco
 
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +14,7 @@ from torch import nn
 
 from avgen.errors import ConfigError
 from avgen.modules.cmcpe import CMCPE, interpolate_time
-from avgen.modules.connector import Connector
+from avgen.modules.connector import Connector, ContinuousPositionBias, frame_shift, token_shift
 from avgen.modules.cross_modal_attention import CrossModalAttention
 
 TINY_BLOCK = {"cond_dim": 24, "head_dim": 8, "norm_groups": 8}
@@ -156,6 +159,8 @@ def test_hyper_parameter_errors_name_the_key():
         CMCPE(32, cond_dim=8, head_dim=8, norm_groups=8, interpolation="area")
     with pytest.raises(ConfigError, match="num_heads=5"):
         Connector(4, attention=True, num_heads=5, **TINY_CONNECTOR)
+    with pytest.raises(ConfigError, match="model.connector.spatio_temporal='ordered'"):
+        Connector(4, attention=True, num_heads=4, spatio_temporal="ordered", **TINY_CONNECTOR)
     with pytest.raises(ConfigError, match="spatial_dims=3"):
         Connector(4, spatial_dims=3, **TINY_CONNECTOR)
     with pytest.raises(ConfigError, match="attention=true"):
@@ -213,10 +218,77 @@ def test_connector_reads_timestep_and_self_conditioning(modality, video_connecto
 def test_gradients_reach_every_connector_parameter(modality, video_connector, audio_connector):
     connector, shape = {"video": (video_connector, (1, 4, 4, 8, 8)),
                         "audio": (audio_connector, (1, 8, 16, 8))}[modality]
-    connector.zero_grad()
+    connector = copy.deepcopy(connector)
+    torch.manual_seed(3)
+    with torch.no_grad():  # the zero-initialised output maps (identity at init), as after a first training step
+        for p in connector.parameters():
+            if not p.any():
+                p.normal_(std=0.1)
     connector(torch.randn(shape), torch.randn(shape), torch.tensor([300])).square().sum().backward()
     missing = [name for name, p in connector.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
+
+
+def _landing_clip(frames: int = 6, landing: int = 3) -> torch.Tensor:
+    """(1, 4, frames, 8, 8) latents: a still background; from frame ``landing`` on, a blob lies still at one place
+    (frames ``landing`` … ``frames - 1`` are identical) — the frame where it arrives looks like every later one."""
+    torch.manual_seed(11)
+    x = torch.randn(1, 4, 1, 8, 8).expand(1, 4, frames, 8, 8).clone()
+    x[:, :, landing:, 5:7, 2:4] += 2.0
+    return x
+
+
+@pytest.mark.parametrize("variant", ["public", "unordered"])
+def test_video_connector_tells_the_landing_frame_from_the_frames_after_it(variant):
+    """Identical frames at different places in time: with the public code's order-aware temporal processing the
+    connector tells the frame where the blob arrived from the frames after it; the order-blind attention
+    (``spatio_temporal="unordered"``) is equivariant to permuting frames, so it gives the identical frames identical
+    features — it cannot say when the blob landed."""
+    torch.manual_seed(6)
+    connector = Connector(4, spatial_dims=2, attention=True, num_heads=4, spatio_temporal=variant,
+                          **TINY_CONNECTOR).eval()
+    x = _landing_clip()
+    with torch.no_grad():
+        out = connector(x, torch.zeros_like(x), 100)[0]  # (frames, D)
+    arrival_vs_after = (out[3] - out[4]).abs().max()
+    if variant == "public":
+        assert arrival_vs_after > 1e-3
+        assert (out[4] - out[5]).abs().max() > 1e-5  # the time embedding and the frame shift see the position too
+    else:
+        assert arrival_vs_after < 1e-5 and (out[4] - out[5]).abs().max() < 1e-5
+        # ... and a permutation of the frames permutes its output
+        order = torch.tensor([2, 0, 5, 1, 4, 3])
+        permuted = connector(x[:, :, order], torch.zeros_like(x), 100)[0]
+        torch.testing.assert_close(permuted, out[order], atol=1e-5, rtol=1e-4)
+
+
+def test_frame_shift_moves_chunk_i_by_i_frames():
+    x = torch.arange(1, 4 * 5 + 1, dtype=torch.float32).view(1, 4, 5)  # (B, C=4, T=5): channel c holds 5c+1 … 5c+5
+    out = frame_shift(x, chunks=4)
+    expected = torch.tensor([[1, 2, 3, 4, 5],
+                             [0, 6, 7, 8, 9],
+                             [0, 0, 11, 12, 13],
+                             [0, 0, 0, 16, 17]], dtype=torch.float32)
+    torch.testing.assert_close(out[0], expected)
+    # more chunks than frames: a chunk shifted past the end is all zeros
+    assert frame_shift(torch.ones(1, 8, 2), chunks=8)[0, 2:].abs().sum() == 0
+
+
+def test_token_shift_takes_the_second_half_of_the_channels_from_the_previous_frame():
+    tokens = torch.arange(12, dtype=torch.float32).view(1, 3, 4)  # (N, T=3, C=4)
+    expected = torch.tensor([[0, 1, 0, 0], [4, 5, 2, 3], [8, 9, 6, 7]], dtype=torch.float32)
+    torch.testing.assert_close(token_shift(tokens)[0], expected)
+
+
+def test_continuous_position_bias_depends_on_the_signed_log_distance():
+    torch.manual_seed(0)
+    bias = ContinuousPositionBias(heads=3, width=8)
+    table = bias(6)
+    assert table.shape == (3, 6, 6)
+    torch.testing.assert_close(table[:, 1:, 1:], table[:, :-1, :-1])  # Toeplitz: a function of i - j only
+    assert not torch.allclose(table[:, 2, 1], table[:, 1, 2])  # the sign of the distance matters
+    d = torch.tensor([[math.log(3.0)]])  # i - j = 2
+    torch.testing.assert_close(table[:, 2, 0], bias.mlp(d)[0])
 
 
 def test_video_connector_without_attention_keeps_frames_apart():
@@ -231,10 +303,21 @@ def test_video_connector_without_attention_keeps_frames_apart():
 
 
 def test_video_connector_temporal_attention_mixes_frames(video_connector):
+    """At initialisation the temporal attention's output map is zero (the public code's), so frames mix only
+    through the token and frame shifts, which look back in time: a change of frame 3 reaches frames 3-5, not 0-2.
+    Once the attention's output map has been trained, every frame sees every other."""
     x = torch.randn(2, 4, 6, 8, 8)
     changed = x.clone()
     changed[:, :, 3] = torch.randn(2, 4, 8, 8)
     diff = (video_connector(x, x, 5) - video_connector(changed, changed, 5)).abs().amax(dim=(0, 2))
+    assert diff[4] > 1e-4 and diff[5] > 1e-4
+    assert torch.equal(diff[:3], torch.zeros(3))
+    trained = copy.deepcopy(video_connector)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for attention in (trained.attn1, trained.attn2):
+            attention.temporal.to_out.weight.normal_(std=0.1)
+    diff = (trained(x, x, 5) - trained(changed, changed, 5)).abs().amax(dim=(0, 2))
     assert diff[0] > 1e-4
 
 

@@ -223,6 +223,28 @@ def test_fit_checkpoint_holds_only_trainable_weights_and_reloads(tiny_root, tmp_
     trained_bytes = sum(v.numel() * v.element_size() for v in ckpt["state_dict"].values())
     assert trained_bytes == sum(v.numel() * v.element_size() for v in model.trainable_state_dict().values())
 
+    # A checkpoint whose config predates model.connector.spatio_temporal was trained with the order-blind blocks:
+    # its config is read as `unordered` (here the weights are the public blocks', so the load must fail, naming
+    # the key and the value that fits them).
+    old = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    del old["avgen"]["config"]["model"]["connector"]["spatio_temporal"]
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(KeyError, match="model.connector.spatio_temporal=public"):
+        load_system(tmp_path / "old.ckpt")
+
+
+def test_a_model_config_from_before_spatio_temporal_is_read_as_unordered():
+    from avgen.systems.joint import JointAudioVideo
+
+    before = {"_target_": "avgen.systems.joint.JointAudioVideo", "connector": {"channels": 320},
+              "tiny": {"connector": {"channels": 16}}}
+    upgraded = JointAudioVideo.upgrade_model_config(before)
+    assert upgraded["connector"] == {"channels": 320, "spatio_temporal": "unordered"}
+    assert before["connector"] == {"channels": 320}  # not modified in place
+    for explicit in ({**before, "connector": {"channels": 320, "spatio_temporal": "public"}},
+                     {**before, "tiny": {"connector": {"spatio_temporal": "public"}}}):
+        assert JointAudioVideo.upgrade_model_config(explicit) == explicit
+
 
 def test_ema_is_used_for_sampling(tiny_root):
     system, _ = build(tiny_root, "model.ema_decay=0.5")
