@@ -155,13 +155,19 @@ class JointAudioVideo(DiffusionSystem):
         return config
 
     def trainable_keys_hint(self, missing: set[str], unexpected: set[str]) -> str:
-        if any(".video_connector.attn" in key for key in missing | unexpected):
+        """Which of the joint model's options the checkpoint was trained with, when its weights say so."""
+        differ = missing | unexpected
+        hints = []
+        if any(".video_connector.attn" in key for key in differ):
             current = self.denoiser.video_connector.attn1
             other = "unordered" if current is None or current.variant == "public" else "public"
-            return (f"The video connector's attention blocks differ: a run started before 2026-12-02 has "
-                    f"model.connector.spatio_temporal=unordered (now public by default); pass "
-                    f"model.connector.spatio_temporal={other} to continue or load it.")
-        return ""
+            hints.append(f"the video connector's attention blocks differ (a run started before 2026-12-02 has "
+                         f"model.connector.spatio_temporal=unordered, public is the default now): pass "
+                         f"model.connector.spatio_temporal={other}")
+        if any("motion_modules" in key for key in differ):
+            hints.append(f"the checkpoint was trained with model.train_motion_modules="
+                         f"{str(not self.train_motion_modules).lower()}: pass it")
+        return ("To continue or load it: " + "; ".join(hints) + ".") if hints else ""
 
     @staticmethod
     def sampler_override_refusal(key: str) -> str | None:

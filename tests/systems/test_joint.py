@@ -233,6 +233,18 @@ def test_fit_checkpoint_holds_only_trainable_weights_and_reloads(tiny_root, tmp_
         load_system(tmp_path / "old.ckpt")
 
 
+def test_a_checkpoint_that_does_not_fit_names_the_options_it_was_trained_with(system):
+    trainable = set(system.trainable_state_dict())
+    motion = {k for k in trainable if "motion_modules" in k}
+    assert motion  # the paper's default trains them
+    hint = system.trainable_keys_hint(motion, set())
+    assert "model.train_motion_modules=false" in hint and "spatio_temporal" not in hint
+    connector = {k for k in trainable if ".video_connector.attn1.ff_in" in k}
+    hint = system.trainable_keys_hint(connector, {"denoiser.video_connector.attn1.spatial.to_q.weight"})
+    assert "model.connector.spatio_temporal=unordered" in hint and "motion" not in hint
+    assert system.trainable_keys_hint({"denoiser.audio_blocks.up_0.proj_out.weight"}, set()) == ""
+
+
 def test_a_model_config_from_before_spatio_temporal_is_read_as_unordered():
     from avgen.systems.joint import JointAudioVideo
 
