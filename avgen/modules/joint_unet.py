@@ -92,8 +92,7 @@ class JointUNet(nn.Module):
         out_dim = connector.get("out_dim", 1280)
         self.video_connector = Connector(video_unet.config.in_channels, spatial_dims=2,
                                          attention=video_connector_attention, fps=fps, **connector)
-        audio_keys = {k: v for k, v in connector.items() if k != "spatio_temporal"}  # a video connector setting
-        self.audio_connector = Connector(audio_unet.config.in_channels, spatial_dims=1, attention=False, **audio_keys)
+        self.audio_connector = Connector(audio_unet.config.in_channels, spatial_dims=1, attention=False, **connector)
         self.video_blocks = nn.ModuleDict()
         self.audio_blocks = nn.ModuleDict()
         self._context: dict[str, Any] | None = None
