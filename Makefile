@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch and torchaudio first, as the matched pair pinned in constraints.txt
 	$(PY) -m pip install -q -c constraints.txt torch torchaudio
 	$(PY) -m pip install -q -c constraints.txt -e '.[test,slurm,app]'
+	# compile librosa's numba kernels into numba's disk cache once (about 30 s), not in every process that first
+	# needs one: on an empty cache each process pays about 23 s of CPU (avgen/metrics/jit_cache.py)
+	$(PY) -m avgen.metrics.jit_cache
 	touch $(STAMP)
 
 test: setup
