@@ -56,6 +56,7 @@ def warm() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m avgen.metrics.jit_cache``: run :func:`warm` and print one line; exit 0."""
     start = time.perf_counter()
     paths = warm()
     print(f"numba cache of librosa's kernels ready ({'; '.join(paths)}; {time.perf_counter() - start:.1f} s)")
