@@ -156,6 +156,46 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, prediction_ty
     raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
 
 
+LOSS_WEIGHTINGS = ("uniform", "v")
+
+
+def v_loss_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, prediction_type: str, max_weight: float = 20.0
+                   ) -> torch.Tensor:
+    """Per-sample loss weights (B,) float32 that turn the MSE of the regressed target into the MSE of v
+    (Salimans & Ho 2022, Sec. 4 and App. D: L_v = (1 + SNR) L_x0, L_ε = SNR L_x0), capped and normalised.
+
+    For the same error in x̂0 the v error is ``r_t`` times the target's: ``epsilon`` r = (SNR + 1) / SNR = 1 / ᾱ_t,
+    ``sample`` r = SNR + 1 = 1 / (1 − ᾱ_t), ``v_prediction`` r = 1. The weight is min(r_t, ``max_weight``) divided
+    by the mean of min(r_s, ``max_weight``) over every timestep s of the schedule, so uniformly drawn timesteps
+    get weight 1 on average. On an ε target this raises the share of the loss at high noise, where an ε error is
+    an x̂0 error shrunk by sqrt(SNR): the steps where a sampler decides what the clip holds (and, in a joint model,
+    where the other modality can tell it) weigh up to ``max_weight`` times a uniform draw's (Kingma & Gao 2023,
+    "Understanding Diffusion Objectives", the weighting view of the objectives).
+
+    Args:
+        alphas_cumprod: ᾱ of the schedule (T,), any float dtype.
+        t: integer timesteps (B,).
+        prediction_type: what the network regresses (``epsilon``, ``v_prediction``, ``sample``).
+        max_weight: cap of r_t before normalising (≥ 1).
+    Raises:
+        ValueError: ``max_weight`` < 1 or an unknown ``prediction_type``.
+    """
+    if not max_weight >= 1:
+        raise ValueError(f"max_weight={max_weight}: expected a cap of at least 1")
+    a = alphas_cumprod.double()
+    if prediction_type == "epsilon":
+        ratio = 1 / a
+    elif prediction_type == "sample":
+        ratio = 1 / (1 - a)
+    elif prediction_type == "v_prediction":
+        ratio = torch.ones_like(a)
+    else:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+    table = torch.clamp(ratio, max=float(max_weight))
+    table = table / table.mean()
+    return table.float().to(t.device)[torch.as_tensor(t, device=t.device).long()]
+
+
 def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None,
                    scaling_factor: float = 1.0, chunk: int | None = None) -> torch.Tensor:
     """A sample of a VAE's diagonal Gaussian posterior, scaled: z = (mean + std · ε) · ``scaling_factor``.

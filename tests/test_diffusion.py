@@ -1,5 +1,5 @@
 """avgen.diffusion: the DDIM step between arbitrary timesteps equals diffusers' DDIMScheduler on its own grid;
-Min-SNR weights; noising in float32."""
+Min-SNR and v weights; noising in float32."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from avgen.diffusion import (
     sample_latents,
     split_prediction,
     training_target,
+    v_loss_weights,
 )
 
 
@@ -127,3 +128,40 @@ def test_posterior_samples_are_drawn_per_chunk_as_diffusers_draws_them():
     assert torch.equal(sample_latents(mean, std, torch.Generator().manual_seed(5)), whole)
     with pytest.raises(ValueError, match="differ in shape"):
         sample_latents(mean, std[:3])
+
+
+def test_v_loss_weights_on_hand_cases():
+    """ᾱ = (0.9, 0.5, 0.1, 0.01): for ε the v/ε ratio 1/ᾱ = (10/9, 2, 10, 100), capped at 20, over its mean 299/36."""
+    alphas = torch.tensor([0.9, 0.5, 0.1, 0.01])
+    t = torch.tensor([0, 1, 2, 3, 3])
+    mean = (10 / 9 + 2 + 10 + 20) / 4
+    expected = torch.tensor([10 / 9, 2, 10, 20, 20]) / mean
+    assert torch.allclose(v_loss_weights(alphas, t, "epsilon", 20), expected)
+    # x0 target: 1/(1 − ᾱ) = (10, 2, 10/9, 100/99), under the cap
+    sample = torch.tensor([10, 2, 10 / 9, 100 / 99])
+    assert torch.allclose(v_loss_weights(alphas, t[:4], "sample", 20), sample / sample.mean())
+    assert torch.equal(v_loss_weights(alphas, t, "v_prediction", 20), torch.ones(5))  # v is already v
+    # a cap of 1 is the plain MSE; every cap gives mean 1 over the schedule
+    assert torch.equal(v_loss_weights(alphas, t, "epsilon", 1), torch.ones(5))
+    for cap in (1.5, 20, 1e6):
+        assert float(v_loss_weights(alphas, torch.arange(4), "epsilon", cap).mean()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="max_weight=0.5"):
+        v_loss_weights(alphas, t, "epsilon", 0.5)
+    with pytest.raises(ValueError, match="unknown prediction_type 'x'"):
+        v_loss_weights(alphas, t, "x", 20)
+
+
+def test_v_weighting_makes_the_epsilon_error_the_v_error():
+    """For any ε̂, the weighted ε MSE is the MSE of the v that ε̂ implies (uncapped, up to the normalising mean)."""
+    g = torch.Generator().manual_seed(0)
+    alphas = torch.linspace(0.999, 0.05, 50)
+    t = torch.tensor([3, 20, 49])
+    x0, noise, eps_hat = (torch.randn(3, 4, 5, generator=g) for _ in range(3))
+    x_t = add_noise(x0, noise, alphas, t)
+    v = training_target("v_prediction", x0, noise, alphas, t)
+    x0_hat, _ = split_prediction("epsilon", x_t, eps_hat, alphas, t)
+    a = alphas[t].reshape(3, 1, 1)
+    v_hat = a.sqrt() * eps_hat - (1 - a).sqrt() * x0_hat
+    mean = (1 / alphas.double()).mean().float()
+    weighted = v_loss_weights(alphas, t, "epsilon", 1e9) * (eps_hat - noise).pow(2).flatten(1).mean(1)
+    assert torch.allclose(weighted * mean, (v_hat - v).pow(2).flatten(1).mean(1), rtol=1e-4)

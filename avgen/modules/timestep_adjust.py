@@ -69,19 +69,49 @@ def adjust_timesteps(t: torch.Tensor | int | float, gamma: float, total: int = 1
 
 
 def sample_training_timesteps(batch: int, video_total: int, audio_total: int, mode: str = "independent",
-                              generator: torch.Generator | None = None, device: torch.device | str | None = None
+                              generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                              high_noise_prob: tuple[float, float] = (0.0, 0.0)
                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Local training timesteps (t_v, t_a), each (B,) long.
 
     ``independent`` (paper, Sec. III-D): t_v ~ U{0, T_v − 1} and t_a ~ U{0, T_a − 1} independently, so
     the loss covers every combination of local timesteps. ``shared`` (public code): one
     t ~ U{0, min(T_v, T_a) − 1} for both.
+
+    ``high_noise_prob`` = (p_v, p_a) (``model.timesteps.high_noise_prob``; 0 = the paper's draw): each sample's
+    local timestep is replaced, with probability p, by one from the upper half U{⌊T/2⌋, T − 1}, so that a share
+    of the batch sits where the noisy latents no longer show when things happen and only the other modality can
+    tell. ``shared`` needs p_v = p_a (one timestep, one draw). The draws from ``generator``, in order: the
+    timesteps as above; then, per modality with p > 0 (video first), B uniforms for the choice and B upper-half
+    timesteps; so with p = 0 the stream is the paper's draw alone.
+
+    Raises:
+        ConfigError: an unknown ``mode``, a probability outside [0, 1], or p_v ≠ p_a with ``shared``.
     """
     if mode not in TRAIN_MODES:
         raise ConfigError(f"model.timesteps.train={mode!r}: expected one of {TRAIN_MODES}")
+    p_v, p_a = (float(p) for p in high_noise_prob)
+    for name, p in (("video", p_v), ("audio", p_a)):
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"model.timesteps.high_noise_prob.{name}={p}: expected a probability in [0, 1]")
     if mode == "shared":
-        t = torch.randint(0, min(video_total, audio_total), (batch,), generator=generator)
+        if p_v != p_a:
+            raise ConfigError(f"model.timesteps.high_noise_prob: video {p_v} and audio {p_a} differ, but "
+                              f"model.timesteps.train=shared draws one timestep for both; set them equal")
+        t = _upper_half(torch.randint(0, min(video_total, audio_total), (batch,), generator=generator), p_v,
+                        min(video_total, audio_total), generator)
         return t.to(device), t.clone().to(device)
     t_v = torch.randint(0, video_total, (batch,), generator=generator)
     t_a = torch.randint(0, audio_total, (batch,), generator=generator)
+    t_v = _upper_half(t_v, p_v, video_total, generator)
+    t_a = _upper_half(t_a, p_a, audio_total, generator)
     return t_v.to(device), t_a.to(device)
+
+
+def _upper_half(t: torch.Tensor, p: float, total: int, generator: torch.Generator | None) -> torch.Tensor:
+    """``t`` with each entry replaced, with probability ``p``, by a draw from U{⌊total/2⌋, total − 1}."""
+    if p <= 0:
+        return t
+    chosen = torch.rand(t.shape, generator=generator) < p
+    upper = torch.randint(total // 2, total, t.shape, generator=generator)
+    return torch.where(chosen, upper, t)

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from avgen.backbones.animatediff import decode_video, encode_video_posterior, load_animatediff, sample_video_latents
 from avgen.backbones.animatediff import encode_prompts as encode_video_prompts
@@ -33,6 +32,7 @@ from avgen.backbones.audioldm import encode_prompts as encode_audio_prompts
 from avgen.data.feature_cache import FeaturePart
 from avgen.data.geometry import ClipGeometry
 from avgen.diffusion import (
+    LOSS_WEIGHTINGS,
     add_noise,
     classifier_free_guidance,
     ddim_step,
@@ -41,6 +41,7 @@ from avgen.diffusion import (
     seeded_noise,
     split_prediction,
     training_target,
+    v_loss_weights,
 )
 from avgen.errors import ConfigError
 from avgen.modules.joint_unet import DEFAULT_POSITIONS, JointUNet
@@ -102,6 +103,40 @@ def scheduler_setting_refusal(modality: str, name: str, *, trained: bool) -> str
     return None
 
 
+def modality_pair(value: Any, key: str, default: Any) -> tuple[Any, Any]:
+    """``{video: x, audio: y}`` (or one value for both; ``None``: ``default``) as (x, y).
+
+    Raises:
+        ConfigError: a mapping with keys other than ``video`` and ``audio`` (the message names ``key``)."""
+    if value is None:
+        return default, default
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - {"video", "audio"})
+        if unknown:
+            raise ConfigError(f"{key}: unknown key(s) {unknown}; expected video and audio")
+        return value.get("video", default), value.get("audio", default)
+    return value, value
+
+
+def loss_settings(loss: Mapping | None) -> tuple[tuple[str, str], float]:
+    """``model.loss`` as ((video weighting, audio weighting), max_weight); ``None``: the paper's plain MSE.
+
+    Raises:
+        ConfigError: an unknown key or weighting, or ``max_weight`` < 1 (the message names the key)."""
+    loss = dict(plain_config(loss or {}))
+    unknown = sorted(set(loss) - {"weighting", "max_weight"})
+    if unknown:
+        raise ConfigError(f"model.loss: unknown key(s) {unknown}; expected weighting and max_weight")
+    weighting = modality_pair(loss.get("weighting"), "model.loss.weighting", "uniform")
+    for name, value in zip(("video", "audio"), weighting):
+        if value not in LOSS_WEIGHTINGS:
+            raise ConfigError(f"model.loss.weighting.{name}={value!r}: expected one of {', '.join(LOSS_WEIGHTINGS)}")
+    max_weight = loss.get("max_weight", 20.0)
+    if isinstance(max_weight, bool) or not isinstance(max_weight, (int, float)) or not max_weight >= 1:
+        raise ConfigError(f"model.loss.max_weight={max_weight!r}: expected a number ≥ 1 (the cap of the v weights)")
+    return weighting, float(max_weight)
+
+
 class JointAudioVideo(DiffusionSystem):
     """The SVG baseline as a LightningModule.
 
@@ -124,7 +159,12 @@ class JointAudioVideo(DiffusionSystem):
         connector, block: keyword arguments of the connectors and cross-modal blocks (``block.time_span``: CMC-PE's
             time mapping over the clip or, as the public code, over the audio's mel padding too).
         train_motion_modules: fine-tune AnimateDiff's motion modules (paper Sec. III-E).
-        timesteps: ``{train: independent|shared}``.
+        timesteps: ``{train: independent|shared, high_noise_prob: {video: p, audio: p}}``: how the local training
+            timesteps are drawn (:func:`~avgen.modules.timestep_adjust.sample_training_timesteps`; p = 0, the
+            paper's uniform draw, by default).
+        loss: ``{weighting: {video: uniform|v, audio: uniform|v}, max_weight: 20}``: ``uniform`` is the paper's MSE
+            of each base model's target; ``v`` weighs it as the MSE of v (:func:`~avgen.diffusion.v_loss_weights`:
+            up to ``max_weight`` times more at high noise, mean 1 over the schedule).
         self_condition_prob: probability of feeding the no-grad x̂0 to the connectors in training.
         gradient_checkpointing: checkpoint both U-Nets, the connectors and the cross-modal blocks.
         sampling: ``model.sampling`` (:class:`JointSampling`): defaults of :meth:`generate` and ``sample``;
@@ -185,7 +225,7 @@ class JointAudioVideo(DiffusionSystem):
                  timesteps: Mapping | None = None, self_condition_prob: float = 0.5,
                  gradient_checkpointing: bool = False, sampling: Mapping | None = None,
                  validation: Mapping | None = None, optimizer=None, scheduler=None, ema_decay: float | None = None,
-                 cond_drop_prob: float = 0.1):
+                 cond_drop_prob: float = 0.1, loss: Mapping | None = None):
         super().__init__(optimizer=optimizer, scheduler=scheduler, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob)
         args = system_arguments(scale, tiny, mini=mini, paper_random=paper_random,
                                 video=video, audio=audio, connector=connector,
@@ -195,7 +235,11 @@ class JointAudioVideo(DiffusionSystem):
         self.clip = ClipGeometry.from_config(plain_config(clip))
         self.cross_modal = cross_modal
         self.train_motion_modules = train_motion_modules
-        self.timestep_mode = dict(plain_config(timesteps or {})).get("train", "independent")
+        timesteps = dict(plain_config(timesteps or {}))
+        self.timestep_mode = timesteps.get("train", "independent")
+        self.high_noise_prob = modality_pair(timesteps.get("high_noise_prob"), "model.timesteps.high_noise_prob", 0.0)
+        sample_training_timesteps(1, 2, 2, self.timestep_mode, high_noise_prob=self.high_noise_prob)  # checks them
+        self.loss_weighting, self.loss_max_weight = loss_settings(loss)
         self.self_condition_prob = self_condition_prob
 
         v, a = args["video"], args["audio"]
@@ -352,7 +396,7 @@ class JointAudioVideo(DiffusionSystem):
         text_v, text_a = self.caption_text(batch, keep)
         b, device = z_v.shape[0], z_v.device
         t_v, t_a = sample_training_timesteps(b, len(self.video_alphas), len(self.audio_alphas), self.timestep_mode,
-                                             generator=generator, device=device)
+                                             generator=generator, device=device, high_noise_prob=self.high_noise_prob)
         # float32 noise and noising, whatever dtype the VAE encoded in (bf16 autocast)
         noise_v, noise_a = (torch.randn_like(z, dtype=torch.float32) if generator is None
                             else torch.randn(z.shape, generator=generator).to(z.device) for z in (z_v, z_a))
@@ -367,9 +411,14 @@ class JointAudioVideo(DiffusionSystem):
         out_v, out_a = self.denoiser(x_v, x_a, t_v, t_a, text_v, text_a, x0_v, x0_a)
         target_v = training_target(self._prediction("video"), z_v, noise_v, self.video_alphas, t_v)
         target_a = training_target(self._prediction("audio"), z_a, noise_a, self.audio_alphas, t_a)
-        loss_v = F.mse_loss(out_v.float(), target_v.float())
-        loss_a = F.mse_loss(out_a.float(), target_a.float())
-        return {"loss": loss_v + loss_a, "loss_video": loss_v, "loss_audio": loss_a}
+        per_v = (out_v.float() - target_v.float()).pow(2).flatten(1).mean(1)
+        per_a = (out_a.float() - target_a.float()).pow(2).flatten(1).mean(1)
+        weighted = [per.mean() if self.loss_weighting[i] == "uniform" else
+                    (v_loss_weights(alphas, t, self._prediction(modality), self.loss_max_weight) * per).mean()
+                    for i, (modality, per, alphas, t) in enumerate((("video", per_v, self.video_alphas, t_v),
+                                                                    ("audio", per_a, self.audio_alphas, t_a)))]
+        # loss_video / loss_audio: the plain MSE whatever the weighting, so that runs compare
+        return {"loss": weighted[0] + weighted[1], "loss_video": per_v.mean(), "loss_audio": per_a.mean()}
 
     def _prediction(self, modality: str) -> str:
         scheduler = self.video.scheduler if modality == "video" else self.audio.scheduler

@@ -62,3 +62,24 @@ def test_training_draws():
     assert torch.equal(t_v, t_a)
     with pytest.raises(ValueError, match="model.timesteps.train"):
         sample_training_timesteps(2, 1000, 1000, "joint")
+
+
+def test_high_noise_prob_draws_from_the_upper_half():
+    g = torch.Generator().manual_seed(0)
+    plain = sample_training_timesteps(64, 1000, 1000, "independent", generator=g)
+    g = torch.Generator().manual_seed(0)
+    same = sample_training_timesteps(64, 1000, 1000, "independent", generator=g, high_noise_prob=(0.0, 0.0))
+    assert all(torch.equal(a, b) for a, b in zip(plain, same))  # p = 0: the paper's draw, the same stream
+    g = torch.Generator().manual_seed(0)
+    t_v, t_a = sample_training_timesteps(4000, 1000, 800, "independent", generator=g, high_noise_prob=(0.0, 1.0))
+    assert t_a.min() >= 400 and t_a.max() <= 799 and t_v.min() < 400  # audio only, its own schedule's half
+    g = torch.Generator().manual_seed(1)
+    t_v, t_a = sample_training_timesteps(4000, 1000, 1000, "independent", generator=g, high_noise_prob=(0.5, 0.5))
+    for t in (t_v, t_a):  # half of the draws from the upper half, half uniform: 3/4 land there
+        assert abs(float((t >= 500).double().mean()) - 0.75) < 0.03
+    t_v, t_a = sample_training_timesteps(16, 1000, 1000, "shared", generator=g, high_noise_prob=(1.0, 1.0))
+    assert torch.equal(t_v, t_a) and t_v.min() >= 500
+    with pytest.raises(ValueError, match=r"high_noise_prob: video 0.0 and audio 0.5 differ"):
+        sample_training_timesteps(2, 1000, 1000, "shared", high_noise_prob=(0.0, 0.5))
+    with pytest.raises(ValueError, match=r"model.timesteps.high_noise_prob.audio=1.5"):
+        sample_training_timesteps(2, 1000, 1000, "independent", high_noise_prob=(0.0, 1.5))

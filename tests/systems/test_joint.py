@@ -307,6 +307,47 @@ def test_sample_command_writes_sounding_videos(tiny_root, tmp_path, capsys):
     assert len(list(out.glob("*.mp4"))) == 3
 
 
+def test_timing_oracle_marks_event_frames_and_reaches_the_loss_only_through_the_blocks(tiny_root, system):
+    """benchmarks/joint_timing_oracle.py: frames of events (and delayed), the follow score on audio loud exactly in
+    the marked frames, and the oracle in the video features' place: it changes the audio loss only once the audio
+    blocks' output projections are non-zero (zero-initialised blocks: true and delayed oracle give the same loss)."""
+    import math
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from joint_timing_oracle import TimingOracle, event_frames, follow_scores
+
+    events = [0.0, 0.126, 0.99, 1.2]  # 1.2 s is past the 1-s clip
+    assert event_frames(events, 8, 8.0).nonzero().flatten().tolist() == [0, 1, 7]
+    assert event_frames(events, 8, 8.0, delay=3).nonzero().flatten().tolist() == [3, 4]
+    audio = torch.zeros(2, 16000)
+    audio[0, 2000:4000] = 1.0  # frame 1 (of 8) loud, the others silent
+    audio[1] = 1.0  # the same everywhere
+    scores = follow_scores(audio, [[0.13], [0.13]], 8, 8.0, 0)
+    assert scores[0] == pytest.approx(math.log(1 + 1e-4) - math.log(1e-4)) and abs(scores[1]) < 1e-12
+    assert follow_scores(audio[:1], [[]], 8, 8.0, 0) == []  # no marked frame: not scored
+
+    system = copy.deepcopy(system)
+    oracle = TimingOracle(system, 8.0)
+    batch = {**tiny_batch(system), "events": [torch.tensor([0.3]), torch.tensor([0.6, 0.9])]}
+
+    def audio_loss(delay):
+        oracle.delay = delay
+        with torch.no_grad():
+            return system.diffusion_loss(batch, torch.Generator().manual_seed(0))["loss_audio"]
+
+    oracle.use(batch["events"], 0)
+    features = oracle.features(8)
+    assert torch.equal(features[1, 4], oracle.e_hit) and torch.equal(features[1, 7], oracle.e_hit)
+    assert torch.equal(features[0, 0], oracle.e_none) and torch.equal(features[0, 2], oracle.e_hit)
+    assert audio_loss(0) == audio_loss(3)
+    with torch.no_grad():
+        for block in system.denoiser.audio_blocks.values():
+            block.proj_out.weight.normal_(0, 0.05)
+    assert audio_loss(0) != audio_loss(3)
+
+
 def test_modality_use_is_exactly_zero_at_zero_init_and_seen_once_the_blocks_act(tiny_root, system):
     """benchmarks/joint_modality_use.py: the swapped-minus-paired loss is exactly 0 in both directions with the
     zero-initialised blocks (same draws, the other modality cannot reach the loss), and non-zero once the blocks'
@@ -349,3 +390,33 @@ def test_modality_use_is_exactly_zero_at_zero_init_and_seen_once_the_blocks_act(
         assert -1 <= features[modality]["cosine_between_clips"] <= 1 + 1e-6
     with pytest.raises(ValueError, match="swapping needs at least 2"):
         modality_use(system, [tiny_batch(system, 1)], repeats=1)
+
+
+def test_loss_weighting_and_high_noise_draws(tiny_root, system):
+    """``model.loss.weighting`` changes the optimised loss only (loss_video / loss_audio stay the plain MSE); a cap
+    of 1 is the plain MSE; ``model.timesteps.high_noise_prob`` changes the draw; bad values name their key."""
+    from hydra.errors import InstantiationException
+
+    from avgen.errors import ConfigError
+
+    batch = tiny_batch(system)
+    weighted, _ = build(tiny_root, "model.loss.weighting.audio=v")
+    capped, _ = build(tiny_root, "model.loss.weighting={video: v, audio: v}", "model.loss.max_weight=1")
+    weighted.load_state_dict(system.state_dict()), capped.load_state_dict(system.state_dict())
+    with torch.no_grad():
+        plain, v, one = (m.diffusion_loss(batch, generator=torch.Generator().manual_seed(3))
+                         for m in (system, weighted, capped))
+    assert plain["loss_audio"] == v["loss_audio"] and plain["loss_video"] == v["loss_video"]
+    assert not torch.isclose(plain["loss"], v["loss"])
+    assert torch.isclose(plain["loss"], one["loss"], rtol=1e-6)
+    assert weighted.loss_weighting == ("uniform", "v") and weighted.loss_max_weight == 20.0
+    high, _ = build(tiny_root, "model.timesteps.high_noise_prob.audio=1.0")
+    assert high.high_noise_prob == (0.0, 1.0)
+    for overrides, key in ((["model.loss.weighting.audio=snr"], "model.loss.weighting.audio='snr'"),
+                           (["model.loss.max_weight=0.5"], "model.loss.max_weight=0.5"),
+                           (["model.timesteps.high_noise_prob.video=2"], "model.timesteps.high_noise_prob.video=2"),
+                           (["model.timesteps.train=shared", "model.timesteps.high_noise_prob.audio=0.5"],
+                            "model.timesteps.high_noise_prob: video 0.0 and audio 0.5 differ")):
+        with pytest.raises(InstantiationException) as err:
+            build(tiny_root, *overrides)
+        assert isinstance(err.value.__cause__, ConfigError) and key in str(err.value.__cause__)
