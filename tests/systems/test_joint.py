@@ -392,13 +392,14 @@ def test_modality_use_is_exactly_zero_at_zero_init_and_seen_once_the_blocks_act(
         modality_use(system, [tiny_batch(system, 1)], repeats=1)
 
 
-def test_loss_weighting_and_high_noise_draws(tiny_root, system):
+def test_loss_weighting_and_high_noise_draws(tiny_root):
     """``model.loss.weighting`` changes the optimised loss only (loss_video / loss_audio stay the plain MSE); a cap
     of 1 is the plain MSE; ``model.timesteps.high_noise_prob`` changes the draw; bad values name their key."""
     from hydra.errors import InstantiationException
 
     from avgen.errors import ConfigError
 
+    system, _ = build(tiny_root)  # not the module's: other tests change its weights and modes
     batch = tiny_batch(system)
     weighted, _ = build(tiny_root, "model.loss.weighting.audio=v")
     capped, _ = build(tiny_root, "model.loss.weighting={video: v, audio: v}", "model.loss.max_weight=1")
