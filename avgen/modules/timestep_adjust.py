@@ -68,6 +68,26 @@ def adjust_timesteps(t: torch.Tensor | int | float, gamma: float, total: int = 1
             local_timesteps(t, gamma, total, audio_total, -1))
 
 
+def check_training_timesteps(mode: str, high_noise_prob: tuple[float, float] = (0.0, 0.0)) -> tuple[float, float]:
+    """Checks ``model.timesteps.train`` and ``model.timesteps.high_noise_prob`` (see
+    :func:`sample_training_timesteps`) without drawing anything; returns (p_v, p_a) as floats.
+
+    Raises:
+        ConfigError: an unknown ``mode``, a probability outside [0, 1], or p_v ≠ p_a with ``shared``.
+    """
+    if mode not in TRAIN_MODES:
+        raise ConfigError(f"model.timesteps.train={mode!r}: expected one of {TRAIN_MODES}")
+    probs = []
+    for name, p in zip(("video", "audio"), high_noise_prob):
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ConfigError(f"model.timesteps.high_noise_prob.{name}={p!r}: expected a probability in [0, 1]")
+        probs.append(float(p))
+    if mode == "shared" and probs[0] != probs[1]:
+        raise ConfigError(f"model.timesteps.high_noise_prob: video {probs[0]} and audio {probs[1]} differ, but "
+                          f"model.timesteps.train=shared draws one timestep for both; set them equal")
+    return probs[0], probs[1]
+
+
 def sample_training_timesteps(batch: int, video_total: int, audio_total: int, mode: str = "independent",
                               generator: torch.Generator | None = None, device: torch.device | str | None = None,
                               high_noise_prob: tuple[float, float] = (0.0, 0.0)
@@ -88,16 +108,8 @@ def sample_training_timesteps(batch: int, video_total: int, audio_total: int, mo
     Raises:
         ConfigError: an unknown ``mode``, a probability outside [0, 1], or p_v ≠ p_a with ``shared``.
     """
-    if mode not in TRAIN_MODES:
-        raise ConfigError(f"model.timesteps.train={mode!r}: expected one of {TRAIN_MODES}")
-    p_v, p_a = (float(p) for p in high_noise_prob)
-    for name, p in (("video", p_v), ("audio", p_a)):
-        if not 0.0 <= p <= 1.0:
-            raise ConfigError(f"model.timesteps.high_noise_prob.{name}={p}: expected a probability in [0, 1]")
+    p_v, p_a = check_training_timesteps(mode, high_noise_prob)
     if mode == "shared":
-        if p_v != p_a:
-            raise ConfigError(f"model.timesteps.high_noise_prob: video {p_v} and audio {p_a} differ, but "
-                              f"model.timesteps.train=shared draws one timestep for both; set them equal")
         t = _upper_half(torch.randint(0, min(video_total, audio_total), (batch,), generator=generator), p_v,
                         min(video_total, audio_total), generator)
         return t.to(device), t.clone().to(device)

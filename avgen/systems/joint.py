@@ -45,7 +45,12 @@ from avgen.diffusion import (
 )
 from avgen.errors import ConfigError
 from avgen.modules.joint_unet import DEFAULT_POSITIONS, JointUNet
-from avgen.modules.timestep_adjust import adjust_timesteps, check_gamma, sample_training_timesteps
+from avgen.modules.timestep_adjust import (
+    adjust_timesteps,
+    check_gamma,
+    check_training_timesteps,
+    sample_training_timesteps,
+)
 from avgen.samples import SampleReport, refuse_existing, split_captions, write_sounding_videos
 from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
 from avgen.systems.settings import SamplingSettings, guidance_scale, optional_text, setting
@@ -237,8 +242,8 @@ class JointAudioVideo(DiffusionSystem):
         self.train_motion_modules = train_motion_modules
         timesteps = dict(plain_config(timesteps or {}))
         self.timestep_mode = timesteps.get("train", "independent")
-        self.high_noise_prob = modality_pair(timesteps.get("high_noise_prob"), "model.timesteps.high_noise_prob", 0.0)
-        sample_training_timesteps(1, 2, 2, self.timestep_mode, high_noise_prob=self.high_noise_prob)  # checks them
+        self.high_noise_prob = check_training_timesteps(  # draws nothing
+            self.timestep_mode, modality_pair(timesteps.get("high_noise_prob"), "model.timesteps.high_noise_prob", 0.0))
         self.loss_weighting, self.loss_max_weight = loss_settings(loss)
         self.self_condition_prob = self_condition_prob
 

@@ -83,3 +83,18 @@ def test_high_noise_prob_draws_from_the_upper_half():
         sample_training_timesteps(2, 1000, 1000, "shared", high_noise_prob=(0.0, 0.5))
     with pytest.raises(ValueError, match=r"model.timesteps.high_noise_prob.audio=1.5"):
         sample_training_timesteps(2, 1000, 1000, "independent", high_noise_prob=(0.0, 1.5))
+
+
+def test_checking_the_training_timesteps_draws_nothing():
+    """The joint system checks ``model.timesteps`` when it is built, before its weights are initialised: the check
+    must not move torch's global random stream (a seeded run's initial weights would change)."""
+    from avgen.modules.timestep_adjust import check_training_timesteps
+
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    assert check_training_timesteps("independent", (0, 1)) == (0.0, 1.0)
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(ValueError, match=r"high_noise_prob.video=True"):
+        check_training_timesteps("independent", (True, 0.0))
+    with pytest.raises(ValueError, match=r"model.timesteps.train='joint'"):
+        check_training_timesteps("joint")
