@@ -416,14 +416,19 @@ class JointAudioVideo(DiffusionSystem):
         out_v, out_a = self.denoiser(x_v, x_a, t_v, t_a, text_v, text_a, x0_v, x0_a)
         target_v = training_target(self._prediction("video"), z_v, noise_v, self.video_alphas, t_v)
         target_a = training_target(self._prediction("audio"), z_a, noise_a, self.audio_alphas, t_a)
-        per_v = (out_v.float() - target_v.float()).pow(2).flatten(1).mean(1)
+        per_v = (out_v.float() - target_v.float()).pow(2).flatten(1).mean(1)  # (B,) per-sample MSE
         per_a = (out_a.float() - target_a.float()).pow(2).flatten(1).mean(1)
-        weighted = [per.mean() if self.loss_weighting[i] == "uniform" else
-                    (v_loss_weights(alphas, t, self._prediction(modality), self.loss_max_weight) * per).mean()
-                    for i, (modality, per, alphas, t) in enumerate((("video", per_v, self.video_alphas, t_v),
-                                                                    ("audio", per_a, self.audio_alphas, t_a)))]
+        loss = self._weighted(per_v, "video", self.video_alphas, t_v) + self._weighted(per_a, "audio",
+                                                                                      self.audio_alphas, t_a)
         # loss_video / loss_audio: the plain MSE whatever the weighting, so that runs compare
-        return {"loss": weighted[0] + weighted[1], "loss_video": per_v.mean(), "loss_audio": per_a.mean()}
+        return {"loss": loss, "loss_video": per_v.mean(), "loss_audio": per_a.mean()}
+
+    def _weighted(self, per_sample: torch.Tensor, modality: str, alphas: torch.Tensor, t: torch.Tensor
+                  ) -> torch.Tensor:
+        """The batch mean of the per-sample MSE (B,), weighted by ``model.loss.weighting.<modality>``."""
+        if self.loss_weighting[0 if modality == "video" else 1] == "uniform":
+            return per_sample.mean()
+        return (v_loss_weights(alphas, t, self._prediction(modality), self.loss_max_weight) * per_sample).mean()
 
     def _prediction(self, modality: str) -> str:
         scheduler = self.video.scheduler if modality == "video" else self.audio.scheduler
