@@ -46,23 +46,14 @@ DELAY_FRAMES = 3
 
 
 def compose_config(overrides: list[str], run_dir: Path):
-    """The avgen config of ``experiment=joint_cmcpe scale=mini`` with ``overrides``, as the command line composes
-    it, outputs under ``run_dir``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
+    """The avgen config of ``experiment=joint_cmcpe scale=mini`` with the demo's adapter recipe (frozen motion
+    modules, lr 10⁻³) and ``overrides``, composed as the command line would (``gpu_check.compose``), outputs under
+    ``run_dir``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_check import compose
 
-    from avgen.cli import config_dir, register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=joint_cmcpe", "scale=mini", "model.train_motion_modules=false",
-                                           "model.optimizer.lr=1e-3", *overrides])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-        cfg.paths.root_dir = str(REPO)
-    return cfg
+    return compose(["experiment=joint_cmcpe", "scale=mini", "model.train_motion_modules=false",
+                    "model.optimizer.lr=1e-3", *overrides], run_dir)
 
 
 def event_frames(events: Any, frames: int, fps: float, delay: int = 0) -> torch.Tensor:
