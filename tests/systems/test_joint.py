@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -346,6 +347,66 @@ def test_timing_oracle_marks_event_frames_and_reaches_the_loss_only_through_the_
         for block in system.denoiser.audio_blocks.values():
             block.proj_out.weight.normal_(0, 0.05)
     assert audio_loss(0) != audio_loss(3)
+
+
+def test_connector_warm_start_objective_code_teacher_and_a_learnable_hit(tiny_root, system):
+    """benchmarks/joint_connector_warm_start.py: exact labels and code, both targets' loss and score on a known
+    output (code loss exactly 0 on the code itself, AUC 1), the teacher putting the code in the video features'
+    place only while set, and a connector that learns to mark frames whose latents are bright within 25 steps."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from joint_connector_warm_start import CodeTeacher, HitObjective, code_directions, hit_code, hit_labels, roc_auc
+
+    labels = hit_labels([[0.13, 0.9], [], [1.5]], 8, 8.0)
+    assert labels.tolist() == [[0, 1, 0, 0, 0, 0, 0, 1], [0] * 8, [0] * 8]
+    e_hit, e_none = code_directions(32)
+    assert torch.allclose(e_hit.norm(), torch.tensor(1.0)) and torch.equal(code_directions(32)[0], e_hit)
+    code = hit_code(labels, e_hit, e_none)
+    assert torch.equal(code[0, 1], e_hit) and torch.equal(code[0, 0], e_none) and code.shape == (3, 8, 32)
+
+    system = copy.deepcopy(system)
+    connector = system.denoiser.video_connector
+    objective = HitObjective(connector, system.video_alphas, "code")
+    assert objective.loss(3.0 * code, labels).item() == pytest.approx(0.0, abs=1e-12)  # scale-free: L2-normalised
+    # every frame's code the wrong one: |e_hit - e_none|² on each
+    assert objective.loss(hit_code(1 - labels, e_hit, e_none), labels).item() == pytest.approx(
+        float((e_hit - e_none).pow(2).sum()), rel=1e-5)
+    assert roc_auc(labels[:1].numpy(), objective.score(code[:1]).numpy()) == 1.0
+    assert np.isnan(roc_auc(labels[1:2].numpy(), objective.score(code[1:2]).numpy()))  # one class only
+    logit = HitObjective(connector, system.video_alphas, "logit", pos_weight=2.0)
+    assert len(logit.parameters()) == len(objective.parameters()) + 2  # the head's weight and bias
+    with pytest.raises(ValueError, match="--target"):
+        HitObjective(connector, system.video_alphas, "mse")
+
+    teacher = CodeTeacher(system, objective, 8.0)
+    shape_v, shape_a = system.latent_shapes(2)
+    x_v, x_a = torch.randn(shape_v), torch.randn(shape_a)
+    t = torch.tensor([10, 500])
+    own_v, own_a = system.denoiser.connect(x_v, x_a, t, t)
+    teacher.events = [torch.tensor([0.3]), torch.tensor([])]
+    taught_v, taught_a = system.denoiser.connect(x_v, x_a, t, t)
+    assert torch.equal(taught_a, own_a) and torch.equal(taught_v[0, 2], e_hit) and torch.equal(taught_v[1, 2], e_none)
+    teacher.events = None
+    assert torch.equal(system.denoiser.connect(x_v, x_a, t, t)[0], own_v)
+
+    # a learnable case: 4×4 latents of noise, a hit frame two units brighter in every channel; clean x̂0, t = 0
+    torch.manual_seed(0)
+    frames = shape_v[2]
+    labels = (torch.rand(64, frames) < 0.25).float()
+    latents = torch.randn(64, shape_v[1], frames, 4, 4) * 0.5 + 2.0 * labels[:, None, :, None, None]
+    optimizer = torch.optim.Adam(objective.parameters(), lr=3e-3)
+    for _ in range(25):
+        index = torch.randint(0, 64, (16,))
+        loss = objective.loss(objective.output(latents[index], torch.zeros(16, dtype=torch.long), True),
+                              labels[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        scores = objective.score(objective.output(latents, torch.zeros(64, dtype=torch.long), True))
+    assert roc_auc(labels.numpy(), scores.numpy()) > 0.9
 
 
 def test_modality_use_is_exactly_zero_at_zero_init_and_seen_once_the_blocks_act(tiny_root, system):

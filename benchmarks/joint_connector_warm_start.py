@@ -1,0 +1,309 @@
+"""Does the joint model's audio use the video once the video connector is pretrained to mark hit frames?
+
+``benchmarks/joint_timing_oracle.py`` showed that the audio blocks follow a clean per-frame timing signal put in the
+video connector's place, and ``benchmarks/joint_modality_use.py`` that the real video connector, trained from
+zero-init by the diffusion loss alone, outputs one direction for every clip. This benchmark tries the step between:
+the joint model's own video connector (``experiment=joint_cmcpe scale=mini``, the demo's recipe) is first trained
+*alone* to mark the frames where an object lands (``batch["events"]``, as the synthetic hits and Greatest Hits
+carry them), then the adapters train as ``make demo`` trains them. A mini-scale aid, not the paper's recipe
+(Hayakawa et al. 2024 train the connectors by the diffusion loss only).
+
+1. **Latents**: ``--passes`` passes over the training split (each pass a fresh 1-s window per clip) through the
+   frame VAE (posterior samples); labels: the latent frames holding an event (:func:`event_frames`).
+2. **Warm start** (``--warm-steps`` steps of ``--warm-batch`` clips, Adam ``--warm-lr``): the connector reads
+   ``x_t`` at t ~ U[0, T) and, for half the batches, the clean latent as x̂0 (zeros otherwise), and learns
+   ``--target``:
+
+   * ``logit``: a linear head on its (B, F, D) output, binary cross-entropy with the positive class weighted by
+     the negatives/positives ratio;
+   * ``code``: its output, L2-normalised per frame, regressed (squared error) onto the unit vector ``e_hit`` on a
+     hit frame and ``e_none`` elsewhere (two fixed random directions, seeded): the timing oracle's code, which
+     CMC-PE reads after its own L2 normalisation.
+3. **Connector ROC AUC** of hit frames on ``--clips`` held-out clips at t ∈ {0, 250, 500, 750} with x̂0 = the clean
+   latent and zeros (the score: the head's logit, or cos(output, e_hit) − cos(output, e_none)).
+4. **Adapter training**, ``--joint-steps`` steps of the demo's recipe, the warm-start loss kept with weight
+   ``--aux`` (0: dropped), and with ``--teacher p`` (``code`` only) a share p of the batches see the exact code of
+   their own events in the connector's place (teacher forcing; the sampler never does).
+5. **After**: the connector's AUC again; the held-out audio loss with the exact code of each clip's own events
+   against another clip's (``code`` only: do the audio blocks read the code at all?); and the modality use of
+   ``benchmarks/joint_modality_use.py`` (swapped-clip minus paired loss, connector variation). With ``--samples N``,
+   N sounding videos are sampled to ``<run-dir>/samples`` and measured by ``benchmarks/mini_demo.py``'s checks.
+
+Usage (any model overrides after the options; defaults take about 5 minutes on one thread, sampling 1 more)::
+
+    .venv/bin/python benchmarks/joint_connector_warm_start.py --target code --aux 1 --teacher 1 --out ws.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from joint_timing_oracle import compose_config, event_frames, held_out  # noqa: E402
+
+TARGETS = ("logit", "code")
+AUC_TIMESTEPS = (0, 250, 500, 750)
+
+
+def hit_labels(events: list, frames: int, fps: float) -> torch.Tensor:
+    """(B, frames) float32: 1 on the frames of each clip's events (:func:`event_frames`), 0 elsewhere."""
+    return torch.stack([event_frames(e, frames, fps) for e in events]).float()
+
+
+def hit_code(labels: torch.Tensor, e_hit: torch.Tensor, e_none: torch.Tensor) -> torch.Tensor:
+    """(B, F) labels -> (B, F, D): ``e_hit`` on a labelled frame, ``e_none`` elsewhere."""
+    return torch.where(labels[..., None] > 0, e_hit, e_none)
+
+
+def code_directions(dim: int, seed: int = 123) -> tuple[torch.Tensor, torch.Tensor]:
+    """``e_hit``, ``e_none``: two unit vectors (dim,) drawn from N(0, I) with ``seed``, normalised."""
+    generator = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(dim, generator=generator), dim=0), F.normalize(torch.randn(dim, generator=generator),
+                                                                                  dim=0)
+
+
+class HitObjective:
+    """Step 2's loss and step 3's score for ``connector`` (the joint model's video connector) on clean latents.
+
+    Args:
+        connector: :class:`~avgen.modules.connector.Connector` reading (B, C, F, h, w) latents -> (B, F, D).
+        alphas: ᾱ_t (T,) of the video noise schedule.
+        target: ``logit`` or ``code`` (module docstring).
+        pos_weight: BCE weight of a hit frame (``logit``).
+
+    Raises:
+        ValueError: an unknown ``target``.
+    """
+
+    def __init__(self, connector, alphas: torch.Tensor, target: str, pos_weight: float = 1.0):
+        if target not in TARGETS:
+            raise ValueError(f"--target {target!r}: expected one of {', '.join(TARGETS)}")
+        self.connector, self.alphas, self.target = connector, alphas, target
+        dim = connector.conv_out.out_channels
+        self.head = torch.nn.Linear(dim, 1)
+        self.e_hit, self.e_none = code_directions(dim)
+        self.pos_weight = torch.tensor(float(pos_weight))
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The connector's parameters, and the head's for ``logit``."""
+        return list(self.connector.parameters()) + (list(self.head.parameters()) if self.target == "logit" else [])
+
+    def output(self, latents: torch.Tensor, t: torch.Tensor, clean_x0: bool,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """The connector's (B, F, D) output on ``latents`` noised to ``t`` (B,), x̂0 the clean latent or zeros."""
+        from avgen.diffusion import add_noise
+
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        x_t = add_noise(latents, noise, self.alphas, t)
+        return self.connector(x_t, latents if clean_x0 else torch.zeros_like(latents), t)
+
+    def loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Scalar loss of the (B, F, D) output against (B, F) labels."""
+        if self.target == "logit":
+            return F.binary_cross_entropy_with_logits(self.head(output).squeeze(-1), labels,
+                                                      pos_weight=self.pos_weight)
+        return (F.normalize(output, dim=-1) - hit_code(labels, self.e_hit, self.e_none)).pow(2).sum(-1).mean()
+
+    def score(self, output: torch.Tensor) -> torch.Tensor:
+        """(B, F): higher = more likely a hit frame."""
+        if self.target == "logit":
+            return self.head(output).squeeze(-1)
+        unit = F.normalize(output, dim=-1)
+        return unit @ self.e_hit - unit @ self.e_none
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC (scikit-learn's), NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels).reshape(-1)
+    return float("nan") if labels.min() == labels.max() else float(roc_auc_score(labels, np.asarray(scores).ravel()))
+
+
+@torch.no_grad()
+def connector_auc(objective: HitObjective, latents: torch.Tensor, labels: torch.Tensor, batch: int = 32
+                  ) -> dict[str, float]:
+    """Step 3: AUC of the hit frames per timestep of :data:`AUC_TIMESTEPS` and x̂0 (``clean`` / ``zeros``), the
+    noise seeded per timestep."""
+    was = objective.connector.training
+    objective.connector.eval()
+    out = {}
+    try:
+        for t in AUC_TIMESTEPS:
+            for clean in (True, False):
+                generator = torch.Generator().manual_seed(t)
+                scores = []
+                for part in latents.split(batch):
+                    timesteps = torch.full((len(part),), t)
+                    scores.append(objective.score(objective.output(part, timesteps, clean, generator)))
+                out[f"t{t}_{'clean' if clean else 'zeros'}"] = round(roc_auc(labels.numpy(),
+                                                                             torch.cat(scores).numpy()), 3)
+    finally:
+        objective.connector.train(was)
+    return out
+
+
+class CodeTeacher:
+    """Installed on a joint system: while :attr:`events` is set (a list of per-clip event times), the video
+    features the audio blocks read are the exact code of those events (:func:`hit_code`), as the timing oracle
+    does; otherwise the connector's own."""
+
+    def __init__(self, system, objective: HitObjective, fps: float):
+        self.events: list | None = None
+        connect = system.denoiser.connect
+
+        def teacher_connect(video, audio, video_t, audio_t, video_x0=None, audio_x0=None):
+            features_v, features_a = connect(video, audio, video_t, audio_t, video_x0, audio_x0)
+            if self.events is None:
+                return features_v, features_a
+            code = hit_code(hit_labels(self.events, features_v.shape[1], fps), objective.e_hit, objective.e_none)
+            return code.to(features_v), features_a
+
+        system.denoiser.connect = teacher_connect
+
+
+def latent_bank(system, dm, loader, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 1: (N, C, F, h, w) video latents and (N, F) hit labels of ``passes`` passes over ``loader()``."""
+    fps, frames = float(system.clip.fps), system.num_frames
+    latents, labels = [], []
+    for _ in range(passes):
+        for raw in loader():
+            batch = dm.on_after_batch_transfer(dm.on_before_batch_transfer(raw, 0), 0)
+            latents.append(system.encode_batch(batch)[0].float())
+            labels.append(hit_labels(batch["events"], frames, fps))
+    return torch.cat(latents), torch.cat(labels)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", choices=TARGETS, default="code")
+    parser.add_argument("--warm-steps", type=int, default=1500)
+    parser.add_argument("--warm-batch", type=int, default=16)
+    parser.add_argument("--warm-lr", type=float, default=1e-3)
+    parser.add_argument("--passes", type=int, default=3, help="1-s windows per training clip in the warm-start bank")
+    parser.add_argument("--joint-steps", type=int, default=300)
+    parser.add_argument("--aux", type=float, default=1.0, help="weight of the warm-start loss in adapter training")
+    parser.add_argument("--teacher", type=float, default=0.0, help="share of batches taught the exact code")
+    parser.add_argument("--clips", type=int, default=32, help="held-out clips measured")
+    parser.add_argument("--samples", type=int, default=0, help="sounding videos sampled and checked (mini_demo)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="JSON report (printed too)")
+    parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "joint_connector_warm_start")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.block.attention_span=frame")
+    opts = parser.parse_args(argv)
+    if opts.teacher and opts.target != "code":
+        parser.error("--teacher needs --target code (the teacher's features are the code)")
+    torch.set_num_threads(opts.threads)
+    from joint_modality_use import connector_variation, modality_use
+
+    from avgen.commands import build_datamodule, build_model
+
+    cfg = compose_config(opts.overrides, opts.run_dir)
+    torch.manual_seed(opts.seed)
+    system = build_model(cfg)
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    fps = float(system.clip.fps)
+    began = time.perf_counter()
+    latents, labels = latent_bank(system, dm, dm.train_dataloader, opts.passes)
+    held = held_out(dm, opts.clips)
+    held_latents = torch.cat([system.encode_batch(b, torch.Generator().manual_seed(i))[0].float()
+                              for i, b in enumerate(held)])[: opts.clips]
+    held_labels = torch.cat([hit_labels(b["events"], system.num_frames, fps) for b in held])[: opts.clips]
+    rate = float(labels.mean())
+    objective = HitObjective(system.denoiser.video_connector, system.video_alphas, opts.target,
+                             pos_weight=(1 - rate) / max(rate, 1e-6))
+    report: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
+                              "bank": {"clips": len(latents), "hit_frame_rate": round(rate, 4)}}
+    report["auc_before"] = connector_auc(objective, held_latents, held_labels)
+    optimizer = torch.optim.Adam(objective.parameters(), lr=opts.warm_lr)
+    steps_total = len(system.video_alphas)
+    for step in range(1, opts.warm_steps + 1):
+        index = torch.randint(0, len(latents), (opts.warm_batch,))
+        t = torch.randint(0, steps_total, (opts.warm_batch,))
+        loss = objective.loss(objective.output(latents[index], t, bool(torch.rand(()) < 0.5)), labels[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 500 == 0:
+            print(f"warm start {step}: loss {loss.item():.3f} ({time.perf_counter() - began:.0f} s)", flush=True)
+    report["auc_warm"] = connector_auc(objective, held_latents, held_labels)
+    print("connector AUC after the warm start:", report["auc_warm"], flush=True)
+
+    teacher = CodeTeacher(system, objective, fps)
+    params = [p for p in system.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params + (list(objective.head.parameters()) if opts.target == "logit" else []),
+                                 lr=float(cfg.model.optimizer.lr))
+    system.train()
+    step, losses = 0, []
+    while step < opts.joint_steps:
+        for raw in dm.train_dataloader():
+            batch = dm.on_after_batch_transfer(dm.on_before_batch_transfer(raw, 0), 0)
+            teacher.events = batch["events"] if float(torch.rand(())) < opts.teacher else None
+            out = system.diffusion_loss(batch)
+            teacher.events = None
+            loss = out["loss"]
+            if opts.aux:
+                with torch.no_grad():
+                    z_v = system.encode_batch(batch)[0].float()
+                t = torch.randint(0, steps_total, (len(z_v),))
+                loss = loss + opts.aux * objective.loss(objective.output(z_v, t, bool(torch.rand(()) < 0.5)),
+                                                        hit_labels(batch["events"], system.num_frames, fps))
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            losses.append(float(out["loss_audio"].detach()))
+            step += 1
+            if step % 100 == 0:
+                print(f"adapters {step}: audio loss {np.mean(losses[-100:]):.4f} "
+                      f"({time.perf_counter() - began:.0f} s)", flush=True)
+            if step >= opts.joint_steps:
+                break
+    system.eval()
+    report["auc_after"] = connector_auc(objective, held_latents, held_labels)
+    if opts.target == "code":
+        own, other = [], []
+        for i, batch in enumerate(held):
+            events = [np.asarray(e).reshape(-1) for e in batch["events"]]
+            for name, chosen in (("own", own), ("other", other)):
+                teacher.events = events if name == "own" else events[1:] + events[:1]
+                with torch.no_grad():
+                    chosen.append(float(system.diffusion_loss(batch, torch.Generator().manual_seed(i))["loss_audio"]))
+        teacher.events = None
+        report["audio_loss_with_code"] = {"own_events": float(np.mean(own)), "other_clip_events": float(np.mean(other)),
+                                          "relative": float((np.mean(other) - np.mean(own)) / np.mean(own))}
+    use_batches = [{k: b[k] for k in ("video", "audio", "caption")} for b in held]
+    report["modality_use"] = modality_use(system, use_batches, repeats=2)
+    report["connector_variation"] = connector_variation(system, use_batches)
+    report["seconds"] = round(time.perf_counter() - began, 1)
+    if opts.samples:
+        from mini_demo import frame_classifier, load_samples, measure, store_geometry
+
+        folder = opts.run_dir / "samples"
+        system.sample_to_files(folder, n=opts.samples, overwrite=True)  # the test split's captions, as the demo
+        generated, prompts = load_samples(folder)
+        result = measure(generated, prompts, frame_classifier(store_geometry(generated[0])))
+        report["samples"] = {"onsets": result["onsets"], "impacts": result["impacts"]}
+    text = json.dumps(report, indent=1, default=float)
+    print(text)
+    if opts.out:
+        opts.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
