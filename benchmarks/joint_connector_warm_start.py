@@ -11,8 +11,9 @@ carry them), then the adapters train as ``make demo`` trains them. A mini-scale 
 1. **Latents**: ``--passes`` passes over the training split (each pass a fresh 1-s window per clip) through the
    frame VAE (posterior samples); labels: the latent frames holding an event (:func:`event_frames`).
 2. **Warm start** (``--warm-steps`` steps of ``--warm-batch`` clips, Adam ``--warm-lr``): the connector reads
-   ``x_t`` at t ~ U[0, T) and, for half the batches, the clean latent as x̂0 (zeros otherwise), and learns
-   ``--target``:
+   ``x_t`` at t ~ U[0, T) and as x̂0, per batch (``--x0``): ``clean``: the clean latent or zeros, half each;
+   ``mix``: a third each the clean latent, zeros, and the frozen base video U-Net's estimate from ``x_t`` with the
+   clip's caption (what the sampler hands the connector is its previous step's estimate); it learns ``--target``:
 
    * ``logit``: a linear head on its (B, F, D) output, binary cross-entropy with the positive class weighted by
      the negatives/positives ratio;
@@ -23,7 +24,8 @@ carry them), then the adapters train as ``make demo`` trains them. A mini-scale 
    latent and zeros (the score: the head's logit, or cos(output, e_hit) − cos(output, e_none)).
 4. **Adapter training**, ``--joint-steps`` steps of the demo's recipe, the warm-start loss kept with weight
    ``--aux`` (0: dropped), and with ``--teacher p`` (``code`` only) a share p of the batches see the exact code of
-   their own events in the connector's place (teacher forcing; the sampler never does).
+   their own events in the connector's place (teacher forcing; the sampler never does); with ``--teacher-anneal``
+   the share falls linearly from p to 0 over the adapter steps.
 5. **After**: the connector's AUC again; the held-out audio loss with the exact code of each clip's own events
    against another clip's (``code`` only: do the audio blocks read the code at all?); and the modality use of
    ``benchmarks/joint_modality_use.py`` (swapped-clip minus paired loss, connector variation). With ``--samples N``,
@@ -54,6 +56,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from joint_timing_oracle import compose_config, event_frames, held_out  # noqa: E402
 
 TARGETS = ("logit", "code")
+X0_MODES = {"clean": ("clean", "zeros"), "mix": ("clean", "zeros", "estimate")}
 AUC_TIMESTEPS = (0, 250, 500, 750)
 
 
@@ -82,12 +85,13 @@ class HitObjective:
         alphas: ᾱ_t (T,) of the video noise schedule.
         target: ``logit`` or ``code`` (module docstring).
         pos_weight: BCE weight of a hit frame (``logit``).
+        estimator: ``(x_t, t, text) -> x̂0`` for ``x0="estimate"`` (:func:`base_video_estimate`).
 
     Raises:
         ValueError: an unknown ``target``.
     """
 
-    def __init__(self, connector, alphas: torch.Tensor, target: str, pos_weight: float = 1.0):
+    def __init__(self, connector, alphas: torch.Tensor, target: str, pos_weight: float = 1.0, estimator=None):
         if target not in TARGETS:
             raise ValueError(f"--target {target!r}: expected one of {', '.join(TARGETS)}")
         self.connector, self.alphas, self.target = connector, alphas, target
@@ -95,19 +99,34 @@ class HitObjective:
         self.head = torch.nn.Linear(dim, 1)
         self.e_hit, self.e_none = code_directions(dim)
         self.pos_weight = torch.tensor(float(pos_weight))
+        self.estimator = estimator
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """The connector's parameters, and the head's for ``logit``."""
         return list(self.connector.parameters()) + (list(self.head.parameters()) if self.target == "logit" else [])
 
-    def output(self, latents: torch.Tensor, t: torch.Tensor, clean_x0: bool,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """The connector's (B, F, D) output on ``latents`` noised to ``t`` (B,), x̂0 the clean latent or zeros."""
+    def output(self, latents: torch.Tensor, t: torch.Tensor, x0: str, generator: torch.Generator | None = None,
+               text: torch.Tensor | None = None) -> torch.Tensor:
+        """The connector's (B, F, D) output on ``latents`` noised to ``t`` (B,); x̂0 (``x0``): ``clean`` (the
+        latents), ``zeros``, or ``estimate`` (:attr:`estimator` on ``x_t`` and the (B, L, D) caption states
+        ``text``).
+
+        Raises:
+            ValueError: an unknown ``x0``, or ``estimate`` without an estimator or text."""
         from avgen.diffusion import add_noise
 
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         x_t = add_noise(latents, noise, self.alphas, t)
-        return self.connector(x_t, latents if clean_x0 else torch.zeros_like(latents), t)
+        if x0 == "clean":
+            x0_hat = latents
+        elif x0 == "zeros":
+            x0_hat = torch.zeros_like(latents)
+        elif x0 == "estimate" and self.estimator is not None and text is not None:
+            with torch.no_grad():
+                x0_hat = self.estimator(x_t, t, text).to(latents)
+        else:
+            raise ValueError(f"x0={x0!r}: expected clean, zeros or estimate (with an estimator and caption states)")
+        return self.connector(x_t, x0_hat, t)
 
     def loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Scalar loss of the (B, F, D) output against (B, F) labels."""
@@ -147,7 +166,8 @@ def connector_auc(objective: HitObjective, latents: torch.Tensor, labels: torch.
                 scores = []
                 for part in latents.split(batch):
                     timesteps = torch.full((len(part),), t)
-                    scores.append(objective.score(objective.output(part, timesteps, clean, generator)))
+                    scores.append(objective.score(objective.output(part, timesteps, "clean" if clean else "zeros",
+                                                                   generator)))
                 out[f"t{t}_{'clean' if clean else 'zeros'}"] = round(roc_auc(labels.numpy(),
                                                                              torch.cat(scores).numpy()), 3)
     finally:
@@ -174,16 +194,34 @@ class CodeTeacher:
         system.denoiser.connect = teacher_connect
 
 
-def latent_bank(system, dm, loader, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step 1: (N, C, F, h, w) video latents and (N, F) hit labels of ``passes`` passes over ``loader()``."""
+def base_video_estimate(system):
+    """``(x_t, t, text) -> x̂0``: the joint model's frozen base video U-Net (no adapters) on video latents x_t
+    (B, C, F, h, w) at timesteps t (B,) with CLIP caption states text (B, L, D), its output turned into x̂0 by the
+    video scheduler's prediction type (:func:`~avgen.diffusion.split_prediction`)."""
+    from avgen.diffusion import split_prediction
+
+    prediction = system.video.scheduler.config.prediction_type
+
+    def estimate(x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        frames = x_t.shape[2]
+        out = system.video.unet(x_t, t, encoder_hidden_states=text.repeat_interleave(frames, dim=0)).sample
+        return split_prediction(prediction, x_t, out, system.video_alphas, t)[0]
+
+    return estimate
+
+
+def latent_bank(system, dm, loader, passes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step 1: (N, C, F, h, w) video latents, (N, F) hit labels and (N, L, D) CLIP caption states of ``passes``
+    passes over ``loader()``."""
     fps, frames = float(system.clip.fps), system.num_frames
-    latents, labels = [], []
+    latents, labels, texts = [], [], []
     for _ in range(passes):
         for raw in loader():
             batch = dm.on_after_batch_transfer(dm.on_before_batch_transfer(raw, 0), 0)
             latents.append(system.encode_batch(batch)[0].float())
             labels.append(hit_labels(batch["events"], frames, fps))
-    return torch.cat(latents), torch.cat(labels)
+            texts.append(system.caption_text(batch, torch.ones(len(batch["caption"]), dtype=torch.bool))[0].float())
+    return torch.cat(latents), torch.cat(labels), torch.cat(texts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--joint-steps", type=int, default=300)
     parser.add_argument("--aux", type=float, default=1.0, help="weight of the warm-start loss in adapter training")
     parser.add_argument("--teacher", type=float, default=0.0, help="share of batches taught the exact code")
+    parser.add_argument("--teacher-anneal", action="store_true", help="the share falls linearly to 0")
+    parser.add_argument("--x0", choices=tuple(X0_MODES), default="clean", help="x̂0 the connector learns from")
     parser.add_argument("--clips", type=int, default=32, help="held-out clips measured")
     parser.add_argument("--samples", type=int, default=0, help="sounding videos sampled and checked (mini_demo)")
     parser.add_argument("--threads", type=int, default=1)
@@ -218,14 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     dm.setup("fit")
     fps = float(system.clip.fps)
     began = time.perf_counter()
-    latents, labels = latent_bank(system, dm, dm.train_dataloader, opts.passes)
+    latents, labels, texts = latent_bank(system, dm, dm.train_dataloader, opts.passes)
     held = held_out(dm, opts.clips)
     held_latents = torch.cat([system.encode_batch(b, torch.Generator().manual_seed(i))[0].float()
                               for i, b in enumerate(held)])[: opts.clips]
     held_labels = torch.cat([hit_labels(b["events"], system.num_frames, fps) for b in held])[: opts.clips]
     rate = float(labels.mean())
     objective = HitObjective(system.denoiser.video_connector, system.video_alphas, opts.target,
-                             pos_weight=(1 - rate) / max(rate, 1e-6))
+                             pos_weight=(1 - rate) / max(rate, 1e-6), estimator=base_video_estimate(system))
+    x0_modes = X0_MODES[opts.x0]
     report: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
                               "bank": {"clips": len(latents), "hit_frame_rate": round(rate, 4)}}
     report["auc_before"] = connector_auc(objective, held_latents, held_labels)
@@ -234,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(1, opts.warm_steps + 1):
         index = torch.randint(0, len(latents), (opts.warm_batch,))
         t = torch.randint(0, steps_total, (opts.warm_batch,))
-        loss = objective.loss(objective.output(latents[index], t, bool(torch.rand(()) < 0.5)), labels[index])
+        x0 = x0_modes[int(torch.randint(0, len(x0_modes), ()))]
+        loss = objective.loss(objective.output(latents[index], t, x0, text=texts[index]), labels[index])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -252,15 +294,18 @@ def main(argv: list[str] | None = None) -> int:
     while step < opts.joint_steps:
         for raw in dm.train_dataloader():
             batch = dm.on_after_batch_transfer(dm.on_before_batch_transfer(raw, 0), 0)
-            teacher.events = batch["events"] if float(torch.rand(())) < opts.teacher else None
+            share = opts.teacher * (1 - step / opts.joint_steps if opts.teacher_anneal else 1.0)
+            teacher.events = batch["events"] if float(torch.rand(())) < share else None
             out = system.diffusion_loss(batch)
             teacher.events = None
             loss = out["loss"]
             if opts.aux:
                 with torch.no_grad():
                     z_v = system.encode_batch(batch)[0].float()
+                    text_v = system.caption_text(batch, torch.ones(len(z_v), dtype=torch.bool))[0].float()
                 t = torch.randint(0, steps_total, (len(z_v),))
-                loss = loss + opts.aux * objective.loss(objective.output(z_v, t, bool(torch.rand(()) < 0.5)),
+                x0 = x0_modes[int(torch.randint(0, len(x0_modes), ()))]
+                loss = loss + opts.aux * objective.loss(objective.output(z_v, t, x0, text=text_v),
                                                         hit_labels(batch["events"], system.num_frames, fps))
             optimizer.zero_grad()
             loss.backward()

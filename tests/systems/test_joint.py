@@ -380,6 +380,24 @@ def test_connector_warm_start_objective_code_teacher_and_a_learnable_hit(tiny_ro
     with pytest.raises(ValueError, match="--target"):
         HitObjective(connector, system.video_alphas, "mse")
 
+    # x̂0 from the frozen base video U-Net: its ε̂ turned into x̂0 (x_t = √ᾱ·x̂0 + √(1-ᾱ)·ε̂ holds exactly)
+    from joint_connector_warm_start import base_video_estimate
+
+    shape_v, _ = system.latent_shapes(2)
+    clean, t = torch.randn(shape_v), torch.tensor([10, 500])
+    text_v = system.encode_text(["a red ball drops onto wood", "a cube hits glass"])[0]
+    estimate = base_video_estimate(system)
+    x_t = clean * 0.5
+    eps = system.video.unet(x_t, t, encoder_hidden_states=text_v.repeat_interleave(shape_v[2], dim=0)).sample
+    a_t = system.video_alphas[t].view(-1, 1, 1, 1, 1)
+    assert torch.allclose(a_t.sqrt() * estimate(x_t, t, text_v) + (1 - a_t).sqrt() * eps, x_t, atol=1e-4)
+    with pytest.raises(ValueError, match="x0="):
+        objective.output(clean, t, "estimate")  # no estimator
+    objective.estimator = estimate
+    assert objective.output(clean, t, "estimate", text=text_v).shape == (2, shape_v[2], 32)
+    with pytest.raises(ValueError, match="x0="):
+        objective.output(clean, t, "noisy")
+
     teacher = CodeTeacher(system, objective, 8.0)
     shape_v, shape_a = system.latent_shapes(2)
     x_v, x_a = torch.randn(shape_v), torch.randn(shape_a)
@@ -399,13 +417,13 @@ def test_connector_warm_start_objective_code_teacher_and_a_learnable_hit(tiny_ro
     optimizer = torch.optim.Adam(objective.parameters(), lr=3e-3)
     for _ in range(25):
         index = torch.randint(0, 64, (16,))
-        loss = objective.loss(objective.output(latents[index], torch.zeros(16, dtype=torch.long), True),
+        loss = objective.loss(objective.output(latents[index], torch.zeros(16, dtype=torch.long), "clean"),
                               labels[index])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        scores = objective.score(objective.output(latents, torch.zeros(64, dtype=torch.long), True))
+        scores = objective.score(objective.output(latents, torch.zeros(64, dtype=torch.long), "clean"))
     assert roc_auc(labels.numpy(), scores.numpy()) > 0.9
 
 
