@@ -19,11 +19,26 @@ trains them, then:
    the mean and a paired bootstrap 95 % interval (scipy ``bootstrap``, percentile, 10,000 resamples) of
    true − none. Audio that follows the oracle scores well above 0 for ``true`` and ``delayed``, about 0 for
    ``none``.
+3. **The demo's onset checks with a perfect signal from the other modality** (``--demo-checks``): the audio
+   sampled in 2. with the true oracle and with none, each paired with the held-out clips' own frames (the real
+   video whose events the oracle marks), scored by ``benchmarks/mini_demo.py``'s onset checks (clips whose onsets
+   all lie within ±1 frame of an optical-flow peak, against the audio delayed 3 frames; AV-Align minus delayed
+   with its interval), and the clips' real audio the same way (the ceiling). What the demo's alignment checks could
+   reach if the video connector said exactly when the objects land.
+
+``--reader video`` turns it around: the **video** blocks read the oracle in the *audio* connector's place
+(``e_hit`` on the ``--span`` audio latent positions where each event's sound starts; the audio U-Net still reads
+the video connector), the held-out loss is the video's, "follow" is the mean log frame change (mean absolute pixel
+change between consecutive frames) over the frame pairs in which an object lands minus the other pairs, and the
+demo checks pair the sampled videos with the clips' real audio. Can the video place a landing where the audio
+says, the other direction the joint model could align in?
 
 Usage (any model overrides after the options; 400 steps take about 4 minutes on one core, sampling 3 more)::
 
     .venv/bin/python benchmarks/joint_timing_oracle.py --steps 400 --out oracle.json \\
         model.block.attention_span=frame model.loss.weighting.audio=v model.timesteps.high_noise_prob.audio=0.5
+    .venv/bin/python benchmarks/joint_timing_oracle.py --reader video --demo-checks --clips 32 \\
+        model.block.attention_span=frame
 """
 
 from __future__ import annotations
@@ -43,6 +58,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 DELAY_FRAMES = 3
+READERS = ("audio", "video")
 
 
 def compose_config(overrides: list[str], run_dir: Path):
@@ -66,23 +82,56 @@ def event_frames(events: Any, frames: int, fps: float, delay: int = 0) -> torch.
     return hit
 
 
-class TimingOracle:
-    """Puts a per-frame timing signal in the video connector's output: installed on a joint system, its
-    ``denoiser.connect`` returns, in the video features' place, (B, F', D) rows of ``e_hit`` / ``e_none`` from the
-    events of the current clips (``clips_events``: set by :meth:`use` or, in training, from each batch)."""
+def audio_event_positions(events: Any, positions: int, seconds_per_position: float, delay_s: float = 0.0,
+                          span: int = 2) -> torch.Tensor:
+    """(positions,) bool: for each event time ``e`` (seconds), the audio latent positions ⌊(e + ``delay_s``) / Δ⌋ to
+    ⌊(e + ``delay_s``) / Δ⌋ + ``span`` − 1 (Δ = ``seconds_per_position``: the mel hop times the audio VAE's time
+    downsampling) that lie inside ``positions``: where an impact starts and rings."""
+    hit = torch.zeros(positions, dtype=torch.bool)
+    for e in np.asarray(events, dtype=np.float64).reshape(-1):
+        k = int(math.floor((e + delay_s) / seconds_per_position))
+        hit[max(k, 0):max(min(k + span, positions), 0)] = True
+    return hit
 
-    def __init__(self, system, fps: float, seed: int = 123):
-        self.system, self.fps = system, float(fps)
-        dim = system.denoiser.video_connector.conv_out.out_channels
+
+class TimingOracle:
+    """Puts a timing signal in a connector's output: installed on a joint system, its ``denoiser.connect`` returns
+    rows of ``e_hit`` / ``e_none`` (two fixed random vectors, seeded) from the events of the current clips
+    (``clips_events``: set by :meth:`use` or, in training, from each batch) in place of
+
+    * ``reader="audio"``: the video connector's (B, F', D) features, which the audio blocks read: ``e_hit`` on the
+      video frames of the events (:func:`event_frames`);
+    * ``reader="video"``: the audio connector's (B, T', D) features, which the video blocks read: ``e_hit`` on the
+      audio latent positions where each event's sound starts (:func:`audio_event_positions`, ``span`` positions of
+      ``seconds_per_position`` seconds).
+
+    ``delay`` (video frames; ``None``: no event marked) shifts the marks later.
+
+    Raises:
+        ValueError: an unknown ``reader``, or ``reader="video"`` without ``seconds_per_position``.
+    """
+
+    def __init__(self, system, fps: float, seed: int = 123, reader: str = "audio",
+                 seconds_per_position: float | None = None, span: int = 2):
+        if reader not in READERS:
+            raise ValueError(f"reader={reader!r}: expected one of {', '.join(READERS)}")
+        if reader == "video" and not seconds_per_position:
+            raise ValueError("reader='video' marks audio latent positions: give seconds_per_position")
+        self.system, self.fps, self.reader = system, float(fps), reader
+        self.seconds_per_position, self.span = seconds_per_position, span
+        connector = system.denoiser.video_connector if reader == "audio" else system.denoiser.audio_connector
+        dim = connector.conv_out.out_channels
         generator = torch.Generator().manual_seed(seed)
         self.e_hit, self.e_none = torch.randn(dim, generator=generator), torch.randn(dim, generator=generator)
         self.clips_events: list | None = None
-        self.delay: int | None = 0  # None: no event marked (every frame e_none)
+        self.delay: int | None = 0  # None: no event marked (every position e_none)
         connect, encode = system.denoiser.connect, system.encode_batch
 
         def oracle_connect(video, audio, video_t, audio_t, video_x0=None, audio_x0=None):
             features_v, features_a = connect(video, audio, video_t, audio_t, video_x0, audio_x0)
-            return self.features(features_v.shape[1]).to(features_v), features_a
+            if self.reader == "audio":
+                return self.features(features_v.shape[1]).to(features_v), features_a
+            return features_v, self.features(features_a.shape[1]).to(features_a)
 
         def encode_batch(batch, generator=None):
             self.clips_events = batch["events"]
@@ -91,12 +140,18 @@ class TimingOracle:
         system.denoiser.connect = oracle_connect
         system.encode_batch = encode_batch
 
-    def features(self, frames: int) -> torch.Tensor:
-        rows = []
-        for events in self.clips_events:
-            hit = (event_frames(events, frames, self.fps, self.delay) if self.delay is not None
-                   else torch.zeros(frames, dtype=torch.bool))
-            rows.append(torch.where(hit[:, None], self.e_hit, self.e_none))
+    def marks(self, events: Any, positions: int) -> torch.Tensor:
+        """(positions,) bool: the positions of ``events`` the oracle marks at the current delay."""
+        if self.delay is None:
+            return torch.zeros(positions, dtype=torch.bool)
+        if self.reader == "audio":
+            return event_frames(events, positions, self.fps, self.delay)
+        return audio_event_positions(events, positions, self.seconds_per_position, self.delay / self.fps, self.span)
+
+    def features(self, positions: int) -> torch.Tensor:
+        """(B, positions, D): the oracle's rows for the current clips."""
+        rows = [torch.where(self.marks(events, positions)[:, None], self.e_hit, self.e_none)
+                for events in self.clips_events]
         return torch.stack(rows)
 
     def use(self, clips_events: list, delay: int | None) -> None:
@@ -109,6 +164,25 @@ def frame_log_rms(audio: torch.Tensor, frames: int) -> np.ndarray:
     return torch.log(parts.pow(2).mean(1).sqrt() + 1e-4).numpy()
 
 
+def frame_change(video: torch.Tensor) -> np.ndarray:
+    """(F − 1,) log of the mean absolute change between consecutive frames of ``video`` (F, 3, H, W) in [-1, 1]
+    (1e-4 floor): pair f is frames f → f + 1."""
+    return torch.log((video[1:] - video[:-1]).double().abs().mean((1, 2, 3)) + 1e-4).numpy()
+
+
+def video_follow_scores(videos: torch.Tensor, clips_events: list, fps: float, delay: int) -> list[float]:
+    """Per clip with marked and unmarked frame pairs: mean :func:`frame_change` of the pairs f → f + 1 with f the
+    frame of an event at ``delay`` (:func:`event_frames`: the object lands during frame f and is drawn landed from
+    f + 1, the largest displacement of its fall) minus the other pairs."""
+    scores = []
+    for video, events in zip(videos, clips_events):
+        hit = event_frames(events, video.shape[0] - 1, fps, delay).numpy()
+        if hit.any() and (~hit).any():
+            change = frame_change(video)
+            scores.append(float(change[hit].mean() - change[~hit].mean()))
+    return scores
+
+
 def follow_scores(audios: torch.Tensor, clips_events: list, frames: int, fps: float, delay: int) -> list[float]:
     """Per clip with marked and unmarked frames: mean log-RMS in the frames marked at ``delay`` minus the rest."""
     scores = []
@@ -118,6 +192,31 @@ def follow_scores(audios: torch.Tensor, clips_events: list, frames: int, fps: fl
             r = frame_log_rms(audio, frames)
             scores.append(float(r[hit].mean() - r[~hit].mean()))
     return scores
+
+
+def demo_checks(batches: list[dict[str, Any]], sampled: dict[str, torch.Tensor], clips: int, fps: float,
+                rate: int, reader: str = "audio") -> dict[str, Any]:
+    """Step 3: ``benchmarks/mini_demo.py``'s onset checks (:func:`mini_demo.onset_checks`) and impacts on the first
+    ``clips`` held-out clips. ``reader="audio"``: their real frames ((B, F, 3, H, W) ``batch["video"]`` in [-1, 1],
+    as uint8) paired with their real audio (``real``) and with the (B, S) audio of ``sampled["true"]`` and
+    ``sampled["none"]``; ``reader="video"``: their real audio paired with their real frames (``real``) and with the
+    sampled (B, F, 3, H, W) videos, which also get the mean absolute frame change (0–255 levels)."""
+    from mini_demo import impacts, onset_checks
+
+    def uint8(video: torch.Tensor) -> np.ndarray:
+        video = video[:clips].float().clamp(-1, 1)
+        return ((video + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+
+    real_frames, real_audio = uint8(torch.cat([b["video"] for b in batches])), torch.cat([b["audio"] for b in batches])
+    pairs = {"real": (real_frames, real_audio)}
+    for name in ("true", "none"):
+        pairs[name] = (real_frames, sampled[name]) if reader == "audio" else (uint8(sampled[name]), real_audio)
+    out = {}
+    for name, (frames, audio) in pairs.items():
+        clip_pairs = [(frames[i], fps, audio[i].float().numpy(), rate) for i in range(len(frames))]
+        out[name] = {**onset_checks(clip_pairs), "impacts": impacts(clip_pairs),
+                     "frame_change": float(np.abs(np.diff(frames.astype(np.float32), axis=1)).mean())}
+    return out
 
 
 def held_out(dm, clips: int) -> list[dict[str, Any]]:
@@ -133,6 +232,9 @@ def held_out(dm, clips: int) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reader", choices=READERS, default="audio",
+                        help="which modality's blocks read the oracle (audio: in the video connector's place)")
+    parser.add_argument("--span", type=int, default=2, help="audio latent positions marked per event (--reader video)")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--clips", type=int, default=24, help="held-out clips scored and sampled")
     parser.add_argument("--sample-steps", type=int, default=25)
@@ -140,18 +242,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON report (printed too)")
     parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "joint_timing_oracle")
+    parser.add_argument("--demo-checks", action="store_true",
+                        help="also score the oracle-driven samples with the clips' real other modality "
+                             "(mini_demo's checks)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.block.attention_span=frame")
     opts = parser.parse_args(argv)
     torch.set_num_threads(opts.threads)
     from scipy.stats import bootstrap
 
+    from avgen.backbones.audioldm import vae_downsampling
     from avgen.commands import build_datamodule, build_model
 
     cfg = compose_config(opts.overrides, opts.run_dir)
     torch.manual_seed(opts.seed)
     system = build_model(cfg)
     fps, frames = float(system.clip.fps), system.num_frames
-    oracle = TimingOracle(system, fps)
+    mel = system.audio.mel
+    oracle = TimingOracle(system, fps, reader=opts.reader, span=opts.span,
+                          seconds_per_position=mel.hop_length * vae_downsampling(system.audio.vae) / mel.sample_rate)
+    loss_key = f"loss_{opts.reader}"
     dm = build_datamodule(cfg)
     dm.setup("fit")
     params = [p for p in system.parameters() if p.requires_grad]
@@ -166,11 +275,11 @@ def main(argv: list[str] | None = None) -> int:
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
-            losses.append(float(out["loss_audio"].detach()))
+            losses.append(float(out[loss_key].detach()))
             step += 1
             if step % 100 == 0:
-                print(f"step {step}: audio loss {np.mean(losses[-100:]):.4f} ({time.perf_counter() - start:.0f} s)",
-                      flush=True)
+                print(f"step {step}: {opts.reader} loss {np.mean(losses[-100:]):.4f} "
+                      f"({time.perf_counter() - start:.0f} s)", flush=True)
             if step >= opts.steps:
                 break
     train_s = time.perf_counter() - start
@@ -181,27 +290,33 @@ def main(argv: list[str] | None = None) -> int:
         for name, delay in (("true", 0), ("delayed", DELAY_FRAMES)):
             oracle.delay = delay
             with torch.no_grad():
-                held_loss[name].append(float(system.diffusion_loss(batch, torch.Generator().manual_seed(i))
-                                             ["loss_audio"]))
+                held_loss[name].append(float(system.diffusion_loss(batch, torch.Generator().manual_seed(i))[loss_key]))
     captions = [c for b in batches for c in b["caption"]][: opts.clips]
     clips_events = [np.asarray(e).reshape(-1) for b in batches for e in b["events"]][: opts.clips]
     report: dict[str, Any] = {
-        "config": {"steps": opts.steps, "overrides": opts.overrides, "clips": opts.clips,
-                   "sample_steps": opts.sample_steps, "seed": opts.seed},
+        "config": {"reader": opts.reader, "span": opts.span, "steps": opts.steps, "overrides": opts.overrides,
+                   "clips": opts.clips, "sample_steps": opts.sample_steps, "seed": opts.seed},
         "train_s": round(train_s, 1),
-        "held_out_audio_loss": {k: float(np.mean(v)) for k, v in held_loss.items()},
+        f"held_out_{opts.reader}_loss": {k: float(np.mean(v)) for k, v in held_loss.items()},
         "follow": {}}
-    scores = {}
+    scores, sampled = {}, {}
     for name, delay in (("true", 0), ("delayed", DELAY_FRAMES), ("none", None)):
         oracle.use(clips_events, delay)
-        _, audio = system.generate(captions, steps=opts.sample_steps, seed=0)
-        scores[name] = follow_scores(audio, clips_events, frames, fps, 0 if delay is None else delay)
+        video, audio = system.generate(captions, steps=opts.sample_steps, seed=0)
+        shift = 0 if delay is None else delay
+        if opts.reader == "audio":
+            sampled[name], scores[name] = audio, follow_scores(audio, clips_events, frames, fps, shift)
+        else:
+            sampled[name], scores[name] = video, video_follow_scores(video, clips_events, fps, shift)
         report["follow"][name] = {"clips": len(scores[name]), "mean": float(np.mean(scores[name]))}
     diff = np.asarray(scores["true"]) - np.asarray(scores["none"])
     interval = bootstrap((diff,), np.mean, vectorized=True, n_resamples=10_000, confidence_level=0.95,
                          method="percentile", random_state=0).confidence_interval
     report["follow"]["true_minus_none"] = {"mean": float(diff.mean()),
                                            "ci95": [float(interval.low), float(interval.high)]}
+    if opts.demo_checks:
+        report["demo_checks"] = demo_checks(batches, sampled, opts.clips, fps, int(system.clip.sample_rate),
+                                            opts.reader)
     text = json.dumps(report, indent=1)
     print(text)
     if opts.out:

@@ -349,6 +349,56 @@ def test_timing_oracle_marks_event_frames_and_reaches_the_loss_only_through_the_
     assert audio_loss(0) != audio_loss(3)
 
 
+def test_timing_oracle_for_the_video_blocks_marks_audio_positions_and_scores_frame_change(tiny_root, system):
+    """benchmarks/joint_timing_oracle.py --reader video: exact audio latent positions of events (delay, span, the
+    clip's end), the oracle in the audio features' place only (the video features stay the connector's), the video
+    loss moved by it only through non-zero video blocks, and the frame-change follow score on a known video."""
+    import math
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from joint_timing_oracle import TimingOracle, audio_event_positions, frame_change, video_follow_scores
+
+    marks = audio_event_positions([0.0, 0.1, 0.99], 25, 0.04)  # positions 0-1, 2-3, 24 (25 cut)
+    assert marks.nonzero().flatten().tolist() == [0, 1, 2, 3, 24]
+    assert audio_event_positions([0.1], 25, 0.04, delay_s=0.375, span=3).nonzero().flatten().tolist() == [11, 12, 13]
+    assert not audio_event_positions([1.5, -0.5], 25, 0.04).any()
+    with pytest.raises(ValueError, match="reader"):
+        TimingOracle(copy.deepcopy(system), 8.0, reader="both")
+    with pytest.raises(ValueError, match="seconds_per_position"):
+        TimingOracle(copy.deepcopy(system), 8.0, reader="video")
+
+    video = -torch.ones(1, 8, 3, 4, 4)
+    video[0, 3:] = 1.0  # one change, frames 2 -> 3: the pair of an event in frame 2
+    assert frame_change(video[0])[2] == pytest.approx(math.log(2 + 1e-4))
+    assert video_follow_scores(video, [[0.3]], 8.0, 0) == [pytest.approx(math.log(2 + 1e-4) - math.log(1e-4))]
+    assert video_follow_scores(video, [[0.3]], 8.0, 3)[0] < 0 and video_follow_scores(video, [[]], 8.0, 0) == []
+
+    system = copy.deepcopy(system)
+    connect = system.denoiser.connect
+    oracle = TimingOracle(system, 8.0, reader="video", seconds_per_position=0.04)
+    batch = {**tiny_batch(system), "events": [torch.tensor([0.3]), torch.tensor([0.6, 0.9])]}
+    oracle.use(batch["events"], 0)
+    z_v, z_a = system.encode_batch(batch, torch.Generator().manual_seed(0))
+    t = torch.full((2,), 500)
+    features_v, features_a = system.denoiser.connect(z_v, z_a, t, t)
+    own_v, own_a = connect(z_v, z_a, t, t)
+    assert torch.equal(features_v, own_v) and not torch.equal(features_a, own_a)
+    assert torch.equal(features_a[0, 7], oracle.e_hit) and torch.equal(features_a[0, 6], oracle.e_none)
+
+    def video_loss(delay):
+        oracle.delay = delay
+        with torch.no_grad():
+            return system.diffusion_loss(batch, torch.Generator().manual_seed(0))["loss_video"]
+
+    assert video_loss(0) == video_loss(3)
+    with torch.no_grad():
+        for block in system.denoiser.video_blocks.values():
+            block.proj_out.weight.normal_(0, 0.05)
+    assert video_loss(0) != video_loss(3)
+
+
 def test_connector_warm_start_objective_code_teacher_and_a_learnable_hit(tiny_root, system):
     """benchmarks/joint_connector_warm_start.py: exact labels and code, both targets' loss and score on a known
     output (code loss exactly 0 on the code itself, AUC 1), the teacher putting the code in the video features'
