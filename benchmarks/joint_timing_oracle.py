@@ -23,8 +23,9 @@ trains them, then:
    sampled in 2. with the true oracle and with none, each paired with the held-out clips' own frames (the real
    video whose events the oracle marks), scored by ``benchmarks/mini_demo.py``'s onset checks (clips whose onsets
    all lie within ±1 frame of an optical-flow peak, against the audio delayed 3 frames; AV-Align minus delayed
-   with its interval), and the clips' real audio the same way (the ceiling). What the demo's alignment checks could
-   reach if the video connector said exactly when the objects land.
+   with its interval), and the clips' real audio the same way (the ceiling), also through the model's vocoder alone
+   and through its mel VAE and vocoder (the ceiling of anything the audio U-Net generates). What the demo's alignment
+   checks could reach if the video connector said exactly when the objects land.
 
 ``--reader video`` turns it around: the **video** blocks read the oracle in the *audio* connector's place
 (``e_hit`` on the ``--span`` audio latent positions where each event's sound starts; the audio U-Net still reads
@@ -194,13 +195,28 @@ def follow_scores(audios: torch.Tensor, clips_events: list, frames: int, fps: fl
     return scores
 
 
+@torch.no_grad()
+def codec_roundtrips(system, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(B, S) waveforms through the joint model's audio codec: ``vocoder`` (their log-mel straight into the vocoder)
+    and ``mel_vae+vocoder`` (the mel VAE's posterior mean decoded, then the vocoder: what the audio U-Net's latents
+    can at best give back)."""
+    from avgen.backbones.audioldm import decode_audio, encode_audio_posterior
+
+    codec, audio = system.audio, audio.float()
+    mean, _ = encode_audio_posterior(codec, audio)
+    return {"vocoder": codec.vocoder(codec.mel(audio).to(codec.vocoder.dtype)).float()[:, :audio.shape[1]],
+            "mel_vae+vocoder": decode_audio(codec, mean * codec.vae.config.scaling_factor, audio.shape[1]).float()}
+
+
 def demo_checks(batches: list[dict[str, Any]], sampled: dict[str, torch.Tensor], clips: int, fps: float,
-                rate: int, reader: str = "audio") -> dict[str, Any]:
+                rate: int, reader: str = "audio", roundtrips: dict[str, torch.Tensor] | None = None
+                ) -> dict[str, Any]:
     """Step 3: ``benchmarks/mini_demo.py``'s onset checks (:func:`mini_demo.onset_checks`) and impacts on the first
     ``clips`` held-out clips. ``reader="audio"``: their real frames ((B, F, 3, H, W) ``batch["video"]`` in [-1, 1],
     as uint8) paired with their real audio (``real``) and with the (B, S) audio of ``sampled["true"]`` and
     ``sampled["none"]``; ``reader="video"``: their real audio paired with their real frames (``real``) and with the
-    sampled (B, F, 3, H, W) videos, which also get the mean absolute frame change (0–255 levels)."""
+    sampled (B, F, 3, H, W) videos, which also get the mean absolute frame change (0–255 levels). ``roundtrips`` (name
+    → (B, S), :func:`codec_roundtrips` of the clips' real audio) are paired with the real frames too."""
     from mini_demo import impacts, onset_checks
 
     def uint8(video: torch.Tensor) -> np.ndarray:
@@ -211,6 +227,8 @@ def demo_checks(batches: list[dict[str, Any]], sampled: dict[str, torch.Tensor],
     pairs = {"real": (real_frames, real_audio)}
     for name in ("true", "none"):
         pairs[name] = (real_frames, sampled[name]) if reader == "audio" else (uint8(sampled[name]), real_audio)
+    for name, audio in (roundtrips or {}).items():
+        pairs[f"real through {name}"] = (real_frames, audio)
     out = {}
     for name, (frames, audio) in pairs.items():
         clip_pairs = [(frames[i], fps, audio[i].float().numpy(), rate) for i in range(len(frames))]
@@ -315,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     report["follow"]["true_minus_none"] = {"mean": float(diff.mean()),
                                            "ci95": [float(interval.low), float(interval.high)]}
     if opts.demo_checks:
+        real_audio = torch.cat([b["audio"] for b in batches])[: opts.clips]
         report["demo_checks"] = demo_checks(batches, sampled, opts.clips, fps, int(system.clip.sample_rate),
-                                            opts.reader)
+                                            opts.reader, codec_roundtrips(system, real_audio))
     text = json.dumps(report, indent=1)
     print(text)
     if opts.out:

@@ -358,7 +358,13 @@ def test_timing_oracle_for_the_video_blocks_marks_audio_positions_and_scores_fra
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from joint_timing_oracle import TimingOracle, audio_event_positions, frame_change, video_follow_scores
+    from joint_timing_oracle import (
+        TimingOracle,
+        audio_event_positions,
+        codec_roundtrips,
+        frame_change,
+        video_follow_scores,
+    )
 
     marks = audio_event_positions([0.0, 0.1, 0.99], 25, 0.04)  # positions 0-1, 2-3, 24 (25 cut)
     assert marks.nonzero().flatten().tolist() == [0, 1, 2, 3, 24]
@@ -374,6 +380,11 @@ def test_timing_oracle_for_the_video_blocks_marks_audio_positions_and_scores_fra
     assert frame_change(video[0])[2] == pytest.approx(math.log(2 + 1e-4))
     assert video_follow_scores(video, [[0.3]], 8.0, 0) == [pytest.approx(math.log(2 + 1e-4) - math.log(1e-4))]
     assert video_follow_scores(video, [[0.3]], 8.0, 3)[0] < 0 and video_follow_scores(video, [[]], 8.0, 0) == []
+
+    wave = tiny_batch(system)["audio"]
+    trips = codec_roundtrips(system, wave)
+    assert sorted(trips) == ["mel_vae+vocoder", "vocoder"]
+    assert all(t.shape == wave.shape and t.dtype == torch.float32 and t.isfinite().all() for t in trips.values())
 
     system = copy.deepcopy(system)
     connect = system.denoiser.connect
