@@ -5,8 +5,13 @@ Part 1, the codecs (``configs/part/codecs.yaml``):
 1. Prepare (if needed) and read the ``train`` split of ``synthetic_hits`` at ``scale=mini``'s store geometry into
    memory (:class:`~avgen.data.clip_bank.ClipBank`: 512 clips of 2 s, 32×32 at 8 fps, 16 kHz mono).
 2. Train each stage of ``pretrain_twins.stages`` in turn (:mod:`avgen.systems.codec_twins`): ``frames_vae``,
-   ``mel_vae``, ``vocoder``, each in ``<run>/<stage>/`` with its own Lightning checkpoints (``checkpoints/``, every
-   ``pretrain_twins.checkpoint_every`` steps, ``last.ckpt`` on Ctrl-C and at the end) and ``logs/metrics.csv``. Run
+   ``mel_vae``, ``mel_vae_decoder`` (the mel VAE's decoder fine-tuned against a discriminator, encoder frozen),
+   ``vocoder``, ``vocoder_finetune`` (the vocoder fine-tuned on the mel VAE's reconstructions); the last two replace
+   the models they continue in what is published. ``pretrain_twins.start_from`` takes finished ``frames_vae``,
+   ``mel_vae`` and ``vocoder`` from a published folder (:func:`adopt_start_from`), so the tuning stages can run on
+   the committed codecs alone. Each stage trains in ``<run>/<stage>/`` with its own Lightning checkpoints
+   (``checkpoints/``, every ``pretrain_twins.checkpoint_every`` steps, ``last.ckpt`` on Ctrl-C and at the end) and
+   ``logs/metrics.csv``. Run
    again, the command continues every stage from its newest checkpoint (a finished stage is not retrained; a
    larger ``steps`` continues it); batches are drawn from the step number, so a resumed stage computes what an
    uninterrupted one would. The VAEs' latent ``scaling_factor`` is set to 1 / std of their latents over the
@@ -54,10 +59,13 @@ log = logging.getLogger("avgen")
 
 #: each part's stages, in training order
 PART_STAGES: dict[str, tuple[str, ...]] = {
-    "codecs": ("frames_vae", "mel_vae", "vocoder"),
+    "codecs": ("frames_vae", "mel_vae", "mel_vae_decoder", "vocoder", "vocoder_finetune"),
     "generators": ("audioldm_unet", "animatediff_image", "animatediff_motion", "zeroscope_unet"),
 }
 STAGES = PART_STAGES["codecs"]
+#: the codecs ``scale=mini`` loads; ``mel_vae_decoder`` and ``vocoder_finetune`` continue and replace two of them
+#: (:data:`avgen.systems.codec_twins.CONTINUES`)
+CODECS = ("frames_vae", "mel_vae", "vocoder")
 PARTS = tuple(PART_STAGES)
 TWINS_DIR = "twins"
 STRIP = "frames_strip.png"
@@ -137,19 +145,27 @@ def build_stage(cfg: DictConfig, stage: str, **extra: Any):
         raise ConfigError(f"pretrain_twins.{part}.{stage}: {exc}") from exc
 
 
-def check_stage_inputs(cfg: DictConfig, stage: str, module, bank) -> None:
-    """Refuse stage settings the clips or the model cannot serve, before training (one line naming the key).
+def check_stage_inputs(cfg: DictConfig, stage: str, bank) -> None:
+    """Refuse stage settings the clips or the model cannot serve, before training (one line naming the key): a
+    codec stage's ``mel_frames`` must fit the clips and, for a stage that runs the mel VAE (``mel_vae``,
+    ``mel_vae_decoder``, ``vocoder_finetune``), be a multiple of its time downsampling (from
+    ``pretrain_twins.codecs.mel_vae.model``).
 
     Raises:
         ConfigError: a mel crop longer than the clips, or not a multiple of the mel VAE's downsampling.
     """
-    frames = getattr(module, "mel_frames", None)
+    from avgen.backbones.audioldm import AudioLDMMel
+
+    specs = stage_specs(cfg)
+    frames = specs[stage].get("mel_frames") if part_of(cfg) == "codecs" else None
     if frames is None:
         return
     key = f"pretrain_twins.codecs.{stage}.mel_frames"
-    hop = module.mel.hop_length
-    factor = 2 ** (len(module.model.config.block_out_channels) - 1) if hasattr(module.model.config, "latent_channels") \
-        else 1
+    frames = int(frames)
+    hop = AudioLDMMel().hop_length
+    factor = 1
+    if stage in ("mel_vae", "mel_vae_decoder", "vocoder_finetune") and specs.get("mel_vae") is not None:
+        factor = 2 ** (len(specs.mel_vae.model.block_out_channels) - 1)
     most = bank.audio.shape[1] // hop // factor * factor
     allowed = f"a multiple of {factor} from {factor} to {most}" if factor > 1 else f"1 to {most}"
     if frames < 1 or frames * hop > bank.audio.shape[1]:
@@ -192,7 +208,7 @@ def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, An
         print(f"removed {stale}: a temporary checkpoint left by a process killed while saving")
     module = build_stage(cfg, stage, **extra)
     module.bank = bank
-    check_stage_inputs(cfg, stage, module, bank)
+    check_stage_inputs(cfg, stage, bank)
     resume = str(cfg.get("resume", "auto"))
     if resume not in ("auto", "never"):
         raise ConfigError(f"resume={resume}: pretrain-twins resumes each stage from its own folder; use resume=auto "
@@ -255,7 +271,13 @@ def finished_stage(cfg: DictConfig, stage: str) -> torch.nn.Module | None:
     folder = Path(cfg.paths.output_dir) / stage / "model"
     if not (folder / "config.json").is_file():
         return None
-    return component_class(trainers(part_of(cfg))[stage]).from_pretrained(folder).eval()
+    model = component_class(trainers(part_of(cfg))[stage]).from_pretrained(folder).eval()
+    config = getattr(model, "_internal_dict", None)
+    if config is not None and "_name_or_path" in config:  # diffusers would write this machine's path on saving
+        from diffusers.configuration_utils import FrozenDict
+
+        model._internal_dict = FrozenDict({k: v for k, v in config.items() if k != "_name_or_path"})
+    return model
 
 
 def component_class(trainer: type) -> type:
@@ -268,11 +290,18 @@ def component_class(trainer: type) -> type:
 
 
 def stage_record(cfg: DictConfig, stage: str) -> dict[str, Any]:
-    """What the stage's folder says of its training: the step its newest checkpoint reached and its sessions."""
+    """What the stage's folder says of its training: the step its newest checkpoint reached and its sessions (a
+    stage taken from ``pretrain_twins.start_from``: what that folder's manifest recorded, and ``from``)."""
     from avgen.checkpoint import newest_checkpoint
 
     folder = Path(cfg.paths.output_dir) / stage
     newest = newest_checkpoint(folder / "checkpoints")
+    adopted = folder / START_FROM
+    if newest is None and adopted.is_file():  # taken from pretrain_twins.start_from: its manifest's record
+        given = json.loads(adopted.read_text())
+        entry = given["component"]
+        kept = ("stage", "steps", "trained_with", "sessions", "train_seconds", "base")
+        return {k: entry[k] for k in kept if k in entry} | {"from": {"dir": given["dir"], "tag": given["tag"]}}
     sessions_file = folder / "sessions.json"
     sessions = json.loads(sessions_file.read_text()) if sessions_file.is_file() else []
     trained_with = None
@@ -281,6 +310,17 @@ def stage_record(cfg: DictConfig, stage: str) -> dict[str, Any]:
         trained_with = training_settings(hparams)
     return {"steps": newest[1] if newest else None, "trained_with": trained_with, "sessions": sessions,
             "train_seconds": round(sum(s.get("seconds", 0) for s in sessions), 1) if sessions else None}
+
+
+def component_record(cfg: DictConfig, name: str, made_by: Mapping[str, Sequence[str]] | None) -> dict[str, Any]:
+    """The manifest's record of component ``name``: :func:`stage_record` of the stage that made it, or, when
+    ``made_by[name]`` lists several (``mel_vae`` then ``mel_vae_decoder``), the last one's with ``stage`` and
+    ``base`` (the first one's record)."""
+    stages = list((made_by or {}).get(name) or [name])
+    record = stage_record(cfg, stages[-1])
+    if len(stages) > 1:
+        record = {"stage": stages[-1], **record, "base": {"stage": stages[0], **stage_record(cfg, stages[0])}}
+    return record
 
 
 def training_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:
@@ -319,12 +359,15 @@ def evaluate_codecs(models: Mapping[str, torch.nn.Module], bank, tolerances: Map
       every clip's frames and bins;
     * ``vocoder`` (resynthesis of the clip's own log-mel) and ``mel_vae+vocoder`` (the decoded log-mel): ``lsd``
       (:func:`~avgen.metrics.codec.log_spectral_distance`, averaged over clips), ``peak`` (the mean over clips of the
-      largest |sample|; the inputs peak at 0.9), and the onset F1 against the clips' ``events`` at each tolerance of
+      largest |sample|; the inputs peak at 0.9), ``impact_contrast`` (the median over clips of
+      :func:`~avgen.metrics.codec.impact_contrast`: a blurred attack or a raised floor lowers it), and the onset F1
+      against the clips' ``events`` at each tolerance of
       ``tolerances`` (name → seconds; :func:`~avgen.metrics.codec.onset_f1`: matches pooled over clips);
-    * ``reference``: the same onset F1 of the original audio (the detector's own ceiling on these clips).
+    * ``reference``: the same onset F1 and impact contrast of the original audio (the detector's own ceiling on these
+      clips).
     """
     from avgen.backbones.audioldm import AudioLDMMel
-    from avgen.metrics.codec import clip_onsets, frame_psnr, log_spectral_distance, onset_f1
+    from avgen.metrics.codec import clip_onsets, frame_psnr, impact_contrast, log_spectral_distance, onset_f1
 
     out: dict[str, Any] = {"clips": len(bank)}
     sr = bank.geometry.sample_rate
@@ -339,7 +382,8 @@ def evaluate_codecs(models: Mapping[str, torch.nn.Module], bank, tolerances: Map
             scores.update(onset_f1(events, detected, window).as_dict(prefix=f"onset_{name}_"))
         return scores
 
-    out["reference"] = onset_scores(onsets_of(bank.audio))
+    out["reference"] = {**onset_scores(onsets_of(bank.audio)),
+                        "impact_contrast": float(np.median([impact_contrast(a.numpy(), sr) for a in bank.audio]))}
     if "frames_vae" in models:
         vae = models["frames_vae"]
         psnr, correlation = [], []
@@ -372,6 +416,7 @@ def evaluate_codecs(models: Mapping[str, torch.nn.Module], bank, tolerances: Map
             audio = audio[:, :bank.audio.shape[1]]
             out[name] = {"lsd": float(log_spectral_distance(bank.audio, audio).mean()),
                          "peak": float(audio.abs().amax(dim=1).mean()),
+                         "impact_contrast": float(np.median([impact_contrast(a.numpy(), sr) for a in audio])),
                          **onset_scores(onsets_of(audio))}
     return out
 
@@ -420,9 +465,10 @@ def recipe_commit() -> dict[str, Any]:
 
 def write_twins(cfg: DictConfig, models: Mapping[str, torch.nn.Module], metrics: Mapping[str, Any],
                 strip: np.ndarray | None, data_info: Mapping[str, Any], command: str,
-                extra: Mapping[str, Any] | None = None) -> Path:
+                extra: Mapping[str, Any] | None = None, made_by: Mapping[str, Sequence[str]] | None = None) -> Path:
     """``<run>/twins/``: the trained components (``save_pretrained``), ``manifest.json`` (``command``: the recipe's
-    command line; per component the step its checkpoint reached and its training sessions, :func:`stage_record`;
+    command line; per component the step its checkpoint reached and its training sessions, :func:`stage_record`
+    (a component ``made_by`` several stages: the last one's, its ``stage``, and its ``base``: the first one's);
     ``extra`` entries, e.g. the generators' ``codecs``), ``metrics.json`` and the part's strip (:data:`STRIPS`);
     returns the folder (written beside it and renamed into place)."""
     import cv2
@@ -444,7 +490,7 @@ def write_twins(cfg: DictConfig, models: Mapping[str, torch.nn.Module], metrics:
                 "class": type(model).__name__,
                 "library": type(model).__module__.split(".")[0],
                 "parameters": sum(p.numel() for p in model.parameters()) if isinstance(model, torch.nn.Module) else 0,
-                **({"stage": of_stage[name]} if name in of_stage else stage_record(cfg, name)),
+                **({"stage": of_stage[name]} if name in of_stage else component_record(cfg, name, made_by)),
                 "files": {f: sha256_file(partial / name / f) for f in files},
             }
             if hasattr(model.config, "scaling_factor") and name.endswith("vae"):
@@ -606,10 +652,7 @@ def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str 
           f"({train.skipped} skipped)")
     evaluation = settings.evaluate
     if part == "codecs":
-        for stage in stages:  # every stage's settings checked before the first one trains
-            check_stage_inputs(cfg, stage, build_stage(cfg, stage), train)
-        models = {stage: train_stage(cfg, stage, train, fit) for stage in stages}
-        models = finished_models(cfg, models)
+        models, made_by = run_codecs(cfg, stages, train, fit)
         held_out = read_bank(datamodule, geometry, evaluation.split, int(evaluation.clips), "pretrain_twins.evaluate")
         tolerances = {"1frame": 1.0 / float(geometry.fps), "50ms": 0.05}
         metrics = json_numbers(evaluate_codecs(models, held_out, tolerances))
@@ -618,18 +661,19 @@ def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str 
             if "frames_vae" in models else None
         extra_info: dict[str, Any] = {}
     else:
+        made_by = {}
         held_out = read_bank(datamodule, geometry, evaluation.split, int(evaluation.clips), "pretrain_twins.evaluate")
         models, metrics, strip, extra_info = run_generators(cfg, stages, train, held_out, codecs, fit)
     metrics["split"] = evaluation.split
     data_info = {"dataset": cfg.data.name, "seed": int(cfg.data.prepare.seed), "root": str(cfg.data.root),
                  "store": OmegaConf.to_container(cfg.data.store, resolve=True),
                  "train_clips": len(train), "held_out_clips": len(held_out), "held_out_split": evaluation.split}
-    twins = write_twins(cfg, models, metrics, strip, data_info, command, extra_info)
+    twins = write_twins(cfg, models, metrics, strip, data_info, command, extra_info, made_by)
     print(json.dumps(metrics, indent=2))
     print(f"avgen pretrain-twins: wrote {twins} ({len(models)} {part}; this run took "
           f"{time.monotonic() - began:.0f} s)")
     if settings.get("publish_dir"):
-        missing = [stage for stage in PART_STAGES[part] if stage not in models]
+        missing = [stage for stage in (CODECS if part == "codecs" else PART_STAGES[part]) if stage not in models]
         if missing:
             raise ConfigError(f"pretrain_twins.publish_dir: the run folder has no finished {', '.join(missing)}; "
                               f"train every stage first (pretrain_twins.stages={list(PART_STAGES[part])}); nothing "
@@ -649,6 +693,100 @@ def weights_env(part: str) -> str:
     from avgen.backbones.mini import PART_ENV
 
     return PART_ENV[part]
+
+
+START_FROM = "start_from.json"
+
+
+def adopt_start_from(cfg: DictConfig, stages: Sequence[str]) -> None:
+    """``pretrain_twins.start_from`` (a published codecs folder: ``avgen/backbones/mini_weights`` or a run's
+    ``twins``): each of its components becomes the finished stage of the same name in this run folder
+    (``<run>/<name>/model``, every file checked against its manifest, with ``start_from.json``: the folder, its
+    tag and the manifest's record of how the component was trained), so the stages that continue them
+    (``mel_vae_decoder``, ``vocoder_finetune``) train on the published codecs without training them again.
+    Adopting the same folder again does nothing.
+
+    Raises:
+        ConfigError: the folder is not a codecs folder, one of its components is also in ``pretrain_twins.stages``,
+            or this run folder already has another model for it.
+        MiniWeightsError: a file is missing or altered.
+    """
+    given = cfg.pretrain_twins.get("start_from")
+    if not given:
+        return
+    from avgen.backbones.mini import read_manifest, verify_component, version_tag
+
+    folder = Path(str(given))
+    manifest = read_manifest(folder)
+    if manifest.get("part") != "codecs":
+        raise ConfigError(f"pretrain_twins.start_from={folder}: its manifest is of part {manifest.get('part')!r}; "
+                          f"give a codecs folder (avgen/backbones/mini_weights or a part=codecs run's twins)")
+    components = [name for name in manifest.get("components") or {} if name in PART_STAGES["codecs"]]
+    clash = [name for name in components if name in stages]
+    if clash:
+        raise ConfigError(f"pretrain_twins.start_from={folder} gives {', '.join(clash)}; remove "
+                          f"{'it' if len(clash) == 1 else 'them'} from pretrain_twins.stages (or drop start_from to "
+                          f"train {'it' if len(clash) == 1 else 'them'} from scratch)")
+    tag = version_tag(folder)
+    root = Path(cfg.paths.output_dir)
+    for name in components:
+        target = root / name
+        record = target / START_FROM
+        if record.is_file() and json.loads(record.read_text()).get("tag") == tag:
+            continue
+        if (target / "model").exists() or (target / "checkpoints").exists():
+            raise ConfigError(f"pretrain_twins.start_from: {target} already holds a {name} of its own; use another "
+                              f"run folder (hydra.run.dir=...) to start from {folder}")
+        source = verify_component(name, folder, manifest)
+        shutil.copytree(source, target / "model")
+        entry = {k: v for k, v in manifest["components"][name].items() if k != "files"}
+        record.write_text(json.dumps({"dir": str(folder.resolve()), "tag": tag, "component": entry}, indent=2) + "\n")
+        print(f"{name}: taken from {folder} (codecs {tag})")
+
+
+def run_codecs(cfg: DictConfig, stages: list[str], train, fit: Callable[[DictConfig, Any, str | None], None]
+               ) -> tuple[dict[str, torch.nn.Module], dict[str, list[str]]]:
+    """Part 1 of the recipe: :func:`adopt_start_from`, then each stage of ``stages`` (in the part's order; a stage
+    that continues another, :data:`~avgen.systems.codec_twins.CONTINUES`, gets that stage's model, and
+    ``vocoder_finetune`` the mel VAE the codecs publish). Returns the codecs to publish (:data:`CODECS` → model:
+    each from the last stage of the run folder that makes it) and, per codec, the stages that made it (base first).
+
+    Raises:
+        ConfigError: stages out of order, a continuing stage without its base, a bad stage setting.
+    """
+    from avgen.systems.codec_twins import CONTINUES
+
+    order = PART_STAGES["codecs"]
+    if stages != sorted(stages, key=order.index):
+        raise ConfigError(f"pretrain_twins.stages={stages}: list them in training order "
+                          f"({', '.join(s for s in order if s in stages)})")
+    adopt_start_from(cfg, stages)
+    for stage in stages:  # every stage's settings checked before the first one trains
+        check_stage_inputs(cfg, stage, train)
+        base = CONTINUES.get(stage)
+        if base is not None and base not in stages and finished_stage(cfg, base) is None:
+            raise ConfigError(f"pretrain_twins.stages: {stage} continues the {base} stage; add {base} before it, or "
+                              f"start from published codecs (pretrain_twins.start_from=avgen/backbones/mini_weights)")
+    models: dict[str, torch.nn.Module] = {}
+
+    def current(stage: str) -> torch.nn.Module | None:
+        return models[stage] if stage in models else finished_stage(cfg, stage)
+
+    for stage in stages:
+        extra: dict[str, Any] = {}
+        if stage == "mel_vae_decoder":
+            extra["vae"] = current("mel_vae")
+        elif stage == "vocoder_finetune":
+            tuned = current("mel_vae_decoder")
+            extra.update(vocoder=current("vocoder"), vae=tuned if tuned is not None else current("mel_vae"))
+        models[stage] = train_stage(cfg, stage, train, fit, **extra)
+    published: dict[str, torch.nn.Module] = {}
+    made_by: dict[str, list[str]] = {}
+    for stage, model in finished_models(cfg, models).items():
+        component = CONTINUES.get(stage, stage)
+        published[component] = model
+        made_by.setdefault(component, []).append(stage)
+    return published, made_by
 
 
 def finished_models(cfg: DictConfig, models: Mapping[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
@@ -684,7 +822,8 @@ def load_codecs(cfg: DictConfig) -> dict[str, Any]:
     """The mini codecs the generators learn the latent spaces of: ``pretrain_twins.codecs_dir`` or the ones
     ``scale=mini`` loads (:func:`avgen.backbones.mini.active_weights_dir`), every file checked against their
     manifest: ``frames_vae``, ``mel_vae`` (``AutoencoderKL``), ``vocoder`` (``SpeechT5HifiGan``), in eval mode, with
-    ``dir`` and ``tag`` (:func:`avgen.backbones.mini.version_tag`, recorded in the generators' manifest).
+    ``dir``, ``tag`` (:func:`avgen.backbones.mini.version_tag`) and ``latent_space``
+    (:func:`avgen.backbones.mini.latent_space_tag`), both recorded in the generators' manifest.
 
     Raises:
         MiniWeightsError: the codecs are missing or altered.
@@ -692,7 +831,7 @@ def load_codecs(cfg: DictConfig) -> dict[str, Any]:
     from diffusers import AutoencoderKL
     from transformers import SpeechT5HifiGan
 
-    from avgen.backbones.mini import active_weights_dir, read_manifest, verify_component, version_tag
+    from avgen.backbones.mini import active_weights_dir, latent_space_tag, read_manifest, verify_component, version_tag
     from avgen.pretrained import quiet_loading
 
     given = cfg.pretrain_twins.get("codecs_dir")
@@ -706,7 +845,7 @@ def load_codecs(cfg: DictConfig) -> dict[str, Any]:
         }
     for model in list(out.values()):
         model.requires_grad_(False)
-    out.update(dir=folder, tag=version_tag(folder))
+    out.update(dir=folder, tag=version_tag(folder), latent_space=latent_space_tag(folder))
     return out
 
 
@@ -840,7 +979,8 @@ def run_generators(cfg: DictConfig, stages: list[str], train, held_out, codecs: 
     for stage, component in STAGE_SCHEDULERS.items():
         if stage in models:
             published[component] = stage_scheduler(cfg, stage)
-    return published, metrics, strip, {"codecs": {"tag": codecs["tag"], "dir": str(codecs["dir"])}}
+    return published, metrics, strip, {"codecs": {"tag": codecs["tag"], "latent_space": codecs["latent_space"],
+                                                  "dir": str(codecs["dir"])}}
 
 
 LATENT_BANKS = "latent_banks"
@@ -849,16 +989,16 @@ LATENT_BANKS = "latent_banks"
 def cached_latent_bank(cfg: DictConfig, split: str, clips, codecs: Mapping[str, Any], build: Callable[[], Any],
                        settings: Mapping[str, Any]):
     """The :class:`~avgen.systems.generator_twins.LatentBank` of ``clips``, read from ``<run>/latent_banks/`` when a
-    bank of the same clips (their keys and geometry), codecs (their tag), tiny twins (their version: the text
-    towers) and ``settings`` is there, else built by ``build()`` and written there (other banks of the split are
-    removed). Encoding 2,048 clips takes minutes; every run of the recipe needs the bank."""
+    bank of the same clips (their keys and geometry), latent spaces (the codecs' latent-space tag), tiny twins (their
+    version: the text towers) and ``settings`` is there, else built by ``build()`` and written there (other banks of
+    the split are removed). Encoding 2,048 clips takes minutes; every run of the recipe needs the bank."""
     import hashlib
 
     from avgen.backbones.tiny import TINY_VERSION
     from avgen.systems.generator_twins import LatentBank
 
     identity = {"format": 1, "split": split, "keys": list(clips.keys), "geometry": str(clips.geometry),
-                "codecs": codecs["tag"], "tiny": TINY_VERSION, **dict(settings)}
+                "codecs": codecs["latent_space"], "tiny": TINY_VERSION, **dict(settings)}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cfg.paths.output_dir) / LATENT_BANKS
     path = folder / f"{split}-{key}.safetensors"

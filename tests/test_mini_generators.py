@@ -340,6 +340,7 @@ def test_recipe_resumes_to_the_bit_pins_its_codecs_and_publishes(tmp_path, one_t
     manifest = json.loads((resumed / "manifest.json").read_text())
     assert manifest["part"] == "generators"
     assert manifest["codecs"]["tag"] == mini.version_tag(mini.WEIGHTS_DIR)
+    assert manifest["codecs"]["latent_space"] == mini.latent_space_tag(mini.WEIGHTS_DIR)
     assert manifest["components"]["animatediff_motion"]["class"] == "MotionAdapter"
     assert manifest["components"]["zeroscope_unet"]["class"] == "UNet3DConditionModel"
     for name in STAGES:
@@ -377,9 +378,9 @@ def test_recipe_resumes_to_the_bit_pins_its_codecs_and_publishes(tmp_path, one_t
         assert (twin / "unet" / file.name).read_bytes() == file.read_bytes()
     assert twin.name.endswith(mini.twin_tag("zeroscope", {"generators": target}))
     data = json.loads((target / "manifest.json").read_text())
-    data["codecs"]["tag"] = "0" * 12
+    data["codecs"]["latent_space"] = "0" * 12
     (target / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(mini.MiniWeightsError, match="trained on the codecs 000000000000"):
+    with pytest.raises(mini.MiniWeightsError, match="trained on the latent spaces 000000000000"):
         mini.materialize("zeroscope", tmp_path / "twins2", generators_dir=target)
 
 
@@ -446,7 +447,8 @@ def test_committed_generators_match_their_manifest_codecs_and_recipe(tmp_path):
     components = {*STAGES, *STAGE_SCHEDULERS.values()}
     manifest = mini.read_manifest(mini.GENERATORS_DIR)
     assert manifest["part"] == "generators" and set(manifest["components"]) == components
-    assert manifest["codecs"]["tag"] == mini.version_tag(mini.WEIGHTS_DIR)
+    # trained in the committed codecs' latent spaces (their decoders and vocoder may since have been fine-tuned)
+    assert manifest["codecs"]["latent_space"] == mini.latent_space_tag(mini.WEIGHTS_DIR)
     for name in components:
         mini.verify_component(name, mini.GENERATORS_DIR, manifest)
     # scale=mini loads every committed generator, and the scheduler a stage trained for

@@ -157,6 +157,11 @@ SMALL = [
     "pretrain_twins.codecs.vocoder.model.resblock_dilation_sizes=[[1]]",
     "pretrain_twins.codecs.vocoder.batch_size=2",
     "pretrain_twins.codecs.vocoder.mel_frames=8",
+    "pretrain_twins.codecs.mel_vae_decoder.batch_size=2",
+    "pretrain_twins.codecs.mel_vae_decoder.mel_frames=16",
+    "pretrain_twins.codecs.mel_vae_decoder.disc_channels=8",
+    "pretrain_twins.codecs.vocoder_finetune.batch_size=2",
+    "pretrain_twins.codecs.vocoder_finetune.mel_frames=8",
     "pretrain_twins.evaluate.clips=2",
     "pretrain_twins.evaluate.strip_clips=1",
     "data.prepare.clips={train:4,val:1,test:2}",
@@ -167,9 +172,12 @@ SMALL = [
 ]
 
 
+CODEC_STAGES = ("frames_vae", "mel_vae", "mel_vae_decoder", "vocoder", "vocoder_finetune")
+
+
 def steps(n: int, every: int = 2) -> list[str]:
-    return [f"pretrain_twins.codecs.{s}.steps={n}" for s in ("frames_vae", "mel_vae", "vocoder")] + \
-        [f"pretrain_twins.codecs.{s}.warmup_steps=2" for s in ("frames_vae", "mel_vae", "vocoder")] + \
+    return [f"pretrain_twins.codecs.{s}.steps={n}" for s in CODEC_STAGES] + \
+        [f"pretrain_twins.codecs.{s}.warmup_steps=2" for s in CODEC_STAGES] + \
         [f"pretrain_twins.checkpoint_every={every}"]
 
 
@@ -224,6 +232,22 @@ def test_recipe_resumes_to_the_bit_and_writes_a_manifest(tmp_path, one_thread, c
         for file, digest in entry["files"].items():
             assert sha256_file(resumed / name / file) == digest
     assert manifest["components"]["frames_vae"]["scaling_factor"] > 0
+    # the tuned decoder and vocoder are published in place of the stages they continue, which the manifest names
+    assert manifest["components"]["mel_vae"]["stage"] == "mel_vae_decoder"
+    assert manifest["components"]["mel_vae"]["base"]["stage"] == "mel_vae"
+    assert manifest["components"]["mel_vae"]["base"]["steps"] == 5
+    assert manifest["components"]["vocoder"]["stage"] == "vocoder_finetune"
+    from diffusers import AutoencoderKL
+
+    base = AutoencoderKL.from_pretrained(resumed.parent / "mel_vae" / "model")   # the mel_vae stage's own
+    tuned = AutoencoderKL.from_pretrained(resumed / "mel_vae")
+    same = {k: torch.equal(v, tuned.state_dict()[k]) for k, v in base.state_dict().items()}
+    assert all(v for k, v in same.items() if k.startswith(("encoder.", "quant_conv.")))   # the latent space kept
+    assert not all(v for k, v in same.items() if k.startswith("decoder."))
+    assert tuned.config.scaling_factor == base.config.scaling_factor
+    from avgen.backbones.mini import latent_space_tag
+
+    assert latent_space_tag(resumed) != ""
     metrics = manifest["metrics"]
     assert set(metrics) >= {"frames_vae", "mel_vae", "vocoder", "mel_vae+vocoder", "reference"}
     assert metrics["reference"]["onset_1frame_f1"] == 1.0
@@ -231,7 +255,7 @@ def test_recipe_resumes_to_the_bit_and_writes_a_manifest(tmp_path, one_thread, c
 
     # a finished stage is not retrained; a third run only measures and writes
     recipe(tmp_path, "resumed", *steps(5))
-    assert capsys.readouterr().out.count("not retrained") == 3
+    assert capsys.readouterr().out.count("not retrained") == len(CODEC_STAGES)
     assert all(torch.equal(a[k], v) for k, v in weights(resumed).items())
 
     # publish: refuses an existing folder without overwrite, and a folder the recipe did not write even with it
@@ -315,6 +339,164 @@ def test_a_stage_subset_run_reuses_finished_stages_and_publishes_only_all(tmp_pa
         recipe(tmp_path, "r", *steps(2), "pretrain_twins.stages=[vocoder]",
                "pretrain_twins.codecs.vocoder.model.upsample_initial_channel=64")
     assert "pretrain_twins.codecs.vocoder.model differs" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tuning_stages_start_from_published_codecs_and_keep_their_latent_space(tmp_path, one_thread, capsys):
+    """pretrain_twins.start_from: a published folder's codecs become the run's finished stages; mel_vae_decoder and
+    vocoder_finetune train on them; the result has the same latent-space tag (generators still fit) but another
+    version tag, and the manifest says where each component came from."""
+    from diffusers import AutoencoderKL
+
+    from avgen.backbones import mini
+    from avgen.pretrained import sha256_file
+
+    base = tmp_path / "base"
+    recipe(tmp_path, "r", *steps(2), "pretrain_twins.stages=[frames_vae,mel_vae,vocoder]",
+           f"pretrain_twins.publish_dir={base}")
+    tuning = ["pretrain_twins.stages=[mel_vae_decoder,vocoder_finetune]"]
+    with pytest.raises(SystemExit):   # a fresh folder has no mel VAE to continue
+        recipe(tmp_path, "fresh", *steps(2), *tuning)
+    assert "mel_vae_decoder continues the mel_vae stage" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        recipe(tmp_path, "t", *steps(2), "pretrain_twins.stages=[mel_vae,mel_vae_decoder]",
+               f"pretrain_twins.start_from={base}")
+    assert f"pretrain_twins.start_from={base} gives mel_vae; remove it" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        recipe(tmp_path, "t", *steps(2), "pretrain_twins.stages=[vocoder_finetune,mel_vae_decoder]",
+               f"pretrain_twins.start_from={base}")
+    assert "list them in training order (mel_vae_decoder, vocoder_finetune)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        recipe(tmp_path, "r", *steps(2), *tuning, f"pretrain_twins.start_from={base}")
+    assert "already holds a frames_vae of its own" in capsys.readouterr().err
+
+    tuned = recipe(tmp_path, "t", *steps(2), *tuning, f"pretrain_twins.start_from={base}")
+    out = capsys.readouterr().out
+    assert "frames_vae: taken from" in out and "mel_vae_decoder: training 2 steps" in out
+    manifest = json.loads((tuned / "manifest.json").read_text())
+    given = json.loads((base / "manifest.json").read_text())["components"]
+    assert manifest["components"]["frames_vae"]["files"] == given["frames_vae"]["files"]
+    assert manifest["components"]["frames_vae"]["from"]["tag"] == mini.version_tag(base)
+    assert manifest["components"]["frames_vae"]["trained_with"] == given["frames_vae"]["trained_with"]
+    assert manifest["components"]["mel_vae"]["base"]["from"]["tag"] == mini.version_tag(base)
+    assert manifest["components"]["mel_vae"]["steps"] == 2
+    assert manifest["components"]["vocoder"]["files"] != given["vocoder"]["files"]
+    assert mini.latent_space_tag(tuned) == mini.latent_space_tag(base)
+    assert mini.version_tag(tuned) != mini.version_tag(base)
+    vae = AutoencoderKL.from_pretrained(tuned / "mel_vae")
+    assert vae.config.scaling_factor == pytest.approx(given["mel_vae"]["scaling_factor"])
+    for name in ("frames_vae", "mel_vae", "vocoder"):
+        assert all(sha256_file(tuned / name / f) == d for f, d in manifest["components"][name]["files"].items())
+    # the same command again adopts nothing new and retrains nothing
+    recipe(tmp_path, "t", *steps(2), *tuning, f"pretrain_twins.start_from={base}")
+    out = capsys.readouterr().out
+    assert "taken from" not in out and out.count("not retrained") == 2
+
+
+def mel_vae_config() -> dict:
+    return {"in_channels": 1, "out_channels": 1, "latent_channels": 4, "block_out_channels": [8, 8],
+            "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
+            "norm_num_groups": 4, "layers_per_block": 1}
+
+
+def test_decoder_stage_gradients_train_the_decoder_and_the_discriminator_each_on_its_own_loss():
+    """One backward of MelVAEDecoderTraining's loss: no gradient reaches the encoder; the decoder's is that of L1 +
+    λ·L_G with LDM's adaptive λ; the discriminator's is that of its hinge loss alone (the generator term holds it
+    fixed)."""
+    from diffusers import AutoencoderKL
+
+    from avgen.systems.codec_twins import MelVAEDecoderTraining
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**mel_vae_config())
+    vae.register_to_config(scaling_factor=0.5)
+    module = MelVAEDecoderTraining(mel_vae_config(), vae=vae, steps=4, batch_size=2, lr=1e-3, mel_frames=16,
+                                   disc_channels=8)
+    assert module.model.config.scaling_factor == 0.5
+    module.bank = bank(2)
+    losses = module.losses(module.bank.generator(0, 0))
+    module.zero_grad()
+    losses["loss"].backward()
+    assert all(p.grad is None for p in module.model.encoder.parameters())
+    assert all(p.grad is None for p in module.model.quant_conv.parameters())
+    decoder_grad = module.model.decoder.conv_out.weight.grad.clone()
+    disc_grad = [p.grad.clone() for p in module.discriminator.parameters()]
+
+    # the same step by hand
+    generator = module.bank.generator(0, 0)
+    audio = module.bank.random_segments(2, 16 * module.mel.hop_length, generator, multiple=module.mel.hop_length)
+    x = module.mel(audio).unsqueeze(1)
+    with torch.no_grad():
+        posterior = module.model.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+    module.zero_grad()
+    recon = module.model.decode(z).sample
+    rec = (recon - x).abs().sum() / 2
+    last = module.model.decoder.conv_out.weight
+    d_fake = module.discriminator(recon)
+    g_loss = -d_fake.mean()
+    grad_rec = torch.autograd.grad(rec, last, retain_graph=True)[0].norm()
+    grad_g = torch.autograd.grad(g_loss, last, retain_graph=True)[0].norm()
+    weight = float((grad_rec / (grad_g + 1e-4)).clamp(0, 1e4)) * 0.5
+    assert float(losses["adaptive_weight"]) == pytest.approx(weight, rel=1e-5)
+    (rec + weight * g_loss).backward(inputs=[last])
+    assert torch.allclose(decoder_grad, last.grad, rtol=1e-4, atol=1e-6)
+    d_loss = 0.5 * (torch.relu(1 - module.discriminator(x)).mean()
+                    + torch.relu(1 + module.discriminator(recon.detach())).mean())
+    params = list(module.discriminator.parameters())
+    expected = torch.autograd.grad(d_loss, params)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(disc_grad, expected))
+
+
+def test_tuning_stages_refuse_a_base_of_another_config():
+    from diffusers import AutoencoderKL
+
+    from avgen.systems.codec_twins import MelVAEDecoderTraining, VocoderFinetuning
+
+    other = AutoencoderKL(**{**mel_vae_config(), "latent_channels": 8})
+    with pytest.raises(ValueError, match="latent_channels: 4 here, 8 there"):
+        MelVAEDecoderTraining(mel_vae_config(), vae=other, steps=1, batch_size=1, lr=1e-3)
+    with pytest.raises(ValueError, match="train the mel_vae stage first"):
+        MelVAEDecoderTraining(mel_vae_config(), steps=1, batch_size=1, lr=1e-3)
+    with pytest.raises(ValueError, match="train the mel_vae and vocoder stages first"):
+        VocoderFinetuning({"model_in_dim": 64, "upsample_rates": [5, 4, 2, 2, 2],
+                           "upsample_kernel_sizes": [11, 8, 4, 4, 4]}, vae=other, steps=1, batch_size=1, lr=1e-3)
+
+
+def test_latent_space_tag_follows_the_encoders_only(tmp_path):
+    """Generators fit codecs whose VAE encoders are theirs: a changed decoder or vocoder keeps the latent-space tag
+    (and check_generators_codecs passes), a changed encoder weight changes it (and the check refuses)."""
+    from diffusers import AutoencoderKL
+    from transformers import SpeechT5HifiGan
+
+    from avgen.backbones import mini
+
+    folder = fake_weights(tmp_path)
+    tag = mini.latent_space_tag(folder)
+    generators = tmp_path / "generators"
+    generators.mkdir()
+    (generators / "manifest.json").write_text(json.dumps({"format": "avgen-mini-twins/1", "part": "generators",
+                                                          "codecs": {"tag": "old", "latent_space": tag},
+                                                          "components": {}}))
+    vae = AutoencoderKL.from_pretrained(folder / "mel_vae")
+    vocoder = SpeechT5HifiGan.from_pretrained(folder / "vocoder")
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.add_(1.0)
+        vocoder.conv_post.weight.add_(1.0)
+    vae.save_pretrained(folder / "mel_vae")
+    vocoder.save_pretrained(folder / "vocoder")
+    assert mini.latent_space_tag(folder) == tag
+    mini.check_generators_codecs(generators, folder)   # the version tag differs; the latent space does not
+    with torch.no_grad():
+        vae.encoder.conv_in.weight.add_(1e-3)
+    vae.save_pretrained(folder / "mel_vae")
+    assert mini.latent_space_tag(folder) != tag
+    with pytest.raises(mini.MiniWeightsError, match=f"trained on the latent spaces {tag}"):
+        mini.check_generators_codecs(generators, folder)
+    # a manifest from before the latent-space tag: the codecs' version tag decides
+    (generators / "manifest.json").write_text(json.dumps({"format": "avgen-mini-twins/1", "part": "generators",
+                                                          "codecs": {"tag": mini.version_tag(folder)}}))
+    mini.check_generators_codecs(generators, folder)
 
 
 def test_latent_scaling_factor_gives_unit_variance():
@@ -461,7 +643,8 @@ def test_committed_manifest_matches_the_files_and_the_recipe():
 
     from avgen.config_files import config_dir
 
-    shipped = OmegaConf.to_container(OmegaConf.load(config_dir() / "part" / "codecs.yaml").pretrain_twins)
+    shipped = OmegaConf.to_container(OmegaConf.load(config_dir() / "part" / "codecs.yaml").pretrain_twins,
+                                     resolve=True)
     # the committed weights were made by the recipe as configs/part/codecs.yaml states it
     assert recipe_cfg["codecs"] == shipped["codecs"] and recipe_cfg["seed"] == shipped["seed"]
     assert manifest["data"]["dataset"] == "synthetic_hits" and manifest["data"]["train_clips"] == 512

@@ -146,20 +146,64 @@ def twin_tag(name: str, weights_dirs: dict[str, Path] | None = None) -> str:
     return tags[0] if len(tags) == 1 else hashlib.sha256("+".join(tags).encode()).hexdigest()[:12]
 
 
-def check_generators_codecs(generators_dir: Path, codecs_dir: Path, manifest: dict[str, Any] | None = None) -> None:
-    """Refuse generators trained in the latent spaces of other codecs than those in use.
+#: the codecs whose encoders define the generators' latent spaces
+LATENT_CODECS = ("frames_vae", "mel_vae")
+#: the ``AutoencoderKL`` config keys that shape what its encoder computes (``scaling_factor`` scales the latents)
+ENCODER_CONFIG = ("in_channels", "latent_channels", "down_block_types", "block_out_channels", "layers_per_block",
+                  "norm_num_groups", "act_fn", "mid_block_add_attention", "scaling_factor")
+
+
+def latent_space_tag(codecs_dir: str | os.PathLike = WEIGHTS_DIR) -> str:
+    """A short tag of the latent spaces a codecs folder defines: SHA-256 over, for ``frames_vae`` and ``mel_vae``,
+    the encoder's config (:data:`ENCODER_CONFIG`) and the bytes, dtypes and shapes of its ``encoder.*`` and
+    ``quant_conv.*`` tensors, in name order. Codecs that differ only in their decoders or vocoder (a decoder
+    fine-tuned with the encoder frozen, ``pretrain_twins.stages=[mel_vae_decoder, vocoder_finetune]``) share it,
+    and so serve the same generators.
 
     Raises:
-        MiniWeightsError: the generators' manifest records a codecs tag other than ``codecs_dir``'s
-            (:func:`version_tag`).
+        MiniWeightsError: a VAE's files are missing.
+    """
+    import hashlib
+
+    import torch
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    for name in LATENT_CODECS:
+        folder = Path(codecs_dir) / name
+        weights = sorted(folder.glob("*.safetensors"))
+        if not (folder / "config.json").is_file() or not weights:
+            raise MiniWeightsError(f"{folder}: no VAE there (config.json and a .safetensors file); the codecs folder "
+                                   f"{codecs_dir} is incomplete")
+        config = json.loads((folder / "config.json").read_text())
+        digest.update(json.dumps([name, {k: config.get(k) for k in ENCODER_CONFIG}], sort_keys=True).encode())
+        for path in weights:
+            with safe_open(str(path), framework="pt") as tensors:
+                for key in sorted(k for k in tensors.keys() if k.startswith(("encoder.", "quant_conv."))):
+                    tensor = tensors.get_tensor(key).contiguous()
+                    digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+                    digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def check_generators_codecs(generators_dir: Path, codecs_dir: Path, manifest: dict[str, Any] | None = None) -> None:
+    """Refuse generators trained in the latent spaces of other codecs than those in use: the latent-space tag their
+    manifest records (``codecs.latent_space``) against :func:`latent_space_tag` of ``codecs_dir``; a manifest
+    without one (written before the tag existed) against the codecs' :func:`version_tag` (``codecs.tag``).
+
+    Raises:
+        MiniWeightsError: the tags differ.
     """
     manifest = read_manifest(generators_dir) if manifest is None else manifest
-    trained_on = (manifest.get("codecs") or {}).get("tag")
-    here = version_tag(codecs_dir)
+    recorded = manifest.get("codecs") or {}
+    if recorded.get("latent_space") is not None:
+        trained_on, here, what = recorded["latent_space"], latent_space_tag(codecs_dir), "latent spaces"
+    else:
+        trained_on, here, what = recorded.get("tag"), version_tag(codecs_dir), "codecs"
     if trained_on != here:
-        raise MiniWeightsError(f"{generators_dir / MANIFEST}: these generators were trained on the codecs "
+        raise MiniWeightsError(f"{generators_dir / MANIFEST}: these generators were trained on the {what} "
                                f"{trained_on}, "
-                               f"but the codecs in use ({codecs_dir}) are {here}; point {GENERATORS_ENV} and "
+                               f"but the codecs in use ({codecs_dir}) have {here}; point {GENERATORS_ENV} and "
                                f"{WEIGHTS_ENV} at a matching pair, or train the generators again "
                                f"(python -m avgen pretrain-twins part=generators)")
 

@@ -7,7 +7,8 @@ as a LightningModule on a :class:`~avgen.data.clip_bank.ClipBank` (a split held 
 draws its batch, and any noise, from a generator seeded by ``(seed, k)`` alone, so a run stopped anywhere and
 resumed from its checkpoint computes exactly what an uninterrupted one does.
 
-Losses (what the papers' codecs use, less the terms that need pretrained weights or a discriminator):
+Losses (what the papers' codecs use, less the terms that need pretrained weights; a discriminator only where a
+stage says so):
 
 * :class:`FramesVAETraining` / :class:`MelVAETraining` — the LDM autoencoder objective (Rombach et al. 2022,
   ``taming``'s ``LPIPSWithDiscriminator`` with its perceptual and adversarial weights at 0): per example the L1
@@ -20,9 +21,25 @@ Losses (what the papers' codecs use, less the terms that need pretrained weights
   2020, Eq. 4-6: spectral convergence + log STFT magnitude, averaged over 3 resolutions; auraloss'
   ``MultiResolutionSTFTLoss``). No discriminators: the adversarial terms are left out (they sharpen fine
   structure; onsets and envelopes, what the mini scale needs, come from the two spectral terms).
+* :class:`MelVAEDecoderTraining` — the trained mel VAE's decoder fine-tuned with its encoder frozen, so the latent
+  space (and every generator trained in it) stays as it was, as Stability AI fine-tuned Stable Diffusion's decoder
+  (``sd-vae-ft-ema`` / ``-mse``). Objective: LDM's, now with its adversarial term (``taming``'s
+  ``LPIPSWithDiscriminator``, perceptual weight 0): the summed L1 of the decoded posterior sample, plus
+  ``disc_weight`` times the adaptive weight λ = ‖∇L_rec‖ / (‖∇L_G‖ + 10⁻⁴) (gradients at the decoder's last
+  layer, λ clamped to [0, 10⁴]) times the generator's hinge loss L_G = −mean D(x̂), against a PatchGAN
+  discriminator D (Isola et al. 2017; ``taming``'s ``NLayerDiscriminator``, GroupNorm for BatchNorm) trained with
+  the hinge loss ½(mean relu(1 − D(x)) + mean relu(1 + D(x̂))). An L1-only mel VAE blurs each impact over its
+  4-frame latent cell (a lower attack, energy before it), which an onset detector reads as weaker impacts among
+  noise; the discriminator penalises that blur.
+* :class:`VocoderFinetuning` — HiFi-GAN's fine-tuning on the mels the upstream model produces (Kong et al. 2020,
+  Sec. 4.4, there Tacotron 2's): the trained vocoder continues with :class:`VocoderTraining`'s losses, its input
+  the mel VAE's reconstruction (posterior mean, decoded) of each segment's log-mel instead of the log-mel itself,
+  its target still the segment's waveform, so it learns to undo what the VAE loses (a raised noise floor, a
+  lower attack) on what the generators' latents decode to.
 
 Optimiser: AdamW with ``betas`` (default (0.9, 0.99): Adam's usual β1 with HiFi-GAN's β2; LDM's autoencoder uses
-(0.5, 0.9) and HiFi-GAN (0.8, 0.99), both tuned for training against a discriminator, which is left out here), a
+(0.5, 0.9) and HiFi-GAN (0.8, 0.99), both tuned for training against a discriminator; the mel VAE decoder's
+discriminator takes LDM's), a
 linear warm-up over ``warmup_steps`` and a cosine decay to ``final_lr_fraction`` of the peak learning rate at
 ``steps``. The schedule is a function of ``steps``: raising ``steps`` of a finished stage continues it on the new,
 longer schedule (not the same run as one trained with the larger ``steps`` from the start).
@@ -72,7 +89,7 @@ class TwinTraining(pl.LightningModule):
                  final_lr_fraction: float = 0.1, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.99),
                  seed: int = 0):
         super().__init__()
-        self.save_hyperparameters(ignore=["bank", "unet"])
+        self.save_hyperparameters(ignore=["bank", "unet", "vae", "vocoder"])
         self.config = dict(config)
         self.steps, self.batch_size, self.lr = int(steps), int(batch_size), float(lr)
         self.warmup_steps, self.final_lr_fraction = int(warmup_steps), float(final_lr_fraction)
@@ -128,6 +145,22 @@ class TwinTraining(pl.LightningModule):
         return self.final_lr_fraction + (1 - self.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def log_mel_crops(bank: ClipBank, mel: AudioLDMMel, n: int, frames: int, generator: torch.Generator,
+                  device: torch.device | str) -> torch.Tensor:
+    """``n`` log-mel crops ``(n, 1, frames, n_mels)`` float32 on ``device``: random audio segments of ``frames`` ·
+    hop samples of ``bank`` (starts on the hop grid, drawn with ``generator``) through AudioLDM's mel front end."""
+    hop = mel.hop_length
+    audio = bank.random_segments(n, frames * hop, generator, multiple=hop)
+    return mel(audio.to(device)).unsqueeze(1)
+
+
+def posterior_sample(posterior, generator: torch.Generator) -> torch.Tensor:
+    """A draw ``mean + std · ε`` of a diagonal-Gaussian posterior (diffusers' ``latent_dist``), ε drawn on the CPU
+    with ``generator`` (the same on every device), in the mean's dtype and device."""
+    noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean.device, posterior.mean.dtype)
+    return posterior.mean + posterior.std * noise
+
+
 class _VAETraining(TwinTraining):
     """An ``AutoencoderKL`` with the LDM objective (module docstring); ``kl_weight`` weighs the KL term."""
 
@@ -149,9 +182,7 @@ class _VAETraining(TwinTraining):
     def losses(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         x = self.inputs(generator).to(self.device)
         posterior = self.model.encode(x).latent_dist
-        noise = torch.randn(posterior.mean.shape, generator=generator).to(self.device, posterior.mean.dtype)
-        z = posterior.mean + posterior.std * noise
-        recon = self.model.decode(z).sample
+        recon = self.model.decode(posterior_sample(posterior, generator)).sample
         batch = x.shape[0]
         rec = (recon - x).abs().sum() / batch
         kl = posterior.kl().sum() / batch
@@ -176,9 +207,7 @@ class MelVAETraining(_VAETraining):
         self.mel = AudioLDMMel()
 
     def inputs(self, generator: torch.Generator) -> torch.Tensor:
-        hop = self.mel.hop_length
-        audio = self.bank.random_segments(self.batch_size, self.mel_frames * hop, generator, multiple=hop)
-        return self.mel(audio.to(self.device)).unsqueeze(1)  # (B, 1, T, n_mels)
+        return log_mel_crops(self.bank, self.mel, self.batch_size, self.mel_frames, generator, self.device)
 
 
 class VocoderTraining(TwinTraining):
@@ -233,4 +262,169 @@ class VocoderTraining(TwinTraining):
                 "stft": stft.detach()}
 
 
-TRAINERS = {"frames_vae": FramesVAETraining, "mel_vae": MelVAETraining, "vocoder": VocoderTraining}
+class PatchDiscriminator(torch.nn.Module):
+    """A PatchGAN discriminator (Isola et al. 2017; ``taming``'s ``NLayerDiscriminator``): 4×4 convolutions, the
+    first ``layers`` with stride 2, then one with stride 1 and a 1-channel output, LeakyReLU(0.2), GroupNorm (8
+    groups) after every convolution but the first and the last (``taming`` uses BatchNorm; GroupNorm does not
+    depend on the batch).
+
+    Input ``(B, in_channels, H, W)`` float; output ``(B, 1, H', W')`` float: one real/fake logit per patch.
+    """
+
+    def __init__(self, in_channels: int = 1, channels: int = 32, layers: int = 2):
+        super().__init__()
+        blocks: list[torch.nn.Module] = [torch.nn.Conv2d(in_channels, channels, 4, 2, 1), torch.nn.LeakyReLU(0.2)]
+        width = channels
+        for index in range(1, layers + 1):
+            out = channels * min(2 ** index, 8)
+            blocks += [torch.nn.Conv2d(width, out, 4, 2 if index < layers else 1, 1), torch.nn.GroupNorm(8, out),
+                       torch.nn.LeakyReLU(0.2)]
+            width = out
+        blocks.append(torch.nn.Conv2d(width, 1, 4, 1, 1))
+        self.net = torch.nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MelVAEDecoderTraining(TwinTraining):
+    """The mel VAE's decoder (``decoder`` and ``post_quant_conv``) fine-tuned against a PatchGAN, its encoder and
+    ``quant_conv`` frozen (module docstring for the objective and the source).
+
+    Args:
+        config: the mel VAE's ``AutoencoderKL`` config (``pretrain_twins.codecs.mel_vae.model``); it must be the
+            config of ``vae``.
+        vae: the trained mel VAE (the ``mel_vae`` stage); its weights are copied, it is not changed.
+        mel_frames: frames of each log-mel crop (a multiple of the VAE's time downsampling).
+        disc_weight: the weight of the adversarial term (LDM: 0.5).
+        disc_channels, disc_layers: the discriminator's width and depth (:class:`PatchDiscriminator`).
+        disc_lr: the discriminator's learning rate (the decoder's: ``lr``); its Adam betas are LDM's (0.5, 0.9).
+
+    Raises:
+        ValueError: ``vae`` is missing or its config differs from ``config``.
+    """
+
+    component_class = "AutoencoderKL"
+
+    def __init__(self, config: Mapping[str, Any], *, vae: torch.nn.Module | None = None, mel_frames: int = 64,
+                 disc_weight: float = 0.5, disc_channels: int = 32, disc_layers: int = 2, disc_lr: float = 3e-4,
+                 **kwargs: Any):
+        super().__init__(config, **kwargs)
+        self.mel_frames, self.disc_weight, self.disc_lr = int(mel_frames), float(disc_weight), float(disc_lr)
+        self.mel = AudioLDMMel()
+        self.discriminator = PatchDiscriminator(int(config.get("out_channels", 1)), int(disc_channels),
+                                                int(disc_layers))
+        if vae is None:
+            raise ValueError("mel_vae_decoder fine-tunes a trained mel VAE: train the mel_vae stage first (or give "
+                             "its model with pretrain_twins.start_from)")
+        mismatch = {k: (v, vae.config.get(k)) for k, v in self.config.items()
+                    if _nested_lists(vae.config.get(k)) != _nested_lists(v)}
+        if mismatch:
+            differences = ", ".join(f"{k}: {a} here, {b} there" for k, (a, b) in mismatch.items())
+            raise ValueError(f"its model config differs from the trained mel VAE's ({differences}); give "
+                             f"pretrain_twins.codecs.mel_vae.model")
+        self.model.load_state_dict(vae.state_dict())
+        self.model.register_to_config(scaling_factor=float(vae.config.scaling_factor))
+        for frozen in (self.model.encoder, self.model.quant_conv):
+            frozen.requires_grad_(False)
+
+    @staticmethod
+    def build(config: Mapping[str, Any]) -> torch.nn.Module:
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL(**config)
+
+    def decoder_parameters(self) -> list[torch.nn.Parameter]:
+        return [*self.model.decoder.parameters(), *self.model.post_quant_conv.parameters()]
+
+    def losses(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """``loss``: the decoder's objective (L1 + adaptive weight × generator hinge term, the discriminator's
+        weights held fixed in it) plus the discriminator's hinge loss (on the reconstruction detached), so one
+        backward pass gives each its own gradient; the others are logged."""
+        from torch.func import functional_call
+
+        x = log_mel_crops(self.bank, self.mel, self.batch_size, self.mel_frames, generator, self.device)
+        with torch.no_grad():
+            z = posterior_sample(self.model.encode(x).latent_dist, generator)
+        recon = self.model.decode(z).sample
+        batch = x.shape[0]
+        rec = (recon - x).abs().sum() / batch
+        fixed = {name: p.detach() for name, p in self.discriminator.named_parameters()}
+        g_loss = -functional_call(self.discriminator, fixed, (recon,)).mean()
+        last = self.model.decoder.conv_out.weight
+        grad_rec = torch.autograd.grad(rec, last, retain_graph=True)[0].norm()
+        grad_g = torch.autograd.grad(g_loss, last, retain_graph=True)[0].norm()
+        weight = (grad_rec / (grad_g + 1e-4)).clamp(0.0, 1e4).detach() * self.disc_weight
+        d_loss = 0.5 * (torch.relu(1.0 - self.discriminator(x)).mean()
+                        + torch.relu(1.0 + self.discriminator(recon.detach())).mean())
+        return {"loss": rec + weight * g_loss + d_loss, "l1": (recon - x).abs().mean().detach(),
+                "g_loss": g_loss.detach(), "d_loss": d_loss.detach(), "adaptive_weight": weight}
+
+    def configure_optimizers(self):
+        """One AdamW, two parameter groups: the decoder (``lr``, ``betas``) and the discriminator (``disc_lr``,
+        LDM's (0.5, 0.9)); the warm-up and cosine of :meth:`lr_factor` scale both."""
+        optimizer = torch.optim.AdamW([
+            {"params": self.decoder_parameters(), "lr": self.lr, "betas": self.betas},
+            {"params": list(self.discriminator.parameters()), "lr": self.disc_lr, "betas": (0.5, 0.9)},
+        ], weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class VocoderFinetuning(VocoderTraining):
+    """The trained vocoder fine-tuned on the mel VAE's reconstructions (module docstring): each step's segments of
+    ``mel_frames`` frames go through ``vae`` (log-mel → posterior mean → decoded log-mel, frozen) into the
+    vocoder, whose output is compared with the segments' waveforms by :class:`VocoderTraining`'s losses.
+
+    Args:
+        config: the vocoder's ``SpeechT5HifiGan`` config (``pretrain_twins.codecs.vocoder.model``), that of
+            ``vocoder``.
+        vocoder: the trained vocoder (the ``vocoder`` stage); its weights are copied, it is not changed.
+        vae: the mel VAE whose decoder the published codecs use (``mel_vae_decoder``'s, else ``mel_vae``'s).
+        mel_frames: frames per segment (a multiple of the VAE's time downsampling).
+
+    Raises:
+        ValueError: ``vocoder`` or ``vae`` is missing, or ``vocoder``'s config differs from ``config``.
+    """
+
+    def __init__(self, config: Mapping[str, Any], *, vocoder: torch.nn.Module | None = None,
+                 vae: torch.nn.Module | None = None, **kwargs: Any):
+        super().__init__(config, **kwargs)
+        if vocoder is None or vae is None:
+            raise ValueError("vocoder_finetune continues a trained vocoder on a trained mel VAE's reconstructions: "
+                             "train the mel_vae and vocoder stages first (or give them with "
+                             "pretrain_twins.start_from)")
+        mismatch = [k for k, v in self.config.items()
+                    if _nested_lists(getattr(vocoder.config, k, None)) != _nested_lists(v)]
+        if mismatch:
+            raise ValueError(f"its model config differs from the trained vocoder's in {', '.join(mismatch)}; give "
+                             f"pretrain_twins.codecs.vocoder.model")
+        self.model.load_state_dict(vocoder.state_dict())
+        self.vae = vae.eval().requires_grad_(False)
+
+    def losses(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        hop = self.mel.hop_length
+        audio = self.bank.random_segments(self.batch_size, self.mel_frames * hop, generator, multiple=hop)
+        audio = audio.to(self.device)
+        mel = self.mel(audio)                                    # (B, T, n_mels)
+        with torch.no_grad():
+            self.vae.to(self.device)
+            decoded = self.vae.decode(self.vae.encode(mel.unsqueeze(1)).latent_dist.mean).sample.squeeze(1)
+        generated = self.model(decoded)[:, :audio.shape[1]]
+        mel_l1 = (self.mel(generated) - mel).abs().mean()
+        stft = self.stft_loss(generated.unsqueeze(1), audio.unsqueeze(1))
+        return {"loss": self.mel_weight * mel_l1 + self.stft_weight * stft, "mel_l1": mel_l1.detach(),
+                "stft": stft.detach()}
+
+
+def _nested_lists(value: Any) -> Any:
+    """Tuples → lists, recursively (configs compare equal however they were stored)."""
+    if isinstance(value, (list, tuple)):
+        return [_nested_lists(v) for v in value]
+    return value
+
+
+TRAINERS = {"frames_vae": FramesVAETraining, "mel_vae": MelVAETraining, "mel_vae_decoder": MelVAEDecoderTraining,
+            "vocoder": VocoderTraining, "vocoder_finetune": VocoderFinetuning}
+#: a stage that continues another stage's model → the component (and stage) it replaces in the published codecs
+CONTINUES: dict[str, str] = {"mel_vae_decoder": "mel_vae", "vocoder_finetune": "vocoder"}
