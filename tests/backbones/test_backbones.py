@@ -296,12 +296,21 @@ def test_audio_decode_is_vae_then_vocoder_cut_or_padded_to_the_requested_samples
     with torch.no_grad():
         mel = audio.vae.decode(latents / audio.vae.config.scaling_factor).sample  # (B, 1, T, 64)
         expected = audio.vocoder(mel.squeeze(1))
+        # 1 s = 100 mel frames = 25 latent frames of the 32: the 7 padding frames are not decoded
+        first = audio.vocoder(audio.vae.decode(latents[:, :, :25] / audio.vae.config.scaling_factor).sample.squeeze(1))
     # AudioLDM's HiFi-GAN makes T·160 + 32 samples: its first transposed convolution (kernel 16, stride 5)
     # adds one sample, which the later 4·2·2·2 upsampling turns into 32.
     assert expected.shape[1] == 128 * 160 + 32
     waveform = audioldm.decode_audio(audio, latents, 16_000)
     assert waveform.shape == (2, 16_000) and waveform.dtype == torch.float32
-    torch.testing.assert_close(waveform, expected[:, :16_000])
+    torch.testing.assert_close(waveform, first[:, :16_000])
+    # the decoder's attention sees the whole latent: decoding the pad too changes the clip
+    assert float((waveform - expected[:, :16_000]).abs().max()) > 1e-3 * float(expected.abs().max())
+    # 16,001 samples need a 101st mel frame, so a 26th latent frame
+    assert audioldm.decode_audio(audio, latents, 16_001).shape == (2, 16_001)
+    with torch.no_grad():
+        more = audio.vocoder(audio.vae.decode(latents[:, :, :26] / audio.vae.config.scaling_factor).sample.squeeze(1))
+    torch.testing.assert_close(audioldm.decode_audio(audio, latents, 16_001), more[:, :16_001])
     longer = audioldm.decode_audio(audio, latents, expected.shape[1] + 1_000)
     torch.testing.assert_close(longer, torch.cat([expected, torch.zeros(2, 1_000)], dim=1))
 
