@@ -407,8 +407,7 @@ class VocoderFinetuning(VocoderTraining):
         audio = self.bank.random_segments(self.batch_size, self.mel_frames * hop, generator, multiple=hop)
         audio = audio.to(self.device)
         mel = self.mel(audio)                                    # (B, T, n_mels)
-        with torch.no_grad():
-            self.vae.to(self.device)
+        with torch.no_grad():  # self.vae is a submodule: it is already on self.device
             decoded = self.vae.decode(self.vae.encode(mel.unsqueeze(1)).latent_dist.mean).sample.squeeze(1)
         generated = self.model(decoded)[:, :audio.shape[1]]
         mel_l1 = (self.mel(generated) - mel).abs().mean()
