@@ -448,11 +448,18 @@ class JointAudioVideo(DiffusionSystem):
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], *, steps: int | None = None, gamma: float | None = None,
                  guidance_video: float | None = None, guidance_audio: float | None = None,
-                 negative_prompt: str | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                 negative_prompt: str | None = None, seed: int = 0,
+                 latents: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample sounding videos for ``prompts`` (Algorithm 1 with DDIM and per-modality CFG).
 
         Sample i starts from noise seeded with ``seed + i``, so a clip does not depend on the batch
-        it was generated in. Returns video (B, F, 3, H, W) in [-1, 1] and audio (B, S) in [-1, 1].
+        it was generated in; ``latents`` = (video (B, C, F, h, w), audio (B, C, T, M)) starting noise
+        drawn by the caller instead (diffusers pipelines' ``latents``; shapes: :meth:`latent_shapes`),
+        which ``seed`` then does not touch. Returns video (B, F, 3, H, W) in [-1, 1] and audio (B, S)
+        in [-1, 1].
+
+        Raises:
+            ValueError: ``latents`` of other shapes than :meth:`latent_shapes` of the batch.
 
         Timesteps: the video scheduler's ``set_timesteps(steps)`` gives one global grid
         t_1 > … > t_N (``model.video.scheduler.timestep_spacing`` and ``steps_offset``; the audio
@@ -476,7 +483,13 @@ class JointAudioVideo(DiffusionSystem):
         negative = cfg.negative_prompt
         b, device = len(prompts), self.video_alphas.device
         shape_v, shape_a = self.latent_shapes(b)
-        noise_v, noise_a = seeded_noise([shape_v[1:], shape_a[1:]], b, seed)
+        if latents is None:
+            noise_v, noise_a = seeded_noise([shape_v[1:], shape_a[1:]], b, seed)
+        else:
+            noise_v, noise_a = latents
+            if tuple(noise_v.shape) != shape_v or tuple(noise_a.shape) != shape_a:
+                raise ValueError(f"latents must be video {shape_v} and audio {shape_a} for {b} prompts, got "
+                                 f"{tuple(noise_v.shape)} and {tuple(noise_a.shape)}")
         x_v, x_a = noise_v.to(device, self.dtype), noise_a.to(device, self.dtype)
         text_v, text_a = self.encode_text(prompts)
         guided = g_v != 1.0 or g_a != 1.0

@@ -201,6 +201,24 @@ def test_sampling_is_deterministic_and_batch_independent(system):
     assert not torch.allclose(v5, v1)
 
 
+def test_given_latents_replace_the_seeded_noise(system):
+    """``latents=`` (diffusers pipelines' argument): the seeded noise passed in gives the seeded samples, other
+    noise other samples, and a wrong shape is refused with both shapes named."""
+    from avgen.diffusion import seeded_noise
+
+    system.eval()
+    prompts = ["a red ball drops onto wood", "a cube hits glass"]
+    shape_v, shape_a = system.latent_shapes(2)
+    noise = seeded_noise([shape_v[1:], shape_a[1:]], 2, 7)
+    v1, a1 = system.generate(prompts, steps=3, seed=7)
+    v2, a2 = system.generate(prompts, steps=3, seed=123, latents=tuple(noise))
+    assert torch.equal(v1, v2) and torch.equal(a1, a2)
+    v3, a3 = system.generate(prompts, steps=3, latents=(noise[0].flip(2), noise[1]))
+    assert not torch.allclose(v3, v1)
+    with pytest.raises(ValueError, match=r"latents must be video \(2, .*got \(1, "):
+        system.generate(prompts, steps=3, latents=(noise[0][:1], noise[1]))
+
+
 def test_fit_checkpoint_holds_only_trainable_weights_and_reloads(tiny_root, tmp_path):
     cfg = compose(["command=fit", "experiment=joint_cmcpe", "scale=tiny", "trainer.max_steps=2",
                    "trainer.limit_val_batches=1", "model.validation.samples=0", "logger=csv",
