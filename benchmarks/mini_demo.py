@@ -88,6 +88,12 @@ def onset_checks(clips: list[tuple[np.ndarray, float, np.ndarray, int]]) -> dict
     return out
 
 
+def window_start(seed: int, clip_frames: int, window_frames: int) -> int:
+    """The first frame of the seeded window of ``window_frames`` frames that :func:`real_clips` serves from a clip of
+    ``clip_frames`` frames (uniform over every start, drawn with ``seed``)."""
+    return int(np.random.default_rng(seed).integers(0, clip_frames - window_frames + 1))
+
+
 def real_clips(seeds: range, geometry, store_seconds: float | None = None) -> list:
     """Real synthetic clips (frames uint8 (F, H, W, 3), fps, audio, rate, caption) at ``geometry``; with
     ``store_seconds``, as the datamodule serves them: each a ``geometry.seconds`` window, starting on a frame drawn
@@ -106,7 +112,7 @@ def real_clips(seeds: range, geometry, store_seconds: float | None = None) -> li
         else:
             clip = generate_clip(seed, replace(geometry, seconds=store_seconds))
             n = round(geometry.seconds * geometry.fps)
-            start = int(np.random.default_rng(seed).integers(0, len(clip.frames) - n + 1))
+            start = window_start(seed, len(clip.frames), n)
             a0 = round(start / geometry.fps * geometry.sample_rate)
             frames = clip.frames[start:start + n]
             audio = clip.audio[a0:a0 + round(geometry.seconds * geometry.sample_rate)]

@@ -107,13 +107,15 @@ def real_windows(seeds: range, geometry, store_seconds: float = 2.0) -> tuple[li
     ``scale=mini`` datamodule serves them (``mini_demo.real_clips``' window draw)."""
     from dataclasses import replace
 
+    import mini_demo
+
     from avgen.data.synthetic import generate_clip
 
     frames, captions, events = [], [], []
     n = round(geometry.seconds * geometry.fps)
     for seed in seeds:
         clip = generate_clip(seed, replace(geometry, seconds=store_seconds))
-        start = int(np.random.default_rng(seed).integers(0, len(clip.frames) - n + 1))
+        start = mini_demo.window_start(seed, len(clip.frames), n)
         frames.append(clip.frames[start:start + n])
         captions.append(clip.meta["caption"])
         ev = np.asarray(clip.meta["events"], dtype=np.float64) - start / geometry.fps
