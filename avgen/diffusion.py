@@ -196,6 +196,32 @@ def v_loss_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, prediction_typ
     return table.float().to(t.device)[torch.as_tensor(t, device=t.device).long()]
 
 
+def frame_difference_loss(predicted_x0: torch.Tensor, x0: torch.Tensor, alphas_cumprod: torch.Tensor,
+                          t: torch.Tensor) -> torch.Tensor:
+    """The error of a video model's frame-to-frame changes of each frame's mean latent, a scalar float32.
+
+    With m_f = the spatial mean of frame f's latents (per channel) and Δ the difference of consecutive frames,
+    L = mean_b w_b · mean_{c,f} (Δm̂_f − Δm_f)², m̂ from the predicted x̂0 and m from the clean x0, with the
+    truncated-SNR weight w = max(SNR_t, 1) (Salimans & Ho 2022, Sec. 4): the x̂0 error at high noise, the ε error
+    (x̂0 error × √SNR) at low noise. A per-frame change of the whole frame's latents is what a decoder shows as
+    the frame's colour flickering; in the ε MSE it is 1 / (h·w) of a white error's weight. Zero when the predicted
+    clip's per-frame means change exactly as the clean clip's, whatever else differs.
+
+    Args:
+        predicted_x0, x0: ``(B, C, F, h, w)`` (axis 2 is time), any float dtype.
+        alphas_cumprod: ᾱ of the schedule (T,); t: the timesteps ``(B,)`` the prediction was made at.
+    Raises:
+        ValueError: tensors of other shapes than ``(B, C, F, h, w)`` with F ≥ 2 and the same shape.
+    """
+    if predicted_x0.shape != x0.shape or x0.dim() != 5 or x0.shape[2] < 2:
+        raise ValueError(f"frame_difference_loss takes two (B, C, F, h, w) tensors of the same shape with F >= 2; "
+                         f"got {tuple(predicted_x0.shape)} and {tuple(x0.shape)}")
+    error = (predicted_x0.float() - x0.float()).mean(dim=(3, 4))      # (B, C, F)
+    per_sample = error.diff(dim=2).pow(2).mean(dim=(1, 2))
+    weight = torch.clamp(snr(alphas_cumprod, t), min=1.0).to(per_sample.device)
+    return (weight * per_sample).mean()
+
+
 def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None,
                    scaling_factor: float = 1.0, chunk: int | None = None) -> torch.Tensor:
     """A sample of a VAE's diagonal Gaussian posterior, scaled: z = (mean + std · ε) · ``scaling_factor``.

@@ -27,11 +27,13 @@ Part 1, the codecs (``configs/part/codecs.yaml``):
 Part 2, the base generators (``configs/part/generators.yaml``, :mod:`avgen.systems.generator_twins`), the same
 steps around other stages: the committed codecs (or ``pretrain_twins.codecs_dir``) encode every training clip once
 (:class:`~avgen.systems.generator_twins.LatentBank`), the tiny twins' frozen random text towers encode the
-captions, then ``audioldm_unet``, ``animatediff_image``, ``animatediff_motion`` (over the trained image U-Net)
-and ``zeroscope_unet`` train; :func:`evaluate_generators` measures them on held-out clips (held-out denoising loss
-against the initial weights, sampled clips' frame change, prompted colour and shape seen by a frame classifier,
-audio onsets and impacts); ``<run>/twins/`` holds the U-Nets, the motion adapter, the scheduler of a stage whose
-noise schedule is not its twin's (:data:`STAGE_SCHEDULERS`: the audio U-Net's zero-terminal-SNR one),
+captions, then ``audioldm_unet``, ``animatediff_image``, ``animatediff_motion`` (over the trained image U-Net),
+``animatediff_video`` (both trained together on clips; it publishes the pair) and ``zeroscope_unet`` train
+(``pretrain_twins.start_from=avgen/backbones/mini_generators`` adopts the published ones, so a stage that continues
+them runs alone); :func:`evaluate_generators` measures the published generators on held-out clips (held-out
+denoising loss against the initial weights, sampled clips' frame change, prompted colour and shape seen by a frame
+classifier, audio onsets and impacts); ``<run>/twins/`` holds the U-Nets, the motion adapter, the scheduler of a
+stage whose noise schedule is not its twin's (:data:`STAGE_SCHEDULERS`: the audio U-Net's zero-terminal-SNR one),
 ``samples_strip.png`` and a manifest that records the codecs' tag (``scale=mini`` refuses generators of other
 codecs); ``pretrain_twins.publish_dir`` (``avgen/backbones/mini_generators``) installs them.
 """
@@ -60,12 +62,17 @@ log = logging.getLogger("avgen")
 #: each part's stages, in training order
 PART_STAGES: dict[str, tuple[str, ...]] = {
     "codecs": ("frames_vae", "mel_vae", "mel_vae_decoder", "vocoder", "vocoder_finetune"),
-    "generators": ("audioldm_unet", "animatediff_image", "animatediff_motion", "zeroscope_unet"),
+    "generators": ("audioldm_unet", "animatediff_image", "animatediff_motion", "animatediff_video", "zeroscope_unet"),
 }
 STAGES = PART_STAGES["codecs"]
 #: the codecs ``scale=mini`` loads; ``mel_vae_decoder`` and ``vocoder_finetune`` continue and replace two of them
 #: (:data:`avgen.systems.codec_twins.CONTINUES`)
 CODECS = ("frames_vae", "mel_vae", "vocoder")
+#: the generators ``scale=mini`` loads; ``animatediff_video`` continues and replaces the AnimateDiff pair
+#: (:data:`avgen.systems.generator_twins.CONTINUES`)
+GENERATORS = ("audioldm_unet", "animatediff_image", "animatediff_motion", "zeroscope_unet")
+#: each part's published components
+PART_COMPONENTS: dict[str, tuple[str, ...]] = {"codecs": CODECS, "generators": GENERATORS}
 PARTS = tuple(PART_STAGES)
 TWINS_DIR = "twins"
 STRIP = "frames_strip.png"
@@ -663,7 +670,7 @@ def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str 
     else:
         made_by = {}
         held_out = read_bank(datamodule, geometry, evaluation.split, int(evaluation.clips), "pretrain_twins.evaluate")
-        models, metrics, strip, extra_info = run_generators(cfg, stages, train, held_out, codecs, fit)
+        models, metrics, strip, extra_info, made_by = run_generators(cfg, stages, train, held_out, codecs, fit)
     metrics["split"] = evaluation.split
     data_info = {"dataset": cfg.data.name, "seed": int(cfg.data.prepare.seed), "root": str(cfg.data.root),
                  "store": OmegaConf.to_container(cfg.data.store, resolve=True),
@@ -673,10 +680,10 @@ def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str 
     print(f"avgen pretrain-twins: wrote {twins} ({len(models)} {part}; this run took "
           f"{time.monotonic() - began:.0f} s)")
     if settings.get("publish_dir"):
-        missing = [stage for stage in (CODECS if part == "codecs" else PART_STAGES[part]) if stage not in models]
+        missing = [name for name in PART_COMPONENTS[part] if name not in models]
         if missing:
             raise ConfigError(f"pretrain_twins.publish_dir: the run folder has no finished {', '.join(missing)}; "
-                              f"train every stage first (pretrain_twins.stages={list(PART_STAGES[part])}); nothing "
+                              f"train their stages first (pretrain_twins.stages={list(PART_STAGES[part])}); nothing "
                               f"was published")
         target = publish(twins, settings.publish_dir, bool(settings.get("overwrite")))
         from avgen.backbones.mini import active_weights_dir
@@ -699,15 +706,17 @@ START_FROM = "start_from.json"
 
 
 def adopt_start_from(cfg: DictConfig, stages: Sequence[str]) -> None:
-    """``pretrain_twins.start_from`` (a published codecs folder: ``avgen/backbones/mini_weights`` or a run's
-    ``twins``): each of its components becomes the finished stage of the same name in this run folder
+    """``pretrain_twins.start_from`` (a published folder of the run's part: codecs, ``avgen/backbones/mini_weights``,
+    or generators, ``avgen/backbones/mini_generators``, or a run's ``twins``): each of its components becomes the
+    finished stage of the same name in this run folder
     (``<run>/<name>/model``, every file checked against its manifest, with ``start_from.json``: the folder, its
     tag and the manifest's record of how the component was trained), so the stages that continue them
-    (``mel_vae_decoder``, ``vocoder_finetune``) train on the published codecs without training them again.
+    (``mel_vae_decoder``, ``vocoder_finetune``, ``animatediff_video``) train on the published models without
+    training them again.
     Adopting the same folder again does nothing.
 
     Raises:
-        ConfigError: the folder is not a codecs folder, one of its components is also in ``pretrain_twins.stages``,
+        ConfigError: the folder is of another part, one of its components is also in ``pretrain_twins.stages``,
             or this run folder already has another model for it.
         MiniWeightsError: a file is missing or altered.
     """
@@ -718,10 +727,12 @@ def adopt_start_from(cfg: DictConfig, stages: Sequence[str]) -> None:
 
     folder = Path(str(given))
     manifest = read_manifest(folder)
-    if manifest.get("part") != "codecs":
+    part = part_of(cfg)
+    if manifest.get("part") != part:
+        example = {"codecs": "avgen/backbones/mini_weights", "generators": "avgen/backbones/mini_generators"}[part]
         raise ConfigError(f"pretrain_twins.start_from={folder}: its manifest is of part {manifest.get('part')!r}; "
-                          f"give a codecs folder (avgen/backbones/mini_weights or a part=codecs run's twins)")
-    components = [name for name in manifest.get("components") or {} if name in PART_STAGES["codecs"]]
+                          f"give a {part} folder ({example} or a part={part} run's twins)")
+    components = [name for name in manifest.get("components") or {} if name in PART_STAGES[part]]
     clash = [name for name in components if name in stages]
     if clash:
         raise ConfigError(f"pretrain_twins.start_from={folder} gives {', '.join(clash)}; remove "
@@ -741,7 +752,7 @@ def adopt_start_from(cfg: DictConfig, stages: Sequence[str]) -> None:
         shutil.copytree(source, target / "model")
         entry = {k: v for k, v in manifest["components"][name].items() if k != "files"}
         record.write_text(json.dumps({"dir": str(folder.resolve()), "tag": tag, "component": entry}, indent=2) + "\n")
-        print(f"{name}: taken from {folder} (codecs {tag})")
+        print(f"{name}: taken from {folder} ({part} {tag})")
 
 
 def run_codecs(cfg: DictConfig, stages: list[str], train, fit: Callable[[DictConfig, Any, str | None], None]
@@ -809,6 +820,7 @@ GENERATOR_TWINS: dict[str, tuple[str, str, str]] = {
     "audioldm_unet": ("audioldm", "", "audio"),
     "animatediff_image": ("animatediff", "animatediff", "frames"),
     "animatediff_motion": ("animatediff", "animatediff", "video"),
+    "animatediff_video": ("animatediff", "animatediff", "video"),
     "zeroscope_unet": ("zeroscope", "", "video"),
 }
 
@@ -935,21 +947,33 @@ def sample_generator(module, conditions: torch.Tensor, empty: torch.Tensor, shap
 
 def run_generators(cfg: DictConfig, stages: list[str], train, held_out, codecs: Mapping[str, Any],
                    fit: Callable[[DictConfig, Any, str | None], None]):
-    """Part 2 of the recipe: the latent bank, the stages, the measurements. Returns (models, metrics, strip, manifest
-    entries).
+    """Part 2 of the recipe: :func:`adopt_start_from`, the latent bank, the stages, the measurements. Returns
+    (the generators to publish, metrics, strip, manifest entries, per generator the stages that made it). A stage
+    that continues others (:data:`~avgen.systems.generator_twins.CONTINUES`: ``animatediff_video``) replaces their
+    components by its own model's parts (:func:`~avgen.systems.generator_twins.split_motion_model`); the
+    measurements are of the published generators.
 
     Raises:
-        ConfigError: ``animatediff_motion`` asked for before ``animatediff_image`` trained, or a bad stage setting.
+        ConfigError: stages out of order, a stage asked for before the stages it continues trained, or a bad
+            stage setting.
     """
     from avgen.backbones.audioldm import AudioLDMMel
-    from avgen.systems.generator_twins import LatentBank
+    from avgen.systems.generator_twins import CONTINUES, LatentBank, split_motion_model
 
     clip = cfg.data.clip
     clip_frames = int(round(float(clip.seconds) * float(clip.fps)))
-    if "animatediff_motion" in stages and "animatediff_image" not in stages \
-            and finished_stage(cfg, "animatediff_image") is None:
-        raise ConfigError("pretrain_twins.stages: animatediff_motion trains over the trained image U-Net; add "
-                          "animatediff_image before it (this run folder has no finished one)")
+    order = PART_STAGES["generators"]
+    if stages != sorted(stages, key=order.index):
+        raise ConfigError(f"pretrain_twins.stages={stages}: list them in training order "
+                          f"({', '.join(s for s in order if s in stages)})")
+    adopt_start_from(cfg, stages)
+    needs = {"animatediff_motion": ("animatediff_image",), **CONTINUES}
+    for stage in stages:
+        for base in needs.get(stage, ()):
+            if base not in stages and finished_stage(cfg, base) is None:
+                raise ConfigError(f"pretrain_twins.stages: {stage} trains on the {base} stage's model; add {base} "
+                                  f"before it (this run folder has no finished one), or start from published "
+                                  f"generators (pretrain_twins.start_from=avgen/backbones/mini_generators)")
     for stage in stages:  # every stage's settings checked before the first one trains
         build_stage(cfg, stage)
     encoders = text_encoders(cfg)
@@ -967,12 +991,32 @@ def run_generators(cfg: DictConfig, stages: list[str], train, held_out, codecs: 
           f"{bank.audio_mean.shape[1]} audio windows each) and {len(bank.captions) - 1} captions, "
           f"{time.monotonic() - began:.0f} s")
     models: dict[str, torch.nn.Module] = {}
+
+    def current(stage: str) -> torch.nn.Module | None:
+        return models[stage] if stage in models else finished_stage(cfg, stage)
+
     for stage in stages:
         extra = {}
         if stage == "animatediff_motion":
-            extra["unet"] = models.get("animatediff_image") or finished_stage(cfg, "animatediff_image")
+            extra["unet"] = current("animatediff_image")
+        elif stage == "animatediff_video":
+            extra.update(unet=current("animatediff_image"), adapter=current("animatediff_motion"))
         models[stage] = train_stage(cfg, stage, bank, fit, **extra)
-    models = finished_models(cfg, models)
+    generators: dict[str, torch.nn.Module] = {}
+    made_by: dict[str, list[str]] = {}
+    for stage, model in finished_models(cfg, models).items():
+        if stage == "animatediff_video":
+            specs = stage_specs(cfg)
+            parts = split_motion_model(
+                model, OmegaConf.to_container(specs.animatediff_image.model, resolve=True),
+                OmegaConf.to_container(specs.animatediff_motion.model, resolve=True))
+            for component, part in zip(CONTINUES[stage], parts):
+                generators[component] = part
+                made_by.setdefault(component, [component]).append(stage)
+        else:
+            generators[stage] = model
+            made_by.setdefault(stage, [stage])
+    models = {name: generators[name] for name in GENERATORS if name in generators}
     held = latent_bank(held_out, str(cfg.pretrain_twins.evaluate.split))
     metrics, strip = evaluate_generators(cfg, models, held, held_out, codecs, train)
     published: dict[str, Any] = dict(models)
@@ -980,7 +1024,7 @@ def run_generators(cfg: DictConfig, stages: list[str], train, held_out, codecs: 
         if stage in models:
             published[component] = stage_scheduler(cfg, stage)
     return published, metrics, strip, {"codecs": {"tag": codecs["tag"], "latent_space": codecs["latent_space"],
-                                                  "dir": str(codecs["dir"])}}
+                                                  "dir": str(codecs["dir"])}}, made_by
 
 
 LATENT_BANKS = "latent_banks"

@@ -18,7 +18,9 @@ from tests.conftest import compose
 from tests.test_mini_twins import SMALL as CODEC_SMALL
 from tests.test_mini_twins import bank_of_seeds, weights
 
-STAGES = ("audioldm_unet", "animatediff_image", "animatediff_motion", "zeroscope_unet")
+STAGES = ("audioldm_unet", "animatediff_image", "animatediff_motion", "zeroscope_unet")  # the published generators
+#: the recipe's stages: animatediff_video continues the AnimateDiff pair and publishes it
+RECIPE_STAGES = ("audioldm_unet", "animatediff_image", "animatediff_motion", "animatediff_video", "zeroscope_unet")
 JOINT_CLIPS = 12
 #: the motion adapter's keys where the mini twin departs from the tiny twin's layout (configs/part/generators.yaml)
 MINI_MOTION_KEYS = ("motion_num_attention_heads", "motion_transformer_layers_per_block")
@@ -244,6 +246,112 @@ def test_motion_modules_start_as_the_image_model_and_export_as_an_adapter():
     assert "another image U-Net" in again.resume_problem(dict(module.hparams))
 
 
+def trained_adapter():
+    """A MotionAdapter of :data:`MOTION` with nonzero (as if trained) output projections."""
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(1)
+    adapter = MotionAdapter(**MOTION)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return adapter.eval()
+
+
+def test_video_stage_continues_the_pair_trains_both_and_splits_back():
+    """animatediff_video starts as exactly the image U-Net + motion modules it continues, trains every weight (two
+    learning rates), and splits into the pair AnimateDiff ships, which joins back into the same model."""
+    from diffusers import UNetMotionModel
+
+    from avgen.systems.generator_twins import VideoFinetuning, split_motion_model
+
+    unet, adapter = small_unet().eval(), trained_adapter()
+    module = VideoFinetuning(MOTION, unet=unet, adapter=adapter, noise_schedule=SCHEDULE, steps=10, batch_size=2,
+                             lr=2e-3, unet_lr=1e-3).eval()
+    x, text, t = torch.randn(2, 4, 8, 8, 8), torch.randn(2, 3, 4), torch.tensor([10, 500])
+    joined = UNetMotionModel.from_unet2d(unet, adapter).eval()
+    with torch.no_grad():
+        start = module.predict(x, t, text)
+        assert torch.allclose(start, joined(x, t, encoder_hidden_states=text.repeat_interleave(8, 0)).sample,
+                              atol=1e-6)
+    assert all(p.requires_grad for p in module.model.parameters())
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    assert [g["initial_lr"] for g in groups] == [2e-3, 1e-3]  # the peaks (the warm-up scales both)
+    motion_ids = {id(p) for n, p in module.model.named_parameters() if "motion_modules" in n}
+    assert {id(p) for p in groups[0]["params"]} == motion_ids
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(module.model.parameters()))
+    with torch.no_grad():  # "trained": both kinds of weight move
+        for p in module.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        changed = module.predict(x, t, text)
+    image, motion = split_motion_model(module.component(), unet.config, MOTION)
+    assert not torch.equal(next(image.parameters()), next(unet.parameters()))
+    with torch.no_grad():
+        again = UNetMotionModel.from_unet2d(image, motion).eval()(
+            x, t, encoder_hidden_states=text.repeat_interleave(8, 0)).sample
+    assert torch.allclose(again, changed, atol=1e-6)
+    # the inputs are copied, not trained in place
+    assert torch.equal(next(adapter.parameters()), next(trained_adapter().parameters()))
+    # a checkpoint that continued other motion modules may not be continued
+    assert module.resume_problem(dict(module.hparams)) is None
+    other = VideoFinetuning(MOTION, unet=unet, adapter=trained_adapter().requires_grad_(False).apply(
+        lambda m: [p.data.mul_(0.5) for p in m.parameters(recurse=False)]), noise_schedule=SCHEDULE, steps=10,
+        batch_size=2, lr=1e-3)
+    assert "other motion modules" in other.resume_problem(dict(module.hparams))
+    with pytest.raises(ValueError, match="train the animatediff_image and animatediff_motion stages first"):
+        VideoFinetuning(MOTION, unet=unet, noise_schedule=SCHEDULE, steps=10, batch_size=2, lr=1e-3)
+    with pytest.raises(ValueError, match="differs from the trained motion adapter's in motion_num_attention_heads"):
+        VideoFinetuning({**MOTION, "motion_num_attention_heads": 1}, unet=unet, adapter=adapter,
+                        noise_schedule=SCHEDULE, steps=10, batch_size=2, lr=1e-3)
+
+
+def test_frame_difference_loss_exact_values():
+    """L = mean_b max(SNR_t, 1) · mean_{c,f} (Δ_f of the per-frame spatial mean error)²: blind to errors every frame
+    shares and to zero-mean patterns within a frame; a frame whose mean is off by d gives 2d² / (F - 1) per
+    channel."""
+    from avgen.diffusion import frame_difference_loss, snr
+
+    abar = torch.tensor([0.9, 0.2])  # SNR 9 and 0.25 (truncated to 1)
+    assert torch.allclose(snr(abar, torch.tensor([0, 1])), torch.tensor([9.0, 0.25]))
+    x0 = torch.randn(2, 3, 4, 2, 2)
+    shared = x0 + torch.randn(2, 3, 1, 2, 2)  # the same error on every frame
+    pattern = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+    assert frame_difference_loss(shared, x0, abar, torch.tensor([0, 1])) < 1e-12
+    assert frame_difference_loss(x0 + pattern * torch.randn(2, 3, 4, 1, 1), x0, abar, torch.tensor([0, 1])) < 1e-12
+    offset = x0.clone()
+    offset[:, 1, 2] += 0.5  # channel 1, frame 2 brighter by 0.5: Δ = (0, +0.5, -0.5) on that channel
+    expected_per_sample = (0.25 + 0.25) / (3 * 3)  # mean over 3 channels × 3 differences
+    got = frame_difference_loss(offset, x0, abar, torch.tensor([0, 1]))
+    assert got.item() == pytest.approx((9 * expected_per_sample + 1 * expected_per_sample) / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="two \\(B, C, F, h, w\\) tensors"):
+        frame_difference_loss(x0[:, :, :1], x0[:, :, :1], abar, torch.tensor([0, 1]))
+
+
+def test_video_stage_loss_adds_the_weighted_frame_difference_term(latent_bank):
+    from avgen.diffusion import add_noise, frame_difference_loss, split_prediction
+    from avgen.systems.generator_twins import VideoFinetuning
+
+    bank = latent_bank[-1]
+    unet, adapter = small_unet(), trained_adapter()
+    module = VideoFinetuning(MOTION, unet=unet, adapter=adapter, noise_schedule=SCHEDULE, steps=10, batch_size=2,
+                             lr=1e-3, frame_difference_weight=3.0, cond_drop_prob=0.0)
+    module.bank = bank
+    out = module.losses(bank.generator(0, 5))
+    generator = bank.generator(0, 5)  # the step's draws, again
+    x0, condition = module.batch(generator)
+    t = torch.randint(1000, (2,), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    noisy = add_noise(x0, noise, module.alphas_cumprod, t)
+    with torch.no_grad():
+        output = module.predict(noisy, t, condition)
+    mse = torch.nn.functional.mse_loss(output, noise)
+    frames = frame_difference_loss(split_prediction("epsilon", noisy, output, module.alphas_cumprod, t)[0], x0,
+                                   module.alphas_cumprod, t)
+    assert out["mse"].item() == pytest.approx(mse.item(), rel=1e-5)
+    assert out["frame_difference"].item() == pytest.approx(frames.item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(mse.item() + 3.0 * frames.item(), rel=1e-5)
+
+
 def test_denoising_loss_is_epsilon_mse_and_step_seeded(latent_bank):
     from avgen.diffusion import add_noise
     from avgen.systems.generator_twins import ImageUNetTraining
@@ -279,8 +387,8 @@ SMALL = [
     f"{G}.animatediff_motion.model.motion_norm_num_groups=4",
     f"{G}.zeroscope_unet.model.block_out_channels=[8,8,16,16]",
     f"{G}.zeroscope_unet.model.norm_num_groups=4",
-    *[f"{G}.{s}.batch_size=2" for s in STAGES],
-    *[f"{G}.{s}.warmup_steps=2" for s in STAGES],
+    *[f"{G}.{s}.batch_size=2" for s in RECIPE_STAGES],
+    *[f"{G}.{s}.warmup_steps=2" for s in RECIPE_STAGES],
     "pretrain_twins.checkpoint_every=2",
     "pretrain_twins.evaluate.clips=2",
     "pretrain_twins.evaluate.samples=2",
@@ -318,7 +426,7 @@ def test_recipe_resumes_to_the_bit_pins_its_codecs_and_publishes(tmp_path, one_t
     from avgen.metrics.codec import IMPACT_CONTRAST, impact_contrast
     from avgen.pretrained import sha256_file
 
-    steps = [f"{G}.{s}.steps=4" for s in STAGES]
+    steps = [f"{G}.{s}.steps=4" for s in RECIPE_STAGES]
     straight = recipe(tmp_path, "straight", *steps)
     handler = signal.getsignal(signal.SIGINT)
     try:
@@ -343,6 +451,10 @@ def test_recipe_resumes_to_the_bit_pins_its_codecs_and_publishes(tmp_path, one_t
     assert manifest["codecs"]["latent_space"] == mini.latent_space_tag(mini.WEIGHTS_DIR)
     assert manifest["components"]["animatediff_motion"]["class"] == "MotionAdapter"
     assert manifest["components"]["zeroscope_unet"]["class"] == "UNet3DConditionModel"
+    for name in ("animatediff_image", "animatediff_motion"):  # made by their stage, then animatediff_video
+        entry = manifest["components"][name]
+        assert entry["stage"] == "animatediff_video" and entry["base"]["stage"] == name
+        assert entry["base"]["steps"] == 4 and entry["base"]["sessions"]
     for name in STAGES:
         entry = manifest["components"][name]
         assert entry["steps"] == 4
@@ -382,14 +494,42 @@ def test_recipe_resumes_to_the_bit_pins_its_codecs_and_publishes(tmp_path, one_t
     (target / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(mini.MiniWeightsError, match="trained on the latent spaces 000000000000"):
         mini.materialize("zeroscope", tmp_path / "twins2", generators_dir=target)
+    data["codecs"]["latent_space"] = manifest["codecs"]["latent_space"]
+    (target / "manifest.json").write_text(json.dumps(data))
+
+    # a run can continue published generators: animatediff_video alone, on the adopted pair
+    continued = recipe(tmp_path, "continued", *steps, f"pretrain_twins.start_from={target}",
+                       "pretrain_twins.stages=[animatediff_video]", f"{G}.animatediff_video.steps=2")
+    assert "animatediff_image: taken from" in capsys.readouterr().out
+    again = json.loads((continued / "manifest.json").read_text())
+    image = again["components"]["animatediff_image"]
+    assert image["stage"] == "animatediff_video" and image["steps"] == 2
+    assert image["base"]["from"]["dir"] == str(target.resolve())
+    assert image["base"]["stage"] == "animatediff_video" and image["base"]["base"]["steps"] == 4  # what target said
+    assert again["components"]["zeroscope_unet"]["from"]["dir"] == str(target.resolve())
+    for name in ("audioldm_unet", "zeroscope_unet"):  # adopted as published, byte for byte
+        assert again["components"][name]["files"] == manifest["components"][name]["files"]
+    assert again["components"]["animatediff_motion"]["files"] != manifest["components"]["animatediff_motion"]["files"]
+    with pytest.raises(SystemExit):
+        recipe(tmp_path, "codecs_given", f"pretrain_twins.start_from={mini.WEIGHTS_DIR}",
+               "pretrain_twins.stages=[animatediff_video]")
+    assert "give a generators folder (avgen/backbones/mini_generators" in capsys.readouterr().err
 
 
-def test_motion_stage_needs_the_image_stage(tmp_path, capsys):
+def test_motion_and_video_stages_need_the_stages_they_continue(tmp_path, capsys):
     with pytest.raises(SystemExit):
         recipe(tmp_path, "run", "pretrain_twins.stages=[animatediff_motion]")
     err = capsys.readouterr().err
     assert "add animatediff_image before it" in err
     assert not (tmp_path / "run" / "animatediff_motion").exists()
+    with pytest.raises(SystemExit):
+        recipe(tmp_path, "run", "pretrain_twins.stages=[animatediff_image,animatediff_video]")
+    assert "animatediff_video trains on the animatediff_motion stage's model; add animatediff_motion before it" \
+        in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        recipe(tmp_path, "run", "pretrain_twins.stages=[animatediff_video,animatediff_motion]")
+    assert "list them in training order (animatediff_motion, animatediff_video)" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "animatediff_image").exists()
 
 
 # ----------------------------------------------------------------------------------- the frame classifier
@@ -460,8 +600,10 @@ def test_committed_generators_match_their_manifest_codecs_and_recipe(tmp_path):
                                      resolve=True)
     recorded = manifest["recipe"]["config"]["pretrain_twins"]
     assert recorded["generators"] == shipped["generators"] and recorded["seed"] == shipped["seed"]
+    made_by = {name: manifest["components"][name].get("stage", name) for name in STAGES}
+    assert made_by["animatediff_image"] == made_by["animatediff_motion"] == "animatediff_video"
     assert {name: manifest["components"][name]["steps"] for name in STAGES} == \
-        {name: shipped["generators"][name]["steps"] for name in STAGES}
+        {name: shipped["generators"][made_by[name]]["steps"] for name in STAGES}
     assert manifest["data"]["train_clips"] == 2048
     # mini:<name> folders hold the committed generators beside the committed codecs
     for name, (_, subs) in mini.MINI_TWINS.items():

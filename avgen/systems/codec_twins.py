@@ -89,7 +89,7 @@ class TwinTraining(pl.LightningModule):
                  final_lr_fraction: float = 0.1, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.99),
                  seed: int = 0):
         super().__init__()
-        self.save_hyperparameters(ignore=["bank", "unet", "vae", "vocoder"])
+        self.save_hyperparameters(ignore=["bank", "unet", "adapter", "vae", "vocoder"])
         self.config = dict(config)
         self.steps, self.batch_size, self.lr = int(steps), int(batch_size), float(lr)
         self.warmup_steps, self.final_lr_fraction = int(warmup_steps), float(final_lr_fraction)

@@ -15,6 +15,10 @@ seeded by ``(seed, k)`` alone, so a resumed stage computes what an uninterrupted
 * :class:`MotionModuleTraining` (``animatediff_motion``): AnimateDiff's (Guo et al. 2024, Sec. 4.2) — the trained
   image U-Net frozen, a ``MotionAdapter``'s motion modules inserted (their output projections zero-initialised,
   as AnimateDiff's, so training starts from the image model) and trained alone on clips.
+* :class:`VideoFinetuning` (``animatediff_video``): the image U-Net and the motion modules trained together on
+  clips (as ModelScope T2V trains its whole U-Net on video), with an optional loss on the frames' mean-latent
+  changes (:func:`avgen.diffusion.frame_difference_loss`); it replaces the pair that the AnimateDiff twin
+  publishes (:data:`CONTINUES`).
 * :class:`Video3DUNetTraining` (``zeroscope_unet``): ModelScope T2V's (Wang et al. 2023; zeroscope is a fine-tune
   of it) — a ``UNet3DConditionModel`` trained whole on clips (from scratch here; ModelScope started from SD's
   spatial weights).
@@ -48,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from avgen.diffusion import add_noise, training_target
-from avgen.systems.codec_twins import TwinTraining
+from avgen.systems.codec_twins import TwinTraining, _nested_lists
 
 #: the noise-schedule settings a stage takes (DDPM betas; what the systems' DDIM schedulers were configured with)
 SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "rescale_betas_zero_snr",
@@ -428,6 +432,124 @@ class MotionModuleTraining(DenoiserTraining):
         return self.model(noisy, timesteps, encoder_hidden_states=condition.repeat_interleave(frames, 0)).sample
 
 
+class VideoFinetuning(MotionModuleTraining):
+    """The AnimateDiff twin's last stage: the trained image U-Net and motion modules joined into diffusers'
+    ``UNetMotionModel`` and trained *together* on clips — the motion modules at ``lr``, the spatial layers at
+    ``unet_lr`` — as ModelScope T2V trains its whole U-Net on video (Wang et al. 2023) where AnimateDiff keeps the
+    image model frozen (Guo et al. 2024, Sec. 4.2). At the mini scale the frozen image U-Net's per-frame errors
+    are what the sampled clips show: a per-frame latent offset of 0.02 (2 % of the latents' spread) already
+    changes a frame's mean colour by 1.2 levels of 255 when decoded, and the motion modules alone could not
+    cancel it (``configs/part/generators.yaml`` has the measurements).
+
+    Optional ``frame_difference_weight`` λ adds λ · :func:`avgen.diffusion.frame_difference_loss` (the temporal
+    differences of each frame's mean latent, predicted against true, in x̂0 with truncated-SNR weights) to the
+    objective.
+
+    :meth:`component` is the whole ``UNetMotionModel``; :func:`split_motion_model` gives the image U-Net and the
+    ``MotionAdapter`` that the AnimateDiff twin publishes (what ``scale=mini`` loads).
+
+    Args:
+        config: the ``MotionAdapter`` config (the ``animatediff_motion`` stage's).
+        unet: the trained image U-Net (``animatediff_image``), adapter: the trained motion modules
+            (``animatediff_motion``); their weights are copied, they are not changed. Both None: a model of random
+            weights, only to check the settings before those stages have trained.
+        unet_lr: the spatial layers' peak learning rate (the motion modules': ``lr``).
+        frame_difference_weight: λ ≥ 0.
+
+    Raises:
+        ValueError: only one of ``unet`` and ``adapter`` given, ``adapter``'s config differs from ``config``, a
+            negative ``unet_lr`` or λ.
+    """
+
+    component_class = "UNetMotionModel"
+
+    def __init__(self, config: Mapping[str, Any], *, unet=None, adapter=None,
+                 unet_config: Mapping[str, Any] | None = None, unet_lr: float = 1e-4,
+                 frame_difference_weight: float = 0.0, **kwargs: Any):
+        if (unet is None) != (adapter is None):
+            raise ValueError("animatediff_video continues the trained image U-Net and motion modules: train the "
+                             "animatediff_image and animatediff_motion stages first (or take them with "
+                             "pretrain_twins.start_from=avgen/backbones/mini_generators)")
+        if not float(unet_lr) >= 0 or not float(frame_difference_weight) >= 0:
+            raise ValueError(f"unet_lr={unet_lr}, frame_difference_weight={frame_difference_weight}: expected "
+                             f"values >= 0")
+        super().__init__(config, unet=unet, unet_config=unet_config, **kwargs)
+        self.unet_lr, self.frame_difference_weight = float(unet_lr), float(frame_difference_weight)
+        if adapter is not None:
+            mismatch = [k for k, v in dict(config).items() if _nested_lists(adapter.config.get(k)) != _nested_lists(v)]
+            if mismatch:
+                raise ValueError(f"its model config differs from the trained motion adapter's in "
+                                 f"{', '.join(mismatch)}; give pretrain_twins.generators.animatediff_motion.model")
+            result = self.model.load_state_dict(adapter.state_dict(), strict=False)
+            if result.unexpected_keys:
+                raise ValueError(f"the motion adapter does not fit the model: {result.unexpected_keys[:3]}")
+        self.hparams["adapter_digest"] = state_digest(adapter) if adapter is not None else None
+        self.model.requires_grad_(True)
+
+    def resume_problem(self, saved: Mapping[str, Any]) -> str | None:
+        """A checkpoint that continued another image U-Net or other motion modules may not be continued."""
+        problem = super().resume_problem(saved)
+        if problem is None:
+            was, now = saved.get("adapter_digest"), self.hparams.get("adapter_digest")
+            if now is not None and was != now:
+                problem = (f"it continued other motion modules (digest {str(was)[:12]}, now {now[:12]}): "
+                           f"animatediff_motion changed since")
+        return problem
+
+    def component(self) -> torch.nn.Module:
+        """The whole trained ``UNetMotionModel`` (spatial layers and motion modules)."""
+        return self.model
+
+    def losses(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        from avgen.diffusion import frame_difference_loss, split_prediction
+
+        x0, condition = self.batch(generator)
+        t = torch.randint(len(self.alphas_cumprod), (x0.shape[0],), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        x0, noise, t = x0.to(self.device), noise.to(self.device), t.to(self.device)
+        noisy = add_noise(x0, noise, self.alphas_cumprod, t)
+        output = self.predict(noisy, t, condition.to(self.device)).float()
+        mse = F.mse_loss(output, training_target(self.prediction_type, x0, noise, self.alphas_cumprod, t))
+        if self.frame_difference_weight == 0:
+            return {"loss": mse}
+        predicted, _ = split_prediction(self.prediction_type, noisy, output, self.alphas_cumprod, t)
+        frames = frame_difference_loss(predicted, x0, self.alphas_cumprod, t)
+        return {"loss": mse + self.frame_difference_weight * frames, "mse": mse.detach(),
+                "frame_difference": frames.detach()}
+
+    def configure_optimizers(self):
+        """One AdamW, two parameter groups: the motion modules (``lr``) and the spatial layers (``unet_lr``); the
+        warm-up and cosine of :meth:`lr_factor` scale both."""
+        motion = [p for n, p in self.model.named_parameters() if "motion_modules" in n]
+        spatial = [p for n, p in self.model.named_parameters() if "motion_modules" not in n]
+        optimizer = torch.optim.AdamW([{"params": motion, "lr": self.lr}, {"params": spatial, "lr": self.unet_lr}],
+                                      betas=self.betas, weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def split_motion_model(model, unet_config: Mapping[str, Any], adapter_config: Mapping[str, Any]):
+    """(image ``UNet2DConditionModel(**unet_config)``, ``MotionAdapter(**adapter_config)``) holding a
+    ``UNetMotionModel``'s spatial layers and motion modules: the two components AnimateDiff ships, which
+    ``UNetMotionModel.from_unet2d(unet, adapter)`` joins back into ``model``.
+
+    Raises:
+        ValueError: a weight of ``model`` fits neither (other configs than the model was built from).
+    """
+    from diffusers import MotionAdapter, UNet2DConditionModel
+
+    state = model.state_dict()
+    unet, adapter = UNet2DConditionModel(**unet_config), MotionAdapter(**adapter_config)
+    spatial = {k: v for k, v in state.items() if "motion_modules" not in k}
+    motion = {k: v for k, v in state.items() if "motion_modules" in k}
+    for part, weights in ((unet, spatial), (adapter, motion)):
+        result = part.load_state_dict(weights, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(f"the UNetMotionModel does not split into {type(part).__name__} of the given config: "
+                             f"missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
+    return unet.eval(), adapter.eval()
+
+
 class Video3DUNetTraining(DenoiserTraining):
     """ModelScope T2V's objective: a ``UNet3DConditionModel`` (zeroscope's layout) trained whole on clip latents
     ``(B, C, F, h, w)`` with cross-attention to the CLIP text states."""
@@ -454,4 +576,7 @@ class AudioUNetTraining(DenoiserTraining):
 
 
 TRAINERS = {"audioldm_unet": AudioUNetTraining, "animatediff_image": ImageUNetTraining,
-            "animatediff_motion": MotionModuleTraining, "zeroscope_unet": Video3DUNetTraining}
+            "animatediff_motion": MotionModuleTraining, "animatediff_video": VideoFinetuning,
+            "zeroscope_unet": Video3DUNetTraining}
+#: a stage that continues other stages' models → the components it replaces in the published generators
+CONTINUES: dict[str, tuple[str, ...]] = {"animatediff_video": ("animatediff_image", "animatediff_motion")}
