@@ -204,7 +204,9 @@ def frame_difference_loss(predicted_x0: torch.Tensor, x0: torch.Tensor, alphas_c
     L = mean_b w_b · mean_{c,f} (Δm̂_f − Δm_f)², m̂ from the predicted x̂0 and m from the clean x0, with the
     truncated-SNR weight w = max(SNR_t, 1) (Salimans & Ho 2022, Sec. 4): the x̂0 error at high noise, the ε error
     (x̂0 error × √SNR) at low noise. A per-frame change of the whole frame's latents is what a decoder shows as
-    the frame's colour flickering; in the ε MSE it is 1 / (h·w) of a white error's weight. Zero when the predicted
+    the frame's colour flickering; a white error puts only 1 / (h·w) of its MSE into the frame means, so the ε MSE
+cannot tell a frame-wide offset from much larger per-pixel noise, while this loss sees only the offsets (a white
+error weighs 1 / (h·w) here of what an offset of the same MSE does). Zero when the predicted
     clip's per-frame means change exactly as the clean clip's, whatever else differs.
 
     Args:

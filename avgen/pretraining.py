@@ -966,14 +966,31 @@ def run_generators(cfg: DictConfig, stages: list[str], train, held_out, codecs: 
     if stages != sorted(stages, key=order.index):
         raise ConfigError(f"pretrain_twins.stages={stages}: list them in training order "
                           f"({', '.join(s for s in order if s in stages)})")
+    given = cfg.pretrain_twins.get("start_from")
+    if given:  # generators of other latent spaces would be continued and republished as this codecs' own
+        from avgen.backbones.mini import read_manifest
+
+        manifest = read_manifest(Path(str(given)))
+        theirs = (manifest.get("codecs") or {}).get("latent_space")
+        if manifest.get("part") == "generators" and theirs != codecs["latent_space"]:  # another part: refused below
+            raise ConfigError(f"pretrain_twins.start_from={given}: its generators were trained on the latent spaces "
+                              f"{theirs}, the codecs here have {codecs['latent_space']}; start from generators of "
+                              f"these codecs (or set pretrain_twins.codecs_dir to theirs)")
     adopt_start_from(cfg, stages)
     needs = {"animatediff_motion": ("animatediff_image",), **CONTINUES}
     for stage in stages:
-        for base in needs.get(stage, ()):
-            if base not in stages and finished_stage(cfg, base) is None:
-                raise ConfigError(f"pretrain_twins.stages: {stage} trains on the {base} stage's model; add {base} "
-                                  f"before it (this run folder has no finished one), or start from published "
-                                  f"generators (pretrain_twins.start_from=avgen/backbones/mini_generators)")
+        missing = [base for base in needs.get(stage, ()) if base not in stages and finished_stage(cfg, base) is None]
+        if missing:
+            raise ConfigError(f"pretrain_twins.stages: {stage} trains on the {' and '.join(missing)} stage's "
+                              f"model{'s' if len(missing) > 1 else ''}; add {', '.join(missing)} before it (this run "
+                              f"folder has no finished one), or start from published generators "
+                              f"(pretrain_twins.start_from=avgen/backbones/mini_generators)")
+    for stage, bases in CONTINUES.items():  # a finished continuation of models retrained now would be stale
+        retrained = [base for base in bases if base in stages]
+        if retrained and stage not in stages and finished_stage(cfg, stage) is not None:
+            raise ConfigError(f"pretrain_twins.stages: {', '.join(retrained)} train again, but this run folder's "
+                              f"finished {stage} continued the old one; add {stage} to the stages (and remove "
+                              f"{Path(cfg.paths.output_dir) / stage} to train it anew)")
     for stage in stages:  # every stage's settings checked before the first one trains
         build_stage(cfg, stage)
     encoders = text_encoders(cfg)
@@ -1008,8 +1025,8 @@ def run_generators(cfg: DictConfig, stages: list[str], train, held_out, codecs: 
         if stage == "animatediff_video":
             specs = stage_specs(cfg)
             parts = split_motion_model(
-                model, OmegaConf.to_container(specs.animatediff_image.model, resolve=True),
-                OmegaConf.to_container(specs.animatediff_motion.model, resolve=True))
+                model, OmegaConf.to_container(specs.animatediff_video.unet_config, resolve=True),
+                OmegaConf.to_container(specs.animatediff_video.model, resolve=True))
             for component, part in zip(CONTINUES[stage], parts):
                 generators[component] = part
                 made_by.setdefault(component, [component]).append(stage)

@@ -303,6 +303,13 @@ def test_video_stage_continues_the_pair_trains_both_and_splits_back():
     with pytest.raises(ValueError, match="differs from the trained motion adapter's in motion_num_attention_heads"):
         VideoFinetuning({**MOTION, "motion_num_attention_heads": 1}, unet=unet, adapter=adapter,
                         noise_schedule=SCHEDULE, steps=10, batch_size=2, lr=1e-3)
+    # a config that loads the same weights but computes another function (heads, groups) is refused
+    with pytest.raises(ValueError, match="unet_config differs from the trained image U-Net's in attention_head_dim"):
+        VideoFinetuning(MOTION, unet=unet, adapter=adapter, unet_config={**unet.config, "attention_head_dim": 4},
+                        noise_schedule=SCHEDULE, steps=10, batch_size=2, lr=1e-3)
+    with pytest.raises(ValueError, match="an ε prediction gives none at zero terminal SNR"):
+        VideoFinetuning(MOTION, unet=unet, adapter=adapter, frame_difference_weight=1.0,
+                        noise_schedule={**SCHEDULE, "rescale_betas_zero_snr": True}, steps=10, batch_size=2, lr=1e-3)
 
 
 def test_frame_difference_loss_exact_values():
@@ -494,6 +501,11 @@ def test_recipe_resumes_to_the_bit_pins_its_codecs_and_publishes(tmp_path, one_t
     (target / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(mini.MiniWeightsError, match="trained on the latent spaces 000000000000"):
         mini.materialize("zeroscope", tmp_path / "twins2", generators_dir=target)
+    with pytest.raises(SystemExit):  # nor may a run continue them
+        recipe(tmp_path, "other_codecs", *steps, f"pretrain_twins.start_from={target}",
+               "pretrain_twins.stages=[animatediff_video]")
+    assert "its generators were trained on the latent spaces 000000000000" in capsys.readouterr().err
+    assert not (tmp_path / "other_codecs" / "animatediff_image").exists()
     data["codecs"]["latent_space"] = manifest["codecs"]["latent_space"]
     (target / "manifest.json").write_text(json.dumps(data))
 
@@ -514,6 +526,11 @@ def test_recipe_resumes_to_the_bit_pins_its_codecs_and_publishes(tmp_path, one_t
         recipe(tmp_path, "codecs_given", f"pretrain_twins.start_from={mini.WEIGHTS_DIR}",
                "pretrain_twins.stages=[animatediff_video]")
     assert "give a generators folder (avgen/backbones/mini_generators" in capsys.readouterr().err
+    # retraining a stage that animatediff_video continued, without it, would publish the stale continuation
+    with pytest.raises(SystemExit):
+        recipe(tmp_path, "resumed", *steps, "pretrain_twins.stages=[animatediff_image]",
+               f"{G}.animatediff_image.steps=6")
+    assert "finished animatediff_video continued the old one; add animatediff_video" in capsys.readouterr().err
 
 
 def test_motion_and_video_stages_need_the_stages_they_continue(tmp_path, capsys):
@@ -525,6 +542,10 @@ def test_motion_and_video_stages_need_the_stages_they_continue(tmp_path, capsys)
     with pytest.raises(SystemExit):
         recipe(tmp_path, "run", "pretrain_twins.stages=[animatediff_image,animatediff_video]")
     assert "animatediff_video trains on the animatediff_motion stage's model; add animatediff_motion before it" \
+        in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        recipe(tmp_path, "run", "pretrain_twins.stages=[animatediff_video]")
+    assert "animatediff_video trains on the animatediff_image and animatediff_motion stage's models" \
         in capsys.readouterr().err
     with pytest.raises(SystemExit):
         recipe(tmp_path, "run", "pretrain_twins.stages=[animatediff_video,animatediff_motion]")

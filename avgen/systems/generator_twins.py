@@ -473,6 +473,17 @@ class VideoFinetuning(MotionModuleTraining):
         if not float(unet_lr) >= 0 or not float(frame_difference_weight) >= 0:
             raise ValueError(f"unet_lr={unet_lr}, frame_difference_weight={frame_difference_weight}: expected "
                              f"values >= 0")
+        schedule = dict(kwargs.get("noise_schedule") or {})
+        if float(frame_difference_weight) > 0 and schedule.get("rescale_betas_zero_snr") \
+                and schedule.get("prediction_type", "epsilon") == "epsilon":
+            raise ValueError("frame_difference_weight > 0 needs x̂0 at every timestep; an ε prediction gives none at "
+                             "zero terminal SNR (ᾱ_T = 0): use v_prediction or frame_difference_weight=0")
+        if unet is not None and unet_config:
+            mismatch = [k for k, v in dict(unet_config).items()
+                        if _nested_lists(unet.config.get(k)) != _nested_lists(v)]
+            if mismatch:
+                raise ValueError(f"unet_config differs from the trained image U-Net's in {', '.join(mismatch)}; give "
+                                 f"pretrain_twins.generators.animatediff_image.model as it was trained")
         super().__init__(config, unet=unet, unet_config=unet_config, **kwargs)
         self.unet_lr, self.frame_difference_weight = float(unet_lr), float(frame_difference_weight)
         if adapter is not None:
@@ -488,7 +499,11 @@ class VideoFinetuning(MotionModuleTraining):
 
     def resume_problem(self, saved: Mapping[str, Any]) -> str | None:
         """A checkpoint that continued another image U-Net or other motion modules may not be continued."""
-        problem = super().resume_problem(saved)
+        was, now = saved.get("unet_digest"), self.hparams.get("unet_digest")
+        problem = None
+        if now is not None and was != now:
+            problem = (f"it continued another image U-Net (digest {str(was)[:12]}, now {now[:12]}): "
+                       f"animatediff_image changed since")
         if problem is None:
             was, now = saved.get("adapter_digest"), self.hparams.get("adapter_digest")
             if now is not None and was != now:
