@@ -332,16 +332,20 @@ class DenoiserTraining(TwinTraining):
         """The network's output for ``noisy`` latents at ``timesteps`` (B,) under ``condition``."""
         raise NotImplementedError
 
-    def losses(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def denoise(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One step's draws (batch, then timesteps, then noise, all from ``generator``) and the network's output on
+        them: ``x0``, ``noisy``, ``t``, ``output`` (float32) and ``mse`` (of the schedule's target)."""
         x0, condition = self.batch(generator)
         t = torch.randint(len(self.alphas_cumprod), (x0.shape[0],), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         x0, noise, t = x0.to(self.device), noise.to(self.device), t.to(self.device)
-        condition = condition.to(self.device)
         noisy = add_noise(x0, noise, self.alphas_cumprod, t)
+        output = self.predict(noisy, t, condition.to(self.device)).float()
         target = training_target(self.prediction_type, x0, noise, self.alphas_cumprod, t)
-        loss = F.mse_loss(self.predict(noisy, t, condition).float(), target)
-        return {"loss": loss}
+        return {"x0": x0, "noisy": noisy, "t": t, "output": output, "mse": F.mse_loss(output, target)}
+
+    def losses(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"loss": self.denoise(generator)["mse"]}
 
     @torch.no_grad()
     def held_out_loss(self, bank: LatentBank, batches: int = 4, batch_size: int = 16, seed: int = 4321) -> float:
@@ -457,8 +461,9 @@ class VideoFinetuning(MotionModuleTraining):
         frame_difference_weight: λ ≥ 0.
 
     Raises:
-        ValueError: only one of ``unet`` and ``adapter`` given, ``adapter``'s config differs from ``config``, a
-            negative ``unet_lr`` or λ.
+        ValueError: only one of ``unet`` and ``adapter`` given, ``adapter``'s config differs from ``config``,
+            ``unet``'s from ``unet_config``, a negative ``unet_lr`` or λ, or λ > 0 with ε-prediction on a
+            zero-terminal-SNR schedule (no x̂0 at the last timestep).
     """
 
     component_class = "UNetMotionModel"
@@ -518,17 +523,13 @@ class VideoFinetuning(MotionModuleTraining):
     def losses(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         from avgen.diffusion import frame_difference_loss, split_prediction
 
-        x0, condition = self.batch(generator)
-        t = torch.randint(len(self.alphas_cumprod), (x0.shape[0],), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
-        x0, noise, t = x0.to(self.device), noise.to(self.device), t.to(self.device)
-        noisy = add_noise(x0, noise, self.alphas_cumprod, t)
-        output = self.predict(noisy, t, condition.to(self.device)).float()
-        mse = F.mse_loss(output, training_target(self.prediction_type, x0, noise, self.alphas_cumprod, t))
+        step = self.denoise(generator)
+        mse = step["mse"]
         if self.frame_difference_weight == 0:
             return {"loss": mse}
-        predicted, _ = split_prediction(self.prediction_type, noisy, output, self.alphas_cumprod, t)
-        frames = frame_difference_loss(predicted, x0, self.alphas_cumprod, t)
+        predicted, _ = split_prediction(self.prediction_type, step["noisy"], step["output"], self.alphas_cumprod,
+                                        step["t"])
+        frames = frame_difference_loss(predicted, step["x0"], self.alphas_cumprod, step["t"])
         return {"loss": mse + self.frame_difference_weight * frames, "mse": mse.detach(),
                 "frame_difference": frames.detach()}
 
