@@ -237,7 +237,7 @@ def generate(pipe: AVPipeline, request: Mapping[str, Any], out_root: Path, *, la
 
 # ------------------------------------------------------------------------------------------ the page
 # Settings that the page shows as a slider over this range; other numbers get a number box.
-SLIDERS = {"gamma": (0.1, 4.0, 0.05)}
+SLIDERS = {"gamma": (0.1, 4.0, 0.05), "eta": (0.0, 1.0, 0.05)}
 GUIDANCE_MAX = 15.0
 VIDEO_HEIGHT = 320  # pixels; the players scale a clip up or down to it
 

@@ -8,13 +8,15 @@ previous timestep from the step count: t − ``num_train_timesteps // num_infere
 the next grid point on every ``leading`` grid but not in general (see
 :meth:`avgen.systems.joint.JointAudioVideo.generate`).
 
-DDIM (Song et al. 2021, Eq. 12 with σ = 0), for ᾱ_t = ``alphas_cumprod[t]``:
+DDIM (Song et al. 2021, Eq. 12), for ᾱ_t = ``alphas_cumprod[t]``:
 
     x̂0 = (x_t − sqrt(1 − ᾱ_t) ε̂) / sqrt(ᾱ_t)
-    x_prev = sqrt(ᾱ_prev) x̂0 + sqrt(1 − ᾱ_prev) ε̂
+    x_prev = sqrt(ᾱ_prev) x̂0 + sqrt(1 − ᾱ_prev − σ²) ε̂ + σ z,   z ~ N(0, I)
+    σ = η · sqrt((1 − ᾱ_prev) / (1 − ᾱ_t)) · sqrt(1 − ᾱ_t / ᾱ_prev)            (Eq. 16)
 
 with ᾱ_prev = ``alphas_cumprod[t_prev]``, or the scheduler's final value (1, or ᾱ_0 when
-``set_alpha_to_one`` is false) after the last step (t_prev < 0).
+``set_alpha_to_one`` is false) after the last step (t_prev < 0). η = 0 is the deterministic DDIM the
+papers sample with; η = 1 is the ancestral (DDPM-like) sampler on the same subsequence.
 """
 
 from __future__ import annotations
@@ -83,14 +85,33 @@ def split_prediction(prediction_type: str, x_t: torch.Tensor, output: torch.Tens
 
 
 def ddim_step(prediction_type: str, x_t: torch.Tensor, output: torch.Tensor, alphas_cumprod: torch.Tensor,
-              t: int, t_prev: int, final_alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One deterministic DDIM step from timestep ``t`` to ``t_prev`` (``t_prev`` < 0: to the data).
+              t: int, t_prev: int, final_alpha: float, eta: float = 0.0,
+              noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step from timestep ``t`` to ``t_prev`` (``t_prev`` < 0: to the data), with the
+    stochasticity ``eta`` (module docstring; Song et al. 2021, Eqs. 12 and 16). ``eta`` = 0 is
+    deterministic and ignores ``noise``; otherwise ``noise`` is z, standard normal of ``x_t``'s shape
+    (diffusers' ``DDIMScheduler.step(..., eta, variance_noise=noise)`` computes the same step between
+    consecutive points of a ``leading`` grid).
 
-    Returns (x_{t_prev}, x̂0).
+    Returns (x_{t_prev}, x̂0), in ``x_t``'s dtype.
+
+    Raises:
+        ValueError: ``eta`` outside [0, 1], or ``eta`` > 0 without ``noise`` of ``x_t``'s shape.
     """
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"DDIM eta must be in [0, 1] (0: deterministic, 1: ancestral), got {eta}")
     x0, eps = split_prediction(prediction_type, x_t, output, alphas_cumprod, torch.tensor(t))
     a_prev = alpha_bar(alphas_cumprod, torch.tensor(t_prev), final_alpha).float()
-    return (a_prev.sqrt() * x0.float() + (1 - a_prev).sqrt() * eps.float()).to(x_t.dtype), x0
+    if eta == 0.0:
+        return (a_prev.sqrt() * x0.float() + (1 - a_prev).sqrt() * eps.float()).to(x_t.dtype), x0
+    if noise is None or tuple(noise.shape) != tuple(x_t.shape):
+        raise ValueError(f"DDIM with eta={eta} needs noise of the latents' shape {tuple(x_t.shape)}, got "
+                         f"{None if noise is None else tuple(noise.shape)}")
+    a_t = alpha_bar(alphas_cumprod, torch.tensor(t), final_alpha).float()
+    sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
+    direction = (1 - a_prev - sigma ** 2).clamp(min=0).sqrt()
+    x_prev = a_prev.sqrt() * x0.float() + direction * eps.float() + sigma * noise.to(x_t.device).float()
+    return x_prev.to(x_t.dtype), x0
 
 
 def final_alpha_cumprod(scheduler) -> float:
@@ -105,15 +126,20 @@ def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: fl
     return uncond + scale * (cond - uncond)
 
 
-def seeded_noise(shapes: Sequence[Sequence[int]], batch: int, seed: int) -> list[torch.Tensor]:
+def seeded_noise(shapes: Sequence[Sequence[int]], batch: int, seed: int,
+                 generators: list[torch.Generator] | None = None) -> list[torch.Tensor]:
     """Starting noise for ``batch`` samples: sample ``i`` draws one standard normal tensor per shape in
     ``shapes``, in that order, from a CPU generator seeded with ``seed + i``, so a sample does not depend
     on the batch it is generated in (or on the device). Returns one float32 tensor ``(batch, *shape)`` per
-    shape, on the CPU."""
+    shape, on the CPU. Given a list as ``generators``, the ``batch`` generators are appended to it, their
+    state after these draws: a stochastic sampler's later draws (``eta`` of :func:`ddim_step`) then continue each
+    sample's own stream instead of repeating its starting noise."""
     drawn = []
     for i in range(batch):
         generator = torch.Generator().manual_seed(int(seed) + i)
         drawn.append([torch.randn(tuple(shape), generator=generator) for shape in shapes])
+        if generators is not None:
+            generators.append(generator)
     return [torch.stack([sample[k] for sample in drawn]) for k in range(len(shapes))]
 
 

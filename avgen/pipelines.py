@@ -433,7 +433,7 @@ class JointPipeline(AVPipeline):
     """Text → sounding video with the joint model (AnimateDiff + AudioLDM, connectors, CMC-PE, γ of Eq. 9)."""
 
     system, task, inputs = "joint", SYSTEMS["joint"]["task"], ("prompt",)
-    option_names = ("steps", "guidance_video", "guidance_audio", "gamma", "negative_prompt")
+    option_names = ("steps", "guidance_video", "guidance_audio", "gamma", "negative_prompt", "eta")
 
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str] | None = None, *, seed: int = 0,
@@ -442,7 +442,8 @@ class JointPipeline(AVPipeline):
 
         Clip i starts from noise seeded with ``seed + i`` and prompts go ``model.sampling.batch_size`` at a time,
         as in ``python -m avgen sample``: the same prompts, seed and options give the same clips. ``options``:
-        steps, guidance_video, guidance_audio, gamma (Eq. 9; 1 = no adjustment), negative_prompt.
+        steps, guidance_video, guidance_audio, gamma (Eq. 9; 1 = no adjustment), negative_prompt, eta (DDIM's
+        stochasticity, Song et al. 2021 Eq. 16: 0 = deterministic, 1 = ancestral).
 
         Raises:
             InputError: no prompt, an unknown option or a bad value (before any model runs).
@@ -457,7 +458,7 @@ class JointPipeline(AVPipeline):
                 video, audio = self.model.generate(
                     prompts[start:start + size], steps=settings.steps, gamma=settings.gamma,
                     guidance_video=settings.guidance_video, guidance_audio=settings.guidance_audio,
-                    negative_prompt=settings.negative_prompt, seed=seed + start)
+                    negative_prompt=settings.negative_prompt, seed=seed + start, eta=settings.eta)
                 videos += list(video.float().cpu())
                 audios += list(audio.float().cpu())
         return AVOutput(videos, audios, self.fps, self.sample_rate, prompts, [None] * len(prompts),

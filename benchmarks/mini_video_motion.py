@@ -6,7 +6,8 @@ it can pass only if the generated videos move where an object lands. This script
 * **real**: 1-s windows of 2-s clips, as the ``scale=mini`` data serves them (``mini_demo.real_clips``);
 * **real through the frame VAE**: the same windows encoded (posterior mean) and decoded by the mini frame VAE, the
   floor the codec sets;
-* **generated**: the joint model's video at zero-initialised adapters, i.e. the base generator (AnimateDiff's mini
+* **generated**: the joint model's video (DDIM with each ``--eta``; 0 is the paper's sampler) at zero-initialised
+  adapters, i.e. the base generator (AnimateDiff's mini
   image U-Net + motion modules, ``experiment=joint_cmcpe scale=mini``), or a trained checkpoint (``--ckpt``), from
   the seeded noise and, for each ``--shared-noise r`` > 0, from PYoCo's mixed noise prior (Ge et al. 2023,
   "Preserve Your Own Correlation", Eq. 4 with α² = r / (1 − r)): ε_f = √r·ε_shared + √(1 − r)·ε_f, one ε_shared per
@@ -22,7 +23,7 @@ weighted by their flow): 0.5 when the motion has no direction (flicker, shimmer)
 For the real windows also ``landing_recall``: the share of events in a window's judgeable frames (those a peak can
 mark, :func:`avgen.metrics.av_align.matchable_onsets`) with a flow peak within ±1 frame.
 
-    .venv/bin/python benchmarks/mini_video_motion.py [--clips 32] [--shared-noise 0.5 0.9] [--ckpt C]
+    .venv/bin/python benchmarks/mini_video_motion.py [--clips 32] [--shared-noise 0.5 0.9] [--eta 0 1] [--ckpt C]
         [--samples-dir D ...] [--out F]
 """
 
@@ -142,9 +143,10 @@ def through_frame_vae(frames: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def generated(model, captions: list[str], shared_ratio: float, steps: int, guidance: float | None = None,
-              batch: int = 8) -> list[np.ndarray]:
+              batch: int = 8, eta: float = 0.0) -> list[np.ndarray]:
     """The joint model's videos (F, H, W, 3) uint8 for ``captions``, sample i from seeded noise ``i``
-    (:func:`avgen.diffusion.seeded_noise`) mixed by :func:`mixed_noise` (its shared part seeded ``10_000 + i``)."""
+    (:func:`avgen.diffusion.seeded_noise`) mixed by :func:`mixed_noise` (its shared part seeded ``10_000 + i``),
+    with DDIM's stochasticity ``eta`` (its step noise seeded ``i`` as well)."""
     import torch
 
     from avgen.diffusion import seeded_noise
@@ -157,7 +159,8 @@ def generated(model, captions: list[str], shared_ratio: float, steps: int, guida
         noise_v = torch.cat([mixed_noise(noise_v[i:i + 1], shared_ratio, 10_000 + start + i)
                              for i in range(len(chunk))])
         with torch.no_grad():
-            video, _ = model.generate(chunk, steps=steps, guidance_video=guidance, latents=(noise_v, noise_a))
+            video, _ = model.generate(chunk, steps=steps, guidance_video=guidance, latents=(noise_v, noise_a),
+                                      seed=start, eta=eta)
         out.extend(((video + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy())
     return out
 
@@ -168,6 +171,8 @@ def main() -> None:
     parser.add_argument("--shared-noise", type=float, nargs="*", default=[0.5, 0.9],
                         help="PYoCo mixed-noise ratios r > 0 to sample with besides r = 0 (the sampler's noise)")
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--eta", type=float, nargs="+", default=[0.0],
+                        help="DDIM stochasticity η of the generated rows (0: the paper's deterministic DDIM; 1: ancestral)")
     parser.add_argument("--guidance-video", type=float, default=None, help="default: the model's (7.5)")
     parser.add_argument("--ckpt", type=Path, default=None, help="a joint_cmcpe scale=mini checkpoint (default: the "
                         "zero-initialised adapters, i.e. the base generators)")
@@ -200,10 +205,10 @@ def main() -> None:
         model = build_model(compose(["experiment=joint_cmcpe", "scale=mini"], Path(tempfile.mkdtemp())))
         source = "base generator (zero-initialised adapters)"
     model.eval()
-    for r in [0.0, *[r for r in args.shared_noise if r > 0]]:
-        rows[f"{source}, shared noise r = {r:g}"] = motion_stats(generated(model, captions, r, args.steps,
-                                                                           args.guidance_video),
-                                                                 geometry.fps)
+    for eta in args.eta:
+        for r in [0.0, *[r for r in args.shared_noise if r > 0]]:
+            rows[f"{source}, η = {eta:g}, shared noise r = {r:g}"] = motion_stats(
+                generated(model, captions, r, args.steps, args.guidance_video, eta=eta), geometry.fps)
     for folder in args.samples_dir:
         samples, _ = mini_demo.load_samples(folder)
         rows[f"samples in {folder}"] = motion_stats([s[0] for s in samples], samples[0][1])

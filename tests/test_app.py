@@ -215,7 +215,8 @@ def test_the_other_systems_generate_from_their_tabs(system, tiny_checkpoints, tm
     pipe = pipeline_from_checkpoint(tiny_checkpoints(system), device="cpu")
     wav = write_wav(tmp_path / "recording.wav", 0.3 * np.sin(np.arange(12000, dtype=np.float32) * 0.05), 16000)
     request, seconds = {
-        "joint": ({"prompt": "a ball hits wood", "negative_prompt": "", "steps": 2, "gamma": 1.5, "seed": 0}, 1.0),
+        "joint": ({"prompt": "a ball hits wood", "negative_prompt": "", "steps": 2, "gamma": 1.5, "eta": 1.0,
+                   "seed": 0}, 1.0),
         "tempotokens": ({"audio": str(wav), "prompt": "", "steps": 2, "seed": 0}, 0.75)}[system]
     demo = build_app({system: pipe}, out_dir=tmp_path / "out")
     ids = {b.elem_id for b in demo.blocks.values() if (b.elem_id or "").startswith(f"avgen-{system}-")}

@@ -39,6 +39,52 @@ def test_ddim_step_matches_diffusers(prediction_type, set_alpha_to_one):
     assert torch.allclose(ours, x, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("eta", [0.3, 1.0])
+def test_stochastic_ddim_step_matches_diffusers(prediction_type, eta):
+    """η > 0 (Song et al. 2021, Eq. 16): the same step as ``DDIMScheduler.step(eta=..., variance_noise=z)``."""
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
+                          clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
+                          prediction_type=prediction_type)
+    sched.set_timesteps(8)
+    grid = [int(t) for t in sched.timesteps]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 3, 5, generator=g)
+    ours = x.clone()
+    for k, t in enumerate(grid):
+        out, z = torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g)
+        x = sched.step(out, t, x, eta=eta, variance_noise=z).prev_sample
+        prev = grid[k + 1] if k + 1 < len(grid) else -1
+        ours, _ = ddim_step(prediction_type, ours, out, sched.alphas_cumprod, t, prev, final_alpha_cumprod(sched),
+                            eta, z)
+    assert torch.allclose(ours, x, rtol=1e-5, atol=1e-5)
+
+
+def test_stochastic_ddim_step_keeps_the_forward_marginal_and_checks_its_inputs():
+    """With the true noise as prediction, x_prev = sqrt(ᾱ_prev) x0 + sqrt(1 − ᾱ_prev − σ²) ε + σ z has exactly the
+    forward process's marginal at t_prev for every η: its deviation from sqrt(ᾱ_prev) x0 has variance 1 − ᾱ_prev.
+    η = 0 ignores z; η outside [0, 1] and a missing z are refused."""
+    alphas = torch.linspace(0.9991, 0.005, 1000)
+    g = torch.Generator().manual_seed(0)
+    x0, eps, z = (torch.randn(200_000, generator=g) for _ in range(3))
+    t, prev = 800, 600
+    x_t = add_noise(x0, eps, alphas, torch.full((1,), t))
+    for eta in (0.0, 0.5, 1.0):
+        x_prev, _ = ddim_step("epsilon", x_t, eps, alphas, t, prev, 1.0, eta, z)
+        deviation = x_prev - alphas[prev].sqrt() * x0
+        assert abs(deviation.var().item() - (1 - alphas[prev]).item()) < 0.01, eta
+    deterministic, _ = ddim_step("epsilon", x_t, eps, alphas, t, prev, 1.0)
+    assert torch.equal(ddim_step("epsilon", x_t, eps, alphas, t, prev, 1.0, 0.0, z)[0], deterministic)
+    stochastic, _ = ddim_step("epsilon", x_t, eps, alphas, t, prev, 1.0, 1.0, z)
+    sigma = ((1 - alphas[prev]) / (1 - alphas[t]) * (1 - alphas[t] / alphas[prev])).sqrt()
+    expected = alphas[prev].sqrt() * x0 + (1 - alphas[prev] - sigma ** 2).sqrt() * eps + sigma * z
+    assert torch.allclose(stochastic, expected, atol=1e-4) and not torch.allclose(stochastic, deterministic)
+    with pytest.raises(ValueError, match=r"eta must be in \[0, 1\]"):
+        ddim_step("epsilon", x_t, eps, alphas, t, prev, 1.0, 1.5, z)
+    with pytest.raises(ValueError, match=r"needs noise of the latents' shape \(200000,\), got None"):
+        ddim_step("epsilon", x_t, eps, alphas, t, prev, 1.0, 1.0)
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_prediction_round_trip(prediction_type):
     alphas = torch.linspace(0.999, 0.01, 1000)

@@ -300,7 +300,7 @@ def test_pipeline_inputs_are_checked_before_any_model_runs(checkpoints, tmp_path
     joint = pipeline_from_checkpoint(checkpoints("joint"), device="cpu")
     tempo = pipeline_from_checkpoint(checkpoints("tempotokens"), device="cpu")
     vta = pipeline_from_checkpoint(checkpoints("vta_ldm"), device="cpu")
-    assert isinstance(joint, JointPipeline) and joint.inputs == ("prompt",) and "gamma" in joint.options
+    assert isinstance(joint, JointPipeline) and joint.inputs == ("prompt",) and {"gamma", "eta"} <= set(joint.options)
     assert isinstance(tempo, TempoTokensPipeline) and tempo.inputs == ("audio", "prompt")
     assert isinstance(vta, VTALDMPipeline) and vta.task == "video-to-audio"
     for pipe in (joint, tempo, vta):
@@ -312,6 +312,7 @@ def test_pipeline_inputs_are_checked_before_any_model_runs(checkpoints, tmp_path
         (lambda: joint(), "prompt is missing"),
         (lambda: joint(prompt="x", gama=2), "gama is not an option of JointPipeline"),
         (lambda: joint(prompt="x", steps=0), "pipeline.steps"),
+        (lambda: joint(prompt="x", eta=2), "pipeline.eta=2: expected DDIM eta in [0, 1]"),
         (lambda: joint(prompt="x", seed=-1), "seed=-1"),
         (lambda: joint(prompt=[1]), "expected a string or a list of strings"),
         (lambda: tempo(), "audio is missing"),

@@ -53,7 +53,7 @@ from avgen.modules.timestep_adjust import (
 )
 from avgen.samples import SampleReport, refuse_existing, split_captions, write_sounding_videos
 from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
-from avgen.systems.settings import SamplingSettings, guidance_scale, optional_text, setting
+from avgen.systems.settings import SamplingSettings, ddim_eta, guidance_scale, optional_text, setting
 
 log = logging.getLogger("avgen")
 
@@ -68,10 +68,11 @@ def timestep_gamma(key: str, value) -> float:
 class JointSampling(SamplingSettings):
     """``model.sampling`` of the joint system (defaults: ``configs/model/joint.yaml``): DDIM ``steps``
     (paper 25), the timestep adjustment ``gamma`` (Eq. 9; 1 = none), a classifier-free guidance scale
-    per modality, the ``negative_prompt`` of the unconditional pass (None: the empty prompt), and
-    ``batch_size``."""
+    per modality, the ``negative_prompt`` of the unconditional pass (None: the empty prompt), DDIM's
+    ``eta`` (Song et al. 2021, Eq. 16; paper: 0, deterministic) and ``batch_size``."""
 
     gamma: float = setting(timestep_gamma, "timestep adjustment γ (Eq. 9)")
+    eta: float = setting(ddim_eta, "DDIM stochasticity η (0 = deterministic, as the paper; 1 = ancestral)")
     guidance_video: float = setting(guidance_scale, "video classifier-free guidance scale (1 = none)")
     guidance_audio: float = setting(guidance_scale, "audio classifier-free guidance scale (1 = none)")
     negative_prompt: str | None = setting(optional_text, "prompt of the unconditional pass (null: empty)")
@@ -448,7 +449,7 @@ class JointAudioVideo(DiffusionSystem):
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], *, steps: int | None = None, gamma: float | None = None,
                  guidance_video: float | None = None, guidance_audio: float | None = None,
-                 negative_prompt: str | None = None, seed: int = 0,
+                 negative_prompt: str | None = None, seed: int = 0, eta: float | None = None,
                  latents: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample sounding videos for ``prompts`` (Algorithm 1 with DDIM and per-modality CFG).
 
@@ -464,9 +465,12 @@ class JointAudioVideo(DiffusionSystem):
         Timesteps: the video scheduler's ``set_timesteps(steps)`` gives one global grid
         t_1 > … > t_N (``model.video.scheduler.timestep_spacing`` and ``steps_offset``; the audio
         scheduler's grid settings are not used). Step k denoises the video at m(t_k) and the audio at
-        n(t_k) (Eq. 9) and takes the deterministic DDIM step (Song et al. 2021, Eq. 12 with σ = 0, on
-        the subsequence of Sec. 4.2) to the next grid point, m(t_{k+1}) and n(t_{k+1}); after t_N to
-        each scheduler's final ᾱ (:func:`~avgen.diffusion.ddim_step`). diffusers'
+        n(t_k) (Eq. 9) and takes the DDIM step (Song et al. 2021, Eq. 12, on the subsequence of Sec. 4.2;
+        deterministic at ``eta`` = 0, the paper's sampler) to the next grid point, m(t_{k+1}) and
+        n(t_{k+1}); after t_N to each scheduler's final ᾱ (:func:`~avgen.diffusion.ddim_step`). With
+        ``eta`` > 0 each step adds σ·z (Eq. 16) per modality, z drawn per sample from a CPU generator
+        seeded with ``seed + i`` (after the starting noise when ``seed`` drew it), the video's then the
+        audio's, so a stochastic clip too is the same in any batch. diffusers'
         ``DDIMScheduler.step`` steps from t to t − ⌊T/N⌋ instead (T = ``num_train_timesteps``),
         wherever the next grid point is. The two agree on ``leading`` grids
         (t_k = (N − k)·⌊T/N⌋ + ``steps_offset``, with ``steps_offset`` < ⌊T/N⌋), on ``trailing``
@@ -478,14 +482,16 @@ class JointAudioVideo(DiffusionSystem):
         initial latents, steps, scales and negative prompt (``tests/systems/test_joint_vs_diffusers.py``).
         """
         cfg = self.sampling.updated("sample", steps=steps, gamma=gamma, guidance_video=guidance_video,
-                                    guidance_audio=guidance_audio, negative_prompt=negative_prompt)
-        steps, gamma, g_v, g_a = cfg.steps, cfg.gamma, cfg.guidance_video, cfg.guidance_audio
+                                    guidance_audio=guidance_audio, negative_prompt=negative_prompt, eta=eta)
+        steps, gamma, g_v, g_a, eta = cfg.steps, cfg.gamma, cfg.guidance_video, cfg.guidance_audio, cfg.eta
         negative = cfg.negative_prompt
         b, device = len(prompts), self.video_alphas.device
         shape_v, shape_a = self.latent_shapes(b)
+        streams: list[torch.Generator] = []  # per sample, the stochastic steps' noise (eta > 0)
         if latents is None:
-            noise_v, noise_a = seeded_noise([shape_v[1:], shape_a[1:]], b, seed)
+            noise_v, noise_a = seeded_noise([shape_v[1:], shape_a[1:]], b, seed, generators=streams)
         else:
+            streams = [torch.Generator().manual_seed(int(seed) + i) for i in range(b)]
             noise_v, noise_a = latents
             if tuple(noise_v.shape) != shape_v or tuple(noise_a.shape) != shape_a:
                 raise ValueError(f"latents must be video {shape_v} and audio {shape_a} for {b} prompts, got "
@@ -522,8 +528,13 @@ class JointAudioVideo(DiffusionSystem):
             if guided:
                 out_v = classifier_free_guidance(*out_v.chunk(2), g_v)
                 out_a = classifier_free_guidance(*out_a.chunk(2), g_a)
-            x_v, x0_v = ddim_step(pred_v, x_v, out_v, self.video_alphas, m, m_prev, final_v)
-            x_a, x0_a = ddim_step(pred_a, x_a, out_a, self.audio_alphas, n, n_prev, final_a)
+            z_v = z_a = None
+            if eta > 0:  # each sample's stream: its video noise, then its audio noise
+                z = [(torch.randn(shape_v[1:], generator=g), torch.randn(shape_a[1:], generator=g)) for g in streams]
+                z_v = torch.stack([v for v, _ in z]).to(device, torch.float32)
+                z_a = torch.stack([a for _, a in z]).to(device, torch.float32)
+            x_v, x0_v = ddim_step(pred_v, x_v, out_v, self.video_alphas, m, m_prev, final_v, eta, z_v)
+            x_a, x0_a = ddim_step(pred_a, x_a, out_a, self.audio_alphas, n, n_prev, final_a, eta, z_a)
         video = decode_video(self.video, x_v)
         audio = decode_audio(self.audio, x_a, self.num_samples)
         return video.float().clamp(-1, 1), audio.float().clamp(-1, 1)
@@ -532,14 +543,14 @@ class JointAudioVideo(DiffusionSystem):
                         steps: int | None = None, gamma: float | None = None, guidance_video: float | None = None,
                         guidance_audio: float | None = None, negative_prompt: str | None = None, seed: int = 0,
                         batch_size: int | None = None, device: str = "auto", overwrite: bool = False,
-                        **unused: Any) -> SampleReport:
+                        eta: float | None = None, **unused: Any) -> SampleReport:
         """``python -m avgen sample``: ``n`` sounding mp4s (+ wav and the prompt as txt) in ``out_dir``.
 
         A sample whose output holds NaN/inf, or that cannot be written, is in the report's ``failed``
         with its name and reason; the others are written (:func:`write_sounding_videos`)."""
         settings = self.sampling.updated("sample", steps=steps, gamma=gamma, guidance_video=guidance_video,
                                          guidance_audio=guidance_audio, negative_prompt=negative_prompt,
-                                         batch_size=batch_size)  # checked before any model runs
+                                         batch_size=batch_size, eta=eta)  # checked before any model runs
         self.warn_unused_sample_options(unused)
         prompts, sources = self._prompts(prompt, int(n))
         self.to_sampling_device(device)
@@ -553,7 +564,8 @@ class JointAudioVideo(DiffusionSystem):
                 video, audio = self.generate(chunk, steps=settings.steps, gamma=settings.gamma,
                                              guidance_video=settings.guidance_video,
                                              guidance_audio=settings.guidance_audio,
-                                             negative_prompt=settings.negative_prompt, seed=seed + start)
+                                             negative_prompt=settings.negative_prompt, seed=seed + start,
+                                             eta=settings.eta)
                 report.extend(write_sounding_videos(out_dir, chunk, video, audio, self.clip, overwrite=overwrite,
                                                     first=start, sources=sources[start:start + batch_size]))
                 log.info("sampled %d/%d", min(start + batch_size, len(prompts)), len(prompts))

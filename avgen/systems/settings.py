@@ -48,6 +48,13 @@ def guidance_scale(key: str, value: Any) -> float:
     return float(value)
 
 
+def ddim_eta(key: str, value: Any) -> float:
+    """DDIM's stochasticity η (Song et al. 2021, Eq. 16): a number in [0, 1] (0 = deterministic DDIM, 1 = ancestral)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{key}={value!r}: expected DDIM eta in [0, 1] (0 = deterministic, 1 = ancestral)")
+    return float(value)
+
+
 def text(key: str, value: Any) -> str:
     """A string; ``None`` reads as ``""``."""
     if value is None:

@@ -201,6 +201,26 @@ def test_sampling_is_deterministic_and_batch_independent(system):
     assert not torch.allclose(v5, v1)
 
 
+def test_stochastic_ddim_is_seeded_per_sample_and_eta_zero_is_the_deterministic_sampler(system):
+    """``eta`` (DDIM's σ, Song et al. 2021 Eq. 16): 0 gives exactly the default sampler; 1 is another, still
+    reproducible trajectory whose clips do not depend on their batch; a bad value names ``sample.eta``."""
+    from avgen.errors import ConfigError
+
+    system.eval()
+    prompts = ["a red ball drops onto wood", "a cube hits glass"]
+    v0, a0 = system.generate(prompts, steps=3, seed=7)
+    v1, a1 = system.generate(prompts, steps=3, seed=7, eta=0.0)
+    assert torch.equal(v0, v1) and torch.equal(a0, a1)
+    v2, a2 = system.generate(prompts, steps=3, seed=7, eta=1.0)
+    v3, a3 = system.generate(prompts, steps=3, seed=7, eta=1.0)
+    assert torch.equal(v2, v3) and torch.equal(a2, a3)
+    assert not torch.allclose(v2, v0) and not torch.allclose(a2, a0, rtol=1e-3, atol=0)  # tiny audio is ~1e-10
+    v4, a4 = system.generate(prompts[1:], steps=3, seed=8, eta=1.0)  # sample 1 of the batch = seed 7 + 1
+    assert torch.allclose(v4[0], v2[1], atol=1e-5) and torch.allclose(a4[0], a2[1], atol=1e-5)
+    with pytest.raises(ConfigError, match=r"sample\.eta=1\.5: expected DDIM eta in \[0, 1\]"):
+        system.generate(prompts, steps=3, eta=1.5)
+
+
 def test_given_latents_replace_the_seeded_noise(system):
     """``latents=`` (diffusers pipelines' argument): the seeded noise passed in gives the seeded samples, other
     noise other samples, and a wrong shape is refused with both shapes named."""
