@@ -172,7 +172,7 @@ def main() -> None:
                         help="PYoCo mixed-noise ratios r > 0 to sample with besides r = 0 (the sampler's noise)")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--eta", type=float, nargs="+", default=[0.0],
-                        help="DDIM stochasticity η of the generated rows (0: the paper's deterministic DDIM; 1: ancestral)")
+                        help="DDIM stochasticity η of the generated rows (0: the paper's DDIM; 1: ancestral)")
     parser.add_argument("--guidance-video", type=float, default=None, help="default: the model's (7.5)")
     parser.add_argument("--ckpt", type=Path, default=None, help="a joint_cmcpe scale=mini checkpoint (default: the "
                         "zero-initialised adapters, i.e. the base generators)")

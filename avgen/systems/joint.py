@@ -450,7 +450,8 @@ class JointAudioVideo(DiffusionSystem):
     def generate(self, prompts: Sequence[str], *, steps: int | None = None, gamma: float | None = None,
                  guidance_video: float | None = None, guidance_audio: float | None = None,
                  negative_prompt: str | None = None, seed: int = 0, eta: float | None = None,
-                 latents: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 latents: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 video_latents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample sounding videos for ``prompts`` (Algorithm 1 with DDIM and per-modality CFG).
 
         Sample i starts from noise seeded with ``seed + i``, so a clip does not depend on the batch
@@ -459,8 +460,15 @@ class JointAudioVideo(DiffusionSystem):
         which ``seed`` then does not touch. Returns video (B, F, 3, H, W) in [-1, 1] and audio (B, S)
         in [-1, 1].
 
+        ``video_latents`` (B, C, F, h, w): clean video latents (the frame VAE's, scaled) to generate the audio
+        *for*, by the replacement method (Song et al. 2021, "Score-Based Generative Modeling through SDEs",
+        App. I.2 (imputation); MM-Diffusion's zero-shot video-to-audio, Ruan et al. 2023): at every step the video
+        is those latents noised to its local timestep m(t) with the starting video noise,
+        sqrt(ᾱ_m)·z0 + sqrt(1 − ᾱ_m)·ε_v, and the video connector's x̂0 is z0 itself; only the audio is
+        sampled. The returned video is then the decoded ``video_latents``.
+
         Raises:
-            ValueError: ``latents`` of other shapes than :meth:`latent_shapes` of the batch.
+            ValueError: ``latents`` or ``video_latents`` of other shapes than :meth:`latent_shapes` of the batch.
 
         Timesteps: the video scheduler's ``set_timesteps(steps)`` gives one global grid
         t_1 > … > t_N (``model.video.scheduler.timestep_spacing`` and ``steps_offset``; the audio
@@ -497,6 +505,11 @@ class JointAudioVideo(DiffusionSystem):
                 raise ValueError(f"latents must be video {shape_v} and audio {shape_a} for {b} prompts, got "
                                  f"{tuple(noise_v.shape)} and {tuple(noise_a.shape)}")
         x_v, x_a = noise_v.to(device, self.dtype), noise_a.to(device, self.dtype)
+        given = None
+        if video_latents is not None:
+            if tuple(video_latents.shape) != shape_v:
+                raise ValueError(f"video_latents must be {shape_v} for {b} prompts, got {tuple(video_latents.shape)}")
+            given = video_latents.to(device, torch.float32)
         text_v, text_a = self.encode_text(prompts)
         guided = g_v != 1.0 or g_a != 1.0
         if guided:
@@ -520,6 +533,9 @@ class JointAudioVideo(DiffusionSystem):
             reps = 2 if guided else 1
             t_v = torch.full((b,), m, device=device, dtype=torch.long)
             t_a = torch.full((b,), n, device=device, dtype=torch.long)
+            if given is not None:  # replacement: the given video at this step's noise level, its x̂0 known
+                x_v = add_noise(given, noise_v.to(device), self.video_alphas, t_v).to(self.dtype)
+                x0_v = given.to(self.dtype)
             # the unconditional and conditional rows share latents, so they share the connectors' output
             feat_v, feat_a = self.denoiser.connect(x_v, x_a, t_v, t_a, x0_v, x0_a)
             out_v, out_a = self.denoiser(x_v.repeat(reps, 1, 1, 1, 1), x_a.repeat(reps, 1, 1, 1), t_v.repeat(reps),
@@ -535,7 +551,7 @@ class JointAudioVideo(DiffusionSystem):
                 z_a = torch.stack([a for _, a in z]).to(device, torch.float32)
             x_v, x0_v = ddim_step(pred_v, x_v, out_v, self.video_alphas, m, m_prev, final_v, eta, z_v)
             x_a, x0_a = ddim_step(pred_a, x_a, out_a, self.audio_alphas, n, n_prev, final_a, eta, z_a)
-        video = decode_video(self.video, x_v)
+        video = decode_video(self.video, x_v if given is None else given.to(self.dtype))
         audio = decode_audio(self.audio, x_a, self.num_samples)
         return video.float().clamp(-1, 1), audio.float().clamp(-1, 1)
 

@@ -221,6 +221,32 @@ def test_stochastic_ddim_is_seeded_per_sample_and_eta_zero_is_the_deterministic_
         system.generate(prompts, steps=3, eta=1.5)
 
 
+def test_audio_for_a_given_video_by_replacement(system):
+    """``video_latents``: the returned video is the given one decoded; with zero-initialised cross-modal blocks the
+    audio is the unconditional sampler's (the audio U-Net cannot see the video); with trained (here: perturbed)
+    blocks it depends on the given video; a wrong shape is refused."""
+    from avgen.backbones.animatediff import decode_video
+
+    system.eval()
+    prompts = ["a red ball drops onto wood", "a cube hits glass"]
+    shape_v, _ = system.latent_shapes(2)
+    given = torch.randn(shape_v, generator=torch.Generator().manual_seed(3))
+    v0, a0 = system.generate(prompts, steps=3, seed=7)
+    v1, a1 = system.generate(prompts, steps=3, seed=7, video_latents=given)
+    assert torch.allclose(v1, decode_video(system.video, given).float().clamp(-1, 1))
+    assert not torch.allclose(v1, v0)
+    assert torch.allclose(a1, a0, rtol=1e-4, atol=0)
+    perturbed = copy.deepcopy(system)
+    with torch.no_grad():
+        for p in perturbed.denoiser.audio_blocks.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    _, a2 = perturbed.generate(prompts, steps=3, seed=7, video_latents=given)
+    _, a3 = perturbed.generate(prompts, steps=3, seed=7, video_latents=given.flip(2))
+    assert not torch.allclose(a2, a3, rtol=1e-3, atol=0)
+    with pytest.raises(ValueError, match=r"video_latents must be \(2, .*got \(1, "):
+        system.generate(prompts, steps=3, video_latents=given[:1])
+
+
 def test_given_latents_replace_the_seeded_noise(system):
     """``latents=`` (diffusers pipelines' argument): the seeded noise passed in gives the seeded samples, other
     noise other samples, and a wrong shape is refused with both shapes named."""
