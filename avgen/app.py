@@ -243,7 +243,7 @@ VIDEO_HEIGHT = 320  # pixels; the players scale a clip up or down to it
 
 
 def option_component(name: str, default: Any, doc: str | None, elem_id: str) -> gr.components.Component:
-    """The widget of one sampling option: a choice list for ``sampler``, a slider for γ and the guidance
+    """The widget of one sampling option: a choice list for ``sampler``, a slider for γ, η and the guidance
     scales, a whole-number box for ints (steps), a text box for text options (empty: the default)."""
     import gradio as gr
 

@@ -89,9 +89,10 @@ def ddim_step(prediction_type: str, x_t: torch.Tensor, output: torch.Tensor, alp
               noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM step from timestep ``t`` to ``t_prev`` (``t_prev`` < 0: to the data), with the
     stochasticity ``eta`` (module docstring; Song et al. 2021, Eqs. 12 and 16). ``eta`` = 0 is
-    deterministic and ignores ``noise``; otherwise ``noise`` is z, standard normal of ``x_t``'s shape
-    (diffusers' ``DDIMScheduler.step(..., eta, variance_noise=noise)`` computes the same step between
-    consecutive points of a ``leading`` grid).
+    deterministic and ignores ``noise``; otherwise ``noise`` is z, standard normal of ``x_t``'s shape, of
+    any dtype and device (moved to ``x_t``'s device, used in float32). diffusers'
+    ``DDIMScheduler.step(..., eta, variance_noise=noise)`` computes the same step between consecutive
+    points of a ``leading`` grid. σ is 0 where ``t_prev`` = ``t`` (also at ᾱ = 0, zero terminal SNR).
 
     Returns (x_{t_prev}, x̂0), in ``x_t``'s dtype.
 
@@ -108,7 +109,8 @@ def ddim_step(prediction_type: str, x_t: torch.Tensor, output: torch.Tensor, alp
         raise ValueError(f"DDIM with eta={eta} needs noise of the latents' shape {tuple(x_t.shape)}, got "
                          f"{None if noise is None else tuple(noise.shape)}")
     a_t = alpha_bar(alphas_cumprod, torch.tensor(t), final_alpha).float()
-    sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
+    ratio = torch.where(a_prev > 0, a_t / a_prev.clamp(min=torch.finfo(torch.float32).tiny), torch.ones_like(a_t))
+    sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - ratio)).clamp(min=0).sqrt()  # 0 where t_prev = t, ᾱ = 0 too
     direction = (1 - a_prev - sigma ** 2).clamp(min=0).sqrt()
     x_prev = a_prev.sqrt() * x0.float() + direction * eps.float() + sigma * noise.to(x_t.device).float()
     return x_prev.to(x_t.dtype), x0

@@ -34,7 +34,7 @@ carry them), then the adapters train as ``make demo`` trains them. A mini-scale 
    is denoised ahead of the audio, so the connector reads a cleaner x̂0 while the audio's timing is still open),
    in ``<run-dir>/samples_gamma<γ>``.
 6. **Audio for the real video** (``--given-video``, per ``--sample-gamma``): the audio of the ``--clips`` held-out
-   clips generated *for their real frames* (:meth:`~avgen.systems.joint.JointSystem.generate` with
+   clips generated *for their real frames* (:meth:`~avgen.systems.joint.JointAudioVideo.generate` with
    ``video_latents``: the replacement method, the video held at the clip's latents noised to its local timestep),
    paired with those frames and scored by ``mini_demo.py``'s onset checks (``true``); ``none``: the audio generated
    for the next clip's frames, paired with this clip's (a control with the same audio model and no timing link);
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, video in (("true", held_latents), ("none", rolled)):
                 audio = []
                 for start in range(0, opts.clips, 8):
-                    with torch.no_grad():
+                    with torch.no_grad(), system.ema_weights():
                         audio.append(system.generate(captions[start:start + 8], gamma=gamma, seed=start,
                                                      video_latents=video[start:start + 8])[1])
                 sampled[name] = torch.cat(audio)

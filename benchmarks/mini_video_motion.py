@@ -179,6 +179,8 @@ def main() -> None:
     parser.add_argument("--samples-dir", type=Path, nargs="*", default=[])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if any(not 0.0 <= eta <= 1.0 for eta in args.eta):
+        parser.error(f"--eta {args.eta}: each must be in [0, 1] (0: the paper's DDIM; 1: ancestral)")
 
     import mini_demo
 

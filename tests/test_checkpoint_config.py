@@ -115,7 +115,7 @@ def test_overrides_that_would_change_the_trained_model_are_refused(joint, tmp_pa
 def test_every_sampling_override_reaches_the_system(request, tmp_path, cls):
     ckpt, _ = request.getfixturevalue("joint" if cls is JointAudioVideo else "tempotokens")
     values = {"steps": 7, "gamma": 2.0, "guidance_video": 3.0, "guidance_audio": 1.5, "guidance": 9.0,
-              "negative_prompt": "bad quality", "batch_size": 3}
+              "negative_prompt": "bad quality", "batch_size": 3, "eta": 0.5}
     overrides = [f"+model.sampling.{k}={values[k]}" for k in cls.sampling_settings.names()]
     system, cfg = load_system(ckpt, compose(["command=sample", f"ckpt_path={ckpt}", *overrides], tmp_path),
                               command_line_overrides())
@@ -146,11 +146,11 @@ def record_joint_timesteps(monkeypatch) -> list[tuple[int, int]]:
     """(video, audio) local timesteps of each sampler step, from the DDIM steps the joint sampler takes."""
     pairs, steps = [], []
 
-    def step(prediction, x, out, alphas, t, t_prev, final):
+    def step(prediction, x, out, alphas, t, t_prev, final, *rest):
         steps.append(t)
         if len(steps) % 2 == 0:
             pairs.append((steps[-2], steps[-1]))
-        return ddim_step(prediction, x, out, alphas, t, t_prev, final)
+        return ddim_step(prediction, x, out, alphas, t, t_prev, final, *rest)
 
     monkeypatch.setattr(joint_module, "ddim_step", step)
     return pairs
@@ -246,8 +246,31 @@ def check_joint_key(system, key, monkeypatch, tmp_path):
         assert not torch.allclose(latents[0], default_latents[0], atol=1e-4)
     elif key == "batch_size":
         check_batch_size(system, monkeypatch, joint_module, tmp_path, prompt=["a", "b"], steps=2)
+    elif key == "eta":
+        check_joint_eta(system, rec, base)
     else:
         pytest.fail(f"model.sampling.{key} of JointAudioVideo has no check of its effect")
+
+
+def check_joint_eta(system, rec, base):
+    """eta = 1 takes DDIM's stochastic step (Eq. 16) with each modality's z drawn from the sample's generator
+    (seed 0) past its starting noise, video then audio; two steps: [999, 0], the second σ = 0 step to ᾱ_0 leaves
+    the latent as it is (see :func:`check_joint_guidance`)."""
+    _, default_latents = joint_run(system, rec, base)
+    calls, latents = joint_run(system, rec, {**base, "eta": 1.0})
+    args, out = calls[0]
+    g = torch.Generator().manual_seed(0)
+    shapes = [s[1:] for s in system.latent_shapes(1)]
+    for shape in shapes:
+        torch.randn(shape, generator=g)  # the starting noise
+    z = [torch.randn(shape, generator=g)[None] for shape in shapes]
+    for index, modality in enumerate(("video", "audio")):
+        x, t = args[index][:1], int(args[2 + index][0])
+        alphas = system.video_alphas if index == 0 else system.audio_alphas
+        guided = classifier_free_guidance(*out[index].chunk(2), base[f"guidance_{modality}"])
+        expected = ddim_step(system._prediction(modality), x, guided, alphas, t, 0, 1.0, 1.0, z[index])[0]
+        assert t == 999 and torch.allclose(latents[index], expected, atol=1e-4), modality
+        assert not torch.allclose(latents[index], default_latents[index], atol=1e-4), modality
 
 
 def check_batch_size(system, monkeypatch, module, tmp_path, **kwargs):

@@ -72,10 +72,10 @@ class JointSampling(SamplingSettings):
     ``eta`` (Song et al. 2021, Eq. 16; paper: 0, deterministic) and ``batch_size``."""
 
     gamma: float = setting(timestep_gamma, "timestep adjustment γ (Eq. 9)")
-    eta: float = setting(ddim_eta, "DDIM stochasticity η (0 = deterministic, as the paper; 1 = ancestral)")
     guidance_video: float = setting(guidance_scale, "video classifier-free guidance scale (1 = none)")
     guidance_audio: float = setting(guidance_scale, "audio classifier-free guidance scale (1 = none)")
     negative_prompt: str | None = setting(optional_text, "prompt of the unconditional pass (null: empty)")
+    eta: float = setting(ddim_eta, "DDIM stochasticity η (0 = deterministic, as the paper; 1 = ancestral)")
 
 # What the DDIMScheduler settings of model.{video,audio}.scheduler do here. The sampler (generate)
 # steps on ONE global grid, the video scheduler's, maps it to each modality's local timesteps by Eq. 9
@@ -456,19 +456,23 @@ class JointAudioVideo(DiffusionSystem):
 
         Sample i starts from noise seeded with ``seed + i``, so a clip does not depend on the batch
         it was generated in; ``latents`` = (video (B, C, F, h, w), audio (B, C, T, M)) starting noise
-        drawn by the caller instead (diffusers pipelines' ``latents``; shapes: :meth:`latent_shapes`),
-        which ``seed`` then does not touch. Returns video (B, F, 3, H, W) in [-1, 1] and audio (B, S)
-        in [-1, 1].
+        drawn by the caller instead (diffusers pipelines' ``latents``; shapes: :meth:`latent_shapes`);
+        ``seed`` then sets only the stochastic steps' noise (``eta`` > 0). Returns video (B, F, 3, H, W)
+        in [-1, 1] and audio (B, S) in [-1, 1].
 
         ``video_latents`` (B, C, F, h, w): clean video latents (the frame VAE's, scaled) to generate the audio
         *for*, by the replacement method (Song et al. 2021, "Score-Based Generative Modeling through SDEs",
         App. I.2 (imputation); MM-Diffusion's zero-shot video-to-audio, Ruan et al. 2023): at every step the video
         is those latents noised to its local timestep m(t) with the starting video noise,
         sqrt(ᾱ_m)·z0 + sqrt(1 − ᾱ_m)·ε_v, and the video connector's x̂0 is z0 itself; only the audio is
-        sampled. The returned video is then the decoded ``video_latents``.
+        sampled (with ``eta`` > 0 the video's step noise is still drawn, and unused, so the audio's stream is
+        the unconditional run's). ``video_latents`` may be of any float dtype and device (used as float32).
+        The returned video is then the decoded ``video_latents``.
 
         Raises:
             ValueError: ``latents`` or ``video_latents`` of other shapes than :meth:`latent_shapes` of the batch.
+            ConfigError: a bad ``steps``, ``gamma``, guidance scale, ``negative_prompt`` or ``eta`` (the message
+                names ``sample.<key>``).
 
         Timesteps: the video scheduler's ``set_timesteps(steps)`` gives one global grid
         t_1 > … > t_N (``model.video.scheduler.timestep_spacing`` and ``steps_offset``; the audio
@@ -477,8 +481,9 @@ class JointAudioVideo(DiffusionSystem):
         deterministic at ``eta`` = 0, the paper's sampler) to the next grid point, m(t_{k+1}) and
         n(t_{k+1}); after t_N to each scheduler's final ᾱ (:func:`~avgen.diffusion.ddim_step`). With
         ``eta`` > 0 each step adds σ·z (Eq. 16) per modality, z drawn per sample from a CPU generator
-        seeded with ``seed + i`` (after the starting noise when ``seed`` drew it), the video's then the
-        audio's, so a stochastic clip too is the same in any batch. diffusers'
+        seeded with ``seed + i`` past the draws of that sample's starting noise (whether ``seed`` or the
+        caller drew it), the video's then the audio's, so a stochastic clip too is the same in any batch
+        and ``latents=seeded_noise(..., seed)`` gives the clips ``seed`` gives. diffusers'
         ``DDIMScheduler.step`` steps from t to t − ⌊T/N⌋ instead (T = ``num_train_timesteps``),
         wherever the next grid point is. The two agree on ``leading`` grids
         (t_k = (N − k)·⌊T/N⌋ + ``steps_offset``, with ``steps_offset`` < ⌊T/N⌋), on ``trailing``
@@ -498,8 +503,8 @@ class JointAudioVideo(DiffusionSystem):
         streams: list[torch.Generator] = []  # per sample, the stochastic steps' noise (eta > 0)
         if latents is None:
             noise_v, noise_a = seeded_noise([shape_v[1:], shape_a[1:]], b, seed, generators=streams)
-        else:
-            streams = [torch.Generator().manual_seed(int(seed) + i) for i in range(b)]
+        else:  # the streams still start past the starting noise ``seed`` would draw, never repeating it
+            seeded_noise([shape_v[1:], shape_a[1:]], b, seed, generators=streams)
             noise_v, noise_a = latents
             if tuple(noise_v.shape) != shape_v or tuple(noise_a.shape) != shape_a:
                 raise ValueError(f"latents must be video {shape_v} and audio {shape_a} for {b} prompts, got "
@@ -509,7 +514,7 @@ class JointAudioVideo(DiffusionSystem):
         if video_latents is not None:
             if tuple(video_latents.shape) != shape_v:
                 raise ValueError(f"video_latents must be {shape_v} for {b} prompts, got {tuple(video_latents.shape)}")
-            given = video_latents.to(device, torch.float32)
+            given, given_noise = video_latents.to(device, torch.float32), noise_v.to(device)
         text_v, text_a = self.encode_text(prompts)
         guided = g_v != 1.0 or g_a != 1.0
         if guided:
@@ -534,7 +539,7 @@ class JointAudioVideo(DiffusionSystem):
             t_v = torch.full((b,), m, device=device, dtype=torch.long)
             t_a = torch.full((b,), n, device=device, dtype=torch.long)
             if given is not None:  # replacement: the given video at this step's noise level, its x̂0 known
-                x_v = add_noise(given, noise_v.to(device), self.video_alphas, t_v).to(self.dtype)
+                x_v = add_noise(given, given_noise, self.video_alphas, t_v).to(self.dtype)
                 x0_v = given.to(self.dtype)
             # the unconditional and conditional rows share latents, so they share the connectors' output
             feat_v, feat_a = self.denoiser.connect(x_v, x_a, t_v, t_a, x0_v, x0_a)

@@ -204,6 +204,7 @@ def test_sampling_is_deterministic_and_batch_independent(system):
 def test_stochastic_ddim_is_seeded_per_sample_and_eta_zero_is_the_deterministic_sampler(system):
     """``eta`` (DDIM's σ, Song et al. 2021 Eq. 16): 0 gives exactly the default sampler; 1 is another, still
     reproducible trajectory whose clips do not depend on their batch; a bad value names ``sample.eta``."""
+    from avgen.diffusion import seeded_noise
     from avgen.errors import ConfigError
 
     system.eval()
@@ -217,22 +218,41 @@ def test_stochastic_ddim_is_seeded_per_sample_and_eta_zero_is_the_deterministic_
     assert not torch.allclose(v2, v0) and not torch.allclose(a2, a0, rtol=1e-3, atol=0)  # tiny audio is ~1e-10
     v4, a4 = system.generate(prompts[1:], steps=3, seed=8, eta=1.0)  # sample 1 of the batch = seed 7 + 1
     assert torch.allclose(v4[0], v2[1], atol=1e-5) and torch.allclose(a4[0], a2[1], atol=1e-5)
+    # the seeded noise passed as latents gives the seeded clips: the step noise never repeats the starting noise
+    shape_v, shape_a = system.latent_shapes(2)
+    v5, a5 = system.generate(prompts, steps=3, seed=7, eta=1.0,
+                             latents=tuple(seeded_noise([shape_v[1:], shape_a[1:]], 2, 7)))
+    assert torch.equal(v5, v2) and torch.equal(a5, a2)
     with pytest.raises(ConfigError, match=r"sample\.eta=1\.5: expected DDIM eta in \[0, 1\]"):
         system.generate(prompts, steps=3, eta=1.5)
 
 
 def test_audio_for_a_given_video_by_replacement(system):
-    """``video_latents``: the returned video is the given one decoded; with zero-initialised cross-modal blocks the
-    audio is the unconditional sampler's (the audio U-Net cannot see the video); with trained (here: perturbed)
-    blocks it depends on the given video; a wrong shape is refused."""
+    """``video_latents``: at every step the connector and the video U-Net see the given latents noised to the step's
+    local timestep with the starting video noise, and x̂0 = the given latents; the returned video is the given one
+    decoded; with zero-initialised cross-modal blocks the audio is the unconditional sampler's (the audio U-Net cannot
+    see the video); with trained (here: perturbed) blocks it depends on the given video; a wrong shape is refused."""
     from avgen.backbones.animatediff import decode_video
+    from avgen.diffusion import add_noise, seeded_noise
 
     system.eval()
     prompts = ["a red ball drops onto wood", "a cube hits glass"]
-    shape_v, _ = system.latent_shapes(2)
+    shape_v, shape_a = system.latent_shapes(2)
     given = torch.randn(shape_v, generator=torch.Generator().manual_seed(3))
     v0, a0 = system.generate(prompts, steps=3, seed=7)
-    v1, a1 = system.generate(prompts, steps=3, seed=7, video_latents=given)
+    seen = []
+    connect = system.denoiser.connect
+    system.denoiser.connect = lambda x_v, x_a, t_v, t_a, x0_v, x0_a: seen.append((x_v, t_v, x0_v)) or connect(
+        x_v, x_a, t_v, t_a, x0_v, x0_a)
+    try:
+        v1, a1 = system.generate(prompts, steps=3, seed=7, video_latents=given)
+    finally:
+        del system.denoiser.connect
+    start_v = seeded_noise([shape_v[1:], shape_a[1:]], 2, 7)[0]
+    assert len(seen) == 3 and len({int(t[0]) for _, t, _ in seen}) == 3
+    for x_v, t_v, x0_v in seen:
+        assert torch.allclose(x_v, add_noise(given, start_v, system.video_alphas, t_v), atol=1e-6)
+        assert torch.equal(x0_v, given)
     assert torch.allclose(v1, decode_video(system.video, given).float().clamp(-1, 1))
     assert not torch.allclose(v1, v0)
     assert torch.allclose(a1, a0, rtol=1e-4, atol=0)

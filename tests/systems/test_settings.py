@@ -52,7 +52,7 @@ def test_the_model_yaml_is_the_one_source_of_defaults(name, scale, tmp_path):
 def test_partial_blocks_are_completed_from_the_yaml():
     sampling = JointSampling.from_config({"gamma": 2}, model_config="joint", scale="paper")
     assert sampling == JointSampling(steps=25, batch_size=4, gamma=2.0, guidance_video=7.5, guidance_audio=2.5,
-                                     negative_prompt=None)
+                                     negative_prompt=None, eta=0.0)
     assert isinstance(sampling.gamma, float)
     tt = TempoTokensSampling.from_config({"negative_prompt": None}, model_config="tempotokens", scale="tiny")
     assert tt.negative_prompt == "" and tt.steps == 4 and tt.guidance == 25.0
@@ -67,6 +67,8 @@ BAD = [
     (JointSampling, "guidance_audio", -1, r"model\.sampling\.guidance_audio=-1: expected a guidance scale >= 0"),
     (JointSampling, "guidance_video", math.nan, r"model\.sampling\.guidance_video=nan: expected a guidance scale"),
     (JointSampling, "negative_prompt", 3, r"model\.sampling\.negative_prompt=3: expected a string"),
+    (JointSampling, "eta", 1.5, r"model\.sampling\.eta=1\.5: expected DDIM eta in \[0, 1\]"),
+    (JointSampling, "eta", True, r"model\.sampling\.eta=True: expected DDIM eta in \[0, 1\]"),
     (TempoTokensSampling, "guidance", "high", r"model\.sampling\.guidance='high': expected a guidance scale"),
     (TempoTokensSampling, "gamma", 1.5, r"model\.sampling\.gamma: not a sampling setting of this system; expected "
                                         r"one of: steps, batch_size, guidance, negative_prompt"),
