@@ -85,6 +85,18 @@ def test_stochastic_ddim_step_keeps_the_forward_marginal_and_checks_its_inputs()
         ddim_step("epsilon", x_t, eps, alphas, t, prev, 1.0, 1.0)
 
 
+def test_stochastic_ddim_step_at_zero_terminal_snr_repeating_a_timestep_is_finite():
+    """Eq. 9's rounding can map two grid points to the same local timestep; at ᾱ_999 = 0 (zero terminal SNR,
+    v-prediction) σ = η·sqrt((1 − ᾱ_prev)/(1 − ᾱ_t))·sqrt(1 − ᾱ_t/ᾱ_prev) is 0/0 there: the step must be finite,
+    σ = 0, i.e. the deterministic step."""
+    alphas = torch.linspace(0.999, 0.0, 1000)
+    g = torch.Generator().manual_seed(0)
+    x_t, out, z = (torch.randn(2, 3, generator=g) for _ in range(3))
+    stochastic, _ = ddim_step("v_prediction", x_t, out, alphas, 999, 999, 1.0, 1.0, z)
+    deterministic, _ = ddim_step("v_prediction", x_t, out, alphas, 999, 999, 1.0)
+    assert torch.isfinite(stochastic).all() and torch.allclose(stochastic, deterministic)
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_prediction_round_trip(prediction_type):
     alphas = torch.linspace(0.999, 0.01, 1000)
