@@ -40,6 +40,13 @@ carry them), then the adapters train as ``make demo`` trains them. A mini-scale 
    for the next clip's frames, paired with this clip's (a control with the same audio model and no timing link);
    ``real``: the clips' own audio (the ceiling). It separates the two halves of the demo's alignment: whether the
    audio follows a video that *does* show the landings, and whether the generated videos show them.
+7. **Video first** (``--video-first η …``, per ``--sample-gamma``): ``--samples`` clips of the test captions sampled in
+   two passes, the video by the joint sampler with DDIM η (its audio dropped), then the audio for that video by the
+   replacement method of step 6 (η 0, the same seeds), scored as the samples are: whether the audio follows the
+   *generated* video when that video is finished before the audio starts.
+
+``--state F`` saves the trained system (and the ``logit`` head) to F after step 4; when F exists it is loaded instead
+and steps 2–4 are skipped, so the measurements can be repeated on one trained model.
 
 Usage (any model overrides after the options; defaults take about 5 minutes on one thread, sampling 1 more)::
 
@@ -234,6 +241,41 @@ def latent_bank(system, dm, loader, passes: int) -> tuple[torch.Tensor, torch.Te
     return torch.cat(latents), torch.cat(labels), torch.cat(texts)
 
 
+def video_first_samples(system, folder: Path, n: int, gamma: float | None, eta: float) -> dict:
+    """Step 7: ``n`` sounding videos of the test split's captions sampled video first, written to ``folder`` and
+    scored by ``mini_demo.py``: the video latents by the joint sampler with ``eta`` (its audio dropped), then the
+    audio for them by the replacement method (η 0, the same seeds), under the EMA weights."""
+    from mini_demo import frame_classifier, load_samples, measure, store_geometry
+
+    import avgen.systems.joint as joint
+    from avgen.samples import write_sounding_videos
+
+    prompts, _ = system._prompts(None, n)
+    decode, kept = joint.decode_video, []
+
+    def keep(video, latents):
+        kept.append(latents.detach().clone())
+        return decode(video, latents)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for start in range(0, n, 8):
+        chunk = prompts[start:start + 8]
+        kept.clear()
+        joint.decode_video = keep
+        try:
+            with torch.no_grad(), system.ema_weights():
+                system.generate(chunk, gamma=gamma, seed=start, eta=eta)
+        finally:
+            joint.decode_video = decode
+        with torch.no_grad(), system.ema_weights():
+            video, audio = system.generate(chunk, gamma=gamma, seed=start, eta=0.0, video_latents=kept[0])
+        write_sounding_videos(folder, chunk, video, audio, system.clip, overwrite=True, first=start)
+    generated, prompts = load_samples(folder)
+    result = measure(generated, prompts, frame_classifier(store_geometry(generated[0])))
+    return {"onsets": result["onsets"], "impacts": result["impacts"],
+            "colour": result["prompt_agreement"]["colour"]["accuracy"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", choices=TARGETS, default="code")
@@ -253,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: the model's model.sampling.gamma)")
     parser.add_argument("--given-video", action="store_true",
                         help="also generate the held-out clips' audio for their real frames (step 6)")
+    parser.add_argument("--video-first", type=float, nargs="+", default=None, metavar="ETA",
+                        help="also sample --samples clips video first (step 7): per η, the video by the model's own "
+                             "sampler with that η, then the audio for it by the replacement method (η 0)")
+    parser.add_argument("--state", type=Path, default=None,
+                        help="the trained system's weights: loaded when the file exists (no training), else saved "
+                             "there after training")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON report (printed too)")
@@ -262,7 +310,6 @@ def main(argv: list[str] | None = None) -> int:
     if opts.teacher and opts.target != "code":
         parser.error("--teacher needs --target code (the teacher's features are the code)")
     torch.set_num_threads(opts.threads)
-    from joint_modality_use import connector_variation, modality_use
 
     from avgen.commands import build_datamodule, build_model
 
@@ -273,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     dm.setup("fit")
     fps = float(system.clip.fps)
     began = time.perf_counter()
-    latents, labels, texts = latent_bank(system, dm, dm.train_dataloader, opts.passes)
+    loaded = opts.state is not None and opts.state.is_file()
+    latents, labels, texts = latent_bank(system, dm, dm.train_dataloader, 1 if loaded else opts.passes)
     held = held_out(dm, opts.clips)
     held_latents = torch.cat([system.encode_batch(b, torch.Generator().manual_seed(i))[0].float()
                               for i, b in enumerate(held)])[: opts.clips]
@@ -284,6 +332,28 @@ def main(argv: list[str] | None = None) -> int:
     x0_modes = X0_MODES[opts.x0]
     report: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
                               "bank": {"clips": len(latents), "hit_frame_rate": round(rate, 4)}}
+    teacher = CodeTeacher(system, objective, fps)
+    if loaded:
+        objective.head.load_state_dict(torch.load(opts.state, map_location="cpu", weights_only=True)["head"])
+        system.load_state_dict(torch.load(opts.state, map_location="cpu", weights_only=True)["system"])
+        report["state"] = f"loaded {opts.state}"
+    else:
+        train(system, dm, objective, teacher, latents, labels, texts, held_latents, held_labels, x0_modes, fps, cfg,
+              opts, report, began)
+        if opts.state is not None:
+            opts.state.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"system": system.state_dict(), "head": objective.head.state_dict()}, opts.state)
+    measure_after(system, objective, teacher, held, held_latents, held_labels, fps, opts, report, began)
+    text = json.dumps(report, indent=1, default=float)
+    print(text)
+    if opts.out:
+        opts.out.write_text(text + "\n")
+    return 0
+
+
+def train(system, dm, objective, teacher, latents, labels, texts, held_latents, held_labels, x0_modes, fps, cfg, opts,
+          report, began) -> None:
+    """Steps 2–4: the connector's warm start, then the adapters' training (``report`` gains the AUCs)."""
     report["auc_before"] = connector_auc(objective, held_latents, held_labels)
     optimizer = torch.optim.Adam(objective.parameters(), lr=opts.warm_lr)
     steps_total = len(system.video_alphas)
@@ -300,7 +370,6 @@ def main(argv: list[str] | None = None) -> int:
     report["auc_warm"] = connector_auc(objective, held_latents, held_labels)
     print("connector AUC after the warm start:", report["auc_warm"], flush=True)
 
-    teacher = CodeTeacher(system, objective, fps)
     params = [p for p in system.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params + (list(objective.head.parameters()) if opts.target == "logit" else []),
                                  lr=float(cfg.model.optimizer.lr))
@@ -333,6 +402,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"({time.perf_counter() - began:.0f} s)", flush=True)
             if step >= opts.joint_steps:
                 break
+    system.eval()
+
+
+def measure_after(system, objective, teacher, held, held_latents, held_labels, fps, opts, report, began) -> None:
+    """Steps 5–7 on the trained system (``report`` gains the results)."""
+    from joint_modality_use import connector_variation, modality_use
+
     system.eval()
     report["auc_after"] = connector_auc(objective, held_latents, held_labels)
     if opts.target == "code":
@@ -385,11 +461,11 @@ def main(argv: list[str] | None = None) -> int:
                                        "delayed": v["shifted"]["aligned_clips"],
                                        "av_align_minus_delayed": v["av_align_minus_shifted"]}
                                    for k, v in report[key].items()}, default=float), flush=True)
-    text = json.dumps(report, indent=1, default=float)
-    print(text)
-    if opts.out:
-        opts.out.write_text(text + "\n")
-    return 0
+    for eta in opts.video_first or []:
+        for gamma in opts.sample_gamma or [None]:
+            key = f"video_first_eta{eta:g}" + ("" if gamma is None else f"_gamma{gamma:g}")
+            report[key] = video_first_samples(system, opts.run_dir / key, opts.samples or opts.clips, gamma, eta)
+            print(key, json.dumps(report[key], default=float), flush=True)
 
 
 if __name__ == "__main__":
