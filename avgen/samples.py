@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -417,3 +417,50 @@ class VideoInput:
         frames, _ = decode_video(self.path, fps=clip.fps, start=start / clip.sample_rate,
                                  fit_to=(clip.height, clip.width))
         return frames[:want] if len(frames) else self.frames[-1:]
+
+
+def refuse_existing_dubs(inputs: Sequence[VideoInput], out_dir: Path, overwrite: bool,
+                         extra: Callable[[VideoInput], list[Path]] | None = None) -> None:
+    """Before any model runs: stop when an output of ``inputs`` (:meth:`VideoInput.outputs`, plus ``extra(item)``)
+    exists in ``out_dir`` and ``overwrite`` is false.
+
+    Raises:
+        FileExistsError: naming the first existing output and ``sample.overwrite=true``.
+    """
+    existing = [p for item in inputs for p in item.outputs(out_dir) + (extra(item) if extra else []) if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists; pass sample.overwrite=true to replace the samples, or choose "
+                              f"another run folder")
+
+
+def write_dubbed(out_dir: Path, item: VideoInput, wave: np.ndarray, sample_rate: int, caption: str,
+                 generation: Mapping[str, object], overwrite: bool) -> SampleReport:
+    """``<stem>.mp4/.wav/.txt/.json`` of one video-to-audio input (:meth:`VideoInput.outputs`), whole or not at all.
+
+    ``wave`` (S,) float32 in [-1, 1] at ``sample_rate`` Hz is the audio generated for ``item``; the mp4 is the input's
+    video stream with it (:func:`avgen.media.dub_video`: copied when its codec fits mp4, else h264), the txt the
+    caption used, the json the source, the caption, how the video was carried, the windows (seconds) and
+    ``generation`` (the sampler settings and the seed of the first window). A failure removes the files of this input
+    written so far (with ``overwrite``, also the earlier ones it was replacing) and is returned in ``failed``; the
+    caller's other inputs go on. Shared by VTA-LDM's and the joint model's ``sample.video``.
+    """
+    from avgen.media import dub_video, write_bytes_atomic, write_wav
+
+    paths = item.outputs(out_dir)
+    done: list[Path] = []
+    try:
+        info = dub_video(item.path, wave, sample_rate, paths[0], overwrite=overwrite)
+        done.append(paths[0])
+        done.append(write_wav(paths[1], wave, sample_rate, overwrite=overwrite))
+        done.append(write_bytes_atomic(paths[2], caption.encode(), overwrite=overwrite))
+        meta = {"source": item.source, "prompt": caption, "dub": {**info.to_json(), "path": paths[0].name},
+                "windows_s": [[s / sample_rate, e / sample_rate] for s, e in item.windows],
+                "generation": dict(generation)}
+        done.append(write_bytes_atomic(paths[3], json.dumps(meta, indent=1).encode(), overwrite=overwrite))
+    except (MediaError, OSError) as exc:
+        for path in (paths if overwrite else done):
+            path.unlink(missing_ok=True)
+        reason = " ".join(str(exc).split())
+        log.warning("%s not written: %s", item.stem, reason)
+        return SampleReport(failed=[{"sample": item.stem, "reason": reason}])
+    return SampleReport(written=[paths[0]])

@@ -60,13 +60,15 @@ def sampled_by_command(ckpt: Path, system: str, monkeypatch, tmp_path: Path, **s
     model, _ = load_system(ckpt)
     captured: list[tuple] = []
     if system == "vta_ldm":
-        original = type(model)._write_dubbed
+        import avgen.systems.vta_ldm as vta_ldm
 
-        def spy(self, out_dir, item, wave, caption, generation, overwrite):
+        original = vta_ldm.write_dubbed
+
+        def spy(out_dir, item, wave, *args):
             captured.append((None, torch.as_tensor(np.asarray(wave))))
-            return original(self, out_dir, item, wave, caption, generation, overwrite)
+            return original(out_dir, item, wave, *args)
 
-        monkeypatch.setattr(type(model), "_write_dubbed", spy)
+        monkeypatch.setattr(vta_ldm, "write_dubbed", spy)
     else:
         import importlib
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from avgen.backbones.animatediff import decode_video, encode_video_posterior, load_animatediff, sample_video_latents
@@ -51,7 +52,7 @@ from avgen.modules.timestep_adjust import (
     check_training_timesteps,
     sample_training_timesteps,
 )
-from avgen.samples import SampleReport, refuse_existing, split_captions, write_sounding_videos
+from avgen.samples import SampleReport, VideoInput, refuse_existing, split_captions, write_sounding_videos
 from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
 from avgen.systems.settings import SamplingSettings, ddim_eta, guidance_scale, optional_text, setting
 
@@ -564,8 +565,9 @@ class JointAudioVideo(DiffusionSystem):
                         steps: int | None = None, gamma: float | None = None, guidance_video: float | None = None,
                         guidance_audio: float | None = None, negative_prompt: str | None = None, seed: int = 0,
                         batch_size: int | None = None, device: str = "auto", overwrite: bool = False,
-                        eta: float | None = None, **unused: Any) -> SampleReport:
-        """``python -m avgen sample``: ``n`` sounding mp4s (+ wav and the prompt as txt) in ``out_dir``.
+                        eta: float | None = None, video: str | None = None, **unused: Any) -> SampleReport:
+        """``python -m avgen sample``: ``n`` sounding mp4s (+ wav and the prompt as txt) in ``out_dir``; with
+        ``video`` (``sample.video``), the audio for those videos instead (:meth:`dub_to_files`).
 
         A sample whose output holds NaN/inf, or that cannot be written, is in the report's ``failed``
         with its name and reason; the others are written (:func:`write_sounding_videos`)."""
@@ -573,6 +575,9 @@ class JointAudioVideo(DiffusionSystem):
                                          guidance_audio=guidance_audio, negative_prompt=negative_prompt,
                                          batch_size=batch_size, eta=eta)  # checked before any model runs
         self.warn_unused_sample_options(unused)
+        if video is not None:
+            return self.dub_to_files(out_dir, video, settings, prompt=prompt, seed=seed, device=device,
+                                     overwrite=overwrite)
         prompts, sources = self._prompts(prompt, int(n))
         self.to_sampling_device(device)
         batch_size = settings.batch_size
@@ -592,6 +597,117 @@ class JointAudioVideo(DiffusionSystem):
                 log.info("sampled %d/%d", min(start + batch_size, len(prompts)), len(prompts))
         print(f"wrote {len(report.written)} sounding videos to {out_dir}")
         return report
+
+    def dub_to_files(self, out_dir: str | Path, video: str, settings: JointSampling, *, prompt: str | None = None,
+                     seed: int = 0, device: str = "auto", overwrite: bool = False) -> SampleReport:
+        """``python -m avgen sample sample.video=<file or folder>``: the joint model as a video-to-audio model.
+
+        The audio of every readable input video is generated *for* its frames by the replacement method
+        (:meth:`generate` with ``video_latents``: Song et al. 2021, App. I.2; MM-Diffusion's zero-shot video-to-audio,
+        Ruan et al. 2023), with the model's own sampler (``settings``: steps, γ, guidance, η), and dubbed onto the
+        input. Inputs: a file or a folder of files of any container FFmpeg reads
+        (:func:`~avgen.samples.read_video_inputs`), decoded at ``data.clip``'s rate and size (fit and centre-cropped).
+        The text condition is ``prompt`` (one string for every input) or else the input's caption (a ``<stem>.txt``
+        next to it; empty when there is none: the audio is then conditioned on the video alone).
+
+        An input longer than a clip is generated in clip-long windows overlapping by
+        :func:`~avgen.samples.window_overlap` and joined by an equal-power crossfade, each window conditioned on the
+        frames shown during it; a window with fewer frames than the model's ``F`` (the last one of a short input)
+        repeats its last frame, and its audio is cut to the window. The frames' latents are the frame VAE's
+        posterior mean (scaled). Window k (over every input, in order) starts from noise seeded ``seed + k``.
+        Per input ``<stem>``: ``.mp4`` (the input's video stream with the generated audio), ``.wav``, ``.txt`` (the
+        caption used) and ``.json`` (:func:`~avgen.samples.write_dubbed`); outputs are written input by input: one
+        that cannot be read is in the report's ``refused``, one whose generation or writing fails in ``failed``.
+
+        Raises:
+            ConfigError: ``prompt`` is a list, or no input (naming ``sample.prompt`` / ``sample.video``).
+            FileExistsError: an output exists and ``overwrite`` is false (checked before generating).
+        """
+        import tempfile
+
+        from avgen.media import MediaError
+        from avgen.samples import read_video_inputs, refuse_existing_dubs, write_dubbed
+
+        if prompt is not None and not isinstance(prompt, str):
+            raise ConfigError(f"sample.prompt={prompt!r}: with sample.video the joint model takes one caption for "
+                              f"every input video (or none: each input's <stem>.txt, else no text)")
+        out_dir = Path(out_dir)
+        report = SampleReport()
+        with tempfile.TemporaryDirectory(prefix="avgen-joint-inputs-") as scratch:
+            data_root = ((self.run_config or {}).get("data") or {}).get("root")
+            inputs, report.refused = read_video_inputs(str(video), 0, Path(scratch), self.clip, data_root)
+            for entry in report.refused:
+                log.warning("%s refused: %s", entry["file"], entry["reason"])
+            if not inputs:
+                return report
+            refuse_existing_dubs(inputs, out_dir, overwrite)
+            self.to_sampling_device(device)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            first_window = 0
+            with self.ema_weights():
+                for item in inputs:
+                    caption = item.caption if prompt is None else prompt
+                    generation = {**settings.to_dict(), "seed": seed + first_window, "windows": len(item.windows),
+                                  "method": "replacement"}
+                    try:
+                        wave = self.audio_for_input(item, caption, settings, seed + first_window)
+                    except (RuntimeError, ValueError, MediaError) as exc:  # e.g. out of memory: the next input runs
+                        reason = " ".join(str(exc).split())[:500]
+                        log.warning("%s not generated: %s", item.stem, reason)
+                        report.failed.append({"sample": item.stem, "reason": reason})
+                    else:
+                        report.extend(write_dubbed(out_dir, item, wave, self.clip.sample_rate, caption, generation,
+                                                   overwrite))
+                    first_window += len(item.windows)
+        report.written.sort()
+        count = len(report.written)
+        print(f"wrote {count} dubbed video{'' if count == 1 else 's'} to {out_dir}")
+        return report
+
+    def audio_for_input(self, item: VideoInput, caption: str, settings: JointSampling, seed: int) -> np.ndarray:
+        """The audio (S,) float32 of one ``sample.video`` input (:meth:`dub_to_files`): its windows generated
+        ``settings.batch_size`` at a time (window j from noise ``seed + j``; a window of fewer than ``F`` frames
+        repeats its last one), each cut to its length, joined by the equal-power crossfade.
+
+        Raises:
+            ValueError: the audio holds NaN or inf.
+        """
+        from avgen.media import equal_power_crossfade, uint8_to_unit_range
+
+        chunks = []
+        for first in range(0, len(item.windows), settings.batch_size):
+            group = item.windows[first:first + settings.batch_size]
+            frames = [item.window_frames(start, end, self.clip) for start, end in group]
+            clips = torch.stack([uint8_to_unit_range(np.concatenate([f, np.repeat(f[-1:], self.num_frames - len(f), 0)])
+                                                     if len(f) < self.num_frames else f[:self.num_frames])
+                                 for f in frames])
+            audio = self.audio_for_frames(clips, [caption] * len(group), settings, seed + first)
+            chunks += [audio[j, :end - start].cpu().numpy() for j, (start, end) in enumerate(group)]
+        wave = equal_power_crossfade(chunks, [start for start, _ in item.windows], item.num_samples)
+        if not np.isfinite(wave).all():
+            raise ValueError("the generated audio holds NaN or inf")
+        return wave
+
+    @torch.no_grad()
+    def audio_for_frames(self, video: torch.Tensor, prompts: Sequence[str], settings: JointSampling, seed: int
+                         ) -> torch.Tensor:
+        """Audio (B, S) in [-1, 1] for video (B, F, 3, H, W) in [-1, 1] of exactly the model's ``F`` frames at
+        ``data.clip`` size: the frame VAE's posterior mean (scaled) as :meth:`generate`'s ``video_latents`` (the
+        replacement method), with ``settings``' sampler and ``prompts``' text; sample i from noise ``seed + i``.
+
+        Raises:
+            ValueError: video of another shape than the model's clips.
+        """
+        shape = (self.num_frames, 3, self.clip.height, self.clip.width)
+        if video.ndim != 5 or tuple(video.shape[1:]) != shape:
+            raise ValueError(f"video must be (B, {', '.join(map(str, shape))}) in [-1, 1], got {tuple(video.shape)}")
+        vae = self.video_vae
+        mean, _ = encode_video_posterior(self.video, video.to(vae.device, vae.dtype))
+        latents = mean * vae.config.scaling_factor
+        return self.generate(list(prompts), steps=settings.steps, gamma=settings.gamma,
+                             guidance_video=settings.guidance_video, guidance_audio=settings.guidance_audio,
+                             negative_prompt=settings.negative_prompt, seed=seed, eta=settings.eta,
+                             video_latents=latents)[1]
 
     def _prompts(self, prompt: str | Sequence[str] | None, n: int) -> tuple[list[str], list[str | None]]:
         """``n`` prompts and, for captions of the data, the key of their clip (else None)."""

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import logging
 import math
 import tempfile
@@ -81,7 +80,7 @@ from avgen.media import (
 )
 from avgen.modules.vta_condition import VTACondition, check_conditions
 from avgen.pretrained import quiet_loading
-from avgen.samples import SampleReport, VideoInput, read_video_inputs
+from avgen.samples import SampleReport, VideoInput, read_video_inputs, refuse_existing_dubs, write_dubbed
 from avgen.systems.base import DiffusionSystem, plain_config, system_arguments
 from avgen.systems.saliency import SALIENCY_TIMESTEPS, input_saliency, write_saliency
 from avgen.systems.settings import SamplingSettings, guidance_scale, setting, text
@@ -676,11 +675,8 @@ class VTALDM(DiffusionSystem):
             report = SampleReport(refused=refused)
             if not inputs:
                 return report
-            existing = [p for item in inputs for p in item.outputs(out_dir) + (saliency_paths(out_dir, item.stem)
-                                                                                if saliency else []) if p.exists()]
-            if existing and not overwrite:
-                raise FileExistsError(f"{existing[0]} exists; pass sample.overwrite=true to replace the samples, "
-                                      f"or choose another run folder")
+            refuse_existing_dubs(inputs, out_dir, overwrite,
+                                 (lambda item: saliency_paths(out_dir, item.stem)) if saliency else None)
             self.to_sampling_device(device)
             out_dir.mkdir(parents=True, exist_ok=True)
             first_window = 0
@@ -695,7 +691,8 @@ class VTALDM(DiffusionSystem):
                         log.warning("%s not generated: %s", item.stem, reason)
                         report.failed.append({"sample": item.stem, "reason": reason})
                     else:
-                        written = self._write_dubbed(out_dir, item, wave, caption, generation, overwrite)
+                        written = write_dubbed(out_dir, item, wave, self.clip.sample_rate, caption, generation,
+                                               overwrite)
                         if saliency and written.written:
                             frames, values, times = (np.concatenate(part) for part in zip(*maps))
                             try:
@@ -740,34 +737,6 @@ class VTALDM(DiffusionSystem):
                     times = start / self.clip.sample_rate + np.arange(lengths[j]) / float(self.clip.fps)
                     maps.append((clips[j].numpy(), values[j].numpy(), times))
         return equal_power_crossfade(chunks, [start for start, _ in item.windows], item.num_samples), maps
-
-    def _write_dubbed(self, out_dir: Path, item: VideoInput, wave: np.ndarray, caption: str,
-                      generation: dict[str, Any], overwrite: bool) -> SampleReport:
-        """``<stem>.mp4/.wav/.txt/.json`` of one input, whole or not at all (a failure removes the files of
-        this input written so far, and with ``overwrite`` the earlier ones it was replacing). The json records
-        the source, the caption used, how the video was carried, the windows and the ``generation`` settings
-        (sampler, steps, guidance, seed of the first window)."""
-        from avgen.media import dub_video, write_bytes_atomic, write_wav
-
-        paths = item.outputs(out_dir)
-        done: list[Path] = []
-        try:
-            info = dub_video(item.path, wave, self.clip.sample_rate, paths[0], overwrite=overwrite)
-            done.append(paths[0])
-            done.append(write_wav(paths[1], wave, self.clip.sample_rate, overwrite=overwrite))
-            done.append(write_bytes_atomic(paths[2], caption.encode(), overwrite=overwrite))
-            meta = {"source": item.source, "prompt": caption, "dub": {**info.to_json(), "path": paths[0].name},
-                    "windows_s": [[s / self.clip.sample_rate, e / self.clip.sample_rate] for s, e in item.windows],
-                    "generation": generation}
-            done.append(write_bytes_atomic(paths[3], json.dumps(meta, indent=1).encode(), overwrite=overwrite))
-        except (MediaError, OSError) as exc:
-            for path in (paths if overwrite else done):
-                path.unlink(missing_ok=True)
-            reason = " ".join(str(exc).split())
-            log.warning("%s not written: %s", item.stem, reason)
-            return SampleReport(failed=[{"sample": item.stem, "reason": reason}])
-        return SampleReport(written=[paths[0]])
-
 
 # ------------------------------------------------------------------------------ parts
 def saliency_paths(out_dir: Path, stem: str) -> list[Path]:

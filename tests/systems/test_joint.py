@@ -390,6 +390,14 @@ def test_sample_command_writes_sounding_videos(tiny_root, tmp_path, capsys):
     assert "sample.overwrite=true" in capsys.readouterr().err
     run_command(compose([*overrides, "sample.overwrite=true"], tmp_path, run_dir=tmp_path / "sample"))
     assert len(list(out.glob("*.mp4"))) == 3
+    # sample.video: the same checkpoint generates audio for given videos (here its own samples), dubbed onto them
+    dubbed = run_command(compose([*overrides, f"sample.video={out}"], tmp_path, run_dir=tmp_path / "dub"))
+    assert [p.name for p in dubbed] == ["sample_0000.mp4", "sample_0001.mp4", "sample_0002.mp4"]
+    for path in dubbed:
+        assert json.loads(path.with_suffix(".json").read_text())["generation"]["method"] == "replacement"
+        assert path.with_suffix(".txt").read_text() == (out / path.name).with_suffix(".txt").read_text()
+        assert len(decode_audio(str(path.with_suffix(".wav")), 16000)) == 16000  # the video stream's 1 s
+        assert abs(len(decode_audio(str(path), 16000)) / 16000 - 1) < 0.05  # AAC pads its last frame
 
 
 def test_timing_oracle_marks_event_frames_and_reaches_the_loss_only_through_the_blocks(tiny_root, system):
