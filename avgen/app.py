@@ -4,7 +4,8 @@
 written by ``export``; a list serves several) loads each model once as an :mod:`avgen.pipelines` pipeline
 and serves one tab per model, with the model's natural inputs (:attr:`~avgen.pipelines.AVPipeline.inputs`):
 
-- joint (text → sounding video): prompt and negative prompt;
+- joint (text → sounding video): prompt and negative prompt; or a video upload, for which it generates the audio
+  (the replacement method; the prompt is then optional);
 - TempoTokens (audio → video): an audio upload or a microphone recording, and a prompt;
 - VTA-LDM (video → audio): a video upload and an optional prompt;
 
@@ -50,7 +51,7 @@ log = logging.getLogger("avgen")
 # the machine (out of memory): the page names it and the server's log holds the traceback.
 REQUEST_ERRORS = (InputError, ConfigError, MediaError, FileNotFoundError)
 
-# What a tab asks for when its model's first input (the one it cannot do without) is empty.
+# What a tab asks for when its model's required inputs (``required_inputs``: it needs one of them) are empty.
 REQUIRED_INPUTS = {"prompt": "a text prompt", "audio": "an audio file (upload one or record with the microphone)",
                    "video": "a video file"}
 
@@ -213,16 +214,18 @@ def generate(pipe: AVPipeline, request: Mapping[str, Any], out_root: Path, *, la
     (an empty text reads as the option's default) and ``seed``. Returns the written mp4 and its AV-Align plot.
 
     Raises:
-        InputError: the model's main input (the first of ``pipe.inputs``) is empty, or the pipeline refused the
+        InputError: every one of the model's required inputs (``pipe.required_inputs``) is empty, or the pipeline
+            refused the
             request (before any model ran).
         MediaError: the result could not be read back for AV-Align.
     """
     from avgen.media import read_clip
     from avgen.metrics.av_align import DEFAULT_CONFIG, align_clip, plot_alignment
 
-    main = pipe.inputs[0]
-    if not request.get(main):
-        raise InputError(f"no {main} given: {label} needs {REQUIRED_INPUTS[main]}")
+    needed = pipe.required_inputs
+    if not any(request.get(name) for name in needed):
+        raise InputError(f"no {' or '.join(needed)} given: {label} needs "
+                         f"{' or '.join(REQUIRED_INPUTS[name] for name in needed)}")
     kwargs = {name: value for name, value in request.items() if value not in (None, "")}
     start = time.monotonic()
     out = pipe(progress=progress, **kwargs)
@@ -270,11 +273,15 @@ def input_component(name: str, pipe: AVPipeline, elem_id: str) -> gr.components.
     longest = f" (at most {pipe.max_input_seconds:g} s)" if pipe.max_input_seconds else ""
     if name == "audio":
         return gr.Audio(sources=["upload", "microphone"], type="filepath", label=f"Audio{longest}", elem_id=elem_id)
+    alternatives = [other for other in pipe.required_inputs if other != name]
     if name == "video":
-        return gr.Video(sources=["upload"], label=f"Video{longest}", height=VIDEO_HEIGHT, elem_id=elem_id)
+        role = (" (optional: the model then generates only its audio)" if name not in pipe.required_inputs
+                or alternatives else "")
+        return gr.Video(sources=["upload"], label=f"Video{role}{longest}", height=VIDEO_HEIGHT, elem_id=elem_id)
     if name == "prompt":
-        optional = "" if pipe.inputs == ("prompt",) else " (optional)"
-        return gr.Textbox(label=f"Prompt{optional}", lines=2, elem_id=elem_id)
+        role = ("" if name in pipe.required_inputs and not alternatives
+                else f" (or give only a {alternatives[0]})" if name in pipe.required_inputs else " (optional)")
+        return gr.Textbox(label=f"Prompt{role}", lines=2, elem_id=elem_id)
     raise ValueError(f"{pipe.system} takes an input {name!r} the page has no widget for")
 
 

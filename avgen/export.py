@@ -445,7 +445,8 @@ def model_card(index: Mapping[str, Any], run_config: Mapping[str, Any], metrics:
         lines.append("No validation log or evaluation was found for this checkpoint (pass export.evaluations=[...] "
                      "with the metrics.json of python -m avgen evaluate).")
     sampling = ", ".join(f"{k}={v}" for k, v in (index.get("sampling") or {}).items())
-    call = {"joint": 'out = pipe(prompt="a red ball bounces on a wooden floor", seed=0)',
+    call = {"joint": 'out = pipe(prompt="a red ball bounces on a wooden floor", seed=0)\n'
+                     'out = pipe(video="clip.mp4", seed=0)   # or the audio for a video (the replacement method)',
             "tempotokens": 'out = pipe(audio="hit.wav", seed=0)',
             "vta_ldm": 'out = pipe(video="clip.mp4", seed=0)'}[system]
     lines += ["", "## Use", "", "```python", "import avgen", "", 'pipe = avgen.from_pretrained("<this folder>")',

@@ -320,7 +320,8 @@ class AVPipeline:
 
     Attributes:
         system: ``"joint"``, ``"tempotokens"`` or ``"vta_ldm"``; task: e.g. ``"video-to-audio"``; inputs: the
-            natural inputs of ``__call__`` (``("prompt",)``, ``("audio", "prompt")``, ``("video", "prompt")``);
+            natural inputs of ``__call__`` (``("prompt", "video")``, ``("audio", "prompt")``, ``("video", "prompt")``);
+            required_inputs: those of which a call needs at least one (``("prompt", "video")``, ``("audio",)``, ...);
         model: the LightningModule (frozen parts and trained weights), in eval mode;
         max_input_seconds: the longest input audio / video accepted (None: no limit; the demo page sets one);
         info: the export's ``avgen_index.json`` (or, from a checkpoint, what it would hold).
@@ -329,6 +330,8 @@ class AVPipeline:
     system: ClassVar[str] = ""
     task: ClassVar[str] = ""
     inputs: ClassVar[tuple[str, ...]] = ()
+    #: the inputs of which a call needs at least one (the first of ``inputs`` unless a pipeline says otherwise)
+    required_inputs: ClassVar[tuple[str, ...]] = ()
     #: the sampling options ``__call__`` takes besides ``seed`` (``model.sampling`` names)
     option_names: ClassVar[tuple[str, ...]] = ()
 
@@ -420,6 +423,64 @@ class AVPipeline:
             raise InputError(f"{len(prompts)} prompts for {count} inputs: give one prompt, or one per input")
         return prompts
 
+    def _read_videos(self, video: Any, prompt: Any, who: str) -> list:
+        """The input video files as :class:`~avgen.samples.VideoInput` (decoded at ``data.clip``'s rate and size,
+        windowed, the caption a ``<stem>.txt`` beside the file), each checked before any model runs.
+
+        Raises:
+            InputError: no video, a path that is not a file path, a missing, empty or unreadable file, one longer
+                than ``max_input_seconds``, or ``prompt`` other than one string (``who`` names the model).
+        """
+        from avgen.media import MediaError, video_stream_duration
+        from avgen.samples import VideoInput, sidecar_caption
+
+        if video is None:
+            raise InputError("video is missing: pass video=<file> (or a list of files)")
+        files = list(video) if isinstance(video, (list, tuple)) else [video]
+        if not files:
+            raise InputError("video=[]: no input; pass a file (or a list of files)")
+        if prompt is not None and not isinstance(prompt, str):
+            raise InputError(f"prompt={_short(prompt)}: {who} takes one caption for every input video")
+        items = []
+        for k, file in enumerate(files):
+            if not isinstance(file, (str, os.PathLike)):
+                raise InputError(f"video={_short(file)}: expected a file path")
+            path = Path(file)
+            _check_file(path, "video")
+            try:
+                self._check_seconds(float(video_stream_duration(path)), f"video {path.name}")  # before decoding
+                item = VideoInput.read(path, str(path.resolve()), sidecar_caption(path), f"input_{k}",
+                                       self.model.clip)
+            except MediaError as exc:
+                raise InputError(f"video {path.name}: cannot be read: {_media_reason(exc, path)}") from exc
+            self._check_seconds(item.num_samples / self.sample_rate, f"video {path.name}")
+            items.append(item)
+        return items
+
+    def _audio_for_inputs(self, items: Sequence, prompt: str | None, settings: Any, seed: int,
+                          progress: ProgressCallback | None, denoiser: torch.nn.Module,
+                          audio_for: Callable[[Any, str, int], np.ndarray]) -> AVOutput:
+        """The :class:`AVOutput` of audio generated for input videos (``items`` of :meth:`_read_videos`), as
+        ``python -m avgen sample`` dubs them: input by input, ``audio_for(item, caption, seed of its first window)``
+        (S,) float32, window k over every input seeded ``seed + k``, the caption ``prompt`` or else the input's;
+        ``progress`` counts ``denoiser``'s passes, one per step of each batch of windows. The output holds each
+        input's frames at the model's rate and size, its generated sound, and the file as its source
+        (:meth:`AVOutput.save` dubs the original stream)."""
+        total = sum(math.ceil(len(item.windows) / settings.batch_size) for item in items) * settings.steps
+        waves, prompts = [], []
+        first_window = 0
+        with self.model.ema_weights(), self._progress(denoiser, total, progress):
+            for item in items:
+                caption = item.caption if prompt is None else prompt
+                waves.append(np.asarray(audio_for(item, caption, seed + first_window), dtype=np.float32))
+                first_window += len(item.windows)
+                prompts.append(caption)
+        videos = [torch.from_numpy(np.ascontiguousarray(item.frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
+                  for item in items]
+        return AVOutput(videos, [torch.from_numpy(wave) for wave in waves], self.fps, self.sample_rate, prompts,
+                        [item.source for item in items], settings={**settings.to_dict(), "seed": seed},
+                        generated=("audio",))
+
     def save(self, output: AVOutput, out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
         """``output.save(out_dir)``: the sounding mp4s (:meth:`AVOutput.save`)."""
         return output.save(out_dir, overwrite=overwrite)
@@ -430,25 +491,44 @@ class AVPipeline:
 
 
 class JointPipeline(AVPipeline):
-    """Text → sounding video with the joint model (AnimateDiff + AudioLDM, connectors, CMC-PE, γ of Eq. 9)."""
+    """Text → sounding video with the joint model (AnimateDiff + AudioLDM, connectors, CMC-PE, γ of Eq. 9); given
+    ``video``, audio for those videos (the replacement method, as ``python -m avgen sample sample.video=...``)."""
 
-    system, task, inputs = "joint", SYSTEMS["joint"]["task"], ("prompt",)
+    system, task, inputs = "joint", SYSTEMS["joint"]["task"], ("prompt", "video")
+    required_inputs = ("prompt", "video")
     option_names = ("steps", "guidance_video", "guidance_audio", "gamma", "negative_prompt", "eta")
 
     @torch.no_grad()
-    def __call__(self, prompt: str | Sequence[str] | None = None, *, seed: int = 0,
+    def __call__(self, prompt: str | Sequence[str] | None = None, video: Any = None, *, seed: int = 0,
                  progress: ProgressCallback | None = None, **options: Any) -> AVOutput:
-        """Sounding videos for ``prompt`` (one clip per prompt), ``data.clip`` long.
+        """Sounding videos for ``prompt`` (one clip per prompt), ``data.clip`` long; or, given ``video``, the audio
+        for each input video.
 
         Clip i starts from noise seeded with ``seed + i`` and prompts go ``model.sampling.batch_size`` at a time,
         as in ``python -m avgen sample``: the same prompts, seed and options give the same clips. ``options``:
         steps, guidance_video, guidance_audio, gamma (Eq. 9; 1 = no adjustment), negative_prompt, eta (DDIM's
         stochasticity, Song et al. 2021 Eq. 16: 0 = deterministic, 1 = ancestral).
 
+        ``video``: a file path (any container FFmpeg reads) or a list of them. Only the audio is generated, *for*
+        the input's frames, by the replacement method (Song et al. 2021 App. I.2; MM-Diffusion's zero-shot
+        video-to-audio; :meth:`~avgen.systems.joint.JointAudioVideo.audio_for_input`), exactly as
+        ``python -m avgen sample sample.video=<file>`` does: an input longer than the clip in clip-long windows
+        joined by an equal-power crossfade, window k over every input seeded ``seed + k``. ``prompt`` is then
+        optional, one caption for every input (default: a ``<stem>.txt`` beside the file, else no text). The
+        output's ``videos`` are the input's frames at the model's rate and size, and :meth:`AVOutput.save` dubs
+        the input's own video stream.
+
         Raises:
-            InputError: no prompt, an unknown option or a bad value (before any model runs).
+            InputError: neither prompt nor video, an unknown option or a bad value, a list of prompts with
+                ``video``, a missing, empty or unreadable video file or one longer than ``max_input_seconds``
+                (before any model runs).
         """
         settings = self.settings(seed, options)
+        if video is not None:
+            return self._audio_for_videos(video, prompt, settings, seed, progress)
+        if prompt is None:
+            raise InputError("prompt is missing: pass prompt=\"...\" (or a list of prompts) for sounding videos, or "
+                             "video=<file> for the audio of a video")
         prompts = self._prompts(prompt, len(prompt) if isinstance(prompt, (list, tuple)) else 1, required=True)
         size = settings.batch_size
         total = settings.steps * math.ceil(len(prompts) / size)
@@ -464,11 +544,21 @@ class JointPipeline(AVPipeline):
         return AVOutput(videos, audios, self.fps, self.sample_rate, prompts, [None] * len(prompts),
                         settings={**settings.to_dict(), "seed": seed}, generated=("video", "audio"))
 
+    def _audio_for_videos(self, video: Any, prompt: Any, settings: Any, seed: int,
+                          progress: ProgressCallback | None) -> AVOutput:
+        items = self._read_videos(video, prompt, "the joint model")
+        output = self._audio_for_inputs(items, prompt, settings, seed, progress, self.model.denoiser,
+                                        lambda item, caption, first: self.model.audio_for_input(item, caption,
+                                                                                                settings, first))
+        output.settings["method"] = "replacement"
+        return output
+
 
 class TempoTokensPipeline(AVPipeline):
     """Audio → video with TempoTokens (audio tokens as per-frame pseudo-text for the frozen UNet3D)."""
 
     system, task, inputs = "tempotokens", SYSTEMS["tempotokens"]["task"], ("audio", "prompt")
+    required_inputs = ("audio",)
     option_names = ("steps", "guidance", "negative_prompt")
 
     @torch.no_grad()
@@ -563,6 +653,7 @@ class VTALDMPipeline(AVPipeline):
     """Video → audio with VTA-LDM (frozen vision encoder, trained projection, latent diffusion)."""
 
     system, task, inputs = "vta_ldm", SYSTEMS["vta_ldm"]["task"], ("video", "prompt")
+    required_inputs = ("video",)
     option_names = ("steps", "guidance", "guidance_text", "negative_prompt", "sampler")
 
     @torch.no_grad()
@@ -578,45 +669,11 @@ class VTALDMPipeline(AVPipeline):
             InputError: no video, a missing, empty or unreadable file, an input longer than ``max_input_seconds``,
                 an unknown option or a bad value (before any model runs).
         """
-        from avgen.media import MediaError, video_stream_duration
-        from avgen.samples import VideoInput, sidecar_caption
-
         settings = self.settings(seed, options)
-        if video is None:
-            raise InputError("video is missing: pass video=<file> (or a list of files)")
-        files = list(video) if isinstance(video, (list, tuple)) else [video]
-        if not files:
-            raise InputError("video=[]: no input; pass a file (or a list of files)")
-        if prompt is not None and not isinstance(prompt, str):
-            raise InputError(f"prompt={_short(prompt)}: VTA-LDM takes one caption for every input")
-        items = []
-        for k, file in enumerate(files):
-            if not isinstance(file, (str, os.PathLike)):
-                raise InputError(f"video={_short(file)}: expected a file path")
-            path = Path(file)
-            _check_file(path, "video")
-            try:
-                self._check_seconds(float(video_stream_duration(path)), f"video {path.name}")  # before decoding
-                item = VideoInput.read(path, str(path.resolve()), sidecar_caption(path), f"input_{k}",
-                                       self.model.clip)
-            except MediaError as exc:
-                raise InputError(f"video {path.name}: cannot be read: {_media_reason(exc, path)}") from exc
-            self._check_seconds(item.num_samples / self.sample_rate, f"video {path.name}")
-            items.append(item)
-        total = sum(math.ceil(len(item.windows) / settings.batch_size) for item in items) * settings.steps
-        videos, audios, prompts = [], [], []
-        first_window = 0
-        with self.model.ema_weights(), self._progress(self.model.unet, total, progress):
-            for item in items:
-                caption = item.caption if prompt is None else prompt
-                wave, _ = self.model._dub_audio(item, settings, seed + first_window, caption)
-                first_window += len(item.windows)
-                frames = torch.from_numpy(np.ascontiguousarray(item.frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
-                videos.append(frames)
-                audios.append(torch.from_numpy(np.asarray(wave, dtype=np.float32)))
-                prompts.append(caption)
-        return AVOutput(videos, audios, self.fps, self.sample_rate, prompts, [i.source for i in items],
-                        settings={**settings.to_dict(), "seed": seed}, generated=("audio",))
+        items = self._read_videos(video, prompt, "VTA-LDM")
+        return self._audio_for_inputs(items, prompt, settings, seed, progress, self.model.unet,
+                                      lambda item, caption, first: self.model._dub_audio(item, settings, first,
+                                                                                         caption)[0])
 
 
 PIPELINES: dict[str, type[AVPipeline]] = {"joint": JointPipeline, "tempotokens": TempoTokensPipeline,

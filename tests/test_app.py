@@ -156,7 +156,7 @@ def test_request_errors_are_shown_not_raised(vta_pipe, tmp_path):
 
 def test_a_failure_inside_the_model_is_shown_with_its_type(tmp_path, caplog):
     class OutOfMemory:
-        system, inputs = "joint", ("prompt",)
+        system, inputs, required_inputs = "joint", ("prompt",), ("prompt",)
 
         def __call__(self, **kwargs):
             raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
@@ -206,18 +206,22 @@ def test_the_page_shows_each_models_inputs_and_defaults(vta_pipe, tmp_path):
         "**Error:** seed=-1: expected a non-negative integer below 2**63")
 
 
-@pytest.mark.parametrize("system", ["joint", "tempotokens"])
+@pytest.mark.parametrize("system", ["joint", "joint_video", "tempotokens"])
 def test_the_other_systems_generate_from_their_tabs(system, tiny_checkpoints, tmp_path):
-    """The joint model from a prompt (its clip length), TempoTokens from a 0.75 s recording (a video as long)."""
+    """The joint model from a prompt (its clip length) or from a 1.5 s video (its audio, dubbed onto the upload),
+    TempoTokens from a 0.75 s recording (a video as long)."""
     from avgen.media import write_wav
     from avgen.pipelines import pipeline_from_checkpoint
 
-    pipe = pipeline_from_checkpoint(tiny_checkpoints(system), device="cpu")
+    pipe = pipeline_from_checkpoint(tiny_checkpoints(system.split("_")[0]), device="cpu")
     wav = write_wav(tmp_path / "recording.wav", 0.3 * np.sin(np.arange(12000, dtype=np.float32) * 0.05), 16000)
+    upload = sounding_clip(tmp_path / "upload.mp4", seconds=1.5, fps=12)
     request, seconds = {
-        "joint": ({"prompt": "a ball hits wood", "negative_prompt": "", "steps": 2, "gamma": 1.5, "eta": 1.0,
-                   "seed": 0}, 1.0),
+        "joint": ({"prompt": "a ball hits wood", "video": None, "negative_prompt": "", "steps": 2, "gamma": 1.5,
+                   "eta": 1.0, "seed": 0}, 1.0),
+        "joint_video": ({"prompt": "", "video": str(upload), "negative_prompt": "", "steps": 2, "seed": 0}, 1.5),
         "tempotokens": ({"audio": str(wav), "prompt": "", "steps": 2, "seed": 0}, 0.75)}[system]
+    system = system.split("_")[0]
     demo = build_app({system: pipe}, out_dir=tmp_path / "out")
     ids = {b.elem_id for b in demo.blocks.values() if (b.elem_id or "").startswith(f"avgen-{system}-")}
     assert {f"avgen-{system}-{name}" for name in (*pipe.inputs, *pipe.options, "seed")} <= ids
@@ -225,7 +229,24 @@ def test_the_other_systems_generate_from_their_tabs(system, tiny_checkpoints, tm
     assert video == str(tmp_path / "out" / f"{system}_0000" / "sample_0000.mp4"), status
     assert status.startswith(f"Wrote `{video}` in ") and Path(plot).is_file()
     clip = read_clip(video)
-    assert len(clip.frames) == round(seconds * 8) and clip.audio_seconds == pytest.approx(seconds, abs=0.07)
+    if request.get("video"):  # the upload's own frames (12 fps), its sound generated
+        assert len(clip.frames) == len(read_clip(upload).frames)
+        click = slice(len(clip.audio) // 2, len(clip.audio) // 2 + 400)  # the upload's sound is a click here
+        assert not np.allclose(clip.audio[click], read_clip(upload).audio[click], atol=0.05)
+        assert widget_labels(demo, system)["prompt"] == "Prompt (or give only a video)"
+    else:
+        assert len(clip.frames) == round(seconds * 8)
+    assert clip.audio_seconds == pytest.approx(seconds, abs=0.07)
+    if system == "joint":
+        assert Tab(system, pipe, tmp_path / "out").run({"prompt": "", "video": None, "seed": 0})[2] == (
+            "**Error:** no prompt or video given: joint needs a text prompt or a video file")
+
+
+def widget_labels(demo, system: str) -> dict[str, str]:
+    """``{input name: its label}`` of a tab's widgets."""
+    prefix = f"avgen-{system}-"
+    return {b.elem_id[len(prefix):]: getattr(b, "label", None) for b in demo.blocks.values()
+            if (b.elem_id or "").startswith(prefix)}
 
 
 # ------------------------------------------------------------------------------------------ in a browser

@@ -147,6 +147,53 @@ def test_export_round_trip_equals_sampling_the_checkpoint(system, checkpoints, t
         out.save(tmp_path / "saved")
 
 
+def test_exported_joint_model_gives_the_audio_of_a_video_as_sample_video_does(checkpoints, tmp_path, tiny_dir,
+                                                                             monkeypatch, make_clip):
+    """``JointPipeline(video=...)`` is ``sample.video``: the same audio for the same inputs, seed and settings (window
+    k over every input seeded ``seed + k``, a caption beside an input its text), the inputs' frames, and dubbing."""
+    import avgen.samples as samples
+    from avgen.media import probe
+    from tests.systems.test_vta_ldm_sample import moving_frames, video_packets, write_mjpeg_avi
+
+    ckpt = checkpoints("joint")
+    pipe = avgen.from_pretrained(export_pipeline(ckpt, tmp_path / "export"), device="cpu", tiny_dir=tiny_dir)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    long = make_clip(inputs / "a_long.mp4", seconds=1.5)  # two windows
+    short = inputs / "b_short.avi"
+    write_mjpeg_avi(short, moving_frames(6), 12)  # 0.5 s, no sound
+    (inputs / "b_short.txt").write_text("a ball hits wood")
+    progress: list[tuple[int, int]] = []
+    out = pipe(video=[str(long), short], seed=4, steps=2, eta=0.5, progress=lambda d, t: progress.append((d, t)))
+    assert out.generated == ("audio",) and out.prompts == ["", "a ball hits wood"]
+    assert out.sources == [str(long.resolve()), str(short.resolve())]
+    assert out.settings["method"] == "replacement" and out.settings["seed"] == 4 and out.settings["eta"] == 0.5
+    assert [tuple(v.shape) for v in out.videos] == [(12, 3, 32, 32), (4, 3, 32, 32)]  # the model's 8 fps, 32×32
+    assert [len(a) for a in out.audios] == [24000, 8000]
+    size = pipe.model.sampling.batch_size  # windows go batch_size at a time, per input; one pass per step
+    assert progress[0] == (0, 2 * (-(-2 // size) + 1)) and progress[-1][0] == progress[-1][1]
+    captured = []
+    original = samples.write_dubbed
+
+    def spy(out_dir, item, wave, *args):
+        captured.append(torch.as_tensor(np.asarray(wave)))
+        return original(out_dir, item, wave, *args)
+
+    monkeypatch.setattr(samples, "write_dubbed", spy)
+    from avgen.commands import load_system
+
+    model, _ = load_system(ckpt)
+    settings = model.sampling.updated("sample", steps=2, eta=0.5)
+    model.dub_to_files(tmp_path / "dubbed", str(inputs), settings, seed=4, device="cpu")
+    assert len(captured) == 2 and all(torch.equal(a, b) for a, b in zip(out.audios, captured))
+    written = out.save(tmp_path / "saved")
+    assert video_packets(written[0]) == video_packets(long)  # the input's own stream, with the new sound
+    assert probe(written[1]).has_audio and json.loads(written[1].with_suffix(".json").read_text())["source"] == str(
+        short.resolve())
+    with pytest.raises(InputError, match="the joint model takes one caption for every input video"):
+        pipe(video=str(long), prompt=["a", "b"])
+
+
 def test_export_folder_format_and_model_card(checkpoints, tmp_path, tiny_dir):
     from safetensors.torch import load_file
 
@@ -302,7 +349,8 @@ def test_pipeline_inputs_are_checked_before_any_model_runs(checkpoints, tmp_path
     joint = pipeline_from_checkpoint(checkpoints("joint"), device="cpu")
     tempo = pipeline_from_checkpoint(checkpoints("tempotokens"), device="cpu")
     vta = pipeline_from_checkpoint(checkpoints("vta_ldm"), device="cpu")
-    assert isinstance(joint, JointPipeline) and joint.inputs == ("prompt",) and {"gamma", "eta"} <= set(joint.options)
+    assert isinstance(joint, JointPipeline) and joint.inputs == joint.required_inputs == ("prompt", "video")
+    assert {"gamma", "eta"} <= set(joint.options)
     assert isinstance(tempo, TempoTokensPipeline) and tempo.inputs == ("audio", "prompt")
     assert isinstance(vta, VTALDMPipeline) and vta.task == "video-to-audio"
     for pipe in (joint, tempo, vta):
@@ -311,7 +359,10 @@ def test_pipeline_inputs_are_checked_before_any_model_runs(checkpoints, tmp_path
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF not really")
     cases = [
-        (lambda: joint(), "prompt is missing"),
+        (lambda: joint(), "prompt is missing: pass prompt=\"...\" (or a list of prompts) for sounding videos, or "
+                          "video=<file> for the audio of a video"),
+        (lambda: joint(video=tmp_path / "none.mp4"), "none.mp4: no such file"),
+        (lambda: joint(video=bad), "bad.wav: cannot be read"),
         (lambda: joint(prompt="x", gama=2), "gama is not an option of JointPipeline"),
         (lambda: joint(prompt="x", steps=0), "pipeline.steps"),
         (lambda: joint(prompt="x", eta=2), "pipeline.eta=2: expected DDIM eta in [0, 1]"),
