@@ -496,7 +496,8 @@ class JointPipeline(AVPipeline):
 
     system, task, inputs = "joint", SYSTEMS["joint"]["task"], ("prompt", "video")
     required_inputs = ("prompt", "video")
-    option_names = ("steps", "guidance_video", "guidance_audio", "gamma", "negative_prompt", "eta")
+    option_names = ("steps", "guidance_video", "guidance_audio", "gamma", "negative_prompt", "eta",
+                    "cross_modal_guidance")
 
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str] | None = None, video: Any = None, *, seed: int = 0,
@@ -507,7 +508,8 @@ class JointPipeline(AVPipeline):
         Clip i starts from noise seeded with ``seed + i`` and prompts go ``model.sampling.batch_size`` at a time,
         as in ``python -m avgen sample``: the same prompts, seed and options give the same clips. ``options``:
         steps, guidance_video, guidance_audio, gamma (Eq. 9; 1 = no adjustment), negative_prompt, eta (DDIM's
-        stochasticity, Song et al. 2021 Eq. 16: 0 = deterministic, 1 = ancestral).
+        stochasticity, Song et al. 2021 Eq. 16: 0 = deterministic, 1 = ancestral), cross_modal_guidance (the
+        audio guided on the video's motion, :meth:`~avgen.systems.joint.JointAudioVideo.generate`; 1 = none).
 
         ``video``: a file path (any container FFmpeg reads) or a list of them. Only the audio is generated, *for*
         the input's frames, by the replacement method (Song et al. 2021 App. I.2; MM-Diffusion's zero-shot
@@ -538,7 +540,8 @@ class JointPipeline(AVPipeline):
                 video, audio = self.model.generate(
                     prompts[start:start + size], steps=settings.steps, gamma=settings.gamma,
                     guidance_video=settings.guidance_video, guidance_audio=settings.guidance_audio,
-                    negative_prompt=settings.negative_prompt, seed=seed + start, eta=settings.eta)
+                    negative_prompt=settings.negative_prompt, seed=seed + start, eta=settings.eta,
+                    cross_modal_guidance=settings.cross_modal_guidance)
                 videos += list(video.float().cpu())
                 audios += list(audio.float().cpu())
         return AVOutput(videos, audios, self.fps, self.sample_rate, prompts, [None] * len(prompts),

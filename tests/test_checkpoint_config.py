@@ -115,7 +115,7 @@ def test_overrides_that_would_change_the_trained_model_are_refused(joint, tmp_pa
 def test_every_sampling_override_reaches_the_system(request, tmp_path, cls):
     ckpt, _ = request.getfixturevalue("joint" if cls is JointAudioVideo else "tempotokens")
     values = {"steps": 7, "gamma": 2.0, "guidance_video": 3.0, "guidance_audio": 1.5, "guidance": 9.0,
-              "negative_prompt": "bad quality", "batch_size": 3, "eta": 0.5}
+              "negative_prompt": "bad quality", "batch_size": 3, "eta": 0.5, "cross_modal_guidance": 2.0}
     overrides = [f"+model.sampling.{k}={values[k]}" for k in cls.sampling_settings.names()]
     system, cfg = load_system(ckpt, compose(["command=sample", f"ckpt_path={ckpt}", *overrides], tmp_path),
                               command_line_overrides())
@@ -248,6 +248,11 @@ def check_joint_key(system, key, monkeypatch, tmp_path):
         check_batch_size(system, monkeypatch, joint_module, tmp_path, prompt=["a", "b"], steps=2)
     elif key == "eta":
         check_joint_eta(system, rec, base)
+    elif key == "cross_modal_guidance":  # its values: tests/systems/test_joint.py
+        default_calls, _ = joint_run(system, rec, base)
+        calls, _ = joint_run(system, rec, {**base, "cross_modal_guidance": 3.0})
+        rows = [args[1].shape[0] for args, _ in calls]  # the audio rows of each denoiser call
+        assert rows == [2 * args[1].shape[0] for args, _ in default_calls] == [4, 4]  # + the still video's rows
     else:
         pytest.fail(f"model.sampling.{key} of JointAudioVideo has no check of its effect")
 

@@ -13,8 +13,8 @@ from avgen.errors import ConfigError
 from tests.conftest import compose, run_cli
 
 AV_ALIGN_KNOWN = "known keys of evaluate.av_align: audio_sample_rate, flow_flags, flow_iterations, flow_levels, "
-SAMPLE_KNOWN = ("known keys of sample: audio, batch_size, device, eta, gamma, guidance, guidance_audio, "
-                "guidance_text, guidance_video, n, ")
+SAMPLE_KNOWN = ("known keys of sample: audio, batch_size, cross_modal_guidance, device, eta, gamma, guidance, "
+                "guidance_audio, guidance_text, guidance_video, n, ")
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -24,7 +24,8 @@ SAMPLE_KNOWN = ("known keys of sample: audio, batch_size, device, eta, gamma, gu
     (["evaluate.av_align={onset_detla: 0.15}"], "unknown key evaluate.av_align.onset_detla; " + AV_ALIGN_KNOWN),
     (["sample.gama=2"], "unknown key sample.gama; " + SAMPLE_KNOWN),
     (["experiment=joint_cmcpe", "+model.sampling.gama=2"],
-     "unknown key model.sampling.gama; known keys of model.sampling: batch_size, eta, gamma, guidance_audio, "),
+     "unknown key model.sampling.gama; known keys of model.sampling: batch_size, cross_modal_guidance, eta, gamma, "
+     "guidance_audio, "),
     (["evaluate.ib_score.second=4"], "unknown key evaluate.ib_score.second; known keys of evaluate.ib_score: "),
     (["scale=tiny", "data.batch_size="], "no value for data.batch_size (data.batch_size=): expected an int, "
                                          "e.g. data.batch_size=2"),

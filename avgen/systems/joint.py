@@ -70,13 +70,17 @@ class JointSampling(SamplingSettings):
     """``model.sampling`` of the joint system (defaults: ``configs/model/joint.yaml``): DDIM ``steps``
     (paper 25), the timestep adjustment ``gamma`` (Eq. 9; 1 = none), a classifier-free guidance scale
     per modality, the ``negative_prompt`` of the unconditional pass (None: the empty prompt), DDIM's
-    ``eta`` (Song et al. 2021, Eq. 16; paper: 0, deterministic) and ``batch_size``."""
+    ``eta`` (Song et al. 2021, Eq. 16; paper: 0, deterministic), ``cross_modal_guidance`` (classifier-free
+    guidance of the audio on the video's motion, :meth:`JointAudioVideo.generate`; paper: 1, none) and
+    ``batch_size``."""
 
     gamma: float = setting(timestep_gamma, "timestep adjustment γ (Eq. 9)")
     guidance_video: float = setting(guidance_scale, "video classifier-free guidance scale (1 = none)")
     guidance_audio: float = setting(guidance_scale, "audio classifier-free guidance scale (1 = none)")
     negative_prompt: str | None = setting(optional_text, "prompt of the unconditional pass (null: empty)")
     eta: float = setting(ddim_eta, "DDIM stochasticity η (0 = deterministic, as the paper; 1 = ancestral)")
+    cross_modal_guidance: float = setting(guidance_scale, "guidance of the audio on the video's motion (1 = none, "
+                                                          "as the paper)")
 
 # What the DDIMScheduler settings of model.{video,audio}.scheduler do here. The sampler (generate)
 # steps on ONE global grid, the video scheduler's, maps it to each modality's local timesteps by Eq. 9
@@ -452,7 +456,8 @@ class JointAudioVideo(DiffusionSystem):
                  guidance_video: float | None = None, guidance_audio: float | None = None,
                  negative_prompt: str | None = None, seed: int = 0, eta: float | None = None,
                  latents: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 video_latents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 video_latents: torch.Tensor | None = None, cross_modal_guidance: float | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample sounding videos for ``prompts`` (Algorithm 1 with DDIM and per-modality CFG).
 
         Sample i starts from noise seeded with ``seed + i``, so a clip does not depend on the batch
@@ -470,10 +475,19 @@ class JointAudioVideo(DiffusionSystem):
         the unconditional run's). ``video_latents`` may be of any float dtype and device (used as float32).
         The returned video is then the decoded ``video_latents``.
 
+        ``cross_modal_guidance`` s (``model.sampling.cross_modal_guidance``; 1 = off, the paper's sampler):
+        classifier-free guidance (Ho & Salimans 2022) of the audio on the video's *motion*. Each step also runs the
+        denoiser with the video connector's features of a still video, the video's x̂0 averaged over its frames
+        with x_t moved by √ᾱ_m times the same change (x_t = √ᾱ_m·x̂0 + √(1 − ᾱ_m)·ε̂ keeps its noise), and the
+        audio output becomes ``still + s·(video − still)`` (after each branch's text guidance: the two commute);
+        the video output is unchanged. The audio's dependence on *when* things happen in the video is scaled by
+        s, what a static frame implies (material, loudness) is kept. The null condition is avgen's, not from a
+        paper: the SVG paper guides each modality on its text only. Twice the denoiser's batch when s ≠ 1.
+
         Raises:
             ValueError: ``latents`` or ``video_latents`` of other shapes than :meth:`latent_shapes` of the batch.
-            ConfigError: a bad ``steps``, ``gamma``, guidance scale, ``negative_prompt`` or ``eta`` (the message
-                names ``sample.<key>``).
+            ConfigError: a bad ``steps``, ``gamma``, guidance scale, ``negative_prompt``, ``eta`` or
+                ``cross_modal_guidance`` (the message names ``sample.<key>``).
 
         Timesteps: the video scheduler's ``set_timesteps(steps)`` gives one global grid
         t_1 > … > t_N (``model.video.scheduler.timestep_spacing`` and ``steps_offset``; the audio
@@ -496,8 +510,10 @@ class JointAudioVideo(DiffusionSystem):
         initial latents, steps, scales and negative prompt (``tests/systems/test_joint_vs_diffusers.py``).
         """
         cfg = self.sampling.updated("sample", steps=steps, gamma=gamma, guidance_video=guidance_video,
-                                    guidance_audio=guidance_audio, negative_prompt=negative_prompt, eta=eta)
+                                    guidance_audio=guidance_audio, negative_prompt=negative_prompt, eta=eta,
+                                    cross_modal_guidance=cross_modal_guidance)
         steps, gamma, g_v, g_a, eta = cfg.steps, cfg.gamma, cfg.guidance_video, cfg.guidance_audio, cfg.eta
+        g_x = cfg.cross_modal_guidance
         negative = cfg.negative_prompt
         b, device = len(prompts), self.video_alphas.device
         shape_v, shape_a = self.latent_shapes(b)
@@ -544,12 +560,26 @@ class JointAudioVideo(DiffusionSystem):
                 x0_v = given.to(self.dtype)
             # the unconditional and conditional rows share latents, so they share the connectors' output
             feat_v, feat_a = self.denoiser.connect(x_v, x_a, t_v, t_a, x0_v, x0_a)
-            out_v, out_a = self.denoiser(x_v.repeat(reps, 1, 1, 1, 1), x_a.repeat(reps, 1, 1, 1), t_v.repeat(reps),
-                                         t_a.repeat(reps), text_v, text_a,
-                                         features=(feat_v.repeat(reps, 1, 1), feat_a.repeat(reps, 1, 1)))
+            feat_v, feat_a = feat_v.repeat(reps, 1, 1), feat_a.repeat(reps, 1, 1)
+            rows, texts = reps, (text_v, text_a)
+            if g_x != 1.0:  # the same rows again, the video connector reading the still video
+                still = x0_v.mean(dim=2, keepdim=True).expand_as(x0_v)
+                root = self.video_alphas[t_v].sqrt().view(-1, 1, 1, 1, 1).to(x_v.dtype)
+                feat_still = self.denoiser.connect(x_v - root * (x0_v - still), x_a, t_v, t_a, still, x0_a)[0]
+                feat_v = torch.cat([feat_v, feat_still.repeat(reps, 1, 1)])
+                feat_a, rows = feat_a.repeat(2, 1, 1), 2 * reps
+                texts = (text_v.repeat(2, *[1] * (text_v.ndim - 1)), text_a.repeat(2, *[1] * (text_a.ndim - 1)))
+            out_v, out_a = self.denoiser(x_v.repeat(rows, 1, 1, 1, 1), x_a.repeat(rows, 1, 1, 1), t_v.repeat(rows),
+                                         t_a.repeat(rows), *texts, features=(feat_v, feat_a))
+            if g_x != 1.0:
+                out_v, (out_a, out_still) = out_v[:reps * b], out_a.chunk(2)
             if guided:
                 out_v = classifier_free_guidance(*out_v.chunk(2), g_v)
                 out_a = classifier_free_guidance(*out_a.chunk(2), g_a)
+                if g_x != 1.0:
+                    out_still = classifier_free_guidance(*out_still.chunk(2), g_a)
+            if g_x != 1.0:
+                out_a = classifier_free_guidance(out_still, out_a, g_x)
             z_v = z_a = None
             if eta > 0:  # each sample's stream: its video noise, then its audio noise
                 z = [(torch.randn(shape_v[1:], generator=g), torch.randn(shape_a[1:], generator=g)) for g in streams]
@@ -565,7 +595,8 @@ class JointAudioVideo(DiffusionSystem):
                         steps: int | None = None, gamma: float | None = None, guidance_video: float | None = None,
                         guidance_audio: float | None = None, negative_prompt: str | None = None, seed: int = 0,
                         batch_size: int | None = None, device: str = "auto", overwrite: bool = False,
-                        eta: float | None = None, video: str | None = None, **unused: Any) -> SampleReport:
+                        eta: float | None = None, video: str | None = None,
+                        cross_modal_guidance: float | None = None, **unused: Any) -> SampleReport:
         """``python -m avgen sample``: ``n`` sounding mp4s (+ wav and the prompt as txt) in ``out_dir``; with
         ``video`` (``sample.video``), the audio for those videos instead (:meth:`dub_to_files`).
 
@@ -573,7 +604,8 @@ class JointAudioVideo(DiffusionSystem):
         with its name and reason; the others are written (:func:`write_sounding_videos`)."""
         settings = self.sampling.updated("sample", steps=steps, gamma=gamma, guidance_video=guidance_video,
                                          guidance_audio=guidance_audio, negative_prompt=negative_prompt,
-                                         batch_size=batch_size, eta=eta)  # checked before any model runs
+                                         batch_size=batch_size, eta=eta,
+                                         cross_modal_guidance=cross_modal_guidance)  # checked before any model runs
         self.warn_unused_sample_options(unused)
         if video is not None:
             return self.dub_to_files(out_dir, video, settings, prompt=prompt, seed=seed, device=device,
@@ -591,7 +623,7 @@ class JointAudioVideo(DiffusionSystem):
                                              guidance_video=settings.guidance_video,
                                              guidance_audio=settings.guidance_audio,
                                              negative_prompt=settings.negative_prompt, seed=seed + start,
-                                             eta=settings.eta)
+                                             eta=settings.eta, cross_modal_guidance=settings.cross_modal_guidance)
                 report.extend(write_sounding_videos(out_dir, chunk, video, audio, self.clip, overwrite=overwrite,
                                                     first=start, sources=sources[start:start + batch_size]))
                 log.info("sampled %d/%d", min(start + batch_size, len(prompts)), len(prompts))
@@ -707,7 +739,7 @@ class JointAudioVideo(DiffusionSystem):
         return self.generate(list(prompts), steps=settings.steps, gamma=settings.gamma,
                              guidance_video=settings.guidance_video, guidance_audio=settings.guidance_audio,
                              negative_prompt=settings.negative_prompt, seed=seed, eta=settings.eta,
-                             video_latents=latents)[1]
+                             video_latents=latents, cross_modal_guidance=settings.cross_modal_guidance)[1]
 
     def _prompts(self, prompt: str | Sequence[str] | None, n: int) -> tuple[list[str], list[str | None]]:
         """``n`` prompts and, for captions of the data, the key of their clip (else None)."""

@@ -227,6 +227,55 @@ def test_stochastic_ddim_is_seeded_per_sample_and_eta_zero_is_the_deterministic_
         system.generate(prompts, steps=3, eta=1.5)
 
 
+def test_cross_modal_guidance_scales_what_the_audio_takes_from_the_video_motion(system, monkeypatch):
+    """``cross_modal_guidance`` s: the audio output of each step is ``still + s·(video − still)``, "still" the same
+    step with the video held still (its frames averaged). So the first step's audio output for a given video with s
+    equals the output for the still video plus s times the difference, a still video is not guided, the video is
+    never touched and s = 1 is the plain sampler; a bad value names ``sample.cross_modal_guidance``."""
+    import avgen.systems.joint as joint
+    from avgen.errors import ConfigError
+
+    model = copy.deepcopy(system).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # the zero-initialised cross-modal blocks would make the audio ignore the video
+        for name, param in model.denoiser.named_parameters():
+            if name.startswith(("video_connector.", "audio_blocks.")):
+                param.copy_(0.2 * torch.randn(param.shape, generator=generator))
+    outputs: list[torch.Tensor] = []  # the model outputs the DDIM steps get: video, audio, video, audio, ...
+    decoded: list[torch.Tensor] = []
+    step, decode = joint.ddim_step, joint.decode_audio
+    monkeypatch.setattr(joint, "ddim_step", lambda *args: outputs.append(args[2].clone()) or step(*args))
+    monkeypatch.setattr(joint, "decode_audio", lambda audio, x, n: decoded.append(x.clone()) or decode(audio, x, n))
+    prompts = ["a red ball drops onto wood", "a cube hits glass"]
+    given = torch.randn(model.latent_shapes(2)[0], generator=generator)
+    still = given.mean(dim=2, keepdim=True).expand_as(given).contiguous()
+
+    def run(video, scale, steps=3):
+        outputs.clear(), decoded.clear()
+        frames = model.generate(prompts, steps=steps, seed=3, video_latents=video, cross_modal_guidance=scale)[0]
+        return outputs[1], decoded[0], frames  # the first step's audio output, the final audio latents, the video
+
+    (plain, plain_final, frames), (for_still, still_final, _) = run(given, 1.0), run(still, 1.0)
+    assert (plain - for_still).abs().max() > 1e-3 * plain.abs().max()  # the audio depends on the video's motion
+    for scale in (0.0, 2.0, 4.0):
+        guided, final, frames_s = run(given, scale)
+        expected = for_still + scale * (plain - for_still)
+        assert torch.allclose(guided, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()), scale
+        assert not torch.allclose(final, plain_final) and torch.equal(frames_s, frames)
+    _, final, _ = run(still, 4.0)
+    assert torch.allclose(final, still_final, rtol=1e-4, atol=1e-4 * still_final.abs().max().item())
+    # in the joint sampler too: s = 1 is the default, s != 1 another audio (the same video here: the video blocks
+    # are still zero, so the video does not read the audio)
+    decoded.clear()
+    v1, _ = model.generate(prompts, steps=3, seed=3)
+    v2, _ = model.generate(prompts, steps=3, seed=3, cross_modal_guidance=1.0)
+    v3, _ = model.generate(prompts, steps=3, seed=3, cross_modal_guidance=3.0)
+    assert torch.equal(decoded[0], decoded[1]) and torch.equal(v1, v2)
+    assert not torch.allclose(decoded[2], decoded[0]) and torch.allclose(v3, v1, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"sample\.cross_modal_guidance=-1: expected a guidance scale >= 0"):
+        model.generate(prompts, steps=1, cross_modal_guidance=-1)
+
+
 def test_audio_for_a_given_video_by_replacement(system):
     """``video_latents``: at every step the connector and the video U-Net see the given latents noised to the step's
     local timestep with the starting video noise, and x̂0 = the given latents; the returned video is the given one

@@ -52,7 +52,7 @@ def test_the_model_yaml_is_the_one_source_of_defaults(name, scale, tmp_path):
 def test_partial_blocks_are_completed_from_the_yaml():
     sampling = JointSampling.from_config({"gamma": 2}, model_config="joint", scale="paper")
     assert sampling == JointSampling(steps=25, batch_size=4, gamma=2.0, guidance_video=7.5, guidance_audio=2.5,
-                                     negative_prompt=None, eta=0.0)
+                                     negative_prompt=None, eta=0.0, cross_modal_guidance=1.0)
     assert isinstance(sampling.gamma, float)
     tt = TempoTokensSampling.from_config({"negative_prompt": None}, model_config="tempotokens", scale="tiny")
     assert tt.negative_prompt == "" and tt.steps == 4 and tt.guidance == 25.0
