@@ -45,6 +45,10 @@ carry them), then the adapters train as ``make demo`` trains them. A mini-scale 
    replacement method of step 6 (η 0, the same seeds), scored as the samples are: whether the audio follows the
    *generated* video when that video is finished before the audio starts.
 
+8. **Cross-modal guidance** (``--cross-guidance S …``): the sampling of steps 5–7 once per scale S of
+   ``model.sampling.cross_modal_guidance`` (the audio guided on the video's motion, its null the video held still;
+   :meth:`~avgen.systems.joint.JointAudioVideo.generate`), keys suffixed ``_cross<S>`` (1: off, no suffix).
+
 ``--state F`` saves the trained system (and the ``logit`` head) to F after step 4; when F exists it is loaded instead
 and steps 2–4 are skipped, so the measurements can be repeated on one trained model.
 
@@ -56,7 +60,6 @@ Usage (any model overrides after the options; defaults take about 5 minutes on o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -242,48 +245,7 @@ def latent_bank(system, dm, loader, passes: int) -> tuple[torch.Tensor, torch.Te
     return torch.cat(latents), torch.cat(labels), torch.cat(texts)
 
 
-@contextlib.contextmanager
-def cross_modal_guidance(system, scale: float, null: str = "static"):
-    """Classifier-free guidance of the *audio* on the video (step 8), inside :meth:`generate`: every denoiser call
-    that gets the connectors' features runs twice, with the video connector's features and with a *null* video's,
-    and the audio output becomes ``null + scale · (with − null)`` (the video output is the first run's). The null
-    video (``null``): ``static``, the video connector on the clip with its timing removed: x̂0 averaged over the
-    frames and x_t moved by √ᾱ_m times the same change (x_t = √ᾱ x̂0 + √(1 − ᾱ) ε̂ keeps its noise), so only
-    the video's timing is guided; ``zero``, the video features zeroed. ``scale`` 1 is the plain sampler."""
-    if scale == 1.0:
-        yield
-        return
-    denoiser, stash = system.denoiser, {}
-    connect, forward = denoiser.connect, denoiser.forward
-
-    def null_connect(video, audio, video_t, audio_t, video_x0=None, audio_x0=None):
-        feats = connect(video, audio, video_t, audio_t, video_x0, audio_x0)
-        if null == "zero":
-            stash["video"] = torch.zeros_like(feats[0])
-        else:
-            x0 = torch.zeros_like(video) if video_x0 is None else video_x0
-            still = x0.mean(dim=2, keepdim=True).expand_as(x0)
-            root = system.video_alphas[video_t].sqrt().view(-1, 1, 1, 1, 1).to(video.dtype)
-            stash["video"] = connect(video - root * (x0 - still), audio, video_t, audio_t, still, audio_x0)[0]
-        return feats
-
-    def guided_forward(*args, features=None, **kwargs):
-        out_v, out_a = forward(*args, features=features, **kwargs)
-        if features is None or "video" not in stash:
-            return out_v, out_a
-        reps = features[0].shape[0] // stash["video"].shape[0]
-        _, null_a = forward(*args, features=(stash["video"].repeat(reps, 1, 1), features[1]), **kwargs)
-        return out_v, null_a + scale * (out_a - null_a)
-
-    denoiser.connect, denoiser.forward = null_connect, guided_forward
-    try:
-        yield
-    finally:
-        del denoiser.connect, denoiser.forward
-
-
-def video_first_samples(system, folder: Path, n: int, gamma: float | None, eta: float, cross: float = 1.0,
-                        cross_null: str = "static") -> dict:
+def video_first_samples(system, folder: Path, n: int, gamma: float | None, eta: float, cross: float = 1.0) -> dict:
     """Step 7: ``n`` sounding videos of the test split's captions sampled video first, written to ``folder`` and
     scored by ``mini_demo.py``: the video latents by the joint sampler with ``eta`` (its audio dropped), then the
     audio for them by the replacement method (η 0, the same seeds), under the EMA weights."""
@@ -309,8 +271,9 @@ def video_first_samples(system, folder: Path, n: int, gamma: float | None, eta: 
                 system.generate(chunk, gamma=gamma, seed=start, eta=eta)
         finally:
             joint.decode_video = decode
-        with torch.no_grad(), system.ema_weights(), cross_modal_guidance(system, cross, cross_null):
-            video, audio = system.generate(chunk, gamma=gamma, seed=start, eta=0.0, video_latents=kept[0])
+        with torch.no_grad(), system.ema_weights():
+            video, audio = system.generate(chunk, gamma=gamma, seed=start, eta=0.0, video_latents=kept[0],
+                                           cross_modal_guidance=cross)
         write_sounding_videos(folder, chunk, video, audio, system.clip, overwrite=True, first=start)
     generated, prompts = load_samples(folder)
     result = measure(generated, prompts, frame_classifier(store_geometry(generated[0])))
@@ -344,9 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the trained system's weights: loaded when the file exists (no training), else saved "
                              "there after training")
     parser.add_argument("--cross-guidance", type=float, nargs="+", default=[1.0], metavar="S",
-                        help="audio guided on the video with these scales in --given-video and --video-first (step 8)")
-    parser.add_argument("--cross-null", choices=("static", "zero"), default="static",
-                        help="the null video of --cross-guidance")
+                        help="sample with these model.sampling.cross_modal_guidance scales (1: off)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON report (printed too)")
@@ -478,10 +439,10 @@ def measure_after(system, objective, teacher, held, held_latents, held_labels, f
         classifier = None
         for gamma, cross in ((g, c) for g in opts.sample_gamma or [None] for c in opts.cross_guidance):
             key = ("samples" if gamma is None else f"samples_gamma{gamma:g}") + (
-                "" if cross == 1 else f"_cross{cross:g}{opts.cross_null}")
+                "" if cross == 1 else f"_cross{cross:g}")
             # the test split's captions, as the demo
-            with cross_modal_guidance(system, cross, opts.cross_null):
-                system.sample_to_files(opts.run_dir / key, n=opts.samples, gamma=gamma, overwrite=True)
+            system.sample_to_files(opts.run_dir / key, n=opts.samples, gamma=gamma, overwrite=True,
+                                   cross_modal_guidance=cross)
             generated, prompts = load_samples(opts.run_dir / key)
             classifier = classifier or frame_classifier(store_geometry(generated[0]))
             result = measure(generated, prompts, classifier)
@@ -498,12 +459,13 @@ def measure_after(system, objective, teacher, held, held_latents, held_labels, f
             for name, video in (("true", held_latents), ("none", rolled)):
                 audio = []
                 for start in range(0, opts.clips, 8):
-                    with torch.no_grad(), system.ema_weights(), cross_modal_guidance(system, cross, opts.cross_null):
+                    with torch.no_grad(), system.ema_weights():
                         audio.append(system.generate(captions[start:start + 8], gamma=gamma, seed=start,
-                                                     video_latents=video[start:start + 8])[1])
+                                                     video_latents=video[start:start + 8],
+                                                     cross_modal_guidance=cross)[1])
                 sampled[name] = torch.cat(audio)
             key = ("given_video" if gamma is None else f"given_video_gamma{gamma:g}") + (
-                "" if cross == 1 else f"_cross{cross:g}{opts.cross_null}")
+                "" if cross == 1 else f"_cross{cross:g}")
             report[key] = demo_checks(held, sampled, opts.clips, fps, int(system.clip.sample_rate))
             print(key, json.dumps({k: {"aligned": v["generated"]["aligned_clips"],
                                        "delayed": v["shifted"]["aligned_clips"],
@@ -512,9 +474,9 @@ def measure_after(system, objective, teacher, held, held_latents, held_labels, f
     for eta in opts.video_first or []:
         for gamma, cross in ((g, c) for g in opts.sample_gamma or [None] for c in opts.cross_guidance):
             key = f"video_first_eta{eta:g}" + ("" if gamma is None else f"_gamma{gamma:g}") + (
-                "" if cross == 1 else f"_cross{cross:g}{opts.cross_null}")
+                "" if cross == 1 else f"_cross{cross:g}")
             report[key] = video_first_samples(system, opts.run_dir / key, opts.samples or opts.clips, gamma, eta,
-                                              cross, opts.cross_null)
+                                              cross)
             print(key, json.dumps(report[key], default=float), flush=True)
 
 
