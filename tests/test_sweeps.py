@@ -112,9 +112,9 @@ def test_dry_run_reports_the_row_that_does_not_compose(tmp_path):
                                                   "evaluations, include_frozen, overwrite; did you mean dir?")]
     bad_then = replace(sweep, rows=sweep.rows[:1], then=(("sample", "sample.nn=2"),))
     assert [str(p) for p in dry_run(bad_then, extra, tmp_path / "sw")] == [
-        "row good (sample, then[0]): unknown key sample.nn; known keys of sample: audio, batch_size, device, eta, "
-        "gamma, guidance, guidance_audio, guidance_text, guidance_video, n, negative_prompt, overwrite, prompt, "
-        "saliency, sampler, seed, steps, video; did you mean n?"]
+        "row good (sample, then[0]): unknown key sample.nn; known keys of sample: audio, batch_size, "
+        "cross_modal_guidance, device, eta, gamma, guidance, guidance_audio, guidance_text, guidance_video, n, "
+        "negative_prompt, overwrite, prompt, saliency, sampler, seed, steps, video; did you mean n?"]
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda path: path.name)
