@@ -9,7 +9,8 @@ carry them), then the adapters train as ``make demo`` trains them. A mini-scale 
 (Hayakawa et al. 2024 train the connectors by the diffusion loss only).
 
 1. **Latents**: ``--passes`` passes over the training split (each pass a fresh 1-s window per clip) through the
-   frame VAE (posterior samples); labels: the latent frames holding an event (:func:`event_frames`).
+   frame VAE (posterior samples); labels: the latent frames holding an event
+   (:func:`~avgen.modules.connector_events.event_frame_labels`).
 2. **Warm start** (``--warm-steps`` steps of ``--warm-batch`` clips, Adam ``--warm-lr``): the connector reads
    ``x_t`` at t ~ U[0, T) and as x̂0, per batch (``--x0``): ``clean``: the clean latent or zeros, half each;
    ``mix``: a third each the clean latent, zeros, and the frozen base video U-Net's estimate from ``x_t`` with the
@@ -50,7 +51,9 @@ carry them), then the adapters train as ``make demo`` trains them. A mini-scale 
    :meth:`~avgen.systems.joint.JointAudioVideo.generate`), keys suffixed ``_cross<S>`` (1: off, no suffix).
 
 ``--state F`` saves the trained system (and the ``logit`` head) to F after step 4; when F exists it is loaded instead
-and steps 2–4 are skipped, so the measurements can be repeated on one trained model.
+and steps 2–4 are skipped, so the measurements can be repeated on one trained model. ``--ckpt C`` measures a ``fit``
+checkpoint instead (steps 2–4 done by ``fit`` with ``model.video_connector_events``, whose ``code`` target, event loss
+and teacher forcing are this benchmark's).
 
 Usage (any model overrides after the options; defaults take about 5 minutes on one thread, sampling 1 more)::
 
@@ -74,7 +77,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from joint_timing_oracle import compose_config, event_frames, held_out  # noqa: E402
+from joint_timing_oracle import compose_config, held_out  # noqa: E402
+
+from avgen.modules.connector_events import EventCode, event_frame_labels  # noqa: E402
 
 TARGETS = ("logit", "code")
 X0_MODES = {"clean": ("clean", "zeros"), "mix": ("clean", "zeros", "estimate")}
@@ -82,20 +87,9 @@ AUC_TIMESTEPS = (0, 250, 500, 750)
 
 
 def hit_labels(events: list, frames: int, fps: float) -> torch.Tensor:
-    """(B, frames) float32: 1 on the frames of each clip's events (:func:`event_frames`), 0 elsewhere."""
-    return torch.stack([event_frames(e, frames, fps) for e in events]).float()
-
-
-def hit_code(labels: torch.Tensor, e_hit: torch.Tensor, e_none: torch.Tensor) -> torch.Tensor:
-    """(B, F) labels -> (B, F, D): ``e_hit`` on a labelled frame, ``e_none`` elsewhere."""
-    return torch.where(labels[..., None] > 0, e_hit, e_none)
-
-
-def code_directions(dim: int, seed: int = 123) -> tuple[torch.Tensor, torch.Tensor]:
-    """``e_hit``, ``e_none``: two unit vectors (dim,) drawn from N(0, I) with ``seed``, normalised."""
-    generator = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(dim, generator=generator), dim=0), F.normalize(torch.randn(dim, generator=generator),
-                                                                                  dim=0)
+    """(B, frames) float32: 1 on the frames of each clip's events
+    (:func:`avgen.modules.connector_events.event_frame_labels`), 0 elsewhere."""
+    return event_frame_labels(events, frames, fps)
 
 
 class HitObjective:
@@ -118,7 +112,7 @@ class HitObjective:
         self.connector, self.alphas, self.target = connector, alphas, target
         dim = connector.conv_out.out_channels
         self.head = torch.nn.Linear(dim, 1)
-        self.e_hit, self.e_none = code_directions(dim)
+        self.code = EventCode(dim)  # model.video_connector_events' code (seed 123)
         self.pos_weight = torch.tensor(float(pos_weight))
         self.estimator = estimator
 
@@ -154,14 +148,13 @@ class HitObjective:
         if self.target == "logit":
             return F.binary_cross_entropy_with_logits(self.head(output).squeeze(-1), labels,
                                                       pos_weight=self.pos_weight)
-        return (F.normalize(output, dim=-1) - hit_code(labels, self.e_hit, self.e_none)).pow(2).sum(-1).mean()
+        return self.code.loss(output, labels)
 
     def score(self, output: torch.Tensor) -> torch.Tensor:
         """(B, F): higher = more likely a hit frame."""
         if self.target == "logit":
             return self.head(output).squeeze(-1)
-        unit = F.normalize(output, dim=-1)
-        return unit @ self.e_hit - unit @ self.e_none
+        return self.code.score(output)
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -198,8 +191,9 @@ def connector_auc(objective: HitObjective, latents: torch.Tensor, labels: torch.
 
 class CodeTeacher:
     """Installed on a joint system: while :attr:`events` is set (a list of per-clip event times), the video
-    features the audio blocks read are the exact code of those events (:func:`hit_code`), as the timing oracle
-    does; otherwise the connector's own."""
+    features the audio blocks read are the exact code of those events
+    (:meth:`~avgen.modules.connector_events.EventCode.code`), as the timing oracle does; otherwise the connector's
+    own."""
 
     def __init__(self, system, objective: HitObjective, fps: float):
         self.events: list | None = None
@@ -209,7 +203,7 @@ class CodeTeacher:
             features_v, features_a = connect(video, audio, video_t, audio_t, video_x0, audio_x0)
             if self.events is None:
                 return features_v, features_a
-            code = hit_code(hit_labels(self.events, features_v.shape[1], fps), objective.e_hit, objective.e_none)
+            code = objective.code.code(hit_labels(self.events, features_v.shape[1], fps))
             return code.to(features_v), features_a
 
         system.denoiser.connect = teacher_connect
@@ -306,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, default=None,
                         help="the trained system's weights: loaded when the file exists (no training), else saved "
                              "there after training")
+    parser.add_argument("--ckpt", type=Path, default=None,
+                        help="measure this fit checkpoint (e.g. one trained with model.video_connector_events) "
+                             "instead of training: steps 2-4 are skipped")
     parser.add_argument("--cross-guidance", type=float, nargs="+", default=[1.0], metavar="S",
                         help="sample with these model.sampling.cross_modal_guidance scales (1: off)")
     parser.add_argument("--threads", type=int, default=1)
@@ -322,12 +319,17 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = compose_config(opts.overrides, opts.run_dir)
     torch.manual_seed(opts.seed)
-    system = build_model(cfg)
+    if opts.ckpt is not None:
+        from avgen.commands import load_system
+
+        system = load_system(opts.ckpt)[0]
+    else:
+        system = build_model(cfg)
     dm = build_datamodule(cfg)
     dm.setup("fit")
     fps = float(system.clip.fps)
     began = time.perf_counter()
-    loaded = opts.state is not None and opts.state.is_file()
+    loaded = opts.ckpt is not None or (opts.state is not None and opts.state.is_file())
     latents, labels, texts = latent_bank(system, dm, dm.train_dataloader, 1 if loaded else opts.passes)
     held = held_out(dm, opts.clips)
     held_latents = torch.cat([system.encode_batch(b, torch.Generator().manual_seed(i))[0].float()
@@ -340,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
                               "bank": {"clips": len(latents), "hit_frame_rate": round(rate, 4)}}
     teacher = CodeTeacher(system, objective, fps)
-    if loaded:
+    if opts.ckpt is not None:
+        report["state"] = f"fit checkpoint {opts.ckpt}"
+    elif loaded:
         objective.head.load_state_dict(torch.load(opts.state, map_location="cpu", weights_only=True)["head"])
         system.load_state_dict(torch.load(opts.state, map_location="cpu", weights_only=True)["system"])
         report["state"] = f"loaded {opts.state}"

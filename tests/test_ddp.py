@@ -38,3 +38,32 @@ def test_ddp_cpu_equal_batches_per_rank_and_no_hang(tmp_path, unequal_shards):  
     header = rows[0].split(",")
     skipped = [r.split(",")[header.index("data/val_skipped")] for r in rows[1:]]
     assert [s for s in skipped if s] == ["0.0", "0.0"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_ddp_joint_connector_only_steps_and_teacher_forcing(tmp_path):
+    """model.video_connector_events under DDP (find_unused_parameters false): connector-only steps, which leave
+    the U-Nets out, and teacher-forced batches, whose diffusion loss skips the video connector, still give every
+    trainable parameter a gradient, so the reducer neither hangs nor errors; the diffusion losses are logged only
+    once the connector-only steps are over."""
+    import re
+
+    import torch
+
+    run_dir = tmp_path / "run"
+    proc = run_cli("fit", "experiment=joint_cmcpe", "scale=tiny", "trainer=ddp_cpu", "trainer.max_steps=3",
+                   "trainer.log_every_n_steps=1", "model.validation.samples=0", "trainer.limit_val_batches=0",
+                   "logger=csv", "model.video_connector_events.weight=1",
+                   "model.video_connector_events.connector_only_steps=2",
+                   "model.video_connector_events.teacher_forcing=1", f"paths.data_dir={tmp_path}/data",
+                   f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = (run_dir / "logs" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    logged = {name: [r.split(",")[header.index(f"train/{name}")] != "" for r in rows[1:]]
+              for name in ("loss_events", "loss_audio")}
+    assert sum(logged["loss_events"]) == 3 and sum(logged["loss_audio"]) == 1
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    blocks = [k for k in state if re.fullmatch(r"denoiser\.(video|audio)_blocks\.\w+\.proj_out\.\w+", k)]
+    assert blocks and any(state[k].any() for k in blocks)  # the joint step moved the zero-initialised blocks

@@ -176,14 +176,23 @@ class JointUNet(nn.Module):
 
     # ------------------------------------------------------------------------------ forward
     def connect(self, video: torch.Tensor, audio: torch.Tensor, video_t: torch.Tensor, audio_t: torch.Tensor,
-                video_x0: torch.Tensor | None = None, audio_x0: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                video_x0: torch.Tensor | None = None, audio_x0: torch.Tensor | None = None,
+                video_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The connectors: video features (B, F', D) and audio features (B, T', D) from the noisy
-        latents and the self-conditioning estimates (zeros when ``None``)."""
-        video_x0 = torch.zeros_like(video) if video_x0 is None else video_x0
+        latents and the self-conditioning estimates (zeros when ``None``). ``video_features`` (B, F', D), when
+        given, stands in for the video connector's output, which is then not computed (teacher forcing,
+        :mod:`avgen.modules.connector_events`)."""
         audio_x0 = torch.zeros_like(audio) if audio_x0 is None else audio_x0
-        return (self._call(self.video_connector, video, video_x0, video_t),
-                self._call(self.audio_connector, audio, audio_x0, audio_t))
+        if video_features is None:
+            video_features = self.video_features(video, video_t, video_x0)
+        return video_features, self._call(self.audio_connector, audio, audio_x0, audio_t)
+
+    def video_features(self, video: torch.Tensor, video_t: torch.Tensor, video_x0: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """The video connector alone: noisy video latents (B, C, F, h, w) at timesteps (B,) and their x̂0 (zeros
+        when ``None``) -> (B, F, D), checkpointed like every connector call."""
+        video_x0 = torch.zeros_like(video) if video_x0 is None else video_x0
+        return self._call(self.video_connector, video, video_x0, video_t)
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor, video_t: torch.Tensor, audio_t: torch.Tensor,
                 video_text: torch.Tensor, audio_text: torch.Tensor, video_x0: torch.Tensor | None = None,

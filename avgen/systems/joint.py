@@ -45,6 +45,7 @@ from avgen.diffusion import (
     v_loss_weights,
 )
 from avgen.errors import ConfigError
+from avgen.modules.connector_events import EventCode, VideoConnectorEvents, event_frame_labels
 from avgen.modules.joint_unet import DEFAULT_POSITIONS, JointUNet
 from avgen.modules.timestep_adjust import (
     adjust_timesteps,
@@ -182,10 +183,14 @@ class JointAudioVideo(DiffusionSystem):
             missing keys come from ``configs/model/joint.yaml`` at ``scale``.
         validation: ``model.validation`` (:class:`~avgen.systems.settings.ValidationSettings`): sounding
             videos sampled and logged after each validation, and whether their AV-Align is computed.
+        video_connector_events: ``model.video_connector_events``
+            (:class:`~avgen.modules.connector_events.VideoConnectorEvents`; avgen's aid, not the paper's, off by
+            default): the video connector also learns to mark the frames of ``batch["events"]``, optionally alone
+            for its first steps, and a share of batches teach the audio blocks that code in its place.
 
     Raises:
-        ConfigError: a bad ``model.sampling`` / ``model.validation`` / ``data.clip`` value or a scheduler
-            setting that has no effect (before any backbone loads).
+        ConfigError: a bad ``model.sampling`` / ``model.validation`` / ``model.video_connector_events`` /
+            ``data.clip`` value or a scheduler setting that has no effect (before any backbone loads).
     """
 
     # the sampling settings (model.sampling) and the config nodes of the sampler, for the commands
@@ -193,6 +198,8 @@ class JointAudioVideo(DiffusionSystem):
     MODEL_CONFIG = "joint"
     sampling_settings = JointSampling
     SAMPLER_CONFIG = ("video.scheduler", "audio.scheduler")
+    # model.video_connector_events: training batches in a row without an event before the run is stopped
+    EVENTLESS_BATCHES = 50
 
     @classmethod
     def upgrade_model_config(cls, model_config: dict[str, Any]) -> dict[str, Any]:
@@ -236,7 +243,8 @@ class JointAudioVideo(DiffusionSystem):
                  timesteps: Mapping | None = None, self_condition_prob: float = 0.5,
                  gradient_checkpointing: bool = False, sampling: Mapping | None = None,
                  validation: Mapping | None = None, optimizer=None, scheduler=None, ema_decay: float | None = None,
-                 cond_drop_prob: float = 0.1, loss: Mapping | None = None):
+                 cond_drop_prob: float = 0.1, loss: Mapping | None = None,
+                 video_connector_events: Mapping | None = None):
         super().__init__(optimizer=optimizer, scheduler=scheduler, ema_decay=ema_decay, cond_drop_prob=cond_drop_prob)
         args = system_arguments(scale, tiny, mini=mini, paper_random=paper_random,
                                 video=video, audio=audio, connector=connector,
@@ -252,6 +260,8 @@ class JointAudioVideo(DiffusionSystem):
             self.timestep_mode, modality_pair(timesteps.get("high_noise_prob"), "model.timesteps.high_noise_prob", 0.0))
         self.loss_weighting, self.loss_max_weight = loss_settings(loss)
         self.self_condition_prob = self_condition_prob
+        self.connector_events = VideoConnectorEvents.from_config(plain_config(video_connector_events or {}))
+        self._batches_without_events = 0
 
         v, a = args["video"], args["audio"]
         for modality, part in (("video", v), ("audio", a)):
@@ -270,6 +280,9 @@ class JointAudioVideo(DiffusionSystem):
                                   video_connector_attention=args["video_connector_attention"],
                                   gradient_checkpointing=gradient_checkpointing,
                                   audio_clip_fraction=self.audio_clip_fraction(), fps=float(self.clip.fps))
+        # the event code's directions (non-persistent buffers: checkpoints are unchanged)
+        self.event_code = (EventCode(self.denoiser.video_connector.conv_out.out_channels, self.connector_events.seed)
+                           if self.connector_events.enabled else None)
         # frozen parts as submodules, so they follow the system across devices and dtypes
         self.video_vae, self.video_text_encoder = self.video.vae, self.video.text_encoder
         self.audio_vae, self.audio_text_encoder = self.audio.vae, self.audio.text_encoder
@@ -401,7 +414,26 @@ class JointAudioVideo(DiffusionSystem):
         """The loss of Sec. III-D for one batch (the batch contract). With ``batch["features"]`` (the feature
         cache) the cached posteriors and text outputs replace the frozen encoders; the batch's video / audio are
         then not read and may be empty ((B, 0, 3, H, W), (B, 0)). The draws from ``generator``, in order: video ε,
-        audio ε, condition dropout, timesteps, noise, self-conditioning."""
+        audio ε, condition dropout, timesteps, noise, self-conditioning; with ``model.video_connector_events``
+        then teacher forcing (training only) and the event loss's draws (:meth:`_event_loss`).
+
+        With ``model.video_connector_events.weight`` w > 0 (:mod:`avgen.modules.connector_events`) the result also
+        holds ``loss_events``, the event-code loss of the video connector on ``draws_per_clip`` noisy versions of
+        each clip's latent (:meth:`_event_loss`), and in training ``loss`` gains w · ``loss_events``; for the first
+        ``connector_only_steps`` optimizer steps only w · ``loss_events`` is trained (the U-Nets do not run), and in
+        a ``teacher_forcing`` share of training batches the audio blocks read the exact code of the batch's events
+        in the video connector's place. Validation and test losses keep ``loss`` the diffusion loss alone.
+
+        Returns:
+            ``loss``, ``loss_video``, ``loss_audio`` (plain MSEs) and with the event loss ``loss_events``:
+            scalar float32 tensors.
+
+        Raises:
+            ConfigError: the event loss is on and a training batch has no ``events``, or no clip of
+                :attr:`EVENTLESS_BATCHES` training batches in a row has an event (the data has none:
+                synthetic_hits and Greatest Hits do). Outside training a batch without ``events`` gets no
+                ``loss_events``.
+        """
         z_v, z_a = self.encode_batch(batch, generator)
         _, keep = self.drop_conditions(list(batch["caption"]), "", generator=generator)
         text_v, text_a = self.caption_text(batch, keep)
@@ -413,13 +445,27 @@ class JointAudioVideo(DiffusionSystem):
                             else torch.randn(z.shape, generator=generator).to(z.device) for z in (z_v, z_a))
         x_v = add_noise(z_v, noise_v, self.video_alphas, t_v)
         x_a = add_noise(z_a, noise_a, self.audio_alphas, t_a)
+        events = self.connector_events
+        labels = (self._event_labels(batch, z_v.shape[2]).to(device)
+                  if events.enabled and (self.training or "events" in batch) else None)
+        if labels is not None and self.training and self.global_step < events.connector_only_steps:
+            loss_events = self._event_loss(z_v, labels, generator)
+            return {"loss": events.weight * loss_events + self._untouched_parameters_term(), "loss_events": loss_events}
         x0_v = x0_a = None
-        if self.self_condition_prob > 0 and torch.rand((), generator=generator).item() < self.self_condition_prob:
+        self_condition = (self.self_condition_prob > 0
+                          and torch.rand((), generator=generator).item() < self.self_condition_prob)
+        taught = None  # teacher forcing: the exact event code in the video connector's place
+        if labels is not None and self.training and events.teacher_forcing > 0 \
+                and torch.rand((), generator=generator).item() < events.teacher_forcing:
+            taught = self.event_code.code(labels).to(x_v.dtype)
+        if self_condition:
             with torch.no_grad():
-                out_v, out_a = self.denoiser(x_v, x_a, t_v, t_a, text_v, text_a)
+                out_v, out_a = self.denoiser(x_v, x_a, t_v, t_a, text_v, text_a,
+                                             features=self._features(x_v, x_a, t_v, t_a, None, None, taught))
                 x0_v = split_prediction(self._prediction("video"), x_v, out_v, self.video_alphas, t_v)[0]
                 x0_a = split_prediction(self._prediction("audio"), x_a, out_a, self.audio_alphas, t_a)[0]
-        out_v, out_a = self.denoiser(x_v, x_a, t_v, t_a, text_v, text_a, x0_v, x0_a)
+        out_v, out_a = self.denoiser(x_v, x_a, t_v, t_a, text_v, text_a,
+                                     features=self._features(x_v, x_a, t_v, t_a, x0_v, x0_a, taught))
         target_v = training_target(self._prediction("video"), z_v, noise_v, self.video_alphas, t_v)
         target_a = training_target(self._prediction("audio"), z_a, noise_a, self.audio_alphas, t_a)
         per_v = (out_v.float() - target_v.float()).pow(2).flatten(1).mean(1)  # (B,) per-sample MSE
@@ -427,7 +473,68 @@ class JointAudioVideo(DiffusionSystem):
         loss = self._weighted(per_v, "video", self.video_alphas, t_v) + self._weighted(per_a, "audio",
                                                                                       self.audio_alphas, t_a)
         # loss_video / loss_audio: the plain MSE whatever the weighting, so that runs compare
-        return {"loss": loss, "loss_video": per_v.mean(), "loss_audio": per_a.mean()}
+        out = {"loss": loss, "loss_video": per_v.mean(), "loss_audio": per_a.mean()}
+        if labels is not None:
+            out["loss_events"] = self._event_loss(z_v, labels, generator)
+            if self.training:
+                out["loss"] = loss + events.weight * out["loss_events"]
+        return out
+
+    def _features(self, x_v, x_a, t_v, t_a, x0_v, x0_a, taught) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The connectors' outputs with ``taught`` (B, F, D) in the video connector's place; None (the
+        denoiser computes them) when nothing is taught."""
+        if taught is None:
+            return None
+        return self.denoiser.connect(x_v, x_a, t_v, t_a, x0_v, x0_a, video_features=taught)
+
+    def _event_labels(self, batch: Mapping[str, Any], frames: int) -> torch.Tensor:
+        """(B, frames) event labels of ``batch["events"]``; counts training batches without any event.
+
+        Raises:
+            ConfigError: no ``events`` in the batch, or :attr:`EVENTLESS_BATCHES` training batches in a row
+                without an event."""
+        if "events" not in batch:
+            raise ConfigError("model.video_connector_events.weight > 0 needs batch['events'] (event times per clip), "
+                              "which this batch lacks; set model.video_connector_events.weight=0")
+        labels = event_frame_labels(batch["events"], frames, float(self.clip.fps))
+        if self.training:
+            self._batches_without_events = 0 if labels.any() else self._batches_without_events + 1
+            if self._batches_without_events >= self.EVENTLESS_BATCHES:
+                raise ConfigError(f"model.video_connector_events.weight > 0, but no clip of the last "
+                                  f"{self.EVENTLESS_BATCHES} training batches has an event time (meta 'events'): "
+                                  f"this data set carries none (synthetic_hits and greatest_hits do); set "
+                                  f"model.video_connector_events.weight=0")
+        return labels
+
+    def _event_loss(self, z_v: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None
+                    ) -> torch.Tensor:
+        """:meth:`~avgen.modules.connector_events.EventCode.loss` of the video connector on ``draws_per_clip``
+        noisy versions of each clip's latent z_v (B, C, F, h, w): per draw (clip-major) a timestep t ~ U{0, T−1},
+        its noise, and as x̂0 the clean latent with probability ``clean_x0_prob``, zeros otherwise; labels (B, F).
+        The draws from ``generator``, in order: timesteps, noise, x̂0 choices."""
+        settings, device = self.connector_events, z_v.device
+        z = z_v.float().repeat_interleave(settings.draws_per_clip, dim=0)
+        n = z.shape[0]
+        if generator is None:
+            t = torch.randint(0, len(self.video_alphas), (n,), device=device)
+            noise = torch.randn_like(z)
+            clean = torch.rand(n, device=device) < settings.clean_x0_prob
+        else:
+            t = torch.randint(0, len(self.video_alphas), (n,), generator=generator).to(device)
+            noise = torch.randn(z.shape, generator=generator).to(device)
+            clean = (torch.rand(n, generator=generator) < settings.clean_x0_prob).to(device)
+        x_t = add_noise(z, noise, self.video_alphas, t).to(z_v.dtype)
+        x0 = torch.where(clean[:, None, None, None, None], z, torch.zeros_like(z)).to(z_v.dtype)
+        output = self.denoiser.video_features(x_t, t, x0)
+        return self.event_code.loss(output, labels.repeat_interleave(settings.draws_per_clip, dim=0))
+
+    def _untouched_parameters_term(self) -> torch.Tensor:
+        """0 · Σ of every trainable parameter outside the video connector: in the connector-only steps it gives
+        each of them a zero gradient, so DDP's reducer (which expects a gradient for every parameter) and the
+        optimizer see the usual set."""
+        connector = {id(p) for p in self.denoiser.video_connector.parameters()}
+        rest = [p.sum() for p in self.parameters() if p.requires_grad and id(p) not in connector]
+        return torch.stack(rest).sum() * 0.0 if rest else torch.zeros((), device=self.video_alphas.device)
 
     def _weighted(self, per_sample: torch.Tensor, modality: str, alphas: torch.Tensor, t: torch.Tensor
                   ) -> torch.Tensor:

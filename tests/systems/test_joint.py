@@ -559,22 +559,20 @@ def test_connector_warm_start_objective_code_teacher_and_a_learnable_hit(tiny_ro
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from joint_connector_warm_start import CodeTeacher, HitObjective, code_directions, hit_code, hit_labels, roc_auc
+    from joint_connector_warm_start import CodeTeacher, HitObjective, hit_labels, roc_auc
+
+    from avgen.modules.connector_events import code_directions
 
     labels = hit_labels([[0.13, 0.9], [], [1.5]], 8, 8.0)
     assert labels.tolist() == [[0, 1, 0, 0, 0, 0, 0, 1], [0] * 8, [0] * 8]
     e_hit, e_none = code_directions(32)
-    assert torch.allclose(e_hit.norm(), torch.tensor(1.0)) and torch.equal(code_directions(32)[0], e_hit)
-    code = hit_code(labels, e_hit, e_none)
-    assert torch.equal(code[0, 1], e_hit) and torch.equal(code[0, 0], e_none) and code.shape == (3, 8, 32)
 
     system = copy.deepcopy(system)
     connector = system.denoiser.video_connector
     objective = HitObjective(connector, system.video_alphas, "code")
-    assert objective.loss(3.0 * code, labels).item() == pytest.approx(0.0, abs=1e-12)  # scale-free: L2-normalised
-    # every frame's code the wrong one: |e_hit - e_none|² on each
-    assert objective.loss(hit_code(1 - labels, e_hit, e_none), labels).item() == pytest.approx(
-        float((e_hit - e_none).pow(2).sum()), rel=1e-5)
+    code = objective.code.code(labels)
+    assert torch.equal(code[0, 1], e_hit) and torch.equal(code[0, 0], e_none)  # model.video_connector_events' code
+    assert objective.loss(3.0 * code, labels).item() == pytest.approx(0.0, abs=1e-12)
     assert roc_auc(labels[:1].numpy(), objective.score(code[:1]).numpy()) == 1.0
     assert np.isnan(roc_auc(labels[1:2].numpy(), objective.score(code[1:2]).numpy()))  # one class only
     logit = HitObjective(connector, system.video_alphas, "logit", pos_weight=2.0)
@@ -702,3 +700,93 @@ def test_loss_weighting_and_high_noise_draws(tiny_root):
         with pytest.raises(InstantiationException) as err:
             build(tiny_root, *overrides)
         assert isinstance(err.value.__cause__, ConfigError) and key in str(err.value.__cause__)
+
+
+def test_video_connector_events_loss_teacher_forcing_and_connector_only_steps(tiny_root, monkeypatch):
+    """model.video_connector_events: the event loss is the code loss of the video connector's own output on x_v
+    with the clean latent or zeros as x̂0, added with its weight in training only and leaving the diffusion draws
+    as they were; teacher forcing hands the audio blocks the exact code (the connector then gets no diffusion
+    gradient); connector-only steps run no U-Net and give every other trainable parameter a zero gradient."""
+    import dataclasses
+
+    from avgen.errors import ConfigError
+    from avgen.modules.connector_events import VideoConnectorEvents
+
+    system, _ = build(tiny_root, "model.video_connector_events.weight=2")
+    with torch.no_grad():
+        for block in list(system.denoiser.video_blocks.values()) + list(system.denoiser.audio_blocks.values()):
+            for p in block.proj_out.parameters():
+                p.normal_(0, 0.5)
+    plain = copy.deepcopy(system)
+    plain.connector_events = VideoConnectorEvents()
+    batch = {**tiny_batch(system), "events": [torch.tensor([0.3]), torch.tensor([])]}  # 0.3 s · 8 fps -> frame 2
+    labels = torch.zeros(2, 8)
+    labels[0, 2] = 1
+
+    seen = []
+    features = system.denoiser.video_features
+
+    def spy(video, t, x0=None):
+        out = features(video, t, x0)
+        seen.append((video, t, x0, out))
+        return out
+
+    monkeypatch.setattr(system.denoiser, "video_features", spy)
+
+    def run(model, b=batch, seed=3):
+        return model.diffusion_loss(b, generator=torch.Generator().manual_seed(seed))
+
+    system.train(), plain.train()
+    out, ref = run(system), run(plain)
+    assert set(out) == {"loss", "loss_video", "loss_audio", "loss_events"} and "loss_events" not in ref
+    assert torch.equal(out["loss_audio"], ref["loss_audio"]) and torch.equal(out["loss_video"], ref["loss_video"])
+    assert torch.allclose(out["loss"], ref["loss"] + 2 * out["loss_events"])
+    x_t, t, x0, output = seen[-1]  # the event loss's call: 8 draws per clip, clip-major
+    assert x_t.shape[0] == t.shape[0] == 16 and len(set(t.tolist())) > 8
+    clean = system.encode_batch(batch, torch.Generator().manual_seed(3))[0]  # the same posterior draw (the first)
+    zero_rows = [not x0[i].any() for i in range(16)]
+    assert 0 < sum(zero_rows) < 16  # clean_x0_prob 0.5: both x̂0 appear
+    for i in range(16):
+        assert zero_rows[i] or torch.equal(x0[i], clean[i // 8]), i
+    assert torch.equal(out["loss_events"], system.event_code.loss(output, labels.repeat_interleave(8, dim=0)))
+    system.eval()
+    evaluated = run(system)
+    assert torch.equal(evaluated["loss"], plain.eval().diffusion_loss(batch, torch.Generator().manual_seed(3))["loss"])
+    assert "loss_events" in evaluated
+    assert "loss_events" not in run(system, tiny_batch(system))  # validation data without events: no event loss
+    system.train()
+
+    # teacher forcing: the audio reads the exact code; the connector runs once (its event loss) and gets no
+    # gradient from the diffusion loss
+    system.connector_events = dataclasses.replace(system.connector_events, teacher_forcing=1.0)
+    seen.clear()
+    taught = run(system)
+    assert len(seen) == 1
+    connector = list(system.denoiser.video_connector.parameters())
+    assert all(g is None for g in torch.autograd.grad(taught["loss_audio"], connector, allow_unused=True,
+                                                      retain_graph=True))
+    assert any(g is not None and g.abs().sum() > 0 for g in torch.autograd.grad(taught["loss"], connector))
+    later = run(system, {**batch, "events": [torch.tensor([0.7]), torch.tensor([])]})
+    assert not torch.equal(taught["loss_audio"], later["loss_audio"])  # the audio follows the taught events
+
+    # connector-only steps: no U-Net runs; only the connector moves
+    system.connector_events = dataclasses.replace(system.connector_events, connector_only_steps=5)
+    monkeypatch.setattr(system.denoiser, "forward", lambda *a, **k: pytest.fail("a U-Net ran"))
+    system.zero_grad(set_to_none=True)
+    only = run(system)
+    assert set(only) == {"loss", "loss_events"} and torch.allclose(only["loss"], 2 * only["loss_events"])
+    only["loss"].backward()
+    moved = []
+    for name, p in system.trainable_parameters():
+        assert p.grad is not None, name
+        assert name.startswith("denoiser.video_connector.") or not p.grad.any(), name
+        moved.append(name.startswith("denoiser.video_connector.") and bool(p.grad.any()))
+    assert sum(moved) > 10
+
+    with pytest.raises(ConfigError, match=r"needs batch\['events'\]"):
+        run(system, tiny_batch(system))
+    empty = {**batch, "events": [torch.tensor([]), torch.tensor([])]}
+    monkeypatch.setattr(system, "EVENTLESS_BATCHES", 3)
+    run(system, empty), run(system), run(system, empty), run(system, empty)  # an event resets the count
+    with pytest.raises(ConfigError, match="no clip of the last 3 training batches has an event"):
+        run(system, empty)
