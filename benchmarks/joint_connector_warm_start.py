@@ -101,18 +101,21 @@ class HitObjective:
         target: ``logit`` or ``code`` (module docstring).
         pos_weight: BCE weight of a hit frame (``logit``).
         estimator: ``(x_t, t, text) -> x̂0`` for ``x0="estimate"`` (:func:`base_video_estimate`).
+        code: the :class:`~avgen.modules.connector_events.EventCode` (``code`` target); None: seed 123's.
 
     Raises:
         ValueError: an unknown ``target``.
     """
 
-    def __init__(self, connector, alphas: torch.Tensor, target: str, pos_weight: float = 1.0, estimator=None):
+    def __init__(self, connector, alphas: torch.Tensor, target: str, pos_weight: float = 1.0, estimator=None,
+                 code: EventCode | None = None):
         if target not in TARGETS:
             raise ValueError(f"--target {target!r}: expected one of {', '.join(TARGETS)}")
         self.connector, self.alphas, self.target = connector, alphas, target
         dim = connector.conv_out.out_channels
         self.head = torch.nn.Linear(dim, 1)
-        self.code = EventCode(dim)  # model.video_connector_events' code (seed 123)
+        # model.video_connector_events' code: the system's own (``code``, a fit checkpoint's seed) or seed 123
+        self.code = code if code is not None else EventCode(dim)
         self.pos_weight = torch.tensor(float(pos_weight))
         self.estimator = estimator
 
@@ -337,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     held_labels = torch.cat([hit_labels(b["events"], system.num_frames, fps) for b in held])[: opts.clips]
     rate = float(labels.mean())
     objective = HitObjective(system.denoiser.video_connector, system.video_alphas, opts.target,
-                             pos_weight=(1 - rate) / max(rate, 1e-6), estimator=base_video_estimate(system))
+                             pos_weight=(1 - rate) / max(rate, 1e-6), estimator=base_video_estimate(system),
+                             code=getattr(system, "event_code", None))
     x0_modes = X0_MODES[opts.x0]
     report: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
                               "bank": {"clips": len(latents), "hit_frame_rate": round(rate, 4)}}

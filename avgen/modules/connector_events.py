@@ -29,7 +29,9 @@ from avgen.errors import ConfigError
 
 
 def event_frame_labels(events: Sequence[Any], frames: int, fps: float) -> Tensor:
-    """(B, frames) float32 labels: 1 on frame ⌊e·fps⌋ of each event time ``e`` of each clip, 0 elsewhere.
+    """(B, frames) float32 labels: 1 on frame ⌊e·fps + 10⁻⁴⌋ of each event time ``e`` of each clip, 0 elsewhere
+    (the 10⁻⁴ frame: an event exactly on a frame's start, k/fps, stored in float32 as the data path holds it, lands
+    on frame k, not k − 1: float32 0.7 s · 10 fps = 6.99999988).
 
     Args:
         events: one sequence of event times (seconds from the clip's start; tensor, array or list, may be empty)
@@ -42,7 +44,7 @@ def event_frame_labels(events: Sequence[Any], frames: int, fps: float) -> Tensor
     labels = torch.zeros(len(events), frames)
     for row, times in enumerate(events):
         for e in np.asarray(times.cpu() if isinstance(times, Tensor) else times, dtype=np.float64).reshape(-1):
-            k = int(math.floor(e * fps))
+            k = int(math.floor(e * fps + 1e-4))
             if 0 <= k < frames:
                 labels[row, k] = 1.0
     return labels
@@ -102,7 +104,7 @@ class VideoConnectorEvents:
             start; the U-Nets do not run). Needs ``weight`` > 0.
         draws_per_clip: noisy versions of each clip's latent (each its own timestep, noise and x̂0) the event loss
             averages over; the connector is small next to the U-Nets, so they cost little. At ``scale=mini``'s 2
-            clips per batch, with one draw the connector marked held-out landings with ROC AUC 0.55–0.71 (clean
+            clips per batch, with one draw the connector marked held-out landings with ROC AUC 0.67–0.71 (clean
             x̂0) after 1,500 connector-only and 1,200 joint steps; with 8, 0.74–0.77 after the 1,500 connector-only
             steps alone, 0.85–0.89 after 2,500 and 0.94–0.97 after 4,000 (``benchmarks/README.md``).
         clean_x0_prob: share of draws in which the connector reads the clean latent as its x̂0 in the event loss

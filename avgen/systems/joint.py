@@ -415,7 +415,8 @@ class JointAudioVideo(DiffusionSystem):
         cache) the cached posteriors and text outputs replace the frozen encoders; the batch's video / audio are
         then not read and may be empty ((B, 0, 3, H, W), (B, 0)). The draws from ``generator``, in order: video ε,
         audio ε, condition dropout, timesteps, noise, self-conditioning; with ``model.video_connector_events``
-        then teacher forcing (training only) and the event loss's draws (:meth:`_event_loss`).
+        then teacher forcing (training only) and the event loss's draws (:meth:`_event_loss`); in a connector-only
+        step only the posterior draws (video ε, audio ε) and the event loss's.
 
         With ``model.video_connector_events.weight`` w > 0 (:mod:`avgen.modules.connector_events`) the result also
         holds ``loss_events``, the event-code loss of the video connector on ``draws_per_clip`` noisy versions of
@@ -426,7 +427,7 @@ class JointAudioVideo(DiffusionSystem):
 
         Returns:
             ``loss``, ``loss_video``, ``loss_audio`` (plain MSEs) and with the event loss ``loss_events``:
-            scalar float32 tensors.
+            scalar float32 tensors; in a connector-only step only ``loss`` and ``loss_events``.
 
         Raises:
             ConfigError: the event loss is on and a training batch has no ``events``, or no clip of
@@ -435,6 +436,12 @@ class JointAudioVideo(DiffusionSystem):
                 ``loss_events``.
         """
         z_v, z_a = self.encode_batch(batch, generator)
+        events = self.connector_events
+        labels = (self._event_labels(batch, z_v.shape[2]).to(z_v.device)
+                  if events.enabled and (self.training or "events" in batch) else None)
+        if labels is not None and self.connector_only_step():
+            loss_events = self._event_loss(z_v, labels, generator)
+            return {"loss": events.weight * loss_events + self._untouched_parameters_term(), "loss_events": loss_events}
         _, keep = self.drop_conditions(list(batch["caption"]), "", generator=generator)
         text_v, text_a = self.caption_text(batch, keep)
         b, device = z_v.shape[0], z_v.device
@@ -445,12 +452,6 @@ class JointAudioVideo(DiffusionSystem):
                             else torch.randn(z.shape, generator=generator).to(z.device) for z in (z_v, z_a))
         x_v = add_noise(z_v, noise_v, self.video_alphas, t_v)
         x_a = add_noise(z_a, noise_a, self.audio_alphas, t_a)
-        events = self.connector_events
-        labels = (self._event_labels(batch, z_v.shape[2]).to(device)
-                  if events.enabled and (self.training or "events" in batch) else None)
-        if labels is not None and self.training and self.global_step < events.connector_only_steps:
-            loss_events = self._event_loss(z_v, labels, generator)
-            return {"loss": events.weight * loss_events + self._untouched_parameters_term(), "loss_events": loss_events}
         x0_v = x0_a = None
         self_condition = (self.self_condition_prob > 0
                           and torch.rand((), generator=generator).item() < self.self_condition_prob)
@@ -480,6 +481,34 @@ class JointAudioVideo(DiffusionSystem):
                 out["loss"] = loss + events.weight * out["loss_events"]
         return out
 
+    def connector_only_step(self) -> bool:
+        """Whether this training step trains the video connector alone (``model.video_connector_events``: the
+        first ``connector_only_steps`` optimizer steps; ``global_step`` is 0 without a trainer)."""
+        events = self.connector_events
+        return events.enabled and self.training and self.global_step < events.connector_only_steps
+
+    def on_after_backward(self) -> None:
+        """In a connector-only step, drop the (zero) gradients :meth:`_untouched_parameters_term` gave every other
+        trainable parameter once DDP has reduced them, so the optimizer skips those parameters: a zero gradient
+        would still count an Adam step for them, and after thousands of such steps Adam's bias correction has run
+        out and their first real updates come out several times the learning rate (3× at the first step, 6.5× at the
+        tenth, after 4,000 empty steps)."""
+        super().on_after_backward()
+        if self.connector_only_step():
+            connector = {id(p) for p in self.denoiser.video_connector.parameters()}
+            for p in self.parameters():
+                if p.requires_grad and id(p) not in connector:
+                    p.grad = None
+
+    def on_fit_start(self) -> None:
+        """Warns when ``model.video_connector_events.connector_only_steps`` reaches ``trainer.max_steps``: the
+        U-Nets' adapters then never train in this run (a run meant to be resumed with more steps may want that)."""
+        super().on_fit_start()
+        steps, most = self.connector_events.connector_only_steps, self.trainer.max_steps
+        if self.connector_events.enabled and steps and 0 < most <= steps:
+            log.warning("model.video_connector_events.connector_only_steps=%d ≥ trainer.max_steps=%d: this run "
+                        "trains only the video connector", steps, most)
+
     def _features(self, x_v, x_a, t_v, t_a, x0_v, x0_a, taught) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The connectors' outputs with ``taught`` (B, F, D) in the video connector's place; None (the
         denoiser computes them) when nothing is taught."""
@@ -492,13 +521,16 @@ class JointAudioVideo(DiffusionSystem):
 
         Raises:
             ConfigError: no ``events`` in the batch, or :attr:`EVENTLESS_BATCHES` training batches in a row
-                without an event."""
+                without an event (on any rank, under DDP)."""
         if "events" not in batch:
             raise ConfigError("model.video_connector_events.weight > 0 needs batch['events'] (event times per clip), "
                               "which this batch lacks; set model.video_connector_events.weight=0")
         labels = event_frame_labels(batch["events"], frames, float(self.clip.fps))
         if self.training:
-            self._batches_without_events = 0 if labels.any() else self._batches_without_events + 1
+            seen = bool(labels.any())
+            if self._trainer is not None and self.trainer.world_size > 1:  # every rank counts alike, and stops alike
+                seen = self.trainer.strategy.reduce_boolean_decision(seen, all=False)
+            self._batches_without_events = 0 if seen else self._batches_without_events + 1
             if self._batches_without_events >= self.EVENTLESS_BATCHES:
                 raise ConfigError(f"model.video_connector_events.weight > 0, but no clip of the last "
                                   f"{self.EVENTLESS_BATCHES} training batches has an event time (meta 'events'): "

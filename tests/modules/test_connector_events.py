@@ -17,6 +17,9 @@ def test_event_labels_are_the_floor_of_time_times_fps_inside_the_clip():
     # 0.13·8 = 1.04 -> 1; 0.9·8 = 7.2 and 0.95·8 = 7.6 -> 7 (one 1); 1.0 s and -0.01 s lie outside; 0.125·8 = 1 exactly
     assert labels.tolist() == [[0, 1, 0, 0, 0, 0, 0, 1], [0] * 8, [0, 0, 0, 0, 0, 0, 0, 1], [0, 1, 0, 0, 0, 0, 0, 0]]
     assert event_frame_labels([[0.5]], 25, 25.0)[0].nonzero().tolist() == [[12]]
+    # an event on a frame's start, as float32 holds it (0.7 s -> 0.69999998 s), stays on that frame
+    assert event_frame_labels([np.array([0.7], np.float32)], 10, 10.0)[0].nonzero().tolist() == [[7]]
+    assert event_frame_labels([[0.6999]], 10, 10.0)[0].nonzero().tolist() == [[6]]
 
 
 def test_code_directions_are_seeded_unit_vectors_and_the_code_puts_them_on_the_labelled_frames():

@@ -782,6 +782,12 @@ def test_video_connector_events_loss_teacher_forcing_and_connector_only_steps(ti
         assert name.startswith("denoiser.video_connector.") or not p.grad.any(), name
         moved.append(name.startswith("denoiser.video_connector.") and bool(p.grad.any()))
     assert sum(moved) > 10
+    # after DDP's reduction the zero gradients are dropped: Adam keeps no state (counts no step) for the rest
+    system.on_after_backward()
+    optimizer = torch.optim.Adam([p for _, p in system.trainable_parameters()], lr=1e-3)
+    optimizer.step()
+    for name, p in system.trainable_parameters():
+        assert (p in optimizer.state) == name.startswith("denoiser.video_connector."), name
 
     with pytest.raises(ConfigError, match=r"needs batch\['events'\]"):
         run(system, tiny_batch(system))
@@ -790,3 +796,14 @@ def test_video_connector_events_loss_teacher_forcing_and_connector_only_steps(ti
     run(system, empty), run(system), run(system, empty), run(system, empty)  # an event resets the count
     with pytest.raises(ConfigError, match="no clip of the last 3 training batches has an event"):
         run(system, empty)
+
+    # once global_step reaches connector_only_steps the joint step runs, and its gradients are kept
+    monkeypatch.delattr(system.denoiser, "forward")
+    monkeypatch.setattr(type(system), "global_step", property(lambda self: 5))
+    assert not system.connector_only_step()
+    system.zero_grad(set_to_none=True)
+    joint = run(system)
+    assert {"loss_audio", "loss_events"} <= set(joint)
+    joint["loss"].backward()
+    system.on_after_backward()
+    assert all(p.grad is not None for _, p in system.trainable_parameters())
