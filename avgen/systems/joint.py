@@ -504,8 +504,9 @@ class JointAudioVideo(DiffusionSystem):
         """Warns when ``model.video_connector_events.connector_only_steps`` reaches ``trainer.max_steps``: the
         U-Nets' adapters then never train in this run (a run meant to be resumed with more steps may want that)."""
         super().on_fit_start()
-        steps, most = self.connector_events.connector_only_steps, self.trainer.max_steps
-        if self.connector_events.enabled and steps and 0 < most <= steps:
+        steps = self.connector_events.connector_only_steps
+        most = self.trainer.max_steps if self.connector_events.enabled and steps and self._trainer is not None else 0
+        if 0 < most <= steps:
             log.warning("model.video_connector_events.connector_only_steps=%d ≥ trainer.max_steps=%d: this run "
                         "trains only the video connector", steps, most)
 
