@@ -252,6 +252,36 @@ error weighs 1 / (h·w) here of what an offset of the same MSE does). Zero when 
     return (weight * per_sample).mean()
 
 
+def motion_weights(x0: torch.Tensor, strength: float) -> torch.Tensor:
+    """Per-element loss weights that favour where a clip moves: w = 1 + μ · (d / d_max)², float32 ``(B, 1, F, h, w)``.
+
+    d at frame f and position (y, x) is the larger of the latent's changes into and out of that frame there, each
+    the mean over channels of |x0_f − x0_{f−1}| (the first and last frame have one side), and d_max is the clip's
+    largest d; a clip that does not change at all gets w = 1 everywhere. The idea is Latent Temporal Discrepancy
+    (Wu et al., arXiv 2601.20504): weight the denoising loss by the clean latents' frame-to-frame change, so the few
+    elements that move are not drowned by the static ones in the mean. On the ``synthetic_hits`` mini latents
+    (4 × 8 × 8, 8 frames) the 3 % of elements with d > d_max / 2 are the falling objects; μ = 30 gives them 27 % of
+    the loss weight instead of 3 % (mean weight 1.9). The square keeps the static floor and wall near weight 1.
+
+    Args:
+        x0: clean latents ``(B, C, F, h, w)`` (axis 2 is time, F ≥ 2), any float dtype.
+        strength: μ ≥ 0 (0: all ones).
+    Raises:
+        ValueError: another shape, F < 2, or μ < 0.
+    """
+    if x0.dim() != 5 or x0.shape[2] < 2:
+        raise ValueError(f"motion_weights takes (B, C, F, h, w) latents with F >= 2; got {tuple(x0.shape)}")
+    if not float(strength) >= 0:
+        raise ValueError(f"motion_weights: strength={strength}, expected >= 0")
+    step = (x0.float().diff(dim=2)).abs().mean(dim=1, keepdim=True)             # (B, 1, F-1, h, w)
+    change = torch.zeros(x0.shape[0], 1, *x0.shape[2:], dtype=torch.float32, device=x0.device)
+    change[:, :, 1:] = step
+    change[:, :, :-1] = torch.maximum(change[:, :, :-1], step)
+    peak = change.amax(dim=(2, 3, 4), keepdim=True)
+    ratio = torch.where(peak > 0, change / peak.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(change))
+    return 1.0 + float(strength) * ratio.pow(2)
+
+
 def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None,
                    scaling_factor: float = 1.0, chunk: int | None = None) -> torch.Tensor:
     """A sample of a VAE's diagonal Gaussian posterior, scaled: z = (mean + std · ε) · ``scaling_factor``.

@@ -307,6 +307,9 @@ def test_video_stage_continues_the_pair_trains_both_and_splits_back():
     with pytest.raises(ValueError, match="unet_config differs from the trained image U-Net's in attention_head_dim"):
         VideoFinetuning(MOTION, unet=unet, adapter=adapter, unet_config={**unet.config, "attention_head_dim": 4},
                         noise_schedule=SCHEDULE, steps=10, batch_size=2, lr=1e-3)
+    with pytest.raises(ValueError, match="motion_weight=-1: expected values >= 0"):
+        VideoFinetuning(MOTION, unet=unet, adapter=adapter, motion_weight=-1, noise_schedule=SCHEDULE, steps=10,
+                        batch_size=2, lr=1e-3)
     with pytest.raises(ValueError, match="an ε prediction gives none at zero terminal SNR"):
         VideoFinetuning(MOTION, unet=unet, adapter=adapter, frame_difference_weight=1.0,
                         noise_schedule={**SCHEDULE, "rescale_betas_zero_snr": True}, steps=10, batch_size=2, lr=1e-3)
@@ -334,14 +337,17 @@ def test_frame_difference_loss_exact_values():
         frame_difference_loss(x0[:, :, :1], x0[:, :, :1], abar, torch.tensor([0, 1]))
 
 
-def test_video_stage_loss_adds_the_weighted_frame_difference_term(latent_bank):
-    from avgen.diffusion import add_noise, frame_difference_loss, split_prediction
+@pytest.mark.parametrize("motion_weight", [0.0, 5.0])
+def test_video_stage_loss_adds_the_weighted_frame_difference_term(latent_bank, motion_weight):
+    """loss = mean(w · (output − target)²) + λ · frame difference, w = motion_weights(x0, μ) (all ones at μ = 0);
+    ``mse`` stays the plain MSE, logged beside ``motion_weighted_mse`` when μ > 0."""
+    from avgen.diffusion import add_noise, frame_difference_loss, motion_weights, split_prediction
     from avgen.systems.generator_twins import VideoFinetuning
 
     bank = latent_bank[-1]
     unet, adapter = small_unet(), trained_adapter()
     module = VideoFinetuning(MOTION, unet=unet, adapter=adapter, noise_schedule=SCHEDULE, steps=10, batch_size=2,
-                             lr=1e-3, frame_difference_weight=3.0, cond_drop_prob=0.0)
+                             lr=1e-3, frame_difference_weight=3.0, motion_weight=motion_weight, cond_drop_prob=0.0)
     module.bank = bank
     out = module.losses(bank.generator(0, 5))
     generator = bank.generator(0, 5)  # the step's draws, again
@@ -352,11 +358,44 @@ def test_video_stage_loss_adds_the_weighted_frame_difference_term(latent_bank):
     with torch.no_grad():
         output = module.predict(noisy, t, condition)
     mse = torch.nn.functional.mse_loss(output, noise)
+    weights = motion_weights(x0, motion_weight)
+    weighted = (weights * (output - noise).pow(2)).mean()
     frames = frame_difference_loss(split_prediction("epsilon", noisy, output, module.alphas_cumprod, t)[0], x0,
                                    module.alphas_cumprod, t)
     assert out["mse"].item() == pytest.approx(mse.item(), rel=1e-5)
     assert out["frame_difference"].item() == pytest.approx(frames.item(), rel=1e-5)
-    assert out["loss"].item() == pytest.approx(mse.item() + 3.0 * frames.item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(weighted.item() + 3.0 * frames.item(), rel=1e-5)
+    if motion_weight:
+        assert weights.max() > 1.5 and weighted > 1.01 * mse  # the bank's clips move, and the weights count
+        assert out["motion_weighted_mse"].item() == pytest.approx(weighted.item(), rel=1e-5)
+    else:
+        assert "motion_weighted_mse" not in out
+    module.frame_difference_weight = 0.0
+    assert module.losses(bank.generator(0, 5))["loss"].item() == pytest.approx(weighted.item(), rel=1e-5)
+
+
+def test_motion_weights_exact_values():
+    """w = 1 + μ (d / d_max)², d = the larger of the channel-mean |Δ| into and out of a frame at each position: exact
+    on a clip with one full and one half change; all ones on a still clip or with μ = 0; blind to a constant offset
+    and to the latents' scale."""
+    from avgen.diffusion import motion_weights
+
+    x0 = torch.zeros(2, 2, 3, 2, 2)
+    x0[0, 0, 1:, 0, 0] = 2.0   # clip 0, position (0, 0): channel 0 steps by 2 from frame 0 to 1 (channel mean 1)
+    x0[0, 0, 2:, 1, 1] = 1.0   # position (1, 1): steps by 1 from frame 1 to 2 (channel mean 0.5)
+    w = motion_weights(x0, 4.0)
+    assert w.shape == (2, 1, 3, 2, 2) and w.dtype == torch.float32
+    expected = torch.ones(3, 2, 2)
+    expected[0, 0, 0] = expected[1, 0, 0] = 1 + 4.0            # both frames of the full change
+    expected[1, 1, 1] = expected[2, 1, 1] = 1 + 4.0 * 0.25     # half the clip's largest change, squared
+    assert torch.equal(w[0, 0], expected)
+    assert torch.equal(w[1], torch.ones(1, 3, 2, 2))          # clip 1 never changes
+    assert torch.equal(motion_weights(x0, 0.0), torch.ones(2, 1, 3, 2, 2))
+    assert torch.allclose(motion_weights(3.0 * x0 + 0.7, 4.0), w)
+    with pytest.raises(ValueError, match="with F >= 2"):
+        motion_weights(x0[:, :, :1], 1.0)
+    with pytest.raises(ValueError, match="strength=-1"):
+        motion_weights(x0, -1)
 
 
 def test_denoising_loss_is_epsilon_mse_and_step_seeded(latent_bank):

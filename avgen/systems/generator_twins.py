@@ -334,7 +334,7 @@ class DenoiserTraining(TwinTraining):
 
     def denoise(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """One step's draws (batch, then timesteps, then noise, all from ``generator``) and the network's output on
-        them: ``x0``, ``noisy``, ``t``, ``output`` (float32) and ``mse`` (of the schedule's target)."""
+        them: ``x0``, ``noisy``, ``t``, ``output``, ``target`` (the schedule's, float32) and ``mse``."""
         x0, condition = self.batch(generator)
         t = torch.randint(len(self.alphas_cumprod), (x0.shape[0],), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
@@ -342,7 +342,8 @@ class DenoiserTraining(TwinTraining):
         noisy = add_noise(x0, noise, self.alphas_cumprod, t)
         output = self.predict(noisy, t, condition.to(self.device)).float()
         target = training_target(self.prediction_type, x0, noise, self.alphas_cumprod, t)
-        return {"x0": x0, "noisy": noisy, "t": t, "output": output, "mse": F.mse_loss(output, target)}
+        return {"x0": x0, "noisy": noisy, "t": t, "output": output, "target": target,
+                "mse": F.mse_loss(output, target)}
 
     def losses(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         return {"loss": self.denoise(generator)["mse"]}
@@ -447,7 +448,10 @@ class VideoFinetuning(MotionModuleTraining):
 
     Optional ``frame_difference_weight`` λ adds λ · :func:`avgen.diffusion.frame_difference_loss` (the temporal
     differences of each frame's mean latent, predicted against true, in x̂0 with truncated-SNR weights) to the
-    objective.
+    objective. Optional ``motion_weight`` μ weights the denoising MSE per element by
+    :func:`avgen.diffusion.motion_weights` (1 + μ · the clean clip's relative frame-to-frame change², Latent
+    Temporal Discrepancy's idea): the mini scenes' falls are a few latent elements of a mostly static clip, which a
+    plain mean hardly weighs.
 
     :meth:`component` is the whole ``UNetMotionModel``; :func:`split_motion_model` gives the image U-Net and the
     ``MotionAdapter`` that the AnimateDiff twin publishes (what ``scale=mini`` loads).
@@ -459,10 +463,11 @@ class VideoFinetuning(MotionModuleTraining):
             weights, only to check the settings before those stages have trained.
         unet_lr: the spatial layers' peak learning rate (the motion modules': ``lr``).
         frame_difference_weight: λ ≥ 0.
+        motion_weight: μ ≥ 0 (0: the plain MSE).
 
     Raises:
         ValueError: only one of ``unet`` and ``adapter`` given, ``adapter``'s config differs from ``config``,
-            ``unet``'s from ``unet_config``, a negative ``unet_lr`` or λ, or λ > 0 with ε-prediction on a
+            ``unet``'s from ``unet_config``, a negative ``unet_lr``, λ or μ, or λ > 0 with ε-prediction on a
             zero-terminal-SNR schedule (no x̂0 at the last timestep).
     """
 
@@ -470,14 +475,14 @@ class VideoFinetuning(MotionModuleTraining):
 
     def __init__(self, config: Mapping[str, Any], *, unet=None, adapter=None,
                  unet_config: Mapping[str, Any] | None = None, unet_lr: float = 1e-4,
-                 frame_difference_weight: float = 0.0, **kwargs: Any):
+                 frame_difference_weight: float = 0.0, motion_weight: float = 0.0, **kwargs: Any):
         if (unet is None) != (adapter is None):
             raise ValueError("animatediff_video continues the trained image U-Net and motion modules: train the "
                              "animatediff_image and animatediff_motion stages first (or take them with "
                              "pretrain_twins.start_from=avgen/backbones/mini_generators)")
-        if not float(unet_lr) >= 0 or not float(frame_difference_weight) >= 0:
-            raise ValueError(f"unet_lr={unet_lr}, frame_difference_weight={frame_difference_weight}: expected "
-                             f"values >= 0")
+        if not float(unet_lr) >= 0 or not float(frame_difference_weight) >= 0 or not float(motion_weight) >= 0:
+            raise ValueError(f"unet_lr={unet_lr}, frame_difference_weight={frame_difference_weight}, motion_weight="
+                             f"{motion_weight}: expected values >= 0")
         schedule = dict(kwargs.get("noise_schedule") or {})
         if float(frame_difference_weight) > 0 and schedule.get("rescale_betas_zero_snr") \
                 and schedule.get("prediction_type", "epsilon") == "epsilon":
@@ -491,6 +496,7 @@ class VideoFinetuning(MotionModuleTraining):
                                  f"pretrain_twins.generators.animatediff_image.model as it was trained")
         super().__init__(config, unet=unet, unet_config=unet_config, **kwargs)
         self.unet_lr, self.frame_difference_weight = float(unet_lr), float(frame_difference_weight)
+        self.motion_weight = float(motion_weight)
         if adapter is not None:
             mismatch = [k for k, v in dict(config).items() if _nested_lists(adapter.config.get(k)) != _nested_lists(v)]
             if mismatch:
@@ -521,16 +527,21 @@ class VideoFinetuning(MotionModuleTraining):
         return self.model
 
     def losses(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        from avgen.diffusion import frame_difference_loss, split_prediction
+        from avgen.diffusion import frame_difference_loss, motion_weights, split_prediction
 
         step = self.denoise(generator)
-        mse = step["mse"]
+        mse, out = step["mse"], {}
+        if self.motion_weight > 0:
+            weights = motion_weights(step["x0"], self.motion_weight)
+            out["mse"] = mse.detach()
+            mse = (weights * (step["output"] - step["target"]).pow(2)).mean()
+            out["motion_weighted_mse"] = mse.detach()
         if self.frame_difference_weight == 0:
-            return {"loss": mse}
+            return {"loss": mse, **out}
         predicted, _ = split_prediction(self.prediction_type, step["noisy"], step["output"], self.alphas_cumprod,
                                         step["t"])
         frames = frame_difference_loss(predicted, step["x0"], self.alphas_cumprod, step["t"])
-        return {"loss": mse + self.frame_difference_weight * frames, "mse": mse.detach(),
+        return {"mse": mse.detach(), **out, "loss": mse + self.frame_difference_weight * frames,
                 "frame_difference": frames.detach()}
 
     def configure_optimizers(self):
