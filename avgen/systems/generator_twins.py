@@ -530,19 +530,18 @@ class VideoFinetuning(MotionModuleTraining):
         from avgen.diffusion import frame_difference_loss, motion_weights, split_prediction
 
         step = self.denoise(generator)
-        mse, out = step["mse"], {}
+        loss, logged = step["mse"], {"mse": step["mse"].detach()}
         if self.motion_weight > 0:
             weights = motion_weights(step["x0"], self.motion_weight)
-            out["mse"] = mse.detach()
-            mse = (weights * (step["output"] - step["target"]).pow(2)).mean()
-            out["motion_weighted_mse"] = mse.detach()
-        if self.frame_difference_weight == 0:
-            return {"loss": mse, **out}
-        predicted, _ = split_prediction(self.prediction_type, step["noisy"], step["output"], self.alphas_cumprod,
-                                        step["t"])
-        frames = frame_difference_loss(predicted, step["x0"], self.alphas_cumprod, step["t"])
-        return {"mse": mse.detach(), **out, "loss": mse + self.frame_difference_weight * frames,
-                "frame_difference": frames.detach()}
+            loss = (weights * (step["output"] - step["target"]).pow(2)).mean()
+            logged["motion_weighted_mse"] = loss.detach()
+        if self.frame_difference_weight > 0:
+            predicted, _ = split_prediction(self.prediction_type, step["noisy"], step["output"],
+                                            self.alphas_cumprod, step["t"])
+            frames = frame_difference_loss(predicted, step["x0"], self.alphas_cumprod, step["t"])
+            loss = loss + self.frame_difference_weight * frames
+            logged["frame_difference"] = frames.detach()
+        return {"loss": loss, **logged}
 
     def configure_optimizers(self):
         """One AdamW, two parameter groups: the motion modules (``lr``) and the spatial layers (``unet_lr``); the
