@@ -277,9 +277,8 @@ def motion_weights(x0: torch.Tensor, strength: float) -> torch.Tensor:
     change = torch.zeros(x0.shape[0], 1, *x0.shape[2:], dtype=torch.float32, device=x0.device)
     change[:, :, 1:] = step
     change[:, :, :-1] = torch.maximum(change[:, :, :-1], step)
-    peak = change.amax(dim=(2, 3, 4), keepdim=True)
-    ratio = torch.where(peak > 0, change / peak.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(change))
-    return 1.0 + float(strength) * ratio.pow(2)
+    peak = change.amax(dim=(2, 3, 4), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)  # still clip: 0 / tiny
+    return 1.0 + float(strength) * (change / peak).pow(2)
 
 
 def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None,
