@@ -12,7 +12,14 @@ it can pass only if the generated videos move where an object lands. This script
   the seeded noise and, for each ``--shared-noise r`` > 0, from PYoCo's mixed noise prior (Ge et al. 2023,
   "Preserve Your Own Correlation", Eq. 4 with α² = r / (1 − r)): ε_f = √r·ε_shared + √(1 − r)·ε_f, one ε_shared per
   clip for all its frames, so each frame is still a standard normal but frames correlate by r;
-* any ``--samples-dir`` folder of ``python -m avgen sample`` (e.g. the demo's).
+* any ``--samples-dir`` folder of ``python -m avgen sample`` (e.g. the demo's);
+* with ``--sdedit t0 ...``, **where the generator loses a clip's timing**: SDEdit (Meng et al. 2022) from the real
+  windows. Each window's frame-VAE posterior mean (scaled) is noised to the first point ≤ t0 of the ``--steps``
+  grid with seeded noise, and the video branch's base U-Net samples from there with each ``--eta`` and the guidance
+  (:func:`sdedit`). A second row per t0 is the U-Net's one-call estimate x̂0 at that first point
+  (:func:`avgen.diffusion.split_prediction`): what the denoiser alone recovers of the clip, before sampling adds
+  its own steps. Both are scored against the real windows' own event times (``landing_recall``). From t0 = 999
+  nothing of the clip is left: that row's recall is what flow peaks unrelated to the landings score.
 
 Per row, over its clips: ``frame_change`` (mean absolute difference of consecutive frames, 0–255 levels),
 ``colour_change`` (the same of each frame's mean colour: how much of it is the whole frame changing tint),
@@ -24,7 +31,7 @@ For the real windows also ``landing_recall``: the share of events in a window's 
 mark, :func:`avgen.metrics.av_align.matchable_onsets`) with a flow peak within ±1 frame.
 
     .venv/bin/python benchmarks/mini_video_motion.py [--clips 32] [--shared-noise 0.5 0.9] [--eta 0 1] [--ckpt C]
-        [--samples-dir D ...] [--out F]
+        [--samples-dir D ...] [--sdedit 100 200 999] [--out F]
 """
 
 from __future__ import annotations
@@ -165,6 +172,73 @@ def generated(model, captions: list[str], shared_ratio: float, steps: int, guida
     return out
 
 
+def sdedit(backbone, frames: list[np.ndarray], captions: list[str], t0: int, steps: int, guidance: float,
+           eta: float, seed: int = 0, batch: int = 8) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:  # noqa: F821
+    """SDEdit (Meng et al. 2022) of real clips with a video backbone's U-Net (``backbone``: a
+    :class:`~avgen.backbones.animatediff.VideoBackbone`: ``vae``, ``unet``, ``scheduler``, text encoder).
+
+    ``frames``: clips (F, H, W, 3) uint8; each is encoded to its posterior mean z0 (scaled, (C, F, h, w)), noised to
+    the first point t_s ≤ ``t0`` of the scheduler's ``steps``-step grid with noise from a CPU generator seeded
+    ``seed`` (:func:`avgen.diffusion.add_noise`), then sampled by DDIM (:func:`avgen.diffusion.ddim_step`, ``eta``,
+    step noise from the same generator) over the grid's points ≤ t_s, with classifier-free guidance ``guidance``
+    against the empty caption.
+
+    Returns (z0, x̂0 at t_s from the first U-Net call, the sampled latents), each float32 (B, C, F, h, w).
+
+    Raises:
+        ValueError: ``t0`` is below the grid's last point.
+    """
+    import copy
+
+    import torch
+
+    from avgen.backbones.animatediff import encode_prompts, encode_video_posterior
+    from avgen.diffusion import add_noise, classifier_free_guidance, ddim_step, final_alpha_cumprod
+
+    scheduler = copy.deepcopy(backbone.scheduler)
+    scheduler.set_timesteps(steps)
+    grid = [int(t) for t in scheduler.timesteps if int(t) <= t0]
+    if not grid:
+        raise ValueError(f"--sdedit {t0}: below the {steps}-step grid's last point {int(scheduler.timesteps[-1])}")
+    alphas = backbone.scheduler.alphas_cumprod.float()
+    final = final_alpha_cumprod(backbone.scheduler)
+    prediction = backbone.scheduler.config.prediction_type
+    with torch.no_grad():
+        x = torch.from_numpy(np.stack(frames)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+        mean, _ = encode_video_posterior(backbone, x)
+        z0 = mean.float() * backbone.vae.config.scaling_factor
+        text, empty = encode_prompts(backbone, captions), encode_prompts(backbone, [""] * len(captions))
+        generator = torch.Generator().manual_seed(seed)
+        x_t = add_noise(z0, torch.randn(z0.shape, generator=generator), alphas, torch.full((len(z0),), grid[0]))
+        first_estimate = None
+        for k, t in enumerate(grid):
+            outputs = []
+            for start in range(0, len(z0), batch):
+                x_b = x_t[start:start + batch]
+                n, f = x_b.shape[0], x_b.shape[2]
+                states = torch.cat([empty[start:start + n], text[start:start + n]]).repeat_interleave(f, 0)
+                out = backbone.unet(x_b.repeat(2, 1, 1, 1, 1), torch.full((2 * n,), t),
+                                    encoder_hidden_states=states).sample.float()
+                outputs.append(classifier_free_guidance(*out.chunk(2), guidance))
+            step_noise = torch.randn(z0.shape, generator=generator) if eta > 0 else None
+            x_t, estimate = ddim_step(prediction, x_t, torch.cat(outputs), alphas, t,
+                                      grid[k + 1] if k + 1 < len(grid) else -1, final, eta, step_noise)
+            if first_estimate is None:
+                first_estimate = estimate.float()
+    return z0, first_estimate, x_t.float()
+
+
+def as_clips(backbone, latents) -> list[np.ndarray]:
+    """Scaled latents (B, C, F, h, w) decoded by ``backbone``'s VAE → clips (F, H, W, 3) uint8."""
+    import torch
+
+    from avgen.backbones.animatediff import decode_video
+
+    with torch.no_grad():
+        video = decode_video(backbone, latents)
+    return list(((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=32)
@@ -177,6 +251,9 @@ def main() -> None:
     parser.add_argument("--ckpt", type=Path, default=None, help="a joint_cmcpe scale=mini checkpoint (default: the "
                         "zero-initialised adapters, i.e. the base generators)")
     parser.add_argument("--samples-dir", type=Path, nargs="*", default=[])
+    parser.add_argument("--sdedit", type=int, nargs="*", default=[],
+                        help="SDEdit start timesteps t0 (e.g. 100 200 999): rows of the base U-Net sampling from the "
+                             "real windows noised to t0, and of its one-call x̂0 there")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if any(not 0.0 <= eta <= 1.0 for eta in args.eta):
@@ -211,6 +288,15 @@ def main() -> None:
         for r in [0.0, *[r for r in args.shared_noise if r > 0]]:
             rows[f"{source}, η = {eta:g}, shared noise r = {r:g}"] = motion_stats(
                 generated(model, captions, r, args.steps, args.guidance_video, eta=eta), geometry.fps)
+    video = model.video
+    guidance = float(args.guidance_video if args.guidance_video is not None else model.sampling.guidance_video)
+    for t0 in args.sdedit:
+        for eta in args.eta:
+            _, estimate, sampled = sdedit(video, frames, captions, t0, args.steps, guidance, eta)
+            rows[f"SDEdit from real, t0 = {t0}, η = {eta:g}: x̂0 of the first call"] = motion_stats(
+                as_clips(video, estimate), geometry.fps, events)
+            rows[f"SDEdit from real, t0 = {t0}, η = {eta:g}: sampled"] = motion_stats(
+                as_clips(video, sampled), geometry.fps, events)
     for folder in args.samples_dir:
         samples, _ = mini_demo.load_samples(folder)
         rows[f"samples in {folder}"] = motion_stats([s[0] for s in samples], samples[0][1])

@@ -846,3 +846,52 @@ def test_video_motion_stats_see_falls_in_real_windows_and_none_in_flicker():
     unrelated = [np.stack([frames[(i + k) % 32][k] for k in range(8)]) for i in range(32)]  # frame k of clip i + k
     noisy = motion.motion_stats(unrelated, 8.0)
     assert 0.4 < noisy["downward_share"] < 0.6 and noisy["frame_change"] > 3 * real["frame_change"], noisy
+
+
+class _OracleUNet(torch.nn.Module):
+    """A video U-Net stand-in that predicts the exact ε of x_t around known clean latents z0 (B, C, F, h, w):
+    ε = (x_t − √ᾱ_t·z0) / √(1 − ᾱ_t), for the [uncond, cond] batch of ``sdedit`` (z0 repeated twice)."""
+
+    def __init__(self, z0: torch.Tensor, alphas_cumprod: torch.Tensor):
+        super().__init__()
+        self.z0, self.alphas = z0, alphas_cumprod.float()
+        self.timesteps: list[int] = []
+
+    def forward(self, x, t, encoder_hidden_states=None):
+        from types import SimpleNamespace
+
+        a = self.alphas[int(t[0])]
+        self.timesteps.append(int(t[0]))
+        return SimpleNamespace(sample=(x - a.sqrt() * self.z0.repeat(2, 1, 1, 1, 1)) / (1 - a).sqrt())
+
+
+def test_sdedit_with_an_exact_denoiser_returns_the_clips_and_starts_at_the_grid_point_below_t0(tmp_path):
+    """mini_video_motion.sdedit: with a U-Net that predicts the exact noise, the first call's x̂0 is the clips' own
+    latents and so is the sampled end (to the last step's ᾱ), whatever η; it starts at the first grid point ≤ t0 and
+    steps down the grid; a t0 below the grid is refused."""
+    from types import SimpleNamespace
+
+    from avgen.backbones.animatediff import encode_video_posterior
+    from avgen.commands import build_model
+    from avgen.data.geometry import ClipGeometry
+    from avgen.diffusion import final_alpha_cumprod
+
+    motion = _video_motion()
+    geometry = ClipGeometry(seconds=1.0, fps=8, height=32, width=32, sample_rate=16000)
+    frames, captions, _ = motion.real_windows(range(800_000, 800_003), geometry)
+    video = build_model(compose(["experiment=joint_cmcpe", "scale=mini"], tmp_path)).eval().video
+    with torch.no_grad():
+        x = torch.from_numpy(np.stack(frames)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+        z0 = encode_video_posterior(video, x)[0].float() * video.vae.config.scaling_factor
+    oracle = _OracleUNet(z0, video.scheduler.alphas_cumprod)
+    backbone = SimpleNamespace(vae=video.vae, unet=oracle, scheduler=video.scheduler, tokenizer=video.tokenizer,
+                               text_encoder=video.text_encoder)
+    final = final_alpha_cumprod(video.scheduler)
+    for eta in (0.0, 1.0):
+        oracle.timesteps.clear()
+        latents, estimate, sampled = motion.sdedit(backbone, frames, captions, 250, 10, 7.5, eta)
+        assert torch.allclose(latents, z0) and torch.allclose(estimate, z0, atol=1e-4)
+        assert oracle.timesteps == [222, 111, 0]  # the 10-step linspace grid (999, 888, ..., 0) from the first ≤ 250
+        assert torch.allclose(sampled, final ** 0.5 * z0, atol=1e-4 + 3 * (1 - final) ** 0.5 * float(z0.abs().max()))
+    with pytest.raises(ValueError, match="--sdedit -1: below the 10-step grid's last point 0"):
+        motion.sdedit(backbone, frames, captions, -1, 10, 7.5, 0.0)
