@@ -115,10 +115,8 @@ class _StepReader(pickle.Unpickler):
         return None
 
 
-def checkpoint_step(path: str | Path) -> int:
-    """The ``global_step`` stored in a checkpoint, read from its pickle alone (:class:`_StepReader`): no tensor is
-    built, so a folder of large checkpoints is scanned in milliseconds per file (``torch.load``, even memory-mapped,
-    rebuilds every tensor object: about a second per file for a U-Net with its optimiser state).
+def _read_pickle(path: str | Path) -> Any:
+    """A checkpoint's ``data.pkl`` through :class:`_StepReader` (no tensor built, no code run).
 
     Raises:
         ValueError: the file is not a complete, readable checkpoint (e.g. truncated: no zip directory).
@@ -129,10 +127,51 @@ def checkpoint_step(path: str | Path) -> int:
             if len(pickles) != 1:
                 raise ValueError(f"{len(pickles)} data.pkl records")
             with archive.open(pickles[0]) as f:
-                ckpt = _StepReader(f).load()
-        return int(ckpt["global_step"])
+                return _StepReader(f).load()
     except Exception as exc:
         raise ValueError(f"{path}: not a complete checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The ``global_step`` stored in a checkpoint, read from its pickle alone (:class:`_StepReader`): no tensor is
+    built, so a folder of large checkpoints is scanned in milliseconds per file (``torch.load``, even memory-mapped,
+    rebuilds every tensor object: about a second per file for a U-Net with its optimiser state).
+
+    Raises:
+        ValueError: the file is not a complete, readable checkpoint (e.g. truncated: no zip directory).
+    """
+    try:
+        return int(_read_pickle(path)["global_step"])
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path}: not a complete checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is made of plain containers and scalars only (nothing :class:`_StepReader` left opaque)."""
+    if isinstance(value, dict):
+        return all(_plain(k) and _plain(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (str, bytes, bool, int, float, complex))
+
+
+def checkpoint_entry(path: str | Path, key: str) -> Any:
+    """The top-level entry ``key`` of a checkpoint (None when absent), e.g. Lightning's ``hyper_parameters``, read
+    from its pickle alone when the entry is plain containers and scalars (milliseconds, whatever the weights' size);
+    otherwise (tensors, classes) by ``torch.load(weights_only=True, mmap=True)``.
+
+    Raises:
+        ValueError: the file is not a complete, readable checkpoint.
+    """
+    ckpt = _read_pickle(path)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not a checkpoint (its pickle holds a {type(ckpt).__name__}, not a dict)")
+    value = ckpt.get(key)
+    if _plain(value):
+        return value
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(key)
 
 
 def newest_checkpoint(folder: str | Path) -> tuple[Path, int] | None:

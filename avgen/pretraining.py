@@ -206,7 +206,7 @@ def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, An
         ConfigError: ``resume`` is a path (each stage has its own checkpoints: use auto or never), or the stage's
             checkpoint was trained with another ``model`` config than the one given.
     """
-    from avgen.checkpoint import newest_checkpoint, remove_stale_temporaries
+    from avgen.checkpoint import checkpoint_entry, newest_checkpoint, remove_stale_temporaries
 
     scfg = stage_config(cfg, stage)
     folder = Path(scfg.paths.output_dir)
@@ -225,28 +225,29 @@ def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, An
         print(f"{stage}: resume=never: removed {ckpt_dir}")
     newest = newest_checkpoint(ckpt_dir)
     steps = module.steps
+    saved_hparams: dict[str, Any] = {}
     if newest is not None:
-        saved = torch.load(newest[0], map_location="cpu", weights_only=True)
-        trained_with = (saved.get("hyper_parameters") or {}).get("config")
+        saved_hparams = checkpoint_entry(newest[0], "hyper_parameters") or {}
+        trained_with = saved_hparams.get("config")
         if trained_with is not None and dict(trained_with) != module.config:
             raise ConfigError(f"pretrain_twins.{part_of(cfg)}.{stage}.model differs from the model {newest[0]} was "
                               f"trained "
                               f"with; give the same model, or another run folder (hydra.run.dir=...), or "
                               f"resume=never to start the stages over")
-        problem = module.resume_problem(saved.get("hyper_parameters") or {})
+        problem = module.resume_problem(saved_hparams)
         if problem is not None:
             raise ConfigError(f"pretrain_twins.{part_of(cfg)}.{stage}: {newest[0]}: {problem}; train the stage again "
                               f"(remove {ckpt_dir}) or use another run folder (hydra.run.dir=...)")
     if newest is not None and newest[1] >= steps:
         print(f"{stage}: finished ({newest[1]} steps, {newest[0]}); not retrained")
         given = {k: v for k, v in training_settings(module.hparams).items() if k != "steps"}
-        was = training_settings(saved.get("hyper_parameters") or {})
+        was = training_settings(saved_hparams)
         changed = {k: v for k, v in given.items() if k in was and was[k] != v}
         if changed:
             print(f"{stage}: note: it was trained with " + ", ".join(f"{k}={was[k]}" for k in changed) +
                   f" (given {', '.join(f'{k}={v}' for k, v in changed.items())}); the manifest records what it was "
                   f"trained with")
-        module.load_state_dict(saved["state_dict"])
+        module.load_state_dict(torch.load(newest[0], map_location="cpu", weights_only=True, mmap=True)["state_dict"])
     else:
         if newest is not None:
             print(f"{stage}: resuming from {newest[0]} (step {newest[1]} of {steps})")
@@ -299,7 +300,7 @@ def component_class(trainer: type) -> type:
 def stage_record(cfg: DictConfig, stage: str) -> dict[str, Any]:
     """What the stage's folder says of its training: the step its newest checkpoint reached and its sessions (a
     stage taken from ``pretrain_twins.start_from``: what that folder's manifest recorded, and ``from``)."""
-    from avgen.checkpoint import newest_checkpoint
+    from avgen.checkpoint import checkpoint_entry, newest_checkpoint
 
     folder = Path(cfg.paths.output_dir) / stage
     newest = newest_checkpoint(folder / "checkpoints")
@@ -313,7 +314,7 @@ def stage_record(cfg: DictConfig, stage: str) -> dict[str, Any]:
     sessions = json.loads(sessions_file.read_text()) if sessions_file.is_file() else []
     trained_with = None
     if newest is not None:
-        hparams = torch.load(newest[0], map_location="cpu", weights_only=True).get("hyper_parameters") or {}
+        hparams = checkpoint_entry(newest[0], "hyper_parameters") or {}
         trained_with = training_settings(hparams)
     return {"steps": newest[1] if newest else None, "trained_with": trained_with, "sessions": sessions,
             "train_seconds": round(sum(s.get("seconds", 0) for s in sessions), 1) if sessions else None}

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from avgen.checkpoint import KILL_AFTER_TEMPORARY_ENV, checkpoint_step, newest_checkpoint, remove_stale_temporaries
+from avgen.checkpoint import (
+    KILL_AFTER_TEMPORARY_ENV,
+    checkpoint_entry,
+    checkpoint_step,
+    newest_checkpoint,
+    remove_stale_temporaries,
+)
 from tests.conftest import TEST_CONFIGS, run_cli
 
 
@@ -42,6 +48,24 @@ def test_newest_complete_checkpoint_wins_and_last_keeps_a_tie(tmp_path):
     with pytest.raises(ValueError, match="not a complete checkpoint"):
         checkpoint_step(tmp_path / "step_0000006.ckpt")
     assert newest_checkpoint(tmp_path) == (tmp_path / "preempted.ckpt", 5)
+
+
+def test_checkpoint_entry_reads_plain_entries_from_the_pickle_and_tensors_by_loading(tmp_path, monkeypatch):
+    """checkpoint_entry: Lightning's hyper_parameters (plain containers) come from the pickle alone, torch.load never
+    called; an entry holding tensors is loaded; a missing one is None; a truncated file is refused."""
+    hparams = {"config": {"block_out_channels": [8, 16]}, "betas": (0.9, 0.99), "lr": 1e-3, "seed": 0, "name": None}
+    path = tmp_path / "a.ckpt"
+    torch.save({"global_step": 3, "hyper_parameters": hparams, "state_dict": {"w": torch.arange(4.0)}}, path)
+    loaded = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loaded.append(a) or real_load(*a, **k))
+    assert checkpoint_entry(path, "hyper_parameters") == hparams and loaded == []
+    assert checkpoint_entry(path, "missing") is None and loaded == []
+    assert torch.equal(checkpoint_entry(path, "state_dict")["w"], torch.arange(4.0)) and len(loaded) == 1
+    data = path.read_bytes()
+    (tmp_path / "b.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="b.ckpt: not a complete checkpoint"):
+        checkpoint_entry(tmp_path / "b.ckpt", "hyper_parameters")
 
 
 def test_paths_output_dir_is_the_run_folder():
