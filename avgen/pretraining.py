@@ -714,11 +714,14 @@ def adopt_start_from(cfg: DictConfig, stages: Sequence[str]) -> None:
     tag and the manifest's record of how the component was trained), so the stages that continue them
     (``mel_vae_decoder``, ``vocoder_finetune``, ``animatediff_video``) train on the published models without
     training them again.
-    Adopting the same folder again does nothing.
+    ``pretrain_twins.start_from_components`` (a list; null: all) adopts only those of its components, so a run that
+    trains one codec anew (e.g. a frame VAE of another downsampling, ``stages=[frames_vae]`` in this folder first)
+    publishes it with the others taken from the folder. Adopting the same folder again does nothing.
 
     Raises:
-        ConfigError: the folder is of another part, one of its components is also in ``pretrain_twins.stages``,
-            or this run folder already has another model for it.
+        ConfigError: the folder is of another part, one of its (chosen) components is also in
+            ``pretrain_twins.stages``, this run folder already has another model for it, or
+            ``start_from_components`` is not a list of the folder's components.
         MiniWeightsError: a file is missing or altered.
     """
     given = cfg.pretrain_twins.get("start_from")
@@ -734,6 +737,16 @@ def adopt_start_from(cfg: DictConfig, stages: Sequence[str]) -> None:
         raise ConfigError(f"pretrain_twins.start_from={folder}: its manifest is of part {manifest.get('part')!r}; "
                           f"give a {part} folder ({example} or a part={part} run's twins)")
     components = [name for name in manifest.get("components") or {} if name in PART_STAGES[part]]
+    chosen = cfg.pretrain_twins.get("start_from_components")
+    if chosen is not None:
+        if isinstance(chosen, str) or not isinstance(chosen, Sequence):
+            raise ConfigError(f"pretrain_twins.start_from_components={chosen}: expected a list, e.g. "
+                              f"pretrain_twins.start_from_components=[{', '.join(components)}]")
+        unknown = [name for name in chosen if name not in components]
+        if unknown:
+            raise ConfigError(f"pretrain_twins.start_from_components names {', '.join(map(repr, unknown))}; "
+                              f"{folder} gives {', '.join(components)}")
+        components = [name for name in components if name in chosen]
     clash = [name for name in components if name in stages]
     if clash:
         raise ConfigError(f"pretrain_twins.start_from={folder} gives {', '.join(clash)}; remove "

@@ -392,6 +392,27 @@ def test_tuning_stages_start_from_published_codecs_and_keep_their_latent_space(t
     out = capsys.readouterr().out
     assert "taken from" not in out and out.count("not retrained") == 2
 
+    # a frame VAE trained anew in a folder, the other codecs taken from the published ones: a new latent space
+    recipe(tmp_path, "own", *steps(2), "pretrain_twins.stages=[frames_vae]", "pretrain_twins.seed=1")
+    capsys.readouterr()
+    for chosen, message in (("[mel_vae,decoder]", "start_from_components names 'decoder'; " + f"{base} gives "
+                                                  "frames_vae, mel_vae, vocoder"),
+                            ("mel_vae", "start_from_components=mel_vae: expected a list"),
+                            ("[frames_vae,mel_vae,vocoder]", "already holds a frames_vae of its own")):
+        with pytest.raises(SystemExit):
+            recipe(tmp_path, "own", *steps(2), "pretrain_twins.stages=[vocoder_finetune]",
+                   f"pretrain_twins.start_from={base}", f"pretrain_twins.start_from_components={chosen}")
+        assert message in capsys.readouterr().err, chosen
+    mixed = recipe(tmp_path, "own", *steps(2), "pretrain_twins.stages=[vocoder_finetune]",
+                   f"pretrain_twins.start_from={base}", "pretrain_twins.start_from_components=[mel_vae,vocoder]")
+    out = capsys.readouterr().out
+    assert "mel_vae: taken from" in out and "vocoder: taken from" in out and "frames_vae: taken from" not in out
+    components = json.loads((mixed / "manifest.json").read_text())["components"]
+    assert "from" not in components["frames_vae"] and components["mel_vae"]["from"]["tag"] == mini.version_tag(base)
+    assert components["frames_vae"]["files"] != given["frames_vae"]["files"]
+    assert components["mel_vae"]["files"] == given["mel_vae"]["files"]
+    assert mini.latent_space_tag(mixed) != mini.latent_space_tag(base)
+
 
 def mel_vae_config() -> dict:
     return {"in_channels": 1, "out_channels": 1, "latent_channels": 4, "block_out_channels": [8, 8],
