@@ -145,6 +145,43 @@ def seeded_noise(shapes: Sequence[Sequence[int]], batch: int, seed: int,
     return [torch.stack([sample[k] for sample in drawn]) for k in range(len(shapes))]
 
 
+def mixed_noise(noise: torch.Tensor, correlation: float, generator: torch.Generator | None = None,
+                shared: torch.Tensor | None = None) -> torch.Tensor:
+    """PYoCo's mixed noise prior for video (Ge et al. 2023, "Preserve Your Own Correlation", Eq. 4, written with the
+    frames' correlation r = α² / (1 + α²)): ε_f = √r · ε_shared + √(1 − r) · ε_f^ind, one ε_shared per clip and
+    channel position, shared by all of the clip's frames. Each frame's noise is still standard normal; two frames'
+    noise correlate by r. A video U-Net trained on this prior must be sampled from it (the starting noise and, for
+    DDIM with η > 0, each step's noise).
+
+    Args:
+        noise: the independent part ε^ind, standard normal ``(B, C, F, h, w)`` (axis 2 is time), any float dtype.
+        correlation: r in [0, 1); 0 returns ``noise`` itself (no draw is made).
+        generator: draws ε_shared ``(B, C, 1, h, w)`` on ``noise``'s device (None: torch's global stream), unless
+            ``shared`` is given.
+        shared: ε_shared itself, ``(B, C, 1, h, w)`` (a caller that seeds each sample's part alone).
+
+    Returns: float tensor of ``noise``'s shape, dtype and device.
+
+    Raises:
+        ValueError: r outside [0, 1), ``noise`` not 5-D, or ``shared`` of another shape.
+    """
+    r = float(correlation)
+    if not 0.0 <= r < 1.0:
+        raise ValueError(f"frame noise correlation must be in [0, 1) (0: independent frames), got {correlation}")
+    if noise.dim() != 5:
+        raise ValueError(f"mixed_noise takes video noise (B, C, F, h, w); got {tuple(noise.shape)}")
+    if r == 0.0:
+        return noise
+    want = (noise.shape[0], noise.shape[1], 1, *noise.shape[3:])
+    if shared is None:
+        shared = torch.randn(want, generator=generator, device=noise.device if generator is None
+                             else generator.device, dtype=torch.float32)
+    elif tuple(shared.shape) != want:
+        raise ValueError(f"mixed_noise: shared noise of shape {tuple(shared.shape)}, expected {want}")
+    mixed = r ** 0.5 * shared.to(noise.device, torch.float32) + (1.0 - r) ** 0.5 * noise.float()
+    return mixed.to(noise.dtype)
+
+
 MIN_SNR_FORMS = ("target", "epsilon")
 
 

@@ -209,7 +209,10 @@ def export_pipeline(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     import importlib
 
     module, _, cls_name = SYSTEMS[system]["class"].rpartition(".")
-    init_only = getattr(getattr(importlib.import_module(module), cls_name), "INIT_ONLY", ())
+    system_class = getattr(importlib.import_module(module), cls_name)
+    init_only = getattr(system_class, "INIT_ONLY", ())
+    if hasattr(system_class, "pin_export_config"):  # settings read from a source that the export relocates
+        system_class.pin_export_config(model_config)
     for key in ("optimizer", "scheduler", *init_only):
         if key in model_config:
             model_config[key] = None

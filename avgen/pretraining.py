@@ -945,11 +945,18 @@ def sample_generator(module, conditions: torch.Tensor, empty: torch.Tensor, shap
     """Latents ``(n, *shape)`` sampled by DDIM (diffusers' ``DDIMScheduler.step``, η = 0) over ``steps`` steps
     with classifier-free guidance ``guidance`` (Ho & Salimans 2022): ``conditions`` (n, ...) the captions'
     embeddings, ``empty`` (1, ...) the empty prompt's; sample ``i`` starts from noise seeded with ``seed + i``
-    (:func:`avgen.diffusion.seeded_noise`)."""
-    from avgen.diffusion import classifier_free_guidance, seeded_noise
+    (:func:`avgen.diffusion.seeded_noise`), mixed by :func:`avgen.diffusion.mixed_noise` when the stage trained on
+    correlated frame noise (its ``frame_noise_correlation`` r > 0; each sample's shared part drawn next from its own
+    generator)."""
+    from avgen.diffusion import classifier_free_guidance, mixed_noise, seeded_noise
 
     n = conditions.shape[0]
-    x = seeded_noise([shape], n, seed)[0]
+    streams: list[torch.Generator] = []
+    x = seeded_noise([shape], n, seed, generators=streams)[0]
+    r = float(getattr(module, "frame_noise_correlation", 0.0))
+    if r > 0:
+        shared = torch.stack([torch.randn((shape[0], 1, *shape[2:]), generator=g) for g in streams])
+        x = mixed_noise(x, r, shared=shared)
     both = torch.cat([conditions, empty.expand_as(conditions)])
     scheduler.set_timesteps(steps)
     for t in scheduler.timesteps:

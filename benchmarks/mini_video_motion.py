@@ -19,7 +19,9 @@ it can pass only if the generated videos move where an object lands. This script
   (:func:`sdedit`). A second row per t0 is the U-Net's one-call estimate x̂0 at that first point
   (:func:`avgen.diffusion.split_prediction`): what the denoiser alone recovers of the clip, before sampling adds
   its own steps. Both are scored against the real windows' own event times (``landing_recall``). From t0 = 999
-  nothing of the clip is left: that row's recall is what flow peaks unrelated to the landings score.
+  nothing of the clip is left: that row's recall is what flow peaks unrelated to the landings score. A video
+  generator trained on PYoCo's mixed noise (``model.video.frame_noise_correlation`` r > 0, read from its manifest)
+  is sampled, and SDEdit-noised, from that prior (``--frame-noise-correlation`` overrides r for the SDEdit rows).
 
 Per row, over its clips: ``frame_change`` (mean absolute difference of consecutive frames, 0–255 levels),
 ``colour_change`` (the same of each frame's mean colour: how much of it is the whole frame changing tint),
@@ -31,7 +33,7 @@ For the real windows also ``landing_recall``: the share of events in a window's 
 mark, :func:`avgen.metrics.av_align.matchable_onsets`) with a flow peak within ±1 frame.
 
     .venv/bin/python benchmarks/mini_video_motion.py [--clips 32] [--shared-noise 0.5 0.9] [--eta 0 1] [--ckpt C]
-        [--samples-dir D ...] [--sdedit 100 200 999] [--out F]
+        [--samples-dir D ...] [--sdedit 100 200 999] [--frame-noise-correlation R] [--out F]
 """
 
 from __future__ import annotations
@@ -49,23 +51,18 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-def mixed_noise(noise: "torch.Tensor", shared_ratio: float, seed: int) -> "torch.Tensor":  # noqa: F821
-    """PYoCo's mixed noise: ``noise`` (B, C, F, h, w) standard normal → √r·ε_shared + √(1 − r)·noise, ε_shared
-    (B, C, 1, h, w) drawn from a CPU generator seeded with ``seed`` and shared by a clip's frames. r = 0 returns
-    ``noise``; the frames of a clip then correlate by r.
-
-    Raises:
-        ValueError: r outside [0, 1).
-    """
+def seeded_mixed_noise(noise: "torch.Tensor", correlation: float, seed: int) -> "torch.Tensor":  # noqa: F821
+    """:func:`avgen.diffusion.mixed_noise` of ``noise`` (B, C, F, h, w) with its shared part (B, C, 1, h, w) drawn from
+    a CPU generator seeded ``seed`` (r = 0: ``noise`` itself)."""
     import torch
 
-    if not 0.0 <= shared_ratio < 1.0:
-        raise ValueError(f"--shared-noise must be in [0, 1), got {shared_ratio}")
-    if shared_ratio == 0.0:
-        return noise
-    shared = torch.randn((noise.shape[0], noise.shape[1], 1, *noise.shape[3:]), generator=torch.Generator()
-                         .manual_seed(int(seed)))
-    return shared_ratio ** 0.5 * shared + (1.0 - shared_ratio) ** 0.5 * noise
+    from avgen.diffusion import mixed_noise
+
+    if float(correlation) == 0.0:
+        return mixed_noise(noise, 0.0)
+    shared = torch.randn((noise.shape[0], noise.shape[1], 1, *noise.shape[3:]),
+                         generator=torch.Generator().manual_seed(int(seed)))
+    return mixed_noise(noise, correlation, shared=shared)
 
 
 def motion_stats(clips: list[np.ndarray], fps: float, events: list[np.ndarray] | None = None) -> dict:
@@ -151,9 +148,11 @@ def through_frame_vae(frames: list[np.ndarray]) -> list[np.ndarray]:
 
 def generated(model, captions: list[str], shared_ratio: float, steps: int, guidance: float | None = None,
               batch: int = 8, eta: float = 0.0) -> list[np.ndarray]:
-    """The joint model's videos (F, H, W, 3) uint8 for ``captions``, sample i from seeded noise ``i``
-    (:func:`avgen.diffusion.seeded_noise`) mixed by :func:`mixed_noise` (its shared part seeded ``10_000 + i``),
-    with DDIM's stochasticity ``eta`` (its step noise seeded ``i`` as well)."""
+    """The joint model's videos (F, H, W, 3) uint8 for ``captions``, sample i from the model's seeded noise ``i``
+    (:meth:`JointAudioVideo.generate`, which draws from the video generator's own noise prior), or with
+    ``shared_ratio`` r > 0 from :func:`avgen.diffusion.seeded_noise` mixed by :func:`avgen.diffusion.mixed_noise`
+    (its shared part seeded ``10_000 + i``; the sampling-only probe of PYoCo's prior), with DDIM's stochasticity
+    ``eta`` (its step noise seeded ``i`` as well)."""
     import torch
 
     from avgen.diffusion import seeded_noise
@@ -161,19 +160,22 @@ def generated(model, captions: list[str], shared_ratio: float, steps: int, guida
     out = []
     for start in range(0, len(captions), batch):
         chunk = captions[start:start + batch]
-        shape_v, shape_a = model.latent_shapes(len(chunk))
-        noise_v, noise_a = seeded_noise([shape_v[1:], shape_a[1:]], len(chunk), start)
-        noise_v = torch.cat([mixed_noise(noise_v[i:i + 1], shared_ratio, 10_000 + start + i)
-                             for i in range(len(chunk))])
+        latents = None  # r = 0: the model's own seeded noise (its generator's prior)
+        if shared_ratio > 0:
+            shape_v, shape_a = model.latent_shapes(len(chunk))
+            noise_v, noise_a = seeded_noise([shape_v[1:], shape_a[1:]], len(chunk), start)
+            latents = (torch.cat([seeded_mixed_noise(noise_v[i:i + 1], shared_ratio, 10_000 + start + i)
+                                  for i in range(len(chunk))]), noise_a)
         with torch.no_grad():
-            video, _ = model.generate(chunk, steps=steps, guidance_video=guidance, latents=(noise_v, noise_a),
-                                      seed=start, eta=eta)
+            video, _ = model.generate(chunk, steps=steps, guidance_video=guidance, latents=latents, seed=start,
+                                      eta=eta)
         out.extend(((video + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy())
     return out
 
 
 def sdedit(backbone, frames: list[np.ndarray], captions: list[str], t0: int, steps: int, guidance: float,
-           eta: float, seed: int = 0, batch: int = 8) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:  # noqa: F821
+           eta: float, seed: int = 0, batch: int = 8, correlation: float = 0.0
+           ) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:  # noqa: F821
     """SDEdit (Meng et al. 2022) of real clips with a video backbone's U-Net (``backbone``: a
     :class:`~avgen.backbones.animatediff.VideoBackbone`: ``vae``, ``unet``, ``scheduler``, text encoder).
 
@@ -181,7 +183,9 @@ def sdedit(backbone, frames: list[np.ndarray], captions: list[str], t0: int, ste
     the first point t_s ≤ ``t0`` of the scheduler's ``steps``-step grid with noise from a CPU generator seeded
     ``seed`` (:func:`avgen.diffusion.add_noise`), then sampled by DDIM (:func:`avgen.diffusion.ddim_step`, ``eta``,
     step noise from the same generator) over the grid's points ≤ t_s, with classifier-free guidance ``guidance``
-    against the empty caption.
+    against the empty caption. ``correlation`` r > 0: every noise draw is PYoCo's mixed noise
+    (:func:`avgen.diffusion.mixed_noise`, its shared part drawn next from the same generator), for a U-Net trained on
+    that prior.
 
     Returns (z0, x̂0 at t_s from the first U-Net call, the sampled latents), each float32 (B, C, F, h, w).
 
@@ -193,7 +197,7 @@ def sdedit(backbone, frames: list[np.ndarray], captions: list[str], t0: int, ste
     import torch
 
     from avgen.backbones.animatediff import encode_prompts, encode_video_posterior
-    from avgen.diffusion import add_noise, classifier_free_guidance, ddim_step, final_alpha_cumprod
+    from avgen.diffusion import add_noise, classifier_free_guidance, ddim_step, final_alpha_cumprod, mixed_noise
 
     scheduler = copy.deepcopy(backbone.scheduler)
     scheduler.set_timesteps(steps)
@@ -209,7 +213,10 @@ def sdedit(backbone, frames: list[np.ndarray], captions: list[str], t0: int, ste
         z0 = mean.float() * backbone.vae.config.scaling_factor
         text, empty = encode_prompts(backbone, captions), encode_prompts(backbone, [""] * len(captions))
         generator = torch.Generator().manual_seed(seed)
-        x_t = add_noise(z0, torch.randn(z0.shape, generator=generator), alphas, torch.full((len(z0),), grid[0]))
+        def draw() -> torch.Tensor:
+            return mixed_noise(torch.randn(z0.shape, generator=generator), correlation, generator)
+
+        x_t = add_noise(z0, draw(), alphas, torch.full((len(z0),), grid[0]))
         first_estimate = None
         for k, t in enumerate(grid):
             outputs = []
@@ -220,7 +227,7 @@ def sdedit(backbone, frames: list[np.ndarray], captions: list[str], t0: int, ste
                 out = backbone.unet(x_b.repeat(2, 1, 1, 1, 1), torch.full((2 * n,), t),
                                     encoder_hidden_states=states).sample.float()
                 outputs.append(classifier_free_guidance(*out.chunk(2), guidance))
-            step_noise = torch.randn(z0.shape, generator=generator) if eta > 0 else None
+            step_noise = draw() if eta > 0 else None
             x_t, estimate = ddim_step(prediction, x_t, torch.cat(outputs), alphas, t,
                                       grid[k + 1] if k + 1 < len(grid) else -1, final, eta, step_noise)
             if first_estimate is None:
@@ -254,6 +261,9 @@ def main() -> None:
     parser.add_argument("--sdedit", type=int, nargs="*", default=[],
                         help="SDEdit start timesteps t0 (e.g. 100 200 999): rows of the base U-Net sampling from the "
                              "real windows noised to t0, and of its one-call x̂0 there")
+    parser.add_argument("--frame-noise-correlation", type=float, default=None,
+                        help="r of PYoCo's mixed noise for the --sdedit rows (default: the model's "
+                             "model.video.frame_noise_correlation, the prior its video generator trained on)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if any(not 0.0 <= eta <= 1.0 for eta in args.eta):
@@ -292,7 +302,10 @@ def main() -> None:
     guidance = float(args.guidance_video if args.guidance_video is not None else model.sampling.guidance_video)
     for t0 in args.sdedit:
         for eta in args.eta:
-            _, estimate, sampled = sdedit(video, frames, captions, t0, args.steps, guidance, eta)
+            correlation = (model.frame_noise_correlation if args.frame_noise_correlation is None
+                           else args.frame_noise_correlation)
+            _, estimate, sampled = sdedit(video, frames, captions, t0, args.steps, guidance, eta,
+                                          correlation=correlation)
             rows[f"SDEdit from real, t0 = {t0}, η = {eta:g}: x̂0 of the first call"] = motion_stats(
                 as_clips(video, estimate), geometry.fps, events)
             rows[f"SDEdit from real, t0 = {t0}, η = {eta:g}: sampled"] = motion_stats(

@@ -13,6 +13,7 @@ from avgen.diffusion import (
     ddim_step,
     final_alpha_cumprod,
     min_snr_weights,
+    mixed_noise,
     sample_latents,
     split_prediction,
     training_target,
@@ -206,3 +207,32 @@ def test_v_weighting_makes_the_epsilon_error_the_v_error():
     mean = (1 / alphas.double()).mean().float()
     weighted = v_loss_weights(alphas, t, "epsilon", 1e9) * (eps_hat - noise).pow(2).flatten(1).mean(1)
     assert torch.allclose(weighted * mean, (v_hat - v).pow(2).flatten(1).mean(1), rtol=1e-4)
+
+
+def test_mixed_noise_keeps_each_frame_standard_normal_and_correlates_frames_by_r():
+    """PYoCo's mixed noise prior (Ge et al. 2023, Eq. 4): r = 0 is the noise itself (no draw); with r = 0.6 each
+    frame is still N(0, 1) and two frames of a clip correlate by 0.6, two clips not at all; exact on a given shared
+    part; r = 1, non-video noise and a shared part of another shape are refused."""
+    noise = torch.randn((64, 4, 8, 16, 16), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    state = generator.get_state()
+    assert mixed_noise(noise, 0.0, generator) is noise and torch.equal(generator.get_state(), state)
+    mixed = mixed_noise(noise, 0.6, generator)
+    assert mixed.shape == noise.shape and mixed.dtype == noise.dtype
+    assert mixed.std().item() == pytest.approx(1.0, abs=0.01) and mixed.mean().item() == pytest.approx(0.0, abs=0.01)
+    frames = mixed.transpose(1, 2).flatten(2)  # (clips, F, C·h·w)
+    between_frames = torch.corrcoef(torch.stack([frames[:, 0].flatten(), frames[:, 5].flatten()]))[0, 1]
+    between_clips = torch.corrcoef(torch.stack([frames[0].flatten(), frames[1].flatten()]))[0, 1]
+    assert between_frames.item() == pytest.approx(0.6, abs=0.02) and abs(between_clips.item()) < 0.03
+    # frame differences keep only the independent part: var 2 (1 - r)
+    assert mixed.diff(dim=2).var().item() == pytest.approx(2 * 0.4, rel=0.02)
+    shared = torch.full((1, 1, 1, 1, 1), 2.0)
+    one = torch.tensor([1.0, -1.0]).view(1, 1, 2, 1, 1)
+    expected = torch.tensor([3 ** 0.5 + 0.5, 3 ** 0.5 - 0.5]).view(1, 1, 2, 1, 1)  # √0.75 · 2 ± √0.25 · 1
+    assert torch.allclose(mixed_noise(one, 0.75, shared=shared), expected)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
+        mixed_noise(noise, 1.0)
+    with pytest.raises(ValueError, match=r"\(B, C, F, h, w\)"):
+        mixed_noise(noise[:, :, 0], 0.5)
+    with pytest.raises(ValueError, match="expected \\(1, 1, 1, 1, 1\\)"):
+        mixed_noise(one, 0.5, shared=torch.zeros(1, 1, 2, 1, 1))

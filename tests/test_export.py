@@ -19,7 +19,14 @@ import torch
 import avgen
 from avgen.errors import ConfigError, InputError, PipelineFolderError
 from avgen.export import export_pipeline
-from avgen.pipelines import INDEX_FILE, JointPipeline, TempoTokensPipeline, VTALDMPipeline, pipeline_from_checkpoint
+from avgen.pipelines import (
+    CONFIG_FILE,
+    INDEX_FILE,
+    JointPipeline,
+    TempoTokensPipeline,
+    VTALDMPipeline,
+    pipeline_from_checkpoint,
+)
 from tests.conftest import compose
 
 
@@ -156,7 +163,10 @@ def test_exported_joint_model_gives_the_audio_of_a_video_as_sample_video_does(ch
     from tests.systems.test_vta_ldm_sample import moving_frames, video_packets, write_mjpeg_avi
 
     ckpt = checkpoints("joint")
-    pipe = avgen.from_pretrained(export_pipeline(ckpt, tmp_path / "export"), device="cpu", tiny_dir=tiny_dir)
+    folder = export_pipeline(ckpt, tmp_path / "export")
+    # the video generator's noise prior (null in the run: its source's own) is pinned before sources move
+    assert json.loads((folder / CONFIG_FILE).read_text())["video"]["frame_noise_correlation"] == 0.0
+    pipe = avgen.from_pretrained(folder, device="cpu", tiny_dir=tiny_dir)
     inputs = tmp_path / "in"
     inputs.mkdir()
     long = make_clip(inputs / "a_long.mp4", seconds=1.5)  # two windows

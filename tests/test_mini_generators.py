@@ -374,6 +374,39 @@ def test_video_stage_loss_adds_the_weighted_frame_difference_term(latent_bank, m
     assert module.losses(bank.generator(0, 5))["loss"].item() == pytest.approx(weighted.item(), rel=1e-5)
 
 
+def test_video_stage_trains_on_mixed_noise_drawn_after_the_rest_of_the_step(latent_bank):
+    """``frame_noise_correlation`` r > 0: the step's noise is PYoCo's mixed noise, its shared part drawn after the
+    batch, timesteps and independent noise (so r = 0 keeps the stage's draws); the loss is the same objective on it.
+    A stage that trains on single frames or audio, and r outside [0, 1), are refused."""
+    from avgen.diffusion import add_noise, mixed_noise
+    from avgen.systems.generator_twins import ImageUNetTraining, VideoFinetuning
+
+    bank = latent_bank[-1]
+    unet, adapter = small_unet(), trained_adapter()
+    module = VideoFinetuning(MOTION, unet=unet, adapter=adapter, noise_schedule=SCHEDULE, steps=10, batch_size=2,
+                             lr=1e-3, frame_noise_correlation=0.8, cond_drop_prob=0.0)
+    module.bank = bank
+    out = module.denoise(bank.generator(0, 5))
+    generator = bank.generator(0, 5)
+    x0, condition = module.batch(generator)
+    t = torch.randint(1000, (2,), generator=generator)
+    independent = torch.randn(x0.shape, generator=generator)
+    noise = mixed_noise(independent, 0.8, generator)
+    assert torch.equal(out["target"], noise) and not torch.allclose(noise, independent)
+    assert torch.equal(out["noisy"], add_noise(x0, noise, module.alphas_cumprod, t))
+    with torch.no_grad():
+        expected = torch.nn.functional.mse_loss(module.predict(out["noisy"], t, condition).float(), noise)
+    assert out["mse"].item() == pytest.approx(expected.item(), rel=1e-5)
+    module.frame_noise_correlation = 0.0  # the plain stage: the independent noise itself
+    assert torch.equal(module.denoise(bank.generator(0, 5))["target"], independent)
+    with pytest.raises(ValueError, match=r"frame_noise_correlation=1.0: expected r in \[0, 1\)"):
+        VideoFinetuning(MOTION, unet=unet, adapter=adapter, noise_schedule=SCHEDULE, steps=10, batch_size=2,
+                        lr=1e-3, frame_noise_correlation=1.0)
+    with pytest.raises(ValueError, match="only a stage that trains on clips.*ImageUNetTraining trains on frames"):
+        ImageUNetTraining(dict(unet.config), noise_schedule=SCHEDULE, steps=10, batch_size=2, lr=1e-3,
+                          frame_noise_correlation=0.5)
+
+
 def test_motion_weights_exact_values():
     """w = 1 + μ (d / d_max)², d = the larger of the channel-mean |Δ| into and out of a frame at each position: exact
     on a clip with one full and one half change; all ones on a still clip or with μ = 0; blind to a constant offset
@@ -660,7 +693,7 @@ def test_committed_generators_match_their_manifest_codecs_and_recipe(tmp_path):
                                      resolve=True)
     recorded = manifest["recipe"]["config"]["pretrain_twins"]
     # options added to a stage since the committed run, at the value that trains as that run did (and only then)
-    added_since = {("animatediff_video", "motion_weight"): 0.0}
+    added_since = {("animatediff_video", "motion_weight"): 0.0, ("animatediff_video", "frame_noise_correlation"): 0.0}
     for (stage, key), neutral in added_since.items():
         if key not in recorded["generators"][stage]:
             assert shipped["generators"][stage].pop(key) == neutral
@@ -677,6 +710,56 @@ def test_committed_generators_match_their_manifest_codecs_and_recipe(tmp_path):
             source = mini.PART_DIRS[part] / component
             assert sorted(p.name for p in (twin / sub).iterdir()) == sorted(p.name for p in source.iterdir())
             assert all((twin / sub / p.name).read_bytes() == p.read_bytes() for p in source.iterdir())
+
+
+def test_recipe_samples_a_video_stage_from_the_noise_prior_it_trained_on():
+    """pretraining.sample_generator starts sample i from seeded noise ``seed + i``; for a stage trained with
+    ``frame_noise_correlation`` r > 0 that noise is mixed (its shared part drawn next from the same generator)."""
+    from diffusers import DDIMScheduler
+
+    from avgen.diffusion import mixed_noise, seeded_noise
+    from avgen.pretraining import sample_generator
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, r):
+            super().__init__()
+            self.frame_noise_correlation, self.first = r, None
+
+        def predict(self, x, t, condition):
+            self.first = x[: len(x) // 2].clone() if self.first is None else self.first
+            return torch.zeros_like(x)
+
+    shape = (4, 3, 2, 2)
+    scheduler = DDIMScheduler(**{k: v for k, v in SCHEDULE.items()})
+    for r in (0.0, 0.7):
+        module = Recorder(r)
+        sample_generator(module, torch.zeros(2, 5), torch.zeros(1, 5), shape, scheduler, 2, 1.0, seed=3)
+        streams = []
+        noise = seeded_noise([shape], 2, 3, generators=streams)[0]
+        if r:
+            noise = mixed_noise(noise, r, shared=torch.stack([torch.randn((4, 1, 2, 2), generator=g)
+                                                              for g in streams]))
+        assert torch.equal(module.first, noise)
+
+
+def test_trained_frame_noise_correlation_reads_the_generators_manifest(tmp_path):
+    """The noise prior a ``mini:`` video generator was trained on, from its manifest's ``trained_with`` records:
+    the committed pair predates the setting (independent noise, 0); a folder whose AnimateDiff components record
+    r = 0.5 gives 0.5, the audio twin 0; other sources 0; components that disagree are refused."""
+    from avgen.backbones import mini
+
+    assert mini.trained_frame_noise_correlation("mini:animatediff") == 0.0
+    manifest = mini.read_manifest(mini.GENERATORS_DIR)
+    for name in ("animatediff_image", "animatediff_motion"):
+        manifest["components"][name]["trained_with"]["frame_noise_correlation"] = 0.5
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert mini.trained_frame_noise_correlation("mini:animatediff", tmp_path) == 0.5
+    assert mini.trained_frame_noise_correlation("mini:audioldm", tmp_path) == 0.0
+    assert mini.trained_frame_noise_correlation("tiny:animatediff", tmp_path) == 0.0
+    manifest["components"]["animatediff_image"]["trained_with"]["frame_noise_correlation"] = 0.2
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(mini.MiniWeightsError, match="different frame noise correlations"):
+        mini.trained_frame_noise_correlation("mini:animatediff", tmp_path)
 
 
 def test_the_systems_sample_with_the_schedule_their_generators_trained_with(tmp_path):
@@ -809,22 +892,6 @@ def _video_motion():
     import mini_video_motion
 
     return mini_video_motion
-
-
-def test_mixed_noise_keeps_each_frame_standard_normal_and_correlates_frames_by_r():
-    """PYoCo's mixed noise prior (Ge et al. 2023, Eq. 4): r = 0 is the noise itself; with r = 0.6 each frame is still
-    N(0, 1) and two frames of a clip correlate by 0.6, two clips not at all; r = 1 is refused."""
-    motion = _video_motion()
-    noise = torch.randn((64, 4, 8, 16, 16), generator=torch.Generator().manual_seed(0))
-    assert motion.mixed_noise(noise, 0.0, seed=1) is noise
-    mixed = torch.cat([motion.mixed_noise(noise[i:i + 1], 0.6, seed=i) for i in range(64)])
-    assert mixed.std().item() == pytest.approx(1.0, abs=0.01) and mixed.mean().item() == pytest.approx(0.0, abs=0.01)
-    frames = mixed.transpose(1, 2).flatten(2)  # (clips, F, C·h·w)
-    between_frames = torch.corrcoef(torch.stack([frames[:, 0].flatten(), frames[:, 5].flatten()]))[0, 1]
-    between_clips = torch.corrcoef(torch.stack([frames[0].flatten(), frames[1].flatten()]))[0, 1]
-    assert between_frames.item() == pytest.approx(0.6, abs=0.02) and abs(between_clips.item()) < 0.03
-    with pytest.raises(ValueError, match=r"--shared-noise must be in \[0, 1\), got 1.0"):
-        motion.mixed_noise(noise, 1.0, seed=0)
 
 
 def test_video_motion_stats_see_falls_in_real_windows_and_none_in_flicker():

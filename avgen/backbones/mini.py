@@ -208,6 +208,40 @@ def check_generators_codecs(generators_dir: Path, codecs_dir: Path, manifest: di
                                f"(python -m avgen pretrain-twins part=generators)")
 
 
+def trained_frame_noise_correlation(source: str, generators_dir: str | os.PathLike | None = None) -> float:
+    """The frames' noise correlation r that a video generator source was trained with (PYoCo's mixed noise prior,
+    :func:`avgen.diffusion.mixed_noise`; the recipe's ``pretrain_twins.generators.<stage>.frame_noise_correlation``),
+    so that the system samples and fine-tunes it on the same prior.
+
+    ``mini:<name>``: the ``trained_with`` record of the generators the twin takes, in the manifest of
+    ``generators_dir`` (default :func:`active_weights_dir`); a record without the setting (a stage on single frames,
+    or a run before the setting existed) trained on independent noise. Any other source: 0 (AnimateDiff, ModelScope
+    and zeroscope train on independent per-frame noise).
+
+    Raises:
+        ConfigError: an unknown mini twin.
+        MiniWeightsError: no manifest, or the twin's generators were trained with different values.
+    """
+    if not str(source).startswith(MINI_PREFIX):
+        return 0.0
+    name = str(source)[len(MINI_PREFIX):]
+    folders = twin_parts(name, {"generators": Path(generators_dir)} if generators_dir is not None else None)
+    if "generators" not in folders:
+        return 0.0
+    manifest = read_manifest(folders["generators"])
+    found = {}
+    for part, component in MINI_TWINS[name][1].values():
+        record = (manifest.get("components") or {}).get(component) or {}
+        value = (record.get("trained_with") or {}).get("frame_noise_correlation")
+        if part == "generators" and value is not None:
+            found[component] = float(value)
+    if len(set(found.values())) > 1:
+        raise MiniWeightsError(f"{folders['generators'] / MANIFEST}: the generators of mini:{name} were trained with "
+                               f"different frame noise correlations ({found}); set "
+                               f"model.video.frame_noise_correlation explicitly")
+    return next(iter(found.values()), 0.0)
+
+
 def materialize(name: str, root: str | os.PathLike, weights_dir: str | os.PathLike | None = None,
                 generators_dir: str | os.PathLike | None = None) -> Path:
     """``<root>/mini-<name>-v<TINY_VERSION>-<tag>``: the tiny twin of ``MINI_TWINS[name]`` with its trained

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from avgen.diffusion import add_noise, training_target
+from avgen.diffusion import add_noise, mixed_noise, training_target
 from avgen.systems.codec_twins import TwinTraining, _nested_lists
 
 #: the noise-schedule settings a stage takes (DDPM betas; what the systems' DDIM schedulers were configured with)
@@ -296,17 +296,31 @@ class DenoiserTraining(TwinTraining):
             or ``sample`` sets the regression target (:func:`avgen.diffusion.training_target`).
         cond_drop_prob: probability that a caption is replaced by the empty prompt.
         text_encoder: which of the bank's text tables conditions the model (``clip`` or ``clap``).
+        frame_noise_correlation: r in [0, 1): the noise of a clip's frames is PYoCo's mixed noise
+            (:func:`avgen.diffusion.mixed_noise`; Ge et al. 2023), correlated by r across frames; 0 (the default):
+            independent frames, as AnimateDiff and ModelScope train. Only for the stages that train on clips.
         **kwargs: :class:`~avgen.systems.codec_twins.TwinTraining`'s (steps, batch size, optimiser, seed).
 
     Set :attr:`bank` (a :class:`LatentBank`) before ``fit``.
+
+    Raises:
+        ValueError: ``cond_drop_prob`` outside [0, 1], ``frame_noise_correlation`` outside [0, 1) or above 0 for a
+            stage that trains on single frames or audio, an unknown ``prediction_type``.
     """
 
     def __init__(self, config: Mapping[str, Any], *, noise_schedule: Mapping[str, Any], cond_drop_prob: float = 0.1,
-                 text_encoder: str = "clip", **kwargs: Any):
+                 text_encoder: str = "clip", frame_noise_correlation: float = 0.0, **kwargs: Any):
         super().__init__(config, **kwargs)
         self.noise_schedule = dict(noise_schedule)
         if not 0.0 <= float(cond_drop_prob) <= 1.0:
             raise ValueError(f"cond_drop_prob={cond_drop_prob}: expected a probability in [0, 1]")
+        if not 0.0 <= float(frame_noise_correlation) < 1.0:
+            raise ValueError(f"frame_noise_correlation={frame_noise_correlation}: expected r in [0, 1) "
+                             f"(0: independent frames)")
+        if float(frame_noise_correlation) > 0 and self.batch_kind != "clips":
+            raise ValueError(f"frame_noise_correlation={frame_noise_correlation}: only a stage that trains on clips "
+                             f"has frames to correlate ({type(self).__name__} trains on {self.batch_kind})")
+        self.frame_noise_correlation = float(frame_noise_correlation)
         self.cond_drop_prob, self.text_encoder = float(cond_drop_prob), str(text_encoder)
         self.register_buffer("alphas_cumprod", alphas_cumprod(self.noise_schedule), persistent=False)
         self.prediction_type = str(self.noise_schedule.get("prediction_type", "epsilon"))
@@ -338,6 +352,8 @@ class DenoiserTraining(TwinTraining):
         x0, condition = self.batch(generator)
         t = torch.randint(len(self.alphas_cumprod), (x0.shape[0],), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
+        if self.frame_noise_correlation > 0:  # drawn after the rest: r = 0 keeps the stage's earlier draws
+            noise = mixed_noise(noise, self.frame_noise_correlation, generator)
         x0, noise, t = x0.to(self.device), noise.to(self.device), t.to(self.device)
         noisy = add_noise(x0, noise, self.alphas_cumprod, t)
         output = self.predict(noisy, t, condition.to(self.device)).float()

@@ -38,6 +38,7 @@ from avgen.diffusion import (
     classifier_free_guidance,
     ddim_step,
     final_alpha_cumprod,
+    mixed_noise,
     sample_latents,
     seeded_noise,
     split_prediction,
@@ -59,6 +60,28 @@ from avgen.systems.settings import SamplingSettings, ddim_eta, guidance_scale, o
 
 log = logging.getLogger("avgen")
 
+
+
+def video_frame_noise_correlation(value: Any, source: str) -> float:
+    """``model.video.frame_noise_correlation``: r in [0, 1) as given, or for ``None`` the one the video generator
+    ``source`` (``model.video.motion_adapter``) was trained with
+    (:func:`avgen.backbones.mini.trained_frame_noise_correlation`).
+
+    Raises:
+        ConfigError: not a number in [0, 1) or null (the message names the key).
+    """
+    if value is None:
+        from avgen.backbones.mini import trained_frame_noise_correlation
+
+        return trained_frame_noise_correlation(source)
+    try:
+        r = float(value)
+    except (TypeError, ValueError):
+        r = float("nan")
+    if isinstance(value, bool) or not 0.0 <= r < 1.0:
+        raise ConfigError(f"model.video.frame_noise_correlation={value!r}: expected r in [0, 1) (the correlation of "
+                          f"a clip's frames' noise, 0: independent) or null (the video generator's own)")
+    return r
 
 
 def timestep_gamma(key: str, value) -> float:
@@ -153,8 +176,13 @@ class JointAudioVideo(DiffusionSystem):
     """The SVG baseline as a LightningModule.
 
     Args:
-        video: ``{base, motion_adapter, vae, scheduler}`` — AnimateDiff sources (hub ids or folders;
-            ``tiny:animatediff`` builds the tiny twin) and DDIM config overrides.
+        video: ``{base, motion_adapter, vae, scheduler, frame_noise_correlation}`` — AnimateDiff sources (hub ids or
+            folders; ``tiny:animatediff`` builds the tiny twin), DDIM config overrides, and the noise prior the video
+            generator was trained on: r of PYoCo's mixed noise (:func:`~avgen.diffusion.mixed_noise`), the
+            correlation of a clip's frames' noise, which training (the video loss and the connector-events loss)
+            and sampling (the starting noise and DDIM's step noise) then draw from; ``None``: the generator's own
+            (:func:`avgen.backbones.mini.trained_frame_noise_correlation`: its manifest for ``mini:`` twins, 0 for
+            AnimateDiff's independent per-frame noise). Held as :attr:`frame_noise_correlation`.
         audio: ``{base, scheduler}`` — AudioLDM source (``tiny:audioldm`` for the tiny twin).
         clip: training clip geometry ``{seconds, fps, height, width, sample_rate}`` (the data's
             ``data.clip``), held as a :class:`~avgen.data.geometry.ClipGeometry` (``self.clip``);
@@ -211,6 +239,18 @@ class JointAudioVideo(DiffusionSystem):
         if not any(isinstance(b, Mapping) and "spatio_temporal" in b for b in blocks):
             config["connector"] = {**dict(config.get("connector") or {}), "spatio_temporal": "unordered"}
         return config
+
+    @classmethod
+    def pin_export_config(cls, model_config: dict[str, Any]) -> None:
+        """Before an export relocates the backbones (``mini:`` twins copied to folders): a ``null``
+        ``video.frame_noise_correlation`` becomes the value its video generator source gives now
+        (:func:`video_frame_noise_correlation`), so the export samples from the prior the model was trained on."""
+        from avgen.pipelines import effective_source, set_source
+
+        if effective_source(model_config, "video.frame_noise_correlation") is None:
+            source = effective_source(model_config, "video.motion_adapter")
+            set_source(model_config, "video.frame_noise_correlation",
+                       video_frame_noise_correlation(None, str(source)))
 
     def trainable_keys_hint(self, missing: set[str], unexpected: set[str]) -> str:
         """Which of the joint model's options the checkpoint was trained with, when its weights say so."""
@@ -269,6 +309,8 @@ class JointAudioVideo(DiffusionSystem):
                 reason = scheduler_setting_refusal(modality, name, trained=False)
                 if reason:
                     raise ConfigError(f"model.{modality}.scheduler.{name} {reason}; remove it")
+        self.frame_noise_correlation = video_frame_noise_correlation(v.get("frame_noise_correlation"),
+                                                                     v["motion_adapter"])
         self.video = load_animatediff(v["base"], v["motion_adapter"], v.get("vae"), tiny_dir=tiny_dir,
                                       scheduler_overrides=v.get("scheduler"))
         self.audio = load_audioldm(a["base"], tiny_dir=tiny_dir, scheduler_overrides=a.get("scheduler"))
@@ -313,6 +355,13 @@ class JointAudioVideo(DiffusionSystem):
         ``clip.seconds`` over the frames padded to a multiple of 32): 400/416 at 4 s, 100/128 at 1 s."""
         frames = self.audio.mel.num_frames(self.num_samples)
         return frames / padded_frames(frames)
+
+    def video_noise(self, noise: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The video's noise under the generator's prior: ``noise`` (B, C, F, h, w) standard normal, mixed by
+        :func:`~avgen.diffusion.mixed_noise` with :attr:`frame_noise_correlation` r (its shared part drawn from
+        ``generator``, or torch's global stream of ``noise``'s device when None); r = 0 returns ``noise`` itself and
+        draws nothing."""
+        return mixed_noise(noise, self.frame_noise_correlation, generator)
 
     def latent_shapes(self, batch: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Shapes of the video (B, C, F, h, w) and audio (B, C, T, M) latents of one clip geometry."""
@@ -450,6 +499,7 @@ class JointAudioVideo(DiffusionSystem):
         # float32 noise and noising, whatever dtype the VAE encoded in (bf16 autocast)
         noise_v, noise_a = (torch.randn_like(z, dtype=torch.float32) if generator is None
                             else torch.randn(z.shape, generator=generator).to(z.device) for z in (z_v, z_a))
+        noise_v = self.video_noise(noise_v, generator)
         x_v = add_noise(z_v, noise_v, self.video_alphas, t_v)
         x_a = add_noise(z_a, noise_a, self.audio_alphas, t_a)
         x0_v = x0_a = None
@@ -544,7 +594,8 @@ class JointAudioVideo(DiffusionSystem):
         """:meth:`~avgen.modules.connector_events.EventCode.loss` of the video connector on ``draws_per_clip``
         noisy versions of each clip's latent z_v (B, C, F, h, w): per draw (clip-major) a timestep t ~ U{0, T−1},
         its noise, and as x̂0 the clean latent with probability ``clean_x0_prob``, zeros otherwise; labels (B, F).
-        The draws from ``generator``, in order: timesteps, noise, x̂0 choices."""
+        The draws from ``generator``, in order: timesteps, noise, x̂0 choices (then, with
+        :attr:`frame_noise_correlation` r > 0, the noise's shared part: :meth:`video_noise`)."""
         settings, device = self.connector_events, z_v.device
         z = z_v.float().repeat_interleave(settings.draws_per_clip, dim=0)
         n = z.shape[0]
@@ -556,6 +607,7 @@ class JointAudioVideo(DiffusionSystem):
             t = torch.randint(0, len(self.video_alphas), (n,), generator=generator).to(device)
             noise = torch.randn(z.shape, generator=generator).to(device)
             clean = (torch.rand(n, generator=generator) < settings.clean_x0_prob).to(device)
+        noise = self.video_noise(noise, generator)
         x_t = add_noise(z, noise, self.video_alphas, t).to(z_v.dtype)
         x0 = torch.where(clean[:, None, None, None, None], z, torch.zeros_like(z)).to(z_v.dtype)
         output = self.denoiser.video_features(x_t, t, x0)
@@ -604,7 +656,10 @@ class JointAudioVideo(DiffusionSystem):
         it was generated in; ``latents`` = (video (B, C, F, h, w), audio (B, C, T, M)) starting noise
         drawn by the caller instead (diffusers pipelines' ``latents``; shapes: :meth:`latent_shapes`);
         ``seed`` then sets only the stochastic steps' noise (``eta`` > 0). Returns video (B, F, 3, H, W)
-        in [-1, 1] and audio (B, S) in [-1, 1].
+        in [-1, 1] and audio (B, S) in [-1, 1]. With :attr:`frame_noise_correlation` r > 0 (a video generator
+        trained on PYoCo's mixed noise), the seeded video noise and each stochastic step's video noise are mixed
+        by :func:`~avgen.diffusion.mixed_noise`, each sample's shared part drawn next from its own stream; given
+        ``latents`` are used as they are (already drawn from the prior).
 
         ``video_latents`` (B, C, F, h, w): clean video latents (the frame VAE's, scaled) to generate the audio
         *for*, by the replacement method (Song et al. 2021, "Score-Based Generative Modeling through SDEs",
@@ -658,10 +713,18 @@ class JointAudioVideo(DiffusionSystem):
         b, device = len(prompts), self.video_alphas.device
         shape_v, shape_a = self.latent_shapes(b)
         streams: list[torch.Generator] = []  # per sample, the stochastic steps' noise (eta > 0)
+        r = self.frame_noise_correlation
+        shared_shape = (shape_v[1], 1, *shape_v[3:])
         if latents is None:
             noise_v, noise_a = seeded_noise([shape_v[1:], shape_a[1:]], b, seed, generators=streams)
+            if r > 0:  # the video generator's prior: each sample's shared part next from its own stream
+                shared = torch.stack([torch.randn(shared_shape, generator=g) for g in streams])
+                noise_v = mixed_noise(noise_v, r, shared=shared)
         else:  # the streams still start past the starting noise ``seed`` would draw, never repeating it
             seeded_noise([shape_v[1:], shape_a[1:]], b, seed, generators=streams)
+            if r > 0:
+                for g in streams:
+                    torch.randn(shared_shape, generator=g)
             noise_v, noise_a = latents
             if tuple(noise_v.shape) != shape_v or tuple(noise_a.shape) != shape_a:
                 raise ValueError(f"latents must be video {shape_v} and audio {shape_a} for {b} prompts, got "
@@ -721,10 +784,15 @@ class JointAudioVideo(DiffusionSystem):
             if g_x != 1.0:
                 out_a = classifier_free_guidance(out_still, out_a, g_x)
             z_v = z_a = None
-            if eta > 0:  # each sample's stream: its video noise, then its audio noise
-                z = [(torch.randn(shape_v[1:], generator=g), torch.randn(shape_a[1:], generator=g)) for g in streams]
-                z_v = torch.stack([v for v, _ in z]).to(device, torch.float32)
-                z_a = torch.stack([a for _, a in z]).to(device, torch.float32)
+            if eta > 0:  # each sample's stream: its video noise (and its shared part, r > 0), then its audio noise
+                z = [(torch.randn(shape_v[1:], generator=g),
+                      torch.randn(shared_shape, generator=g) if r > 0 else None,
+                      torch.randn(shape_a[1:], generator=g)) for g in streams]
+                z_v = torch.stack([v for v, _, _ in z])
+                if r > 0:
+                    z_v = mixed_noise(z_v, r, shared=torch.stack([s for _, s, _ in z]))
+                z_v = z_v.to(device, torch.float32)
+                z_a = torch.stack([a for _, _, a in z]).to(device, torch.float32)
             x_v, x0_v = ddim_step(pred_v, x_v, out_v, self.video_alphas, m, m_prev, final_v, eta, z_v)
             x_a, x0_a = ddim_step(pred_a, x_a, out_a, self.audio_alphas, n, n_prev, final_a, eta, z_a)
         video = decode_video(self.video, x_v if given is None else given.to(self.dtype))

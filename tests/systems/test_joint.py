@@ -227,6 +227,57 @@ def test_stochastic_ddim_is_seeded_per_sample_and_eta_zero_is_the_deterministic_
         system.generate(prompts, steps=3, eta=1.5)
 
 
+def test_frame_noise_correlation_mixes_the_video_noise_of_sampling_and_training(system):
+    """``model.video.frame_noise_correlation`` r (a video generator trained on PYoCo's mixed noise): the seeded start
+    and each stochastic step's video noise are mixed, each sample's shared part drawn next from its own stream, so
+    a clip still does not depend on its batch, and the mixed seeded noise passed as ``latents`` gives the seeded
+    clips; the audio is not mixed; r = 0 is the sampler before. Training draws the video loss's noise from the same
+    prior. A bad value names the key; null takes the generator's own (0 for the tiny twin)."""
+    from avgen.diffusion import add_noise, mixed_noise, seeded_noise
+    from avgen.errors import ConfigError
+    from avgen.systems.joint import video_frame_noise_correlation
+
+    model = copy.deepcopy(system).eval()
+    assert model.frame_noise_correlation == 0.0  # null: the tiny AnimateDiff twin's own
+    prompts = ["a red ball drops onto wood", "a cube hits glass"]
+    v0, a0 = model.generate(prompts, steps=3, seed=7, eta=1.0)
+    model.frame_noise_correlation = 0.6
+    v1, a1 = model.generate(prompts, steps=3, seed=7, eta=1.0)
+    assert not torch.allclose(v1, v0)
+    v2, a2 = model.generate(prompts[1:], steps=3, seed=8, eta=1.0)  # sample 1 of the batch, alone
+    assert torch.allclose(v2[0], v1[1], atol=1e-5) and torch.allclose(a2[0], a1[1], atol=1e-5)
+    shape_v, shape_a = model.latent_shapes(2)
+    streams = []
+    noise_v, noise_a = seeded_noise([shape_v[1:], shape_a[1:]], 2, 7, generators=streams)
+    shared = torch.stack([torch.randn((shape_v[1], 1, *shape_v[3:]), generator=g) for g in streams])
+    v3, a3 = model.generate(prompts, steps=3, seed=7, eta=1.0, latents=(mixed_noise(noise_v, 0.6, shared=shared),
+                                                                         noise_a))
+    assert torch.equal(v3, v1) and torch.equal(a3, a1)
+    # training: the video loss's noise comes from the prior (its shared part drawn next from the step's generator)
+    g = torch.Generator().manual_seed(3)
+    mixed = model.video_noise(torch.randn(shape_v, generator=g), g)
+    g = torch.Generator().manual_seed(3)
+    independent = torch.randn(shape_v, generator=g)
+    assert torch.equal(mixed, mixed_noise(independent, 0.6, g))
+    noisy = add_noise(torch.zeros(shape_v), mixed, model.video_alphas, torch.full((2,), 999))
+    frame_0, frame_1 = noisy[:, :, 0].flatten(), noisy[:, :, 1].flatten()
+    assert torch.corrcoef(torch.stack([frame_0, frame_1]))[0, 1] > 0.4
+    seen = []
+    spy = model.video_noise
+    model.video_noise = lambda noise, generator=None: seen.append(tuple(noise.shape)) or spy(noise, generator)
+    with torch.no_grad():
+        loss_mixed = model.diffusion_loss(tiny_batch(model), generator=torch.Generator().manual_seed(1))
+        model.frame_noise_correlation = 0.0
+        loss_plain = model.diffusion_loss(tiny_batch(model), generator=torch.Generator().manual_seed(1))
+    assert seen[0] == shape_v and loss_mixed["loss_video"] != loss_plain["loss_video"]
+    assert model.video_noise(independent, g) is independent
+    for bad in (1.0, -0.1, "half", True):
+        with pytest.raises(ConfigError, match=r"model.video.frame_noise_correlation=.*expected r in \[0, 1\)"):
+            video_frame_noise_correlation(bad, "tiny:animatediff")
+    assert video_frame_noise_correlation(None, "guoyww/animatediff-motion-adapter-v1-5-2") == 0.0
+    assert video_frame_noise_correlation(0.25, "tiny:animatediff") == 0.25
+
+
 def test_cross_modal_guidance_scales_what_the_audio_takes_from_the_video_motion(system, monkeypatch):
     """``cross_modal_guidance`` s: the audio output of each step is ``still + s·(video − still)``, "still" the same
     step with the video held still (its frames averaged). So the first step's audio output for a given video with s
