@@ -211,8 +211,10 @@ def export_pipeline(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     module, _, cls_name = SYSTEMS[system]["class"].rpartition(".")
     system_class = getattr(importlib.import_module(module), cls_name)
     init_only = getattr(system_class, "INIT_ONLY", ())
-    if hasattr(system_class, "pin_export_config"):  # settings read from a source that the export relocates
-        system_class.pin_export_config(model_config)
+    if hasattr(system_class, "pinned_export_settings"):  # settings read from a source that the export relocates
+        pinned = system_class.pinned_export_settings(lambda key: effective_source(model_config, key))
+        for key, value in pinned.items():
+            set_source(model_config, key, value)
     for key in ("optimizer", "scheduler", *init_only):
         if key in model_config:
             model_config[key] = None

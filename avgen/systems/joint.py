@@ -21,7 +21,7 @@ import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -241,16 +241,15 @@ class JointAudioVideo(DiffusionSystem):
         return config
 
     @classmethod
-    def pin_export_config(cls, model_config: dict[str, Any]) -> None:
-        """Before an export relocates the backbones (``mini:`` twins copied to folders): a ``null``
+    def pinned_export_settings(cls, setting: Callable[[str], Any]) -> dict[str, Any]:
+        """The settings an export must pin before it relocates the backbones (``mini:`` twins copied to folders):
+        ``setting(key)`` is the model config's effective value of a dotted key; a ``null``
         ``video.frame_noise_correlation`` becomes the value its video generator source gives now
         (:func:`video_frame_noise_correlation`), so the export samples from the prior the model was trained on."""
-        from avgen.pipelines import effective_source, set_source
-
-        if effective_source(model_config, "video.frame_noise_correlation") is None:
-            source = effective_source(model_config, "video.motion_adapter")
-            set_source(model_config, "video.frame_noise_correlation",
-                       video_frame_noise_correlation(None, str(source)))
+        if setting("video.frame_noise_correlation") is not None:
+            return {}
+        return {"video.frame_noise_correlation":
+                video_frame_noise_correlation(None, str(setting("video.motion_adapter")))}
 
     def trainable_keys_hint(self, missing: set[str], unexpected: set[str]) -> str:
         """Which of the joint model's options the checkpoint was trained with, when its weights say so."""
