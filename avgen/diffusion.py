@@ -145,8 +145,33 @@ def seeded_noise(shapes: Sequence[Sequence[int]], batch: int, seed: int,
     return [torch.stack([sample[k] for sample in drawn]) for k in range(len(shapes))]
 
 
+def shared_frame_noise(noise_shape: Sequence[int], streams: Sequence[torch.Generator]) -> torch.Tensor:
+    """The shared part ε_shared of :func:`mixed_noise` for a batch whose samples each own a CPU generator (the
+    ``generators`` :func:`seeded_noise` returns): sample ``i``'s ``(C, 1, h, w)`` is drawn next from ``streams[i]``,
+    so a clip's noise does not depend on the batch it is drawn in. A sampler that is given its starting latents calls
+    this too, discarding the result, to keep each stream where the seeded draw would have left it.
+
+    Args:
+        noise_shape: the video noise's shape ``(B, C, F, h, w)``.
+        streams: B CPU generators, advanced by C·h·w draws each.
+
+    Returns: float32 ``(B, C, 1, h, w)`` on the CPU.
+
+    Raises:
+        ValueError: ``noise_shape`` not 5-D, or a number of streams other than B.
+    """
+    if len(noise_shape) != 5:
+        raise ValueError(f"shared_frame_noise takes video noise shapes (B, C, F, h, w); got {tuple(noise_shape)}")
+    if len(streams) != noise_shape[0]:
+        raise ValueError(f"shared_frame_noise: {len(streams)} generators for a batch of {noise_shape[0]}; "
+                         "pass one per sample")
+    one = (int(noise_shape[1]), 1, *(int(n) for n in noise_shape[3:]))
+    return torch.stack([torch.randn(one, generator=g) for g in streams])
+
+
 def mixed_noise(noise: torch.Tensor, correlation: float, generator: torch.Generator | None = None,
-                shared: torch.Tensor | None = None) -> torch.Tensor:
+                shared: torch.Tensor | None = None,
+                streams: Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """PYoCo's mixed noise prior for video (Ge et al. 2023, "Preserve Your Own Correlation", Eq. 4, written with the
     frames' correlation r = α² / (1 + α²)): ε_f = √r · ε_shared + √(1 − r) · ε_f^ind, one ε_shared per clip and
     channel position, shared by all of the clip's frames. Each frame's noise is still standard normal; two frames'
@@ -158,21 +183,29 @@ def mixed_noise(noise: torch.Tensor, correlation: float, generator: torch.Genera
         correlation: r in [0, 1); 0 returns ``noise`` itself (no draw is made).
         generator: draws ε_shared ``(B, C, 1, h, w)`` on ``noise``'s device (None: torch's global stream), unless
             ``shared`` is given.
-        shared: ε_shared itself, ``(B, C, 1, h, w)`` (a caller that seeds each sample's part alone).
+        shared: ε_shared itself, ``(B, C, 1, h, w)``.
+        streams: one CPU generator per sample; sample ``i``'s shared part is drawn next from ``streams[i]``
+            (:func:`shared_frame_noise`; batch-independent clips). At most one of ``generator``, ``shared`` and
+            ``streams`` may be given.
 
     Returns: float tensor of ``noise``'s shape, dtype and device.
 
     Raises:
-        ValueError: r outside [0, 1), ``noise`` not 5-D, or ``shared`` of another shape.
+        ValueError: r outside [0, 1), ``noise`` not 5-D, ``shared`` of another shape, more than one source of the
+            shared part, or a number of ``streams`` other than B.
     """
     r = float(correlation)
     if not 0.0 <= r < 1.0:
         raise ValueError(f"frame noise correlation must be in [0, 1) (0: independent frames), got {correlation}")
     if noise.dim() != 5:
         raise ValueError(f"mixed_noise takes video noise (B, C, F, h, w); got {tuple(noise.shape)}")
+    if sum(x is not None for x in (generator, shared, streams)) > 1:
+        raise ValueError("mixed_noise: give at most one of generator, shared and streams")
     if r == 0.0:
         return noise
     want = (noise.shape[0], noise.shape[1], 1, *noise.shape[3:])
+    if streams is not None:
+        shared = shared_frame_noise(noise.shape, streams)
     if shared is None:
         shared = torch.randn(want, generator=generator, device=noise.device if generator is None
                              else generator.device, dtype=torch.float32)

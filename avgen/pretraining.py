@@ -954,9 +954,7 @@ def sample_generator(module, conditions: torch.Tensor, empty: torch.Tensor, shap
     streams: list[torch.Generator] = []
     x = seeded_noise([shape], n, seed, generators=streams)[0]
     r = float(getattr(module, "frame_noise_correlation", 0.0))
-    if r > 0:
-        shared = torch.stack([torch.randn((shape[0], 1, *shape[2:]), generator=g) for g in streams])
-        x = mixed_noise(x, r, shared=shared)
+    x = mixed_noise(x, r, streams=streams)
     both = torch.cat([conditions, empty.expand_as(conditions)])
     scheduler.set_timesteps(steps)
     for t in scheduler.timesteps:

@@ -58,11 +58,7 @@ def seeded_mixed_noise(noise: "torch.Tensor", correlation: float, seed: int) -> 
 
     from avgen.diffusion import mixed_noise
 
-    if float(correlation) == 0.0:
-        return mixed_noise(noise, 0.0)
-    shared = torch.randn((noise.shape[0], noise.shape[1], 1, *noise.shape[3:]),
-                         generator=torch.Generator().manual_seed(int(seed)))
-    return mixed_noise(noise, correlation, shared=shared)
+    return mixed_noise(noise, correlation, generator=torch.Generator().manual_seed(int(seed)))
 
 
 def motion_stats(clips: list[np.ndarray], fps: float, events: list[np.ndarray] | None = None) -> dict:

@@ -15,6 +15,8 @@ from avgen.diffusion import (
     min_snr_weights,
     mixed_noise,
     sample_latents,
+    seeded_noise,
+    shared_frame_noise,
     split_prediction,
     training_target,
     v_loss_weights,
@@ -236,3 +238,34 @@ def test_mixed_noise_keeps_each_frame_standard_normal_and_correlates_frames_by_r
         mixed_noise(noise[:, :, 0], 0.5)
     with pytest.raises(ValueError, match="expected \\(1, 1, 1, 1, 1\\)"):
         mixed_noise(one, 0.5, shared=torch.zeros(1, 1, 2, 1, 1))
+
+
+def test_mixed_noise_from_per_sample_streams_does_not_depend_on_the_batch():
+    """``streams=``: sample i's shared part is the next (C, 1, h, w) draw of its own generator, so a clip mixed in a
+    batch of three equals the same clip mixed alone, and each stream ends where a lone draw leaves it; the number of
+    streams must match the batch, and only one source of the shared part may be given."""
+    shape = (2, 4, 3, 3)
+
+    def mixed(seeds):
+        streams: list[torch.Generator] = []
+        noise = seeded_noise([shape], len(seeds), 0, generators=streams)[0] if seeds == [0, 1, 2] else None
+        if noise is None:  # the second sample alone: its own stream, seeded as it is in the batch
+            streams = [torch.Generator().manual_seed(1)]
+            noise = torch.randn(shape, generator=streams[0])[None]
+        return mixed_noise(noise, 0.5, streams=streams), streams
+
+    batch, batch_streams = mixed([0, 1, 2])
+    alone, alone_streams = mixed([1])
+    assert torch.equal(batch[1:2], alone)
+    assert torch.equal(batch_streams[1].get_state(), alone_streams[0].get_state())
+    g = torch.Generator().manual_seed(1)
+    independent = torch.randn(shape, generator=g)
+    shared = torch.randn((2, 1, 3, 3), generator=g)
+    assert torch.allclose(alone[0], 0.5 ** 0.5 * shared + 0.5 ** 0.5 * independent)
+    assert shared_frame_noise((1, 2, 3, 3, 3), [torch.Generator().manual_seed(4)]).shape == (1, 2, 1, 3, 3)
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        mixed_noise(batch, 0.5, streams=batch_streams[:2])
+    with pytest.raises(ValueError, match="at most one of generator, shared and streams"):
+        mixed_noise(batch, 0.5, generator=g, streams=batch_streams)
+    with pytest.raises(ValueError, match=r"\(B, C, F, h, w\)"):
+        shared_frame_noise((3, 2, 3, 3), batch_streams)

@@ -41,6 +41,7 @@ from avgen.diffusion import (
     mixed_noise,
     sample_latents,
     seeded_noise,
+    shared_frame_noise,
     split_prediction,
     training_target,
     v_loss_weights,
@@ -713,17 +714,14 @@ class JointAudioVideo(DiffusionSystem):
         shape_v, shape_a = self.latent_shapes(b)
         streams: list[torch.Generator] = []  # per sample, the stochastic steps' noise (eta > 0)
         r = self.frame_noise_correlation
-        shared_shape = (shape_v[1], 1, *shape_v[3:])
         if latents is None:
             noise_v, noise_a = seeded_noise([shape_v[1:], shape_a[1:]], b, seed, generators=streams)
-            if r > 0:  # the video generator's prior: each sample's shared part next from its own stream
-                shared = torch.stack([torch.randn(shared_shape, generator=g) for g in streams])
-                noise_v = mixed_noise(noise_v, r, shared=shared)
+            # the video generator's prior: each sample's shared part next from its own stream
+            noise_v = mixed_noise(noise_v, r, streams=streams)
         else:  # the streams still start past the starting noise ``seed`` would draw, never repeating it
             seeded_noise([shape_v[1:], shape_a[1:]], b, seed, generators=streams)
             if r > 0:
-                for g in streams:
-                    torch.randn(shared_shape, generator=g)
+                shared_frame_noise(shape_v, streams)
             noise_v, noise_a = latents
             if tuple(noise_v.shape) != shape_v or tuple(noise_a.shape) != shape_a:
                 raise ValueError(f"latents must be video {shape_v} and audio {shape_a} for {b} prompts, got "
@@ -784,14 +782,9 @@ class JointAudioVideo(DiffusionSystem):
                 out_a = classifier_free_guidance(out_still, out_a, g_x)
             z_v = z_a = None
             if eta > 0:  # each sample's stream: its video noise (and its shared part, r > 0), then its audio noise
-                z = [(torch.randn(shape_v[1:], generator=g),
-                      torch.randn(shared_shape, generator=g) if r > 0 else None,
-                      torch.randn(shape_a[1:], generator=g)) for g in streams]
-                z_v = torch.stack([v for v, _, _ in z])
-                if r > 0:
-                    z_v = mixed_noise(z_v, r, shared=torch.stack([s for _, s, _ in z]))
-                z_v = z_v.to(device, torch.float32)
-                z_a = torch.stack([a for _, _, a in z]).to(device, torch.float32)
+                z_v = torch.stack([torch.randn(shape_v[1:], generator=g) for g in streams])
+                z_v = mixed_noise(z_v, r, streams=streams).to(device, torch.float32)
+                z_a = torch.stack([torch.randn(shape_a[1:], generator=g) for g in streams]).to(device, torch.float32)
             x_v, x0_v = ddim_step(pred_v, x_v, out_v, self.video_alphas, m, m_prev, final_v, eta, z_v)
             x_a, x0_a = ddim_step(pred_a, x_a, out_a, self.audio_alphas, n, n_prev, final_a, eta, z_a)
         video = decode_video(self.video, x_v if given is None else given.to(self.dtype))
