@@ -706,28 +706,20 @@ def weights_env(part: str) -> str:
 START_FROM = "start_from.json"
 
 
-def adopt_start_from(cfg: DictConfig, stages: Sequence[str]) -> None:
-    """``pretrain_twins.start_from`` (a published folder of the run's part: codecs, ``avgen/backbones/mini_weights``,
-    or generators, ``avgen/backbones/mini_generators``, or a run's ``twins``): each of its components becomes the
-    finished stage of the same name in this run folder
-    (``<run>/<name>/model``, every file checked against its manifest, with ``start_from.json``: the folder, its
-    tag and the manifest's record of how the component was trained), so the stages that continue them
-    (``mel_vae_decoder``, ``vocoder_finetune``, ``animatediff_video``) train on the published models without
-    training them again.
-    ``pretrain_twins.start_from_components`` (a list; null: all) adopts only those of its components, so a run that
-    trains one codec anew (e.g. a frame VAE of another downsampling, ``stages=[frames_vae]`` in this folder first)
-    publishes it with the others taken from the folder. Adopting the same folder again does nothing.
+def start_from_choice(cfg: DictConfig, stages: Sequence[str]) -> tuple[Path, dict[str, Any], list[str]] | None:
+    """What ``pretrain_twins.start_from`` gives this run: its folder, manifest and the components to adopt (those of
+    the run's part, narrowed to ``pretrain_twins.start_from_components``); None without ``start_from``. Checked
+    before anything is copied (:func:`adopt_start_from`).
 
     Raises:
         ConfigError: the folder is of another part, one of its (chosen) components is also in
-            ``pretrain_twins.stages``, this run folder already has another model for it, or
-            ``start_from_components`` is not a list of the folder's components.
-        MiniWeightsError: a file is missing or altered.
+            ``pretrain_twins.stages``, or ``start_from_components`` is not a list of the folder's components.
+        MiniWeightsError: the folder has no manifest.
     """
     given = cfg.pretrain_twins.get("start_from")
     if not given:
-        return
-    from avgen.backbones.mini import read_manifest, verify_component, version_tag
+        return None
+    from avgen.backbones.mini import read_manifest
 
     folder = Path(str(given))
     manifest = read_manifest(folder)
@@ -752,6 +744,34 @@ def adopt_start_from(cfg: DictConfig, stages: Sequence[str]) -> None:
         raise ConfigError(f"pretrain_twins.start_from={folder} gives {', '.join(clash)}; remove "
                           f"{'it' if len(clash) == 1 else 'them'} from pretrain_twins.stages (or drop start_from to "
                           f"train {'it' if len(clash) == 1 else 'them'} from scratch)")
+    return folder, manifest, components
+
+
+def adopt_start_from(cfg: DictConfig, stages: Sequence[str]) -> None:
+    """``pretrain_twins.start_from`` (a published folder of the run's part: codecs, ``avgen/backbones/mini_weights``,
+    or generators, ``avgen/backbones/mini_generators``, or a run's ``twins``): each of its components becomes the
+    finished stage of the same name in this run folder
+    (``<run>/<name>/model``, every file checked against its manifest, with ``start_from.json``: the folder, its
+    tag and the manifest's record of how the component was trained), so the stages that continue them
+    (``mel_vae_decoder``, ``vocoder_finetune``, ``animatediff_video``) train on the published models without
+    training them again.
+    ``pretrain_twins.start_from_components`` (a list; null: all) adopts only those of its components, so a run that
+    trains one codec anew (e.g. a frame VAE of another downsampling, ``stages=[frames_vae]`` in this folder first)
+    publishes it with the others taken from the folder. Adopting the same folder again does nothing.
+
+    Raises:
+        ConfigError: the folder is of another part, one of its (chosen) components is also in
+            ``pretrain_twins.stages``, this run folder already has another model for it, or
+            ``start_from_components`` is not a list of the folder's components.
+        MiniWeightsError: a file is missing or altered.
+    """
+    choice = start_from_choice(cfg, stages)
+    if choice is None:
+        return
+    from avgen.backbones.mini import verify_component, version_tag
+
+    folder, manifest, components = choice
+    part = part_of(cfg)
     tag = version_tag(folder)
     root = Path(cfg.paths.output_dir)
     for name in components:
@@ -848,8 +868,9 @@ def load_codecs(cfg: DictConfig) -> dict[str, Any]:
     """The mini codecs the generators learn the latent spaces of: ``pretrain_twins.codecs_dir`` or the ones
     ``scale=mini`` loads (:func:`avgen.backbones.mini.active_weights_dir`), every file checked against their
     manifest: ``frames_vae``, ``mel_vae`` (``AutoencoderKL``), ``vocoder`` (``SpeechT5HifiGan``), in eval mode, with
-    ``dir``, ``tag`` (:func:`avgen.backbones.mini.version_tag`) and ``latent_space``
-    (:func:`avgen.backbones.mini.latent_space_tag`), both recorded in the generators' manifest.
+    ``dir``, ``tag`` (:func:`avgen.backbones.mini.version_tag`), ``latent_space``
+    (:func:`avgen.backbones.mini.latent_space_tag`) and ``latent_spaces`` (per VAE,
+    :func:`avgen.backbones.mini.latent_space_tags`), all recorded in the generators' manifest.
 
     Raises:
         MiniWeightsError: the codecs are missing or altered.
@@ -857,7 +878,14 @@ def load_codecs(cfg: DictConfig) -> dict[str, Any]:
     from diffusers import AutoencoderKL
     from transformers import SpeechT5HifiGan
 
-    from avgen.backbones.mini import active_weights_dir, latent_space_tag, read_manifest, verify_component, version_tag
+    from avgen.backbones.mini import (
+        active_weights_dir,
+        latent_space_tag,
+        latent_space_tags,
+        read_manifest,
+        verify_component,
+        version_tag,
+    )
     from avgen.pretrained import quiet_loading
 
     given = cfg.pretrain_twins.get("codecs_dir")
@@ -871,7 +899,8 @@ def load_codecs(cfg: DictConfig) -> dict[str, Any]:
         }
     for model in list(out.values()):
         model.requires_grad_(False)
-    out.update(dir=folder, tag=version_tag(folder), latent_space=latent_space_tag(folder))
+    out.update(dir=folder, tag=version_tag(folder), latent_space=latent_space_tag(folder),
+               latent_spaces=latent_space_tags(folder))
     return out
 
 
@@ -954,7 +983,8 @@ def sample_generator(module, conditions: torch.Tensor, empty: torch.Tensor, shap
     streams: list[torch.Generator] = []
     x = seeded_noise([shape], n, seed, generators=streams)[0]
     r = float(getattr(module, "frame_noise_correlation", 0.0))
-    x = mixed_noise(x, r, streams=streams)
+    if r > 0:  # a clips stage's prior (image stages sample single frames, 4-D)
+        x = mixed_noise(x, r, streams=streams)
     both = torch.cat([conditions, empty.expand_as(conditions)])
     scheduler.set_timesteps(steps)
     for t in scheduler.timesteps:
@@ -962,6 +992,38 @@ def sample_generator(module, conditions: torch.Tensor, empty: torch.Tensor, shap
         cond, uncond = out.chunk(2)
         x = scheduler.step(classifier_free_guidance(uncond, cond, guidance), t, x).prev_sample
     return x
+
+
+def check_start_from_latent_spaces(cfg: DictConfig, stages: Sequence[str], codecs: Mapping[str, Any]) -> None:
+    """Refuse to adopt generators (``pretrain_twins.start_from``) trained in other latent spaces than the codecs of
+    this run (:func:`load_codecs`): they would be continued and republished as these codecs' own. Each adopted
+    component is checked against the latent space of its own VAE (``codecs.latent_spaces`` of the folder's
+    manifest, :data:`avgen.backbones.mini.LATENT_CODEC_OF`), so 16×16 video generators can be published beside
+    the audio U-Net of an unchanged mel VAE; a folder whose manifest predates the per-VAE tags is checked on the
+    combined tag.
+
+    Raises:
+        ConfigError: an adopted component's latent space differs, or :func:`start_from_choice`'s errors.
+    """
+    from avgen.backbones.mini import LATENT_CODEC_OF
+
+    choice = start_from_choice(cfg, stages)
+    if choice is None:
+        return
+    folder, manifest, components = choice
+    recorded = manifest.get("codecs") or {}
+    spaces = recorded.get("latent_spaces")
+    for name in components:
+        vae = LATENT_CODEC_OF.get(name)
+        if spaces:
+            theirs, here, what = spaces.get(vae), codecs["latent_spaces"][vae], f"the latent space of {vae}"
+        else:
+            theirs, here, what = recorded.get("latent_space"), codecs["latent_space"], "the latent spaces"
+        if theirs != here:
+            raise ConfigError(f"pretrain_twins.start_from={folder}: its {name} was trained in {what} {theirs}, the "
+                              f"codecs here have {here}; start from generators of these codecs, adopt only the "
+                              f"others (pretrain_twins.start_from_components=[...]) or set pretrain_twins.codecs_dir "
+                              f"to theirs")
 
 
 def run_generators(cfg: DictConfig, stages: list[str], train, held_out, codecs: Mapping[str, Any],
@@ -985,16 +1047,7 @@ def run_generators(cfg: DictConfig, stages: list[str], train, held_out, codecs: 
     if stages != sorted(stages, key=order.index):
         raise ConfigError(f"pretrain_twins.stages={stages}: list them in training order "
                           f"({', '.join(s for s in order if s in stages)})")
-    given = cfg.pretrain_twins.get("start_from")
-    if given:  # generators of other latent spaces would be continued and republished as this codecs' own
-        from avgen.backbones.mini import read_manifest
-
-        manifest = read_manifest(Path(str(given)))
-        theirs = (manifest.get("codecs") or {}).get("latent_space")
-        if manifest.get("part") == "generators" and theirs != codecs["latent_space"]:  # another part: refused below
-            raise ConfigError(f"pretrain_twins.start_from={given}: its generators were trained on the latent spaces "
-                              f"{theirs}, the codecs here have {codecs['latent_space']}; start from generators of "
-                              f"these codecs (or set pretrain_twins.codecs_dir to theirs)")
+    check_start_from_latent_spaces(cfg, stages, codecs)
     adopt_start_from(cfg, stages)
     needs = {"animatediff_motion": ("animatediff_image",), **CONTINUES}
     for stage in stages:
@@ -1060,6 +1113,7 @@ def run_generators(cfg: DictConfig, stages: list[str], train, held_out, codecs: 
         if stage in models:
             published[component] = stage_scheduler(cfg, stage)
     return published, metrics, strip, {"codecs": {"tag": codecs["tag"], "latent_space": codecs["latent_space"],
+                                                  "latent_spaces": dict(codecs["latent_spaces"]),
                                                   "dir": str(codecs["dir"])}}, made_by
 
 

@@ -528,6 +528,7 @@ def test_recipe_resumes_to_the_bit_pins_its_codecs_and_publishes(tmp_path, one_t
     assert manifest["part"] == "generators"
     assert manifest["codecs"]["tag"] == mini.version_tag(mini.WEIGHTS_DIR)
     assert manifest["codecs"]["latent_space"] == mini.latent_space_tag(mini.WEIGHTS_DIR)
+    assert manifest["codecs"]["latent_spaces"] == mini.latent_space_tags(mini.WEIGHTS_DIR)
     assert manifest["components"]["animatediff_motion"]["class"] == "MotionAdapter"
     assert manifest["components"]["zeroscope_unet"]["class"] == "UNet3DConditionModel"
     for name in ("animatediff_image", "animatediff_motion"):  # made by their stage, then animatediff_video
@@ -569,16 +570,19 @@ def test_recipe_resumes_to_the_bit_pins_its_codecs_and_publishes(tmp_path, one_t
         assert (twin / "unet" / file.name).read_bytes() == file.read_bytes()
     assert twin.name.endswith(mini.twin_tag("zeroscope", {"generators": target}))
     data = json.loads((target / "manifest.json").read_text())
-    data["codecs"]["latent_space"] = "0" * 12
+    data["codecs"]["latent_spaces"]["frames_vae"] = "0" * 12  # video generators of another frame VAE
     (target / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(mini.MiniWeightsError, match="trained on the latent spaces 000000000000"):
+    with pytest.raises(mini.MiniWeightsError, match="zeroscope_unet was trained in the latent space 000000000000 of "
+                                                    "frames_vae"):
         mini.materialize("zeroscope", tmp_path / "twins2", generators_dir=target)
+    mini.materialize("audioldm", tmp_path / "twins2", generators_dir=target)  # its mel VAE is the one in use
     with pytest.raises(SystemExit):  # nor may a run continue them
         recipe(tmp_path, "other_codecs", *steps, f"pretrain_twins.start_from={target}",
                "pretrain_twins.stages=[animatediff_video]")
-    assert "its generators were trained on the latent spaces 000000000000" in capsys.readouterr().err
+    assert "its animatediff_image was trained in the latent space of frames_vae 000000000000" in \
+        capsys.readouterr().err
     assert not (tmp_path / "other_codecs" / "animatediff_image").exists()
-    data["codecs"]["latent_space"] = manifest["codecs"]["latent_space"]
+    data["codecs"]["latent_spaces"]["frames_vae"] = manifest["codecs"]["latent_spaces"]["frames_vae"]
     (target / "manifest.json").write_text(json.dumps(data))
 
     # a run can continue published generators: animatediff_video alone, on the adopted pair
@@ -682,6 +686,7 @@ def test_committed_generators_match_their_manifest_codecs_and_recipe(tmp_path):
     assert manifest["part"] == "generators" and set(manifest["components"]) == components
     # trained in the committed codecs' latent spaces (their decoders and vocoder may since have been fine-tuned)
     assert manifest["codecs"]["latent_space"] == mini.latent_space_tag(mini.WEIGHTS_DIR)
+    assert manifest["codecs"]["latent_spaces"] == mini.latent_space_tags(mini.WEIGHTS_DIR)
     for name in components:
         mini.verify_component(name, mini.GENERATORS_DIR, manifest)
     # scale=mini loads every committed generator, and the scheduler a stage trained for

@@ -520,6 +520,39 @@ def test_latent_space_tag_follows_the_encoders_only(tmp_path):
     mini.check_generators_codecs(generators, folder)
 
 
+def test_generators_are_checked_against_the_latent_space_of_their_own_vae(tmp_path):
+    """Per-modality tags (``codecs.latent_spaces``): a changed mel VAE encoder refuses the audio U-Net trained in the
+    old one but not the video generators beside it (a twin checks only the components it takes), and the message
+    names the component and the VAE; the combined tag still changes."""
+    from diffusers import AutoencoderKL
+
+    from avgen.backbones import mini
+
+    folder = fake_weights(tmp_path)
+    tags, combined = mini.latent_space_tags(folder), mini.latent_space_tag(folder)
+    assert set(tags) == set(mini.LATENT_CODECS) and len(set(tags.values())) == 2
+    assert tags["frames_vae"] == mini.latent_space_tag(folder, ("frames_vae",))
+    assert mini.LATENT_CODEC_OF["audioldm_unet"] == "mel_vae" and mini.LATENT_CODEC_OF["animatediff_motion"] == \
+        "frames_vae" and mini.LATENT_CODEC_OF["zeroscope_unet"] == "frames_vae"
+    generators = tmp_path / "generators"
+    generators.mkdir()
+    (generators / "manifest.json").write_text(json.dumps({
+        "format": "avgen-mini-twins/1", "part": "generators",
+        "codecs": {"tag": "old", "latent_space": combined, "latent_spaces": tags},
+        "components": {"audioldm_unet": {}, "animatediff_image": {}}}))
+    mini.check_generators_codecs(generators, folder)
+    vae = AutoencoderKL.from_pretrained(folder / "mel_vae")
+    with torch.no_grad():
+        vae.encoder.conv_in.weight.add_(1e-3)
+    vae.save_pretrained(folder / "mel_vae")
+    assert mini.latent_space_tag(folder) != combined
+    assert mini.latent_space_tags(folder)["frames_vae"] == tags["frames_vae"]
+    mini.check_generators_codecs(generators, folder, components=["animatediff_image"])
+    with pytest.raises(mini.MiniWeightsError, match=f"audioldm_unet was trained in the latent space "
+                                                    f"{tags['mel_vae']} of mel_vae"):
+        mini.check_generators_codecs(generators, folder)
+
+
 def test_latent_scaling_factor_gives_unit_variance():
     from avgen.pretraining import latent_scaling_factor
     from avgen.systems.codec_twins import FramesVAETraining

@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from avgen.errors import ConfigError
 from avgen.pretrained import sha256_file
@@ -153,9 +153,16 @@ ENCODER_CONFIG = ("in_channels", "latent_channels", "down_block_types", "block_o
                   "norm_num_groups", "act_fn", "mid_block_add_attention", "scaling_factor")
 
 
-def latent_space_tag(codecs_dir: str | os.PathLike = WEIGHTS_DIR) -> str:
-    """A short tag of the latent spaces a codecs folder defines: SHA-256 over, for ``frames_vae`` and ``mel_vae``,
-    the encoder's config (:data:`ENCODER_CONFIG`) and the bytes, dtypes and shapes of its ``encoder.*`` and
+#: each generators component → the codec whose latent space it was trained in (the ``vae`` of the mini twin that
+#: takes it): video generators the frames VAE, audio ones the mel VAE
+LATENT_CODEC_OF: dict[str, str] = {component: replaced["vae"][1] for _, replaced in MINI_TWINS.values()
+                                   for part, component in replaced.values() if part == "generators"}
+
+
+def latent_space_tag(codecs_dir: str | os.PathLike = WEIGHTS_DIR, codecs: Sequence[str] = LATENT_CODECS) -> str:
+    """A short tag of the latent spaces a codecs folder defines: SHA-256 over, for each VAE in ``codecs`` (default
+    ``frames_vae`` and ``mel_vae``; one of them: that modality's latent space alone, :func:`latent_space_tags`), the
+    encoder's config (:data:`ENCODER_CONFIG`) and the bytes, dtypes and shapes of its ``encoder.*`` and
     ``quant_conv.*`` tensors, in name order. Codecs that differ only in their decoders or vocoder (a decoder
     fine-tuned with the encoder frozen, ``pretrain_twins.stages=[mel_vae_decoder, vocoder_finetune]``) share it,
     and so serve the same generators.
@@ -169,7 +176,7 @@ def latent_space_tag(codecs_dir: str | os.PathLike = WEIGHTS_DIR) -> str:
     from safetensors import safe_open
 
     digest = hashlib.sha256()
-    for name in LATENT_CODECS:
+    for name in codecs:
         folder = Path(codecs_dir) / name
         weights = sorted(folder.glob("*.safetensors"))
         if not (folder / "config.json").is_file() or not weights:
@@ -186,16 +193,46 @@ def latent_space_tag(codecs_dir: str | os.PathLike = WEIGHTS_DIR) -> str:
     return digest.hexdigest()[:12]
 
 
-def check_generators_codecs(generators_dir: Path, codecs_dir: Path, manifest: dict[str, Any] | None = None) -> None:
-    """Refuse generators trained in the latent spaces of other codecs than those in use: the latent-space tag their
-    manifest records (``codecs.latent_space``) against :func:`latent_space_tag` of ``codecs_dir``; a manifest
-    without one (written before the tag existed) against the codecs' :func:`version_tag` (``codecs.tag``).
+def latent_space_tags(codecs_dir: str | os.PathLike = WEIGHTS_DIR) -> dict[str, str]:
+    """Each VAE of :data:`LATENT_CODECS` → :func:`latent_space_tag` of it alone, so generators of one modality are
+    checked against their own latent space only (16×16 video generators beside the audio U-Net of the committed
+    mel VAE).
+
+    Raises:
+        MiniWeightsError: a VAE's files are missing.
+    """
+    return {name: latent_space_tag(codecs_dir, (name,)) for name in LATENT_CODECS}
+
+
+def check_generators_codecs(generators_dir: Path, codecs_dir: Path, manifest: dict[str, Any] | None = None,
+                            components: Sequence[str] | None = None) -> None:
+    """Refuse generators trained in the latent spaces of other codecs than those in use. With per-modality tags in
+    the manifest (``codecs.latent_spaces``): for each of ``components`` (default: all the folder's), the tag of the
+    VAE it was trained in (:data:`LATENT_CODEC_OF`) against :func:`latent_space_tag` of that VAE in ``codecs_dir``,
+    so a folder's video generators may come from codecs whose mel VAE is the same and frame VAE another. An older
+    manifest: the combined tag (``codecs.latent_space``), or before that the codecs' :func:`version_tag`
+    (``codecs.tag``).
 
     Raises:
         MiniWeightsError: the tags differ.
     """
     manifest = read_manifest(generators_dir) if manifest is None else manifest
     recorded = manifest.get("codecs") or {}
+    spaces = recorded.get("latent_spaces")
+    if spaces:
+        names = list(manifest.get("components") or {}) if components is None else list(components)
+        for vae in LATENT_CODECS:
+            users = [name for name in names if LATENT_CODEC_OF.get(name) == vae]
+            if not users:
+                continue
+            here = latent_space_tag(codecs_dir, (vae,))
+            if spaces.get(vae) != here:
+                raise MiniWeightsError(f"{generators_dir / MANIFEST}: {', '.join(users)} "
+                                       f"{'was' if len(users) == 1 else 'were'} trained in the latent space "
+                                       f"{spaces.get(vae)} of {vae}, but the {vae} in use ({codecs_dir}) has {here}; "
+                                       f"point {GENERATORS_ENV} and {WEIGHTS_ENV} at a matching pair, or train the "
+                                       f"generators again (python -m avgen pretrain-twins part=generators)")
+        return
     if recorded.get("latent_space") is not None:
         trained_on, here, what = recorded["latent_space"], latent_space_tag(codecs_dir), "latent spaces"
     else:
@@ -264,7 +301,8 @@ def materialize(name: str, root: str | os.PathLike, weights_dir: str | os.PathLi
     manifests = {part: read_manifest(folder) for part, folder in folders.items()}
     if "generators" in folders:
         check_generators_codecs(folders["generators"], Path(given.get("codecs") or active_weights_dir("codecs")),
-                                manifests["generators"])
+                                manifests["generators"],
+                                [component for part, component in replaced.values() if part == "generators"])
     sources = {sub: verify_component(component, folders[part], manifests[part])
                for sub, (part, component) in replaced.items()}
 
