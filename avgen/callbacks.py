@@ -142,6 +142,12 @@ REQUEUE_ENV = "AVGEN_REQUEUE"
 REQUEUE_ROUTES = ("scontrol", "submitit", "off")
 
 
+#: ``scontrol requeue <job>`` with SIGTERM ignored (a disposition ``exec`` keeps): the requeue it asks for makes
+#: slurmstepd send SIGTERM to every process of the job step, and a ``scontrol`` still running then (its reply not yet
+#: read) would die of the signal its own request caused, reporting a requeue that happened as failed
+REQUEUE_COMMAND = ["sh", "-c", "trap '' TERM; exec scontrol requeue \"$1\"", "scontrol-requeue"]
+
+
 def requeue_route() -> str:
     """Who requeues a preempted SLURM job: env ``AVGEN_REQUEUE``, ``scontrol`` when unset.
 
@@ -168,7 +174,8 @@ class SlurmRequeue(pl.Callback):
     (:func:`requeue_route`, env ``AVGEN_REQUEUE``; an environment variable rather than a config key because the
     launcher, not the experiment, knows who requeues):
 
-    - ``scontrol`` (default): runs ``scontrol requeue <job>`` (:func:`avgen.parallel.slurm_job_id`). If that fails the
+    - ``scontrol`` (default): runs ``scontrol requeue <job>`` (:func:`avgen.parallel.slurm_job_id`; SIGTERM
+      ignored, :data:`REQUEUE_COMMAND`). If that fails the
       failure is printed (stdout and stderr) and the checkpoint stays: submitting the same command again resumes.
     - ``submitit``: nothing; the submitit launcher's ``checkpoint()`` hook requeues the job.
     - ``off``: nothing; the run is only saved and stopped (a site's own requeue script takes over).
@@ -259,7 +266,7 @@ class SlurmRequeue(pl.Callback):
         if job is None:
             return "not requeued (no SLURM_JOB_ID)"
         try:
-            done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+            done = subprocess.run(REQUEUE_COMMAND + [job], capture_output=True, text=True, timeout=60)
             failure = f"exit status {done.returncode}: {' '.join((done.stderr or done.stdout).split())}" \
                 if done.returncode else None
         except (OSError, subprocess.TimeoutExpired) as exc:

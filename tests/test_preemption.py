@@ -23,12 +23,13 @@ ONE_TASK = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "avgen", "SLURM_PROCID": "0",
 
 def fake_scontrol(folder: Path, *, exit_status: int = 0, terminate_caller: bool = False) -> Path:
     """A ``scontrol`` in ``folder``/bin that appends its arguments to ``folder``/scontrol.calls; with
-    ``terminate_caller`` it sends its caller SIGTERM, as slurmctld does to a job it requeues. Returns the bin folder."""
+    ``terminate_caller`` it sends SIGTERM to its caller and to itself, as slurmstepd does to every process of a job
+    step it requeues (before ``scontrol`` has exited), then goes on to exit as it would. Returns the bin folder."""
     bin_dir = folder / "bin"
     bin_dir.mkdir(parents=True)
     lines = ["#!/bin/sh", f'echo "$@" >> {folder / "scontrol.calls"}']
     if terminate_caller:
-        lines.append("kill -TERM $PPID")
+        lines.append("kill -TERM $PPID $$")
     if exit_status:
         lines += ['echo "scontrol: error: Invalid job id specified" >&2', f"exit {exit_status}"]
     (bin_dir / "scontrol").write_text("\n".join(lines) + "\n")
