@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from avgen._lazy import lazy_module
-from avgen.media.core import AUDIO_CODEC_MP4, VIDEO_CODEC, VIDEO_CRF, as_fps
+from avgen.media.core import AUDIO_CODEC_MP4, VIDEO_CODEC, VIDEO_CRF, VIDEO_ENCODER_OPTIONS, as_fps
 from avgen.media.decode import check_finite
 from avgen.media.files import write_bytes_atomic
 
@@ -42,7 +42,8 @@ def encode_mp4(
     """Encode ``(F, H, W, 3)`` uint8 frames (and optional mono float audio) as mp4 bytes.
 
     ``threads``: x264 threads (0: x264's own choice, from the core count). Dataset preparation passes
-    1: its worker processes already use every core, and the bytes then do not depend on the machine.
+    1: its worker processes already use every core, and the bytes then do not depend on the machine. x264 runs
+    without mb-tree (:data:`~avgen.media.core.VIDEO_ENCODER_OPTIONS`), so the same frames always give the same bytes.
 
     Video is h264 yuv420p at the constant rate ``fps`` (exact: ``"30000/1001"``, 29.97, 8; see
     :func:`as_fps`); odd sizes are padded by one pixel row/column (h264 needs even dimensions) and
@@ -68,7 +69,7 @@ def encode_mp4(
     with av.open(buf, mode="w", format="mp4") as container:
         vs = container.add_stream(VIDEO_CODEC, rate=as_fps(fps))
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        vs.options = {"crf": str(crf), "preset": "fast"}
+        vs.options = {"crf": str(crf), **VIDEO_ENCODER_OPTIONS}
         if threads:
             vs.codec_context.thread_count = int(threads)
         astream = None

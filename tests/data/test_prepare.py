@@ -84,8 +84,21 @@ def samples(root: Path) -> dict[str, dict]:
 
 def assert_same(a: dict[str, dict], b: dict[str, dict]) -> None:
     assert sorted(a) == sorted(b)
+    # every clip whose frames differ: how many of its frames, by how much, from which sources (a rare CI failure:
+    # one clip, one shard or the whole run; a level of rounding or another picture?)
+    differ = {}
     for key in a:
-        assert np.array_equal(a[key]["frames"], b[key]["frames"]), key
+        fa, fb = a[key]["frames"], b[key]["frames"]
+        if fa.shape != fb.shape:
+            differ[key] = f"shapes {fa.shape} vs {fb.shape}"
+        elif not np.array_equal(fa, fb):
+            changed = int(np.any(fa != fb, axis=(1, 2, 3)).sum())
+            where = np.argwhere(fa != fb)
+            differ[key] = (f"{changed} of {len(fa)} frames, {len(where)} values (first (frame, y, x, channel): "
+                           f"{where[:4].tolist()}), max |diff| {np.abs(fa.astype(int) - fb).max()}, "
+                           f"{a[key]['json'].get('source_path')} vs {b[key]['json'].get('source_path')}")
+    assert not differ, f"{len(differ)} of {len(a)} clips differ: {differ}"
+    for key in a:
         assert np.array_equal(a[key]["audio"], b[key]["audio"]), key
         assert {k: v for k, v in a[key]["json"].items()} == b[key]["json"], key
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from avgen import media
-from tests.conftest import CASES_DIR
+from tests.conftest import CASES_DIR, REPO
 
 
 def _moving_square(f=8, h=48, w=64):
@@ -314,3 +314,40 @@ def test_atomic_write_replaces_only_when_asked_and_leaves_nothing_half_written(t
             f.write("three")
             raise RuntimeError("disk full")
     assert target.read_text() == "two" and sorted(p.name for p in target.parent.iterdir()) == ["a.json"]
+
+
+def test_the_same_frames_encode_to_the_same_bytes_whatever_the_process_did_before(tmp_path):
+    """x264's mb-tree made about 1 encode in 150 of the same 8 frames (32×42, a prepare engine's shard clip) come out
+    different once a process had decoded and freed other videos for a while (a prepare's shards then depended on which
+    worker cut which video: tests/data/test_prepare.py's two-worker run failed about once in 30). In a fresh process
+    (as a prepare worker is), 1,500 encodes of one clip, each after decoding another video half the time and churning
+    memory: every encode must give the same bytes (with mb-tree on: 3-4 different encodings in each of three runs)."""
+    import subprocess
+    import sys
+
+    from tests.sources import write_video
+
+    write_video(tmp_path / "a.mp4", 3.0, seed=1)
+    write_video(tmp_path / "c.webm", 2.2, seed=3)
+    write_video(tmp_path / "d.avi", 2.0, seed=4)
+    code = f"""
+import hashlib, random, sys
+sys.path.insert(0, {str(REPO)!r})
+from pathlib import Path
+import numpy as np
+from avgen import media
+tmp = Path({str(tmp_path)!r})
+frames, _ = media.decode_video(tmp / "a.mp4", fps=8, num_frames=24, fit_to=(32, 42))
+clip = np.ascontiguousarray(frames[16:])
+rng, digests = random.Random(0), set()
+for _ in range(1500):
+    junk = [np.full(rng.randint(1, 200_000), rng.randint(0, 255), np.uint8) for _ in range(rng.randint(0, 12))]
+    if rng.random() < 0.5:
+        media.decode_video(tmp / rng.choice(["c.webm", "d.avi"]), fps=8, fit_to=(32, 42))
+    del junk
+    digests.add(hashlib.sha256(media.encode_mp4(clip, 8, threads=1)).hexdigest())
+print(len(digests))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1"], f"{done.stdout.strip()} different encodings of the same frames"
