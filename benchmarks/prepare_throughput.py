@@ -3,7 +3,7 @@
 Both paths cut the same folder of source videos into clips at the same stored geometry
 (``--store-seconds`` s windows starting at ``k · seconds``, resampled to ``--store-fps``, short side
 ``--short-side`` keeping the aspect ratio, audio mono at ``--sample-rate``) and encode them the
-same way (h264 with libx264, crf ``avgen.media.VIDEO_CRF``, preset fast, mb-tree off, yuv420p, no audio in the
+same way (h264 with libx264, crf ``avgen.media.VIDEO_CRF``, preset fast, yuv420p, no audio in the
 mp4; the audio as 16-bit flac):
 
 - **avgen**: ``prepare_folder(out, store, source=src, workers=--workers, clips_per_shard=64)``, a
@@ -128,7 +128,7 @@ def ffmpeg_command(src: Path, start: float, store, source_hw: tuple[int, int], m
         cmd += ["-threads", str(threads)]
     cmd += ["-ss", f"{start:g}", "-t", f"{store.seconds:g}", "-i", str(src),
             "-map", "0:v:0", "-vf", f"fps={store.fps},{scale}", "-c:v", "libx264", "-crf", str(VIDEO_CRF),
-            "-preset", "fast", "-x264-params", "mbtree=0", "-pix_fmt", "yuv420p", "-an", str(mp4),
+            "-preset", "fast", "-pix_fmt", "yuv420p", "-an", str(mp4),
             "-map", "0:a:0", "-ac", "1", "-ar", str(store.sample_rate), "-c:a", "flac", "-sample_fmt", "s16",
             str(flac)]
     return cmd

@@ -8,12 +8,6 @@ from fractions import Fraction
 VIDEO_CODEC = "h264"
 # crf 17 is visually lossless for h264; shards store clips once and decode them many times.
 VIDEO_CRF = 17
-# x264 without its macroblock-tree rate control: with mb-tree on, one encode in a few hundred of the same frames gave
-# other bytes (decoded pixels up to 3 levels apart; x264 reads memory whose contents vary with the process's history,
-# benchmarks/README.md "Deterministic h264"), so a prepare's shards depended on which worker cut which video. Off, the
-# same frames give the same bytes (7,500 encodes of 1); the files are 10-16 % larger at the same crf, 0.4-1.8 dB closer
-# to their input.
-VIDEO_ENCODER_OPTIONS = {"preset": "fast", "x264-params": "mbtree=0"}
 AUDIO_CODEC_MP4 = "aac"
 # seeking costs a demuxer reset; below this start time decoding from the first frame is as cheap
 SEEK_AFTER_SECONDS = 2.0

@@ -24,7 +24,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from avgen._lazy import lazy_module
-from avgen.media.core import AUDIO_CODEC_MP4, VIDEO_CODEC, VIDEO_ENCODER_OPTIONS, MediaError, frame_count
+from avgen.media.core import AUDIO_CODEC_MP4, VIDEO_CODEC, MediaError, frame_count
 from avgen.media.decode import _FrameConverter, _open_input, _rotation_degrees, _stream_rate, check_finite
 from avgen.media.encode import _encode_audio_stream
 from avgen.media.files import atomic_write
@@ -181,7 +181,7 @@ def _h264_stream(dst, stream):
     out = dst.add_stream(VIDEO_CODEC, rate=_stream_rate(stream))
     out.pix_fmt = "yuv420p"
     out.time_base = out.codec_context.time_base = stream.time_base
-    out.options = {"crf": str(DUB_VIDEO_CRF), **VIDEO_ENCODER_OPTIONS}
+    out.options = {"crf": str(DUB_VIDEO_CRF), "preset": "fast"}
     return out
 
 

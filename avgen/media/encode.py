@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from avgen._lazy import lazy_module
-from avgen.media.core import AUDIO_CODEC_MP4, VIDEO_CODEC, VIDEO_CRF, VIDEO_ENCODER_OPTIONS, as_fps
+from avgen.media.core import AUDIO_CODEC_MP4, VIDEO_CODEC, VIDEO_CRF, as_fps
 from avgen.media.decode import check_finite
 from avgen.media.files import write_bytes_atomic
 
@@ -42,8 +42,8 @@ def encode_mp4(
     """Encode ``(F, H, W, 3)`` uint8 frames (and optional mono float audio) as mp4 bytes.
 
     ``threads``: x264 threads (0: x264's own choice, from the core count). Dataset preparation passes
-    1: its worker processes already use every core, and the bytes then do not depend on the machine. x264 runs
-    without mb-tree (:data:`~avgen.media.core.VIDEO_ENCODER_OPTIONS`), so the same frames always give the same bytes.
+    1: its worker processes already use every core, and the bytes then do not depend on the machine. The same frames
+    always give the same bytes (each frame is converted to yuv420p before x264 sees it).
 
     Video is h264 yuv420p at the constant rate ``fps`` (exact: ``"30000/1001"``, 29.97, 8; see
     :func:`as_fps`); odd sizes are padded by one pixel row/column (h264 needs even dimensions) and
@@ -69,7 +69,7 @@ def encode_mp4(
     with av.open(buf, mode="w", format="mp4") as container:
         vs = container.add_stream(VIDEO_CODEC, rate=as_fps(fps))
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        vs.options = {"crf": str(crf), **VIDEO_ENCODER_OPTIONS}
+        vs.options = {"crf": str(crf), "preset": "fast"}
         if threads:
             vs.codec_context.thread_count = int(threads)
         astream = None
@@ -77,7 +77,11 @@ def encode_mp4(
             astream = container.add_stream(AUDIO_CODEC_MP4, rate=int(sample_rate))
             astream.layout = "mono"
         for frame in frames:
-            for packet in vs.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            # converted to the encoder's yuv420p here, not by the encoder: frames converted inside PyAV's encode made
+            # x264 give other bytes for the same frames about once in 300 encodes (benchmarks/README.md,
+            # "Deterministic h264"); converted here, 7,500 of 7,500 were alike
+            yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+            for packet in vs.encode(yuv):
                 container.mux(packet)
         for packet in vs.encode():
             container.mux(packet)

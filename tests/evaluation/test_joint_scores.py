@@ -169,7 +169,9 @@ def test_two_processes_merge_to_the_one_process_value(clips, i3d_file):
         x.merge_state(y)
     value, info = ranks[0].result()
     assert info["clips"] == 3 and info["reference_clips"] == 2
-    assert value == pytest.approx(one.result()[0], rel=1e-12)
+    # the merged rows come in another order (clips 0, 2, 1): float64 sums of the kernel terms, which cancel to a value
+    # of ~1e7 here, then differ in the last digits (4e-11 relative seen with other clip bytes), not more
+    assert value == pytest.approx(one.result()[0], rel=1e-9)
 
 
 @pytest.mark.parametrize("options", [{"gamma": "x"}, {"gamma": -1}, {"gamma": 0}, {"degree": 0}, {"coef0": "a"},
