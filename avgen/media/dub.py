@@ -26,7 +26,7 @@ import numpy as np
 from avgen._lazy import lazy_module
 from avgen.media.core import AUDIO_CODEC_MP4, VIDEO_CODEC, MediaError, frame_count
 from avgen.media.decode import _FrameConverter, _open_input, _rotation_degrees, _stream_rate, check_finite
-from avgen.media.encode import _encode_audio_stream
+from avgen.media.encode import _encode_audio_stream, yuv420p_frame
 from avgen.media.files import atomic_write
 
 av = lazy_module("av", "muxing sounding videos")
@@ -198,7 +198,7 @@ def _reencode_frames(src, stream, dst, out_video, first: int) -> None:
         rgb = convert(frame)
         rgb = np.pad(rgb, ((0, out_video.height - rgb.shape[0]), (0, out_video.width - rgb.shape[1]), (0, 0)),
                      mode="edge")
-        upright = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        upright = yuv420p_frame(rgb)
         upright.pts, upright.time_base = frame.pts - first, stream.time_base
         for packet in out_video.encode(upright):
             dst.mux(packet)

@@ -77,17 +77,22 @@ def encode_mp4(
             astream = container.add_stream(AUDIO_CODEC_MP4, rate=int(sample_rate))
             astream.layout = "mono"
         for frame in frames:
-            # converted to the encoder's yuv420p here, not by the encoder: frames converted inside PyAV's encode made
-            # x264 give other bytes for the same frames about once in 300 encodes (benchmarks/README.md,
-            # "Deterministic h264"); converted here, 7,500 of 7,500 were alike
-            yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
-            for packet in vs.encode(yuv):
+            for packet in vs.encode(yuv420p_frame(frame)):
                 container.mux(packet)
         for packet in vs.encode():
             container.mux(packet)
         if astream is not None:
             _encode_audio_stream(container, astream, audio, int(sample_rate))
     return buf.getvalue()
+
+
+def yuv420p_frame(rgb: np.ndarray):
+    """An ``av.VideoFrame`` in yuv420p (what avgen's h264 streams take) of one ``(H, W, 3)`` uint8 RGB frame (H, W
+    even), converted by swscale (``VideoFrame.reformat``) before the encoder sees it. Handing x264 the RGB frame for
+    PyAV's ``encode`` to convert made the same frames encode to other bytes about once in 300 encodes, once the process
+    had decoded and freed other videos (benchmarks/README.md, "Deterministic h264"); converted here, 7,500 of 7,500
+    encodes were alike, with the same bytes as the old path's usual ones."""
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
 
 
 def _encode_audio_stream(container, stream, audio: np.ndarray, sample_rate: int) -> None:
