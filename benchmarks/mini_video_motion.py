@@ -125,16 +125,17 @@ def real_windows(seeds: range, geometry, store_seconds: float = 2.0) -> tuple[li
 
 
 def through_frame_vae(frames: list[np.ndarray]) -> list[np.ndarray]:
-    """The clips encoded (posterior mean) and decoded by the mini frame VAE (``avgen/backbones/mini_weights``)."""
+    """The clips encoded (posterior mean) and decoded by the mini frame VAE in use (``$AVGEN_MINI_WEIGHTS``, else the
+    committed ``avgen/backbones/mini_weights``)."""
     from types import SimpleNamespace
 
     import torch
     from diffusers import AutoencoderKL
 
     from avgen.backbones.animatediff import decode_video
-    from avgen.backbones.mini import WEIGHTS_DIR
+    from avgen.backbones.mini import active_weights_dir
 
-    vae = AutoencoderKL.from_pretrained(Path(WEIGHTS_DIR) / "frames_vae").eval()
+    vae = AutoencoderKL.from_pretrained(active_weights_dir("codecs") / "frames_vae").eval()
     x = torch.from_numpy(np.stack(frames)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1  # (n, F, 3, H, W)
     with torch.no_grad():
         mean = vae.encode(x.flatten(0, 1)).latent_dist.mean * vae.config.scaling_factor
