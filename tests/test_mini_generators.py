@@ -920,6 +920,33 @@ def test_video_motion_stats_see_falls_in_real_windows_and_none_in_flicker():
     assert 0.4 < noisy["downward_share"] < 0.6 and noisy["frame_change"] > 3 * real["frame_change"], noisy
 
 
+def test_video_motion_through_frame_vae_uses_the_frame_vae_in_use(tmp_path, monkeypatch):
+    """mini_video_motion.through_frame_vae codes the clips with the frame VAE ``scale=mini`` loads: with
+    $AVGEN_MINI_WEIGHTS set, that folder's (a 16×16-latent VAE was measured with the committed 8×8 one's row before);
+    unset, the committed one. The result is the VAE's decode of its posterior mean, uint8 (F, H, W, 3) per clip."""
+    from diffusers import AutoencoderKL
+
+    from avgen.backbones.mini import WEIGHTS_ENV
+
+    motion = _video_motion()
+    torch.manual_seed(0)
+    other = AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
+                          up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=4).eval()
+    other.save_pretrained(tmp_path / "frames_vae")
+    clips = [np.random.default_rng(i).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8) for i in range(2)]
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    committed = motion.through_frame_vae(clips)
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
+    coded = motion.through_frame_vae(clips)
+    x = torch.from_numpy(np.stack(clips)).flatten(0, 1).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        want = other.decode(other.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    want = ((want + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).unflatten(0, (2, 8)).numpy()
+    assert len(coded) == 2 and coded[0].shape == (8, 32, 32, 3) and coded[0].dtype == np.uint8
+    assert np.abs(np.stack(coded).astype(int) - want.astype(int)).max() <= 1
+    assert np.abs(np.stack(committed).astype(int) - want.astype(int)).mean() > 10
+
+
 class _OracleUNet(torch.nn.Module):
     """A video U-Net stand-in that predicts the exact ε of x_t around known clean latents z0 (B, C, F, h, w):
     ε = (x_t − √ᾱ_t·z0) / √(1 − ᾱ_t), for the [uncond, cond] batch of ``sdedit`` (z0 repeated twice)."""
