@@ -53,7 +53,8 @@ carry them), then the adapters train as ``make demo`` trains them. A mini-scale 
 ``--state F`` saves the trained system (and the ``logit`` head) to F after step 4; when F exists it is loaded instead
 and steps 2–4 are skipped, so the measurements can be repeated on one trained model. ``--ckpt C`` measures a ``fit``
 checkpoint instead (steps 2–4 done by ``fit`` with ``model.video_connector_events``, whose ``code`` target, event loss
-and teacher forcing are this benchmark's).
+and teacher forcing are this benchmark's); model overrides then apply as ``avgen sample`` applies
+them to a checkpoint (``model.sampling.*`` and ``data.*``; any other key stops with a one-line error).
 
 Usage (any model overrides after the options; defaults take about 5 minutes on one thread, sampling 1 more)::
 
@@ -318,16 +319,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--teacher needs --target code (the teacher's features are the code)")
     torch.set_num_threads(opts.threads)
 
-    from avgen.commands import build_datamodule, build_model
+    from avgen.commands import build_datamodule
 
     cfg = compose_config(opts.overrides, opts.run_dir)
     torch.manual_seed(opts.seed)
-    if opts.ckpt is not None:
-        from avgen.commands import load_system
+    from avgen.errors import ConfigError
 
-        system = load_system(opts.ckpt)[0]
-    else:
-        system = build_model(cfg)
+    try:
+        system, cfg = load_model(cfg, opts.ckpt, opts.overrides)
+    except ConfigError as err:
+        parser.exit(2, f"{parser.prog}: {opts.ckpt}: {err}\n")
     dm = build_datamodule(cfg)
     dm.setup("fit")
     fps = float(system.clip.fps)
@@ -364,6 +365,22 @@ def main(argv: list[str] | None = None) -> int:
     if opts.out:
         opts.out.write_text(text + "\n")
     return 0
+
+
+def load_model(cfg, ckpt: Path | None, overrides: list[str]):
+    """(system, config): built from ``cfg``, or with ``ckpt`` the checkpoint's system and config with the command
+    line's ``overrides`` applied as ``avgen sample`` applies them (``model.sampling.*``, ``data.*``;
+    :func:`avgen.commands.checkpoint_config`).
+
+    Raises:
+        avgen.errors.ConfigError: with ``ckpt``, an override a checkpoint cannot take (e.g. a trainable
+            shape), naming the key; such an override is never silently dropped.
+    """
+    from avgen.commands import build_model, load_system
+
+    if ckpt is None:
+        return build_model(cfg), cfg
+    return load_system(ckpt, cfg, list(overrides))
 
 
 def train(system, dm, objective, teacher, latents, labels, texts, held_latents, held_labels, x0_modes, fps, cfg, opts,

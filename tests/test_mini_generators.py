@@ -994,3 +994,28 @@ def test_sdedit_with_an_exact_denoiser_returns_the_clips_and_starts_at_the_grid_
         assert torch.allclose(sampled, final ** 0.5 * z0, atol=1e-4 + 3 * (1 - final) ** 0.5 * float(z0.abs().max()))
     with pytest.raises(ValueError, match="--sdedit -1: below the 10-step grid's last point 0"):
         motion.sdedit(backbone, frames, captions, -1, 10, 7.5, 0.0)
+
+
+def test_warm_start_benchmark_applies_model_overrides_to_a_checkpoint_or_refuses_them(tiny_checkpoints, tmp_path):
+    """benchmarks/joint_connector_warm_start.py --ckpt C model.sampling.guidance_video=3: the loaded system samples
+    with that guidance (the checkpoint's config with the override, as ``avgen sample`` applies it); an override a
+    checkpoint cannot take (a trainable block's setting) stops with the key named. It used to load the checkpoint's
+    own config and drop every override silently."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import joint_connector_warm_start as ws
+    from joint_timing_oracle import compose_config
+
+    from avgen.errors import ConfigError
+
+    ckpt = tiny_checkpoints("joint")
+    plain, _ = ws.load_model(compose_config([], tmp_path), ckpt, [])
+    assert float(plain.sampling.guidance_video) != 3.0
+    given = ["model.sampling.guidance_video=3", "model.sampling.steps=7"]
+    system, cfg = ws.load_model(compose_config(given, tmp_path), ckpt, given)
+    assert float(system.sampling.guidance_video) == 3.0 and int(system.sampling.steps) == 7
+    assert cfg.model._target_ == plain.run_config["model"]["_target_"] and cfg.scale_name == "tiny"
+    refused = ["model.block.attention_span=frame"]
+    with pytest.raises(ConfigError, match="model.block.attention_span"):
+        ws.load_model(compose_config(refused, tmp_path), ckpt, refused)
