@@ -18,6 +18,9 @@ in [-1, 1], audio (B, S) in [-1, 1], captions):
    TempoTokens at paper_random for 2 steps, checking the backend, the rank's device (``cuda:LOCAL_RANK``), the
    frozen dtype inside the fit, and that a checkpoint saves and loads.
 
+``--batch joint=2,vta_ldm=16`` sizes another per-GPU micro-batch; ``--parts train`` runs only the training parts.
+Each training part also reports ``between_steps_gib``, the memory allocated between two steps (weights + AdamW state).
+
 Parts run in that order of value; the JSON (``--out``) is rewritten after each, so a run cut short still reports.
 Without CUDA it says so and runs the same code path at ``scale=tiny`` on the CPU (``trainer=ddp_cpu``, gloo) as a
 dry run, exit 0 when every part passes.
@@ -25,6 +28,7 @@ dry run, exit 0 when every part passes.
 On a lent accelerator (torch, lightning, transformers installed; not diffusers, hydra-core, omegaconf,
 webdataset): ``make gpu-wheels`` here, carry ``wheels/``, then there
 ``pip install --no-index --no-deps wheels/*.whl && PYTHONPATH=. python benchmarks/gpu_check.py --out $OUT/gpu.json``.
+Its results on one H200: README ("GPU readiness") and ``benchmarks/results/gpu_check_h200/``.
 """
 
 from __future__ import annotations
@@ -58,7 +62,29 @@ MEMORY_SIZES_GIB = (40, 48, 80)
 CAPTION = "a drumstick hits a metal railing twice"
 
 
+#: the kinds of part, in the order they run
+PARTS = ("train", "ddp", "sample")
+
+
 # ---------------------------------------------------------------------------------------------- setup
+def parse_batches(text: str) -> dict[str, int]:
+    """``"joint=2,vta_ldm=16"`` → ``{"joint": 2, "vta_ldm": 16}``.
+
+    Raises:
+        ValueError: an entry is not ``<system>=<positive int>`` or names an unknown system.
+    """
+    out: dict[str, int] = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in SYSTEMS or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"{item!r} is not <system>=<batch> with a system among {', '.join(SYSTEMS)} and a "
+                             "batch >= 1")
+        out[name.strip()] = int(value)
+    return out
+
+
 def missing_modules() -> list[str]:
     """The modules of :data:`NEEDED` that do not import here."""
     missing = []
@@ -154,6 +180,44 @@ def free(device) -> None:
         torch.cuda.empty_cache()
 
 
+class PeakMemory:
+    """Peak device memory of one part, measured from the part's own start.
+
+    Constructing it resets CUDA's peak counter (``torch.cuda.reset_peak_memory_stats``), so :meth:`read` gives the
+    peak of ``torch.cuda.max_memory_allocated`` since then, not an earlier part's (the first GPU run of this check
+    reported the DDP part's 15.98 GiB for all three sampling parts, because sampling read the peak without resetting
+    it). Off CUDA it records nothing and :meth:`read` returns ``{}``.
+
+    Args:
+        device: the ``torch.device`` the part runs on.
+        context: bytes of the CUDA context (device memory in use that torch did not allocate), added for the fits.
+        cuda: the module with ``reset_peak_memory_stats`` / ``max_memory_allocated`` / ``memory_allocated``
+            (``torch.cuda``; tests pass a stand-in).
+    """
+
+    def __init__(self, device, context: int = 0, cuda=None):
+        import torch
+
+        self.device, self.context = device, int(context)
+        self.cuda = cuda if cuda is not None else torch.cuda
+        self.on = device.type == "cuda"
+        if self.on:
+            self.cuda.reset_peak_memory_stats(device)
+
+    def allocated_gib(self) -> float | None:
+        """Memory allocated now (GiB), e.g. the weights and optimizer state between steps; ``None`` off CUDA."""
+        return round(self.cuda.memory_allocated(self.device) / GIB, 2) if self.on else None
+
+    def read(self) -> dict[str, Any]:
+        """``peak_allocated_gib``, ``peak_plus_context_gib`` and ``fits_gib`` (size in GiB → peak + context fits)."""
+        if not self.on:
+            return {}
+        peak = int(self.cuda.max_memory_allocated(self.device))
+        return {"peak_allocated_gib": round(peak / GIB, 2),
+                "peak_plus_context_gib": round((peak + self.context) / GIB, 2),
+                "fits_gib": {str(size): (peak + self.context) <= size * GIB for size in MEMORY_SIZES_GIB}}
+
+
 # ---------------------------------------------------------------------------------------------- parts
 def environment(device, scale: str) -> dict[str, Any]:
     """torch / CUDA / NCCL facts, the CUDA context's bytes (device memory in use that torch did not allocate)."""
@@ -218,8 +282,7 @@ def train_part(name: str, scale: str, device, gc_on: bool, steps: int, data_dir:
     entry: dict[str, Any] = {"batch": SYSTEMS[name]["batch"], "gradient_checkpointing": gc_on}
     system = optimizer = batch = None
     try:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        memory = PeakMemory(device, context)
         began = time.monotonic()
         system, cfg = build_system(name, scale, device, gc_on, data_dir)
         sync(device)
@@ -242,6 +305,7 @@ def train_part(name: str, scale: str, device, gc_on: bool, steps: int, data_dir:
 
         entry["warmup_loss"] = step()
         sync(device)
+        entry["between_steps_gib"] = memory.allocated_gib()  # weights + optimizer state (gradients are freed)
         began = time.monotonic()
         losses = [step() for _ in range(steps)]
         sync(device)
@@ -249,11 +313,7 @@ def train_part(name: str, scale: str, device, gc_on: bool, steps: int, data_dir:
         entry.update(steps=steps, steps_per_s=round(steps / seconds, 3),
                      samples_per_s=round(steps * SYSTEMS[name]["batch"] / seconds, 3),
                      loss_finite=all(map(lambda v: v == v and abs(v) != float("inf"), losses)))
-        if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(device)
-            entry["peak_allocated_gib"] = round(peak / GIB, 2)
-            entry["peak_plus_context_gib"] = round((peak + context) / GIB, 2)
-            entry["fits_gib"] = {str(size): (peak + context) <= size * GIB for size in MEMORY_SIZES_GIB}
+        entry.update(memory.read())
         entry["status"] = "ok" if entry["dtypes"]["ok"] and entry["loss_finite"] else "FAIL"
     except Exception as exc:  # noqa: BLE001 - OOM and failures are results
         if type(exc).__name__ == "OutOfMemoryError":
@@ -268,7 +328,8 @@ def train_part(name: str, scale: str, device, gc_on: bool, steps: int, data_dir:
     return entry
 
 
-def sample_part(name: str, scale: str, device, data_dir: Path, time_left: float, short: int = 2) -> dict[str, Any]:
+def sample_part(name: str, scale: str, device, data_dir: Path, time_left: float, short: int = 2, context: int = 0
+                ) -> dict[str, Any]:
     """Sampling throughput at the paper's step count (bf16 autocast), extrapolated from runs of ``short`` and
     ``2 * short`` steps when it would not fit half of ``time_left`` seconds."""
     import torch
@@ -277,6 +338,7 @@ def sample_part(name: str, scale: str, device, data_dir: Path, time_left: float,
     entry: dict[str, Any] = {"batch": spec["batch"], "paper_steps": spec["sampling_steps"]}
     system = None
     try:
+        memory = PeakMemory(device, context)
         system, cfg = build_system(name, scale, device, False, data_dir)
         system.eval()
         system.cast_frozen(torch.bfloat16)
@@ -310,8 +372,7 @@ def sample_part(name: str, scale: str, device, data_dir: Path, time_left: float,
             entry["extrapolated_from_steps"] = [short, 2 * short]
         entry.update(seconds_per_batch=round(seconds, 3), samples_per_s=round(spec["batch"] / seconds, 4),
                      seconds_per_step=round(per_step, 4), status="ok")
-        if device.type == "cuda":
-            entry["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / GIB, 2)
+        entry.update(memory.read())
     except Exception as exc:  # noqa: BLE001
         status = "oom" if type(exc).__name__ == "OutOfMemoryError" else "FAIL"
         entry.update(status=status, error=f"{type(exc).__name__}: {exc}"[:600], traceback=traceback.format_exc()[-2000:])
@@ -381,16 +442,19 @@ def ddp_part(scale: str, device, work: Path) -> dict[str, Any]:
 
 
 def table(report: Report) -> str:
-    """The one table of the run: system, configuration, memory, speed, fits."""
-    rows = ["| part | status | batch | peak GiB | +context GiB | steps/s | samples/s | fits 40/48/80 GiB |",
-            "|---|---|---|---|---|---|---|---|"]
+    """The one table of the run: system, configuration, memory (peak; allocated between training steps, i.e. the
+    weights and the optimizer state), speed, fits."""
+    rows = ["| part | status | batch | peak GiB | +context GiB | between steps GiB | steps/s | samples/s | "
+            "fits 40/48/80 GiB |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for name, e in report.data["parts"].items():
         if not (name.startswith("train/") or name.startswith("sample/")):
             continue
         fits = e.get("fits_gib")
         fit_text = "/".join("yes" if fits[str(s)] else "no" for s in MEMORY_SIZES_GIB) if fits else "-"
         rows.append(f"| {name} | {e.get('status')} | {e.get('batch', '-')} | {e.get('peak_allocated_gib', '-')} | "
-                    f"{e.get('peak_plus_context_gib', '-')} | {e.get('steps_per_s', '-')} | "
+                    f"{e.get('peak_plus_context_gib', '-')} | {e.get('between_steps_gib') or '-'} | "
+                    f"{e.get('steps_per_s', '-')} | "
                     f"{e.get('samples_per_s', '-')} | {fit_text} |")
     return "\n".join(rows)
 
@@ -402,7 +466,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per configuration")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
     parser.add_argument("--cpu-dry-run", action="store_true", help="run the CPU dry run even when CUDA is there")
+    parser.add_argument("--batch", default="", help="per-GPU micro-batch overrides, e.g. joint=2,vta_ldm=16 (sizing "
+                        "a job at another global batch: the papers' 16 or 128 over 8 GPUs)")
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of " + ",".join(PARTS))
     args = parser.parse_args(argv)
+    try:
+        batches = parse_batches(args.batch)
+    except ValueError as exc:
+        parser.error(f"--batch: {exc}")
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not parts or parts - set(PARTS):
+        parser.error(f"--parts: expected some of {', '.join(PARTS)}, got {args.parts!r}")
+    for name, size in batches.items():
+        SYSTEMS[name]["batch"] = size
 
     missing = missing_modules()
     if missing:
@@ -438,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         plan.append(("ddp", lambda: ddp_part(scale, device, work)))
         for name in systems:
             plan.append((f"sample/{name}", lambda n=name: sample_part(n, scale, device, work / "data", report.left(),
-                                                                      short=2 if cuda else 1)))
+                                                                      short=2 if cuda else 1, context=context)))
+        plan = [(part, run) for part, run in plan if part.split("/")[0] in parts]
         for part, run in plan:
             if report.left() <= 0:
                 report.put(part, {"status": "skipped", "reason": f"time budget of {args.budget_s:g} s spent"})

@@ -261,3 +261,78 @@ def test_export_names_random_sources_and_refuses_to_copy_them(tmp_path):
     with pytest.raises(ConfigError, match=r"model\.video\.base=random:sd15 has no weights to copy"):
         copy_frozen("random:sd15", "random", "video.base", tmp_path / "frozen", None)
     assert not (tmp_path / "frozen").exists()
+
+
+def _gpu_check_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("avgen_gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_peak_memory_resets_at_the_part_start_and_reads_fits():
+    """PeakMemory resets CUDA's peak counter when a part starts, so a part never reports an earlier part's peak (the
+    first H200 run reported the DDP part's 15.98 GiB for every sampling part); peak + context against 40/48/80 GiB."""
+    gpu_check = _gpu_check_module()
+    gib = 2 ** 30
+
+    class FakeCuda:
+        def __init__(self):
+            self.peak, self.now, self.resets = 50 * gib, 3 * gib, 0
+
+        def reset_peak_memory_stats(self, device):
+            self.resets += 1
+            self.peak = self.now
+
+        def max_memory_allocated(self, device):
+            return self.peak
+
+        def memory_allocated(self, device):
+            return self.now
+
+    cuda = FakeCuda()
+    memory = gpu_check.PeakMemory(torch.device("cuda", 0), context=int(0.5 * gib), cuda=cuda)
+    assert cuda.resets == 1 and memory.allocated_gib() == 3.0
+    cuda.peak = int(39.6 * gib)  # the part's own peak: 39.6 + 0.5 context > 40
+    assert memory.read() == {"peak_allocated_gib": 39.6, "peak_plus_context_gib": 40.1,
+                             "fits_gib": {"40": False, "48": True, "80": True}}
+    assert gpu_check.PeakMemory(torch.device("cpu"), cuda=cuda).read() == {} and cuda.resets == 1
+
+
+@pytest.mark.slow
+def test_gpu_check_training_and_sampling_parts_each_measure_from_their_own_start(tmp_path, monkeypatch):
+    """Each training and sampling part starts its own PeakMemory before it builds the model and reads it at the end
+    (the class of fault above: a part reading a peak counter it did not reset)."""
+    gpu_check = _gpu_check_module()
+    calls: list[str] = []
+
+    class Recorder:
+        def __init__(self, device, context=0, cuda=None):
+            calls.append("start")
+
+        def allocated_gib(self):
+            calls.append("between")
+            return None
+
+        def read(self):
+            calls.append("read")
+            return {"peak_allocated_gib": 1.0}
+
+    real_build = gpu_check.build_system
+
+    def build(*args, **kwargs):
+        calls.append("build")
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(gpu_check, "PeakMemory", Recorder)
+    monkeypatch.setattr(gpu_check, "build_system", build)
+    cpu = torch.device("cpu")
+    train = gpu_check.train_part("vta_ldm", "tiny", cpu, True, 1, tmp_path / "data", 0)
+    assert train["status"] == "ok" and train["peak_allocated_gib"] == 1.0, train.get("error")
+    assert calls == ["start", "build", "between", "read"]
+    calls.clear()
+    sample = gpu_check.sample_part("vta_ldm", "tiny", cpu, tmp_path / "data", 60.0, short=1)
+    assert sample["status"] == "ok" and sample["peak_allocated_gib"] == 1.0, sample.get("error")
+    assert calls == ["start", "build", "read"]
