@@ -336,3 +336,14 @@ def test_gpu_check_training_and_sampling_parts_each_measure_from_their_own_start
     sample = gpu_check.sample_part("vta_ldm", "tiny", cpu, tmp_path / "data", 60.0, short=1)
     assert sample["status"] == "ok" and sample["peak_allocated_gib"] == 1.0, sample.get("error")
     assert calls == ["start", "build", "read"]
+
+
+def test_gpu_check_batch_overrides_parse_or_name_the_bad_entry():
+    """``--batch joint=2,vta_ldm=16`` → per-system micro-batches; an unknown system, a missing ``=`` or a batch below
+    1 is refused with the entry named."""
+    gpu_check = _gpu_check_module()
+    assert gpu_check.parse_batches(" joint=2, vta_ldm=16 ,") == {"joint": 2, "vta_ldm": 16}
+    assert gpu_check.parse_batches("") == {}
+    for bad in ("joint", "unet=2", "joint=0", "joint=-1", "joint=two"):
+        with pytest.raises(ValueError, match=repr(bad.split(",")[0])):
+            gpu_check.parse_batches(bad)
