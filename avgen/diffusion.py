@@ -295,29 +295,48 @@ def v_loss_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, prediction_typ
 
 
 def frame_difference_loss(predicted_x0: torch.Tensor, x0: torch.Tensor, alphas_cumprod: torch.Tensor,
-                          t: torch.Tensor) -> torch.Tensor:
-    """The error of a video model's frame-to-frame changes of each frame's mean latent, a scalar float32.
+                          t: torch.Tensor, grid: int | None = 1) -> torch.Tensor:
+    """The error of a video model's frame-to-frame changes, a scalar float32: of each frame's mean latent (``grid``
+    1), of its means over a ``grid`` × ``grid`` of cells, or of every latent element (``grid`` None).
 
-    With m_f = the spatial mean of frame f's latents (per channel) and Δ the difference of consecutive frames,
-    L = mean_b w_b · mean_{c,f} (Δm̂_f − Δm_f)², m̂ from the predicted x̂0 and m from the clean x0, with the
+    With m_f = frame f's latents averaged over each cell (per channel) and Δ the difference of consecutive frames,
+    L = mean_b w_b · mean_{c,f,cells} (Δm̂_f − Δm_f)², m̂ from the predicted x̂0 and m from the clean x0, with the
     truncated-SNR weight w = max(SNR_t, 1) (Salimans & Ho 2022, Sec. 4): the x̂0 error at high noise, the ε error
-    (x̂0 error × √SNR) at low noise. A per-frame change of the whole frame's latents is what a decoder shows as
-    the frame's colour flickering; a white error puts only 1 / (h·w) of its MSE into the frame means, so the ε MSE
-cannot tell a frame-wide offset from much larger per-pixel noise, while this loss sees only the offsets (a white
-error weighs 1 / (h·w) here of what an offset of the same MSE does). Zero when the predicted
-    clip's per-frame means change exactly as the clean clip's, whatever else differs.
+    (x̂0 error × √SNR) at low noise. Zero when the predicted clip's cells change exactly as the clean clip's,
+    whatever else differs; in particular blind to an error every frame shares.
+
+    * ``grid`` 1: a per-frame change of the whole frame's latents is what a decoder shows as the frame's colour
+      flickering; a white error puts only 1 / (h·w) of its MSE into the frame means, so the ε MSE cannot tell a
+      frame-wide offset from much larger per-pixel noise, while this loss sees only the offsets.
+    * ``grid`` None: with e_f the x̂0 error of frame f, mean (Δe)² = 2·mean e² − 2·mean e_f·e_{f+1} (edges aside):
+      the term penalises the part of the error that is new in each frame (texture redrawn frame by frame, which
+      optical flow reads as motion) and not the part the frames share. Like every quadratic loss of a linear map of
+      the error, it is minimised by the posterior mean E[x0 | x_t] too, so it changes what an imperfect model gets
+      right first, not what a perfect one predicts.
 
     Args:
         predicted_x0, x0: ``(B, C, F, h, w)`` (axis 2 is time), any float dtype.
         alphas_cumprod: ᾱ of the schedule (T,); t: the timesteps ``(B,)`` the prediction was made at.
+        grid: cells per side (1 ≤ grid ≤ min(h, w); cells of unequal size when it does not divide h or w, as
+            ``adaptive_avg_pool2d`` makes them) or None for every element.
     Raises:
-        ValueError: tensors of other shapes than ``(B, C, F, h, w)`` with F ≥ 2 and the same shape.
+        ValueError: tensors of other shapes than ``(B, C, F, h, w)`` with F ≥ 2 and the same shape, or ``grid``
+            outside 1 … min(h, w).
     """
     if predicted_x0.shape != x0.shape or x0.dim() != 5 or x0.shape[2] < 2:
         raise ValueError(f"frame_difference_loss takes two (B, C, F, h, w) tensors of the same shape with F >= 2; "
                          f"got {tuple(predicted_x0.shape)} and {tuple(x0.shape)}")
-    error = (predicted_x0.float() - x0.float()).mean(dim=(3, 4))      # (B, C, F)
-    per_sample = error.diff(dim=2).pow(2).mean(dim=(1, 2))
+    if grid is not None and not 1 <= int(grid) <= min(x0.shape[3:]):
+        raise ValueError(f"frame_difference_loss: grid={grid}, expected 1 ... {min(x0.shape[3:])} cells per side "
+                         f"(the latents are {x0.shape[3]} x {x0.shape[4]}) or None for every element")
+    error = predicted_x0.float() - x0.float()                        # (B, C, F, h, w)
+    if grid == 1:
+        error = error.mean(dim=(3, 4), keepdim=True)
+    elif grid is not None:
+        b, c, f, h, w = error.shape
+        pooled = torch.nn.functional.adaptive_avg_pool2d(error.transpose(1, 2).reshape(b * f, c, h, w), int(grid))
+        error = pooled.reshape(b, f, c, int(grid), int(grid)).transpose(1, 2)
+    per_sample = error.diff(dim=2).pow(2).mean(dim=(1, 2, 3, 4))
     weight = torch.clamp(snr(alphas_cumprod, t), min=1.0).to(per_sample.device)
     return (weight * per_sample).mean()
 

@@ -313,6 +313,12 @@ def test_video_stage_continues_the_pair_trains_both_and_splits_back():
     with pytest.raises(ValueError, match="an ε prediction gives none at zero terminal SNR"):
         VideoFinetuning(MOTION, unet=unet, adapter=adapter, frame_difference_weight=1.0,
                         noise_schedule={**SCHEDULE, "rescale_betas_zero_snr": True}, steps=10, batch_size=2, lr=1e-3)
+    with pytest.raises(ValueError, match="temporal_difference_weight > 0 needs x̂0 at every timestep"):
+        VideoFinetuning(MOTION, unet=unet, adapter=adapter, temporal_difference_weight=1.0,
+                        noise_schedule={**SCHEDULE, "rescale_betas_zero_snr": True}, steps=10, batch_size=2, lr=1e-3)
+    with pytest.raises(ValueError, match="temporal_difference_weight=-0.5, motion_weight=0.0: expected values >= 0"):
+        VideoFinetuning(MOTION, unet=unet, adapter=adapter, temporal_difference_weight=-0.5, noise_schedule=SCHEDULE,
+                        steps=10, batch_size=2, lr=1e-3)
 
 
 def test_frame_difference_loss_exact_values():
@@ -337,6 +343,37 @@ def test_frame_difference_loss_exact_values():
         frame_difference_loss(x0[:, :, :1], x0[:, :, :1], abar, torch.tensor([0, 1]))
 
 
+def test_frame_difference_loss_on_cells_and_elements_exact_values():
+    """``grid`` g averages each frame over g × g cells before the temporal differences, None keeps every element:
+    one element of one frame off by d gives 2d² / (C (F − 1) h w) per element, (d / cell size)² · 2 / (C (F − 1) g²)
+    per cell; an error every frame shares is invisible at every grid; a grid that does not fit is refused."""
+    from avgen.diffusion import frame_difference_loss
+
+    abar, t = torch.tensor([0.5]), torch.tensor([0])  # SNR 1: the weight is 1
+    x0 = torch.randn(1, 2, 3, 4, 4)
+    off = x0.clone()
+    off[0, 1, 1, 0, 3] += 2.0  # channel 1, frame 1, position (0, 3): Δ = (+2, -2) there
+    per_element = 2 * 2.0 ** 2 / (2 * 2 * 16)
+    per_cell = 2 * (2.0 / 4) ** 2 / (2 * 2 * 4)  # 2 x 2 cells of 4 elements: the cell's mean moves by 0.5
+    per_frame = 2 * (2.0 / 16) ** 2 / (2 * 2)
+    assert frame_difference_loss(off, x0, abar, t, grid=None).item() == pytest.approx(per_element, rel=1e-5)
+    assert frame_difference_loss(off, x0, abar, t, grid=4).item() == pytest.approx(per_element, rel=1e-5)
+    assert frame_difference_loss(off, x0, abar, t, grid=2).item() == pytest.approx(per_cell, rel=1e-5)
+    assert frame_difference_loss(off, x0, abar, t, grid=1).item() == pytest.approx(per_frame, rel=1e-5)
+    assert frame_difference_loss(off, x0, abar, t).item() == pytest.approx(per_frame, rel=1e-5)  # the default
+    shared = x0 + torch.randn(1, 2, 1, 4, 4)
+    for grid in (None, 1, 2, 4):
+        assert frame_difference_loss(shared, x0, abar, t, grid=grid) < 1e-10
+    # the element form is 2·MSE − 2·(correlation of consecutive frames' errors), for any error (edges counted once)
+    error = torch.randn(1, 2, 3, 4, 4)
+    expected = (error[:, :, 1:] - error[:, :, :-1]).pow(2).mean()
+    assert frame_difference_loss(x0 + error, x0, abar, t, grid=None).item() == pytest.approx(expected.item(),
+                                                                                            rel=1e-5)
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match=f"grid={bad}, expected 1 ... 4 cells per side"):
+            frame_difference_loss(off, x0, abar, t, grid=bad)
+
+
 @pytest.mark.parametrize("motion_weight", [0.0, 5.0])
 def test_video_stage_loss_adds_the_weighted_frame_difference_term(latent_bank, motion_weight):
     """loss = mean(w · (output − target)²) + λ · frame difference, w = motion_weights(x0, μ) (all ones at μ = 0);
@@ -347,7 +384,8 @@ def test_video_stage_loss_adds_the_weighted_frame_difference_term(latent_bank, m
     bank = latent_bank[-1]
     unet, adapter = small_unet(), trained_adapter()
     module = VideoFinetuning(MOTION, unet=unet, adapter=adapter, noise_schedule=SCHEDULE, steps=10, batch_size=2,
-                             lr=1e-3, frame_difference_weight=3.0, motion_weight=motion_weight, cond_drop_prob=0.0)
+                             lr=1e-3, frame_difference_weight=3.0, temporal_difference_weight=0.5,
+                             motion_weight=motion_weight, cond_drop_prob=0.0)
     module.bank = bank
     out = module.losses(bank.generator(0, 5))
     generator = bank.generator(0, 5)  # the step's draws, again
@@ -360,17 +398,24 @@ def test_video_stage_loss_adds_the_weighted_frame_difference_term(latent_bank, m
     mse = torch.nn.functional.mse_loss(output, noise)
     weights = motion_weights(x0, motion_weight)
     weighted = (weights * (output - noise).pow(2)).mean()
-    frames = frame_difference_loss(split_prediction("epsilon", noisy, output, module.alphas_cumprod, t)[0], x0,
-                                   module.alphas_cumprod, t)
+    predicted = split_prediction("epsilon", noisy, output, module.alphas_cumprod, t)[0]
+    frames = frame_difference_loss(predicted, x0, module.alphas_cumprod, t)
+    elements = frame_difference_loss(predicted, x0, module.alphas_cumprod, t, grid=None)
     assert out["mse"].item() == pytest.approx(mse.item(), rel=1e-5)
     assert out["frame_difference"].item() == pytest.approx(frames.item(), rel=1e-5)
-    assert out["loss"].item() == pytest.approx(weighted.item() + 3.0 * frames.item(), rel=1e-5)
+    assert out["temporal_difference"].item() == pytest.approx(elements.item(), rel=1e-5)
+    assert elements > 1.01 * frames  # the per-element changes hold what the frame means average away
+    assert out["loss"].item() == pytest.approx(weighted.item() + 3.0 * frames.item() + 0.5 * elements.item(),
+                                               rel=1e-5)
     if motion_weight:
         assert weights.max() > 1.5 and weighted > 1.01 * mse  # the bank's clips move, and the weights count
         assert out["motion_weighted_mse"].item() == pytest.approx(weighted.item(), rel=1e-5)
     else:
         assert "motion_weighted_mse" not in out
     module.frame_difference_weight = 0.0
+    assert module.losses(bank.generator(0, 5))["loss"].item() == pytest.approx(weighted.item() + 0.5 * elements.item(),
+                                                                             rel=1e-5)
+    module.temporal_difference_weight = 0.0
     assert module.losses(bank.generator(0, 5))["loss"].item() == pytest.approx(weighted.item(), rel=1e-5)
 
 

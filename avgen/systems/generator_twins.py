@@ -464,7 +464,10 @@ class VideoFinetuning(MotionModuleTraining):
 
     Optional ``frame_difference_weight`` λ adds λ · :func:`avgen.diffusion.frame_difference_loss` (the temporal
     differences of each frame's mean latent, predicted against true, in x̂0 with truncated-SNR weights) to the
-    objective. Optional ``motion_weight`` μ weights the denoising MSE per element by
+    objective, and optional ``temporal_difference_weight`` λ_Δ adds λ_Δ times the same loss at every latent element
+    (``grid=None``: the part of the x̂0 error that is new in each frame, which the decoded clip shows as texture
+    redrawn frame by frame and optical flow reads as motion; the frame means miss it). Optional ``motion_weight`` μ
+    weights the denoising MSE per element by
     :func:`avgen.diffusion.motion_weights` (1 + μ · the clean clip's relative frame-to-frame change², Latent
     Temporal Discrepancy's idea): the mini scenes' falls are a few latent elements of a mostly static clip, which a
     plain mean hardly weighs.
@@ -479,11 +482,12 @@ class VideoFinetuning(MotionModuleTraining):
             weights, only to check the settings before those stages have trained.
         unet_lr: the spatial layers' peak learning rate (the motion modules': ``lr``).
         frame_difference_weight: λ ≥ 0.
+        temporal_difference_weight: λ_Δ ≥ 0.
         motion_weight: μ ≥ 0 (0: the plain MSE).
 
     Raises:
         ValueError: only one of ``unet`` and ``adapter`` given, ``adapter``'s config differs from ``config``,
-            ``unet``'s from ``unet_config``, a negative ``unet_lr``, λ or μ, or λ > 0 with ε-prediction on a
+            ``unet``'s from ``unet_config``, a negative ``unet_lr``, λ, λ_Δ or μ, or λ or λ_Δ > 0 with ε-prediction on a
             zero-terminal-SNR schedule (no x̂0 at the last timestep).
     """
 
@@ -491,19 +495,22 @@ class VideoFinetuning(MotionModuleTraining):
 
     def __init__(self, config: Mapping[str, Any], *, unet=None, adapter=None,
                  unet_config: Mapping[str, Any] | None = None, unet_lr: float = 1e-4,
-                 frame_difference_weight: float = 0.0, motion_weight: float = 0.0, **kwargs: Any):
+                 frame_difference_weight: float = 0.0, temporal_difference_weight: float = 0.0,
+                 motion_weight: float = 0.0, **kwargs: Any):
         if (unet is None) != (adapter is None):
             raise ValueError("animatediff_video continues the trained image U-Net and motion modules: train the "
                              "animatediff_image and animatediff_motion stages first (or take them with "
                              "pretrain_twins.start_from=avgen/backbones/mini_generators)")
-        if not float(unet_lr) >= 0 or not float(frame_difference_weight) >= 0 or not float(motion_weight) >= 0:
-            raise ValueError(f"unet_lr={unet_lr}, frame_difference_weight={frame_difference_weight}, motion_weight="
-                             f"{motion_weight}: expected values >= 0")
+        weights = {"unet_lr": unet_lr, "frame_difference_weight": frame_difference_weight,
+                   "temporal_difference_weight": temporal_difference_weight, "motion_weight": motion_weight}
+        if not all(float(v) >= 0 for v in weights.values()):
+            raise ValueError(", ".join(f"{k}={v}" for k, v in weights.items()) + ": expected values >= 0")
         schedule = dict(kwargs.get("noise_schedule") or {})
-        if float(frame_difference_weight) > 0 and schedule.get("rescale_betas_zero_snr") \
-                and schedule.get("prediction_type", "epsilon") == "epsilon":
-            raise ValueError("frame_difference_weight > 0 needs x̂0 at every timestep; an ε prediction gives none at "
-                             "zero terminal SNR (ᾱ_T = 0): use v_prediction or frame_difference_weight=0")
+        for key in ("frame_difference_weight", "temporal_difference_weight"):
+            if float(weights[key]) > 0 and schedule.get("rescale_betas_zero_snr") \
+                    and schedule.get("prediction_type", "epsilon") == "epsilon":
+                raise ValueError(f"{key} > 0 needs x̂0 at every timestep; an ε prediction gives none at zero terminal "
+                                 f"SNR (ᾱ_T = 0): use v_prediction or {key}=0")
         if unet is not None and unet_config:
             mismatch = [k for k, v in dict(unet_config).items()
                         if _nested_lists(unet.config.get(k)) != _nested_lists(v)]
@@ -512,6 +519,7 @@ class VideoFinetuning(MotionModuleTraining):
                                  f"pretrain_twins.generators.animatediff_image.model as it was trained")
         super().__init__(config, unet=unet, unet_config=unet_config, **kwargs)
         self.unet_lr, self.frame_difference_weight = float(unet_lr), float(frame_difference_weight)
+        self.temporal_difference_weight = float(temporal_difference_weight)
         self.motion_weight = float(motion_weight)
         if adapter is not None:
             mismatch = [k for k, v in dict(config).items() if _nested_lists(adapter.config.get(k)) != _nested_lists(v)]
@@ -551,12 +559,15 @@ class VideoFinetuning(MotionModuleTraining):
             weights = motion_weights(step["x0"], self.motion_weight)
             loss = (weights * (step["output"] - step["target"]).pow(2)).mean()
             logged["motion_weighted_mse"] = loss.detach()
-        if self.frame_difference_weight > 0:
+        if self.frame_difference_weight > 0 or self.temporal_difference_weight > 0:
             predicted, _ = split_prediction(self.prediction_type, step["noisy"], step["output"],
                                             self.alphas_cumprod, step["t"])
-            frames = frame_difference_loss(predicted, step["x0"], self.alphas_cumprod, step["t"])
-            loss = loss + self.frame_difference_weight * frames
-            logged["frame_difference"] = frames.detach()
+            for key, grid, weight in (("frame_difference", 1, self.frame_difference_weight),
+                                      ("temporal_difference", None, self.temporal_difference_weight)):
+                if weight > 0:
+                    term = frame_difference_loss(predicted, step["x0"], self.alphas_cumprod, step["t"], grid=grid)
+                    loss = loss + weight * term
+                    logged[key] = term.detach()
         return {"loss": loss, **logged}
 
     def configure_optimizers(self):
