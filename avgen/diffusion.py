@@ -312,30 +312,32 @@ def frame_difference_loss(predicted_x0: torch.Tensor, x0: torch.Tensor, alphas_c
       the term penalises the part of the error that is new in each frame (texture redrawn frame by frame, which
       optical flow reads as motion) and not the part the frames share. Like every quadratic loss of a linear map of
       the error, it is minimised by the posterior mean E[x0 | x_t] too, so it changes what an imperfect model gets
-      right first, not what a perfect one predicts.
+      right first, not what a perfect one predicts (with the plain MSE; a weighted MSE, e.g. ``motion_weights``, has
+      another minimiser of its own). With ε-prediction at high noise the x̂0 error is the ε error times up to
+      1 / √SNR_T, so this term can start well above the ε MSE (about 45× on the mini latents).
 
     Args:
         predicted_x0, x0: ``(B, C, F, h, w)`` (axis 2 is time), any float dtype.
         alphas_cumprod: ᾱ of the schedule (T,); t: the timesteps ``(B,)`` the prediction was made at.
-        grid: cells per side (1 ≤ grid ≤ min(h, w); cells of unequal size when it does not divide h or w, as
-            ``adaptive_avg_pool2d`` makes them) or None for every element.
+        grid: cells per side, an int 1 ≤ grid ≤ min(h, w) (when it does not divide h or w the cells overlap, with
+            ``adaptive_avg_pool2d``'s floor / ceil bounds), or None for every element.
     Raises:
         ValueError: tensors of other shapes than ``(B, C, F, h, w)`` with F ≥ 2 and the same shape, or ``grid``
-            outside 1 … min(h, w).
+            not None or an int in 1 … min(h, w).
     """
     if predicted_x0.shape != x0.shape or x0.dim() != 5 or x0.shape[2] < 2:
         raise ValueError(f"frame_difference_loss takes two (B, C, F, h, w) tensors of the same shape with F >= 2; "
                          f"got {tuple(predicted_x0.shape)} and {tuple(x0.shape)}")
-    if grid is not None and not 1 <= int(grid) <= min(x0.shape[3:]):
-        raise ValueError(f"frame_difference_loss: grid={grid}, expected 1 ... {min(x0.shape[3:])} cells per side "
-                         f"(the latents are {x0.shape[3]} x {x0.shape[4]}) or None for every element")
+    if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or not 1 <= grid <= min(x0.shape[3:])):
+        raise ValueError(f"frame_difference_loss: grid={grid!r}, expected an int 1 ... {min(x0.shape[3:])} cells per "
+                         f"side (the latents are {x0.shape[3]} x {x0.shape[4]}) or None for every element")
     error = predicted_x0.float() - x0.float()                        # (B, C, F, h, w)
     if grid == 1:
         error = error.mean(dim=(3, 4), keepdim=True)
     elif grid is not None:
         b, c, f, h, w = error.shape
-        pooled = torch.nn.functional.adaptive_avg_pool2d(error.transpose(1, 2).reshape(b * f, c, h, w), int(grid))
-        error = pooled.reshape(b, f, c, int(grid), int(grid)).transpose(1, 2)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(error.transpose(1, 2).reshape(b * f, c, h, w), grid)
+        error = pooled.reshape(b, f, c, grid, grid).transpose(1, 2)
     per_sample = error.diff(dim=2).pow(2).mean(dim=(1, 2, 3, 4))
     weight = torch.clamp(snr(alphas_cumprod, t), min=1.0).to(per_sample.device)
     return (weight * per_sample).mean()

@@ -241,7 +241,8 @@ def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, An
     if newest is not None and newest[1] >= steps:
         print(f"{stage}: finished ({newest[1]} steps, {newest[0]}); not retrained")
         given = {k: v for k, v in training_settings(module.hparams).items() if k != "steps"}
-        was = training_settings(saved_hparams)
+        # a setting the checkpoint predates was trained at its default
+        was = {**argument_defaults(type(module)), **training_settings(saved_hparams)}
         changed = {k: v for k, v in given.items() if k in was and was[k] != v}
         if changed:
             print(f"{stage}: note: it was trained with " + ", ".join(f"{k}={was[k]}" for k in changed) +
@@ -329,6 +330,22 @@ def component_record(cfg: DictConfig, name: str, made_by: Mapping[str, Sequence[
     if len(stages) > 1:
         record = {"stage": stages[-1], **record, "base": {"stage": stages[0], **stage_record(cfg, stages[0])}}
     return record
+
+
+def argument_defaults(cls: type) -> dict[str, Any]:
+    """The keyword defaults of ``cls``'s ``__init__`` and of its bases' (a subclass's default wins): what a stage
+    checkpoint saved before an argument existed was trained with."""
+    import inspect
+
+    defaults: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for name, parameter in inspect.signature(init).parameters.items():
+            if parameter.default is not inspect.Parameter.empty:
+                defaults[name] = parameter.default
+    return defaults
 
 
 def training_settings(hparams: Mapping[str, Any]) -> dict[str, Any]:

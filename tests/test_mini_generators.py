@@ -307,7 +307,7 @@ def test_video_stage_continues_the_pair_trains_both_and_splits_back():
     with pytest.raises(ValueError, match="unet_config differs from the trained image U-Net's in attention_head_dim"):
         VideoFinetuning(MOTION, unet=unet, adapter=adapter, unet_config={**unet.config, "attention_head_dim": 4},
                         noise_schedule=SCHEDULE, steps=10, batch_size=2, lr=1e-3)
-    with pytest.raises(ValueError, match="motion_weight=-1: expected values >= 0"):
+    with pytest.raises(ValueError, match="^motion_weight=-1: expected numbers >= 0"):
         VideoFinetuning(MOTION, unet=unet, adapter=adapter, motion_weight=-1, noise_schedule=SCHEDULE, steps=10,
                         batch_size=2, lr=1e-3)
     with pytest.raises(ValueError, match="an ε prediction gives none at zero terminal SNR"):
@@ -316,8 +316,11 @@ def test_video_stage_continues_the_pair_trains_both_and_splits_back():
     with pytest.raises(ValueError, match="temporal_difference_weight > 0 needs x̂0 at every timestep"):
         VideoFinetuning(MOTION, unet=unet, adapter=adapter, temporal_difference_weight=1.0,
                         noise_schedule={**SCHEDULE, "rescale_betas_zero_snr": True}, steps=10, batch_size=2, lr=1e-3)
-    with pytest.raises(ValueError, match="temporal_difference_weight=-0.5, motion_weight=0.0: expected values >= 0"):
+    with pytest.raises(ValueError, match="^temporal_difference_weight=-0.5: expected numbers >= 0"):
         VideoFinetuning(MOTION, unet=unet, adapter=adapter, temporal_difference_weight=-0.5, noise_schedule=SCHEDULE,
+                        steps=10, batch_size=2, lr=1e-3)
+    with pytest.raises(ValueError, match="^temporal_difference_weight=None: expected numbers >= 0"):
+        VideoFinetuning(MOTION, unet=unet, adapter=adapter, temporal_difference_weight=None, noise_schedule=SCHEDULE,
                         steps=10, batch_size=2, lr=1e-3)
 
 
@@ -364,13 +367,27 @@ def test_frame_difference_loss_on_cells_and_elements_exact_values():
     shared = x0 + torch.randn(1, 2, 1, 4, 4)
     for grid in (None, 1, 2, 4):
         assert frame_difference_loss(shared, x0, abar, t, grid=grid) < 1e-10
-    # the element form is 2·MSE − 2·(correlation of consecutive frames' errors), for any error (edges counted once)
+    # the element form: the frames' error power minus twice the correlation of consecutive frames' errors
     error = torch.randn(1, 2, 3, 4, 4)
-    expected = (error[:, :, 1:] - error[:, :, :-1]).pow(2).mean()
+    expected = (error[:, :, 1:].pow(2).mean() + error[:, :, :-1].pow(2).mean()
+                - 2 * (error[:, :, 1:] * error[:, :, :-1]).mean())
     assert frame_difference_loss(x0 + error, x0, abar, t, grid=None).item() == pytest.approx(expected.item(),
                                                                                             rel=1e-5)
+    # the truncated-SNR weight: SNR 9 at t = 0 scales every grid's value by 9
+    abar9 = torch.tensor([0.9])
+    for grid in (None, 2, 1):
+        assert frame_difference_loss(off, x0, abar9, t, grid=grid).item() == pytest.approx(
+            9 * frame_difference_loss(off, x0, abar, t, grid=grid).item(), rel=1e-5)
+    # non-square latents (4 x 6): 4 cells per side fit, 5 do not; a cell grid that does not divide 6 still averages
+    wide = torch.randn(1, 2, 3, 4, 6)
+    wide_off = wide.clone()
+    wide_off[0, 0, 1] += 1.0  # the whole of channel 0, frame 1: every cell's mean moves by 1
+    assert frame_difference_loss(wide_off, wide, abar, t, grid=4).item() == pytest.approx(2 / (2 * 2), rel=1e-5)
     for bad in (0, 5):
-        with pytest.raises(ValueError, match=f"grid={bad}, expected 1 ... 4 cells per side"):
+        with pytest.raises(ValueError, match=f"grid={bad}, expected an int 1 ... 4 cells per side"):
+            frame_difference_loss(wide_off, wide, abar, t, grid=bad)
+    for bad in (2.5, True, "2"):
+        with pytest.raises(ValueError, match="expected an int 1 ... 4 cells per side"):
             frame_difference_loss(off, x0, abar, t, grid=bad)
 
 
@@ -743,7 +760,8 @@ def test_committed_generators_match_their_manifest_codecs_and_recipe(tmp_path):
                                      resolve=True)
     recorded = manifest["recipe"]["config"]["pretrain_twins"]
     # options added to a stage since the committed run, at the value that trains as that run did (and only then)
-    added_since = {("animatediff_video", "motion_weight"): 0.0, ("animatediff_video", "frame_noise_correlation"): 0.0}
+    added_since = {("animatediff_video", "motion_weight"): 0.0, ("animatediff_video", "frame_noise_correlation"): 0.0,
+                   ("animatediff_video", "temporal_difference_weight"): 0.0}
     for (stage, key), neutral in added_since.items():
         if key not in recorded["generators"][stage]:
             assert shipped["generators"][stage].pop(key) == neutral
@@ -1064,3 +1082,24 @@ def test_warm_start_benchmark_applies_model_overrides_to_a_checkpoint_or_refuses
     refused = ["model.block.attention_span=frame"]
     with pytest.raises(ConfigError, match="model.block.attention_span"):
         ws.load_model(compose_config(refused, tmp_path), ckpt, refused)
+
+
+def test_argument_defaults_fill_settings_a_checkpoint_predates():
+    """A finished stage's checkpoint saved before an argument existed was trained at that argument's default:
+    ``argument_defaults`` collects every ``__init__`` keyword default along the class's bases, a subclass's winning,
+    so ``temporal_difference_weight=1`` given for an older video-stage checkpoint is reported as a change."""
+    from avgen.pretraining import argument_defaults
+    from avgen.systems.generator_twins import VideoFinetuning
+
+    class Base:
+        def __init__(self, a, b=1, c=2):
+            pass
+
+    class Child(Base):
+        def __init__(self, a, c=5, d=None, **kwargs):
+            super().__init__(a, c=c, **kwargs)
+
+    assert argument_defaults(Child) == {"b": 1, "c": 5, "d": None}
+    defaults = argument_defaults(VideoFinetuning)
+    assert defaults["temporal_difference_weight"] == 0.0 and defaults["frame_difference_weight"] == 0.0
+    assert defaults["unet_lr"] == 1e-4 and "config" not in defaults

@@ -503,8 +503,15 @@ class VideoFinetuning(MotionModuleTraining):
                              "pretrain_twins.start_from=avgen/backbones/mini_generators)")
         weights = {"unet_lr": unet_lr, "frame_difference_weight": frame_difference_weight,
                    "temporal_difference_weight": temporal_difference_weight, "motion_weight": motion_weight}
-        if not all(float(v) >= 0 for v in weights.values()):
-            raise ValueError(", ".join(f"{k}={v}" for k, v in weights.items()) + ": expected values >= 0")
+        bad = {}
+        for key, value in weights.items():
+            try:
+                if not float(value) >= 0:
+                    bad[key] = value
+            except (TypeError, ValueError):
+                bad[key] = value
+        if bad:
+            raise ValueError(", ".join(f"{k}={v}" for k, v in bad.items()) + ": expected numbers >= 0")
         schedule = dict(kwargs.get("noise_schedule") or {})
         for key in ("frame_difference_weight", "temporal_difference_weight"):
             if float(weights[key]) > 0 and schedule.get("rescale_betas_zero_snr") \
