@@ -32,9 +32,11 @@ class MissingModule(ModuleType):
 
 def lazy_module(name: str, purpose: str) -> ModuleType:
     """``name`` imported lazily (its code runs on first attribute access; an already-imported module is returned
-    as it is), or a :class:`MissingModule` when it is not installed. ``purpose`` is named in the error."""
+    as it is), or a :class:`MissingModule` when it is not installed or its import is blocked (``sys.modules[name]``
+    set to None, Python's way to make ``import name`` fail). ``purpose`` is named in the error."""
     if name in sys.modules:
-        return sys.modules[name]
+        module = sys.modules[name]
+        return MissingModule(name, purpose) if module is None else module
     spec = importlib.util.find_spec(name)
     if spec is None or spec.loader is None:
         return MissingModule(name, purpose)
@@ -44,3 +46,13 @@ def lazy_module(name: str, purpose: str) -> ModuleType:
     sys.modules[name] = module
     loader.exec_module(module)
     return module
+
+
+def module_available(name: str) -> bool:
+    """Whether ``import name`` would find the module: installed and not blocked (``sys.modules[name]`` None)."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False

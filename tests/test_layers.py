@@ -126,3 +126,21 @@ def test_the_check_sees_lazy_imports():
     assert "avgen.encoders.imagebind" in graph["avgen.metrics.imagebind"]
     assert "avgen.evaluation" in graph["avgen.curation"]  # imported inside score_splits only
     assert layer("avgen.data.subset") < layer("avgen.evaluation") < layer("avgen.curation")
+
+
+def test_a_blocked_media_import_reads_as_missing(monkeypatch):
+    """``sys.modules[name] = None`` (Python's way to make an import fail) gives the same MissingModule, naming the pip
+    package, as an uninstalled library; :func:`module_available` agrees with ``import``."""
+    import sys
+
+    import pytest
+
+    from avgen._lazy import MissingModule, lazy_module, module_available
+
+    monkeypatch.setitem(sys.modules, "soundfile", None)
+    blocked = lazy_module("soundfile", "reading FLAC")
+    assert isinstance(blocked, MissingModule)
+    with pytest.raises(ModuleNotFoundError, match="avgen needs it for reading FLAC: pip install soundfile"):
+        blocked.read
+    assert not module_available("soundfile") and module_available("numpy")
+    assert not module_available("avgen_no_such_module") and not module_available("avgen_no_such_module.sub")

@@ -671,6 +671,106 @@ def test_recipe_resumes_to_the_bit_pins_its_codecs_and_publishes(tmp_path, one_t
     assert "finished animatediff_video continued the old one; add animatediff_video" in capsys.readouterr().err
 
 
+#: what a GPU node's Python may lack (the H200 machine of issue 24 had none of these)
+MEDIA_MODULES = ("av", "librosa", "soundfile", "soxr")
+
+
+@pytest.mark.slow
+def test_rendered_clips_train_the_generators_without_media_libraries(tmp_path, monkeypatch):
+    """pretrain_twins.clip_source=rendered in a Python where importing PyAV, librosa, soundfile or soxr fails: the
+    recipe trains and measures on synthetic_hits' clips drawn in memory, prepares nothing, records the source, and
+    keeps its latent banks apart from a store's banks of the same clips."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    # each media module absent as on that machine: its import fails (sys.modules[name] = None) and its distribution
+    # is not found (torchmetrics and Lightning ask importlib.metadata before importing librosa)
+    without_media = ("import importlib.metadata as metadata, runpy, sys\n"
+                     f"hidden = {MEDIA_MODULES!r}\n"
+                     "for name in hidden:\n"
+                     "    sys.modules[name] = None\n"
+                     "found = metadata.distribution\n"
+                     "def distribution(name):\n"
+                     "    if name.lower() in hidden:\n"
+                     "        raise metadata.PackageNotFoundError(name)\n"
+                     "    return found(name)\n"
+                     "metadata.distribution = distribution\n"
+                     "sys.argv = ['avgen', *sys.argv[1:]]\n"
+                     "runpy.run_module('avgen', run_name='__main__', alter_sys=True)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("AVGEN_RUN_ID", None)
+    blocked = subprocess.run([sys.executable, "-c", without_media.replace("runpy.run_module", "import av  #")],
+                             env=env, capture_output=True, text=True)
+    assert blocked.returncode != 0 and "ModuleNotFoundError" in blocked.stderr
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-c", without_media, "pretrain-twins", "part=generators", *SMALL,
+         *[f"{G}.{s}.steps=2" for s in RECIPE_STAGES],
+         "pretrain_twins.clip_source=rendered", f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "4 training clips of 2 s in memory (rendered in memory, not read from the store)" in done.stdout
+    assert not list((tmp_path / "data").glob("synthetic_hits*"))  # nothing prepared (the text towers are cached)
+    manifest = json.loads((run / "twins" / "manifest.json").read_text())
+    assert manifest["data"]["clip_source"] == "rendered" and manifest["data"]["train_clips"] == 4
+    assert manifest["data"]["held_out_clips"] == 2
+    assert manifest["recipe"]["config"]["pretrain_twins"]["clip_source"] == "rendered"
+    assert set(manifest["components"]) >= set(STAGES)
+    metrics = json.loads((run / "twins" / "metrics.json").read_text())
+    assert all(np.isfinite(metrics[name]["held_out_loss"]) for name in STAGES)
+    from avgen.pretraining import ONSETS_UNMEASURED
+
+    assert metrics["audioldm_unet"]["onsets"] == ONSETS_UNMEASURED and "onsets_per_clip" not in metrics["audioldm_unet"]
+    assert metrics["audioldm_unet"]["clips_with_impacts_real"] >= 0  # measured without librosa
+    assert ONSETS_UNMEASURED in done.stdout
+    # the codecs too (their onset F1 needs librosa; PSNR, mel L1, LSD and impact contrast do not)
+    from tests.test_mini_twins import CODEC_STAGES
+
+    codecs = tmp_path / "codecs"
+    done = subprocess.run(
+        [sys.executable, "-c", without_media, "pretrain-twins", "part=codecs", *CODEC_SMALL,
+         *[f"pretrain_twins.codecs.{s}.steps=1" for s in CODEC_STAGES], "pretrain_twins.clip_source=rendered",
+         f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={codecs}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((codecs / "twins" / "metrics.json").read_text())
+    assert metrics["reference"]["onsets"] == metrics["vocoder"]["onsets"] == ONSETS_UNMEASURED
+    assert np.isfinite(metrics["frames_vae"]["psnr_db"]) and np.isfinite(metrics["mel_vae+vocoder"]["lsd"])
+    assert not list((tmp_path / "data").glob("synthetic_hits*"))
+    banks = sorted(p.name for p in (run / "latent_banks").iterdir())
+    assert [b.split("-")[0] for b in banks] == ["test", "train"]
+
+    # the same clips from the store: their own banks (the h264 error makes them other latents)
+    from avgen.pretraining import cached_latent_bank
+    from avgen.systems.generator_twins import LatentBank
+
+    monkeypatch.setattr(LatentBank, "load", staticmethod(lambda path: f"loaded {Path(path).name}"))
+    built = []
+
+    class Bank:
+        def save(self, path):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text("bank")
+
+    def build():
+        built.append(1)
+        return Bank()
+
+    cfg = SimpleNamespace(paths=SimpleNamespace(output_dir=str(tmp_path / "cache")))
+    codecs = {"latent_space": "tag"}
+    for source in ("rendered", "store"):
+        clips = SimpleNamespace(keys=["synthetic_hits/train000000/0"], geometry="g", source=source)
+        cached_latent_bank(cfg, "train", clips, codecs, build, {})
+    assert len(built) == 2 and len(list((tmp_path / "cache" / "latent_banks").iterdir())) == 1  # one bank per split
+    store_name = next((tmp_path / "cache" / "latent_banks").iterdir()).name
+    # a store's bank keeps the name it had before clip sources existed (no "source" in its identity)
+    clips = SimpleNamespace(keys=["synthetic_hits/train000000/0"], geometry="g")
+    assert cached_latent_bank(cfg, "train", clips, codecs, build, {}) == f"loaded {store_name}" and len(built) == 2
+
+
 def test_motion_and_video_stages_need_the_stages_they_continue(tmp_path, capsys):
     with pytest.raises(SystemExit):
         recipe(tmp_path, "run", "pretrain_twins.stages=[animatediff_motion]")

@@ -127,6 +127,53 @@ def test_clip_bank_batches_are_a_function_of_seed_and_step():
         b.random_segments(1, b.audio.shape[1] + 1, b.generator(0, 0))
 
 
+MINI_STORE_CONFIG = {"seconds": 2.0, "fps": 8, "short_side": 32, "sample_rate": 16000}
+
+
+def test_rendered_clip_bank_is_the_prepared_split_without_the_codec(tmp_path):
+    """pretrain_twins.clip_source=rendered: the clips prepare writes, drawn in memory: the same keys, labels,
+    captions, events (to the store's float32) and audio (the store's 16-bit FLAC, exactly); frames without h264."""
+    from avgen.data.clip_bank import ClipBank
+    from avgen.data.geometry import ClipGeometry
+    from avgen.data.shards import Manifest
+    from avgen.data.stream import Shard
+    from avgen.data.synthetic_prepare import prepare_synthetic_hits, rendered_clip_bank
+
+    root = tmp_path / "store"
+    prepare_synthetic_hits(str(root), MINI_STORE_CONFIG, clips={"train": 3, "test": 3}, clips_per_shard=2, seed=5,
+                           preview=0, workers=1)
+    geometry = ClipGeometry(**MINI_STORE)
+    for split in ("train", "test"):
+        shards = [Shard(str(root / split / s.name), s.clips) for s in Manifest.load(root / split).shards]
+        stored = ClipBank.read(shards, geometry, split=split)
+        rendered = rendered_clip_bank(split, 3, MINI_STORE_CONFIG, seed=5, clip=geometry)
+        assert stored.source == "store" and rendered.source == "rendered"
+        assert rendered.keys == stored.keys and rendered.keys[0] == f"synthetic_hits/{split}000000/0"
+        assert rendered.labels == stored.labels and rendered.captions == stored.captions
+        assert all(np.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(rendered.events, stored.events))
+        assert torch.equal(rendered.audio, stored.audio)
+        assert rendered.frames.shape == stored.frames.shape == (3, 16, 3, 32, 32)
+        assert rendered.frames.dtype == torch.uint8
+        difference = (rendered.frames.float() - stored.frames.float()).abs().mean().item()
+        assert 0.5 < difference < 8.0, difference  # the h264 error of the store, and only that
+        assert rendered.geometry == geometry
+    # the first clips of a longer split are the shorter split's, and another seed draws other clips
+    assert rendered_clip_bank("test", 2, MINI_STORE_CONFIG, seed=5).captions == rendered.captions[:2]
+    assert not torch.equal(rendered_clip_bank("test", 1, MINI_STORE_CONFIG, seed=6).audio, rendered.audio[:1])
+
+
+def test_rendered_clip_bank_refuses_what_it_cannot_render():
+    from avgen.data.synthetic_prepare import rendered_clip_bank
+    from avgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.clip is 16x32 .* set data.clip.height and width to 32"):
+        rendered_clip_bank("train", 1, MINI_STORE_CONFIG, clip={"height": 16, "width": 32})
+    with pytest.raises(ConfigError, match="split 'dev'"):
+        rendered_clip_bank("dev", 1, MINI_STORE_CONFIG)
+    with pytest.raises(ConfigError, match=r"data.prepare.clips.val=0"):
+        rendered_clip_bank("val", 0, MINI_STORE_CONFIG)
+
+
 def test_learning_rate_schedule():
     from avgen.systems.codec_twins import TwinTraining
 
@@ -297,6 +344,7 @@ def test_recipe_refuses_bad_settings(tmp_path, capsys):
                                ("pretrain_twins.checkpoint_every=0", "checkpoint_every=0"),
                                ("pretrain_twins.evaluate.clips=0", "at least 1 clip"),
                                ("pretrain_twins.evaluate.split=nope", "pretrain_twins.evaluate.split=nope"),
+                               ("pretrain_twins.clip_source=disk", "expected store (the prepared shards) or rendered"),
                                ("pretrain_twins.stages=vocoder", "expected a list"),
                                ("pretrain_twins.part=generators", "choose the part with part=generators"),
                                ("pretrain_twins.part=motion", "this avgen trains part codecs or generators"),
@@ -307,6 +355,18 @@ def test_recipe_refuses_bad_settings(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (override, err)
         assert not (tmp_path / "r" / "frames_vae" / "checkpoints").exists(), override
+    # clips rendered in memory: refused before any training, and nothing prepared
+    fresh = tmp_path / "fresh"
+    for override, message in (("data.name=vggsound", "clip_source=rendered draws synthetic_hits' clips"),
+                              ("data.clip.height=16", "data.clip is 16x32"),
+                              ("data.prepare.clips.test=0", "data.prepare.clips.test clips of the test split")):
+        with pytest.raises(SystemExit):
+            recipe(fresh, "rendered", "pretrain_twins.stages=[frames_vae]", "pretrain_twins.clip_source=rendered",
+                   override)
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (override, err)
+        assert not (fresh / "rendered" / "frames_vae").exists(), override
+        assert not list(fresh.glob("data/synthetic_hits*")), override
 
 
 @pytest.mark.slow

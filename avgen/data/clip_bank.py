@@ -36,6 +36,9 @@ class ClipBank:
         keys, labels, captions: per clip, from the shards' metadata.
         geometry: the clip geometry the clips were decoded at.
         skipped: clips the reader could not decode (counted, not fatal).
+        source: ``"store"`` (decoded from a prepared split's shards, :meth:`read`) or ``"rendered"`` (drawn by the
+            dataset's generator in memory, never encoded:
+            :func:`avgen.data.synthetic_prepare.rendered_clip_bank`); caches keyed by the clips tell them apart.
     """
 
     frames: torch.Tensor
@@ -46,6 +49,7 @@ class ClipBank:
     captions: list[str]
     geometry: ClipGeometry
     skipped: int = 0
+    source: str = "store"
 
     def __len__(self) -> int:
         return int(self.audio.shape[0])
