@@ -766,7 +766,7 @@ def pretrain_twins(cfg: DictConfig) -> Path:
     """
     import shlex
 
-    from avgen.pretraining import run_recipe
+    from avgen.pretraining import clip_source, run_recipe
 
     if cfg.get("pretrain_twins") is None:
         raise ConfigError("pretrain-twins needs part=<name>: part=codecs trains the frame VAE, the mel VAE and the "
@@ -781,7 +781,9 @@ def pretrain_twins(cfg: DictConfig) -> Path:
 
     command = " ".join(["python -m avgen pretrain-twins",
                         *map(shlex.quote, [o for o in command_line_overrides() if not o.startswith("command=")])])
-    return run_recipe(cfg, build_datamodule(cfg), fit_stage, command)
+    # rendered clips need no datamodule (nor webdataset, which reading shards imports)
+    datamodule = build_datamodule(cfg) if clip_source(cfg) == "store" else None
+    return run_recipe(cfg, datamodule, fit_stage, command)
 
 
 def app(cfg: DictConfig) -> None:

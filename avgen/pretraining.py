@@ -182,6 +182,13 @@ def check_stage_inputs(cfg: DictConfig, stage: str, bank) -> None:
         raise ConfigError(f"{key}={frames}: the mel VAE downsamples time {factor}x; use {allowed}")
 
 
+def read_sessions(folder: Path) -> list[dict[str, Any]]:
+    """The training sessions recorded in ``<stage>/sessions.json`` (none: an empty list). Sessions recorded before
+    ``clip_source`` existed trained on the store's clips."""
+    path = folder / "sessions.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
 def _record_session(folder: Path, entry: Mapping[str, Any]) -> None:
     """Append one training session (commit, steps, seconds) to ``<stage>/sessions.json``."""
     path = folder / "sessions.json"
@@ -238,6 +245,11 @@ def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, An
         if problem is not None:
             raise ConfigError(f"pretrain_twins.{part_of(cfg)}.{stage}: {newest[0]}: {problem}; train the stage again "
                               f"(remove {ckpt_dir}) or use another run folder (hydra.run.dir=...)")
+    source_now = clip_source(cfg)
+    trained_on = sorted({str(entry.get("clip_source", "store")) for entry in read_sessions(folder)} - {source_now})
+    if newest is not None and trained_on:  # a note, not an error: continuing on the other clips can be the intent
+        print(f"{stage}: note: its checkpoint trained on clips from {' and '.join(trained_on)} (this run's come from "
+              f"{source_now}: pretrain_twins.clip_source); the manifest's sessions record each session's clips")
     if newest is not None and newest[1] >= steps:
         print(f"{stage}: finished ({newest[1]} steps, {newest[0]}); not retrained")
         given = {k: v for k, v in training_settings(module.hparams).items() if k != "steps"}
@@ -264,7 +276,8 @@ def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, An
             reached = newest_checkpoint(ckpt_dir)
             _record_session(folder, {**source, "from_step": first,
                                      "to_step": reached[1] if reached else first,
-                                     "seconds": round(time.monotonic() - began, 1), "threads": torch.get_num_threads()})
+                                     "seconds": round(time.monotonic() - began, 1), "threads": torch.get_num_threads(),
+                                     "clip_source": source_now})
     model = module.component().eval()
     if stage in ("frames_vae", "mel_vae"):
         factor = latent_scaling_factor(module, bank)
@@ -371,9 +384,22 @@ def latent_scaling_factor(module, bank, examples: int = 512, seed: int = 12345) 
 
 
 # ----------------------------------------------------------------------------------- evaluation
-#: ``metrics.json``'s ``onsets`` entry where librosa (the onset detector) is not installed
-ONSETS_UNMEASURED = ("onsets not measured: librosa is not installed here (pip install librosa, then run the same "
-                     "command again: finished stages are measured, not retrained)")
+#: what the onset measurements import: librosa's detector, soxr (librosa's resampler for the 22.05-kHz protocol) and,
+#: for the codecs' onset F1, mir_eval's matching
+ONSET_MODULES = {"generators": ("librosa", "soxr"), "codecs": ("librosa", "soxr", "mir_eval")}
+
+
+def onsets_unmeasured(part: str) -> str | None:
+    """None where the onset measurements of ``part`` can run, else what ``metrics.json`` records in their place
+    (naming the missing modules): a GPU node without media libraries trains and measures the rest."""
+    from avgen._lazy import module_available
+
+    missing = [name for name in ONSET_MODULES[part] if not module_available(name)]
+    if not missing:
+        return None
+    return (f"onsets not measured: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed here "
+            f"(pip install {' '.join(missing)}, then run the same command again: finished stages are measured, not "
+            f"retrained)")
 
 
 @torch.no_grad()
@@ -396,10 +422,9 @@ def evaluate_codecs(models: Mapping[str, torch.nn.Module], bank, tolerances: Map
     * ``reference``: the same onset F1 and impact contrast of the original audio (the detector's own ceiling on these
       clips).
 
-    Where librosa (the onset detector) is not installed the onset F1s are replaced by ``onsets``:
-    :data:`ONSETS_UNMEASURED`; the rest is measured.
+    Where the onset detector's modules are not installed (:data:`ONSET_MODULES`) the onset F1s are replaced by
+    ``onsets``, naming them (:func:`onsets_unmeasured`); the rest is measured.
     """
-    from avgen._lazy import module_available
     from avgen.backbones.audioldm import AudioLDMMel
     from avgen.metrics.codec import clip_onsets, frame_psnr, impact_contrast, log_spectral_distance, onset_f1
 
@@ -410,13 +435,13 @@ def evaluate_codecs(models: Mapping[str, torch.nn.Module], bank, tolerances: Map
     def onsets_of(audio: torch.Tensor) -> list[list[float]]:
         return [clip_onsets(a.numpy(), sr).tolist() for a in audio]
 
-    onsets_measured = module_available("librosa")
-    if not onsets_measured:
-        print(f"avgen pretrain-twins: {ONSETS_UNMEASURED}")
+    unmeasured = onsets_unmeasured("codecs")
+    if unmeasured:
+        print(f"avgen pretrain-twins: {unmeasured}")
 
     def onset_scores(audio: torch.Tensor) -> dict[str, Any]:
-        if not onsets_measured:
-            return {"onsets": ONSETS_UNMEASURED}
+        if unmeasured:
+            return {"onsets": unmeasured}
         detected = onsets_of(audio)
         scores = {}
         for name, window in tolerances.items():
@@ -512,7 +537,7 @@ def write_twins(cfg: DictConfig, models: Mapping[str, torch.nn.Module], metrics:
     (a component ``made_by`` several stages: the last one's, its ``stage``, and its ``base``: the first one's);
     ``extra`` entries, e.g. the generators' ``codecs``), ``metrics.json`` and the part's strip (:data:`STRIPS`);
     returns the folder (written beside it and renamed into place)."""
-    import cv2
+    from PIL import Image
 
     from avgen._versions import library_versions
     from avgen.backbones.mini import MANIFEST, MANIFEST_FORMAT
@@ -538,7 +563,8 @@ def write_twins(cfg: DictConfig, models: Mapping[str, torch.nn.Module], metrics:
                 components[name]["scaling_factor"] = float(model.config.scaling_factor)
         (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if strip is not None:
-            cv2.imwrite(str(partial / STRIPS[part_of(cfg)]), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
+            Image.fromarray(np.ascontiguousarray(strip, dtype=np.uint8), mode="RGB").save(
+                partial / STRIPS[part_of(cfg)])
         manifest = {
             "format": MANIFEST_FORMAT,
             "part": cfg.pretrain_twins.part,
@@ -652,15 +678,21 @@ def clip_bank(cfg: DictConfig, datamodule, geometry, split: str, limit: int | No
     source = clip_source(cfg)
     if source == "store":
         return read_bank(datamodule, geometry, split, limit, config_key)
+    from avgen.data.shards import SPLITS
     from avgen.data.synthetic_prepare import rendered_clip_bank
 
+    if split not in SPLITS:
+        raise ConfigError(f"{config_key}={split}: synthetic_hits has no such split; use test or val")
     counts = cfg.data.prepare.get("clips") or {}
     count = int(counts.get(split) or 0)
     if count < 1:
         raise ConfigError(f"{config_key}: pretrain_twins.clip_source=rendered renders data.prepare.clips.{split} "
                           f"clips of the {split} split, and it is {counts.get(split)}; set it to at least 1")
-    return rendered_clip_bank(split, count if limit is None else min(int(limit), count), cfg.data.store,
+    bank = rendered_clip_bank(split, count if limit is None else min(int(limit), count), cfg.data.store,
                               seed=int(cfg.data.prepare.seed), clip=cfg.data.clip)
+    if bank.geometry != geometry:  # the recipe's geometry is the store's clips at data.clip's frame size: the same
+        raise ConfigError(f"data.clip: rendered clips have geometry {bank.geometry}, the recipe reads {geometry}")
+    return bank
 
 
 def clip_source(cfg: DictConfig) -> str:
@@ -676,11 +708,15 @@ def clip_source(cfg: DictConfig) -> str:
     if source == "rendered" and cfg.data.get("name") != "synthetic_hits":
         raise ConfigError(f"pretrain_twins.clip_source=rendered draws synthetic_hits' clips, but data is "
                           f"{cfg.data.get('name')!r}; use data=synthetic_hits or pretrain_twins.clip_source=store")
+    if source == "rendered" and cfg.data.get("subset"):
+        raise ConfigError(f"data.subset={cfg.data.subset}: a subset selects clips of a prepared store, and "
+                          f"pretrain_twins.clip_source=rendered reads none; use pretrain_twins.clip_source=store")
     return str(source)
 
 
 def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str | None], None], command: str) -> Path:
-    """The recipe of the module docstring on ``datamodule`` (``cfg.data``'s, prepared here when needed); ``fit`` trains
+    """The recipe of the module docstring on ``datamodule`` (``cfg.data``'s, prepared here when needed; None with
+    ``pretrain_twins.clip_source=rendered``, which reads no store); ``fit`` trains
     a stage (:func:`train_stage`); ``command`` is recorded in the manifest. Returns the twins folder.
 
     Raises:
@@ -1207,9 +1243,11 @@ LATENT_BANKS = "latent_banks"
 def cached_latent_bank(cfg: DictConfig, split: str, clips, codecs: Mapping[str, Any], build: Callable[[], Any],
                        settings: Mapping[str, Any]):
     """The :class:`~avgen.systems.generator_twins.LatentBank` of ``clips``, read from ``<run>/latent_banks/`` when a
-    bank of the same clips (their keys and geometry), latent spaces (the codecs' latent-space tag), tiny twins (their
-    version: the text towers) and ``settings`` is there, else built by ``build()`` and written there (other banks of
-    the split are removed). Encoding 2,048 clips takes minutes; every run of the recipe needs the bank."""
+    bank of the same clips (their keys and geometry; for clips not read from a store, ``clips.source``, also their
+    content: :func:`clip_bank_digest`), latent spaces (the codecs' latent-space tag), tiny twins (their version: the
+    text towers) and ``settings`` is there, else built by ``build()`` and written there (other banks of the split and
+    clip source are removed; a store's ``<split>-<key>``, a rendered bank's ``<split>-rendered-<key>``). Encoding
+    2,048 clips takes minutes; every run of the recipe needs the bank."""
     import hashlib
 
     from avgen.backbones.tiny import TINY_VERSION
@@ -1218,21 +1256,40 @@ def cached_latent_bank(cfg: DictConfig, split: str, clips, codecs: Mapping[str, 
     identity = {"format": 1, "split": split, "keys": list(clips.keys), "geometry": str(clips.geometry),
                 "codecs": codecs["latent_space"], "tiny": TINY_VERSION, **dict(settings)}
     source = getattr(clips, "source", "store")
-    if source != "store":  # rendered clips are not the stored ones (no h264 error); a store's banks keep their names
+    if source != "store":
+        # rendered clips are not the stored ones (no h264 error), and their keys do not change with the dataset seed
+        # or the generator's code: their content is part of the identity (a store's banks keep their names)
         identity["source"] = source
+        identity["content"] = clip_bank_digest(clips)
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cfg.paths.output_dir) / LATENT_BANKS
-    path = folder / f"{split}-{key}.safetensors"
+    prefix = split if source == "store" else f"{split}-{source}"
+    path = folder / f"{prefix}-{key}.safetensors"
     if path.is_file():
         try:
             return LatentBank.load(path)
         except ValueError as exc:
             print(f"avgen pretrain-twins: {exc}; encoding again")
     bank = build()
-    for stale in folder.glob(f"{split}-*.safetensors"):
-        stale.unlink(missing_ok=True)
+    for stale in folder.glob(f"{prefix}-*.safetensors"):  # older banks of this split and clip source
+        if stale.name.count("-") == prefix.count("-") + 1:  # a store's "train-<key>", not "train-rendered-<key>"
+            stale.unlink(missing_ok=True)
     bank.save(path)
     return bank
+
+
+def clip_bank_digest(clips) -> str:
+    """SHA-256 (hex) of a :class:`~avgen.data.clip_bank.ClipBank`'s content: frames, audio, events and captions
+    (2,048 clips of the mini store: about a second)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for tensor in (clips.frames, clips.audio):
+        digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    digest.update(json.dumps([[float(t) for t in e] for e in clips.events]).encode())
+    digest.update(json.dumps(list(clips.captions)).encode())
+    return digest.hexdigest()
 
 
 @torch.no_grad()
@@ -1254,8 +1311,8 @@ def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], 
     * ``audioldm_unet``: the same for audio (the length of the systems' clips), decoded by the mel VAE and the
       vocoder: the fraction of clips with an onset (:func:`avgen.metrics.codec.clip_onsets`), the mean number of
       onsets per clip against the number of the real clip's events inside the same window (its first seconds) and
-      their mean absolute difference (where librosa is installed; else ``onsets`` says so:
-      :data:`ONSETS_UNMEASURED`); the fraction of clips with an impact (:func:`~avgen.metrics.codec.
+      their mean absolute difference (where librosa and soxr are installed; else ``onsets`` says so:
+      :func:`onsets_unmeasured`); the fraction of clips with an impact (:func:`~avgen.metrics.codec.
       impact_contrast` above :data:`~avgen.metrics.codec.IMPACT_CONTRAST`; an onset detector also finds onsets in
       noise) and the median contrast, for the samples and the real windows; the peak level.
 
@@ -1263,7 +1320,6 @@ def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], 
     """
     from types import SimpleNamespace
 
-    from avgen._lazy import module_available
     from avgen.backbones.animatediff import decode_video
     from avgen.backbones.audioldm import decode_audio
     from avgen.metrics.codec import IMPACT_CONTRAST, clip_onsets, impact_contrast
@@ -1322,14 +1378,15 @@ def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], 
             seconds = samples / sr  # the sampled window is the clip's first `seconds`: count its events there
             events = torch.tensor([int((np.asarray(e) < seconds).sum()) for e in clips.events[:n]],
                                   dtype=torch.float64)
-            if module_available("librosa"):  # the onset detector of the papers' protocols
+            unmeasured = onsets_unmeasured("generators")
+            if unmeasured is None:  # the onset detector of the papers' protocols
                 counts = torch.tensor([len(clip_onsets(a.numpy(), sr)) for a in audio], dtype=torch.float64)
                 entry.update(clips_with_onsets=float((counts > 0).double().mean()),
                              onsets_per_clip=float(counts.mean()),
                              onset_count_error=float((counts - events).abs().mean()))
             else:  # a GPU node without media libraries: the rest is measured; the run folder can be measured again
-                entry["onsets"] = ONSETS_UNMEASURED
-                print(f"avgen pretrain-twins: {stage}: {ONSETS_UNMEASURED}")
+                entry["onsets"] = unmeasured
+                print(f"avgen pretrain-twins: {stage}: {unmeasured}")
             contrast = np.array([impact_contrast(a.numpy(), sr) for a in audio])
             real_contrast = np.array([impact_contrast(a.numpy(), sr) for a in clips.audio[:n, :samples]])
             entry.update(events_per_clip_real=float(events.mean()),

@@ -359,7 +359,10 @@ def test_recipe_refuses_bad_settings(tmp_path, capsys):
     fresh = tmp_path / "fresh"
     for override, message in (("data.name=vggsound", "clip_source=rendered draws synthetic_hits' clips"),
                               ("data.clip.height=16", "data.clip is 16x32"),
-                              ("data.prepare.clips.test=0", "data.prepare.clips.test clips of the test split")):
+                              ("data.prepare.clips.test=0", "data.prepare.clips.test clips of the test split"),
+                              ("pretrain_twins.evaluate.split=nope", "evaluate.split=nope: synthetic_hits has no such "
+                                                                     "split; use test or val"),
+                              ("data.subset=loud", "data.subset=loud: a subset selects clips of a prepared store")):
         with pytest.raises(SystemExit):
             recipe(fresh, "rendered", "pretrain_twins.stages=[frames_vae]", "pretrain_twins.clip_source=rendered",
                    override)
@@ -367,6 +370,29 @@ def test_recipe_refuses_bad_settings(tmp_path, capsys):
         assert message in err and len(err.strip().splitlines()) == 1, (override, err)
         assert not (fresh / "rendered" / "frames_vae").exists(), override
         assert not list(fresh.glob("data/synthetic_hits*")), override
+
+
+@pytest.mark.slow
+def test_sessions_record_their_clip_source_and_a_switch_is_noted(tmp_path, one_thread, capsys):
+    """A stage continued on rendered clips after training on the store's says so, and each session in the manifest
+    names its clips."""
+    only = ("pretrain_twins.stages=[frames_vae]",)
+    recipe(tmp_path, "r", *steps(2), *only)
+    assert "note: its checkpoint trained on clips" not in capsys.readouterr().out
+    twins = recipe(tmp_path, "r", *steps(3), *only, "pretrain_twins.clip_source=rendered")
+    out = capsys.readouterr().out
+    assert "frames_vae: note: its checkpoint trained on clips from store (this run's come from rendered" in out
+    assert "frames_vae: resuming from" in out
+    manifest = json.loads((twins / "manifest.json").read_text())
+    sessions = manifest["components"]["frames_vae"]["sessions"]
+    assert [(entry["clip_source"], entry["from_step"], entry["to_step"]) for entry in sessions] == \
+        [("store", 0, 2), ("rendered", 2, 3)]
+    assert manifest["data"]["clip_source"] == "rendered"
+    # finished: reused on the store's clips, with the same note
+    recipe(tmp_path, "r", *steps(3), *only)
+    out = capsys.readouterr().out
+    assert "note: its checkpoint trained on clips from rendered (this run's come from store" in out
+    assert "finished (3 steps" in out
 
 
 @pytest.mark.slow

@@ -11,12 +11,15 @@ so a resumed run sees exactly the batches an uninterrupted one would.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from avgen.data.geometry import ClipGeometry
-from avgen.data.stream import EvalStream, Health, Shard
+
+if TYPE_CHECKING:
+    from avgen.data.stream import Shard
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -62,6 +65,8 @@ class ClipBank:
         Raises:
             ValueError: no clip could be read (the message names the split and the first shard).
         """
+        from avgen.data.stream import EvalStream, Health  # webdataset: only a store's clips need it
+
         stream = EvalStream(shards, geometry, batch_size, split=split)
         frames, audio, events, keys, labels, captions = [], [], [], [], [], []
         total = Health()

@@ -108,7 +108,7 @@ def rendered_clip_bank(split: str, clips: int, store: Mapping[str, Any] | StoreG
     Keys, labels and captions equal those :meth:`ClipBank.read` gives for the prepared split, event times to its
     float32 precision, and audio the decoded 16-bit FLAC exactly (the same rounding is applied); frames are the
     generator's, without the h264 error of the stored ones (measured at the mini store, 32×32 at 8 fps: a mean
-    absolute difference of 2–4 levels of 255, up to ~90 at object edges). Needs no media library, so a machine
+    absolute difference of 2–4 levels of 255, up to ~145 at object edges). Needs no media library, so a machine
     without PyAV can train the mini twins (``pretrain_twins.clip_source=rendered``). 2-s clips at 32×32 render at
     about 5 ms each.
 
@@ -124,6 +124,7 @@ def rendered_clip_bank(split: str, clips: int, store: Mapping[str, Any] | StoreG
     Raises:
         ConfigError: an unknown split, ``clips`` < 1, or a ``clip`` frame size other than the store's (naming
             ``data.clip``).
+        ValueError: ``store`` is neither a store nor a clip geometry (:func:`generator_geometry`).
     """
     import torch
 

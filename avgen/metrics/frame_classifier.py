@@ -94,9 +94,14 @@ def prompt_agreement(classifier: FrameAttributeClassifier, frames: torch.Tensor,
 
     Per attribute: ``accuracy`` (fraction of clips whose predicted class, the argmax of the mean log-probability over
     the clip's frames, is the named one), ``correct``, ``clips``, ``chance`` (1 / classes) and ``p_value`` (exact
-    one-sided binomial test of ``correct`` out of ``clips`` against ``chance``).
+    one-sided binomial test of ``correct`` out of ``clips`` against ``chance``, scipy's ``binomtest``; None where
+    scipy is not installed, as on a GPU node without it).
     """
-    from scipy.stats import binomtest
+    from avgen._lazy import module_available
+
+    binomtest = None
+    if module_available("scipy"):
+        from scipy.stats import binomtest
 
     labels = attribute_labels(captions)
     n, per_clip = frames.shape[:2]
@@ -107,5 +112,6 @@ def prompt_agreement(classifier: FrameAttributeClassifier, frames: torch.Tensor,
         correct = int((mean.argmax(-1) == labels[name]).sum())
         chance = 1.0 / len(classes)
         out[name] = {"accuracy": correct / n, "correct": correct, "clips": n, "chance": chance,
-                     "p_value": float(binomtest(correct, n, chance, alternative="greater").pvalue)}
+                     "p_value": None if binomtest is None
+                     else float(binomtest(correct, n, chance, alternative="greater").pvalue)}
     return out
