@@ -269,7 +269,7 @@ def train_stage(cfg: DictConfig, stage: str, bank, fit: Callable[[DictConfig, An
                   f"parameters)")
         began = time.monotonic()
         first = newest[1] if newest else 0
-        source = recipe_commit()  # the code this session trains with (HEAD may move while it runs)
+        source = recipe_commit()  # the code this process loaded (HEAD may have moved since it started)
         try:
             fit(scfg, module, str(newest[0]) if newest else None)
         finally:
@@ -515,9 +515,24 @@ def json_numbers(tree: Any) -> Any:
     return tree
 
 
+_PROCESS_REVISION: dict[str, Any] | None = None
+
+
 def recipe_commit() -> dict[str, Any]:
-    """The avgen source revision the recipe ran from: ``{"commit": <sha>, "dirty": bool}`` from git, or
-    ``{"commit": None}`` outside a git checkout."""
+    """The avgen source revision this process runs: ``{"commit": <sha>, "dirty": bool}`` from git, or
+    ``{"commit": None}`` outside a git checkout.
+
+    Read once per process (the first call; :func:`run_recipe` makes it before any stage) and returned unchanged
+    afterwards: Python loaded the code when the process started, so a later checkout or commit while a multi-stage
+    run trains does not change what the remaining stages run, and their sessions must not say it does."""
+    global _PROCESS_REVISION
+    if _PROCESS_REVISION is None:
+        _PROCESS_REVISION = _git_revision()
+    return dict(_PROCESS_REVISION)
+
+
+def _git_revision() -> dict[str, Any]:
+    """HEAD and whether tracked files differ from it, as git says now (see :func:`recipe_commit`)."""
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10,
@@ -756,6 +771,7 @@ def run_recipe(cfg: DictConfig, datamodule, fit: Callable[[DictConfig, Any, str 
                 raise ConfigError(f"pretrain_twins.{part}.{stage}.{key}={spec.get(key)}: expected an integer >= 1")
     if settings.get("publish_dir"):
         check_publish_target(Path(settings.publish_dir), bool(settings.get("overwrite")))
+    recipe_commit()  # the revision of the code this process loaded, before any stage runs
     source = clip_source(cfg)
     codecs = load_codecs(cfg) if part == "generators" else None  # before any data work: missing codecs stop here
     torch.manual_seed(int(settings.seed))

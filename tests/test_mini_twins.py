@@ -372,10 +372,28 @@ def test_recipe_refuses_bad_settings(tmp_path, capsys):
         assert not list(fresh.glob("data/synthetic_hits*")), override
 
 
+def test_recipe_commit_is_read_once_per_process(monkeypatch):
+    """The revision is the one the process started with: asked again after HEAD moved, the same answer (a copy)."""
+    from avgen import pretraining
+
+    answers = iter([{"commit": "a" * 40, "dirty": False}, {"commit": "b" * 40, "dirty": True}])
+    monkeypatch.setattr(pretraining, "_PROCESS_REVISION", None)
+    monkeypatch.setattr(pretraining, "_git_revision", lambda: next(answers))
+    first = pretraining.recipe_commit()
+    first["commit"] = "changed by the caller"
+    assert pretraining.recipe_commit() == {"commit": "a" * 40, "dirty": False}
+
+
 @pytest.mark.slow
-def test_sessions_record_their_clip_source_and_a_switch_is_noted(tmp_path, one_thread, capsys):
+def test_sessions_record_their_clip_source_and_a_switch_is_noted(tmp_path, one_thread, capsys, monkeypatch):
     """A stage continued on rendered clips after training on the store's says so, and each session in the manifest
-    names its clips."""
+    names its clips; every session and the manifest name the revision the process loaded, though git's HEAD moves
+    (here: a new revision each time git is asked) while it runs."""
+    from avgen import pretraining
+
+    revisions = iter(f"{n:040x}" for n in range(1, 100))
+    monkeypatch.setattr(pretraining, "_PROCESS_REVISION", None)
+    monkeypatch.setattr(pretraining, "_git_revision", lambda: {"commit": next(revisions), "dirty": False})
     only = ("pretrain_twins.stages=[frames_vae]",)
     recipe(tmp_path, "r", *steps(2), *only)
     assert "note: its checkpoint trained on clips" not in capsys.readouterr().out
@@ -387,6 +405,7 @@ def test_sessions_record_their_clip_source_and_a_switch_is_noted(tmp_path, one_t
     sessions = manifest["components"]["frames_vae"]["sessions"]
     assert [(entry["clip_source"], entry["from_step"], entry["to_step"]) for entry in sessions] == \
         [("store", 0, 2), ("rendered", 2, 3)]
+    assert [entry["commit"] for entry in sessions] == [f"{1:040x}"] * 2 == [manifest["recipe"]["commit"]] * 2
     assert manifest["data"]["clip_source"] == "rendered"
     # finished: reused on the store's clips, with the same note
     recipe(tmp_path, "r", *steps(3), *only)
