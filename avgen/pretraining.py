@@ -1243,7 +1243,7 @@ def run_generators(cfg: DictConfig, stages: list[str], train, held_out, codecs: 
             made_by.setdefault(stage, [stage])
     models = {name: generators[name] for name in GENERATORS if name in generators}
     held = latent_bank(held_out, str(cfg.pretrain_twins.evaluate.split))
-    metrics, strip = evaluate_generators(cfg, models, held, held_out, codecs, train)
+    metrics, strip = evaluate_generators(cfg, models, held, held_out, codecs, train, train_latents=bank)
     published: dict[str, Any] = dict(models)
     for stage, component in STAGE_SCHEDULERS.items():
         if stage in models:
@@ -1309,14 +1309,18 @@ def clip_bank_digest(clips) -> str:
 
 
 @torch.no_grad()
-def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], held, clips, codecs, train=None
-                        ) -> tuple[dict[str, Any], np.ndarray | None]:
+def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], held, clips, codecs, train=None,
+                        train_latents=None) -> tuple[dict[str, Any], np.ndarray | None]:
     """The generators' measurements on held-out clips (``held``: their :class:`LatentBank`, ``clips``: the clips):
 
     * every stage: ``held_out_loss`` (its training loss on held-out clips, fixed draws, no caption drop:
       :meth:`DenoiserTraining.held_out_loss`, ``loss_batches`` batches of ``loss_batch_size``) and
       ``initial_held_out_loss`` (the same for its weights at step 0; for ``animatediff_motion`` that is the trained
-      image U-Net applied per frame), and their ratio;
+      image U-Net applied per frame), and their ratio; with ``train_latents`` (the training clips' bank), also
+      ``training_loss``: the same measurement on training clips, with the same timesteps and noise (a draw's clip
+      index does not move the random stream: only the clips differ), and ``held_out_to_training_loss``, their ratio
+      (about 1: the model generalises to clips it never saw; well above 1: it memorised its training clips, and
+      more clips, free for synthetic data, are the remedy; the committed 8x8 AnimateDiff pair: 1.02);
     * video generators: ``pretrain_twins.evaluate.samples`` clips sampled (DDIM, the system's scheduler, the
       ``guidance.video`` scale) from the first held-out clips' captions, decoded by the frame VAE: ``frame_change``
       (mean absolute difference of consecutive frames, in [0, 1] pixel units) against the real clips', and
@@ -1368,6 +1372,9 @@ def evaluate_generators(cfg: DictConfig, models: Mapping[str, torch.nn.Module], 
         draws = {"batches": int(settings.loss_batches), "batch_size": int(settings.loss_batch_size)}
         loss, before = trained.held_out_loss(held, **draws), initial.held_out_loss(held, **draws)
         entry: dict[str, Any] = {"held_out_loss": loss, "initial_held_out_loss": before, "loss_ratio": loss / before}
+        if train_latents is not None:
+            seen = trained.held_out_loss(train_latents, **draws)
+            entry.update(training_loss=seen, held_out_to_training_loss=loss / seen)
         _, _, kind = GENERATOR_TWINS[stage]
         encoder = trained.text_encoder
         conditions = held.text[encoder][held.caption_index[index]]

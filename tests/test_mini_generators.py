@@ -493,6 +493,32 @@ def test_motion_weights_exact_values():
         motion_weights(x0, -1)
 
 
+def test_held_out_loss_draws_the_same_timesteps_and_noise_on_any_bank(latent_bank):
+    """The recipe's training-clip loss pairs with its held-out loss: only the clips differ between two banks, not
+    the timesteps or the noise (a bank of one clip and of that clip three times give the same loss to the bit)."""
+    import dataclasses
+
+    from avgen.systems.generator_twins import ImageUNetTraining, MotionModuleTraining
+
+    _, _, _, _, bank = latent_bank
+
+    def repeated(times: int):
+        pick = torch.zeros(times, dtype=torch.long)
+        return dataclasses.replace(bank, video_mean=bank.video_mean[pick], video_std=bank.video_std[pick],
+                                   audio_mean=bank.audio_mean[pick], audio_std=bank.audio_std[pick],
+                                   caption_index=bank.caption_index[pick])
+
+    image = ImageUNetTraining(dict(small_unet().config), noise_schedule=SCHEDULE, steps=10, batch_size=3, lr=1e-3,
+                              cond_drop_prob=0.0).eval()
+    motion = MotionModuleTraining(MOTION, unet=small_unet(), noise_schedule=SCHEDULE, steps=10, batch_size=2, lr=1e-3,
+                                  cond_drop_prob=0.0).eval()
+    with torch.no_grad():
+        for module in (image, motion):
+            one, three = (module.held_out_loss(repeated(n), batches=2, batch_size=4) for n in (1, 3))
+            assert one == three
+            assert module.held_out_loss(bank, batches=2, batch_size=4) != one  # other clips: another value
+
+
 def test_denoising_loss_is_epsilon_mse_and_step_seeded(latent_bank):
     from avgen.diffusion import add_noise
     from avgen.systems.generator_twins import ImageUNetTraining
@@ -724,6 +750,10 @@ def test_rendered_clips_train_the_generators_without_media_libraries(tmp_path, m
     assert set(manifest["components"]) >= set(STAGES)
     metrics = json.loads((run / "twins" / "metrics.json").read_text())
     assert all(np.isfinite(metrics[name]["held_out_loss"]) for name in STAGES)
+    for name in STAGES:  # the same draws on training clips beside them
+        entry = metrics[name]
+        assert entry["training_loss"] > 0
+        assert entry["held_out_to_training_loss"] == pytest.approx(entry["held_out_loss"] / entry["training_loss"])
     unmeasured = ("onsets not measured: librosa, soxr are not installed here (pip install librosa soxr, then run the "
                   "same command again: finished stages are measured, not retrained)")
     assert metrics["audioldm_unet"]["onsets"] == unmeasured and "onsets_per_clip" not in metrics["audioldm_unet"]
