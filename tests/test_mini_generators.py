@@ -1258,3 +1258,47 @@ def test_argument_defaults_fill_settings_a_checkpoint_predates():
     defaults = argument_defaults(VideoFinetuning)
     assert defaults["temporal_difference_weight"] == 0.0 and defaults["frame_difference_weight"] == 0.0
     assert defaults["unet_lr"] == 1e-4 and "config" not in defaults
+
+
+@pytest.mark.slow
+def test_gpu_generators_script_trains_and_copies_both_twins(tmp_path):
+    """benchmarks/gpu_generators.py (the wider pair for a lent GPU) on the CPU, 2 steps per stage: the 16x16 frame
+    VAE and the AnimateDiff pair at the asked width are trained on rendered clips and copied where asked, loadable
+    as scale=mini's sets (AVGEN_MINI_WEIGHTS / AVGEN_MINI_GENERATORS); bad arguments stop it in one line."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = str(REPO / "benchmarks" / "gpu_generators.py")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("AVGEN_RUN_ID", None)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, script, "--smoke", "--width", "16", "--frame-latents", "16", "--out",
+                           str(out), "--runs", str(tmp_path / "runs")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    image = json.loads((out / "generators" / "animatediff_image" / "config.json").read_text())
+    assert image["block_out_channels"] == [16, 16, 32, 32]
+    vae = json.loads((out / "codecs" / "frames_vae" / "config.json").read_text())
+    assert vae["block_out_channels"] == [32, 64]  # two blocks: 32x32 frames -> 16x16 latents
+    manifest = json.loads((out / "generators" / "manifest.json").read_text())
+    assert manifest["codecs"]["dir"] == str(tmp_path / "runs" / "codecs16" / "twins")
+    assert manifest["data"]["clip_source"] == "rendered"
+    assert (out / "generators" / "animatediff_video.sessions.json").is_file()
+    from avgen.backbones import mini
+
+    for folder in (out / "codecs", out / "generators"):  # the files the manifests name, as scale=mini checks them
+        for name in mini.read_manifest(folder)["components"]:
+            mini.verify_component(name, folder)
+    # the generators learned the copied codecs' latent spaces (what scale=mini checks when it loads both sets)
+    mini.check_generators_codecs(out / "generators", out / "codecs")
+    with pytest.raises(mini.MiniWeightsError, match="animatediff_image, animatediff_motion were trained in the latent"):
+        mini.check_generators_codecs(out / "generators", mini.WEIGHTS_DIR)  # not the committed 8x8 frame VAE's
+    for bad, message in ((["--width", "12"], "--width 12: expected a multiple of 8"),
+                         (["--steps", "1,2"], "--steps 1,2: expected three positive integers")):
+        refused = subprocess.run([sys.executable, script, "--out", str(out), "--dry-run", *bad], env=env,
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0 and refused.stderr.strip().splitlines() == [message + (
+            ", image,motion,video" if "steps" in message else " (the U-Net's group norm has 8 groups)")]
