@@ -327,8 +327,10 @@ def resolve_resume(cfg: DictConfig) -> str | None:
 
     ``resume=auto``: the newest complete checkpoint in ``<output_dir>/checkpoints/`` (``last.ckpt`` or a newer
     ``step_*.ckpt``, e.g. when a process was killed while writing ``last.ckpt``; see
-    :func:`avgen.checkpoint.newest_checkpoint`), else none; ``resume=never``: none; else the given path.
-    Temporary files left by a process killed while saving are removed first, whatever ``resume`` says.
+    :func:`avgen.checkpoint.newest_checkpoint`), else none; ``resume=never``: none, and the folder's checkpoints of
+    the run it starts over are moved into ``checkpoints/superseded-<UTC time>/`` (kept, said aloud), so that a later
+    ``resume=auto`` cannot continue the abandoned run from a step checkpoint the new run has not reached; else the
+    given path. Temporary files left by a process killed while saving are removed first, whatever ``resume`` says.
 
     Raises:
         ConfigError: ``resume`` names a file that does not exist.
@@ -340,6 +342,9 @@ def resolve_resume(cfg: DictConfig) -> str | None:
         print(f"removed {stale}: a temporary checkpoint left by a process killed while saving")
     resume = cfg.get("resume", "auto")
     if resume in (None, False, "never", "none"):
+        superseded = set_checkpoints_aside(folder)
+        if superseded is not None:
+            print(f"resume={resume}: starting over; the earlier run's checkpoints moved to {superseded}")
         return None
     if resume == "auto":
         newest = newest_checkpoint(folder)
@@ -354,14 +359,39 @@ def resolve_resume(cfg: DictConfig) -> str | None:
     return str(resume)
 
 
+def set_checkpoints_aside(folder: Path) -> Path | None:
+    """Move the ``*.ckpt`` files of ``folder`` into a new ``folder/superseded-<UTC time>/`` (``-2``, ``-3``… when that
+    exists); returns it, or None when there was nothing to move. Nothing is deleted: the abandoned run can still be
+    resumed with ``resume=<path>``. Runs on rank 0 only (``LOCAL_RANK`` / ``RANK`` unset or 0); the others find the
+    folder already cleared."""
+    import time
+
+    if not folder.is_dir() or int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) != 0:
+        return None
+    files = sorted(p for p in folder.glob("*.ckpt") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = folder / f"superseded-{stamp}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder / f"superseded-{stamp}-{n}"
+    target.mkdir()
+    for path in files:
+        path.rename(target / path.name)
+    return target
+
+
 # ----------------------------------------------------------------------------------- commands
 def resume_command(cfg: DictConfig, command: str = "fit") -> str:
     """The command line that continues this ``command`` (``fit``, ``pretrain-twins``): the user's overrides, with
-    the run folder pinned."""
+    the run folder pinned, and without ``resume=`` (``never`` would start over again, a path would go back to that
+    checkpoint: the default ``auto`` continues from the run folder's newest)."""
     import shlex
 
     overrides = [o for o in command_line_overrides()
-                 if not o.startswith(("hydra.run.dir=", "paths.output_dir=", "command="))]
+                 if not o.lstrip("+").startswith(("hydra.run.dir=", "paths.output_dir=", "command=", "resume="))]
     return " ".join([f"python -m avgen {command}", *map(shlex.quote, overrides),
                      shlex.quote(f"hydra.run.dir={cfg.paths.output_dir}")])
 

@@ -62,10 +62,27 @@ def test_resume_from_last_ckpt_continues_step(tmp_path, tiny_shards):
     assert not torch.equal(first["state_dict"]["head.weight"], second["state_dict"]["head.weight"])
 
 
-def test_resume_never_starts_over(tmp_path, tiny_shards):
-    run_command(fit_cfg(tmp_path, tiny_shards))
-    run_command(fit_cfg(tmp_path, tiny_shards, "resume=never"))
+def test_resume_never_starts_over(tmp_path, tiny_shards, capsys):
+    """resume=never starts over and sets the earlier run's checkpoints aside (kept), so a later resume=auto continues
+    the new run, not the abandoned one's further step checkpoint; the resume command it prints continues (no
+    resume=never in it)."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    run_command(fit_cfg(tmp_path, tiny_shards))  # 4 steps: step_2, step_4, last (4)
+    old = read_checkpoint(checkpoints / "step_0000004.ckpt")["state_dict"]["head.weight"]
+    capsys.readouterr()
+    run_command(fit_cfg(tmp_path, tiny_shards, "resume=never", "trainer.max_steps=2"))
     assert record(tmp_path / "run")["first_step"] == 0
+    out = capsys.readouterr().out
+    aside = [p for p in checkpoints.iterdir() if p.is_dir()]
+    assert len(aside) == 1 and aside[0].name.startswith("superseded-")
+    assert f"resume=never: starting over; the earlier run's checkpoints moved to {aside[0]}" in out
+    assert sorted(p.name for p in aside[0].iterdir()) == ["last.ckpt", "step_0000002.ckpt", "step_0000004.ckpt"]
+    assert torch.equal(read_checkpoint(aside[0] / "step_0000004.ckpt")["state_dict"]["head.weight"], old)
+    resume_line = next(line for line in out.splitlines() if "resume with:" in line)
+    assert "resume=never" not in resume_line and "trainer.max_steps=2" in resume_line
+    run_command(fit_cfg(tmp_path, tiny_shards, "trainer.max_steps=6"))
+    assert f"resuming from {checkpoints / 'last.ckpt'} (step 2" in capsys.readouterr().out
+    assert record(tmp_path / "run")["first_step"] == 2
 
 
 def test_init_from_starts_new_run_from_weights(tmp_path, tiny_shards):
