@@ -161,7 +161,8 @@ def check_overrides(overrides: list[str]) -> None:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             loader = GlobalHydra.instance().config_loader()
             values = _value_overrides(loader, parsed)
-            if all(o.key_or_group == "command" or o.key_or_group.split(".")[0] in OPEN_BLOCKS for o in values):
+            if all(o.key_or_group == "command" or o.key_or_group.split(".")[0] in OPEN_BLOCKS
+                   and o.key_or_group.split(".")[0] != "trainer" for o in values):  # trainer: its target's arguments
                 return
             hydra_lines = [o.input_line for o in values if o.is_hydra_override() and not o.is_sweep_override()]
             from_checkpoint = any(o.key_or_group == "ckpt_path" for o in values)
@@ -220,8 +221,33 @@ def _check_override(cfg, override) -> None:
         raise ConfigError(f"no value for {key} ({line}): expected {_kind(value)}, e.g. {key}={_example(value)}")
     if override.is_add() and value is not None and not isinstance(new, (dict, list)):
         raise ConfigError(f"{line}: {key} already has a value; write {line[1:]} to change it")
+    if _wrong_type(value, new):
+        raise ConfigError(f"{line}: {key} takes {_kind(value)} (default {key}={_example(value)})")
     if isinstance(new, dict):
         _check_dict(cfg, parts, new)
+
+
+def _wrong_type(default, new) -> bool:
+    """Whether an override's value cannot be what the key's default is: a number where the default is an int or a
+    float (a decimal or ``num/den`` string is a number: frame rates take ``30000/1001``), true/false where it is a
+    boolean. Null, an interpolation and keys whose default is a string, a list, a block or null take anything here
+    (their readers check them)."""
+    from fractions import Fraction
+
+    if new is None or isinstance(new, str) and "${" in new:
+        return False
+    if isinstance(default, bool):
+        return not isinstance(new, bool)
+    if isinstance(default, (int, float)):
+        if isinstance(new, bool) or isinstance(new, (dict, list)):
+            return True
+        if isinstance(new, str):
+            try:
+                Fraction(new.strip())
+            except (ValueError, ZeroDivisionError):
+                return True
+        return False
+    return False
 
 
 def _check_dict(cfg, parts: tuple[str, ...], value: dict) -> None:
@@ -239,6 +265,8 @@ def _lookup(cfg, parts: tuple[str, ...]):
 
     from avgen.errors import ConfigError
 
+    if parts[0] == "trainer" and len(parts) > 1 and "trainer" in cfg:
+        _check_trainer_key(cfg.trainer, parts[1])
     if parts[0] in OPEN_BLOCKS:  # present or not (hydra is composed apart, local is optional)
         return _PASS
     node = cfg
@@ -254,14 +282,33 @@ def _lookup(cfg, parts: tuple[str, ...]):
                 raise ConfigError(f"unknown key {key}: no {name} is selected; choose experiment=<name> or "
                                   f"{name}=<{', '.join(group_options(name))}>")
             known = sorted({k for k in node.keys() if not str(k).startswith("_")} | arguments)
-            close = difflib.get_close_matches(name, known, n=1)
+            groups = [] if block else sorted(g for g in ("experiment", "part", *HELP_GROUPS)
+                                             if "/" not in g and g not in known and group_options(g))
+            close = difflib.get_close_matches(name, known + groups, n=1)
+            hint = (f"; did you mean {close[0]}=<{', '.join(group_options(close[0]))}>?" if close and close[0] in groups
+                    else f"; did you mean {close[0]}?" if close else "")
             raise ConfigError(f"unknown key {key}; known keys of {block or 'the root config'}: {', '.join(known)}"
-                              + (f"; did you mean {close[0]}?" if close else ""))
+                              + (f"; config groups: {', '.join(groups)}" if groups else "") + hint)
         try:
             node = node[name]
         except Exception:  # ${hydra:...} or an unset environment variable: resolved in the run
             node = None
     return node
+
+
+def _check_trainer_key(trainer, name: str) -> None:
+    """``trainer.<name>`` is an argument of the block's ``_target_`` (Lightning's ``Trainer``) or a key the block
+    has; else ConfigError with the nearest argument (the Trainer would fail later with a TypeError traceback)."""
+    import difflib
+
+    from avgen.errors import ConfigError
+
+    arguments = _target_arguments(trainer, "trainer")
+    if not arguments or name in arguments or name in trainer.keys() or name in _INSTANTIATE_KEYS:
+        return  # a target that takes **kwargs, or one that does not import here: Lightning says
+    close = difflib.get_close_matches(name, sorted(arguments), n=1)
+    raise ConfigError(f"unknown key trainer.{name}: not an argument of {trainer.get('_target_')}"
+                      + (f"; did you mean trainer.{close[0]}?" if close else ""))
 
 
 # evaluate blocks whose extra keys are the feature extractor's constructor arguments (e.g. tiny test sizes)

@@ -98,8 +98,10 @@ def build_trainer(cfg: DictConfig, datamodule=None, *, interrupt_checkpoint: boo
     Ctrl-C prints to continue (default: :func:`resume_command` of ``fit``).
 
     Raises:
-        ConfigError: ``AVGEN_REQUEUE`` holds an unknown route.
+        ConfigError: ``AVGEN_REQUEUE`` holds an unknown route; ``trainer.accelerator`` is gpu / cuda on a machine
+            without a CUDA device (``trainer=gpu`` or ``trainer=ddp`` on a CPU: names ``trainer=ddp_cpu``).
     """
+    import torch
     from hydra.utils import instantiate
 
     from avgen.callbacks import DataHealthMonitor, FinalCheckpoint, InterruptCheckpoint, SlurmRequeue
@@ -114,6 +116,10 @@ def build_trainer(cfg: DictConfig, datamodule=None, *, interrupt_checkpoint: boo
         callbacks.append(FinalCheckpoint(ckpt_dir))
         if os.environ.get("SLURM_JOB_ID"):
             callbacks.append(SlurmRequeue(ckpt_dir))
+    accelerator = str(cfg.trainer.get("accelerator", "auto")).lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator}: this machine has no CUDA GPU; on a CPU use "
+                          f"trainer=cpu, or trainer=ddp_cpu for DDP (gloo processes)")
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=trainer_plugins(cfg))
 

@@ -37,6 +37,53 @@ def test_unknown_keys_and_missing_values_are_one_line_errors(overrides, message)
     assert message in text and "\n" not in text
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["scale=tiny", "data.batch_size=abc"], "data.batch_size=abc: data.batch_size takes an int (default "
+                                            "data.batch_size=2)"),
+    (["evaluate.av_align.onset_delta=abc"], "evaluate.av_align.onset_delta=abc: evaluate.av_align.onset_delta "
+                                            "takes a number (default evaluate.av_align.onset_delta="),
+    (["evaluate.plots=[1]"], "evaluate.plots=[1]: evaluate.plots takes an int (default evaluate.plots=0)"),
+    (["init_from_strict=3"], "init_from_strict=3: init_from_strict takes true or false (default "
+                             "init_from_strict=true)"),
+    (["+trainer.max_stepz=3"], "unknown key trainer.max_stepz: not an argument of lightning.pytorch.Trainer; did you "
+                               "mean trainer.max_steps?"),
+    (["expriment=joint_cmcpe"], "unknown key expriment; known keys of the root config: "),
+])
+def test_wrong_types_and_typos_of_groups_and_trainer_keys_are_one_line_errors(overrides, message):
+    """A value of the wrong type for a key with a number or boolean default stops before the run (not a TypeError
+    deep in the data module or the metric); a trainer key Lightning's Trainer does not take, and a group name typed
+    wrong (suggested as the group, with its options), too."""
+    with pytest.raises(ConfigError) as err:
+        check_overrides(overrides)
+    text = str(err.value)
+    assert message in text and "\n" not in text
+    if overrides == ["expriment=joint_cmcpe"]:
+        assert "config groups: debug, experiment, model, part, scale; did you mean experiment=<joint_cmcpe, " in text
+
+
+@pytest.mark.parametrize("overrides", [
+    ["scale=tiny", "data.store.fps=30000/1001", "data.clip.fps=29.97"],  # frame rates: num/den or a decimal
+    ["evaluate.av_align.onset_delta=1e-1"], ["scale=tiny", "data.batch_size=4"], ["init_from_strict=false"],
+    ["scale=tiny", "data.batch_size=${oc.env:BATCH,2}"], ["evaluate.plots=null"],
+])
+def test_values_of_the_right_type_pass(overrides):
+    check_overrides(overrides)
+
+
+def test_a_gpu_trainer_on_a_machine_without_cuda_names_the_cpu_trainers(tmp_path):
+    import torch
+
+    from avgen.commands import build_trainer
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here")
+    for trainer in ("gpu", "ddp"):
+        cfg = compose(["experiment=vta_ldm", "scale=tiny", f"trainer={trainer}"], tmp_path)
+        with pytest.raises(ConfigError, match=r"trainer.accelerator=gpu: this machine has no CUDA GPU; on a CPU use "
+                                              r"trainer=cpu, or trainer=ddp_cpu for DDP"):
+            build_trainer(cfg)
+
+
 def test_a_typo_gets_a_suggestion():
     with pytest.raises(ConfigError, match=r"did you mean onset_delta\?$"):
         check_overrides(["+evaluate.av_align.onset_detla=0.15"])
