@@ -174,6 +174,10 @@ def check_overrides(overrides: list[str]) -> None:
                 for override in values:
                     if override.key_or_group.split(".")[0] not in unchecked:
                         _check_override(cfg, override)
+                    elif not (override.is_add() or override.is_force_add() or override.is_delete()):
+                        # Hydra would refuse it in several lines ("Key 'model' is not in struct")
+                        raise ConfigError(f"{override.input_line}: with ckpt_path the model block comes from the "
+                                          f"checkpoint; write +{override.input_line} to change it")
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_one_line(exc)) from exc
 

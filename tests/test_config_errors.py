@@ -48,6 +48,9 @@ def test_unknown_keys_and_missing_values_are_one_line_errors(overrides, message)
     (["+trainer.max_stepz=3"], "unknown key trainer.max_stepz: not an argument of lightning.pytorch.Trainer; did you "
                                "mean trainer.max_steps?"),
     (["expriment=joint_cmcpe"], "unknown key expriment; known keys of the root config: "),
+    (["command=sample", "ckpt_path=x.ckpt", "model.sampling.steps=2"],
+     "model.sampling.steps=2: with ckpt_path the model block comes from the checkpoint; write "
+     "+model.sampling.steps=2 to change it"),
 ])
 def test_wrong_types_and_typos_of_groups_and_trainer_keys_are_one_line_errors(overrides, message):
     """A value of the wrong type for a key with a number or boolean default stops before the run (not a TypeError
