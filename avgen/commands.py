@@ -697,13 +697,17 @@ def prepare(cfg: DictConfig):
     if data.get("store") is None:
         raise ConfigError(f"data={data.get('group') or data.name} has no data.store (the geometry prepare writes); "
                           f"add one, e.g. data.store='{{seconds: 10.0, fps: 25, short_side: 256, sample_rate: 16000}}'")
-    from avgen.data.geometry import StoreGeometry
+    from avgen.data.geometry import ClipGeometry, StoreGeometry, check_servable
 
     store = OmegaConf.to_container(data.store, resolve=True)
     try:
-        StoreGeometry.from_config(store)
+        stored = StoreGeometry.from_config(store)
+        clip = None if data.get("clip") is None else ClipGeometry.from_config(
+            OmegaConf.to_container(data.clip, resolve=True))
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    if clip is not None:  # a store that cannot serve data.clip would only be refused at fit
+        check_servable(clip, stored, data.name)
     fn = instantiate(data.prepare)
     result = fn(root=data.root, store=store, overwrite=bool(cfg.get("overwrite", False)))
     if isinstance(result, dict) and "splits" in result:

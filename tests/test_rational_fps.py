@@ -14,10 +14,11 @@ import webdataset as wds
 
 from avgen.data.datamodule import AVDataModule
 from avgen.data.decode import SampleError, decode_sample
-from avgen.data.geometry import ClipGeometry
+from avgen.data.geometry import ClipGeometry, StoreGeometry
 from avgen.data.shards import MANIFEST, Manifest
 from avgen.data.synthetic import generate_clip
 from avgen.data.synthetic_prepare import prepare_synthetic_hits
+from avgen.errors import ConfigError
 from avgen.media import decode_video
 from tests.conftest import TINY_CLIP, compose, run_cli
 
@@ -159,6 +160,51 @@ def test_dataset_folder_names_show_the_rate_as_a_decimal(fps, tmp_path):
     folder = Path(cfg.data.root).relative_to(tmp_path / "data" / "synthetic_hits")
     assert folder == Path("32x32_29.97fps_1.0s_16000hz")
     assert ClipGeometry.from_config(cfg.data.clip).fps == NTSC
+
+
+TINY_STORE = {"seconds": 1.0, "fps": 8, "short_side": 32, "sample_rate": 16000, "square": True}
+
+
+@pytest.mark.parametrize("clip, problems", [
+    # 30 frames at 30000/1001 last 1.001 s > 1.0 s: the higher rate's doing, not a different duration
+    ({"fps": 29.97}, ["fps: shards have 8, config asks for 29.97 (30000/1001) (a rate up to the stored one can be "
+                      "served)"]),
+    ({"fps": 29.97, "seconds": 2.0}, ["fps: shards have 8, config asks for 29.97 (30000/1001) (a rate up to the "
+                                      "stored one can be served)",
+                                      "seconds: shards hold 1.0 s clips, config asks for 2.0 s"]),
+    ({"seconds": 2.0}, ["seconds: shards hold 1.0 s clips, config asks for 2.0 s"]),
+    # a lower rate whose 8 whole frames (round(7.5), halves up) last 1.067 s: the frame spans differ
+    ({"fps": 7.5}, ["seconds: 1.0 s at 7.5 (15/2) fps is 8 whole frames lasting 1.067 s, longer than the shards' "
+                    "8 frames (1.000 s)"]),
+    ({"fps": 4, "seconds": 0.5}, []),
+])
+def test_store_problems_list_only_the_fields_that_differ(clip, problems):
+    assert ClipGeometry.from_config({**TINY_CLIP, **clip}).incompatibilities(StoreGeometry(**TINY_STORE)) == problems
+
+
+def test_fit_refuses_a_clip_rate_above_the_store_and_says_to_set_the_store_rate_too(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        AVDataModule(name="synthetic_hits", root=str(tmp_path), clip=CLIP_2997, store=TINY_STORE)
+    assert str(err.value) == (
+        "data.clip cannot be served from data.store (synthetic_hits): fps: shards have 8, config asks for 29.97 "
+        "(30000/1001) (a rate up to the stored one can be served). data.store = {'seconds': 1.0, 'fps': 8, "
+        "'short_side': 32, 'sample_rate': 16000, 'square': True}; set data.store too: data.store.fps=29.97 "
+        "data.clip.fps=29.97, or lower data.clip (and prepare the dataset at that stored geometry)")
+
+
+def test_prepare_refuses_a_clip_rate_its_store_cannot_serve_before_writing(tmp_path):
+    """``data.clip.fps=29.97`` alone leaves ``data.store`` at 8 fps: prepare refuses it (the check fit makes) and
+    writes no shards, instead of preparing (or calling up to date) a store fit would refuse."""
+    out = run_cli("prepare", "data=synthetic_hits", "scale=tiny", "data.clip.fps=29.97",
+                  f"paths.data_dir={tmp_path / 'data'}", cwd=tmp_path)
+    assert out.returncode != 0
+    assert out.stderr.splitlines() == [
+        "avgen prepare: error: data.clip cannot be served from data.store (synthetic_hits): fps: shards have 8, "
+        "config asks for 29.97 (30000/1001) (a rate up to the stored one can be served). data.store = "
+        "{'seconds': 1.0, 'fps': 8, 'short_side': 32, 'sample_rate': 16000, 'square': True}; set data.store too: "
+        "data.store.fps=29.97 data.clip.fps=29.97, or lower data.clip (and prepare the dataset at that stored "
+        "geometry)"]
+    assert not (tmp_path / "data").exists()
 
 
 @pytest.mark.slow

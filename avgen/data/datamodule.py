@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader
 from avgen.data.concat import ConcatAugment, ConcatPair, ConcatTest
 from avgen.data.decode import to_model_batch
 from avgen.data.feature_cache import CacheSplit, FeaturePart, cache_folder, check_name, remedy, skipped_modalities
-from avgen.data.geometry import ClipGeometry, StoreGeometry
+from avgen.data.geometry import ClipGeometry, StoreGeometry, check_servable
 from avgen.data.shards import MANIFEST, Manifest
 from avgen.data.stream import ConcatEvalStream, EvalStream, Health, SampleRef, Shard, TrainStream, index_shards
 from avgen.errors import ConfigError, GeometryMismatchError, MissingShardsError
@@ -125,11 +125,7 @@ class AVDataModule(pl.LightningDataModule):
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         if self.store is not None:
-            problems = self.clip.incompatibilities(self.store)
-            if problems:
-                raise ConfigError(f"data.clip cannot be served from data.store ({self.name}): " + "; ".join(problems)
-                                  + f". data.store = {self.store.to_dict()}; lower data.clip or raise data.store "
-                                    f"(and prepare the dataset at that stored geometry)")
+            check_servable(self.clip, self.store, self.name)
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size}: expected an int >= 1")
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size

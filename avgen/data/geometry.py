@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any, Mapping
 
+from avgen.errors import ConfigError
 from avgen.media import as_fps, fps_label, fps_text, frame_count
 
 
@@ -96,17 +97,56 @@ class ClipGeometry(_Counts):
         as FFmpeg's ``fps`` filter does: :func:`avgen.media.decode_video`); the sample rate must be
         equal (audio is never resampled by the loader); the requested duration must fit inside the
         stored one (a shorter window is cut from it). Frame size may differ: frames are resized
-        keeping the aspect ratio, then cropped.
+        keeping the aspect ratio, then cropped. Only fields that differ are listed: a duration the same as the
+        stored one whose whole frames at a higher rate outlast the stored ones is the ``fps`` problem alone.
         """
-        problems = []
+        return list(self._problems(stored).values())
+
+    def _problems(self, stored: "ClipGeometry | StoreGeometry") -> dict[str, str]:
+        """:meth:`incompatibilities` by cause: ``fps``, ``sample_rate``, ``seconds`` (a longer duration asked
+        for) or ``frames`` (the same or a shorter duration whose whole frames outlast the stored clip's)."""
+        problems = {}
         if self.fps > stored.fps:
-            problems.append(f"fps: shards have {_shown(stored.fps)}, config asks for {_shown(self.fps)} (a rate up to "
-                            f"the stored one can be served)")
+            problems["fps"] = (f"fps: shards have {_shown(stored.fps)}, config asks for {_shown(self.fps)} (a rate up "
+                               f"to the stored one can be served)")
         if stored.sample_rate != self.sample_rate:
-            problems.append(f"sample_rate: shards have {stored.sample_rate}, config asks for {self.sample_rate}")
-        if Fraction(self.num_frames) / self.fps > Fraction(stored.num_frames) / stored.fps:
-            problems.append(f"seconds: shards hold {stored.seconds} s clips, config asks for {self.seconds} s")
+            problems["sample_rate"] = (f"sample_rate: shards have {stored.sample_rate}, config asks for "
+                                       f"{self.sample_rate}")
+        span, stored_span = Fraction(self.num_frames) / self.fps, Fraction(stored.num_frames) / stored.fps
+        if span > stored_span:
+            if self.seconds > stored.seconds:
+                problems["seconds"] = f"seconds: shards hold {stored.seconds} s clips, config asks for {self.seconds} s"
+            elif "fps" not in problems:
+                problems["frames"] = (f"seconds: {self.seconds} s at {_shown(self.fps)} fps is {self.num_frames} "
+                                      f"whole frames lasting {float(span):.3f} s, longer than the shards' "
+                                      f"{stored.num_frames} frames ({float(stored_span):.3f} s)")
         return problems
+
+
+def _override_fps(fps: Fraction) -> str:
+    """A rate as a command-line value that reads back exactly: ``29.97``, or ``10/3`` when no decimal does."""
+    label = fps_label(fps)
+    return label if as_fps(label) == fps else fps_text(fps)
+
+
+def check_servable(clip: ClipGeometry, store: "StoreGeometry", dataset: str) -> None:
+    """Refuse a served geometry (``data.clip``) that the stored one (``data.store``) cannot serve: the one check
+    ``fit`` (:class:`~avgen.data.datamodule.AVDataModule`) and ``prepare`` make before any work.
+
+    Raises:
+        ConfigError: one line listing the fields that differ, ``data.store``, and the overrides that store what
+            ``data.clip`` asks for (``data.clip.fps=29.97`` alone: ``data.store.fps=29.97 data.clip.fps=29.97``).
+    """
+    problems = clip._problems(store)
+    if not problems:
+        return
+    wanted = {"fps": _override_fps(clip.fps), "sample_rate": clip.sample_rate, "seconds": clip.seconds}
+    keys = [k for k in wanted if k in problems]
+    fix = ("lower data.clip or raise data.store" if not keys else
+           "set data.store too: " + " ".join([f"data.store.{k}={wanted[k]}" for k in keys]
+                                             + [f"data.clip.{k}={wanted[k]}" for k in keys]) + ", or lower data.clip")
+    raise ConfigError(f"data.clip cannot be served from data.store ({dataset}): " + "; ".join(problems.values())
+                      + f". data.store = {store.to_dict()}; {fix} (and prepare the dataset at that stored geometry)")
 
 
 def _even(x: float) -> int:
