@@ -121,6 +121,7 @@ def build_trainer(cfg: DictConfig, datamodule=None, *, interrupt_checkpoint: boo
         raise ConfigError(f"trainer.accelerator={accelerator}: this machine has no CUDA GPU; on a CPU use "
                           f"trainer=cpu, or trainer=ddp_cpu for DDP (gloo processes)")
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    route_library_logs()  # the lightning package adds its console handler whenever it is first imported
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=trainer_plugins(cfg))
 
 
@@ -849,8 +850,30 @@ INTERRUPTED = {"export": "; nothing was written to export.dir (the export is mov
                "app": ""}
 
 
+def route_library_logs() -> None:
+    """Lightning's log lines once, through the root logger's handlers (Hydra's console and ``<command>.log``).
+
+    The ``lightning`` package adds a console handler of its own (``INFO: …``) whenever it is imported, and
+    ``lightning.pytorch`` / ``lightning.fabric`` do when no logging is configured yet; ``lightning`` propagates as
+    well, so a line such as "GPU available" came out twice. With root handlers present, those console handlers are
+    removed and the loggers propagate. Called when a command starts and again before each trainer is built (the
+    package may be imported in between)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        if name not in logging.Logger.manager.loggerDict:
+            continue
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:  # Lightning's console handlers (not files, not pytest's)
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
 def run_command(cfg: DictConfig):
     """Hydra task function: dispatch on ``cfg.command``; user errors end with a message and status 1."""
+    route_library_logs()
     command = cfg.get("command")
     if command not in COMMANDS:
         print(f"avgen: unknown command {command!r}. Valid commands: {', '.join(COMMANDS)}.", file=sys.stderr)

@@ -129,3 +129,37 @@ def test_help_lists_every_evaluate_metric():
 
     line = next(line for line in help_text().splitlines() if line.strip().startswith("evaluate"))
     assert line.split("evaluate.metrics=[")[1].split("]")[0].split(",") == list(AVAILABLE)
+
+
+def test_lightning_log_lines_go_through_the_root_handlers_once():
+    """The lightning package's own console handler (added on every import) is removed and its loggers propagate,
+    so a Lightning line prints once, in the root's format, and reaches the run's log file; file handlers stay."""
+    import logging
+
+    import lightning  # noqa: F401  (adds its console handler)
+
+    from avgen.commands import route_library_logs
+
+    logger = logging.getLogger("lightning")
+    root = logging.getLogger()
+    saved = (list(logger.handlers), logger.propagate, list(root.handlers))
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    file_handler = logging.FileHandler("/dev/null")
+    try:
+        logger.addHandler(logging.StreamHandler())
+        logger.addHandler(file_handler)
+        logger.propagate = False
+        root.addHandler(Collect())
+        route_library_logs()
+        assert [type(h) for h in logger.handlers] == [logging.FileHandler] and logger.propagate
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").warning("GPU available: False")
+        assert [r.getMessage() for r in records] == ["GPU available: False"]
+    finally:
+        file_handler.close()
+        logger.handlers[:], logger.propagate = saved[0], saved[1]
+        root.handlers[:] = saved[2]
