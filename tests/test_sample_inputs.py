@@ -186,6 +186,30 @@ def test_joint_non_finite_output_is_reported_and_the_others_written(tmp_path, mo
     assert [p.name for p in report.written] == ["sample_0001.mp4"]
 
 
+def not_generated(*args, **kwargs):
+    raise AssertionError("sample generated although one of its options was refused")
+
+
+@pytest.mark.parametrize("override, message", [
+    (f"sample.video={CASES / 'ok.wav'}",
+     f"sample.video={CASES / 'ok.wav'}: not used by TempoTokens, which generates the video for sample.audio "),
+    ("sample.n=0", "sample.n=0: expected an integer >= 1"),
+    ("sample.n=-1", "sample.n=-1: expected an integer >= 1"),
+    ("sample.prompt=[]", "sample.prompt=[]: an empty list; give at least one prompt or leave sample.prompt unset"),
+])
+def test_a_refused_sample_option_stops_the_command_with_one_line_before_generating(ckpt, tmp_path, capsys,
+                                                                                   monkeypatch, override, message):
+    monkeypatch.setattr(TempoTokens, "generate", not_generated)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(compose(["command=sample", f"ckpt_path={ckpt}", override], run, run_dir=run))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("avgen sample: error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"avgen sample: error: {message}") and "Traceback" not in err
+    assert not (run / "samples").exists()
+
+
 @pytest.mark.slow
 def test_cli_generates_the_readable_inputs_and_prints_the_refused(ckpt, tmp_path):
     folder = bad_inputs(tmp_path / "inputs")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import logging
 import warnings
 from pathlib import Path
@@ -34,7 +35,7 @@ from avgen.errors import ConfigError
 from avgen.pretrained import HoldsFrozen
 from avgen.samples import write_sounding_videos
 from avgen.systems.common import av_align_scores, log_sounding_videos
-from avgen.systems.settings import SamplingSettings, ValidationSettings
+from avgen.systems.settings import SampleOptions, SamplingSettings, ValidationSettings, optional_path
 
 log = logging.getLogger("avgen")
 
@@ -312,6 +313,8 @@ class DiffusionSystem(AVSystem):
     MODEL_CONFIG: str = ""
     #: the typed ``model.sampling`` block of this system
     sampling_settings: type[SamplingSettings] = SamplingSettings
+    #: what ``sample`` generates from, named when a ``sample.*`` option this system does not use is refused
+    SAMPLE_INPUT: str = ""
     sampling: SamplingSettings
     validation_settings: ValidationSettings
 
@@ -485,12 +488,37 @@ class DiffusionSystem(AVSystem):
             for name, value in av_align_scores(video, audio, self.clip).items():
                 self.log(f"val/av_align_{name}", value, rank_zero_only=True, batch_size=len(prompts))
 
-    def warn_unused_sample_options(self, unused: Mapping[str, Any]) -> None:
-        """``sample.*`` options set on the command line that this system does not take: logged, not fatal
-        (one ``sample`` block serves every system)."""
-        ignored = sorted(k for k, v in unused.items() if v is not None)
-        if ignored:
-            log.warning("sample options not used by %s: %s", type(self).__name__, ignored)
+    @classmethod
+    def sample_options(cls, unused: Mapping[str, Any], *, n: Any, prompt: Any, seed: Any, device: Any, overwrite: Any,
+                       one_prompt: str | None = None, **paths: Any) -> SampleOptions:
+        """The ``sample.*`` options of ``sample_to_files`` that are not ``model.sampling`` settings, checked first:
+        before any input is read, any weight moves or any folder is made (one ``sample`` block serves every
+        system, so an option this system does not use is refused, not ignored).
+
+        ``unused``: the options ``sample_to_files`` took in its ``**unused`` (the ones set, not None, are refused,
+        naming :attr:`SAMPLE_INPUT` and every option the system takes); ``paths``: its input path options
+        (``audio=``, ``video=``); ``one_prompt``: the reason a list ``sample.prompt`` is refused, when the system
+        takes one caption for every input.
+
+        Raises:
+            ConfigError: an option set that this system does not use; a bad value (``sample.n=0``,
+                ``sample.prompt=[]``, a path that is not a string, ...), naming ``sample.<key>`` and what is expected.
+        """
+        given = {key: value for key, value in unused.items() if value is not None}
+        if given:
+            takes = [name for name, param in inspect.signature(cls.sample_to_files).parameters.items()
+                     if param.kind is param.POSITIONAL_OR_KEYWORD and name not in ("self", "out_dir")]
+            named = ", ".join(f"sample.{key}={str(value).lower() if isinstance(value, bool) else value}"
+                              for key, value in sorted(given.items()))
+            raise ConfigError(f"{named}: not used by {cls.__name__}, which {cls.SAMPLE_INPUT}; unset "
+                              f"{'it' if len(given) == 1 else 'them'}. {cls.__name__} takes sample.{', '.join(takes)}")
+        for key, value in paths.items():
+            optional_path(f"sample.{key}", value)
+        options = SampleOptions.from_values({"n": n, "prompt": prompt, "seed": seed, "device": device,
+                                             "overwrite": overwrite}, key="sample")
+        if one_prompt and isinstance(options.prompt, list):
+            raise ConfigError(f"sample.prompt={options.prompt!r}: {one_prompt}")
+        return options
 
     def to_sampling_device(self, device: str = "auto") -> str:
         """Move the system to ``device`` (``auto``: CUDA when available) in eval mode; returns the device."""

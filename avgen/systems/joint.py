@@ -173,6 +173,11 @@ def loss_settings(loss: Mapping | None) -> tuple[tuple[str, str], float]:
     return weighting, float(max_weight)
 
 
+# why a list sample.prompt is refused with sample.video
+ONE_CAPTION_PER_VIDEO = ("with sample.video the joint model takes one caption for every input video (or none: each "
+                         "input's <stem>.txt, else no text)")
+
+
 class JointAudioVideo(DiffusionSystem):
     """The SVG baseline as a LightningModule.
 
@@ -226,6 +231,8 @@ class JointAudioVideo(DiffusionSystem):
     # that run a checkpoint (avgen.commands.checkpoint_config)
     MODEL_CONFIG = "joint"
     sampling_settings = JointSampling
+    SAMPLE_INPUT = ("generates sounding videos from sample.prompt (unset: the data's captions), or the audio for "
+                    "sample.video (a video file of any container, or a folder of them)")
     SAMPLER_CONFIG = ("video.scheduler", "audio.scheduler")
     # model.video_connector_events: training batches in a row without an event before the run is stopped
     EVENTLESS_BATCHES = 50
@@ -801,17 +808,25 @@ class JointAudioVideo(DiffusionSystem):
         ``video`` (``sample.video``), the audio for those videos instead (:meth:`dub_to_files`).
 
         A sample whose output holds NaN/inf, or that cannot be written, is in the report's ``failed``
-        with its name and reason; the others are written (:func:`write_sounding_videos`)."""
+        with its name and reason; the others are written (:func:`write_sounding_videos`).
+
+        Raises:
+            ConfigError: a bad ``sample.*`` value or one this system does not use (:meth:`sample_options`), a list
+                ``prompt`` with ``video``, or no prompt (before any input is read or weight moves).
+            FileExistsError: a sample exists and ``overwrite`` is false (checked before generating).
+        """
+        options = self.sample_options(unused, n=n, prompt=prompt, seed=seed, device=device, overwrite=overwrite,
+                                      video=video, one_prompt=None if video is None else ONE_CAPTION_PER_VIDEO)
         settings = self.sampling.updated("sample", steps=steps, gamma=gamma, guidance_video=guidance_video,
                                          guidance_audio=guidance_audio, negative_prompt=negative_prompt,
                                          batch_size=batch_size, eta=eta,
                                          cross_modal_guidance=cross_modal_guidance)  # checked before any model runs
-        self.warn_unused_sample_options(unused)
+        seed, overwrite = options.seed, options.overwrite
         if video is not None:
-            return self.dub_to_files(out_dir, video, settings, prompt=prompt, seed=seed, device=device,
+            return self.dub_to_files(out_dir, video, settings, prompt=options.prompt, seed=seed, device=options.device,
                                      overwrite=overwrite)
-        prompts, sources = self._prompts(prompt, int(n))
-        self.to_sampling_device(device)
+        prompts, sources = self._prompts(options.prompt, options.n)
+        self.to_sampling_device(options.device)
         batch_size = settings.batch_size
         out_dir = Path(out_dir)
         refuse_existing(out_dir, len(prompts), overwrite)
@@ -852,7 +867,7 @@ class JointAudioVideo(DiffusionSystem):
         that cannot be read is in the report's ``refused``, one whose generation or writing fails in ``failed``.
 
         Raises:
-            ConfigError: ``prompt`` is a list, or no input (naming ``sample.prompt`` / ``sample.video``).
+            ConfigError: no input (naming ``sample.video``); :meth:`sample_to_files` has refused a list ``prompt``.
             FileExistsError: an output exists and ``overwrite`` is false (checked before generating).
         """
         import tempfile
@@ -860,9 +875,6 @@ class JointAudioVideo(DiffusionSystem):
         from avgen.media import MediaError
         from avgen.samples import read_video_inputs, refuse_existing_dubs, write_dubbed
 
-        if prompt is not None and not isinstance(prompt, str):
-            raise ConfigError(f"sample.prompt={prompt!r}: with sample.video the joint model takes one caption for "
-                              f"every input video (or none: each input's <stem>.txt, else no text)")
         out_dir = Path(out_dir)
         report = SampleReport()
         with tempfile.TemporaryDirectory(prefix="avgen-joint-inputs-") as scratch:

@@ -4,7 +4,8 @@ Each block is a frozen dataclass whose fields are the block's keys; its defaults
 YAML (``configs/model/<name>.yaml``, resolved at the run's scale), the one place they are written. A
 block is checked when the system is built (before any backbone loads) and again, with the command
 line's ``sample.<key>`` values, at the top of ``sample_to_files`` (before any input is decoded or any
-weight moves to the device). A bad value raises :class:`~avgen.errors.ConfigError` naming the key.
+weight moves to the device), together with the ``sample.*`` options every system reads besides them
+(:class:`SampleOptions`). A bad value raises :class:`~avgen.errors.ConfigError` naming the key.
 
 >>> from avgen.systems.settings import ValidationSettings
 >>> v = ValidationSettings.from_values({"samples": 2, "steps": 4, "av_align": True}, key="model.validation")
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -27,16 +29,30 @@ S = TypeVar("S", bound="Settings")
 
 
 # ------------------------------------------------------------------------------ value checks
+def _is_integer(value: Any) -> bool:
+    """``4`` or ``4.0``, not ``True``, ``4.5``, ``inf`` or ``nan`` (Hydra reads ``sample.n=nan`` as a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or (math.isfinite(value) and value == int(value))
+
+
+def integer(key: str, value: Any) -> int:
+    """Any integer (``-3``, ``4.0``); anything else raises ConfigError naming ``key``."""
+    if not _is_integer(value):
+        raise ConfigError(f"{key}={value!r}: expected an integer")
+    return int(value)
+
+
 def positive_int(key: str, value: Any) -> int:
     """An integer >= 1 (``4``, ``4.0``); anything else raises ConfigError naming ``key``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+    if not _is_integer(value) or value < 1:
         raise ConfigError(f"{key}={value!r}: expected an integer >= 1")
     return int(value)
 
 
 def count(key: str, value: Any) -> int:
     """An integer >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 0:
+    if not _is_integer(value) or value < 0:
         raise ConfigError(f"{key}={value!r}: expected an integer >= 0")
     return int(value)
 
@@ -67,6 +83,31 @@ def text(key: str, value: Any) -> str:
 def optional_text(key: str, value: Any) -> str | None:
     """A string or ``None``."""
     return None if value is None else text(key, value)
+
+
+def prompts(key: str, value: Any) -> str | list[str] | None:
+    """A prompt, a non-empty list of prompts, or ``None`` (unset).
+
+    >>> prompts("sample.prompt", ["a dog barks", "rain"])
+    ['a dog barks', 'rain']
+    """
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and not value:
+        raise ConfigError(f"{key}=[]: an empty list; give at least one prompt or leave {key} unset")
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigError(f"{key}={value!r}: expected a string or a list of strings (on the command line: "
+                      f"{key}=\"...\" or '{key}=[a,b]')")
+
+
+def optional_path(key: str, value: Any) -> str | None:
+    """A file or folder path (a string or :class:`os.PathLike`) as a string, or ``None`` (unset)."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{key}={value!r}: expected the path of a file or a folder (quote it on the command line)")
+    return os.fspath(value)
 
 
 def flag(key: str, value: Any) -> bool:
@@ -145,6 +186,25 @@ class SamplingSettings(Settings):
 
     steps: int = setting(positive_int, "sampler steps")
     batch_size: int = setting(positive_int, "clips generated together by `sample`")
+
+
+@dataclass(frozen=True)
+class SampleOptions(Settings):
+    """The ``sample.*`` options every system's ``sample_to_files`` reads besides its ``model.sampling`` ones
+    (:meth:`avgen.systems.base.DiffusionSystem.sample_options` checks them before anything else runs).
+
+    >>> SampleOptions.from_values({"n": 2, "prompt": "rain", "seed": 0, "device": "cpu", "overwrite": False},
+    ...                           key="sample").n
+    2
+    """
+
+    NODE: ClassVar[str] = "sample"
+
+    n: int = setting(positive_int, "clips generated when no input is given")
+    prompt: str | list[str] | None = setting(prompts, "a prompt, or a list of them; None: the data's captions")
+    seed: int = setting(integer, "clip (or window) i starts from noise seed + i")
+    device: str = setting(text, "auto (cuda when available), cpu, cuda, cuda:1, ...")
+    overwrite: bool = setting(flag, "replace existing samples")
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,8 @@ class TempoTokens(DiffusionSystem):
     # schedule (t2v.noise_scheduler), never the sampler, so every sampler setting may change
     MODEL_CONFIG = "tempotokens"
     sampling_settings = TempoTokensSampling
+    SAMPLE_INPUT = ("generates the video for sample.audio (an audio or video file of any container, or a folder of "
+                    "them; unset: the data's test clips)")
     SAMPLER_CONFIG = ("t2v.scheduler", "t2v.scheduler_overrides")
 
     def __init__(self, t2v: Mapping, encoder: Mapping, clip: Mapping, *, scale: str = "paper",
@@ -333,17 +335,25 @@ class TempoTokens(DiffusionSystem):
         report's ``refused`` with the reason, and the others are generated. Sample i
         (``sample_NNNN``) comes from the i-th usable input in name order; one that cannot be written
         is in ``failed`` (:func:`write_sounding_videos`). Nothing is generated when every input is refused.
+
+        Raises:
+            ConfigError: a bad ``sample.*`` value or one this system does not use (:meth:`sample_options`), a list
+                ``prompt`` (before any input is decoded); no input (:meth:`_inputs`).
+            FileExistsError: a sample exists and ``overwrite`` is false (checked before generating).
         """
+        options = self.sample_options(unused, n=n, prompt=prompt, seed=seed, device=device, overwrite=overwrite,
+                                      audio=audio, one_prompt="TempoTokens takes one caption for every input audio "
+                                                              "(unset: each data clip's own caption, none for files)")
         settings = self.sampling.updated("sample", steps=steps, guidance=guidance, negative_prompt=negative_prompt,
                                          batch_size=batch_size)  # checked before any input is decoded
-        self.warn_unused_sample_options(unused)
-        inputs, refused = self._inputs(audio, int(n))
+        prompt, seed, overwrite = options.prompt, options.seed, options.overwrite
+        inputs, refused = self._inputs(audio, options.n)
         for entry in refused:
             log.warning("input %s refused: %s", entry["file"], entry["reason"])
         report = SampleReport(refused=refused)
         if not inputs:
             return report
-        self.to_sampling_device(device)
+        self.to_sampling_device(options.device)
         out_dir = Path(out_dir)
         refuse_existing(out_dir, len(inputs), overwrite)
         rate = self.clip.sample_rate

@@ -190,6 +190,8 @@ class VTALDM(DiffusionSystem):
 
     MODEL_CONFIG = "vta_ldm"
     sampling_settings = VTALDMSampling
+    SAMPLE_INPUT = ("generates the audio for sample.video (a video file of any container, or a folder of them; "
+                    "unset: the data's test clips)")
     SAMPLER_CONFIG = ()
     #: model keys that only initialise a new run: a restored checkpoint's weights replace them
     INIT_ONLY = ("released",)
@@ -650,26 +652,28 @@ class VTALDM(DiffusionSystem):
         fails is in ``failed`` with the reason, and the others are written.
 
         Raises:
-            ConfigError: a bad ``sample.*`` value (before any input is read), or no input.
+            ConfigError: a bad ``sample.*`` value or one this system does not use (:meth:`sample_options`; before any
+                input is read), or no input.
             FileExistsError: an output exists and ``overwrite`` is false (checked before generating).
         """
+        options = self.sample_options(unused, n=n, prompt=prompt, seed=seed, device=device, overwrite=overwrite,
+                                      video=video, one_prompt="VTA-LDM takes one caption for every input (the text "
+                                                              "condition); data clips use their own captions when it "
+                                                              "is unset")
         settings = self.sampling.updated("sample", steps=steps, guidance=guidance, guidance_text=guidance_text,
                                          negative_prompt=negative_prompt, sampler=sampler,
                                          batch_size=batch_size)  # checked before any input is read
-        if prompt is not None and not isinstance(prompt, str):
-            raise ConfigError(f"sample.prompt={prompt!r}: VTA-LDM takes one caption for every input (the text "
-                              f"condition); data clips use their own captions when it is unset")
+        prompt, seed, overwrite = options.prompt, options.seed, options.overwrite
         if saliency not in (None, True, False):
             raise ConfigError(f"sample.saliency={saliency!r}: expected true (write saliency maps of the input frames) "
                               f"or false")
         if saliency and self.encoder is None:
             raise ConfigError(f"sample.saliency=true: model.conditions={list(self.conditions)} has no video "
                               f"condition, so no frame reaches the model; saliency maps need video")
-        self.warn_unused_sample_options(unused)
         out_dir = Path(out_dir)
         with tempfile.TemporaryDirectory(prefix="avgen-vta-inputs-") as scratch:
             data_root = ((self.run_config or {}).get("data") or {}).get("root")
-            inputs, refused = read_video_inputs(video, int(n), Path(scratch), self.clip, data_root)
+            inputs, refused = read_video_inputs(video, options.n, Path(scratch), self.clip, data_root)
             for entry in refused:
                 log.warning("input %s refused: %s", entry["file"], entry["reason"])
             report = SampleReport(refused=refused)
@@ -677,7 +681,7 @@ class VTALDM(DiffusionSystem):
                 return report
             refuse_existing_dubs(inputs, out_dir, overwrite,
                                  (lambda item: saliency_paths(out_dir, item.stem)) if saliency else None)
-            self.to_sampling_device(device)
+            self.to_sampling_device(options.device)
             out_dir.mkdir(parents=True, exist_ok=True)
             first_window = 0
             with self.ema_weights():

@@ -131,6 +131,14 @@ def _untouchable(*args, **kwargs):
     raise AssertionError("sample_to_files read inputs or moved weights before checking its settings")
 
 
+def sampling_stub(cls):
+    """What ``cls.sample_to_files`` may touch before its options are checked: its settings and its checks."""
+    return SimpleNamespace(sampling=cls.sampling_settings.from_config(None, model_config=cls.MODEL_CONFIG,
+                                                                      scale="tiny"),
+                           sample_options=cls.sample_options, _prompts=_untouchable, _inputs=_untouchable,
+                           to_sampling_device=_untouchable, dub_to_files=_untouchable)
+
+
 @pytest.mark.parametrize("cls, options, message", [
     (JointAudioVideo, {"steps": 0}, r"sample\.steps=0"),
     (JointAudioVideo, {"gamma": 0.0}, r"sample\.gamma=0\.0"),
@@ -139,12 +147,83 @@ def _untouchable(*args, **kwargs):
     (TempoTokens, {"negative_prompt": 5}, r"sample\.negative_prompt=5"),
 ])
 def test_sample_options_are_checked_before_any_input_or_device(cls, options, message, tmp_path):
-    name = cls.MODEL_CONFIG
-    stub = SimpleNamespace(sampling=cls.sampling_settings.from_config(None, model_config=name, scale="tiny"),
-                           warn_unused_sample_options=_untouchable, _prompts=_untouchable, _inputs=_untouchable,
-                           to_sampling_device=_untouchable)
     with pytest.raises(ConfigError, match=message):
-        cls.sample_to_files(stub, tmp_path / "out", n=1, **options)
+        cls.sample_to_files(sampling_stub(cls), tmp_path / "out", n=1, **options)
+    assert not (tmp_path / "out").exists()
+
+
+# every sample.* value each system reads as a number, a flag, a list or a path; the exact one-line message
+BAD_SAMPLE_VALUES = [
+    ({"n": 0}, "sample.n=0: expected an integer >= 1"),
+    ({"n": -1}, "sample.n=-1: expected an integer >= 1"),
+    ({"n": "abc"}, "sample.n='abc': expected an integer >= 1"),
+    ({"n": math.nan}, "sample.n=nan: expected an integer >= 1"),
+    ({"n": math.inf}, "sample.n=inf: expected an integer >= 1"),
+    ({"n": 2.5}, "sample.n=2.5: expected an integer >= 1"),
+    ({"n": True}, "sample.n=True: expected an integer >= 1"),
+    ({"prompt": []}, "sample.prompt=[]: an empty list; give at least one prompt or leave sample.prompt unset"),
+    ({"prompt": 5}, "sample.prompt=5: expected a string or a list of strings (on the command line: "
+                    "sample.prompt=\"...\" or 'sample.prompt=[a,b]')"),
+    ({"prompt": ["a", 1]}, "sample.prompt=['a', 1]: expected a string or a list of strings (on the command line: "
+                           "sample.prompt=\"...\" or 'sample.prompt=[a,b]')"),
+    ({"seed": "x"}, "sample.seed='x': expected an integer"),
+    ({"seed": 0.5}, "sample.seed=0.5: expected an integer"),
+    ({"overwrite": "yes"}, "sample.overwrite='yes': expected true or false"),
+    ({"device": 0}, "sample.device=0: expected a string (quote it on the command line)"),
+]
+
+
+@pytest.mark.parametrize("cls", [JointAudioVideo, TempoTokens, VTALDM], ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize("options, message", BAD_SAMPLE_VALUES, ids=lambda v: str(v)[:30])
+def test_every_sample_value_is_checked_before_any_input_or_device(cls, options, message, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        cls.sample_to_files(sampling_stub(cls), tmp_path / "out", **options)
+    assert str(info.value) == message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("cls, path_key", [(JointAudioVideo, "video"), (TempoTokens, "audio"), (VTALDM, "video")])
+def test_an_input_path_that_is_not_a_string_is_refused(cls, path_key, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        cls.sample_to_files(sampling_stub(cls), tmp_path / "out", **{path_key: 123})
+    assert str(info.value) == (f"sample.{path_key}=123: expected the path of a file or a folder (quote it on the "
+                               f"command line)")
+
+
+@pytest.mark.parametrize("cls, options, message", [
+    (JointAudioVideo, {"video": "v.mp4", "prompt": ["a", "b"]},
+     "sample.prompt=['a', 'b']: with sample.video the joint model takes one caption for every input video"),
+    (TempoTokens, {"prompt": ["a", "b"]}, "sample.prompt=['a', 'b']: TempoTokens takes one caption for every input"),
+    (VTALDM, {"prompt": ["a", "b"]}, "sample.prompt=['a', 'b']: VTA-LDM takes one caption for every input"),
+])
+def test_a_prompt_list_is_refused_where_one_caption_serves_every_input(cls, options, message, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        cls.sample_to_files(sampling_stub(cls), tmp_path / "out", **options)
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize("cls, options, named, takes", [
+    (TempoTokens, {"video": "/cases/base.mp4"}, "sample.video=/cases/base.mp4",
+     "which generates the video for sample.audio (an audio or video file of any container, or a folder of them; "
+     "unset: the data's test clips); unset it. TempoTokens takes sample.n, audio, prompt, steps, guidance, "
+     "negative_prompt, seed, batch_size, device, overwrite"),
+    (VTALDM, {"audio": "a.wav", "gamma": 2.0}, "sample.audio=a.wav, sample.gamma=2.0",
+     "which generates the audio for sample.video (a video file of any container, or a folder of them; unset: the "
+     "data's test clips); unset them. VTALDM takes sample.n, video, prompt, steps, guidance, guidance_text, "
+     "negative_prompt, sampler, seed, batch_size, device, overwrite, saliency"),
+    (JointAudioVideo, {"audio": "a.wav"}, "sample.audio=a.wav",
+     "which generates sounding videos from sample.prompt (unset: the data's captions), or the audio for "
+     "sample.video (a video file of any container, or a folder of them); unset it. JointAudioVideo takes sample.n, "
+     "prompt, steps, gamma, guidance_video, guidance_audio, negative_prompt, seed, batch_size, device, overwrite, "
+     "eta, video, cross_modal_guidance"),
+    (JointAudioVideo, {"saliency": False, "guidance": 3.0}, "sample.guidance=3.0, sample.saliency=false", None),
+])
+def test_a_sample_option_the_system_does_not_use_is_refused(cls, options, named, takes, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        cls.sample_to_files(sampling_stub(cls), tmp_path / "out", **options, sampler=None)  # None: not set
+    assert str(info.value).startswith(f"{named}: not used by {cls.__name__}, ")
+    if takes:
+        assert str(info.value) == f"{named}: not used by {cls.__name__}, {takes}"
     assert not (tmp_path / "out").exists()
 
 
