@@ -226,7 +226,8 @@ def _check_override(cfg, override) -> None:
     if override.is_add() and value is not None and not isinstance(new, (dict, list)):
         raise ConfigError(f"{line}: {key} already has a value; write {line[1:]} to change it")
     if _wrong_type(value, new):
-        raise ConfigError(f"{line}: {key} takes {_kind(value)} (default {key}={_example(value)})")
+        kind = "true or false" if isinstance(value, bool) else "a number"  # ints take num/den too (frame rates)
+        raise ConfigError(f"{line}: {key} takes {kind} (default {key}={_example(value)})")
     if isinstance(new, dict):
         _check_dict(cfg, parts, new)
 

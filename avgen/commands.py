@@ -83,6 +83,21 @@ def build_model(cfg: DictConfig, *, fresh: bool = True):
     return model
 
 
+def check_accelerator(cfg: DictConfig) -> None:
+    """Refuse ``trainer.accelerator`` gpu / cuda on a machine without a CUDA device (``trainer=gpu`` or
+    ``trainer=ddp`` on a CPU), naming ``trainer=cpu`` and ``trainer=ddp_cpu``.
+
+    Raises:
+        ConfigError: as above.
+    """
+    import torch
+
+    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "auto")).lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator}: this machine has no CUDA GPU; on a CPU use "
+                          f"trainer=cpu, or trainer=ddp_cpu for DDP (gloo processes)")
+
+
 def build_trainer(cfg: DictConfig, datamodule=None, *, interrupt_checkpoint: bool = False,
                   resume_hint: str | None = None):
     """The Lightning trainer of ``cfg.trainer`` with the configured callbacks and loggers, plus
@@ -99,9 +114,8 @@ def build_trainer(cfg: DictConfig, datamodule=None, *, interrupt_checkpoint: boo
 
     Raises:
         ConfigError: ``AVGEN_REQUEUE`` holds an unknown route; ``trainer.accelerator`` is gpu / cuda on a machine
-            without a CUDA device (``trainer=gpu`` or ``trainer=ddp`` on a CPU: names ``trainer=ddp_cpu``).
+            without a CUDA device (:func:`check_accelerator`).
     """
-    import torch
     from hydra.utils import instantiate
 
     from avgen.callbacks import DataHealthMonitor, FinalCheckpoint, InterruptCheckpoint, SlurmRequeue
@@ -116,10 +130,7 @@ def build_trainer(cfg: DictConfig, datamodule=None, *, interrupt_checkpoint: boo
         callbacks.append(FinalCheckpoint(ckpt_dir))
         if os.environ.get("SLURM_JOB_ID"):
             callbacks.append(SlurmRequeue(ckpt_dir))
-    accelerator = str(cfg.trainer.get("accelerator", "auto")).lower()
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator={accelerator}: this machine has no CUDA GPU; on a CPU use "
-                          f"trainer=cpu, or trainer=ddp_cpu for DDP (gloo processes)")
+    check_accelerator(cfg)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     route_library_logs()  # the lightning package adds its console handler whenever it is first imported
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=trainer_plugins(cfg))
@@ -334,10 +345,11 @@ def resolve_resume(cfg: DictConfig) -> str | None:
 
     ``resume=auto``: the newest complete checkpoint in ``<output_dir>/checkpoints/`` (``last.ckpt`` or a newer
     ``step_*.ckpt``, e.g. when a process was killed while writing ``last.ckpt``; see
-    :func:`avgen.checkpoint.newest_checkpoint`), else none; ``resume=never``: none, and the folder's checkpoints of
-    the run it starts over are moved into ``checkpoints/superseded-<UTC time>/`` (kept, said aloud), so that a later
-    ``resume=auto`` cannot continue the abandoned run from a step checkpoint the new run has not reached; else the
-    given path. Temporary files left by a process killed while saving are removed first, whatever ``resume`` says.
+    :func:`avgen.checkpoint.newest_checkpoint`), else none; ``resume=never``: none (:func:`start_over` sets the
+    earlier run's checkpoints aside once the run is about to train), except in a SLURM job that was requeued
+    (``SLURM_RESTART_COUNT`` ≥ 1: the requeue re-runs the command line, and ``never`` meant its first start), which
+    continues as ``auto`` does; else the given path. Temporary files left by a process killed while saving are
+    removed first, whatever ``resume`` says.
 
     Raises:
         ConfigError: ``resume`` names a file that does not exist.
@@ -349,10 +361,11 @@ def resolve_resume(cfg: DictConfig) -> str | None:
         print(f"removed {stale}: a temporary checkpoint left by a process killed while saving")
     resume = cfg.get("resume", "auto")
     if resume in (None, False, "never", "none"):
-        superseded = set_checkpoints_aside(folder)
-        if superseded is not None:
-            print(f"resume={resume}: starting over; the earlier run's checkpoints moved to {superseded}")
-        return None
+        if not requeued():
+            return None
+        print(f"resume={resume} applied to this SLURM job's first start; requeued "
+              f"(SLURM_RESTART_COUNT={os.environ['SLURM_RESTART_COUNT']}), it continues")
+        resume = "auto"
     if resume == "auto":
         newest = newest_checkpoint(folder)
         if newest is None:
@@ -366,27 +379,66 @@ def resolve_resume(cfg: DictConfig) -> str | None:
     return str(resume)
 
 
+def requeued() -> bool:
+    """Whether this process belongs to a SLURM job that was requeued (``SLURM_RESTART_COUNT`` ≥ 1)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+    except ValueError:
+        return False
+
+
+def global_rank_zero() -> bool:
+    """Whether this process is the run's first: every rank variable a launcher sets (``RANK``, ``LOCAL_RANK``,
+    ``NODE_RANK``: torchrun and Lightning; ``SLURM_PROCID``: ``srun``, one task per GPU) is unset or 0."""
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        try:
+            if int(os.environ.get(name, "0") or 0) != 0:
+                return False
+        except ValueError:
+            continue
+    return True
+
+
+def start_over(cfg: DictConfig) -> Path | None:
+    """``resume=never`` (not in a requeued SLURM job): move the run folder's checkpoints of the run it starts over
+    into ``checkpoints/superseded-<UTC time>/`` (kept, said aloud), so that a later ``resume=auto`` cannot continue
+    the abandoned run from a step checkpoint the new run has not reached. ``fit`` calls it when everything is built
+    and ``init_from`` is loaded (a refused run moves nothing; ``init_from`` may name a checkpoint of this folder).
+    Returns the folder, or None."""
+    if cfg.get("resume", "auto") not in (None, False, "never", "none") or requeued():
+        return None
+    folder = set_checkpoints_aside(Path(cfg.paths.output_dir) / "checkpoints")
+    if folder is not None:
+        print(f"resume={cfg.get('resume')}: starting over; the earlier run's checkpoints moved to {folder}")
+    return folder
+
+
 def set_checkpoints_aside(folder: Path) -> Path | None:
     """Move the ``*.ckpt`` files of ``folder`` into a new ``folder/superseded-<UTC time>/`` (``-2``, ``-3``… when that
     exists); returns it, or None when there was nothing to move. Nothing is deleted: the abandoned run can still be
-    resumed with ``resume=<path>``. Runs on rank 0 only (``LOCAL_RANK`` / ``RANK`` unset or 0); the others find the
-    folder already cleared."""
+    resumed with ``resume=<path>``. Only the run's first process does it (:func:`global_rank_zero`); a file another
+    process moved meanwhile is skipped."""
     import time
 
-    if not folder.is_dir() or int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) != 0:
+    if not folder.is_dir() or not global_rank_zero():
         return None
     files = sorted(p for p in folder.glob("*.ckpt") if p.is_file() and not p.name.startswith("."))
     if not files:
         return None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = folder / f"superseded-{stamp}"
     n = 1
-    while target.exists():
-        n += 1
-        target = folder / f"superseded-{stamp}-{n}"
-    target.mkdir()
+    while True:
+        target = folder / (f"superseded-{stamp}" if n == 1 else f"superseded-{stamp}-{n}")
+        try:
+            target.mkdir()
+            break
+        except FileExistsError:
+            n += 1
     for path in files:
-        path.rename(target / path.name)
+        try:
+            path.rename(target / path.name)
+        except FileNotFoundError:
+            continue
     return target
 
 
@@ -458,6 +510,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     # config checks first: refused before data is prepared or Lightning is imported (seconds)
     check_multirun_ddp(cfg)
     check_model_selected(cfg)
+    check_accelerator(cfg)
     import lightning.pytorch as pl
 
     from avgen.checkpoint import read_checkpoint
@@ -480,6 +533,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         except (KeyError, ValueError) as exc:
             raise ConfigError(f"init_from={cfg.init_from}: {exc.args[0] if exc.args else exc}") from exc
         report_init_from(cfg.init_from, report)
+    start_over(cfg)  # resume=never: only now, when nothing is left to refuse
     fit_and_exit_if_preempted(trainer, model, datamodule, ckpt_path)
     ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
     log.info("run folder: %s; checkpoints: %s", cfg.paths.output_dir, ckpt_dir)

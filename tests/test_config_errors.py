@@ -38,11 +38,11 @@ def test_unknown_keys_and_missing_values_are_one_line_errors(overrides, message)
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["scale=tiny", "data.batch_size=abc"], "data.batch_size=abc: data.batch_size takes an int (default "
+    (["scale=tiny", "data.batch_size=abc"], "data.batch_size=abc: data.batch_size takes a number (default "
                                             "data.batch_size=2)"),
     (["evaluate.av_align.onset_delta=abc"], "evaluate.av_align.onset_delta=abc: evaluate.av_align.onset_delta "
                                             "takes a number (default evaluate.av_align.onset_delta="),
-    (["evaluate.plots=[1]"], "evaluate.plots=[1]: evaluate.plots takes an int (default evaluate.plots=0)"),
+    (["evaluate.plots=[1]"], "evaluate.plots=[1]: evaluate.plots takes a number (default evaluate.plots=0)"),
     (["init_from_strict=3"], "init_from_strict=3: init_from_strict takes true or false (default "
                              "init_from_strict=true)"),
     (["+trainer.max_stepz=3"], "unknown key trainer.max_stepz: not an argument of lightning.pytorch.Trainer; did you "

@@ -85,6 +85,60 @@ def test_resume_never_starts_over(tmp_path, tiny_shards, capsys):
     assert record(tmp_path / "run")["first_step"] == 2
 
 
+def test_resume_never_moves_nothing_when_the_run_is_refused_and_reads_init_from_first(tmp_path, tiny_shards,
+                                                                                        monkeypatch, capsys):
+    """The checkpoints are set aside only when the run is about to train: a refused run (no CUDA for trainer=gpu)
+    leaves them in place, and init_from may name this folder's own last.ckpt."""
+    import torch
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    run_command(fit_cfg(tmp_path, tiny_shards))
+    before = sorted(p.name for p in checkpoints.iterdir())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        run_command(fit_cfg(tmp_path, tiny_shards, "resume=never", "trainer.accelerator=gpu"))
+    assert "trainer.accelerator=gpu: this machine has no CUDA GPU" in capsys.readouterr().err
+    assert sorted(p.name for p in checkpoints.iterdir()) == before
+    run_command(fit_cfg(tmp_path, tiny_shards, "resume=never", f"init_from={checkpoints / 'last.ckpt'}",
+                        "trainer.max_steps=1"))
+    assert "resume=never: starting over; the earlier run's checkpoints moved to" in capsys.readouterr().out
+    rec = record(tmp_path / "run")
+    assert rec["first_step"] == 0 and rec["global_step"] == 1
+    assert any(p.name.startswith("superseded-") for p in checkpoints.iterdir())
+
+
+def test_a_requeued_slurm_job_continues_despite_resume_never(tmp_path, tiny_shards, monkeypatch, capsys):
+    """A requeue re-runs the job's command line: resume=never meant its first start, so the requeued job
+    (SLURM_RESTART_COUNT >= 1) continues from its checkpoint instead of starting over again."""
+    run_command(fit_cfg(tmp_path, tiny_shards, "resume=never"))
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    capsys.readouterr()
+    run_command(fit_cfg(tmp_path, tiny_shards, "resume=never", "trainer.max_steps=6"))
+    out = capsys.readouterr().out
+    assert "resume=never applied to this SLURM job's first start; requeued (SLURM_RESTART_COUNT=1), it continues" in out
+    assert record(tmp_path / "run")["first_step"] == 4
+    assert not any(p.is_dir() for p in (tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_only_the_first_process_sets_checkpoints_aside(tmp_path, monkeypatch):
+    """srun starts one task per GPU with SLURM_PROCID only (no RANK): only task 0 moves the files."""
+    from avgen.commands import set_checkpoints_aside
+
+    (tmp_path / "last.ckpt").write_bytes(b"x")
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        monkeypatch.setenv(name, "1")
+        assert set_checkpoints_aside(tmp_path) is None and (tmp_path / "last.ckpt").is_file()
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    aside = set_checkpoints_aside(tmp_path)
+    assert aside is not None and (aside / "last.ckpt").read_bytes() == b"x"
+    (tmp_path / "last.ckpt").write_bytes(b"y")  # a second start over in the same second: its own folder
+    again = set_checkpoints_aside(tmp_path)
+    assert again is not None and again != aside and (again / "last.ckpt").read_bytes() == b"y"
+
+
 def test_init_from_starts_new_run_from_weights(tmp_path, tiny_shards):
     run_command(fit_cfg(tmp_path, tiny_shards))
     src = tmp_path / "run" / "checkpoints" / "last.ckpt"

@@ -867,7 +867,7 @@ class JointAudioVideo(DiffusionSystem):
         that cannot be read is in the report's ``refused``, one whose generation or writing fails in ``failed``.
 
         Raises:
-            ConfigError: no input (naming ``sample.video``); :meth:`sample_to_files` has refused a list ``prompt``.
+            ConfigError: ``prompt`` is a list (:data:`ONE_CAPTION_PER_VIDEO`), or no input (naming ``sample.video``).
             FileExistsError: an output exists and ``overwrite`` is false (checked before generating).
         """
         import tempfile
@@ -875,6 +875,8 @@ class JointAudioVideo(DiffusionSystem):
         from avgen.media import MediaError
         from avgen.samples import read_video_inputs, refuse_existing_dubs, write_dubbed
 
+        if prompt is not None and not isinstance(prompt, str):  # a public entry point: checked here as well
+            raise ConfigError(f"sample.prompt={prompt!r}: {ONE_CAPTION_PER_VIDEO}")
         out_dir = Path(out_dir)
         report = SampleReport()
         with tempfile.TemporaryDirectory(prefix="avgen-joint-inputs-") as scratch:

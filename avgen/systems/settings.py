@@ -80,6 +80,16 @@ def text(key: str, value: Any) -> str:
     return value
 
 
+def device_name(key: str, value: Any) -> str:
+    """A torch device name; ``None`` or ``""`` reads as ``auto`` (the config's "null = the model's default").
+
+    >>> device_name("sample.device", None), device_name("sample.device", "cuda:1")
+    ('auto', 'cuda:1')
+    """
+    name = text(key, value).strip()
+    return name or "auto"
+
+
 def optional_text(key: str, value: Any) -> str | None:
     """A string or ``None``."""
     return None if value is None else text(key, value)
@@ -203,7 +213,7 @@ class SampleOptions(Settings):
     n: int = setting(positive_int, "clips generated when no input is given")
     prompt: str | list[str] | None = setting(prompts, "a prompt, or a list of them; None: the data's captions")
     seed: int = setting(integer, "clip (or window) i starts from noise seed + i")
-    device: str = setting(text, "auto (cuda when available), cpu, cuda, cuda:1, ...")
+    device: str = setting(device_name, "auto (cuda when available; also null or empty), cpu, cuda, cuda:1, ...")
     overwrite: bool = setting(flag, "replace existing samples")
 
 

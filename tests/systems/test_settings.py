@@ -235,3 +235,13 @@ def test_a_system_holds_its_clip_as_a_typed_geometry(tmp_path):
     assert system.num_frames == round(Fraction(1, 2) * Fraction(30000, 1001)) == 15
     assert system.num_samples == system.clip.sample_rate // 2
     assert system.latent_shapes(1)[0][2] == 15
+
+
+def test_sample_device_null_or_empty_is_auto():
+    """sample.device=null ("null = the model's default", configs/config.yaml) reads as auto, not as an empty device
+    name torch refuses."""
+    from avgen.systems.settings import SampleOptions
+
+    base = {"n": 1, "prompt": None, "seed": 0, "overwrite": False}
+    assert [SampleOptions.from_values({**base, "device": d}, key="sample").device for d in (None, "", "cpu")] == \
+        ["auto", "auto", "cpu"]
