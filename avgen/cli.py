@@ -171,7 +171,11 @@ def check_overrides(overrides: list[str]) -> None:
                 # without model=, a command run on a checkpoint takes the checkpoint's model block; its
                 # overrides are checked once the checkpoint is read (avgen.commands.checkpoint_config)
                 unchecked = ("model",) if from_checkpoint and "model" not in cfg else ()
+                # another Trainer class (trainer._target_=...): its own arguments, not Lightning's
+                other_trainer = any(o.key_or_group == "trainer._target_" for o in values)
                 for override in values:
+                    if other_trainer and override.key_or_group.split(".")[0] == "trainer":
+                        continue
                     if override.key_or_group.split(".")[0] not in unchecked:
                         _check_override(cfg, override)
                     elif not (override.is_add() or override.is_force_add() or override.is_delete()):
@@ -289,7 +293,8 @@ def _lookup(cfg, parts: tuple[str, ...]):
             known = sorted({k for k in node.keys() if not str(k).startswith("_")} | arguments)
             groups = [] if block else sorted(g for g in ("experiment", "part", *HELP_GROUPS)
                                              if "/" not in g and g not in known and group_options(g))
-            close = difflib.get_close_matches(name, known + groups, n=1)
+            prefixed = [g for g in groups if len(name) >= 3 and g.startswith(name)]  # exp -> experiment
+            close = prefixed[:1] or difflib.get_close_matches(name, known + groups, n=1)
             hint = (f"; did you mean {close[0]}=<{', '.join(group_options(close[0]))}>?" if close and close[0] in groups
                     else f"; did you mean {close[0]}?" if close else "")
             raise ConfigError(f"unknown key {key}; known keys of {block or 'the root config'}: {', '.join(known)}"

@@ -48,6 +48,7 @@ def test_unknown_keys_and_missing_values_are_one_line_errors(overrides, message)
     (["+trainer.max_stepz=3"], "unknown key trainer.max_stepz: not an argument of lightning.pytorch.Trainer; did you "
                                "mean trainer.max_steps?"),
     (["expriment=joint_cmcpe"], "unknown key expriment; known keys of the root config: "),
+    (["exp=joint_cmcpe"], "unknown key exp; known keys of the root config: "),
     (["command=sample", "ckpt_path=x.ckpt", "model.sampling.steps=2"],
      "model.sampling.steps=2: with ckpt_path the model block comes from the checkpoint; write "
      "+model.sampling.steps=2 to change it"),
@@ -60,7 +61,7 @@ def test_wrong_types_and_typos_of_groups_and_trainer_keys_are_one_line_errors(ov
         check_overrides(overrides)
     text = str(err.value)
     assert message in text and "\n" not in text
-    if overrides == ["expriment=joint_cmcpe"]:
+    if overrides in (["expriment=joint_cmcpe"], ["exp=joint_cmcpe"]):
         assert "config groups: debug, experiment, model, part, scale; did you mean experiment=<joint_cmcpe, " in text
 
 
@@ -68,6 +69,7 @@ def test_wrong_types_and_typos_of_groups_and_trainer_keys_are_one_line_errors(ov
     ["scale=tiny", "data.store.fps=30000/1001", "data.clip.fps=29.97"],  # frame rates: num/den or a decimal
     ["evaluate.av_align.onset_delta=1e-1"], ["scale=tiny", "data.batch_size=4"], ["init_from_strict=false"],
     ["scale=tiny", "data.batch_size=${oc.env:BATCH,2}"], ["evaluate.plots=null"],
+    ["trainer._target_=my_lab.Trainer", "+trainer.my_option=1"],  # another Trainer class: not Lightning's arguments
 ])
 def test_values_of_the_right_type_pass(overrides):
     check_overrides(overrides)
