@@ -218,3 +218,52 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not an avgen checkpoint (no 'avgen' entry of format {FORMAT}); "
                          f"it was not written by `python -m avgen fit`")
     return ckpt
+
+
+def requeued() -> bool:
+    """Whether this process belongs to a SLURM job that was requeued (``SLURM_RESTART_COUNT`` ≥ 1)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+    except ValueError:
+        return False
+
+
+def global_rank_zero() -> bool:
+    """Whether this process is the run's first: every rank variable a launcher sets (``RANK``, ``LOCAL_RANK``,
+    ``NODE_RANK``: torchrun and Lightning; ``SLURM_PROCID``: ``srun``, one task per GPU) is unset or 0."""
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        try:
+            if int(os.environ.get(name, "0") or 0) != 0:
+                return False
+        except ValueError:
+            continue
+    return True
+
+
+def set_checkpoints_aside(folder: Path) -> Path | None:
+    """Move the ``*.ckpt`` files of ``folder`` into a new ``folder/superseded-<UTC time>/`` (``-2``, ``-3``… when that
+    exists); returns it, or None when there was nothing to move. Nothing is deleted: the abandoned run can still be
+    resumed with ``resume=<path>``. Only the run's first process does it (:func:`global_rank_zero`); a file another
+    process moved meanwhile is skipped."""
+    import time
+
+    if not folder.is_dir() or not global_rank_zero():
+        return None
+    files = sorted(p for p in folder.glob("*.ckpt") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    n = 1
+    while True:
+        target = folder / (f"superseded-{stamp}" if n == 1 else f"superseded-{stamp}-{n}")
+        try:
+            target.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+    for path in files:
+        try:
+            path.rename(target / path.name)
+        except FileNotFoundError:
+            continue
+    return target

@@ -354,7 +354,7 @@ def resolve_resume(cfg: DictConfig) -> str | None:
     Raises:
         ConfigError: ``resume`` names a file that does not exist.
     """
-    from avgen.checkpoint import newest_checkpoint, remove_stale_temporaries
+    from avgen.checkpoint import newest_checkpoint, remove_stale_temporaries, requeued
 
     folder = Path(cfg.paths.output_dir) / "checkpoints"
     for stale in remove_stale_temporaries(folder):
@@ -379,67 +379,20 @@ def resolve_resume(cfg: DictConfig) -> str | None:
     return str(resume)
 
 
-def requeued() -> bool:
-    """Whether this process belongs to a SLURM job that was requeued (``SLURM_RESTART_COUNT`` ≥ 1)."""
-    try:
-        return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
-    except ValueError:
-        return False
-
-
-def global_rank_zero() -> bool:
-    """Whether this process is the run's first: every rank variable a launcher sets (``RANK``, ``LOCAL_RANK``,
-    ``NODE_RANK``: torchrun and Lightning; ``SLURM_PROCID``: ``srun``, one task per GPU) is unset or 0."""
-    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
-        try:
-            if int(os.environ.get(name, "0") or 0) != 0:
-                return False
-        except ValueError:
-            continue
-    return True
-
-
 def start_over(cfg: DictConfig) -> Path | None:
     """``resume=never`` (not in a requeued SLURM job): move the run folder's checkpoints of the run it starts over
     into ``checkpoints/superseded-<UTC time>/`` (kept, said aloud), so that a later ``resume=auto`` cannot continue
     the abandoned run from a step checkpoint the new run has not reached. ``fit`` calls it when everything is built
     and ``init_from`` is loaded (a refused run moves nothing; ``init_from`` may name a checkpoint of this folder).
     Returns the folder, or None."""
+    from avgen.checkpoint import requeued, set_checkpoints_aside
+
     if cfg.get("resume", "auto") not in (None, False, "never", "none") or requeued():
         return None
     folder = set_checkpoints_aside(Path(cfg.paths.output_dir) / "checkpoints")
     if folder is not None:
         print(f"resume={cfg.get('resume')}: starting over; the earlier run's checkpoints moved to {folder}")
     return folder
-
-
-def set_checkpoints_aside(folder: Path) -> Path | None:
-    """Move the ``*.ckpt`` files of ``folder`` into a new ``folder/superseded-<UTC time>/`` (``-2``, ``-3``… when that
-    exists); returns it, or None when there was nothing to move. Nothing is deleted: the abandoned run can still be
-    resumed with ``resume=<path>``. Only the run's first process does it (:func:`global_rank_zero`); a file another
-    process moved meanwhile is skipped."""
-    import time
-
-    if not folder.is_dir() or not global_rank_zero():
-        return None
-    files = sorted(p for p in folder.glob("*.ckpt") if p.is_file() and not p.name.startswith("."))
-    if not files:
-        return None
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    n = 1
-    while True:
-        target = folder / (f"superseded-{stamp}" if n == 1 else f"superseded-{stamp}-{n}")
-        try:
-            target.mkdir()
-            break
-        except FileExistsError:
-            n += 1
-    for path in files:
-        try:
-            path.rename(target / path.name)
-        except FileNotFoundError:
-            continue
-    return target
 
 
 # ----------------------------------------------------------------------------------- commands

@@ -122,7 +122,7 @@ def test_a_requeued_slurm_job_continues_despite_resume_never(tmp_path, tiny_shar
 
 def test_only_the_first_process_sets_checkpoints_aside(tmp_path, monkeypatch):
     """srun starts one task per GPU with SLURM_PROCID only (no RANK): only task 0 moves the files."""
-    from avgen.commands import set_checkpoints_aside
+    from avgen.checkpoint import set_checkpoints_aside
 
     (tmp_path / "last.ckpt").write_bytes(b"x")
     for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
