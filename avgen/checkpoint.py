@@ -267,3 +267,29 @@ def set_checkpoints_aside(folder: Path) -> Path | None:
         except FileNotFoundError:
             continue
     return target
+
+
+def refresh_last(folder: str | Path, step: int) -> Path | None:
+    """Make ``folder/last.ckpt`` hold ``step`` when a complete step checkpoint of that step is the folder's newest
+    and ``last.ckpt`` is older, missing or unreadable: a fit resumed from such a checkpoint (a process killed after
+    ``step_N.ckpt`` was written, before ``last.ckpt`` was) with ``max_steps`` already reached trains nothing, and
+    Lightning then calls no ``on_train_end`` (:class:`avgen.callbacks.FinalCheckpoint`), so ``validate``,
+    ``sample`` or ``export`` of ``last.ckpt`` would read the older weights. The newest checkpoint is copied through a
+    ``.last.ckpt.tmp-<pid>`` file and renamed into place. Returns ``last.ckpt`` when it was replaced, else None. Call
+    it on one process (rank 0)."""
+    import shutil
+
+    folder = Path(folder)
+    last = folder / LAST
+    try:
+        if checkpoint_step(last) >= step:
+            return None
+    except ValueError:  # missing or unreadable
+        pass
+    newest = newest_checkpoint(folder)
+    if newest is None or newest[1] != step or newest[0] == last:
+        return None
+    temporary = folder / f".{LAST}.tmp-{os.getpid()}"
+    shutil.copyfile(newest[0], temporary)
+    os.replace(temporary, last)
+    return last

@@ -489,6 +489,12 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     start_over(cfg)  # resume=never: only now, when nothing is left to refuse
     fit_and_exit_if_preempted(trainer, model, datamodule, ckpt_path)
     ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    if trainer.is_global_zero:  # resumed at max_steps: nothing trained, last.ckpt may be older than step_<N>
+        from avgen.checkpoint import refresh_last
+
+        refreshed = refresh_last(ckpt_dir, trainer.global_step)
+        if refreshed is not None:
+            print(f"{refreshed} now holds step {trainer.global_step} (the newest checkpoint's)")
     log.info("run folder: %s; checkpoints: %s", cfg.paths.output_dir, ckpt_dir)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 

@@ -120,6 +120,25 @@ def test_a_requeued_slurm_job_continues_despite_resume_never(tmp_path, tiny_shar
     assert not any(p.is_dir() for p in (tmp_path / "run" / "checkpoints").iterdir())
 
 
+def test_a_resume_with_no_steps_left_makes_last_ckpt_hold_the_final_step(tmp_path, tiny_shards, capsys):
+    """Killed after step_4.ckpt was written and before last.ckpt was (here: last.ckpt replaced by step 2's): the same
+    command resumes from step_4, trains nothing, and leaves last.ckpt at step 4, not 2."""
+    import shutil
+
+    from avgen.checkpoint import checkpoint_step
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    run_command(fit_cfg(tmp_path, tiny_shards))
+    shutil.copyfile(checkpoints / "step_0000002.ckpt", checkpoints / "last.ckpt")
+    assert checkpoint_step(checkpoints / "last.ckpt") == 2
+    run_command(fit_cfg(tmp_path, tiny_shards))
+    assert checkpoint_step(checkpoints / "last.ckpt") == 4
+    assert torch.equal(read_checkpoint(checkpoints / "last.ckpt")["state_dict"]["head.weight"],
+                       read_checkpoint(checkpoints / "step_0000004.ckpt")["state_dict"]["head.weight"])
+    assert "now holds step 4" in capsys.readouterr().out
+    assert not [p for p in checkpoints.iterdir() if p.name.startswith(".")]
+
+
 def test_only_the_first_process_sets_checkpoints_aside(tmp_path, monkeypatch):
     """srun starts one task per GPU with SLURM_PROCID only (no RANK): only task 0 moves the files."""
     from avgen.checkpoint import set_checkpoints_aside
